@@ -1,0 +1,803 @@
+//! The quinn endpoint: at most one live, authenticated connection per device pair.
+//!
+//! A connection counts as up only after the hello round trip on its first stream: in TLS
+//! 1.3 a client finishes its handshake before the server has checked the client's
+//! certificate, so `connect()` alone proves nothing. Simultaneous dials are resolved the
+//! same way on both sides: the connection dialled by the lower device ID wins; between two
+//! connections dialled by the same side, the newer one wins.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use rustls::crypto::CryptoProvider;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
+use crate::id::DeviceId;
+use crate::identity::{spki_id, Identity};
+use crate::roster::Roster;
+use crate::socket::bind_udp;
+use crate::tls::{self, TlsError};
+use crate::wire::{ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
+
+/// Application close codes sent when this side closes a connection.
+pub mod close_code {
+    /// The daemon is stopping gracefully.
+    pub const LEAVING: u32 = 1;
+    /// A second connection to the same device replaced this one.
+    pub const DUPLICATE: u32 = 2;
+    /// The device was removed from the roster.
+    pub const REVOKED: u32 = 3;
+    /// Another candidate address won the dial race.
+    pub const RACE_LOST: u32 = 4;
+    /// The hello exchange failed (bad version or frame).
+    pub const PROTOCOL: u32 = 5;
+}
+
+/// Endpoint settings. `Default` suits a daemon; [`EndpointConfig::for_test`] binds loopback.
+#[derive(Clone)]
+pub struct EndpointConfig {
+    /// Addresses to bind. `[::]:P` together with `0.0.0.0:P` becomes one dual-stack socket.
+    pub listen: Vec<SocketAddr>,
+    /// UDP send and receive buffer size in bytes.
+    pub socket_buffer: usize,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// QUIC idle timeout: a connection silent for this long is dead.
+    pub idle_timeout: Duration,
+    /// Limit for the QUIC handshake and for the hello round trip, each.
+    pub handshake_timeout: Duration,
+    /// Per-stream flow-control window in bytes.
+    pub stream_window: u32,
+    /// Per-connection flow-control window in bytes.
+    pub connection_window: u32,
+    /// Concurrent bidirectional streams a peer may open.
+    pub max_streams: u32,
+    /// The TLS provider; defaults to ring restricted to ChaCha20-Poly1305.
+    pub provider: Arc<CryptoProvider>,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("listen", &self.listen)
+            .field("keep_alive", &self.keep_alive)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            listen: vec![
+                "[::]:7373".parse().expect("valid address"),
+                "0.0.0.0:7373".parse().expect("valid address"),
+            ],
+            socket_buffer: 8 * 1024 * 1024,
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(5),
+            stream_window: 8 * 1024 * 1024,
+            connection_window: 32 * 1024 * 1024,
+            max_streams: 1024,
+            provider: Arc::new(tls::chacha_provider()),
+        }
+    }
+}
+
+impl EndpointConfig {
+    /// Loopback on an ephemeral port.
+    pub fn for_test() -> Self {
+        EndpointConfig {
+            listen: vec!["127.0.0.1:0".parse().expect("valid address")],
+            ..Default::default()
+        }
+    }
+
+    fn transport(&self) -> Result<quinn::TransportConfig, TransportError> {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(self.idle_timeout)
+                .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
+        ));
+        t.stream_receive_window(VarInt::from_u32(self.stream_window));
+        t.receive_window(VarInt::from_u32(self.connection_window));
+        t.send_window(u64::from(self.connection_window));
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams));
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        t.initial_rtt(Duration::from_millis(50));
+        Ok(t)
+    }
+}
+
+/// Errors of the transport layer. Messages say what happened and, where useful, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid transport configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("device {0} is not in the roster: trust it first")]
+    NotInRoster(DeviceId),
+    #[error("no address to dial device {0}")]
+    NoAddresses(DeviceId),
+    #[error("could not reach device {peer}: {reason}")]
+    Unreachable { peer: DeviceId, reason: String },
+    #[error("device {peer} refused the connection: {reason}")]
+    Refused { peer: DeviceId, reason: String },
+    #[error("no connection to device {0}")]
+    NotConnected(DeviceId),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream error: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error(transparent)]
+    Frame(#[from] crate::frame::FrameError),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Why a peer's connection went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownReason {
+    /// The peer announced a graceful stop.
+    Leaving,
+    /// This side removed the peer from the roster (or the peer removed us).
+    Revoked,
+    /// Nothing heard from the peer within the idle timeout.
+    TimedOut,
+    /// This side closed the connection.
+    LocallyClosed,
+    /// Anything else, described.
+    Other(String),
+}
+
+impl DownReason {
+    fn from_error(e: &quinn::ConnectionError) -> Self {
+        match e {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                match u32::try_from(c.error_code.into_inner()).unwrap_or(0) {
+                    close_code::LEAVING => DownReason::Leaving,
+                    close_code::REVOKED => DownReason::Revoked,
+                    _ => DownReason::Other(format!("closed by peer: {c}")),
+                }
+            }
+            quinn::ConnectionError::TimedOut => DownReason::TimedOut,
+            quinn::ConnectionError::LocallyClosed => DownReason::LocallyClosed,
+            other => DownReason::Other(other.to_string()),
+        }
+    }
+}
+
+/// Connection-level events, in order per peer.
+#[derive(Debug, Clone)]
+pub enum TransportEvent {
+    /// A connection to the peer is up (sent again when a duplicate replaced the old one).
+    Up(PeerConn),
+    /// The peer has no connection any more.
+    Down { peer: DeviceId, reason: DownReason },
+}
+
+/// A live, authenticated connection to one peer.
+#[derive(Debug, Clone)]
+pub struct PeerConn {
+    pub peer: DeviceId,
+    /// The name the peer gave in its hello.
+    pub name: String,
+    /// Which side dialled this connection.
+    pub dialer: DeviceId,
+    pub conn: Connection,
+}
+
+impl PeerConn {
+    /// Current round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+
+    /// The peer's current address (changes under migration).
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Path, frame and UDP statistics.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
+    /// Opens a bidirectional stream of `kind` (the two header bytes are already sent).
+    pub async fn open(&self, kind: StreamKind) -> Result<(SendStream, RecvStream), TransportError> {
+        let (mut send, recv) = self.conn.open_bi().await?;
+        send.write_all(&kind.header()).await?;
+        Ok((send, recv))
+    }
+}
+
+/// A stream a peer opened, with its kind read from the header.
+#[derive(Debug)]
+pub struct IncomingStream {
+    pub peer: DeviceId,
+    pub kind: StreamKind,
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
+
+struct Inner {
+    identity: Arc<Identity>,
+    roster: Roster,
+    cfg: EndpointConfig,
+    transport: Arc<quinn::TransportConfig>,
+    quinns: Vec<quinn::Endpoint>,
+    conns: Mutex<HashMap<DeviceId, PeerConn>>,
+    dial_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
+    events: broadcast::Sender<TransportEvent>,
+    incoming_tx: mpsc::Sender<IncomingStream>,
+    incoming_rx: Mutex<Option<mpsc::Receiver<IncomingStream>>>,
+}
+
+/// One daemon's QUIC endpoint. Cloning shares it.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.inner.identity.id)
+            .field("local", &self.local_addrs())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Collapses `[::]:P` + `0.0.0.0:P` into the dual-stack `[::]:P`.
+fn plan_sockets(listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in listen {
+        let covered = a.is_ipv4()
+            && a.ip().is_unspecified()
+            && listen.iter().any(|b| {
+                b.is_ipv6() && b.ip().is_unspecified() && b.port() == a.port() && a.port() != 0
+            });
+        if !covered && !out.contains(a) {
+            out.push(*a);
+        }
+    }
+    out
+}
+
+impl Endpoint {
+    /// Binds the configured addresses and starts accepting connections. Must run inside a
+    /// tokio runtime.
+    pub fn bind(
+        identity: Arc<Identity>,
+        roster: Roster,
+        cfg: EndpointConfig,
+    ) -> Result<Self, TransportError> {
+        let transport = Arc::new(cfg.transport()?);
+        let server_tls = tls::rustls_server_config(&identity, &roster, cfg.provider.clone())?;
+        let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
+        server.transport_config(transport.clone());
+        let mut quinns = Vec::new();
+        for addr in plan_sockets(&cfg.listen) {
+            let socket = match bind_udp(addr, cfg.socket_buffer) {
+                Ok(s) => s,
+                Err(e)
+                    if addr.is_ipv6()
+                        && addr.ip().is_unspecified()
+                        && cfg.listen.iter().any(|a| a.is_ipv4()) =>
+                {
+                    // No IPv6 on this host: serve the IPv4 wildcard alone.
+                    warn!(%addr, error = %e, "IPv6 unavailable, listening on IPv4 only");
+                    let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+                    bind_udp(v4, cfg.socket_buffer)
+                        .map_err(|source| TransportError::Bind { addr: v4, source })?
+                }
+                Err(source) => return Err(TransportError::Bind { addr, source }),
+            };
+            let ep = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server.clone()),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(|source| TransportError::Bind { addr, source })?;
+            quinns.push(ep);
+        }
+        let (events, _) = broadcast::channel(1024);
+        let (incoming_tx, incoming_rx) = mpsc::channel(256);
+        let ep = Endpoint {
+            inner: Arc::new(Inner {
+                identity,
+                roster,
+                cfg,
+                transport,
+                quinns,
+                conns: Mutex::new(HashMap::new()),
+                dial_locks: Mutex::new(HashMap::new()),
+                events,
+                incoming_tx,
+                incoming_rx: Mutex::new(Some(incoming_rx)),
+            }),
+        };
+        for q in &ep.inner.quinns {
+            tokio::spawn(ep.clone().accept_loop(q.clone()));
+        }
+        tokio::spawn(ep.clone().revocation_loop());
+        Ok(ep)
+    }
+
+    pub fn id(&self) -> DeviceId {
+        self.inner.identity.id
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.inner.identity
+    }
+
+    pub fn roster(&self) -> &Roster {
+        &self.inner.roster
+    }
+
+    /// The addresses really bound (ports resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner
+            .quinns
+            .iter()
+            .filter_map(|q| q.local_addr().ok())
+            .collect()
+    }
+
+    /// Connection events. Slow receivers may lag; re-read [`Endpoint::connections`] then.
+    pub fn subscribe(&self) -> broadcast::Receiver<TransportEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The streams peers open, once; `None` if already taken.
+    pub fn take_incoming(&self) -> Option<mpsc::Receiver<IncomingStream>> {
+        lock(&self.inner.incoming_rx).take()
+    }
+
+    /// The live connection to `peer`, if any.
+    pub fn connection(&self, peer: &DeviceId) -> Option<PeerConn> {
+        lock(&self.inner.conns)
+            .get(peer)
+            .filter(|c| c.conn.close_reason().is_none())
+            .cloned()
+    }
+
+    /// All live connections.
+    pub fn connections(&self) -> Vec<PeerConn> {
+        lock(&self.inner.conns)
+            .values()
+            .filter(|c| c.conn.close_reason().is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// QUIC connections open at the socket level (including ones not yet up or being closed).
+    pub fn open_connections(&self) -> usize {
+        self.inner.quinns.iter().map(|q| q.open_connections()).sum()
+    }
+
+    /// Dials `peer`, racing every candidate address; returns the connection that is up
+    /// (an existing one if there is one).
+    pub async fn connect(
+        &self,
+        peer: DeviceId,
+        addrs: &[SocketAddr],
+    ) -> Result<PeerConn, TransportError> {
+        if !self.inner.roster.contains(&peer) {
+            return Err(TransportError::NotInRoster(peer));
+        }
+        let dial_lock = lock(&self.inner.dial_locks)
+            .entry(peer)
+            .or_default()
+            .clone();
+        let _guard = dial_lock.lock().await;
+        if let Some(c) = self.connection(&peer) {
+            return Ok(c);
+        }
+        if addrs.is_empty() {
+            return Err(TransportError::NoAddresses(peer));
+        }
+        let client_tls = tls::rustls_client_config(
+            &self.inner.identity,
+            &self.inner.roster,
+            peer,
+            self.inner.cfg.provider.clone(),
+        )?;
+        let mut client = quinn::ClientConfig::new(tls::quic_client(client_tls)?);
+        client.transport_config(self.inner.transport.clone());
+        let timeout = self.inner.cfg.handshake_timeout;
+        let mut race = JoinSet::new();
+        let mut errors = Vec::new();
+        for addr in addrs {
+            let Some(q) = self.endpoint_for(addr) else {
+                errors.push(format!("{addr}: no socket of that address family"));
+                continue;
+            };
+            let client = client.clone();
+            let addr = *addr;
+            race.spawn(async move {
+                let connecting = q
+                    .connect_with(client, addr, tls::SERVER_NAME)
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                match tokio::time::timeout(timeout, connecting).await {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(format!("{addr}: {e}")),
+                    Err(_) => Err(format!("{addr}: handshake timed out after {timeout:?}")),
+                }
+            });
+        }
+        let mut winner = None;
+        while let Some(res) = race.join_next().await {
+            match res {
+                Ok(Ok(conn)) => {
+                    winner = Some(conn);
+                    break;
+                }
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        // Close every other attempt, including ones that complete later.
+        race.abort_all();
+        while let Some(res) = race.join_next().await {
+            if let Ok(Ok(c)) = res {
+                c.close(
+                    VarInt::from_u32(close_code::RACE_LOST),
+                    b"another address won",
+                );
+            }
+        }
+        let Some(conn) = winner else {
+            return Err(TransportError::Unreachable {
+                peer,
+                reason: errors.join("; "),
+            });
+        };
+        match tokio::time::timeout(timeout, self.hello_as_dialer(peer, &conn)).await {
+            Ok(Ok(pc)) => Ok(pc),
+            Ok(Err(e)) => {
+                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello failed");
+                Err(e)
+            }
+            Err(_) => {
+                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello timed out");
+                Err(TransportError::Timeout(timeout))
+            }
+        }
+    }
+
+    fn endpoint_for(&self, addr: &SocketAddr) -> Option<quinn::Endpoint> {
+        let bound: Vec<(SocketAddr, &quinn::Endpoint)> = self
+            .inner
+            .quinns
+            .iter()
+            .filter_map(|q| Some((q.local_addr().ok()?, q)))
+            .collect();
+        bound
+            .iter()
+            .find(|(l, _)| l.is_ipv4() == addr.is_ipv4())
+            .or_else(|| {
+                bound
+                    .iter()
+                    .find(|(l, _)| addr.is_ipv4() && l.is_ipv6() && l.ip().is_unspecified())
+            })
+            .map(|(_, q)| (*q).clone())
+    }
+
+    fn our_hello(&self) -> Hello {
+        Hello {
+            version: u16::from(PROTOCOL_VERSION),
+            name: self.inner.identity.name.clone(),
+            features: Vec::new(),
+        }
+    }
+
+    async fn hello_as_dialer(
+        &self,
+        peer: DeviceId,
+        conn: &Connection,
+    ) -> Result<PeerConn, TransportError> {
+        let refused = |e: &dyn std::fmt::Display| TransportError::Refused {
+            peer,
+            reason: e.to_string(),
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| refused(&e))?;
+        send.write_all(&StreamKind::Hello.header())
+            .await
+            .map_err(|e| refused(&e))?;
+        write_frame(
+            &mut send,
+            &ControlFrame::Hello(self.our_hello()),
+            MAX_CONTROL_FRAME,
+        )
+        .await?;
+        let _ = send.finish();
+        let reply: Option<ControlFrame> =
+            read_frame(&mut recv, MAX_CONTROL_FRAME)
+                .await
+                .map_err(|e| match conn.close_reason() {
+                    Some(reason) => refused(&reason),
+                    None => refused(&e),
+                })?;
+        match reply {
+            Some(ControlFrame::HelloAck(h)) => self.register(PeerConn {
+                peer,
+                name: h.name,
+                dialer: self.id(),
+                conn: conn.clone(),
+            }),
+            Some(ControlFrame::HelloReject { reason }) => Err(refused(&reason)),
+            Some(other) => Err(refused(&format!("unexpected {other:?}"))),
+            None => Err(refused(
+                &conn
+                    .close_reason()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "stream closed".into()),
+            )),
+        }
+    }
+
+    async fn accept_loop(self, q: quinn::Endpoint) {
+        while let Some(incoming) = q.accept().await {
+            let ep = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                if let Err(e) = ep.accept_one(incoming).await {
+                    debug!(%remote, error = %e, "incoming connection failed");
+                }
+            });
+        }
+    }
+
+    async fn accept_one(&self, incoming: quinn::Incoming) -> Result<(), TransportError> {
+        let timeout = self.inner.cfg.handshake_timeout;
+        let connecting = incoming.accept()?;
+        let conn = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))??;
+        let Some(peer) = peer_id(&conn) else {
+            conn.close(VarInt::from_u32(close_code::PROTOCOL), b"no certificate");
+            return Ok(());
+        };
+        let res = tokio::time::timeout(timeout, async {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let mut header = [0u8; 2];
+            recv.read_exact(&mut header).await.map_err(|e| TransportError::Refused {
+                peer,
+                reason: e.to_string(),
+            })?;
+            if header != StreamKind::Hello.header() {
+                write_frame(
+                    &mut send,
+                    &ControlFrame::HelloReject {
+                        reason: format!("unsupported stream header {header:?}, this device speaks version {PROTOCOL_VERSION}"),
+                    },
+                    MAX_CONTROL_FRAME,
+                )
+                .await?;
+                let _ = send.finish();
+                return Err(TransportError::Refused {
+                    peer,
+                    reason: "bad hello header".into(),
+                });
+            }
+            let hello: Option<ControlFrame> = read_frame(&mut recv, MAX_CONTROL_FRAME).await?;
+            let Some(ControlFrame::Hello(h)) = hello else {
+                return Err(TransportError::Refused {
+                    peer,
+                    reason: "no hello".into(),
+                });
+            };
+            let pc = self.register(PeerConn {
+                peer,
+                name: h.name,
+                dialer: peer,
+                conn: conn.clone(),
+            })?;
+            write_frame(&mut send, &ControlFrame::HelloAck(self.our_hello()), MAX_CONTROL_FRAME).await?;
+            let _ = send.finish();
+            Ok(pc)
+        })
+        .await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello failed");
+                Err(e)
+            }
+            Err(_) => {
+                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello timed out");
+                Err(TransportError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Makes `pc` the peer's connection unless a preferred one exists; returns the survivor.
+    fn register(&self, pc: PeerConn) -> Result<PeerConn, TransportError> {
+        let peer = pc.peer;
+        let survivor = {
+            let mut conns = lock(&self.inner.conns);
+            if !self.inner.roster.contains(&peer) {
+                pc.conn
+                    .close(VarInt::from_u32(close_code::REVOKED), b"not in roster");
+                return Err(TransportError::NotInRoster(peer));
+            }
+            let preferred = self.id().min(peer);
+            match conns.get(&peer) {
+                Some(old)
+                    if old.conn.close_reason().is_none()
+                        && old.dialer == preferred
+                        && pc.dialer != preferred =>
+                {
+                    debug!(peer = %peer.short(), "duplicate connection closed, keeping the preferred one");
+                    pc.conn
+                        .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                    return Ok(old.clone());
+                }
+                Some(old) => {
+                    old.conn
+                        .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                }
+                None => {}
+            }
+            conns.insert(peer, pc.clone());
+            pc
+        };
+        info!(peer = %peer.short(), name = %survivor.name, addr = %survivor.remote_address(), "connection up");
+        let _ = self.inner.events.send(TransportEvent::Up(survivor.clone()));
+        tokio::spawn(self.clone().serve_connection(survivor.clone()));
+        Ok(survivor)
+    }
+
+    /// Accepts the peer's streams until the connection closes, then reports it down.
+    async fn serve_connection(self, pc: PeerConn) {
+        let stable = pc.conn.stable_id();
+        let reason = loop {
+            match pc.conn.accept_bi().await {
+                Ok((send, mut recv)) => {
+                    let tx = self.inner.incoming_tx.clone();
+                    let peer = pc.peer;
+                    tokio::spawn(async move {
+                        let mut header = [0u8; 2];
+                        let read = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            recv.read_exact(&mut header),
+                        )
+                        .await;
+                        let kind = match read {
+                            Ok(Ok(())) if header[1] == PROTOCOL_VERSION => {
+                                StreamKind::from_u8(header[0])
+                            }
+                            _ => None,
+                        };
+                        match kind {
+                            Some(kind) if kind != StreamKind::Hello => {
+                                let _ = tx
+                                    .send(IncomingStream {
+                                        peer,
+                                        kind,
+                                        send,
+                                        recv,
+                                    })
+                                    .await;
+                            }
+                            _ => {
+                                let mut send = send;
+                                let _ = send.reset(VarInt::from_u32(1));
+                                let _ = recv.stop(VarInt::from_u32(1));
+                            }
+                        }
+                    });
+                }
+                Err(e) => break DownReason::from_error(&e),
+            }
+        };
+        let removed = {
+            let mut conns = lock(&self.inner.conns);
+            match conns.get(&pc.peer) {
+                Some(c) if c.conn.stable_id() == stable => {
+                    conns.remove(&pc.peer);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if removed {
+            info!(peer = %pc.peer.short(), ?reason, "connection down");
+            let _ = self.inner.events.send(TransportEvent::Down {
+                peer: pc.peer,
+                reason,
+            });
+        }
+    }
+
+    async fn revocation_loop(self) {
+        let mut removals = self.inner.roster.subscribe_removals();
+        loop {
+            let victims: Vec<PeerConn> = match removals.recv().await {
+                Ok(id) => self.connection(&id).into_iter().collect(),
+                Err(broadcast::error::RecvError::Lagged(_)) => self
+                    .connections()
+                    .into_iter()
+                    .filter(|c| !self.inner.roster.contains(&c.peer))
+                    .collect(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            for c in victims {
+                info!(peer = %c.peer.short(), "removed from roster, closing its connection");
+                c.conn.close(
+                    VarInt::from_u32(close_code::REVOKED),
+                    b"removed from roster",
+                );
+            }
+        }
+    }
+
+    /// Closes every connection with `code` (e.g. [`close_code::LEAVING`]) and waits, at most
+    /// `wait`, for the peers to receive it.
+    pub async fn shutdown(&self, code: u32, reason: &str, wait: Duration) {
+        for q in &self.inner.quinns {
+            q.close(VarInt::from_u32(code), reason.as_bytes());
+        }
+        let idle = async {
+            for q in &self.inner.quinns {
+                q.wait_idle().await;
+            }
+        };
+        let _ = tokio::time::timeout(wait, idle).await;
+    }
+}
+
+/// The device ID of the certificate a connection's peer presented.
+pub fn peer_id(conn: &Connection) -> Option<DeviceId> {
+    let any = conn.peer_identity()?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    spki_id(certs.first()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dual_stack_wildcards_collapse() {
+        let v: Vec<SocketAddr> = vec![
+            "[::]:7373".parse().unwrap(),
+            "0.0.0.0:7373".parse().unwrap(),
+        ];
+        assert_eq!(plan_sockets(&v), vec![v[0]]);
+        let w: Vec<SocketAddr> = vec![
+            "[::]:7373".parse().unwrap(),
+            "0.0.0.0:7374".parse().unwrap(),
+        ];
+        assert_eq!(plan_sockets(&w), w);
+        let x: Vec<SocketAddr> = vec![
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        ];
+        assert_eq!(plan_sockets(&x).len(), 1);
+    }
+}

@@ -1,0 +1,89 @@
+//! The live set of device IDs this device trusts, shared by the TLS verifier and the endpoint.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::broadcast;
+
+use crate::id::DeviceId;
+
+/// A shared, changeable set of trusted device IDs. Cloning shares the same set.
+#[derive(Clone)]
+pub struct Roster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ids: RwLock<HashSet<DeviceId>>,
+    removed: broadcast::Sender<DeviceId>,
+}
+
+impl std::fmt::Debug for Roster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.ids()).finish()
+    }
+}
+
+impl Default for Roster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Roster {
+    pub fn new() -> Self {
+        let (removed, _) = broadcast::channel(64);
+        Roster {
+            inner: Arc::new(Inner {
+                ids: RwLock::new(HashSet::new()),
+                removed,
+            }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<DeviceId>> {
+        self.inner.ids.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Trusts `id`; returns whether it was new.
+    pub fn insert(&self, id: DeviceId) -> bool {
+        let mut ids = self.inner.ids.write().unwrap_or_else(|p| p.into_inner());
+        ids.insert(id)
+    }
+
+    /// Stops trusting `id`; live connections to it are closed by every endpoint sharing
+    /// this roster. Returns whether it was present.
+    pub fn remove(&self, id: &DeviceId) -> bool {
+        let was = {
+            let mut ids = self.inner.ids.write().unwrap_or_else(|p| p.into_inner());
+            ids.remove(id)
+        };
+        if was {
+            let _ = self.inner.removed.send(*id);
+        }
+        was
+    }
+
+    pub fn contains(&self, id: &DeviceId) -> bool {
+        self.read().contains(id)
+    }
+
+    pub fn ids(&self) -> Vec<DeviceId> {
+        let mut v: Vec<_> = self.read().iter().copied().collect();
+        v.sort();
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// A stream of removed IDs (lagging receivers see `Lagged` and should re-check `contains`).
+    pub fn subscribe_removals(&self) -> broadcast::Receiver<DeviceId> {
+        self.inner.removed.subscribe()
+    }
+}

@@ -1,0 +1,252 @@
+//! TLS 1.3 pinned to ChaCha20-Poly1305, with device-roster certificate verification.
+//!
+//! Both directions use one verifier type, [`RosterVerifier`]: a certificate is accepted
+//! only if the SHA-256 of its SubjectPublicKeyInfo is a device ID in the live roster (and,
+//! when dialling, equals the device we meant to reach), and the TLS 1.3 handshake
+//! signature is really checked against that certificate's key.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+
+use crate::id::DeviceId;
+use crate::identity::{spki_id, Identity};
+use crate::roster::Roster;
+use crate::wire::ALPN;
+
+/// Name passed to quinn when dialling. SNI is disabled, so it never leaves this device.
+pub const SERVER_NAME: &str = "cnspr";
+
+/// The ring provider restricted to `TLS13_CHACHA20_POLY1305_SHA256`.
+pub fn chacha_provider() -> CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
+    p
+}
+
+/// The AES-128-GCM suite QUIC Initial packets must use (RFC 9001 section 5.2).
+pub fn initial_suite() -> rustls::quic::Suite {
+    rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|s| s.quic_suite())
+        .expect("ring provides TLS13_AES_128_GCM_SHA256 for QUIC")
+}
+
+/// Why a peer certificate was refused (carried inside the rustls error).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerRejected {
+    #[error("device {0} is not in the roster")]
+    NotInRoster(DeviceId),
+    #[error("expected device {expected}, got {got}")]
+    WrongDevice { expected: DeviceId, got: DeviceId },
+    #[error("certificate chains are not accepted")]
+    Chain,
+}
+
+fn reject(e: PeerRejected) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// Accepts only certificates whose device ID is in the roster; verifies handshake signatures.
+#[derive(Debug)]
+pub struct RosterVerifier {
+    roster: Roster,
+    expected: Option<DeviceId>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl RosterVerifier {
+    /// `expected`: when dialling, the one device the server must be.
+    pub fn new(roster: Roster, expected: Option<DeviceId>, provider: &CryptoProvider) -> Self {
+        RosterVerifier {
+            roster,
+            expected,
+            algs: provider.signature_verification_algorithms,
+        }
+    }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<DeviceId, rustls::Error> {
+        if !intermediates.is_empty() {
+            return Err(reject(PeerRejected::Chain));
+        }
+        let id = spki_id(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadEncoding,
+        ))?;
+        if let Some(expected) = self.expected {
+            if expected != id {
+                return Err(reject(PeerRejected::WrongDevice { expected, got: id }));
+            }
+        }
+        if !self.roster.contains(&id) {
+            return Err(reject(PeerRejected::NotInRoster(id)));
+        }
+        Ok(id)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+}
+
+impl ServerCertVerifier for RosterVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for RosterVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+}
+
+/// Errors building TLS configurations.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+}
+
+/// The rustls server configuration (before QUIC wrapping), exposed for tests.
+pub fn rustls_server_config(
+    identity: &Identity,
+    roster: &Roster,
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier = Arc::new(RosterVerifier::new(roster.clone(), None, &provider));
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![identity.cert()], identity.key())?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// The rustls client configuration for dialling `expected`, exposed for tests.
+pub fn rustls_client_config(
+    identity: &Identity,
+    roster: &Roster,
+    expected: DeviceId,
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let verifier = Arc::new(RosterVerifier::new(
+        roster.clone(),
+        Some(expected),
+        &provider,
+    ));
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![identity.cert()], identity.key())?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.enable_sni = false;
+    cfg.enable_early_data = false;
+    Ok(cfg)
+}
+
+/// Wraps a rustls server config for quinn, with AES-128-GCM for Initial packets only.
+pub fn quic_server(
+    cfg: rustls::ServerConfig,
+) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, TlsError> {
+    Ok(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::with_initial(Arc::new(cfg), initial_suite())?,
+    ))
+}
+
+/// Wraps a rustls client config for quinn, with AES-128-GCM for Initial packets only.
+pub fn quic_client(
+    cfg: rustls::ClientConfig,
+) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>, TlsError> {
+    Ok(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::with_initial(Arc::new(cfg), initial_suite())?,
+    ))
+}
