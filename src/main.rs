@@ -1,1 +1,91 @@
-fn main() {}
+//! `cnspr`: the daemon (`cnspr serve`) and the command-line client of its socket.
+
+mod api;
+mod cli;
+mod client;
+mod commands;
+mod config;
+mod daemon;
+// The handler library exposes more than the daemon uses yet (descriptions, limits).
+#[allow(unused)]
+mod handlers;
+mod output;
+mod paths;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use serde_json::json;
+use transport::Identity;
+
+use cli::{Cli, Command};
+use paths::Paths;
+
+fn init_logging(verbose: u8, daemon: bool) {
+    let default = match (verbose, daemon) {
+        (0, true) => "info",
+        (0, false) => "warn",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let g = cli.global.clone();
+    init_logging(g.verbose, matches!(cli.command, Command::Serve(_)));
+    let paths = Paths::resolve(g.state_dir.clone(), g.socket.clone(), g.config.clone());
+    match run(cli.command, &g, &paths) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("cnspr: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(daemon::serve(paths.clone(), args))?;
+            Ok(0)
+        }
+        Command::Init { name } => {
+            let (id, created) = Identity::load_or_create(&paths.state_dir, name.as_deref())?;
+            if g.json {
+                println!("{}", json!({"id": id.id.to_string(), "name": id.name, "created": created}));
+            } else {
+                let what = if created { "Created" } else { "Existing" };
+                println!("{what} identity in {}", paths.state_dir.display());
+                println!("Device ID: {}", id.id);
+                println!("Name:      {}", id.name);
+            }
+            Ok(0)
+        }
+        Command::Id => {
+            let id = Identity::load(&paths.state_dir)?;
+            if g.json {
+                println!("{}", json!({"id": id.id.to_string(), "name": id.name}));
+            } else {
+                println!("{}", id.id);
+            }
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cnspr", &mut std::io::stdout());
+            Ok(0)
+        }
+        other => commands::run(other, g, paths),
+    }
+}

@@ -261,8 +261,18 @@ mod tests {
             ("a/b.c.py", "a.b.c", "a.b.c.py", None),
             ("a.b.c", "a.b", "a.b.c", None),
             ("a.b/c", "a.b.c", "a.b.c", None),
-            ("notify/@phone/x.sh", "notify.x", "notify.x.sh", name("phone")),
-            ("notify/@my.laptop/x", "notify.x", "notify.x", name("my.laptop")),
+            (
+                "notify/@phone/x.sh",
+                "notify.x",
+                "notify.x.sh",
+                name("phone"),
+            ),
+            (
+                "notify/@my.laptop/x",
+                "notify.x",
+                "notify.x",
+                name("my.laptop"),
+            ),
             ("notify.@phone.sh", "notify", "notify.sh", name("phone")),
             ("notify.@phone", "notify", "notify", name("phone")),
             ("@phone/notify", "notify", "notify", name("phone")),
@@ -312,9 +322,18 @@ mod tests {
     fn four_spec_layouts_match() {
         for rel in ["a/b/c", "a/b/c.sh", "a/b.c.py", "a.b.c"] {
             let s = spec(rel);
-            assert!(s.matches(EventKind::Message, "a.b.c", Some(&phone())), "{rel}");
-            assert!(!s.matches(EventKind::Message, "a.b.x", Some(&phone())), "{rel}");
-            assert!(!s.matches(EventKind::Peer, "a.b.c", Some(&phone())), "{rel}");
+            assert!(
+                s.matches(EventKind::Message, "a.b.c", Some(&phone())),
+                "{rel}"
+            );
+            assert!(
+                !s.matches(EventKind::Message, "a.b.x", Some(&phone())),
+                "{rel}"
+            );
+            assert!(
+                !s.matches(EventKind::Peer, "a.b.c", Some(&phone())),
+                "{rel}"
+            );
             assert!(!s.matches(EventKind::Daemon, "a.b.c", None), "{rel}");
         }
     }
@@ -329,7 +348,11 @@ mod tests {
         assert!(s.matches(EventKind::Message, "notify.x", Some(&phone())));
         assert!(!s.matches(EventKind::Message, "notify.x", Some(&laptop)));
         assert!(!s.matches(EventKind::Message, "notify.x", None));
-        for rel in ["x/@[abcd]", "x/@[AB-CD-E]", "x/@[abcdefghijklmnopqrstuvwxyz234567]"] {
+        for rel in [
+            "x/@[abcd]",
+            "x/@[AB-CD-E]",
+            "x/@[abcdefghijklmnopqrstuvwxyz234567]",
+        ] {
             let s = spec(rel);
             assert!(s.matches(EventKind::Message, "x", Some(&phone())), "{rel}");
             assert!(!s.matches(EventKind::Message, "x", Some(&laptop)), "{rel}");
@@ -362,7 +385,10 @@ mod tests {
         for rel in ["peer", "peer.sh"] {
             let s = spec(rel);
             for tag in PEER_EVENTS {
-                assert!(s.matches(EventKind::Peer, tag, Some(&phone())), "{rel} {tag}");
+                assert!(
+                    s.matches(EventKind::Peer, tag, Some(&phone())),
+                    "{rel} {tag}"
+                );
             }
             assert!(!s.matches(EventKind::Daemon, "daemon.start", None));
         }

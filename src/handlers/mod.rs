@@ -13,14 +13,19 @@
 //! `runner.submit(inv)`, and spawn or await the returned future.
 //! User guide: `docs/handlers.md`.
 
+mod env;
 pub mod layout;
+mod process;
 pub mod run;
 pub mod scan;
 pub mod tag;
+#[cfg(test)]
+mod testutil;
 
 pub use layout::{HandlerSpec, PeerFilter, DAEMON_EVENTS, PEER_EVENTS};
 pub use run::{
     daemon_env, message_env, peer_env, HandlerOutcome, Invocation, QueueFull, Runner, RunnerConfig,
+    HANDLER_VARS,
 };
 pub use scan::{scan, HandlerSet};
 pub use tag::{validate_tag, validate_user_tag, TagError, MAX_TAG_LEN};

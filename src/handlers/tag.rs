@@ -19,11 +19,15 @@ pub enum TagError {
     NonAscii { ch: char, pos: usize },
     #[error("tag contains '/' at byte {pos}; separate segments with '.' (e.g. `a.b.c`)")]
     Slash { pos: usize },
-    #[error("tag contains '@' at byte {pos}; '@' is only used in handler file names to filter by peer")]
+    #[error(
+        "tag contains '@' at byte {pos}; '@' is only used in handler file names to filter by peer"
+    )]
     At { pos: usize },
     #[error("tag contains '#' at byte {pos}; '#' is only used in handler file names for comments")]
     Hash { pos: usize },
-    #[error("tag contains the character {ch:?} at byte {pos}; only A-Z a-z 0-9 _ - and . are allowed")]
+    #[error(
+        "tag contains the character {ch:?} at byte {pos}; only A-Z a-z 0-9 _ - and . are allowed"
+    )]
     InvalidChar { ch: char, pos: usize },
     #[error("tag contains '..'; segments must not be empty")]
     DotDot,
@@ -100,7 +104,13 @@ mod tests {
         ] {
             assert_eq!(validate_tag(tag), Ok(()), "{tag:?}");
         }
-        for tag in ["a", "util.clipboard.set", "daemonx.start", "peers", "x.daemon"] {
+        for tag in [
+            "a",
+            "util.clipboard.set",
+            "daemonx.start",
+            "peers",
+            "x.daemon",
+        ] {
             assert_eq!(validate_user_tag(tag), Ok(()), "{tag:?}");
         }
     }

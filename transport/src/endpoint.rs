@@ -399,18 +399,11 @@ impl Endpoint {
 
     /// Dials `peer`, racing every candidate address; returns the connection that is up
     /// (an existing one if there is one).
-    pub async fn connect(
-        &self,
-        peer: DeviceId,
-        addrs: &[SocketAddr],
-    ) -> Result<PeerConn, TransportError> {
+    pub async fn connect(&self, peer: DeviceId, addrs: &[SocketAddr]) -> Result<PeerConn, TransportError> {
         if !self.inner.roster.contains(&peer) {
             return Err(TransportError::NotInRoster(peer));
         }
-        let dial_lock = lock(&self.inner.dial_locks)
-            .entry(peer)
-            .or_default()
-            .clone();
+        let dial_lock = lock(&self.inner.dial_locks).entry(peer).or_default().clone();
         let _guard = dial_lock.lock().await;
         if let Some(c) = self.connection(&peer) {
             return Ok(c);
@@ -418,10 +411,21 @@ impl Endpoint {
         if addrs.is_empty() {
             return Err(TransportError::NoAddresses(peer));
         }
-        let client_tls = tls::rustls_client_config(
+        self.dial(Some(peer), addrs).await
+    }
+
+    /// Dials an address without knowing which device listens there: any device in the
+    /// roster is accepted (manual `--peer HOST:PORT` addresses).
+    pub async fn connect_addr(&self, addr: SocketAddr) -> Result<PeerConn, TransportError> {
+        self.dial(None, &[addr]).await
+    }
+
+    async fn dial(&self, expected: Option<DeviceId>, addrs: &[SocketAddr]) -> Result<PeerConn, TransportError> {
+        let label = expected.unwrap_or(self.id());
+        let client_tls = tls::rustls_client_config_for(
             &self.inner.identity,
             &self.inner.roster,
-            peer,
+            expected,
             self.inner.cfg.provider.clone(),
         )?;
         let mut client = quinn::ClientConfig::new(tls::quic_client(client_tls)?);
@@ -462,18 +466,29 @@ impl Endpoint {
         race.abort_all();
         while let Some(res) = race.join_next().await {
             if let Ok(Ok(c)) = res {
-                c.close(
-                    VarInt::from_u32(close_code::RACE_LOST),
-                    b"another address won",
-                );
+                c.close(VarInt::from_u32(close_code::RACE_LOST), b"another address won");
             }
         }
         let Some(conn) = winner else {
             return Err(TransportError::Unreachable {
-                peer,
+                peer: label,
                 reason: errors.join("; "),
             });
         };
+        let Some(peer) = peer_id(&conn) else {
+            conn.close(VarInt::from_u32(close_code::PROTOCOL), b"no certificate");
+            return Err(TransportError::Refused {
+                peer: label,
+                reason: "no certificate".into(),
+            });
+        };
+        if peer == self.id() {
+            conn.close(VarInt::from_u32(close_code::PROTOCOL), b"self");
+            return Err(TransportError::Refused {
+                peer,
+                reason: "that address is this device itself".into(),
+            });
+        }
         match tokio::time::timeout(timeout, self.hello_as_dialer(peer, &conn)).await {
             Ok(Ok(pc)) => Ok(pc),
             Ok(Err(e)) => {

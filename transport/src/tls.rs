@@ -217,9 +217,19 @@ pub fn rustls_client_config(
     expected: DeviceId,
     provider: Arc<CryptoProvider>,
 ) -> Result<rustls::ClientConfig, TlsError> {
+    rustls_client_config_for(identity, roster, Some(expected), provider)
+}
+
+/// The rustls client configuration; `expected: None` accepts any device in the roster.
+pub fn rustls_client_config_for(
+    identity: &Identity,
+    roster: &Roster,
+    expected: Option<DeviceId>,
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let verifier = Arc::new(RosterVerifier::new(
         roster.clone(),
-        Some(expected),
+        expected,
         &provider,
     ));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)

@@ -1,0 +1,280 @@
+//! The control-socket protocol, shared by the daemon and the CLI (SPEC section 10).
+//!
+//! One JSON object per line. A request is `{"id": <any>, "cmd": "<name>", ...}`; the reply
+//! echoes the id: `{"id": .., "ok": true, "result": ..}` or
+//! `{"id": .., "ok": false, "error": {"code": "..", "message": ".."}}`.
+//! Documented command by command in `docs/api.md`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest request line accepted, in bytes (message bodies larger than this follow the
+/// line as raw bytes, see `body_len`).
+pub const MAX_LINE: usize = 1024 * 1024;
+/// Largest message body, in bytes.
+pub const MAX_BODY: usize = 20 * 1024 * 1024;
+
+/// Every command name the daemon knows.
+pub const COMMANDS: &[&str] = &[
+    "status", "peers", "ping", "send", "subscribe", "handlers", "trust", "remove", "stop",
+];
+
+/// A parsed request (the `cmd` field selects the variant).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status {},
+    Peers {},
+    Ping {
+        peer: String,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    Send(SendRequest),
+    Subscribe {
+        /// Event kinds to receive: "message", "peer", "daemon" (empty: all).
+        #[serde(default)]
+        events: Vec<String>,
+    },
+    Handlers {},
+    Trust {
+        id: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        addrs: Vec<String>,
+    },
+    Remove {
+        peer: String,
+    },
+    Stop {},
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// Peer name or ID prefix; absent with `all`.
+    #[serde(default)]
+    pub peer: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    pub tag: String,
+    /// Body as UTF-8 text.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Body as base64.
+    #[serde(default)]
+    pub body_b64: Option<String>,
+    /// Body as exactly this many raw bytes following the request line.
+    #[serde(default)]
+    pub body_len: Option<u64>,
+    /// Wait for the handlers' output.
+    #[serde(default)]
+    pub reply: bool,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Stable error codes.
+pub mod code {
+    pub const BAD_JSON: &str = "bad_json";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const UNKNOWN_COMMAND: &str = "unknown_command";
+    pub const LINE_TOO_LONG: &str = "line_too_long";
+    pub const UNKNOWN_PEER: &str = "unknown_peer";
+    pub const AMBIGUOUS_PEER: &str = "ambiguous_peer";
+    pub const UNREACHABLE: &str = "unreachable";
+    pub const TIMEOUT: &str = "timeout";
+    pub const INVALID_TAG: &str = "invalid_tag";
+    pub const INVALID_ID: &str = "invalid_id";
+    pub const INVALID_NAME: &str = "invalid_name";
+    pub const INVALID_ADDRESS: &str = "invalid_address";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const QUEUE_FULL: &str = "queue_full";
+    pub const SELF: &str = "self";
+    pub const INTERNAL: &str = "internal";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A reply line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default)]
+    pub id: Value,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    pub fn ok(id: Value, result: impl Serialize) -> Self {
+        Reply {
+            id,
+            ok: true,
+            result: Some(serde_json::to_value(result).unwrap_or(Value::Null)),
+            error: None,
+        }
+    }
+
+    pub fn err(id: Value, e: ErrorBody) -> Self {
+        Reply {
+            id,
+            ok: false,
+            result: None,
+            error: Some(e),
+        }
+    }
+}
+
+/// `status` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub id: String,
+    pub name: String,
+    pub listen: Vec<String>,
+    pub peers: usize,
+    pub active: usize,
+    pub version: String,
+    pub uptime_s: u64,
+    pub pid: u32,
+    pub state_dir: String,
+    pub socket: String,
+    pub handlers: String,
+}
+
+/// One row of `peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub addresses: Vec<String>,
+    pub rtt_ms: Option<f64>,
+    pub via: Option<Vec<String>>,
+    pub last_seen: Option<u64>,
+}
+
+/// `ping` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PingResult {
+    pub peer: String,
+    pub id: String,
+    pub rtt_ms: f64,
+    pub address: String,
+    /// Names of the devices the ping went through (empty: direct).
+    pub via: Vec<String>,
+}
+
+/// One handler's result, for `send --reply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandlerReply {
+    pub peer: String,
+    pub handler: String,
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stdout_b64: String,
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+/// Per-peer result of `send`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendOutcome {
+    pub peer: String,
+    pub id: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    #[serde(default)]
+    pub replies: Vec<HandlerReply>,
+}
+
+/// `send` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendResult {
+    pub message_id: String,
+    pub outcomes: Vec<SendOutcome>,
+}
+
+/// One entry of `handlers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandlerInfo {
+    pub path: String,
+    /// What the handler matches, in words.
+    pub matches: String,
+    pub tag: String,
+    pub full_tag: String,
+    pub from: Option<String>,
+}
+
+/// `handlers` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandlersResult {
+    pub dir: String,
+    pub handlers: Vec<HandlerInfo>,
+    pub warnings: Vec<String>,
+}
+
+/// Peer reference inside events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// An event as sent to `subscribe` clients, one per line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Message {
+        tag: String,
+        from: PeerRef,
+        message_id: String,
+        body_len: usize,
+        /// The body, base64, when at most 64 KiB.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_b64: Option<String>,
+    },
+    Peer {
+        tag: String,
+        peer: PeerRef,
+        state: String,
+        address: Option<String>,
+    },
+    Daemon {
+        tag: String,
+        state: String,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Message { .. } => "message",
+            Event::Peer { .. } => "peer",
+            Event::Daemon { .. } => "daemon",
+        }
+    }
+}

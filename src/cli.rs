@@ -1,0 +1,137 @@
+//! Command-line definitions (SPEC section 11).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cnspr",
+    version,
+    about = "A private, decentralized mesh of your own devices",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// State directory (identity, trusted peers)
+    #[arg(long, global = true, env = "CNSPR_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Control socket of the daemon
+    #[arg(long, global = true, env = "CNSPR_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Configuration file (TOML)
+    #[arg(long, global = true, env = "CNSPR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v: debug, -vv: trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon
+    Serve(ServeArgs),
+    /// Create this device's identity if missing (idempotent)
+    Init {
+        /// Human name of this device (default: the host name)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show this device's ID and name (works without a daemon)
+    Id,
+    /// Show the daemon's status
+    Status,
+    /// List peers with state, address, latency
+    Peers,
+    /// Measure the round trip to a peer
+    Ping {
+        /// Peer name or ID prefix
+        peer: String,
+        /// How long to wait, in seconds
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+    /// Send a tagged message that runs handlers on the receiving device
+    Send(SendArgs),
+    /// Print events (peer changes, messages, daemon events) as they happen
+    Monitor {
+        /// Only these event kinds (message, peer, daemon); repeatable
+        #[arg(long = "event", value_name = "KIND")]
+        events: Vec<String>,
+    },
+    /// List the handlers found and what each matches
+    Handlers,
+    /// Trust a device by its ID
+    Trust {
+        /// The device's ID (grouped or not, any case)
+        id: String,
+        /// Name to show until the device tells its own
+        #[arg(long)]
+        name: Option<String>,
+        /// An address where the device listens; repeatable
+        #[arg(long = "addr", value_name = "HOST:PORT")]
+        addrs: Vec<String>,
+    },
+    /// Stop trusting a device and close its connection
+    Remove {
+        /// Peer name or ID prefix
+        peer: String,
+    },
+    /// Stop the daemon gracefully (peers see it as left)
+    Stop,
+    /// Print shell completions
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; repeatable (default [::]:7373 and 0.0.0.0:7373)
+    #[arg(long = "listen", value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Human name of this device
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Handler directory
+    #[arg(long, value_name = "DIR")]
+    pub handlers: Option<PathBuf>,
+    /// Do not use mDNS
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Address of a peer to dial (networks without multicast); repeatable
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Peer name or ID prefix (omit with --all)
+    #[arg(required_unless_present = "all")]
+    pub peer: Option<String>,
+    /// Tag, e.g. util.clipboard.set
+    pub tag: Option<String>,
+    /// Message body; standard input when absent or `-`
+    pub message: Option<String>,
+    /// Send to every member
+    #[arg(long)]
+    pub all: bool,
+    /// Wait for the handlers and print their output and exit status
+    #[arg(long)]
+    pub reply: bool,
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+}

@@ -1,0 +1,95 @@
+//! The CLI's side of the control socket: a small synchronous client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::api::{ErrorBody, Reply, MAX_LINE};
+
+/// An error reply from the daemon, kept typed so the CLI can print its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ApiError(pub ErrorBody);
+
+pub struct Client {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to the daemon's socket; says how to start one when none runs.
+    pub fn connect(socket: &Path) -> anyhow::Result<Self> {
+        let s = UnixStream::connect(socket).map_err(|e| {
+            use std::io::ErrorKind::*;
+            match e.kind() {
+                NotFound | ConnectionRefused => anyhow::anyhow!(
+                    "no cnspr daemon is running on {} (start one with `cnspr serve`, or pass --socket)",
+                    socket.display()
+                ),
+                PermissionDenied => anyhow::anyhow!(
+                    "permission denied on {}: the daemon belongs to another user",
+                    socket.display()
+                ),
+                _ => anyhow::anyhow!("cannot reach the daemon at {}: {e}", socket.display()),
+            }
+        })?;
+        let w = s.try_clone()?;
+        Ok(Client {
+            r: BufReader::with_capacity(256 * 1024, s),
+            w,
+            next_id: 1,
+        })
+    }
+
+    fn write_request(&mut self, mut req: Value) -> anyhow::Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        if let Value::Object(m) = &mut req {
+            m.insert("id".into(), Value::from(id));
+        }
+        let mut line = serde_json::to_vec(&req)?;
+        line.push(b'\n');
+        self.w.write_all(&line)?;
+        Ok(id)
+    }
+
+    /// Sends a request and returns its result, or the daemon's error.
+    pub fn request(&mut self, req: Value) -> anyhow::Result<Value> {
+        self.request_with_body(req, &[])
+    }
+
+    /// Sends a request followed by raw body bytes (for `send` with `body_len`).
+    pub fn request_with_body(&mut self, req: Value, body: &[u8]) -> anyhow::Result<Value> {
+        let id = self.write_request(req)?;
+        if !body.is_empty() {
+            self.w.write_all(body)?;
+        }
+        loop {
+            let v = self
+                .next_line()?
+                .ok_or_else(|| anyhow::anyhow!("the daemon closed the connection without answering"))?;
+            let reply: Reply = serde_json::from_value(v)?;
+            if reply.id != Value::from(id) {
+                continue;
+            }
+            return match (reply.ok, reply.error) {
+                (true, _) => Ok(reply.result.unwrap_or(Value::Null)),
+                (false, Some(e)) => Err(ApiError(e).into()),
+                (false, None) => anyhow::bail!("the daemon reported an error without a message"),
+            };
+        }
+    }
+
+    /// The next JSON line (events after `subscribe`); `None` at end of stream.
+    pub fn next_line(&mut self) -> anyhow::Result<Option<Value>> {
+        let mut line = Vec::new();
+        let n = (&mut self.r).take(4 * MAX_LINE as u64).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_slice(&line)?))
+    }
+}

@@ -1,0 +1,257 @@
+//! Client commands: each sends one request to the daemon and prints the answer.
+
+use std::io::{Read, Write};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::api::{Event, HandlersResult, PeerInfo, PingResult, SendResult, Status, MAX_BODY};
+use crate::cli::{Command, Global, SendArgs};
+use crate::client::Client;
+use crate::output::{ago, short_id, table};
+use crate::paths::Paths;
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+/// Runs a client command; returns the process exit code.
+pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
+    let mut c = Client::connect(&paths.socket)?;
+    match cmd {
+        Command::Status => {
+            let v = c.request(json!({"cmd": "status"}))?;
+            if g.json {
+                return print_json(&v).map(|_| 0);
+            }
+            let s: Status = serde_json::from_value(v)?;
+            println!("Device ID: {}", s.id);
+            println!("Name:      {}", s.name);
+            println!("Listening: {}", s.listen.join(", "));
+            println!("Peers:     {} ({} active)", s.peers, s.active);
+            println!("Uptime:    {}s", s.uptime_s);
+            println!("Handlers:  {}", s.handlers);
+            println!("Socket:    {}", s.socket);
+        }
+        Command::Peers => {
+            let v = c.request(json!({"cmd": "peers"}))?;
+            if g.json {
+                return print_json(&v).map(|_| 0);
+            }
+            let peers: Vec<PeerInfo> = serde_json::from_value(v)?;
+            let rows: Vec<Vec<String>> = peers
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        short_id(&p.id),
+                        p.state.clone(),
+                        p.addresses.first().cloned().unwrap_or_else(|| "-".into()),
+                        p.rtt_ms.map(|r| format!("{r:.2} ms")).unwrap_or_else(|| "-".into()),
+                        ago(p.last_seen),
+                        p.via.as_ref().map(|v| v.join(",")).unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST SEEN", "VIA"], &rows)
+            );
+        }
+        Command::Ping { peer, timeout } => {
+            let v = c.request(json!({"cmd": "ping", "peer": peer, "timeout_ms": secs_to_ms(timeout)?}))?;
+            if g.json {
+                return print_json(&v).map(|_| 0);
+            }
+            let p: PingResult = serde_json::from_value(v)?;
+            let path = if p.via.is_empty() {
+                "direct".to_string()
+            } else {
+                format!("via {}", p.via.join(" -> "))
+            };
+            println!("reply from {} ({}): time={:.3} ms, {path}", p.peer, p.address, p.rtt_ms);
+        }
+        Command::Send(args) => return send(&mut c, g, args),
+        Command::Monitor { events } => {
+            c.request(json!({"cmd": "subscribe", "events": events}))?;
+            let stdout = std::io::stdout();
+            while let Some(v) = c.next_line()? {
+                let mut out = stdout.lock();
+                if g.json {
+                    writeln!(out, "{}", serde_json::to_string(&v)?)?;
+                } else {
+                    writeln!(out, "{}", describe_event(&v))?;
+                }
+                out.flush()?;
+            }
+        }
+        Command::Handlers => {
+            let v = c.request(json!({"cmd": "handlers"}))?;
+            if g.json {
+                return print_json(&v).map(|_| 0);
+            }
+            let h: HandlersResult = serde_json::from_value(v)?;
+            let rows: Vec<Vec<String>> = h
+                .handlers
+                .iter()
+                .map(|x| vec![x.path.clone(), x.matches.clone()])
+                .collect();
+            print!("{}", table(&["HANDLER", "MATCHES"], &rows));
+            for w in &h.warnings {
+                eprintln!("warning: {w}");
+            }
+        }
+        Command::Trust { id, name, addrs } => {
+            let v = c.request(json!({"cmd": "trust", "id": id, "name": name, "addrs": addrs}))?;
+            if g.json {
+                return print_json(&v).map(|_| 0);
+            }
+            let p: PeerInfo = serde_json::from_value(v)?;
+            println!("trusted {} ({})", p.name, p.id);
+        }
+        Command::Remove { peer } => {
+            let v = c.request(json!({"cmd": "remove", "peer": peer}))?;
+            if g.json {
+                return print_json(&v).map(|_| 0);
+            }
+            println!(
+                "removed {} ({})",
+                v["removed"]["name"].as_str().unwrap_or(""),
+                v["removed"]["id"].as_str().unwrap_or("")
+            );
+        }
+        Command::Stop => {
+            let v = c.request(json!({"cmd": "stop"}))?;
+            if g.json {
+                return print_json(&v).map(|_| 0);
+            }
+            println!("daemon stopping");
+        }
+        Command::Serve(_) | Command::Init { .. } | Command::Id | Command::Completions { .. } => {
+            anyhow::bail!("not a client command")
+        }
+    }
+    Ok(0)
+}
+
+fn secs_to_ms(s: f64) -> anyhow::Result<u64> {
+    if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
+        anyhow::bail!("--timeout must be between 0 and 3600 seconds");
+    }
+    Ok((s * 1000.0).round() as u64)
+}
+
+fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
+    // With --all the positionals shift: TAG [MESSAGE].
+    let (peer, tag, message) = if a.all {
+        if a.message.is_some() {
+            anyhow::bail!("with --all give only TAG [MESSAGE]");
+        }
+        (None, a.peer, a.tag)
+    } else {
+        (a.peer, a.tag, a.message)
+    };
+    let tag = tag.context("missing TAG")?;
+    crate::handlers::validate_user_tag(&tag).map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
+    let body: Vec<u8> = match message.as_deref() {
+        Some("-") | None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .lock()
+                .take(MAX_BODY as u64 + 1)
+                .read_to_end(&mut buf)
+                .context("reading the message from standard input")?;
+            if buf.len() > MAX_BODY {
+                anyhow::bail!("message larger than {MAX_BODY} bytes");
+            }
+            buf
+        }
+        Some(m) => m.as_bytes().to_vec(),
+    };
+    let mut req = json!({
+        "cmd": "send",
+        "tag": tag,
+        "reply": a.reply,
+        "timeout_ms": secs_to_ms(a.timeout)?,
+        "body_len": body.len(),
+    });
+    if a.all {
+        req["all"] = json!(true);
+    } else {
+        req["peer"] = json!(peer);
+    }
+    let v = c.request_with_body(req, &body)?;
+    let r: SendResult = serde_json::from_value(v.clone())?;
+    let failed: Vec<_> = r.outcomes.iter().filter(|o| !o.ok).collect();
+    if a.reply {
+        let replies: Vec<_> = r.outcomes.iter().flat_map(|o| o.replies.iter()).collect();
+        if g.json {
+            let arr: Vec<Value> = replies
+                .iter()
+                .map(|x| json!({"peer": x.peer, "handler": x.handler, "exit_code": x.exit_code, "stdout": x.stdout}))
+                .collect();
+            print_json(&arr)?;
+        } else {
+            let mut out = std::io::stdout().lock();
+            for x in &replies {
+                if replies.len() > 1 || r.outcomes.len() > 1 {
+                    writeln!(out, "== {} {} (exit {})", x.peer, x.handler, code_str(x.exit_code))?;
+                }
+                out.write_all(&data_encoding::BASE64.decode(x.stdout_b64.as_bytes()).unwrap_or_default())?;
+            }
+            out.flush()?;
+        }
+        for x in &replies {
+            if x.exit_code != Some(0) {
+                let why = if x.timed_out { " (timed out)".to_string() } else { String::new() };
+                eprintln!("cnspr: handler {} on {} exited {}{why}", x.handler, x.peer, code_str(x.exit_code));
+            }
+        }
+    } else if g.json {
+        print_json(&v)?;
+    }
+    for o in &failed {
+        let e = o.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+        eprintln!("cnspr: not delivered to {}: {e}", o.peer);
+    }
+    if r.outcomes.is_empty() && a.all {
+        eprintln!("cnspr: no peers to send to");
+    }
+    let handler_failed = a.reply && r.outcomes.iter().flat_map(|o| &o.replies).any(|x| x.exit_code != Some(0));
+    Ok(if !failed.is_empty() {
+        1
+    } else if handler_failed {
+        3
+    } else {
+        0
+    })
+}
+
+fn code_str(c: Option<i32>) -> String {
+    c.map(|c| c.to_string()).unwrap_or_else(|| "by signal".into())
+}
+
+fn describe_event(v: &Value) -> String {
+    match serde_json::from_value::<Event>(v.clone()) {
+        Ok(Event::Message {
+            tag,
+            from,
+            message_id,
+            body_len,
+            ..
+        }) => format!("message  {tag} from {} ({body_len} bytes, id {message_id})", from.name),
+        Ok(Event::Peer {
+            tag,
+            peer,
+            state,
+            address,
+        }) => format!(
+            "peer     {tag} {} {state}{}",
+            peer.name,
+            address.map(|a| format!(" {a}")).unwrap_or_default()
+        ),
+        Ok(Event::Daemon { tag, state }) => format!("daemon   {tag} {state}"),
+        Err(_) => v.to_string(),
+    }
+}

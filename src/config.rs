@@ -1,0 +1,193 @@
+//! The configuration file (TOML). Every key is documented in `docs/config.md`; unknown
+//! keys are refused with the key named.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Largest config file read, in bytes.
+pub const MAX_CONFIG: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Human name of this device.
+    pub name: Option<String>,
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Handler directory.
+    pub handlers: Option<PathBuf>,
+    /// LAN discovery with mDNS.
+    pub mdns: bool,
+    /// Peer addresses to dial (HOST:PORT).
+    pub peers: Vec<String>,
+    /// Handler timeout in seconds.
+    pub handler_timeout_s: f64,
+    /// Handlers running at once.
+    pub handler_concurrency: usize,
+    /// Handler invocations admitted (running + waiting) before senders get `queue_full`.
+    pub handler_queue: usize,
+    /// Liveness probe interval, milliseconds.
+    pub probe_interval_ms: u64,
+    /// A peer unanswered for this long is `suspect`, milliseconds.
+    pub suspect_after_ms: u64,
+    /// A connection silent for this long is dead (`unreachable`), milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Longest wait between two dials of an unreachable peer, milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: None,
+            listen: Vec::new(),
+            handlers: None,
+            mdns: true,
+            peers: Vec::new(),
+            handler_timeout_s: 30.0,
+            handler_concurrency: 8,
+            handler_queue: 256,
+            probe_interval_ms: 500,
+            suspect_after_ms: 1500,
+            idle_timeout_ms: 3000,
+            max_backoff_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is larger than {MAX_CONFIG} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Loads `path`. A missing file gives the defaults unless `required`.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        if meta.len() > MAX_CONFIG {
+            return Err(ConfigError::TooLarge { path: path.into() });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| {
+            Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                message: m.to_string(),
+            })
+        };
+        if !(self.handler_timeout_s > 0.0 && self.handler_timeout_s <= 86_400.0) {
+            return bad("handler_timeout_s must be between 0 and 86400");
+        }
+        if self.handler_concurrency == 0 || self.handler_concurrency > 1024 {
+            return bad("handler_concurrency must be between 1 and 1024");
+        }
+        if self.handler_queue == 0 || self.handler_queue > 100_000 {
+            return bad("handler_queue must be between 1 and 100000");
+        }
+        if self.probe_interval_ms < 50 || self.probe_interval_ms > 60_000 {
+            return bad("probe_interval_ms must be between 50 and 60000");
+        }
+        if self.suspect_after_ms <= self.probe_interval_ms {
+            return bad("suspect_after_ms must be larger than probe_interval_ms");
+        }
+        if self.idle_timeout_ms <= self.suspect_after_ms || self.idle_timeout_ms > 600_000 {
+            return bad("idle_timeout_ms must be larger than suspect_after_ms and at most 600000");
+        }
+        if self.max_backoff_ms < 100 || self.max_backoff_ms > 3_600_000 {
+            return bad("max_backoff_ms must be between 100 and 3600000");
+        }
+        if let Some(n) = &self.name {
+            if transport::identity::validate_name(n).is_err() {
+                return bad("name: use 1-64 letters, digits, '-' and '_'");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn handler_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.handler_timeout_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_keys() {
+        let c = Config::parse("").unwrap();
+        assert!(c.mdns);
+        let c = Config::parse(
+            "name = \"desk\"\nlisten = [\"127.0.0.1:7000\"]\nhandler_timeout_s = 2.5\npeers = [\"10.0.0.2:7373\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.name.as_deref(), Some("desk"));
+        assert_eq!(c.listen.len(), 1);
+        assert_eq!(c.handler_timeout(), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("nmae = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::parse("handler_concurrency = 0").is_err());
+        assert!(Config::parse("listen = [\"nonsense\"]").is_err());
+        assert!(Config::parse("name = \"a b\"").is_err());
+        assert!(Config::parse("suspect_after_ms = 10").is_err());
+        assert!(Config::parse("handler_timeout_s = \"x\"").is_err());
+    }
+}

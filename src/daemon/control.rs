@@ -1,0 +1,496 @@
+//! The control socket: newline-delimited JSON requests from the CLI and applications.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
+use transport::wire::ControlFrame;
+use transport::{DeviceId, StreamKind};
+
+use super::messages::{connection_to, new_message_id, send_one};
+use super::peers::{Peer, PeerState};
+use super::Daemon;
+use crate::api::{
+    code, ErrorBody, HandlerInfo, HandlersResult, PingResult, Reply, Request, SendRequest, SendResult, Status,
+    COMMANDS, MAX_BODY, MAX_LINE,
+};
+use crate::handlers;
+
+/// Clients served at once; more wait in the kernel's backlog.
+const MAX_CLIENTS: usize = 128;
+/// Default wait for `send` and `ping`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait a request may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Binds the socket (mode 0600), refusing if another daemon answers there and replacing
+/// a stale file left by a crashed one.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("{} exists and is not a socket; move it away or use --socket", path.display());
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => anyhow::bail!(
+                "another cnspr daemon is already running on {}; stop it with `cnspr stop` or use another --socket",
+                path.display()
+            ),
+            Err(_) => {
+                info!(socket = %path.display(), "removing the stale socket of a daemon that did not stop cleanly");
+                std::fs::remove_file(path)?;
+            }
+        }
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub fn unbind(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    client(d, stream).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+enum Line {
+    Text(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+/// Reads one line of at most `max` bytes; a longer line is consumed and reported.
+async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Line> {
+    let mut out = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(if too_long {
+                Line::TooLong
+            } else if out.is_empty() {
+                Line::Eof
+            } else {
+                Line::Text(out)
+            });
+        }
+        let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        if !too_long {
+            if out.len() + chunk.len() > max {
+                too_long = true;
+                out = Vec::new();
+            } else {
+                out.extend_from_slice(chunk);
+            }
+        }
+        let used = done.unwrap_or(buf.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(if too_long { Line::TooLong } else { Line::Text(out) });
+        }
+    }
+}
+
+async fn write_json(w: &mut OwnedWriteHalf, v: &impl serde::Serialize) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+fn err(code_: &str, message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(code_, message)
+}
+
+async fn client(d: Arc<Daemon>, stream: UnixStream) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::with_capacity(256 * 1024, r);
+    loop {
+        let line = match read_line(&mut r, MAX_LINE).await {
+            Ok(Line::Text(l)) => l,
+            Ok(Line::TooLong) => {
+                let e = err(code::LINE_TOO_LONG, format!("request line longer than {MAX_LINE} bytes"));
+                if write_json(&mut w, &Reply::err(Value::Null, e)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Line::Eof) | Err(_) => return,
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let (id, req) = match parse(&line) {
+            Ok(x) => x,
+            Err((id, e)) => {
+                if write_json(&mut w, &Reply::err(id, e)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        match req {
+            Request::Subscribe { events } => {
+                subscribe(&d, id, events, r, w).await;
+                return;
+            }
+            Request::Send(s) => {
+                let body = match read_body(&s, &mut r).await {
+                    Ok(b) => b,
+                    Err(BodyError::Reply(e)) => {
+                        if write_json(&mut w, &Reply::err(id, e)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(BodyError::Closed) => return,
+                };
+                let reply = match send(&d, s, body).await {
+                    Ok(v) => Reply::ok(id, v),
+                    Err(e) => Reply::err(id, e),
+                };
+                if write_json(&mut w, &reply).await.is_err() {
+                    return;
+                }
+            }
+            Request::Stop {} => {
+                let _ = write_json(&mut w, &Reply::ok(id, serde_json::json!({"stopping": true}))).await;
+                let _ = w.shutdown().await;
+                d.request_stop();
+                return;
+            }
+            other => {
+                let reply = match handle(&d, other).await {
+                    Ok(v) => Reply::ok(id, v),
+                    Err(e) => Reply::err(id, e),
+                };
+                if write_json(&mut w, &reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| (Value::Null, err(code::BAD_JSON, format!("malformed JSON: {e}"))))?;
+    let Value::Object(mut map) = value else {
+        return Err((Value::Null, err(code::BAD_REQUEST, "a request is a JSON object")));
+    };
+    let id = map.remove("id").unwrap_or(Value::Null);
+    let cmd = match map.get("cmd") {
+        Some(Value::String(c)) => c.clone(),
+        _ => return Err((id, err(code::BAD_REQUEST, "missing string field \"cmd\""))),
+    };
+    if !COMMANDS.contains(&cmd.as_str()) {
+        return Err((
+            id,
+            err(code::UNKNOWN_COMMAND, format!("unknown command {cmd:?}; known: {}", COMMANDS.join(", "))),
+        ));
+    }
+    match serde_json::from_value::<Request>(Value::Object(map)) {
+        Ok(r) => Ok((id, r)),
+        Err(e) => Err((id, err(code::BAD_REQUEST, format!("{cmd}: {e}")))),
+    }
+}
+
+enum BodyError {
+    Reply(ErrorBody),
+    Closed,
+}
+
+async fn read_body<R: AsyncBufRead + Unpin>(s: &SendRequest, r: &mut R) -> Result<Bytes, BodyError> {
+    let given = [s.body.is_some(), s.body_b64.is_some(), s.body_len.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        // Still consume a raw body so the connection stays in step.
+        if let Some(n) = s.body_len.filter(|n| *n <= MAX_BODY as u64) {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut r.take(n), &mut sink).await;
+        }
+        return Err(BodyError::Reply(err(code::BAD_REQUEST, "give only one of body, body_b64, body_len")));
+    }
+    if let Some(n) = s.body_len {
+        if n > MAX_BODY as u64 {
+            // The raw bytes cannot be skipped safely at this size: close after answering.
+            return Err(BodyError::Reply(err(
+                code::TOO_LARGE,
+                format!("body of {n} bytes exceeds the limit of {MAX_BODY}"),
+            )));
+        }
+        let mut buf = vec![0u8; n as usize];
+        r.read_exact(&mut buf).await.map_err(|_| BodyError::Closed)?;
+        return Ok(Bytes::from(buf));
+    }
+    if let Some(b64) = &s.body_b64 {
+        let v = data_encoding::BASE64
+            .decode(b64.as_bytes())
+            .map_err(|e| BodyError::Reply(err(code::BAD_REQUEST, format!("body_b64 is not base64: {e}"))))?;
+        return Ok(Bytes::from(v));
+    }
+    Ok(Bytes::from(s.body.clone().unwrap_or_default().into_bytes()))
+}
+
+fn timeout_of(ms: Option<u64>) -> Duration {
+    ms.map(Duration::from_millis).unwrap_or(DEFAULT_TIMEOUT).min(MAX_TIMEOUT)
+}
+
+async fn send(d: &Arc<Daemon>, s: SendRequest, body: Bytes) -> Result<Value, ErrorBody> {
+    handlers::validate_user_tag(&s.tag).map_err(|e| err(code::INVALID_TAG, format!("invalid tag {:?}: {e}", s.tag)))?;
+    let targets: Vec<DeviceId> = match (&s.peer, s.all) {
+        (Some(_), true) => return Err(err(code::BAD_REQUEST, "give either peer or all, not both")),
+        (None, false) => return Err(err(code::BAD_REQUEST, "missing peer (or all: true)")),
+        (Some(p), false) => vec![d.peers().resolve(p)?],
+        (None, true) => d.peers().peers.keys().copied().collect(),
+    };
+    let deadline = Instant::now() + timeout_of(s.timeout_ms);
+    let message_id = new_message_id();
+    let mut set = tokio::task::JoinSet::new();
+    for peer in targets {
+        let (d, id, tag, body) = (d.clone(), message_id.clone(), s.tag.clone(), body.clone());
+        let reply = s.reply;
+        set.spawn(async move { send_one(&d, peer, &id, &tag, body, reply, deadline).await });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(o) => outcomes.push(o),
+            Err(e) => return Err(err(code::INTERNAL, e.to_string())),
+        }
+    }
+    outcomes.sort_by(|a, b| a.peer.cmp(&b.peer));
+    if !s.all {
+        if let Some(e) = outcomes.first().and_then(|o| o.error.clone()) {
+            return Err(e);
+        }
+    }
+    Ok(serde_json::to_value(SendResult { message_id, outcomes }).unwrap_or(Value::Null))
+}
+
+async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
+    let v = match req {
+        Request::Status {} => {
+            let table = d.peers();
+            serde_json::to_value(Status {
+                id: d.id().to_string(),
+                name: d.identity.name.clone(),
+                listen: d.endpoint.local_addrs().iter().map(|a| a.to_string()).collect(),
+                peers: table.peers.len(),
+                active: table.peers.values().filter(|p| p.state == PeerState::Active).count(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                uptime_s: d.started.elapsed().as_secs(),
+                pid: std::process::id(),
+                state_dir: d.paths.state_dir.display().to_string(),
+                socket: d.paths.socket.display().to_string(),
+                handlers: d.handlers_dir.display().to_string(),
+            })
+        }
+        Request::Peers {} => serde_json::to_value(d.peers().infos()),
+        Request::Ping { peer, timeout_ms } => {
+            let id = d.peers().resolve(&peer)?;
+            serde_json::to_value(ping(d, id, timeout_of(timeout_ms)).await?)
+        }
+        Request::Handlers {} => {
+            let set = handlers::scan(&d.handlers_dir);
+            serde_json::to_value(HandlersResult {
+                dir: d.handlers_dir.display().to_string(),
+                handlers: set
+                    .handlers
+                    .iter()
+                    .map(|h| HandlerInfo {
+                        path: h.rel.clone(),
+                        matches: h.describe(),
+                        tag: h.tag.clone(),
+                        full_tag: h.full_tag.clone(),
+                        from: h.peer.as_ref().map(|p| match p {
+                            handlers::PeerFilter::Name(n) => n.clone(),
+                            handlers::PeerFilter::IdPrefix(p) => format!("[{p}]"),
+                        }),
+                    })
+                    .collect(),
+                warnings: set.warnings.clone(),
+            })
+        }
+        Request::Trust { id, name, addrs } => serde_json::to_value(trust(d, &id, name, &addrs)?),
+        Request::Remove { peer } => {
+            let id = d.peers().resolve(&peer)?;
+            let name = {
+                let mut table = d.peers();
+                let name = table.peers.remove(&id).map(|p| p.name).unwrap_or_default();
+                table.removed.insert(id, name.clone());
+                name
+            };
+            d.endpoint.roster().remove(&id);
+            d.save_peers();
+            info!(peer = %name, "peer removed");
+            d.peer_event("peer.removed", id, &name, PeerState::Removed, None);
+            d.peer_event("peer.status_changed", id, &name, PeerState::Removed, None);
+            Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
+        }
+        Request::Send(_) | Request::Subscribe { .. } | Request::Stop {} => {
+            return Err(err(code::INTERNAL, "request routed to the wrong handler"))
+        }
+    };
+    v.map_err(|e| err(code::INTERNAL, e.to_string()))
+}
+
+fn trust(d: &Arc<Daemon>, id: &str, name: Option<String>, addrs: &[String]) -> Result<crate::api::PeerInfo, ErrorBody> {
+    let id: DeviceId = id
+        .parse()
+        .map_err(|e| err(code::INVALID_ID, format!("{id:?} is not a device ID: {e} (see `cnspr id` on that device)")))?;
+    if id == d.id() {
+        return Err(err(code::SELF, "that is this device's own ID"));
+    }
+    if let Some(n) = &name {
+        transport::identity::validate_name(n).map_err(|e| err(code::INVALID_NAME, e.to_string()))?;
+    }
+    if addrs.len() > super::peers::MAX_ADDRS {
+        return Err(err(code::INVALID_ADDRESS, format!("at most {} addresses", super::peers::MAX_ADDRS)));
+    }
+    let mut resolved = Vec::new();
+    for a in addrs {
+        resolved.extend(super::links::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?);
+    }
+    let (info, joined, name) = {
+        let mut table = d.peers();
+        table.removed.remove(&id);
+        let joined = !table.peers.contains_key(&id);
+        let default_name = format!("device-{}", id.short().to_lowercase());
+        let p = table
+            .peers
+            .entry(id)
+            .or_insert_with(|| Peer::new(id, name.clone().unwrap_or(default_name), Vec::new()));
+        if let Some(n) = name {
+            p.name = n;
+        }
+        for a in resolved.into_iter().rev() {
+            p.remember(a);
+        }
+        p.next_dial = Instant::now();
+        p.backoff = Duration::ZERO;
+        (p.info(), joined, p.name.clone())
+    };
+    d.endpoint.roster().insert(id);
+    d.save_peers();
+    if joined {
+        info!(peer = %name, id = %id, "peer trusted");
+        d.peer_event("peer.joined", id, &name, PeerState::Unreachable, None);
+    }
+    Ok(info)
+}
+
+async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<PingResult, ErrorBody> {
+    let deadline = Instant::now() + timeout;
+    let pc = connection_to(d, peer, deadline).await?;
+    let exchange = async {
+        let (mut send, mut recv) = pc.open(StreamKind::Control).await.map_err(|e| e.to_string())?;
+        let nonce = rand::random::<u64>();
+        let start = Instant::now();
+        write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME).await {
+                Ok(Some(ControlFrame::Pong { nonce: n })) if n == nonce => {
+                    let _ = send.finish();
+                    return Ok(start.elapsed());
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err("stream closed".to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    let rtt = match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), exchange).await {
+        Ok(Ok(rtt)) => rtt,
+        Ok(Err(e)) => return Err(err(code::UNREACHABLE, format!("ping failed: {e}"))),
+        Err(_) => return Err(err(code::TIMEOUT, "no answer before the timeout")),
+    };
+    Ok(PingResult {
+        peer: pc.name.clone(),
+        id: peer.to_string(),
+        rtt_ms: (rtt.as_secs_f64() * 1e6).round() / 1e3,
+        address: super::links::canon(pc.remote_address()).to_string(),
+        via: Vec::new(),
+    })
+}
+
+async fn subscribe<R>(d: &Arc<Daemon>, id: Value, kinds: Vec<String>, mut r: R, mut w: OwnedWriteHalf)
+where
+    R: AsyncBufRead + Unpin,
+{
+    for k in &kinds {
+        if !["message", "peer", "daemon"].contains(&k.as_str()) {
+            let e = err(code::BAD_REQUEST, format!("unknown event kind {k:?}; use message, peer or daemon"));
+            let _ = write_json(&mut w, &Reply::err(id, e)).await;
+            return;
+        }
+    }
+    let mut rx = d.events.subscribe();
+    if write_json(&mut w, &Reply::ok(id, serde_json::json!({"subscribed": true}))).await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 1024];
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    if kinds.is_empty() || kinds.iter().any(|k| k == ev.kind()) {
+                        if write_json(&mut w, &ev).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    debug!(missed = n, "subscriber lagging");
+                    if write_json(&mut w, &serde_json::json!({"event": "lagged", "missed": n})).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            },
+            n = r.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+        }
+    }
+}

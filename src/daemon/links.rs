@@ -1,0 +1,239 @@
+//! Direct links: dialling trusted peers with backoff, liveness probes, and the peer states
+//! that follow from them (`active`, `suspect`, `unreachable`, `left`).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::broadcast::error::RecvError;
+use tracing::debug;
+use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
+use transport::wire::ControlFrame;
+use transport::{DownReason, PeerConn, StreamKind, TransportEvent};
+
+use super::peers::PeerState;
+use super::Daemon;
+
+/// First retry delay after a failed dial.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Supervisor tick.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Resolves `HOST:PORT` (names allowed) to addresses.
+pub fn resolve_addr(s: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    if s.len() > 300 {
+        anyhow::bail!("address too long");
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("{s:?} is not a usable HOST:PORT ({e})"))?
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("{s:?} resolves to no address");
+    }
+    Ok(addrs)
+}
+
+pub fn start(d: &Arc<Daemon>) {
+    tokio::spawn(transport_events(d.clone()));
+    tokio::spawn(supervise(d.clone()));
+}
+
+async fn transport_events(d: Arc<Daemon>) {
+    let mut rx = d.endpoint.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(TransportEvent::Up(pc)) => on_up(&d, pc),
+            Ok(TransportEvent::Down { peer, reason }) => on_down(&d, peer, reason),
+            Err(RecvError::Lagged(n)) => {
+                debug!(missed = n, "transport events lagged; resynchronising");
+                for pc in d.endpoint.connections() {
+                    on_up(&d, pc);
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The plain form of an address (an IPv4-mapped IPv6 address becomes IPv4).
+pub fn canon(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
+    let remote = canon(pc.remote_address());
+    let (seen_first, new_addr, name) = {
+        let mut table = d.peers();
+        let Some(p) = table.peers.get_mut(&pc.peer) else {
+            return;
+        };
+        let seen_first = p.last_heard.is_none();
+        let new_addr = p.remember(remote);
+        if p.name != pc.name && transport::identity::validate_name(&pc.name).is_ok() {
+            p.name = pc.name.clone();
+        }
+        p.addr = Some(remote);
+        p.last_heard = Some(Instant::now());
+        p.last_seen = Some(SystemTime::now());
+        p.rtt = Some(pc.rtt());
+        p.backoff = Duration::ZERO;
+        (seen_first, new_addr, p.name.clone())
+    };
+    d.save_peers();
+    d.set_state(pc.peer, PeerState::Active);
+    if seen_first {
+        d.peer_event("peer.seen", pc.peer, &name, PeerState::Active, Some(remote));
+    }
+    if new_addr {
+        d.peer_event("peer.new_address", pc.peer, &name, PeerState::Active, Some(remote));
+    }
+    tokio::spawn(probe(d.clone(), pc));
+}
+
+fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, reason: DownReason) {
+    let state = match reason {
+        DownReason::Leaving => PeerState::Left,
+        _ => PeerState::Unreachable,
+    };
+    {
+        let mut table = d.peers();
+        let Some(p) = table.peers.get_mut(&peer) else {
+            return;
+        };
+        p.addr = None;
+        p.rtt = None;
+        p.next_dial = Instant::now() + MIN_BACKOFF;
+        p.backoff = MIN_BACKOFF;
+    }
+    d.set_state(peer, state);
+}
+
+/// Sends a ping every probe interval on a control stream of `pc`; each answer refreshes
+/// the peer's liveness. Ends with the connection.
+async fn probe(d: Arc<Daemon>, pc: PeerConn) {
+    let interval = Duration::from_millis(d.cfg.probe_interval_ms);
+    let Ok((mut send, mut recv)) = pc.open(StreamKind::Control).await else {
+        return;
+    };
+    let mut nonce = 0u64;
+    loop {
+        nonce += 1;
+        if write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME).await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + interval;
+        // Wait for the matching pong until the next probe is due.
+        loop {
+            match tokio::time::timeout_at(deadline, read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME)).await {
+                Ok(Ok(Some(ControlFrame::Pong { nonce: n }))) if n == nonce => {
+                    heard(&d, &pc);
+                    tokio::time::sleep_until(deadline).await;
+                    break;
+                }
+                Ok(Ok(Some(_))) => continue,
+                Ok(_) => return,
+                Err(_) => break,
+            }
+        }
+        if pc.conn.close_reason().is_some() {
+            return;
+        }
+    }
+}
+
+fn heard(d: &Arc<Daemon>, pc: &PeerConn) {
+    let suspect = {
+        let mut table = d.peers();
+        let Some(p) = table.peers.get_mut(&pc.peer) else {
+            return;
+        };
+        p.last_heard = Some(Instant::now());
+        p.last_seen = Some(SystemTime::now());
+        p.rtt = Some(pc.rtt());
+        p.addr = Some(canon(pc.remote_address()));
+        p.state == PeerState::Suspect
+    };
+    if suspect {
+        d.set_state(pc.peer, PeerState::Active);
+    }
+}
+
+/// Answers pings on a control stream the peer opened.
+pub async fn serve_control(mut s: transport::IncomingStream) {
+    while let Ok(Some(frame)) = read_frame::<ControlFrame, _>(&mut s.recv, MAX_CONTROL_FRAME).await {
+        if let ControlFrame::Ping { nonce } = frame {
+            if write_frame(&mut s.send, &ControlFrame::Pong { nonce }, MAX_CONTROL_FRAME).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Marks silent peers `suspect` and dials disconnected ones with exponential backoff.
+async fn supervise(d: Arc<Daemon>) {
+    let suspect_after = Duration::from_millis(d.cfg.suspect_after_ms);
+    let max_backoff = Duration::from_millis(d.cfg.max_backoff_ms);
+    let mut manual_next: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let mut suspects = Vec::new();
+        let mut dials = Vec::new();
+        {
+            let mut table = d.peers();
+            for p in table.peers.values_mut() {
+                let connected = d.endpoint.connection(&p.id).is_some();
+                if connected {
+                    if p.state == PeerState::Active && p.last_heard.is_some_and(|t| now - t > suspect_after) {
+                        suspects.push(p.id);
+                    }
+                    continue;
+                }
+                if p.dialing || p.next_dial > now || p.addrs.is_empty() {
+                    continue;
+                }
+                p.dialing = true;
+                dials.push((p.id, p.addrs.clone()));
+            }
+        }
+        for id in suspects {
+            d.set_state(id, PeerState::Suspect);
+        }
+        for (id, addrs) in dials {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let res = d.endpoint.connect(id, &addrs).await;
+                let mut table = d.peers();
+                if let Some(p) = table.peers.get_mut(&id) {
+                    p.dialing = false;
+                    if let Err(e) = res {
+                        debug!(peer = %p.name, error = %e, "dial failed");
+                        p.backoff = (p.backoff * 2).clamp(MIN_BACKOFF, max_backoff);
+                        p.next_dial = Instant::now() + p.backoff;
+                    }
+                }
+            });
+        }
+        // Manual addresses: dial while no live connection comes from there.
+        for addr in &d.manual {
+            let served = d.endpoint.connections().iter().any(|c| canon(c.remote_address()) == *addr)
+                || d.peers().peers.values().any(|p| p.addr == Some(*addr));
+            let entry = manual_next.entry(*addr).or_insert((now, Duration::ZERO));
+            if served || entry.0 > now {
+                continue;
+            }
+            entry.1 = (entry.1 * 2).clamp(MIN_BACKOFF, max_backoff);
+            entry.0 = now + entry.1;
+            let d = d.clone();
+            let addr = *addr;
+            tokio::spawn(async move {
+                if let Err(e) = d.endpoint.connect_addr(addr).await {
+                    debug!(%addr, error = %e, "manual address not reachable");
+                }
+            });
+        }
+    }
+}

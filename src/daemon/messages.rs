@@ -1,0 +1,273 @@
+//! Tagged messages: sent on their own QUIC stream each, acknowledged by the receiving
+//! daemon, run through the handlers there.
+//!
+//! Wire: `StreamKind::Message` header, one [`MsgHeader`] frame, `body_len` raw body bytes,
+//! end of stream; the receiver answers one [`MsgResult`] frame.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+use transport::frame::{read_frame, write_frame};
+use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
+
+use super::Daemon;
+use crate::api::{code, ErrorBody, Event, HandlerReply, PeerRef, SendOutcome, MAX_BODY};
+use crate::handlers::{self, EventKind, Invocation, Origin};
+
+/// Largest message header frame.
+const MAX_HEADER: usize = 64 * 1024;
+/// Largest result frame (replies carry up to 1 MiB of stdout per handler).
+const MAX_RESULT: usize = 24 * 1024 * 1024;
+/// Largest body sent inline in a socket `message` event.
+const EVENT_BODY_INLINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MsgHeader {
+    pub id: String,
+    pub tag: String,
+    pub body_len: u64,
+    pub reply: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MsgResult {
+    Ack,
+    Nack { code: String, message: String },
+    Replies(Vec<WireReply>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireReply {
+    pub handler: String,
+    pub exit_code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub timed_out: bool,
+}
+
+pub fn start(d: &Arc<Daemon>) {
+    let Some(mut incoming) = d.endpoint.take_incoming() else {
+        return;
+    };
+    let d = d.clone();
+    tokio::spawn(async move {
+        while let Some(s) = incoming.recv().await {
+            match s.kind {
+                StreamKind::Control => {
+                    tokio::spawn(super::links::serve_control(s));
+                }
+                StreamKind::Message => {
+                    tokio::spawn(receive(d.clone(), s));
+                }
+                other => {
+                    debug!(?other, "stream kind not served by this version; resetting");
+                    let mut s = s;
+                    let _ = s.send.reset(1u32.into());
+                }
+            }
+        }
+    });
+}
+
+pub fn new_message_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Waits (until `deadline`) for a live connection to `peer`, dialling it.
+pub async fn connection_to(d: &Arc<Daemon>, peer: DeviceId, deadline: Instant) -> Result<PeerConn, ErrorBody> {
+    let mut last = String::from("no address known for it");
+    loop {
+        if let Some(c) = d.endpoint.connection(&peer) {
+            return Ok(c);
+        }
+        let addrs = d.peers().peers.get(&peer).map(|p| p.addrs.clone()).unwrap_or_default();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorBody::new(code::UNREACHABLE, format!("peer is unreachable ({last})")));
+        }
+        if !addrs.is_empty() {
+            match tokio::time::timeout(left, d.endpoint.connect(peer, &addrs)).await {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// Sends one message to one peer and waits for its acknowledgement (or handler replies).
+pub async fn send_one(
+    d: &Arc<Daemon>,
+    peer: DeviceId,
+    id: &str,
+    tag: &str,
+    body: Bytes,
+    reply: bool,
+    deadline: Instant,
+) -> SendOutcome {
+    let name = d.peers().peers.get(&peer).map(|p| p.name.clone()).unwrap_or_default();
+    let mut outcome = SendOutcome {
+        peer: name.clone(),
+        id: peer.to_string(),
+        ok: false,
+        error: None,
+        replies: Vec::new(),
+    };
+    let res = async {
+        let pc = connection_to(d, peer, deadline).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let exchange = async {
+            let (mut send, mut recv) = pc.open(StreamKind::Message).await.map_err(|e| e.to_string())?;
+            let header = MsgHeader {
+                id: id.to_string(),
+                tag: tag.to_string(),
+                body_len: body.len() as u64,
+                reply,
+            };
+            write_frame(&mut send, &header, MAX_HEADER).await.map_err(|e| e.to_string())?;
+            send.write_chunk(body.clone()).await.map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the peer closed the stream without an answer".to_string())
+        };
+        match tokio::time::timeout(left, exchange).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(ErrorBody::new(code::UNREACHABLE, format!("delivery failed: {e}"))),
+            Err(_) => Err(ErrorBody::new(code::TIMEOUT, "no acknowledgement before the timeout")),
+        }
+    }
+    .await;
+    match res {
+        Ok(MsgResult::Ack) => outcome.ok = true,
+        Ok(MsgResult::Replies(rs)) => {
+            outcome.ok = true;
+            outcome.replies = rs
+                .into_iter()
+                .map(|r| HandlerReply {
+                    peer: name.clone(),
+                    handler: r.handler,
+                    exit_code: r.exit_code,
+                    stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+                    stdout_b64: data_encoding::BASE64.encode(&r.stdout),
+                    timed_out: r.timed_out,
+                })
+                .collect();
+        }
+        Ok(MsgResult::Nack { code, message }) => outcome.error = Some(ErrorBody { code, message }),
+        Err(e) => outcome.error = Some(e),
+    }
+    outcome
+}
+
+async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
+    let result = match tokio::time::timeout(Duration::from_secs(30), read_message(&d, &mut s)).await {
+        Ok(Ok((header, body))) => deliver(&d, s.peer, header, body).await,
+        Ok(Err(nack)) => nack,
+        Err(_) => MsgResult::Nack {
+            code: code::TIMEOUT.into(),
+            message: "message not received completely within 30 s".into(),
+        },
+    };
+    if let Err(e) = write_frame(&mut s.send, &result, MAX_RESULT).await {
+        debug!(error = %e, "could not answer a message");
+    }
+    let _ = s.send.finish();
+    let _ = s.send.stopped().await;
+}
+
+fn nack(code: &str, message: impl Into<String>) -> MsgResult {
+    MsgResult::Nack {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+async fn read_message(_d: &Arc<Daemon>, s: &mut IncomingStream) -> Result<(MsgHeader, Vec<u8>), MsgResult> {
+    let header: MsgHeader = match read_frame(&mut s.recv, MAX_HEADER).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err(nack(code::BAD_REQUEST, "empty message stream")),
+        Err(e) => return Err(nack(code::BAD_REQUEST, format!("bad message header: {e}"))),
+    };
+    if header.body_len > MAX_BODY as u64 {
+        let _ = s.recv.stop(1u32.into());
+        return Err(nack(code::TOO_LARGE, format!("body of {} bytes exceeds {MAX_BODY}", header.body_len)));
+    }
+    if let Err(e) = handlers::validate_user_tag(&header.tag) {
+        let _ = s.recv.stop(1u32.into());
+        return Err(nack(code::INVALID_TAG, e.to_string()));
+    }
+    let body = s
+        .recv
+        .read_to_end(header.body_len as usize)
+        .await
+        .map_err(|e| nack(code::BAD_REQUEST, format!("body not received: {e}")))?;
+    if body.len() as u64 != header.body_len {
+        return Err(nack(code::BAD_REQUEST, "body shorter than announced"));
+    }
+    Ok((header, body))
+}
+
+async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u8>) -> MsgResult {
+    let from_name = d.peers().peers.get(&from).map(|p| p.name.clone()).unwrap_or_default();
+    let from_plain = from.to_plain();
+    d.emit(Event::Message {
+        tag: header.tag.clone(),
+        from: PeerRef {
+            id: from.to_string(),
+            name: from_name.clone(),
+        },
+        message_id: header.id.clone(),
+        body_len: body.len(),
+        body_b64: (body.len() <= EVENT_BODY_INLINE).then(|| data_encoding::BASE64.encode(&body)),
+    });
+    let origin = Origin {
+        name: &from_name,
+        id: &from_plain,
+    };
+    let set = handlers::scan(&d.handlers_dir);
+    let matched: Vec<_> = set
+        .matching(EventKind::Message, &header.tag, Some(&origin))
+        .into_iter()
+        .cloned()
+        .collect();
+    let env = handlers::message_env(&d.identity.name, &d.id().to_plain(), &header.tag, &origin, &header.id);
+    let inv = Invocation {
+        kind: EventKind::Message,
+        tag: header.tag.clone(),
+        env,
+        body: Bytes::from(body),
+        handlers: matched,
+    };
+    let fut = match d.runner.submit(inv) {
+        Ok(f) => f,
+        Err(e) => return nack(code::QUEUE_FULL, format!("the receiving device is busy: {e}")),
+    };
+    if !header.reply {
+        let tag = header.tag.clone();
+        tokio::spawn(async move {
+            for o in fut.await {
+                if !o.success() {
+                    warn!(%tag, handler = %o.handler, exit = ?o.exit_code, timed_out = o.timed_out, error = ?o.error, "handler failed");
+                }
+            }
+        });
+        return MsgResult::Ack;
+    }
+    let outcomes = fut.await;
+    MsgResult::Replies(
+        outcomes
+            .into_iter()
+            .map(|o| WireReply {
+                handler: o.handler,
+                exit_code: o.exit_code,
+                stdout: o.stdout,
+                timed_out: o.timed_out,
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,251 @@
+//! The daemon: wires the transport endpoint, the peer table, messages, handlers and the
+//! control socket together.
+
+mod control;
+mod links;
+mod messages;
+pub mod peers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+use transport::{DeviceId, Endpoint, EndpointConfig, Identity, Roster};
+
+use crate::api::{Event, PeerRef};
+use crate::cli::ServeArgs;
+use crate::config::Config;
+use crate::handlers::{self, EventKind, Invocation, Origin, Runner, RunnerConfig};
+use crate::paths::Paths;
+use peers::{PeerState, PeerTable};
+
+/// Everything the daemon's tasks share.
+pub struct Daemon {
+    pub identity: Arc<Identity>,
+    pub endpoint: Endpoint,
+    pub cfg: Config,
+    pub paths: Paths,
+    pub handlers_dir: PathBuf,
+    pub peers: Mutex<PeerTable>,
+    pub events: broadcast::Sender<Event>,
+    pub runner: Runner,
+    pub started: Instant,
+    /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
+    pub manual: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+}
+
+impl Daemon {
+    pub fn peers(&self) -> MutexGuard<'_, PeerTable> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn id(&self) -> DeviceId {
+        self.identity.id
+    }
+
+    /// Asks the daemon to stop gracefully.
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Publishes an event to socket subscribers and runs the matching handlers.
+    pub fn emit(&self, event: Event) {
+        let self_id = self.id().to_plain();
+        let name = &self.identity.name;
+        let (kind, tag, env, origin_name, origin_id) = match &event {
+            Event::Peer {
+                tag,
+                peer,
+                state,
+                address,
+            } => {
+                let id = peer.id.replace('-', "");
+                let origin = Origin {
+                    name: &peer.name,
+                    id: &id,
+                };
+                let env = handlers::peer_env(name, &self_id, tag, &origin, state, address.as_deref().unwrap_or(""));
+                (EventKind::Peer, tag.clone(), env, Some(peer.name.clone()), Some(id.clone()))
+            }
+            Event::Daemon { tag, state } => (
+                EventKind::Daemon,
+                tag.clone(),
+                handlers::daemon_env(name, &self_id, tag, state),
+                None,
+                None,
+            ),
+            Event::Message { .. } => {
+                let _ = self.events.send(event);
+                return;
+            }
+        };
+        let _ = self.events.send(event);
+        let set = handlers::scan(&self.handlers_dir);
+        let origin = match (&origin_name, &origin_id) {
+            (Some(n), Some(i)) => Some(Origin { name: n, id: i }),
+            _ => None,
+        };
+        let matched: Vec<_> = set.matching(kind, &tag, origin.as_ref()).into_iter().cloned().collect();
+        if matched.is_empty() {
+            return;
+        }
+        let inv = Invocation {
+            kind,
+            tag: tag.clone(),
+            env,
+            body: bytes::Bytes::new(),
+            handlers: matched,
+        };
+        match self.runner.submit(inv) {
+            Ok(fut) => {
+                tokio::spawn(async move {
+                    for o in fut.await {
+                        if !o.success() {
+                            warn!(handler = %o.handler, exit = ?o.exit_code, timed_out = o.timed_out, error = ?o.error, "event handler failed");
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(%tag, error = %e, "event handler not run"),
+        }
+    }
+
+    pub fn peer_event(&self, tag: &str, id: DeviceId, name: &str, state: PeerState, address: Option<SocketAddr>) {
+        self.emit(Event::Peer {
+            tag: tag.to_string(),
+            peer: PeerRef {
+                id: id.to_string(),
+                name: name.to_string(),
+            },
+            state: state.as_str().to_string(),
+            address: address.map(|a| a.to_string()),
+        });
+    }
+
+    /// Changes a peer's state; raises `peer.status_changed` when it really changed.
+    pub fn set_state(&self, id: DeviceId, state: PeerState) {
+        let changed = {
+            let mut table = self.peers();
+            match table.peers.get_mut(&id) {
+                Some(p) if p.state != state => {
+                    p.state = state;
+                    Some((p.name.clone(), p.addr.or(p.addrs.first().copied())))
+                }
+                _ => None,
+            }
+        };
+        if let Some((name, addr)) = changed {
+            info!(peer = %name, state = state.as_str(), "peer state");
+            self.peer_event("peer.status_changed", id, &name, state, addr);
+        }
+    }
+
+    pub fn save_peers(&self) {
+        if let Err(e) = self.peers().save() {
+            warn!(error = %e, "could not save the peer table");
+        }
+    }
+}
+
+/// `cnspr serve`.
+pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(&paths.config, paths.config_explicit)?;
+    let name = args.name.clone().or(cfg.name.clone());
+    let (identity, created) = Identity::load_or_create(&paths.state_dir, name.as_deref())?;
+    if created {
+        info!(state_dir = %paths.state_dir.display(), "created a new device identity");
+    }
+    let identity = Arc::new(identity);
+    let table = PeerTable::load(&paths.state_dir)?;
+    let roster = Roster::new();
+    for id in table.peers.keys() {
+        roster.insert(*id);
+    }
+    let listen = if !args.listen.is_empty() {
+        args.listen.clone()
+    } else if !cfg.listen.is_empty() {
+        cfg.listen.clone()
+    } else {
+        EndpointConfig::default().listen
+    };
+    let ep_cfg = EndpointConfig {
+        listen,
+        keep_alive: Duration::from_millis(cfg.probe_interval_ms),
+        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+        handshake_timeout: Duration::from_millis(cfg.idle_timeout_ms.min(5000)),
+        ..EndpointConfig::default()
+    };
+    // The socket first: a second daemon must fail before it touches the UDP port.
+    let listener = control::bind(&paths.socket)?;
+    let endpoint = Endpoint::bind(identity.clone(), roster, ep_cfg).context("starting the QUIC endpoint")?;
+    let handlers_dir = args
+        .handlers
+        .clone()
+        .or(cfg.handlers.clone())
+        .unwrap_or_else(crate::paths::default_handlers);
+    let mut manual = Vec::new();
+    for p in args.peers.iter().chain(cfg.peers.iter()) {
+        manual.extend(links::resolve_addr(p).with_context(|| format!("peer address {p:?}"))?);
+    }
+    if !args.no_mdns && cfg.mdns {
+        info!("mDNS discovery is not part of this build yet; use --peer or `cnspr trust --addr`");
+    }
+    let runner = Runner::new(RunnerConfig {
+        timeout: cfg.handler_timeout(),
+        max_concurrent: cfg.handler_concurrency,
+        queue_limit: cfg.handler_queue,
+        ..RunnerConfig::default()
+    });
+    let (events, _) = broadcast::channel(4096);
+    let (stop, mut stopped) = watch::channel(false);
+    let daemon = Arc::new(Daemon {
+        identity,
+        endpoint,
+        cfg,
+        paths,
+        handlers_dir,
+        peers: Mutex::new(table),
+        events,
+        runner,
+        started: Instant::now(),
+        manual,
+        stop,
+    });
+    let addrs: Vec<String> = daemon.endpoint.local_addrs().iter().map(|a| a.to_string()).collect();
+    info!(id = %daemon.id(), name = %daemon.identity.name, listen = ?addrs, socket = %daemon.paths.socket.display(), "cnspr daemon running");
+    links::start(&daemon);
+    messages::start(&daemon);
+    tokio::spawn(control::run(daemon.clone(), listener));
+    daemon.emit(Event::Daemon {
+        tag: "daemon.start".into(),
+        state: "running".into(),
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = stopped.wait_for(|s| *s) => info!("stop requested: stopping"),
+    }
+    daemon.emit(Event::Daemon {
+        tag: "daemon.stop".into(),
+        state: "stopping".into(),
+    });
+    daemon
+        .endpoint
+        .shutdown(transport::close_code::LEAVING, "daemon stopping", Duration::from_millis(500))
+        .await;
+    control::unbind(&daemon.paths.socket);
+    // Give daemon/stop handlers a moment to start before the runtime goes away.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while daemon.runner.queued() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! The peer table: trusted devices, their addresses and their states, persisted in
+//! `STATE_DIR/peers.json`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use transport::DeviceId;
+
+use crate::api::{code, ErrorBody, PeerInfo};
+
+/// File of trusted peers inside the state directory.
+pub const PEERS_FILE: &str = "peers.json";
+/// Most addresses remembered per peer.
+pub const MAX_ADDRS: usize = 16;
+
+/// Peer states (SPEC section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    Active,
+    Suspect,
+    /// Reached through another member (relaying comes with the membership work).
+    #[allow(dead_code)]
+    Indirect,
+    Unreachable,
+    Left,
+    Removed,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Active => "active",
+            PeerState::Suspect => "suspect",
+            PeerState::Indirect => "indirect",
+            PeerState::Unreachable => "unreachable",
+            PeerState::Left => "left",
+            PeerState::Removed => "removed",
+        }
+    }
+}
+
+/// One peer as this daemon sees it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub id: DeviceId,
+    pub name: String,
+    /// Known addresses, most recently working first.
+    pub addrs: Vec<SocketAddr>,
+    pub state: PeerState,
+    /// Wall-clock time the peer was last heard from.
+    pub last_seen: Option<SystemTime>,
+    /// Monotonic time the peer last answered.
+    pub last_heard: Option<Instant>,
+    pub rtt: Option<Duration>,
+    /// Current connection address.
+    pub addr: Option<SocketAddr>,
+    pub next_dial: Instant,
+    pub backoff: Duration,
+    pub dialing: bool,
+}
+
+impl Peer {
+    pub fn new(id: DeviceId, name: String, addrs: Vec<SocketAddr>) -> Self {
+        Peer {
+            id,
+            name,
+            addrs,
+            state: PeerState::Unreachable,
+            last_seen: None,
+            last_heard: None,
+            rtt: None,
+            addr: None,
+            next_dial: Instant::now(),
+            backoff: Duration::ZERO,
+            dialing: false,
+        }
+    }
+
+    pub fn info(&self) -> PeerInfo {
+        let mut addresses: Vec<String> = Vec::new();
+        if let Some(a) = self.addr {
+            addresses.push(a.to_string());
+        }
+        for a in &self.addrs {
+            let s = a.to_string();
+            if !addresses.contains(&s) {
+                addresses.push(s);
+            }
+        }
+        let connected = matches!(self.state, PeerState::Active | PeerState::Suspect);
+        PeerInfo {
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            state: self.state.as_str().to_string(),
+            addresses,
+            rtt_ms: if connected {
+                self.rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3)
+            } else {
+                None
+            },
+            via: None,
+            last_seen: self
+                .last_seen
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+        }
+    }
+
+    /// Puts `addr` first in the known addresses.
+    pub fn remember(&mut self, addr: SocketAddr) -> bool {
+        if self.addrs.first() == Some(&addr) {
+            return false;
+        }
+        let new = !self.addrs.contains(&addr);
+        self.addrs.retain(|a| *a != addr);
+        self.addrs.insert(0, addr);
+        self.addrs.truncate(MAX_ADDRS);
+        new
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    peers: Vec<StoredPeer>,
+    #[serde(default)]
+    removed: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredPeer {
+    id: String,
+    name: String,
+    #[serde(default)]
+    addrs: Vec<String>,
+}
+
+/// All peers, keyed by device ID.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    pub peers: HashMap<DeviceId, Peer>,
+    /// Devices removed from the mesh (kept so that `peers` shows them as `removed`).
+    pub removed: HashMap<DeviceId, String>,
+    path: PathBuf,
+}
+
+impl PeerTable {
+    /// Loads `STATE_DIR/peers.json` (missing: empty). A corrupt file is an error, never an
+    /// empty roster.
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = state_dir.join(PEERS_FILE);
+        let mut table = PeerTable {
+            path: path.clone(),
+            ..Default::default()
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(table),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        };
+        let stored: Stored = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is corrupt ({e}); fix or remove it (removing forgets every trusted peer)",
+                path.display()
+            )
+        })?;
+        for p in stored.peers {
+            let id: DeviceId = p
+                .id
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{}: bad id {:?}: {e}", path.display(), p.id))?;
+            let addrs = p.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            table.peers.insert(id, Peer::new(id, p.name, addrs));
+        }
+        for r in stored.removed {
+            if let Ok(id) = r.parse() {
+                table.removed.insert(id, String::new());
+            }
+        }
+        Ok(table)
+    }
+
+    /// Writes the table atomically.
+    pub fn save(&self) -> std::io::Result<()> {
+        let mut peers: Vec<StoredPeer> = self
+            .peers
+            .values()
+            .map(|p| StoredPeer {
+                id: p.id.to_string(),
+                name: p.name.clone(),
+                addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let stored = Stored {
+            peers,
+            removed: self.removed.keys().map(|id| id.to_string()).collect(),
+        };
+        let json = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+
+    /// Finds a peer by exact name, full ID or unambiguous ID prefix.
+    pub fn resolve(&self, query: &str) -> Result<DeviceId, ErrorBody> {
+        let by_name: Vec<&Peer> = self.peers.values().filter(|p| p.name == query).collect();
+        if by_name.len() == 1 {
+            return Ok(by_name[0].id);
+        }
+        match transport::resolve_prefix(query, self.peers.keys()) {
+            Ok(id) if self.peers.contains_key(&id) => Ok(id),
+            Ok(id) => Err(ErrorBody::new(
+                code::UNKNOWN_PEER,
+                format!("device {id} is not a trusted peer; trust it with `cnspr trust {id}`"),
+            )),
+            Err(transport::IdError::Ambiguous { count, .. }) => Err(ErrorBody::new(
+                code::AMBIGUOUS_PEER,
+                format!("{query:?} matches {count} peers; give more of the ID or the name"),
+            )),
+            Err(_) => Err(ErrorBody::new(
+                code::UNKNOWN_PEER,
+                format!("no peer named {query:?} or with an ID starting so; see `cnspr peers`"),
+            )),
+        }
+    }
+
+    pub fn infos(&self) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self.peers.values().map(Peer::info).collect();
+        for (id, name) in &self.removed {
+            v.push(PeerInfo {
+                id: id.to_string(),
+                name: name.clone(),
+                state: PeerState::Removed.as_str().into(),
+                addresses: vec![],
+                rtt_ms: None,
+                via: None,
+                last_seen: None,
+            });
+        }
+        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        v
+    }
+}

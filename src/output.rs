@@ -1,0 +1,78 @@
+//! Human output: aligned tables and durations.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Renders rows under a header with columns aligned to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                l.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// "3s ago", "5m ago", "2h ago", "4d ago" for a unix time; "-" for none.
+pub fn ago(unix: Option<u64>) -> String {
+    let Some(t) = unix else {
+        return "-".into();
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(t);
+    let s = now.saturating_sub(t);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+/// The first two groups of a grouped device ID.
+pub fn short_id(id: &str) -> String {
+    id.split('-').take(2).collect::<Vec<_>>().join("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align() {
+        let t = table(
+            &["NAME", "STATE"],
+            &[vec!["laptop".into(), "active".into()], vec!["a".into(), "left".into()]],
+        );
+        assert_eq!(t, "NAME    STATE\nlaptop  active\na       left\n");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(ago(None), "-");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(ago(Some(now - 120)), "2m ago");
+    }
+}
