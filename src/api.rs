@@ -16,7 +16,15 @@ pub const MAX_BODY: usize = 20 * 1024 * 1024;
 
 /// Every command name the daemon knows.
 pub const COMMANDS: &[&str] = &[
-    "status", "peers", "ping", "send", "subscribe", "handlers", "trust", "remove", "stop",
+    "status",
+    "peers",
+    "ping",
+    "send",
+    "subscribe",
+    "handlers",
+    "trust",
+    "remove",
+    "stop",
 ];
 
 /// A parsed request (the `cmd` field selects the variant).
@@ -38,7 +46,8 @@ pub enum Request {
     },
     Handlers {},
     Trust {
-        id: String,
+        /// The device ID (`id` is the request id).
+        device: String,
         #[serde(default)]
         name: Option<String>,
         #[serde(default)]

@@ -68,9 +68,9 @@ impl Client {
             self.w.write_all(body)?;
         }
         loop {
-            let v = self
-                .next_line()?
-                .ok_or_else(|| anyhow::anyhow!("the daemon closed the connection without answering"))?;
+            let v = self.next_line()?.ok_or_else(|| {
+                anyhow::anyhow!("the daemon closed the connection without answering")
+            })?;
             let reply: Reply = serde_json::from_value(v)?;
             if reply.id != Value::from(id) {
                 continue;
@@ -86,7 +86,9 @@ impl Client {
     /// The next JSON line (events after `subscribe`); `None` at end of stream.
     pub fn next_line(&mut self) -> anyhow::Result<Option<Value>> {
         let mut line = Vec::new();
-        let n = (&mut self.r).take(4 * MAX_LINE as u64).read_until(b'\n', &mut line)?;
+        let n = (&mut self.r)
+            .take(4 * MAX_LINE as u64)
+            .read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(None);
         }

@@ -48,19 +48,29 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                         short_id(&p.id),
                         p.state.clone(),
                         p.addresses.first().cloned().unwrap_or_else(|| "-".into()),
-                        p.rtt_ms.map(|r| format!("{r:.2} ms")).unwrap_or_else(|| "-".into()),
+                        p.rtt_ms
+                            .map(|r| format!("{r:.2} ms"))
+                            .unwrap_or_else(|| "-".into()),
                         ago(p.last_seen),
-                        p.via.as_ref().map(|v| v.join(",")).unwrap_or_else(|| "-".into()),
+                        p.via
+                            .as_ref()
+                            .map(|v| v.join(","))
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
             print!(
                 "{}",
-                table(&["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST SEEN", "VIA"], &rows)
+                table(
+                    &["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST SEEN", "VIA"],
+                    &rows
+                )
             );
         }
         Command::Ping { peer, timeout } => {
-            let v = c.request(json!({"cmd": "ping", "peer": peer, "timeout_ms": secs_to_ms(timeout)?}))?;
+            let v = c.request(
+                json!({"cmd": "ping", "peer": peer, "timeout_ms": secs_to_ms(timeout)?}),
+            )?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -70,7 +80,10 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             } else {
                 format!("via {}", p.via.join(" -> "))
             };
-            println!("reply from {} ({}): time={:.3} ms, {path}", p.peer, p.address, p.rtt_ms);
+            println!(
+                "reply from {} ({}): time={:.3} ms, {path}",
+                p.peer, p.address, p.rtt_ms
+            );
         }
         Command::Send(args) => return send(&mut c, g, args),
         Command::Monitor { events } => {
@@ -103,7 +116,8 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             }
         }
         Command::Trust { id, name, addrs } => {
-            let v = c.request(json!({"cmd": "trust", "id": id, "name": name, "addrs": addrs}))?;
+            let v =
+                c.request(json!({"cmd": "trust", "device": id, "name": name, "addrs": addrs}))?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -153,7 +167,8 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
         (a.peer, a.tag, a.message)
     };
     let tag = tag.context("missing TAG")?;
-    crate::handlers::validate_user_tag(&tag).map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
+    crate::handlers::validate_user_tag(&tag)
+        .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
     let body: Vec<u8> = match message.as_deref() {
         Some("-") | None => {
             let mut buf = Vec::new();
@@ -196,29 +211,56 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
             let mut out = std::io::stdout().lock();
             for x in &replies {
                 if replies.len() > 1 || r.outcomes.len() > 1 {
-                    writeln!(out, "== {} {} (exit {})", x.peer, x.handler, code_str(x.exit_code))?;
+                    writeln!(
+                        out,
+                        "== {} {} (exit {})",
+                        x.peer,
+                        x.handler,
+                        code_str(x.exit_code)
+                    )?;
                 }
-                out.write_all(&data_encoding::BASE64.decode(x.stdout_b64.as_bytes()).unwrap_or_default())?;
+                out.write_all(
+                    &data_encoding::BASE64
+                        .decode(x.stdout_b64.as_bytes())
+                        .unwrap_or_default(),
+                )?;
             }
             out.flush()?;
         }
         for x in &replies {
             if x.exit_code != Some(0) {
-                let why = if x.timed_out { " (timed out)".to_string() } else { String::new() };
-                eprintln!("cnspr: handler {} on {} exited {}{why}", x.handler, x.peer, code_str(x.exit_code));
+                let why = if x.timed_out {
+                    " (timed out)".to_string()
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "cnspr: handler {} on {} exited {}{why}",
+                    x.handler,
+                    x.peer,
+                    code_str(x.exit_code)
+                );
             }
         }
     } else if g.json {
         print_json(&v)?;
     }
     for o in &failed {
-        let e = o.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+        let e = o
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
         eprintln!("cnspr: not delivered to {}: {e}", o.peer);
     }
     if r.outcomes.is_empty() && a.all {
         eprintln!("cnspr: no peers to send to");
     }
-    let handler_failed = a.reply && r.outcomes.iter().flat_map(|o| &o.replies).any(|x| x.exit_code != Some(0));
+    let handler_failed = a.reply
+        && r.outcomes
+            .iter()
+            .flat_map(|o| &o.replies)
+            .any(|x| x.exit_code != Some(0));
     Ok(if !failed.is_empty() {
         1
     } else if handler_failed {
@@ -229,7 +271,8 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
 }
 
 fn code_str(c: Option<i32>) -> String {
-    c.map(|c| c.to_string()).unwrap_or_else(|| "by signal".into())
+    c.map(|c| c.to_string())
+        .unwrap_or_else(|| "by signal".into())
 }
 
 fn describe_event(v: &Value) -> String {
@@ -240,7 +283,10 @@ fn describe_event(v: &Value) -> String {
             message_id,
             body_len,
             ..
-        }) => format!("message  {tag} from {} ({body_len} bytes, id {message_id})", from.name),
+        }) => format!(
+            "message  {tag} from {} ({body_len} bytes, id {message_id})",
+            from.name
+        ),
         Ok(Event::Peer {
             tag,
             peer,

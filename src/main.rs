@@ -34,6 +34,7 @@ fn init_logging(verbose: u8, daemon: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -64,7 +65,10 @@ fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
         Command::Init { name } => {
             let (id, created) = Identity::load_or_create(&paths.state_dir, name.as_deref())?;
             if g.json {
-                println!("{}", json!({"id": id.id.to_string(), "name": id.name, "created": created}));
+                println!(
+                    "{}",
+                    json!({"id": id.id.to_string(), "name": id.name, "created": created})
+                );
             } else {
                 let what = if created { "Created" } else { "Existing" };
                 println!("{what} identity in {}", paths.state_dir.display());

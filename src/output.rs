@@ -64,7 +64,10 @@ mod tests {
     fn columns_align() {
         let t = table(
             &["NAME", "STATE"],
-            &[vec!["laptop".into(), "active".into()], vec!["a".into(), "left".into()]],
+            &[
+                vec!["laptop".into(), "active".into()],
+                vec!["a".into(), "left".into()],
+            ],
         );
         assert_eq!(t, "NAME    STATE\nlaptop  active\na       left\n");
     }
@@ -72,7 +75,10 @@ mod tests {
     #[test]
     fn ages() {
         assert_eq!(ago(None), "-");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert_eq!(ago(Some(now - 120)), "2m ago");
     }
 }

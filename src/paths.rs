@@ -55,7 +55,11 @@ pub struct Paths {
 }
 
 impl Paths {
-    pub fn resolve(state_dir: Option<PathBuf>, socket: Option<PathBuf>, config: Option<PathBuf>) -> Self {
+    pub fn resolve(
+        state_dir: Option<PathBuf>,
+        socket: Option<PathBuf>,
+        config: Option<PathBuf>,
+    ) -> Self {
         let state_dir = state_dir.unwrap_or_else(default_state_dir);
         let socket = socket.unwrap_or_else(|| default_socket(&state_dir));
         let config_explicit = config.is_some();

@@ -21,8 +21,8 @@ use super::messages::{connection_to, new_message_id, send_one};
 use super::peers::{Peer, PeerState};
 use super::Daemon;
 use crate::api::{
-    code, ErrorBody, HandlerInfo, HandlersResult, PingResult, Reply, Request, SendRequest, SendResult, Status,
-    COMMANDS, MAX_BODY, MAX_LINE,
+    code, ErrorBody, HandlerInfo, HandlersResult, PingResult, Reply, Request, SendRequest,
+    SendResult, Status, COMMANDS, MAX_BODY, MAX_LINE,
 };
 use crate::handlers;
 
@@ -44,7 +44,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            anyhow::bail!("{} exists and is not a socket; move it away or use --socket", path.display());
+            anyhow::bail!(
+                "{} exists and is not a socket; move it away or use --socket",
+                path.display()
+            );
         }
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => anyhow::bail!(
@@ -57,7 +60,8 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
             }
         }
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -124,7 +128,11 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::R
         let used = done.unwrap_or(buf.len());
         r.consume(used);
         if done.is_some() {
-            return Ok(if too_long { Line::TooLong } else { Line::Text(out) });
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(out)
+            });
         }
     }
 }
@@ -146,8 +154,14 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
         let line = match read_line(&mut r, MAX_LINE).await {
             Ok(Line::Text(l)) => l,
             Ok(Line::TooLong) => {
-                let e = err(code::LINE_TOO_LONG, format!("request line longer than {MAX_LINE} bytes"));
-                if write_json(&mut w, &Reply::err(Value::Null, e)).await.is_err() {
+                let e = err(
+                    code::LINE_TOO_LONG,
+                    format!("request line longer than {MAX_LINE} bytes"),
+                );
+                if write_json(&mut w, &Reply::err(Value::Null, e))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;
@@ -191,7 +205,11 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 }
             }
             Request::Stop {} => {
-                let _ = write_json(&mut w, &Reply::ok(id, serde_json::json!({"stopping": true}))).await;
+                let _ = write_json(
+                    &mut w,
+                    &Reply::ok(id, serde_json::json!({"stopping": true})),
+                )
+                .await;
                 let _ = w.shutdown().await;
                 d.request_stop();
                 return;
@@ -210,10 +228,17 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
 }
 
 fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
-    let value: Value =
-        serde_json::from_slice(line).map_err(|e| (Value::Null, err(code::BAD_JSON, format!("malformed JSON: {e}"))))?;
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        (
+            Value::Null,
+            err(code::BAD_JSON, format!("malformed JSON: {e}")),
+        )
+    })?;
     let Value::Object(mut map) = value else {
-        return Err((Value::Null, err(code::BAD_REQUEST, "a request is a JSON object")));
+        return Err((
+            Value::Null,
+            err(code::BAD_REQUEST, "a request is a JSON object"),
+        ));
     };
     let id = map.remove("id").unwrap_or(Value::Null);
     let cmd = match map.get("cmd") {
@@ -223,7 +248,10 @@ fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
     if !COMMANDS.contains(&cmd.as_str()) {
         return Err((
             id,
-            err(code::UNKNOWN_COMMAND, format!("unknown command {cmd:?}; known: {}", COMMANDS.join(", "))),
+            err(
+                code::UNKNOWN_COMMAND,
+                format!("unknown command {cmd:?}; known: {}", COMMANDS.join(", ")),
+            ),
         ));
     }
     match serde_json::from_value::<Request>(Value::Object(map)) {
@@ -237,7 +265,10 @@ enum BodyError {
     Closed,
 }
 
-async fn read_body<R: AsyncBufRead + Unpin>(s: &SendRequest, r: &mut R) -> Result<Bytes, BodyError> {
+async fn read_body<R: AsyncBufRead + Unpin>(
+    s: &SendRequest,
+    r: &mut R,
+) -> Result<Bytes, BodyError> {
     let given = [s.body.is_some(), s.body_b64.is_some(), s.body_len.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
         // Still consume a raw body so the connection stays in step.
@@ -245,7 +276,10 @@ async fn read_body<R: AsyncBufRead + Unpin>(s: &SendRequest, r: &mut R) -> Resul
             let mut sink = tokio::io::sink();
             let _ = tokio::io::copy(&mut r.take(n), &mut sink).await;
         }
-        return Err(BodyError::Reply(err(code::BAD_REQUEST, "give only one of body, body_b64, body_len")));
+        return Err(BodyError::Reply(err(
+            code::BAD_REQUEST,
+            "give only one of body, body_b64, body_len",
+        )));
     }
     if let Some(n) = s.body_len {
         if n > MAX_BODY as u64 {
@@ -256,24 +290,32 @@ async fn read_body<R: AsyncBufRead + Unpin>(s: &SendRequest, r: &mut R) -> Resul
             )));
         }
         let mut buf = vec![0u8; n as usize];
-        r.read_exact(&mut buf).await.map_err(|_| BodyError::Closed)?;
+        r.read_exact(&mut buf)
+            .await
+            .map_err(|_| BodyError::Closed)?;
         return Ok(Bytes::from(buf));
     }
     if let Some(b64) = &s.body_b64 {
-        let v = data_encoding::BASE64
-            .decode(b64.as_bytes())
-            .map_err(|e| BodyError::Reply(err(code::BAD_REQUEST, format!("body_b64 is not base64: {e}"))))?;
+        let v = data_encoding::BASE64.decode(b64.as_bytes()).map_err(|e| {
+            BodyError::Reply(err(
+                code::BAD_REQUEST,
+                format!("body_b64 is not base64: {e}"),
+            ))
+        })?;
         return Ok(Bytes::from(v));
     }
     Ok(Bytes::from(s.body.clone().unwrap_or_default().into_bytes()))
 }
 
 fn timeout_of(ms: Option<u64>) -> Duration {
-    ms.map(Duration::from_millis).unwrap_or(DEFAULT_TIMEOUT).min(MAX_TIMEOUT)
+    ms.map(Duration::from_millis)
+        .unwrap_or(DEFAULT_TIMEOUT)
+        .min(MAX_TIMEOUT)
 }
 
 async fn send(d: &Arc<Daemon>, s: SendRequest, body: Bytes) -> Result<Value, ErrorBody> {
-    handlers::validate_user_tag(&s.tag).map_err(|e| err(code::INVALID_TAG, format!("invalid tag {:?}: {e}", s.tag)))?;
+    handlers::validate_user_tag(&s.tag)
+        .map_err(|e| err(code::INVALID_TAG, format!("invalid tag {:?}: {e}", s.tag)))?;
     let targets: Vec<DeviceId> = match (&s.peer, s.all) {
         (Some(_), true) => return Err(err(code::BAD_REQUEST, "give either peer or all, not both")),
         (None, false) => return Err(err(code::BAD_REQUEST, "missing peer (or all: true)")),
@@ -301,7 +343,11 @@ async fn send(d: &Arc<Daemon>, s: SendRequest, body: Bytes) -> Result<Value, Err
             return Err(e);
         }
     }
-    Ok(serde_json::to_value(SendResult { message_id, outcomes }).unwrap_or(Value::Null))
+    Ok(serde_json::to_value(SendResult {
+        message_id,
+        outcomes,
+    })
+    .unwrap_or(Value::Null))
 }
 
 async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
@@ -311,9 +357,18 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             serde_json::to_value(Status {
                 id: d.id().to_string(),
                 name: d.identity.name.clone(),
-                listen: d.endpoint.local_addrs().iter().map(|a| a.to_string()).collect(),
+                listen: d
+                    .endpoint
+                    .local_addrs()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
                 peers: table.peers.len(),
-                active: table.peers.values().filter(|p| p.state == PeerState::Active).count(),
+                active: table
+                    .peers
+                    .values()
+                    .filter(|p| p.state == PeerState::Active)
+                    .count(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 uptime_s: d.started.elapsed().as_secs(),
                 pid: std::process::id(),
@@ -348,7 +403,11 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
                 warnings: set.warnings.clone(),
             })
         }
-        Request::Trust { id, name, addrs } => serde_json::to_value(trust(d, &id, name, &addrs)?),
+        Request::Trust {
+            device,
+            name,
+            addrs,
+        } => serde_json::to_value(trust(d, &device, name, &addrs)?),
         Request::Remove { peer } => {
             let id = d.peers().resolve(&peer)?;
             let name = {
@@ -371,22 +430,36 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
     v.map_err(|e| err(code::INTERNAL, e.to_string()))
 }
 
-fn trust(d: &Arc<Daemon>, id: &str, name: Option<String>, addrs: &[String]) -> Result<crate::api::PeerInfo, ErrorBody> {
-    let id: DeviceId = id
-        .parse()
-        .map_err(|e| err(code::INVALID_ID, format!("{id:?} is not a device ID: {e} (see `cnspr id` on that device)")))?;
+fn trust(
+    d: &Arc<Daemon>,
+    id: &str,
+    name: Option<String>,
+    addrs: &[String],
+) -> Result<crate::api::PeerInfo, ErrorBody> {
+    let id: DeviceId = id.parse().map_err(|e| {
+        err(
+            code::INVALID_ID,
+            format!("{id:?} is not a device ID: {e} (see `cnspr id` on that device)"),
+        )
+    })?;
     if id == d.id() {
         return Err(err(code::SELF, "that is this device's own ID"));
     }
     if let Some(n) = &name {
-        transport::identity::validate_name(n).map_err(|e| err(code::INVALID_NAME, e.to_string()))?;
+        transport::identity::validate_name(n)
+            .map_err(|e| err(code::INVALID_NAME, e.to_string()))?;
     }
     if addrs.len() > super::peers::MAX_ADDRS {
-        return Err(err(code::INVALID_ADDRESS, format!("at most {} addresses", super::peers::MAX_ADDRS)));
+        return Err(err(
+            code::INVALID_ADDRESS,
+            format!("at most {} addresses", super::peers::MAX_ADDRS),
+        ));
     }
     let mut resolved = Vec::new();
     for a in addrs {
-        resolved.extend(super::links::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?);
+        resolved.extend(
+            super::links::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
+        );
     }
     let (info, joined, name) = {
         let mut table = d.peers();
@@ -420,7 +493,10 @@ async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<Ping
     let deadline = Instant::now() + timeout;
     let pc = connection_to(d, peer, deadline).await?;
     let exchange = async {
-        let (mut send, mut recv) = pc.open(StreamKind::Control).await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = pc
+            .open(StreamKind::Control)
+            .await
+            .map_err(|e| e.to_string())?;
         let nonce = rand::random::<u64>();
         let start = Instant::now();
         write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME)
@@ -438,11 +514,14 @@ async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<Ping
             }
         }
     };
-    let rtt = match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), exchange).await {
-        Ok(Ok(rtt)) => rtt,
-        Ok(Err(e)) => return Err(err(code::UNREACHABLE, format!("ping failed: {e}"))),
-        Err(_) => return Err(err(code::TIMEOUT, "no answer before the timeout")),
-    };
+    let rtt =
+        match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), exchange)
+            .await
+        {
+            Ok(Ok(rtt)) => rtt,
+            Ok(Err(e)) => return Err(err(code::UNREACHABLE, format!("ping failed: {e}"))),
+            Err(_) => return Err(err(code::TIMEOUT, "no answer before the timeout")),
+        };
     Ok(PingResult {
         peer: pc.name.clone(),
         id: peer.to_string(),
@@ -452,19 +531,33 @@ async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<Ping
     })
 }
 
-async fn subscribe<R>(d: &Arc<Daemon>, id: Value, kinds: Vec<String>, mut r: R, mut w: OwnedWriteHalf)
-where
+async fn subscribe<R>(
+    d: &Arc<Daemon>,
+    id: Value,
+    kinds: Vec<String>,
+    mut r: R,
+    mut w: OwnedWriteHalf,
+) where
     R: AsyncBufRead + Unpin,
 {
     for k in &kinds {
         if !["message", "peer", "daemon"].contains(&k.as_str()) {
-            let e = err(code::BAD_REQUEST, format!("unknown event kind {k:?}; use message, peer or daemon"));
+            let e = err(
+                code::BAD_REQUEST,
+                format!("unknown event kind {k:?}; use message, peer or daemon"),
+            );
             let _ = write_json(&mut w, &Reply::err(id, e)).await;
             return;
         }
     }
     let mut rx = d.events.subscribe();
-    if write_json(&mut w, &Reply::ok(id, serde_json::json!({"subscribed": true}))).await.is_err() {
+    if write_json(
+        &mut w,
+        &Reply::ok(id, serde_json::json!({"subscribed": true})),
+    )
+    .await
+    .is_err()
+    {
         return;
     }
     let mut scratch = [0u8; 1024];

@@ -87,7 +87,13 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
         d.peer_event("peer.seen", pc.peer, &name, PeerState::Active, Some(remote));
     }
     if new_addr {
-        d.peer_event("peer.new_address", pc.peer, &name, PeerState::Active, Some(remote));
+        d.peer_event(
+            "peer.new_address",
+            pc.peer,
+            &name,
+            PeerState::Active,
+            Some(remote),
+        );
     }
     tokio::spawn(probe(d.clone(), pc));
 }
@@ -120,13 +126,21 @@ async fn probe(d: Arc<Daemon>, pc: PeerConn) {
     let mut nonce = 0u64;
     loop {
         nonce += 1;
-        if write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME).await.is_err() {
+        if write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME)
+            .await
+            .is_err()
+        {
             return;
         }
         let deadline = tokio::time::Instant::now() + interval;
         // Wait for the matching pong until the next probe is due.
         loop {
-            match tokio::time::timeout_at(deadline, read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME)).await {
+            match tokio::time::timeout_at(
+                deadline,
+                read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME),
+            )
+            .await
+            {
                 Ok(Ok(Some(ControlFrame::Pong { nonce: n }))) if n == nonce => {
                     heard(&d, &pc);
                     tokio::time::sleep_until(deadline).await;
@@ -162,9 +176,17 @@ fn heard(d: &Arc<Daemon>, pc: &PeerConn) {
 
 /// Answers pings on a control stream the peer opened.
 pub async fn serve_control(mut s: transport::IncomingStream) {
-    while let Ok(Some(frame)) = read_frame::<ControlFrame, _>(&mut s.recv, MAX_CONTROL_FRAME).await {
+    while let Ok(Some(frame)) = read_frame::<ControlFrame, _>(&mut s.recv, MAX_CONTROL_FRAME).await
+    {
         if let ControlFrame::Ping { nonce } = frame {
-            if write_frame(&mut s.send, &ControlFrame::Pong { nonce }, MAX_CONTROL_FRAME).await.is_err() {
+            if write_frame(
+                &mut s.send,
+                &ControlFrame::Pong { nonce },
+                MAX_CONTROL_FRAME,
+            )
+            .await
+            .is_err()
+            {
                 return;
             }
         }
@@ -187,7 +209,9 @@ async fn supervise(d: Arc<Daemon>) {
             for p in table.peers.values_mut() {
                 let connected = d.endpoint.connection(&p.id).is_some();
                 if connected {
-                    if p.state == PeerState::Active && p.last_heard.is_some_and(|t| now - t > suspect_after) {
+                    if p.state == PeerState::Active
+                        && p.last_heard.is_some_and(|t| now - t > suspect_after)
+                    {
                         suspects.push(p.id);
                     }
                     continue;
@@ -219,7 +243,11 @@ async fn supervise(d: Arc<Daemon>) {
         }
         // Manual addresses: dial while no live connection comes from there.
         for addr in &d.manual {
-            let served = d.endpoint.connections().iter().any(|c| canon(c.remote_address()) == *addr)
+            let served = d
+                .endpoint
+                .connections()
+                .iter()
+                .any(|c| canon(c.remote_address()) == *addr)
                 || d.peers().peers.values().any(|p| p.addr == Some(*addr));
             let entry = manual_next.entry(*addr).or_insert((now, Duration::ZERO));
             if served || entry.0 > now {

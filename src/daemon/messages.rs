@@ -76,16 +76,28 @@ pub fn new_message_id() -> String {
 }
 
 /// Waits (until `deadline`) for a live connection to `peer`, dialling it.
-pub async fn connection_to(d: &Arc<Daemon>, peer: DeviceId, deadline: Instant) -> Result<PeerConn, ErrorBody> {
+pub async fn connection_to(
+    d: &Arc<Daemon>,
+    peer: DeviceId,
+    deadline: Instant,
+) -> Result<PeerConn, ErrorBody> {
     let mut last = String::from("no address known for it");
     loop {
         if let Some(c) = d.endpoint.connection(&peer) {
             return Ok(c);
         }
-        let addrs = d.peers().peers.get(&peer).map(|p| p.addrs.clone()).unwrap_or_default();
+        let addrs = d
+            .peers()
+            .peers
+            .get(&peer)
+            .map(|p| p.addrs.clone())
+            .unwrap_or_default();
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(ErrorBody::new(code::UNREACHABLE, format!("peer is unreachable ({last})")));
+            return Err(ErrorBody::new(
+                code::UNREACHABLE,
+                format!("peer is unreachable ({last})"),
+            ));
         }
         if !addrs.is_empty() {
             match tokio::time::timeout(left, d.endpoint.connect(peer, &addrs)).await {
@@ -94,7 +106,10 @@ pub async fn connection_to(d: &Arc<Daemon>, peer: DeviceId, deadline: Instant) -
                 Err(_) => last = "timed out".into(),
             }
         }
-        tokio::time::sleep(Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(
+            Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())),
+        )
+        .await;
     }
 }
 
@@ -108,7 +123,12 @@ pub async fn send_one(
     reply: bool,
     deadline: Instant,
 ) -> SendOutcome {
-    let name = d.peers().peers.get(&peer).map(|p| p.name.clone()).unwrap_or_default();
+    let name = d
+        .peers()
+        .peers
+        .get(&peer)
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
     let mut outcome = SendOutcome {
         peer: name.clone(),
         id: peer.to_string(),
@@ -120,15 +140,22 @@ pub async fn send_one(
         let pc = connection_to(d, peer, deadline).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         let exchange = async {
-            let (mut send, mut recv) = pc.open(StreamKind::Message).await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = pc
+                .open(StreamKind::Message)
+                .await
+                .map_err(|e| e.to_string())?;
             let header = MsgHeader {
                 id: id.to_string(),
                 tag: tag.to_string(),
                 body_len: body.len() as u64,
                 reply,
             };
-            write_frame(&mut send, &header, MAX_HEADER).await.map_err(|e| e.to_string())?;
-            send.write_chunk(body.clone()).await.map_err(|e| e.to_string())?;
+            write_frame(&mut send, &header, MAX_HEADER)
+                .await
+                .map_err(|e| e.to_string())?;
+            send.write_chunk(body.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             let _ = send.finish();
             read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
                 .await
@@ -137,8 +164,14 @@ pub async fn send_one(
         };
         match tokio::time::timeout(left, exchange).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(ErrorBody::new(code::UNREACHABLE, format!("delivery failed: {e}"))),
-            Err(_) => Err(ErrorBody::new(code::TIMEOUT, "no acknowledgement before the timeout")),
+            Ok(Err(e)) => Err(ErrorBody::new(
+                code::UNREACHABLE,
+                format!("delivery failed: {e}"),
+            )),
+            Err(_) => Err(ErrorBody::new(
+                code::TIMEOUT,
+                "no acknowledgement before the timeout",
+            )),
         }
     }
     .await;
@@ -165,7 +198,8 @@ pub async fn send_one(
 }
 
 async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
-    let result = match tokio::time::timeout(Duration::from_secs(30), read_message(&d, &mut s)).await {
+    let result = match tokio::time::timeout(Duration::from_secs(30), read_message(&d, &mut s)).await
+    {
         Ok(Ok((header, body))) => deliver(&d, s.peer, header, body).await,
         Ok(Err(nack)) => nack,
         Err(_) => MsgResult::Nack {
@@ -187,7 +221,10 @@ fn nack(code: &str, message: impl Into<String>) -> MsgResult {
     }
 }
 
-async fn read_message(_d: &Arc<Daemon>, s: &mut IncomingStream) -> Result<(MsgHeader, Vec<u8>), MsgResult> {
+async fn read_message(
+    _d: &Arc<Daemon>,
+    s: &mut IncomingStream,
+) -> Result<(MsgHeader, Vec<u8>), MsgResult> {
     let header: MsgHeader = match read_frame(&mut s.recv, MAX_HEADER).await {
         Ok(Some(h)) => h,
         Ok(None) => return Err(nack(code::BAD_REQUEST, "empty message stream")),
@@ -195,7 +232,10 @@ async fn read_message(_d: &Arc<Daemon>, s: &mut IncomingStream) -> Result<(MsgHe
     };
     if header.body_len > MAX_BODY as u64 {
         let _ = s.recv.stop(1u32.into());
-        return Err(nack(code::TOO_LARGE, format!("body of {} bytes exceeds {MAX_BODY}", header.body_len)));
+        return Err(nack(
+            code::TOO_LARGE,
+            format!("body of {} bytes exceeds {MAX_BODY}", header.body_len),
+        ));
     }
     if let Err(e) = handlers::validate_user_tag(&header.tag) {
         let _ = s.recv.stop(1u32.into());
@@ -213,7 +253,12 @@ async fn read_message(_d: &Arc<Daemon>, s: &mut IncomingStream) -> Result<(MsgHe
 }
 
 async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u8>) -> MsgResult {
-    let from_name = d.peers().peers.get(&from).map(|p| p.name.clone()).unwrap_or_default();
+    let from_name = d
+        .peers()
+        .peers
+        .get(&from)
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
     let from_plain = from.to_plain();
     d.emit(Event::Message {
         tag: header.tag.clone(),
@@ -235,7 +280,13 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
         .into_iter()
         .cloned()
         .collect();
-    let env = handlers::message_env(&d.identity.name, &d.id().to_plain(), &header.tag, &origin, &header.id);
+    let env = handlers::message_env(
+        &d.identity.name,
+        &d.id().to_plain(),
+        &header.tag,
+        &origin,
+        &header.id,
+    );
     let inv = Invocation {
         kind: EventKind::Message,
         tag: header.tag.clone(),
@@ -245,7 +296,12 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
     };
     let fut = match d.runner.submit(inv) {
         Ok(f) => f,
-        Err(e) => return nack(code::QUEUE_FULL, format!("the receiving device is busy: {e}")),
+        Err(e) => {
+            return nack(
+                code::QUEUE_FULL,
+                format!("the receiving device is busy: {e}"),
+            )
+        }
     };
     if !header.reply {
         let tag = header.tag.clone();

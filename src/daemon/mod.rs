@@ -69,8 +69,21 @@ impl Daemon {
                     name: &peer.name,
                     id: &id,
                 };
-                let env = handlers::peer_env(name, &self_id, tag, &origin, state, address.as_deref().unwrap_or(""));
-                (EventKind::Peer, tag.clone(), env, Some(peer.name.clone()), Some(id.clone()))
+                let env = handlers::peer_env(
+                    name,
+                    &self_id,
+                    tag,
+                    &origin,
+                    state,
+                    address.as_deref().unwrap_or(""),
+                );
+                (
+                    EventKind::Peer,
+                    tag.clone(),
+                    env,
+                    Some(peer.name.clone()),
+                    Some(id.clone()),
+                )
             }
             Event::Daemon { tag, state } => (
                 EventKind::Daemon,
@@ -90,7 +103,11 @@ impl Daemon {
             (Some(n), Some(i)) => Some(Origin { name: n, id: i }),
             _ => None,
         };
-        let matched: Vec<_> = set.matching(kind, &tag, origin.as_ref()).into_iter().cloned().collect();
+        let matched: Vec<_> = set
+            .matching(kind, &tag, origin.as_ref())
+            .into_iter()
+            .cloned()
+            .collect();
         if matched.is_empty() {
             return;
         }
@@ -115,7 +132,14 @@ impl Daemon {
         }
     }
 
-    pub fn peer_event(&self, tag: &str, id: DeviceId, name: &str, state: PeerState, address: Option<SocketAddr>) {
+    pub fn peer_event(
+        &self,
+        tag: &str,
+        id: DeviceId,
+        name: &str,
+        state: PeerState,
+        address: Option<SocketAddr>,
+    ) {
         self.emit(Event::Peer {
             tag: tag.to_string(),
             peer: PeerRef {
@@ -182,7 +206,8 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     };
     // The socket first: a second daemon must fail before it touches the UDP port.
     let listener = control::bind(&paths.socket)?;
-    let endpoint = Endpoint::bind(identity.clone(), roster, ep_cfg).context("starting the QUIC endpoint")?;
+    let endpoint =
+        Endpoint::bind(identity.clone(), roster, ep_cfg).context("starting the QUIC endpoint")?;
     let handlers_dir = args
         .handlers
         .clone()
@@ -216,7 +241,12 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         manual,
         stop,
     });
-    let addrs: Vec<String> = daemon.endpoint.local_addrs().iter().map(|a| a.to_string()).collect();
+    let addrs: Vec<String> = daemon
+        .endpoint
+        .local_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     info!(id = %daemon.id(), name = %daemon.identity.name, listen = ?addrs, socket = %daemon.paths.socket.display(), "cnspr daemon running");
     links::start(&daemon);
     messages::start(&daemon);
@@ -238,7 +268,11 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     });
     daemon
         .endpoint
-        .shutdown(transport::close_code::LEAVING, "daemon stopping", Duration::from_millis(500))
+        .shutdown(
+            transport::close_code::LEAVING,
+            "daemon stopping",
+            Duration::from_millis(500),
+        )
         .await;
     control::unbind(&daemon.paths.socket);
     // Give daemon/stop handlers a moment to start before the runtime goes away.

@@ -168,10 +168,9 @@ impl PeerTable {
             )
         })?;
         for p in stored.peers {
-            let id: DeviceId = p
-                .id
-                .parse()
-                .map_err(|e| anyhow::anyhow!("{}: bad id {:?}: {e}", path.display(), p.id))?;
+            let id: DeviceId =
+                p.id.parse()
+                    .map_err(|e| anyhow::anyhow!("{}: bad id {:?}: {e}", path.display(), p.id))?;
             let addrs = p.addrs.iter().filter_map(|a| a.parse().ok()).collect();
             table.peers.insert(id, Peer::new(id, p.name, addrs));
         }

@@ -399,11 +399,18 @@ impl Endpoint {
 
     /// Dials `peer`, racing every candidate address; returns the connection that is up
     /// (an existing one if there is one).
-    pub async fn connect(&self, peer: DeviceId, addrs: &[SocketAddr]) -> Result<PeerConn, TransportError> {
+    pub async fn connect(
+        &self,
+        peer: DeviceId,
+        addrs: &[SocketAddr],
+    ) -> Result<PeerConn, TransportError> {
         if !self.inner.roster.contains(&peer) {
             return Err(TransportError::NotInRoster(peer));
         }
-        let dial_lock = lock(&self.inner.dial_locks).entry(peer).or_default().clone();
+        let dial_lock = lock(&self.inner.dial_locks)
+            .entry(peer)
+            .or_default()
+            .clone();
         let _guard = dial_lock.lock().await;
         if let Some(c) = self.connection(&peer) {
             return Ok(c);
@@ -420,7 +427,11 @@ impl Endpoint {
         self.dial(None, &[addr]).await
     }
 
-    async fn dial(&self, expected: Option<DeviceId>, addrs: &[SocketAddr]) -> Result<PeerConn, TransportError> {
+    async fn dial(
+        &self,
+        expected: Option<DeviceId>,
+        addrs: &[SocketAddr],
+    ) -> Result<PeerConn, TransportError> {
         let label = expected.unwrap_or(self.id());
         let client_tls = tls::rustls_client_config_for(
             &self.inner.identity,
@@ -466,7 +477,10 @@ impl Endpoint {
         race.abort_all();
         while let Some(res) = race.join_next().await {
             if let Ok(Ok(c)) = res {
-                c.close(VarInt::from_u32(close_code::RACE_LOST), b"another address won");
+                c.close(
+                    VarInt::from_u32(close_code::RACE_LOST),
+                    b"another address won",
+                );
             }
         }
         let Some(conn) = winner else {

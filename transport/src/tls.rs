@@ -227,11 +227,7 @@ pub fn rustls_client_config_for(
     expected: Option<DeviceId>,
     provider: Arc<CryptoProvider>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let verifier = Arc::new(RosterVerifier::new(
-        roster.clone(),
-        expected,
-        &provider,
-    ));
+    let verifier = Arc::new(RosterVerifier::new(roster.clone(), expected, &provider));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
