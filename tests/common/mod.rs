@@ -1,0 +1,303 @@
+//! Test harness: real `cnspr serve` processes on loopback, each in its own temp dir.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cnspr")
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `DEADLINE`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > DEADLINE {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub id: String,
+    pub port: u16,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    /// A node with an identity and a config file (`extra` appended to it).
+    pub fn new(name: &str, extra: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("handlers")).unwrap();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        std::fs::write(dir.path().join("config.toml"), extra).unwrap();
+        let mut node = Node {
+            name: name.into(),
+            dir,
+            id: String::new(),
+            port: 0,
+            child: None,
+        };
+        let out = node.cli(&["init", "--name", name, "--json"]);
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        node.id = v["id"].as_str().unwrap().to_string();
+        node
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("cnspr.sock")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env_remove("XDG_RUNTIME_DIR")
+            .env_remove("CNSPR_SOCKET")
+            .env_remove("CNSPR_STATE_DIR")
+            .env_remove("CNSPR_CONFIG")
+            .env("RUST_LOG", "cnspr=debug,transport=debug,info")
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--config")
+            .arg(self.path("config.toml"));
+        c
+    }
+
+    /// Starts the daemon (on the port it had before, if any) and waits until it answers.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("daemon.log"))
+            .unwrap();
+        let child = self
+            .command()
+            .args(["serve", "--no-mdns", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--handlers")
+            .arg(self.path("handlers"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let mut status = Value::Null;
+        wait_until(&format!("{} to answer on its socket", self.name), || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("daemon {} exited early: {st}\n{}", self.name, self.log());
+                }
+            }
+            match self.try_json(&["status"]) {
+                Some(v) => {
+                    status = v;
+                    true
+                }
+                None => false,
+            }
+        });
+        let listen = status["listen"][0].as_str().unwrap();
+        self.port = listen.rsplit(':').next().unwrap().parse().unwrap();
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
+    /// Runs a client command with `--json` and parses its output; panics on failure.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.cli(&a);
+        assert!(
+            out.status.success(),
+            "cnspr {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn try_json(&self, args: &[&str]) -> Option<Value> {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.cli(&a);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn trust(&self, other: &Node) {
+        let addr = other.addr();
+        let out = self.cli(&["trust", &other.id, "--addr", &addr]);
+        assert!(
+            out.status.success(),
+            "trust: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn peer(&self, name: &str) -> Option<Value> {
+        let peers = self.try_json(&["peers"])?;
+        peers
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+    }
+
+    pub fn wait_state(&self, peer: &str, state: &str) {
+        wait_until(&format!("{} to see {peer} {state}", self.name), || {
+            self.peer(peer).is_some_and(|p| p["state"] == state)
+        });
+    }
+
+    /// Writes an executable handler script at `rel` inside the handler directory.
+    pub fn handler(&self, rel: &str, script: &str) {
+        let path = self.path("handlers").join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.path("out")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `cnspr stop`, then waits for the process to exit.
+    pub fn stop(&mut self) {
+        let out = self.cli(&["stop"]);
+        assert!(
+            out.status.success(),
+            "stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(mut c) = self.child.take() {
+            let start = Instant::now();
+            loop {
+                if c.try_wait().unwrap().is_some() {
+                    break;
+                }
+                assert!(start.elapsed() < DEADLINE, "daemon did not exit after stop");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts `names` and makes every pair trust each other; waits until all see all active.
+pub fn mesh(names: &[&str], extra: &str) -> Vec<Node> {
+    let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(n, extra)).collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.id != b.id {
+                a.trust(b);
+            }
+        }
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.id != b.id {
+                a.wait_state(&b.name, "active");
+            }
+        }
+    }
+    nodes
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn file(p: &Path) -> Option<Vec<u8>> {
+    std::fs::read(p).ok()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}

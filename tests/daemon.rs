@@ -1,0 +1,442 @@
+//! End-to-end tests of `cnspr serve` and its CLI: real daemons on loopback, temp dirs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+#[test]
+fn two_daemons_trust_each_other_and_run_handlers_with_exact_input() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let peers = a.json(&["peers"]);
+    let beta = &peers[0];
+    assert_eq!(beta["name"], "beta");
+    assert_eq!(beta["state"], "active");
+    assert_eq!(beta["id"], b.id.as_str());
+    assert!(beta["rtt_ms"].as_f64().unwrap() > 0.0, "{beta}");
+    assert_eq!(beta["addresses"][0], b.addr().as_str());
+    assert!(beta["last_seen"].as_u64().is_some());
+    let table = String::from_utf8(a.cli(&["peers"]).stdout).unwrap();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("RTT") && table.contains("LAST SEEN") && table.contains("VIA"));
+
+    let out = b.out();
+    let out_s = out.display().to_string();
+    b.handler(
+        "util/store.sh",
+        &format!("cat > {out_s}/body.bin\nenv | grep ^CNSPR_ | sort > {out_s}/env.txt"),
+    );
+    // A 16 MiB binary body through standard input.
+    let body = noise(16 << 20, 7);
+    let res = a.cli_stdin(&["send", "beta", "util.store"], &body);
+    assert!(res.status.success(), "{}", stderr(&res));
+    wait_until("handler output", || {
+        file(&out.join("env.txt")).is_some_and(|e| !e.is_empty())
+    });
+    wait_until("the whole body", || {
+        file(&out.join("body.bin")).is_some_and(|f| f.len() == body.len())
+    });
+    assert!(
+        file(&out.join("body.bin")).unwrap() == body,
+        "body bytes differ"
+    );
+    let env = String::from_utf8(file(&out.join("env.txt")).unwrap()).unwrap();
+    for want in [
+        "CNSPR_EVENT=message".to_string(),
+        "CNSPR_TAG=util.store".to_string(),
+        "CNSPR_FROM=alpha".to_string(),
+        format!("CNSPR_FROM_ID={}", a.id.replace('-', "")),
+        "CNSPR_SELF_NAME=beta".to_string(),
+        format!("CNSPR_SELF_ID={}", b.id.replace('-', "")),
+    ] {
+        assert!(env.lines().any(|l| l == want), "missing {want} in\n{env}");
+    }
+    assert!(env.contains("CNSPR_MESSAGE_ID="));
+
+    // --reply: stdout and exit codes of the handlers that matched.
+    b.handler("q/hostname", "echo \"I am $CNSPR_SELF_NAME\"; cat; exit 3");
+    let r = a.cli(&["send", "--reply", "beta", "q.hostname", "ping"]);
+    assert_eq!(
+        r.status.code(),
+        Some(3),
+        "a failing handler makes --reply exit 3: {}",
+        stderr(&r)
+    );
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "I am beta\nping");
+    let r = a.cli(&["--json", "send", "--reply", "beta", "q.hostname", "x"]);
+    assert_eq!(r.status.code(), Some(3));
+    let j: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(
+        j,
+        json!([{"peer": "beta", "handler": "q/hostname", "exit_code": 3, "stdout": "I am beta\nx"}])
+    );
+}
+
+#[test]
+fn handler_layout_filters_and_comments() {
+    let nodes = mesh(&["alpha", "beta", "gamma"], "");
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let out = c.out().display().to_string();
+    // Four layouts of the same tag, a peer filter for each sender, a comment segment, and a
+    // file that is not executable.
+    c.handler("a/b/c", &format!("echo 1 >> {out}/layout"));
+    c.handler("a/b/c.sh", &format!("echo 2 >> {out}/layout"));
+    c.handler("a/b.c.py", &format!("echo 3 >> {out}/layout"));
+    c.handler("a.b.c", &format!("echo 4 >> {out}/layout"));
+    c.handler(
+        "x/@alpha/y.sh",
+        &format!("echo \"$CNSPR_FROM\" >> {out}/from-alpha"),
+    );
+    c.handler(
+        "x/@beta/y.sh",
+        &format!("echo \"$CNSPR_FROM\" >> {out}/from-beta"),
+    );
+    c.handler("#disabled/x/y.sh", &format!("echo c >> {out}/comment"));
+    let plain = c.path("handlers").join("x/y.txt");
+    std::fs::write(&plain, format!("#!/bin/sh\necho bad >> {out}/nonexec\n")).unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let r = a.cli(&["send", "--reply", "gamma", "a.b.c", ""]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let mut got: Vec<String> = String::from_utf8(file(&c.out().join("layout")).unwrap())
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["1", "2", "3", "4"]);
+
+    for sender in [a, b] {
+        let r = sender.cli(&["send", "--reply", "gamma", "x.y", "m"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+    }
+    assert_eq!(file(&c.out().join("from-alpha")).unwrap(), b"alpha\n");
+    assert_eq!(file(&c.out().join("from-beta")).unwrap(), b"beta\n");
+    // The comment segment is dropped from the tag: #disabled/x/y.sh also answers x.y,
+    // once per message.
+    assert_eq!(file(&c.out().join("comment")).unwrap(), b"c\nc\n");
+    assert!(
+        file(&c.out().join("nonexec")).is_none(),
+        "a non-executable file ran"
+    );
+
+    let listing = c.json(&["handlers"]);
+    let paths: Vec<&str> = listing["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"x/@alpha/y.sh") && !paths.contains(&"x/y.txt"),
+        "{listing}"
+    );
+    assert!(
+        listing["warnings"].to_string().contains("y.txt"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn send_all_reaches_every_member_once() {
+    let nodes = mesh(&["alpha", "beta", "gamma"], "");
+    for n in &nodes[1..] {
+        let out = n.out().display().to_string();
+        n.handler("note", &format!("cat >> {out}/notes"));
+    }
+    let r = nodes[0].cli(&["send", "--all", "note", "hello-all"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    for n in &nodes[1..] {
+        wait_until("note delivered", || {
+            file(&n.out().join("notes")).is_some_and(|f| !f.is_empty())
+        });
+        assert_eq!(file(&n.out().join("notes")).unwrap(), b"hello-all");
+    }
+    let j = nodes[0].json(&["send", "--all", "--reply", "note", "2"]);
+    assert_eq!(j.as_array().unwrap().len(), 2, "{j}");
+}
+
+#[test]
+fn bad_sends_fail_with_a_clear_message() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let a = &nodes[0];
+    for tag in [
+        "",
+        "a..b",
+        "a/b",
+        "a.@b",
+        "a#b",
+        "a b",
+        "a.\u{7}",
+        "daemon.start",
+        &"x".repeat(256),
+    ] {
+        let r = a.cli(&["send", "beta", tag, "x"]);
+        assert_eq!(r.status.code(), Some(1), "tag {tag:?} accepted");
+        assert!(
+            stderr(&r).contains("invalid tag"),
+            "{tag:?}: {}",
+            stderr(&r)
+        );
+    }
+    // The daemon checks too, for clients other than the CLI.
+    let v = raw_request(
+        a,
+        &json!({"id": 9, "cmd": "send", "peer": "beta", "tag": "a..b", "body": "x"}),
+    );
+    assert_eq!(v["error"]["code"], "invalid_tag", "{v}");
+    let r = a.cli(&["send", "nobody", "t", "x"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        stderr(&r).contains("no peer named \"nobody\""),
+        "{}",
+        stderr(&r)
+    );
+
+    // A trusted peer that is not running: unreachable after --timeout.
+    let ghost = Node::new("ghost", "");
+    let r = a.cli(&["trust", &ghost.id, "--addr", "127.0.0.1:9"]);
+    assert!(r.status.success());
+    let short = &ghost.id[..9];
+    let r = a.cli(&["send", "--timeout", "1", short, "t", "x"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("unreachable"), "{}", stderr(&r));
+
+    // No daemon at all.
+    let lonely = Node::new("lonely", "");
+    let r = lonely.cli(&["peers"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        stderr(&r).contains("no cnspr daemon is running") && stderr(&r).contains("cnspr serve"),
+        "{}",
+        stderr(&r)
+    );
+    // `id` works without one.
+    assert_eq!(lonely.json(&["id"])["name"], "lonely");
+}
+
+fn raw_request(n: &Node, req: &Value) -> Value {
+    let s = UnixStream::connect(n.socket()).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn the_socket_survives_bad_clients() {
+    let mut n = Node::new("solo", "");
+    n.start();
+    let mode = std::fs::metadata(n.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let s = UnixStream::connect(n.socket()).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut ask = |line: &[u8]| -> Value {
+        w.write_all(line).unwrap();
+        w.write_all(b"\n").unwrap();
+        let mut reply = String::new();
+        r.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap()
+    };
+    let v = ask(b"{not json");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["code"], "bad_json");
+    let v = ask(br#"{"id": 1, "cmd": "fly"}"#);
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!(1), json!("unknown_command"))
+    );
+    let v = ask(br#"{"id": "x", "cmd": "ping", "peer": 42}"#);
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!("x"), json!("bad_request"))
+    );
+    let v = ask(br#"[1, 2]"#);
+    assert_eq!(v["error"]["code"], "bad_request");
+    let v = ask(br#"{"id": 2, "cmd": "status", "extra": true}"#);
+    assert_eq!(v["error"]["code"], "bad_request");
+    let big = vec![b'a'; 10 * 1000 * 1000];
+    let v = ask(&big);
+    assert_eq!(v["error"]["code"], "line_too_long");
+    // The same connection still works.
+    let v = ask(br#"{"id": 3, "cmd": "status"}"#);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["result"]["name"], "solo");
+
+    // A client that disconnects in the middle of a request (and of a raw body).
+    for partial in [
+        &br#"{"id": 4, "cmd": "sta"#[..],
+        br#"{"id":5,"cmd":"send","peer":"x","tag":"t","body_len":1000}"#,
+    ] {
+        let mut s = UnixStream::connect(n.socket()).unwrap();
+        s.write_all(partial).unwrap();
+        if partial.ends_with(b"}") {
+            s.write_all(b"\nabc").unwrap();
+        }
+        drop(s);
+    }
+    assert_eq!(
+        raw_request(&n, &json!({"id": 6, "cmd": "status"}))["ok"],
+        true
+    );
+    assert!(n.alive());
+
+    // A second daemon on the same socket is refused; the first one keeps running.
+    let second = n
+        .command()
+        .args(["serve", "--no-mdns", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("already running"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(n.alive());
+
+    // A crashed daemon leaves a stale socket file: the next start replaces it.
+    n.kill9();
+    assert!(n.socket().exists());
+    n.start();
+    assert_eq!(
+        raw_request(&n, &json!({"id": 7, "cmd": "status"}))["ok"],
+        true
+    );
+}
+
+#[test]
+fn a_hanging_handler_is_killed_with_its_children() {
+    let nodes = mesh(&["alpha", "beta"], "handler_timeout_s = 1.0\n");
+    let b = &nodes[1];
+    let out = b.out().display().to_string();
+    b.handler(
+        "hang",
+        &format!("sleep 1000 &\necho $! > {out}/child.pid\nsleep 1000"),
+    );
+    let r = nodes[0].cli(&["send", "--reply", "beta", "hang", "x"]);
+    assert_eq!(r.status.code(), Some(3), "{}", stderr(&r));
+    assert!(stderr(&r).contains("timed out"), "{}", stderr(&r));
+    let pid = String::from_utf8(file(&b.out().join("child.pid")).unwrap()).unwrap();
+    let proc_dir = format!("/proc/{}", pid.trim());
+    wait_until("the handler's child to be killed", || {
+        // Gone, or a zombie waiting for its parent (init) to reap it.
+        std::fs::read_to_string(format!("{proc_dir}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+}
+
+#[test]
+fn a_flood_beyond_the_handler_queue_is_refused_not_buffered() {
+    let nodes = mesh(
+        &["alpha", "beta"],
+        "handler_concurrency = 1\nhandler_queue = 2\nhandler_timeout_s = 5.0\n",
+    );
+    let b = &nodes[1];
+    let out = b.out().display().to_string();
+    b.handler(
+        "slow",
+        &format!("while [ ! -e {out}/release ]; do sleep 0.05; done"),
+    );
+    // Two admitted (queue of 2), the rest refused at once with queue_full.
+    let mut results = Vec::new();
+    for _ in 0..6 {
+        results.push(nodes[0].cli(&["send", "beta", "slow", "x"]));
+    }
+    let refused = results
+        .iter()
+        .filter(|r| stderr(r).contains("queue"))
+        .count();
+    let ok = results.iter().filter(|r| r.status.success()).count();
+    assert_eq!(
+        (ok, refused),
+        (2, 4),
+        "{:?}",
+        results.iter().map(stderr).collect::<Vec<_>>()
+    );
+    std::fs::write(b.out().join("release"), b"").unwrap();
+    // After the queue drains, messages are accepted again.
+    wait_until("queue to drain", || {
+        nodes[0]
+            .cli(&["send", "beta", "slow", "x"])
+            .status
+            .success()
+    });
+}
+
+#[test]
+fn peer_states_follow_crashes_restarts_and_graceful_stops() {
+    let mut nodes = mesh(&["alpha", "beta"], "");
+    // kill -9: suspect, then unreachable, with no command.
+    nodes[1].kill9();
+    nodes[0].wait_state("beta", "suspect");
+    nodes[0].wait_state("beta", "unreachable");
+    // Restart on the same port: active again.
+    nodes[1].start();
+    nodes[0].wait_state("beta", "active");
+    nodes[1].wait_state("alpha", "active");
+    // Graceful stop: left, not unreachable.
+    nodes[1].stop();
+    nodes[0].wait_state("beta", "left");
+    nodes[1].start();
+    nodes[0].wait_state("beta", "active");
+    // remove: the peer is dropped and can no longer connect.
+    let r = nodes[0].cli(&["remove", "beta"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    nodes[0].wait_state("beta", "removed");
+    nodes[1].wait_state("alpha", "unreachable");
+    let r = nodes[1].cli(&["send", "--timeout", "1", "alpha", "t", "x"]);
+    assert_eq!(r.status.code(), Some(1));
+}
+
+#[test]
+fn subscribers_see_peer_and_message_events() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let mut mon = nodes[1]
+        .command()
+        .args(["--json", "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = mon.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The subscription is live once a message sent afterwards shows up.
+    let mut seen = Vec::new();
+    wait_until("message event", || {
+        let _ = nodes[0].cli(&["send", "beta", "app.event", "payload"]);
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(l);
+        }
+        seen.iter().any(|l| l.contains("\"message\""))
+    });
+    let ev: Value =
+        serde_json::from_str(seen.iter().find(|l| l.contains("\"message\"")).unwrap()).unwrap();
+    assert_eq!(ev["tag"], "app.event");
+    assert_eq!(ev["from"]["name"], "alpha");
+    assert_eq!(ev["body_b64"], "cGF5bG9hZA==");
+    let mut nodes = nodes;
+    nodes[0].stop();
+    wait_until("peer event", || {
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(l);
+        }
+        seen.iter()
+            .any(|l| l.contains("peer.status_changed") && l.contains("\"left\""))
+    });
+    let _ = mon.kill();
+    let _ = mon.wait();
+}
