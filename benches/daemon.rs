@@ -1,0 +1,272 @@
+//! Daemon benchmark: two real `cnspr serve` processes on loopback.
+//!
+//! Prints: `send` -> ack latency and `send` -> remote handler's first instruction over an
+//! open socket connection (p50/p99 of 200), `cnspr send` end to end, messages per second
+//! from one device to a socket subscriber on the other (1 KiB bodies), and idle RSS/CPU of
+//! a daemon with two peers. `CNSPR_BENCH_SECONDS` (default 10) sets the throughput run,
+//! `CNSPR_BENCH_IDLE_S` (default 60) the idle measurement.
+//!
+//! Run: `cargo bench --bench daemon`
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cnspr");
+
+struct Daemon {
+    dir: PathBuf,
+    child: Child,
+    id: String,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cmd(dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("XDG_RUNTIME_DIR")
+        .env("RUST_LOG", "warn")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("sock"))
+        .arg("--config")
+        .arg(dir.join("config.toml"));
+    c
+}
+
+fn start(dir: &Path, name: &str, fifo: &Path) -> Daemon {
+    std::fs::create_dir_all(dir.join("handlers/bench")).unwrap();
+    std::fs::write(dir.join("config.toml"), "").unwrap();
+    let out = cmd(dir).args(["--json", "init", "--name", name]).output().unwrap();
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    let child = cmd(dir)
+        .env("CNSPR_BENCH_FIFO", fifo)
+        .args(["serve", "--no-mdns", "--listen", "127.0.0.1:0", "--handlers"])
+        .arg(dir.join("handlers"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        dir: dir.to_path_buf(),
+        child,
+        id,
+        port: 0,
+    };
+    let start = Instant::now();
+    loop {
+        if let Ok(mut c) = Conn::open(&d.dir.join("sock")) {
+            let st = c.call(json!({"cmd": "status"}));
+            d.port = st["result"]["listen"][0].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+            return d;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Conn {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Conn {
+    fn open(p: &Path) -> std::io::Result<Conn> {
+        let s = UnixStream::connect(p)?;
+        Ok(Conn {
+            w: s.try_clone()?,
+            r: BufReader::new(s),
+        })
+    }
+    fn call(&mut self, v: Value) -> Value {
+        self.w.write_all(format!("{v}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+fn proc_stat(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    (rss_kb, ticks)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let seconds: u64 = std::env::var("CNSPR_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let idle_s: u64 = std::env::var("CNSPR_BENCH_IDLE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let a = start(&tmp.path().join("a"), "alpha", &fifo);
+    let b = start(&tmp.path().join("b"), "beta", &fifo);
+    let c = start(&tmp.path().join("c"), "gamma", &fifo);
+    let script = "#!/bin/sh\necho x > \"$CNSPR_BENCH_FIFO\"\n";
+    let h = b.dir.join("handlers/bench/fifo");
+    std::fs::write(&h, script).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&h).status().unwrap();
+    for (x, others) in [(&a, [&b, &c]), (&b, [&a, &c]), (&c, [&a, &b])] {
+        let mut conn = Conn::open(&x.dir.join("sock")).unwrap();
+        for o in others {
+            let r = conn.call(json!({"cmd": "trust", "device": o.id, "addrs": [format!("127.0.0.1:{}", o.port)]}));
+            assert_eq!(r["ok"], true, "{r}");
+        }
+    }
+    let mut conn = Conn::open(&a.dir.join("sock")).unwrap();
+    let start_wait = Instant::now();
+    loop {
+        let p = conn.call(json!({"cmd": "peers"}));
+        if p["result"].as_array().unwrap().iter().all(|p| p["state"] == "active") {
+            break;
+        }
+        assert!(start_wait.elapsed() < Duration::from_secs(20), "peers not active: {p}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("cnspr daemon benchmark: three daemons on loopback");
+
+    // send -> ack, over an open socket connection.
+    let mut acks = Vec::new();
+    for i in 0..220 {
+        let t = Instant::now();
+        let r = conn.call(json!({"cmd": "send", "peer": "beta", "tag": "bench.ack", "body": "x"}));
+        if i >= 20 {
+            acks.push(t.elapsed());
+        }
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // send -> the remote handler's first instruction.
+    let mut fifo_r = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    let mut starts = Vec::new();
+    for i in 0..220 {
+        let t = Instant::now();
+        conn.w
+            .write_all(format!("{}\n", json!({"cmd": "send", "peer": "beta", "tag": "bench.fifo", "body": "x"})).as_bytes())
+            .unwrap();
+        let mut byte = [0u8; 2];
+        fifo_r.read_exact(&mut byte).unwrap();
+        if i >= 20 {
+            starts.push(t.elapsed());
+        }
+        let mut line = String::new();
+        conn.r.read_line(&mut line).unwrap();
+    }
+    // `cnspr send` end to end (process start included).
+    let mut e2e = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        let st = cmd(&a.dir).args(["send", "beta", "bench.ack", "x"]).status().unwrap();
+        e2e.push(t.elapsed());
+        assert!(st.success());
+    }
+    println!(
+        "send -> ack            p50 {:7.3} ms  p99 {:7.3} ms  (target p50 < 1 ms)",
+        pct(&mut acks, 0.5),
+        pct(&mut acks, 0.99)
+    );
+    let hs50 = pct(&mut starts, 0.5);
+    println!(
+        "send -> handler start  p50 {:7.3} ms  p99 {:7.3} ms  (target p50 < 5 ms; CNSPRCY ~11 ms: {:.1}x faster)",
+        hs50,
+        pct(&mut starts, 0.99),
+        11.0 / hs50
+    );
+    println!(
+        "cnspr send end to end  p50 {:7.3} ms  p99 {:7.3} ms  (target p50 < 10 ms)",
+        pct(&mut e2e, 0.5),
+        pct(&mut e2e, 0.99)
+    );
+
+    // Messages per second to a subscriber on another device.
+    let mut sub = Conn::open(&b.dir.join("sock")).unwrap();
+    let r = sub.call(json!({"cmd": "subscribe", "events": ["message"]}));
+    assert_eq!(r["ok"], true);
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while sub.r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                received.fetch_add(1, Ordering::Relaxed);
+                line.clear();
+            }
+        });
+    }
+    let body = data_encoding::BASE64.encode(&[0x42u8; 1024]);
+    let mut senders = Vec::new();
+    for _ in 0..32 {
+        let stop = stop.clone();
+        let body = body.clone();
+        let sock = a.dir.join("sock");
+        senders.push(std::thread::spawn(move || {
+            let mut c = Conn::open(&sock).unwrap();
+            let req = format!("{}\n", json!({"cmd": "send", "peer": "beta", "tag": "bench.tput", "body_b64": body}));
+            let mut line = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                c.w.write_all(req.as_bytes()).unwrap();
+                line.clear();
+                c.r.read_line(&mut line).unwrap();
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let r0 = received.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let n = received.load(Ordering::Relaxed) - r0;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        let _ = s.join();
+    }
+    println!(
+        "to a remote subscriber {:9.0} msg/s (1 KiB bodies, {seconds} s, 32 senders; target >= 50000: {:.0}%)",
+        rate,
+        100.0 * rate / 50_000.0
+    );
+
+    // Idle: RSS and CPU of one daemon with two peers.
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = a.child.id();
+    let (_, t0_ticks) = proc_stat(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle_s));
+    let (rss, t1_ticks) = proc_stat(pid);
+    let hz = 100.0; // USER_HZ on Linux
+    let cpu = (t1_ticks - t0_ticks) as f64 / hz / t0.elapsed().as_secs_f64() * 100.0;
+    println!(
+        "idle daemon (2 peers)  RSS {:.1} MiB (target < 10; CNSPRCY 10.5, Serf 14.6), CPU {:.3}% of a core over {idle_s} s (target < 0.05%)",
+        rss as f64 / 1024.0,
+        cpu
+    );
+}
