@@ -50,11 +50,23 @@ fn cmd(dir: &Path) -> Command {
 fn start(dir: &Path, name: &str, fifo: &Path) -> Daemon {
     std::fs::create_dir_all(dir.join("handlers/bench")).unwrap();
     std::fs::write(dir.join("config.toml"), "").unwrap();
-    let out = cmd(dir).args(["--json", "init", "--name", name]).output().unwrap();
-    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    let out = cmd(dir)
+        .args(["--json", "init", "--name", name])
+        .output()
+        .unwrap();
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let child = cmd(dir)
         .env("CNSPR_BENCH_FIFO", fifo)
-        .args(["serve", "--no-mdns", "--listen", "127.0.0.1:0", "--handlers"])
+        .args([
+            "serve",
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--handlers",
+        ])
         .arg(dir.join("handlers"))
         .stderr(Stdio::null())
         .spawn()
@@ -69,10 +81,20 @@ fn start(dir: &Path, name: &str, fifo: &Path) -> Daemon {
     loop {
         if let Ok(mut c) = Conn::open(&d.dir.join("sock")) {
             let st = c.call(json!({"cmd": "status"}));
-            d.port = st["result"]["listen"][0].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+            d.port = st["result"]["listen"][0]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
             return d;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "daemon did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "daemon did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -123,22 +145,38 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let seconds: u64 = std::env::var("CNSPR_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let idle_s: u64 = std::env::var("CNSPR_BENCH_IDLE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let seconds: u64 = std::env::var("CNSPR_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let idle_s: u64 = std::env::var("CNSPR_BENCH_IDLE_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     let tmp = tempfile::tempdir().unwrap();
     let fifo = tmp.path().join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let a = start(&tmp.path().join("a"), "alpha", &fifo);
     let b = start(&tmp.path().join("b"), "beta", &fifo);
     let c = start(&tmp.path().join("c"), "gamma", &fifo);
     let script = "#!/bin/sh\necho x > \"$CNSPR_BENCH_FIFO\"\n";
     let h = b.dir.join("handlers/bench/fifo");
     std::fs::write(&h, script).unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&h).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&h)
+        .status()
+        .unwrap();
     for (x, others) in [(&a, [&b, &c]), (&b, [&a, &c]), (&c, [&a, &b])] {
         let mut conn = Conn::open(&x.dir.join("sock")).unwrap();
         for o in others {
-            let r = conn.call(json!({"cmd": "trust", "device": o.id, "addrs": [format!("127.0.0.1:{}", o.port)]}));
+            let r = conn.call(
+                json!({"cmd": "trust", "device": o.id, "addrs": [format!("127.0.0.1:{}", o.port)]}),
+            );
             assert_eq!(r["ok"], true, "{r}");
         }
     }
@@ -146,10 +184,18 @@ fn main() {
     let start_wait = Instant::now();
     loop {
         let p = conn.call(json!({"cmd": "peers"}));
-        if p["result"].as_array().unwrap().iter().all(|p| p["state"] == "active") {
+        if p["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] == "active")
+        {
             break;
         }
-        assert!(start_wait.elapsed() < Duration::from_secs(20), "peers not active: {p}");
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(20),
+            "peers not active: {p}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     println!("cnspr daemon benchmark: three daemons on loopback");
@@ -165,12 +211,22 @@ fn main() {
         assert_eq!(r["ok"], true, "{r}");
     }
     // send -> the remote handler's first instruction.
-    let mut fifo_r = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    let mut fifo_r = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
     let mut starts = Vec::new();
     for i in 0..220 {
         let t = Instant::now();
         conn.w
-            .write_all(format!("{}\n", json!({"cmd": "send", "peer": "beta", "tag": "bench.fifo", "body": "x"})).as_bytes())
+            .write_all(
+                format!(
+                    "{}\n",
+                    json!({"cmd": "send", "peer": "beta", "tag": "bench.fifo", "body": "x"})
+                )
+                .as_bytes(),
+            )
             .unwrap();
         let mut byte = [0u8; 2];
         fifo_r.read_exact(&mut byte).unwrap();
@@ -184,7 +240,10 @@ fn main() {
     let mut e2e = Vec::new();
     for _ in 0..100 {
         let t = Instant::now();
-        let st = cmd(&a.dir).args(["send", "beta", "bench.ack", "x"]).status().unwrap();
+        let st = cmd(&a.dir)
+            .args(["send", "beta", "bench.ack", "x"])
+            .status()
+            .unwrap();
         e2e.push(t.elapsed());
         assert!(st.success());
     }
@@ -230,7 +289,10 @@ fn main() {
         let sock = a.dir.join("sock");
         senders.push(std::thread::spawn(move || {
             let mut c = Conn::open(&sock).unwrap();
-            let req = format!("{}\n", json!({"cmd": "send", "peer": "beta", "tag": "bench.tput", "body_b64": body}));
+            let req = format!(
+                "{}\n",
+                json!({"cmd": "send", "peer": "beta", "tag": "bench.tput", "body_b64": body})
+            );
             let mut line = String::new();
             while !stop.load(Ordering::Relaxed) {
                 c.w.write_all(req.as_bytes()).unwrap();

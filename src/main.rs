@@ -55,8 +55,8 @@ fn main() -> ExitCode {
 fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
     match cmd {
         Command::Serve(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // One thread: a personal-device daemon should be small and quiet when idle.
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(daemon::serve(paths.clone(), args))?;

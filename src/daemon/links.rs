@@ -18,7 +18,7 @@ use super::Daemon;
 /// First retry delay after a failed dial.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Supervisor tick.
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(250);
 
 /// Resolves `HOST:PORT` (names allowed) to addresses.
 pub fn resolve_addr(s: &str) -> anyhow::Result<Vec<SocketAddr>> {
@@ -95,7 +95,10 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
             Some(remote),
         );
     }
-    tokio::spawn(probe(d.clone(), pc));
+    // One side probes (the lower ID); the other hears the pings.
+    if d.id() < pc.peer {
+        tokio::spawn(probe(d.clone(), pc));
+    }
 }
 
 fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, reason: DownReason) {
@@ -174,11 +177,19 @@ fn heard(d: &Arc<Daemon>, pc: &PeerConn) {
     }
 }
 
+fn heard_from(d: &Arc<Daemon>, peer: &transport::DeviceId) {
+    if let Some(pc) = d.endpoint.connection(peer) {
+        heard(d, &pc);
+    }
+}
+
 /// Answers pings on a control stream the peer opened.
-pub async fn serve_control(mut s: transport::IncomingStream) {
+/// Each ping is also news of the peer: the side that does not probe learns liveness here.
+pub async fn serve_control(d: Arc<Daemon>, mut s: transport::IncomingStream) {
     while let Ok(Some(frame)) = read_frame::<ControlFrame, _>(&mut s.recv, MAX_CONTROL_FRAME).await
     {
         if let ControlFrame::Ping { nonce } = frame {
+            heard_from(&d, &s.peer);
             if write_frame(
                 &mut s.send,
                 &ControlFrame::Pong { nonce },

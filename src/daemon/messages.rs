@@ -1,14 +1,21 @@
 //! Tagged messages: sent on their own QUIC stream each, acknowledged by the receiving
 //! daemon, run through the handlers there.
 //!
-//! Wire: `StreamKind::Message` header, one [`MsgHeader`] frame, `body_len` raw body bytes,
-//! end of stream; the receiver answers one [`MsgResult`] frame.
+//! Wire, large messages: a `StreamKind::Message` stream carries one [`MsgHeader`] frame,
+//! `body_len` raw body bytes, end of stream; the receiver answers one [`MsgResult`] frame.
+//!
+//! Small messages (body up to [`LANE_MAX_BODY`]) share one long-lived `StreamKind::Messages`
+//! stream per connection (a "lane"): the sender writes [`LaneMsg`] frames, each followed by
+//! its raw body, without waiting; the receiver answers [`LaneResult`] frames in completion
+//! order, matched by sequence number. A large transfer never delays them: it has its own
+//! stream.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 use transport::frame::{read_frame, write_frame};
 use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
@@ -30,6 +37,35 @@ pub struct MsgHeader {
     pub tag: String,
     pub body_len: u64,
     pub reply: bool,
+}
+
+/// Largest body sent on a lane.
+pub const LANE_MAX_BODY: usize = 64 * 1024;
+/// Messages queued on one lane before senders wait.
+const LANE_QUEUE: usize = 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaneMsg {
+    pub seq: u64,
+    pub header: MsgHeader,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaneResult {
+    pub seq: u64,
+    pub result: MsgResult,
+}
+
+struct LaneReq {
+    header: MsgHeader,
+    body: Bytes,
+    done: oneshot::Sender<MsgResult>,
+}
+
+/// The sending side of one lane.
+pub struct Lane {
+    conn: usize,
+    tx: mpsc::Sender<LaneReq>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,10 +92,13 @@ pub fn start(d: &Arc<Daemon>) {
         while let Some(s) = incoming.recv().await {
             match s.kind {
                 StreamKind::Control => {
-                    tokio::spawn(super::links::serve_control(s));
+                    tokio::spawn(super::links::serve_control(d.clone(), s));
                 }
                 StreamKind::Message => {
                     tokio::spawn(receive(d.clone(), s));
+                }
+                StreamKind::Messages => {
+                    tokio::spawn(serve_lane(d.clone(), s));
                 }
                 other => {
                     debug!(?other, "stream kind not served by this version; resetting");
@@ -139,17 +178,20 @@ pub async fn send_one(
     let res = async {
         let pc = connection_to(d, peer, deadline).await?;
         let left = deadline.saturating_duration_since(Instant::now());
+        let header = MsgHeader {
+            id: id.to_string(),
+            tag: tag.to_string(),
+            body_len: body.len() as u64,
+            reply,
+        };
         let exchange = async {
+            if body.len() <= LANE_MAX_BODY {
+                return send_on_lane(d, &pc, header, body.clone()).await;
+            }
             let (mut send, mut recv) = pc
                 .open(StreamKind::Message)
                 .await
                 .map_err(|e| e.to_string())?;
-            let header = MsgHeader {
-                id: id.to_string(),
-                tag: tag.to_string(),
-                body_len: body.len() as u64,
-                reply,
-            };
             write_frame(&mut send, &header, MAX_HEADER)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -274,7 +316,7 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
         name: &from_name,
         id: &from_plain,
     };
-    let set = handlers::scan(&d.handlers_dir);
+    let set = d.handlers.current();
     let matched: Vec<_> = set
         .matching(EventKind::Message, &header.tag, Some(&origin))
         .into_iter()
@@ -326,4 +368,175 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
             })
             .collect(),
     )
+}
+
+/// Queues a small message on the connection's lane and waits for its result.
+async fn send_on_lane(
+    d: &Arc<Daemon>,
+    pc: &PeerConn,
+    header: MsgHeader,
+    body: Bytes,
+) -> Result<MsgResult, String> {
+    let conn = pc.conn.stable_id();
+    let tx = {
+        let mut lanes = d.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        match lanes.get(&pc.peer) {
+            Some(l) if l.conn == conn && !l.tx.is_closed() => l.tx.clone(),
+            _ => {
+                let (tx, rx) = mpsc::channel(LANE_QUEUE);
+                tokio::spawn(run_lane(pc.clone(), rx));
+                lanes.insert(
+                    pc.peer,
+                    Lane {
+                        conn,
+                        tx: tx.clone(),
+                    },
+                );
+                tx
+            }
+        }
+    };
+    let (done, result) = oneshot::channel();
+    tx.send(LaneReq { header, body, done })
+        .await
+        .map_err(|_| "the connection closed".to_string())?;
+    result
+        .await
+        .map_err(|_| "the connection closed before the answer".to_string())
+}
+
+type Pending = Arc<std::sync::Mutex<std::collections::HashMap<u64, oneshot::Sender<MsgResult>>>>;
+
+/// Writes queued messages on one long-lived stream; a reader task hands out the results.
+async fn run_lane(pc: PeerConn, mut rx: mpsc::Receiver<LaneReq>) {
+    let Ok((mut send, mut recv)) = pc.open(StreamKind::Messages).await else {
+        return;
+    };
+    let pending: Pending = Arc::default();
+    let reader_pending = pending.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(r)) = read_frame::<LaneResult, _>(&mut recv, MAX_RESULT).await {
+            let waiter = reader_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&r.seq);
+            if let Some(w) = waiter {
+                let _ = w.send(r.result);
+            }
+        }
+        // The stream ended: dropping the waiters tells their senders.
+        reader_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    });
+    let mut seq = 0u64;
+    let mut buf = Vec::with_capacity(128 * 1024);
+    while let Some(first) = rx.recv().await {
+        // Coalesce whatever is queued into one write.
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(req) = next {
+            seq += 1;
+            let frame = match transport::frame::encode(
+                &LaneMsg {
+                    seq,
+                    header: req.header,
+                },
+                MAX_HEADER,
+            ) {
+                Ok(f) => f,
+                Err(_) => break,
+            };
+            pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(seq, req.done);
+            buf.extend_from_slice(&frame);
+            buf.extend_from_slice(&req.body);
+            next = if buf.len() < 256 * 1024 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if send.write_all(&buf).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+    drop(rx);
+    let _ = reader.await;
+}
+
+/// Receives a lane: reads messages one after another, answers each when delivered.
+async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
+    let IncomingStream {
+        peer,
+        mut send,
+        mut recv,
+        ..
+    } = s;
+    let (tx, mut results) = mpsc::channel::<LaneResult>(LANE_QUEUE);
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(first) = results.recv().await {
+            buf.clear();
+            let mut next = Some(first);
+            while let Some(r) = next {
+                if let Ok(f) = transport::frame::encode(&r, MAX_RESULT) {
+                    buf.extend_from_slice(&f);
+                }
+                next = if buf.len() < 256 * 1024 {
+                    results.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if send.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    loop {
+        let msg: LaneMsg = match read_frame(&mut recv, MAX_HEADER).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                debug!(error = %e, "bad frame on a message lane; closing it");
+                let _ = recv.stop(1u32.into());
+                break;
+            }
+        };
+        if msg.header.body_len > LANE_MAX_BODY as u64 {
+            debug!("oversized body on a message lane; closing it");
+            let _ = recv.stop(1u32.into());
+            break;
+        }
+        let mut body = vec![0u8; msg.header.body_len as usize];
+        if recv.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        let seq = msg.seq;
+        let result = if let Err(e) = handlers::validate_user_tag(&msg.header.tag) {
+            Some(nack(code::INVALID_TAG, e.to_string()))
+        } else if msg.header.reply {
+            let (d, tx) = (d.clone(), tx.clone());
+            tokio::spawn(async move {
+                let result = deliver(&d, peer, msg.header, body).await;
+                let _ = tx.send(LaneResult { seq, result }).await;
+            });
+            None
+        } else {
+            Some(deliver(&d, peer, msg.header, body).await)
+        };
+        if let Some(result) = result {
+            if tx.send(LaneResult { seq, result }).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
 }

@@ -2,6 +2,7 @@
 //! control socket together.
 
 mod control;
+mod handler_cache;
 mod links;
 mod messages;
 pub mod peers;
@@ -30,7 +31,10 @@ pub struct Daemon {
     pub cfg: Config,
     pub paths: Paths,
     pub handlers_dir: PathBuf,
+    pub handlers: handler_cache::HandlerCache,
     pub peers: Mutex<PeerTable>,
+    /// Message lanes by peer (see `messages`).
+    pub lanes: Mutex<std::collections::HashMap<DeviceId, messages::Lane>>,
     pub events: broadcast::Sender<Event>,
     pub runner: Runner,
     pub started: Instant,
@@ -98,7 +102,7 @@ impl Daemon {
             }
         };
         let _ = self.events.send(event);
-        let set = handlers::scan(&self.handlers_dir);
+        let set = self.handlers.current();
         let origin = match (&origin_name, &origin_id) {
             (Some(n), Some(i)) => Some(Origin { name: n, id: i }),
             _ => None,
@@ -199,7 +203,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     };
     let ep_cfg = EndpointConfig {
         listen,
-        keep_alive: Duration::from_millis(cfg.probe_interval_ms),
+        keep_alive: Duration::from_millis(cfg.probe_interval_ms * 2),
         idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
         handshake_timeout: Duration::from_millis(cfg.idle_timeout_ms.min(5000)),
         ..EndpointConfig::default()
@@ -233,8 +237,10 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         endpoint,
         cfg,
         paths,
+        handlers: handler_cache::HandlerCache::new(handlers_dir.clone()),
         handlers_dir,
         peers: Mutex::new(table),
+        lanes: Mutex::new(std::collections::HashMap::new()),
         events,
         runner,
         started: Instant::now(),

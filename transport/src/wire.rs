@@ -21,6 +21,8 @@ pub enum StreamKind {
     App = 3,
     /// Replicated-store synchronisation.
     Sync = 4,
+    /// A long-lived stream of small tagged messages, answered out of order by sequence.
+    Messages = 5,
 }
 
 impl StreamKind {
@@ -31,6 +33,7 @@ impl StreamKind {
             2 => StreamKind::Message,
             3 => StreamKind::App,
             4 => StreamKind::Sync,
+            5 => StreamKind::Messages,
             _ => return None,
         })
     }
