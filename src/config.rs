@@ -50,7 +50,7 @@ impl Default for Config {
             handler_timeout_s: 30.0,
             handler_concurrency: 8,
             handler_queue: 256,
-            probe_interval_ms: 500,
+            probe_interval_ms: 1000,
             suspect_after_ms: 1500,
             idle_timeout_ms: 3000,
             max_backoff_ms: 5000,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
 use transport::wire::ControlFrame;
@@ -137,19 +137,46 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::R
     }
 }
 
-async fn write_json(w: &mut OwnedWriteHalf, v: &impl serde::Serialize) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+/// Requests of one connection processed at once; further lines wait unread.
+const MAX_INFLIGHT: usize = 256;
+
+fn line_of(v: &impl serde::Serialize) -> Vec<u8> {
+    let mut line = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
     line.push(b'\n');
-    w.write_all(&line).await
+    line
+}
+
+/// Writes reply and event lines in order of completion, coalescing bursts.
+async fn write_lines(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(l) => buf.extend_from_slice(&l),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
 }
 
 fn err(code_: &str, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code_, message)
 }
 
+/// Serves one client. Requests run concurrently (up to [`MAX_INFLIGHT`]); each reply
+/// carries its request's `id`, so replies may come back in a different order.
 async fn client(d: Arc<Daemon>, stream: UnixStream) {
-    let (r, mut w) = stream.into_split();
+    let (r, w) = stream.into_split();
     let mut r = BufReader::with_capacity(256 * 1024, r);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+    let writer = tokio::spawn(write_lines(w, rx));
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
     loop {
         let line = match read_line(&mut r, MAX_LINE).await {
             Ok(Line::Text(l)) => l,
@@ -158,15 +185,12 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                     code::LINE_TOO_LONG,
                     format!("request line longer than {MAX_LINE} bytes"),
                 );
-                if write_json(&mut w, &Reply::err(Value::Null, e))
-                    .await
-                    .is_err()
-                {
-                    return;
+                if tx.send(line_of(&Reply::err(Value::Null, e))).await.is_err() {
+                    break;
                 }
                 continue;
             }
-            Ok(Line::Eof) | Err(_) => return,
+            Ok(Line::Eof) | Err(_) => break,
         };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -174,57 +198,64 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
         let (id, req) = match parse(&line) {
             Ok(x) => x,
             Err((id, e)) => {
-                if write_json(&mut w, &Reply::err(id, e)).await.is_err() {
-                    return;
+                if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                    break;
                 }
                 continue;
             }
         };
         match req {
             Request::Subscribe { events } => {
-                subscribe(&d, id, events, r, w).await;
-                return;
-            }
-            Request::Send(s) => {
-                let body = match read_body(&s, &mut r).await {
-                    Ok(b) => b,
-                    Err(BodyError::Reply(e)) => {
-                        if write_json(&mut w, &Reply::err(id, e)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(BodyError::Closed) => return,
-                };
-                let reply = match send(&d, s, body).await {
-                    Ok(v) => Reply::ok(id, v),
-                    Err(e) => Reply::err(id, e),
-                };
-                if write_json(&mut w, &reply).await.is_err() {
-                    return;
-                }
+                subscribe(&d, id, events, r, tx.clone()).await;
+                break;
             }
             Request::Stop {} => {
-                let _ = write_json(
-                    &mut w,
-                    &Reply::ok(id, serde_json::json!({"stopping": true})),
-                )
-                .await;
-                let _ = w.shutdown().await;
+                let _ = tx
+                    .send(line_of(&Reply::ok(
+                        id,
+                        serde_json::json!({"stopping": true}),
+                    )))
+                    .await;
+                drop(tx);
+                let _ = writer.await;
                 d.request_stop();
                 return;
             }
-            other => {
-                let reply = match handle(&d, other).await {
-                    Ok(v) => Reply::ok(id, v),
-                    Err(e) => Reply::err(id, e),
+            req => {
+                let body = match &req {
+                    Request::Send(s) => match read_body(s, &mut r).await {
+                        Ok(b) => b,
+                        Err(BodyError::Reply(e)) => {
+                            if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(BodyError::Closed) => break,
+                    },
+                    _ => Bytes::new(),
                 };
-                if write_json(&mut w, &reply).await.is_err() {
-                    return;
-                }
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break;
+                };
+                let (d, tx) = (d.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let res = match req {
+                        Request::Send(s) => send(&d, s, body).await,
+                        other => handle(&d, other).await,
+                    };
+                    let reply = match res {
+                        Ok(v) => Reply::ok(id, v),
+                        Err(e) => Reply::err(id, e),
+                    };
+                    let _ = tx.send(line_of(&reply)).await;
+                    drop(permit);
+                });
             }
         }
     }
+    drop(tx);
+    let _ = writer.await;
 }
 
 fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
@@ -324,17 +355,21 @@ async fn send(d: &Arc<Daemon>, s: SendRequest, body: Bytes) -> Result<Value, Err
     };
     let deadline = Instant::now() + timeout_of(s.timeout_ms);
     let message_id = new_message_id();
-    let mut set = tokio::task::JoinSet::new();
-    for peer in targets {
-        let (d, id, tag, body) = (d.clone(), message_id.clone(), s.tag.clone(), body.clone());
-        let reply = s.reply;
-        set.spawn(async move { send_one(&d, peer, &id, &tag, body, reply, deadline).await });
-    }
     let mut outcomes = Vec::new();
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(o) => outcomes.push(o),
-            Err(e) => return Err(err(code::INTERNAL, e.to_string())),
+    if let [peer] = targets[..] {
+        outcomes.push(send_one(d, peer, &message_id, &s.tag, body, s.reply, deadline).await);
+    } else {
+        let mut set = tokio::task::JoinSet::new();
+        for peer in targets {
+            let (d, id, tag, body) = (d.clone(), message_id.clone(), s.tag.clone(), body.clone());
+            let reply = s.reply;
+            set.spawn(async move { send_one(&d, peer, &id, &tag, body, reply, deadline).await });
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(o) => outcomes.push(o),
+                Err(e) => return Err(err(code::INTERNAL, e.to_string())),
+            }
         }
     }
     outcomes.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -536,7 +571,7 @@ async fn subscribe<R>(
     id: Value,
     kinds: Vec<String>,
     mut r: R,
-    mut w: OwnedWriteHalf,
+    tx: mpsc::Sender<Vec<u8>>,
 ) where
     R: AsyncBufRead + Unpin,
 {
@@ -546,17 +581,18 @@ async fn subscribe<R>(
                 code::BAD_REQUEST,
                 format!("unknown event kind {k:?}; use message, peer or daemon"),
             );
-            let _ = write_json(&mut w, &Reply::err(id, e)).await;
+            let _ = tx.send(line_of(&Reply::err(id, e))).await;
             return;
         }
     }
     let mut rx = d.events.subscribe();
-    if write_json(
-        &mut w,
-        &Reply::ok(id, serde_json::json!({"subscribed": true})),
-    )
-    .await
-    .is_err()
+    if tx
+        .send(line_of(&Reply::ok(
+            id,
+            serde_json::json!({"subscribed": true}),
+        )))
+        .await
+        .is_err()
     {
         return;
     }
@@ -565,15 +601,13 @@ async fn subscribe<R>(
         tokio::select! {
             ev = rx.recv() => match ev {
                 Ok(ev) => {
-                    if kinds.is_empty() || kinds.iter().any(|k| k == ev.kind()) {
-                        if write_json(&mut w, &ev).await.is_err() {
-                            return;
-                        }
+                    if (kinds.is_empty() || kinds.iter().any(|k| k == ev.kind())) && tx.send(line_of(&ev)).await.is_err() {
+                        return;
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     debug!(missed = n, "subscriber lagging");
-                    if write_json(&mut w, &serde_json::json!({"event": "lagged", "missed": n})).await.is_err() {
+                    if tx.send(line_of(&serde_json::json!({"event": "lagged", "missed": n}))).await.is_err() {
                         return;
                     }
                 }

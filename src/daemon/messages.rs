@@ -336,6 +336,13 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
         body: Bytes::from(body),
         handlers: matched,
     };
+    if inv.handlers.is_empty() {
+        return if header.reply {
+            MsgResult::Replies(Vec::new())
+        } else {
+            MsgResult::Ack
+        };
+    }
     let fut = match d.runner.submit(inv) {
         Ok(f) => f,
         Err(e) => {
