@@ -440,3 +440,74 @@ fn subscribers_see_peer_and_message_events() {
     let _ = mon.kill();
     let _ = mon.wait();
 }
+
+#[test]
+fn manual_peer_addresses_and_config_errors() {
+    // b trusts a, a trusts b, neither knows the other's address: a is told `--peer`.
+    let mut b = Node::new("beta", "");
+    b.start();
+    let mut a = Node::new("alpha", "");
+    a.start();
+    assert!(a.cli(&["trust", &b.id]).status.success());
+    assert!(b.cli(&["trust", &a.id]).status.success());
+    a.stop();
+    let log = std::fs::File::create(a.path("daemon2.log")).unwrap();
+    let mut child = a
+        .command()
+        .args([
+            "serve",
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--handlers",
+        ])
+        .arg(a.path("handlers"))
+        .args(["--peer", &b.addr()])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_until("alpha to reach beta through --peer", || {
+        a.peer("beta").is_some_and(|p| p["state"] == "active")
+    });
+    b.wait_state("alpha", "active");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Unknown config keys are refused, naming the key; bad values too.
+    std::fs::write(a.path("config.toml"), "handler_timout_s = 3\n").unwrap();
+    let out = a.command().args(["serve", "--no-mdns"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("handler_timout_s"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(a.path("config.toml"), "handler_concurrency = 0\n").unwrap();
+    let out = a.command().args(["serve", "--no-mdns"]).output().unwrap();
+    assert!(
+        stderr(&out).contains("handler_concurrency"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn init_is_idempotent_and_completions_print() {
+    let n = Node::new("desk", "");
+    let first = n.json(&["id"]);
+    let again = n.json(&["init"]);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["created"], false);
+    assert_eq!(n.json(&["id"]), json!({"id": first["id"], "name": "desk"}));
+    // A bad name is refused with the rule.
+    let out = n.cli(&["init", "--name", "bad name"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("invalid device name"),
+        "{}",
+        stderr(&out)
+    );
+    let out = n.cli(&["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cnspr"));
+}

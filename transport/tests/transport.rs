@@ -487,3 +487,56 @@ async fn a_silent_peer_times_out() -> Result<()> {
     assert_eq!(next_down(&mut ev_b).await?, DownReason::TimedOut);
     Ok(())
 }
+
+#[tokio::test]
+async fn ipv6_and_dual_stack_sockets_work() -> Result<()> {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipping: this host has no IPv6 loopback");
+        return Ok(());
+    }
+    let (a, b, c) = (identity("a"), identity("b"), identity("c"));
+    // a listens dual-stack on [::]; b on IPv4 only; c on IPv6 loopback only.
+    let dual = EndpointConfig {
+        listen: vec!["[::]:0".parse()?],
+        ..EndpointConfig::for_test()
+    };
+    let ea = endpoint_with(&a, &[&b, &c], dual);
+    let eb = endpoint(&b, &[&a]);
+    let ec = endpoint_with(
+        &c,
+        &[&a],
+        EndpointConfig {
+            listen: vec!["[::1]:0".parse()?],
+            ..EndpointConfig::for_test()
+        },
+    );
+    let a_port = addr(&ea).port();
+    // IPv4 client to the dual-stack socket, and the dual-stack socket dialling IPv6.
+    eb.connect(a.id, &[SocketAddr::from(([127, 0, 0, 1], a_port))])
+        .await?;
+    ea.connect(c.id, &[addr(&ec)]).await?;
+    assert!(ea.connection(&b.id).is_some() && ea.connection(&c.id).is_some());
+    assert!(ea.connection(&c.id).unwrap().remote_address().is_ipv6());
+    Ok(())
+}
+
+#[tokio::test]
+async fn candidates_are_raced_and_a_dead_one_does_not_block() -> Result<()> {
+    let (a, b) = (identity("a"), identity("b"));
+    let ea = endpoint(&a, &[&b]);
+    let eb = endpoint(&b, &[&a]);
+    // A silent address (bound, never answers) listed first, the real one second.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let start = Instant::now();
+    let pc = ea.connect(b.id, &[silent.local_addr()?, addr(&eb)]).await?;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the dead candidate delayed the dial"
+    );
+    assert_eq!(pc.remote_address(), addr(&eb));
+    wait_for("only the winning connection left", || {
+        ea.open_connections() == 1
+    })
+    .await?;
+    Ok(())
+}
