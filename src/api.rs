@@ -57,6 +57,35 @@ pub enum Request {
         peer: String,
     },
     Stop {},
+    /// Turns the connection into a raw byte stream to `service` on `peer`.
+    Connect {
+        peer: String,
+        service: String,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Registers a listener; incoming streams are announced on this connection.
+    Listen {
+        service: String,
+    },
+    /// Takes an announced stream: the connection becomes that raw byte stream.
+    Accept {
+        stream: String,
+    },
+    /// Forwards incoming streams for `service` to a local TCP (`HOST:PORT`) or UNIX
+    /// (`unix:/path`) address; persistent.
+    Expose {
+        service: String,
+        target: String,
+    },
+    Unexpose {
+        service: String,
+    },
+    Services {},
+    /// How a stream ended: "open", "closed" or "error: ...".
+    StreamStatus {
+        stream: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -101,6 +130,9 @@ pub mod code {
     pub const TOO_LARGE: &str = "too_large";
     pub const QUEUE_FULL: &str = "queue_full";
     pub const SELF: &str = "self";
+    pub const UNKNOWN_SERVICE: &str = "unknown_service";
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const UNKNOWN_STREAM: &str = "unknown_stream";
     pub const INTERNAL: &str = "internal";
 }
 

@@ -90,6 +90,42 @@ pub enum Command {
     },
     /// Stop the daemon gracefully (peers see it as left)
     Stop,
+    /// Open a byte stream to SERVICE on PEER over standard input/output (usable as an
+    /// ssh ProxyCommand)
+    Connect {
+        /// Peer name or ID prefix
+        peer: String,
+        /// Service name on the peer
+        service: String,
+        /// Show bytes and rate on standard error (when standard output is not a terminal)
+        #[arg(long)]
+        progress: bool,
+        /// Give up opening the stream after this many seconds
+        #[arg(long, default_value_t = 15.0)]
+        timeout: f64,
+    },
+    /// Serve SERVICE: one stream on standard input/output, or each stream with --exec CMD
+    Listen {
+        /// Service name
+        service: String,
+        /// Run CMD (with sh -c) for each stream, the stream on its standard input/output
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+        /// Serve many streams (with --exec), not just one
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Forward streams for SERVICE to a local TCP HOST:PORT or unix:/path (persistent);
+    /// without arguments, list the services
+    Expose {
+        /// Service name
+        service: Option<String>,
+        /// HOST:PORT or unix:/path
+        target: Option<String>,
+        /// Stop exposing SERVICE
+        #[arg(long)]
+        remove: bool,
+    },
     /// Print shell completions
     Completions {
         /// bash, zsh, fish, elvish or powershell

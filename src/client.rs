@@ -83,6 +83,12 @@ impl Client {
         }
     }
 
+    /// Gives up the JSON framing: the connection is a raw byte stream from here on (bytes
+    /// already buffered are kept in the reader).
+    pub fn into_raw(self) -> (BufReader<UnixStream>, UnixStream) {
+        (self.r, self.w)
+    }
+
     /// The next JSON line (events after `subscribe`); `None` at end of stream.
     pub fn next_line(&mut self) -> anyhow::Result<Option<Value>> {
         let mut line = Vec::new();

@@ -11,7 +11,7 @@ use crate::client::Client;
 use crate::output::{ago, short_id, table};
 use crate::paths::Paths;
 
-fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(v)?);
     Ok(())
 }
@@ -142,6 +142,25 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             }
             println!("daemon stopping");
         }
+        Command::Connect {
+            peer,
+            service,
+            progress,
+            timeout,
+        } => {
+            let req = json!({"cmd": "connect", "peer": peer, "service": service, "timeout_ms": secs_to_ms(timeout)?});
+            return crate::pipe::connect(c, paths, req, progress);
+        }
+        Command::Listen {
+            service,
+            exec,
+            keep,
+        } => return crate::pipe::listen(c, paths, &service, exec, keep),
+        Command::Expose {
+            service,
+            target,
+            remove,
+        } => return crate::pipe::expose(c, g, service, target, remove),
         Command::Serve(_) | Command::Init { .. } | Command::Id | Command::Completions { .. } => {
             anyhow::bail!("not a client command")
         }
@@ -149,7 +168,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn secs_to_ms(s: f64) -> anyhow::Result<u64> {
+pub fn secs_to_ms(s: f64) -> anyhow::Result<u64> {
     if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
         anyhow::bail!("--timeout must be between 0 and 3600 seconds");
     }

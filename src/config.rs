@@ -37,6 +37,17 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Longest wait between two dials of an unreachable peer, milliseconds.
     pub max_backoff_ms: u64,
+    /// Services forwarded to local addresses (`[[expose]]` tables).
+    pub expose: Vec<ExposeEntry>,
+}
+
+/// One `[[expose]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeEntry {
+    pub service: String,
+    /// `HOST:PORT` or `unix:/path`.
+    pub target: String,
 }
 
 impl Default for Config {
@@ -54,6 +65,7 @@ impl Default for Config {
             suspect_after_ms: 1500,
             idle_timeout_ms: 3000,
             max_backoff_ms: 5000,
+            expose: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ mod daemon;
 mod handlers;
 mod output;
 mod paths;
+mod pipe;
 
 use std::process::ExitCode;
 

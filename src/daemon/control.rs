@@ -19,7 +19,7 @@ use transport::{DeviceId, StreamKind};
 
 use super::messages::{connection_to, new_message_id, send_one};
 use super::peers::{Peer, PeerState};
-use super::Daemon;
+use super::{streams, Daemon};
 use crate::api::{
     code, ErrorBody, HandlerInfo, HandlersResult, PingResult, Reply, Request, SendRequest,
     SendResult, Status, COMMANDS, MAX_BODY, MAX_LINE,
@@ -146,8 +146,12 @@ fn line_of(v: &impl serde::Serialize) -> Vec<u8> {
     line
 }
 
-/// Writes reply and event lines in order of completion, coalescing bursts.
-async fn write_lines(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// Writes reply and event lines in order of completion, coalescing bursts; gives the
+/// write half back once every sender is gone (raw stream mode takes it over then).
+async fn write_lines(
+    mut w: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> Option<OwnedWriteHalf> {
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
@@ -159,11 +163,13 @@ async fn write_lines(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
             }
         }
         if w.write_all(&buf).await.is_err() {
-            return;
+            return None;
         }
     }
-    let _ = w.shutdown().await;
+    Some(w)
 }
+
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn err(code_: &str, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code_, message)
@@ -177,6 +183,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
     let writer = tokio::spawn(write_lines(w, rx));
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    let conn_id = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     loop {
         let line = match read_line(&mut r, MAX_LINE).await {
             Ok(Line::Text(l)) => l,
@@ -217,8 +224,71 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                     )))
                     .await;
                 drop(tx);
-                let _ = writer.await;
+                if let Ok(Some(mut w)) = writer.await {
+                    let _ = w.shutdown().await;
+                }
                 d.request_stop();
+                return;
+            }
+            Request::Listen { service } => match d.streams.listen(&service, conn_id) {
+                Ok(rx) => {
+                    listen(id, &service, rx, r, tx.clone()).await;
+                    d.streams.unlisten(&service, conn_id);
+                    break;
+                }
+                Err(e) => {
+                    if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            Request::Connect { .. } | Request::Accept { .. } => {
+                let opened = match &req {
+                    Request::Connect {
+                        peer,
+                        service,
+                        timeout_ms,
+                    } => match d.peers().resolve(peer) {
+                        Ok(pid) => Ok((
+                            pid,
+                            Instant::now() + timeout_of(*timeout_ms),
+                            service.clone(),
+                        )),
+                        Err(e) => Err(e),
+                    },
+                    _ => Err(err(code::INTERNAL, "")),
+                };
+                let opened = match (&req, opened) {
+                    (Request::Connect { .. }, Ok((pid, deadline, service))) => {
+                        streams::open(&d, pid, &service, deadline).await
+                    }
+                    (Request::Connect { .. }, Err(e)) => Err(e),
+                    (Request::Accept { stream }, _) => streams::accept(&d, stream).await,
+                    _ => Err(err(code::INTERNAL, "request routed to the wrong handler")),
+                };
+                let (send, recv) = match opened {
+                    Ok(x) => x,
+                    Err(e) => {
+                        if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let token = streams::new_token();
+                let _ = tx
+                    .send(line_of(&Reply::ok(
+                        id,
+                        serde_json::json!({"stream": token}),
+                    )))
+                    .await;
+                drop(tx);
+                // Raw mode: pending replies are flushed first, then bytes flow both ways.
+                let Ok(Some(w)) = writer.await else {
+                    return;
+                };
+                streams::run_local(&d, &token, r, w, send, recv).await;
                 return;
             }
             req => {
@@ -255,7 +325,50 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
         }
     }
     drop(tx);
-    let _ = writer.await;
+    if let Ok(Some(mut w)) = writer.await {
+        let _ = w.shutdown().await;
+    }
+}
+
+/// Announces incoming streams for a listener until its connection closes.
+async fn listen<R>(
+    id: Value,
+    service: &str,
+    mut incoming: mpsc::Receiver<streams::Announce>,
+    mut r: R,
+    tx: mpsc::Sender<Vec<u8>>,
+) where
+    R: AsyncBufRead + Unpin,
+{
+    if tx
+        .send(line_of(&Reply::ok(
+            id,
+            serde_json::json!({"listening": service}),
+        )))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut scratch = [0u8; 1024];
+    loop {
+        tokio::select! {
+            a = incoming.recv() => match a {
+                Some(a) => {
+                    let ev = serde_json::json!({"event": "incoming", "stream": a.stream, "service": a.service, "peer": a.peer});
+                    if tx.send(line_of(&ev)).await.is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            n = r.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
@@ -458,7 +571,24 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             d.peer_event("peer.status_changed", id, &name, PeerState::Removed, None);
             Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
         }
-        Request::Send(_) | Request::Subscribe { .. } | Request::Stop {} => {
+        Request::Expose { service, target } => {
+            serde_json::to_value(d.streams.expose(&d.paths.state_dir, &service, &target)?)
+        }
+        Request::Unexpose { service } => {
+            d.streams.unexpose(&d.paths.state_dir, &service)?;
+            Ok(serde_json::json!({"unexposed": service}))
+        }
+        Request::Services {} => serde_json::to_value(d.streams.list()),
+        Request::StreamStatus { stream } => {
+            let status = d.streams.status(&stream).unwrap_or_else(|| "open".into());
+            Ok(serde_json::json!({"stream": stream, "status": status}))
+        }
+        Request::Send(_)
+        | Request::Subscribe { .. }
+        | Request::Stop {}
+        | Request::Listen { .. }
+        | Request::Connect { .. }
+        | Request::Accept { .. } => {
             return Err(err(code::INTERNAL, "request routed to the wrong handler"))
         }
     };

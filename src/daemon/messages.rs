@@ -97,6 +97,9 @@ pub fn start(d: &Arc<Daemon>) {
                 StreamKind::Message => {
                     tokio::spawn(receive(d.clone(), s));
                 }
+                StreamKind::App => {
+                    tokio::spawn(super::streams::serve(d.clone(), s));
+                }
                 StreamKind::Messages => {
                     tokio::spawn(serve_lane(d.clone(), s));
                 }

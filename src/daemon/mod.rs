@@ -6,6 +6,7 @@ mod handler_cache;
 mod links;
 mod messages;
 pub mod peers;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub struct Daemon {
     pub lanes: Mutex<std::collections::HashMap<DeviceId, messages::Lane>>,
     pub events: broadcast::Sender<Event>,
     pub runner: Runner,
+    pub streams: streams::Streams,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
@@ -230,6 +232,13 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         queue_limit: cfg.handler_queue,
         ..RunnerConfig::default()
     });
+    let streams = streams::Streams::default();
+    let config_exposes: Vec<(String, String)> = cfg
+        .expose
+        .iter()
+        .map(|e| (e.service.clone(), e.target.clone()))
+        .collect();
+    streams.load(&paths.state_dir, &config_exposes)?;
     let (events, _) = broadcast::channel(4096);
     let (stop, mut stopped) = watch::channel(false);
     let daemon = Arc::new(Daemon {
@@ -243,6 +252,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         lanes: Mutex::new(std::collections::HashMap::new()),
         events,
         runner,
+        streams,
         started: Instant::now(),
         manual,
         stop,

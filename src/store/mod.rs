@@ -1,1 +1,269 @@
-//! placeholder
+//! The replicated key-value store's storage core (SPEC section 9): data model, merge rule,
+//! hybrid logical clock, redb persistence with durable group commit, change feed, and the
+//! `changes_since` / `apply_delta` pair that sync uses. No networking: the daemon moves
+//! [`Delta`]s and [`Change`]s between devices. See `docs/store.md`.
+//!
+//! Writes go through a bounded queue to one writer thread that commits everything queued
+//! in one transaction (one fsync) and only then acknowledges. Reads run on their own
+//! snapshot and never wait for the writer.
+
+mod db;
+mod error;
+pub mod hlc;
+pub mod model;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use redb::Database;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use error::StoreError;
+pub use hlc::{Clock, Hlc, MAX_DRIFT_MS};
+pub use model::{
+    validate_key, validate_value, Change, Delta, Dot, Entry, FeedEvent, Origin, Version,
+    VersionVector, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
+
+use writer::Op;
+
+/// Source of wall-clock time in milliseconds since the Unix epoch.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock: the one place the store reads the time.
+pub fn system_wall_clock() -> WallClock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// How a store is opened.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// Wall clock used to stamp writes.
+    pub wall_clock: WallClock,
+    /// Feed entries kept for watchers that resume (older ones are trimmed).
+    pub feed_retain: u64,
+    /// Capacity of the write queue; writers wait when it is full.
+    pub queue_capacity: usize,
+    /// Capacity of the live broadcast of applied changes (slow watchers lag, then resume
+    /// from the feed).
+    pub broadcast_capacity: usize,
+    /// Verify every page checksum when opening (reads the whole file once).
+    pub verify_on_open: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            wall_clock: system_wall_clock(),
+            feed_retain: 100_000,
+            queue_capacity: 4096,
+            broadcast_capacity: 1024,
+            verify_on_open: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("feed_retain", &self.feed_retain)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("broadcast_capacity", &self.broadcast_capacity)
+            .field("verify_on_open", &self.verify_on_open)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle to an open store; cheap to clone. The file is closed when the last clone is
+/// dropped (after the writer finished its current batch).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    tx: Option<mpsc::Sender<Op>>,
+    events: broadcast::Sender<FeedEvent>,
+    commits: Arc<AtomicU64>,
+    origin: Origin,
+    path: PathBuf,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) the store at `path` for the device `self_origin`.
+    pub fn open(path: impl AsRef<Path>, self_origin: Origin) -> Result<Store, StoreError> {
+        Self::open_with(path, self_origin, StoreConfig::default())
+    }
+
+    /// [`Store::open`] with explicit configuration.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        self_origin: Origin,
+        config: StoreConfig,
+    ) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_owned();
+        let (db, loaded) = db::open(&path, config.verify_on_open)?;
+        let db = Arc::new(db);
+        let wall = config.wall_clock.clone();
+        let state = writer::State::new(self_origin, loaded, config.feed_retain.max(1), wall());
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (events, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let commits = Arc::new(AtomicU64::new(0));
+        let sinks = writer::Sinks { events: events.clone(), commits: commits.clone() };
+        let writer_db = db.clone();
+        let handle = std::thread::Builder::new()
+            .name("cnspr-store".into())
+            .spawn(move || writer::run(writer_db, state, rx, sinks, wall))
+            .map_err(|e| StoreError::Open { path: path.clone(), detail: e.to_string() })?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                tx: Some(tx),
+                events,
+                commits,
+                origin: self_origin,
+                path,
+                writer: Some(handle),
+            }),
+        })
+    }
+
+    /// This device's origin.
+    pub fn origin(&self) -> Origin {
+        self.inner.origin
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Number of write transactions committed since open (group commit makes this far
+    /// smaller than the number of writes under load).
+    pub fn commit_count(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Result<T, StoreError> {
+        let (reply, done) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes `value` under `key`; returns once the write is durable on disk.
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<Change, StoreError> {
+        validate_key(key)?;
+        validate_value(&value)?;
+        let key = key.to_owned();
+        let change = self.submit(|reply| Op::Write { key, value: Some(value), reply }).await?;
+        change.ok_or_else(|| StoreError::WriteFailed("internal: put produced no change".into()))
+    }
+
+    /// Deletes `key` (writes a tombstone); returns once durable. `None` when the key had no
+    /// live version, in which case nothing is written.
+    pub async fn del(&self, key: &str) -> Result<Option<Change>, StoreError> {
+        validate_key(key)?;
+        let key = key.to_owned();
+        self.submit(|reply| Op::Write { key, value: None, reply }).await
+    }
+
+    /// Applies changes pushed by a peer, in any order and with duplicates; returns how many
+    /// were new here. A change whose predecessors from the same origin are missing is left
+    /// out (pull them with [`Store::changes_since`]). Returns once durable.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<usize, StoreError> {
+        changes.iter().try_for_each(Change::validate)?;
+        self.submit(|reply| Op::Apply { changes, through: None, reply }).await
+    }
+
+    /// Applies a [`Delta`] from a peer's [`Store::changes_since`] and raises the version
+    /// vector to `delta.through`. Returns how many changes were new here.
+    pub async fn apply_delta(&self, delta: Delta) -> Result<usize, StoreError> {
+        delta.changes.iter().try_for_each(Change::validate)?;
+        let Delta { changes, through, .. } = delta;
+        self.submit(|reply| Op::Apply { changes, through: Some(through), reply }).await
+    }
+
+    /// Removes the keys whose winner is a tombstone once every version of the key is
+    /// covered by this store's and every given member's version vector. Pass the vectors
+    /// of *all* members of the mesh. Returns the number of keys removed.
+    pub async fn collect_tombstones(&self, members_vv: &[VersionVector]) -> Result<usize, StoreError> {
+        let members = members_vv.to_vec();
+        self.submit(|reply| Op::Collect { members, reply }).await
+    }
+
+    fn reader(&self) -> Result<db::Reader, StoreError> {
+        db::Reader::new(&self.inner.db)
+    }
+
+    /// The visible state of `key`: `None` when absent or deleted.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.reader()?.get(key)
+    }
+
+    /// Every current version of `key`, winner first, tombstones (`None`) included.
+    pub fn versions(&self, key: &str) -> Result<Vec<(Version, Option<Vec<u8>>)>, StoreError> {
+        self.reader()?.versions(key)
+    }
+
+    /// Live keys starting with `prefix`, in key order, after `start_after` (for paging),
+    /// at most `limit`.
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.reader()?.list(prefix, start_after, limit)
+    }
+
+    /// Highest applied seq per origin.
+    pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
+        self.reader()?.version_vector()
+    }
+
+    /// What a peer whose version vector is `theirs` lacks (at most `limit` changes).
+    pub fn changes_since(&self, theirs: &VersionVector, limit: usize) -> Result<Delta, StoreError> {
+        self.reader()?.changes_since(theirs, limit)
+    }
+
+    /// Applied changes after feed seq `after` (0 = from the start) under `prefix`.
+    pub fn feed_since(
+        &self,
+        after: u64,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        self.reader()?.feed_since(after, prefix, limit)
+    }
+
+    /// Live stream of applied changes. To watch without gaps: subscribe, then read
+    /// [`Store::feed_since`] from your last seq, then skip broadcast events already seen.
+    pub fn subscribe(&self) -> broadcast::Receiver<FeedEvent> {
+        self.inner.events.subscribe()
+    }
+}

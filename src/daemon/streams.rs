@@ -1,0 +1,611 @@
+//! Dedicated application streams (SPEC section 8): `connect`, `listen`/`accept`, `expose`.
+//!
+//! Wire: a `StreamKind::App` QUIC stream of the existing connection starts with one
+//! [`AppFrame::Open`] naming the service; the receiving daemon answers [`AppFrame::Ok`] or
+//! [`AppFrame::Err`]; after `Ok` the stream carries raw bytes both ways, and a FIN in one
+//! direction is a half-close that the other direction survives.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+use transport::frame::{read_frame, write_frame};
+use transport::quinn::{RecvStream, SendStream};
+use transport::{DeviceId, IncomingStream, StreamKind};
+
+use super::Daemon;
+use crate::api::{code, ErrorBody, PeerRef};
+
+/// Longest service name.
+pub const MAX_SERVICE: usize = 64;
+const MAX_APP_FRAME: usize = 4096;
+/// How long an incoming stream waits for a listener's `accept`.
+pub const ACCEPT_WAIT: Duration = Duration::from_secs(10);
+/// Copy buffer for each direction.
+const BUF: usize = 256 * 1024;
+/// Ended streams whose status is kept for `stream_status`.
+const KEEP_ENDED: usize = 4096;
+/// File of persistent exposes inside the state directory.
+pub const EXPOSE_FILE: &str = "expose.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AppFrame {
+    Open { service: String },
+    Ok,
+    Err { code: String, message: String },
+}
+
+/// Service names: 1-64 of `[A-Za-z0-9_.-]`.
+pub fn validate_service(s: &str) -> Result<(), ErrorBody> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_SERVICE
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorBody::new(
+            code::BAD_REQUEST,
+            format!(
+                "invalid service name {s:?}: use 1-{MAX_SERVICE} letters, digits, '.', '_' or '-'"
+            ),
+        ))
+    }
+}
+
+/// Where an exposed service forwards to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl Target {
+    /// `HOST:PORT`, `tcp:HOST:PORT` or `unix:/path`.
+    pub fn parse(s: &str) -> Result<Target, ErrorBody> {
+        let bad =
+            |m: &str| ErrorBody::new(code::INVALID_ADDRESS, format!("invalid target {s:?}: {m}"));
+        if s.len() > 1024 {
+            return Err(bad("too long"));
+        }
+        if let Some(p) = s.strip_prefix("unix:") {
+            if !p.starts_with('/') {
+                return Err(bad("a UNIX socket path must be absolute"));
+            }
+            return Ok(Target::Unix(PathBuf::from(p)));
+        }
+        let hp = s.strip_prefix("tcp:").unwrap_or(s);
+        match hp.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {
+                Ok(Target::Tcp(hp.to_string()))
+            }
+            _ => Err(bad("expected HOST:PORT or unix:/path")),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(a) => write!(f, "tcp:{a}"),
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// An incoming stream announced to a listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct Announce {
+    pub stream: String,
+    pub service: String,
+    pub peer: PeerRef,
+}
+
+struct Pending {
+    send: SendStream,
+    recv: RecvStream,
+    created: Instant,
+}
+
+#[derive(Default)]
+struct Registry {
+    listeners: HashMap<String, (u64, mpsc::Sender<Announce>)>,
+    exposes: HashMap<String, (Target, bool)>,
+    pending: HashMap<String, Pending>,
+    ended: HashMap<String, String>,
+    ended_order: VecDeque<String>,
+}
+
+/// Services and streams of one daemon.
+#[derive(Default)]
+pub struct Streams {
+    reg: Mutex<Registry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub service: String,
+    pub kind: String,
+    pub target: Option<String>,
+    pub persistent: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredExpose {
+    service: String,
+    target: Target,
+}
+
+impl Streams {
+    fn reg(&self) -> MutexGuard<'_, Registry> {
+        self.reg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads persistent exposes from the state directory and the config.
+    pub fn load(
+        &self,
+        state_dir: &std::path::Path,
+        config: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let path = state_dir.join(EXPOSE_FILE);
+        let mut reg = self.reg();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let stored: Vec<StoredExpose> = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{} is corrupt: {e}; fix or remove it", path.display())
+            })?;
+            for s in stored {
+                reg.exposes.insert(s.service, (s.target, true));
+            }
+        }
+        for (service, target) in config {
+            validate_service(service).map_err(|e| anyhow::anyhow!("config [[expose]]: {e}"))?;
+            let t = Target::parse(target)
+                .map_err(|e| anyhow::anyhow!("config [[expose]] {service}: {e}"))?;
+            reg.exposes.insert(service.clone(), (t, false));
+        }
+        Ok(())
+    }
+
+    fn save(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        let stored: Vec<StoredExpose> = {
+            let reg = self.reg();
+            let mut v: Vec<StoredExpose> = reg
+                .exposes
+                .iter()
+                .filter(|(_, (_, persistent))| *persistent)
+                .map(|(s, (t, _))| StoredExpose {
+                    service: s.clone(),
+                    target: t.clone(),
+                })
+                .collect();
+            v.sort_by(|a, b| a.service.cmp(&b.service));
+            v
+        };
+        let path = state_dir.join(EXPOSE_FILE);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, path)
+    }
+
+    pub fn expose(
+        &self,
+        state_dir: &std::path::Path,
+        service: &str,
+        target: &str,
+    ) -> Result<ServiceInfo, ErrorBody> {
+        validate_service(service)?;
+        let t = Target::parse(target)?;
+        {
+            let mut reg = self.reg();
+            if reg.listeners.contains_key(service) {
+                return Err(ErrorBody::new(
+                    code::BAD_REQUEST,
+                    format!("service {service:?} has a listener already"),
+                ));
+            }
+            reg.exposes.insert(service.to_string(), (t.clone(), true));
+        }
+        self.save(state_dir)
+            .map_err(|e| ErrorBody::new(code::INTERNAL, e.to_string()))?;
+        info!(%service, target = %t, "service exposed");
+        Ok(ServiceInfo {
+            service: service.into(),
+            kind: "expose".into(),
+            target: Some(t.to_string()),
+            persistent: true,
+        })
+    }
+
+    pub fn unexpose(&self, state_dir: &std::path::Path, service: &str) -> Result<(), ErrorBody> {
+        if self.reg().exposes.remove(service).is_none() {
+            return Err(ErrorBody::new(
+                code::UNKNOWN_SERVICE,
+                format!("no exposed service {service:?}"),
+            ));
+        }
+        self.save(state_dir)
+            .map_err(|e| ErrorBody::new(code::INTERNAL, e.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<ServiceInfo> {
+        let reg = self.reg();
+        let mut v: Vec<ServiceInfo> = reg
+            .exposes
+            .iter()
+            .map(|(s, (t, p))| ServiceInfo {
+                service: s.clone(),
+                kind: "expose".into(),
+                target: Some(t.to_string()),
+                persistent: *p,
+            })
+            .chain(reg.listeners.keys().map(|s| ServiceInfo {
+                service: s.clone(),
+                kind: "listen".into(),
+                target: None,
+                persistent: false,
+            }))
+            .collect();
+        v.sort_by(|a, b| a.service.cmp(&b.service));
+        v
+    }
+
+    /// Registers a listener owned by socket connection `owner`.
+    pub fn listen(&self, service: &str, owner: u64) -> Result<mpsc::Receiver<Announce>, ErrorBody> {
+        validate_service(service)?;
+        let mut reg = self.reg();
+        if reg.listeners.contains_key(service) || reg.exposes.contains_key(service) {
+            return Err(ErrorBody::new(
+                code::BAD_REQUEST,
+                format!("service {service:?} is already served here"),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        reg.listeners.insert(service.to_string(), (owner, tx));
+        Ok(rx)
+    }
+
+    pub fn unlisten(&self, service: &str, owner: u64) {
+        let mut reg = self.reg();
+        if reg.listeners.get(service).is_some_and(|(o, _)| *o == owner) {
+            reg.listeners.remove(service);
+        }
+    }
+
+    fn take_pending(&self, token: &str) -> Option<Pending> {
+        self.reg().pending.remove(token)
+    }
+
+    fn record_end(&self, token: &str, status: String) {
+        let mut reg = self.reg();
+        reg.ended.insert(token.to_string(), status);
+        reg.ended_order.push_back(token.to_string());
+        while reg.ended_order.len() > KEEP_ENDED {
+            if let Some(old) = reg.ended_order.pop_front() {
+                reg.ended.remove(&old);
+            }
+        }
+    }
+
+    /// "open", "closed" or "error: ..." for a stream token.
+    pub fn status(&self, token: &str) -> Option<String> {
+        let reg = self.reg();
+        reg.ended.get(token).cloned()
+    }
+}
+
+pub fn new_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Copies both ways between a local byte stream and a QUIC stream until both directions
+/// ended. A FIN in one direction is passed on as a half-close; an error in either
+/// direction ends both. Returns the bytes moved (up, down).
+pub async fn splice<R, W>(
+    mut r: R,
+    mut w: W,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(u64, u64), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let up = async {
+        let mut buf = vec![0u8; BUF];
+        let mut n = 0u64;
+        loop {
+            let k = r
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("local read: {e}"))?;
+            if k == 0 {
+                let _ = send.finish();
+                return Ok::<u64, String>(n);
+            }
+            send.write_all(&buf[..k])
+                .await
+                .map_err(|e| format!("sending: {e}"))?;
+            n += k as u64;
+        }
+    };
+    let down = async {
+        let mut n = 0u64;
+        loop {
+            match recv.read_chunk(BUF, true).await {
+                Ok(Some(chunk)) => {
+                    w.write_all(&chunk.bytes)
+                        .await
+                        .map_err(|e| format!("local write: {e}"))?;
+                    n += chunk.bytes.len() as u64;
+                }
+                Ok(None) => {
+                    let _ = w.shutdown().await;
+                    return Ok::<u64, String>(n);
+                }
+                Err(e) => return Err(format!("receiving: {e}")),
+            }
+        }
+    };
+    tokio::pin!(up, down);
+    let (mut up_res, mut down_res) = (None, None);
+    while up_res.is_none() || down_res.is_none() {
+        tokio::select! {
+            r = &mut up, if up_res.is_none() => {
+                if let Err(e) = &r { return Err(e.clone()); }
+                up_res = Some(r);
+            }
+            r = &mut down, if down_res.is_none() => {
+                if let Err(e) = &r { return Err(e.clone()); }
+                down_res = Some(r);
+            }
+        }
+    }
+    Ok((
+        up_res.and_then(Result::ok).unwrap_or(0),
+        down_res.and_then(Result::ok).unwrap_or(0),
+    ))
+}
+
+fn app_err(code_: &str, message: impl Into<String>) -> AppFrame {
+    AppFrame::Err {
+        code: code_.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Opens a stream to `service` on `peer`; returns its halves once the far side said yes.
+pub async fn open(
+    d: &Arc<Daemon>,
+    peer: DeviceId,
+    service: &str,
+    deadline: Instant,
+) -> Result<(SendStream, RecvStream), ErrorBody> {
+    validate_service(service)?;
+    let pc = super::messages::connection_to(d, peer, deadline).await?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(ACCEPT_WAIT + Duration::from_secs(2));
+    let res = tokio::time::timeout(left, async {
+        let (mut send, mut recv) = pc.open(StreamKind::App).await.map_err(|e| e.to_string())?;
+        write_frame(
+            &mut send,
+            &AppFrame::Open {
+                service: service.into(),
+            },
+            MAX_APP_FRAME,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let reply = read_frame::<AppFrame, _>(&mut recv, MAX_APP_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((send, recv, reply))
+    })
+    .await;
+    match res {
+        Ok(Ok((send, recv, Some(AppFrame::Ok)))) => Ok((send, recv)),
+        Ok(Ok((_, _, Some(AppFrame::Err { code, message })))) => Err(ErrorBody { code, message }),
+        Ok(Ok(_)) => Err(ErrorBody::new(
+            code::UNREACHABLE,
+            "the peer closed the stream without answering",
+        )),
+        Ok(Err(e)) => Err(ErrorBody::new(
+            code::UNREACHABLE,
+            format!("stream failed: {e}"),
+        )),
+        Err(_) => Err(ErrorBody::new(
+            code::TIMEOUT,
+            "the peer did not answer the stream request",
+        )),
+    }
+}
+
+/// Serves a stream a peer opened: forwards it to an exposed target or hands it to a
+/// listener; anything else is refused with a clear error.
+pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
+    let IncomingStream {
+        peer,
+        mut send,
+        mut recv,
+        ..
+    } = s;
+    let open = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<AppFrame, _>(&mut recv, MAX_APP_FRAME),
+    )
+    .await;
+    let service = match open {
+        Ok(Ok(Some(AppFrame::Open { service }))) => service,
+        _ => {
+            let _ = send.reset(1u32.into());
+            return;
+        }
+    };
+    if let Err(e) = validate_service(&service) {
+        let _ = write_frame(&mut send, &app_err(&e.code, e.message), MAX_APP_FRAME).await;
+        let _ = send.finish();
+        return;
+    }
+    let self_name = d.identity.name.clone();
+    let peer_name = d
+        .peers()
+        .peers
+        .get(&peer)
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    let (expose, listener) = {
+        let reg = d.streams.reg();
+        (
+            reg.exposes.get(&service).map(|(t, _)| t.clone()),
+            reg.listeners.get(&service).map(|(_, tx)| tx.clone()),
+        )
+    };
+    if let Some(target) = expose {
+        let res = match &target {
+            Target::Tcp(a) => {
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(a))
+                    .await
+                    .map_err(|_| "timed out".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map(|s| {
+                        let _ = s.set_nodelay(true);
+                        let (r, w) = s.into_split();
+                        (
+                            Box::new(r) as Box<dyn AsyncRead + Unpin + Send>,
+                            Box::new(w) as Box<dyn AsyncWrite + Unpin + Send>,
+                        )
+                    })
+            }
+            Target::Unix(p) => tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| e.to_string())
+                .map(|s| {
+                    let (r, w) = s.into_split();
+                    (
+                        Box::new(r) as Box<dyn AsyncRead + Unpin + Send>,
+                        Box::new(w) as Box<dyn AsyncWrite + Unpin + Send>,
+                    )
+                }),
+        };
+        match res {
+            Ok((r, w)) => {
+                if write_frame(&mut send, &AppFrame::Ok, MAX_APP_FRAME)
+                    .await
+                    .is_ok()
+                {
+                    match splice(r, w, send, recv).await {
+                        Ok((up, down)) => debug!(%service, up, down, "exposed stream ended"),
+                        Err(e) => debug!(%service, error = %e, "exposed stream failed"),
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = format!(
+                    "service {service:?} on {self_name} forwards to {target}, which refused: {e}"
+                );
+                let _ =
+                    write_frame(&mut send, &app_err(code::UNAVAILABLE, msg), MAX_APP_FRAME).await;
+                let _ = send.finish();
+            }
+        }
+        return;
+    }
+    let Some(tx) = listener else {
+        let msg = format!(
+            "no service {service:?} on {self_name} (nothing listens or is exposed under that name)"
+        );
+        let _ = write_frame(
+            &mut send,
+            &app_err(code::UNKNOWN_SERVICE, msg),
+            MAX_APP_FRAME,
+        )
+        .await;
+        let _ = send.finish();
+        return;
+    };
+    let token = new_token();
+    d.streams.reg().pending.insert(
+        token.clone(),
+        Pending {
+            send,
+            recv,
+            created: Instant::now(),
+        },
+    );
+    let announce = Announce {
+        stream: token.clone(),
+        service: service.clone(),
+        peer: PeerRef {
+            id: peer.to_string(),
+            name: peer_name,
+        },
+    };
+    let announced = tx.try_send(announce).is_ok();
+    if announced {
+        tokio::time::sleep(ACCEPT_WAIT).await;
+    }
+    // Still pending: the listener went away or never accepted.
+    if let Some(mut p) = d.streams.take_pending(&token) {
+        let why = if announced {
+            "the listener did not accept it in time"
+        } else {
+            "the listener is busy or gone"
+        };
+        let msg = format!("service {service:?} on {self_name}: {why}");
+        let _ = write_frame(&mut p.send, &app_err(code::UNAVAILABLE, msg), MAX_APP_FRAME).await;
+        let _ = p.send.finish();
+        let _ = p.created;
+    }
+}
+
+/// Takes an announced stream for a local application (socket `accept`).
+pub async fn accept(d: &Arc<Daemon>, token: &str) -> Result<(SendStream, RecvStream), ErrorBody> {
+    let mut p = d.streams.take_pending(token).ok_or_else(|| {
+        ErrorBody::new(
+            code::UNKNOWN_STREAM,
+            format!("no pending stream {token:?} (taken, expired or never announced)"),
+        )
+    })?;
+    write_frame(&mut p.send, &AppFrame::Ok, MAX_APP_FRAME)
+        .await
+        .map_err(|e| {
+            ErrorBody::new(
+                code::UNREACHABLE,
+                format!("the connecting side is gone: {e}"),
+            )
+        })?;
+    Ok((p.send, p.recv))
+}
+
+/// Runs a stream between a local socket connection and QUIC, recording how it ended.
+pub async fn run_local<R, W>(
+    d: &Arc<Daemon>,
+    token: &str,
+    r: R,
+    w: W,
+    send: SendStream,
+    recv: RecvStream,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let status = match splice(r, w, send, recv).await {
+        Ok((up, down)) => {
+            debug!(token, up, down, "stream closed");
+            "closed".to_string()
+        }
+        Err(e) => {
+            debug!(token, error = %e, "stream failed");
+            format!("error: {e}")
+        }
+    };
+    d.streams.record_end(token, status);
+}

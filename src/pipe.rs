@@ -1,0 +1,248 @@
+//! Client side of dedicated streams: `cnspr connect`, `cnspr listen`, `cnspr expose`.
+
+use std::io::{BufReader, IsTerminal, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command as Process, Stdio};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::cli::Global;
+use crate::client::Client;
+use crate::commands::print_json;
+use crate::output::table;
+use crate::paths::Paths;
+
+const BUF: usize = 256 * 1024;
+
+/// Copies until EOF; returns the byte count.
+fn copy(r: &mut impl Read, w: &mut impl Write, mut tick: impl FnMut(u64)) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; BUF];
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..k])?;
+        n += k as u64;
+        tick(n);
+    }
+}
+
+fn stream_status(paths: &Paths, token: &str) -> String {
+    Client::connect(&paths.socket)
+        .and_then(|mut c| c.request(json!({"cmd": "stream_status", "stream": token})))
+        .ok()
+        .and_then(|v| v["status"].as_str().map(String::from))
+        .unwrap_or_else(|| "error: the daemon went away".into())
+}
+
+fn mib(n: u64) -> f64 {
+    n as f64 / (1024.0 * 1024.0)
+}
+
+/// Pipes standard input/output through an open stream; exits non-zero if it broke.
+fn pipe_stdio(
+    r: BufReader<UnixStream>,
+    mut w: UnixStream,
+    paths: &Paths,
+    token: &str,
+    progress: bool,
+) -> anyhow::Result<i32> {
+    let upload = std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let res = copy(&mut stdin, &mut w, |_| {});
+        let _ = w.shutdown(std::net::Shutdown::Write);
+        res
+    });
+    let show = progress && !std::io::stdout().is_terminal();
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut r = r;
+    let mut out = std::io::stdout().lock();
+    let got = copy(&mut r, &mut out, |n| {
+        if show && last.elapsed().as_secs_f64() >= 1.0 {
+            last = Instant::now();
+            eprint!(
+                "\rcnspr: {:.1} MiB received, {:.1} MiB/s   ",
+                mib(n),
+                mib(n) / start.elapsed().as_secs_f64()
+            );
+        }
+    });
+    let _ = out.flush();
+    let status = stream_status(paths, token);
+    if let Err(e) = &got {
+        eprintln!("cnspr: stream broken: {e}");
+        std::process::exit(1);
+    }
+    if status != "closed" && status != "open" {
+        eprintln!(
+            "cnspr: stream broken: {}",
+            status.trim_start_matches("error: ")
+        );
+        std::process::exit(1);
+    }
+    let sent = upload
+        .join()
+        .map_err(|_| anyhow::anyhow!("stdin thread panicked"))?;
+    if show {
+        let got = got.unwrap_or(0);
+        eprintln!(
+            "\rcnspr: {:.1} MiB received, {:.1} MiB sent, {:.1} MiB/s        ",
+            mib(got),
+            mib(*sent.as_ref().unwrap_or(&0)),
+            mib(got) / start.elapsed().as_secs_f64().max(1e-9)
+        );
+    }
+    if let Err(e) = sent {
+        eprintln!("cnspr: sending failed: {e}");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+pub fn connect(mut c: Client, paths: &Paths, req: Value, progress: bool) -> anyhow::Result<i32> {
+    let v = c.request(req)?;
+    let token = v["stream"].as_str().unwrap_or_default().to_string();
+    let (r, w) = c.into_raw();
+    pipe_stdio(r, w, paths, &token, progress)
+}
+
+/// Runs `cmd` on one accepted stream; returns its exit code.
+fn serve_with(
+    cmd: &str,
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+    ev: &Value,
+) -> anyhow::Result<i32> {
+    let mut child = Process::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("CNSPR_SERVICE", ev["service"].as_str().unwrap_or(""))
+        .env("CNSPR_PEER", ev["peer"]["name"].as_str().unwrap_or(""))
+        .env(
+            "CNSPR_PEER_ID",
+            ev["peer"]["id"].as_str().unwrap_or("").replace('-', ""),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut r = r;
+    let down = std::thread::spawn(move || {
+        let _ = copy(&mut r, &mut stdin, |_| {});
+    });
+    let mut w2 = w;
+    let up = std::thread::spawn(move || {
+        let _ = copy(&mut stdout, &mut w2, |_| {});
+        let _ = w2.shutdown(std::net::Shutdown::Write);
+    });
+    let status = child.wait()?;
+    let _ = up.join();
+    let _ = down.join();
+    Ok(status.code().unwrap_or(1))
+}
+
+pub fn listen(
+    mut c: Client,
+    paths: &Paths,
+    service: &str,
+    exec: Option<String>,
+    keep: bool,
+) -> anyhow::Result<i32> {
+    if keep && exec.is_none() {
+        anyhow::bail!("--keep serves many streams and needs --exec CMD to run for each");
+    }
+    c.request(json!({"cmd": "listen", "service": service}))?;
+    let mut workers = Vec::new();
+    loop {
+        let Some(ev) = c.next_line()? else {
+            anyhow::bail!("the daemon closed the listening connection");
+        };
+        if ev["event"] != "incoming" {
+            continue;
+        }
+        let token = ev["stream"].as_str().unwrap_or_default().to_string();
+        let mut a = Client::connect(&paths.socket)?;
+        if let Err(e) = a.request(json!({"cmd": "accept", "stream": token})) {
+            eprintln!("cnspr: could not accept a stream: {e}");
+            continue;
+        }
+        let (r, w) = a.into_raw();
+        match &exec {
+            None => return pipe_stdio(r, w, paths, &token, false),
+            Some(cmd) if !keep => return serve_with(cmd, r, w, &ev),
+            Some(cmd) => {
+                let (cmd, ev) = (cmd.clone(), ev.clone());
+                workers.push(std::thread::spawn(move || {
+                    if let Err(e) = serve_with(&cmd, r, w, &ev) {
+                        eprintln!("cnspr: {e}");
+                    }
+                }));
+                workers.retain(|w| !w.is_finished());
+            }
+        }
+    }
+}
+
+pub fn expose(
+    mut c: Client,
+    g: &Global,
+    service: Option<String>,
+    target: Option<String>,
+    remove: bool,
+) -> anyhow::Result<i32> {
+    match (service, target, remove) {
+        (Some(s), None, true) => {
+            let v = c.request(json!({"cmd": "unexpose", "service": s}))?;
+            if g.json {
+                print_json(&v)?;
+            } else {
+                println!("{s} is no longer exposed");
+            }
+        }
+        (Some(s), Some(t), false) => {
+            let v = c.request(json!({"cmd": "expose", "service": s, "target": t}))?;
+            if g.json {
+                print_json(&v)?;
+            } else {
+                println!("{s} -> {}", v["target"].as_str().unwrap_or(&t));
+            }
+        }
+        (None, None, false) => {
+            let v = c.request(json!({"cmd": "services"}))?;
+            if g.json {
+                print_json(&v)?;
+            } else {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|s| {
+                                vec![
+                                    s["service"].as_str().unwrap_or("").to_string(),
+                                    s["kind"].as_str().unwrap_or("").to_string(),
+                                    s["target"].as_str().unwrap_or("-").to_string(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                print!("{}", table(&["SERVICE", "KIND", "TARGET"], &rows));
+            }
+        }
+        _ => anyhow::bail!("use `cnspr expose SERVICE TARGET`, `cnspr expose --remove SERVICE`, or `cnspr expose` to list"),
+    }
+    Ok(0)
+}

@@ -1,0 +1,288 @@
+//! The writer thread: drains the bounded queue and commits every queued operation in one
+//! redb write transaction (`Durability::Immediate`: one fsync), then acknowledges each.
+//! Nothing is acknowledged before its commit returned; if a commit fails, every operation
+//! of the batch gets the error and the in-memory state is rolled back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use redb::{Database, Durability};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::db::{Loaded, Writer};
+use super::hlc::Clock;
+use super::model::{key_context, merge, Change, FeedEvent, Origin, Sibling, Version, VersionVector};
+use super::{StoreError, WallClock};
+
+/// Most operations committed in one transaction.
+pub(crate) const MAX_BATCH_OPS: usize = 1024;
+/// Most payload bytes committed in one transaction (at least one operation always goes).
+pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// One queued operation.
+pub(crate) enum Op {
+    /// A local put (`Some`) or delete (`None`).
+    Write { key: String, value: Option<Vec<u8>>, reply: Reply<Option<Change>> },
+    /// Changes from a peer; `through` is set for a [`super::Delta`].
+    Apply { changes: Vec<Change>, through: Option<VersionVector>, reply: Reply<usize> },
+    /// Tombstone collection against the members' version vectors.
+    Collect { members: Vec<VersionVector>, reply: Reply<usize> },
+}
+
+impl Op {
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Write { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
+            Op::Apply { changes, .. } => changes
+                .iter()
+                .map(|c| c.key.len() + c.value.as_ref().map_or(0, Vec::len))
+                .sum(),
+            Op::Collect { .. } => 0,
+        }
+    }
+}
+
+enum Output {
+    Write(Option<Change>),
+    Count(usize),
+}
+
+/// The store's state machine: what the writer keeps in memory between batches.
+#[derive(Clone)]
+pub(crate) struct State {
+    origin: Origin,
+    clock: Clock,
+    vv: VersionVector,
+    feed_seq: u64,
+    feed_retain: u64,
+}
+
+impl State {
+    pub fn new(origin: Origin, loaded: Loaded, feed_retain: u64, wall_ms: u64) -> Self {
+        Self {
+            origin,
+            clock: Clock::resume(loaded.clock_last, wall_ms),
+            vv: loaded.vv,
+            feed_seq: loaded.feed_seq,
+            feed_retain,
+        }
+    }
+
+    fn run(
+        &mut self,
+        w: &mut Writer<'_>,
+        op: &Op,
+        wall_ms: u64,
+        events: &mut Vec<FeedEvent>,
+    ) -> Result<Output, StoreError> {
+        Ok(match op {
+            Op::Write { key, value, .. } => {
+                Output::Write(self.local_write(w, key, value.clone(), wall_ms, events)?)
+            }
+            Op::Apply { changes, through, .. } => {
+                Output::Count(self.apply(w, changes, through.as_ref(), wall_ms, events)?)
+            }
+            Op::Collect { members, .. } => Output::Count(self.collect(w, members)?),
+        })
+    }
+
+    /// A local write supersedes every current sibling of the key and is stamped above all
+    /// of them, even if their stamps are ahead of our clock (the future-clock rule).
+    fn local_write(
+        &mut self,
+        w: &mut Writer<'_>,
+        key: &str,
+        value: Option<Vec<u8>>,
+        wall_ms: u64,
+        events: &mut Vec<FeedEvent>,
+    ) -> Result<Option<Change>, StoreError> {
+        let siblings = w.siblings(key)?;
+        if value.is_none() && siblings.iter().all(|s| s.value.is_none()) {
+            return Ok(None);
+        }
+        let floor = siblings.iter().map(|s| s.version.hlc.next()).max().unwrap_or_default();
+        let hlc = self.clock.now(wall_ms).max(floor);
+        let seq = self.vv.get(&self.origin) + 1;
+        let change = Change {
+            key: key.to_owned(),
+            value,
+            version: Version { hlc, origin: self.origin, seq },
+            supersedes: key_context(&siblings),
+        };
+        self.apply_one(w, &change, siblings, events)?;
+        Ok(Some(change))
+    }
+
+    fn apply(
+        &mut self,
+        w: &mut Writer<'_>,
+        changes: &[Change],
+        through: Option<&VersionVector>,
+        wall_ms: u64,
+        events: &mut Vec<FeedEvent>,
+    ) -> Result<usize, StoreError> {
+        let mut order: Vec<&Change> = changes.iter().collect();
+        order.sort_by_key(|c| (c.version.origin, c.version.seq));
+        order.dedup_by_key(|c| c.version.dot());
+        let mut applied = 0;
+        for change in order {
+            let (origin, seq) = change.version.dot();
+            let have = self.vv.get(&origin);
+            let vouched = through.is_some_and(|t| t.covers((origin, seq)));
+            if seq <= have || (seq != have + 1 && !vouched) {
+                continue; // seen already, or a gap: the missing changes must come first
+            }
+            self.clock.observe(change.version.hlc, wall_ms);
+            let siblings = w.siblings(&change.key)?;
+            self.apply_one(w, change, siblings, events)?;
+            applied += 1;
+        }
+        for (origin, seq) in through.map(VersionVector::iter).into_iter().flatten() {
+            if seq > self.vv.get(&origin) {
+                self.vv.raise(origin, seq);
+                w.set_vv(origin, seq)?;
+            }
+        }
+        Ok(applied)
+    }
+
+    fn apply_one(
+        &mut self,
+        w: &mut Writer<'_>,
+        change: &Change,
+        mut siblings: Vec<Sibling>,
+        events: &mut Vec<FeedEvent>,
+    ) -> Result<(), StoreError> {
+        let merged = merge(&mut siblings, change);
+        for dot in &merged.removed {
+            w.log_remove(*dot)?;
+        }
+        if merged.added {
+            w.log_insert(change.version.dot(), &change.key)?;
+        }
+        if merged.added || !merged.removed.is_empty() {
+            w.set_siblings(&change.key, &siblings)?;
+        }
+        let (origin, seq) = change.version.dot();
+        self.vv.raise(origin, seq);
+        w.set_vv(origin, self.vv.get(&origin))?;
+        if merged.added {
+            self.feed_seq += 1;
+            let event = FeedEvent { feed_seq: self.feed_seq, change: change.clone(), wins: merged.wins };
+            w.feed_append(&event)?;
+            events.push(event);
+        }
+        Ok(())
+    }
+
+    /// Removes keys whose winner is a tombstone once every sibling's dot is covered by this
+    /// store's and every member's version vector.
+    fn collect(&mut self, w: &mut Writer<'_>, members: &[VersionVector]) -> Result<usize, StoreError> {
+        let mut collected = 0;
+        for (key, siblings) in w.tombstoned_keys()? {
+            let seen_by_all = siblings.iter().all(|s| {
+                let dot = s.version.dot();
+                self.vv.covers(dot) && members.iter().all(|m| m.covers(dot))
+            });
+            if seen_by_all {
+                for s in &siblings {
+                    w.log_remove(s.version.dot())?;
+                }
+                w.set_siblings(&key, &[])?;
+                collected += 1;
+            }
+        }
+        Ok(collected)
+    }
+
+    fn commit(
+        &mut self,
+        db: &Database,
+        batch: &[Op],
+        wall_ms: u64,
+    ) -> Result<(Vec<Output>, Vec<FeedEvent>), StoreError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let mut outputs = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
+        {
+            let mut w = Writer::new(&txn)?;
+            for op in batch {
+                outputs.push(self.run(&mut w, op, wall_ms, &mut events)?);
+            }
+            if !events.is_empty() {
+                w.feed_trim(self.feed_seq, self.feed_retain)?;
+            }
+            w.save_state(self.feed_seq, self.clock.last())?;
+        }
+        txn.commit()?;
+        Ok((outputs, events))
+    }
+}
+
+/// Shared counters and channels the writer reports to.
+pub(crate) struct Sinks {
+    pub events: broadcast::Sender<FeedEvent>,
+    pub commits: Arc<AtomicU64>,
+}
+
+/// The writer thread's loop; returns when every sender is gone.
+pub(crate) fn run(
+    db: Arc<Database>,
+    mut state: State,
+    mut rx: mpsc::Receiver<Op>,
+    sinks: Sinks,
+    wall: WallClock,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(op) => {
+                    bytes += op.bytes();
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let saved = state.clone();
+        match state.commit(&db, &batch, wall()) {
+            Ok((outputs, events)) => {
+                sinks.commits.fetch_add(1, Ordering::Relaxed);
+                for (op, output) in batch.into_iter().zip(outputs) {
+                    reply(op, Ok(output));
+                }
+                for event in events {
+                    let _ = sinks.events.send(event); // no watcher is fine
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, ops = batch.len(), "store write batch failed");
+                state = saved;
+                let msg = err.to_string();
+                for op in batch {
+                    reply(op, Err(StoreError::WriteFailed(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn reply(op: Op, result: Result<Output, StoreError>) {
+    // A caller that stopped waiting is not an error: the operation is committed anyway.
+    match (op, result) {
+        (Op::Write { reply, .. }, Ok(Output::Write(c))) => drop(reply.send(Ok(c))),
+        (Op::Apply { reply, .. } | Op::Collect { reply, .. }, Ok(Output::Count(n))) => {
+            drop(reply.send(Ok(n)))
+        }
+        (Op::Write { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (Op::Apply { reply, .. } | Op::Collect { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (op, Ok(_)) => {
+            let err = StoreError::WriteFailed("internal: output does not match the operation".into());
+            reply(op, Err(err));
+        }
+    }
+}
