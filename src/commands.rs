@@ -273,7 +273,8 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
         eprintln!("cnspr: not delivered to {}: {e}", o.peer);
     }
     if r.outcomes.is_empty() && a.all {
-        eprintln!("cnspr: no peers to send to");
+        eprintln!("cnspr: no peers to send to: trust a device first (`cnspr trust ID`)");
+        return Ok(1);
     }
     let handler_failed = a.reply
         && r.outcomes

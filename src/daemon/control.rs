@@ -13,9 +13,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
-use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
-use transport::wire::ControlFrame;
-use transport::{DeviceId, StreamKind};
+use transport::DeviceId;
 
 use super::messages::{connection_to, new_message_id, send_one};
 use super::peers::{Peer, PeerState};
@@ -208,6 +206,18 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
                     break;
                 }
+                // A refused `send` line may still announce raw body bytes: skip them so
+                // they are never read as requests (or close when they cannot be skipped).
+                match announced_body(&line) {
+                    Some(n) if n <= MAX_BODY as u64 => {
+                        let mut sink = tokio::io::sink();
+                        if tokio::io::copy(&mut (&mut r).take(n), &mut sink).await.ok() != Some(n) {
+                            break;
+                        }
+                    }
+                    Some(_) => break,
+                    None => {}
+                }
                 continue;
             }
         };
@@ -224,10 +234,10 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                     )))
                     .await;
                 drop(tx);
+                d.request_stop();
                 if let Ok(Some(mut w)) = writer.await {
                     let _ = w.shutdown().await;
                 }
-                d.request_stop();
                 return;
             }
             Request::Listen { service } => match d.streams.listen(&service, conn_id) {
@@ -295,6 +305,10 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 let body = match &req {
                     Request::Send(s) => match read_body(s, &mut r).await {
                         Ok(b) => b,
+                        Err(BodyError::ReplyAndClose(e)) => {
+                            let _ = tx.send(line_of(&Reply::err(id, e))).await;
+                            break;
+                        }
                         Err(BodyError::Reply(e)) => {
                             if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
                                 break;
@@ -406,7 +420,18 @@ fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
 
 enum BodyError {
     Reply(ErrorBody),
+    /// The raw bytes that follow cannot be skipped: answer, then close the connection.
+    ReplyAndClose(ErrorBody),
     Closed,
+}
+
+/// The `body_len` of a `send` line that failed to parse, if it had one.
+fn announced_body(line: &[u8]) -> Option<u64> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    if v.get("cmd")?.as_str()? != "send" {
+        return None;
+    }
+    v.get("body_len")?.as_u64()
 }
 
 async fn read_body<R: AsyncBufRead + Unpin>(
@@ -428,7 +453,7 @@ async fn read_body<R: AsyncBufRead + Unpin>(
     if let Some(n) = s.body_len {
         if n > MAX_BODY as u64 {
             // The raw bytes cannot be skipped safely at this size: close after answering.
-            return Err(BodyError::Reply(err(
+            return Err(BodyError::ReplyAndClose(err(
                 code::TOO_LARGE,
                 format!("body of {n} bytes exceeds the limit of {MAX_BODY}"),
             )));
@@ -657,36 +682,14 @@ fn trust(
 async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<PingResult, ErrorBody> {
     let deadline = Instant::now() + timeout;
     let pc = connection_to(d, peer, deadline).await?;
-    let exchange = async {
-        let (mut send, mut recv) = pc
-            .open(StreamKind::Control)
-            .await
-            .map_err(|e| e.to_string())?;
-        let nonce = rand::random::<u64>();
-        let start = Instant::now();
-        write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME)
-            .await
-            .map_err(|e| e.to_string())?;
-        loop {
-            match read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME).await {
-                Ok(Some(ControlFrame::Pong { nonce: n })) if n == nonce => {
-                    let _ = send.finish();
-                    return Ok(start.elapsed());
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) => return Err("stream closed".to_string()),
-                Err(e) => return Err(e.to_string()),
-            }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let rtt = match super::links::ping_once(&pc, left).await {
+        Ok(rtt) => rtt,
+        Err(e) if e.contains("timeout") => {
+            return Err(err(code::TIMEOUT, "no answer before the timeout"))
         }
+        Err(e) => return Err(err(code::UNREACHABLE, format!("ping failed: {e}"))),
     };
-    let rtt =
-        match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), exchange)
-            .await
-        {
-            Ok(Ok(rtt)) => rtt,
-            Ok(Err(e)) => return Err(err(code::UNREACHABLE, format!("ping failed: {e}"))),
-            Err(_) => return Err(err(code::TIMEOUT, "no answer before the timeout")),
-        };
     Ok(PingResult {
         peer: pc.name.clone(),
         id: peer.to_string(),

@@ -207,6 +207,7 @@ pub async fn serve_control(d: Arc<Daemon>, mut s: transport::IncomingStream) {
 /// Marks silent peers `suspect` and dials disconnected ones with exponential backoff.
 async fn supervise(d: Arc<Daemon>) {
     let suspect_after = Duration::from_millis(d.cfg.suspect_after_ms);
+    let probe_interval = Duration::from_millis(d.cfg.probe_interval_ms);
     let max_backoff = Duration::from_millis(d.cfg.max_backoff_ms);
     let mut manual_next: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
@@ -215,15 +216,21 @@ async fn supervise(d: Arc<Daemon>) {
         let now = Instant::now();
         let mut suspects = Vec::new();
         let mut dials = Vec::new();
+        let mut probes = Vec::new();
         {
             let mut table = d.peers();
             for p in table.peers.values_mut() {
                 let connected = d.endpoint.connection(&p.id).is_some();
                 if connected {
-                    if p.state == PeerState::Active
-                        && p.last_heard.is_some_and(|t| now - t > suspect_after)
-                    {
+                    let silent = p.last_heard.map(|t| now - t).unwrap_or_default();
+                    if p.state == PeerState::Active && silent > suspect_after {
                         suspects.push(p.id);
+                    }
+                    // The side that does not probe asks itself when the other's pings
+                    // stop coming (the two devices may run different intervals).
+                    if d.id() > p.id && silent > probe_interval * 3 / 2 && !p.probing {
+                        p.probing = true;
+                        probes.push(p.id);
                     }
                     continue;
                 }
@@ -236,6 +243,19 @@ async fn supervise(d: Arc<Daemon>) {
         }
         for id in suspects {
             d.set_state(id, PeerState::Suspect);
+        }
+        for id in probes {
+            let d = d.clone();
+            tokio::spawn(async move {
+                if let Some(pc) = d.endpoint.connection(&id) {
+                    if ping_once(&pc, suspect_after).await.is_ok() {
+                        heard(&d, &pc);
+                    }
+                }
+                if let Some(p) = d.peers().peers.get_mut(&id) {
+                    p.probing = false;
+                }
+            });
         }
         for (id, addrs) in dials {
             let d = d.clone();
@@ -261,7 +281,11 @@ async fn supervise(d: Arc<Daemon>) {
                 .any(|c| canon(c.remote_address()) == *addr)
                 || d.peers().peers.values().any(|p| p.addr == Some(*addr));
             let entry = manual_next.entry(*addr).or_insert((now, Duration::ZERO));
-            if served || entry.0 > now {
+            if served {
+                *entry = (now, Duration::ZERO);
+                continue;
+            }
+            if entry.0 > now {
                 continue;
             }
             entry.1 = (entry.1 * 2).clamp(MIN_BACKOFF, max_backoff);
@@ -274,5 +298,35 @@ async fn supervise(d: Arc<Daemon>) {
                 }
             });
         }
+    }
+}
+
+/// One ping on a fresh control stream; the round-trip time when the pong came back.
+pub async fn ping_once(pc: &PeerConn, timeout: Duration) -> Result<Duration, String> {
+    let exchange = async {
+        let (mut send, mut recv) = pc
+            .open(StreamKind::Control)
+            .await
+            .map_err(|e| e.to_string())?;
+        let nonce = rand::random::<u64>();
+        let start = Instant::now();
+        write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME).await {
+                Ok(Some(ControlFrame::Pong { nonce: n })) if n == nonce => {
+                    let _ = send.finish();
+                    return Ok(start.elapsed());
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err("stream closed".to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err("no answer before the timeout".into()),
     }
 }

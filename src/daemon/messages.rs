@@ -366,15 +366,23 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
         });
         return MsgResult::Ack;
     }
+    // Keep the answer within one result frame: later handlers' output is cut if the
+    // outputs together would not fit.
+    let mut budget = MAX_RESULT - 64 * 1024;
     let outcomes = fut.await;
     MsgResult::Replies(
         outcomes
             .into_iter()
-            .map(|o| WireReply {
-                handler: o.handler,
-                exit_code: o.exit_code,
-                stdout: o.stdout,
-                timed_out: o.timed_out,
+            .map(|mut o| {
+                let room = budget.saturating_sub(o.handler.len() + 64);
+                o.stdout.truncate(room);
+                budget = budget.saturating_sub(o.stdout.len() + o.handler.len() + 64);
+                WireReply {
+                    handler: o.handler,
+                    exit_code: o.exit_code,
+                    stdout: o.stdout,
+                    timed_out: o.timed_out,
+                }
             })
             .collect(),
     )

@@ -212,8 +212,13 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     };
     // The socket first: a second daemon must fail before it touches the UDP port.
     let listener = control::bind(&paths.socket)?;
-    let endpoint =
-        Endpoint::bind(identity.clone(), roster, ep_cfg).context("starting the QUIC endpoint")?;
+    let endpoint = match Endpoint::bind(identity.clone(), roster, ep_cfg) {
+        Ok(e) => e,
+        Err(e) => {
+            control::unbind(&paths.socket);
+            return Err(anyhow::Error::new(e).context("starting the QUIC endpoint"));
+        }
+    };
     let handlers_dir = args
         .handlers
         .clone()
@@ -269,7 +274,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(control::run(daemon.clone(), listener));
     daemon.emit(Event::Daemon {
         tag: "daemon.start".into(),
-        state: "running".into(),
+        state: "start".into(),
     });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -280,7 +285,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     }
     daemon.emit(Event::Daemon {
         tag: "daemon.stop".into(),
-        state: "stopping".into(),
+        state: "stop".into(),
     });
     daemon
         .endpoint

@@ -61,6 +61,8 @@ pub struct Peer {
     pub next_dial: Instant,
     pub backoff: Duration,
     pub dialing: bool,
+    /// A one-off probe is under way (see `links`).
+    pub probing: bool,
 }
 
 impl Peer {
@@ -77,6 +79,7 @@ impl Peer {
             next_dial: Instant::now(),
             backoff: Duration::ZERO,
             dialing: false,
+            probing: false,
         }
     }
 
@@ -127,7 +130,14 @@ impl Peer {
 struct Stored {
     peers: Vec<StoredPeer>,
     #[serde(default)]
-    removed: Vec<String>,
+    removed: Vec<StoredRemoved>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredRemoved {
+    id: String,
+    #[serde(default)]
+    name: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -175,8 +185,8 @@ impl PeerTable {
             table.peers.insert(id, Peer::new(id, p.name, addrs));
         }
         for r in stored.removed {
-            if let Ok(id) = r.parse() {
-                table.removed.insert(id, String::new());
+            if let Ok(id) = r.id.parse() {
+                table.removed.insert(id, r.name);
             }
         }
         Ok(table)
@@ -196,7 +206,14 @@ impl PeerTable {
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         let stored = Stored {
             peers,
-            removed: self.removed.keys().map(|id| id.to_string()).collect(),
+            removed: self
+                .removed
+                .iter()
+                .map(|(id, name)| StoredRemoved {
+                    id: id.to_string(),
+                    name: name.clone(),
+                })
+                .collect(),
         };
         let json = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
         let tmp = self.path.with_extension("json.tmp");

@@ -120,7 +120,7 @@ impl EndpointConfig {
 /// Errors of the transport layer. Messages say what happened and, where useful, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -638,6 +638,17 @@ impl Endpoint {
                     reason: "no hello".into(),
                 });
             };
+            if h.version != u16::from(PROTOCOL_VERSION) {
+                let reason = format!(
+                    "protocol version {} is not supported; this device speaks version {PROTOCOL_VERSION}",
+                    h.version
+                );
+                let reject = ControlFrame::HelloReject { reason: reason.clone() };
+                write_frame(&mut send, &reject, MAX_CONTROL_FRAME).await?;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+                return Err(TransportError::Refused { peer, reason });
+            }
             let pc = self.register(PeerConn {
                 peer,
                 name: h.name,

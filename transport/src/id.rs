@@ -46,7 +46,7 @@ impl DeviceId {
         BASE32_NOPAD.encode(&self.0)
     }
 
-    /// The first group, enough for humans to tell devices apart in logs.
+    /// The first two groups (8 characters), enough for humans to tell devices apart in logs.
     pub fn short(&self) -> String {
         self.to_plain()[..GROUP * 2].to_string()
     }

@@ -29,7 +29,7 @@ pub enum IdentityError {
     KeyCorrupt { path: PathBuf, reason: String },
     #[error("invalid device name {0:?}: use 1-64 characters of letters, digits, '-' and '_'")]
     BadName(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
