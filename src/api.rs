@@ -25,6 +25,13 @@ pub const COMMANDS: &[&str] = &[
     "trust",
     "remove",
     "stop",
+    "connect",
+    "listen",
+    "accept",
+    "expose",
+    "unexpose",
+    "services",
+    "stream_status",
 ];
 
 /// A parsed request (the `cmd` field selects the variant).
@@ -85,6 +92,9 @@ pub enum Request {
     /// How a stream ended: "open", "closed" or "error: ...".
     StreamStatus {
         stream: String,
+        /// Wait up to this long for the stream to end.
+        #[serde(default)]
+        wait_ms: Option<u64>,
     },
 }
 

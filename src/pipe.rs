@@ -27,14 +27,20 @@ fn copy(r: &mut impl Read, w: &mut impl Write, mut tick: impl FnMut(u64)) -> std
             Err(e) => return Err(e),
         };
         w.write_all(&buf[..k])?;
+        // Standard output is line-buffered: pass every chunk on at once.
+        w.flush()?;
         n += k as u64;
         tick(n);
     }
 }
 
-fn stream_status(paths: &Paths, token: &str) -> String {
+/// How the daemon saw the stream end ("closed", "error: ..."; "open" if still running
+/// after `wait_ms`).
+fn stream_status(paths: &Paths, token: &str, wait_ms: u64) -> String {
     Client::connect(&paths.socket)
-        .and_then(|mut c| c.request(json!({"cmd": "stream_status", "stream": token})))
+        .and_then(|mut c| {
+            c.request(json!({"cmd": "stream_status", "stream": token, "wait_ms": wait_ms}))
+        })
         .ok()
         .and_then(|v| v["status"].as_str().map(String::from))
         .unwrap_or_else(|| "error: the daemon went away".into())
@@ -74,21 +80,32 @@ fn pipe_stdio(
         }
     });
     let _ = out.flush();
-    let status = stream_status(paths, token);
-    if let Err(e) = &got {
-        eprintln!("cnspr: stream broken: {e}");
-        std::process::exit(1);
-    }
-    if status != "closed" && status != "open" {
+    let broken = |why: &str| -> ! {
         eprintln!(
             "cnspr: stream broken: {}",
-            status.trim_start_matches("error: ")
+            why.trim_start_matches("error: ")
         );
-        std::process::exit(1);
+        std::process::exit(1)
+    };
+    if let Err(e) = &got {
+        broken(&e.to_string());
+    }
+    // The far side finished sending. A broken stream is reported at once, even while
+    // standard input stays open.
+    let status = stream_status(paths, token, 500);
+    if status.starts_with("error") {
+        broken(&status);
     }
     let sent = upload
         .join()
         .map_err(|_| anyhow::anyhow!("stdin thread panicked"))?;
+    let status = stream_status(paths, token, 2000);
+    if status.starts_with("error") {
+        broken(&status);
+    }
+    if let Err(e) = &sent {
+        broken(&format!("sending failed: {e}"));
+    }
     if show {
         let got = got.unwrap_or(0);
         eprintln!(
@@ -97,10 +114,6 @@ fn pipe_stdio(
             mib(*sent.as_ref().unwrap_or(&0)),
             mib(got) / start.elapsed().as_secs_f64().max(1e-9)
         );
-    }
-    if let Err(e) = sent {
-        eprintln!("cnspr: sending failed: {e}");
-        return Ok(1);
     }
     Ok(0)
 }

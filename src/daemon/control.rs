@@ -604,8 +604,15 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             Ok(serde_json::json!({"unexposed": service}))
         }
         Request::Services {} => serde_json::to_value(d.streams.list()),
-        Request::StreamStatus { stream } => {
-            let status = d.streams.status(&stream).unwrap_or_else(|| "open".into());
+        Request::StreamStatus { stream, wait_ms } => {
+            let until = Instant::now() + Duration::from_millis(wait_ms.unwrap_or(0).min(60_000));
+            let status = loop {
+                match d.streams.status(&stream) {
+                    Some(s) => break s,
+                    None if Instant::now() >= until => break "open".to_string(),
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            };
             Ok(serde_json::json!({"stream": stream, "status": status}))
         }
         Request::Send(_)

@@ -21,6 +21,9 @@ use transport::{DeviceId, IncomingStream, StreamKind};
 use super::Daemon;
 use crate::api::{code, ErrorBody, PeerRef};
 
+/// QUIC error code for a stream that broke on one side.
+const STREAM_BROKEN: u32 = 1;
+
 /// Longest service name.
 pub const MAX_SERVICE: usize = 64;
 const MAX_APP_FRAME: usize = 4096;
@@ -318,60 +321,68 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let up = async {
-        let mut buf = vec![0u8; BUF];
-        let mut n = 0u64;
-        loop {
-            let k = r
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("local read: {e}"))?;
-            if k == 0 {
-                let _ = send.finish();
-                return Ok::<u64, String>(n);
-            }
-            send.write_all(&buf[..k])
-                .await
-                .map_err(|e| format!("sending: {e}"))?;
-            n += k as u64;
-        }
-    };
-    let down = async {
-        let mut n = 0u64;
-        loop {
-            match recv.read_chunk(BUF, true).await {
-                Ok(Some(chunk)) => {
-                    w.write_all(&chunk.bytes)
-                        .await
-                        .map_err(|e| format!("local write: {e}"))?;
-                    n += chunk.bytes.len() as u64;
-                }
-                Ok(None) => {
-                    let _ = w.shutdown().await;
+    let res = {
+        let (send, recv) = (&mut send, &mut recv);
+        let up = async {
+            let mut buf = vec![0u8; BUF];
+            let mut n = 0u64;
+            loop {
+                let k = r
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("local read: {e}"))?;
+                if k == 0 {
+                    let _ = send.finish();
                     return Ok::<u64, String>(n);
                 }
-                Err(e) => return Err(format!("receiving: {e}")),
+                send.write_all(&buf[..k])
+                    .await
+                    .map_err(|e| format!("sending: {e}"))?;
+                n += k as u64;
+            }
+        };
+        let down = async {
+            let mut n = 0u64;
+            loop {
+                match recv.read_chunk(BUF, true).await {
+                    Ok(Some(chunk)) => {
+                        w.write_all(&chunk.bytes)
+                            .await
+                            .map_err(|e| format!("local write: {e}"))?;
+                        n += chunk.bytes.len() as u64;
+                    }
+                    Ok(None) => {
+                        let _ = w.shutdown().await;
+                        return Ok::<u64, String>(n);
+                    }
+                    Err(e) => return Err(format!("receiving: {e}")),
+                }
+            }
+        };
+        tokio::pin!(up, down);
+        let (mut up_n, mut down_n) = (None, None);
+        loop {
+            if let (Some(u), Some(d)) = (up_n, down_n) {
+                break Ok((u, d));
+            }
+            tokio::select! {
+                r = &mut up, if up_n.is_none() => match r {
+                    Ok(n) => up_n = Some(n),
+                    Err(e) => break Err(e),
+                },
+                r = &mut down, if down_n.is_none() => match r {
+                    Ok(n) => down_n = Some(n),
+                    Err(e) => break Err(e),
+                },
             }
         }
     };
-    tokio::pin!(up, down);
-    let (mut up_res, mut down_res) = (None, None);
-    while up_res.is_none() || down_res.is_none() {
-        tokio::select! {
-            r = &mut up, if up_res.is_none() => {
-                if let Err(e) = &r { return Err(e.clone()); }
-                up_res = Some(r);
-            }
-            r = &mut down, if down_res.is_none() => {
-                if let Err(e) = &r { return Err(e.clone()); }
-                down_res = Some(r);
-            }
-        }
+    if res.is_err() {
+        // Tell the far side this was no clean end: reset what we send, stop what we receive.
+        let _ = send.reset(STREAM_BROKEN.into());
+        let _ = recv.stop(STREAM_BROKEN.into());
     }
-    Ok((
-        up_res.and_then(Result::ok).unwrap_or(0),
-        down_res.and_then(Result::ok).unwrap_or(0),
-    ))
+    res
 }
 
 fn app_err(code_: &str, message: impl Into<String>) -> AppFrame {

@@ -15,7 +15,7 @@ use std::path::Path;
 use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::hlc::Hlc;
-use super::model::{Delta, Entry, FeedEvent, Origin, Sibling, Version, VersionVector};
+use super::model::{Delta, Entry, FeedEvent, Origin, Sibling, VersionVector, VersionedValue};
 use super::StoreError;
 
 /// On-disk format of this module; bumped on incompatible changes.
@@ -45,13 +45,19 @@ pub(crate) struct Loaded {
 }
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(bincode::serde::encode_to_vec(value, bincode::config::standard())?)
+    Ok(bincode::serde::encode_to_vec(
+        value,
+        bincode::config::standard(),
+    )?)
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
     if used != bytes.len() {
-        return Err(StoreError::Decode(format!("{} trailing bytes", bytes.len() - used)));
+        return Err(StoreError::Decode(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
     }
     Ok(value)
 }
@@ -59,24 +65,51 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 /// Opens (or creates) the store file. Damage is reported as [`StoreError::Corrupt`] naming
 /// the file, never as an empty store.
 pub(crate) fn open(path: &Path, verify: bool) -> Result<(Database, Loaded), StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt { path: path.to_owned(), detail };
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
     match fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(path)?,
-        Err(e) => return Err(StoreError::Open { path: path.to_owned(), detail: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let db = create_new(path)?;
+            let loaded = load(&db)?;
+            return Ok((db, loaded));
+        }
+        Err(e) => {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })
+        }
         Ok(meta) if meta.len() == 0 => return Err(corrupt("the file is empty".into())),
         Ok(_) => {}
     }
-    let mut db = Database::builder().open(path).map_err(|e| classify(path, e))?;
-    if verify {
-        match db.check_integrity() {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                file = %path.display(),
-                "store file failed its integrity check and was repaired to its last valid commit"
-            ),
-            Err(e) => return Err(classify(path, e)),
+    // redb asserts (panics) on some damaged files, e.g. one shorter than its header says:
+    // turn that into the same clear error as a failed check.
+    let opened = std::panic::catch_unwind(|| -> Result<Database, StoreError> {
+        let mut db = Database::builder()
+            .open(path)
+            .map_err(|e| classify(path, e))?;
+        if verify {
+            match db.check_integrity() {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    file = %path.display(),
+                    "store file failed its integrity check and was repaired to its last valid commit"
+                ),
+                Err(e) => return Err(classify(path, e)),
+            }
         }
-    }
+        Ok(db)
+    });
+    let db = opened.unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "the storage engine rejected it".into());
+        Err(corrupt(detail))
+    })?;
     let loaded = load(&db).map_err(|e| match e {
         StoreError::Corrupt { .. } | StoreError::Open { .. } => e,
         other => corrupt(other.to_string()),
@@ -90,26 +123,43 @@ fn classify(path: &Path, err: redb::DatabaseError) -> StoreError {
     match err {
         D::Storage(S::Corrupted(detail)) => StoreError::Corrupt { path, detail },
         D::Storage(S::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            StoreError::Corrupt { path, detail: format!("the file is truncated ({e})") }
+            StoreError::Corrupt {
+                path,
+                detail: format!("the file is truncated ({e})"),
+            }
+        }
+        D::Storage(S::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            StoreError::Corrupt {
+                path,
+                detail: "its header is not a valid store header".into(),
+            }
         }
         D::DatabaseAlreadyOpen => StoreError::Open {
             path,
             detail: "it is already open in another process (is another daemon running?)".into(),
         },
-        other => StoreError::Open { path, detail: other.to_string() },
+        other => StoreError::Open {
+            path,
+            detail: other.to_string(),
+        },
     }
 }
 
 /// Creates a new store next to `path` and renames it into place, so a file at `path` has
 /// always been a complete store: an empty or short file there is damage, not a new store.
-fn create_new(path: &Path) -> Result<(), StoreError> {
-    let open_err = |detail: String| StoreError::Open { path: path.to_owned(), detail };
+fn create_new(path: &Path) -> Result<Database, StoreError> {
+    let open_err = |detail: String| StoreError::Open {
+        path: path.to_owned(),
+        detail,
+    };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = std::path::PathBuf::from(tmp);
     let _ = fs::remove_file(&tmp);
+    let db = Database::builder()
+        .create(&tmp)
+        .map_err(|e| classify(path, e))?;
     {
-        let db = Database::builder().create(&tmp).map_err(|e| classify(path, e))?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -125,17 +175,19 @@ fn create_new(path: &Path) -> Result<(), StoreError> {
     }
     fs::rename(&tmp, path).map_err(|e| open_err(e.to_string()))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| open_err(e.to_string()))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| open_err(e.to_string()))?;
     }
-    Ok(())
+    Ok(db) // redb works on the open file, which is now the one at `path`
 }
 
 fn load(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META).map_err(|e| match e {
-        redb::TableError::TableDoesNotExist(_) => StoreError::Decode(
-            "it is not a cnspr store (no format marker)".into(),
-        ),
+        redb::TableError::TableDoesNotExist(_) => {
+            StoreError::Decode("it is not a cnspr store (no format marker)".into())
+        }
         other => other.into(),
     })?;
     let get = |name: &str| -> Result<u64, StoreError> {
@@ -187,12 +239,17 @@ pub(crate) struct Reader {
 
 impl Reader {
     pub fn new(db: &Database) -> Result<Self, StoreError> {
-        Ok(Self { txn: db.begin_read()? })
+        Ok(Self {
+            txn: db.begin_read()?,
+        })
     }
 
-    pub fn versions(&self, key: &str) -> Result<Vec<(Version, Option<Vec<u8>>)>, StoreError> {
+    pub fn versions(&self, key: &str) -> Result<Vec<VersionedValue>, StoreError> {
         let table = self.txn.open_table(VERSIONS)?;
-        Ok(read_siblings(&table, key)?.into_iter().map(|s| (s.version, s.value)).collect())
+        Ok(read_siblings(&table, key)?
+            .into_iter()
+            .map(|s| (s.version, s.value))
+            .collect())
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
@@ -283,7 +340,10 @@ impl Reader {
         let meta = self.txn.open_table(META)?;
         let trimmed = meta.get(M_FEED_TRIMMED)?.map(|g| g.value()).unwrap_or(0);
         if after < trimmed {
-            return Err(StoreError::FeedTrimmed { requested: after, oldest: trimmed });
+            return Err(StoreError::FeedTrimmed {
+                requested: after,
+                oldest: trimmed,
+            });
         }
         let feed = self.txn.open_table(FEED)?;
         let mut out = Vec::new();
@@ -350,7 +410,8 @@ impl<'t> Writer<'t> {
     }
 
     pub fn feed_append(&mut self, event: &FeedEvent) -> Result<(), StoreError> {
-        self.feed.insert(event.feed_seq, encode(event)?.as_slice())?;
+        self.feed
+            .insert(event.feed_seq, encode(event)?.as_slice())?;
         Ok(())
     }
 
@@ -368,7 +429,8 @@ impl<'t> Writer<'t> {
     pub fn save_state(&mut self, feed_seq: u64, clock_last: Hlc) -> Result<(), StoreError> {
         self.meta.insert(M_FEED_SEQ, feed_seq)?;
         self.meta.insert(M_CLOCK_WALL, clock_last.wall_ms)?;
-        self.meta.insert(M_CLOCK_COUNTER, u64::from(clock_last.counter))?;
+        self.meta
+            .insert(M_CLOCK_COUNTER, u64::from(clock_last.counter))?;
         Ok(())
     }
 

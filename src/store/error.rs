@@ -38,7 +38,7 @@ pub enum StoreError {
     Encode(String),
     /// The storage engine failed.
     #[error("storage error: {0}")]
-    Db(#[from] redb::Error),
+    Db(Box<redb::Error>),
     /// A whole write batch failed; none of its operations was stored.
     #[error("the write was not stored: {0}")]
     WriteFailed(String),
@@ -57,13 +57,14 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(err: $t) -> Self {
-                StoreError::Db(err.into())
+                StoreError::Db(Box::new(err.into()))
             }
         }
     )*};
 }
 
 from_redb!(
+    redb::Error,
     redb::StorageError,
     redb::TransactionError,
     redb::TableError,

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_DRIFT_MS: u64 = 60_000;
 
 /// A hybrid logical clock stamp. `Ord` compares `wall_ms`, then `counter`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Hlc {
     /// Milliseconds since the Unix epoch (physical part).
     pub wall_ms: u64,
@@ -37,8 +39,14 @@ impl Hlc {
     /// The smallest stamp strictly greater than `self`.
     pub fn next(self) -> Self {
         match self.counter.checked_add(1) {
-            Some(counter) => Self { wall_ms: self.wall_ms, counter },
-            None => Self { wall_ms: self.wall_ms.saturating_add(1), counter: 0 },
+            Some(counter) => Self {
+                wall_ms: self.wall_ms,
+                counter,
+            },
+            None => Self {
+                wall_ms: self.wall_ms.saturating_add(1),
+                counter: 0,
+            },
         }
     }
 }
@@ -58,7 +66,9 @@ pub struct Clock {
 impl Clock {
     /// A clock that has issued nothing yet.
     pub const fn new() -> Self {
-        Self { last: Hlc::new(0, 0) }
+        Self {
+            last: Hlc::new(0, 0),
+        }
     }
 
     /// A clock that continues after `last` (e.g. the highest stamp found in the store).

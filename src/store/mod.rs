@@ -28,7 +28,7 @@ pub use error::StoreError;
 pub use hlc::{Clock, Hlc, MAX_DRIFT_MS};
 pub use model::{
     validate_key, validate_value, Change, Delta, Dot, Entry, FeedEvent, Origin, Version,
-    VersionVector, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    VersionVector, VersionedValue, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 
 use writer::Op;
@@ -130,12 +130,18 @@ impl Store {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (events, _) = broadcast::channel(config.broadcast_capacity.max(1));
         let commits = Arc::new(AtomicU64::new(0));
-        let sinks = writer::Sinks { events: events.clone(), commits: commits.clone() };
+        let sinks = writer::Sinks {
+            events: events.clone(),
+            commits: commits.clone(),
+        };
         let writer_db = db.clone();
         let handle = std::thread::Builder::new()
             .name("cnspr-store".into())
             .spawn(move || writer::run(writer_db, state, rx, sinks, wall))
-            .map_err(|e| StoreError::Open { path: path.clone(), detail: e.to_string() })?;
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -180,7 +186,13 @@ impl Store {
         validate_key(key)?;
         validate_value(&value)?;
         let key = key.to_owned();
-        let change = self.submit(|reply| Op::Write { key, value: Some(value), reply }).await?;
+        let change = self
+            .submit(|reply| Op::Write {
+                key,
+                value: Some(value),
+                reply,
+            })
+            .await?;
         change.ok_or_else(|| StoreError::WriteFailed("internal: put produced no change".into()))
     }
 
@@ -189,7 +201,12 @@ impl Store {
     pub async fn del(&self, key: &str) -> Result<Option<Change>, StoreError> {
         validate_key(key)?;
         let key = key.to_owned();
-        self.submit(|reply| Op::Write { key, value: None, reply }).await
+        self.submit(|reply| Op::Write {
+            key,
+            value: None,
+            reply,
+        })
+        .await
     }
 
     /// Applies changes pushed by a peer, in any order and with duplicates; returns how many
@@ -197,21 +214,36 @@ impl Store {
     /// out (pull them with [`Store::changes_since`]). Returns once durable.
     pub async fn apply(&self, changes: Vec<Change>) -> Result<usize, StoreError> {
         changes.iter().try_for_each(Change::validate)?;
-        self.submit(|reply| Op::Apply { changes, through: None, reply }).await
+        self.submit(|reply| Op::Apply {
+            changes,
+            through: None,
+            reply,
+        })
+        .await
     }
 
     /// Applies a [`Delta`] from a peer's [`Store::changes_since`] and raises the version
     /// vector to `delta.through`. Returns how many changes were new here.
     pub async fn apply_delta(&self, delta: Delta) -> Result<usize, StoreError> {
         delta.changes.iter().try_for_each(Change::validate)?;
-        let Delta { changes, through, .. } = delta;
-        self.submit(|reply| Op::Apply { changes, through: Some(through), reply }).await
+        let Delta {
+            changes, through, ..
+        } = delta;
+        self.submit(|reply| Op::Apply {
+            changes,
+            through: Some(through),
+            reply,
+        })
+        .await
     }
 
     /// Removes the keys whose winner is a tombstone once every version of the key is
     /// covered by this store's and every given member's version vector. Pass the vectors
     /// of *all* members of the mesh. Returns the number of keys removed.
-    pub async fn collect_tombstones(&self, members_vv: &[VersionVector]) -> Result<usize, StoreError> {
+    pub async fn collect_tombstones(
+        &self,
+        members_vv: &[VersionVector],
+    ) -> Result<usize, StoreError> {
         let members = members_vv.to_vec();
         self.submit(|reply| Op::Collect { members, reply }).await
     }
@@ -226,7 +258,7 @@ impl Store {
     }
 
     /// Every current version of `key`, winner first, tombstones (`None`) included.
-    pub fn versions(&self, key: &str) -> Result<Vec<(Version, Option<Vec<u8>>)>, StoreError> {
+    pub fn versions(&self, key: &str) -> Result<Vec<VersionedValue>, StoreError> {
         self.reader()?.versions(key)
     }
 

@@ -19,6 +19,9 @@ pub type Origin = [u8; 32];
 /// Identifies one change: `(origin, seq)`.
 pub type Dot = (Origin, u64);
 
+/// One version of a key with its value (`None` = tombstone).
+pub type VersionedValue = (Version, Option<Vec<u8>>);
+
 /// Longest key, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Largest value, in bytes.
@@ -74,7 +77,9 @@ impl Change {
             validate_value(value)?;
         }
         if self.version.seq == 0 {
-            return Err(StoreError::InvalidChange("sequence number 0 is never used".into()));
+            return Err(StoreError::InvalidChange(
+                "sequence number 0 is never used".into(),
+            ));
         }
         if self.supersedes.len() > MAX_SUPERSEDES {
             return Err(StoreError::InvalidChange(format!(
@@ -105,7 +110,10 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
         return Err(StoreError::EmptyKey);
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(StoreError::KeyTooLong { len: key.len(), max: MAX_KEY_BYTES });
+        return Err(StoreError::KeyTooLong {
+            len: key.len(),
+            max: MAX_KEY_BYTES,
+        });
     }
     if let Some(c) = key.chars().find(|c| c.is_control()) {
         return Err(StoreError::InvalidKey(format!(
@@ -119,7 +127,10 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
 /// Checks a value: at most [`MAX_VALUE_BYTES`] bytes.
 pub fn validate_value(value: &[u8]) -> Result<(), StoreError> {
     if value.len() > MAX_VALUE_BYTES {
-        return Err(StoreError::ValueTooLarge { len: value.len(), max: MAX_VALUE_BYTES });
+        return Err(StoreError::ValueTooLarge {
+            len: value.len(),
+            max: MAX_VALUE_BYTES,
+        });
     }
     Ok(())
 }
@@ -198,7 +209,7 @@ pub struct Entry {
     pub version: Version,
     /// The concurrent versions that lost (`None` = a concurrent delete), best first; what
     /// `kv get --all-versions` shows after the winner.
-    pub siblings: Vec<(Version, Option<Vec<u8>>)>,
+    pub siblings: Vec<VersionedValue>,
 }
 
 /// An applied change as seen by a watcher, numbered by the local feed.
@@ -294,8 +305,12 @@ pub(crate) fn merge(siblings: &mut Vec<Sibling>, change: &Change) -> Merge {
     });
     if !dead {
         siblings.push(Sibling::from_change(change));
-        siblings.sort_by(|a, b| b.version.cmp(&a.version));
+        siblings.sort_by_key(|s| std::cmp::Reverse(s.version));
     }
     let wins = !dead && siblings.first().map(|s| s.version) == Some(change.version);
-    Merge { removed, added: !dead, wins }
+    Merge {
+        removed,
+        added: !dead,
+        wins,
+    }
 }

@@ -11,7 +11,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::db::{Loaded, Writer};
 use super::hlc::Clock;
-use super::model::{key_context, merge, Change, FeedEvent, Origin, Sibling, Version, VersionVector};
+use super::model::{
+    key_context, merge, Change, FeedEvent, Origin, Sibling, Version, VersionVector,
+};
 use super::{StoreError, WallClock};
 
 /// Most operations committed in one transaction.
@@ -24,11 +26,22 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// One queued operation.
 pub(crate) enum Op {
     /// A local put (`Some`) or delete (`None`).
-    Write { key: String, value: Option<Vec<u8>>, reply: Reply<Option<Change>> },
+    Write {
+        key: String,
+        value: Option<Vec<u8>>,
+        reply: Reply<Option<Change>>,
+    },
     /// Changes from a peer; `through` is set for a [`super::Delta`].
-    Apply { changes: Vec<Change>, through: Option<VersionVector>, reply: Reply<usize> },
+    Apply {
+        changes: Vec<Change>,
+        through: Option<VersionVector>,
+        reply: Reply<usize>,
+    },
     /// Tombstone collection against the members' version vectors.
-    Collect { members: Vec<VersionVector>, reply: Reply<usize> },
+    Collect {
+        members: Vec<VersionVector>,
+        reply: Reply<usize>,
+    },
 }
 
 impl Op {
@@ -81,9 +94,9 @@ impl State {
             Op::Write { key, value, .. } => {
                 Output::Write(self.local_write(w, key, value.clone(), wall_ms, events)?)
             }
-            Op::Apply { changes, through, .. } => {
-                Output::Count(self.apply(w, changes, through.as_ref(), wall_ms, events)?)
-            }
+            Op::Apply {
+                changes, through, ..
+            } => Output::Count(self.apply(w, changes, through.as_ref(), wall_ms, events)?),
             Op::Collect { members, .. } => Output::Count(self.collect(w, members)?),
         })
     }
@@ -102,13 +115,21 @@ impl State {
         if value.is_none() && siblings.iter().all(|s| s.value.is_none()) {
             return Ok(None);
         }
-        let floor = siblings.iter().map(|s| s.version.hlc.next()).max().unwrap_or_default();
+        let floor = siblings
+            .iter()
+            .map(|s| s.version.hlc.next())
+            .max()
+            .unwrap_or_default();
         let hlc = self.clock.now(wall_ms).max(floor);
         let seq = self.vv.get(&self.origin) + 1;
         let change = Change {
             key: key.to_owned(),
             value,
-            version: Version { hlc, origin: self.origin, seq },
+            version: Version {
+                hlc,
+                origin: self.origin,
+                seq,
+            },
             supersedes: key_context(&siblings),
         };
         self.apply_one(w, &change, siblings, events)?;
@@ -170,7 +191,11 @@ impl State {
         w.set_vv(origin, self.vv.get(&origin))?;
         if merged.added {
             self.feed_seq += 1;
-            let event = FeedEvent { feed_seq: self.feed_seq, change: change.clone(), wins: merged.wins };
+            let event = FeedEvent {
+                feed_seq: self.feed_seq,
+                change: change.clone(),
+                wins: merged.wins,
+            };
             w.feed_append(&event)?;
             events.push(event);
         }
@@ -179,7 +204,11 @@ impl State {
 
     /// Removes keys whose winner is a tombstone once every sibling's dot is covered by this
     /// store's and every member's version vector.
-    fn collect(&mut self, w: &mut Writer<'_>, members: &[VersionVector]) -> Result<usize, StoreError> {
+    fn collect(
+        &mut self,
+        w: &mut Writer<'_>,
+        members: &[VersionVector],
+    ) -> Result<usize, StoreError> {
         let mut collected = 0;
         for (key, siblings) in w.tombstoned_keys()? {
             let seen_by_all = siblings.iter().all(|s| {
@@ -281,7 +310,8 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
         (Op::Write { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (Op::Apply { reply, .. } | Op::Collect { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (op, Ok(_)) => {
-            let err = StoreError::WriteFailed("internal: output does not match the operation".into());
+            let err =
+                StoreError::WriteFailed("internal: output does not match the operation".into());
             reply(op, Err(err));
         }
     }

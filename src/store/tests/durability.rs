@@ -13,7 +13,10 @@ async fn every_acknowledged_write_survives_reopen() {
     let wall = FakeWall::new(T0);
     let store = open(dir.path(), 1, &wall);
     for i in 0..100u32 {
-        store.put(&format!("k{i}"), i.to_le_bytes().to_vec()).await.unwrap();
+        store
+            .put(&format!("k{i}"), i.to_le_bytes().to_vec())
+            .await
+            .unwrap();
     }
     store.del("k7").await.unwrap();
     let before = store.version_vector().unwrap();
@@ -21,7 +24,10 @@ async fn every_acknowledged_write_survives_reopen() {
     let store = open(dir.path(), 1, &wall);
     assert_eq!(store.version_vector().unwrap(), before);
     assert_eq!(store.list("", None, 1000).unwrap().len(), 99);
-    assert_eq!(store.get("k42").unwrap().unwrap().value, 42u32.to_le_bytes());
+    assert_eq!(
+        store.get("k42").unwrap().unwrap().value,
+        42u32.to_le_bytes()
+    );
     // The sequence continues after the last durable write (no dot is reused).
     let next = store.put("k0", vec![]).await.unwrap();
     assert_eq!(next.version.seq, 102);
@@ -39,8 +45,14 @@ async fn file_copied_right_after_ack_holds_the_write() {
         let copy = dir.path().join(format!("copy{i}.redb"));
         std::fs::copy(store.path(), &copy).unwrap();
         let reopened = Store::open_with(&copy, [9; 32], wall.config()).unwrap();
-        assert_eq!(reopened.get(&format!("k{i}")).unwrap().unwrap().value, vec![i; 1000]);
-        assert_eq!(reopened.list("", None, 100).unwrap().len(), usize::from(i) + 1);
+        assert_eq!(
+            reopened.get(&format!("k{i}")).unwrap().unwrap().value,
+            vec![i; 1000]
+        );
+        assert_eq!(
+            reopened.list("", None, 100).unwrap().len(),
+            usize::from(i) + 1
+        );
     }
 }
 
@@ -60,7 +72,10 @@ fn sixteen_writers_are_group_committed() {
                 let store = store.clone();
                 tokio::spawn(async move {
                     for i in 0..200 {
-                        store.put(&format!("w{w:02}/{i:03}"), vec![w; 64]).await.unwrap();
+                        store
+                            .put(&format!("w{w:02}/{i:03}"), vec![w; 64])
+                            .await
+                            .unwrap();
                     }
                 })
             })
@@ -72,7 +87,10 @@ fn sixteen_writers_are_group_committed() {
     let puts = 16 * 200;
     assert_eq!(store.list("", None, 10_000).unwrap().len(), puts);
     let commits = store.commit_count();
-    assert!(commits * 4 <= puts as u64, "{commits} commits for {puts} puts");
+    assert!(
+        commits * 4 <= puts as u64,
+        "{commits} commits for {puts} puts"
+    );
     eprintln!("group commit: {puts} puts in {commits} commits");
 }
 
@@ -82,6 +100,9 @@ async fn reads_see_only_committed_state() {
     let store = open(dir.path(), 1, &FakeWall::new(T0));
     let commits = store.commit_count();
     let change = store.put("k", b"v".to_vec()).await.unwrap();
-    assert!(store.commit_count() > commits, "acknowledged only after a commit");
+    assert!(
+        store.commit_count() > commits,
+        "acknowledged only after a commit"
+    );
     assert_eq!(store.get("k").unwrap().unwrap().version, change.version);
 }

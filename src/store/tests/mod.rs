@@ -29,7 +29,10 @@ impl FakeWall {
     }
     pub fn config(&self) -> StoreConfig {
         let cell = self.0.clone();
-        StoreConfig { wall_clock: Arc::new(move || cell.load(Ordering::SeqCst)), ..StoreConfig::default() }
+        StoreConfig {
+            wall_clock: Arc::new(move || cell.load(Ordering::SeqCst)),
+            ..StoreConfig::default()
+        }
     }
 }
 
@@ -39,7 +42,10 @@ pub(super) fn open(dir: &Path, n: u8, wall: &FakeWall) -> Store {
 }
 
 /// Everything observable about a set of keys: every version (winner first) and the vector.
-pub(super) type Dump = (Vec<(String, Vec<(Version, Option<Vec<u8>>)>)>, VersionVector);
+pub(super) type Dump = (
+    Vec<(String, Vec<(Version, Option<Vec<u8>>)>)>,
+    VersionVector,
+);
 
 pub(super) fn dump(store: &Store, keys: &[String]) -> Dump {
     let versions = keys
@@ -54,7 +60,9 @@ pub(super) fn dump(store: &Store, keys: &[String]) -> Dump {
 pub(super) async fn pull(to: &Store, from: &Store, page: usize) -> usize {
     let mut total = 0;
     loop {
-        let delta = from.changes_since(&to.version_vector().expect("vv"), page).expect("delta");
+        let delta = from
+            .changes_since(&to.version_vector().expect("vv"), page)
+            .expect("delta");
         let more = delta.more;
         total += to.apply_delta(delta).await.expect("apply_delta");
         if !more {
@@ -82,5 +90,8 @@ pub(super) async fn sync_all(stores: &[Store]) {
 }
 
 pub(super) fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

@@ -10,8 +10,16 @@ const REPLICAS: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Action {
-    Write { r: usize, key: u8, value: Option<u8> },
-    Pull { to: usize, from: usize, page: usize },
+    Write {
+        r: usize,
+        key: u8,
+        value: Option<u8>,
+    },
+    Pull {
+        to: usize,
+        from: usize,
+        page: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -21,6 +29,13 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (0..REPLICAS, 0..REPLICAS, 1..4usize)
             .prop_map(|(to, from, page)| Action::Pull { to, from, page }),
     ]
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
 }
 
 fn keys() -> Vec<String> {
@@ -60,7 +75,10 @@ fn interleaved_with_dups(all: &[Change], rng: &mut Rng) -> Vec<Change> {
     rng.shuffle(&mut slots);
     let mut per_origin: Vec<Vec<&Change>> = (0..REPLICAS as u8)
         .map(|n| {
-            let mut v: Vec<&Change> = all.iter().filter(|c| c.version.origin == origin(n)).collect();
+            let mut v: Vec<&Change> = all
+                .iter()
+                .filter(|c| c.version.origin == origin(n))
+                .collect();
             v.sort_by_key(|c| c.version.seq);
             v.reverse();
             v
@@ -79,9 +97,15 @@ fn interleaved_with_dups(all: &[Change], rng: &mut Rng) -> Vec<Change> {
     out
 }
 
-async fn run_scenario(dir: &std::path::Path, skews: &[i64], actions: &[Action]) -> (Vec<Store>, Vec<Change>) {
+async fn run_scenario(
+    dir: &std::path::Path,
+    skews: &[i64],
+    actions: &[Action],
+) -> (Vec<Store>, Vec<Change>) {
     let walls: Vec<FakeWall> = (0..REPLICAS).map(|_| FakeWall::new(BASE_MS)).collect();
-    let stores: Vec<Store> = (0..REPLICAS).map(|n| open(dir, n as u8, &walls[n])).collect();
+    let stores: Vec<Store> = (0..REPLICAS)
+        .map(|n| open(dir, n as u8, &walls[n]))
+        .collect();
     let mut all = Vec::new();
     for (step, action) in actions.iter().enumerate() {
         for (wall, skew) in walls.iter().zip(skews) {
@@ -106,7 +130,8 @@ async fn run_scenario(dir: &std::path::Path, skews: &[i64], actions: &[Action]) 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    // Each case opens real (fsynced) stores; PROPTEST_CASES raises the count.
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Replicas that sync in any pattern converge; applying the same set of changes to fresh
     /// stores in any order, with duplicates, in one batch or many, gives the same state.
@@ -163,7 +188,7 @@ proptest! {
                 last.extend(change);
             }
             sync_all(&stores).await;
-            last.sort_by(|a, b| b.version.cmp(&a.version));
+            last.sort_by_key(|c| std::cmp::Reverse(c.version));
             let expected: Vec<_> = last.iter().map(|c| (c.version, c.value.clone())).collect();
             for s in &stores {
                 prop_assert_eq!(s.versions("k").expect("versions"), expected.clone());

@@ -28,7 +28,10 @@ async fn catching_up_sends_exactly_what_is_missing() {
     let delta = a.changes_since(&b.version_vector().unwrap(), 1000).unwrap();
     assert_eq!(delta.changes.len(), 50);
     assert!(!delta.more);
-    assert!(delta.changes.windows(2).all(|w| w[0].version.seq < w[1].version.seq));
+    assert!(delta
+        .changes
+        .windows(2)
+        .all(|w| w[0].version.seq < w[1].version.seq));
     assert_eq!(delta.through.get(&origin(1)), 101);
     assert_eq!(b.apply_delta(delta).await.unwrap(), 50);
     assert_eq!(dump(&a, &keys(80)), dump(&b, &keys(80)));
@@ -40,7 +43,11 @@ async fn catching_up_sends_exactly_what_is_missing() {
 async fn empty_store_receives_whole_state_in_pages() {
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
-    let (a, b, c) = (open(dir.path(), 1, &wall), open(dir.path(), 2, &wall), open(dir.path(), 3, &wall));
+    let (a, b, c) = (
+        open(dir.path(), 1, &wall),
+        open(dir.path(), 2, &wall),
+        open(dir.path(), 3, &wall),
+    );
     for (i, k) in keys(40).iter().enumerate() {
         let writer = if i % 2 == 0 { &a } else { &b };
         writer.put(k, vec![i as u8]).await.unwrap();
@@ -72,7 +79,11 @@ async fn superseded_change_is_carried_by_its_successor() {
     // only (A,2); r must still drop (B,1).
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
-    let (a, b, r) = (open(dir.path(), 1, &wall), open(dir.path(), 2, &wall), open(dir.path(), 3, &wall));
+    let (a, b, r) = (
+        open(dir.path(), 1, &wall),
+        open(dir.path(), 2, &wall),
+        open(dir.path(), 3, &wall),
+    );
     b.put("x", b"b1".to_vec()).await.unwrap();
     pull(&a, &b, 10).await;
     pull(&r, &b, 10).await;
@@ -90,14 +101,25 @@ async fn superseded_change_is_carried_by_its_successor() {
 async fn change_arriving_after_its_successor_is_dead() {
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
-    let (a, b, r) = (open(dir.path(), 1, &wall), open(dir.path(), 2, &wall), open(dir.path(), 3, &wall));
+    let (a, b, r) = (
+        open(dir.path(), 1, &wall),
+        open(dir.path(), 2, &wall),
+        open(dir.path(), 3, &wall),
+    );
     let first = a.put("x", b"a".to_vec()).await.unwrap();
     pull(&b, &a, 10).await;
     let second = b.put("x", b"b".to_vec()).await.unwrap();
     assert_eq!(r.apply(vec![second.clone()]).await.unwrap(), 1);
     assert_eq!(r.apply(vec![first.clone()]).await.unwrap(), 1);
-    assert_eq!(r.versions("x").unwrap(), vec![(second.version, Some(b"b".to_vec()))]);
-    assert_eq!(r.apply(vec![first, second]).await.unwrap(), 0, "duplicates are ignored");
+    assert_eq!(
+        r.versions("x").unwrap(),
+        vec![(second.version, Some(b"b".to_vec()))]
+    );
+    assert_eq!(
+        r.apply(vec![first, second]).await.unwrap(),
+        0,
+        "duplicates are ignored"
+    );
 }
 
 #[tokio::test]
@@ -110,14 +132,21 @@ async fn pushed_change_with_a_gap_waits_for_its_predecessor() {
     assert_eq!(r.apply(vec![c2.clone()]).await.unwrap(), 0);
     assert_eq!(r.version_vector().unwrap().get(&origin(1)), 0);
     assert_eq!(r.apply(vec![c2, c1]).await.unwrap(), 2);
-    assert_eq!(dump(&a, &["x".into(), "y".into()]), dump(&r, &["x".into(), "y".into()]));
+    assert_eq!(
+        dump(&a, &["x".into(), "y".into()]),
+        dump(&r, &["x".into(), "y".into()])
+    );
 }
 
 #[tokio::test]
 async fn deleted_while_offline_stays_deleted_and_is_collected_only_when_all_saw_it() {
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
-    let (a, b, c) = (open(dir.path(), 1, &wall), open(dir.path(), 2, &wall), open(dir.path(), 3, &wall));
+    let (a, b, c) = (
+        open(dir.path(), 1, &wall),
+        open(dir.path(), 2, &wall),
+        open(dir.path(), 3, &wall),
+    );
     let old = a.put("doc", b"v1".to_vec()).await.unwrap();
     sync_all(&[a.clone(), b.clone(), c.clone()]).await;
     // c goes offline; a deletes; a and b sync.
@@ -127,7 +156,11 @@ async fn deleted_while_offline_stays_deleted_and_is_collected_only_when_all_saw_
     let vvs = |stores: &[&super::super::Store]| -> Vec<VersionVector> {
         stores.iter().map(|s| s.version_vector().unwrap()).collect()
     };
-    assert_eq!(a.collect_tombstones(&vvs(&[&b, &c])).await.unwrap(), 0, "c has not seen it");
+    assert_eq!(
+        a.collect_tombstones(&vvs(&[&b, &c])).await.unwrap(),
+        0,
+        "c has not seen it"
+    );
     assert_eq!(c.get("doc").unwrap().unwrap().value, b"v1");
     // c comes back and pushes its (old) state and the old write again: nothing resurrects.
     pull(&a, &c, 100).await;
@@ -135,7 +168,11 @@ async fn deleted_while_offline_stays_deleted_and_is_collected_only_when_all_saw_
     assert!(a.get("doc").unwrap().is_none());
     pull(&c, &a, 100).await;
     assert!(c.get("doc").unwrap().is_none());
-    assert_eq!(a.versions("doc").unwrap().len(), 1, "tombstone kept until collected");
+    assert_eq!(
+        a.versions("doc").unwrap().len(),
+        1,
+        "tombstone kept until collected"
+    );
     // Every member covers it now: collected everywhere, and syncing brings nothing back.
     let members = vvs(&[&a, &b, &c]);
     for s in [&a, &b, &c] {
@@ -185,7 +222,10 @@ async fn remote_within_drift_is_adopted() {
     let remote = a.put("k", b"a".to_vec()).await.unwrap();
     pull(&b, &a, 10).await;
     let other = b.put("other", b"x".to_vec()).await.unwrap();
-    assert!(other.version.hlc > remote.version.hlc, "causality across keys within the bound");
+    assert!(
+        other.version.hlc > remote.version.hlc,
+        "causality across keys within the bound"
+    );
 }
 
 #[tokio::test]
@@ -195,16 +235,25 @@ async fn feed_resumes_and_sees_each_change_once() {
     let a = open(dir.path(), 1, &wall);
     let mut live = a.subscribe();
     for i in 0..10 {
-        let key = if i % 2 == 0 { format!("app/{i}") } else { format!("other/{i}") };
+        let key = if i % 2 == 0 {
+            format!("app/{i}")
+        } else {
+            format!("other/{i}")
+        };
         a.put(&key, vec![i]).await.unwrap();
     }
     let all = a.feed_since(0, "", 100).unwrap();
-    assert_eq!(all.iter().map(|e| e.feed_seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|e| e.feed_seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
     for e in &all {
         assert_eq!(live.recv().await.unwrap(), *e);
     }
     let first = a.feed_since(0, "", 4).unwrap();
-    let rest = a.feed_since(first.last().unwrap().feed_seq, "", 100).unwrap();
+    let rest = a
+        .feed_since(first.last().unwrap().feed_seq, "", 100)
+        .unwrap();
     assert_eq!([first, rest].concat(), all);
     assert_eq!(a.feed_since(0, "app/", 100).unwrap().len(), 5);
     drop((a, live));
@@ -219,24 +268,39 @@ async fn feed_resumes_and_sees_each_change_once() {
 async fn feed_reports_trimmed_history() {
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
-    let config = super::super::StoreConfig { feed_retain: 5, ..wall.config() };
+    let config = super::super::StoreConfig {
+        feed_retain: 5,
+        ..wall.config()
+    };
     let a = super::super::Store::open_with(dir.path().join("f.redb"), origin(1), config).unwrap();
     for i in 0..12u8 {
         a.put(&format!("k{i}"), vec![i]).await.unwrap();
     }
     assert_eq!(a.feed_since(7, "", 100).unwrap().len(), 5);
     let err = a.feed_since(2, "", 100).unwrap_err();
-    assert!(matches!(err, super::super::StoreError::FeedTrimmed { oldest: 7, .. }), "{err}");
+    assert!(
+        matches!(err, super::super::StoreError::FeedTrimmed { oldest: 7, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn hlc_order_is_wall_then_counter() {
     assert!(Hlc::new(2, 0) > Hlc::new(1, 99));
     assert!(Hlc::new(2, 1) > Hlc::new(2, 0));
-    let v = |wall, o: u8| Version { hlc: Hlc::new(wall, 0), origin: origin(o), seq: 1 };
+    let v = |wall, o: u8| Version {
+        hlc: Hlc::new(wall, 0),
+        origin: origin(o),
+        seq: 1,
+    };
     assert!(v(5, 1) > v(4, 9), "clock decides first");
     assert!(v(5, 2) > v(5, 1), "device id breaks ties");
-    let c = Change { key: "k".into(), value: None, version: v(1, 1), supersedes: vec![(origin(2), 3)] };
+    let c = Change {
+        key: "k".into(),
+        value: None,
+        version: v(1, 1),
+        supersedes: vec![(origin(2), 3)],
+    };
     assert!(c.supersedes_dot((origin(2), 3)) && c.supersedes_dot((origin(2), 1)));
     assert!(!c.supersedes_dot((origin(2), 4)) && !c.supersedes_dot((origin(3), 1)));
 }

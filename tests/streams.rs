@@ -1,0 +1,437 @@
+//! Dedicated streams between applications on two devices, through real daemons.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Starts `cnspr listen` on `n` and waits until the daemon lists the service.
+fn listen(n: &Node, service: &str, exec: Option<&str>) -> Child {
+    let mut c = n.command();
+    c.args(["listen", service]);
+    if let Some(e) = exec {
+        c.args(["--exec", e, "--keep"]);
+    }
+    let child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("listener registered", || {
+        n.try_json(&["expose"])
+            .is_some_and(|v| v.to_string().contains(&format!("\"{service}\"")))
+    });
+    child
+}
+
+fn connect(n: &Node, peer: &str, service: &str) -> Child {
+    n.command()
+        .args(["connect", peer, service])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits for a child's exit within the deadline; returns (code, stderr).
+fn finish(mut c: Child) -> (Option<i32>, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            let mut e = String::new();
+            if let Some(mut s) = c.stderr.take() {
+                let _ = s.read_to_string(&mut e);
+            }
+            return (st.code(), e);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = c.kill();
+            panic!("process did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_gibibyte_both_ways_at_once_arrives_intact() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let out = b.out().display().to_string();
+    // The far side hashes what it receives while sending its own 1 GiB back.
+    let py = b.path("bulk.py");
+    let script = r#"import hashlib, os, sys, threading
+h = hashlib.sha256(); s = hashlib.sha256()
+def rd():
+    while True:
+        d = sys.stdin.buffer.read1(1 << 20)
+        if not d:
+            break
+        h.update(d)
+t = threading.Thread(target=rd); t.start()
+blk = os.urandom((4 << 20) + 7); n = 1 << 30
+while n > 0:
+    c = blk[:min(n, len(blk))]; sys.stdout.buffer.write(c); s.update(c); n -= len(c)
+sys.stdout.buffer.flush(); sys.stdout.close(); t.join()
+open('OUT/hashes', 'w').write(h.hexdigest() + ' ' + s.hexdigest())
+"#;
+    std::fs::write(&py, script.replace("OUT", &out)).unwrap();
+    let script = format!("python3 {}", py.display());
+    let mut l = listen(b, "bulk", Some(&script));
+    let mut c = connect(a, "beta", "bulk");
+    let mut stdin = c.stdin.take().unwrap();
+    let mut stdout = c.stdout.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let blk = noise((4 << 20) + 13, 99);
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut left: usize = 1 << 30;
+        while left > 0 {
+            let k = left.min(blk.len());
+            if stdin.write_all(&blk[..k]).is_err() {
+                return String::from("upload failed");
+            }
+            ctx.update(&blk[..k]);
+            left -= k;
+        }
+        drop(stdin);
+        hex(ctx.finish().as_ref())
+    });
+    let reader = std::thread::spawn(move || {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let Ok(k) = stdout.read(&mut buf) else { break };
+            if k == 0 {
+                break;
+            }
+            ctx.update(&buf[..k]);
+            n += k as u64;
+        }
+        (n, hex(ctx.finish().as_ref()))
+    });
+    let sent = writer.join().unwrap();
+    let (n, received) = reader.join().unwrap();
+    let (code, err) = finish(c);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(n, 1 << 30);
+    wait_until("the far side's hashes", || {
+        file(&b.out().join("hashes")).is_some()
+    });
+    let hashes = String::from_utf8(file(&b.out().join("hashes")).unwrap()).unwrap();
+    let (their_recv, their_sent) = hashes.split_once(' ').unwrap();
+    assert_eq!(their_recv, sent, "upload corrupted");
+    assert_eq!(their_sent, received, "download corrupted");
+    let _ = l.kill();
+    let _ = l.wait();
+}
+
+#[test]
+fn eof_in_one_direction_keeps_the_other_open() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let out = b.out().display().to_string();
+    // Reads to EOF, then answers: only possible if the half-close came through and the
+    // reverse direction stayed open.
+    let mut l = listen(
+        b,
+        "halfclose",
+        Some(&format!("cat > {out}/got; echo \"answer after eof\"")),
+    );
+    let c = connect(a, "beta", "halfclose");
+    let o = {
+        let mut c = c;
+        c.stdin.take().unwrap().write_all(b"question").unwrap();
+        c.wait_with_output().unwrap()
+    };
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "answer after eof\n");
+    assert_eq!(file(&b.out().join("got")).unwrap(), b"question");
+    let _ = l.kill();
+    let _ = l.wait();
+}
+
+fn echo_tcp() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, h)
+}
+
+#[test]
+fn expose_forwards_to_tcp_and_unix_servers() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (addr, _h) = echo_tcp();
+    let r = b.cli(&["expose", "echo", &addr.to_string()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let o = a.cli_stdin(&["connect", "beta", "echo"], b"over tcp");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"over tcp");
+
+    let sock = b.path("echo.sock");
+    let ul = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        for s in ul.incoming().flatten() {
+            let mut r = s.try_clone().unwrap();
+            let mut w = s;
+            let mut data = Vec::new();
+            let _ = r.read_to_end(&mut data);
+            let _ = w.write_all(b"unix:");
+            let _ = w.write_all(&data);
+        }
+    });
+    let target = format!("unix:{}", sock.display());
+    assert!(b.cli(&["expose", "uecho", &target]).status.success());
+    let o = a.cli_stdin(&["connect", "beta", "uecho"], b"hi");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"unix:hi");
+    // Listing and persistence: the expose survives a restart.
+    let list = b.json(&["expose"]);
+    assert!(list.to_string().contains("uecho"), "{list}");
+    let mut nodes = nodes;
+    nodes[1].stop();
+    nodes[1].start();
+    nodes[0].wait_state("beta", "active");
+    let o = nodes[0].cli_stdin(&["connect", "beta", "echo"], b"again");
+    assert_eq!(o.stdout, b"again", "{}", stderr(&o));
+    // Removing it: the service is gone.
+    assert!(nodes[1]
+        .cli(&["expose", "--remove", "echo"])
+        .status
+        .success());
+    let o = nodes[0].cli_stdin(&["connect", "beta", "echo"], b"x");
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn failures_are_reported_quickly_and_leak_nothing() {
+    let mut nodes = mesh(&["alpha", "beta"], "");
+    let a_pid = nodes[0].pid();
+    let b_pid = nodes[1].pid();
+    let fds = (fd_count(a_pid), fd_count(b_pid));
+
+    // Unknown service.
+    let o = nodes[0].cli_stdin(&["connect", "beta", "nothing-here"], b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no service \"nothing-here\" on beta"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The listening application dies in the middle of the stream.
+    let mut l = listen(&nodes[1], "fragile", None);
+    let mut c = connect(&nodes[0], "beta", "fragile");
+    let mut stdin = c.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let blk = vec![7u8; 64 * 1024];
+        while stdin.write_all(&blk).is_ok() {}
+    });
+    let mut lout = l.stdout.take().unwrap();
+    let mut first = [0u8; 1024];
+    lout.read_exact(&mut first).unwrap(); // data is flowing
+    let _ = l.kill();
+    let _ = l.wait();
+    let (code, err) = finish(c);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stream broken"), "{err}");
+    let _ = feeder.join();
+
+    // The peer daemon is killed in the middle of a stream.
+    let mut l = listen(&nodes[1], "doomed", Some("cat"));
+    let mut c = connect(&nodes[0], "beta", "doomed");
+    let mut stdin = c.stdin.take().unwrap();
+    let mut cout = c.stdout.take().unwrap();
+    stdin.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    cout.read_exact(&mut got).unwrap();
+    nodes[1].kill9();
+    let _ = l.kill();
+    let _ = l.wait();
+    let (code, err) = finish(c);
+    assert_eq!(code, Some(1), "{err}");
+    drop(stdin);
+
+    // Everything the failed streams used is released on the surviving daemon.
+    wait_until("alpha's descriptors back to their count", || {
+        fd_count(a_pid) <= fds.0
+    });
+    let _ = fds.1;
+}
+
+#[test]
+fn two_hundred_concurrent_streams_complete() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (addr, _h) = echo_tcp();
+    assert!(b
+        .cli(&["expose", "echo", &addr.to_string()])
+        .status
+        .success());
+    let sock = a.socket();
+    let workers: Vec<_> = (0..200u64)
+        .map(|i| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let s = UnixStream::connect(&sock).unwrap();
+                s.set_read_timeout(Some(DEADLINE)).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                w.write_all(
+                    format!(
+                        "{}\n",
+                        json!({"id": i, "cmd": "connect", "peer": "beta", "service": "echo"})
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let v: Value = serde_json::from_str(&line).unwrap();
+                assert_eq!(v["ok"], true, "{v}");
+                let data = noise(64 * 1024, i + 1);
+                w.write_all(&data).unwrap();
+                w.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut back = Vec::new();
+                r.read_to_end(&mut back).unwrap();
+                assert!(back == data, "stream {i} corrupted");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn ssh_runs_through_cnspr_connect_as_proxy_command() {
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let (Some(sshd), true, true) = (sshd, have("ssh"), have("ssh-keygen")) else {
+        eprintln!("skipping: OpenSSH (sshd, ssh, ssh-keygen) is not installed");
+        return;
+    };
+    if uid() != 0 {
+        eprintln!("skipping: sshd needs root here");
+        return;
+    }
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let d = b.path("ssh");
+    std::fs::create_dir_all(&d).unwrap();
+    let _ = std::fs::create_dir_all("/run/sshd");
+    for (k, t) in [("host", "ed25519"), ("user", "ed25519")] {
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", t, "-N", "", "-f"])
+            .arg(d.join(k))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::fs::copy(d.join("user.pub"), d.join("authorized_keys")).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {ak}\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {pid}\n",
+        host = d.join("host").display(),
+        ak = d.join("authorized_keys").display(),
+        pid = d.join("sshd.pid").display()
+    );
+    std::fs::write(d.join("sshd_config"), cfg).unwrap();
+    let mut server = std::process::Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("sshd listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(b
+        .cli(&["expose", "ssh", &format!("127.0.0.1:{port}")])
+        .status
+        .success());
+    let proxy = format!(
+        "ProxyCommand={} --socket {} connect %h ssh",
+        bin(),
+        a.socket().display()
+    );
+    let out = std::process::Command::new("ssh")
+        .args([
+            "-o",
+            &proxy,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-i",
+        ])
+        .arg(d.join("user"))
+        .args(["root@beta", "echo", "hello-through-cnspr"])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "ssh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello-through-cnspr\n"
+    );
+}
+
+fn uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
+        })
+        .unwrap_or(1000)
+}
