@@ -18,7 +18,7 @@ use super::Daemon;
 /// First retry delay after a failed dial.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Supervisor tick.
-const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(1000);
 
 /// Resolves `HOST:PORT` (names allowed) to addresses.
 pub fn resolve_addr(s: &str) -> anyhow::Result<Vec<SocketAddr>> {
