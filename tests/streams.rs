@@ -435,3 +435,84 @@ fn uid() -> u32 {
         })
         .unwrap_or(1000)
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_slow_reader_slows_the_writer_and_progress_is_shown() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let out = b.out().display().to_string();
+    // The reader does not read at all until told to.
+    let mut l = listen(
+        b,
+        "slow",
+        Some(&format!(
+            "while [ ! -e {out}/go ]; do sleep 0.05; done; wc -c"
+        )),
+    );
+    let mut c = a
+        .command()
+        .args(["connect", "--progress", "beta", "slow"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    let total = 256u64 << 20;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let w2 = written.clone();
+    let writer = std::thread::spawn(move || {
+        let blk = vec![1u8; 1 << 20];
+        for _ in 0..(total >> 20) {
+            stdin.write_all(&blk).unwrap();
+            w2.fetch_add(1 << 20, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // The writer stalls far short of the total while nobody reads: flow control holds it
+    // back, and neither daemon buffers the difference.
+    let mut last = 0;
+    wait_until("the writer to stall", || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        let stalled = now == last && now > 0;
+        last = now;
+        stalled
+    });
+    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        stalled_at < total / 2,
+        "writer was not slowed: {stalled_at} bytes accepted"
+    );
+    for n in [a, b] {
+        let rss = rss_kib(n.pid());
+        assert!(
+            rss < 96 * 1024,
+            "{} holds {rss} KiB while its reader is stalled",
+            n.name
+        );
+    }
+    std::fs::write(b.out().join("go"), b"").unwrap();
+    writer.join().unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), total.to_string());
+    // --progress with standard output not a terminal: a summary on standard error.
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("MiB sent"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _ = l.kill();
+    let _ = l.wait();
+}
