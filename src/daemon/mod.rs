@@ -210,6 +210,15 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_millis(cfg.idle_timeout_ms.min(5000)),
         ..EndpointConfig::default()
     };
+    let streams = streams::Streams::default();
+    let config_exposes: Vec<(String, String)> = cfg
+        .expose
+        .iter()
+        .map(|e| (e.service.clone(), e.target.clone()))
+        .collect();
+    streams
+        .load(&paths.state_dir, &config_exposes)
+        .with_context(|| format!("config {}", paths.config.display()))?;
     // The socket first: a second daemon must fail before it touches the UDP port.
     let listener = control::bind(&paths.socket)?;
     let endpoint = match Endpoint::bind(identity.clone(), roster, ep_cfg) {
@@ -237,13 +246,6 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         queue_limit: cfg.handler_queue,
         ..RunnerConfig::default()
     });
-    let streams = streams::Streams::default();
-    let config_exposes: Vec<(String, String)> = cfg
-        .expose
-        .iter()
-        .map(|e| (e.service.clone(), e.target.clone()))
-        .collect();
-    streams.load(&paths.state_dir, &config_exposes)?;
     let (events, _) = broadcast::channel(4096);
     let (stop, mut stopped) = watch::channel(false);
     let daemon = Arc::new(Daemon {

@@ -126,11 +126,17 @@ impl Peer {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 struct Stored {
     peers: Vec<StoredPeer>,
-    #[serde(default)]
     removed: Vec<StoredRemoved>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StoredIn {
+    peers: Vec<StoredPeer>,
+    #[serde(default)]
+    removed: Vec<RemovedEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,6 +144,14 @@ struct StoredRemoved {
     id: String,
     #[serde(default)]
     name: String,
+}
+
+/// A removed entry: `{id, name}`, or a bare ID string as earlier files had it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RemovedEntry {
+    Full(StoredRemoved),
+    Id(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,7 +185,7 @@ impl PeerTable {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(table),
             Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
         };
-        let stored: Stored = serde_json::from_str(&text).map_err(|e| {
+        let stored: StoredIn = serde_json::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
                 "{} is corrupt ({e}); fix or remove it (removing forgets every trusted peer)",
                 path.display()
@@ -185,8 +199,12 @@ impl PeerTable {
             table.peers.insert(id, Peer::new(id, p.name, addrs));
         }
         for r in stored.removed {
-            if let Ok(id) = r.id.parse() {
-                table.removed.insert(id, r.name);
+            let (id, name) = match r {
+                RemovedEntry::Full(r) => (r.id, r.name),
+                RemovedEntry::Id(id) => (id, String::new()),
+            };
+            if let Ok(id) = id.parse() {
+                table.removed.insert(id, name);
             }
         }
         Ok(table)

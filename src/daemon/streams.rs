@@ -191,10 +191,12 @@ impl Streams {
         };
         let path = state_dir.join(EXPOSE_FILE);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?,
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(
+            &mut f,
+            &serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?,
         )?;
+        f.sync_all()?;
         std::fs::rename(tmp, path)
     }
 

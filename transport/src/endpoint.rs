@@ -570,6 +570,12 @@ impl Endpoint {
                     None => refused(&e),
                 })?;
         match reply {
+            Some(ControlFrame::HelloAck(h)) if h.version != u16::from(PROTOCOL_VERSION) => {
+                Err(refused(&format!(
+                    "it speaks protocol version {}, this device speaks {PROTOCOL_VERSION}",
+                    h.version
+                )))
+            }
             Some(ControlFrame::HelloAck(h)) => self.register(PeerConn {
                 peer,
                 name: h.name,
