@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use rustls::crypto::CryptoProvider;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -21,166 +20,10 @@ use crate::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
 use crate::id::DeviceId;
 use crate::identity::{spki_id, Identity};
 use crate::roster::Roster;
+pub use crate::settings::{close_code, DownReason, EndpointConfig, TransportError};
 use crate::socket::bind_udp;
-use crate::tls::{self, TlsError};
+use crate::tls;
 use crate::wire::{ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
-
-/// Application close codes sent when this side closes a connection.
-pub mod close_code {
-    /// The daemon is stopping gracefully.
-    pub const LEAVING: u32 = 1;
-    /// A second connection to the same device replaced this one.
-    pub const DUPLICATE: u32 = 2;
-    /// The device was removed from the roster.
-    pub const REVOKED: u32 = 3;
-    /// Another candidate address won the dial race.
-    pub const RACE_LOST: u32 = 4;
-    /// The hello exchange failed (bad version or frame).
-    pub const PROTOCOL: u32 = 5;
-}
-
-/// Endpoint settings. `Default` suits a daemon; [`EndpointConfig::for_test`] binds loopback.
-#[derive(Clone)]
-pub struct EndpointConfig {
-    /// Addresses to bind. `[::]:P` together with `0.0.0.0:P` becomes one dual-stack socket.
-    pub listen: Vec<SocketAddr>,
-    /// UDP send and receive buffer size in bytes.
-    pub socket_buffer: usize,
-    /// QUIC keep-alive interval.
-    pub keep_alive: Duration,
-    /// QUIC idle timeout: a connection silent for this long is dead.
-    pub idle_timeout: Duration,
-    /// Limit for the QUIC handshake and for the hello round trip, each.
-    pub handshake_timeout: Duration,
-    /// Per-stream flow-control window in bytes.
-    pub stream_window: u32,
-    /// Per-connection flow-control window in bytes.
-    pub connection_window: u32,
-    /// Concurrent bidirectional streams a peer may open.
-    pub max_streams: u32,
-    /// The TLS provider; defaults to ring restricted to ChaCha20-Poly1305.
-    pub provider: Arc<CryptoProvider>,
-}
-
-impl std::fmt::Debug for EndpointConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointConfig")
-            .field("listen", &self.listen)
-            .field("keep_alive", &self.keep_alive)
-            .field("idle_timeout", &self.idle_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for EndpointConfig {
-    fn default() -> Self {
-        EndpointConfig {
-            listen: vec![
-                "[::]:7373".parse().expect("valid address"),
-                "0.0.0.0:7373".parse().expect("valid address"),
-            ],
-            socket_buffer: 8 * 1024 * 1024,
-            keep_alive: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(3),
-            handshake_timeout: Duration::from_secs(5),
-            stream_window: 8 * 1024 * 1024,
-            connection_window: 32 * 1024 * 1024,
-            max_streams: 1024,
-            provider: Arc::new(tls::chacha_provider()),
-        }
-    }
-}
-
-impl EndpointConfig {
-    /// Loopback on an ephemeral port.
-    pub fn for_test() -> Self {
-        EndpointConfig {
-            listen: vec!["127.0.0.1:0".parse().expect("valid address")],
-            ..Default::default()
-        }
-    }
-
-    fn transport(&self) -> Result<quinn::TransportConfig, TransportError> {
-        let mut t = quinn::TransportConfig::default();
-        t.keep_alive_interval(Some(self.keep_alive));
-        t.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(self.idle_timeout)
-                .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
-        ));
-        t.stream_receive_window(VarInt::from_u32(self.stream_window));
-        t.receive_window(VarInt::from_u32(self.connection_window));
-        t.send_window(u64::from(self.connection_window));
-        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams));
-        t.max_concurrent_uni_streams(VarInt::from_u32(0));
-        t.initial_rtt(Duration::from_millis(50));
-        Ok(t)
-    }
-}
-
-/// Errors of the transport layer. Messages say what happened and, where useful, what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid transport configuration: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("device {0} is not in the roster: trust it first")]
-    NotInRoster(DeviceId),
-    #[error("no address to dial device {0}")]
-    NoAddresses(DeviceId),
-    #[error("could not reach device {peer}: {reason}")]
-    Unreachable { peer: DeviceId, reason: String },
-    #[error("device {peer} refused the connection: {reason}")]
-    Refused { peer: DeviceId, reason: String },
-    #[error("no connection to device {0}")]
-    NotConnected(DeviceId),
-    #[error("connection lost: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("stream error: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error(transparent)]
-    Frame(#[from] crate::frame::FrameError),
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-}
-
-/// Why a peer's connection went away.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DownReason {
-    /// The peer announced a graceful stop.
-    Leaving,
-    /// This side removed the peer from the roster (or the peer removed us).
-    Revoked,
-    /// Nothing heard from the peer within the idle timeout.
-    TimedOut,
-    /// This side closed the connection.
-    LocallyClosed,
-    /// Anything else, described.
-    Other(String),
-}
-
-impl DownReason {
-    fn from_error(e: &quinn::ConnectionError) -> Self {
-        match e {
-            quinn::ConnectionError::ApplicationClosed(c) => {
-                match u32::try_from(c.error_code.into_inner()).unwrap_or(0) {
-                    close_code::LEAVING => DownReason::Leaving,
-                    close_code::REVOKED => DownReason::Revoked,
-                    _ => DownReason::Other(format!("closed by peer: {c}")),
-                }
-            }
-            quinn::ConnectionError::TimedOut => DownReason::TimedOut,
-            quinn::ConnectionError::LocallyClosed => DownReason::LocallyClosed,
-            other => DownReason::Other(other.to_string()),
-        }
-    }
-}
 
 /// Connection-level events, in order per peer.
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ pub mod frame;
 pub mod id;
 pub mod identity;
 pub mod roster;
+pub mod settings;
 pub mod socket;
 pub mod tls;
 pub mod wire;
