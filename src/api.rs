@@ -32,6 +32,11 @@ pub const COMMANDS: &[&str] = &[
     "unexpose",
     "services",
     "stream_status",
+    "kv.put",
+    "kv.get",
+    "kv.del",
+    "kv.list",
+    "kv.watch",
 ];
 
 /// A parsed request (the `cmd` field selects the variant).
@@ -90,6 +95,46 @@ pub enum Request {
     },
     Services {},
     /// How a stream ended: "open", "closed" or "error: ...".
+    /// Stores a value (durable when answered): `value` (text), `value_b64`, or `value_len`
+    /// raw bytes following the line.
+    #[serde(rename = "kv.put")]
+    KvPut {
+        key: String,
+        #[serde(default)]
+        value: Option<String>,
+        #[serde(default)]
+        value_b64: Option<String>,
+        #[serde(default)]
+        value_len: Option<u64>,
+    },
+    #[serde(rename = "kv.get")]
+    KvGet {
+        key: String,
+        #[serde(default)]
+        all_versions: bool,
+    },
+    #[serde(rename = "kv.del")]
+    KvDel {
+        key: String,
+    },
+    #[serde(rename = "kv.list")]
+    KvList {
+        #[serde(default)]
+        prefix: Option<String>,
+        /// Paging: keys after this one.
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Streams changes under `prefix`, first those after feed seq `from_seq`, then live.
+    #[serde(rename = "kv.watch")]
+    KvWatch {
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        from_seq: Option<u64>,
+    },
     StreamStatus {
         stream: String,
         /// Wait up to this long for the stream to end.
@@ -143,6 +188,8 @@ pub mod code {
     pub const UNKNOWN_SERVICE: &str = "unknown_service";
     pub const UNAVAILABLE: &str = "unavailable";
     pub const UNKNOWN_STREAM: &str = "unknown_stream";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const STORE: &str = "store";
     pub const INTERNAL: &str = "internal";
 }
 

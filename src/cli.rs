@@ -126,6 +126,9 @@ pub enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// The key-value store (durable on this device; replication is not wired yet)
+    #[command(subcommand)]
+    Kv(KvCommand),
     /// Print shell completions
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -170,4 +173,28 @@ pub struct SendArgs {
     /// Give up after this many seconds
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Store VALUE (or standard input when absent or `-`) under KEY
+    Put { key: String, value: Option<String> },
+    /// Print the value of KEY (bytes unchanged; exit 1 when absent)
+    Get {
+        key: String,
+        /// Also show the concurrent versions that lost
+        #[arg(long)]
+        all_versions: bool,
+    },
+    /// Delete KEY
+    Del { key: String },
+    /// List keys starting with PREFIX
+    List { prefix: Option<String> },
+    /// Print changes under PREFIX as they happen
+    Watch {
+        prefix: Option<String>,
+        /// Start after this change-feed sequence number (resume after a restart)
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+    },
 }

@@ -161,6 +161,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             target,
             remove,
         } => return crate::pipe::expose(c, g, service, target, remove),
+        Command::Kv(k) => return kv(c, g, k),
         Command::Serve(_) | Command::Init { .. } | Command::Id | Command::Completions { .. } => {
             anyhow::bail!("not a client command")
         }
@@ -320,4 +321,127 @@ fn describe_event(v: &Value) -> String {
         Ok(Event::Daemon { tag, state }) => format!("daemon   {tag} {state}"),
         Err(_) => v.to_string(),
     }
+}
+
+fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32> {
+    use crate::cli::KvCommand as K;
+    match k {
+        K::Put { key, value } => {
+            let bytes: Vec<u8> = match value.as_deref() {
+                Some("-") | None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .lock()
+                        .take(8 * 1024 * 1024 + 1)
+                        .read_to_end(&mut buf)
+                        .context("reading the value from standard input")?;
+                    buf
+                }
+                Some(v) => v.as_bytes().to_vec(),
+            };
+            let v = c.request_with_body(
+                json!({"cmd": "kv.put", "key": key, "value_len": bytes.len()}),
+                &bytes,
+            )?;
+            if g.json {
+                print_json(&v)?;
+            }
+        }
+        K::Get { key, all_versions } => {
+            let v = match c
+                .request(json!({"cmd": "kv.get", "key": key, "all_versions": all_versions}))
+            {
+                Ok(v) => v,
+                Err(e)
+                    if e.downcast_ref::<crate::client::ApiError>()
+                        .is_some_and(|a| a.0.code == "not_found") =>
+                {
+                    if !g.json {
+                        eprintln!("cnspr: no key {key:?}");
+                    }
+                    return Ok(1);
+                }
+                Err(e) => return Err(e),
+            };
+            if g.json {
+                print_json(&v)?;
+            } else {
+                let value = data_encoding::BASE64
+                    .decode(v["value_b64"].as_str().unwrap_or("").as_bytes())?;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&value)?;
+                out.flush()?;
+                if all_versions {
+                    for s in v["siblings"].as_array().into_iter().flatten() {
+                        eprintln!(
+                            "superseded concurrent version: {} from {} at {}",
+                            if s["deleted"] == true {
+                                "delete".to_string()
+                            } else {
+                                format!(
+                                    "{} bytes",
+                                    s["value_b64"]
+                                        .as_str()
+                                        .map(|b| b.len() * 3 / 4)
+                                        .unwrap_or(0)
+                                )
+                            },
+                            s["origin"].as_str().unwrap_or(""),
+                            s["hlc"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+        }
+        K::Del { key } => {
+            let v = c.request(json!({"cmd": "kv.del", "key": key}))?;
+            if g.json {
+                print_json(&v)?;
+            }
+        }
+        K::List { prefix } => {
+            let mut after: Option<String> = None;
+            let mut all = Vec::new();
+            loop {
+                let v = c.request(
+                    json!({"cmd": "kv.list", "prefix": prefix, "after": after, "limit": 1000}),
+                )?;
+                let entries = v["entries"].as_array().cloned().unwrap_or_default();
+                after = entries
+                    .last()
+                    .and_then(|e| e["key"].as_str().map(String::from));
+                all.extend(entries);
+                if v["more"] != true || after.is_none() {
+                    break;
+                }
+            }
+            if g.json {
+                print_json(&all)?;
+            } else {
+                for e in &all {
+                    println!("{}", e["key"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        K::Watch { prefix, from } => {
+            c.request(json!({"cmd": "kv.watch", "prefix": prefix, "from_seq": from}))?;
+            let stdout = std::io::stdout();
+            while let Some(v) = c.next_line()? {
+                let mut out = stdout.lock();
+                if g.json {
+                    writeln!(out, "{}", serde_json::to_string(&v)?)?;
+                } else {
+                    let what = if v["deleted"] == true { "del" } else { "put" };
+                    writeln!(
+                        out,
+                        "{} {what} {}",
+                        v["feed_seq"],
+                        v["key"].as_str().unwrap_or("")
+                    )?;
+                }
+                out.flush()?;
+            }
+        }
+    }
+    Ok(0)
 }

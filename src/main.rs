@@ -12,7 +12,7 @@ mod handlers;
 mod output;
 mod paths;
 mod pipe;
-// The replicated store's core; the daemon's kv commands and sync are not wired yet.
+// The store's sync API (changes_since, apply_delta, tombstone collection) is not wired yet.
 #[allow(dead_code, unused_imports)]
 mod store;
 

@@ -138,7 +138,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::R
 /// Requests of one connection processed at once; further lines wait unread.
 const MAX_INFLIGHT: usize = 256;
 
-fn line_of(v: &impl serde::Serialize) -> Vec<u8> {
+pub(super) fn line_of(v: &impl serde::Serialize) -> Vec<u8> {
     let mut line = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
     line.push(b'\n');
     line
@@ -169,7 +169,7 @@ async fn write_lines(
 
 static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-fn err(code_: &str, message: impl Into<String>) -> ErrorBody {
+pub(super) fn err(code_: &str, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code_, message)
 }
 
@@ -222,6 +222,10 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
             }
         };
         match req {
+            Request::KvWatch { prefix, from_seq } => {
+                super::kv::watch(&d, id, prefix.unwrap_or_default(), from_seq, r, tx.clone()).await;
+                break;
+            }
             Request::Subscribe { events } => {
                 subscribe(&d, id, events, r, tx.clone()).await;
                 break;
@@ -303,7 +307,44 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
             }
             req => {
                 let body = match &req {
-                    Request::Send(s) => match read_body(s, &mut r).await {
+                    Request::Send(s) => match read_body(
+                        Payload {
+                            body: s.body.as_ref(),
+                            body_b64: s.body_b64.as_ref(),
+                            body_len: s.body_len,
+                        },
+                        &mut r,
+                    )
+                    .await
+                    {
+                        Ok(b) => b,
+                        Err(BodyError::ReplyAndClose(e)) => {
+                            let _ = tx.send(line_of(&Reply::err(id, e))).await;
+                            break;
+                        }
+                        Err(BodyError::Reply(e)) => {
+                            if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(BodyError::Closed) => break,
+                    },
+                    Request::KvPut {
+                        value,
+                        value_b64,
+                        value_len,
+                        ..
+                    } => match read_body(
+                        Payload {
+                            body: value.as_ref(),
+                            body_b64: value_b64.as_ref(),
+                            body_len: *value_len,
+                        },
+                        &mut r,
+                    )
+                    .await
+                    {
                         Ok(b) => b,
                         Err(BodyError::ReplyAndClose(e)) => {
                             let _ = tx.send(line_of(&Reply::err(id, e))).await;
@@ -326,6 +367,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 tokio::spawn(async move {
                     let res = match req {
                         Request::Send(s) => send(&d, s, body).await,
+                        Request::KvPut { key, .. } => super::kv::put(&d, &key, body).await,
                         other => handle(&d, other).await,
                     };
                     let reply = match res {
@@ -428,16 +470,21 @@ enum BodyError {
 /// The `body_len` of a `send` line that failed to parse, if it had one.
 fn announced_body(line: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(line).ok()?;
-    if v.get("cmd")?.as_str()? != "send" {
-        return None;
+    match v.get("cmd")?.as_str()? {
+        "send" => v.get("body_len")?.as_u64(),
+        "kv.put" => v.get("value_len")?.as_u64(),
+        _ => None,
     }
-    v.get("body_len")?.as_u64()
 }
 
-async fn read_body<R: AsyncBufRead + Unpin>(
-    s: &SendRequest,
-    r: &mut R,
-) -> Result<Bytes, BodyError> {
+/// A request's payload: as text, as base64, or as raw bytes following the line.
+struct Payload<'a> {
+    body: Option<&'a String>,
+    body_b64: Option<&'a String>,
+    body_len: Option<u64>,
+}
+
+async fn read_body<R: AsyncBufRead + Unpin>(s: Payload<'_>, r: &mut R) -> Result<Bytes, BodyError> {
     let given = [s.body.is_some(), s.body_b64.is_some(), s.body_len.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
         // Still consume a raw body so the connection stays in step.
@@ -473,7 +520,9 @@ async fn read_body<R: AsyncBufRead + Unpin>(
         })?;
         return Ok(Bytes::from(v));
     }
-    Ok(Bytes::from(s.body.clone().unwrap_or_default().into_bytes()))
+    Ok(Bytes::from(
+        s.body.cloned().unwrap_or_default().into_bytes(),
+    ))
 }
 
 fn timeout_of(ms: Option<u64>) -> Duration {
@@ -615,7 +664,21 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             };
             Ok(serde_json::json!({"stream": stream, "status": status}))
         }
+        Request::KvGet { key, all_versions } => Ok(super::kv::get(d, &key, all_versions)?),
+        Request::KvDel { key } => Ok(super::kv::del(d, &key).await?),
+        Request::KvList {
+            prefix,
+            after,
+            limit,
+        } => Ok(super::kv::list(
+            d,
+            &prefix.unwrap_or_default(),
+            after,
+            limit,
+        )?),
         Request::Send(_)
+        | Request::KvPut { .. }
+        | Request::KvWatch { .. }
         | Request::Subscribe { .. }
         | Request::Stop {}
         | Request::Listen { .. }

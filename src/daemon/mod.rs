@@ -3,6 +3,7 @@
 
 mod control;
 mod handler_cache;
+mod kv;
 mod links;
 mod messages;
 pub mod peers;
@@ -39,6 +40,7 @@ pub struct Daemon {
     pub events: broadcast::Sender<Event>,
     pub runner: Runner,
     pub streams: streams::Streams,
+    pub store: crate::store::Store,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
@@ -246,6 +248,9 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         queue_limit: cfg.handler_queue,
         ..RunnerConfig::default()
     });
+    let store_path = paths.state_dir.join("store.redb");
+    let store = crate::store::Store::open(&store_path, identity.id.0)
+        .with_context(|| format!("opening the store {}", store_path.display()))?;
     let (events, _) = broadcast::channel(4096);
     let (stop, mut stopped) = watch::channel(false);
     let daemon = Arc::new(Daemon {
@@ -260,6 +265,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         events,
         runner,
         streams,
+        store,
         started: Instant::now(),
         manual,
         stop,

@@ -1,0 +1,191 @@
+//! The `kv.*` socket commands over this device's store (SPEC section 9). Replication to
+//! other devices is not wired yet: the store is local and durable.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use super::control::{err, line_of};
+use super::Daemon;
+use crate::api::{code, ErrorBody, Reply};
+use crate::store::{Entry, FeedEvent, StoreError, Version};
+
+/// Most keys one `kv.list` answers.
+const MAX_LIST: usize = 10_000;
+
+fn store_err(e: StoreError) -> ErrorBody {
+    let c = match e {
+        StoreError::EmptyKey | StoreError::KeyTooLong { .. } | StoreError::InvalidKey { .. } => {
+            code::BAD_REQUEST
+        }
+        StoreError::ValueTooLarge { .. } => code::TOO_LARGE,
+        _ => code::STORE,
+    };
+    err(c, e.to_string())
+}
+
+fn origin_id(v: &Version) -> String {
+    transport::DeviceId(v.origin).to_string()
+}
+
+fn version_json(key: &str, value: Option<&[u8]>, v: &Version) -> Value {
+    json!({
+        "key": key,
+        "value_b64": value.map(|b| data_encoding::BASE64.encode(b)),
+        "deleted": value.is_none(),
+        "hlc": v.hlc.to_string(),
+        "origin": origin_id(v),
+        "seq": v.seq,
+    })
+}
+
+fn entry_json(e: &Entry, all: bool) -> Value {
+    let mut v = version_json(&e.key, Some(&e.value), &e.version);
+    if all {
+        v["siblings"] = e
+            .siblings
+            .iter()
+            .map(|(ver, val)| version_json(&e.key, val.as_deref(), ver))
+            .collect();
+    }
+    v
+}
+
+pub async fn put(d: &Arc<Daemon>, key: &str, value: Bytes) -> Result<Value, ErrorBody> {
+    let change = d.store.put(key, value.to_vec()).await.map_err(store_err)?;
+    Ok(version_json(key, None, &change.version)
+        .as_object()
+        .map(|m| {
+            let mut m = m.clone();
+            m.remove("value_b64");
+            m.remove("deleted");
+            Value::Object(m)
+        })
+        .unwrap_or(Value::Null))
+}
+
+pub fn get(d: &Arc<Daemon>, key: &str, all: bool) -> Result<Value, ErrorBody> {
+    match d.store.get(key).map_err(store_err)? {
+        Some(e) => Ok(entry_json(&e, all)),
+        None => Err(err(code::NOT_FOUND, format!("no key {key:?}"))),
+    }
+}
+
+pub async fn del(d: &Arc<Daemon>, key: &str) -> Result<Value, ErrorBody> {
+    match d.store.del(key).await.map_err(store_err)? {
+        Some(c) => Ok(json!({"deleted": key, "hlc": c.version.hlc.to_string()})),
+        None => Err(err(code::NOT_FOUND, format!("no key {key:?}"))),
+    }
+}
+
+pub fn list(
+    d: &Arc<Daemon>,
+    prefix: &str,
+    after: Option<String>,
+    limit: Option<usize>,
+) -> Result<Value, ErrorBody> {
+    let limit = limit.unwrap_or(1000).clamp(1, MAX_LIST);
+    let entries = d
+        .store
+        .list(prefix, after.as_deref(), limit)
+        .map_err(store_err)?;
+    let more = entries.len() == limit;
+    Ok(json!({
+        "entries": entries.iter().map(|e| entry_json(e, false)).collect::<Vec<_>>(),
+        "more": more,
+    }))
+}
+
+fn feed_line(f: &FeedEvent) -> Vec<u8> {
+    let c = &f.change;
+    let mut v = version_json(&c.key, c.value.as_deref(), &c.version);
+    v["event"] = json!("kv");
+    v["feed_seq"] = json!(f.feed_seq);
+    v["wins"] = json!(f.wins);
+    line_of(&v)
+}
+
+/// Sends the changes after `from_seq`, then live ones, each exactly once, until the
+/// client closes the connection.
+pub async fn watch<R>(
+    d: &Arc<Daemon>,
+    id: Value,
+    prefix: String,
+    from_seq: Option<u64>,
+    mut r: R,
+    tx: mpsc::Sender<Vec<u8>>,
+) where
+    R: AsyncBufRead + Unpin,
+{
+    // Subscribe first, then catch up: nothing falls between the two.
+    let mut live = d.store.subscribe();
+    if tx
+        .send(line_of(&Reply::ok(id, json!({"watching": prefix}))))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut last = from_seq.unwrap_or(0);
+    loop {
+        let page = match d.store.feed_since(last, &prefix, 1000) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx
+                    .send(line_of(
+                        &json!({"event": "error", "message": e.to_string()}),
+                    ))
+                    .await;
+                return;
+            }
+        };
+        if page.is_empty() {
+            break;
+        }
+        for f in &page {
+            last = f.feed_seq;
+            if tx.send(feed_line(f)).await.is_err() {
+                return;
+            }
+        }
+    }
+    let mut scratch = [0u8; 1024];
+    loop {
+        tokio::select! {
+            ev = live.recv() => match ev {
+                Ok(f) => {
+                    if f.feed_seq <= last || !f.change.key.starts_with(&prefix) {
+                        continue;
+                    }
+                    last = f.feed_seq;
+                    if tx.send(feed_line(&f)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Catch up from the durable feed instead of losing changes.
+                    match d.store.feed_since(last, &prefix, 10_000) {
+                        Ok(page) => {
+                            for f in &page {
+                                last = f.feed_seq;
+                                if tx.send(feed_line(f)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                Err(_) => return,
+            },
+            n = r.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+        }
+    }
+}
