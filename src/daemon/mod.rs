@@ -4,6 +4,7 @@
 mod control;
 mod handler_cache;
 mod kv;
+mod lan;
 mod links;
 mod messages;
 pub mod peers;
@@ -41,6 +42,8 @@ pub struct Daemon {
     pub runner: Runner,
     pub streams: streams::Streams,
     pub store: crate::store::Store,
+    mdns: Mutex<Option<discovery::Discovery>>,
+    netwatch: Mutex<Option<discovery::NetWatcher>>,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
@@ -239,9 +242,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     for p in args.peers.iter().chain(cfg.peers.iter()) {
         manual.extend(links::resolve_addr(p).with_context(|| format!("peer address {p:?}"))?);
     }
-    if !args.no_mdns && cfg.mdns {
-        info!("mDNS discovery is not part of this build yet; use --peer or `cnspr trust --addr`");
-    }
+    let mdns = !args.no_mdns && cfg.mdns;
     let runner = Runner::new(RunnerConfig {
         timeout: cfg.handler_timeout(),
         max_concurrent: cfg.handler_concurrency,
@@ -266,6 +267,8 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         runner,
         streams,
         store,
+        mdns: Mutex::new(None),
+        netwatch: Mutex::new(None),
         started: Instant::now(),
         manual,
         stop,
@@ -280,6 +283,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     links::start(&daemon);
     messages::start(&daemon);
     tokio::spawn(control::run(daemon.clone(), listener));
+    lan::start(&daemon, mdns);
     daemon.emit(Event::Daemon {
         tag: "daemon.start".into(),
         state: "start".into(),
@@ -295,6 +299,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         tag: "daemon.stop".into(),
         state: "stop".into(),
     });
+    lan::stop(&daemon).await;
     daemon
         .endpoint
         .shutdown(

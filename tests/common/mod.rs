@@ -31,6 +31,11 @@ pub struct Node {
     pub id: String,
     pub port: u16,
     pub child: Option<Child>,
+    /// Network namespace the daemon runs in (tests of several hosts).
+    pub netns: Option<String>,
+    /// Listen address (default 127.0.0.1 with the previous port).
+    pub listen: Option<String>,
+    pub mdns: bool,
 }
 
 impl Node {
@@ -46,6 +51,9 @@ impl Node {
             id: String::new(),
             port: 0,
             child: None,
+            netns: None,
+            listen: None,
+            mdns: false,
         };
         let out = node.cli(&["init", "--name", name, "--json"]);
         assert!(
@@ -89,10 +97,33 @@ impl Node {
             .append(true)
             .open(self.path("daemon.log"))
             .unwrap();
-        let child = self
-            .command()
-            .args(["serve", "--no-mdns", "--listen"])
-            .arg(format!("127.0.0.1:{}", self.port))
+        let mut cmd = self.command();
+        if let Some(ns) = &self.netns {
+            // The same command, run inside the host's namespace (ip execs it: same PID).
+            let mut wrapped = Command::new("ip");
+            wrapped
+                .args(["netns", "exec", ns])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            cmd = wrapped;
+        }
+        cmd.arg("serve");
+        if !self.mdns {
+            cmd.arg("--no-mdns");
+        }
+        let listen = self
+            .listen
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", self.port));
+        let child = cmd
+            .arg("--listen")
+            .arg(listen)
             .arg("--handlers")
             .arg(self.path("handlers"))
             .stdout(Stdio::null())

@@ -1,0 +1,170 @@
+//! Several hosts on one machine: network namespaces joined by a bridge (root only).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+struct Lab {
+    switch: String,
+    hosts: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Lab {
+    /// `n` hosts at 10.77.0.1.. on one bridge; `None` (with a printed reason) if not possible.
+    fn new(tag: &str, n: usize) -> Option<Lab> {
+        if !is_root() {
+            eprintln!("skipping: network namespaces need root");
+            return None;
+        }
+        let base = format!("cl{}{tag}", std::process::id());
+        let switch = format!("{base}s");
+        if !ip(&["netns", "add", &switch]) {
+            eprintln!("skipping: cannot create network namespaces here");
+            return None;
+        }
+        let mut lab = Lab {
+            switch: switch.clone(),
+            hosts: Vec::new(),
+        };
+        assert!(ip(&[
+            "-n", &switch, "link", "add", "name", "sw0", "type", "bridge"
+        ]));
+        assert!(ip(&["-n", &switch, "link", "set", "sw0", "up"]));
+        for i in 0..n {
+            let h = format!("{base}h{i}");
+            assert!(ip(&["netns", "add", &h]));
+            lab.hosts.push(h.clone());
+            // IPv4 only, so that removing the one address leaves the host with no usable
+            // address at all (an IPv6 link-local address would count as usable).
+            for k in ["all", "default"] {
+                let _ = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &h,
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+                    ])
+                    .status();
+            }
+            let port = format!("p{i}");
+            assert!(ip(&[
+                "-n", &h, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                &switch
+            ]));
+            assert!(ip(&["-n", &switch, "link", "set", &port, "master", "sw0"]));
+            assert!(ip(&["-n", &switch, "link", "set", &port, "up"]));
+            assert!(ip(&[
+                "-n",
+                &h,
+                "addr",
+                "add",
+                &format!("10.77.0.{}/24", i + 1),
+                "dev",
+                "eth0"
+            ]));
+            assert!(ip(&["-n", &h, "link", "set", "eth0", "up"]));
+            assert!(ip(&["-n", &h, "link", "set", "lo", "up"]));
+            assert!(ip(&["-n", &h, "route", "add", "default", "dev", "eth0"]));
+        }
+        Some(lab)
+    }
+
+    fn node(&self, i: usize, name: &str) -> Node {
+        let mut n = Node::new(name, "");
+        n.netns = Some(self.hosts[i].clone());
+        n.listen = Some("0.0.0.0:7373".into());
+        n.mdns = true;
+        n
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            ip(&["netns", "del", h]);
+        }
+        ip(&["netns", "del", &self.switch]);
+    }
+}
+
+#[test]
+fn trusted_devices_find_each_other_by_mdns_and_follow_address_changes() {
+    let Some(lab) = Lab::new("m", 3) else { return };
+    let mut a = lab.node(0, "alpha");
+    let mut b = lab.node(1, "beta");
+    let mut c = lab.node(2, "gamma");
+    let out = b.out().display().to_string();
+    b.handler("daemon/inactive", &format!("echo inactive >> {out}/net"));
+    b.handler("daemon/active", &format!("echo active >> {out}/net"));
+    for n in [&mut a, &mut b, &mut c] {
+        n.start();
+    }
+    // Trust by ID only: no address typed anywhere.
+    assert!(a.cli(&["trust", &b.id]).status.success());
+    assert!(b.cli(&["trust", &a.id]).status.success());
+    a.wait_state("beta", "active");
+    b.wait_state("alpha", "active");
+    let addr = a.peer("beta").unwrap()["addresses"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(addr.starts_with("10.77.0.2:"), "{addr}");
+    // gamma is on the LAN but trusted by nobody: it is never a peer.
+    assert!(a.peer("gamma").is_none() && c.json(&["peers"]).as_array().unwrap().is_empty());
+
+    // beta moves to another address: its links come back by themselves, and its
+    // daemon/inactive then daemon/active handlers ran.
+    let h = &lab.hosts[1];
+    assert!(ip(&["-n", h, "addr", "del", "10.77.0.2/24", "dev", "eth0"]));
+    wait_until("daemon/inactive on beta", || {
+        file(&b.out().join("net")).is_some_and(|f| String::from_utf8_lossy(&f).contains("inactive"))
+    });
+    assert!(ip(&[
+        "-n",
+        h,
+        "addr",
+        "add",
+        "10.77.0.12/24",
+        "dev",
+        "eth0"
+    ]));
+    assert!(ip(&["-n", h, "route", "replace", "default", "dev", "eth0"]));
+    wait_until("daemon/active again on beta", || {
+        file(&b.out().join("net"))
+            .is_some_and(|f| String::from_utf8_lossy(&f).ends_with("inactive\nactive\n"))
+    });
+    wait_until("alpha to reach beta at its new address", || {
+        a.peer("beta").is_some_and(|p| {
+            p["state"] == "active"
+                && p["addresses"][0]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("10.77.0.12:"))
+        })
+    });
+    b.wait_state("alpha", "active");
+    let r = a.cli(&["ping", "beta"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+}
