@@ -30,7 +30,7 @@ const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 /// How often the thread looks at its stop flag while no notification arrives.
-const STOP_CHECK: Duration = Duration::from_millis(500);
+const STOP_CHECK: Duration = Duration::from_secs(5);
 const RECV_BUF: usize = 64 * 1024;
 
 /// Facts about links and addresses, as reported by the kernel.
@@ -141,7 +141,7 @@ fn address(m: &AddressMessage) -> Option<(IpAddr, bool)> {
 ///
 /// The state at start is read synchronously ([`NetWatcher::is_active`],
 /// [`NetWatcher::addresses`] are right as soon as `start` returns); the receiver gets only
-/// later changes. Runs one `cnspr-netwatch` thread, which ends within 0.5 s of the
+/// later changes. Runs one `cnspr-netwatch` thread, which ends within 5 s of the
 /// watcher being dropped. Needs no async runtime.
 #[derive(Debug)]
 pub struct NetWatcher {
