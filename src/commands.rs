@@ -88,16 +88,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
         Command::Send(args) => return send(&mut c, g, args),
         Command::Monitor { events } => {
             c.request(json!({"cmd": "subscribe", "events": events}))?;
-            let stdout = std::io::stdout();
-            while let Some(v) = c.next_line()? {
-                let mut out = stdout.lock();
-                if g.json {
-                    writeln!(out, "{}", serde_json::to_string(&v)?)?;
-                } else {
-                    writeln!(out, "{}", describe_event(&v))?;
-                }
-                out.flush()?;
-            }
+            follow(&mut c, g, describe_event)?;
         }
         Command::Handlers => {
             let v = c.request(json!({"cmd": "handlers"}))?;
@@ -296,6 +287,22 @@ fn code_str(c: Option<i32>) -> String {
         .unwrap_or_else(|| "by signal".into())
 }
 
+/// Prints each line the daemon streams (events after `subscribe`, changes after
+/// `kv.watch`) as it arrives: raw with `--json`, else through `human`.
+fn follow(c: &mut Client, g: &Global, human: impl Fn(&Value) -> String) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    while let Some(v) = c.next_line()? {
+        let mut out = stdout.lock();
+        if g.json {
+            writeln!(out, "{}", serde_json::to_string(&v)?)?;
+        } else {
+            writeln!(out, "{}", human(&v))?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
 fn describe_event(v: &Value) -> String {
     match serde_json::from_value::<Event>(v.clone()) {
         Ok(Event::Message {
@@ -425,22 +432,14 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
         }
         K::Watch { prefix, from } => {
             c.request(json!({"cmd": "kv.watch", "prefix": prefix, "from_seq": from}))?;
-            let stdout = std::io::stdout();
-            while let Some(v) = c.next_line()? {
-                let mut out = stdout.lock();
-                if g.json {
-                    writeln!(out, "{}", serde_json::to_string(&v)?)?;
-                } else {
-                    let what = if v["deleted"] == true { "del" } else { "put" };
-                    writeln!(
-                        out,
-                        "{} {what} {}",
-                        v["feed_seq"],
-                        v["key"].as_str().unwrap_or("")
-                    )?;
-                }
-                out.flush()?;
-            }
+            follow(&mut c, g, |v| {
+                let what = if v["deleted"] == true { "del" } else { "put" };
+                format!(
+                    "{} {what} {}",
+                    v["feed_seq"],
+                    v["key"].as_str().unwrap_or("")
+                )
+            })?;
         }
     }
     Ok(0)

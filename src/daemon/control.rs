@@ -306,17 +306,9 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 return;
             }
             req => {
-                let body = match &req {
-                    Request::Send(s) => match read_body(
-                        Payload {
-                            body: s.body.as_ref(),
-                            body_b64: s.body_b64.as_ref(),
-                            body_len: s.body_len,
-                        },
-                        &mut r,
-                    )
-                    .await
-                    {
+                let body = match payload(&req) {
+                    None => Bytes::new(),
+                    Some(p) => match read_body(p, &mut r).await {
                         Ok(b) => b,
                         Err(BodyError::ReplyAndClose(e)) => {
                             let _ = tx.send(line_of(&Reply::err(id, e))).await;
@@ -330,35 +322,6 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                         }
                         Err(BodyError::Closed) => break,
                     },
-                    Request::KvPut {
-                        value,
-                        value_b64,
-                        value_len,
-                        ..
-                    } => match read_body(
-                        Payload {
-                            body: value.as_ref(),
-                            body_b64: value_b64.as_ref(),
-                            body_len: *value_len,
-                        },
-                        &mut r,
-                    )
-                    .await
-                    {
-                        Ok(b) => b,
-                        Err(BodyError::ReplyAndClose(e)) => {
-                            let _ = tx.send(line_of(&Reply::err(id, e))).await;
-                            break;
-                        }
-                        Err(BodyError::Reply(e)) => {
-                            if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
-                                break;
-                            }
-                            continue;
-                        }
-                        Err(BodyError::Closed) => break,
-                    },
-                    _ => Bytes::new(),
                 };
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break;
@@ -482,6 +445,28 @@ struct Payload<'a> {
     body: Option<&'a String>,
     body_b64: Option<&'a String>,
     body_len: Option<u64>,
+}
+
+/// The payload fields of the requests that carry one (`send`, `kv.put`).
+fn payload(req: &Request) -> Option<Payload<'_>> {
+    match req {
+        Request::Send(s) => Some(Payload {
+            body: s.body.as_ref(),
+            body_b64: s.body_b64.as_ref(),
+            body_len: s.body_len,
+        }),
+        Request::KvPut {
+            value,
+            value_b64,
+            value_len,
+            ..
+        } => Some(Payload {
+            body: value.as_ref(),
+            body_b64: value_b64.as_ref(),
+            body_len: *value_len,
+        }),
+        _ => None,
+    }
 }
 
 async fn read_body<R: AsyncBufRead + Unpin>(s: Payload<'_>, r: &mut R) -> Result<Bytes, BodyError> {
