@@ -9,6 +9,7 @@ mod links;
 mod messages;
 pub mod peers;
 pub mod streams;
+mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -284,6 +285,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     messages::start(&daemon);
     tokio::spawn(control::run(daemon.clone(), listener));
     lan::start(&daemon, mdns);
+    sync::start(&daemon);
     daemon.emit(Event::Daemon {
         tag: "daemon.start".into(),
         state: "start".into(),
