@@ -24,6 +24,9 @@ pub const COMMANDS: &[&str] = &[
     "handlers",
     "trust",
     "remove",
+    "pair",
+    "pair.join",
+    "pair.nearby",
     "stop",
     "connect",
     "listen",
@@ -68,6 +71,24 @@ pub enum Request {
     Remove {
         peer: String,
     },
+    /// Opens a pairing window: the first reply carries the code, a second reply (same id)
+    /// the outcome. Closing the connection closes the window.
+    Pair {
+        #[serde(default)]
+        timeout_s: Option<u64>,
+    },
+    /// Pairs with the device whose window shows `code`, found by mDNS or at `addrs`.
+    #[serde(rename = "pair.join")]
+    PairJoin {
+        code: String,
+        #[serde(default)]
+        addrs: Vec<String>,
+        #[serde(default)]
+        timeout_s: Option<u64>,
+    },
+    /// Devices seen on the LAN that are not in the mesh.
+    #[serde(rename = "pair.nearby")]
+    PairNearby {},
     Stop {},
     /// Turns the connection into a raw byte stream to `service` on `peer`.
     Connect {
@@ -191,6 +212,12 @@ pub mod code {
     pub const NOT_FOUND: &str = "not_found";
     pub const STORE: &str = "store";
     pub const INTERNAL: &str = "internal";
+    pub const INVALID_CODE: &str = "invalid_code";
+    pub const WRONG_CODE: &str = "wrong_code";
+    pub const BUSY: &str = "busy";
+    pub const CANCELLED: &str = "cancelled";
+    pub const REFUSED: &str = "refused";
+    pub const REMOVED: &str = "removed";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

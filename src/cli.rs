@@ -83,7 +83,21 @@ pub enum Command {
         #[arg(long = "addr", value_name = "HOST:PORT")]
         addrs: Vec<String>,
     },
-    /// Stop trusting a device and close its connection
+    /// Pair with a device on the LAN: without CODE, open a pairing window and show a
+    /// one-time code (and the devices nearby); with CODE, join the device showing it
+    Pair {
+        /// The code shown by `cnspr pair` on the other device
+        code: Option<String>,
+        /// Address of the other device's pairing window, where multicast does not work
+        /// (shown by `cnspr pair`); repeatable
+        #[arg(long = "addr", value_name = "HOST:PORT")]
+        addrs: Vec<String>,
+        /// Seconds the window stays open (default 120), or to find and join one (default 30)
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Revoke a device everywhere in the mesh (lost device): every member closes its
+    /// connection and refuses it from then on, also members that are offline now
     Remove {
         /// Peer name or ID prefix
         peer: String,

@@ -83,6 +83,19 @@ impl Client {
         }
     }
 
+    /// Reads the next reply line (for commands that answer more than once, like `pair`).
+    pub fn next_reply(&mut self) -> anyhow::Result<Value> {
+        let v = self
+            .next_line()?
+            .ok_or_else(|| anyhow::anyhow!("the daemon closed the connection without answering"))?;
+        let reply: Reply = serde_json::from_value(v)?;
+        match (reply.ok, reply.error) {
+            (true, _) => Ok(reply.result.unwrap_or(Value::Null)),
+            (false, Some(e)) => Err(ApiError(e).into()),
+            (false, None) => anyhow::bail!("the daemon reported an error without a message"),
+        }
+    }
+
     /// Gives up the JSON framing: the connection is a raw byte stream from here on (bytes
     /// already buffered are kept in the reader).
     pub fn into_raw(self) -> (BufReader<UnixStream>, UnixStream) {

@@ -115,6 +115,11 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             let p: PeerInfo = serde_json::from_value(v)?;
             println!("trusted {} ({})", p.name, p.id);
         }
+        Command::Pair {
+            code,
+            addrs,
+            timeout,
+        } => return pair(&mut c, g, code, addrs, timeout),
         Command::Remove { peer } => {
             let v = c.request(json!({"cmd": "remove", "peer": peer}))?;
             if g.json {
@@ -289,6 +294,77 @@ fn code_str(c: Option<i32>) -> String {
 
 /// Prints each line the daemon streams (events after `subscribe`, changes after
 /// `kv.watch`) as it arrives: raw with `--json`, else through `human`.
+fn pair(
+    c: &mut Client,
+    g: &Global,
+    code: Option<String>,
+    addrs: Vec<String>,
+    timeout: Option<f64>,
+) -> anyhow::Result<i32> {
+    let timeout_s = match timeout {
+        Some(t) if !(t.is_finite() && (1.0..=3600.0).contains(&t)) => {
+            anyhow::bail!("--timeout must be between 1 and 3600 seconds")
+        }
+        Some(t) => Some(t.ceil() as u64),
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    if let Some(code) = code {
+        let v = c.request(json!({"cmd": "pair.join", "code": code, "addrs": addrs, "timeout_s": timeout_s}))?;
+        if g.json {
+            return print_json(&json!({"paired": {"id": v["paired"]["id"], "name": v["paired"]["name"]}})).map(|_| 0);
+        }
+        let p = &v["paired"];
+        println!("paired with {} ({})", p["name"].as_str().unwrap_or(""), p["id"].as_str().unwrap_or(""));
+        if let Some(n) = p["self_name"].as_str() {
+            println!("this device is called {n} in the mesh");
+        }
+        return Ok(0);
+    }
+    if !addrs.is_empty() {
+        anyhow::bail!("--addr needs a CODE (it says where to find the other device's window)");
+    }
+    let first = c.request(json!({"cmd": "pair", "timeout_s": timeout_s}))?;
+    {
+        let mut out = stdout.lock();
+        if g.json {
+            writeln!(out, "{}", serde_json::to_string(&first)?)?;
+        } else {
+            let code = first["code"].as_str().unwrap_or("");
+            writeln!(out, "Pairing code: {code}   (valid {} s)", first["expires_in_s"])?;
+            writeln!(out, "On the other device run:  cnspr pair {code}")?;
+            if let Some(a) = first["addresses"].as_array().filter(|a| !a.is_empty()) {
+                let a: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                writeln!(out, "Without multicast add:    --addr {}", a.join(" --addr "))?;
+            }
+            if let Some(n) = first["nearby"].as_array().filter(|n| !n.is_empty()) {
+                writeln!(out, "Nearby devices not in the mesh:")?;
+                let rows: Vec<Vec<String>> = n
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d["name"].as_str().unwrap_or("").to_string(),
+                            d["id"].as_str().unwrap_or("").to_string(),
+                            if d["pairing"].as_bool() == Some(true) { "pairing window open".into() } else { String::new() },
+                        ]
+                    })
+                    .collect();
+                write!(out, "{}", table(&["NAME", "ID", ""], &rows))?;
+            }
+            writeln!(out, "Waiting for the other device...")?;
+        }
+        out.flush()?;
+    }
+    let done = c.next_reply()?;
+    let p = &done["paired"];
+    if g.json {
+        print_json(&json!({"paired": {"id": p["id"], "name": p["name"]}}))?;
+    } else {
+        println!("paired with {} ({})", p["name"].as_str().unwrap_or(""), p["id"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
 fn follow(c: &mut Client, g: &Global, human: impl Fn(&Value) -> String) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     while let Some(v) = c.next_line()? {

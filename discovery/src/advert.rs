@@ -75,6 +75,8 @@ pub struct Advert {
     pub name: String,
     /// Protocol version (any short printable token; not compared here).
     pub version: String,
+    /// Port of an open pairing window (`pair` key: a decimal UDP port, 1-65535).
+    pub pair_port: Option<u16>,
 }
 
 /// Why an advertisement was ignored.
@@ -95,6 +97,9 @@ pub enum Rejected {
     /// A key appears twice with different values.
     #[error("duplicate key")]
     Duplicate,
+    /// `pair` is not a port number.
+    #[error("malformed pair port")]
+    BadPair,
 }
 
 /// Validates the TXT pairs of an advertisement (`None` value: key without `=`).
@@ -102,7 +107,7 @@ pub fn parse_txt<'a, I>(pairs: I) -> Result<Advert, Rejected>
 where
     I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
 {
-    let (mut id, mut version, mut name) = (None, None, None);
+    let (mut id, mut version, mut name, mut pair) = (None, None, None, None);
     let (mut count, mut bytes) = (0usize, 0usize);
     for (key, value) in pairs {
         count += 1;
@@ -114,6 +119,7 @@ where
             "id" => &mut id,
             "v" => &mut version,
             "name" => &mut name,
+            "pair" => &mut pair,
             _ => continue,
         };
         let value = value.unwrap_or_default();
@@ -140,7 +146,19 @@ where
             .filter(|n| is_valid_name(n))
             .ok_or(Rejected::BadName)?,
     };
+    let pair_port = match pair {
+        None => None,
+        Some(v) => Some(
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p != 0)
+                .ok_or(Rejected::BadPair)?,
+        ),
+    };
     Ok(Advert {
+        pair_port,
         id: id.to_owned(),
         name: name.to_owned(),
         // Checked ASCII above.
@@ -188,6 +206,7 @@ pub fn socket_addrs(addrs: impl IntoIterator<Item = (IpAddr, u32)>, port: u16) -
 struct Device {
     name: String,
     version: String,
+    pair_port: Option<u16>,
     addrs: Vec<SocketAddr>,
     /// Instance names currently resolving to this ID (normally one).
     instances: usize,
@@ -257,6 +276,7 @@ impl Tracker {
             .or_insert_with(|| Device {
                 name: String::new(),
                 version: String::new(),
+                pair_port: None,
                 addrs: Vec::new(),
                 instances: 0,
             });
@@ -264,15 +284,33 @@ impl Tracker {
             self.instances.insert(key, advert.id.clone());
             device.instances += 1;
         }
-        if device.addrs != addrs || device.name != advert.name || device.version != advert.version {
+        if device.addrs != addrs
+            || device.name != advert.name
+            || device.version != advert.version
+            || device.pair_port != advert.pair_port
+        {
+            device.pair_port = advert.pair_port;
             device.addrs.clone_from(&addrs);
             device.name.clone_from(&advert.name);
             device.version.clone_from(&advert.version);
+            let pairing = advert.pair_port.map_or_else(Vec::new, |port| {
+                addrs.iter().map(|a| SocketAddr::new(a.ip(), port)).map(|a| match a {
+                    SocketAddr::V6(mut v6) => {
+                        // Keep the interface scope of link-local addresses.
+                        if let Some(SocketAddr::V6(o)) = addrs.iter().find(|o| o.ip() == a.ip()) {
+                            v6.set_scope_id(o.scope_id());
+                        }
+                        SocketAddr::V6(v6)
+                    }
+                    v4 => v4,
+                }).collect()
+            });
             out.push(DiscoveryEvent::Found {
                 id: advert.id,
                 name: advert.name,
                 addrs,
                 version: advert.version,
+                pairing,
             });
         }
         out
@@ -307,6 +345,7 @@ mod tests {
 
     fn advert(id: &str) -> Advert {
         Advert {
+            pair_port: None,
             id: id.into(),
             name: "n".into(),
             version: "1".into(),
@@ -355,6 +394,7 @@ mod tests {
         assert_eq!(
             a,
             Advert {
+                pair_port: None,
                 id: A.into(),
                 name: "desk".into(),
                 version: "1".into()
@@ -546,5 +586,36 @@ mod tests {
             );
         }
         assert_eq!(t.len(), MAX_DEVICES);
+    }
+
+    #[test]
+    fn pairing_window() {
+        let ok = parse_txt(txt(&[("id", A), ("v", "1"), ("pair", "40123")])).unwrap();
+        assert_eq!(ok.pair_port, Some(40123));
+        for bad in ["0", "65536", "-1", "12a", "", "123456"] {
+            assert_eq!(
+                parse_txt(txt(&[("id", A), ("v", "1"), ("pair", bad)])),
+                Err(Rejected::BadPair),
+                "{bad:?}"
+            );
+        }
+        let mut t = Tracker::new(A);
+        let addrs = vec![sa("10.0.0.2:7373"), sa("[fe80::1%3]:7373")];
+        assert_eq!(t.resolved("b._cnspr._udp.local.", advert(B), addrs.clone()).len(), 1);
+        // The window opens: Found again, with the pairing addresses (scope kept).
+        let ev = t.resolved(
+            "b._cnspr._udp.local.",
+            Advert { pair_port: Some(4000), ..advert(B) },
+            addrs.clone(),
+        );
+        match &ev[..] {
+            [DiscoveryEvent::Found { pairing, .. }] => {
+                assert_eq!(*pairing, vec![sa("10.0.0.2:4000"), sa("[fe80::1%3]:4000")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Closes: Found again, no pairing addresses.
+        let ev = t.resolved("b._cnspr._udp.local.", advert(B), addrs);
+        assert!(matches!(&ev[..], [DiscoveryEvent::Found { pairing, .. }] if pairing.is_empty()));
     }
 }

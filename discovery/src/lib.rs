@@ -77,6 +77,8 @@ pub struct Announce {
     pub name: String,
     /// UDP port of the daemon's QUIC endpoint.
     pub port: u16,
+    /// UDP port of an open pairing window (TXT key `pair`), if one is open.
+    pub pair_port: Option<u16>,
 }
 
 /// A change in the set of cnspr devices visible on the LAN.
@@ -94,6 +96,8 @@ pub enum DiscoveryEvent {
         addrs: Vec<SocketAddr>,
         /// The `v` TXT value; compare with [`PROTOCOL_VERSION`] before dialling.
         version: String,
+        /// Addresses of the device's open pairing window (TXT key `pair`), if any.
+        pairing: Vec<SocketAddr>,
     },
     /// The device sent a goodbye, or its records expired.
     Lost {

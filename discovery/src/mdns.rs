@@ -1,5 +1,6 @@
 //! [`Discovery`]: the thin I/O shell around `mdns-sd` and [`advert`](crate::advert).
 
+use std::sync::{Arc, Mutex};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ const FOLLOW_UP: Duration = Duration::from_millis(1500);
 /// `cnspr-mdns-announce` thread repeats the announcement once 1.5 s after the last call.
 pub struct Discovery {
     daemon: ServiceDaemon,
-    me: Announce,
+    me: Arc<Mutex<Announce>>,
     fullname: String,
     follow_up: Option<(SyncSender<()>, JoinHandle<()>)>,
     stopped: bool,
@@ -89,6 +90,7 @@ impl Discovery {
             return Err(DiscoveryError::Thread("cnspr-discovery", e));
         }
         let (follow_tx, follow_rx) = std_mpsc::sync_channel(1);
+        let me = Arc::new(Mutex::new(me));
         let (thread_daemon, thread_me) = (daemon.clone(), me.clone());
         let spawned = thread::Builder::new()
             .name("cnspr-mdns-announce".into())
@@ -100,7 +102,8 @@ impl Discovery {
                 return Err(DiscoveryError::Thread("cnspr-mdns-announce", e));
             }
         };
-        tracing::info!(instance = %fullname, port = me.port, "mDNS: advertising and browsing {SERVICE_TYPE}");
+        let port = me.lock().unwrap_or_else(|p| p.into_inner()).port;
+        tracing::info!(instance = %fullname, port, "mDNS: advertising and browsing {SERVICE_TYPE}");
         let follow_up = Some((follow_tx, follower));
         Ok((
             Discovery {
@@ -132,7 +135,8 @@ impl Discovery {
     /// within about 2.5 s. Addresses on an interface `mdns-sd` has not seen yet are
     /// announced on that interface by its next interface check (within 5 s).
     pub fn reannounce(&self) -> Result<(), DiscoveryError> {
-        self.daemon.register(service_info(&self.me)?)?;
+        let info = service_info(&self.me.lock().unwrap_or_else(|p| p.into_inner()))?;
+        self.daemon.register(info)?;
         if let Some((tx, _)) = &self.follow_up {
             match tx.try_send(()) {
                 Ok(()) | Err(TrySendError::Full(())) => {}
@@ -143,6 +147,19 @@ impl Discovery {
         }
         tracing::debug!(instance = %self.fullname, "mDNS: re-announced");
         Ok(())
+    }
+
+    /// Opens (`Some(port)`) or closes (`None`) the pairing window advertised in the TXT
+    /// record (key `pair`), and re-announces at once.
+    pub fn set_pairing(&mut self, port: Option<u16>) -> Result<(), DiscoveryError> {
+        {
+            let mut me = self.me.lock().unwrap_or_else(|p| p.into_inner());
+            if me.pair_port == port {
+                return Ok(());
+            }
+            me.pair_port = port;
+        }
+        self.reannounce()
     }
 
     /// Sends goodbye (unregister) and stops, waiting at most about 1.5 s in total for the
@@ -209,7 +226,7 @@ impl Drop for Discovery {
 }
 
 /// The `cnspr-mdns-announce` thread: one announcement [`FOLLOW_UP`] after the last request.
-fn follow_up(daemon: &ServiceDaemon, me: &Announce, requests: &std_mpsc::Receiver<()>) {
+fn follow_up(daemon: &ServiceDaemon, me: &Mutex<Announce>, requests: &std_mpsc::Receiver<()>) {
     let mut due: Option<Instant> = None;
     loop {
         let wait = due.map_or(Duration::from_secs(3600), |d| {
@@ -220,7 +237,8 @@ fn follow_up(daemon: &ServiceDaemon, me: &Announce, requests: &std_mpsc::Receive
             Err(RecvTimeoutError::Timeout) => {
                 if due.is_some_and(|d| d <= Instant::now()) {
                     due = None;
-                    let sent = service_info(me).and_then(|info| Ok(daemon.register(info)?));
+                    let info = service_info(&me.lock().unwrap_or_else(|p| p.into_inner()));
+                    let sent = info.and_then(|info| Ok(daemon.register(info)?));
                     if let Err(e) = sent {
                         tracing::warn!("mDNS: follow-up announcement: {e}");
                     }
@@ -232,11 +250,15 @@ fn follow_up(daemon: &ServiceDaemon, me: &Announce, requests: &std_mpsc::Receive
 }
 
 fn service_info(me: &Announce) -> Result<ServiceInfo, DiscoveryError> {
-    let props = [
+    let pair = me.pair_port.map(|p| p.to_string());
+    let mut props = vec![
         ("id", me.id.as_str()),
         ("v", PROTOCOL_VERSION),
         ("name", me.name.as_str()),
     ];
+    if let Some(pair) = &pair {
+        props.push(("pair", pair.as_str()));
+    }
     let instance = advert::instance_name(&me.name, &me.id);
     let info = ServiceInfo::new(
         SERVICE_TYPE,

@@ -299,6 +299,7 @@ fn found_line(event: &DiscoveryEvent) -> String {
             name,
             addrs,
             version,
+            ..
         } => {
             let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             format!(
@@ -343,6 +344,7 @@ fn node_helper() {
         id: id.into(),
         name: name.into(),
         port: port.parse().unwrap(),
+        pair_port: None,
     };
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()

@@ -230,6 +230,10 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 subscribe(&d, id, events, r, tx.clone()).await;
                 break;
             }
+            Request::Pair { timeout_s } => {
+                pair_window(&d, id, timeout_s, r, tx.clone()).await;
+                break;
+            }
             Request::Stop {} => {
                 let _ = tx
                     .send(line_of(&Reply::ok(
@@ -347,6 +351,49 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
     if let Ok(Some(mut w)) = writer.await {
         let _ = w.shutdown().await;
     }
+}
+
+/// `pair`: opens a window, answers with the code, then with the outcome. The window
+/// closes when the client goes away.
+async fn pair_window<R>(
+    d: &Arc<Daemon>,
+    id: Value,
+    timeout_s: Option<u64>,
+    mut r: R,
+    tx: mpsc::Sender<Vec<u8>>,
+) where
+    R: AsyncBufRead + Unpin,
+{
+    let lifetime = timeout_s
+        .map_or(super::pair::DEFAULT_WINDOW, |s| Duration::from_secs(s.clamp(1, 3600)));
+    let mut window = match super::pair::open(d, lifetime) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx.send(line_of(&Reply::err(id, e))).await;
+            return;
+        }
+    };
+    let first = serde_json::to_value(&window.info).unwrap_or(Value::Null);
+    if tx.send(line_of(&Reply::ok(id.clone(), first))).await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 256];
+    let outcome = loop {
+        tokio::select! {
+            o = &mut window.outcome => break o.unwrap_or_else(|_| Err(err(code::INTERNAL, "pairing task ended"))),
+            n = r.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    let _ = window.cancel.send(true);
+                    return;
+                }
+            }
+        }
+    };
+    let reply = match outcome {
+        Ok(p) => Reply::ok(id, serde_json::json!({"paired": p})),
+        Err(e) => Reply::err(id, e),
+    };
+    let _ = tx.send(line_of(&reply)).await;
 }
 
 /// Announces incoming streams for a listener until its connection closes.
@@ -615,21 +662,24 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             name,
             addrs,
         } => serde_json::to_value(trust(d, &device, name, &addrs)?),
-        Request::Remove { peer } => {
-            let id = d.peers().resolve(&peer)?;
-            let name = {
-                let mut table = d.peers();
-                let name = table.peers.remove(&id).map(|p| p.name).unwrap_or_default();
-                table.removed.insert(id, name.clone());
-                name
-            };
-            d.endpoint.roster().remove(&id);
-            d.save_peers();
-            info!(peer = %name, "peer removed");
-            d.peer_event("peer.removed", id, &name, PeerState::Removed, None);
-            d.peer_event("peer.status_changed", id, &name, PeerState::Removed, None);
-            Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
+        Request::Remove { peer } => Ok(remove(d, &peer)?),
+        Request::PairJoin {
+            code,
+            addrs,
+            timeout_s,
+        } => {
+            let mut resolved = Vec::new();
+            for a in addrs.iter().take(super::peers::MAX_ADDRS) {
+                resolved.extend(
+                    super::links::resolve_addr(a)
+                        .map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
+                );
+            }
+            let timeout = Duration::from_secs(timeout_s.unwrap_or(30).clamp(1, 3600));
+            let paired = super::pair::join(d, &code, resolved, timeout).await?;
+            Ok(serde_json::json!({"paired": paired}))
         }
+        Request::PairNearby {} => serde_json::to_value(super::pair::nearby(d)),
         Request::Expose { service, target } => {
             serde_json::to_value(d.streams.expose(&d.paths.state_dir, &service, &target)?)
         }
@@ -665,6 +715,7 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
         | Request::KvPut { .. }
         | Request::KvWatch { .. }
         | Request::Subscribe { .. }
+        | Request::Pair { .. }
         | Request::Stop {}
         | Request::Listen { .. }
         | Request::Connect { .. }
@@ -706,9 +757,14 @@ fn trust(
             super::links::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
         );
     }
+    if d.roster().is_removed(&id) {
+        return Err(err(
+            code::REMOVED,
+            format!("device {id} was removed from the mesh and cannot be trusted again; that device needs a new identity (move its state directory away)"),
+        ));
+    }
     let (info, joined, name) = {
         let mut table = d.peers();
-        table.removed.remove(&id);
         let joined = !table.peers.contains_key(&id);
         let default_name = format!("device-{}", id.short().to_lowercase());
         let p = table
@@ -727,11 +783,50 @@ fn trust(
     };
     d.endpoint.roster().insert(id);
     d.save_peers();
+    // Sign it into the mesh roster: the other members learn it by gossip.
+    let entry = super::roster::MemberEntry::sign(&d.identity, id, &name, now_ms());
+    let changes = d.roster().merge(super::roster::RosterSnapshot {
+        members: vec![entry],
+        removals: vec![],
+    });
+    if let Err(e) = d.roster().save() {
+        warn!(error = %e, "could not save the roster");
+    }
+    if !changes.is_empty() {
+        d.gossip_roster(None);
+    }
     if joined {
         info!(peer = %name, id = %id, "peer trusted");
         d.peer_event("peer.joined", id, &name, PeerState::Unreachable, None);
     }
     Ok(info)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `remove`: signs a removal that every member applies (now or when it next connects).
+fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
+    let id = d.peers().resolve(peer)?;
+    let name = d.peers().peers.get(&id).map(|p| p.name.clone()).unwrap_or_default();
+    let removal = super::roster::Removal::sign(&d.identity, id, now_ms());
+    let changes = d.roster().merge(super::roster::RosterSnapshot {
+        members: vec![],
+        removals: vec![removal],
+    });
+    if changes.removed.is_empty() {
+        // Not a signed member yet (should not happen): still drop it locally.
+        let mut changes = changes;
+        changes.removed.push((id, name.clone()));
+        d.apply_roster_changes(changes);
+    } else {
+        d.apply_roster_changes(changes);
+    }
+    d.gossip_roster(None);
+    Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
 }
 
 async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<PingResult, ErrorBody> {

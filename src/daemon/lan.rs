@@ -45,6 +45,7 @@ pub fn start(d: &Arc<Daemon>, mdns: bool) {
         id: d.id().to_plain(),
         name: d.identity.name.clone(),
         port,
+        pair_port: None,
     };
     match discovery::Discovery::start(me) {
         Ok((disc, mut rx)) => {
@@ -52,11 +53,34 @@ pub fn start(d: &Arc<Daemon>, mdns: bool) {
             let dd = d.clone();
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
-                    if let discovery::DiscoveryEvent::Found {
-                        id, addrs, version, ..
-                    } = ev
-                    {
-                        found(&dd, &id, &addrs, &version);
+                    match ev {
+                        discovery::DiscoveryEvent::Found {
+                            id,
+                            name,
+                            addrs,
+                            version,
+                            pairing,
+                        } => {
+                            if let Ok(did) = id.parse::<DeviceId>() {
+                                let mut nearby = dd.nearby.lock().unwrap_or_else(|p| p.into_inner());
+                                if nearby.len() < 256 || nearby.contains_key(&did) {
+                                    nearby.insert(
+                                        did,
+                                        super::pair::Nearby {
+                                            name,
+                                            addrs: addrs.clone(),
+                                            pairing,
+                                        },
+                                    );
+                                }
+                            }
+                            found(&dd, &id, &addrs, &version);
+                        }
+                        discovery::DiscoveryEvent::Lost { id } => {
+                            if let Ok(did) = id.parse::<DeviceId>() {
+                                dd.nearby.lock().unwrap_or_else(|p| p.into_inner()).remove(&did);
+                            }
+                        }
                     }
                 }
             });

@@ -71,7 +71,13 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
         };
         let seen_first = p.last_heard.is_none();
         let new_addr = p.remember(remote);
-        if p.name != pc.name && transport::identity::validate_name(&pc.name).is_ok() {
+        // The device's own name replaces a placeholder or an old name, unless another
+        // member (or this device) has it: then the mesh name (with its suffix) stays.
+        let adopt = p.name != pc.name
+            && transport::identity::validate_name(&pc.name).is_ok()
+            && !pc.name.eq_ignore_ascii_case(&d.identity.name)
+            && !d.roster().name_taken(&pc.name, &pc.peer);
+        if adopt {
             p.name = pc.name.clone();
         }
         p.addr = Some(remote);
@@ -82,6 +88,7 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
         (seen_first, new_addr, p.name.clone())
     };
     d.save_peers();
+    d.sign_name(pc.peer, &name);
     d.set_state(pc.peer, PeerState::Active);
     if seen_first {
         d.peer_event("peer.seen", pc.peer, &name, PeerState::Active, Some(remote));

@@ -103,6 +103,9 @@ pub fn start(d: &Arc<Daemon>) {
                 StreamKind::Messages => {
                     tokio::spawn(serve_lane(d.clone(), s));
                 }
+                StreamKind::Mesh => {
+                    tokio::spawn(super::mesh::serve(d.clone(), s));
+                }
                 StreamKind::Sync => {
                     tokio::spawn(super::sync::serve(d.clone(), s));
                 }

@@ -6,8 +6,11 @@ mod handler_cache;
 mod kv;
 mod lan;
 mod links;
+mod mesh;
 mod messages;
+mod pair;
 pub mod peers;
+mod roster;
 pub mod streams;
 mod sync;
 
@@ -43,6 +46,13 @@ pub struct Daemon {
     pub runner: Runner,
     pub streams: streams::Streams,
     pub store: crate::store::Store,
+    /// The signed mesh roster (see `roster`).
+    pub mesh_roster: Mutex<roster::MeshRoster>,
+    pub mesh: mesh::Mesh,
+    /// Devices seen on the LAN by mDNS, trusted or not.
+    pub nearby: Mutex<std::collections::HashMap<DeviceId, pair::Nearby>>,
+    /// A pairing window is open.
+    pairing_open: Mutex<bool>,
     mdns: Mutex<Option<discovery::Discovery>>,
     netwatch: Mutex<Option<discovery::NetWatcher>>,
     pub started: Instant,
@@ -54,6 +64,10 @@ pub struct Daemon {
 impl Daemon {
     pub fn peers(&self) -> MutexGuard<'_, PeerTable> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn roster(&self) -> MutexGuard<'_, roster::MeshRoster> {
+        self.mesh_roster.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn id(&self) -> DeviceId {
@@ -188,6 +202,42 @@ impl Daemon {
     }
 }
 
+/// Devices trusted before the signed roster existed (or by hand) get an entry signed by
+/// this device, so that the rest of the mesh learns them; removals likewise.
+fn migrate_roster(identity: &Identity, table: &mut PeerTable, r: &mut roster::MeshRoster) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut snap = roster::RosterSnapshot::default();
+    for p in table.peers.values() {
+        if !r.is_member(&p.id) && !r.is_removed(&p.id) {
+            snap.members.push(roster::MemberEntry::sign(identity, p.id, &p.name, now));
+        }
+    }
+    for id in table.removed.keys() {
+        if !r.is_removed(id) {
+            snap.removals.push(roster::Removal::sign(identity, *id, now));
+        }
+    }
+    if !snap.members.is_empty() || !snap.removals.is_empty() {
+        r.merge(snap);
+        if let Err(e) = r.save() {
+            warn!(error = %e, "could not save the roster");
+        }
+    }
+    // And the other way: members learnt by gossip that the peer table lacks.
+    for m in r.members() {
+        if r.is_removed(&m.id) {
+            let name = table.peers.remove(&m.id).map_or_else(|| m.name.clone(), |p| p.name);
+            table.removed.insert(m.id, name);
+        } else if !table.peers.contains_key(&m.id) {
+            table
+                .peers
+                .insert(m.id, peers::Peer::new(m.id, m.name.clone(), Vec::new()));
+        }
+    }
+}
+
 /// `cnspr serve`.
 pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&paths.config, paths.config_explicit)?;
@@ -197,7 +247,9 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         info!(state_dir = %paths.state_dir.display(), "created a new device identity");
     }
     let identity = Arc::new(identity);
-    let table = PeerTable::load(&paths.state_dir)?;
+    let mut table = PeerTable::load(&paths.state_dir)?;
+    let mut mesh_roster = roster::MeshRoster::load(&paths.state_dir, identity.id)?;
+    migrate_roster(&identity, &mut table, &mut mesh_roster);
     let roster = Roster::new();
     for id in table.peers.keys() {
         roster.insert(*id);
@@ -268,6 +320,10 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         runner,
         streams,
         store,
+        mesh_roster: Mutex::new(mesh_roster),
+        mesh: mesh::Mesh::default(),
+        nearby: Mutex::new(std::collections::HashMap::new()),
+        pairing_open: Mutex::new(false),
         mdns: Mutex::new(None),
         netwatch: Mutex::new(None),
         started: Instant::now(),
@@ -283,6 +339,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     info!(id = %daemon.id(), name = %daemon.identity.name, listen = ?addrs, socket = %daemon.paths.socket.display(), "cnspr daemon running");
     links::start(&daemon);
     messages::start(&daemon);
+    mesh::start(&daemon);
     tokio::spawn(control::run(daemon.clone(), listener));
     lan::start(&daemon, mdns);
     sync::start(&daemon);

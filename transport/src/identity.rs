@@ -235,6 +235,46 @@ impl Identity {
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
     }
+
+    fn signing_key(&self) -> ring::signature::Ed25519KeyPair {
+        // The key was validated as Ed25519 when loaded or generated.
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&self.key_pkcs8)
+            .expect("the device key is a valid Ed25519 PKCS#8 key")
+    }
+
+    /// The raw 32-byte Ed25519 public key (its SPKI hashes to [`Identity::id`]).
+    pub fn public_key(&self) -> [u8; 32] {
+        use ring::signature::KeyPair;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.signing_key().public_key().as_ref());
+        out
+    }
+
+    /// Signs `msg` with the device key (Ed25519, 64 bytes).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.signing_key().sign(msg).as_ref().to_vec()
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of a raw Ed25519 public key.
+pub fn ed25519_spki(public_key: &[u8; 32]) -> Vec<u8> {
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(public_key);
+    spki
+}
+
+/// The device ID of a raw Ed25519 public key.
+pub fn ed25519_id(public_key: &[u8; 32]) -> DeviceId {
+    DeviceId::from_spki(&ed25519_spki(public_key))
+}
+
+/// Checks an Ed25519 signature made by [`Identity::sign`].
+pub fn verify_signature(public_key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(msg, sig)
+        .is_ok()
 }
 
 /// The device ID of a DER certificate's key, if the certificate parses.
@@ -346,5 +386,17 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_name(&default_name()).is_ok());
+    }
+
+    #[test]
+    fn signatures_and_public_key_match_the_id() {
+        let a = Identity::generate("a").unwrap();
+        let b = Identity::generate("b").unwrap();
+        assert_eq!(ed25519_id(&a.public_key()), a.id);
+        let sig = a.sign(b"roster entry");
+        assert!(verify_signature(&a.public_key(), b"roster entry", &sig));
+        assert!(!verify_signature(&a.public_key(), b"roster entrY", &sig));
+        assert!(!verify_signature(&b.public_key(), b"roster entry", &sig));
+        assert!(!verify_signature(&a.public_key(), b"roster entry", &sig[..63]));
     }
 }

@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod frame;
 pub mod id;
 pub mod identity;
+pub mod pairing;
 pub mod roster;
 pub mod settings;
 pub mod socket;

@@ -23,6 +23,8 @@ pub enum StreamKind {
     Sync = 4,
     /// A long-lived stream of small tagged messages, answered out of order by sequence.
     Messages = 5,
+    /// Daemon-to-daemon mesh frames: signed roster gossip, membership, relaying.
+    Mesh = 6,
 }
 
 impl StreamKind {
@@ -34,6 +36,7 @@ impl StreamKind {
             3 => StreamKind::App,
             4 => StreamKind::Sync,
             5 => StreamKind::Messages,
+            6 => StreamKind::Mesh,
             _ => return None,
         })
     }

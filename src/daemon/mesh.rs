@@ -1,0 +1,310 @@
+//! Daemon-to-daemon mesh frames on `StreamKind::Mesh` streams: each side of a connection
+//! opens one such stream when the connection comes up and sends its frames on it; the
+//! other side reads them. Carries signed roster gossip (below).
+//!
+//! Roster gossip: on every new connection both sides send their whole signed roster
+//! (small: one entry per device), so a member that was offline learns every addition and
+//! removal when it comes back. A change (pairing, `trust`, `remove`, or gossip that taught
+//! us something) is sent at once to every connected member, which merges it and passes
+//! it on only if it learnt something: the flood stops by itself. A member answers a
+//! roster that lacks something it has with its own, so both ends converge.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
+use transport::{DeviceId, IncomingStream, PeerConn, StreamKind, TransportEvent};
+
+use super::peers::{Peer, PeerState};
+use super::roster::{RosterChanges, RosterSnapshot};
+use super::Daemon;
+
+/// Frames queued per connection before senders see "full" (frames are then dropped:
+/// gossip is repaired by the next exchange).
+const OUTBOX: usize = 256;
+
+/// One frame of a mesh stream. Variants are only ever appended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MeshFrame {
+    /// The sender's whole signed roster.
+    Roster(RosterSnapshot),
+    /// Addresses where the sender reaches other members right now (address gossip).
+    Addrs(Vec<(DeviceId, Vec<SocketAddr>)>),
+}
+
+/// Most entries of an `Addrs` frame, and addresses per entry.
+const MAX_ADDR_ENTRIES: usize = 1024;
+const MAX_ADDRS_EACH: usize = 16;
+
+struct Outbox {
+    conn: usize,
+    tx: mpsc::Sender<MeshFrame>,
+}
+
+/// The send side of every connection's mesh stream.
+#[derive(Default)]
+pub struct Mesh {
+    outboxes: Mutex<HashMap<DeviceId, Outbox>>,
+}
+
+impl Mesh {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Outbox>> {
+        self.outboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `frame` for `peer`; false when there is no mesh stream to it (or it is full).
+    pub fn send(&self, peer: &DeviceId, frame: MeshFrame) -> bool {
+        match self.lock().get(peer) {
+            Some(o) => o.tx.try_send(frame).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Peers with a mesh stream.
+    pub fn connected(&self) -> Vec<DeviceId> {
+        self.lock().keys().copied().collect()
+    }
+}
+
+pub fn start(d: &Arc<Daemon>) {
+    let d = d.clone();
+    tokio::spawn(async move {
+        let mut rx = d.endpoint.subscribe();
+        for pc in d.endpoint.connections() {
+            open(&d, pc);
+        }
+        loop {
+            match rx.recv().await {
+                Ok(TransportEvent::Up(pc)) => open(&d, pc),
+                Ok(TransportEvent::Down { .. }) => {}
+                Err(RecvError::Lagged(_)) => {
+                    let have: HashSet<DeviceId> = d.mesh.connected().into_iter().collect();
+                    for pc in d.endpoint.connections() {
+                        if !have.contains(&pc.peer) {
+                            open(&d, pc);
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// Opens our mesh stream on a new connection and greets with the roster.
+fn open(d: &Arc<Daemon>, pc: PeerConn) {
+    let (tx, mut rx) = mpsc::channel::<MeshFrame>(OUTBOX);
+    let conn = pc.conn.stable_id();
+    let _ = tx.try_send(MeshFrame::Roster(d.roster().snapshot()));
+    let _ = tx.try_send(MeshFrame::Addrs(known_addrs(d, Some(pc.peer))));
+    d.mesh.lock().insert(pc.peer, Outbox { conn, tx });
+    // Tell the others where this peer is now.
+    let here = super::links::canon(pc.remote_address());
+    for other in d.mesh.connected() {
+        if other != pc.peer {
+            d.mesh.send(&other, MeshFrame::Addrs(vec![(pc.peer, vec![here])]));
+        }
+    }
+    let d = d.clone();
+    tokio::spawn(async move {
+        let peer = pc.peer;
+        if let Ok((mut send, _recv)) = pc.open(StreamKind::Mesh).await {
+            while let Some(frame) = rx.recv().await {
+                if let Err(e) = write_frame(&mut send, &frame, MAX_CONTROL_FRAME).await {
+                    debug!(peer = %peer.short(), error = %e, "mesh stream ended");
+                    break;
+                }
+            }
+        }
+        let mut boxes = d.mesh.lock();
+        if boxes.get(&peer).is_some_and(|o| o.conn == conn) {
+            boxes.remove(&peer);
+        }
+    });
+}
+
+/// Reads the frames of a peer's mesh stream.
+pub async fn serve(d: Arc<Daemon>, mut s: IncomingStream) {
+    loop {
+        match read_frame::<MeshFrame, _>(&mut s.recv, MAX_CONTROL_FRAME).await {
+            Ok(Some(frame)) => handle(&d, s.peer, frame),
+            Ok(None) => return,
+            Err(e) => {
+                warn!(peer = %s.peer.short(), error = %e, "bad mesh frame; closing that stream");
+                let _ = s.send.reset(1u32.into());
+                return;
+            }
+        }
+    }
+}
+
+fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
+    match frame {
+        MeshFrame::Addrs(list) => {
+            if list.len() > MAX_ADDR_ENTRIES {
+                return;
+            }
+            let now = std::time::Instant::now();
+            let mut table = d.peers();
+            let mut changed = false;
+            for (id, addrs) in list.into_iter() {
+                if id == d.id() || addrs.len() > MAX_ADDRS_EACH {
+                    continue;
+                }
+                let Some(p) = table.peers.get_mut(&id) else {
+                    continue;
+                };
+                for a in addrs {
+                    let a = super::links::canon(a);
+                    if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+                        continue;
+                    }
+                    if !p.addrs.contains(&a) {
+                        // Learnt from a member: tried after what we found ourselves.
+                        if p.addrs.len() < super::peers::MAX_ADDRS {
+                            p.addrs.push(a);
+                        }
+                        changed = true;
+                        if p.addr.is_none() {
+                            p.next_dial = now;
+                        }
+                    }
+                }
+            }
+            drop(table);
+            if changed {
+                d.save_peers();
+            }
+        }
+        MeshFrame::Roster(snap) => {
+            if !snap.within_limits() {
+                warn!(peer = %from.short(), "oversized roster gossip ignored");
+                return;
+            }
+            let theirs = snap.clone();
+            let changes = d.roster().merge(snap);
+            if !changes.is_empty() {
+                d.apply_roster_changes(changes);
+                d.gossip_roster(Some(from));
+            }
+            // They lack something we have: answer with ours.
+            let ours = d.roster().snapshot();
+            if lacks(&theirs, &ours) {
+                d.mesh.send(&from, MeshFrame::Roster(ours));
+            }
+        }
+    }
+}
+
+/// Current connection addresses of our active peers (except `except`), for gossip.
+fn known_addrs(d: &Daemon, except: Option<DeviceId>) -> Vec<(DeviceId, Vec<SocketAddr>)> {
+    d.peers()
+        .peers
+        .values()
+        .filter(|p| Some(p.id) != except)
+        .filter_map(|p| p.addr.map(|a| (p.id, vec![a])))
+        .take(MAX_ADDR_ENTRIES)
+        .collect()
+}
+
+/// `theirs` misses an entry or removal of `ours` (compared by ID, version and signer).
+fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot) -> bool {
+    let m: HashSet<_> = theirs
+        .members
+        .iter()
+        .map(|e| (e.id, e.version, e.signer))
+        .collect();
+    let r: HashSet<_> = theirs.removals.iter().map(|e| (e.id, e.version)).collect();
+    ours.members
+        .iter()
+        .any(|e| !m.contains(&(e.id, e.version, e.signer)))
+        || ours.removals.iter().any(|e| !r.contains(&(e.id, e.version)))
+}
+
+impl Daemon {
+    /// Records `name` for member `id` in the roster (signed by this device) when the
+    /// roster has another name for it; the change spreads by gossip.
+    pub fn sign_name(&self, id: DeviceId, name: &str) {
+        let current = self.roster().member(&id).map(|m| m.name.clone());
+        if current.as_deref() == Some(name) || !self.roster().is_member(&id) {
+            return;
+        }
+        let version = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let entry = super::roster::MemberEntry::sign(&self.identity, id, name, version);
+        let changes = self.roster().merge(RosterSnapshot {
+            members: vec![entry],
+            removals: vec![],
+        });
+        if !changes.is_empty() {
+            self.apply_roster_changes(changes);
+            self.gossip_roster(None);
+        }
+    }
+
+    /// Sends our roster to every connected member except `except`.
+    pub fn gossip_roster(&self, except: Option<DeviceId>) {
+        let snap = self.roster().snapshot();
+        for peer in self.mesh.connected() {
+            if Some(peer) != except {
+                self.mesh.send(&peer, MeshFrame::Roster(snap.clone()));
+            }
+        }
+    }
+
+    /// Applies what a roster merge changed to the peer table, the TLS roster and the
+    /// membership core; raises `peer.joined` / `peer.removed`; persists both files.
+    pub fn apply_roster_changes(&self, changes: RosterChanges) {
+        if let Err(e) = self.roster().save() {
+            warn!(error = %e, "could not save the roster");
+        }
+        let mut joined = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut table = self.peers();
+            for (id, name) in &changes.joined {
+                if id == &self.id() {
+                    continue;
+                }
+                if !table.peers.contains_key(id) {
+                    table.peers.insert(*id, Peer::new(*id, name.clone(), Vec::new()));
+                    joined.push((*id, name.clone()));
+                } else if let Some(p) = table.peers.get_mut(id) {
+                    p.name.clone_from(name);
+                }
+            }
+            for (id, name) in &changes.renamed {
+                if let Some(p) = table.peers.get_mut(id) {
+                    p.name.clone_from(name);
+                }
+            }
+            for (id, name) in &changes.removed {
+                let name = table
+                    .peers
+                    .remove(id)
+                    .map(|p| p.name)
+                    .unwrap_or_else(|| name.clone());
+                table.removed.insert(*id, name.clone());
+                removed.push((*id, name));
+            }
+        }
+        self.save_peers();
+        for (id, name) in joined {
+            self.endpoint.roster().insert(id);
+            info!(peer = %name, id = %id.short(), "member joined the mesh");
+            self.peer_event("peer.joined", id, &name, PeerState::Unreachable, None);
+        }
+        for (id, name) in removed {
+            self.endpoint.roster().remove(&id);
+            info!(peer = %name, id = %id.short(), "member removed from the mesh");
+            self.peer_event("peer.removed", id, &name, PeerState::Removed, None);
+            self.peer_event("peer.status_changed", id, &name, PeerState::Removed, None);
+        }
+    }
+}
