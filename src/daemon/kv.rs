@@ -1,5 +1,7 @@
-//! The `kv.*` socket commands over this device's store (SPEC section 9). Replication to
-//! other devices is not wired yet: the store is local and durable.
+//! The `kv.*` socket commands over this device's store (SPEC section 9). The store is
+//! local and durable; `sync` replicates it to the other devices, and what arrives from them
+//! shows here like local writes (a watcher sees remote changes, `kv.get` with
+//! `all_versions` lists the concurrent versions other devices wrote).
 
 use std::sync::Arc;
 

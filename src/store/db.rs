@@ -6,7 +6,12 @@
 //! - `version_vector`: origin -> highest applied seq;
 //! - `origin_log`: `(origin, seq)` -> key, for every *current* sibling: the per-origin change
 //!   log that `changes_since` walks (superseded changes leave it with their version);
-//! - `feed`: feed seq -> applied change (bincode `FeedEvent`), trimmed to a retention count.
+//! - `feed`: feed seq -> applied change (bincode `FeedEvent`), trimmed to a retention count;
+//! - `items`: `(position, key)` -> digest of the key's current versions, for reconciliation
+//!   (see `reconcile`); `item_buckets`: count and digest sum per 2^48 positions (the top 16
+//!   bits), so the fingerprint of a large range is a sum of at most 65,536 cached rows;
+//! - `tombstones`: keys whose winner is a tombstone (what collection looks at);
+//! - `member_vv`: the last version vector each mesh member reported (tombstone collection).
 
 use std::fs;
 use std::ops::Bound;
@@ -15,7 +20,10 @@ use std::path::Path;
 use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::hlc::Hlc;
-use super::model::{Delta, Entry, FeedEvent, Origin, Sibling, VersionVector, VersionedValue};
+use super::model::{
+    Change, Delta, Entry, FeedEvent, Origin, Sibling, VersionVector, VersionedValue,
+};
+use super::reconcile::{ItemSet, Range, Sum};
 use super::StoreError;
 
 /// On-disk format of this module; bumped on incompatible changes.
@@ -26,15 +34,52 @@ const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
 const VV: TableDefinition<Origin, u64> = TableDefinition::new("version_vector");
 const LOG: TableDefinition<(Origin, u64), &str> = TableDefinition::new("origin_log");
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+const ITEMS: TableDefinition<(u64, &str), u128> = TableDefinition::new("items");
+const BUCKETS: TableDefinition<u16, (u64, u128)> = TableDefinition::new("item_buckets");
+const TOMBS: TableDefinition<&str, ()> = TableDefinition::new("tombstones");
+const MEMBERS: TableDefinition<Origin, &[u8]> = TableDefinition::new("member_vv");
 
 const M_FORMAT: &str = "format";
 const M_FEED_SEQ: &str = "feed_seq";
 const M_FEED_TRIMMED: &str = "feed_trimmed";
 const M_CLOCK_WALL: &str = "clock_wall_ms";
 const M_CLOCK_COUNTER: &str = "clock_counter";
+/// Version of the derived tables (`items`, `item_buckets`, `tombstones`); built at open when
+/// older.
+const M_INDEXED: &str = "indexed";
+const INDEXED: u64 = 1;
+const M_ITEMS: &str = "items";
 
-/// Most value bytes put in one [`Delta`] (at least one change is always sent).
-pub(crate) const MAX_DELTA_BYTES: usize = 32 * 1024 * 1024;
+/// Levels of the reconciliation tree whose sums come from `item_buckets` (16 bits).
+const BUCKET_LEVEL: u8 = 4;
+
+/// The item position of a key: the first 8 bytes of SHA-256 of the key.
+pub(crate) fn key_pos(key: &str) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The item digest of a key: SHA-256 of the key and of its encoded current versions.
+pub(crate) fn item_digest(key: &str, encoded_siblings: &[u8]) -> u128 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&(key.len() as u32).to_le_bytes());
+    ctx.update(key.as_bytes());
+    ctx.update(encoded_siblings);
+    let d = ctx.finish();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    u128::from_le_bytes(b)
+}
+
+fn bucket_of(pos: u64) -> u16 {
+    (pos >> 48) as u16
+}
+
+/// Most value bytes put in one [`Delta`] (at least one change is always sent): with one
+/// more value of at most 8 MiB, a delta stays below the 32 MiB frame limit of sync.
+pub(crate) const MAX_DELTA_BYTES: usize = 16 * 1024 * 1024;
 
 /// State the writer keeps in memory, loaded at open.
 #[derive(Debug)]
@@ -114,7 +159,46 @@ pub(crate) fn open(path: &Path, verify: bool) -> Result<(Database, Loaded), Stor
         StoreError::Corrupt { .. } | StoreError::Open { .. } => e,
         other => corrupt(other.to_string()),
     })?;
+    build_indexes(&db)?;
     Ok((db, loaded))
+}
+
+/// Builds the derived tables of a store written before they existed (one transaction).
+fn build_indexes(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        if meta.get(M_INDEXED)?.map(|g| g.value()) == Some(INDEXED) {
+            return Ok(());
+        }
+        let versions = txn.open_table(VERSIONS)?;
+        let mut items = txn.open_table(ITEMS)?;
+        let mut buckets = txn.open_table(BUCKETS)?;
+        let mut tombs = txn.open_table(TOMBS)?;
+        txn.open_table(MEMBERS)?;
+        let mut sums = std::collections::BTreeMap::<u16, Sum>::new();
+        let mut count = 0u64;
+        for row in versions.iter()? {
+            let (key, bytes) = row?;
+            let (key, bytes) = (key.value(), bytes.value());
+            let pos = key_pos(key);
+            let digest = item_digest(key, bytes);
+            items.insert((pos, key), digest)?;
+            sums.entry(bucket_of(pos)).or_default().add(digest);
+            let siblings: Vec<Sibling> = decode(bytes)?;
+            if siblings.first().is_some_and(|s| s.value.is_none()) {
+                tombs.insert(key, ())?;
+            }
+            count += 1;
+        }
+        for (b, s) in sums {
+            buckets.insert(b, (s.count, s.sum))?;
+        }
+        meta.insert(M_ITEMS, count)?;
+        meta.insert(M_INDEXED, INDEXED)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn classify(path: &Path, err: redb::DatabaseError) -> StoreError {
@@ -166,10 +250,16 @@ fn create_new(path: &Path) -> Result<Database, StoreError> {
             meta.insert(M_FORMAT, FORMAT)?;
             meta.insert(M_FEED_SEQ, 0)?;
             meta.insert(M_FEED_TRIMMED, 0)?;
+            meta.insert(M_INDEXED, INDEXED)?;
+            meta.insert(M_ITEMS, 0)?;
             txn.open_table(VERSIONS)?;
             txn.open_table(VV)?;
             txn.open_table(LOG)?;
             txn.open_table(FEED)?;
+            txn.open_table(ITEMS)?;
+            txn.open_table(BUCKETS)?;
+            txn.open_table(TOMBS)?;
+            txn.open_table(MEMBERS)?;
         }
         txn.commit()?;
     }
@@ -330,6 +420,41 @@ impl Reader {
         Ok(delta)
     }
 
+    /// Number of keys held (current versions of any kind).
+    pub fn item_count(&self) -> Result<u64, StoreError> {
+        let meta = self.txn.open_table(META)?;
+        Ok(meta.get(M_ITEMS)?.map(|g| g.value()).unwrap_or(0))
+    }
+
+    /// Every current version of the keys at the item positions `positions`.
+    pub fn changes_at(&self, positions: &[u64]) -> Result<Vec<Change>, StoreError> {
+        let items = self.txn.open_table(ITEMS)?;
+        let versions = self.txn.open_table(VERSIONS)?;
+        let mut out = Vec::new();
+        for &pos in positions {
+            for row in items.range((pos, "")..)? {
+                let (k, _) = row?;
+                let (p, key) = k.value();
+                if p != pos {
+                    break;
+                }
+                out.extend(read_siblings(&versions, key)?.iter().map(|s| s.to_change(key)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last version vector each member reported.
+    pub fn member_vvs(&self) -> Result<Vec<(Origin, VersionVector)>, StoreError> {
+        let table = self.txn.open_table(MEMBERS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (origin, bytes) = row?;
+            out.push((origin.value(), decode(bytes.value())?));
+        }
+        Ok(out)
+    }
+
     /// Feed entries after `after` whose key starts with `prefix`, at most `limit`.
     pub fn feed_since(
         &self,
@@ -361,6 +486,41 @@ impl Reader {
     }
 }
 
+impl ItemSet for Reader {
+    type Error = StoreError;
+
+    fn sum(&self, range: Range) -> Result<Sum, StoreError> {
+        let mut sum = Sum::default();
+        if range.level <= BUCKET_LEVEL {
+            let buckets = self.txn.open_table(BUCKETS)?;
+            for row in buckets.range(bucket_of(range.lo())..=bucket_of(range.hi()))? {
+                let (_, v) = row?;
+                let (count, s) = v.value();
+                sum.merge(Sum { count, sum: s });
+            }
+        } else {
+            for (_, digest) in self.items(range, usize::MAX)? {
+                sum.add(digest);
+            }
+        }
+        Ok(sum)
+    }
+
+    fn items(&self, range: Range, limit: usize) -> Result<Vec<(u64, u128)>, StoreError> {
+        let items = self.txn.open_table(ITEMS)?;
+        let mut out = Vec::new();
+        for row in items.range((range.lo(), "")..)? {
+            let (k, digest) = row?;
+            let (pos, _) = k.value();
+            if pos > range.hi() || out.len() >= limit {
+                break;
+            }
+            out.push((pos, digest.value()));
+        }
+        Ok(out)
+    }
+}
+
 /// Write side: the open tables of one write transaction.
 pub(crate) struct Writer<'t> {
     meta: Table<'t, &'static str, u64>,
@@ -368,6 +528,10 @@ pub(crate) struct Writer<'t> {
     vv: Table<'t, Origin, u64>,
     log: Table<'t, (Origin, u64), &'static str>,
     feed: Table<'t, u64, &'static [u8]>,
+    items: Table<'t, (u64, &'static str), u128>,
+    buckets: Table<'t, u16, (u64, u128)>,
+    tombs: Table<'t, &'static str, ()>,
+    members: Table<'t, Origin, &'static [u8]>,
 }
 
 impl<'t> Writer<'t> {
@@ -378,6 +542,10 @@ impl<'t> Writer<'t> {
             vv: txn.open_table(VV)?,
             log: txn.open_table(LOG)?,
             feed: txn.open_table(FEED)?,
+            items: txn.open_table(ITEMS)?,
+            buckets: txn.open_table(BUCKETS)?,
+            tombs: txn.open_table(TOMBS)?,
+            members: txn.open_table(MEMBERS)?,
         })
     }
 
@@ -385,11 +553,70 @@ impl<'t> Writer<'t> {
         read_siblings(&self.versions, key)
     }
 
+    /// Stores the siblings of `key` (none: removes it) and keeps the item, bucket and
+    /// tombstone tables in step.
     pub fn set_siblings(&mut self, key: &str, siblings: &[Sibling]) -> Result<(), StoreError> {
-        if siblings.is_empty() {
+        let pos = key_pos(key);
+        let old = self.items.get((pos, key))?.map(|g| g.value());
+        let new = if siblings.is_empty() {
             self.versions.remove(key)?;
+            self.items.remove((pos, key))?;
+            None
         } else {
-            self.versions.insert(key, encode(&siblings)?.as_slice())?;
+            let bytes = encode(&siblings)?;
+            self.versions.insert(key, bytes.as_slice())?;
+            let digest = item_digest(key, &bytes);
+            self.items.insert((pos, key), digest)?;
+            Some(digest)
+        };
+        if siblings.first().is_some_and(|s| s.value.is_none()) {
+            self.tombs.insert(key, ())?;
+        } else {
+            self.tombs.remove(key)?;
+        }
+        if old == new {
+            return Ok(());
+        }
+        let b = bucket_of(pos);
+        let (mut count, mut sum) = self.buckets.get(b)?.map(|g| g.value()).unwrap_or((0, 0));
+        if let Some(d) = old {
+            count = count.saturating_sub(1);
+            sum = sum.wrapping_sub(d);
+        }
+        if let Some(d) = new {
+            count += 1;
+            sum = sum.wrapping_add(d);
+        }
+        if count == 0 {
+            self.buckets.remove(b)?;
+        } else {
+            self.buckets.insert(b, (count, sum))?;
+        }
+        if old.is_none() != new.is_none() {
+            let items = self.meta.get(M_ITEMS)?.map(|g| g.value()).unwrap_or(0);
+            let items = if new.is_some() {
+                items + 1
+            } else {
+                items.saturating_sub(1)
+            };
+            self.meta.insert(M_ITEMS, items)?;
+        }
+        Ok(())
+    }
+
+    /// Records (`Some`) or forgets (`None`) the version vector a member reported.
+    pub fn set_member_vv(
+        &mut self,
+        member: Origin,
+        vv: Option<&VersionVector>,
+    ) -> Result<(), StoreError> {
+        match vv {
+            Some(vv) => {
+                self.members.insert(member, encode(vv)?.as_slice())?;
+            }
+            None => {
+                self.members.remove(member)?;
+            }
         }
         Ok(())
     }
@@ -437,11 +664,12 @@ impl<'t> Writer<'t> {
     /// Keys whose winner is a tombstone, with their siblings.
     pub fn tombstoned_keys(&self) -> Result<Vec<(String, Vec<Sibling>)>, StoreError> {
         let mut out = Vec::new();
-        for row in self.versions.iter()? {
-            let (key, bytes) = row?;
-            let siblings: Vec<Sibling> = decode(bytes.value())?;
+        for row in self.tombs.iter()? {
+            let (key, _) = row?;
+            let key = key.value();
+            let siblings = read_siblings(&self.versions, key)?;
             if siblings.first().is_some_and(|s| s.value.is_none()) {
-                out.push((key.value().to_owned(), siblings));
+                out.push((key.to_owned(), siblings));
             }
         }
         Ok(out)

@@ -11,6 +11,7 @@ mod db;
 mod error;
 pub mod hlc;
 pub mod model;
+pub mod reconcile;
 mod writer;
 
 #[cfg(test)]
@@ -237,6 +238,36 @@ impl Store {
         .await
     }
 
+    /// Merges changes found missing by reconciliation ([`reconcile`]), whatever their
+    /// origin's sequence, without raising the version vector: end the session with
+    /// [`Store::apply_delta`] of the sender's snapshot vector (no changes) to raise it.
+    /// Returns how many were new here.
+    pub async fn apply_reconciled(&self, changes: Vec<Change>) -> Result<usize, StoreError> {
+        changes.iter().try_for_each(Change::validate)?;
+        self.submit(|reply| Op::ApplyReconciled { changes, reply })
+            .await
+    }
+
+    /// Durably records (`Some`) or forgets (`None`) the version vectors members reported
+    /// (kept for tombstone collection across restarts).
+    pub async fn save_member_vvs(
+        &self,
+        members: Vec<(Origin, Option<VersionVector>)>,
+    ) -> Result<usize, StoreError> {
+        self.submit(|reply| Op::Members { members, reply }).await
+    }
+
+    /// The member version vectors recorded with [`Store::save_member_vvs`].
+    pub fn member_vvs(&self) -> Result<Vec<(Origin, VersionVector)>, StoreError> {
+        self.reader()?.member_vvs()
+    }
+
+    /// A consistent read-only view: version vector, deltas and the reconciliation item set
+    /// of one moment, whatever is written meanwhile.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot(self.reader()?))
+    }
+
     /// Removes the keys whose winner is a tombstone once every version of the key is
     /// covered by this store's and every given member's version vector. Pass the vectors
     /// of *all* members of the mesh. Returns the number of keys removed.
@@ -293,9 +324,50 @@ impl Store {
         self.reader()?.feed_since(after, prefix, limit)
     }
 
+    /// Number of keys held (including deleted keys whose tombstone is not collected yet).
+    pub fn item_count(&self) -> Result<u64, StoreError> {
+        self.reader()?.item_count()
+    }
+
     /// Live stream of applied changes. To watch without gaps: subscribe, then read
     /// [`Store::feed_since`] from your last seq, then skip broadcast events already seen.
     pub fn subscribe(&self) -> broadcast::Receiver<FeedEvent> {
         self.inner.events.subscribe()
+    }
+}
+
+/// A read-only snapshot of a store (see [`Store::snapshot`]); also the [`reconcile::ItemSet`]
+/// of its keys.
+pub struct Snapshot(db::Reader);
+
+impl Snapshot {
+    /// Highest applied seq per origin.
+    pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
+        self.0.version_vector()
+    }
+
+    /// What a peer whose version vector is `theirs` lacks (see [`Store::changes_since`]).
+    pub fn changes_since(&self, theirs: &VersionVector, limit: usize) -> Result<Delta, StoreError> {
+        self.0.changes_since(theirs, limit)
+    }
+
+    /// Every current version of the keys at the given item positions.
+    pub fn changes_at(&self, positions: &[u64]) -> Result<Vec<Change>, StoreError> {
+        self.0.changes_at(positions)
+    }
+
+    /// Number of keys held.
+    pub fn item_count(&self) -> Result<u64, StoreError> {
+        self.0.item_count()
+    }
+}
+
+impl reconcile::ItemSet for Snapshot {
+    type Error = StoreError;
+    fn sum(&self, range: reconcile::Range) -> Result<reconcile::Sum, StoreError> {
+        self.0.sum(range)
+    }
+    fn items(&self, range: reconcile::Range, limit: usize) -> Result<Vec<(u64, u128)>, StoreError> {
+        self.0.items(range, limit)
     }
 }

@@ -37,6 +37,17 @@ pub(crate) enum Op {
         through: Option<VersionVector>,
         reply: Reply<usize>,
     },
+    /// Changes found missing by reconciliation: merged whatever their origin's sequence,
+    /// without raising the version vector (the session's final delta does that).
+    ApplyReconciled {
+        changes: Vec<Change>,
+        reply: Reply<usize>,
+    },
+    /// Records or forgets members' reported version vectors.
+    Members {
+        members: Vec<(Origin, Option<VersionVector>)>,
+        reply: Reply<usize>,
+    },
     /// Tombstone collection against the members' version vectors.
     Collect {
         members: Vec<VersionVector>,
@@ -48,11 +59,11 @@ impl Op {
     fn bytes(&self) -> usize {
         match self {
             Op::Write { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
-            Op::Apply { changes, .. } => changes
+            Op::Apply { changes, .. } | Op::ApplyReconciled { changes, .. } => changes
                 .iter()
                 .map(|c| c.key.len() + c.value.as_ref().map_or(0, Vec::len))
                 .sum(),
-            Op::Collect { .. } => 0,
+            Op::Collect { .. } | Op::Members { .. } => 0,
         }
     }
 }
@@ -97,7 +108,16 @@ impl State {
             Op::Apply {
                 changes, through, ..
             } => Output::Count(self.apply(w, changes, through.as_ref(), wall_ms, events)?),
+            Op::ApplyReconciled { changes, .. } => {
+                Output::Count(self.apply_reconciled(w, changes, wall_ms, events)?)
+            }
             Op::Collect { members, .. } => Output::Count(self.collect(w, members)?),
+            Op::Members { members, .. } => {
+                for (origin, vv) in members {
+                    w.set_member_vv(*origin, vv.as_ref())?;
+                }
+                Output::Count(members.len())
+            }
         })
     }
 
@@ -132,7 +152,7 @@ impl State {
             },
             supersedes: key_context(&siblings),
         };
-        self.apply_one(w, &change, siblings, events)?;
+        self.apply_one(w, &change, siblings, true, events)?;
         Ok(Some(change))
     }
 
@@ -157,7 +177,7 @@ impl State {
             }
             self.clock.observe(change.version.hlc, wall_ms);
             let siblings = w.siblings(&change.key)?;
-            self.apply_one(w, change, siblings, events)?;
+            self.apply_one(w, change, siblings, true, events)?;
             applied += 1;
         }
         for (origin, seq) in through.map(VersionVector::iter).into_iter().flatten() {
@@ -169,11 +189,39 @@ impl State {
         Ok(applied)
     }
 
+    /// Merges changes whose predecessors may be missing. A change already seen (`seq <=
+    /// vv`) or already held is skipped; the vector is not raised, so nothing is claimed
+    /// as seen until the sender's final delta vouches for it.
+    fn apply_reconciled(
+        &mut self,
+        w: &mut Writer<'_>,
+        changes: &[Change],
+        wall_ms: u64,
+        events: &mut Vec<FeedEvent>,
+    ) -> Result<usize, StoreError> {
+        let mut applied = 0;
+        for change in changes {
+            let dot = change.version.dot();
+            if self.vv.covers(dot) {
+                continue;
+            }
+            let siblings = w.siblings(&change.key)?;
+            if siblings.iter().any(|s| s.version.dot() == dot) {
+                continue;
+            }
+            self.clock.observe(change.version.hlc, wall_ms);
+            self.apply_one(w, change, siblings, false, events)?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
     fn apply_one(
         &mut self,
         w: &mut Writer<'_>,
         change: &Change,
         mut siblings: Vec<Sibling>,
+        raise_vv: bool,
         events: &mut Vec<FeedEvent>,
     ) -> Result<(), StoreError> {
         let merged = merge(&mut siblings, change);
@@ -187,8 +235,10 @@ impl State {
             w.set_siblings(&change.key, &siblings)?;
         }
         let (origin, seq) = change.version.dot();
-        self.vv.raise(origin, seq);
-        w.set_vv(origin, self.vv.get(&origin))?;
+        if raise_vv {
+            self.vv.raise(origin, seq);
+            w.set_vv(origin, self.vv.get(&origin))?;
+        }
         if merged.added {
             self.feed_seq += 1;
             let event = FeedEvent {
@@ -203,7 +253,8 @@ impl State {
     }
 
     /// Removes keys whose winner is a tombstone once every sibling's dot is covered by this
-    /// store's and every member's version vector.
+    /// store's and every member's version vector, and this store's vector covers the key's
+    /// whole causal context (so a superseded version arriving later is known as seen).
     fn collect(
         &mut self,
         w: &mut Writer<'_>,
@@ -211,10 +262,14 @@ impl State {
     ) -> Result<usize, StoreError> {
         let mut collected = 0;
         for (key, siblings) in w.tombstoned_keys()? {
-            let seen_by_all = siblings.iter().all(|s| {
-                let dot = s.version.dot();
-                self.vv.covers(dot) && members.iter().all(|m| m.covers(dot))
-            });
+            let context_seen = key_context(&siblings)
+                .into_iter()
+                .all(|dot| self.vv.covers(dot));
+            let seen_by_all = context_seen
+                && siblings.iter().all(|s| {
+                    let dot = s.version.dot();
+                    self.vv.covers(dot) && members.iter().all(|m| m.covers(dot))
+                });
             if seen_by_all {
                 for s in &siblings {
                     w.log_remove(s.version.dot())?;
@@ -304,11 +359,21 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
     // A caller that stopped waiting is not an error: the operation is committed anyway.
     match (op, result) {
         (Op::Write { reply, .. }, Ok(Output::Write(c))) => drop(reply.send(Ok(c))),
-        (Op::Apply { reply, .. } | Op::Collect { reply, .. }, Ok(Output::Count(n))) => {
-            drop(reply.send(Ok(n)))
-        }
+        (
+            Op::Apply { reply, .. }
+            | Op::ApplyReconciled { reply, .. }
+            | Op::Collect { reply, .. }
+            | Op::Members { reply, .. },
+            Ok(Output::Count(n)),
+        ) => drop(reply.send(Ok(n))),
         (Op::Write { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
-        (Op::Apply { reply, .. } | Op::Collect { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (
+            Op::Apply { reply, .. }
+            | Op::ApplyReconciled { reply, .. }
+            | Op::Collect { reply, .. }
+            | Op::Members { reply, .. },
+            Err(e),
+        ) => drop(reply.send(Err(e))),
         (op, Ok(_)) => {
             let err =
                 StoreError::WriteFailed("internal: output does not match the operation".into());

@@ -1,0 +1,675 @@
+//! Range-based set reconciliation: the sync fallback for two stores whose version vectors
+//! share no history (pure protocol core, no I/O; see `docs/store.md`, "Sync").
+//!
+//! Every key is one *item*: its position `pos` (the first 8 bytes of SHA-256 of the key)
+//! and its *digest* (SHA-256 of the key and of all its current versions, dots and values
+//! included). Two stores hold the same item exactly when they hold the same versions of the
+//! key. The position space `[0, 2^64)` is a 16-ary tree of ranges: a range at `level` L
+//! is fixed by the top 4·L bits of the positions it holds (`prefix`).
+//!
+//! The *responder* (the side that has data to give) sends, for each range it is asked
+//! about, its 16 children: a [`Fp`] (count and hash of the digest sum) for a child holding
+//! more than [`LEAF_ITEMS`] items, else the child's item list. The *initiator* compares each
+//! child with its own: a child whose fingerprint differs is asked to be split further, an
+//! item it does not hold (or holds with another digest) is asked for by position. Each
+//! round goes one level deeper, so a session ends within 17 rounds; with `d` differences
+//! among `n` items it costs about `d · log16(n / 16)` rounds' worth of 16 fingerprints.
+//!
+//! Only the initiator learns what *it* lacks: each direction of a connection runs its own
+//! session. Fingerprint sums are cheap to keep up to date ([`ItemSet`] implementations
+//! cache per-bucket sums), and every message from the other side is validated against
+//! what was asked, so a peer cannot make a session loop, grow or go out of range.
+
+use std::collections::{HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// A child holding at most this many items is sent as its item list.
+pub const LEAF_ITEMS: u64 = 16;
+/// Deepest level: a range of one position.
+pub const MAX_LEVEL: u8 = 16;
+/// Most ranges the responder expands in one message (the rest wait for the next round).
+pub const MAX_SPLITS_PER_MSG: usize = 256;
+/// Children per range.
+pub const FANOUT: usize = 16;
+
+/// A range of positions: the ones whose top `4 * level` bits equal `prefix`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Range {
+    pub level: u8,
+    pub prefix: u64,
+}
+
+impl Range {
+    /// The whole position space.
+    pub const ROOT: Range = Range {
+        level: 0,
+        prefix: 0,
+    };
+
+    /// Whether this is a well-formed range (level in bounds, prefix fits).
+    pub fn valid(self) -> bool {
+        self.level <= MAX_LEVEL
+            && (self.level == MAX_LEVEL || self.prefix >> (4 * u32::from(self.level)) == 0)
+    }
+
+    /// First position in the range.
+    pub fn lo(self) -> u64 {
+        if self.level == 0 {
+            0
+        } else {
+            self.prefix << (64 - 4 * u32::from(self.level))
+        }
+    }
+
+    /// Last position in the range (inclusive).
+    pub fn hi(self) -> u64 {
+        if self.level == 0 {
+            u64::MAX
+        } else if self.level == MAX_LEVEL {
+            self.prefix
+        } else {
+            self.lo() | (u64::MAX >> (4 * u32::from(self.level)))
+        }
+    }
+
+    /// Whether `pos` lies in the range.
+    pub fn contains(self, pos: u64) -> bool {
+        (self.lo()..=self.hi()).contains(&pos)
+    }
+
+    /// The 16 children (only for `level < MAX_LEVEL`).
+    pub fn children(self) -> impl Iterator<Item = Range> {
+        let level = self.level + 1;
+        (0..FANOUT as u64).map(move |i| Range {
+            level,
+            prefix: (self.prefix << 4) | i,
+        })
+    }
+}
+
+/// Count of items and the wrapping sum of their digests over a range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sum {
+    pub count: u64,
+    pub sum: u128,
+}
+
+impl Sum {
+    /// Adds one item's digest.
+    pub fn add(&mut self, digest: u128) {
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(digest);
+    }
+
+    /// Adds another sum.
+    pub fn merge(&mut self, other: Sum) {
+        self.count += other.count;
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
+    /// The fingerprint sent on the wire.
+    pub fn fp(self) -> Fp {
+        let mut input = [0u8; 24];
+        input[..8].copy_from_slice(&self.count.to_le_bytes());
+        input[8..].copy_from_slice(&self.sum.to_le_bytes());
+        let d = ring::digest::digest(&ring::digest::SHA256, &input);
+        let mut hash = [0u8; 8];
+        hash.copy_from_slice(&d.as_ref()[..8]);
+        Fp {
+            count: self.count,
+            hash,
+        }
+    }
+}
+
+/// A range's fingerprint on the wire: its item count and 8 bytes of hash of its sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fp {
+    pub count: u64,
+    pub hash: [u8; 8],
+}
+
+/// An item on the wire: position and 8 bytes of its digest.
+pub type WireItem = (u64, [u8; 8]);
+
+/// Folds a 128-bit digest to the 8 bytes sent on the wire.
+pub fn fold(digest: u128) -> [u8; 8] {
+    ((digest >> 64) as u64 ^ digest as u64).to_le_bytes()
+}
+
+/// What the responder says about one child range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Child {
+    /// More than [`LEAF_ITEMS`] items: their fingerprint.
+    Fp(Fp),
+    /// At most [`LEAF_ITEMS`] items (or a one-position range): the items, by position.
+    Items(Vec<WireItem>),
+}
+
+/// The 16 children of one range the initiator asked about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    pub parent: Range,
+    pub children: Vec<Child>,
+}
+
+/// Responder to initiator: the children of some of the ranges asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconMsg {
+    pub splits: Vec<Split>,
+}
+
+/// Initiator to responder: ranges to split further and positions whose items it wants.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconReply {
+    pub split: Vec<Range>,
+    pub want: Vec<u64>,
+}
+
+/// A set of items that can be summed and listed by range (a store snapshot, or a map in
+/// tests).
+pub trait ItemSet {
+    type Error;
+    /// Count and digest sum of the items in `range`.
+    fn sum(&self, range: Range) -> Result<Sum, Self::Error>;
+    /// The items in `range`, by position, at most `limit` (more are not needed).
+    fn items(&self, range: Range, limit: usize) -> Result<Vec<(u64, u128)>, Self::Error>;
+}
+
+/// A message from the other side broke the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReconError {
+    #[error("reconciliation: {0}")]
+    Protocol(String),
+}
+
+fn protocol<T>(msg: impl Into<String>) -> Result<T, ReconError> {
+    Err(ReconError::Protocol(msg.into()))
+}
+
+/// What the responder does next.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// The message to send, if the session goes on.
+    pub msg: Option<ReconMsg>,
+    /// Positions whose keys (all their current versions) must be sent to the initiator.
+    pub send: Vec<u64>,
+}
+
+/// The responder's side of one session.
+#[derive(Debug, Default)]
+pub struct Responder {
+    /// Ranges sent as fingerprints in the last message: the only ones it may ask to split.
+    asked_fp: HashSet<Range>,
+    /// Positions listed in the last message: the only ones it may want.
+    listed: HashSet<u64>,
+    /// Ranges to expand in later messages.
+    queue: VecDeque<Range>,
+    rounds: u32,
+}
+
+/// Upper bound on rounds: one per level plus the rounds the split queue can add.
+fn expand<S: ItemSet>(set: &S, parent: Range) -> Result<(Split, Vec<Range>, Vec<u64>), S::Error> {
+    let mut children = Vec::with_capacity(FANOUT);
+    let mut fps = Vec::new();
+    let mut listed = Vec::new();
+    for child in parent.children() {
+        let sum = set.sum(child)?;
+        if sum.count <= LEAF_ITEMS || child.level == MAX_LEVEL {
+            let items = set.items(child, LEAF_ITEMS.max(sum.count) as usize)?;
+            listed.extend(items.iter().map(|(p, _)| *p));
+            children.push(Child::Items(
+                items.into_iter().map(|(p, d)| (p, fold(d))).collect(),
+            ));
+        } else {
+            fps.push(child);
+            children.push(Child::Fp(sum.fp()));
+        }
+    }
+    Ok((Split { parent, children }, fps, listed))
+}
+
+impl Responder {
+    /// Starts a session: the first message covers the children of the whole space.
+    pub fn start<S: ItemSet>(set: &S) -> Result<(Responder, ReconMsg), S::Error> {
+        let mut r = Responder::default();
+        r.queue.push_back(Range::ROOT);
+        let msg = r.next_msg(set)?;
+        Ok((r, msg))
+    }
+
+    fn next_msg<S: ItemSet>(&mut self, set: &S) -> Result<ReconMsg, S::Error> {
+        self.asked_fp.clear();
+        self.listed.clear();
+        self.rounds += 1;
+        let mut msg = ReconMsg::default();
+        while msg.splits.len() < MAX_SPLITS_PER_MSG {
+            let Some(parent) = self.queue.pop_front() else {
+                break;
+            };
+            let (split, fps, listed) = expand(set, parent)?;
+            self.asked_fp.extend(fps);
+            self.listed.extend(listed);
+            msg.splits.push(split);
+        }
+        Ok(msg)
+    }
+
+    /// Number of messages sent so far.
+    pub fn rounds(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Handles the initiator's reply to the last message.
+    pub fn on_reply<S: ItemSet>(
+        &mut self,
+        set: &S,
+        reply: ReconReply,
+    ) -> Result<Result<Step, ReconError>, S::Error> {
+        for r in &reply.split {
+            if !self.asked_fp.remove(r) {
+                return Ok(protocol(format!(
+                    "asked to split {r:?}, which was not offered as a fingerprint"
+                )));
+            }
+        }
+        let mut send = Vec::with_capacity(reply.want.len());
+        for p in reply.want {
+            if !self.listed.remove(&p) {
+                return Ok(protocol(format!(
+                    "wanted position {p:#x}, which was not listed"
+                )));
+            }
+            send.push(p);
+        }
+        // Every split goes one level deeper, so this ends: at most one round per level plus
+        // the rounds a long queue takes.
+        self.queue.extend(reply.split);
+        let msg = if self.queue.is_empty() {
+            self.asked_fp.clear();
+            self.listed.clear();
+            None
+        } else {
+            Some(self.next_msg(set)?)
+        };
+        Ok(Ok(Step { msg, send }))
+    }
+}
+
+/// The initiator's side of one session: checks each message against what it asked for.
+#[derive(Debug)]
+pub struct Initiator {
+    /// Ranges asked for and not answered yet.
+    expected: HashSet<Range>,
+}
+
+impl Default for Initiator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Initiator {
+    /// A session that expects the children of the whole space first.
+    pub fn new() -> Self {
+        Self {
+            expected: HashSet::from([Range::ROOT]),
+        }
+    }
+
+    /// Whether every range asked for was answered (the session is over).
+    pub fn done(&self) -> bool {
+        self.expected.is_empty()
+    }
+
+    /// Compares a responder message with `set` and builds the reply.
+    pub fn on_msg<S: ItemSet>(
+        &mut self,
+        set: &S,
+        msg: ReconMsg,
+    ) -> Result<Result<ReconReply, ReconError>, S::Error> {
+        if msg.splits.is_empty() || msg.splits.len() > MAX_SPLITS_PER_MSG {
+            return Ok(protocol(format!(
+                "a message with {} ranges (1 to {MAX_SPLITS_PER_MSG} expected)",
+                msg.splits.len()
+            )));
+        }
+        let mut reply = ReconReply::default();
+        for split in msg.splits {
+            if !self.expected.remove(&split.parent) {
+                return Ok(protocol(format!(
+                    "range {:?} was not asked for",
+                    split.parent
+                )));
+            }
+            if split.children.len() != FANOUT {
+                return Ok(protocol(format!(
+                    "{} children instead of {FANOUT}",
+                    split.children.len()
+                )));
+            }
+            for (range, child) in split.parent.children().zip(split.children) {
+                match child {
+                    Child::Fp(fp) => {
+                        if range.level == MAX_LEVEL || fp.count <= LEAF_ITEMS {
+                            return Ok(protocol("a fingerprint where items were due"));
+                        }
+                        if set.sum(range)?.fp() != fp {
+                            self.expected.insert(range);
+                            reply.split.push(range);
+                        }
+                    }
+                    Child::Items(items) => {
+                        let max = if range.level == MAX_LEVEL {
+                            usize::MAX
+                        } else {
+                            LEAF_ITEMS as usize
+                        };
+                        if items.len() > max {
+                            return Ok(protocol("more items than a leaf holds"));
+                        }
+                        if !items.iter().all(|(p, _)| range.contains(*p))
+                            || !items.windows(2).all(|w| w[0] <= w[1])
+                        {
+                            return Ok(protocol("items out of range or out of order"));
+                        }
+                        for (pos, digest) in items {
+                            if reply.want.last() == Some(&pos) {
+                                continue;
+                            }
+                            let at = Range {
+                                level: MAX_LEVEL,
+                                prefix: pos,
+                            };
+                            let held = set
+                                .items(at, usize::MAX)?
+                                .into_iter()
+                                .any(|(_, d)| fold(d) == digest);
+                            if !held {
+                                reply.want.push(pos);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Ok(reply))
+    }
+}
+
+/// An in-memory [`ItemSet`] (tests and benchmarks): position -> digests (a position may
+/// hold several keys).
+#[derive(Clone, Debug, Default)]
+pub struct MemSet(pub std::collections::BTreeMap<(u64, u128), ()>);
+
+impl MemSet {
+    pub fn insert(&mut self, pos: u64, digest: u128) {
+        self.0.insert((pos, digest), ());
+    }
+}
+
+impl ItemSet for MemSet {
+    type Error = std::convert::Infallible;
+    fn sum(&self, range: Range) -> Result<Sum, Self::Error> {
+        let mut s = Sum::default();
+        for ((_, d), _) in self.0.range((range.lo(), 0)..=(range.hi(), u128::MAX)) {
+            s.add(*d);
+        }
+        Ok(s)
+    }
+    fn items(&self, range: Range, limit: usize) -> Result<Vec<(u64, u128)>, Self::Error> {
+        Ok(self
+            .0
+            .range((range.lo(), 0)..=(range.hi(), u128::MAX))
+            .take(limit)
+            .map(|((p, d), _)| (*p, *d))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn encoded_len<T: Serialize>(v: &T) -> usize {
+        bincode::serde::encode_to_vec(v, bincode::config::standard())
+            .unwrap()
+            .len()
+            + 4
+    }
+
+    /// Runs a whole session; returns the positions sent, rounds and bytes both ways.
+    fn run(responder: &MemSet, initiator: &MemSet) -> (BTreeSet<u64>, u32, usize) {
+        let (mut r, mut msg) = Responder::start(responder).unwrap();
+        let mut i = Initiator::new();
+        let mut sent = BTreeSet::new();
+        let mut bytes = 0;
+        loop {
+            bytes += encoded_len(&msg);
+            let reply = i.on_msg(initiator, msg).unwrap().unwrap();
+            bytes += encoded_len(&reply);
+            let step = r.on_reply(responder, reply).unwrap().unwrap();
+            sent.extend(step.send);
+            match step.msg {
+                Some(m) => msg = m,
+                None => break,
+            }
+        }
+        assert!(i.done(), "initiator still waits for ranges");
+        (sent, r.rounds(), bytes)
+    }
+
+    /// The positions the initiator must receive: items it lacks or holds differently.
+    fn lacking(responder: &MemSet, initiator: &MemSet) -> BTreeSet<u64> {
+        responder
+            .0
+            .keys()
+            .filter(|k| !initiator.0.contains_key(k))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn mix(mut x: u64) -> u64 {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    }
+
+    #[test]
+    fn range_bounds() {
+        assert_eq!(Range::ROOT.lo(), 0);
+        assert_eq!(Range::ROOT.hi(), u64::MAX);
+        let kids: Vec<Range> = Range::ROOT.children().collect();
+        assert_eq!(kids[0].lo(), 0);
+        assert_eq!(kids[0].hi(), (1 << 60) - 1);
+        assert_eq!(kids[15].hi(), u64::MAX);
+        let leaf = Range {
+            level: MAX_LEVEL,
+            prefix: 42,
+        };
+        assert!(leaf.valid() && leaf.contains(42) && !leaf.contains(43));
+        assert!(!Range {
+            level: 1,
+            prefix: 16
+        }
+        .valid());
+    }
+
+    #[test]
+    fn equal_sets_cost_one_round() {
+        let mut a = MemSet::default();
+        for k in 0..10_000u64 {
+            a.insert(mix(k), u128::from(mix(k + 1)));
+        }
+        let (sent, rounds, bytes) = run(&a, &a.clone());
+        assert!(sent.is_empty());
+        assert_eq!(rounds, 1);
+        assert!(bytes < 512, "{bytes} bytes");
+    }
+
+    #[test]
+    fn one_difference_among_many_is_cheap() {
+        let mut a = MemSet::default();
+        for k in 0..200_000u64 {
+            a.insert(mix(k), u128::from(mix(k + 1)));
+        }
+        let mut b = a.clone();
+        b.0.remove(&(mix(77), u128::from(mix(78))));
+        b.insert(mix(77), 5);
+        let (sent, rounds, bytes) = run(&a, &b);
+        assert_eq!(sent, BTreeSet::from([mix(77)]));
+        assert!(rounds <= 6, "{rounds} rounds");
+        assert!(bytes < 8 * 1024, "{bytes} bytes");
+    }
+
+    #[test]
+    fn positions_shared_by_two_keys_are_handled() {
+        let mut a = MemSet::default();
+        let mut b = MemSet::default();
+        for d in 0..40u128 {
+            a.insert(7, d);
+            if d % 3 != 0 {
+                b.insert(7, d);
+            }
+        }
+        let (sent, _, _) = run(&a, &b);
+        assert_eq!(sent, BTreeSet::from([7]));
+    }
+
+    #[test]
+    fn bad_replies_are_refused() {
+        let mut a = MemSet::default();
+        for k in 0..1000u64 {
+            a.insert(mix(k), 1);
+        }
+        let (mut r, msg) = Responder::start(&a).unwrap();
+        let offered: Vec<Range> = msg.splits[0]
+            .parent
+            .children()
+            .zip(&msg.splits[0].children)
+            .filter(|(_, c)| matches!(c, Child::Fp(_)))
+            .map(|(r, _)| r)
+            .collect();
+        assert!(!offered.is_empty());
+        let never = Range {
+            level: 3,
+            prefix: 1,
+        };
+        let bad = ReconReply {
+            split: vec![never],
+            want: vec![],
+        };
+        assert!(r.on_reply(&a, bad).unwrap().is_err());
+        let (mut r, _) = Responder::start(&a).unwrap();
+        let bad = ReconReply {
+            split: vec![],
+            want: vec![12345],
+        };
+        assert!(r.on_reply(&a, bad).unwrap().is_err());
+        // Asking twice for the same range is refused too.
+        let (mut r, _) = Responder::start(&a).unwrap();
+        let twice = ReconReply {
+            split: vec![offered[0], offered[0]],
+            want: vec![],
+        };
+        assert!(r.on_reply(&a, twice).unwrap().is_err());
+    }
+
+    #[test]
+    fn bad_messages_are_refused() {
+        let a = MemSet::default();
+        let mut i = Initiator::new();
+        let unasked = ReconMsg {
+            splits: vec![Split {
+                parent: Range {
+                    level: 2,
+                    prefix: 3,
+                },
+                children: vec![Child::Items(vec![]); FANOUT],
+            }],
+        };
+        assert!(i.on_msg(&a, unasked).unwrap().is_err());
+        let mut i = Initiator::new();
+        let short = ReconMsg {
+            splits: vec![Split {
+                parent: Range::ROOT,
+                children: vec![Child::Items(vec![])],
+            }],
+        };
+        assert!(i.on_msg(&a, short).unwrap().is_err());
+        let mut i = Initiator::new();
+        let mut children = vec![Child::Items(vec![]); FANOUT];
+        children[0] = Child::Items(vec![(u64::MAX, [0; 8])]); // not in child 0
+        let outside = ReconMsg {
+            splits: vec![Split {
+                parent: Range::ROOT,
+                children,
+            }],
+        };
+        assert!(i.on_msg(&a, outside).unwrap().is_err());
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        /// Two random sets with overlapping content: the initiator receives exactly what it
+        /// lacks, within the round bound, with bytes bounded by the differences.
+        #[test]
+        fn random_sets_reconcile(
+            shared in 0usize..3000,
+            only_r in 0usize..60,
+            only_i in 0usize..60,
+            changed in 0usize..60,
+            seed in any::<u64>(),
+        ) {
+            let mut r = MemSet::default();
+            let mut i = MemSet::default();
+            let mut n = seed;
+            let mut next = || { n = mix(n); n };
+            for _ in 0..shared {
+                let (p, d) = (next(), u128::from(next()));
+                r.insert(p, d);
+                i.insert(p, d);
+            }
+            for _ in 0..only_r { r.insert(next(), u128::from(next())); }
+            for _ in 0..only_i { i.insert(next(), u128::from(next())); }
+            for _ in 0..changed {
+                let p = next();
+                r.insert(p, 1);
+                i.insert(p, 2);
+            }
+            let (sent, rounds, bytes) = run(&r, &i);
+            prop_assert_eq!(&sent, &lacking(&r, &i));
+            prop_assert!(rounds <= u32::from(MAX_LEVEL) + 1);
+            let d = (only_r + only_i + changed) as usize;
+            // Each difference costs at most one path of expanded ranges (16 children of
+            // at most ~19 bytes, at most 5 levels here) plus a leaf of 16 items.
+            prop_assert!(bytes <= 512 + d * (5 * 16 * 19 + 16 * 19), "{} bytes for {} differences", bytes, d);
+            // After receiving what it lacks the initiator holds the responder's items.
+            let mut merged = i.clone();
+            for (k, _) in r.0.iter() {
+                if sent.contains(&k.0) { merged.0.insert(*k, ()); }
+            }
+            prop_assert!(lacking(&r, &merged).is_empty());
+        }
+
+        #[test]
+        fn initiator_survives_arbitrary_messages(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok((msg, _)) = bincode::serde::decode_from_slice::<ReconMsg, _>(&bytes, bincode::config::standard().with_limit::<4096>()) {
+                let mut i = Initiator::new();
+                let _ = i.on_msg(&MemSet::default(), msg);
+            }
+        }
+    }
+}
