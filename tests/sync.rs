@@ -1,0 +1,325 @@
+//! The replicated store between real daemons on loopback: replication, live push,
+//! concurrent writes while apart, deletes while a device is offline, tombstone collection,
+//! the reconciliation fallback, and a peer sending garbage on a sync stream.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The value of `key` on `n`, or `None` when absent.
+fn get(n: &Node, key: &str) -> Option<Vec<u8>> {
+    let o = n.cli(&["kv", "get", key]);
+    o.status.success().then_some(o.stdout)
+}
+
+fn put(n: &Node, key: &str, value: &str) {
+    let o = n.cli(&["kv", "put", key, value]);
+    assert!(o.status.success(), "put on {}: {}", n.name, stderr(&o));
+}
+
+fn wait_value(n: &Node, key: &str, value: Option<&[u8]>) {
+    wait_until(
+        &format!("{key} to be {:?} on {}", value.map(String::from_utf8_lossy), n.name),
+        || get(n, key).as_deref() == value,
+    );
+}
+
+/// Many puts over one socket connection (pipelined), for tests that need many keys.
+fn put_many(n: &Node, keys: impl Iterator<Item = (String, String)>) {
+    let mut s = UnixStream::connect(n.socket()).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut sent = 0;
+    let mut buf = Vec::new();
+    for (i, (k, v)) in keys.enumerate() {
+        let line = json!({"id": i, "cmd": "kv.put", "key": k, "value": v});
+        buf.extend_from_slice(line.to_string().as_bytes());
+        buf.push(b'\n');
+        sent += 1;
+    }
+    s.write_all(&buf).unwrap();
+    for _ in 0..sent {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "{line}");
+    }
+}
+
+fn count(n: &Node, prefix: &str) -> usize {
+    let o = n.cli(&["kv", "list", prefix]);
+    String::from_utf8_lossy(&o.stdout).lines().count()
+}
+
+/// Waits until every node sees every other one active.
+fn wait_connected(nodes: &[Node]) {
+    for a in nodes {
+        for b in nodes {
+            if a.id != b.id {
+                a.wait_state(&b.name, "active");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_put_on_one_device_reaches_the_other_two() {
+    let nodes = mesh(&["a", "b", "c"], "");
+    let value = noise(100_000, 3);
+    let o = nodes[0].cli_stdin(&["kv", "put", "doc/1"], &value);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for n in &nodes[1..] {
+        wait_value(n, "doc/1", Some(&value));
+        let j = n.json(&["kv", "get", "doc/1"]);
+        assert_eq!(j["origin"], nodes[0].id.as_str(), "origin is the writer");
+    }
+    // Writes from every device meet everywhere.
+    put(&nodes[1], "doc/2", "from b");
+    put(&nodes[2], "doc/3", "from c");
+    for n in &nodes {
+        wait_value(n, "doc/2", Some(b"from b"));
+        wait_value(n, "doc/3", Some(b"from c"));
+    }
+}
+
+#[test]
+fn a_watcher_on_one_device_sees_a_put_on_the_other() {
+    let nodes = mesh(&["a", "b"], "");
+    let mut w = nodes[1]
+        .command()
+        .args(["--json", "kv", "watch", "live/"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = w.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&l).unwrap());
+        }
+    });
+    // The watch is live once a local write shows.
+    put(&nodes[1], "live/local", "x");
+    let first = rx.recv_timeout(DEADLINE).expect("local change");
+    assert_eq!(first["key"], "live/local");
+    put(&nodes[0], "live/remote", "from a");
+    let ev = rx.recv_timeout(DEADLINE).expect("remote change pushed to the watcher");
+    assert_eq!(ev["key"], "live/remote");
+    assert_eq!(ev["origin"], nodes[0].id.as_str());
+    assert_eq!(ev["value_b64"], "ZnJvbSBh");
+    let _ = w.kill();
+    let _ = w.wait();
+}
+
+#[test]
+fn concurrent_writes_while_apart_converge_and_show_the_other_version() {
+    let mut nodes = mesh(&["a", "b"], "");
+    put(&nodes[0], "todo", "milk");
+    wait_value(&nodes[1], "todo", Some(b"milk"));
+    // Apart: each writes while the other is stopped.
+    nodes[1].stop();
+    put(&nodes[0], "todo", "milk, eggs");
+    nodes[0].stop();
+    nodes[1].start();
+    put(&nodes[1], "todo", "bread");
+    nodes[0].start();
+    wait_connected(&nodes);
+    // Both converge to the same winner, and each shows the other write as a sibling.
+    let mut winner = Vec::new();
+    wait_until("both devices to agree on todo", || {
+        let (a, b) = (get(&nodes[0], "todo"), get(&nodes[1], "todo"));
+        let agreed = a.is_some() && a == b;
+        if agreed {
+            winner = a.unwrap();
+        }
+        agreed && {
+            let j = nodes[0].json(&["kv", "get", "todo", "--all-versions"]);
+            j["siblings"].as_array().is_some_and(|s| s.len() == 1)
+        }
+    });
+    assert!(
+        winner == b"bread" || winner == b"milk, eggs",
+        "winner {:?}",
+        String::from_utf8_lossy(&winner)
+    );
+    let loser = if winner == b"bread" {
+        "milk, eggs"
+    } else {
+        "bread"
+    };
+    for n in &nodes {
+        wait_until(&format!("{} to list the other version", n.name), || {
+            let j = n.json(&["kv", "get", "todo", "--all-versions"]);
+            let s = &j["siblings"];
+            s.as_array().is_some_and(|s| s.len() == 1)
+                && s[0]["value_b64"] == data_b64(loser.as_bytes())
+                && j["value_b64"] == data_b64(&winner)
+        });
+        // The human form prints the winner and names the other version on stderr.
+        let o = n.cli(&["kv", "get", "todo", "--all-versions"]);
+        assert_eq!(o.stdout, winner);
+        assert!(
+            stderr(&o).contains("superseded concurrent version"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // A later write on either device resolves the conflict everywhere.
+    put(&nodes[1], "todo", "done");
+    for n in &nodes {
+        wait_until(&format!("{} to see the resolution", n.name), || {
+            let j = n.json(&["kv", "get", "todo", "--all-versions"]);
+            j["value_b64"] == data_b64(b"done")
+                && j["siblings"].as_array().is_some_and(|s| s.is_empty())
+        });
+    }
+}
+
+fn data_b64(b: &[u8]) -> String {
+    data_encoding::BASE64.encode(b)
+}
+
+#[test]
+fn a_key_deleted_while_a_device_was_offline_stays_deleted() {
+    let mut nodes = mesh(&["a", "b", "c"], "");
+    put(&nodes[2], "gone", "old value from c");
+    put(&nodes[0], "kept", "v");
+    for n in &nodes {
+        wait_value(n, "gone", Some(b"old value from c"));
+        wait_value(n, "kept", Some(b"v"));
+    }
+    nodes[2].stop();
+    let o = nodes[0].cli(&["kv", "del", "gone"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_value(&nodes[1], "gone", None);
+    // While c is away nobody may collect the tombstone: c still holds the old value.
+    nodes[2].start();
+    wait_connected(&nodes);
+    wait_value(&nodes[2], "gone", None);
+    for n in &nodes {
+        assert_eq!(get(n, "gone"), None, "{} resurrected the key", n.name);
+        assert_eq!(get(n, "kept").as_deref(), Some(&b"v"[..]));
+    }
+    // Once every member has reported the tombstone, it is collected everywhere.
+    for n in &nodes {
+        wait_until(&format!("{} to collect the tombstone", n.name), || {
+            n.log().contains("collected tombstones every member has seen")
+        });
+    }
+    // And the key still does not come back after restarts and a new sync round.
+    nodes[1].stop();
+    nodes[1].start();
+    wait_connected(&nodes);
+    put(&nodes[1], "after", "x");
+    for n in &nodes {
+        wait_value(n, "after", Some(b"x"));
+        assert_eq!(get(n, "gone"), None, "{} resurrected the key", n.name);
+    }
+    // A new write to the key after the collection is an ordinary put.
+    put(&nodes[2], "gone", "new");
+    for n in &nodes {
+        wait_value(n, "gone", Some(b"new"));
+    }
+}
+
+#[test]
+fn stores_without_common_history_reconcile() {
+    // Two devices fill their stores before they know each other: their vectors share no
+    // origin, so the first sync reconciles ranges instead of trusting the vectors.
+    let mut a = Node::new("a", "");
+    let mut b = Node::new("b", "");
+    a.start();
+    b.start();
+    put_many(&a, (0..400).map(|i| (format!("a/{i:04}"), format!("va{i}"))));
+    put_many(&b, (0..400).map(|i| (format!("b/{i:04}"), format!("vb{i}"))));
+    put(&a, "both", "from a");
+    put(&b, "both", "from b");
+    a.trust(&b);
+    b.trust(&a);
+    a.wait_state("b", "active");
+    b.wait_state("a", "active");
+    for n in [&a, &b] {
+        wait_until(&format!("{} to hold every key", n.name), || {
+            count(n, "a/") == 400 && count(n, "b/") == 400
+        });
+        assert!(
+            n.log().contains("no common history: reconciling"),
+            "{} did not reconcile",
+            n.name
+        );
+    }
+    wait_until("both to agree on the concurrent key", || {
+        let (x, y) = (get(&a, "both"), get(&b, "both"));
+        x.is_some() && x == y
+    });
+    let j = a.json(&["kv", "get", "both", "--all-versions"]);
+    assert_eq!(j["siblings"].as_array().map(Vec::len), Some(1));
+    // After reconciling, the vectors carry the history: a new write goes over as usual.
+    put(&a, "later", "x");
+    wait_value(&b, "later", Some(b"x"));
+}
+
+#[test]
+fn garbage_on_a_sync_stream_ends_that_stream_only() {
+    let nodes = mesh(&["a", "b"], "");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, _) = transport::Identity::load_or_create(dir.path(), Some("rogue")).unwrap();
+    let identity = Arc::new(identity);
+    let rogue_id = identity.id.to_string();
+    rt.block_on(async {
+        let roster = transport::Roster::new();
+        let a_id: transport::DeviceId = nodes[0].id.parse().unwrap();
+        roster.insert(a_id);
+        let cfg = transport::EndpointConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Default::default()
+        };
+        let ep = transport::Endpoint::bind(identity.clone(), roster, cfg).unwrap();
+        let addr = ep.local_addrs()[0].to_string();
+        let o = nodes[0].cli(&["trust", &rogue_id, "--addr", &addr]);
+        assert!(o.status.success(), "trust: {}", stderr(&o));
+        let peer_addr: std::net::SocketAddr = nodes[0].addr().parse().unwrap();
+        let pc = ep.connect(a_id, &[peer_addr]).await.expect("connect to a");
+        // A frame that is not a sync frame, a frame claiming 4 GiB, then raw junk.
+        let cases: [&[u8]; 3] = [
+            &[0, 0, 0, 3, 0xff, 0xfe, 0xfd],
+            &[0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            &[0; 64],
+        ];
+        for bytes in cases {
+            let (mut send, mut recv) = pc.open(transport::StreamKind::Sync).await.unwrap();
+            send.write_all(bytes).await.unwrap();
+            let _ = send.finish();
+            // The daemon ends the stream: reading finishes (end or reset) without hanging.
+            let _ = tokio::time::timeout(DEADLINE, recv.read_to_end(1 << 20))
+                .await
+                .expect("the daemon ended the bad stream");
+        }
+        // A hello with a wrong version is refused the same way.
+        let (mut send, mut recv) = pc.open(transport::StreamKind::Sync).await.unwrap();
+        let mut body = vec![0u8]; // Up::Hello
+        body.extend_from_slice(&[251, 0x39, 0x05]); // version 1337 (varint u16)
+        body.extend_from_slice(&[0, 0]); // empty vector, 0 items
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        send.write_all(&frame).await.unwrap();
+        let _ = tokio::time::timeout(DEADLINE, recv.read_to_end(1 << 20))
+            .await
+            .expect("the daemon ended the stream with the wrong version");
+        ep.shutdown(0, "done", Duration::from_millis(100)).await;
+    });
+    // The daemon is fine and keeps syncing with its real peer.
+    put(&nodes[0], "still", "works");
+    wait_value(&nodes[1], "still", Some(b"works"));
+    assert!(nodes[0].log().contains("sync stream from the peer ended"));
+}
