@@ -168,3 +168,63 @@ fn trusted_devices_find_each_other_by_mdns_and_follow_address_changes() {
     let r = a.cli(&["ping", "beta"]);
     assert!(r.status.success(), "{}", stderr(&r));
 }
+
+/// `cnspr pair` / `cnspr pair CODE` on a LAN: the window is found by mDNS (no address
+/// typed), the joiner then knows the whole mesh, and nearby untrusted devices are listed.
+#[test]
+fn pairing_by_mdns_joins_the_mesh() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let Some(lab) = Lab::new("p", 3) else { return };
+    let mut a = lab.node(0, "alpha");
+    let mut b = lab.node(1, "beta");
+    let mut c = lab.node(2, "gamma");
+    for n in [&mut a, &mut b, &mut c] {
+        n.start();
+    }
+    let pair = |window: &Node, joiner: &Node, expect_nearby: Option<&str>| {
+        let mut child = window
+            .command()
+            .args(["--json", "pair", "--timeout", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        lines.read_line(&mut first).unwrap();
+        let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+        if let Some(name) = expect_nearby {
+            let nearby = first["nearby"].as_array().unwrap();
+            assert!(
+                nearby.iter().any(|n| n["name"] == name),
+                "{name} should be listed as nearby: {first}"
+            );
+        }
+        let code = first["code"].as_str().unwrap().to_string();
+        let started = std::time::Instant::now();
+        let out = joiner.cli(&["--json", "pair", &code, "--timeout", "20"]);
+        let took = started.elapsed();
+        assert!(out.status.success(), "join: {}\n{}", stderr(&out), joiner.log());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "window: {}", String::from_utf8_lossy(&out.stderr));
+        println!("pairing {} with {} took {took:?} once the code was entered", joiner.name, window.name);
+    };
+    // `pair CODE` waits (up to --timeout) for the window to show up by mDNS.
+    pair(&a, &b, None);
+    a.wait_state("beta", "active");
+    b.wait_state("alpha", "active");
+    // gamma, untrusted, is listed as nearby by `cnspr pair` on beta.
+    wait_until("beta to list gamma as nearby", || {
+        let out = b.cli(&["--json", "pair", "--timeout", "1"]);
+        let first = String::from_utf8_lossy(&out.stdout);
+        let first = first.lines().next().unwrap_or("");
+        serde_json::from_str::<serde_json::Value>(first).is_ok_and(|v| {
+            v["nearby"].as_array().is_some_and(|n| n.iter().any(|d| d["name"] == "gamma"))
+        })
+    });
+    // gamma pairs with beta; alpha learns it by gossip and they connect.
+    pair(&b, &c, Some("gamma"));
+    a.wait_state("gamma", "active");
+    c.wait_state("alpha", "active");
+}

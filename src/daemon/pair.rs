@@ -44,6 +44,8 @@ pub const CODE_DIGITS: usize = 6;
 /// Longest one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const PAIR_VERSION: u16 = 1;
+/// Longest wait for a pairing window's QUIC handshake.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum PairMsg {
@@ -472,49 +474,35 @@ pub async fn join(
     let deadline = Instant::now() + timeout;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error: Option<ErrorBody> = None;
+    // Every candidate is dialled at once, and new ones (a window that mDNS reports only
+    // now) join the race while earlier dials are still waiting: a window seen earlier
+    // that closed since never holds up the others.
+    let mut dials = tokio::task::JoinSet::new();
+    let mut next_look = Instant::now();
     loop {
-        let candidates: Vec<Vec<SocketAddr>> = if !addrs.is_empty() {
-            vec![addrs.clone()]
-        } else {
-            d.nearby
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .filter(|n| !n.pairing.is_empty())
-                .map(|n| n.pairing.clone())
-                .collect()
-        };
-        for window in candidates {
-            if window.iter().all(|a| tried.contains(a)) {
-                continue;
-            }
-            for addr in &window {
-                tried.push(*addr);
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
+        if Instant::now() >= next_look {
+            let candidates: Vec<SocketAddr> = if !addrs.is_empty() {
+                addrs.clone()
+            } else {
+                d.nearby
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .flat_map(|n| n.pairing.iter().copied())
+                    .collect()
+            };
+            for addr in candidates {
+                if tried.contains(&addr) {
+                    continue;
                 }
-                match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), join_attempt(d, *addr, &digits)).await {
-                    Ok(Ok(p)) => return Ok(p),
-                    Ok(Err(JoinError::Unreachable(e))) => {
-                        last_error = Some(err(code::UNREACHABLE, e));
-                        continue;
-                    }
-                    Ok(Err(JoinError::Refused(e))) => {
-                        last_error = Some(e);
-                        break;
-                    }
-                    Err(_) => {
-                        last_error = Some(err(code::TIMEOUT, format!("{addr}: no answer")));
-                        continue;
-                    }
-                }
+                tried.push(addr);
+                let identity = d.identity.clone();
+                dials.spawn(async move {
+                    let r = tokio::time::timeout(DIAL_TIMEOUT, pairing::dial(&identity, addr)).await;
+                    (addr, r)
+                });
             }
-            if let Some(e) = &last_error {
-                if e.code == code::WRONG_CODE {
-                    return Err(e.clone());
-                }
-            }
+            next_look = Instant::now() + Duration::from_millis(50);
         }
         if Instant::now() >= deadline {
             return Err(last_error.unwrap_or_else(|| {
@@ -524,11 +512,40 @@ pub async fn join(
                 )
             }));
         }
-        if !addrs.is_empty() && tried.len() >= addrs.len() {
-            // Explicit addresses: retry them until the deadline (the window may open late).
-            tried.clear();
+        let done = tokio::select! {
+            Some(done) = dials.join_next() => done,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if dials.is_empty() && !addrs.is_empty() {
+                    // Explicit addresses: retry them until the deadline (the window may
+                    // open late).
+                    tried.clear();
+                    next_look = Instant::now() + Duration::from_millis(200);
+                }
+                continue;
+            }
+        };
+        let Ok((addr, dialled)) = done else { continue };
+        let conn = match dialled {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                last_error = Some(err(code::UNREACHABLE, e));
+                continue;
+            }
+            Err(_) => {
+                last_error = Some(err(code::TIMEOUT, format!("{addr}: no answer")));
+                continue;
+            }
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), join_attempt(d, conn, addr, &digits)).await {
+            Ok(Ok(p)) => return Ok(p),
+            Ok(Err(JoinError::Unreachable(e))) => last_error = Some(err(code::UNREACHABLE, e)),
+            Ok(Err(JoinError::Refused(e))) if e.code == code::WRONG_CODE => return Err(e),
+            Ok(Err(JoinError::Refused(e))) => last_error = Some(e),
+            Err(_) => last_error = Some(err(code::TIMEOUT, format!("{addr}: no answer"))),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -537,10 +554,12 @@ enum JoinError {
     Refused(ErrorBody),
 }
 
-async fn join_attempt(d: &Arc<Daemon>, addr: SocketAddr, digits: &str) -> Result<Paired, JoinError> {
-    let conn = pairing::dial(&d.identity, addr)
-        .await
-        .map_err(JoinError::Unreachable)?;
+async fn join_attempt(
+    d: &Arc<Daemon>,
+    conn: transport::quinn::Connection,
+    addr: SocketAddr,
+    digits: &str,
+) -> Result<Paired, JoinError> {
     let (Some(window), Some(cb)) = (pairing::peer_id(&conn), pairing::channel_binding(&conn)) else {
         return Err(JoinError::Unreachable(format!("{addr}: no device certificate")));
     };
