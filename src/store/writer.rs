@@ -177,6 +177,12 @@ impl State {
             }
             self.clock.observe(change.version.hlc, wall_ms);
             let siblings = w.siblings(&change.key)?;
+            if siblings.iter().any(|s| s.version.dot() == (origin, seq)) {
+                // Held already (merged by a reconciliation): only the vector moves.
+                self.vv.raise(origin, seq);
+                w.set_vv(origin, seq)?;
+                continue;
+            }
             self.apply_one(w, change, siblings, true, events)?;
             applied += 1;
         }

@@ -3,6 +3,7 @@
 mod durability;
 mod input;
 mod props;
+mod recon;
 mod sync;
 
 use std::path::Path;
