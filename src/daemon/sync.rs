@@ -240,7 +240,15 @@ where
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
         loop {
-            let item = match read_frame::<T, _>(&mut recv, max).await {
+            let frame = tokio::select! {
+                f = read_frame::<T, _>(&mut recv, max) => f,
+                // The session ended: stop reading (the frame in progress is not needed).
+                _ = tx.closed() => {
+                    let _ = recv.stop(0u32.into());
+                    return;
+                }
+            };
+            let item = match frame {
                 Ok(Some(v)) => Ok(v),
                 Ok(None) => Err(SyncError::Closed),
                 Err(e) => Err(e.into()),
