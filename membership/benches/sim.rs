@@ -35,7 +35,10 @@ fn detection(n: u32, trials: u64) -> Vec<Duration> {
         let t0 = sim.now();
         sim.kill(victim);
         sim.run_for(ms(3000));
-        out.push(sim.all_see(victim, State::Unreachable, t0).expect("crash seen everywhere"));
+        out.push(
+            sim.all_see(victim, State::Unreachable, t0)
+                .expect("crash seen everywhere"),
+        );
         sim.restart(victim);
         sim.run_for(ms(2000));
     }
@@ -50,9 +53,17 @@ fn main() {
         line(
             &format!("crash -> unreachable everywhere, N={n}: p50"),
             format!("{:.3} s", secs(p50)),
-            format!("target 1.5 s: {:.2}x; Serf ~5.5 s: {:.2}x", secs(p50) / 1.5, secs(p50) / 5.5),
+            format!(
+                "target 1.5 s: {:.2}x; Serf ~5.5 s: {:.2}x",
+                secs(p50) / 1.5,
+                secs(p50) / 5.5
+            ),
         );
-        line(&format!("crash -> unreachable everywhere, N={n}: p90"), format!("{:.3} s", secs(p90)), String::new());
+        line(
+            &format!("crash -> unreachable everywhere, N={n}: p90"),
+            format!("{:.3} s", secs(p90)),
+            String::new(),
+        );
     }
 
     let mut sim = mesh(100, 7);
@@ -61,8 +72,16 @@ fn main() {
     sim.run_for(ms(10_000));
     let msgs = (sim.stats.messages - m0) as f64 / 100.0 / 10.0;
     let bytes = (sim.stats.bytes - b0) as f64 / 100.0 / 10.0;
-    line("idle, N=100: messages sent per member per s", format!("{msgs:.1}"), format!("= {:.2} per direct link", msgs / 99.0));
-    line("idle, N=100: payload bytes sent per member per s", format!("{bytes:.0} B"), String::new());
+    line(
+        "idle, N=100: messages sent per member per s",
+        format!("{msgs:.1}"),
+        format!("= {:.2} per direct link", msgs / 99.0),
+    );
+    line(
+        "idle, N=100: payload bytes sent per member per s",
+        format!("{bytes:.0} B"),
+        String::new(),
+    );
 
     // Broadcasts.
     let mut lat = Vec::new();
@@ -77,10 +96,18 @@ fn main() {
     line(
         "broadcast delivered everywhere, N=100: p50",
         format!("{:.1} ms", p50.as_secs_f64() * 1e3),
-        format!("target 20 ms: {:.2}x; Serf 90 ms: {:.2}x", secs(p50) / 0.020, secs(p50) / 0.090),
+        format!(
+            "target 20 ms: {:.2}x; Serf 90 ms: {:.2}x",
+            secs(p50) / 0.020,
+            secs(p50) / 0.090
+        ),
     );
     let avg_tx = tx.iter().sum::<u64>() as f64 / tx.len() as f64;
-    line("messages per broadcast, N=100", format!("{avg_tx:.1}"), format!("N-1 = 99: {:.2}x", avg_tx / 99.0));
+    line(
+        "messages per broadcast, N=100",
+        format!("{avg_tx:.1}"),
+        format!("N-1 = 99: {:.2}x", avg_tx / 99.0),
+    );
 
     // Leave.
     let mut leave = Vec::new();
@@ -96,13 +123,21 @@ fn main() {
     line(
         "leave -> left everywhere, N=100: p50",
         format!("{:.1} ms", p50.as_secs_f64() * 1e3),
-        format!("target 100 ms: {:.2}x; Serf ~0.7 s: {:.3}x", secs(p50) / 0.1, secs(p50) / 0.7),
+        format!(
+            "target 100 ms: {:.2}x; Serf ~0.7 s: {:.3}x",
+            secs(p50) / 0.1,
+            secs(p50) / 0.7
+        ),
     );
 
     // Growth with N.
     println!();
     for n in [10u32, 30, 100] {
-        let mut sim = if n == 100 { sim_take(&mut sim) } else { mesh(n, 5) };
+        let mut sim = if n == 100 {
+            sim_take(&mut sim)
+        } else {
+            mesh(n, 5)
+        };
         let m0 = sim.stats.messages;
         sim.run_for(ms(4000));
         let idle = (sim.stats.messages - m0) as f64 / f64::from(n) / 4.0;

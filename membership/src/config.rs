@@ -129,7 +129,10 @@ mod tests {
     fn presets_validate() {
         Config::default().validate().unwrap();
         Config::wan().validate().unwrap();
-        let bad = Config { unreachable_after: Duration::from_millis(500), ..Config::default() };
+        let bad = Config {
+            unreachable_after: Duration::from_millis(500),
+            ..Config::default()
+        };
         assert!(bad.validate().is_err());
     }
 }

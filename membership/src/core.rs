@@ -112,7 +112,11 @@ impl<I: NodeId> Membership<I> {
     /// `incarnation` must grow across restarts (the daemon passes wall-clock ms at start).
     /// An invalid `cfg` is replaced by the default (call [`Config::validate`] at load).
     pub fn new(me: I, incarnation: u64, cfg: Config, now: Instant) -> Self {
-        let cfg = if cfg.validate().is_ok() { cfg } else { Config::default() };
+        let cfg = if cfg.validate().is_ok() {
+            cfg
+        } else {
+            Config::default()
+        };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         me.hash(&mut h);
         incarnation.hash(&mut h);
@@ -217,8 +221,11 @@ impl<I: NodeId> Membership<I> {
         self.left_marks.remove(&id);
         self.seen.remove(&id);
         self.views.remove(&id);
-        self.relays.retain(|_, r| r.requester != id && r.target != id);
+        self.relays
+            .retain(|_, r| r.requester != id && r.target != id);
         self.outbox.remove(&id);
+        self.outputs
+            .retain(|o| !matches!(o, Output::Send { to, .. } if *to == id));
         self.topo_changed();
     }
 
@@ -294,11 +301,20 @@ impl<I: NodeId> Membership<I> {
             }
             self.tick(now);
         }
-        let expired: Vec<u64> =
-            self.relays.iter().filter(|(_, r)| r.deadline <= now).map(|(n, _)| *n).collect();
+        let expired: Vec<u64> = self
+            .relays
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(n, _)| *n)
+            .collect();
         for n in expired {
             if let Some(r) = self.relays.remove(&n) {
-                let msg = Message::PingReqAck { target: r.target, nonce: r.nonce, ok: false, rtt_us: 0 };
+                let msg = Message::PingReqAck {
+                    target: r.target,
+                    nonce: r.nonce,
+                    ok: false,
+                    rtt_us: 0,
+                };
                 self.send(r.requester, msg);
             }
         }
@@ -315,7 +331,9 @@ impl<I: NodeId> Membership<I> {
         let mut t = self.next_tick;
         for link in self.links.values() {
             let d = match link.status {
-                LinkStatus::Active => link.last_heard + self.cfg.probe_interval + self.link_timeout(link),
+                LinkStatus::Active => {
+                    link.last_heard + self.cfg.probe_interval + self.link_timeout(link)
+                }
                 LinkStatus::Suspect => link.last_heard + self.cfg.unreachable_after,
                 LinkStatus::Dead => continue,
             };
@@ -346,15 +364,26 @@ impl<I: NodeId> Membership<I> {
 
     /// Like [`Self::broadcast`], but `Err` (with the unused id) when the payload is over
     /// [`MAX_PAYLOAD`] or this member has left.
-    pub fn try_broadcast(&mut self, payload: Vec<u8>, now: Instant) -> Result<EventId<I>, EventId<I>> {
-        let id = EventId { origin: self.me, seq: self.next_seq };
+    pub fn try_broadcast(
+        &mut self,
+        payload: Vec<u8>,
+        now: Instant,
+    ) -> Result<EventId<I>, EventId<I>> {
+        let id = EventId {
+            origin: self.me,
+            seq: self.next_seq,
+        };
         if payload.len() > MAX_PAYLOAD || self.stopped {
             return Err(id);
         }
         self.observe_clock(now);
         self.next_seq += 1;
         self.lamport += 1;
-        let event = Event { id, lamport: self.lamport, payload };
+        let event = Event {
+            id,
+            lamport: self.lamport,
+            payload,
+        };
         self.remember_event(now, event.clone());
         self.disseminate(Item::Event(event), None);
         self.finish();
@@ -373,7 +402,10 @@ impl<I: NodeId> Membership<I> {
             let all: Vec<I> = self.links.keys().copied().collect();
             for peer in all {
                 let items = self.outbox.entry(peer).or_default();
-                if !items.iter().any(|i| matches!(i, Item::Record(r) if r.origin == rec.origin)) {
+                if !items
+                    .iter()
+                    .any(|i| matches!(i, Item::Record(r) if r.origin == rec.origin))
+                {
                     items.push(Item::Record(rec.clone()));
                 }
             }
@@ -411,11 +443,12 @@ impl<I: NodeId> Membership<I> {
         self.topo_version += 1;
     }
 
-
     fn link_timeout(&self, link: &Link<I>) -> Duration {
         match link.srtt {
             None => self.cfg.probe_timeout,
-            Some(s) => (s * 2 + link.rttvar * 4).clamp(self.cfg.probe_timeout, self.cfg.probe_timeout_max),
+            Some(s) => {
+                (s * 2 + link.rttvar * 4).clamp(self.cfg.probe_timeout, self.cfg.probe_timeout_max)
+            }
         }
     }
 
@@ -423,7 +456,9 @@ impl<I: NodeId> Membership<I> {
     /// the stall is not the peers' silence.
     fn observe_clock(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
-        let Some(due) = self.poll_timeout() else { return };
+        let Some(due) = self.poll_timeout() else {
+            return;
+        };
         if now > due + self.cfg.local_lag_tolerance {
             let lag = now - due;
             for link in self.links.values_mut() {
@@ -438,7 +473,11 @@ impl<I: NodeId> Membership<I> {
         for peer in peers {
             let (silence, status, has_success) = {
                 let l = &self.links[&peer];
-                (now.saturating_duration_since(l.last_heard), l.status, matches!(l.indirect, Some((_, Some(_)))))
+                (
+                    now.saturating_duration_since(l.last_heard),
+                    l.status,
+                    matches!(l.indirect, Some((_, Some(_)))),
+                )
             };
             if silence >= skip {
                 self.ping(peer, now);
@@ -462,7 +501,9 @@ impl<I: NodeId> Membership<I> {
     fn ping(&mut self, peer: I, now: Instant) {
         let nonce = self.next_nonce;
         self.next_nonce += 1;
-        let Some(link) = self.links.get_mut(&peer) else { return };
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
         link.ping = Some((nonce, now));
         let suspect = link.status != LinkStatus::Active;
         self.send(peer, Message::Ping { nonce, suspect });
@@ -494,7 +535,9 @@ impl<I: NodeId> Membership<I> {
             .iter()
             .filter(|(p, l)| **p != target && l.status == LinkStatus::Active)
             .filter(|(p, _)| {
-                self.records.get(*p).is_some_and(|r| r.links.iter().any(|e| e.peer == target))
+                self.records
+                    .get(*p)
+                    .is_some_and(|r| r.links.iter().any(|e| e.peer == target))
             })
             .map(|(p, _)| *p)
             .collect();
@@ -532,7 +575,9 @@ impl<I: NodeId> Membership<I> {
     }
 
     fn set_status(&mut self, peer: I, status: LinkStatus, now: Instant) {
-        let Some(link) = self.links.get_mut(&peer) else { return };
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
         let old = link.status;
         if old == status {
             return;
@@ -575,8 +620,16 @@ impl<I: NodeId> Membership<I> {
                     if r.target == from {
                         let r = self.relays.remove(&nonce).expect("present");
                         let measured = now.saturating_duration_since(r.sent);
-                        let rtt = self.links.get(&from).map_or(measured, |l| l.rtt.min(measured));
-                        let msg = Message::PingReqAck { target: from, nonce: r.nonce, ok: true, rtt_us: micros(rtt) };
+                        let rtt = self
+                            .links
+                            .get(&from)
+                            .map_or(measured, |l| l.rtt.min(measured));
+                        let msg = Message::PingReqAck {
+                            target: from,
+                            nonce: r.nonce,
+                            ok: true,
+                            rtt_us: micros(rtt),
+                        };
                         self.send(r.requester, msg);
                     }
                     return;
@@ -602,7 +655,12 @@ impl<I: NodeId> Membership<I> {
                 }
             }
             Message::PingReq { target, nonce } => self.on_ping_req(from, target, nonce, now),
-            Message::PingReqAck { target, nonce, ok, rtt_us } => {
+            Message::PingReqAck {
+                target,
+                nonce,
+                ok,
+                rtt_us,
+            } => {
                 let via_rtt = self.links.get(&from).map_or(Duration::ZERO, |l| l.rtt);
                 if let Some(link) = self.links.get_mut(&target) {
                     if let Some((n, best)) = &mut link.indirect {
@@ -627,28 +685,60 @@ impl<I: NodeId> Membership<I> {
                     self.send(from, msg);
                 }
             }
-            Message::DigestFull { reply, records, events } => {
-                self.on_digest_full(from, reply, records, events)
-            }
+            Message::DigestFull {
+                reply,
+                records,
+                events,
+            } => self.on_digest_full(from, reply, records, events),
         }
     }
 
     fn on_ping_req(&mut self, from: I, target: I, nonce: u64, now: Instant) {
-        let usable = target != from && self.links.get(&target).is_some_and(|l| l.status != LinkStatus::Dead);
+        let usable = target != from
+            && self
+                .links
+                .get(&target)
+                .is_some_and(|l| l.status != LinkStatus::Dead);
         if !usable || self.relays.len() >= MAX_RELAYS {
-            self.send(from, Message::PingReqAck { target, nonce, ok: false, rtt_us: 0 });
+            self.send(
+                from,
+                Message::PingReqAck {
+                    target,
+                    nonce,
+                    ok: false,
+                    rtt_us: 0,
+                },
+            );
             return;
         }
         let timeout = self.link_timeout(&self.links[&target]);
         let n2 = self.next_nonce;
         self.next_nonce += 1;
-        self.relays.insert(n2, Relay { requester: from, nonce, target, sent: now, deadline: now + timeout });
-        self.send(target, Message::Ping { nonce: n2, suspect: false });
+        self.relays.insert(
+            n2,
+            Relay {
+                requester: from,
+                nonce,
+                target,
+                sent: now,
+                deadline: now + timeout,
+            },
+        );
+        self.send(
+            target,
+            Message::Ping {
+                nonce: n2,
+                suspect: false,
+            },
+        );
     }
 
     /// Someone suspects us: announce a higher incarnation (at most once per probe interval).
     fn refute(&mut self, now: Instant) {
-        if self.last_refute.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.probe_interval) {
+        if self
+            .last_refute
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.probe_interval)
+        {
             return;
         }
         self.last_refute = Some(now);
@@ -674,7 +764,11 @@ impl<I: NodeId> Membership<I> {
             return;
         }
         let prev = self.records.get(&rec.origin).map(|r| r.incarnation);
-        if self.records.get(&rec.origin).is_some_and(|r| r.key() >= rec.key()) {
+        if self
+            .records
+            .get(&rec.origin)
+            .is_some_and(|r| r.key() >= rec.key())
+        {
             self.stats.duplicates += 1;
             return;
         }
@@ -684,7 +778,9 @@ impl<I: NodeId> Membership<I> {
             let timeout = self.links.get(&rec.origin).map(|l| self.link_timeout(l));
             if let (Some(link), Some(t)) = (self.links.get_mut(&rec.origin), timeout) {
                 if link.status == LinkStatus::Suspect {
-                    let floor = now.checked_sub(self.cfg.probe_interval + t).unwrap_or(link.last_heard);
+                    let floor = now
+                        .checked_sub(self.cfg.probe_interval + t)
+                        .unwrap_or(link.last_heard);
                     link.last_heard = link.last_heard.max(floor);
                 }
             }
@@ -706,10 +802,20 @@ impl<I: NodeId> Membership<I> {
         for (peer, link) in self.links.iter_mut() {
             if link.status == LinkStatus::Active && roster.contains(peer) {
                 link.announced_rtt = link.rtt;
-                links.push(LinkEntry { peer: *peer, rtt_us: micros(link.rtt), addr: link.addr });
+                links.push(LinkEntry {
+                    peer: *peer,
+                    rtt_us: micros(link.rtt),
+                    addr: link.addr,
+                });
             }
         }
-        let rec = Record { origin: self.me, incarnation: self.incarnation, version: self.version, left: self.left, links };
+        let rec = Record {
+            origin: self.me,
+            incarnation: self.incarnation,
+            version: self.version,
+            left: self.left,
+            links,
+        };
         self.records.insert(self.me, rec.clone());
         self.digest_cache = None;
         self.stats.records_published += 1;
@@ -720,7 +826,9 @@ impl<I: NodeId> Membership<I> {
     /// End of every entry point: publish our record if it changed, recompute views, flush.
     fn finish(&mut self) {
         let due = self.record_urgent
-            || self.last_publish.is_none_or(|p| self.clock >= p + self.cfg.record_min_interval);
+            || self
+                .last_publish
+                .is_none_or(|p| self.clock >= p + self.cfg.record_min_interval);
         if self.record_dirty && due && !self.stopped {
             self.publish_record();
         }
@@ -760,8 +868,13 @@ impl<I: NodeId> Membership<I> {
             .filter(|id| self.is_left(id))
             .copied()
             .collect();
-        let known: HashSet<I> =
-            self.roster.iter().copied().filter(|id| !left.contains(id)).chain([self.me]).collect();
+        let known: HashSet<I> = self
+            .roster
+            .iter()
+            .copied()
+            .filter(|id| !left.contains(id))
+            .chain([self.me])
+            .collect();
         let mut adj: Adjacency<I> = BTreeMap::new();
         if !self.left {
             let mine = self
@@ -822,9 +935,11 @@ impl<I: NodeId> Membership<I> {
                     }
                     Some((LinkStatus::Suspect, _, rtt)) => (State::Suspect, None, Some(rtt)),
                     _ => match paths.get(&id) {
-                        Some(&(_, rtt, first)) => {
-                            (State::Indirect, Some(first), Some(Duration::from_micros(rtt)))
-                        }
+                        Some(&(_, rtt, first)) => (
+                            State::Indirect,
+                            Some(first),
+                            Some(Duration::from_micros(rtt)),
+                        ),
                         None => (State::Unreachable, None, None),
                     },
                 }
@@ -835,13 +950,24 @@ impl<I: NodeId> Membership<I> {
                     addrs.push(*a);
                 }
             }
-            let view = PeerView { id, state, via, rtt, addrs };
+            let view = PeerView {
+                id,
+                state,
+                via,
+                rtt,
+                addrs,
+            };
             let changed = match self.views.get(&id) {
-                Some(old) => old.state != view.state || old.via != view.via || old.addrs != view.addrs,
+                Some(old) => {
+                    old.state != view.state || old.via != view.via || old.addrs != view.addrs
+                }
                 None => true,
             };
             if changed {
-                self.outputs.push_back(Output::State { peer: id, view: view.clone() });
+                self.outputs.push_back(Output::State {
+                    peer: id,
+                    view: view.clone(),
+                });
             }
             self.views.insert(id, view);
         }

@@ -47,7 +47,11 @@ impl<I: NodeId> Membership<I> {
     pub(crate) fn disseminate(&mut self, item: Item<I>, from: Option<I>) {
         let origin = item.origin();
         let root_is_left = self.is_left(&origin) && origin != self.me;
-        let adj = if root_is_left { self.build_adjacency(Some(origin)) } else { self.adjacency() };
+        let adj = if root_is_left {
+            self.build_adjacency(Some(origin))
+        } else {
+            self.adjacency()
+        };
         let parents = route::bfs_parents(&adj, origin);
         // If our view does not connect the origin to us, we are nobody's parent: the
         // origin's own sends and anti-entropy cover it (forwarding anyway would flood).
@@ -74,7 +78,12 @@ impl<I: NodeId> Membership<I> {
                     return;
                 }
                 let window = self.cfg.seen_window;
-                if !self.seen.entry(origin).or_default().insert(event.id.seq, window) {
+                if !self
+                    .seen
+                    .entry(origin)
+                    .or_default()
+                    .insert(event.id.seq, window)
+                {
                     self.stats.duplicates += 1;
                     return;
                 }
@@ -102,7 +111,11 @@ impl<I: NodeId> Membership<I> {
     pub(crate) fn expire_events(&mut self, now: Instant) {
         let retain = self.cfg.event_retain;
         let before = self.recent.len();
-        while self.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > retain) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > retain)
+        {
             self.recent.pop_front();
         }
         if self.recent.len() != before {
@@ -111,8 +124,11 @@ impl<I: NodeId> Membership<I> {
     }
 
     fn digest_entries(&self) -> DigestEntries<I> {
-        let records: Vec<(I, u64, u64)> =
-            self.records.values().map(|r| (r.origin, r.incarnation, r.version)).collect();
+        let records: Vec<(I, u64, u64)> = self
+            .records
+            .values()
+            .map(|r| (r.origin, r.incarnation, r.version))
+            .collect();
         let mut events: Vec<EventId<I>> = self.recent.iter().map(|(_, e)| e.id).collect();
         events.sort();
         events.truncate(MAX_LIST);
@@ -138,7 +154,11 @@ impl<I: NodeId> Membership<I> {
 
     pub(crate) fn digest_full(&self, reply: bool) -> Message<I> {
         let (records, events) = self.digest_entries();
-        Message::DigestFull { reply, records, events }
+        Message::DigestFull {
+            reply,
+            records,
+            events,
+        }
     }
 
     pub(crate) fn on_digest_full(
@@ -148,7 +168,8 @@ impl<I: NodeId> Membership<I> {
         records: Vec<(I, u64, u64)>,
         events: Vec<EventId<I>>,
     ) {
-        let theirs: BTreeMap<I, (u64, u64)> = records.into_iter().map(|(o, i, v)| (o, (i, v))).collect();
+        let theirs: BTreeMap<I, (u64, u64)> =
+            records.into_iter().map(|(o, i, v)| (o, (i, v))).collect();
         let mut push: Vec<Item<I>> = Vec::new();
         for rec in self.records.values() {
             if rec.origin == from {
@@ -182,7 +203,12 @@ impl<I: NodeId> Membership<I> {
             for item in items {
                 let s = item_size(&item);
                 if !batch.is_empty() && (size + s > PACK_BYTES || batch.len() >= MAX_LIST) {
-                    self.send(to, Message::Gossip { items: std::mem::take(&mut batch) });
+                    self.send(
+                        to,
+                        Message::Gossip {
+                            items: std::mem::take(&mut batch),
+                        },
+                    );
                     size = 0;
                 }
                 size += s;

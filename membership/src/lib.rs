@@ -101,7 +101,11 @@ pub struct PeerView<I> {
 #[derive(Clone, Debug)]
 pub enum Input<I> {
     /// A direct QUIC connection is up (after its hello).
-    LinkUp { peer: I, rtt: Duration, addr: Option<SocketAddr> },
+    LinkUp {
+        peer: I,
+        rtt: Duration,
+        addr: Option<SocketAddr>,
+    },
     /// The connection closed; `leaving`: the peer closed it with "I am stopping".
     LinkDown { peer: I, leaving: bool },
     /// Fresh RTT from QUIC.
@@ -118,5 +122,9 @@ pub enum Output<I> {
     /// A peer's state, relay or known addresses changed.
     State { peer: I, view: PeerView<I> },
     /// A broadcast from another member, delivered once.
-    Deliver { id: EventId<I>, lamport: u64, payload: Vec<u8> },
+    Deliver {
+        id: EventId<I>,
+        lamport: u64,
+        payload: Vec<u8>,
+    },
 }

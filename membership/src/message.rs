@@ -88,19 +88,40 @@ impl<I: Copy> Item<I> {
 pub enum Message<I> {
     /// Liveness probe; `suspect` tells the receiver that the sender suspects it (it then
     /// refutes with a higher incarnation).
-    Ping { nonce: u64, suspect: bool },
-    Ack { nonce: u64 },
+    Ping {
+        nonce: u64,
+        suspect: bool,
+    },
+    Ack {
+        nonce: u64,
+    },
     /// Please ping `target` for me (indirect probe).
-    PingReq { target: I, nonce: u64 },
+    PingReq {
+        target: I,
+        nonce: u64,
+    },
     /// Answer to `PingReq`: whether `target` answered, and the helper's RTT to it.
-    PingReqAck { target: I, nonce: u64, ok: bool, rtt_us: u32 },
+    PingReqAck {
+        target: I,
+        nonce: u64,
+        ok: bool,
+        rtt_us: u32,
+    },
     /// Disseminated records and events.
-    Gossip { items: Vec<Item<I>> },
+    Gossip {
+        items: Vec<Item<I>>,
+    },
     /// Anti-entropy: a hash of the records and recent event ids the sender holds.
-    Digest { hash: u64 },
+    Digest {
+        hash: u64,
+    },
     /// Anti-entropy after a hash mismatch (or a new link): record versions and recent event
     /// ids; the receiver pushes what the sender lacks and, if `reply`, answers in kind.
-    DigestFull { reply: bool, records: Vec<(I, u64, u64)>, events: Vec<EventId<I>> },
+    DigestFull {
+        reply: bool,
+        records: Vec<(I, u64, u64)>,
+        events: Vec<EventId<I>>,
+    },
 }
 
 /// Why bytes did not decode into a [`Message`].
@@ -119,15 +140,22 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::Empty => write!(f, "empty membership message"),
             DecodeError::TooLarge(n) => {
-                write!(f, "membership message of {n} bytes exceeds {MAX_MESSAGE_BYTES}")
+                write!(
+                    f,
+                    "membership message of {n} bytes exceeds {MAX_MESSAGE_BYTES}"
+                )
             }
             DecodeError::Version(v) => write!(
                 f,
                 "membership wire version {v}, expected {WIRE_VERSION}: upgrade the older member"
             ),
             DecodeError::Malformed(e) => write!(f, "malformed membership message: {e}"),
-            DecodeError::TrailingBytes(n) => write!(f, "{n} trailing bytes after membership message"),
-            DecodeError::LimitExceeded(what) => write!(f, "membership message: {what} over its limit"),
+            DecodeError::TrailingBytes(n) => {
+                write!(f, "{n} trailing bytes after membership message")
+            }
+            DecodeError::LimitExceeded(what) => {
+                write!(f, "membership message: {what} over its limit")
+            }
         }
     }
 }
@@ -147,8 +175,8 @@ impl<I: NodeId> Message<I> {
         let mut out = vec![WIRE_VERSION];
         // Encoding into a Vec cannot fail for these plain types; the limit only applies
         // to decoding.
-        let body = bincode::serde::encode_to_vec(self, bincode::config::standard())
-            .unwrap_or_default();
+        let body =
+            bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();
         out.extend_from_slice(&body);
         out
     }
@@ -188,9 +216,9 @@ impl<I: NodeId> Message<I> {
                     }
                 }
             }
-            Message::DigestFull { records, events, .. }
-                if records.len() > MAX_LIST || events.len() > MAX_LIST =>
-            {
+            Message::DigestFull {
+                records, events, ..
+            } if records.len() > MAX_LIST || events.len() > MAX_LIST => {
                 return Err(DecodeError::LimitExceeded("digest entries"));
             }
             _ => {}
@@ -227,8 +255,7 @@ mod tests {
 
     fn arb_addr() -> impl Strategy<Value = Option<SocketAddr>> {
         proptest::option::of(
-            (any::<[u8; 4]>(), any::<u16>())
-                .prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
         )
     }
 
@@ -245,14 +272,21 @@ mod tests {
                     0..8
                 )
             )
-                .prop_map(|(origin, incarnation, version, left, links)| Item::Record(Record {
-                    origin,
-                    incarnation,
-                    version,
-                    left,
-                    links
-                })),
-            (any::<u32>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(origin, incarnation, version, left, links)| Item::Record(
+                    Record {
+                        origin,
+                        incarnation,
+                        version,
+                        left,
+                        links
+                    }
+                )),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
                 .prop_map(|(origin, seq, lamport, payload)| Item::Event(Event {
                     id: EventId { origin, seq },
                     lamport,
@@ -263,11 +297,19 @@ mod tests {
 
     fn arb_message() -> impl Strategy<Value = Message<u32>> {
         prop_oneof![
-            (any::<u64>(), any::<bool>()).prop_map(|(nonce, suspect)| Message::Ping { nonce, suspect }),
+            (any::<u64>(), any::<bool>())
+                .prop_map(|(nonce, suspect)| Message::Ping { nonce, suspect }),
             any::<u64>().prop_map(|nonce| Message::Ack { nonce }),
-            (any::<u32>(), any::<u64>()).prop_map(|(target, nonce)| Message::PingReq { target, nonce }),
-            (any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>())
-                .prop_map(|(target, nonce, ok, rtt_us)| Message::PingReqAck { target, nonce, ok, rtt_us }),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(target, nonce)| Message::PingReq { target, nonce }),
+            (any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>()).prop_map(
+                |(target, nonce, ok, rtt_us)| Message::PingReqAck {
+                    target,
+                    nonce,
+                    ok,
+                    rtt_us
+                }
+            ),
             proptest::collection::vec(arb_item(), 0..6).prop_map(|items| Message::Gossip { items }),
             any::<u64>().prop_map(|hash| Message::Digest { hash }),
             (
@@ -278,7 +320,11 @@ mod tests {
                     0..10
                 )
             )
-                .prop_map(|(reply, records, events)| Message::DigestFull { reply, records, events }),
+                .prop_map(|(reply, records, events)| Message::DigestFull {
+                    reply,
+                    records,
+                    events
+                }),
         ]
     }
 
@@ -333,8 +379,14 @@ mod tests {
         evil.extend_from_slice(&[0xFD, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
         assert!(Message::<u32>::decode(&evil).is_err());
         assert_eq!(Message::<u32>::decode(&[]), Err(DecodeError::Empty));
-        assert_eq!(Message::<u32>::decode(&[9, 0]), Err(DecodeError::Version(9)));
+        assert_eq!(
+            Message::<u32>::decode(&[9, 0]),
+            Err(DecodeError::Version(9))
+        );
         let huge = vec![WIRE_VERSION; MAX_MESSAGE_BYTES + 1];
-        assert_eq!(Message::<u32>::decode(&huge), Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1)));
+        assert_eq!(
+            Message::<u32>::decode(&huge),
+            Err(DecodeError::TooLarge(MAX_MESSAGE_BYTES + 1))
+        );
     }
 }

@@ -25,7 +25,9 @@ pub(crate) fn shortest_paths<I: Ord + Copy + Hash>(
         if !done.insert(node) {
             continue;
         }
-        let Some(edges) = adj.get(&node) else { continue };
+        let Some(edges) = adj.get(&node) else {
+            continue;
+        };
         for &(next, w) in edges {
             if next == src || done.contains(&next) {
                 continue;

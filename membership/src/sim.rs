@@ -67,12 +67,35 @@ pub struct NetStats {
 
 #[derive(Debug)]
 enum Ev {
-    Deliver { to: u32, from: u32, bytes: Vec<u8>, conn: u64 },
-    LinkUp { node: u32, peer: u32, conn: u64 },
-    LinkDown { node: u32, peer: u32, leaving: bool },
-    Timer { node: u32, at: Instant },
-    IdleClose { a: u32, b: u32, conn: u64 },
-    Connect { a: u32, b: u32 },
+    Deliver {
+        to: u32,
+        from: u32,
+        bytes: Vec<u8>,
+        conn: u64,
+    },
+    LinkUp {
+        node: u32,
+        peer: u32,
+        conn: u64,
+    },
+    LinkDown {
+        node: u32,
+        peer: u32,
+        leaving: bool,
+    },
+    Timer {
+        node: u32,
+        at: Instant,
+    },
+    IdleClose {
+        a: u32,
+        b: u32,
+        conn: u64,
+    },
+    Connect {
+        a: u32,
+        b: u32,
+    },
 }
 
 struct Queued {
@@ -152,7 +175,10 @@ impl Sim {
             queue: BinaryHeap::new(),
             nodes: Vec::new(),
             links: BTreeMap::new(),
-            stats: NetStats { sent: vec![(0, 0); n as usize], ..NetStats::default() },
+            stats: NetStats {
+                sent: vec![(0, 0); n as usize],
+                ..NetStats::default()
+            },
             log: Vec::new(),
             deliveries: Vec::new(),
             broadcasts: BTreeMap::new(),
@@ -178,7 +204,14 @@ impl Sim {
                 let loss = sim.cfg.loss;
                 sim.links.insert(
                     (a, b),
-                    SimLink { wired: w, partitioned: false, connected: false, conn: 0, latency, loss },
+                    SimLink {
+                        wired: w,
+                        partitioned: false,
+                        connected: false,
+                        conn: 0,
+                        latency,
+                        loss,
+                    },
                 );
                 if w {
                     sim.connect(a, b);
@@ -194,7 +227,12 @@ impl Sim {
     }
 
     fn fresh_core(&self, id: u32, n: u32, incarnation: u64) -> Membership<u32> {
-        let mut m = Membership::new(id, incarnation, self.cfg.membership.clone(), self.base + self.now);
+        let mut m = Membership::new(
+            id,
+            incarnation,
+            self.cfg.membership.clone(),
+            self.base + self.now,
+        );
         m.set_members(0..n);
         m
     }
@@ -234,7 +272,11 @@ impl Sim {
 
     fn push(&mut self, at: Duration, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Queued { at, seq: self.seq, ev });
+        self.queue.push(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        });
     }
 
     fn link(&mut self, a: u32, b: u32) -> &mut SimLink {
@@ -252,8 +294,22 @@ impl Sim {
         l.conn += 1;
         let conn = l.conn;
         let hs = l.latency * 2;
-        self.push(now + hs, Ev::LinkUp { node: a, peer: b, conn });
-        self.push(now + hs, Ev::LinkUp { node: b, peer: a, conn });
+        self.push(
+            now + hs,
+            Ev::LinkUp {
+                node: a,
+                peer: b,
+                conn,
+            },
+        );
+        self.push(
+            now + hs,
+            Ev::LinkUp {
+                node: b,
+                peer: a,
+                conn,
+            },
+        );
     }
 
     /// Close a connection at once (both sides see `LinkDown` after the latency).
@@ -266,8 +322,22 @@ impl Sim {
         l.connected = false;
         l.conn += 1;
         let lat = l.latency;
-        self.push(now + lat, Ev::LinkDown { node: a, peer: b, leaving: leaving_side == Some(b) });
-        self.push(now + lat, Ev::LinkDown { node: b, peer: a, leaving: leaving_side == Some(a) });
+        self.push(
+            now + lat,
+            Ev::LinkDown {
+                node: a,
+                peer: b,
+                leaving: leaving_side == Some(b),
+            },
+        );
+        self.push(
+            now + lat,
+            Ev::LinkDown {
+                node: b,
+                peer: a,
+                leaving: leaving_side == Some(a),
+            },
+        );
     }
 
     /// Reconnect a wired pair (after `disconnect`).
@@ -389,7 +459,14 @@ impl Sim {
                 l.connected = false;
                 l.conn += 1;
                 let at = now + l.latency + Duration::from_millis(1);
-                self.push(at, Ev::LinkDown { node: p, peer: id, leaving: true });
+                self.push(
+                    at,
+                    Ev::LinkDown {
+                        node: p,
+                        peer: id,
+                        leaving: true,
+                    },
+                );
             }
         }
     }
@@ -432,7 +509,9 @@ impl Sim {
     fn process(&mut self, ev: Ev) {
         let node = match &ev {
             Ev::Deliver { to, .. } => Some(*to),
-            Ev::LinkUp { node, .. } | Ev::LinkDown { node, .. } | Ev::Timer { node, .. } => Some(*node),
+            Ev::LinkUp { node, .. } | Ev::LinkDown { node, .. } | Ev::Timer { node, .. } => {
+                Some(*node)
+            }
             _ => None,
         };
         if let Some(n) = node {
@@ -448,14 +527,22 @@ impl Sim {
         }
         let now = self.instant();
         match ev {
-            Ev::Deliver { to, from, bytes, conn } => {
+            Ev::Deliver {
+                to,
+                from,
+                bytes,
+                conn,
+            } => {
                 let l = self.link(to, from);
                 if !l.connected || l.conn != conn || l.partitioned {
                     self.stats.dropped += 1;
                     return;
                 }
-                let msg = Message::<u32>::decode(&bytes).expect("simulated peers send valid messages");
-                self.nodes[to as usize].m.handle_input(Input::Message { from, msg }, now);
+                let msg =
+                    Message::<u32>::decode(&bytes).expect("simulated peers send valid messages");
+                self.nodes[to as usize]
+                    .m
+                    .handle_input(Input::Message { from, msg }, now);
                 self.drain(to);
             }
             Ev::LinkUp { node, peer, conn } => {
@@ -464,12 +551,23 @@ impl Sim {
                     return;
                 }
                 let rtt = l.latency * 2;
-                let addr = Some(std::net::SocketAddr::from(([10, 0, (peer >> 8) as u8, peer as u8], 7000)));
-                self.nodes[node as usize].m.handle_input(Input::LinkUp { peer, rtt, addr }, now);
+                let addr = Some(std::net::SocketAddr::from((
+                    [10, 0, (peer >> 8) as u8, peer as u8],
+                    7000,
+                )));
+                self.nodes[node as usize]
+                    .m
+                    .handle_input(Input::LinkUp { peer, rtt, addr }, now);
                 self.drain(node);
             }
-            Ev::LinkDown { node, peer, leaving } => {
-                self.nodes[node as usize].m.handle_input(Input::LinkDown { peer, leaving }, now);
+            Ev::LinkDown {
+                node,
+                peer,
+                leaving,
+            } => {
+                self.nodes[node as usize]
+                    .m
+                    .handle_input(Input::LinkDown { peer, leaving }, now);
                 self.drain(node);
             }
             Ev::Timer { node, at } => {
@@ -486,8 +584,22 @@ impl Sim {
                     l.connected = false;
                     l.conn += 1;
                     let now = self.now;
-                    self.push(now, Ev::LinkDown { node: a, peer: b, leaving: false });
-                    self.push(now, Ev::LinkDown { node: b, peer: a, leaving: false });
+                    self.push(
+                        now,
+                        Ev::LinkDown {
+                            node: a,
+                            peer: b,
+                            leaving: false,
+                        },
+                    );
+                    self.push(
+                        now,
+                        Ev::LinkDown {
+                            node: b,
+                            peer: a,
+                            leaving: false,
+                        },
+                    );
                 }
             }
             Ev::Connect { a, b } => self.reconnect(a, b),
@@ -555,14 +667,24 @@ impl Sim {
         }
         let extra = self.nodes[to as usize].extra_delay;
         let at = self.now + latency + extra;
-        self.push(at, Ev::Deliver { to, from, bytes, conn });
+        self.push(
+            at,
+            Ev::Deliver {
+                to,
+                from,
+                bytes,
+                conn,
+            },
+        );
     }
 
     // ---- queries for assertions ----
 
     /// Live members other than `peer`.
     pub fn observers_of(&self, peer: u32) -> Vec<u32> {
-        (0..self.len()).filter(|o| *o != peer && self.is_alive(*o)).collect()
+        (0..self.len())
+            .filter(|o| *o != peer && self.is_alive(*o))
+            .collect()
     }
 
     /// If every live member (but `peer`) now shows `peer` in `state`: the time since
@@ -585,14 +707,26 @@ impl Sim {
     }
 
     /// Transitions after `since` matching `f`.
-    pub fn transitions_since(&self, since: Duration, f: impl Fn(&Transition) -> bool) -> Vec<Transition> {
-        self.log.iter().filter(|t| t.at >= since && f(t)).cloned().collect()
+    pub fn transitions_since(
+        &self,
+        since: Duration,
+        f: impl Fn(&Transition) -> bool,
+    ) -> Vec<Transition> {
+        self.log
+            .iter()
+            .filter(|t| t.at >= since && f(t))
+            .cloned()
+            .collect()
     }
 
     /// True when every live member shows every other live member `active`.
     pub fn all_active(&self) -> bool {
         let alive: Vec<u32> = (0..self.len()).filter(|i| self.is_alive(*i)).collect();
-        alive.iter().all(|&o| alive.iter().all(|&p| o == p || self.state(o, p) == Some(State::Active)))
+        alive.iter().all(|&o| {
+            alive
+                .iter()
+                .all(|&p| o == p || self.state(o, p) == Some(State::Active))
+        })
     }
 
     /// Deliveries of `id`, per receiving node.
@@ -617,7 +751,9 @@ impl Sim {
                 nodes += 1;
             }
         }
-        let expected = (0..self.len()).filter(|n| *n != id.origin && self.is_alive(*n)).count();
+        let expected = (0..self.len())
+            .filter(|n| *n != id.origin && self.is_alive(*n))
+            .count();
         (nodes >= expected).then_some(last)
     }
 }

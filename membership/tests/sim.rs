@@ -21,7 +21,9 @@ fn crash_detection(sim: &mut Sim, victim: u32) -> Duration {
     let t0 = sim.now();
     sim.kill(victim);
     sim.run_for(ms(3000));
-    let d = sim.all_see(victim, State::Unreachable, t0).expect("everyone sees the crash");
+    let d = sim
+        .all_see(victim, State::Unreachable, t0)
+        .expect("everyone sees the crash");
     let others = sim.transitions_since(t0, |t| t.peer != victim && t.state != State::Active);
     assert!(others.is_empty(), "collateral transitions: {others:?}");
     d
@@ -43,9 +45,16 @@ fn broadcasts(sim: &mut Sim, count: u32, settle: Duration) -> (Vec<Duration>, Ve
     for id in ids {
         let got = sim.delivered(id);
         for node in sim.observers_of(id.origin) {
-            assert_eq!(got.get(&node).copied(), Some(1), "{id:?} at {node}: {got:?}");
+            assert_eq!(
+                got.get(&node).copied(),
+                Some(1),
+                "{id:?} at {node}: {got:?}"
+            );
         }
-        assert!(!got.contains_key(&id.origin), "origin delivers its own event");
+        assert!(
+            !got.contains_key(&id.origin),
+            "origin delivers its own event"
+        );
         lat.push(sim.broadcast_latency(id).expect("delivered everywhere"));
         tx.push(sim.stats.event_tx.get(&id).copied().unwrap_or(0));
     }
@@ -60,11 +69,17 @@ fn mesh_of_100_idle_broadcast_crash_restart_leave() {
     sim.run_for(ms(5000));
     assert!(sim.transitions_since(ms(2000), |_| true).is_empty());
     let per_member_per_s = (sim.stats.messages - before.messages) as f64 / 100.0 / 5.0;
-    assert!(per_member_per_s < 99.0 * 4.0 * 1.1 + 2.0, "idle {per_member_per_s} msgs/member/s");
+    assert!(
+        per_member_per_s < 99.0 * 4.0 * 1.1 + 2.0,
+        "idle {per_member_per_s} msgs/member/s"
+    );
 
     // Broadcasts: exactly once everywhere, N-1 transmissions each, fast.
     let (lat, tx) = broadcasts(&mut sim, 20, ms(300));
-    assert!(tx.iter().all(|t| *t == 99), "transmissions per event {tx:?}");
+    assert!(
+        tx.iter().all(|t| *t == 99),
+        "transmissions per event {tx:?}"
+    );
     assert!(quantile(&lat, 0.5) < ms(20), "{lat:?}");
 
     // Crash: unreachable everywhere in under 1.5 s.
@@ -83,7 +98,9 @@ fn mesh_of_100_idle_broadcast_crash_restart_leave() {
     sim.run_for(ms(500));
     let d = sim.all_see(17, State::Left, t2).expect("left everywhere");
     assert!(d < ms(100), "{d:?}");
-    assert!(sim.transitions_since(t2, |t| t.peer == 17 && t.state != State::Left).is_empty());
+    assert!(sim
+        .transitions_since(t2, |t| t.peer == 17 && t.state != State::Left)
+        .is_empty());
 }
 
 #[test]
@@ -125,7 +142,10 @@ fn line_topology_relays_and_broadcasts_once() {
     let v = sim.view(0, 2).unwrap().clone();
     assert_eq!((v.state, v.via), (State::Indirect, Some(1)));
     assert_eq!(v.rtt, Some(ms(4)), "RTT is the sum over the path");
-    assert!(v.addrs.contains(&"10.0.0.2:7000".parse().unwrap()), "address gossiped by B: {v:?}");
+    assert!(
+        v.addrs.contains(&"10.0.0.2:7000".parse().unwrap()),
+        "address gossiped by B: {v:?}"
+    );
     assert_eq!(sim.node(0).next_hop(&2), Some(1));
     assert_eq!(sim.node(0).next_hop(&1), Some(1));
     assert_eq!(sim.state(2, 0), Some(State::Indirect));
@@ -170,8 +190,14 @@ fn cut_link_goes_indirect_and_back() {
     assert!(relay != 0 && relay != 1);
     assert_eq!(sim.node(0).next_hop(&1), Some(relay));
     assert_eq!(sim.state(1, 0), Some(State::Indirect));
-    let first = sim.transitions_since(t0, |t| t.observer == 0 && t.peer == 1 && t.state == State::Indirect);
-    assert!(first[0].at - t0 < ms(800), "indirect after {:?}", first[0].at - t0);
+    let first = sim.transitions_since(t0, |t| {
+        t.observer == 0 && t.peer == 1 && t.state == State::Indirect
+    });
+    assert!(
+        first[0].at - t0 < ms(800),
+        "indirect after {:?}",
+        first[0].at - t0
+    );
     // Nobody else is disturbed, and 0 and 1 never look unreachable.
     assert!(sim
         .transitions_since(t0, |t| !(matches!((t.observer, t.peer), (0, 1) | (1, 0))))
@@ -179,7 +205,9 @@ fn cut_link_goes_indirect_and_back() {
     // After the connection idle-times-out: still indirect.
     sim.run_for(ms(6000));
     assert_eq!(sim.state(0, 1), Some(State::Indirect));
-    assert!(sim.transitions_since(t0, |t| t.state == State::Unreachable).is_empty());
+    assert!(sim
+        .transitions_since(t0, |t| t.state == State::Unreachable)
+        .is_empty());
     let t1 = sim.now();
     sim.heal(0, 1);
     sim.run_for(ms(1000));
@@ -189,10 +217,16 @@ fn cut_link_goes_indirect_and_back() {
 
 fn check_split(sim: &Sim, left: &[u32], right: &[u32]) -> bool {
     let across = |a: &[u32], b: &[u32]| {
-        a.iter().all(|&o| b.iter().all(|&p| sim.state(o, p) == Some(State::Unreachable)))
+        a.iter().all(|&o| {
+            b.iter()
+                .all(|&p| sim.state(o, p) == Some(State::Unreachable))
+        })
     };
     let within = |a: &[u32]| {
-        a.iter().all(|&o| a.iter().all(|&p| o == p || sim.state(o, p) == Some(State::Active)))
+        a.iter().all(|&o| {
+            a.iter()
+                .all(|&p| o == p || sim.state(o, p) == Some(State::Active))
+        })
     };
     across(left, right) && across(right, left) && within(left) && within(right)
 }
@@ -207,7 +241,11 @@ fn partition_and_heal_converge_both_ways() {
     sim.split(&left, &right);
     sim.run_for(ms(1500));
     assert!(check_split(&sim, &left, &right), "split seen within 1.5 s");
-    assert!(sim.transitions_since(t0, |t| t.state == State::Indirect).is_empty(), "no stale relays");
+    assert!(
+        sim.transitions_since(t0, |t| t.state == State::Indirect)
+            .is_empty(),
+        "no stale relays"
+    );
     sim.run_for(ms(1500));
     sim.join(&left, &right);
     sim.run_for(ms(1000));
@@ -249,7 +287,9 @@ fn flapping_link_disturbs_nobody_else_and_settles() {
     }
     let others = sim.transitions_since(t0, |t| !(matches!((t.observer, t.peer), (0, 1) | (1, 0))));
     assert!(others.is_empty(), "{others:?}");
-    assert!(sim.transitions_since(t0, |t| t.state == State::Unreachable).is_empty());
+    assert!(sim
+        .transitions_since(t0, |t| t.state == State::Unreachable)
+        .is_empty());
     sim.run_for(ms(2000));
     assert!(sim.all_active());
     let extra = sim.node(0).stats().records_published - published;
@@ -273,19 +313,29 @@ fn slow_member_is_never_declared_unreachable() {
     assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(5)]);
     assert!(sim.all_active());
     // The slow member, once adapted to, does not flap: few suspicions in total.
-    let suspicions = sim.transitions_since(t0, |t| t.peer == 3 && t.state == State::Suspect).len();
-    assert!(suspicions <= 19 * 2, "{suspicions} suspicions of the slow member");
+    let suspicions = sim
+        .transitions_since(t0, |t| t.peer == 3 && t.state == State::Suspect)
+        .len();
+    assert!(
+        suspicions <= 19 * 2,
+        "{suspicions} suspicions of the slow member"
+    );
 }
 
 #[test]
 fn lossy_network_still_delivers_exactly_once() {
     // 5 % of all messages (probes included) are lost; a link may turn suspect for a
     // moment, but nobody is declared unreachable and every event arrives once.
-    let cfg = SimConfig { loss: 0.05, ..SimConfig::default() };
+    let cfg = SimConfig {
+        loss: 0.05,
+        ..SimConfig::default()
+    };
     let mut sim = Sim::full_mesh(20, cfg, 12);
     sim.run_for(ms(3000));
     let (_, _) = broadcasts(&mut sim, 20, ms(5000));
-    assert!(sim.transitions_since(ms(1), |t| t.state == State::Unreachable).is_empty());
+    assert!(sim
+        .transitions_since(ms(1), |t| t.state == State::Unreachable)
+        .is_empty());
 }
 
 #[test]
@@ -301,7 +351,10 @@ fn sparse_topology_delivers_once_without_storm() {
         for p in 0..n {
             if o != p {
                 let s = sim.state(o, p).unwrap();
-                assert!(matches!(s, State::Active | State::Indirect), "{o}->{p} {s:?}");
+                assert!(
+                    matches!(s, State::Active | State::Indirect),
+                    "{o}->{p} {s:?}"
+                );
             }
         }
     }
@@ -317,7 +370,10 @@ fn sparse_topology_delivers_once_without_storm() {
     for o in sim.observers_of(7) {
         for p in sim.observers_of(7) {
             if o != p {
-                assert!(matches!(sim.state(o, p), Some(State::Active | State::Indirect)));
+                assert!(matches!(
+                    sim.state(o, p),
+                    Some(State::Active | State::Indirect)
+                ));
             }
         }
     }
@@ -353,7 +409,12 @@ fn simulation_is_deterministic() {
         sim.partition(1, 2);
         let id = sim.broadcast(5, b"x".to_vec());
         sim.run_for(ms(3000));
-        (sim.log.clone(), sim.stats.messages, sim.stats.bytes, sim.delivered(id))
+        (
+            sim.log.clone(),
+            sim.stats.messages,
+            sim.stats.bytes,
+            sim.delivered(id),
+        )
     };
     assert_eq!(run(), run());
 }

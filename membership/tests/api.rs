@@ -1,0 +1,241 @@
+//! The state machine driven by hand, step by step, with explicit times.
+
+use std::time::{Duration, Instant};
+
+use membership::{Config, Input, Membership, Message, Output, State};
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn drain(m: &mut Membership<u32>) -> Vec<Output<u32>> {
+    std::iter::from_fn(|| m.poll_output()).collect()
+}
+
+fn sends(out: &[Output<u32>], to: u32) -> Vec<Message<u32>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to: t, msg } if *t == to => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn up(m: &mut Membership<u32>, peer: u32, now: Instant) {
+    m.handle_input(
+        Input::LinkUp {
+            peer,
+            rtt: ms(2),
+            addr: None,
+        },
+        now,
+    );
+}
+
+/// Run the timer loop until `until`, answering nothing.
+fn silent_until(m: &mut Membership<u32>, until: Instant) -> Vec<Output<u32>> {
+    let mut all = Vec::new();
+    while let Some(t) = m.poll_timeout() {
+        if t > until {
+            break;
+        }
+        m.handle_timeout(t);
+        all.extend(drain(m));
+    }
+    all
+}
+
+#[test]
+fn silent_peer_goes_suspect_then_unreachable_and_recovers() {
+    let t0 = Instant::now();
+    let cfg = Config::default();
+    let mut m = Membership::new(1u32, 1, cfg.clone(), t0);
+    m.set_members([1, 2]);
+    up(&mut m, 2, t0);
+    assert_eq!(m.peer(&2).unwrap().state, State::Active);
+    assert_eq!(m.next_hop(&2), Some(2));
+    drain(&mut m);
+
+    // First tick with 0.75 x 250 ms of silence: at the latest 437 ms.
+    let out = silent_until(&mut m, t0 + ms(440));
+    assert!(
+        sends(&out, 2)
+            .iter()
+            .any(|msg| matches!(msg, Message::Ping { .. })),
+        "probed"
+    );
+    assert_eq!(m.peer(&2).unwrap().state, State::Active);
+    let out = silent_until(&mut m, t0 + ms(1000));
+    assert_eq!(m.peer(&2).unwrap().state, State::Suspect);
+    assert!(sends(&out, 2)
+        .iter()
+        .any(|msg| matches!(msg, Message::Ping { suspect: true, .. })));
+    assert_eq!(m.next_hop(&2), Some(2));
+    silent_until(&mut m, t0 + cfg.unreachable_after + ms(50));
+    assert_eq!(m.peer(&2).unwrap().state, State::Unreachable);
+    assert_eq!(m.next_hop(&2), None);
+
+    // It speaks again: active.
+    let now = t0 + ms(2000);
+    m.handle_input(
+        Input::Message {
+            from: 2,
+            msg: Message::Ping {
+                nonce: 9,
+                suspect: false,
+            },
+        },
+        now,
+    );
+    let out = drain(&mut m);
+    assert!(sends(&out, 2).contains(&Message::Ack { nonce: 9 }));
+    assert_eq!(m.peer(&2).unwrap().state, State::Active);
+}
+
+#[test]
+fn suspected_member_refutes_with_higher_incarnation() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(1u32, 500, Config::default(), t0);
+    m.set_members([1, 2]);
+    up(&mut m, 2, t0);
+    drain(&mut m);
+    m.handle_input(
+        Input::Message {
+            from: 2,
+            msg: Message::Ping {
+                nonce: 1,
+                suspect: true,
+            },
+        },
+        t0 + ms(10),
+    );
+    let out = drain(&mut m);
+    assert_eq!(m.incarnation(), 501);
+    let refuted = sends(&out, 2).iter().any(|msg| match msg {
+        Message::Gossip { items } => items.iter().any(
+            |i| matches!(i, membership::Item::Record(r) if r.origin == 1 && r.incarnation == 501),
+        ),
+        _ => false,
+    });
+    assert!(refuted, "{out:?}");
+}
+
+#[test]
+fn leaving_link_down_marks_left_and_restart_supersedes() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(1u32, 1, Config::default(), t0);
+    m.set_members([1, 2]);
+    up(&mut m, 2, t0);
+    m.handle_input(
+        Input::LinkDown {
+            peer: 2,
+            leaving: true,
+        },
+        t0 + ms(5),
+    );
+    assert_eq!(m.peer(&2).unwrap().state, State::Left);
+    assert_eq!(m.next_hop(&2), None);
+    // Member 2 restarts with a higher incarnation: its record supersedes the mark.
+    let mut other = Membership::new(2u32, 1000, Config::default(), t0 + ms(100));
+    other.set_members([1, 2]);
+    up(&mut other, 1, t0 + ms(100));
+    let out = drain(&mut other);
+    up(&mut m, 2, t0 + ms(100));
+    // Let the two exchange digests and records for a while.
+    let mut to_m = sends(&out, 1);
+    let mut now = t0 + ms(101);
+    for _ in 0..10 {
+        let mut to_other = Vec::new();
+        for msg in to_m.drain(..) {
+            m.handle_input(Input::Message { from: 2, msg }, now);
+        }
+        m.handle_timeout(now);
+        to_other.extend(sends(&drain(&mut m), 2));
+        for msg in to_other {
+            other.handle_input(Input::Message { from: 1, msg }, now);
+        }
+        other.handle_timeout(now);
+        to_m = sends(&drain(&mut other), 1);
+        now += ms(30);
+    }
+    assert_eq!(m.peer(&2).unwrap().state, State::Active);
+}
+
+#[test]
+fn strangers_are_ignored_and_removed_members_forgotten() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(1u32, 1, Config::default(), t0);
+    m.set_members([1, 2, 3]);
+    up(&mut m, 9, t0);
+    m.handle_input(
+        Input::Message {
+            from: 9,
+            msg: Message::Ping {
+                nonce: 1,
+                suspect: false,
+            },
+        },
+        t0,
+    );
+    assert!(m.peer(&9).is_none());
+    assert!(drain(&mut m)
+        .iter()
+        .all(|o| !matches!(o, Output::Send { to: 9, .. })));
+    up(&mut m, 3, t0);
+    assert_eq!(m.peer(&3).unwrap().state, State::Active);
+    m.remove_member(3);
+    assert!(m.peer(&3).is_none());
+    assert_eq!(m.next_hop(&3), None);
+    m.handle_input(
+        Input::Message {
+            from: 3,
+            msg: Message::Ping {
+                nonce: 2,
+                suspect: false,
+            },
+        },
+        t0,
+    );
+    assert!(drain(&mut m)
+        .iter()
+        .all(|o| !matches!(o, Output::Send { to: 3, .. })));
+    assert_eq!(m.peers().map(|p| p.id).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn oversize_broadcast_is_refused_and_idle_wakeups_are_few() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(1u32, 1, Config::default(), t0);
+    m.set_members([1, 2]);
+    up(&mut m, 2, t0);
+    drain(&mut m);
+    assert!(m
+        .try_broadcast(vec![0; membership::message::MAX_PAYLOAD + 1], t0)
+        .is_err());
+    assert!(drain(&mut m).is_empty());
+    // Answering every ping at once: wake-ups per second stay at the probe rate.
+    let mut now = t0;
+    let mut wakeups = 0;
+    while let Some(t) = m.poll_timeout() {
+        if t > t0 + ms(10_000) {
+            break;
+        }
+        now = t;
+        m.handle_timeout(now);
+        wakeups += 1;
+        for msg in sends(&drain(&mut m), 2) {
+            if let Message::Ping { nonce, .. } = msg {
+                m.handle_input(
+                    Input::Message {
+                        from: 2,
+                        msg: Message::Ack { nonce },
+                    },
+                    now + ms(2),
+                );
+            }
+        }
+    }
+    assert!(wakeups <= 4 * 10 + 2, "{wakeups} wake-ups in 10 s");
+    assert_eq!(m.peer(&2).unwrap().state, State::Active);
+    let _ = now;
+}
