@@ -10,6 +10,11 @@ use serde::Deserialize;
 /// Largest config file read, in bytes.
 pub const MAX_CONFIG: u64 = 1024 * 1024;
 
+/// Default membership probe interval (ms).
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 250;
+/// Default time after which a silent peer is declared unreachable (ms).
+pub const DEFAULT_SUSPECT_AFTER_MS: u64 = 1300;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -61,8 +66,8 @@ impl Default for Config {
             handler_timeout_s: 30.0,
             handler_concurrency: 8,
             handler_queue: 256,
-            probe_interval_ms: 1000,
-            suspect_after_ms: 1500,
+            probe_interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+            suspect_after_ms: DEFAULT_SUSPECT_AFTER_MS,
             idle_timeout_ms: 3000,
             max_backoff_ms: 5000,
             expose: Vec::new(),

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 use transport::DeviceId;
 
-use super::messages::{connection_to, new_message_id, send_one};
+use super::messages::{new_message_id, send_one};
 use super::peers::{Peer, PeerState};
 use super::{streams, Daemon};
 use crate::api::{
@@ -783,6 +783,7 @@ fn trust(
     };
     d.endpoint.roster().insert(id);
     d.save_peers();
+    super::membership::member(d, id, true);
     // Sign it into the mesh roster: the other members learn it by gossip.
     let entry = super::roster::MemberEntry::sign(&d.identity, id, &name, now_ms());
     let changes = d.roster().merge(super::roster::RosterSnapshot {
@@ -831,21 +832,22 @@ fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
 
 async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<PingResult, ErrorBody> {
     let deadline = Instant::now() + timeout;
-    let pc = connection_to(d, peer, deadline).await?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    let rtt = match super::links::ping_once(&pc, left).await {
-        Ok(rtt) => rtt,
-        Err(e) if e.contains("timeout") => {
-            return Err(err(code::TIMEOUT, "no answer before the timeout"))
-        }
-        Err(e) => return Err(err(code::UNREACHABLE, format!("ping failed: {e}"))),
+    let (rtt, via, pc) = super::messages::ping(d, peer, deadline).await?;
+    let (name, via) = {
+        let table = d.peers();
+        let name = table.peers.get(&peer).map(|p| p.name.clone()).unwrap_or_default();
+        let via: Vec<String> = via
+            .map(|v| table.peers.get(&v).map_or_else(|| v.short(), |p| p.name.clone()))
+            .into_iter()
+            .collect();
+        (name, via)
     };
     Ok(PingResult {
-        peer: pc.name.clone(),
+        peer: name,
         id: peer.to_string(),
         rtt_ms: (rtt.as_secs_f64() * 1e6).round() / 1e3,
         address: super::links::canon(pc.remote_address()).to_string(),
-        via: Vec::new(),
+        via,
     })
 }
 

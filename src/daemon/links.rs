@@ -89,7 +89,8 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
     };
     d.save_peers();
     d.sign_name(pc.peer, &name);
-    d.set_state(pc.peer, PeerState::Active);
+    // The state itself (`active`) comes from the membership core, which hears of the
+    // link from the same transport event.
     if seen_first {
         d.peer_event("peer.seen", pc.peer, &name, PeerState::Active, Some(remote));
     }
@@ -102,17 +103,11 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
             Some(remote),
         );
     }
-    // One side probes (the lower ID); the other hears the pings.
-    if d.id() < pc.peer {
-        tokio::spawn(probe(d.clone(), pc));
-    }
 }
 
-fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, reason: DownReason) {
-    let state = match reason {
-        DownReason::Leaving => PeerState::Left,
-        _ => PeerState::Unreachable,
-    };
+/// Connection bookkeeping; the state (`left`, `indirect`, `suspect`, `unreachable`) is
+/// the membership core's decision.
+fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
     {
         let mut table = d.peers();
         let Some(p) = table.peers.get_mut(&peer) else {
@@ -122,48 +117,6 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, reason: DownReason) {
         p.rtt = None;
         p.next_dial = Instant::now() + MIN_BACKOFF;
         p.backoff = MIN_BACKOFF;
-    }
-    d.set_state(peer, state);
-}
-
-/// Sends a ping every probe interval on a control stream of `pc`; each answer refreshes
-/// the peer's liveness. Ends with the connection.
-async fn probe(d: Arc<Daemon>, pc: PeerConn) {
-    let interval = Duration::from_millis(d.cfg.probe_interval_ms);
-    let Ok((mut send, mut recv)) = pc.open(StreamKind::Control).await else {
-        return;
-    };
-    let mut nonce = 0u64;
-    loop {
-        nonce += 1;
-        if write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + interval;
-        // Wait for the matching pong until the next probe is due.
-        loop {
-            match tokio::time::timeout_at(
-                deadline,
-                read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME),
-            )
-            .await
-            {
-                Ok(Ok(Some(ControlFrame::Pong { nonce: n }))) if n == nonce => {
-                    heard(&d, &pc);
-                    tokio::time::sleep_until(deadline).await;
-                    break;
-                }
-                Ok(Ok(Some(_))) => continue,
-                Ok(_) => return,
-                Err(_) => break,
-            }
-        }
-        if pc.conn.close_reason().is_some() {
-            return;
-        }
     }
 }
 
@@ -211,34 +164,19 @@ pub async fn serve_control(d: Arc<Daemon>, mut s: transport::IncomingStream) {
     }
 }
 
-/// Marks silent peers `suspect` and dials disconnected ones with exponential backoff.
+/// Dials disconnected peers with exponential backoff (and manual addresses).
 async fn supervise(d: Arc<Daemon>) {
-    let suspect_after = Duration::from_millis(d.cfg.suspect_after_ms);
-    let probe_interval = Duration::from_millis(d.cfg.probe_interval_ms);
     let max_backoff = Duration::from_millis(d.cfg.max_backoff_ms);
     let mut manual_next: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
         let now = Instant::now();
-        let mut suspects = Vec::new();
         let mut dials = Vec::new();
-        let mut probes = Vec::new();
         {
             let mut table = d.peers();
             for p in table.peers.values_mut() {
-                let connected = d.endpoint.connection(&p.id).is_some();
-                if connected {
-                    let silent = p.last_heard.map(|t| now - t).unwrap_or_default();
-                    if p.state == PeerState::Active && silent > suspect_after {
-                        suspects.push(p.id);
-                    }
-                    // The side that does not probe asks itself when the other's pings
-                    // stop coming (the two devices may run different intervals).
-                    if d.id() > p.id && silent > probe_interval * 3 / 2 && !p.probing {
-                        p.probing = true;
-                        probes.push(p.id);
-                    }
+                if d.endpoint.connection(&p.id).is_some() {
                     continue;
                 }
                 if p.dialing || p.next_dial > now || p.addrs.is_empty() {
@@ -247,22 +185,6 @@ async fn supervise(d: Arc<Daemon>) {
                 p.dialing = true;
                 dials.push((p.id, p.addrs.clone()));
             }
-        }
-        for id in suspects {
-            d.set_state(id, PeerState::Suspect);
-        }
-        for id in probes {
-            let d = d.clone();
-            tokio::spawn(async move {
-                if let Some(pc) = d.endpoint.connection(&id) {
-                    if ping_once(&pc, suspect_after).await.is_ok() {
-                        heard(&d, &pc);
-                    }
-                }
-                if let Some(p) = d.peers().peers.get_mut(&id) {
-                    p.probing = false;
-                }
-            });
         }
         for (id, addrs) in dials {
             let d = d.clone();

@@ -35,6 +35,8 @@ pub enum MeshFrame {
     Roster(RosterSnapshot),
     /// Addresses where the sender reaches other members right now (address gossip).
     Addrs(Vec<(DeviceId, Vec<SocketAddr>)>),
+    /// A membership-protocol message (encoded by the `membership` crate).
+    Membership(Vec<u8>),
 }
 
 /// Most entries of an `Addrs` frame, and addresses per entry.
@@ -63,6 +65,11 @@ impl Mesh {
             Some(o) => o.tx.try_send(frame).is_ok(),
             None => false,
         }
+    }
+
+    /// Every queued frame has been handed to its stream.
+    pub fn drained(&self) -> bool {
+        self.lock().values().all(|o| o.tx.capacity() == o.tx.max_capacity())
     }
 
     /// Peers with a mesh stream.
@@ -145,6 +152,7 @@ pub async fn serve(d: Arc<Daemon>, mut s: IncomingStream) {
 
 fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
     match frame {
+        MeshFrame::Membership(bytes) => super::membership::received(d, from, &bytes),
         MeshFrame::Addrs(list) => {
             if list.len() > MAX_ADDR_ENTRIES {
                 return;
@@ -297,11 +305,13 @@ impl Daemon {
         self.save_peers();
         for (id, name) in joined {
             self.endpoint.roster().insert(id);
+            super::membership::member(self, id, true);
             info!(peer = %name, id = %id.short(), "member joined the mesh");
             self.peer_event("peer.joined", id, &name, PeerState::Unreachable, None);
         }
         for (id, name) in removed {
             self.endpoint.roster().remove(&id);
+            super::membership::member(self, id, false);
             info!(peer = %name, id = %id.short(), "member removed from the mesh");
             self.peer_event("peer.removed", id, &name, PeerState::Removed, None);
             self.peer_event("peer.status_changed", id, &name, PeerState::Removed, None);

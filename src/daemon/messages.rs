@@ -37,6 +37,12 @@ pub struct MsgHeader {
     pub tag: String,
     pub body_len: u64,
     pub reply: bool,
+    /// Set by the sender when the stream goes to a relay: the final recipient.
+    pub relay_to: Option<DeviceId>,
+    /// Set by a relay: the member the message really comes from.
+    pub origin: Option<DeviceId>,
+    /// A ping: acknowledged by the recipient's daemon, no handler runs.
+    pub ping: bool,
 }
 
 /// Largest body sent on a lane.
@@ -161,6 +167,68 @@ pub async fn connection_to(
     }
 }
 
+/// The connection to use for `peer`: the direct one, or (when the membership core says
+/// the peer is reached through another member) the relay's, with the final recipient.
+pub async fn route(
+    d: &Arc<Daemon>,
+    peer: DeviceId,
+    deadline: Instant,
+) -> Result<(PeerConn, Option<DeviceId>), ErrorBody> {
+    if let Some(c) = d.endpoint.connection(&peer) {
+        return Ok((c, None));
+    }
+    if let Some(via) = d.member.next_hop(&peer).filter(|v| *v != peer) {
+        if let Some(c) = d.endpoint.connection(&via) {
+            return Ok((c, Some(peer)));
+        }
+    }
+    Ok((connection_to(d, peer, deadline).await?, None))
+}
+
+/// Pings `peer` end to end (relayed if need be): the round-trip time and the relay.
+pub async fn ping(
+    d: &Arc<Daemon>,
+    peer: DeviceId,
+    deadline: Instant,
+) -> Result<(Duration, Option<DeviceId>, PeerConn), ErrorBody> {
+    let (pc, relay_to) = route(d, peer, deadline).await?;
+    if relay_to.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        return match super::links::ping_once(&pc, left).await {
+            Ok(rtt) => Ok((rtt, None, pc)),
+            Err(e) if e.contains("timeout") => Err(ErrorBody::new(code::TIMEOUT, "no answer before the timeout")),
+            Err(e) => Err(ErrorBody::new(code::UNREACHABLE, format!("ping failed: {e}"))),
+        };
+    }
+    let header = MsgHeader {
+        id: new_message_id(),
+        tag: "ping".into(),
+        body_len: 0,
+        reply: false,
+        relay_to,
+        origin: None,
+        ping: true,
+    };
+    let start = Instant::now();
+    let exchange = async {
+        let (mut send, mut recv) = pc.open(StreamKind::Message).await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, &header, MAX_HEADER).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the relay closed the stream without an answer".to_string())
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, exchange).await {
+        Ok(Ok(MsgResult::Ack)) => Ok((start.elapsed(), Some(pc.peer), pc)),
+        Ok(Ok(MsgResult::Nack { code, message })) => Err(ErrorBody { code, message }),
+        Ok(Ok(_)) => Err(ErrorBody::new(code::INTERNAL, "unexpected answer to a ping")),
+        Ok(Err(e)) => Err(ErrorBody::new(code::UNREACHABLE, format!("ping failed: {e}"))),
+        Err(_) => Err(ErrorBody::new(code::TIMEOUT, "no answer before the timeout")),
+    }
+}
+
 /// Sends one message to one peer and waits for its acknowledgement (or handler replies).
 pub async fn send_one(
     d: &Arc<Daemon>,
@@ -185,16 +253,19 @@ pub async fn send_one(
         replies: Vec::new(),
     };
     let res = async {
-        let pc = connection_to(d, peer, deadline).await?;
+        let (pc, relay_to) = route(d, peer, deadline).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         let header = MsgHeader {
             id: id.to_string(),
             tag: tag.to_string(),
             body_len: body.len() as u64,
             reply,
+            relay_to,
+            origin: None,
+            ping: false,
         };
         let exchange = async {
-            if body.len() <= LANE_MAX_BODY {
+            if body.len() <= LANE_MAX_BODY && relay_to.is_none() {
                 return send_on_lane(d, &pc, header, body.clone()).await;
             }
             let (mut send, mut recv) = pc
@@ -251,7 +322,21 @@ pub async fn send_one(
 async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
     let result = match tokio::time::timeout(Duration::from_secs(30), read_message(&d, &mut s)).await
     {
-        Ok(Ok((header, body))) => deliver(&d, s.peer, header, body).await,
+        Ok(Ok((header, body))) => match header.relay_to {
+            Some(dst) if dst != d.id() => forward(&d, s.peer, dst, header, body).await,
+            _ => {
+                // A relay vouches for the origin; only members count as origins.
+                let from = match header.origin {
+                    Some(o) if o != s.peer && d.peers().peers.contains_key(&o) => o,
+                    _ => s.peer,
+                };
+                if header.ping {
+                    MsgResult::Ack
+                } else {
+                    deliver(&d, from, header, body).await
+                }
+            }
+        },
         Ok(Err(nack)) => nack,
         Err(_) => MsgResult::Nack {
             code: code::TIMEOUT.into(),
@@ -263,6 +348,36 @@ async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
     }
     let _ = s.send.finish();
     let _ = s.send.stopped().await;
+}
+
+/// Relays a message from `from` to `dst` over our direct connection (one hop: a relay
+/// never relays again, so no loops), and passes the recipient's answer back.
+async fn forward(d: &Arc<Daemon>, from: DeviceId, dst: DeviceId, mut header: MsgHeader, body: Vec<u8>) -> MsgResult {
+    if header.origin.is_some() {
+        return nack(code::BAD_REQUEST, "a relayed message cannot be relayed again");
+    }
+    let Some(pc) = d.endpoint.connection(&dst) else {
+        return nack(code::UNREACHABLE, "the relay has no direct link to the recipient any more");
+    };
+    header.relay_to = None;
+    header.origin = Some(from);
+    let exchange = async {
+        let (mut send, mut recv) = pc.open(StreamKind::Message).await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, &header, MAX_HEADER).await.map_err(|e| e.to_string())?;
+        if !body.is_empty() {
+            send.write_all(&body).await.map_err(|e| e.to_string())?;
+        }
+        let _ = send.finish();
+        read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the recipient closed the stream without an answer".to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(60), exchange).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => nack(code::UNREACHABLE, format!("relayed delivery failed: {e}")),
+        Err(_) => nack(code::TIMEOUT, "the recipient did not answer the relay in time"),
+    }
 }
 
 fn nack(code: &str, message: impl Into<String>) -> MsgResult {

@@ -6,6 +6,7 @@ mod handler_cache;
 mod kv;
 mod lan;
 mod links;
+mod membership;
 mod mesh;
 mod messages;
 mod pair;
@@ -49,6 +50,8 @@ pub struct Daemon {
     /// The signed mesh roster (see `roster`).
     pub mesh_roster: Mutex<roster::MeshRoster>,
     pub mesh: mesh::Mesh,
+    /// The membership core (states, relays, gossip).
+    pub member: membership::Member,
     /// Devices seen on the LAN by mDNS, trusted or not.
     pub nearby: Mutex<std::collections::HashMap<DeviceId, pair::Nearby>>,
     /// A pairing window is open.
@@ -307,6 +310,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store {}", store_path.display()))?;
     let (events, _) = broadcast::channel(4096);
     let (stop, mut stopped) = watch::channel(false);
+    let member = membership::Member::new(identity.id, membership::config(&cfg));
     let daemon = Arc::new(Daemon {
         identity,
         endpoint,
@@ -322,6 +326,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         store,
         mesh_roster: Mutex::new(mesh_roster),
         mesh: mesh::Mesh::default(),
+        member,
         nearby: Mutex::new(std::collections::HashMap::new()),
         pairing_open: Mutex::new(false),
         mdns: Mutex::new(None),
@@ -340,6 +345,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     links::start(&daemon);
     messages::start(&daemon);
     mesh::start(&daemon);
+    membership::start(&daemon);
     tokio::spawn(control::run(daemon.clone(), listener));
     lan::start(&daemon, mdns);
     sync::start(&daemon);
@@ -358,6 +364,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         tag: "daemon.stop".into(),
         state: "stop".into(),
     });
+    membership::leave(&daemon).await;
     lan::stop(&daemon).await;
     daemon
         .endpoint

@@ -61,8 +61,10 @@ pub struct Peer {
     pub next_dial: Instant,
     pub backoff: Duration,
     pub dialing: bool,
-    /// A one-off probe is under way (see `links`).
-    pub probing: bool,
+    /// The relay member while `indirect`.
+    pub via: Option<DeviceId>,
+    /// RTT as the membership core sees it (the sum over the path when relayed).
+    pub path_rtt: Option<Duration>,
 }
 
 impl Peer {
@@ -79,7 +81,8 @@ impl Peer {
             next_dial: Instant::now(),
             backoff: Duration::ZERO,
             dialing: false,
-            probing: false,
+            via: None,
+            path_rtt: None,
         }
     }
 
@@ -95,16 +98,17 @@ impl Peer {
             }
         }
         let connected = matches!(self.state, PeerState::Active | PeerState::Suspect);
+        let rtt = match self.state {
+            PeerState::Indirect => self.path_rtt,
+            _ if connected => self.rtt.or(self.path_rtt),
+            _ => None,
+        };
         PeerInfo {
             id: self.id.to_string(),
             name: self.name.clone(),
             state: self.state.as_str().to_string(),
             addresses,
-            rtt_ms: if connected {
-                self.rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3)
-            } else {
-                None
-            },
+            rtt_ms: rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
             via: None,
             last_seen: self
                 .last_seen
@@ -265,7 +269,18 @@ impl PeerTable {
     }
 
     pub fn infos(&self) -> Vec<PeerInfo> {
-        let mut v: Vec<PeerInfo> = self.peers.values().map(Peer::info).collect();
+        let mut v: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .map(|p| {
+                let mut i = p.info();
+                if let Some(via) = p.via {
+                    let name = self.peers.get(&via).map_or_else(|| via.short(), |v| v.name.clone());
+                    i.via = Some(vec![name]);
+                }
+                i
+            })
+            .collect();
         for (id, name) in &self.removed {
             v.push(PeerInfo {
                 id: id.to_string(),

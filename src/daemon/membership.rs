@@ -1,0 +1,223 @@
+//! The thin task that drives the `membership` state machine (see `docs/membership.md`):
+//! QUIC links up/down and membership frames from mesh streams go in; the core's sends go
+//! out on mesh streams, its state changes become the peer states of SPEC section 6
+//! (`active`, `suspect`, `indirect` with the relay, `unreachable`, `left`) and the
+//! addresses it learns from other members are dialled.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use membership::{Config, Input, Membership, Message, Output, State};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+use transport::{DeviceId, DownReason, TransportEvent};
+
+use super::mesh::MeshFrame;
+use super::peers::PeerState;
+use super::Daemon;
+
+/// The core and the wake-up of its driver.
+pub struct Member {
+    core: Mutex<Membership<DeviceId>>,
+    wake: Notify,
+}
+
+impl Member {
+    pub fn new(me: DeviceId, cfg: Config) -> Self {
+        // The incarnation grows across restarts: a restarted member refutes old news.
+        let incarnation = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        Member {
+            core: Mutex::new(Membership::new(me, incarnation, cfg, Instant::now())),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Membership<DeviceId>> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The member to send through to reach `dest` (itself when direct).
+    pub fn next_hop(&self, dest: &DeviceId) -> Option<DeviceId> {
+        self.lock().next_hop(dest)
+    }
+}
+
+/// The core's configuration from the daemon's config keys.
+pub fn config(d_cfg: &crate::config::Config) -> Config {
+    let mut c = Config::default();
+    c.probe_interval = Duration::from_millis(d_cfg.probe_interval_ms);
+    c.unreachable_after = Duration::from_millis(d_cfg.suspect_after_ms);
+    if c.validate().is_err() {
+        warn!("membership timers from the config are inconsistent; using the defaults");
+        return Config::default();
+    }
+    c
+}
+
+/// Runs `f` on the core, then carries out everything it asked for.
+pub fn step(d: &Daemon, f: impl FnOnce(&mut Membership<DeviceId>, Instant)) {
+    let outputs: Vec<Output<DeviceId>> = {
+        let mut core = d.member.lock();
+        f(&mut core, Instant::now());
+        std::iter::from_fn(|| core.poll_output()).collect()
+    };
+    d.member.wake.notify_one();
+    for o in outputs {
+        execute(d, o);
+    }
+}
+
+fn execute(d: &Daemon, o: Output<DeviceId>) {
+    match o {
+        Output::Send { to, msg } => {
+            d.mesh.send(&to, MeshFrame::Membership(msg.encode()));
+        }
+        Output::State { peer, view } => {
+            let state = match view.state {
+                State::Active => PeerState::Active,
+                State::Suspect => PeerState::Suspect,
+                State::Indirect => PeerState::Indirect,
+                State::Unreachable => PeerState::Unreachable,
+                State::Left => PeerState::Left,
+            };
+            let now = Instant::now();
+            {
+                let mut table = d.peers();
+                let Some(p) = table.peers.get_mut(&peer) else {
+                    return;
+                };
+                p.via = if state == PeerState::Indirect { view.via } else { None };
+                p.path_rtt = view.rtt;
+                for a in view.addrs {
+                    let a = super::links::canon(a);
+                    if !p.addrs.contains(&a) && p.addrs.len() < super::peers::MAX_ADDRS {
+                        p.addrs.push(a);
+                        if d.endpoint.connection(&peer).is_none() {
+                            p.next_dial = now;
+                        }
+                    }
+                }
+                if matches!(state, PeerState::Active | PeerState::Indirect) {
+                    p.last_seen = Some(SystemTime::now());
+                }
+            }
+            d.set_state(peer, state);
+        }
+        Output::Deliver { id, .. } => {
+            debug!(origin = %id.origin.short(), seq = id.seq, "membership broadcast delivered");
+        }
+    }
+}
+
+pub fn start(d: &Arc<Daemon>) {
+    let members: Vec<DeviceId> = d.peers().peers.keys().copied().collect();
+    step(d, |c, _| c.set_members(members));
+    let dd = d.clone();
+    tokio::spawn(async move {
+        let mut rx = dd.endpoint.subscribe();
+        for pc in dd.endpoint.connections() {
+            link_up(&dd, &pc);
+        }
+        loop {
+            match rx.recv().await {
+                Ok(TransportEvent::Up(pc)) => link_up(&dd, &pc),
+                Ok(TransportEvent::Down { peer, reason }) => {
+                    let leaving = matches!(reason, DownReason::Leaving);
+                    step(&dd, |c, now| c.handle_input(Input::LinkDown { peer, leaving }, now));
+                }
+                Err(RecvError::Lagged(_)) => {
+                    for pc in dd.endpoint.connections() {
+                        link_up(&dd, &pc);
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let dd = d.clone();
+    tokio::spawn(async move {
+        let mut last_rtt = Instant::now();
+        loop {
+            let next = {
+                let mut core = dd.member.lock();
+                let now = Instant::now();
+                if core.poll_timeout().is_some_and(|t| t <= now) {
+                    drop(core);
+                    step(&dd, |c, now| c.handle_timeout(now));
+                    core = dd.member.lock();
+                }
+                core.poll_timeout()
+            };
+            // Fresh QUIC RTTs, at most once a second.
+            if last_rtt.elapsed() >= Duration::from_secs(1) {
+                last_rtt = Instant::now();
+                let conns = dd.endpoint.connections();
+                step(&dd, |c, now| {
+                    for pc in &conns {
+                        c.handle_input(Input::Rtt { peer: pc.peer, rtt: pc.rtt() }, now);
+                    }
+                });
+            }
+            let sleep = match next {
+                Some(t) => tokio::time::sleep_until(t.into()),
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = dd.member.wake.notified() => {}
+            }
+        }
+    });
+}
+
+fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {
+    let (peer, rtt, addr) = (pc.peer, pc.rtt(), super::links::canon(pc.remote_address()));
+    step(d, |c, now| {
+        c.add_member(peer);
+        c.handle_input(
+            Input::LinkUp {
+                peer,
+                rtt,
+                addr: Some(addr),
+            },
+            now,
+        )
+    });
+}
+
+/// A membership frame from `from`'s mesh stream.
+pub fn received(d: &Arc<Daemon>, from: DeviceId, bytes: &[u8]) {
+    match Message::<DeviceId>::decode(bytes) {
+        Ok(msg) => {
+            if let Some(p) = d.peers().peers.get_mut(&from) {
+                p.last_seen = Some(SystemTime::now());
+                p.last_heard = Some(Instant::now());
+            }
+            step(d, |c, now| c.handle_input(Input::Message { from, msg }, now));
+        }
+        Err(e) => warn!(peer = %from.short(), error = %e, "bad membership message ignored"),
+    }
+}
+
+/// Roster changes reach the core.
+pub fn member(d: &Daemon, id: DeviceId, present: bool) {
+    step(d, |c, _| {
+        if present {
+            c.add_member(id)
+        } else {
+            c.remove_member(id)
+        }
+    });
+}
+
+/// Graceful stop: every member learns `left` now; waits briefly for the sends to go out.
+pub async fn leave(d: &Arc<Daemon>) {
+    step(d, |c, now| c.leave(now));
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while !d.mesh.drained() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
