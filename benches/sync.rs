@@ -278,12 +278,16 @@ fn heal(dir: &Path, keys: usize, watchers: usize) {
         buf.extend_from_slice(line.to_string().as_bytes());
         buf.push(b'\n');
     }
+    // Replies are read while the requests are written (the socket buffers are bounded).
+    let replies = std::thread::spawn(move || {
+        for _ in 0..keys {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert!(line.contains("\"ok\":true"), "{line}");
+        }
+    });
     s.write_all(&buf).unwrap();
-    for _ in 0..keys {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.contains("\"ok\":true"), "{line}");
-    }
+    replies.join().unwrap();
     // Watchers on b, each live before the heal: each must first see a local marker write.
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Instant)>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();

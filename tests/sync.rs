@@ -43,13 +43,17 @@ fn put_many(n: &Node, keys: impl Iterator<Item = (String, String)>) {
         buf.push(b'\n');
         sent += 1;
     }
+    // Replies are read while the requests are written (the socket buffers are bounded).
+    let replies = std::thread::spawn(move || {
+        for _ in 0..sent {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["ok"], true, "{line}");
+        }
+    });
     s.write_all(&buf).unwrap();
-    for _ in 0..sent {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["ok"], true, "{line}");
-    }
+    replies.join().unwrap();
 }
 
 fn count(n: &Node, prefix: &str) -> usize {
