@@ -269,10 +269,12 @@ impl MeshRoster {
                 }
                 if r.id != self.me && self.trusted_signer(&r.signer_id()) {
                     let r = removals.swap_remove(i);
+                    // The entry goes: a removed device is only a removal from now on, so
+                    // every member ends with the same roster whatever the order.
                     let name = self
                         .members
-                        .get(&r.id)
-                        .map(|m| m.name.clone())
+                        .remove(&r.id)
+                        .map(|m| m.name)
                         .unwrap_or_default();
                     if self.removals.len() < MAX_MEMBERS {
                         changes.removed.push((r.id, name));
@@ -317,7 +319,6 @@ impl MeshRoster {
                 break;
             }
         }
-        // A removed member's entry stays in `members` (for its name) but never counts.
         changes.joined.retain(|(id, _)| !self.removals.contains_key(id));
         changes
     }
