@@ -133,7 +133,10 @@ async fn without_history(a: &Store, b: &Store) -> (usize, u32, usize, f64) {
             .expect("valid");
         bytes += frame_len(&Up::Recon(reply.clone()));
         round_trips += 1;
-        let step = responder.on_reply(&snap, reply).expect("read").expect("valid");
+        let step = responder
+            .on_reply(&snap, reply)
+            .expect("read")
+            .expect("valid");
         let changes = snap.changes_at(&step.send).expect("changes");
         if !changes.is_empty() {
             bytes += frame_len(&Down::ReconChanges(changes.clone()));
@@ -223,7 +226,10 @@ fn cmd(dir: &Path) -> Command {
 fn wait(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(120), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out: {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -231,7 +237,10 @@ fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 fn start(dir: &Path, name: &str) -> Daemon {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.toml"), "").unwrap();
-    let out = cmd(dir).args(["--json", "init", "--name", name]).output().unwrap();
+    let out = cmd(dir)
+        .args(["--json", "init", "--name", name])
+        .output()
+        .unwrap();
     let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
         .as_str()
         .unwrap()
@@ -249,7 +258,14 @@ fn start(dir: &Path, name: &str) -> Daemon {
             return false;
         }
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        port = v["listen"][0].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        port = v["listen"][0]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         true
     });
     Daemon {
@@ -328,12 +344,18 @@ fn heal(dir: &Path, keys: usize, watchers: usize) {
     let mut ready = 0;
     let start_marker = Instant::now();
     while ready < watchers {
-        let ok = cmd(&b.dir).args(["kv", "put", "heal/marker", "m"]).status().unwrap();
+        let ok = cmd(&b.dir)
+            .args(["kv", "put", "heal/marker", "m"])
+            .status()
+            .unwrap();
         assert!(ok.success());
         while ready_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
             ready += 1;
         }
-        assert!(start_marker.elapsed() < Duration::from_secs(60), "watchers not live");
+        assert!(
+            start_marker.elapsed() < Duration::from_secs(60),
+            "watchers not live"
+        );
     }
     let t0 = Instant::now();
     let ok = cmd(&a.dir)
@@ -345,7 +367,9 @@ fn heal(dir: &Path, keys: usize, watchers: usize) {
     let mut done = 0;
     let mut last = t0;
     while done < watchers {
-        let (w, at) = rx.recv_timeout(Duration::from_secs(120)).expect("watchers finish");
+        let (w, at) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("watchers finish");
         if w == usize::MAX {
             first.get_or_insert(at);
         } else {

@@ -310,12 +310,21 @@ fn pair(
     };
     let stdout = std::io::stdout();
     if let Some(code) = code {
-        let v = c.request(json!({"cmd": "pair.join", "code": code, "addrs": addrs, "timeout_s": timeout_s}))?;
+        let v = c.request(
+            json!({"cmd": "pair.join", "code": code, "addrs": addrs, "timeout_s": timeout_s}),
+        )?;
         if g.json {
-            return print_json(&json!({"paired": {"id": v["paired"]["id"], "name": v["paired"]["name"]}})).map(|_| 0);
+            return print_json(
+                &json!({"paired": {"id": v["paired"]["id"], "name": v["paired"]["name"]}}),
+            )
+            .map(|_| 0);
         }
         let p = &v["paired"];
-        println!("paired with {} ({})", p["name"].as_str().unwrap_or(""), p["id"].as_str().unwrap_or(""));
+        println!(
+            "paired with {} ({})",
+            p["name"].as_str().unwrap_or(""),
+            p["id"].as_str().unwrap_or("")
+        );
         if let Some(n) = p["self_name"].as_str() {
             println!("this device is called {n} in the mesh");
         }
@@ -331,11 +340,19 @@ fn pair(
             writeln!(out, "{}", serde_json::to_string(&first)?)?;
         } else {
             let code = first["code"].as_str().unwrap_or("");
-            writeln!(out, "Pairing code: {code}   (valid {} s)", first["expires_in_s"])?;
+            writeln!(
+                out,
+                "Pairing code: {code}   (valid {} s)",
+                first["expires_in_s"]
+            )?;
             writeln!(out, "On the other device run:  cnspr pair {code}")?;
             if let Some(a) = first["addresses"].as_array().filter(|a| !a.is_empty()) {
                 let a: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
-                writeln!(out, "Without multicast add:    --addr {}", a.join(" --addr "))?;
+                writeln!(
+                    out,
+                    "Without multicast add:    --addr {}",
+                    a.join(" --addr ")
+                )?;
             }
             if let Some(n) = first["nearby"].as_array().filter(|n| !n.is_empty()) {
                 writeln!(out, "Nearby devices not in the mesh:")?;
@@ -345,7 +362,11 @@ fn pair(
                         vec![
                             d["name"].as_str().unwrap_or("").to_string(),
                             d["id"].as_str().unwrap_or("").to_string(),
-                            if d["pairing"].as_bool() == Some(true) { "pairing window open".into() } else { String::new() },
+                            if d["pairing"].as_bool() == Some(true) {
+                                "pairing window open".into()
+                            } else {
+                                String::new()
+                            },
                         ]
                     })
                     .collect();
@@ -360,7 +381,11 @@ fn pair(
     if g.json {
         print_json(&json!({"paired": {"id": p["id"], "name": p["name"]}}))?;
     } else {
-        println!("paired with {} ({})", p["name"].as_str().unwrap_or(""), p["id"].as_str().unwrap_or(""));
+        println!(
+            "paired with {} ({})",
+            p["name"].as_str().unwrap_or(""),
+            p["id"].as_str().unwrap_or("")
+        );
     }
     Ok(0)
 }

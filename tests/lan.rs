@@ -205,10 +205,22 @@ fn pairing_by_mdns_joins_the_mesh() {
         let started = std::time::Instant::now();
         let out = joiner.cli(&["--json", "pair", &code, "--timeout", "20"]);
         let took = started.elapsed();
-        assert!(out.status.success(), "join: {}\n{}", stderr(&out), joiner.log());
+        assert!(
+            out.status.success(),
+            "join: {}\n{}",
+            stderr(&out),
+            joiner.log()
+        );
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "window: {}", String::from_utf8_lossy(&out.stderr));
-        println!("pairing {} with {} took {took:?} once the code was entered", joiner.name, window.name);
+        assert!(
+            out.status.success(),
+            "window: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!(
+            "pairing {} with {} took {took:?} once the code was entered",
+            joiner.name, window.name
+        );
     };
     // `pair CODE` waits (up to --timeout) for the window to show up by mDNS.
     pair(&a, &b, None);
@@ -220,7 +232,9 @@ fn pairing_by_mdns_joins_the_mesh() {
         let first = String::from_utf8_lossy(&out.stdout);
         let first = first.lines().next().unwrap_or("");
         serde_json::from_str::<serde_json::Value>(first).is_ok_and(|v| {
-            v["nearby"].as_array().is_some_and(|n| n.iter().any(|d| d["name"] == "gamma"))
+            v["nearby"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|d| d["name"] == "gamma"))
         })
     });
     // gamma pairs with beta; alpha learns it by gossip and they connect.
@@ -246,13 +260,18 @@ fn line_lab(tag: &str) -> Option<Lab> {
         hosts: Vec::new(),
     };
     for br in ["sw0", "sw1"] {
-        assert!(ip(&["-n", &switch, "link", "add", "name", br, "type", "bridge"]));
+        assert!(ip(&[
+            "-n", &switch, "link", "add", "name", br, "type", "bridge"
+        ]));
         assert!(ip(&["-n", &switch, "link", "set", br, "up"]));
     }
     // (host, its interfaces: (name, bridge, address))
     let plan: [&[(&str, &str, &str)]; 3] = [
         &[("eth0", "sw0", "10.77.0.1/24")],
-        &[("eth0", "sw0", "10.77.0.2/24"), ("eth1", "sw1", "10.78.0.2/24")],
+        &[
+            ("eth0", "sw0", "10.77.0.2/24"),
+            ("eth1", "sw1", "10.78.0.2/24"),
+        ],
         &[("eth0", "sw1", "10.78.0.3/24")],
     ];
     for (i, legs) in plan.iter().enumerate() {
@@ -261,12 +280,22 @@ fn line_lab(tag: &str) -> Option<Lab> {
         lab.hosts.push(h.clone());
         for k in ["all", "default"] {
             let _ = Command::new("ip")
-                .args(["netns", "exec", &h, "sysctl", "-qw", &format!("net.ipv6.conf.{k}.disable_ipv6=1")])
+                .args([
+                    "netns",
+                    "exec",
+                    &h,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+                ])
                 .status();
         }
         for (j, (ifname, br, addr)) in legs.iter().enumerate() {
             let port = format!("p{i}{j}");
-            assert!(ip(&["-n", &h, "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns", &switch]));
+            assert!(ip(&[
+                "-n", &h, "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns",
+                &switch
+            ]));
             assert!(ip(&["-n", &switch, "link", "set", &port, "master", br]));
             assert!(ip(&["-n", &switch, "link", "set", &port, "up"]));
             assert!(ip(&["-n", &h, "addr", "add", addr, "dev", ifname]));
@@ -288,7 +317,10 @@ fn line_topology_relays_through_the_middle_member() {
     let mut c = lab.node(2, "gamma");
     for (n, who) in [(&b, "beta"), (&c, "gamma")] {
         let out = n.out().display().to_string();
-        n.handler("x/hello", &format!("echo \"$CNSPR_FROM $(cat)\" >> {out}/hello"));
+        n.handler(
+            "x/hello",
+            &format!("echo \"$CNSPR_FROM $(cat)\" >> {out}/hello"),
+        );
         n.handler("x/all", &format!("echo \"{who} $CNSPR_FROM\" >> {out}/all"));
     }
     for n in [&mut a, &mut b, &mut c] {
@@ -306,26 +338,37 @@ fn line_topology_relays_through_the_middle_member() {
     c.wait_state("beta", "active");
     // A has no path of its own to C: it is reached through B.
     let started = std::time::Instant::now();
-    while !a.peer("gamma").is_some_and(|p| p["state"] == "indirect" && p["via"][0] == "beta") {
+    while !a
+        .peer("gamma")
+        .is_some_and(|p| p["state"] == "indirect" && p["via"][0] == "beta")
+    {
         if started.elapsed() > DEADLINE {
             panic!(
                 "alpha never saw gamma indirect via beta: {:?}\nbeta: {:?}\nALPHA LOG\n{}",
                 a.peer("gamma"),
                 b.peer("gamma"),
-                a.log().lines().rev().take(40).collect::<Vec<_>>().join("\n")
+                a.log()
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     wait_until("gamma to see alpha indirect via beta", || {
-        c.peer("alpha").is_some_and(|p| p["state"] == "indirect" && p["via"][0] == "beta")
+        c.peer("alpha")
+            .is_some_and(|p| p["state"] == "indirect" && p["via"][0] == "beta")
     });
     let p = a.peer("gamma").unwrap();
     assert!(p["rtt_ms"].as_f64().is_some(), "path RTT shown: {p}");
     // A message from A runs C's handler, relayed and acknowledged end to end.
     let r = a.cli(&["send", "gamma", "x.hello", "over the bridge"]);
     assert!(r.status.success(), "{}\n{}", stderr(&r), b.log());
-    wait_until("gamma's handler to run", || file(&c.out().join("hello")).is_some());
+    wait_until("gamma's handler to run", || {
+        file(&c.out().join("hello")).is_some()
+    });
     wait_until("gamma's handler to finish", || {
         file(&c.out().join("hello")).is_some_and(|f| f.ends_with(b"\n"))
     });
@@ -334,15 +377,27 @@ fn line_topology_relays_through_the_middle_member() {
     // ping says which way it went.
     let r = a.cli(&["ping", "gamma"]);
     assert!(r.status.success(), "{}", stderr(&r));
-    assert!(String::from_utf8_lossy(&r.stdout).contains("via beta"), "{}", String::from_utf8_lossy(&r.stdout));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("via beta"),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
     // send --all reaches B and C exactly once each.
     let r = a.cli(&["send", "--all", "x.all"]);
     assert!(r.status.success(), "{}", stderr(&r));
     for n in [&b, &c] {
-        wait_until("the --all handlers", || file(&n.out().join("all")).is_some_and(|f| f.ends_with(b"\n")));
+        wait_until("the --all handlers", || {
+            file(&n.out().join("all")).is_some_and(|f| f.ends_with(b"\n"))
+        });
     }
-    assert_eq!(String::from_utf8(file(&b.out().join("all")).unwrap()).unwrap(), "beta alpha\n");
-    assert_eq!(String::from_utf8(file(&c.out().join("all")).unwrap()).unwrap(), "gamma alpha\n");
+    assert_eq!(
+        String::from_utf8(file(&b.out().join("all")).unwrap()).unwrap(),
+        "beta alpha\n"
+    );
+    assert_eq!(
+        String::from_utf8(file(&c.out().join("all")).unwrap()).unwrap(),
+        "gamma alpha\n"
+    );
     // A graceful stop of C is known to A (through B) as `left`.
     c.stop();
     a.wait_state("gamma", "left");

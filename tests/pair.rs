@@ -31,7 +31,11 @@ impl Window {
         lines.read_line(&mut first).unwrap();
         let first: Value = serde_json::from_str(&first)
             .unwrap_or_else(|e| panic!("first line of `pair`: {e}: {first:?}\n{}", node.log()));
-        Window { child, lines, first }
+        Window {
+            child,
+            lines,
+            first,
+        }
     }
 
     fn code(&self) -> String {
@@ -41,7 +45,13 @@ impl Window {
     /// The window's loopback address (what `--addr` takes where multicast is missing).
     fn addr(&self) -> String {
         let addrs = self.first["addresses"].as_array().unwrap();
-        let port = addrs[0].as_str().unwrap().rsplit(':').next().unwrap().to_string();
+        let port = addrs[0]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string();
         format!("127.0.0.1:{port}")
     }
 
@@ -54,7 +64,11 @@ impl Window {
             rest.clear();
         }
         let out = self.child.wait_with_output().unwrap();
-        (last, out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            last,
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
@@ -72,7 +86,12 @@ fn pairing_joins_the_whole_mesh_and_name_clashes_get_a_suffix() {
     assert_eq!(w.first["expires_in_s"], 120);
     let code = w.code();
     let out = join(&gamma, &code, &w.addr());
-    assert!(out.status.success(), "join: {}\n{}", stderr(&out), gamma.log());
+    assert!(
+        out.status.success(),
+        "join: {}\n{}",
+        stderr(&out),
+        gamma.log()
+    );
     let joined: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(joined["paired"]["name"], "alpha");
     assert_eq!(joined["paired"]["id"], nodes[0].json(&["id"])["id"]);
@@ -97,7 +116,10 @@ fn pairing_joins_the_whole_mesh_and_name_clashes_get_a_suffix() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("paired with gamma"), "{text}");
-    assert!(text.contains("this device is called beta-2 in the mesh"), "{text}");
+    assert!(
+        text.contains("this device is called beta-2 in the mesh"),
+        "{text}"
+    );
     let (last, ok, _) = w.finish();
     assert!(ok);
     assert_eq!(last.unwrap()["paired"]["name"], "beta-2");
@@ -136,7 +158,10 @@ fn wrong_codes_fail_on_both_sides_and_three_close_the_window() {
     let (last, ok, err) = w.finish();
     assert!(!ok, "the window must fail after three wrong codes");
     assert!(last.is_none());
-    assert!(err.contains("wrong code") && err.contains("closed"), "{err}");
+    assert!(
+        err.contains("wrong code") && err.contains("closed"),
+        "{err}"
+    );
     // Nothing was trusted on either side, and the right code no longer works.
     assert_eq!(a.json(&["peers"]).as_array().unwrap().len(), 0);
     assert_eq!(b.json(&["peers"]).as_array().unwrap().len(), 0);
@@ -179,14 +204,18 @@ fn removal_reaches_offline_members_and_is_final() {
     nodes[0].wait_state("beta", "removed");
     // beta is cut off from alpha and cannot come back.
     wait_until("beta to lose alpha", || {
-        nodes[1].peer("alpha").is_some_and(|p| p["state"] != "active")
+        nodes[1]
+            .peer("alpha")
+            .is_some_and(|p| p["state"] != "active")
     });
     // gamma returns: it learns the removal from alpha, closes beta and refuses it.
     nodes[2].start();
     nodes[2].wait_state("alpha", "active");
     nodes[2].wait_state("beta", "removed");
     wait_until("beta to lose gamma", || {
-        nodes[1].peer("gamma").is_some_and(|p| p["state"] != "active")
+        nodes[1]
+            .peer("gamma")
+            .is_some_and(|p| p["state"] != "active")
     });
     // A removed device cannot be trusted again, and cannot re-add itself through beta's roster.
     let out = nodes[0].cli(&["trust", &beta_id]);

@@ -26,7 +26,11 @@ fn put(n: &Node, key: &str, value: &str) {
 
 fn wait_value(n: &Node, key: &str, value: Option<&[u8]>) {
     wait_until(
-        &format!("{key} to be {:?} on {}", value.map(String::from_utf8_lossy), n.name),
+        &format!(
+            "{key} to be {:?} on {}",
+            value.map(String::from_utf8_lossy),
+            n.name
+        ),
         || get(n, key).as_deref() == value,
     );
 }
@@ -113,7 +117,9 @@ fn a_watcher_on_one_device_sees_a_put_on_the_other() {
     let first = rx.recv_timeout(DEADLINE).expect("local change");
     assert_eq!(first["key"], "live/local");
     put(&nodes[0], "live/remote", "from a");
-    let ev = rx.recv_timeout(DEADLINE).expect("remote change pushed to the watcher");
+    let ev = rx
+        .recv_timeout(DEADLINE)
+        .expect("remote change pushed to the watcher");
     assert_eq!(ev["key"], "live/remote");
     assert_eq!(ev["origin"], nodes[0].id.as_str());
     assert_eq!(ev["value_b64"], "ZnJvbSBh");
@@ -213,7 +219,8 @@ fn a_key_deleted_while_a_device_was_offline_stays_deleted() {
     // Once every member has reported the tombstone, it is collected everywhere.
     for n in &nodes {
         wait_until(&format!("{} to collect the tombstone", n.name), || {
-            n.log().contains("collected tombstones every member has seen")
+            n.log()
+                .contains("collected tombstones every member has seen")
         });
     }
     // And the key still does not come back after restarts and a new sync round.
@@ -240,8 +247,14 @@ fn stores_without_common_history_reconcile() {
     let mut b = Node::new("b", "");
     a.start();
     b.start();
-    put_many(&a, (0..400).map(|i| (format!("a/{i:04}"), format!("va{i}"))));
-    put_many(&b, (0..400).map(|i| (format!("b/{i:04}"), format!("vb{i}"))));
+    put_many(
+        &a,
+        (0..400).map(|i| (format!("a/{i:04}"), format!("va{i}"))),
+    );
+    put_many(
+        &b,
+        (0..400).map(|i| (format!("b/{i:04}"), format!("vb{i}"))),
+    );
     put(&a, "both", "from a");
     put(&b, "both", "from b");
     a.trust(&b);

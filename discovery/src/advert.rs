@@ -294,16 +294,21 @@ impl Tracker {
             device.name.clone_from(&advert.name);
             device.version.clone_from(&advert.version);
             let pairing = advert.pair_port.map_or_else(Vec::new, |port| {
-                addrs.iter().map(|a| SocketAddr::new(a.ip(), port)).map(|a| match a {
-                    SocketAddr::V6(mut v6) => {
-                        // Keep the interface scope of link-local addresses.
-                        if let Some(SocketAddr::V6(o)) = addrs.iter().find(|o| o.ip() == a.ip()) {
-                            v6.set_scope_id(o.scope_id());
+                addrs
+                    .iter()
+                    .map(|a| SocketAddr::new(a.ip(), port))
+                    .map(|a| match a {
+                        SocketAddr::V6(mut v6) => {
+                            // Keep the interface scope of link-local addresses.
+                            if let Some(SocketAddr::V6(o)) = addrs.iter().find(|o| o.ip() == a.ip())
+                            {
+                                v6.set_scope_id(o.scope_id());
+                            }
+                            SocketAddr::V6(v6)
                         }
-                        SocketAddr::V6(v6)
-                    }
-                    v4 => v4,
-                }).collect()
+                        v4 => v4,
+                    })
+                    .collect()
             });
             out.push(DiscoveryEvent::Found {
                 id: advert.id,
@@ -601,11 +606,18 @@ mod tests {
         }
         let mut t = Tracker::new(A);
         let addrs = vec![sa("10.0.0.2:7373"), sa("[fe80::1%3]:7373")];
-        assert_eq!(t.resolved("b._cnspr._udp.local.", advert(B), addrs.clone()).len(), 1);
+        assert_eq!(
+            t.resolved("b._cnspr._udp.local.", advert(B), addrs.clone())
+                .len(),
+            1
+        );
         // The window opens: Found again, with the pairing addresses (scope kept).
         let ev = t.resolved(
             "b._cnspr._udp.local.",
-            Advert { pair_port: Some(4000), ..advert(B) },
+            Advert {
+                pair_port: Some(4000),
+                ..advert(B)
+            },
             addrs.clone(),
         );
         match &ev[..] {

@@ -1,7 +1,7 @@
 //! [`Discovery`]: the thin I/O shell around `mdns-sd` and [`advert`](crate::advert).
 
-use std::sync::{Arc, Mutex};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use transport::DeviceId;
 
 use super::messages::{new_message_id, send_one};
-use super::peers::{Peer, PeerState};
+use super::peers::PeerState;
 use super::{streams, Daemon};
 use crate::api::{
     code, ErrorBody, HandlerInfo, HandlersResult, PingResult, Reply, Request, SendRequest,
@@ -231,7 +231,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 break;
             }
             Request::Pair { timeout_s } => {
-                pair_window(&d, id, timeout_s, r, tx.clone()).await;
+                super::trust::pair_window(&d, id, timeout_s, r, tx.clone()).await;
                 break;
             }
             Request::Stop {} => {
@@ -351,49 +351,6 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
     if let Ok(Some(mut w)) = writer.await {
         let _ = w.shutdown().await;
     }
-}
-
-/// `pair`: opens a window, answers with the code, then with the outcome. The window
-/// closes when the client goes away.
-async fn pair_window<R>(
-    d: &Arc<Daemon>,
-    id: Value,
-    timeout_s: Option<u64>,
-    mut r: R,
-    tx: mpsc::Sender<Vec<u8>>,
-) where
-    R: AsyncBufRead + Unpin,
-{
-    let lifetime = timeout_s
-        .map_or(super::pair::DEFAULT_WINDOW, |s| Duration::from_secs(s.clamp(1, 3600)));
-    let mut window = match super::pair::open(d, lifetime) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = tx.send(line_of(&Reply::err(id, e))).await;
-            return;
-        }
-    };
-    let first = serde_json::to_value(&window.info).unwrap_or(Value::Null);
-    if tx.send(line_of(&Reply::ok(id.clone(), first))).await.is_err() {
-        return;
-    }
-    let mut scratch = [0u8; 256];
-    let outcome = loop {
-        tokio::select! {
-            o = &mut window.outcome => break o.unwrap_or_else(|_| Err(err(code::INTERNAL, "pairing task ended"))),
-            n = r.read(&mut scratch) => {
-                if matches!(n, Ok(0) | Err(_)) {
-                    let _ = window.cancel.send(true);
-                    return;
-                }
-            }
-        }
-    };
-    let reply = match outcome {
-        Ok(p) => Reply::ok(id, serde_json::json!({"paired": p})),
-        Err(e) => Reply::err(id, e),
-    };
-    let _ = tx.send(line_of(&reply)).await;
 }
 
 /// Announces incoming streams for a listener until its connection closes.
@@ -661,8 +618,8 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             device,
             name,
             addrs,
-        } => serde_json::to_value(trust(d, &device, name, &addrs)?),
-        Request::Remove { peer } => Ok(remove(d, &peer)?),
+        } => serde_json::to_value(super::trust::trust(d, &device, name, &addrs)?),
+        Request::Remove { peer } => Ok(super::trust::remove(d, &peer)?),
         Request::PairJoin {
             code,
             addrs,
@@ -726,118 +683,23 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
     v.map_err(|e| err(code::INTERNAL, e.to_string()))
 }
 
-fn trust(
-    d: &Arc<Daemon>,
-    id: &str,
-    name: Option<String>,
-    addrs: &[String],
-) -> Result<crate::api::PeerInfo, ErrorBody> {
-    let id: DeviceId = id.parse().map_err(|e| {
-        err(
-            code::INVALID_ID,
-            format!("{id:?} is not a device ID: {e} (see `cnspr id` on that device)"),
-        )
-    })?;
-    if id == d.id() {
-        return Err(err(code::SELF, "that is this device's own ID"));
-    }
-    if let Some(n) = &name {
-        transport::identity::validate_name(n)
-            .map_err(|e| err(code::INVALID_NAME, e.to_string()))?;
-    }
-    if addrs.len() > super::peers::MAX_ADDRS {
-        return Err(err(
-            code::INVALID_ADDRESS,
-            format!("at most {} addresses", super::peers::MAX_ADDRS),
-        ));
-    }
-    let mut resolved = Vec::new();
-    for a in addrs {
-        resolved.extend(
-            super::links::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
-        );
-    }
-    if d.roster().is_removed(&id) {
-        return Err(err(
-            code::REMOVED,
-            format!("device {id} was removed from the mesh and cannot be trusted again; that device needs a new identity (move its state directory away)"),
-        ));
-    }
-    let (info, joined, name) = {
-        let mut table = d.peers();
-        let joined = !table.peers.contains_key(&id);
-        let default_name = format!("device-{}", id.short().to_lowercase());
-        let p = table
-            .peers
-            .entry(id)
-            .or_insert_with(|| Peer::new(id, name.clone().unwrap_or(default_name), Vec::new()));
-        if let Some(n) = name {
-            p.name = n;
-        }
-        for a in resolved.into_iter().rev() {
-            p.remember(a);
-        }
-        p.next_dial = Instant::now();
-        p.backoff = Duration::ZERO;
-        (p.info(), joined, p.name.clone())
-    };
-    d.endpoint.roster().insert(id);
-    d.save_peers();
-    super::membership::member(d, id, true);
-    // Sign it into the mesh roster: the other members learn it by gossip.
-    let entry = super::roster::MemberEntry::sign(&d.identity, id, &name, now_ms());
-    let changes = d.roster().merge(super::roster::RosterSnapshot {
-        members: vec![entry],
-        removals: vec![],
-    });
-    if let Err(e) = d.roster().save() {
-        warn!(error = %e, "could not save the roster");
-    }
-    if !changes.is_empty() {
-        d.gossip_roster(None);
-    }
-    if joined {
-        info!(peer = %name, id = %id, "peer trusted");
-        d.peer_event("peer.joined", id, &name, PeerState::Unreachable, None);
-    }
-    Ok(info)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// `remove`: signs a removal that every member applies (now or when it next connects).
-fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
-    let id = d.peers().resolve(peer)?;
-    let name = d.peers().peers.get(&id).map(|p| p.name.clone()).unwrap_or_default();
-    let removal = super::roster::Removal::sign(&d.identity, id, now_ms());
-    let changes = d.roster().merge(super::roster::RosterSnapshot {
-        members: vec![],
-        removals: vec![removal],
-    });
-    if changes.removed.is_empty() {
-        // Not a signed member yet (should not happen): still drop it locally.
-        let mut changes = changes;
-        changes.removed.push((id, name.clone()));
-        d.apply_roster_changes(changes);
-    } else {
-        d.apply_roster_changes(changes);
-    }
-    d.gossip_roster(None);
-    Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
-}
-
 async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<PingResult, ErrorBody> {
     let deadline = Instant::now() + timeout;
     let (rtt, via, pc) = super::messages::ping(d, peer, deadline).await?;
     let (name, via) = {
         let table = d.peers();
-        let name = table.peers.get(&peer).map(|p| p.name.clone()).unwrap_or_default();
+        let name = table
+            .peers
+            .get(&peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
         let via: Vec<String> = via
-            .map(|v| table.peers.get(&v).map_or_else(|| v.short(), |p| p.name.clone()))
+            .map(|v| {
+                table
+                    .peers
+                    .get(&v)
+                    .map_or_else(|| v.short(), |p| p.name.clone())
+            })
             .into_iter()
             .collect();
         (name, via)

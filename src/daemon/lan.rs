@@ -62,7 +62,8 @@ pub fn start(d: &Arc<Daemon>, mdns: bool) {
                             pairing,
                         } => {
                             if let Ok(did) = id.parse::<DeviceId>() {
-                                let mut nearby = dd.nearby.lock().unwrap_or_else(|p| p.into_inner());
+                                let mut nearby =
+                                    dd.nearby.lock().unwrap_or_else(|p| p.into_inner());
                                 if nearby.len() < 256 || nearby.contains_key(&did) {
                                     nearby.insert(
                                         did,
@@ -78,7 +79,10 @@ pub fn start(d: &Arc<Daemon>, mdns: bool) {
                         }
                         discovery::DiscoveryEvent::Lost { id } => {
                             if let Ok(did) = id.parse::<DeviceId>() {
-                                dd.nearby.lock().unwrap_or_else(|p| p.into_inner()).remove(&did);
+                                dd.nearby
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .remove(&did);
                             }
                         }
                     }

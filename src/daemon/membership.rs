@@ -89,7 +89,11 @@ fn execute(d: &Daemon, o: Output<DeviceId>) {
                 let Some(p) = table.peers.get_mut(&peer) else {
                     return;
                 };
-                p.via = if state == PeerState::Indirect { view.via } else { None };
+                p.via = if state == PeerState::Indirect {
+                    view.via
+                } else {
+                    None
+                };
                 p.path_rtt = view.rtt;
                 for a in view.addrs {
                     let a = super::links::canon(a);
@@ -126,7 +130,9 @@ pub fn start(d: &Arc<Daemon>) {
                 Ok(TransportEvent::Up(pc)) => link_up(&dd, &pc),
                 Ok(TransportEvent::Down { peer, reason }) => {
                     let leaving = matches!(reason, DownReason::Leaving);
-                    step(&dd, |c, now| c.handle_input(Input::LinkDown { peer, leaving }, now));
+                    step(&dd, |c, now| {
+                        c.handle_input(Input::LinkDown { peer, leaving }, now)
+                    });
                 }
                 Err(RecvError::Lagged(_)) => {
                     for pc in dd.endpoint.connections() {
@@ -157,7 +163,13 @@ pub fn start(d: &Arc<Daemon>) {
                 let conns = dd.endpoint.connections();
                 step(&dd, |c, now| {
                     for pc in &conns {
-                        c.handle_input(Input::Rtt { peer: pc.peer, rtt: pc.rtt() }, now);
+                        c.handle_input(
+                            Input::Rtt {
+                                peer: pc.peer,
+                                rtt: pc.rtt(),
+                            },
+                            now,
+                        );
                     }
                 });
             }
@@ -196,7 +208,9 @@ pub fn received(d: &Arc<Daemon>, from: DeviceId, bytes: &[u8]) {
                 p.last_seen = Some(SystemTime::now());
                 p.last_heard = Some(Instant::now());
             }
-            step(d, |c, now| c.handle_input(Input::Message { from, msg }, now));
+            step(d, |c, now| {
+                c.handle_input(Input::Message { from, msg }, now)
+            });
         }
         Err(e) => warn!(peer = %from.short(), error = %e, "bad membership message ignored"),
     }

@@ -69,7 +69,9 @@ impl Mesh {
 
     /// Every queued frame has been handed to its stream.
     pub fn drained(&self) -> bool {
-        self.lock().values().all(|o| o.tx.capacity() == o.tx.max_capacity())
+        self.lock()
+            .values()
+            .all(|o| o.tx.capacity() == o.tx.max_capacity())
     }
 
     /// Peers with a mesh stream.
@@ -114,7 +116,8 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
     let here = super::links::canon(pc.remote_address());
     for other in d.mesh.connected() {
         if other != pc.peer {
-            d.mesh.send(&other, MeshFrame::Addrs(vec![(pc.peer, vec![here])]));
+            d.mesh
+                .send(&other, MeshFrame::Addrs(vec![(pc.peer, vec![here])]));
         }
     }
     let d = d.clone();
@@ -231,7 +234,10 @@ fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot) -> bool {
     ours.members
         .iter()
         .any(|e| !m.contains(&(e.id, e.version, e.signer)))
-        || ours.removals.iter().any(|e| !r.contains(&(e.id, e.version)))
+        || ours
+            .removals
+            .iter()
+            .any(|e| !r.contains(&(e.id, e.version)))
 }
 
 impl Daemon {
@@ -281,7 +287,9 @@ impl Daemon {
                     continue;
                 }
                 if !table.peers.contains_key(id) {
-                    table.peers.insert(*id, Peer::new(*id, name.clone(), Vec::new()));
+                    table
+                        .peers
+                        .insert(*id, Peer::new(*id, name.clone(), Vec::new()));
                     joined.push((*id, name.clone()));
                 } else if let Some(p) = table.peers.get_mut(id) {
                     p.name.clone_from(name);

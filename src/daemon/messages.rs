@@ -196,8 +196,14 @@ pub async fn ping(
         let left = deadline.saturating_duration_since(Instant::now());
         return match super::links::ping_once(&pc, left).await {
             Ok(rtt) => Ok((rtt, None, pc)),
-            Err(e) if e.contains("timeout") => Err(ErrorBody::new(code::TIMEOUT, "no answer before the timeout")),
-            Err(e) => Err(ErrorBody::new(code::UNREACHABLE, format!("ping failed: {e}"))),
+            Err(e) if e.contains("timeout") => Err(ErrorBody::new(
+                code::TIMEOUT,
+                "no answer before the timeout",
+            )),
+            Err(e) => Err(ErrorBody::new(
+                code::UNREACHABLE,
+                format!("ping failed: {e}"),
+            )),
         };
     }
     let header = MsgHeader {
@@ -211,8 +217,13 @@ pub async fn ping(
     };
     let start = Instant::now();
     let exchange = async {
-        let (mut send, mut recv) = pc.open(StreamKind::Message).await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, &header, MAX_HEADER).await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = pc
+            .open(StreamKind::Message)
+            .await
+            .map_err(|e| e.to_string())?;
+        write_frame(&mut send, &header, MAX_HEADER)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = send.finish();
         read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
             .await
@@ -223,9 +234,18 @@ pub async fn ping(
     match tokio::time::timeout(left, exchange).await {
         Ok(Ok(MsgResult::Ack)) => Ok((start.elapsed(), Some(pc.peer), pc)),
         Ok(Ok(MsgResult::Nack { code, message })) => Err(ErrorBody { code, message }),
-        Ok(Ok(_)) => Err(ErrorBody::new(code::INTERNAL, "unexpected answer to a ping")),
-        Ok(Err(e)) => Err(ErrorBody::new(code::UNREACHABLE, format!("ping failed: {e}"))),
-        Err(_) => Err(ErrorBody::new(code::TIMEOUT, "no answer before the timeout")),
+        Ok(Ok(_)) => Err(ErrorBody::new(
+            code::INTERNAL,
+            "unexpected answer to a ping",
+        )),
+        Ok(Err(e)) => Err(ErrorBody::new(
+            code::UNREACHABLE,
+            format!("ping failed: {e}"),
+        )),
+        Err(_) => Err(ErrorBody::new(
+            code::TIMEOUT,
+            "no answer before the timeout",
+        )),
     }
 }
 
@@ -352,18 +372,35 @@ async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
 
 /// Relays a message from `from` to `dst` over our direct connection (one hop: a relay
 /// never relays again, so no loops), and passes the recipient's answer back.
-async fn forward(d: &Arc<Daemon>, from: DeviceId, dst: DeviceId, mut header: MsgHeader, body: Vec<u8>) -> MsgResult {
+async fn forward(
+    d: &Arc<Daemon>,
+    from: DeviceId,
+    dst: DeviceId,
+    mut header: MsgHeader,
+    body: Vec<u8>,
+) -> MsgResult {
     if header.origin.is_some() {
-        return nack(code::BAD_REQUEST, "a relayed message cannot be relayed again");
+        return nack(
+            code::BAD_REQUEST,
+            "a relayed message cannot be relayed again",
+        );
     }
     let Some(pc) = d.endpoint.connection(&dst) else {
-        return nack(code::UNREACHABLE, "the relay has no direct link to the recipient any more");
+        return nack(
+            code::UNREACHABLE,
+            "the relay has no direct link to the recipient any more",
+        );
     };
     header.relay_to = None;
     header.origin = Some(from);
     let exchange = async {
-        let (mut send, mut recv) = pc.open(StreamKind::Message).await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, &header, MAX_HEADER).await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = pc
+            .open(StreamKind::Message)
+            .await
+            .map_err(|e| e.to_string())?;
+        write_frame(&mut send, &header, MAX_HEADER)
+            .await
+            .map_err(|e| e.to_string())?;
         if !body.is_empty() {
             send.write_all(&body).await.map_err(|e| e.to_string())?;
         }
@@ -376,7 +413,10 @@ async fn forward(d: &Arc<Daemon>, from: DeviceId, dst: DeviceId, mut header: Msg
     match tokio::time::timeout(Duration::from_secs(60), exchange).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => nack(code::UNREACHABLE, format!("relayed delivery failed: {e}")),
-        Err(_) => nack(code::TIMEOUT, "the recipient did not answer the relay in time"),
+        Err(_) => nack(
+            code::TIMEOUT,
+            "the recipient did not answer the relay in time",
+        ),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod peers;
 mod roster;
 pub mod streams;
 mod sync;
+mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -214,12 +215,14 @@ fn migrate_roster(identity: &Identity, table: &mut PeerTable, r: &mut roster::Me
     let mut snap = roster::RosterSnapshot::default();
     for p in table.peers.values() {
         if !r.is_member(&p.id) && !r.is_removed(&p.id) {
-            snap.members.push(roster::MemberEntry::sign(identity, p.id, &p.name, now));
+            snap.members
+                .push(roster::MemberEntry::sign(identity, p.id, &p.name, now));
         }
     }
     for id in table.removed.keys() {
         if !r.is_removed(id) {
-            snap.removals.push(roster::Removal::sign(identity, *id, now));
+            snap.removals
+                .push(roster::Removal::sign(identity, *id, now));
         }
     }
     if !snap.members.is_empty() || !snap.removals.is_empty() {
@@ -231,7 +234,10 @@ fn migrate_roster(identity: &Identity, table: &mut PeerTable, r: &mut roster::Me
     // And the other way: members learnt by gossip that the peer table lacks.
     for m in r.members() {
         if r.is_removed(&m.id) {
-            let name = table.peers.remove(&m.id).map_or_else(|| m.name.clone(), |p| p.name);
+            let name = table
+                .peers
+                .remove(&m.id)
+                .map_or_else(|| m.name.clone(), |p| p.name);
             table.removed.insert(m.id, name);
         } else if !table.peers.contains_key(&m.id) {
             table

@@ -127,10 +127,7 @@ pub fn new_code() -> String {
 
 /// The digits of a typed code (dashes and spaces allowed), or a clear error.
 pub fn normalize_code(code: &str) -> Result<String, ErrorBody> {
-    let digits: String = code
-        .chars()
-        .filter(|c| !matches!(c, '-' | ' '))
-        .collect();
+    let digits: String = code.chars().filter(|c| !matches!(c, '-' | ' ')).collect();
     if code.len() > 32 || digits.len() != CODE_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(err(
@@ -251,14 +248,22 @@ pub fn open(d: &Arc<Daemon>, lifetime: Duration) -> Result<Window, ErrorBody> {
         Ok(ep) => ep,
         Err(e) => {
             *d.pairing_open.lock().unwrap_or_else(|p| p.into_inner()) = false;
-            return Err(err(code::INTERNAL, format!("cannot open the pairing port: {e}")));
+            return Err(err(
+                code::INTERNAL,
+                format!("cannot open the pairing port: {e}"),
+            ));
         }
     };
     let port = ep.local_addr().map_or(0, |a| a.port());
     let code_shown = new_code();
     let digits = normalize_code(&code_shown).expect("generated codes are valid");
     let mut addresses: Vec<String> = Vec::new();
-    if let Some(w) = d.netwatch.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    if let Some(w) = d
+        .netwatch
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
         for ip in w.addresses() {
             addresses.push(SocketAddr::new(ip, port).to_string());
         }
@@ -325,7 +330,8 @@ async fn run_window(
         let Some(incoming) = incoming else {
             return Err(err(code::INTERNAL, "the pairing port closed"));
         };
-        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, window_attempt(d, incoming, digits)).await;
+        let attempt =
+            tokio::time::timeout(ATTEMPT_TIMEOUT, window_attempt(d, incoming, digits)).await;
         match attempt {
             Ok(Attempt::Paired(p)) => return Ok(p),
             Ok(Attempt::WrongCode) => {
@@ -344,12 +350,17 @@ async fn run_window(
     }
 }
 
-async fn window_attempt(d: &Arc<Daemon>, incoming: transport::quinn::Incoming, digits: &str) -> Attempt {
+async fn window_attempt(
+    d: &Arc<Daemon>,
+    incoming: transport::quinn::Incoming,
+    digits: &str,
+) -> Attempt {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => return Attempt::Aborted(format!("handshake: {e}")),
     };
-    let (Some(joiner), Some(cb)) = (pairing::peer_id(&conn), pairing::channel_binding(&conn)) else {
+    let (Some(joiner), Some(cb)) = (pairing::peer_id(&conn), pairing::channel_binding(&conn))
+    else {
         return Attempt::Aborted("no device certificate".into());
     };
     let remote = conn.remote_address();
@@ -380,7 +391,14 @@ async fn window_attempt(d: &Arc<Daemon>, incoming: transport::quinn::Incoming, d
         None
     };
     if let Some(reason) = refusal {
-        let _ = write_frame(&mut send, &PairMsg::Fail { reason: reason.clone() }, MAX_CONTROL_FRAME).await;
+        let _ = write_frame(
+            &mut send,
+            &PairMsg::Fail {
+                reason: reason.clone(),
+            },
+            MAX_CONTROL_FRAME,
+        )
+        .await;
         let _ = send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
         return Attempt::Aborted(reason);
@@ -399,7 +417,10 @@ async fn window_attempt(d: &Arc<Daemon>, incoming: transport::quinn::Incoming, d
         nonce: nonce_w,
         spake: spake_b,
     };
-    if write_frame(&mut send, &reply, MAX_CONTROL_FRAME).await.is_err() {
+    if write_frame(&mut send, &reply, MAX_CONTROL_FRAME)
+        .await
+        .is_err()
+    {
         return Attempt::Aborted("joiner went away".into());
     }
     let key = spake.finish(&spake_a);
@@ -407,7 +428,15 @@ async fn window_attempt(d: &Arc<Daemon>, incoming: transport::quinn::Incoming, d
         Ok(Some(PairMsg::Confirm { mac })) => mac,
         _ => return Attempt::Aborted("no confirmation".into()),
     };
-    let t = transcript(&cb, &joiner, &me, &nonce_j, &nonce_w, &name_j, &d.identity.name);
+    let t = transcript(
+        &cb,
+        &joiner,
+        &me,
+        &nonce_j,
+        &nonce_w,
+        &name_j,
+        &d.identity.name,
+    );
     let key = match key {
         Ok(k) if mac_ok(&k, LABEL_J, &t, &confirm) => k,
         _ => {
@@ -446,10 +475,17 @@ async fn window_attempt(d: &Arc<Daemon>, incoming: transport::quinn::Incoming, d
         mesh_name: mesh_name.clone(),
         roster: d.roster().snapshot(),
     };
-    if write_frame(&mut send, &welcome, MAX_CONTROL_FRAME).await.is_err() {
+    if write_frame(&mut send, &welcome, MAX_CONTROL_FRAME)
+        .await
+        .is_err()
+    {
         warn!("the joining device went away after proving the code; it is trusted here and will learn the roster when it connects");
     } else {
-        let _ = tokio::time::timeout(Duration::from_secs(2), read_frame::<PairMsg, _>(&mut recv, 1024)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            read_frame::<PairMsg, _>(&mut recv, 1024),
+        )
+        .await;
     }
     conn.close(0u32.into(), b"paired");
     if mesh_name != name_j {
@@ -498,7 +534,8 @@ pub async fn join(
                 tried.push(addr);
                 let identity = d.identity.clone();
                 dials.spawn(async move {
-                    let r = tokio::time::timeout(DIAL_TIMEOUT, pairing::dial(&identity, addr)).await;
+                    let r =
+                        tokio::time::timeout(DIAL_TIMEOUT, pairing::dial(&identity, addr)).await;
                     (addr, r)
                 });
             }
@@ -539,7 +576,12 @@ pub async fn join(
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), join_attempt(d, conn, addr, &digits)).await {
+        match tokio::time::timeout(
+            left.min(ATTEMPT_TIMEOUT),
+            join_attempt(d, conn, addr, &digits),
+        )
+        .await
+        {
             Ok(Ok(p)) => return Ok(p),
             Ok(Err(JoinError::Unreachable(e))) => last_error = Some(err(code::UNREACHABLE, e)),
             Ok(Err(JoinError::Refused(e))) if e.code == code::WRONG_CODE => return Err(e),
@@ -560,11 +602,16 @@ async fn join_attempt(
     addr: SocketAddr,
     digits: &str,
 ) -> Result<Paired, JoinError> {
-    let (Some(window), Some(cb)) = (pairing::peer_id(&conn), pairing::channel_binding(&conn)) else {
-        return Err(JoinError::Unreachable(format!("{addr}: no device certificate")));
+    let (Some(window), Some(cb)) = (pairing::peer_id(&conn), pairing::channel_binding(&conn))
+    else {
+        return Err(JoinError::Unreachable(format!(
+            "{addr}: no device certificate"
+        )));
     };
     if window == d.id() {
-        return Err(JoinError::Unreachable("that is this device's own window".into()));
+        return Err(JoinError::Unreachable(
+            "that is this device's own window".into(),
+        ));
     }
     if d.roster().is_removed(&window) {
         return Err(JoinError::Refused(err(
@@ -592,26 +639,39 @@ async fn join_attempt(
     write_frame(&mut send, &start, MAX_CONTROL_FRAME)
         .await
         .map_err(|e| gone(e.to_string()))?;
-    let (name_w, port_w, nonce_w, spake_b) = match read_frame::<PairMsg, _>(&mut recv, MAX_CONTROL_FRAME).await {
-        Ok(Some(PairMsg::Reply {
-            name,
-            port,
-            nonce,
-            spake,
-        })) => (name, port, nonce, spake),
-        Ok(Some(PairMsg::Fail { reason })) => {
-            return Err(JoinError::Refused(err(code::REFUSED, format!("the other device refused: {reason}"))))
-        }
-        _ => return Err(gone("unexpected answer".into())),
-    };
+    let (name_w, port_w, nonce_w, spake_b) =
+        match read_frame::<PairMsg, _>(&mut recv, MAX_CONTROL_FRAME).await {
+            Ok(Some(PairMsg::Reply {
+                name,
+                port,
+                nonce,
+                spake,
+            })) => (name, port, nonce, spake),
+            Ok(Some(PairMsg::Fail { reason })) => {
+                return Err(JoinError::Refused(err(
+                    code::REFUSED,
+                    format!("the other device refused: {reason}"),
+                )))
+            }
+            _ => return Err(gone("unexpected answer".into())),
+        };
     let name_w = clean_name(&name_w, &window);
     let Ok(key) = spake.finish(&spake_b) else {
-        return Err(JoinError::Refused(err(code::WRONG_CODE, "wrong code (the exchange failed)")));
+        return Err(JoinError::Refused(err(
+            code::WRONG_CODE,
+            "wrong code (the exchange failed)",
+        )));
     };
     let t = transcript(&cb, &me, &window, &nonce_j, &nonce_w, &name_j, &name_w);
-    write_frame(&mut send, &PairMsg::Confirm { mac: mac(&key, LABEL_J, &t) }, MAX_CONTROL_FRAME)
-        .await
-        .map_err(|e| gone(e.to_string()))?;
+    write_frame(
+        &mut send,
+        &PairMsg::Confirm {
+            mac: mac(&key, LABEL_J, &t),
+        },
+        MAX_CONTROL_FRAME,
+    )
+    .await
+    .map_err(|e| gone(e.to_string()))?;
     let (mac_w, mesh_name, roster) = match read_frame::<PairMsg, _>(&mut recv, MAX_CONTROL_FRAME).await {
         Ok(Some(PairMsg::Welcome {
             mac,
@@ -693,7 +753,14 @@ mod tests {
         }
         assert_eq!(normalize_code("123 456").unwrap(), "123456");
         assert_eq!(normalize_code("123456").unwrap(), "123456");
-        for bad in ["12345", "1234567", "12a456", "", "１２３４５６", &"1".repeat(40)] {
+        for bad in [
+            "12345",
+            "1234567",
+            "12a456",
+            "",
+            "１２３４５６",
+            &"1".repeat(40),
+        ] {
             assert!(normalize_code(bad).is_err(), "{bad:?}");
         }
     }

@@ -275,7 +275,10 @@ impl PeerTable {
             .map(|p| {
                 let mut i = p.info();
                 if let Some(via) = p.via {
-                    let name = self.peers.get(&via).map_or_else(|| via.short(), |v| v.name.clone());
+                    let name = self
+                        .peers
+                        .get(&via)
+                        .map_or_else(|| via.short(), |v| v.name.clone());
                     i.via = Some(vec![name]);
                 }
                 i

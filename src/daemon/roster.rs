@@ -106,7 +106,11 @@ impl Removal {
     }
 
     pub fn well_formed(&self) -> bool {
-        verify_signature(&self.signer, &removal_msg(&self.id, self.version), &self.sig)
+        verify_signature(
+            &self.signer,
+            &removal_msg(&self.id, self.version),
+            &self.sig,
+        )
     }
 }
 
@@ -298,8 +302,7 @@ impl MeshRoster {
                 }
                 let m = members.swap_remove(i);
                 match self.members.get(&m.id) {
-                    Some(old)
-                        if (old.version, old.signer_id()) >= (m.version, m.signer_id()) => {}
+                    Some(old) if (old.version, old.signer_id()) >= (m.version, m.signer_id()) => {}
                     Some(old) => {
                         if old.name != m.name {
                             changes.renamed.push((m.id, m.name.clone()));
@@ -319,7 +322,9 @@ impl MeshRoster {
                 break;
             }
         }
-        changes.joined.retain(|(id, _)| !self.removals.contains_key(id));
+        changes
+            .joined
+            .retain(|(id, _)| !self.removals.contains_key(id));
         changes
     }
 }
@@ -367,7 +372,10 @@ mod tests {
         let mut ra = roster(&a);
         // Signed by a device nobody trusts.
         let ch = ra.merge(RosterSnapshot {
-            members: vec![MemberEntry::sign(&x, x.id, "x", 1), MemberEntry::sign(&x, b.id, "b", 1)],
+            members: vec![
+                MemberEntry::sign(&x, x.id, "x", 1),
+                MemberEntry::sign(&x, b.id, "b", 1),
+            ],
             removals: vec![Removal::sign(&x, b.id, 1)],
         });
         assert!(ch.is_empty());
@@ -378,11 +386,21 @@ mod tests {
         });
         let mut forged = MemberEntry::sign(&a, x.id, "x", 2);
         forged.name = "evil".into();
-        assert!(ra.merge(RosterSnapshot { members: vec![forged], removals: vec![] }).is_empty());
+        assert!(ra
+            .merge(RosterSnapshot {
+                members: vec![forged],
+                removals: vec![]
+            })
+            .is_empty());
         // Signer key that does not match: claims to be B but key is X's.
         let mut forged = MemberEntry::sign(&x, x.id, "x", 2);
         forged.signer = b.public_key();
-        assert!(ra.merge(RosterSnapshot { members: vec![forged], removals: vec![] }).is_empty());
+        assert!(ra
+            .merge(RosterSnapshot {
+                members: vec![forged],
+                removals: vec![]
+            })
+            .is_empty());
         // Too many entries: refused whole.
         let many = RosterSnapshot {
             members: vec![MemberEntry::sign(&a, x.id, "x", 1); MAX_MEMBERS + 1],
@@ -397,7 +415,10 @@ mod tests {
         let (a, b, c) = (dev("a"), dev("b"), dev("c"));
         let mut ra = roster(&a);
         ra.merge(RosterSnapshot {
-            members: vec![MemberEntry::sign(&a, b.id, "b", 1), MemberEntry::sign(&a, c.id, "c", 1)],
+            members: vec![
+                MemberEntry::sign(&a, b.id, "b", 1),
+                MemberEntry::sign(&a, c.id, "c", 1),
+            ],
             removals: vec![],
         });
         let ch = ra.merge(RosterSnapshot {
@@ -408,7 +429,10 @@ mod tests {
         assert!(!ra.is_member(&c.id));
         // C re-adds itself, B re-adds C with a later version: still removed.
         let ch = ra.merge(RosterSnapshot {
-            members: vec![MemberEntry::sign(&c, c.id, "c", 9), MemberEntry::sign(&b, c.id, "c", 9)],
+            members: vec![
+                MemberEntry::sign(&c, c.id, "c", 9),
+                MemberEntry::sign(&b, c.id, "c", 9),
+            ],
             removals: vec![],
         });
         assert!(ch.is_empty());
@@ -416,7 +440,10 @@ mod tests {
         // A removed member can no longer vouch for anyone.
         let d = dev("d");
         assert!(ra
-            .merge(RosterSnapshot { members: vec![MemberEntry::sign(&c, d.id, "d", 9)], removals: vec![] })
+            .merge(RosterSnapshot {
+                members: vec![MemberEntry::sign(&c, d.id, "d", 9)],
+                removals: vec![]
+            })
             .is_empty());
     }
 
@@ -424,14 +451,34 @@ mod tests {
     fn merge_is_order_independent() {
         let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
         let parts = vec![
-            RosterSnapshot { members: vec![MemberEntry::sign(&a, b.id, "b", 1)], removals: vec![] },
-            RosterSnapshot { members: vec![MemberEntry::sign(&b, c.id, "c", 2)], removals: vec![] },
-            RosterSnapshot { members: vec![MemberEntry::sign(&b, c.id, "c-2", 3)], removals: vec![] },
-            RosterSnapshot { members: vec![MemberEntry::sign(&c, d.id, "d", 4)], removals: vec![] },
-            RosterSnapshot { members: vec![], removals: vec![Removal::sign(&b, d.id, 5)] },
+            RosterSnapshot {
+                members: vec![MemberEntry::sign(&a, b.id, "b", 1)],
+                removals: vec![],
+            },
+            RosterSnapshot {
+                members: vec![MemberEntry::sign(&b, c.id, "c", 2)],
+                removals: vec![],
+            },
+            RosterSnapshot {
+                members: vec![MemberEntry::sign(&b, c.id, "c-2", 3)],
+                removals: vec![],
+            },
+            RosterSnapshot {
+                members: vec![MemberEntry::sign(&c, d.id, "d", 4)],
+                removals: vec![],
+            },
+            RosterSnapshot {
+                members: vec![],
+                removals: vec![Removal::sign(&b, d.id, 5)],
+            },
         ];
         let mut results = Vec::new();
-        for perm in [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [1, 3, 0, 4, 2]] {
+        for perm in [
+            [0, 1, 2, 3, 4],
+            [4, 3, 2, 1, 0],
+            [2, 0, 4, 1, 3],
+            [1, 3, 0, 4, 2],
+        ] {
             let mut r = roster(&a);
             // Deliver repeatedly until stable, as gossip does.
             for _ in 0..5 {
@@ -452,7 +499,10 @@ mod tests {
         let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
         let mut ra = roster(&a);
         ra.merge(RosterSnapshot {
-            members: vec![MemberEntry::sign(&a, b.id, "laptop", 1), MemberEntry::sign(&a, c.id, "laptop-2", 1)],
+            members: vec![
+                MemberEntry::sign(&a, b.id, "laptop", 1),
+                MemberEntry::sign(&a, c.id, "laptop-2", 1),
+            ],
             removals: vec![],
         });
         assert_eq!(ra.unique_name("laptop", &d.id, "desk"), "laptop-3");
@@ -460,7 +510,10 @@ mod tests {
         assert_eq!(ra.unique_name("laptop", &b.id, "desk"), "laptop");
         assert_eq!(ra.unique_name("desk", &d.id, "desk"), "desk-2");
         let long = "x".repeat(64);
-        ra.merge(RosterSnapshot { members: vec![MemberEntry::sign(&a, c.id, &long, 2)], removals: vec![] });
+        ra.merge(RosterSnapshot {
+            members: vec![MemberEntry::sign(&a, c.id, &long, 2)],
+            removals: vec![],
+        });
         let n = ra.unique_name(&long, &d.id, "desk");
         assert_eq!(n.len(), 64);
         assert!(n.ends_with("-2"));

@@ -471,7 +471,8 @@ async fn serve_session(
             let s = store.clone();
             let t = theirs.clone();
             let delta = blocking(move || s.changes_since(&t, BATCH)).await?;
-            let news = !delta.changes.is_empty() || delta.through.iter().any(|(o, q)| q > theirs.get(&o));
+            let news =
+                !delta.changes.is_empty() || delta.through.iter().any(|(o, q)| q > theirs.get(&o));
             if !news {
                 break;
             }
@@ -566,7 +567,11 @@ async fn reconcile(
         }
         msg = step.msg;
     }
-    debug!(rounds = responder.rounds(), changes = sent, "reconciliation done");
+    debug!(
+        rounds = responder.rounds(),
+        changes = sent,
+        "reconciliation done"
+    );
     write_frame(
         send,
         &Down::Delta(Delta {
@@ -587,7 +592,12 @@ async fn send_chunked(send: &mut SendStream, changes: Vec<Change>) -> Result<(),
         bytes += c.key.len() + c.value.as_ref().map_or(0, Vec::len);
         batch.push(c);
         if bytes >= RECON_CHUNK_BYTES || batch.len() >= BATCH {
-            write_frame(send, &Down::ReconChanges(std::mem::take(&mut batch)), MAX_DOWN).await?;
+            write_frame(
+                send,
+                &Down::ReconChanges(std::mem::take(&mut batch)),
+                MAX_DOWN,
+            )
+            .await?;
             bytes = 0;
         }
     }
@@ -656,9 +666,7 @@ async fn collect_once(d: &Arc<Daemon>, sh: &Shared) -> Result<(), StoreError> {
         return Ok(());
     };
     let ours = d.store.version_vector()?;
-    let dominated = vvs
-        .iter()
-        .all(|m| m.iter().all(|(o, s)| ours.get(&o) >= s));
+    let dominated = vvs.iter().all(|m| m.iter().all(|(o, s)| ours.get(&o) >= s));
     if !dominated {
         debug!("tombstone collection waits to catch up with the members");
         return Ok(());

@@ -438,7 +438,11 @@ impl Reader {
                 if p != pos {
                     break;
                 }
-                out.extend(read_siblings(&versions, key)?.iter().map(|s| s.to_change(key)));
+                out.extend(
+                    read_siblings(&versions, key)?
+                        .iter()
+                        .map(|s| s.to_change(key)),
+                );
             }
         }
         Ok(out)

@@ -397,6 +397,10 @@ mod tests {
         assert!(verify_signature(&a.public_key(), b"roster entry", &sig));
         assert!(!verify_signature(&a.public_key(), b"roster entrY", &sig));
         assert!(!verify_signature(&b.public_key(), b"roster entry", &sig));
-        assert!(!verify_signature(&a.public_key(), b"roster entry", &sig[..63]));
+        assert!(!verify_signature(
+            &a.public_key(),
+            b"roster entry",
+            &sig[..63]
+        ));
     }
 }

@@ -34,9 +34,15 @@ struct AnyDevice {
 }
 
 impl AnyDevice {
-    fn check(&self, ee: &CertificateDer<'_>, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    fn check(
+        &self,
+        ee: &CertificateDer<'_>,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<(), rustls::Error> {
         if !chain.is_empty() || spki_id(ee).is_none() {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
         }
         Ok(())
     }
@@ -60,7 +66,9 @@ impl ServerCertVerifier for AnyDevice {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
     fn verify_tls13_signature(
         &self,
@@ -94,7 +102,9 @@ impl ClientCertVerifier for AnyDevice {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
     fn verify_tls13_signature(
         &self,
@@ -141,7 +151,8 @@ pub fn listen(identity: &Identity, addr: SocketAddr) -> Result<quinn::Endpoint, 
     let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(cfg)?);
     server.transport_config(transport_config());
     server.migration(false);
-    let socket = std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),

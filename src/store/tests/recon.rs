@@ -4,7 +4,6 @@ use super::super::reconcile::{Initiator, ItemSet, Range, Responder};
 use super::super::{Delta, Store, VersionVector};
 use super::{dump, open, origin, pull, FakeWall};
 
-
 const T0: u64 = 1_700_000_000_000;
 
 fn keys(n: usize) -> Vec<String> {
@@ -161,13 +160,17 @@ async fn collection_needs_every_member_and_the_tombstone_context() {
     // A member that has not seen the tombstone (m) blocks collection on a.
     let vv_m = m.version_vector().unwrap();
     assert_eq!(
-        a.collect_tombstones(&everyone(&[&vv_c, &vv_m])).await.unwrap(),
+        a.collect_tombstones(&everyone(&[&vv_c, &vv_m]))
+            .await
+            .unwrap(),
         0
     );
     pull(&m, &a, 10).await;
     let vv_m = m.version_vector().unwrap();
     assert_eq!(
-        a.collect_tombstones(&everyone(&[&vv_c, &vv_m])).await.unwrap(),
+        a.collect_tombstones(&everyone(&[&vv_c, &vv_m]))
+            .await
+            .unwrap(),
         1
     );
     assert!(a.versions("x").unwrap().is_empty());
@@ -188,9 +191,12 @@ async fn member_vectors_survive_a_reopen() {
     let wall = FakeWall::new(T0);
     let a = open(dir.path(), 1, &wall);
     let vv = VersionVector::from_iter([(origin(2), 7), (origin(3), 1)]);
-    a.save_member_vvs(vec![(origin(2), Some(vv.clone())), (origin(3), Some(vv.clone()))])
-        .await
-        .unwrap();
+    a.save_member_vvs(vec![
+        (origin(2), Some(vv.clone())),
+        (origin(3), Some(vv.clone())),
+    ])
+    .await
+    .unwrap();
     a.save_member_vvs(vec![(origin(3), None)]).await.unwrap();
     drop(a);
     let a = open(dir.path(), 1, &wall);

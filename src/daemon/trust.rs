@@ -1,0 +1,173 @@
+//! Socket commands that change who is in the mesh: `trust`, `remove` and the `pair`
+//! window (split from `control`, which parses and routes them).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use transport::DeviceId;
+
+use super::control::{err, line_of};
+use super::peers::{Peer, PeerState};
+use super::Daemon;
+use crate::api::{code, ErrorBody, Reply};
+
+/// `pair`: opens a window, answers with the code, then with the outcome. The window
+/// closes when the client goes away.
+pub async fn pair_window<R>(
+    d: &Arc<Daemon>,
+    id: Value,
+    timeout_s: Option<u64>,
+    mut r: R,
+    tx: mpsc::Sender<Vec<u8>>,
+) where
+    R: AsyncBufRead + Unpin,
+{
+    let lifetime = timeout_s.map_or(super::pair::DEFAULT_WINDOW, |s| {
+        Duration::from_secs(s.clamp(1, 3600))
+    });
+    let mut window = match super::pair::open(d, lifetime) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx.send(line_of(&Reply::err(id, e))).await;
+            return;
+        }
+    };
+    let first = serde_json::to_value(&window.info).unwrap_or(Value::Null);
+    if tx
+        .send(line_of(&Reply::ok(id.clone(), first)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut scratch = [0u8; 256];
+    let outcome = loop {
+        tokio::select! {
+            o = &mut window.outcome => break o.unwrap_or_else(|_| Err(err(code::INTERNAL, "pairing task ended"))),
+            n = r.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    let _ = window.cancel.send(true);
+                    return;
+                }
+            }
+        }
+    };
+    let reply = match outcome {
+        Ok(p) => Reply::ok(id, serde_json::json!({"paired": p})),
+        Err(e) => Reply::err(id, e),
+    };
+    let _ = tx.send(line_of(&reply)).await;
+}
+
+pub fn trust(
+    d: &Arc<Daemon>,
+    id: &str,
+    name: Option<String>,
+    addrs: &[String],
+) -> Result<crate::api::PeerInfo, ErrorBody> {
+    let id: DeviceId = id.parse().map_err(|e| {
+        err(
+            code::INVALID_ID,
+            format!("{id:?} is not a device ID: {e} (see `cnspr id` on that device)"),
+        )
+    })?;
+    if id == d.id() {
+        return Err(err(code::SELF, "that is this device's own ID"));
+    }
+    if let Some(n) = &name {
+        transport::identity::validate_name(n)
+            .map_err(|e| err(code::INVALID_NAME, e.to_string()))?;
+    }
+    if addrs.len() > super::peers::MAX_ADDRS {
+        return Err(err(
+            code::INVALID_ADDRESS,
+            format!("at most {} addresses", super::peers::MAX_ADDRS),
+        ));
+    }
+    let mut resolved = Vec::new();
+    for a in addrs {
+        resolved.extend(
+            super::links::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
+        );
+    }
+    if d.roster().is_removed(&id) {
+        return Err(err(
+            code::REMOVED,
+            format!("device {id} was removed from the mesh and cannot be trusted again; that device needs a new identity (move its state directory away)"),
+        ));
+    }
+    let (info, joined, name) = {
+        let mut table = d.peers();
+        let joined = !table.peers.contains_key(&id);
+        let default_name = format!("device-{}", id.short().to_lowercase());
+        let p = table
+            .peers
+            .entry(id)
+            .or_insert_with(|| Peer::new(id, name.clone().unwrap_or(default_name), Vec::new()));
+        if let Some(n) = name {
+            p.name = n;
+        }
+        for a in resolved.into_iter().rev() {
+            p.remember(a);
+        }
+        p.next_dial = Instant::now();
+        p.backoff = Duration::ZERO;
+        (p.info(), joined, p.name.clone())
+    };
+    d.endpoint.roster().insert(id);
+    d.save_peers();
+    super::membership::member(d, id, true);
+    // Sign it into the mesh roster: the other members learn it by gossip.
+    let entry = super::roster::MemberEntry::sign(&d.identity, id, &name, now_ms());
+    let changes = d.roster().merge(super::roster::RosterSnapshot {
+        members: vec![entry],
+        removals: vec![],
+    });
+    if let Err(e) = d.roster().save() {
+        warn!(error = %e, "could not save the roster");
+    }
+    if !changes.is_empty() {
+        d.gossip_roster(None);
+    }
+    if joined {
+        info!(peer = %name, id = %id, "peer trusted");
+        d.peer_event("peer.joined", id, &name, PeerState::Unreachable, None);
+    }
+    Ok(info)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `remove`: signs a removal that every member applies (now or when it next connects).
+pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
+    let id = d.peers().resolve(peer)?;
+    let name = d
+        .peers()
+        .peers
+        .get(&id)
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    let removal = super::roster::Removal::sign(&d.identity, id, now_ms());
+    let changes = d.roster().merge(super::roster::RosterSnapshot {
+        members: vec![],
+        removals: vec![removal],
+    });
+    if changes.removed.is_empty() {
+        // Not a signed member yet (should not happen): still drop it locally.
+        let mut changes = changes;
+        changes.removed.push((id, name.clone()));
+        d.apply_roster_changes(changes);
+    } else {
+        d.apply_roster_changes(changes);
+    }
+    d.gossip_roster(None);
+    Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
+}
