@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod lab;
+
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub fn bin() -> &'static str {

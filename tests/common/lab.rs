@@ -1,0 +1,201 @@
+//! Several hosts on one machine: network namespaces joined by bridges (root only).
+//! Every name carries the test process ID; `Drop` deletes the namespaces even when a
+//! test panics.
+
+use std::process::Command;
+
+use super::Node;
+
+pub struct Lab {
+    pub switch: String,
+    pub hosts: Vec<String>,
+}
+
+pub fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Lab {
+    /// `n` hosts at 10.77.0.1.. on one bridge; `None` (with a printed reason) if not possible.
+    pub fn new(tag: &str, n: usize) -> Option<Lab> {
+        if !is_root() {
+            eprintln!("skipping: network namespaces need root");
+            return None;
+        }
+        let base = format!("cl{}{tag}", std::process::id());
+        let switch = format!("{base}s");
+        if !ip(&["netns", "add", &switch]) {
+            eprintln!("skipping: cannot create network namespaces here");
+            return None;
+        }
+        let mut lab = Lab {
+            switch: switch.clone(),
+            hosts: Vec::new(),
+        };
+        assert!(ip(&[
+            "-n", &switch, "link", "add", "name", "sw0", "type", "bridge"
+        ]));
+        assert!(ip(&["-n", &switch, "link", "set", "sw0", "up"]));
+        for i in 0..n {
+            let h = format!("{base}h{i}");
+            assert!(ip(&["netns", "add", &h]));
+            lab.hosts.push(h.clone());
+            // IPv4 only, so that removing the one address leaves the host with no usable
+            // address at all (an IPv6 link-local address would count as usable).
+            for k in ["all", "default"] {
+                let _ = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &h,
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+                    ])
+                    .status();
+            }
+            let port = format!("p{i}");
+            assert!(ip(&[
+                "-n", &h, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                &switch
+            ]));
+            assert!(ip(&["-n", &switch, "link", "set", &port, "master", "sw0"]));
+            assert!(ip(&["-n", &switch, "link", "set", &port, "up"]));
+            assert!(ip(&[
+                "-n",
+                &h,
+                "addr",
+                "add",
+                &format!("10.77.0.{}/24", i + 1),
+                "dev",
+                "eth0"
+            ]));
+            assert!(ip(&["-n", &h, "link", "set", "eth0", "up"]));
+            assert!(ip(&["-n", &h, "link", "set", "lo", "up"]));
+            assert!(ip(&["-n", &h, "route", "add", "default", "dev", "eth0"]));
+        }
+        Some(lab)
+    }
+
+    /// Cuts host `i` off the bridge (its port goes down): a partition.
+    pub fn cut(&self, i: usize) {
+        assert!(ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("p{i}"),
+            "down"
+        ]));
+    }
+
+    /// Puts host `i` back on the bridge.
+    pub fn heal(&self, i: usize) {
+        assert!(ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("p{i}"),
+            "up"
+        ]));
+    }
+
+    pub fn node(&self, i: usize, name: &str) -> Node {
+        let mut n = Node::new(name, "");
+        n.netns = Some(self.hosts[i].clone());
+        n.listen = Some("0.0.0.0:7373".into());
+        n.mdns = true;
+        n
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            ip(&["netns", "del", h]);
+        }
+        ip(&["netns", "del", &self.switch]);
+    }
+}
+
+/// Line topology A — B — C: B has a leg on two bridges, A and C share none.
+pub fn line_lab(tag: &str) -> Option<Lab> {
+    if !is_root() {
+        eprintln!("skipping: network namespaces need root");
+        return None;
+    }
+    let base = format!("cl{}{tag}", std::process::id());
+    let switch = format!("{base}s");
+    if !ip(&["netns", "add", &switch]) {
+        eprintln!("skipping: cannot create network namespaces here");
+        return None;
+    }
+    let mut lab = Lab {
+        switch: switch.clone(),
+        hosts: Vec::new(),
+    };
+    for br in ["sw0", "sw1"] {
+        assert!(ip(&[
+            "-n", &switch, "link", "add", "name", br, "type", "bridge"
+        ]));
+        assert!(ip(&["-n", &switch, "link", "set", br, "up"]));
+    }
+    // (host, its interfaces: (name, bridge, address))
+    let plan: [&[(&str, &str, &str)]; 3] = [
+        &[("eth0", "sw0", "10.77.0.1/24")],
+        &[
+            ("eth0", "sw0", "10.77.0.2/24"),
+            ("eth1", "sw1", "10.78.0.2/24"),
+        ],
+        &[("eth0", "sw1", "10.78.0.3/24")],
+    ];
+    for (i, legs) in plan.iter().enumerate() {
+        let h = format!("{base}h{i}");
+        assert!(ip(&["netns", "add", &h]));
+        lab.hosts.push(h.clone());
+        for k in ["all", "default"] {
+            let _ = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &h,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+                ])
+                .status();
+        }
+        for (j, (ifname, br, addr)) in legs.iter().enumerate() {
+            let port = format!("p{i}{j}");
+            assert!(ip(&[
+                "-n", &h, "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns",
+                &switch
+            ]));
+            assert!(ip(&["-n", &switch, "link", "set", &port, "master", br]));
+            assert!(ip(&["-n", &switch, "link", "set", &port, "up"]));
+            assert!(ip(&["-n", &h, "addr", "add", addr, "dev", ifname]));
+            assert!(ip(&["-n", &h, "link", "set", ifname, "up"]));
+        }
+        assert!(ip(&["-n", &h, "link", "set", "lo", "up"]));
+        if legs.len() == 1 {
+            assert!(ip(&["-n", &h, "route", "add", "default", "dev", "eth0"]));
+        }
+    }
+    Some(lab)
+}
