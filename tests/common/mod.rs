@@ -38,6 +38,8 @@ pub struct Node {
     /// Listen address (default 127.0.0.1 with the previous port).
     pub listen: Option<String>,
     pub mdns: bool,
+    /// `RUST_LOG` of the daemon and the client commands (benchmarks turn it down).
+    pub rust_log: String,
 }
 
 impl Node {
@@ -56,6 +58,7 @@ impl Node {
             netns: None,
             listen: None,
             mdns: false,
+            rust_log: "cnspr=debug,transport=debug,info".into(),
         };
         let out = node.cli(&["init", "--name", name, "--json"]);
         assert!(
@@ -82,7 +85,7 @@ impl Node {
             .env_remove("CNSPR_SOCKET")
             .env_remove("CNSPR_STATE_DIR")
             .env_remove("CNSPR_CONFIG")
-            .env("RUST_LOG", "cnspr=debug,transport=debug,info")
+            .env("RUST_LOG", &self.rust_log)
             .arg("--state-dir")
             .arg(self.path("state"))
             .arg("--socket")
