@@ -74,7 +74,10 @@ fn crash_then_restart_is_seen_by_every_member() {
     let started = std::time::Instant::now();
     others_see(&nodes, 3, "active");
     all_see(&nodes, |i| i == 3, "active");
-    println!("restart of delta: active everywhere after {:?}", started.elapsed());
+    println!(
+        "restart of delta: active everywhere after {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
