@@ -12,113 +12,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::pki_types::CertificateDer;
+use rustls::CertificateError;
 
 use crate::id::DeviceId;
 use crate::identity::{spki_id, Identity};
 use crate::settings::TransportError;
-use crate::tls::{self, chacha_provider, TlsError};
+use crate::tls::{self, chacha_provider, CertPolicy, DeviceVerifier, TlsError};
 
 /// ALPN of pairing connections (never accepted by the main endpoint, and vice versa).
 pub const PAIR_ALPN: &[u8] = b"cnspr-pair/1";
 
-/// Accepts any single self-signed device certificate whose key parses; the TLS 1.3
-/// handshake signature is checked against it, so the peer really holds that key.
+/// Accepts any self-signed device certificate whose key parses; the TLS 1.3 handshake
+/// signature is still checked against it, so the peer really holds that key.
 #[derive(Debug)]
-struct AnyDevice {
-    algs: WebPkiSupportedAlgorithms,
-}
+struct AnyDevice;
 
-impl AnyDevice {
-    fn check(
-        &self,
-        ee: &CertificateDer<'_>,
-        chain: &[CertificateDer<'_>],
-    ) -> Result<(), rustls::Error> {
-        if !chain.is_empty() || spki_id(ee).is_none() {
-            return Err(rustls::Error::InvalidCertificate(
+impl CertPolicy for AnyDevice {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        match spki_id(end_entity) {
+            Some(_) => Ok(()),
+            None => Err(rustls::Error::InvalidCertificate(
                 CertificateError::BadEncoding,
-            ));
+            )),
         }
-        Ok(())
-    }
-}
-
-impl ServerCertVerifier for AnyDevice {
-    fn verify_server_cert(
-        &self,
-        ee: &CertificateDer<'_>,
-        chain: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(ee, chain)?;
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-impl ClientCertVerifier for AnyDevice {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-    fn verify_client_cert(
-        &self,
-        ee: &CertificateDer<'_>,
-        chain: &[CertificateDer<'_>],
-        _: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(ee, chain)?;
-        Ok(ClientCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        true
     }
 }
 
@@ -137,9 +54,7 @@ fn map_tls(e: rustls::Error) -> TransportError {
 /// A pairing listener on `addr` (port 0: any free port).
 pub fn listen(identity: &Identity, addr: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
     let provider = Arc::new(chacha_provider());
-    let verifier = Arc::new(AnyDevice {
-        algs: provider.signature_verification_algorithms,
-    });
+    let verifier = Arc::new(DeviceVerifier::with_policy(AnyDevice, &provider));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(map_tls)?
@@ -165,9 +80,7 @@ pub fn listen(identity: &Identity, addr: SocketAddr) -> Result<quinn::Endpoint, 
 /// Dials a pairing listener at `addr`.
 pub async fn dial(identity: &Identity, addr: SocketAddr) -> Result<quinn::Connection, String> {
     let provider = Arc::new(chacha_provider());
-    let verifier = Arc::new(AnyDevice {
-        algs: provider.signature_verification_algorithms,
-    });
+    let verifier = Arc::new(DeviceVerifier::with_policy(AnyDevice, &provider));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?

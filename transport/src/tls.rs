@@ -53,20 +53,25 @@ fn reject(e: PeerRejected) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Accepts only certificates whose device ID is in the roster; verifies handshake signatures.
+/// What a [`DeviceVerifier`] accepts: one self-signed device certificate, judged by its
+/// end-entity certificate alone.
+pub trait CertPolicy: std::fmt::Debug + Send + Sync {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error>;
+}
+
+/// One verifier for both directions: no chains, the policy's check on the certificate,
+/// TLS 1.3 only, and the handshake signature really checked against the certificate's
+/// key (so the peer holds the key of the device ID it shows).
 #[derive(Debug)]
-pub struct RosterVerifier {
-    roster: Roster,
-    expected: Option<DeviceId>,
+pub struct DeviceVerifier<P> {
+    policy: P,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl RosterVerifier {
-    /// `expected`: when dialling, the one device the server must be.
-    pub fn new(roster: Roster, expected: Option<DeviceId>, provider: &CryptoProvider) -> Self {
-        RosterVerifier {
-            roster,
-            expected,
+impl<P: CertPolicy> DeviceVerifier<P> {
+    pub fn with_policy(policy: P, provider: &CryptoProvider) -> Self {
+        DeviceVerifier {
+            policy,
             algs: provider.signature_verification_algorithms,
         }
     }
@@ -75,22 +80,11 @@ impl RosterVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-    ) -> Result<DeviceId, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         if !intermediates.is_empty() {
             return Err(reject(PeerRejected::Chain));
         }
-        let id = spki_id(end_entity).ok_or(rustls::Error::InvalidCertificate(
-            CertificateError::BadEncoding,
-        ))?;
-        if let Some(expected) = self.expected {
-            if expected != id {
-                return Err(reject(PeerRejected::WrongDevice { expected, got: id }));
-            }
-        }
-        if !self.roster.contains(&id) {
-            return Err(reject(PeerRejected::NotInRoster(id)));
-        }
-        Ok(id)
+        self.policy.check(end_entity)
     }
 
     fn tls13(
@@ -103,7 +97,13 @@ impl RosterVerifier {
     }
 }
 
-impl ServerCertVerifier for RosterVerifier {
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
+}
+
+impl<P: CertPolicy> ServerCertVerifier for DeviceVerifier<P> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -122,9 +122,7 @@ impl ServerCertVerifier for RosterVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -141,7 +139,7 @@ impl ServerCertVerifier for RosterVerifier {
     }
 }
 
-impl ClientCertVerifier for RosterVerifier {
+impl<P: CertPolicy> ClientCertVerifier for DeviceVerifier<P> {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -162,9 +160,7 @@ impl ClientCertVerifier for RosterVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -182,6 +178,41 @@ impl ClientCertVerifier for RosterVerifier {
 
     fn client_auth_mandatory(&self) -> bool {
         true
+    }
+}
+
+/// The main endpoint's policy: the device ID must be in the live roster (and, when
+/// dialling, be the device we meant to reach).
+#[derive(Debug)]
+pub struct InRoster {
+    roster: Roster,
+    expected: Option<DeviceId>,
+}
+
+impl CertPolicy for InRoster {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let id = spki_id(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadEncoding,
+        ))?;
+        if let Some(expected) = self.expected {
+            if expected != id {
+                return Err(reject(PeerRejected::WrongDevice { expected, got: id }));
+            }
+        }
+        if !self.roster.contains(&id) {
+            return Err(reject(PeerRejected::NotInRoster(id)));
+        }
+        Ok(())
+    }
+}
+
+/// Accepts only certificates whose device ID is in the roster; verifies handshake signatures.
+pub type RosterVerifier = DeviceVerifier<InRoster>;
+
+impl RosterVerifier {
+    /// `expected`: when dialling, the one device the server must be.
+    pub fn new(roster: Roster, expected: Option<DeviceId>, provider: &CryptoProvider) -> Self {
+        DeviceVerifier::with_policy(InRoster { roster, expected }, provider)
     }
 }
 
