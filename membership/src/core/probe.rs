@@ -1,0 +1,354 @@
+//! Direct-link failure detection: the tick, pings, indirect probes through helpers,
+//! link status and suspicion, message handling and refutation.
+
+use super::*;
+
+impl<I: NodeId> Membership<I> {
+    pub(super) fn link_timeout(&self, link: &Link<I>) -> Duration {
+        match link.srtt {
+            None => self.cfg.probe_timeout,
+            Some(s) => {
+                (s * 2 + link.rttvar * 4).clamp(self.cfg.probe_timeout, self.cfg.probe_timeout_max)
+            }
+        }
+    }
+
+    /// Local health: a call much later than our own deadline means this process stalled;
+    /// the stall is not the peers' silence.
+    pub(super) fn observe_clock(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+        let Some(due) = self.poll_timeout() else {
+            return;
+        };
+        if now > due + self.cfg.local_lag_tolerance {
+            let lag = now - due;
+            for link in self.links.values_mut() {
+                link.last_heard = (link.last_heard + lag).min(now);
+            }
+        }
+    }
+
+    pub(super) fn tick(&mut self, now: Instant) {
+        let skip = self.cfg.probe_interval.mul_f32(self.cfg.ping_skip_fraction);
+        let peers: Vec<I> = self.links.keys().copied().collect();
+        for peer in peers {
+            let (silence, status, has_success) = {
+                let l = &self.links[&peer];
+                (
+                    now.saturating_duration_since(l.last_heard),
+                    l.status,
+                    matches!(l.indirect, Some((_, Some(_)))),
+                )
+            };
+            if silence >= skip {
+                self.ping(peer, now);
+            }
+            if status == LinkStatus::Suspect && !has_success {
+                self.indirect_probe(peer);
+            }
+        }
+        if now >= self.next_ae {
+            while self.next_ae <= now {
+                self.next_ae += self.cfg.anti_entropy_interval;
+            }
+            if self.rtt_dirty {
+                self.record_dirty = true;
+            }
+            self.expire_events(now);
+            self.anti_entropy();
+        }
+    }
+
+    pub(super) fn ping(&mut self, peer: I, now: Instant) {
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        link.ping = Some((nonce, now));
+        let suspect = link.status != LinkStatus::Active;
+        self.send(peer, Message::Ping { nonce, suspect });
+    }
+
+    pub(super) fn anti_entropy(&mut self) {
+        let active: Vec<I> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.status == LinkStatus::Active)
+            .map(|(p, _)| *p)
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        let next = match self.ae_cursor {
+            Some(c) => active.iter().copied().find(|p| *p > c).unwrap_or(active[0]),
+            None => active[0],
+        };
+        self.ae_cursor = Some(next);
+        let hash = self.digest_hash();
+        self.send(next, Message::Digest { hash });
+    }
+
+    /// SWIM ping-req: ask up to k members that announce a live link to `target`.
+    pub(super) fn indirect_probe(&mut self, target: I) {
+        let mut helpers: Vec<I> = self
+            .links
+            .iter()
+            .filter(|(p, l)| **p != target && l.status == LinkStatus::Active)
+            .filter(|(p, _)| {
+                self.records
+                    .get(*p)
+                    .is_some_and(|r| r.links.iter().any(|e| e.peer == target))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        helpers.shuffle(&mut self.rng);
+        helpers.truncate(self.cfg.indirect_fanout);
+        if helpers.is_empty() {
+            return;
+        }
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        if let Some(link) = self.links.get_mut(&target) {
+            link.indirect = Some((nonce, None));
+        }
+        self.stats.indirect_probes += 1;
+        for h in helpers {
+            self.send(h, Message::PingReq { target, nonce });
+        }
+    }
+
+    /// Re-evaluate every link's status from its silence.
+    pub(super) fn eval_links(&mut self, now: Instant) {
+        let peers: Vec<I> = self.links.keys().copied().collect();
+        for peer in peers {
+            let link = &self.links[&peer];
+            let silence = now.saturating_duration_since(link.last_heard);
+            let status = if silence < self.cfg.probe_interval + self.link_timeout(link) {
+                LinkStatus::Active
+            } else if silence < self.cfg.unreachable_after {
+                LinkStatus::Suspect
+            } else {
+                LinkStatus::Dead
+            };
+            self.set_status(peer, status, now);
+        }
+    }
+
+    pub(super) fn set_status(&mut self, peer: I, status: LinkStatus, now: Instant) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let old = link.status;
+        if old == status {
+            return;
+        }
+        link.status = status;
+        if status != LinkStatus::Suspect {
+            link.indirect = None;
+        }
+        if old == LinkStatus::Active || status == LinkStatus::Active {
+            self.record_dirty = true;
+        }
+        self.topo_changed();
+        if status == LinkStatus::Suspect {
+            self.ping(peer, now);
+            self.indirect_probe(peer);
+        }
+    }
+
+    pub(super) fn heard(&mut self, from: I, now: Instant) {
+        if let Some(link) = self.links.get_mut(&from) {
+            link.last_heard = now;
+        }
+        self.set_status(from, LinkStatus::Active, now);
+    }
+
+    pub(super) fn on_message(&mut self, from: I, msg: Message<I>, now: Instant) {
+        if from == self.me || !self.roster.contains(&from) {
+            return;
+        }
+        self.heard(from, now);
+        match msg {
+            Message::Ping { nonce, suspect } => {
+                self.send(from, Message::Ack { nonce });
+                if suspect {
+                    self.refute(now);
+                }
+            }
+            Message::Ack { nonce } => {
+                if let Some(r) = self.relays.get(&nonce) {
+                    if r.target == from {
+                        let r = self.relays.remove(&nonce).expect("present");
+                        let measured = now.saturating_duration_since(r.sent);
+                        let rtt = self
+                            .links
+                            .get(&from)
+                            .map_or(measured, |l| l.rtt.min(measured));
+                        let msg = Message::PingReqAck {
+                            target: from,
+                            nonce: r.nonce,
+                            ok: true,
+                            rtt_us: micros(rtt),
+                        };
+                        self.send(r.requester, msg);
+                    }
+                    return;
+                }
+                if let Some(link) = self.links.get_mut(&from) {
+                    if let Some((n, sent)) = link.ping {
+                        if n == nonce {
+                            link.ping = None;
+                            let sample = now.saturating_duration_since(sent);
+                            match link.srtt {
+                                None => {
+                                    link.srtt = Some(sample);
+                                    link.rttvar = sample / 2;
+                                }
+                                Some(s) => {
+                                    let diff = s.abs_diff(sample);
+                                    link.rttvar = (link.rttvar * 3 + diff) / 4;
+                                    link.srtt = Some((s * 7 + sample) / 8);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Message::PingReq { target, nonce } => self.on_ping_req(from, target, nonce, now),
+            Message::PingReqAck {
+                target,
+                nonce,
+                ok,
+                rtt_us,
+            } => {
+                let via_rtt = self.links.get(&from).map_or(Duration::ZERO, |l| l.rtt);
+                if let Some(link) = self.links.get_mut(&target) {
+                    if let Some((n, best)) = &mut link.indirect {
+                        if *n == nonce && ok {
+                            let total = via_rtt + Duration::from_micros(rtt_us as u64);
+                            if best.is_none_or(|(_, b)| total < b) {
+                                *best = Some((from, total));
+                                self.topo_changed();
+                            }
+                        }
+                    }
+                }
+            }
+            Message::Gossip { items } => {
+                for item in items {
+                    self.on_item(from, item, now);
+                }
+            }
+            Message::Digest { hash } => {
+                if hash != self.digest_hash() {
+                    let msg = self.digest_full(true);
+                    self.send(from, msg);
+                }
+            }
+            Message::DigestFull {
+                reply,
+                records,
+                events,
+            } => self.on_digest_full(from, reply, records, events),
+        }
+    }
+
+    pub(super) fn on_ping_req(&mut self, from: I, target: I, nonce: u64, now: Instant) {
+        let usable = target != from
+            && self
+                .links
+                .get(&target)
+                .is_some_and(|l| l.status != LinkStatus::Dead);
+        if !usable || self.relays.len() >= MAX_RELAYS {
+            self.send(
+                from,
+                Message::PingReqAck {
+                    target,
+                    nonce,
+                    ok: false,
+                    rtt_us: 0,
+                },
+            );
+            return;
+        }
+        let timeout = self.link_timeout(&self.links[&target]);
+        let n2 = self.next_nonce;
+        self.next_nonce += 1;
+        self.relays.insert(
+            n2,
+            Relay {
+                requester: from,
+                nonce,
+                target,
+                sent: now,
+                deadline: now + timeout,
+            },
+        );
+        self.send(
+            target,
+            Message::Ping {
+                nonce: n2,
+                suspect: false,
+            },
+        );
+    }
+
+    /// Someone suspects us: announce a higher incarnation (at most once per probe interval).
+    pub(super) fn refute(&mut self, now: Instant) {
+        if self
+            .last_refute
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.probe_interval)
+        {
+            return;
+        }
+        self.last_refute = Some(now);
+        self.incarnation += 1;
+        self.version = 0;
+        self.record_dirty = true;
+        self.record_urgent = true;
+        self.stats.refutations += 1;
+    }
+
+    pub(crate) fn on_record(&mut self, from: I, rec: Record<I>, now: Instant) {
+        if rec.origin == self.me {
+            if rec.key() >= (self.incarnation, self.version) {
+                // A newer record of ourselves (an earlier run, or a left record): refute.
+                self.incarnation = self.incarnation.max(rec.incarnation) + 1;
+                self.version = 0;
+                self.record_dirty = true;
+                self.record_urgent = true;
+            }
+            return;
+        }
+        if !self.roster.contains(&rec.origin) {
+            return;
+        }
+        let prev = self.records.get(&rec.origin).map(|r| r.incarnation);
+        if self
+            .records
+            .get(&rec.origin)
+            .is_some_and(|r| r.key() >= rec.key())
+        {
+            self.stats.duplicates += 1;
+            return;
+        }
+        self.stats.records_applied += 1;
+        if prev.is_some_and(|p| rec.incarnation > p) && !rec.left {
+            // Refutation: the member is alive; give a suspected link a fresh suspicion period.
+            let timeout = self.links.get(&rec.origin).map(|l| self.link_timeout(l));
+            if let (Some(link), Some(t)) = (self.links.get_mut(&rec.origin), timeout) {
+                if link.status == LinkStatus::Suspect {
+                    let floor = now
+                        .checked_sub(self.cfg.probe_interval + t)
+                        .unwrap_or(link.last_heard);
+                    link.last_heard = link.last_heard.max(floor);
+                }
+            }
+        }
+        self.records.insert(rec.origin, rec.clone());
+        self.digest_cache = None;
+        self.topo_changed();
+        self.disseminate(Item::Record(rec), Some(from));
+    }
+}
