@@ -11,6 +11,7 @@ mod mesh;
 mod messages;
 mod pair;
 pub mod peers;
+mod relay_stream;
 mod roster;
 pub mod streams;
 mod sync;

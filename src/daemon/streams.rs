@@ -4,6 +4,10 @@
 //! [`AppFrame::Open`] naming the service; the receiving daemon answers [`AppFrame::Ok`] or
 //! [`AppFrame::Err`]; after `Ok` the stream carries raw bytes both ways, and a FIN in one
 //! direction is a half-close that the other direction survives.
+//!
+//! A peer reached only through another member (`indirect`) gets its stream through that
+//! relay: the opener sends [`AppFrame::Relay`] to the relay, which opens the stream onward
+//! with [`AppFrame::Relayed`] and splices the two (see `relay_stream.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -22,15 +26,15 @@ use super::Daemon;
 use crate::api::{code, ErrorBody, PeerRef};
 
 /// QUIC error code for a stream that broke on one side.
-const STREAM_BROKEN: u32 = 1;
+pub(super) const STREAM_BROKEN: u32 = 1;
 
 /// Longest service name.
 pub const MAX_SERVICE: usize = 64;
-const MAX_APP_FRAME: usize = 4096;
+pub(super) const MAX_APP_FRAME: usize = 4096;
 /// How long an incoming stream waits for a listener's `accept`.
 pub const ACCEPT_WAIT: Duration = Duration::from_secs(10);
 /// Copy buffer for each direction.
-const BUF: usize = 256 * 1024;
+pub(super) const BUF: usize = 256 * 1024;
 /// Ended streams whose status is kept for `stream_status`.
 const KEEP_ENDED: usize = 4096;
 /// File of persistent exposes inside the state directory.
@@ -38,9 +42,24 @@ pub const EXPOSE_FILE: &str = "expose.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AppFrame {
-    Open { service: String },
+    Open {
+        service: String,
+    },
     Ok,
-    Err { code: String, message: String },
+    Err {
+        code: String,
+        message: String,
+    },
+    /// To a relay: open `service` on member `to` (which the relay reaches directly).
+    Relay {
+        service: String,
+        to: DeviceId,
+    },
+    /// From a relay: a stream that member `origin` opened through it.
+    Relayed {
+        service: String,
+        origin: DeviceId,
+    },
 }
 
 /// Service names: 1-64 of `[A-Za-z0-9_.-]`.
@@ -387,7 +406,7 @@ where
     res
 }
 
-fn app_err(code_: &str, message: impl Into<String>) -> AppFrame {
+pub(super) fn app_err(code_: &str, message: impl Into<String>) -> AppFrame {
     AppFrame::Err {
         code: code_.to_string(),
         message: message.into(),
@@ -402,21 +421,32 @@ pub async fn open(
     deadline: Instant,
 ) -> Result<(SendStream, RecvStream), ErrorBody> {
     validate_service(service)?;
-    let pc = super::messages::connection_to(d, peer, deadline).await?;
+    // Direct when there is a link; otherwise through the member the peer is reached by.
+    let (pc, relay_to) = super::messages::route(d, peer, deadline).await?;
+    let first = match relay_to {
+        None => AppFrame::Open {
+            service: service.into(),
+        },
+        Some(to) => AppFrame::Relay {
+            service: service.into(),
+            to,
+        },
+    };
+    let relay_name = relay_to.map(|_| {
+        d.peers()
+            .peers
+            .get(&pc.peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
+    });
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(ACCEPT_WAIT + Duration::from_secs(2));
     let res = tokio::time::timeout(left, async {
         let (mut send, mut recv) = pc.open(StreamKind::App).await.map_err(|e| e.to_string())?;
-        write_frame(
-            &mut send,
-            &AppFrame::Open {
-                service: service.into(),
-            },
-            MAX_APP_FRAME,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        write_frame(&mut send, &first, MAX_APP_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
         let reply = read_frame::<AppFrame, _>(&mut recv, MAX_APP_FRAME)
             .await
             .map_err(|e| e.to_string())?;
@@ -432,7 +462,11 @@ pub async fn open(
         )),
         Ok(Err(e)) => Err(ErrorBody::new(
             code::UNREACHABLE,
-            format!("stream failed: {e}"),
+            match relay_name {
+                // An older relay does not know the Relay frame and resets the stream.
+                Some(r) => format!("stream through the relay {r} failed: {e}"),
+                None => format!("stream failed: {e}"),
+            },
         )),
         Err(_) => Err(ErrorBody::new(
             code::TIMEOUT,
@@ -455,10 +489,26 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         read_frame::<AppFrame, _>(&mut recv, MAX_APP_FRAME),
     )
     .await;
-    let service = match open {
-        Ok(Ok(Some(AppFrame::Open { service }))) => service,
+    let (service, peer) = match open {
+        Ok(Ok(Some(AppFrame::Open { service }))) => (service, peer),
+        Ok(Ok(Some(AppFrame::Relay { service, to }))) => {
+            super::relay_stream::relay(d, peer, to, service, send, recv).await;
+            return;
+        }
+        Ok(Ok(Some(AppFrame::Relayed { service, origin }))) => {
+            // The relay vouches for the origin; only a member of the mesh is taken.
+            match super::relay_stream::check_origin(&d, peer, origin) {
+                Ok(()) => (service, origin),
+                Err(e) => {
+                    let _ =
+                        write_frame(&mut send, &app_err(&e.code, e.message), MAX_APP_FRAME).await;
+                    let _ = send.finish();
+                    return;
+                }
+            }
+        }
         _ => {
-            let _ = send.reset(1u32.into());
+            let _ = send.reset(STREAM_BROKEN.into());
             return;
         }
     };

@@ -1,0 +1,306 @@
+//! Dedicated streams relayed through a member: A — B — C on two bridges (network
+//! namespaces, root only), A has no path of its own to C, so `cnspr connect gamma` on A
+//! goes through B.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::lab::*;
+use common::*;
+
+/// The three nodes, dropped (killed) before the namespaces go.
+struct Line {
+    nodes: Vec<Node>,
+    _lab: Lab,
+}
+
+/// Starts alpha, beta, gamma on the line, all trusting each other by ID, and waits until
+/// alpha sees gamma `indirect` via beta (and gamma sees alpha the same way).
+fn line(tag: &str, setup: impl FnOnce(&mut [Node])) -> Option<Line> {
+    let lab = line_lab(tag)?;
+    let mut nodes = vec![
+        lab.node(0, "alpha"),
+        lab.node(1, "beta"),
+        lab.node(2, "gamma"),
+    ];
+    setup(&mut nodes);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for x in &nodes {
+        for y in &nodes {
+            if x.id != y.id {
+                assert!(x.cli(&["trust", &y.id]).status.success());
+            }
+        }
+    }
+    let (a, c) = (&nodes[0], &nodes[2]);
+    wait_until("alpha to see gamma indirect via beta", || {
+        a.peer("gamma")
+            .is_some_and(|p| p["state"] == "indirect" && p["via"][0] == "beta")
+    });
+    wait_until("gamma to see alpha indirect via beta", || {
+        c.peer("alpha")
+            .is_some_and(|p| p["state"] == "indirect" && p["via"][0] == "beta")
+    });
+    Some(Line { nodes, _lab: lab })
+}
+
+/// Starts `cnspr listen` on `n` and waits until the daemon lists the service.
+fn listen(n: &Node, service: &str, exec: Option<&str>) -> Child {
+    let mut c = n.command();
+    c.args(["listen", service]);
+    if let Some(e) = exec {
+        c.args(["--exec", e, "--keep"]);
+    }
+    let child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("listener registered", || {
+        n.try_json(&["expose"])
+            .is_some_and(|v| v.to_string().contains(&format!("\"{service}\"")))
+    });
+    child
+}
+
+fn connect(n: &Node, peer: &str, service: &str) -> Child {
+    n.command()
+        .args(["connect", peer, service])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child's exit within the deadline; returns (code, stderr).
+fn finish(mut c: Child) -> (Option<i32>, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            let mut e = String::new();
+            if let Some(mut s) = c.stderr.take() {
+                let _ = s.read_to_string(&mut e);
+            }
+            return (st.code(), e);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("process did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Streams relayed by `n` so far: (started, ended or broken), from its log.
+fn relay_counts(n: &Node) -> (usize, usize) {
+    let log = n.log();
+    (
+        log.matches("relaying a stream").count(),
+        log.matches("relayed stream ended").count() + log.matches("relayed stream broken").count(),
+    )
+}
+
+fn stop_child(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn relayed_stream_carries_bytes_both_ways_and_half_closes() {
+    let Some(l) = line("rb", |_| {}) else { return };
+    let (a, b, c) = (&l.nodes[0], &l.nodes[1], &l.nodes[2]);
+    let out = c.out().display().to_string();
+
+    // 8 MiB each way at once: gamma sends its file while it stores what it receives.
+    let up = noise(8 * MIB + 5, 7);
+    let down = noise(8 * MIB + 11, 8);
+    std::fs::write(c.out().join("down"), &down).unwrap();
+    let mut lis = listen(
+        c,
+        "bulk",
+        Some(&format!(
+            "echo \"$CNSPR_PEER $CNSPR_PEER_ID\" > {out}/who; cat {out}/down & cat > {out}/got; wait"
+        )),
+    );
+    let started = Instant::now();
+    let mut cl = connect(a, "gamma", "bulk");
+    let mut stdin = cl.stdin.take().unwrap();
+    let mut stdout = cl.stdout.take().unwrap();
+    let data = up.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).is_ok());
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = stdout.read_to_end(&mut got);
+        got
+    });
+    assert!(writer.join().unwrap(), "upload failed");
+    let got = reader.join().unwrap();
+    let (code, err) = finish(cl);
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{err}\nBETA LOG\n{}", b.log());
+    assert_eq!(got.len(), down.len());
+    assert!(got == down, "download corrupted through the relay");
+    wait_until("gamma to store the upload", || {
+        file(&c.out().join("got")).is_some_and(|f| f.len() == up.len())
+    });
+    assert!(
+        file(&c.out().join("got")).unwrap() == up,
+        "upload corrupted through the relay"
+    );
+    eprintln!(
+        "relayed stream: {:.1} MiB each way at once in {:.0} ms ({:.1} MiB/s each way)",
+        up.len() as f64 / MIB as f64,
+        took.as_secs_f64() * 1000.0,
+        up.len() as f64 / MIB as f64 / took.as_secs_f64()
+    );
+    // gamma's listener sees the true origin, not the relay.
+    let who = String::from_utf8(file(&c.out().join("who")).unwrap()).unwrap();
+    assert_eq!(
+        who.trim(),
+        format!("alpha {}", a.id.replace('-', "")),
+        "origin seen by the listener"
+    );
+
+    // Half-close: alpha ends its direction after a question; gamma reads to EOF, then
+    // sends 8 MiB back on the direction that stayed open.
+    let mut lis2 = listen(
+        c,
+        "half",
+        Some(&format!("cat > {out}/question; cat {out}/down")),
+    );
+    let o = a.cli_stdin(&["connect", "gamma", "half"], b"question");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout == down, "reply after EOF corrupted");
+    assert_eq!(file(&c.out().join("question")).unwrap(), b"question");
+
+    // The reverse: gamma ends its direction at once, alpha keeps sending 8 MiB.
+    let mut lis3 = listen(c, "sink", Some(&format!("exec 1>&-; cat > {out}/sunk")));
+    let o = a.cli_stdin(&["connect", "gamma", "sink"], &up);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    wait_until("gamma to store what alpha sent after gamma's EOF", || {
+        file(&c.out().join("sunk")).is_some_and(|f| f.len() == up.len())
+    });
+    assert!(file(&c.out().join("sunk")).unwrap() == up);
+
+    // A service the target does not have: the target's error comes back through beta.
+    let o = a.cli_stdin(&["connect", "gamma", "nothing-here"], b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no service \"nothing-here\" on gamma"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Every stream the relay carried has ended there too.
+    wait_until("beta's relayed streams to end", || {
+        let (s, e) = relay_counts(b);
+        s == 3 && e == 3
+    });
+    for lis in [&mut lis, &mut lis2, &mut lis3] {
+        let _ = lis.kill();
+        let _ = lis.wait();
+    }
+}
+
+#[test]
+fn relayed_stream_failures_reach_the_other_end() {
+    let Some(mut l) = line("rf", |_| {}) else {
+        return;
+    };
+    // The listening application dies in the middle of the stream.
+    let mut lis = listen(&l.nodes[2], "fragile", None);
+    let mut cl = connect(&l.nodes[0], "gamma", "fragile");
+    let mut stdin = cl.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let blk = vec![7u8; 64 * 1024];
+        while stdin.write_all(&blk).is_ok() {}
+    });
+    let mut lout = lis.stdout.take().unwrap();
+    let mut first = [0u8; 1024];
+    lout.read_exact(&mut first).unwrap(); // data is flowing through beta
+    stop_child(lis);
+    let t = Instant::now();
+    let (code, err) = finish(cl);
+    eprintln!(
+        "listener killed: client exited {code:?} after {:.0} ms: {}",
+        t.elapsed().as_secs_f64() * 1000.0,
+        err.trim()
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stream broken"), "{err}");
+    let _ = feeder.join();
+    wait_until("beta to end the broken relayed stream", || {
+        relay_counts(&l.nodes[1]) == (1, 1)
+    });
+    assert!(
+        l.nodes[1].log().contains("relayed stream broken"),
+        "the relay saw a clean end"
+    );
+
+    // The alpha side dies: gamma's end of the stream breaks too.
+    let lis = listen(&l.nodes[2], "other-end", None);
+    let mut cl = connect(&l.nodes[0], "gamma", "other-end");
+    let mut cin = cl.stdin.take().unwrap();
+    cin.write_all(b"hello").unwrap();
+    let mut lis = lis;
+    let mut lout = lis.stdout.take().unwrap();
+    let mut got = [0u8; 5];
+    lout.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello");
+    // Killing the client closes its socket connection without a half-close of the
+    // reverse direction failing: its daemon's write to the socket fails on the next byte.
+    stop_child(cl);
+    drop(cin);
+    let mut lin = lis.stdin.take().unwrap();
+    // gamma keeps writing until the broken stream stops it.
+    let w = std::thread::spawn(move || {
+        let blk = vec![1u8; 64 * 1024];
+        while lin.write_all(&blk).is_ok() {}
+    });
+    let t = Instant::now();
+    let (code, err) = finish(lis);
+    eprintln!(
+        "client killed: gamma's listener exited {code:?} after {:.0} ms: {}",
+        t.elapsed().as_secs_f64() * 1000.0,
+        err.trim()
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stream broken"), "{err}");
+    let _ = w.join();
+    wait_until("beta to end the second relayed stream", || {
+        relay_counts(&l.nodes[1]) == (2, 2)
+    });
+
+    // The relay is killed in the middle of a stream: alpha's client fails within seconds.
+    let lis = listen(&l.nodes[2], "doomed", Some("cat"));
+    let mut cl = connect(&l.nodes[0], "gamma", "doomed");
+    let mut stdin = cl.stdin.take().unwrap();
+    let mut cout = cl.stdout.take().unwrap();
+    stdin.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    cout.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    l.nodes[1].kill9();
+    let t = Instant::now();
+    let (code, err) = finish(cl);
+    eprintln!(
+        "relay killed: client exited {code:?} after {:.0} ms: {}",
+        t.elapsed().as_secs_f64() * 1000.0,
+        err.trim()
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stream broken"), "{err}");
+    drop(stdin);
+    stop_child(lis);
+}
