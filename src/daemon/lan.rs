@@ -108,15 +108,21 @@ fn net_event(d: &Arc<Daemon>, ev: discovery::NetEvent) {
             state: "inactive".into(),
         }),
         AddressAdded(_) | AddressRemoved(_) => {
-            debug!(?ev, "address change: re-announcing and re-dialling");
+            debug!(
+                ?ev,
+                "address change: re-announcing, re-dialling, replacing stale connections"
+            );
             if let Some(m) = d.mdns.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                 let _ = m.reannounce();
             }
-            let now = Instant::now();
-            for p in d.peers().peers.values_mut() {
-                p.next_dial = now;
-                p.backoff = std::time::Duration::ZERO;
-            }
+            let usable: Vec<std::net::IpAddr> = d
+                .netwatch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|w| w.addresses().iter().map(|ip| ip.to_canonical()).collect())
+                .unwrap_or_default();
+            super::links::after_address_change(d, &usable);
         }
     }
 }

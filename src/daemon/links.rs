@@ -2,7 +2,7 @@
 //! that follow from them (`active`, `suspect`, `unreachable`, `left`).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -172,35 +172,7 @@ async fn supervise(d: Arc<Daemon>) {
     loop {
         tick.tick().await;
         let now = Instant::now();
-        let mut dials = Vec::new();
-        {
-            let mut table = d.peers();
-            for p in table.peers.values_mut() {
-                if d.endpoint.connection(&p.id).is_some() {
-                    continue;
-                }
-                if p.dialing || p.next_dial > now || p.addrs.is_empty() {
-                    continue;
-                }
-                p.dialing = true;
-                dials.push((p.id, p.addrs.clone()));
-            }
-        }
-        for (id, addrs) in dials {
-            let d = d.clone();
-            tokio::spawn(async move {
-                let res = d.endpoint.connect(id, &addrs).await;
-                let mut table = d.peers();
-                if let Some(p) = table.peers.get_mut(&id) {
-                    p.dialing = false;
-                    if let Err(e) = res {
-                        debug!(peer = %p.name, error = %e, "dial failed");
-                        p.backoff = (p.backoff * 2).clamp(MIN_BACKOFF, max_backoff);
-                        p.next_dial = Instant::now() + p.backoff;
-                    }
-                }
-            });
-        }
+        dial_due(&d);
         // Manual addresses: dial while no live connection comes from there.
         for addr in &d.manual {
             let served = d
@@ -227,6 +199,118 @@ async fn supervise(d: Arc<Daemon>) {
                 }
             });
         }
+    }
+}
+
+/// True unless the interface tracker knows the host has no usable address (then a dial
+/// could only wait for its handshake timeout, and would hold up the dial that the next
+/// address change starts).
+fn online(d: &Daemon) -> bool {
+    d.netwatch
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .is_none_or(|w| w.is_active())
+}
+
+/// Starts a dial to every peer that has no connection, is due (its backoff passed) and
+/// has an address; each failure doubles that peer's backoff.
+pub fn dial_due(d: &Arc<Daemon>) {
+    if !online(d) {
+        return;
+    }
+    let max_backoff = Duration::from_millis(d.cfg.max_backoff_ms);
+    let now = Instant::now();
+    let mut dials = Vec::new();
+    {
+        let mut table = d.peers();
+        for p in table.peers.values_mut() {
+            if d.endpoint.connection(&p.id).is_some() {
+                continue;
+            }
+            if p.dialing || p.next_dial > now || p.addrs.is_empty() {
+                continue;
+            }
+            p.dialing = true;
+            dials.push((p.id, p.addrs.clone()));
+        }
+    }
+    for (id, addrs) in dials {
+        let d = d.clone();
+        tokio::spawn(async move {
+            let res = d.endpoint.connect(id, &addrs).await;
+            let mut table = d.peers();
+            if let Some(p) = table.peers.get_mut(&id) {
+                p.dialing = false;
+                if let Err(e) = res {
+                    debug!(peer = %p.name, error = %e, "dial failed");
+                    p.backoff = (p.backoff * 2).clamp(MIN_BACKOFF, max_backoff);
+                    p.next_dial = Instant::now() + p.backoff;
+                }
+            }
+        });
+    }
+}
+
+/// After a change of this host's addresses: every peer without a connection is dialled
+/// now at all its known addresses (learnt from earlier connections, mDNS, gossip or
+/// typed), its backoff forgotten; and every connection this host accepted on an address
+/// it no longer has is replaced by a fresh one dialled from here. Those are the unicast
+/// "I am here" of a host that moved: they reach peers on networks that drop multicast.
+/// Connections this host dialled need nothing: their packets leave from the new address
+/// and the peer's QUIC migrates them (path validation), streams and all.
+pub fn after_address_change(d: &Arc<Daemon>, usable: &[IpAddr]) {
+    let now = Instant::now();
+    for p in d.peers().peers.values_mut() {
+        p.next_dial = now;
+        p.backoff = Duration::ZERO;
+    }
+    dial_due(d);
+    if usable.is_empty() {
+        return;
+    }
+    let me = d.id();
+    for pc in d.endpoint.connections() {
+        let stale = pc.dialer != me
+            && pc
+                .conn
+                .local_ip()
+                .is_some_and(|ip| !usable.contains(&ip.to_canonical()));
+        if !stale {
+            continue;
+        }
+        let addrs = {
+            let mut table = d.peers();
+            let Some(p) = table.peers.get_mut(&pc.peer) else {
+                continue;
+            };
+            if p.dialing {
+                continue;
+            }
+            p.dialing = true;
+            let mut addrs = p.addrs.clone();
+            let remote = canon(pc.remote_address());
+            if !addrs.contains(&remote) {
+                addrs.insert(0, remote);
+            }
+            addrs
+        };
+        let d = d.clone();
+        tokio::spawn(async move {
+            let local = pc.conn.local_ip();
+            let res = d.endpoint.reconnect(pc.peer, &addrs).await;
+            match &res {
+                Ok(n) => {
+                    debug!(peer = %pc.peer.short(), ?local, new = ?n.conn.local_ip(), "connection accepted on a vanished address replaced")
+                }
+                Err(e) => {
+                    debug!(peer = %pc.peer.short(), error = %e, "could not redial from the new address; the old connection will time out")
+                }
+            }
+            if let Some(p) = d.peers().peers.get_mut(&pc.peer) {
+                p.dialing = false;
+            }
+        });
     }
 }
 

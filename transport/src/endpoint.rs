@@ -25,6 +25,10 @@ use crate::socket::bind_udp;
 use crate::tls;
 use crate::wire::{ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
 
+/// Hello feature of a connection dialled because the dialler's address changed under the
+/// old one: it replaces the old connection on both sides, whichever side dialled that one.
+pub const FEATURE_MOVED: &str = "moved";
+
 /// Connection-level events, in order per peer.
 #[derive(Debug, Clone)]
 pub enum TransportEvent {
@@ -261,19 +265,39 @@ impl Endpoint {
         if addrs.is_empty() {
             return Err(TransportError::NoAddresses(peer));
         }
-        self.dial(Some(peer), addrs).await
+        self.dial(Some(peer), addrs, false).await
     }
 
     /// Dials an address without knowing which device listens there: any device in the
     /// roster is accepted (manual `--peer HOST:PORT` addresses).
     pub async fn connect_addr(&self, addr: SocketAddr) -> Result<PeerConn, TransportError> {
-        self.dial(None, &[addr]).await
+        self.dial(None, &[addr], false).await
+    }
+
+    /// Dials `peer` afresh even while a connection to it exists; the new connection
+    /// replaces the old one on both sides ([`FEATURE_MOVED`]). For a connection this host
+    /// accepted on an address it no longer has: QUIC lets only the client move, so that one
+    /// cannot follow the change. Takes no dial lock, so a dial stuck on a vanished address
+    /// does not hold it up.
+    pub async fn reconnect(
+        &self,
+        peer: DeviceId,
+        addrs: &[SocketAddr],
+    ) -> Result<PeerConn, TransportError> {
+        if !self.inner.roster.contains(&peer) {
+            return Err(TransportError::NotInRoster(peer));
+        }
+        if addrs.is_empty() {
+            return Err(TransportError::NoAddresses(peer));
+        }
+        self.dial(Some(peer), addrs, true).await
     }
 
     async fn dial(
         &self,
         expected: Option<DeviceId>,
         addrs: &[SocketAddr],
+        moved: bool,
     ) -> Result<PeerConn, TransportError> {
         let label = expected.unwrap_or(self.id());
         let client_tls = tls::rustls_client_config_for(
@@ -346,7 +370,7 @@ impl Endpoint {
                 reason: "that address is this device itself".into(),
             });
         }
-        match tokio::time::timeout(timeout, self.hello_as_dialer(peer, &conn)).await {
+        match tokio::time::timeout(timeout, self.hello_as_dialer(peer, &conn, moved)).await {
             Ok(Ok(pc)) => Ok(pc),
             Ok(Err(e)) => {
                 conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello failed");
@@ -377,11 +401,15 @@ impl Endpoint {
             .map(|(_, q)| (*q).clone())
     }
 
-    fn our_hello(&self) -> Hello {
+    fn our_hello(&self, moved: bool) -> Hello {
         Hello {
             version: u16::from(PROTOCOL_VERSION),
             name: self.inner.identity.name.clone(),
-            features: Vec::new(),
+            features: if moved {
+                vec![FEATURE_MOVED.to_string()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -389,6 +417,7 @@ impl Endpoint {
         &self,
         peer: DeviceId,
         conn: &Connection,
+        moved: bool,
     ) -> Result<PeerConn, TransportError> {
         let refused = |e: &dyn std::fmt::Display| TransportError::Refused {
             peer,
@@ -400,7 +429,7 @@ impl Endpoint {
             .map_err(|e| refused(&e))?;
         write_frame(
             &mut send,
-            &ControlFrame::Hello(self.our_hello()),
+            &ControlFrame::Hello(self.our_hello(moved)),
             MAX_CONTROL_FRAME,
         )
         .await?;
@@ -419,12 +448,15 @@ impl Endpoint {
                     h.version
                 )))
             }
-            Some(ControlFrame::HelloAck(h)) => self.register(PeerConn {
-                peer,
-                name: h.name,
-                dialer: self.id(),
-                conn: conn.clone(),
-            }),
+            Some(ControlFrame::HelloAck(h)) => self.register(
+                PeerConn {
+                    peer,
+                    name: h.name,
+                    dialer: self.id(),
+                    conn: conn.clone(),
+                },
+                moved,
+            ),
             Some(ControlFrame::HelloReject { reason }) => Err(refused(&reason)),
             Some(other) => Err(refused(&format!("unexpected {other:?}"))),
             None => Err(refused(
@@ -498,13 +530,17 @@ impl Endpoint {
                 let _ = send.stopped().await;
                 return Err(TransportError::Refused { peer, reason });
             }
-            let pc = self.register(PeerConn {
-                peer,
-                name: h.name,
-                dialer: peer,
-                conn: conn.clone(),
-            })?;
-            write_frame(&mut send, &ControlFrame::HelloAck(self.our_hello()), MAX_CONTROL_FRAME).await?;
+            let moved = h.features.iter().any(|f| f == FEATURE_MOVED);
+            let pc = self.register(
+                PeerConn {
+                    peer,
+                    name: h.name,
+                    dialer: peer,
+                    conn: conn.clone(),
+                },
+                moved,
+            )?;
+            write_frame(&mut send, &ControlFrame::HelloAck(self.our_hello(false)), MAX_CONTROL_FRAME).await?;
             let _ = send.finish();
             Ok(pc)
         })
@@ -522,8 +558,9 @@ impl Endpoint {
         }
     }
 
-    /// Makes `pc` the peer's connection unless a preferred one exists; returns the survivor.
-    fn register(&self, pc: PeerConn) -> Result<PeerConn, TransportError> {
+    /// Makes `pc` the peer's connection unless a preferred one exists (`moved`: in any
+    /// case); returns the survivor.
+    fn register(&self, pc: PeerConn, moved: bool) -> Result<PeerConn, TransportError> {
         let peer = pc.peer;
         let survivor = {
             let mut conns = lock(&self.inner.conns);
@@ -535,7 +572,8 @@ impl Endpoint {
             let preferred = self.id().min(peer);
             match conns.get(&peer) {
                 Some(old)
-                    if old.conn.close_reason().is_none()
+                    if !moved
+                        && old.conn.close_reason().is_none()
                         && old.dialer == preferred
                         && pc.dialer != preferred =>
                 {
@@ -545,6 +583,9 @@ impl Endpoint {
                     return Ok(old.clone());
                 }
                 Some(old) => {
+                    if moved {
+                        info!(peer = %peer.short(), addr = %pc.remote_address(), "the peer moved: its new connection replaces the old one");
+                    }
                     old.conn
                         .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
                 }

@@ -1,0 +1,204 @@
+//! Address changes on networks without multicast (root only: network namespaces). The
+//! daemons run with mDNS off, so every address they use was learnt from an earlier
+//! connection: what brings a link back is the moving host's own unicast dial, or QUIC
+//! connection migration.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+
+use common::lab::*;
+use common::*;
+
+/// Two hosts, daemons listening on 0.0.0.0:7373 with mDNS off.
+fn pair_of_hosts(tag: &str) -> Option<(Lab, Node, Node)> {
+    let lab = Lab::new(tag, 2)?;
+    let mut a = lab.node(0, "alpha");
+    let mut b = lab.node(1, "beta");
+    for n in [&mut a, &mut b] {
+        n.mdns = false;
+        n.start();
+    }
+    Some((lab, a, b))
+}
+
+/// Host `i` loses its address 10.77.0.`i+1` and gets `new` (break before make).
+fn move_host(lab: &Lab, i: usize, new: &str) {
+    let h = &lab.hosts[i];
+    let old = format!("10.77.0.{}/24", i + 1);
+    assert!(ip(&["-n", h, "addr", "del", &old, "dev", "eth0"]));
+    assert!(ip(&[
+        "-n",
+        h,
+        "addr",
+        "add",
+        &format!("{new}/24"),
+        "dev",
+        "eth0"
+    ]));
+    assert!(ip(&["-n", h, "route", "replace", "default", "dev", "eth0"]));
+}
+
+fn count(log: &str, what: &str) -> usize {
+    log.lines().filter(|l| l.contains(what)).count()
+}
+
+/// `who` dials `whom` at its lab address; `whom` trusts `who` by ID only, so it has no
+/// address to dial back: the one connection is `who`'s.
+fn connect_one_way(who: &Node, whom: &Node, whom_ip: &str) {
+    assert!(whom.cli(&["trust", &who.id]).status.success());
+    let r = who.cli(&["trust", &whom.id, "--addr", &format!("{whom_ip}:7373")]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    who.wait_state(&whom.name, "active");
+    whom.wait_state(&who.name, "active");
+}
+
+/// The host that was dialled changes its address. Its side of the connection answers
+/// from the old address (QUIC servers cannot migrate), and its peer only knows the old
+/// address, so without help the link would stay down until both idle timeouts fired and
+/// then come back only by the moving host's backoff redial. The moving host dials at once
+/// from its new address instead, and its peer swaps the connection in.
+#[test]
+fn dialled_host_moves_and_dials_back_at_once_without_multicast() {
+    let Some((lab, a, b)) = pair_of_hosts("d") else {
+        return;
+    };
+    connect_one_way(&a, &b, "10.77.0.2");
+    // beta learnt alpha's address from that connection (no mDNS, nothing typed).
+    let known = b.peer("alpha").unwrap()["addresses"][0].to_string();
+    assert!(known.contains("10.77.0.1:7373"), "{known}");
+    assert_eq!(count(&a.log(), "connection down"), 0);
+
+    move_host(&lab, 1, "10.77.0.12");
+    wait_until("alpha to reach beta at its new address", || {
+        a.peer("beta").is_some_and(|p| {
+            p["state"] == "active"
+                && p["addresses"][0]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("10.77.0.12:"))
+        })
+    });
+    b.wait_state("alpha", "active");
+    let r = a.cli(&["--json", "ping", "beta"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    // The link came back by beta's dial from the new address, which replaced the old
+    // connection on both sides; it did not wait for the old one to time out.
+    let (alog, blog) = (a.log(), b.log());
+    assert_eq!(
+        count(&blog, "connection accepted on a vanished address replaced"),
+        1,
+        "{blog}"
+    );
+    assert_eq!(count(&alog, "the peer moved"), 1, "{alog}");
+    assert_eq!(count(&alog, "connection down"), 0, "{alog}");
+    assert_eq!(count(&blog, "connection down"), 0, "{blog}");
+}
+
+/// The host that dialled changes its address: its packets simply leave from the new
+/// address and the peer's QUIC validates the new path and migrates the connection. An
+/// application stream open across the change carries on, and no new connection is made.
+#[test]
+fn dialling_host_moves_and_its_connection_migrates_with_open_streams() {
+    let Some((lab, a, b)) = pair_of_hosts("m") else {
+        return;
+    };
+    connect_one_way(&b, &a, "10.77.0.1");
+    let mut listener = a
+        .command()
+        .args(["listen", "echo", "--exec", "cat", "--keep"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("alpha's echo service", || {
+        a.try_json(&["expose"])
+            .is_some_and(|v| v.to_string().contains("\"echo\""))
+    });
+    let mut conn: Child = b
+        .command()
+        .args(["connect", "alpha", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = conn.stdin.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = conn.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let echo = |input: &mut std::process::ChildStdin, text: &str| {
+        writeln!(input, "{text}").unwrap();
+        input.flush().unwrap();
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), text);
+    };
+    echo(&mut input, "before the move");
+    let ups_a = count(&a.log(), "connection up");
+    let ups_b = count(&b.log(), "connection up");
+
+    move_host(&lab, 1, "10.77.0.12");
+    // The stream opened before the move still carries data both ways.
+    echo(&mut input, "after the move");
+    wait_until("alpha to see beta's packets from its new address", || {
+        let r = a.cli(&["--json", "ping", "beta"]);
+        r.status.success() && String::from_utf8_lossy(&r.stdout).contains("10.77.0.12:")
+    });
+    echo(&mut input, "still the same stream");
+    assert!(matches!(conn.try_wait(), Ok(None)), "connect exited");
+    let (alog, blog) = (a.log(), b.log());
+    assert_eq!(count(&alog, "connection up"), ups_a, "{alog}");
+    assert_eq!(count(&blog, "connection up"), ups_b, "{blog}");
+    assert_eq!(count(&alog, "connection down"), 0, "{alog}");
+    a.wait_state("beta", "active");
+    b.wait_state("alpha", "active");
+    drop(input);
+    let _ = conn.wait();
+    let _ = listener.kill();
+    let _ = listener.wait();
+}
+
+/// A host cut off its network (carrier lost: no usable address) makes no dials that
+/// could only time out; when its address is usable again it dials its down peers at once,
+/// at the addresses known from before, whatever backoff had built up.
+#[test]
+fn host_back_on_the_network_redials_down_peers_at_once() {
+    let Some((lab, a, b)) = pair_of_hosts("r") else {
+        return;
+    };
+    connect_one_way(&b, &a, "10.77.0.1");
+    let out = b.out().display().to_string();
+    b.handler("daemon/inactive", &format!("echo inactive >> {out}/net"));
+    b.handler("daemon/active", &format!("echo active >> {out}/net"));
+    lab.cut(1);
+    wait_until("daemon/inactive on beta", || {
+        file(&b.out().join("net")).is_some_and(|f| f.starts_with(b"inactive\n"))
+    });
+    b.wait_state("alpha", "unreachable");
+    // alpha keeps dialling beta's old address in vain, its backoff growing.
+    wait_until("alpha's dials to fail a few times", || {
+        count(&a.log(), "dial failed") >= 3
+    });
+    assert_eq!(
+        count(&b.log(), "dial failed"),
+        0,
+        "beta dialled while it had no usable address:\n{}",
+        b.log()
+    );
+    lab.heal(1);
+    b.wait_state("alpha", "active");
+    a.wait_state("beta", "active");
+    assert_eq!(
+        String::from_utf8(file(&b.out().join("net")).unwrap()).unwrap(),
+        "inactive\nactive\n"
+    );
+    assert_eq!(count(&b.log(), "dial failed"), 0, "{}", b.log());
+}
