@@ -304,3 +304,85 @@ fn relayed_stream_failures_reach_the_other_end() {
     drop(stdin);
     stop_child(lis);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_slow_reader_behind_the_relay_slows_the_writer() {
+    let Some(l) = line("rs", |_| {}) else { return };
+    let (a, b, c) = (&l.nodes[0], &l.nodes[1], &l.nodes[2]);
+    let out = c.out().display().to_string();
+    // gamma's reader does not read at all until told to.
+    let mut lis = listen(
+        c,
+        "slow",
+        Some(&format!(
+            "while [ ! -e {out}/go ]; do sleep 0.05; done; wc -c"
+        )),
+    );
+    let mut cl = connect(a, "gamma", "slow");
+    let mut stdin = cl.stdin.take().unwrap();
+    let total = 256u64 << 20;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let w2 = written.clone();
+    let writer = std::thread::spawn(move || {
+        let blk = vec![1u8; MIB];
+        for _ in 0..(total >> 20) {
+            stdin.write_all(&blk).unwrap();
+            w2.fetch_add(MIB as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // The writer stalls far short of the total: flow control holds it back across both
+    // hops, and the relay does not buffer the difference.
+    let mut last = 0;
+    wait_until("the writer to stall", || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        let stalled = now == last && now > 0;
+        last = now;
+        stalled
+    });
+    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        stalled_at < total / 2,
+        "writer was not slowed: {stalled_at} bytes accepted"
+    );
+    let rss: Vec<(String, u64)> = [a, b, c]
+        .iter()
+        .map(|n| (n.name.clone(), rss_kib(n.pid())))
+        .collect();
+    eprintln!(
+        "stalled after {} MiB accepted; daemons' RSS while stalled (KiB): {rss:?}",
+        stalled_at >> 20
+    );
+    for (name, kib) in &rss {
+        assert!(
+            *kib < 96 * 1024,
+            "{name} holds {kib} KiB while the reader is stalled"
+        );
+    }
+    let released = Instant::now();
+    std::fs::write(c.out().join("go"), b"").unwrap();
+    writer.join().unwrap();
+    let o = cl.wait_with_output().unwrap();
+    let took = released.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), total.to_string());
+    eprintln!(
+        "after the release: {} MiB through the relay in {:.0} ms ({:.0} MiB/s)",
+        (total - stalled_at) >> 20,
+        took.as_secs_f64() * 1000.0,
+        (total - stalled_at) as f64 / MIB as f64 / took.as_secs_f64()
+    );
+    let _ = lis.kill();
+    let _ = lis.wait();
+}
