@@ -202,12 +202,36 @@ fn relayed_stream_carries_bytes_both_ways_and_half_closes() {
         stderr(&o)
     );
 
+    // For comparison, 64 MiB one way: direct to beta, then through beta to gamma.
+    let big = noise(64 * MIB, 9);
+    let mut lis4 = listen(b, "count", Some("wc -c"));
+    let mut lis5 = listen(c, "count", Some("wc -c"));
+    let mut times = Vec::new();
+    for peer in ["beta", "gamma"] {
+        let t = Instant::now();
+        let o = a.cli_stdin(&["connect", peer, "count"], &big);
+        times.push(t.elapsed().as_secs_f64());
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            big.len().to_string()
+        );
+    }
+    eprintln!(
+        "64 MiB one way: direct to beta {:.0} ms ({:.0} MiB/s), through beta to gamma {:.0} ms ({:.0} MiB/s); relayed/direct throughput {:.2}",
+        times[0] * 1000.0,
+        64.0 / times[0],
+        times[1] * 1000.0,
+        64.0 / times[1],
+        times[0] / times[1]
+    );
+
     // Every stream the relay carried has ended there too.
     wait_until("beta's relayed streams to end", || {
         let (s, e) = relay_counts(b);
-        s == 3 && e == 3
+        s == 4 && e == 4
     });
-    for lis in [&mut lis, &mut lis2, &mut lis3] {
+    for lis in [&mut lis, &mut lis2, &mut lis3, &mut lis4, &mut lis5] {
         let _ = lis.kill();
         let _ = lis.wait();
     }
