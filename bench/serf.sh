@@ -51,7 +51,9 @@ done
 
 start_agent() {
   local i=$1
-  ns "$i" serf agent -node="m$i" -bind="10.77.0.$((i + 1)):7946" -rpc-addr=127.0.0.1:7373 \
+  # Not through `ns`: a function would run in a subshell and $! would not be serf's PID
+  # (`ip netns exec` execs serf, so here it is).
+  ip netns exec "${TAG}h$i" serf agent -node="m$i" -bind="10.77.0.$((i + 1)):7946" -rpc-addr=127.0.0.1:7373 \
     -event-handler="user:b=$WORK/$i/b.sh" -log-level=err >"$WORK/$i/log" 2>&1 &
   PIDS[i]=$!
   until ns "$i" serf members >/dev/null 2>&1; do sleep 0.05; done

@@ -287,6 +287,16 @@ pub struct Status {
     pub state_dir: String,
     pub socket: String,
     pub handlers: String,
+    /// Gossip counters since start.
+    #[serde(default)]
+    pub gossip: GossipCounters,
+}
+
+/// Roster gossip frames sent to and received from members since start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GossipCounters {
+    pub roster_sent: u64,
+    pub roster_received: u64,
 }
 
 /// One row of `peers`.

@@ -115,3 +115,43 @@ fn graceful_stop_is_left_everywhere_and_restart_active() {
     others_see(&nodes, 2, "active");
     all_see(&nodes, |i| i == 2, "active");
 }
+
+/// Roster gossip ends once the members agree: every connection starts with an exchange,
+/// then nothing until the roster changes (a loop here would cost bandwidth and CPU forever).
+#[test]
+fn roster_gossip_goes_quiet_once_members_agree() {
+    let nodes = mesh(&["alpha", "beta", "gamma"], "");
+    let counts = || -> Vec<(u64, u64)> {
+        nodes
+            .iter()
+            .map(|n| {
+                let s = n.json(&["status"]);
+                (
+                    s["gossip"]["roster_sent"].as_u64().unwrap(),
+                    s["gossip"]["roster_received"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let quiet_for = std::time::Duration::from_secs(2);
+    let mut last = (counts(), std::time::Instant::now());
+    wait_until("roster gossip to stay quiet for 2 s", || {
+        let now = counts();
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+            return false;
+        }
+        last.1.elapsed() >= quiet_for
+    });
+    // A change still spreads: a new member joins and everyone gossips again.
+    let before: u64 = last.0.iter().map(|c| c.1).sum();
+    let mut delta = Node::new("delta", "");
+    delta.start();
+    nodes[0].trust(&delta);
+    delta.trust(&nodes[0]);
+    for n in &nodes[1..] {
+        n.wait_state("delta", "active");
+    }
+    let after: u64 = counts().iter().map(|c| c.1).sum();
+    assert!(after > before, "the new member's entry travelled by gossip");
+}

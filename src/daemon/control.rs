@@ -2,6 +2,7 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -586,6 +587,10 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
                 state_dir: d.paths.state_dir.display().to_string(),
                 socket: d.paths.socket.display().to_string(),
                 handlers: d.handlers_dir.display().to_string(),
+                gossip: crate::api::GossipCounters {
+                    roster_sent: d.mesh.roster_sent.load(Ordering::Relaxed),
+                    roster_received: d.mesh.roster_received.load(Ordering::Relaxed),
+                },
             })
         }
         Request::Peers {} => serde_json::to_value(d.peers().infos()),

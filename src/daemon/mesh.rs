@@ -7,10 +7,14 @@
 //! removal when it comes back. A change (pairing, `trust`, `remove`, or gossip that taught
 //! us something) is sent at once to every connected member, which merges it and passes
 //! it on only if it learnt something: the flood stops by itself. A member answers a
-//! roster that lacks something it has with its own, so both ends converge.
+//! roster that lacks something it has with its own, so both ends converge. What the other
+//! side can never hold is not counted as lacking: its own entry (a member keeps no entry
+//! about itself) and its own removal. And the same answer is never sent twice on one
+//! connection, so no pair of members can bounce rosters back and forth forever.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -46,12 +50,17 @@ const MAX_ADDRS_EACH: usize = 16;
 struct Outbox {
     conn: usize,
     tx: mpsc::Sender<MeshFrame>,
+    /// Fingerprint of the last roster sent as an answer on this connection.
+    answered: Option<u64>,
 }
 
 /// The send side of every connection's mesh stream.
 #[derive(Default)]
 pub struct Mesh {
     outboxes: Mutex<HashMap<DeviceId, Outbox>>,
+    /// Roster frames sent and received since start (shown by `status`).
+    pub roster_sent: AtomicU64,
+    pub roster_received: AtomicU64,
 }
 
 impl Mesh {
@@ -61,10 +70,30 @@ impl Mesh {
 
     /// Queues `frame` for `peer`; false when there is no mesh stream to it (or it is full).
     pub fn send(&self, peer: &DeviceId, frame: MeshFrame) -> bool {
-        match self.lock().get(peer) {
+        let is_roster = matches!(frame, MeshFrame::Roster(_));
+        let sent = match self.lock().get(peer) {
             Some(o) => o.tx.try_send(frame).is_ok(),
             None => false,
+        };
+        if sent && is_roster {
+            self.roster_sent.fetch_add(1, Ordering::Relaxed);
         }
+        sent
+    }
+
+    /// Sends `snap` to `peer` as an answer, unless this very roster was already the
+    /// answer on the current connection.
+    fn answer(&self, peer: &DeviceId, snap: RosterSnapshot) {
+        let print = fingerprint(&snap);
+        {
+            let mut boxes = self.lock();
+            let Some(o) = boxes.get_mut(peer) else { return };
+            if o.answered == Some(print) {
+                return;
+            }
+            o.answered = Some(print);
+        }
+        self.send(peer, MeshFrame::Roster(snap));
     }
 
     /// Every queued frame has been handed to its stream.
@@ -109,9 +138,21 @@ pub fn start(d: &Arc<Daemon>) {
 fn open(d: &Arc<Daemon>, pc: PeerConn) {
     let (tx, mut rx) = mpsc::channel::<MeshFrame>(OUTBOX);
     let conn = pc.conn.stable_id();
-    let _ = tx.try_send(MeshFrame::Roster(d.roster().snapshot()));
+    if tx
+        .try_send(MeshFrame::Roster(d.roster().snapshot()))
+        .is_ok()
+    {
+        d.mesh.roster_sent.fetch_add(1, Ordering::Relaxed);
+    }
     let _ = tx.try_send(MeshFrame::Addrs(known_addrs(d, Some(pc.peer))));
-    d.mesh.lock().insert(pc.peer, Outbox { conn, tx });
+    d.mesh.lock().insert(
+        pc.peer,
+        Outbox {
+            conn,
+            tx,
+            answered: None,
+        },
+    );
     // Tell the others where this peer is now.
     let here = super::links::canon(pc.remote_address());
     for other in d.mesh.connected() {
@@ -193,6 +234,7 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
             }
         }
         MeshFrame::Roster(snap) => {
+            d.mesh.roster_received.fetch_add(1, Ordering::Relaxed);
             if !snap.within_limits() {
                 warn!(peer = %from.short(), "oversized roster gossip ignored");
                 return;
@@ -205,8 +247,8 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
             }
             // They lack something we have: answer with ours.
             let ours = d.roster().snapshot();
-            if lacks(&theirs, &ours) {
-                d.mesh.send(&from, MeshFrame::Roster(ours));
+            if lacks(&theirs, &ours, from) {
+                d.mesh.answer(&from, ours);
             }
         }
     }
@@ -223,8 +265,10 @@ fn known_addrs(d: &Daemon, except: Option<DeviceId>) -> Vec<(DeviceId, Vec<Socke
         .collect()
 }
 
-/// `theirs` misses an entry or removal of `ours` (compared by ID, version and signer).
-fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot) -> bool {
+/// `theirs` (the roster of member `them`) misses an entry or removal of `ours` (compared
+/// by ID, version and signer). Entries about `them` do not count: no member keeps one
+/// about itself.
+fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot, them: DeviceId) -> bool {
     let m: HashSet<_> = theirs
         .members
         .iter()
@@ -233,11 +277,28 @@ fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot) -> bool {
     let r: HashSet<_> = theirs.removals.iter().map(|e| (e.id, e.version)).collect();
     ours.members
         .iter()
-        .any(|e| !m.contains(&(e.id, e.version, e.signer)))
+        .any(|e| e.id != them && !m.contains(&(e.id, e.version, e.signer)))
         || ours
             .removals
             .iter()
-            .any(|e| !r.contains(&(e.id, e.version)))
+            .any(|e| e.id != them && !r.contains(&(e.id, e.version)))
+}
+
+/// Order-independent fingerprint of a roster's entries and removals.
+fn fingerprint(snap: &RosterSnapshot) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut m: Vec<_> = snap
+        .members
+        .iter()
+        .map(|e| (e.id, e.version, e.signer))
+        .collect();
+    m.sort();
+    let mut r: Vec<_> = snap.removals.iter().map(|e| (e.id, e.version)).collect();
+    r.sort();
+    m.hash(&mut h);
+    r.hash(&mut h);
+    h.finish()
 }
 
 impl Daemon {
@@ -324,5 +385,49 @@ impl Daemon {
             self.peer_event("peer.removed", id, &name, PeerState::Removed, None);
             self.peer_event("peer.status_changed", id, &name, PeerState::Removed, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::roster::MemberEntry;
+    use transport::Identity;
+
+    fn snap(members: Vec<MemberEntry>) -> RosterSnapshot {
+        RosterSnapshot {
+            members,
+            removals: vec![],
+        }
+    }
+
+    #[test]
+    fn a_member_never_lacks_an_entry_about_itself() {
+        let (a, b, c) = (
+            Identity::generate("a").unwrap(),
+            Identity::generate("b").unwrap(),
+            Identity::generate("c").unwrap(),
+        );
+        // A and B trust each other: each holds only an entry about the other.
+        let ours = snap(vec![MemberEntry::sign(&a, b.id, "b", 1)]);
+        let theirs = snap(vec![MemberEntry::sign(&b, a.id, "a", 1)]);
+        assert!(!lacks(&theirs, &ours, b.id));
+        assert!(!lacks(&ours, &theirs, a.id));
+        // A also knows C: B lacks that, until it holds the same entry.
+        let ours = snap(vec![
+            MemberEntry::sign(&a, b.id, "b", 1),
+            MemberEntry::sign(&a, c.id, "c", 2),
+        ]);
+        assert!(lacks(&theirs, &ours, b.id));
+        let theirs = snap(vec![
+            MemberEntry::sign(&b, a.id, "a", 1),
+            MemberEntry::sign(&a, c.id, "c", 2),
+        ]);
+        assert!(!lacks(&theirs, &ours, b.id));
+        // Same entries in another order: same fingerprint.
+        let mut rev = ours.clone();
+        rev.members.reverse();
+        assert_eq!(fingerprint(&rev), fingerprint(&ours));
+        assert_ne!(fingerprint(&theirs), fingerprint(&ours));
     }
 }
