@@ -16,7 +16,6 @@
 //! Run: `cargo bench --bench mesh`
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -72,7 +72,7 @@ impl Client {
                 anyhow::anyhow!("the daemon closed the connection without answering")
             })?;
             let reply: Reply = serde_json::from_value(v)?;
-            if reply.id != Value::from(id) {
+            if reply.id != id {
                 continue;
             }
             return match (reply.ok, reply.error) {

@@ -117,8 +117,7 @@ open('OUT/hashes', 'w').write(h.hexdigest() + ' ' + s.hexdigest())
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut buf = vec![0u8; 1 << 20];
         let mut n = 0u64;
-        loop {
-            let Ok(k) = stdout.read(&mut buf) else { break };
+        while let Ok(k) = stdout.read(&mut buf) {
             if k == 0 {
                 break;
             }

@@ -47,9 +47,11 @@ impl Member {
 
 /// The core's configuration from the daemon's config keys.
 pub fn config(d_cfg: &crate::config::Config) -> Config {
-    let mut c = Config::default();
-    c.probe_interval = Duration::from_millis(d_cfg.probe_interval_ms);
-    c.unreachable_after = Duration::from_millis(d_cfg.suspect_after_ms);
+    let c = Config {
+        probe_interval: Duration::from_millis(d_cfg.probe_interval_ms),
+        unreachable_after: Duration::from_millis(d_cfg.suspect_after_ms),
+        ..Config::default()
+    };
     if c.validate().is_err() {
         warn!("membership timers from the config are inconsistent; using the defaults");
         return Config::default();

@@ -240,10 +240,11 @@ fn migrate_roster(identity: &Identity, table: &mut PeerTable, r: &mut roster::Me
                 .remove(&m.id)
                 .map_or_else(|| m.name.clone(), |p| p.name);
             table.removed.insert(m.id, name);
-        } else if !table.peers.contains_key(&m.id) {
+        } else {
             table
                 .peers
-                .insert(m.id, peers::Peer::new(m.id, m.name.clone(), Vec::new()));
+                .entry(m.id)
+                .or_insert_with(|| peers::Peer::new(m.id, m.name.clone(), Vec::new()));
         }
     }
 }

@@ -450,7 +450,7 @@ mod tests {
     #[test]
     fn merge_is_order_independent() {
         let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
-        let parts = vec![
+        let parts = [
             RosterSnapshot {
                 members: vec![MemberEntry::sign(&a, b.id, "b", 1)],
                 removals: vec![],

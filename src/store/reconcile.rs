@@ -652,7 +652,7 @@ mod tests {
             let (sent, rounds, bytes) = run(&r, &i);
             prop_assert_eq!(&sent, &lacking(&r, &i));
             prop_assert!(rounds <= u32::from(MAX_LEVEL) + 1);
-            let d = (only_r + only_i + changed) as usize;
+            let d = only_r + only_i + changed;
             // Each difference costs at most one path of expanded ranges (16 children of
             // at most ~19 bytes, at most 5 levels here) plus a leaf of 16 items.
             prop_assert!(bytes <= 512 + d * (5 * 16 * 19 + 16 * 19), "{} bytes for {} differences", bytes, d);
