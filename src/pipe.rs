@@ -186,12 +186,17 @@ pub fn listen(
         if ev["event"] != "incoming" {
             continue;
         }
-        let token = ev["stream"].as_str().unwrap_or_default().to_string();
+        let offered = ev["stream"].as_str().unwrap_or_default().to_string();
         let mut a = Client::connect(&paths.socket)?;
-        if let Err(e) = a.request(json!({"cmd": "accept", "stream": token})) {
-            eprintln!("cnspr: could not accept a stream: {e}");
-            continue;
-        }
+        // The accepted stream has a token of its own (the offer's is spent): that is
+        // the one `stream_status` knows, to tell why the stream ended.
+        let token = match a.request(json!({"cmd": "accept", "stream": offered})) {
+            Ok(v) => v["stream"].as_str().unwrap_or_default().to_string(),
+            Err(e) => {
+                eprintln!("cnspr: could not accept a stream: {e}");
+                continue;
+            }
+        };
         let (r, w) = a.into_raw();
         match &exec {
             None => return pipe_stdio(r, w, paths, &token, false),
