@@ -285,6 +285,7 @@ pub fn after_address_change(d: &Arc<Daemon>, usable: &[IpAddr]) {
                 continue;
             };
             if p.dialing {
+                debug!(peer = %pc.peer.short(), "a dial is under way; the stale connection is not replaced now");
                 continue;
             }
             p.dialing = true;
