@@ -35,6 +35,14 @@ fn name_of(d: &Daemon, id: &DeviceId) -> String {
         .unwrap_or_else(|| id.short())
 }
 
+/// A trusted member, not removed.
+fn is_member(d: &Daemon, id: &DeviceId) -> bool {
+    d.peers()
+        .peers
+        .get(id)
+        .is_some_and(|p| p.state != super::peers::PeerState::Removed)
+}
+
 /// On the target: a relay (`relay`) says the stream comes from `origin`. Taken only when
 /// `origin` is a member here and not this device.
 pub fn check_origin(d: &Daemon, relay: DeviceId, origin: DeviceId) -> Result<(), ErrorBody> {
@@ -44,7 +52,7 @@ pub fn check_origin(d: &Daemon, relay: DeviceId, origin: DeviceId) -> Result<(),
             "a relayed stream cannot come from the device it goes to",
         ));
     }
-    if origin != relay && !d.peers().peers.contains_key(&origin) {
+    if origin != relay && !is_member(d, &origin) {
         return Err(ErrorBody::new(
             code::UNKNOWN_PEER,
             format!(
@@ -82,9 +90,8 @@ pub async fn relay(
                 "a stream cannot be relayed back to its relay or its origin",
             ));
         }
-        let peers = d.peers();
         for (id, role) in [(from, "origin"), (to, "target")] {
-            if !peers.peers.contains_key(&id) {
+            if !is_member(&d, &id) {
                 return Err(ErrorBody::new(
                     code::UNKNOWN_PEER,
                     format!(
