@@ -41,6 +41,36 @@ fn move_host(lab: &Lab, i: usize, new: &str) {
     assert!(ip(&["-n", h, "route", "replace", "default", "dev", "eth0"]));
 }
 
+/// Host `i` loses its address `old` and gets `new` (break before make).
+fn move_host_from(lab: &Lab, i: usize, old: &str, new: &str) {
+    let h = &lab.hosts[i];
+    assert!(ip(&[
+        "-n",
+        h,
+        "addr",
+        "del",
+        &format!("{old}/24"),
+        "dev",
+        "eth0"
+    ]));
+    assert!(ip(&[
+        "-n",
+        h,
+        "addr",
+        "add",
+        &format!("{new}/24"),
+        "dev",
+        "eth0"
+    ]));
+    assert!(ip(&["-n", h, "route", "replace", "default", "dev", "eth0"]));
+}
+
+/// True once `from`'s ping to `to` answers from `addr`.
+fn reached_at(from: &Node, to: &Node, addr: &str) -> bool {
+    let r = from.cli(&["--json", "ping", &to.name, "--timeout", "1"]);
+    r.status.success() && String::from_utf8_lossy(&r.stdout).contains(&format!("\"{addr}:"))
+}
+
 fn count(log: &str, what: &str) -> usize {
     log.lines().filter(|l| l.contains(what)).count()
 }
@@ -201,4 +231,66 @@ fn host_back_on_the_network_redials_down_peers_at_once() {
         "inactive\nactive\n"
     );
     assert_eq!(count(&b.log(), "dial failed"), 0, "{}", b.log());
+}
+
+/// The dialled host moves while an ordinary dial of its own is still under way: one it
+/// started while the link was down, to an address its peer has since left, which only
+/// its handshake timeout ends. The peer, which dialled the connection, first moves a few
+/// times (the connection migrates each time) and restarts; then the dialled host moves.
+/// That leftover dial must not hold up the replacement of the connection it accepted on
+/// its old address: the link comes back by its dial from the new address, not by an idle
+/// timeout.
+#[test]
+fn dialled_host_moves_while_an_earlier_dial_of_its_own_hangs() {
+    let Some((lab, a, mut b)) = pair_of_hosts("h") else {
+        return;
+    };
+    connect_one_way(&b, &a, "10.77.0.1");
+    let mut at = "10.77.0.2";
+    for next in ["10.77.0.12", "10.77.0.2", "10.77.0.12"] {
+        move_host_from(&lab, 1, at, next);
+        wait_until(&format!("alpha to reach beta at {next}"), || {
+            reached_at(&a, &b, next)
+        });
+        at = next;
+    }
+    // beta stops: alpha dials it at the address it learnt from the connection,
+    // 10.77.0.2, which nobody has any more; that dial hangs until its handshake timeout.
+    let dials = count(&a.log(), "dialling peer=beta");
+    b.stop();
+    wait_until("alpha to dial beta at its old address", || {
+        count(&a.log(), "dialling peer=beta") > dials
+    });
+    // beta is back and dials alpha (from 10.77.0.12) while alpha's dial still waits.
+    b.start();
+    a.wait_state("beta", "active");
+    b.wait_state("alpha", "active");
+    let (alog, blog) = (a.log(), b.log());
+    let (downs_a, downs_b) = (
+        count(&alog, "connection down"),
+        count(&blog, "connection down"),
+    );
+    let moved_b = count(&blog, "the peer moved");
+
+    move_host_from(&lab, 0, "10.77.0.1", "10.77.0.11");
+    wait_until("beta to reach alpha at its new address", || {
+        reached_at(&b, &a, "10.77.0.11")
+    });
+    a.wait_state("beta", "active");
+    b.wait_state("alpha", "active");
+    // alpha's old dial was still under way when it moved: it failed afterwards.
+    wait_until("alpha's old dial to end", || {
+        let log = a.log();
+        log.find("AddressAdded(10.77.0.11)")
+            .is_some_and(|at| log[at..].contains("dial failed peer=beta"))
+    });
+    let (alog, blog) = (a.log(), b.log());
+    assert_eq!(
+        count(&alog, "connection accepted on a vanished address replaced"),
+        1,
+        "{alog}"
+    );
+    assert_eq!(count(&blog, "the peer moved"), moved_b + 1, "{blog}");
+    assert_eq!(count(&alog, "connection down"), downs_a, "{alog}");
+    assert_eq!(count(&blog, "connection down"), downs_b, "{blog}");
 }

@@ -232,10 +232,11 @@ pub fn dial_due(d: &Arc<Daemon>) {
                 continue;
             }
             p.dialing = true;
-            dials.push((p.id, p.addrs.clone()));
+            dials.push((p.id, p.name.clone(), p.addrs.clone()));
         }
     }
-    for (id, addrs) in dials {
+    for (id, name, addrs) in dials {
+        debug!(peer = %name, ?addrs, "dialling");
         let d = d.clone();
         tokio::spawn(async move {
             let res = d.endpoint.connect(id, &addrs).await;
@@ -279,16 +280,14 @@ pub fn after_address_change(d: &Arc<Daemon>, usable: &[IpAddr]) {
         if !stale {
             continue;
         }
+        // Not held back by an ordinary dial of this peer that may be under way (begun
+        // while the link was down, perhaps to an address the peer has left, and ended only
+        // by its handshake timeout): the endpoint runs the replacement beside it.
         let addrs = {
-            let mut table = d.peers();
-            let Some(p) = table.peers.get_mut(&pc.peer) else {
+            let table = d.peers();
+            let Some(p) = table.peers.get(&pc.peer) else {
                 continue;
             };
-            if p.dialing {
-                debug!(peer = %pc.peer.short(), "a dial is under way; the stale connection is not replaced now");
-                continue;
-            }
-            p.dialing = true;
             let mut addrs = p.addrs.clone();
             let remote = canon(pc.remote_address());
             if !addrs.contains(&remote) {
@@ -299,17 +298,16 @@ pub fn after_address_change(d: &Arc<Daemon>, usable: &[IpAddr]) {
         let d = d.clone();
         tokio::spawn(async move {
             let local = pc.conn.local_ip();
-            let res = d.endpoint.reconnect(pc.peer, &addrs).await;
-            match &res {
-                Ok(n) => {
+            match d.endpoint.reconnect(&pc, &addrs).await {
+                Ok(Some(n)) => {
                     debug!(peer = %pc.peer.short(), ?local, new = ?n.conn.local_ip(), "connection accepted on a vanished address replaced")
+                }
+                Ok(None) => {
+                    debug!(peer = %pc.peer.short(), "connection accepted on a vanished address already replaced")
                 }
                 Err(e) => {
                     debug!(peer = %pc.peer.short(), error = %e, "could not redial from the new address; the old connection will time out")
                 }
-            }
-            if let Some(p) = d.peers().peers.get_mut(&pc.peer) {
-                p.dialing = false;
             }
         });
     }

@@ -90,6 +90,8 @@ struct Inner {
     quinns: Vec<quinn::Endpoint>,
     conns: Mutex<HashMap<DeviceId, PeerConn>>,
     dial_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// One replacement ([`Endpoint::reconnect`]) at a time per peer.
+    move_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<TransportEvent>,
     incoming_tx: mpsc::Sender<IncomingStream>,
     incoming_rx: Mutex<Option<mpsc::Receiver<IncomingStream>>>,
@@ -179,6 +181,7 @@ impl Endpoint {
                 quinns,
                 conns: Mutex::new(HashMap::new()),
                 dial_locks: Mutex::new(HashMap::new()),
+                move_locks: Mutex::new(HashMap::new()),
                 events,
                 incoming_tx,
                 incoming_rx: Mutex::new(Some(incoming_rx)),
@@ -274,23 +277,40 @@ impl Endpoint {
         self.dial(None, &[addr], false).await
     }
 
-    /// Dials `peer` afresh even while a connection to it exists; the new connection
-    /// replaces the old one on both sides ([`FEATURE_MOVED`]). For a connection this host
-    /// accepted on an address it no longer has: QUIC lets only the client move, so that one
-    /// cannot follow the change. Takes no dial lock, so a dial stuck on a vanished address
-    /// does not hold it up.
+    /// Replaces `stale`, a connection this host accepted on an address it no longer has,
+    /// by a fresh dial of its peer; the new connection replaces the old one on both sides
+    /// ([`FEATURE_MOVED`]). QUIC lets only the client move, so `stale` cannot follow the
+    /// change.
+    ///
+    /// Takes no dial lock: an ordinary dial under way (for instance one started while the
+    /// link was down, to an address the peer has left, which only its handshake timeout
+    /// ends) must not hold up the replacement. Replacements of one peer run one at a time,
+    /// so that both sides keep the same one; `Ok(None)` when an earlier call already
+    /// replaced `stale`.
     pub async fn reconnect(
         &self,
-        peer: DeviceId,
+        stale: &PeerConn,
         addrs: &[SocketAddr],
-    ) -> Result<PeerConn, TransportError> {
+    ) -> Result<Option<PeerConn>, TransportError> {
+        let peer = stale.peer;
         if !self.inner.roster.contains(&peer) {
             return Err(TransportError::NotInRoster(peer));
         }
         if addrs.is_empty() {
             return Err(TransportError::NoAddresses(peer));
         }
-        self.dial(Some(peer), addrs, true).await
+        let move_lock = lock(&self.inner.move_locks)
+            .entry(peer)
+            .or_default()
+            .clone();
+        let _guard = move_lock.lock().await;
+        if self
+            .connection(&peer)
+            .is_some_and(|c| c.conn.stable_id() != stale.conn.stable_id())
+        {
+            return Ok(None);
+        }
+        self.dial(Some(peer), addrs, true).await.map(Some)
     }
 
     async fn dial(
