@@ -155,3 +155,64 @@ fn roster_gossip_goes_quiet_once_members_agree() {
     let after: u64 = counts().iter().map(|c| c.1).sum();
     assert!(after > before, "the new member's entry travelled by gossip");
 }
+
+/// A trusted device sending garbage on mesh streams (undecodable frames, a frame claiming
+/// 4 GiB, membership bytes that are not a membership message) loses that stream only: the
+/// daemon keeps running, keeps its real peer and answers.
+#[test]
+fn garbage_on_a_mesh_stream_ends_that_stream_only() {
+    let nodes = mesh(&["a", "b"], "");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, _) = transport::Identity::load_or_create(dir.path(), Some("rogue")).unwrap();
+    let identity = std::sync::Arc::new(identity);
+    let rogue_id = identity.id.to_string();
+    rt.block_on(async {
+        let roster = transport::Roster::new();
+        let a_id: transport::DeviceId = nodes[0].id.parse().unwrap();
+        roster.insert(a_id);
+        let cfg = transport::EndpointConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Default::default()
+        };
+        let ep = transport::Endpoint::bind(identity.clone(), roster, cfg).unwrap();
+        let addr = ep.local_addrs()[0].to_string();
+        let o = nodes[0].cli(&["trust", &rogue_id, "--addr", &addr]);
+        assert!(o.status.success(), "trust: {}", stderr(&o));
+        let peer_addr: std::net::SocketAddr = nodes[0].addr().parse().unwrap();
+        let pc = ep.connect(a_id, &[peer_addr]).await.expect("connect to a");
+        let cases: [&[u8]; 4] = [
+            // Variant 0xff of a 3-byte frame: no such mesh frame.
+            &[0, 0, 0, 3, 0xff, 0xfe, 0xfd],
+            // A frame claiming 4 GiB.
+            &[0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            // A membership frame (variant 2) carrying 5 bytes that are no message, then
+            // an undecodable frame.
+            &[0, 0, 0, 7, 2, 5, 9, 9, 9, 9, 9, 0, 0, 0, 1, 0xee],
+            &[0xab; 64],
+        ];
+        for bytes in cases {
+            let (mut send, mut recv) = pc.open(transport::StreamKind::Mesh).await.unwrap();
+            send.write_all(bytes).await.unwrap();
+            let _ = send.finish();
+            // The daemon ends the stream: reading finishes (end or reset) without hanging.
+            let _ = tokio::time::timeout(DEADLINE, recv.read_to_end(1 << 20))
+                .await
+                .expect("the daemon ended the bad stream");
+        }
+        ep.shutdown(0, "done", std::time::Duration::from_millis(100))
+            .await;
+    });
+    // The daemon is fine: its real peer is still active and answers through it.
+    nodes[0].wait_state("b", "active");
+    let r = nodes[0].cli(&["ping", "b"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(
+        nodes[0].log().contains("bad mesh frame"),
+        "{}",
+        nodes[0].log()
+    );
+}
