@@ -183,6 +183,14 @@ fn dialling_host_moves_and_its_connection_migrates_with_open_streams() {
         r.status.success() && String::from_utf8_lossy(&r.stdout).contains("10.77.0.12:")
     });
     echo(&mut input, "still the same stream");
+    // alpha records where beta is now: the address it would dial should the link drop.
+    wait_until("alpha to list beta's new address first", || {
+        a.peer("beta").is_some_and(|p| {
+            p["addresses"][0]
+                .as_str()
+                .is_some_and(|s| s.starts_with("10.77.0.12:"))
+        })
+    });
     assert!(matches!(conn.try_wait(), Ok(None)), "connect exited");
     let (alog, blog) = (a.log(), b.log());
     assert_eq!(count(&alog, "connection up"), ups_a, "{alog}");

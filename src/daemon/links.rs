@@ -164,6 +164,38 @@ pub async fn serve_control(d: Arc<Daemon>, mut s: transport::IncomingStream) {
     }
 }
 
+/// A peer whose connection migrated (it changed address and its packets now come from
+/// the new one) is recorded at that address, first in its list: it is where to dial it
+/// should the connection drop. Raises `peer.new_address` for an address never seen.
+fn follow_migrations(d: &Arc<Daemon>) {
+    let mut moved = Vec::new();
+    {
+        let mut table = d.peers();
+        for pc in d.endpoint.connections() {
+            let remote = canon(pc.remote_address());
+            let Some(p) = table.peers.get_mut(&pc.peer) else {
+                continue;
+            };
+            if p.addr == Some(remote) {
+                continue;
+            }
+            p.addr = Some(remote);
+            let new = p.remember(remote);
+            moved.push((pc.peer, p.name.clone(), remote, new));
+        }
+    }
+    if moved.is_empty() {
+        return;
+    }
+    d.save_peers();
+    for (id, name, addr, new) in moved {
+        debug!(peer = %name, %addr, "the peer's connection moved to a new address");
+        if new {
+            d.peer_event("peer.new_address", id, &name, PeerState::Active, Some(addr));
+        }
+    }
+}
+
 /// Dials disconnected peers with exponential backoff (and manual addresses).
 async fn supervise(d: Arc<Daemon>) {
     let max_backoff = Duration::from_millis(d.cfg.max_backoff_ms);
@@ -172,6 +204,7 @@ async fn supervise(d: Arc<Daemon>) {
     loop {
         tick.tick().await;
         let now = Instant::now();
+        follow_migrations(&d);
         dial_due(&d);
         // Manual addresses: dial while no live connection comes from there.
         for addr in &d.manual {
