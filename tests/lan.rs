@@ -232,3 +232,116 @@ fn line_topology_relays_through_the_middle_member() {
     a.wait_state("gamma", "left");
     b.wait_state("gamma", "left");
 }
+
+/// Opens a pairing window on `node` (`cnspr pair --json`); returns the client and the code.
+fn open_window(node: &Node) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = node
+        .command()
+        .args(["--json", "pair", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    (child, first["code"].as_str().unwrap().to_string())
+}
+
+/// `joiner` pairs with `window` by code, the window found by mDNS.
+fn pair_by_mdns(window: &Node, joiner: &Node) {
+    let (child, code) = open_window(window);
+    let out = joiner.cli(&["--json", "pair", &code, "--timeout", "20"]);
+    assert!(out.status.success(), "join: {}", stderr(&out));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "window: {}", stderr(&out));
+}
+
+/// A host that is not part of a pairing cannot pair itself in with a guess, and a removal
+/// reaches a member that was cut off (its bridge port down) while it was made: once back,
+/// it refuses the removed device too.
+#[test]
+fn a_stranger_cannot_pair_in_and_a_removal_reaches_a_cut_off_member() {
+    let Some(lab) = Lab::new("r", 5) else { return };
+    let names = ["alpha", "beta", "gamma", "delta", "mallory"];
+    let mut n: Vec<Node> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| lab.node(i, name))
+        .collect();
+    for node in n.iter_mut() {
+        node.start();
+    }
+    // mallory guesses while alpha's window waits for beta: refused; beta then joins.
+    let (window, code) = open_window(&n[0]);
+    let digits: String = code.chars().filter(char::is_ascii_digit).collect();
+    let guess = format!("{:06}", (digits.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let out = n[4].cli(&["pair", &guess, "--timeout", "20"]);
+    assert!(!out.status.success(), "a wrong code must fail");
+    assert!(stderr(&out).contains("wrong code"), "{}", stderr(&out));
+    let out = n[1].cli(&["--json", "pair", &code, "--timeout", "20"]);
+    assert!(out.status.success(), "join: {}", stderr(&out));
+    let out = window.wait_with_output().unwrap();
+    assert!(out.status.success(), "window: {}", stderr(&out));
+    pair_by_mdns(&n[0], &n[2]);
+    pair_by_mdns(&n[1], &n[3]);
+    for (i, a) in n[..4].iter().enumerate() {
+        for (j, b) in n[..4].iter().enumerate() {
+            if i != j {
+                let start = std::time::Instant::now();
+                while !a.peer(&b.name).is_some_and(|p| p["state"] == "active") {
+                    if start.elapsed() > DEADLINE {
+                        panic!(
+                            "{} never saw {} active: {:?}\n--- {} log\n{}\n--- {} log\n{}\n--- beta log\n{}",
+                            a.name,
+                            b.name,
+                            a.json(&["peers"]),
+                            a.name,
+                            a.log(),
+                            b.name,
+                            b.log(),
+                            n[1].log()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    for member in &n[..4] {
+        assert!(member.peer("mallory").is_none(), "mallory got in");
+    }
+    assert!(n[4].json(&["peers"]).as_array().unwrap().is_empty());
+
+    // gamma is cut off while alpha removes delta.
+    lab.cut(2);
+    for i in [0, 1, 3] {
+        n[i].wait_state("gamma", "unreachable");
+    }
+    let out = n[0].cli(&["remove", "delta"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    n[0].wait_state("delta", "removed");
+    n[1].wait_state("delta", "removed");
+    for i in [0, 1] {
+        wait_until("delta to lose alpha and beta", || {
+            n[3].peer(names[i]).is_some_and(|p| p["state"] != "active")
+        });
+    }
+    // gamma comes back: it learns the removal and refuses delta from then on.
+    lab.heal(2);
+    n[2].wait_state("alpha", "active");
+    n[2].wait_state("delta", "removed");
+    wait_until("delta to lose gamma", || {
+        n[3].peer("gamma").is_some_and(|p| p["state"] != "active")
+    });
+    assert!(n[2].log().contains("member removed from the mesh"));
+    // The three remaining members are whole.
+    for i in [0, 1] {
+        n[2].wait_state(names[i], "active");
+        n[i].wait_state("gamma", "active");
+    }
+}

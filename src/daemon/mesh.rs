@@ -240,7 +240,15 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                 return;
             }
             let theirs = snap.clone();
-            let changes = d.roster().merge(snap);
+            let changes = d.roster().merge_from(snap, from);
+            debug!(
+                peer = %from.short(),
+                entries = theirs.members.len(),
+                removals = theirs.removals.len(),
+                joined = changes.joined.len(),
+                removed = changes.removed.len(),
+                "roster gossip received"
+            );
             if !changes.is_empty() {
                 d.apply_roster_changes(changes);
                 d.gossip_roster(Some(from));

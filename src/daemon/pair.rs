@@ -702,7 +702,7 @@ async fn join_attempt(
         removals: vec![],
     });
     if roster.within_limits() {
-        let more = d.roster().merge(roster);
+        let more = d.roster().merge_from(roster, window);
         changes.joined.extend(more.joined);
         changes.renamed.extend(more.renamed);
         changes.removed.extend(more.removed);

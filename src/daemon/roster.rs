@@ -3,7 +3,12 @@
 //!
 //! - A [`MemberEntry`] says "device ID is a member, named NAME" and is signed by the member
 //!   that added it (its raw Ed25519 key travels with it; the key must hash to the signer's
-//!   device ID). It is accepted when its signer is this device or an accepted member.
+//!   device ID). It is accepted when its signer is this device or an accepted member, or,
+//!   in a roster delivered by a member over its authenticated connection (gossip, or the
+//!   window's roster when pairing), a member of that roster: only one entry per ID is
+//!   kept everywhere (below), so the entry that chains to us may have been replaced by
+//!   a newer one whose signer we only know through the deliverer. This trusts no more
+//!   than before: any member may sign entries of its own.
 //! - A [`Removal`] says "device ID is revoked", signed the same way. Removals are kept
 //!   forever and beat every entry: a removed device cannot be re-added, by itself or by
 //!   anyone, and entries it signed after we learnt of its removal are refused.
@@ -240,18 +245,35 @@ impl MeshRoster {
         unreachable!("some suffix is free")
     }
 
-    fn trusted_signer(&self, signer: &DeviceId) -> bool {
-        *signer == self.me || self.is_member(signer)
+    fn trusted_signer(
+        &self,
+        signer: &DeviceId,
+        vouched: &std::collections::HashSet<DeviceId>,
+    ) -> bool {
+        *signer == self.me || self.is_member(signer) || vouched.contains(signer)
     }
 
     /// Merges gossip (or a stored file). Invalid, oversized or untrusted parts are
     /// ignored; what could only be verified after another part (an entry signed by a
     /// member added in the same batch) is picked up by repeating until nothing changes.
     pub fn merge(&mut self, snap: RosterSnapshot) -> RosterChanges {
+        self.merge_inner(snap, None)
+    }
+
+    /// Merges the roster a member (`from`, authenticated by its connection) delivered:
+    /// entries signed by members of that roster count as chained, through `from`.
+    /// Without `from` being a member here, the same as [`MeshRoster::merge`].
+    pub fn merge_from(&mut self, snap: RosterSnapshot, from: DeviceId) -> RosterChanges {
+        let voucher = from == self.me || self.is_member(&from);
+        self.merge_inner(snap, voucher.then_some(from))
+    }
+
+    fn merge_inner(&mut self, snap: RosterSnapshot, voucher: Option<DeviceId>) -> RosterChanges {
         let mut changes = RosterChanges::default();
         if !snap.within_limits() {
             return changes;
         }
+
         let mut members: Vec<MemberEntry> = snap
             .members
             .into_iter()
@@ -262,6 +284,17 @@ impl MeshRoster {
             .into_iter()
             .filter(|r| r.well_formed())
             .collect();
+        let removed_in_snap: std::collections::HashSet<DeviceId> =
+            removals.iter().map(|r| r.id).collect();
+        let vouched: std::collections::HashSet<DeviceId> = match voucher {
+            Some(v) => members
+                .iter()
+                .map(|m| m.id)
+                .chain([v])
+                .filter(|id| !removed_in_snap.contains(id) && !self.removals.contains_key(id))
+                .collect(),
+            None => Default::default(),
+        };
         loop {
             let mut progress = false;
             let mut i = 0;
@@ -271,7 +304,7 @@ impl MeshRoster {
                     removals.swap_remove(i);
                     continue;
                 }
-                if r.id != self.me && self.trusted_signer(&r.signer_id()) {
+                if r.id != self.me && self.trusted_signer(&r.signer_id(), &vouched) {
                     let r = removals.swap_remove(i);
                     // The entry goes: a removed device is only a removal from now on, so
                     // every member ends with the same roster whatever the order.
@@ -296,7 +329,7 @@ impl MeshRoster {
                     members.swap_remove(i);
                     continue;
                 }
-                if !self.trusted_signer(&m.signer_id()) {
+                if !self.trusted_signer(&m.signer_id(), &vouched) {
                     i += 1;
                     continue;
                 }
@@ -364,6 +397,46 @@ mod tests {
         });
         assert_eq!(ch.joined.len(), 2);
         assert!(ra.is_member(&c.id) && ra.is_member(&d.id));
+    }
+
+    #[test]
+    fn a_roster_delivered_by_a_member_vouches_for_its_members() {
+        // B's roster after the mesh settled: A's entry is the newer one C signed, C's
+        // the one A signed. D trusts only B: neither entry chains to D by itself.
+        let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
+        let snap = RosterSnapshot {
+            members: vec![
+                MemberEntry::sign(&c, a.id, "a", 5),
+                MemberEntry::sign(&a, c.id, "c", 4),
+                MemberEntry::sign(&b, d.id, "d", 6),
+            ],
+            removals: vec![],
+        };
+        let fresh = || {
+            let mut rd = roster(&d);
+            rd.merge(RosterSnapshot {
+                members: vec![MemberEntry::sign(&d, b.id, "b", 6)],
+                removals: vec![],
+            });
+            rd
+        };
+        let mut rd = fresh();
+        assert!(rd.merge(snap.clone()).joined.is_empty());
+        let mut rd = fresh();
+        let ch = rd.merge_from(snap.clone(), b.id);
+        assert_eq!(ch.joined.len(), 2);
+        assert!(rd.is_member(&a.id) && rd.is_member(&c.id));
+        // Only a member vouches: the same roster from a stranger adds nothing.
+        let x = dev("x");
+        let mut rd = fresh();
+        assert!(rd.merge_from(snap.clone(), x.id).joined.is_empty());
+        // Nor does a member vouch for a device its roster says is removed.
+        let mut with_removal = snap;
+        with_removal.removals.push(Removal::sign(&b, a.id, 7));
+        let mut rd = fresh();
+        rd.merge_from(with_removal, b.id);
+        assert!(!rd.is_member(&a.id));
+        assert!(rd.is_removed(&a.id));
     }
 
     #[test]
