@@ -345,18 +345,22 @@ where
     let res = {
         let (send, recv) = (&mut send, &mut recv);
         let up = async {
-            let mut buf = vec![0u8; BUF];
+            // Read into a buffer the stream then owns (no copy into quinn's send buffer).
+            let mut buf = bytes::BytesMut::with_capacity(BUF);
             let mut n = 0u64;
             loop {
+                if buf.capacity() < BUF / 4 {
+                    buf.reserve(BUF);
+                }
                 let k = r
-                    .read(&mut buf)
+                    .read_buf(&mut buf)
                     .await
                     .map_err(|e| format!("local read: {e}"))?;
                 if k == 0 {
                     let _ = send.finish();
                     return Ok::<u64, String>(n);
                 }
-                send.write_all(&buf[..k])
+                send.write_chunk(buf.split().freeze())
                     .await
                     .map_err(|e| format!("sending: {e}"))?;
                 n += k as u64;
