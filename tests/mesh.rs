@@ -162,28 +162,8 @@ fn roster_gossip_goes_quiet_once_members_agree() {
 #[test]
 fn garbage_on_a_mesh_stream_ends_that_stream_only() {
     let nodes = mesh(&["a", "b"], "");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (identity, _) = transport::Identity::load_or_create(dir.path(), Some("rogue")).unwrap();
-    let identity = std::sync::Arc::new(identity);
-    let rogue_id = identity.id.to_string();
+    let (rt, ep, pc, _dir) = rogue_connection(&nodes[0]);
     rt.block_on(async {
-        let roster = transport::Roster::new();
-        let a_id: transport::DeviceId = nodes[0].id.parse().unwrap();
-        roster.insert(a_id);
-        let cfg = transport::EndpointConfig {
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
-            ..Default::default()
-        };
-        let ep = transport::Endpoint::bind(identity.clone(), roster, cfg).unwrap();
-        let addr = ep.local_addrs()[0].to_string();
-        let o = nodes[0].cli(&["trust", &rogue_id, "--addr", &addr]);
-        assert!(o.status.success(), "trust: {}", stderr(&o));
-        let peer_addr: std::net::SocketAddr = nodes[0].addr().parse().unwrap();
-        let pc = ep.connect(a_id, &[peer_addr]).await.expect("connect to a");
         let cases: [&[u8]; 4] = [
             // Variant 0xff of a 3-byte frame: no such mesh frame.
             &[0, 0, 0, 3, 0xff, 0xfe, 0xfd],

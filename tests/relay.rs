@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::lab::*;
@@ -47,36 +47,6 @@ fn line(tag: &str, setup: impl FnOnce(&mut [Node])) -> Option<Line> {
             .is_some_and(|p| p["state"] == "indirect" && p["via"][0] == "beta")
     });
     Some(Line { nodes, _lab: lab })
-}
-
-/// Starts `cnspr listen` on `n` and waits until the daemon lists the service.
-fn listen(n: &Node, service: &str, exec: Option<&str>) -> Child {
-    let mut c = n.command();
-    c.args(["listen", service]);
-    if let Some(e) = exec {
-        c.args(["--exec", e, "--keep"]);
-    }
-    let child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("listener registered", || {
-        n.try_json(&["expose"])
-            .is_some_and(|v| v.to_string().contains(&format!("\"{service}\"")))
-    });
-    child
-}
-
-fn connect(n: &Node, peer: &str, service: &str) -> Child {
-    n.command()
-        .args(["connect", peer, service])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// Waits for a child's exit within the deadline; returns (code, stderr).

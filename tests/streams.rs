@@ -11,40 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Starts `cnspr listen` on `n` and waits until the daemon lists the service.
-fn listen(n: &Node, service: &str, exec: Option<&str>) -> Child {
-    let mut c = n.command();
-    c.args(["listen", service]);
-    if let Some(e) = exec {
-        c.args(["--exec", e, "--keep"]);
-    }
-    let child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("listener registered", || {
-        n.try_json(&["expose"])
-            .is_some_and(|v| v.to_string().contains(&format!("\"{service}\"")))
-    });
-    child
-}
-
-fn connect(n: &Node, peer: &str, service: &str) -> Child {
-    n.command()
-        .args(["connect", peer, service])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())

@@ -7,7 +7,6 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -285,28 +284,8 @@ fn stores_without_common_history_reconcile() {
 #[test]
 fn garbage_on_a_sync_stream_ends_that_stream_only() {
     let nodes = mesh(&["a", "b"], "");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (identity, _) = transport::Identity::load_or_create(dir.path(), Some("rogue")).unwrap();
-    let identity = Arc::new(identity);
-    let rogue_id = identity.id.to_string();
+    let (rt, ep, pc, _dir) = rogue_connection(&nodes[0]);
     rt.block_on(async {
-        let roster = transport::Roster::new();
-        let a_id: transport::DeviceId = nodes[0].id.parse().unwrap();
-        roster.insert(a_id);
-        let cfg = transport::EndpointConfig {
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
-            ..Default::default()
-        };
-        let ep = transport::Endpoint::bind(identity.clone(), roster, cfg).unwrap();
-        let addr = ep.local_addrs()[0].to_string();
-        let o = nodes[0].cli(&["trust", &rogue_id, "--addr", &addr]);
-        assert!(o.status.success(), "trust: {}", stderr(&o));
-        let peer_addr: std::net::SocketAddr = nodes[0].addr().parse().unwrap();
-        let pc = ep.connect(a_id, &[peer_addr]).await.expect("connect to a");
         // A frame that is not a sync frame, a frame claiming 4 GiB, then raw junk.
         let cases: [&[u8]; 3] = [
             &[0, 0, 0, 3, 0xff, 0xfe, 0xfd],

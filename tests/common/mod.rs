@@ -337,3 +337,80 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// Lower-case hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Starts `cnspr listen` on `n` (with `--exec E --keep` when given) and waits until the
+/// daemon lists the service.
+pub fn listen(n: &Node, service: &str, exec: Option<&str>) -> Child {
+    let mut c = n.command();
+    c.args(["listen", service]);
+    if let Some(e) = exec {
+        c.args(["--exec", e, "--keep"]);
+    }
+    let child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("listener registered", || {
+        n.try_json(&["expose"])
+            .is_some_and(|v| v.to_string().contains(&format!("\"{service}\"")))
+    });
+    child
+}
+
+/// `cnspr connect PEER SERVICE` on `n`, all three standard streams piped.
+pub fn connect(n: &Node, peer: &str, service: &str) -> Child {
+    n.command()
+        .args(["connect", peer, service])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A device of its own (not a daemon) that `node` trusts, connected to it: for tests that
+/// speak the wire protocol directly. Returns the runtime, the endpoint and the connection.
+pub fn rogue_connection(
+    node: &Node,
+) -> (
+    tokio::runtime::Runtime,
+    transport::Endpoint,
+    transport::PeerConn,
+    tempfile::TempDir,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, _) = transport::Identity::load_or_create(dir.path(), Some("rogue")).unwrap();
+    let identity = std::sync::Arc::new(identity);
+    let rogue_id = identity.id.to_string();
+    let (ep, pc) = rt.block_on(async {
+        let roster = transport::Roster::new();
+        let id: transport::DeviceId = node.id.parse().unwrap();
+        roster.insert(id);
+        let cfg = transport::EndpointConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Default::default()
+        };
+        let ep = transport::Endpoint::bind(identity.clone(), roster, cfg).unwrap();
+        let addr = ep.local_addrs()[0].to_string();
+        let o = node.cli(&["trust", &rogue_id, "--addr", &addr]);
+        assert!(o.status.success(), "trust: {}", stderr(&o));
+        let peer_addr: std::net::SocketAddr = node.addr().parse().unwrap();
+        let pc = ep
+            .connect(id, &[peer_addr])
+            .await
+            .expect("connect to the node");
+        (ep, pc)
+    });
+    (rt, ep, pc, dir)
+}
