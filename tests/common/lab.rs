@@ -32,64 +32,85 @@ pub fn is_root() -> bool {
 
 impl Lab {
     /// `n` hosts at 10.77.0.1.. on one bridge; `None` (with a printed reason) if not possible.
+    /// Host `i`'s bridge port is `p{i}`.
     pub fn new(tag: &str, n: usize) -> Option<Lab> {
+        let mut lab = Lab::with_bridges(tag, &["sw0"])?;
+        for i in 0..n {
+            let addr = format!("10.77.0.{}/24", i + 1);
+            lab.add_host(&[("eth0", "sw0", &addr, &format!("p{i}"))]);
+        }
+        Some(lab)
+    }
+
+    /// A switch namespace with these bridges and no host yet.
+    fn with_bridges(tag: &str, bridges: &[&str]) -> Option<Lab> {
         if !is_root() {
             eprintln!("skipping: network namespaces need root");
             return None;
         }
-        let base = format!("cl{}{tag}", std::process::id());
-        let switch = format!("{base}s");
+        let switch = format!("cl{}{tag}s", std::process::id());
         if !ip(&["netns", "add", &switch]) {
             eprintln!("skipping: cannot create network namespaces here");
             return None;
         }
-        let mut lab = Lab {
+        let lab = Lab {
             switch: switch.clone(),
             hosts: Vec::new(),
         };
-        assert!(ip(&[
-            "-n", &switch, "link", "add", "name", "sw0", "type", "bridge"
-        ]));
-        assert!(ip(&["-n", &switch, "link", "set", "sw0", "up"]));
-        for i in 0..n {
-            let h = format!("{base}h{i}");
-            assert!(ip(&["netns", "add", &h]));
-            lab.hosts.push(h.clone());
-            // IPv4 only, so that removing the one address leaves the host with no usable
-            // address at all (an IPv6 link-local address would count as usable).
-            for k in ["all", "default"] {
-                let _ = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &h,
-                        "sysctl",
-                        "-qw",
-                        &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-                    ])
-                    .status();
-            }
-            let port = format!("p{i}");
+        for br in bridges {
             assert!(ip(&[
-                "-n", &h, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
-                &switch
+                "-n", &switch, "link", "add", "name", br, "type", "bridge"
             ]));
-            assert!(ip(&["-n", &switch, "link", "set", &port, "master", "sw0"]));
-            assert!(ip(&["-n", &switch, "link", "set", &port, "up"]));
+            assert!(ip(&["-n", &switch, "link", "set", br, "up"]));
+        }
+        Some(lab)
+    }
+
+    /// Adds a host with one interface per leg `(interface, bridge, address/prefix, bridge
+    /// port)`; a host with one leg gets a default route through it (needed for multicast).
+    fn add_host(&mut self, legs: &[(&str, &str, &str, &str)]) {
+        let base = self.switch.strip_suffix('s').unwrap_or(&self.switch);
+        let h = format!("{base}h{}", self.hosts.len());
+        assert!(ip(&["netns", "add", &h]));
+        self.hosts.push(h.clone());
+        // IPv4 only, so that removing the one address leaves the host with no usable
+        // address at all (an IPv6 link-local address would count as usable).
+        for k in ["all", "default"] {
+            let _ = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &h,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+                ])
+                .status();
+        }
+        for (ifname, br, addr, port) in legs {
             assert!(ip(&[
                 "-n",
                 &h,
-                "addr",
+                "link",
                 "add",
-                &format!("10.77.0.{}/24", i + 1),
-                "dev",
-                "eth0"
+                ifname,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                &self.switch
             ]));
-            assert!(ip(&["-n", &h, "link", "set", "eth0", "up"]));
-            assert!(ip(&["-n", &h, "link", "set", "lo", "up"]));
-            assert!(ip(&["-n", &h, "route", "add", "default", "dev", "eth0"]));
+            assert!(ip(&["-n", &self.switch, "link", "set", port, "master", br]));
+            assert!(ip(&["-n", &self.switch, "link", "set", port, "up"]));
+            assert!(ip(&["-n", &h, "addr", "add", addr, "dev", ifname]));
+            assert!(ip(&["-n", &h, "link", "set", ifname, "up"]));
         }
-        Some(lab)
+        assert!(ip(&["-n", &h, "link", "set", "lo", "up"]));
+        if let [(ifname, ..)] = legs {
+            assert!(ip(&["-n", &h, "route", "add", "default", "dev", ifname]));
+        }
     }
 
     /// Cuts host `i` off the bridge (its port goes down): a partition.
@@ -136,66 +157,12 @@ impl Drop for Lab {
 
 /// Line topology A — B — C: B has a leg on two bridges, A and C share none.
 pub fn line_lab(tag: &str) -> Option<Lab> {
-    if !is_root() {
-        eprintln!("skipping: network namespaces need root");
-        return None;
-    }
-    let base = format!("cl{}{tag}", std::process::id());
-    let switch = format!("{base}s");
-    if !ip(&["netns", "add", &switch]) {
-        eprintln!("skipping: cannot create network namespaces here");
-        return None;
-    }
-    let mut lab = Lab {
-        switch: switch.clone(),
-        hosts: Vec::new(),
-    };
-    for br in ["sw0", "sw1"] {
-        assert!(ip(&[
-            "-n", &switch, "link", "add", "name", br, "type", "bridge"
-        ]));
-        assert!(ip(&["-n", &switch, "link", "set", br, "up"]));
-    }
-    // (host, its interfaces: (name, bridge, address))
-    let plan: [&[(&str, &str, &str)]; 3] = [
-        &[("eth0", "sw0", "10.77.0.1/24")],
-        &[
-            ("eth0", "sw0", "10.77.0.2/24"),
-            ("eth1", "sw1", "10.78.0.2/24"),
-        ],
-        &[("eth0", "sw1", "10.78.0.3/24")],
-    ];
-    for (i, legs) in plan.iter().enumerate() {
-        let h = format!("{base}h{i}");
-        assert!(ip(&["netns", "add", &h]));
-        lab.hosts.push(h.clone());
-        for k in ["all", "default"] {
-            let _ = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &h,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-                ])
-                .status();
-        }
-        for (j, (ifname, br, addr)) in legs.iter().enumerate() {
-            let port = format!("p{i}{j}");
-            assert!(ip(&[
-                "-n", &h, "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns",
-                &switch
-            ]));
-            assert!(ip(&["-n", &switch, "link", "set", &port, "master", br]));
-            assert!(ip(&["-n", &switch, "link", "set", &port, "up"]));
-            assert!(ip(&["-n", &h, "addr", "add", addr, "dev", ifname]));
-            assert!(ip(&["-n", &h, "link", "set", ifname, "up"]));
-        }
-        assert!(ip(&["-n", &h, "link", "set", "lo", "up"]));
-        if legs.len() == 1 {
-            assert!(ip(&["-n", &h, "route", "add", "default", "dev", "eth0"]));
-        }
-    }
+    let mut lab = Lab::with_bridges(tag, &["sw0", "sw1"])?;
+    lab.add_host(&[("eth0", "sw0", "10.77.0.1/24", "p00")]);
+    lab.add_host(&[
+        ("eth0", "sw0", "10.77.0.2/24", "p10"),
+        ("eth1", "sw1", "10.78.0.2/24", "p11"),
+    ]);
+    lab.add_host(&[("eth0", "sw1", "10.78.0.3/24", "p20")]);
     Some(lab)
 }
