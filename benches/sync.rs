@@ -18,18 +18,21 @@
 #[path = "../src/store/mod.rs"]
 mod store;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::Node;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use store::reconcile::{Initiator, ReconMsg, ReconReply, Responder};
 use store::{Change, Delta, Hlc, Store, Version, VersionVector};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cnspr");
 const TARGET_HISTORY_BYTES: f64 = 2048.0;
 const TARGET_RECON_BYTES: f64 = 16384.0;
 const TARGET_HEAL_S: f64 = 2.0;
@@ -196,97 +199,22 @@ fn in_process(dir: &Path, keys: u64) {
 // ---------------------------------------------------------------------------------------
 // Two daemons
 
-struct Daemon {
-    dir: PathBuf,
-    child: Child,
-    id: String,
-    port: u16,
+/// A daemon of the test harness with its logging turned down.
+fn daemon(name: &str) -> Node {
+    let mut n = Node::new(name, "");
+    n.rust_log = "warn".into();
+    n.start();
+    n
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cmd(dir: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("XDG_RUNTIME_DIR")
-        .env("RUST_LOG", "warn")
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(dir.join("sock"))
-        .arg("--config")
-        .arg(dir.join("config.toml"));
-    c
-}
-
-fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn start(dir: &Path, name: &str) -> Daemon {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.toml"), "").unwrap();
-    let out = cmd(dir)
-        .args(["--json", "init", "--name", name])
-        .output()
-        .unwrap();
-    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let child = cmd(dir)
-        .args(["serve", "--no-mdns", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut port = 0;
-    wait("daemon to answer", || {
-        let out = cmd(dir).args(["--json", "status"]).output().unwrap();
-        if !out.status.success() {
-            return false;
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        port = v["listen"][0]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        true
-    });
-    Daemon {
-        dir: dir.to_owned(),
-        child,
-        id,
-        port,
-    }
-}
-
-fn heal(dir: &Path, keys: usize, watchers: usize) {
-    let a = start(&dir.join("a"), "a");
-    let b = start(&dir.join("b"), "b");
+fn heal(keys: usize, watchers: usize) {
+    let a = daemon("a");
+    let b = daemon("b");
     // b trusts a; a does not trust b yet: they cannot connect.
-    let ok = cmd(&b.dir)
-        .args(["trust", &a.id, "--addr", &format!("127.0.0.1:{}", a.port)])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let ok = b.cli(&["trust", &a.id, "--addr", &a.addr()]);
+    assert!(ok.status.success());
     // a writes while apart (pipelined over one socket connection).
-    let mut s = UnixStream::connect(a.dir.join("sock")).unwrap();
+    let mut s = UnixStream::connect(a.socket()).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut buf = Vec::new();
     for i in 0..keys {
@@ -309,7 +237,8 @@ fn heal(dir: &Path, keys: usize, watchers: usize) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let mut children = Vec::new();
     for w in 0..watchers {
-        let mut child = cmd(&b.dir)
+        let mut child = b
+            .command()
             .args(["--json", "kv", "watch", "heal/"])
             .stdout(Stdio::piped())
             .spawn()
@@ -344,11 +273,8 @@ fn heal(dir: &Path, keys: usize, watchers: usize) {
     let mut ready = 0;
     let start_marker = Instant::now();
     while ready < watchers {
-        let ok = cmd(&b.dir)
-            .args(["kv", "put", "heal/marker", "m"])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        let ok = b.cli(&["kv", "put", "heal/marker", "m"]);
+        assert!(ok.status.success());
         while ready_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
             ready += 1;
         }
@@ -358,11 +284,8 @@ fn heal(dir: &Path, keys: usize, watchers: usize) {
         );
     }
     let t0 = Instant::now();
-    let ok = cmd(&a.dir)
-        .args(["trust", &b.id, "--addr", &format!("127.0.0.1:{}", b.port)])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let ok = a.cli(&["trust", &b.id, "--addr", &b.addr()]);
+    assert!(ok.status.success());
     let mut first = None;
     let mut done = 0;
     let mut last = t0;
@@ -402,5 +325,5 @@ fn main() {
         .unwrap_or(10_000);
     let tmp = tempfile::tempdir().expect("temp dir");
     in_process(tmp.path(), keys);
-    heal(tmp.path(), heal_keys, 4);
+    heal(heal_keys, 4);
 }

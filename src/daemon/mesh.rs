@@ -231,6 +231,7 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
             drop(table);
             if changed {
                 d.save_peers();
+                super::links::dial_due(d);
             }
         }
         MeshFrame::Roster(snap) => {

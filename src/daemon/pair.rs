@@ -468,6 +468,7 @@ async fn window_attempt(
             p.next_dial = Instant::now();
         }
         d.save_peers();
+        super::links::dial_due(d);
     }
     d.gossip_roster(None);
     let welcome = PairMsg::Welcome {
@@ -716,6 +717,7 @@ async fn join_attempt(
             p.backoff = Duration::ZERO;
         }
         d.save_peers();
+        super::links::dial_due(d);
     }
     let self_name = if transport::identity::validate_name(&mesh_name).is_ok() {
         mesh_name

@@ -121,6 +121,8 @@ pub fn trust(
     d.endpoint.roster().insert(id);
     d.save_peers();
     super::membership::member(d, id, true);
+    // Dial it now, not at the next supervisor tick.
+    super::links::dial_due(d);
     // Sign it into the mesh roster: the other members learn it by gossip.
     let entry = super::roster::MemberEntry::sign(&d.identity, id, &name, now_ms());
     let changes = d.roster().merge(super::roster::RosterSnapshot {
