@@ -229,6 +229,30 @@ fn failures_are_reported_quickly_and_leak_nothing() {
     assert!(err.contains("stream broken"), "{err}");
     let _ = feeder.join();
 
+    // The connecting application dies in the middle of the stream: once the listener
+    // writes back (as with TCP, the dead end shows when written to), it reports the
+    // daemon's reason and exits non-zero.
+    let mut l = listen(&nodes[1], "orphan", None);
+    let mut lin = l.stdin.take().unwrap();
+    let mut c = connect(&nodes[0], "beta", "orphan");
+    let mut cin = c.stdin.take().unwrap();
+    cin.write_all(&[5u8; 4096]).unwrap();
+    let mut lout = l.stdout.take().unwrap();
+    let mut first = [0u8; 4096];
+    lout.read_exact(&mut first).unwrap(); // data is flowing
+    let _ = c.kill();
+    let _ = c.wait();
+    let writer = std::thread::spawn(move || {
+        let blk = vec![6u8; 64 * 1024];
+        while lin.write_all(&blk).is_ok() {}
+    });
+    let (code, err) = finish(l);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stream broken"), "{err}");
+    println!("listener after its client died: {err}");
+    drop(cin);
+    let _ = writer.join();
+
     // The peer daemon is killed in the middle of a stream.
     let mut l = listen(&nodes[1], "doomed", Some("cat"));
     let mut c = connect(&nodes[0], "beta", "doomed");
