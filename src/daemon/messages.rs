@@ -216,20 +216,7 @@ pub async fn ping(
         ping: true,
     };
     let start = Instant::now();
-    let exchange = async {
-        let (mut send, mut recv) = pc
-            .open(StreamKind::Message)
-            .await
-            .map_err(|e| e.to_string())?;
-        write_frame(&mut send, &header, MAX_HEADER)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the relay closed the stream without an answer".to_string())
-    };
+    let exchange = message_exchange(&pc, &header, Bytes::new(), "the relay");
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, exchange).await {
         Ok(Ok(MsgResult::Ack)) => Ok((start.elapsed(), Some(pc.peer), pc)),
@@ -259,12 +246,7 @@ pub async fn send_one(
     reply: bool,
     deadline: Instant,
 ) -> SendOutcome {
-    let name = d
-        .peers()
-        .peers
-        .get(&peer)
-        .map(|p| p.name.clone())
-        .unwrap_or_default();
+    let name = d.peers().name_of(&peer).unwrap_or_default();
     let mut outcome = SendOutcome {
         peer: name.clone(),
         id: peer.to_string(),
@@ -288,21 +270,7 @@ pub async fn send_one(
             if body.len() <= LANE_MAX_BODY && relay_to.is_none() {
                 return send_on_lane(d, &pc, header, body.clone()).await;
             }
-            let (mut send, mut recv) = pc
-                .open(StreamKind::Message)
-                .await
-                .map_err(|e| e.to_string())?;
-            write_frame(&mut send, &header, MAX_HEADER)
-                .await
-                .map_err(|e| e.to_string())?;
-            send.write_chunk(body.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = send.finish();
-            read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "the peer closed the stream without an answer".to_string())
+            message_exchange(&pc, &header, body.clone(), "the peer").await
         };
         match tokio::time::timeout(left, exchange).await {
             Ok(Ok(r)) => Ok(r),
@@ -393,23 +361,7 @@ async fn forward(
     };
     header.relay_to = None;
     header.origin = Some(from);
-    let exchange = async {
-        let (mut send, mut recv) = pc
-            .open(StreamKind::Message)
-            .await
-            .map_err(|e| e.to_string())?;
-        write_frame(&mut send, &header, MAX_HEADER)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !body.is_empty() {
-            send.write_all(&body).await.map_err(|e| e.to_string())?;
-        }
-        let _ = send.finish();
-        read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the recipient closed the stream without an answer".to_string())
-    };
+    let exchange = message_exchange(&pc, &header, Bytes::from(body), "the recipient");
     match tokio::time::timeout(Duration::from_secs(60), exchange).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => nack(code::UNREACHABLE, format!("relayed delivery failed: {e}")),
@@ -418,6 +370,31 @@ async fn forward(
             "the recipient did not answer the relay in time",
         ),
     }
+}
+
+/// One message on a `Message` stream of its own: header, body, end; then the answer.
+/// `who` names the other end in the error when it closes without answering.
+async fn message_exchange(
+    pc: &PeerConn,
+    header: &MsgHeader,
+    body: Bytes,
+    who: &str,
+) -> Result<MsgResult, String> {
+    let (mut send, mut recv) = pc
+        .open(StreamKind::Message)
+        .await
+        .map_err(|e| e.to_string())?;
+    write_frame(&mut send, header, MAX_HEADER)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !body.is_empty() {
+        send.write_chunk(body).await.map_err(|e| e.to_string())?;
+    }
+    let _ = send.finish();
+    read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{who} closed the stream without an answer"))
 }
 
 fn nack(code: &str, message: impl Into<String>) -> MsgResult {
@@ -459,12 +436,7 @@ async fn read_message(
 }
 
 async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u8>) -> MsgResult {
-    let from_name = d
-        .peers()
-        .peers
-        .get(&from)
-        .map(|p| p.name.clone())
-        .unwrap_or_default();
+    let from_name = d.peers().name_of(&from).unwrap_or_default();
     let from_plain = from.to_plain();
     d.emit(Event::Message {
         tag: header.tag.clone(),

@@ -268,6 +268,11 @@ impl PeerTable {
         }
     }
 
+    /// The name of trusted peer `id`, if it is one.
+    pub fn name_of(&self, id: &DeviceId) -> Option<String> {
+        self.peers.get(id).map(|p| p.name.clone())
+    }
+
     pub fn infos(&self) -> Vec<PeerInfo> {
         let mut v: Vec<PeerInfo> = self
             .peers

@@ -28,11 +28,7 @@ const ANSWER_WAIT: Duration = Duration::from_millis(ACCEPT_WAIT.as_millis() as u
 const OPEN_WAIT: Duration = Duration::from_secs(5);
 
 fn name_of(d: &Daemon, id: &DeviceId) -> String {
-    d.peers()
-        .peers
-        .get(id)
-        .map(|p| p.name.clone())
-        .unwrap_or_else(|| id.short())
+    d.peers().name_of(id).unwrap_or_else(|| id.short())
 }
 
 /// A trusted member, not removed.

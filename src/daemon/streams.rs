@@ -436,13 +436,7 @@ pub async fn open(
             to,
         },
     };
-    let relay_name = relay_to.map(|_| {
-        d.peers()
-            .peers
-            .get(&pc.peer)
-            .map(|p| p.name.clone())
-            .unwrap_or_default()
-    });
+    let relay_name = relay_to.map(|_| d.peers().name_of(&pc.peer).unwrap_or_default());
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(ACCEPT_WAIT + Duration::from_secs(2));
@@ -522,12 +516,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         return;
     }
     let self_name = d.identity.name.clone();
-    let peer_name = d
-        .peers()
-        .peers
-        .get(&peer)
-        .map(|p| p.name.clone())
-        .unwrap_or_default();
+    let peer_name = d.peers().name_of(&peer).unwrap_or_default();
     let (expose, listener) = {
         let reg = d.streams.reg();
         (

@@ -410,12 +410,7 @@ pub async fn serve(d: Arc<Daemon>, mut s: IncomingStream) {
         let d = d.clone();
         let sh = sh.clone();
         async move {
-            let name = d
-                .peers()
-                .peers
-                .get(&peer)
-                .map(|p| p.name.clone())
-                .unwrap_or_default();
+            let name = d.peers().name_of(&peer).unwrap_or_default();
             let IncomingStream { send, recv, .. } = s;
             match serve_session(&d, &sh, peer, send, recv).await {
                 Ok(()) | Err(SyncError::Closed) => debug!(peer = %name, "sync stream closed"),

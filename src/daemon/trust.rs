@@ -151,12 +151,7 @@ fn now_ms() -> u64 {
 /// `remove`: signs a removal that every member applies (now or when it next connects).
 pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
     let id = d.peers().resolve(peer)?;
-    let name = d
-        .peers()
-        .peers
-        .get(&id)
-        .map(|p| p.name.clone())
-        .unwrap_or_default();
+    let name = d.peers().name_of(&id).unwrap_or_default();
     let removal = super::roster::Removal::sign(&d.identity, id, now_ms());
     let changes = d.roster().merge(super::roster::RosterSnapshot {
         members: vec![],
