@@ -151,27 +151,8 @@ fn main() {
             };
             let moved_before = count(&other.log(), "the peer moved");
             let ups_before = count(&other.log(), "connection up");
-            let h = &lab.hosts[mover];
             let t0 = Instant::now();
-            assert!(ip(&[
-                "-n",
-                h,
-                "addr",
-                "del",
-                &format!("{cur}/24"),
-                "dev",
-                "eth0"
-            ]));
-            assert!(ip(&[
-                "-n",
-                h,
-                "addr",
-                "add",
-                &format!("{next}/24"),
-                "dev",
-                "eth0"
-            ]));
-            assert!(ip(&["-n", h, "route", "replace", "default", "dev", "eth0"]));
+            lab.move_host(mover, &cur, &next);
             let needle = format!("\"{next}:");
             let took = time_until(t0, || {
                 let r = other.cli(&["--json", "ping", &moving.name, "--timeout", "1"]);

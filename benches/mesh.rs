@@ -150,15 +150,7 @@ fn main() {
     for node in nodes.iter_mut() {
         node.start();
     }
-    for (i, a) in nodes.iter().enumerate() {
-        for (j, b) in nodes.iter().enumerate() {
-            if i != j {
-                let addr = format!("10.77.0.{}:7373", j + 1);
-                let out = a.cli(&["trust", &b.id, "--addr", &addr]);
-                assert!(out.status.success(), "trust: {}", stderr(&out));
-            }
-        }
-    }
+    lab.trust_all(&nodes);
     let t = Instant::now();
     wait_mesh_active(&nodes);
     println!(

@@ -89,19 +89,7 @@ fn acknowledged_writes_survive_kill_9() {
 fn a_watcher_sees_each_change_once_and_resumes_after_a_restart() {
     let mut n = Node::new("solo", "");
     n.start();
-    let mut w = n
-        .command()
-        .args(["--json", "kv", "watch", "app/"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = w.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(serde_json::from_str(&l).unwrap());
-        }
-    });
+    let (mut w, rx) = kv_watch(&n, "app/");
     // Wait until the watch is live (a write made now is seen).
     assert!(n.cli(&["kv", "put", "app/0", "v"]).status.success());
     let first = rx.recv_timeout(DEADLINE).expect("first change");

@@ -68,8 +68,6 @@ fn trusted_devices_find_each_other_by_mdns_and_follow_address_changes() {
 /// typed), the joiner then knows the whole mesh, and nearby untrusted devices are listed.
 #[test]
 fn pairing_by_mdns_joins_the_mesh() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let Some(lab) = Lab::new("p", 3) else { return };
     let mut a = lab.node(0, "alpha");
     let mut b = lab.node(1, "beta");
@@ -77,48 +75,8 @@ fn pairing_by_mdns_joins_the_mesh() {
     for n in [&mut a, &mut b, &mut c] {
         n.start();
     }
-    let pair = |window: &Node, joiner: &Node, expect_nearby: Option<&str>| {
-        let mut child = window
-            .command()
-            .args(["--json", "pair", "--timeout", "60"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        lines.read_line(&mut first).unwrap();
-        let first: serde_json::Value = serde_json::from_str(&first).unwrap();
-        if let Some(name) = expect_nearby {
-            let nearby = first["nearby"].as_array().unwrap();
-            assert!(
-                nearby.iter().any(|n| n["name"] == name),
-                "{name} should be listed as nearby: {first}"
-            );
-        }
-        let code = first["code"].as_str().unwrap().to_string();
-        let started = std::time::Instant::now();
-        let out = joiner.cli(&["--json", "pair", &code, "--timeout", "20"]);
-        let took = started.elapsed();
-        assert!(
-            out.status.success(),
-            "join: {}\n{}",
-            stderr(&out),
-            joiner.log()
-        );
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "window: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!(
-            "pairing {} with {} took {took:?} once the code was entered",
-            joiner.name, window.name
-        );
-    };
     // `pair CODE` waits (up to --timeout) for the window to show up by mDNS.
-    pair(&a, &b, None);
+    pair_by_mdns(&a, &b, None);
     a.wait_state("beta", "active");
     b.wait_state("alpha", "active");
     // gamma, untrusted, is listed as nearby by `cnspr pair` on beta.
@@ -133,7 +91,7 @@ fn pairing_by_mdns_joins_the_mesh() {
         })
     });
     // gamma pairs with beta; alpha learns it by gossip and they connect.
-    pair(&b, &c, Some("gamma"));
+    pair_by_mdns(&b, &c, Some("gamma"));
     a.wait_state("gamma", "active");
     c.wait_state("alpha", "active");
 }
@@ -233,8 +191,9 @@ fn line_topology_relays_through_the_middle_member() {
     b.wait_state("gamma", "left");
 }
 
-/// Opens a pairing window on `node` (`cnspr pair --json`); returns the client and the code.
-fn open_window(node: &Node) -> (std::process::Child, String) {
+/// Opens a pairing window on `node` (`cnspr pair --json`); returns the client and its
+/// first line (`code`, `nearby`...).
+fn open_window(node: &Node) -> (std::process::Child, serde_json::Value) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut child = node
@@ -248,17 +207,36 @@ fn open_window(node: &Node) -> (std::process::Child, String) {
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut first)
         .unwrap();
-    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
-    (child, first["code"].as_str().unwrap().to_string())
+    (child, serde_json::from_str(&first).unwrap())
 }
 
-/// `joiner` pairs with `window` by code, the window found by mDNS.
-fn pair_by_mdns(window: &Node, joiner: &Node) {
-    let (child, code) = open_window(window);
-    let out = joiner.cli(&["--json", "pair", &code, "--timeout", "20"]);
-    assert!(out.status.success(), "join: {}", stderr(&out));
+/// `joiner` pairs with `window` by code, the window found by mDNS; with `expect_nearby`,
+/// the window must list that device as nearby. Prints the time once the code is entered.
+fn pair_by_mdns(window: &Node, joiner: &Node, expect_nearby: Option<&str>) {
+    let (child, first) = open_window(window);
+    if let Some(name) = expect_nearby {
+        let nearby = first["nearby"].as_array().unwrap();
+        assert!(
+            nearby.iter().any(|n| n["name"] == name),
+            "{name} should be listed as nearby: {first}"
+        );
+    }
+    let code = first["code"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    let out = joiner.cli(&["--json", "pair", code, "--timeout", "20"]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "join: {}\n{}",
+        stderr(&out),
+        joiner.log()
+    );
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "window: {}", stderr(&out));
+    println!(
+        "pairing {} with {} took {took:?} once the code was entered",
+        joiner.name, window.name
+    );
 }
 
 /// A host that is not part of a pairing cannot pair itself in with a guess, and a removal
@@ -277,18 +255,19 @@ fn a_stranger_cannot_pair_in_and_a_removal_reaches_a_cut_off_member() {
         node.start();
     }
     // mallory guesses while alpha's window waits for beta: refused; beta then joins.
-    let (window, code) = open_window(&n[0]);
+    let (window, first) = open_window(&n[0]);
+    let code = first["code"].as_str().unwrap();
     let digits: String = code.chars().filter(char::is_ascii_digit).collect();
     let guess = format!("{:06}", (digits.parse::<u32>().unwrap() + 1) % 1_000_000);
     let out = n[4].cli(&["pair", &guess, "--timeout", "20"]);
     assert!(!out.status.success(), "a wrong code must fail");
     assert!(stderr(&out).contains("wrong code"), "{}", stderr(&out));
-    let out = n[1].cli(&["--json", "pair", &code, "--timeout", "20"]);
+    let out = n[1].cli(&["--json", "pair", code, "--timeout", "20"]);
     assert!(out.status.success(), "join: {}", stderr(&out));
     let out = window.wait_with_output().unwrap();
     assert!(out.status.success(), "window: {}", stderr(&out));
-    pair_by_mdns(&n[0], &n[2]);
-    pair_by_mdns(&n[1], &n[3]);
+    pair_by_mdns(&n[0], &n[2], None);
+    pair_by_mdns(&n[1], &n[3], None);
     for (i, a) in n[..4].iter().enumerate() {
         for (j, b) in n[..4].iter().enumerate() {
             if i != j {

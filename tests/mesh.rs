@@ -19,15 +19,7 @@ fn lab_mesh(tag: &str, names: &[&str]) -> Option<(Lab, Vec<Node>)> {
     for n in nodes.iter_mut() {
         n.start();
     }
-    for (i, a) in nodes.iter().enumerate() {
-        for (j, b) in nodes.iter().enumerate() {
-            if i != j {
-                let addr = format!("10.77.0.{}:7373", j + 1);
-                let out = a.cli(&["trust", &b.id, "--addr", &addr]);
-                assert!(out.status.success(), "trust: {}", stderr(&out));
-            }
-        }
-    }
+    lab.trust_all(&nodes);
     all_see(&nodes, |_| true, "active");
     Some((lab, nodes))
 }

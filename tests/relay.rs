@@ -299,17 +299,6 @@ fn relayed_stream_failures_reach_the_other_end() {
     stop_child(lis);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_slow_reader_behind_the_relay_slows_the_writer() {
     let Some(l) = line("rs", |_| {}) else { return };

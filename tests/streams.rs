@@ -337,7 +337,7 @@ fn ssh_runs_through_cnspr_connect_as_proxy_command() {
         eprintln!("skipping: OpenSSH (sshd, ssh, ssh-keygen) is not installed");
         return;
     };
-    if uid() != 0 {
+    if !common::lab::is_root() {
         eprintln!("skipping: sshd needs root here");
         return;
     }
@@ -412,28 +412,6 @@ fn ssh_runs_through_cnspr_connect_as_proxy_command() {
         String::from_utf8_lossy(&out.stdout),
         "hello-through-cnspr\n"
     );
-}
-
-fn uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
-        })
-        .unwrap_or(1000)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 #[test]

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -98,19 +97,7 @@ fn a_put_on_one_device_reaches_the_other_two() {
 #[test]
 fn a_watcher_on_one_device_sees_a_put_on_the_other() {
     let nodes = mesh(&["a", "b"], "");
-    let mut w = nodes[1]
-        .command()
-        .args(["--json", "kv", "watch", "live/"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = w.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(serde_json::from_str(&l).unwrap());
-        }
-    });
+    let (mut w, rx) = kv_watch(&nodes[1], "live/");
     // The watch is live once a local write shows.
     put(&nodes[1], "live/local", "x");
     let first = rx.recv_timeout(DEADLINE).expect("local change");

@@ -26,43 +26,7 @@ fn pair_of_hosts(tag: &str) -> Option<(Lab, Node, Node)> {
 
 /// Host `i` loses its address 10.77.0.`i+1` and gets `new` (break before make).
 fn move_host(lab: &Lab, i: usize, new: &str) {
-    let h = &lab.hosts[i];
-    let old = format!("10.77.0.{}/24", i + 1);
-    assert!(ip(&["-n", h, "addr", "del", &old, "dev", "eth0"]));
-    assert!(ip(&[
-        "-n",
-        h,
-        "addr",
-        "add",
-        &format!("{new}/24"),
-        "dev",
-        "eth0"
-    ]));
-    assert!(ip(&["-n", h, "route", "replace", "default", "dev", "eth0"]));
-}
-
-/// Host `i` loses its address `old` and gets `new` (break before make).
-fn move_host_from(lab: &Lab, i: usize, old: &str, new: &str) {
-    let h = &lab.hosts[i];
-    assert!(ip(&[
-        "-n",
-        h,
-        "addr",
-        "del",
-        &format!("{old}/24"),
-        "dev",
-        "eth0"
-    ]));
-    assert!(ip(&[
-        "-n",
-        h,
-        "addr",
-        "add",
-        &format!("{new}/24"),
-        "dev",
-        "eth0"
-    ]));
-    assert!(ip(&["-n", h, "route", "replace", "default", "dev", "eth0"]));
+    lab.move_host(i, &format!("10.77.0.{}", i + 1), new);
 }
 
 /// True once `from`'s ping to `to` answers from `addr`.
@@ -256,7 +220,7 @@ fn dialled_host_moves_while_an_earlier_dial_of_its_own_hangs() {
     connect_one_way(&b, &a, "10.77.0.1");
     let mut at = "10.77.0.2";
     for next in ["10.77.0.12", "10.77.0.2", "10.77.0.12"] {
-        move_host_from(&lab, 1, at, next);
+        lab.move_host(1, at, next);
         wait_until(&format!("alpha to reach beta at {next}"), || {
             reached_at(&a, &b, next)
         });
@@ -280,7 +244,7 @@ fn dialled_host_moves_while_an_earlier_dial_of_its_own_hangs() {
     );
     let moved_b = count(&blog, "the peer moved");
 
-    move_host_from(&lab, 0, "10.77.0.1", "10.77.0.11");
+    lab.move_host(0, "10.77.0.1", "10.77.0.11");
     wait_until("beta to reach alpha at its new address", || {
         reached_at(&b, &a, "10.77.0.11")
     });

@@ -137,6 +137,30 @@ impl Lab {
         ]));
     }
 
+    /// Every node trusts every other, at its host's address (hosts of [`Lab::new`], node
+    /// `j` on host `j`, listening on port 7373).
+    pub fn trust_all(&self, nodes: &[Node]) {
+        for (i, a) in nodes.iter().enumerate() {
+            for (j, b) in nodes.iter().enumerate() {
+                if i != j {
+                    let addr = format!("10.77.0.{}:7373", j + 1);
+                    let out = a.cli(&["trust", &b.id, "--addr", &addr]);
+                    assert!(out.status.success(), "trust: {}", super::stderr(&out));
+                }
+            }
+        }
+    }
+
+    /// Host `i` (one interface, `eth0`, /24) loses its address `old` and gets `new`
+    /// (break before make), its default route put back.
+    pub fn move_host(&self, i: usize, old: &str, new: &str) {
+        let h = &self.hosts[i];
+        let (old, new) = (format!("{old}/24"), format!("{new}/24"));
+        assert!(ip(&["-n", h, "addr", "del", &old, "dev", "eth0"]));
+        assert!(ip(&["-n", h, "addr", "add", &new, "dev", "eth0"]));
+        assert!(ip(&["-n", h, "route", "replace", "default", "dev", "eth0"]));
+    }
+
     pub fn node(&self, i: usize, name: &str) -> Node {
         let mut n = Node::new(name, "");
         n.netns = Some(self.hosts[i].clone());

@@ -415,3 +415,34 @@ pub fn rogue_connection(
     });
     (rt, ep, pc, dir)
 }
+
+/// Resident memory of process `pid` in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// `cnspr --json kv watch PREFIX` on `n`; its events arrive on the receiver as parsed.
+pub fn kv_watch(n: &Node, prefix: &str) -> (Child, std::sync::mpsc::Receiver<Value>) {
+    let mut w = n
+        .command()
+        .args(["--json", "kv", "watch", prefix])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = w.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&l).unwrap());
+        }
+    });
+    (w, rx)
+}
