@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use store::{Change, Hlc, Store, Version};
+use store::{Change, Hlc, Origin, Store, Version};
 
 const CR_SQLITE_CHANGES_PER_S: f64 = 100_000.0 / 5.0;
 const APPLY_CHANGES: u64 = 100_000;
@@ -81,7 +81,7 @@ async fn concurrent_writers(dir: &Path, puts: u32) -> (f64, f64) {
 /// 100,000 changes from one remote device over 20,000 keys, each superseding the
 /// previous write of its key, as a peer would send them.
 fn remote_changes() -> Vec<Change> {
-    let origin = [9u8; 32];
+    let origin = Origin::new([9u8; 32], 1);
     let mut last_seq = vec![0u64; APPLY_KEYS as usize];
     (1..=APPLY_CHANGES)
         .map(|seq| {

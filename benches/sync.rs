@@ -31,7 +31,7 @@ use common::Node;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use store::reconcile::{Initiator, ReconMsg, ReconReply, Responder};
-use store::{Change, Delta, Hlc, Store, Version, VersionVector};
+use store::{Change, Delta, Hlc, Origin, Store, Version, VersionVector};
 
 const TARGET_HISTORY_BYTES: f64 = 2048.0;
 const TARGET_RECON_BYTES: f64 = 16384.0;
@@ -68,7 +68,7 @@ fn frame_len<T: Serialize>(v: &T) -> usize {
 
 /// Changes `from..to` of one remote device, one new key each.
 fn generated(from: u64, to: u64) -> Vec<Change> {
-    let origin = [9u8; 32];
+    let origin = Origin::new([9u8; 32], 1);
     (from..to)
         .map(|seq| Change {
             key: format!("k/{seq:07}"),
@@ -90,7 +90,7 @@ async fn fill(store: &Store, keys: u64) -> f64 {
         let to = (seq + SETUP_BATCH as u64).min(keys + 1);
         let delta = Delta {
             changes: generated(seq, to),
-            through: VersionVector::from_iter([([9u8; 32], to - 1)]),
+            through: VersionVector::from_iter([(Origin::new([9u8; 32], 1), to - 1)]),
             more: false,
         };
         store.apply_delta(delta).await.expect("apply");

@@ -226,6 +226,35 @@ fn a_key_deleted_while_a_device_was_offline_stays_deleted() {
 }
 
 #[test]
+fn a_store_started_again_from_empty_loses_no_write() {
+    // The store file is moved aside (damaged, say) and the device writes before it meets
+    // the others again: its new store numbers those writes in a new epoch, so the others
+    // take them, and it gets its earlier writes back.
+    let mut nodes = mesh(&["a", "b"], "");
+    put(&nodes[0], "old/1", "written before");
+    wait_value(&nodes[1], "old/1", Some(b"written before"));
+    nodes[1].stop();
+    nodes[0].stop();
+    let db = nodes[0].path("state/store.redb");
+    std::fs::rename(&db, nodes[0].path("state/store.redb.aside")).unwrap();
+    nodes[0].start();
+    assert_eq!(get(&nodes[0], "old/1"), None, "a new, empty store");
+    put(&nodes[0], "new/1", "written while alone");
+    nodes[1].start();
+    wait_connected(&nodes);
+    wait_value(&nodes[1], "new/1", Some(b"written while alone"));
+    wait_value(&nodes[0], "old/1", Some(b"written before"));
+    put(&nodes[0], "new/2", "and later");
+    wait_value(&nodes[1], "new/2", Some(b"and later"));
+    let j = nodes[1].json(&["kv", "get", "new/1"]);
+    assert_eq!(
+        j["origin"],
+        nodes[0].id.as_str(),
+        "origin is still the device"
+    );
+}
+
+#[test]
 fn stores_without_common_history_reconcile() {
     // Two devices fill their stores before they know each other: their vectors share no
     // origin, so the first sync reconciles ranges instead of trusting the vectors.

@@ -30,7 +30,7 @@ fn store_err(e: StoreError) -> ErrorBody {
 }
 
 fn origin_id(v: &Version) -> String {
-    transport::DeviceId(v.origin).to_string()
+    transport::DeviceId(v.origin.device).to_string()
 }
 
 fn version_json(key: &str, value: Option<&[u8]>, v: &Version) -> Value {

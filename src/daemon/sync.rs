@@ -31,10 +31,10 @@ use transport::{DeviceId, IncomingStream, PeerConn, StreamKind, TransportEvent};
 use super::peers::PeerState;
 use super::Daemon;
 use crate::store::reconcile::{Initiator, ReconError, ReconMsg, ReconReply, Responder};
-use crate::store::{Change, Delta, Origin, Store, StoreError, VersionVector};
+use crate::store::{Change, Delta, Device, Store, StoreError, VersionVector};
 
 /// Version of this protocol, sent in [`Up::Hello`].
-pub const SYNC_VERSION: u16 = 1;
+pub const SYNC_VERSION: u16 = 2;
 /// Largest frame from the puller (vectors and reconciliation replies).
 const MAX_UP: usize = 4 * 1024 * 1024;
 /// Largest frame from the server (deltas hold at most 16 MiB of values plus one value).
@@ -112,7 +112,7 @@ fn protocol<T>(msg: impl Into<String>) -> Result<T, SyncError> {
 #[derive(Default)]
 struct Shared {
     /// Last vector each member reported, and whether it changed since it was persisted.
-    reported: Mutex<HashMap<Origin, (VersionVector, bool)>>,
+    reported: Mutex<HashMap<Device, (VersionVector, bool)>>,
     /// Server sessions by peer: a new session from the same peer ends the old one.
     served: Mutex<HashMap<DeviceId, (u64, tokio::task::AbortHandle)>>,
     /// Wakes the collector when a report arrived.
@@ -448,6 +448,11 @@ async fn serve_session(
         _ => return protocol("the session did not start with a hello"),
     };
     sh.report(peer, &theirs);
+    // A peer that holds more of our own writes than we do means this store file is an
+    // older copy: number our next writes in a new epoch before any of them reuses a number.
+    if store.check_peer_vv(&theirs).await? {
+        warn!(peer = %peer.short(), "the store file is older than what this peer has seen of it; own writes continue in a new epoch");
+    }
     let (ours, our_items) = {
         let s = store.clone();
         blocking(move || {
@@ -623,7 +628,7 @@ async fn collector(d: Arc<Daemon>, sh: Arc<Shared>) {
 }
 
 async fn collect_once(d: &Arc<Daemon>, sh: &Shared) -> Result<(), StoreError> {
-    let members: Vec<Origin> = d
+    let members: Vec<Device> = d
         .peers()
         .peers
         .values()

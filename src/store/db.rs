@@ -1,9 +1,10 @@
 //! The redb file: tables, opening with integrity checks, reads and low-level writes.
 //!
 //! Tables:
-//! - `cnspr_meta`: format marker, last feed seq, trimmed feed prefix, last clock stamp;
+//! - `cnspr_meta`: format marker, this store's epoch, last feed seq, trimmed feed prefix,
+//!   last clock stamp;
 //! - `versions`: key -> all current siblings (bincode `Vec<Sibling>`, best first);
-//! - `version_vector`: origin -> highest applied seq;
+//! - `version_vector`: origin (device and epoch, [`Origin::to_key`]) -> highest applied seq;
 //! - `origin_log`: `(origin, seq)` -> key, for every *current* sibling: the per-origin change
 //!   log that `changes_since` walks (superseded changes leave it with their version);
 //! - `feed`: feed seq -> applied change (bincode `FeedEvent`), trimmed to a retention count;
@@ -11,7 +12,8 @@
 //!   (see `reconcile`); `item_buckets`: count and digest sum per 2^48 positions (the top 16
 //!   bits), so the fingerprint of a large range is a sum of at most 65,536 cached rows;
 //! - `tombstones`: keys whose winner is a tombstone (what collection looks at);
-//! - `member_vv`: the last version vector each mesh member reported (tombstone collection).
+//! - `member_vv`: member device -> the last version vector it reported (tombstone
+//!   collection).
 
 use std::fs;
 use std::ops::Bound;
@@ -21,32 +23,35 @@ use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition, Wri
 
 use super::hlc::Hlc;
 use super::model::{
-    Change, Delta, Entry, FeedEvent, Origin, Sibling, VersionVector, VersionedValue,
+    Change, Delta, Device, Entry, FeedEvent, Origin, Sibling, VersionVector, VersionedValue,
 };
 use super::reconcile::{ItemSet, Range, Sum};
 use super::StoreError;
 
-/// On-disk format of this module; bumped on incompatible changes.
-pub(crate) const FORMAT: u64 = 1;
+/// On-disk format of this module; bumped on incompatible changes (format 1, without
+/// epochs, is migrated at open: `migrate`).
+pub(crate) const FORMAT: u64 = 2;
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("cnspr_meta");
-const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
-const VV: TableDefinition<Origin, u64> = TableDefinition::new("version_vector");
-const LOG: TableDefinition<(Origin, u64), &str> = TableDefinition::new("origin_log");
-const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
-const ITEMS: TableDefinition<(u64, &str), u128> = TableDefinition::new("items");
-const BUCKETS: TableDefinition<u16, (u64, u128)> = TableDefinition::new("item_buckets");
-const TOMBS: TableDefinition<&str, ()> = TableDefinition::new("tombstones");
-const MEMBERS: TableDefinition<Origin, &[u8]> = TableDefinition::new("member_vv");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("cnspr_meta");
+pub(crate) const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+pub(crate) const VV: TableDefinition<[u8; 40], u64> = TableDefinition::new("version_vector");
+pub(crate) const LOG: TableDefinition<([u8; 40], u64), &str> = TableDefinition::new("origin_log");
+pub(crate) const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+pub(crate) const ITEMS: TableDefinition<(u64, &str), u128> = TableDefinition::new("items");
+pub(crate) const BUCKETS: TableDefinition<u16, (u64, u128)> = TableDefinition::new("item_buckets");
+pub(crate) const TOMBS: TableDefinition<&str, ()> = TableDefinition::new("tombstones");
+pub(crate) const MEMBERS: TableDefinition<Device, &[u8]> = TableDefinition::new("member_vv");
 
-const M_FORMAT: &str = "format";
+pub(crate) const M_FORMAT: &str = "format";
+/// This store's epoch (see [`Origin`]).
+pub(crate) const M_EPOCH: &str = "epoch";
 const M_FEED_SEQ: &str = "feed_seq";
 const M_FEED_TRIMMED: &str = "feed_trimmed";
 const M_CLOCK_WALL: &str = "clock_wall_ms";
 const M_CLOCK_COUNTER: &str = "clock_counter";
 /// Version of the derived tables (`items`, `item_buckets`, `tombstones`); built at open when
 /// older.
-const M_INDEXED: &str = "indexed";
+pub(crate) const M_INDEXED: &str = "indexed";
 const INDEXED: u64 = 1;
 const M_ITEMS: &str = "items";
 
@@ -84,6 +89,8 @@ pub(crate) const MAX_DELTA_BYTES: usize = 16 * 1024 * 1024;
 /// State the writer keeps in memory, loaded at open.
 #[derive(Debug)]
 pub(crate) struct Loaded {
+    /// This store's epoch: its own writes are numbered under `(device, epoch)`.
+    pub epoch: u64,
     pub vv: VersionVector,
     pub feed_seq: u64,
     pub clock_last: Hlc,
@@ -248,6 +255,7 @@ fn create_new(path: &Path) -> Result<Database, StoreError> {
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(M_FORMAT, FORMAT)?;
+            meta.insert(M_EPOCH, new_epoch()?)?;
             meta.insert(M_FEED_SEQ, 0)?;
             meta.insert(M_FEED_TRIMMED, 0)?;
             meta.insert(M_INDEXED, INDEXED)?;
@@ -272,6 +280,22 @@ fn create_new(path: &Path) -> Result<Database, StoreError> {
     Ok(db) // redb works on the open file, which is now the one at `path`
 }
 
+/// A fresh random epoch for a new store incarnation (never 0, which marks stores created
+/// before epochs existed).
+pub(crate) fn new_epoch() -> Result<u64, StoreError> {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    loop {
+        let mut b = [0u8; 8];
+        rng.fill(&mut b)
+            .map_err(|_| StoreError::WriteFailed("the system random generator failed".into()))?;
+        let epoch = u64::from_le_bytes(b);
+        if epoch != 0 {
+            return Ok(epoch);
+        }
+    }
+}
+
 fn load(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META).map_err(|e| match e {
@@ -284,6 +308,12 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         Ok(meta.get(name)?.map(|g| g.value()).unwrap_or(0))
     };
     let format = get(M_FORMAT)?;
+    if format == 1 {
+        drop(meta);
+        drop(txn);
+        super::migrate::from_format_1(db)?;
+        return load(db);
+    }
     if format != FORMAT {
         return Err(StoreError::Decode(format!(
             "store format {format}, this build reads format {FORMAT}"
@@ -292,10 +322,11 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
     let mut vv = VersionVector::new();
     for row in txn.open_table(VV)?.iter()? {
         let (origin, seq) = row?;
-        vv.raise(origin.value(), seq.value());
+        vv.raise(Origin::from_key(origin.value()), seq.value());
     }
     let clock_counter = u32::try_from(get(M_CLOCK_COUNTER)?).unwrap_or(u32::MAX);
     Ok(Loaded {
+        epoch: get(M_EPOCH)?,
         vv,
         feed_seq: get(M_FEED_SEQ)?,
         clock_last: Hlc::new(get(M_CLOCK_WALL)?, clock_counter),
@@ -378,7 +409,7 @@ impl Reader {
         let mut vv = VersionVector::new();
         for row in self.txn.open_table(VV)?.iter()? {
             let (origin, seq) = row?;
-            vv.raise(origin.value(), seq.value());
+            vv.raise(Origin::from_key(origin.value()), seq.value());
         }
         Ok(vv)
     }
@@ -398,7 +429,8 @@ impl Reader {
             if mine <= from {
                 continue;
             }
-            for row in log.range((origin, from + 1)..=(origin, mine))? {
+            let k = origin.to_key();
+            for row in log.range((k, from + 1)..=(k, mine))? {
                 if delta.changes.len() >= limit || bytes >= MAX_DELTA_BYTES {
                     delta.more = true;
                     return Ok(delta);
@@ -449,12 +481,12 @@ impl Reader {
     }
 
     /// The last version vector each member reported.
-    pub fn member_vvs(&self) -> Result<Vec<(Origin, VersionVector)>, StoreError> {
+    pub fn member_vvs(&self) -> Result<Vec<(Device, VersionVector)>, StoreError> {
         let table = self.txn.open_table(MEMBERS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
-            let (origin, bytes) = row?;
-            out.push((origin.value(), decode(bytes.value())?));
+            let (device, bytes) = row?;
+            out.push((device.value(), decode(bytes.value())?));
         }
         Ok(out)
     }
@@ -529,13 +561,13 @@ impl ItemSet for Reader {
 pub(crate) struct Writer<'t> {
     meta: Table<'t, &'static str, u64>,
     versions: Table<'t, &'static str, &'static [u8]>,
-    vv: Table<'t, Origin, u64>,
-    log: Table<'t, (Origin, u64), &'static str>,
+    vv: Table<'t, [u8; 40], u64>,
+    log: Table<'t, ([u8; 40], u64), &'static str>,
     feed: Table<'t, u64, &'static [u8]>,
     items: Table<'t, (u64, &'static str), u128>,
     buckets: Table<'t, u16, (u64, u128)>,
     tombs: Table<'t, &'static str, ()>,
-    members: Table<'t, Origin, &'static [u8]>,
+    members: Table<'t, Device, &'static [u8]>,
 }
 
 impl<'t> Writer<'t> {
@@ -611,7 +643,7 @@ impl<'t> Writer<'t> {
     /// Records (`Some`) or forgets (`None`) the version vector a member reported.
     pub fn set_member_vv(
         &mut self,
-        member: Origin,
+        member: Device,
         vv: Option<&VersionVector>,
     ) -> Result<(), StoreError> {
         match vv {
@@ -626,17 +658,23 @@ impl<'t> Writer<'t> {
     }
 
     pub fn log_insert(&mut self, dot: (Origin, u64), key: &str) -> Result<(), StoreError> {
-        self.log.insert(dot, key)?;
+        self.log.insert((dot.0.to_key(), dot.1), key)?;
         Ok(())
     }
 
     pub fn log_remove(&mut self, dot: (Origin, u64)) -> Result<(), StoreError> {
-        self.log.remove(dot)?;
+        self.log.remove((dot.0.to_key(), dot.1))?;
         Ok(())
     }
 
     pub fn set_vv(&mut self, origin: Origin, seq: u64) -> Result<(), StoreError> {
-        self.vv.insert(origin, seq)?;
+        self.vv.insert(origin.to_key(), seq)?;
+        Ok(())
+    }
+
+    /// Records this store's new epoch (see [`Origin`]).
+    pub fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError> {
+        self.meta.insert(M_EPOCH, epoch)?;
         Ok(())
     }
 

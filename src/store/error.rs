@@ -22,9 +22,8 @@ pub enum StoreError {
     InvalidChange(String),
     /// The database file is damaged (truncated, overwritten, or not a cnspr store).
     #[error(
-        "the store file {} is corrupted or truncated ({detail}); move it aside and restart \
-         while another device is online: it sends the data back (wait for it before writing \
-         here, see docs/store.md)",
+        "the store file {} is corrupted or truncated ({detail}); move it aside and restart: \
+         the other devices send the data back when they meet this one (see docs/store.md)",
         path.display()
     )]
     Corrupt { path: PathBuf, detail: String },

@@ -10,6 +10,7 @@
 mod db;
 mod error;
 pub mod hlc;
+mod migrate;
 pub mod model;
 pub mod reconcile;
 mod writer;
@@ -19,7 +20,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::Database;
@@ -28,7 +29,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use error::StoreError;
 pub use hlc::{Clock, Hlc, MAX_DRIFT_MS};
 pub use model::{
-    validate_key, validate_value, Change, Delta, Dot, Entry, FeedEvent, Origin, Version,
+    validate_key, validate_value, Change, Delta, Device, Dot, Entry, FeedEvent, Origin, Version,
     VersionVector, VersionedValue, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 
@@ -97,7 +98,7 @@ struct Inner {
     tx: Option<mpsc::Sender<Op>>,
     events: broadcast::Sender<FeedEvent>,
     commits: Arc<AtomicU64>,
-    origin: Origin,
+    origin: Arc<Mutex<Origin>>,
     path: PathBuf,
     writer: Option<JoinHandle<()>>,
 }
@@ -112,28 +113,30 @@ impl Drop for Inner {
 }
 
 impl Store {
-    /// Opens (creating if missing) the store at `path` for the device `self_origin`.
-    pub fn open(path: impl AsRef<Path>, self_origin: Origin) -> Result<Store, StoreError> {
-        Self::open_with(path, self_origin, StoreConfig::default())
+    /// Opens (creating if missing) the store at `path` for the device `device`.
+    pub fn open(path: impl AsRef<Path>, device: Device) -> Result<Store, StoreError> {
+        Self::open_with(path, device, StoreConfig::default())
     }
 
     /// [`Store::open`] with explicit configuration.
     pub fn open_with(
         path: impl AsRef<Path>,
-        self_origin: Origin,
+        device: Device,
         config: StoreConfig,
     ) -> Result<Store, StoreError> {
         let path = path.as_ref().to_owned();
         let (db, loaded) = db::open(&path, config.verify_on_open)?;
         let db = Arc::new(db);
         let wall = config.wall_clock.clone();
-        let state = writer::State::new(self_origin, loaded, config.feed_retain.max(1), wall());
+        let origin = Arc::new(Mutex::new(Origin::new(device, loaded.epoch)));
+        let state = writer::State::new(device, loaded, config.feed_retain.max(1), wall());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (events, _) = broadcast::channel(config.broadcast_capacity.max(1));
         let commits = Arc::new(AtomicU64::new(0));
         let sinks = writer::Sinks {
             events: events.clone(),
             commits: commits.clone(),
+            origin: origin.clone(),
         };
         let writer_db = db.clone();
         let handle = std::thread::Builder::new()
@@ -149,16 +152,30 @@ impl Store {
                 tx: Some(tx),
                 events,
                 commits,
-                origin: self_origin,
+                origin,
                 path,
                 writer: Some(handle),
             }),
         })
     }
 
-    /// This device's origin.
+    /// The origin this store numbers its own writes under: this device and the store's
+    /// current epoch.
     pub fn origin(&self) -> Origin {
-        self.inner.origin
+        *self.inner.origin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the store what a peer has seen (its version vector). If the peer holds more
+    /// writes of this store's own origin than this store does, the file is an older copy
+    /// (restored from a backup, say): its next writes would reuse numbers the peer already
+    /// holds, so the store moves to a new epoch first. Returns whether it did.
+    pub async fn check_peer_vv(&self, theirs: &VersionVector) -> Result<bool, StoreError> {
+        let origin = self.origin();
+        let seen = theirs.get(&origin);
+        if seen <= self.reader()?.version_vector()?.get(&origin) {
+            return Ok(false);
+        }
+        Ok(self.submit(|reply| Op::PeerSaw { seen, reply }).await? > 0)
     }
 
     /// The store file.
@@ -252,13 +269,13 @@ impl Store {
     /// (kept for tombstone collection across restarts).
     pub async fn save_member_vvs(
         &self,
-        members: Vec<(Origin, Option<VersionVector>)>,
+        members: Vec<(Device, Option<VersionVector>)>,
     ) -> Result<usize, StoreError> {
         self.submit(|reply| Op::Members { members, reply }).await
     }
 
     /// The member version vectors recorded with [`Store::save_member_vvs`].
-    pub fn member_vvs(&self) -> Result<Vec<(Origin, VersionVector)>, StoreError> {
+    pub fn member_vvs(&self) -> Result<Vec<(Device, VersionVector)>, StoreError> {
         self.reader()?.member_vvs()
     }
 

@@ -1,7 +1,8 @@
 //! Data model and the pure merge rule (no I/O).
 //!
-//! Every write is a [`Change`] identified by its *dot* `(origin, seq)`: `seq` counts the
-//! writes of that origin (device), so one origin's changes form a gap-free sequence. A key
+//! Every write is a [`Change`] identified by its *dot* `(origin, seq)`: the origin is the
+//! writing device together with the incarnation (*epoch*) of its store file, and `seq`
+//! counts that origin's writes, so one origin's changes form a gap-free sequence. A key
 //! holds a set of *siblings*: the versions no known change supersedes. A change supersedes
 //! the versions its writer knew for the key; the visible winner is the sibling with the
 //! highest `(hlc, origin)`. See `docs/store.md`.
@@ -14,7 +15,48 @@ use super::hlc::Hlc;
 use super::StoreError;
 
 /// A device identity as seen by the store (the daemon converts from its DeviceId).
-pub type Origin = [u8; 32];
+pub type Device = [u8; 32];
+
+/// Who numbered a change: a device and the *epoch* of its store file. A store file gets a
+/// new random epoch when it is created (and when it finds out it is an old copy, see
+/// `docs/store.md`), so a device whose store was started again from empty numbers its
+/// writes in a fresh sequence instead of reusing numbers the other devices already hold.
+/// Ordered by device first: between two devices the conflict rule's tie-break is the
+/// device ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// The writing device.
+    pub device: Device,
+    /// The incarnation of that device's store (0 for stores created before epochs).
+    pub epoch: u64,
+}
+
+impl Origin {
+    /// The origin of `device`'s store incarnation `epoch`.
+    pub const fn new(device: Device, epoch: u64) -> Self {
+        Self { device, epoch }
+    }
+
+    /// Fixed-size table key: the device, then the epoch big-endian (same order as `Ord`).
+    pub(crate) fn to_key(self) -> [u8; 40] {
+        let mut k = [0u8; 40];
+        k[..32].copy_from_slice(&self.device);
+        k[32..].copy_from_slice(&self.epoch.to_be_bytes());
+        k
+    }
+
+    /// The inverse of [`Origin::to_key`].
+    pub(crate) fn from_key(k: [u8; 40]) -> Self {
+        let mut device = [0u8; 32];
+        device.copy_from_slice(&k[..32]);
+        let mut epoch = [0u8; 8];
+        epoch.copy_from_slice(&k[32..]);
+        Self {
+            device,
+            epoch: u64::from_be_bytes(epoch),
+        }
+    }
+}
 
 /// Identifies one change: `(origin, seq)`.
 pub type Dot = (Origin, u64);
@@ -29,15 +71,16 @@ pub const MAX_VALUE_BYTES: usize = 8 * 1024 * 1024;
 /// Most entries accepted in a change's `supersedes` (one per device that wrote the key).
 pub const MAX_SUPERSEDES: usize = 4096;
 
-/// The version of one write. `Ord` is the conflict order: `hlc`, then `origin`, then `seq`
-/// (the last never decides between two devices; it only makes the order total).
+/// The version of one write. `Ord` is the conflict order: `hlc`, then the origin's device,
+/// then its epoch and `seq` (these never decide between two devices; they only make the
+/// order total).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Version {
     /// When it was written (hybrid logical clock).
     pub hlc: Hlc,
-    /// The device that wrote it.
+    /// The device (and store incarnation) that wrote it.
     pub origin: Origin,
-    /// The writing device's own sequence number for this write (1, 2, ...).
+    /// The origin's own sequence number for this write (1, 2, ...).
     pub seq: u64,
 }
 

@@ -4,15 +4,15 @@
 //! of the batch gets the error and the in-memory state is rolled back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::db::{Loaded, Writer};
+use super::db::{new_epoch, Loaded, Writer};
 use super::hlc::Clock;
 use super::model::{
-    key_context, merge, Change, FeedEvent, Origin, Sibling, Version, VersionVector,
+    key_context, merge, Change, Device, FeedEvent, Origin, Sibling, Version, VersionVector,
 };
 use super::{StoreError, WallClock};
 
@@ -45,9 +45,12 @@ pub(crate) enum Op {
     },
     /// Records or forgets members' reported version vectors.
     Members {
-        members: Vec<(Origin, Option<VersionVector>)>,
+        members: Vec<(Device, Option<VersionVector>)>,
         reply: Reply<usize>,
     },
+    /// A peer has seen `seen` writes of this store's current origin: if that is more than
+    /// this store holds, the file is an old copy and starts a new epoch (count: 1 if so).
+    PeerSaw { seen: u64, reply: Reply<usize> },
     /// Tombstone collection against the members' version vectors.
     Collect {
         members: Vec<VersionVector>,
@@ -63,7 +66,7 @@ impl Op {
                 .iter()
                 .map(|c| c.key.len() + c.value.as_ref().map_or(0, Vec::len))
                 .sum(),
-            Op::Collect { .. } | Op::Members { .. } => 0,
+            Op::Collect { .. } | Op::Members { .. } | Op::PeerSaw { .. } => 0,
         }
     }
 }
@@ -84,9 +87,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(origin: Origin, loaded: Loaded, feed_retain: u64, wall_ms: u64) -> Self {
+    pub fn new(device: Device, loaded: Loaded, feed_retain: u64, wall_ms: u64) -> Self {
         Self {
-            origin,
+            origin: Origin::new(device, loaded.epoch),
             clock: Clock::resume(loaded.clock_last, wall_ms),
             vv: loaded.vv,
             feed_seq: loaded.feed_seq,
@@ -113,10 +116,28 @@ impl State {
             }
             Op::Collect { members, .. } => Output::Count(self.collect(w, members)?),
             Op::Members { members, .. } => {
-                for (origin, vv) in members {
-                    w.set_member_vv(*origin, vv.as_ref())?;
+                for (device, vv) in members {
+                    w.set_member_vv(*device, vv.as_ref())?;
                 }
                 Output::Count(members.len())
+            }
+            Op::PeerSaw { seen, .. } => {
+                let own = self.vv.get(&self.origin);
+                if *seen <= own {
+                    Output::Count(0)
+                } else {
+                    let old = self.origin;
+                    self.origin = Origin::new(old.device, new_epoch()?);
+                    w.set_epoch(self.origin.epoch)?;
+                    tracing::warn!(
+                        held = own,
+                        seen_by_peer = seen,
+                        new_epoch = format_args!("{:016x}", self.origin.epoch),
+                        "this store is an older copy than a peer has seen: its own writes are \
+                         numbered in a new epoch from now on"
+                    );
+                    Output::Count(1)
+                }
             }
         })
     }
@@ -316,6 +337,8 @@ impl State {
 pub(crate) struct Sinks {
     pub events: broadcast::Sender<FeedEvent>,
     pub commits: Arc<AtomicU64>,
+    /// This store's current origin, as [`super::Store::origin`] reports it.
+    pub origin: Arc<Mutex<Origin>>,
 }
 
 /// The writer thread's loop; returns when every sender is gone.
@@ -342,6 +365,7 @@ pub(crate) fn run(
         match state.commit(&db, &batch, wall()) {
             Ok((outputs, events)) => {
                 sinks.commits.fetch_add(1, Ordering::Relaxed);
+                *sinks.origin.lock().unwrap_or_else(|e| e.into_inner()) = state.origin;
                 for (op, output) in batch.into_iter().zip(outputs) {
                     reply(op, Ok(output));
                 }
@@ -369,7 +393,8 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
             Op::Apply { reply, .. }
             | Op::ApplyReconciled { reply, .. }
             | Op::Collect { reply, .. }
-            | Op::Members { reply, .. },
+            | Op::Members { reply, .. }
+            | Op::PeerSaw { reply, .. },
             Ok(Output::Count(n)),
         ) => drop(reply.send(Ok(n))),
         (Op::Write { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
@@ -377,7 +402,8 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
             Op::Apply { reply, .. }
             | Op::ApplyReconciled { reply, .. }
             | Op::Collect { reply, .. }
-            | Op::Members { reply, .. },
+            | Op::Members { reply, .. }
+            | Op::PeerSaw { reply, .. },
             Err(e),
         ) => drop(reply.send(Err(e))),
         (op, Ok(_)) => {

@@ -3,7 +3,7 @@
 use std::io::{Seek, SeekFrom, Write};
 
 use super::super::{Change, Hlc, Store, StoreError, Version, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-use super::{open, origin, FakeWall};
+use super::{device, open, origin, FakeWall};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -92,7 +92,7 @@ async fn populated(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn assert_corrupt(path: &std::path::Path) {
-    let err = match Store::open_with(path, origin(1), FakeWall::new(T0).config()) {
+    let err = match Store::open_with(path, device(1), FakeWall::new(T0).config()) {
         Ok(s) => panic!(
             "opened a damaged file; it holds {} keys",
             s.list("", None, 1000).unwrap().len()

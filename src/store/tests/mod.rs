@@ -1,6 +1,7 @@
 //! Store tests: helpers shared by the test modules.
 
 mod durability;
+mod epochs;
 mod input;
 mod props;
 mod recon;
@@ -10,11 +11,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Origin, Store, StoreConfig, Version, VersionVector};
+use super::{Device, Origin, Store, StoreConfig, Version, VersionVector};
 
-/// A deterministic origin.
-pub(super) fn origin(n: u8) -> Origin {
+/// A deterministic device.
+pub(super) fn device(n: u8) -> Device {
     [n; 32]
+}
+
+/// A deterministic origin (device `n`, epoch 0) for changes made by hand.
+pub(super) fn origin(n: u8) -> Origin {
+    Origin::new(device(n), 0)
 }
 
 /// A settable wall clock.
@@ -39,7 +45,7 @@ impl FakeWall {
 
 /// Opens store number `n` in `dir` with a fake clock at `wall_ms`.
 pub(super) fn open(dir: &Path, n: u8, wall: &FakeWall) -> Store {
-    Store::open_with(dir.join(format!("s{n}.redb")), origin(n), wall.config()).expect("open store")
+    Store::open_with(dir.join(format!("s{n}.redb")), device(n), wall.config()).expect("open store")
 }
 
 /// Everything observable about a set of keys: every version (winner first) and the vector.

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::super::{Change, Store, MAX_DRIFT_MS};
-use super::{dump, open, origin, pull, rt, sync_all, FakeWall};
+use super::{device, dump, open, pull, rt, sync_all, FakeWall};
 
 const BASE_MS: u64 = 1_700_000_000_000;
 const REPLICAS: usize = 3;
@@ -71,13 +71,13 @@ fn shuffled_with_dups(all: &[Change], rng: &mut Rng) -> Vec<Change> {
 
 /// A random interleaving of the origins that keeps each origin's own order, with repeats.
 fn interleaved_with_dups(all: &[Change], rng: &mut Rng) -> Vec<Change> {
-    let mut slots: Vec<[u8; 32]> = all.iter().map(|c| c.version.origin).collect();
+    let mut slots: Vec<[u8; 32]> = all.iter().map(|c| c.version.origin.device).collect();
     rng.shuffle(&mut slots);
     let mut per_origin: Vec<Vec<&Change>> = (0..REPLICAS as u8)
         .map(|n| {
             let mut v: Vec<&Change> = all
                 .iter()
-                .filter(|c| c.version.origin == origin(n))
+                .filter(|c| c.version.origin.device == device(n))
                 .collect();
             v.sort_by_key(|c| c.version.seq);
             v.reverse();

@@ -2,7 +2,7 @@
 
 use super::super::reconcile::{Initiator, ItemSet, Range, Responder};
 use super::super::{Delta, Store, VersionVector};
-use super::{dump, open, origin, pull, FakeWall};
+use super::{device, dump, open, origin, pull, FakeWall};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -192,13 +192,13 @@ async fn member_vectors_survive_a_reopen() {
     let a = open(dir.path(), 1, &wall);
     let vv = VersionVector::from_iter([(origin(2), 7), (origin(3), 1)]);
     a.save_member_vvs(vec![
-        (origin(2), Some(vv.clone())),
-        (origin(3), Some(vv.clone())),
+        (device(2), Some(vv.clone())),
+        (device(3), Some(vv.clone())),
     ])
     .await
     .unwrap();
-    a.save_member_vvs(vec![(origin(3), None)]).await.unwrap();
+    a.save_member_vvs(vec![(device(3), None)]).await.unwrap();
     drop(a);
     let a = open(dir.path(), 1, &wall);
-    assert_eq!(a.member_vvs().unwrap(), vec![(origin(2), vv)]);
+    assert_eq!(a.member_vvs().unwrap(), vec![(device(2), vv)]);
 }

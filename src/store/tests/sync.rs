@@ -1,7 +1,7 @@
 //! changes_since / apply_delta, tombstones, clock skew, the change feed.
 
 use super::super::{Change, Hlc, Version, VersionVector, MAX_DRIFT_MS};
-use super::{dump, open, origin, pull, sync_all, FakeWall};
+use super::{device, dump, open, origin, pull, sync_all, FakeWall};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -32,7 +32,7 @@ async fn catching_up_sends_exactly_what_is_missing() {
         .changes
         .windows(2)
         .all(|w| w[0].version.seq < w[1].version.seq));
-    assert_eq!(delta.through.get(&origin(1)), 101);
+    assert_eq!(delta.through.get(&a.origin()), 101);
     assert_eq!(b.apply_delta(delta).await.unwrap(), 50);
     assert_eq!(dump(&a, &keys(80)), dump(&b, &keys(80)));
     let again = a.changes_since(&b.version_vector().unwrap(), 1000).unwrap();
@@ -94,7 +94,7 @@ async fn superseded_change_is_carried_by_its_successor() {
     assert_eq!(delta.changes[0].version.seq, 2);
     r.apply_delta(delta).await.unwrap();
     assert_eq!(r.versions("x").unwrap(), a.versions("x").unwrap());
-    assert_eq!(r.version_vector().unwrap().get(&origin(1)), 2);
+    assert_eq!(r.version_vector().unwrap().get(&a.origin()), 2);
 }
 
 #[tokio::test]
@@ -130,7 +130,7 @@ async fn pushed_change_with_a_gap_waits_for_its_predecessor() {
     let c1 = a.put("x", b"1".to_vec()).await.unwrap();
     let c2 = a.put("y", b"2".to_vec()).await.unwrap();
     assert_eq!(r.apply(vec![c2.clone()]).await.unwrap(), 0);
-    assert_eq!(r.version_vector().unwrap().get(&origin(1)), 0);
+    assert_eq!(r.version_vector().unwrap().get(&a.origin()), 0);
     assert_eq!(r.apply(vec![c2, c1]).await.unwrap(), 2);
     assert_eq!(
         dump(&a, &["x".into(), "y".into()]),
@@ -272,7 +272,7 @@ async fn feed_reports_trimmed_history() {
         feed_retain: 5,
         ..wall.config()
     };
-    let a = super::super::Store::open_with(dir.path().join("f.redb"), origin(1), config).unwrap();
+    let a = super::super::Store::open_with(dir.path().join("f.redb"), device(1), config).unwrap();
     for i in 0..12u8 {
         a.put(&format!("k{i}"), vec![i]).await.unwrap();
     }
