@@ -140,7 +140,7 @@ pub enum Command {
         #[arg(long)]
         remove: bool,
     },
-    /// The key-value store (durable on this device; replication is not wired yet)
+    /// The replicated key-value store (durable on this device, synced with every member)
     #[command(subcommand)]
     Kv(KvCommand),
     /// Print shell completions

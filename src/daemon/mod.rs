@@ -15,6 +15,7 @@ mod relay_stream;
 mod roster;
 pub mod streams;
 mod sync;
+mod trim;
 mod trust;
 
 use std::net::SocketAddr;
@@ -357,6 +358,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(control::run(daemon.clone(), listener));
     lan::start(&daemon, mdns);
     sync::start(&daemon);
+    trim::start();
     daemon.emit(Event::Daemon {
         tag: "daemon.start".into(),
         state: "start".into(),
