@@ -116,14 +116,18 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 
 /// Opens (or creates) the store file. Damage is reported as [`StoreError::Corrupt`] naming
 /// the file, never as an empty store.
-pub(crate) fn open(path: &Path, verify: bool) -> Result<(Database, Loaded), StoreError> {
+pub(crate) fn open(
+    path: &Path,
+    verify: bool,
+    cache_bytes: usize,
+) -> Result<(Database, Loaded), StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_owned(),
         detail,
     };
     match fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let db = create_new(path)?;
+            let db = create_new(path, cache_bytes)?;
             let loaded = load(&db)?;
             return Ok((db, loaded));
         }
@@ -140,6 +144,7 @@ pub(crate) fn open(path: &Path, verify: bool) -> Result<(Database, Loaded), Stor
     // turn that into the same clear error as a failed check.
     let opened = std::panic::catch_unwind(|| -> Result<Database, StoreError> {
         let mut db = Database::builder()
+            .set_cache_size(cache_bytes)
             .open(path)
             .map_err(|e| classify(path, e))?;
         if verify {
@@ -238,7 +243,7 @@ fn classify(path: &Path, err: redb::DatabaseError) -> StoreError {
 
 /// Creates a new store next to `path` and renames it into place, so a file at `path` has
 /// always been a complete store: an empty or short file there is damage, not a new store.
-fn create_new(path: &Path) -> Result<Database, StoreError> {
+fn create_new(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     let open_err = |detail: String| StoreError::Open {
         path: path.to_owned(),
         detail,
@@ -248,6 +253,7 @@ fn create_new(path: &Path) -> Result<Database, StoreError> {
     let tmp = std::path::PathBuf::from(tmp);
     let _ = fs::remove_file(&tmp);
     let db = Database::builder()
+        .set_cache_size(cache_bytes)
         .create(&tmp)
         .map_err(|e| classify(path, e))?;
     {
