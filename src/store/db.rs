@@ -19,7 +19,10 @@ use std::fs;
 use std::ops::Bound;
 use std::path::Path;
 
-use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
 
 use super::hlc::Hlc;
 use super::model::{
@@ -47,6 +50,8 @@ pub(crate) const M_FORMAT: &str = "format";
 pub(crate) const M_EPOCH: &str = "epoch";
 const M_FEED_SEQ: &str = "feed_seq";
 const M_FEED_TRIMMED: &str = "feed_trimmed";
+/// Encoded bytes of the feed entries kept (for the feed's byte budget).
+const M_FEED_BYTES: &str = "feed_bytes";
 const M_CLOCK_WALL: &str = "clock_wall_ms";
 const M_CLOCK_COUNTER: &str = "clock_counter";
 /// Version of the derived tables (`items`, `item_buckets`, `tombstones`); built at open when
@@ -93,6 +98,8 @@ pub(crate) struct Loaded {
     pub epoch: u64,
     pub vv: VersionVector,
     pub feed_seq: u64,
+    /// Encoded bytes of the feed entries kept.
+    pub feed_bytes: u64,
     pub clock_last: Hlc,
 }
 
@@ -335,6 +342,17 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         epoch: get(M_EPOCH)?,
         vv,
         feed_seq: get(M_FEED_SEQ)?,
+        feed_bytes: match meta.get(M_FEED_BYTES)? {
+            Some(g) => g.value(),
+            // Written before the byte budget: counted once.
+            None => {
+                let mut total = 0u64;
+                for row in txn.open_table(FEED)?.iter()? {
+                    total += row?.1.value().len() as u64;
+                }
+                total
+            }
+        },
         clock_last: Hlc::new(get(M_CLOCK_WALL)?, clock_counter),
     })
 }
@@ -684,25 +702,44 @@ impl<'t> Writer<'t> {
         Ok(())
     }
 
-    pub fn feed_append(&mut self, event: &FeedEvent) -> Result<(), StoreError> {
-        self.feed
-            .insert(event.feed_seq, encode(event)?.as_slice())?;
-        Ok(())
+    /// Appends a feed entry; returns its encoded size.
+    pub fn feed_append(&mut self, event: &FeedEvent) -> Result<u64, StoreError> {
+        let bytes = encode(event)?;
+        self.feed.insert(event.feed_seq, bytes.as_slice())?;
+        Ok(bytes.len() as u64)
     }
 
-    /// Drops feed entries so that at most `retain` remain before `last + 1`.
-    pub fn feed_trim(&mut self, last: u64, retain: u64) -> Result<(), StoreError> {
-        let cutoff = last.saturating_sub(retain);
-        if cutoff == 0 {
-            return Ok(());
+    /// Drops the oldest feed entries until at most `retain` entries and at most
+    /// `max_bytes` of them remain (the newest entry always stays); `bytes` is the size of
+    /// the entries kept, updated.
+    pub fn feed_trim(
+        &mut self,
+        retain: u64,
+        max_bytes: u64,
+        bytes: &mut u64,
+    ) -> Result<(), StoreError> {
+        let mut trimmed = None;
+        while self.feed.len()? > retain.max(1) || (*bytes > max_bytes && self.feed.len()? > 1) {
+            let Some((seq, value)) = self.feed.pop_first()? else {
+                break;
+            };
+            *bytes = bytes.saturating_sub(value.value().len() as u64);
+            trimmed = Some(seq.value());
         }
-        self.feed.retain_in(..=cutoff, |_, _| false)?;
-        self.meta.insert(M_FEED_TRIMMED, cutoff)?;
+        if let Some(seq) = trimmed {
+            self.meta.insert(M_FEED_TRIMMED, seq)?;
+        }
         Ok(())
     }
 
-    pub fn save_state(&mut self, feed_seq: u64, clock_last: Hlc) -> Result<(), StoreError> {
+    pub fn save_state(
+        &mut self,
+        feed_seq: u64,
+        feed_bytes: u64,
+        clock_last: Hlc,
+    ) -> Result<(), StoreError> {
         self.meta.insert(M_FEED_SEQ, feed_seq)?;
+        self.meta.insert(M_FEED_BYTES, feed_bytes)?;
         self.meta.insert(M_CLOCK_WALL, clock_last.wall_ms)?;
         self.meta
             .insert(M_CLOCK_COUNTER, u64::from(clock_last.counter))?;

@@ -57,6 +57,9 @@ pub struct StoreConfig {
     pub wall_clock: WallClock,
     /// Feed entries kept for watchers that resume (older ones are trimmed).
     pub feed_retain: u64,
+    /// Most bytes of feed entries kept (each entry holds the change's value): the oldest
+    /// go first, so the feed never doubles a store of large values.
+    pub feed_retain_bytes: u64,
     /// Capacity of the write queue; writers wait when it is full.
     pub queue_capacity: usize,
     /// Capacity of the live broadcast of applied changes (slow watchers lag, then resume
@@ -75,6 +78,7 @@ impl Default for StoreConfig {
         Self {
             wall_clock: system_wall_clock(),
             feed_retain: 100_000,
+            feed_retain_bytes: 128 * 1024 * 1024,
             queue_capacity: 4096,
             broadcast_capacity: 1024,
             verify_on_open: true,
@@ -87,6 +91,7 @@ impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreConfig")
             .field("feed_retain", &self.feed_retain)
+            .field("feed_retain_bytes", &self.feed_retain_bytes)
             .field("queue_capacity", &self.queue_capacity)
             .field("broadcast_capacity", &self.broadcast_capacity)
             .field("verify_on_open", &self.verify_on_open)
@@ -138,7 +143,8 @@ impl Store {
         let db = Arc::new(db);
         let wall = config.wall_clock.clone();
         let origin = Arc::new(Mutex::new(Origin::new(device, loaded.epoch)));
-        let state = writer::State::new(device, loaded, config.feed_retain.max(1), wall());
+        let retain = (config.feed_retain.max(1), config.feed_retain_bytes);
+        let state = writer::State::new(device, loaded, retain, wall());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (events, _) = broadcast::channel(config.broadcast_capacity.max(1));
         let commits = Arc::new(AtomicU64::new(0));

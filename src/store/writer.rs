@@ -83,17 +83,26 @@ pub(crate) struct State {
     clock: Clock,
     vv: VersionVector,
     feed_seq: u64,
+    feed_bytes: u64,
     feed_retain: u64,
+    feed_retain_bytes: u64,
 }
 
 impl State {
-    pub fn new(device: Device, loaded: Loaded, feed_retain: u64, wall_ms: u64) -> Self {
+    pub fn new(
+        device: Device,
+        loaded: Loaded,
+        (feed_retain, feed_retain_bytes): (u64, u64),
+        wall_ms: u64,
+    ) -> Self {
         Self {
             origin: Origin::new(device, loaded.epoch),
             clock: Clock::resume(loaded.clock_last, wall_ms),
             vv: loaded.vv,
             feed_seq: loaded.feed_seq,
+            feed_bytes: loaded.feed_bytes,
             feed_retain,
+            feed_retain_bytes,
         }
     }
 
@@ -273,7 +282,7 @@ impl State {
                 change: change.clone(),
                 wins: merged.wins,
             };
-            w.feed_append(&event)?;
+            self.feed_bytes += w.feed_append(&event)?;
             events.push(event);
         }
         Ok(())
@@ -324,9 +333,13 @@ impl State {
                 outputs.push(self.run(&mut w, op, wall_ms, &mut events)?);
             }
             if !events.is_empty() {
-                w.feed_trim(self.feed_seq, self.feed_retain)?;
+                w.feed_trim(
+                    self.feed_retain,
+                    self.feed_retain_bytes,
+                    &mut self.feed_bytes,
+                )?;
             }
-            w.save_state(self.feed_seq, self.clock.last())?;
+            w.save_state(self.feed_seq, self.feed_bytes, self.clock.last())?;
         }
         txn.commit()?;
         Ok((outputs, events))

@@ -284,6 +284,45 @@ async fn feed_reports_trimmed_history() {
     );
 }
 
+#[tokio::test]
+async fn feed_keeps_a_byte_budget_of_large_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let wall = FakeWall::new(T0);
+    let config = super::super::StoreConfig {
+        feed_retain_bytes: 1_000_000,
+        ..wall.config()
+    };
+    let path = dir.path().join("f.redb");
+    let a = super::super::Store::open_with(&path, device(1), config.clone()).unwrap();
+    // 10 values of 300 kB: the feed keeps the newest 3 (900 kB), not a copy of them all.
+    for i in 0..10u8 {
+        a.put(&format!("photo/{i}"), vec![i; 300_000])
+            .await
+            .unwrap();
+    }
+    let kept = a.feed_since(7, "", 100).unwrap();
+    assert_eq!(kept.len(), 3);
+    assert_eq!(kept[0].change.key, "photo/7");
+    assert_eq!(kept[2].change.value.as_deref(), Some(&[9u8; 300_000][..]));
+    let err = a.feed_since(6, "", 100).unwrap_err();
+    assert!(
+        matches!(err, super::super::StoreError::FeedTrimmed { oldest: 7, .. }),
+        "{err}"
+    );
+    // The store itself keeps every value; the budget holds across a restart.
+    assert_eq!(a.list("photo/", None, 100).unwrap().len(), 10);
+    drop(a);
+    let a = super::super::Store::open_with(&path, device(1), config).unwrap();
+    a.put("photo/10", vec![10; 300_000]).await.unwrap();
+    let kept = a.feed_since(8, "", 100).unwrap();
+    assert_eq!(kept.len(), 3, "one entry left as the new one came");
+    // A single entry larger than the budget is still kept (the newest always stays).
+    a.put("big", vec![1; 1_500_000]).await.unwrap();
+    let kept = a.feed_since(11, "", 100).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].change.key, "big");
+}
+
 #[test]
 fn hlc_order_is_wall_then_counter() {
     assert!(Hlc::new(2, 0) > Hlc::new(1, 99));
