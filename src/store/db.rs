@@ -309,6 +309,15 @@ pub(crate) fn new_epoch() -> Result<u64, StoreError> {
     }
 }
 
+/// Records a new epoch for this store (one commit).
+pub(crate) fn set_epoch(db: &Database, epoch: u64) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate);
+    txn.open_table(META)?.insert(M_EPOCH, epoch)?;
+    txn.commit()?;
+    Ok(())
+}
+
 fn load(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META).map_err(|e| match e {

@@ -10,6 +10,7 @@
 mod db;
 mod error;
 pub mod hlc;
+mod mark;
 mod migrate;
 pub mod model;
 pub mod reconcile;
@@ -139,7 +140,31 @@ impl Store {
         config: StoreConfig,
     ) -> Result<Store, StoreError> {
         let path = path.as_ref().to_owned();
-        let (db, loaded) = db::open(&path, config.verify_on_open, config.cache_bytes)?;
+        let (db, mut loaded) = db::open(&path, config.verify_on_open, config.cache_bytes)?;
+        let mark_path = mark::path_for(&path);
+        let own = loaded.vv.get(&Origin::new(device, loaded.epoch));
+        if let Some(m) = mark::read(&mark_path) {
+            if m.epoch == loaded.epoch && m.seq > own {
+                // An older copy of this store: a new epoch before anything is written.
+                loaded.epoch = db::new_epoch()?;
+                db::set_epoch(&db, loaded.epoch)?;
+                tracing::warn!(
+                    file = %path.display(),
+                    held = own,
+                    marked = m.seq,
+                    "the store file is older than its mark (put back from a copy?): its own \
+                     writes continue in a new epoch"
+                );
+            }
+        }
+        let own = loaded.vv.get(&Origin::new(device, loaded.epoch));
+        mark::write(
+            &mark_path,
+            mark::Mark {
+                epoch: loaded.epoch,
+                seq: own,
+            },
+        );
         let db = Arc::new(db);
         let wall = config.wall_clock.clone();
         let origin = Arc::new(Mutex::new(Origin::new(device, loaded.epoch)));
@@ -152,6 +177,7 @@ impl Store {
             events: events.clone(),
             commits: commits.clone(),
             origin: origin.clone(),
+            mark: mark_path,
         };
         let writer_db = db.clone();
         let handle = std::thread::Builder::new()

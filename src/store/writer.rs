@@ -352,6 +352,8 @@ pub(crate) struct Sinks {
     pub commits: Arc<AtomicU64>,
     /// This store's current origin, as [`super::Store::origin`] reports it.
     pub origin: Arc<Mutex<Origin>>,
+    /// The mark file, rewritten when the store's own origin or sequence moved.
+    pub mark: std::path::PathBuf,
 }
 
 /// The writer thread's loop; returns when every sender is gone.
@@ -362,6 +364,7 @@ pub(crate) fn run(
     sinks: Sinks,
     wall: WallClock,
 ) {
+    let mut marked = (state.origin, state.vv.get(&state.origin));
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.bytes();
         let mut batch = vec![first];
@@ -379,6 +382,17 @@ pub(crate) fn run(
             Ok((outputs, events)) => {
                 sinks.commits.fetch_add(1, Ordering::Relaxed);
                 *sinks.origin.lock().unwrap_or_else(|e| e.into_inner()) = state.origin;
+                let now = (state.origin, state.vv.get(&state.origin));
+                if now != marked {
+                    marked = now;
+                    super::mark::write(
+                        &sinks.mark,
+                        super::mark::Mark {
+                            epoch: now.0.epoch,
+                            seq: now.1,
+                        },
+                    );
+                }
                 for (op, output) in batch.into_iter().zip(outputs) {
                     reply(op, Ok(output));
                 }

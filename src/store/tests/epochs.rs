@@ -60,9 +60,15 @@ async fn an_older_copy_moves_to_a_new_epoch_once_a_peer_shows_it() {
     let origin = a.origin();
     drop(a);
     std::fs::rename(&backup, &path).unwrap();
+    // The whole state put back (the mark file too): only a peer can tell.
+    std::fs::remove_file(super::super::mark::path_for(&path)).unwrap();
 
     let a = open(dir.path(), 1, &wall);
-    assert_eq!(a.origin(), origin, "a copy cannot know it is old by itself");
+    assert_eq!(
+        a.origin(),
+        origin,
+        "without its mark a copy cannot know it is old"
+    );
     // A peer that has seen no more than this copy holds changes nothing.
     assert!(!a
         .check_peer_vv(&VersionVector::from_iter([(origin, 1)]))
@@ -83,6 +89,37 @@ async fn an_older_copy_moves_to_a_new_epoch_once_a_peer_shows_it() {
     assert_eq!(a.get("k/2").unwrap().unwrap().value, b"2");
     drop(a);
     assert_eq!(open(dir.path(), 1, &wall).origin(), moved, "persisted");
+}
+
+#[tokio::test]
+async fn a_store_file_put_back_from_a_copy_moves_to_a_new_epoch_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let wall = FakeWall::new(T0);
+    let (a, b) = (open(dir.path(), 1, &wall), open(dir.path(), 2, &wall));
+    a.put("k/1", b"1".to_vec()).await.unwrap();
+    let backup = dir.path().join("backup.redb");
+    std::fs::copy(a.path(), &backup).unwrap();
+    a.put("k/2", b"2".to_vec()).await.unwrap();
+    a.put("k/3", b"3".to_vec()).await.unwrap();
+    pull(&b, &a, 10).await;
+    let (path, origin) = (a.path().to_owned(), a.origin());
+    drop(a);
+    std::fs::rename(&backup, &path).unwrap();
+
+    // Its mark went further than the file: a new epoch before any write, with no peer.
+    let a = open(dir.path(), 1, &wall);
+    assert_eq!(a.origin().device, origin.device);
+    assert_ne!(a.origin().epoch, origin.epoch);
+    let c = a.put("k/4", b"4".to_vec()).await.unwrap();
+    assert_eq!((c.version.origin, c.version.seq), (a.origin(), 1));
+    assert_eq!(pull(&b, &a, 10).await, 1, "the peer takes the write");
+    pull(&a, &b, 10).await;
+    let all = keys(&["k/1", "k/2", "k/3", "k/4"]);
+    assert_eq!(dump(&a, &all), dump(&b, &all));
+    // A normal reopen keeps the epoch: the mark follows the store.
+    let now = a.origin();
+    drop(a);
+    assert_eq!(open(dir.path(), 1, &wall).origin(), now);
 }
 
 // Format 1 as it was written: versions keyed by the device alone. Tuples encode like the
