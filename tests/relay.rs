@@ -49,26 +49,6 @@ fn line(tag: &str, setup: impl FnOnce(&mut [Node])) -> Option<Line> {
     Some(Line { nodes, _lab: lab })
 }
 
-/// Waits for a child's exit within the deadline; returns (code, stderr).
-fn finish(mut c: Child) -> (Option<i32>, String) {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = c.try_wait().unwrap() {
-            let mut e = String::new();
-            if let Some(mut s) = c.stderr.take() {
-                let _ = s.read_to_string(&mut e);
-            }
-            return (st.code(), e);
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("process did not exit within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Streams relayed by `n` so far: (started, ended or broken), from its log.
 fn relay_counts(n: &Node) -> (usize, usize) {
     let log = n.log();

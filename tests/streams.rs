@@ -5,8 +5,8 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -15,25 +15,6 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// Waits for a child's exit within the deadline; returns (code, stderr).
-fn finish(mut c: Child) -> (Option<i32>, String) {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = c.try_wait().unwrap() {
-            let mut e = String::new();
-            if let Some(mut s) = c.stderr.take() {
-                let _ = s.read_to_string(&mut e);
-            }
-            return (st.code(), e);
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = c.kill();
-            panic!("process did not exit within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Test harness: real `cnspr serve` processes on loopback, each in its own temp dir.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +11,27 @@ use serde_json::Value;
 pub mod lab;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Waits for a child's exit within the deadline (kills it and panics after); returns its
+/// exit code and standard error.
+pub fn finish(mut c: Child) -> (Option<i32>, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            let mut e = String::new();
+            if let Some(mut s) = c.stderr.take() {
+                let _ = s.read_to_string(&mut e);
+            }
+            return (st.code(), e);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("process did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cnspr")
