@@ -51,14 +51,7 @@ fn trusted_devices_find_each_other_by_mdns_and_follow_address_changes() {
         file(&b.out().join("net"))
             .is_some_and(|f| String::from_utf8_lossy(&f).ends_with("inactive\nactive\n"))
     });
-    wait_until("alpha to reach beta at its new address", || {
-        a.peer("beta").is_some_and(|p| {
-            p["state"] == "active"
-                && p["addresses"][0]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("10.77.0.12:"))
-        })
-    });
+    wait_reached_at(&a, "beta", "10.77.0.12:");
     b.wait_state("alpha", "active");
     let r = a.cli(&["ping", "beta"]);
     assert!(r.status.success(), "{}", stderr(&r));

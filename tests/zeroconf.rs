@@ -66,14 +66,7 @@ fn dialled_host_moves_and_dials_back_at_once_without_multicast() {
     assert_eq!(count(&a.log(), "connection down"), 0);
 
     move_host(&lab, 1, "10.77.0.12");
-    wait_until("alpha to reach beta at its new address", || {
-        a.peer("beta").is_some_and(|p| {
-            p["state"] == "active"
-                && p["addresses"][0]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("10.77.0.12:"))
-        })
-    });
+    wait_reached_at(&a, "beta", "10.77.0.12:");
     b.wait_state("alpha", "active");
     let r = a.cli(&["--json", "ping", "beta"]);
     assert!(r.status.success(), "{}", stderr(&r));

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use super::Node;
+use super::{wait_until, Node};
 
 pub struct Lab {
     pub switch: String,
@@ -115,26 +115,17 @@ impl Lab {
 
     /// Cuts host `i` off the bridge (its port goes down): a partition.
     pub fn cut(&self, i: usize) {
-        assert!(ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &format!("p{i}"),
-            "down"
-        ]));
+        self.set_port(i, "down");
     }
 
     /// Puts host `i` back on the bridge.
     pub fn heal(&self, i: usize) {
-        assert!(ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &format!("p{i}"),
-            "up"
-        ]));
+        self.set_port(i, "up");
+    }
+
+    fn set_port(&self, i: usize, state: &str) {
+        let port = format!("p{i}");
+        assert!(ip(&["-n", &self.switch, "link", "set", &port, state]));
     }
 
     /// Every node trusts every other, at its host's address (hosts of [`Lab::new`], node
@@ -177,6 +168,18 @@ impl Drop for Lab {
         }
         ip(&["netns", "del", &self.switch]);
     }
+}
+
+/// Waits until `n` sees `peer` active with an address starting with `prefix` first.
+pub fn wait_reached_at(n: &Node, peer: &str, prefix: &str) {
+    wait_until(&format!("{} to reach {peer} at {prefix}", n.name), || {
+        n.peer(peer).is_some_and(|p| {
+            p["state"] == "active"
+                && p["addresses"][0]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(prefix))
+        })
+    });
 }
 
 /// Line topology A — B — C: B has a leg on two bridges, A and C share none.
