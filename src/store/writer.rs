@@ -106,6 +106,14 @@ impl State {
         }
     }
 
+    /// The mark file's content for the current state.
+    fn mark(&self) -> super::mark::Mark {
+        super::mark::Mark {
+            epoch: self.origin.epoch,
+            seq: self.vv.get(&self.origin),
+        }
+    }
+
     fn run(
         &mut self,
         w: &mut Writer<'_>,
@@ -364,7 +372,7 @@ pub(crate) fn run(
     sinks: Sinks,
     wall: WallClock,
 ) {
-    let mut marked = (state.origin, state.vv.get(&state.origin));
+    let mut marked = state.mark();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.bytes();
         let mut batch = vec![first];
@@ -382,22 +390,17 @@ pub(crate) fn run(
             Ok((outputs, events)) => {
                 sinks.commits.fetch_add(1, Ordering::Relaxed);
                 *sinks.origin.lock().unwrap_or_else(|e| e.into_inner()) = state.origin;
-                let now = (state.origin, state.vv.get(&state.origin));
-                if now != marked {
-                    marked = now;
-                    super::mark::write(
-                        &sinks.mark,
-                        super::mark::Mark {
-                            epoch: now.0.epoch,
-                            seq: now.1,
-                        },
-                    );
-                }
                 for (op, output) in batch.into_iter().zip(outputs) {
                     reply(op, Ok(output));
                 }
                 for event in events {
                     let _ = sinks.events.send(event); // no watcher is fine
+                }
+                // After the replies: the mark may lag the store, never lead it.
+                let mark = state.mark();
+                if mark != marked {
+                    marked = mark;
+                    super::mark::write(&sinks.mark, mark);
                 }
             }
             Err(err) => {
