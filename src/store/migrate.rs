@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{AccessGuard, Database, ReadableTable, TableDefinition};
 use serde::Deserialize;
 
 use super::db::{
@@ -68,27 +68,29 @@ fn context(ctx: Vec<(Device, u64)>) -> Vec<(Origin, u64)> {
     ctx.into_iter().map(|(d, s)| (origin(d), s)).collect()
 }
 
+/// Every row of `table`, turned into owned values by `f` (read before the table is
+/// rewritten).
+fn rows<K: redb::Key + 'static, V: redb::Value + 'static, T>(
+    table: &impl ReadableTable<K, V>,
+    f: impl Fn(AccessGuard<'_, K>, AccessGuard<'_, V>) -> T,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        out.push(f(k, v));
+    }
+    Ok(out)
+}
+
 /// Rewrites a format 1 store as the current format in one transaction.
 pub(crate) fn from_format_1(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     {
         // Version vector and origin log: re-keyed with epoch 0.
-        let old_vv: Vec<(Device, u64)> = {
-            let t = txn.open_table(V1_VV)?;
-            let rows: Result<Vec<_>, _> = t
-                .iter()?
-                .map(|r| r.map(|(k, v)| (k.value(), v.value())))
-                .collect();
-            rows?
-        };
-        let old_log: Vec<((Device, u64), String)> = {
-            let t = txn.open_table(V1_LOG)?;
-            let rows: Result<Vec<_>, _> = t
-                .iter()?
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_owned())))
-                .collect();
-            rows?
-        };
+        let old_vv = rows(&txn.open_table(V1_VV)?, |k, v| (k.value(), v.value()))?;
+        let old_log = rows(&txn.open_table(V1_LOG)?, |k, v| {
+            (k.value(), v.value().to_owned())
+        })?;
         txn.delete_table(V1_VV)?;
         txn.delete_table(V1_LOG)?;
         let mut vv = txn.open_table(VV)?;
@@ -102,13 +104,7 @@ pub(crate) fn from_format_1(db: &Database) -> Result<(), StoreError> {
 
         // Values that embed versions: re-encoded one row at a time.
         let mut versions = txn.open_table(VERSIONS)?;
-        let keys: Vec<String> = {
-            let rows: Result<Vec<_>, _> = versions
-                .iter()?
-                .map(|r| r.map(|(k, _)| k.value().to_owned()))
-                .collect();
-            rows?
-        };
+        let keys = rows(&versions, |k, _| k.value().to_owned())?;
         for key in keys {
             let old: Vec<V1Sibling> = match versions.get(key.as_str())? {
                 Some(bytes) => decode(bytes.value())?,
@@ -125,10 +121,7 @@ pub(crate) fn from_format_1(db: &Database) -> Result<(), StoreError> {
             versions.insert(key.as_str(), encode(&new)?.as_slice())?;
         }
         let mut feed = txn.open_table(FEED)?;
-        let seqs: Vec<u64> = {
-            let rows: Result<Vec<_>, _> = feed.iter()?.map(|r| r.map(|(k, _)| k.value())).collect();
-            rows?
-        };
+        let seqs = rows(&feed, |k, _| k.value())?;
         for seq in seqs {
             let old: V1FeedEvent = match feed.get(seq)? {
                 Some(bytes) => decode(bytes.value())?,
@@ -147,11 +140,7 @@ pub(crate) fn from_format_1(db: &Database) -> Result<(), StoreError> {
             feed.insert(seq, encode(&event)?.as_slice())?;
         }
         let mut members = txn.open_table(MEMBERS)?;
-        let devices: Vec<Device> = {
-            let rows: Result<Vec<_>, _> =
-                members.iter()?.map(|r| r.map(|(k, _)| k.value())).collect();
-            rows?
-        };
+        let devices = rows(&members, |k, _| k.value())?;
         for device in devices {
             let old: BTreeMap<Device, u64> = match members.get(device)? {
                 Some(bytes) => decode(bytes.value())?,
