@@ -24,9 +24,21 @@ pub(crate) fn path_for(store: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The mark at `path`; `None` when missing or not a mark (it is then rewritten).
+/// Longest mark file read: a real one is under 60 bytes.
+const MAX_BYTES: u64 = 256;
+
+/// The mark at `path`; `None` when missing, too long or not a mark (it is then rewritten).
 pub(crate) fn read(path: &Path) -> Option<Mark> {
-    let text = std::fs::read_to_string(path).ok()?;
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    if text.len() as u64 > MAX_BYTES {
+        return None;
+    }
     let mut lines = text.lines();
     if lines.next()? != HEADER {
         return None;
@@ -74,5 +86,10 @@ mod tests {
             std::fs::write(&p, bad).unwrap();
             assert_eq!(read(&p), None, "{bad:?}");
         }
+        // A huge file is not read whole.
+        let mut long = format!("{HEADER}\n1 2\n");
+        long.push_str(&"x".repeat(1 << 20));
+        std::fs::write(&p, long).unwrap();
+        assert_eq!(read(&p), None);
     }
 }
