@@ -19,6 +19,9 @@ use super::Daemon;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Supervisor tick.
 const TICK: Duration = Duration::from_millis(1000);
+/// The supervisor's tick while every peer is connected (it then only notes connections
+/// that migrated to a new address).
+const IDLE_TICK: Duration = Duration::from_secs(10);
 
 /// Resolves `HOST:PORT` (names allowed) to addresses.
 pub fn resolve_addr(s: &str) -> anyhow::Result<Vec<SocketAddr>> {
@@ -200,12 +203,28 @@ fn follow_migrations(d: &Arc<Daemon>) {
 async fn supervise(d: Arc<Daemon>) {
     let max_backoff = Duration::from_millis(d.cfg.max_backoff_ms);
     let mut manual_next: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
+    // A timerfd (see transport::runtime): one wake-up per tick, none in between. While
+    // every peer is connected the tick slows to IDLE_TICK; a connection going down (or
+    // up) brings the next one forward.
+    let mut tick = transport::runtime::alarm(Instant::now());
+    let mut events = d.endpoint.subscribe();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = std::future::poll_fn(|cx| tick.as_mut().poll(cx)) => {}
+            ev = events.recv() => {
+                if matches!(ev, Err(RecvError::Closed)) {
+                    return;
+                }
+            }
+        }
         let now = Instant::now();
         follow_migrations(&d);
         dial_due(&d);
+        let mut idle = d
+            .peers()
+            .peers
+            .values()
+            .all(|p| p.addrs.is_empty() || d.endpoint.connection(&p.id).is_some());
         // Manual addresses: dial while no live connection comes from there.
         for addr in &d.manual {
             let served = d
@@ -219,6 +238,7 @@ async fn supervise(d: Arc<Daemon>) {
                 *entry = (now, Duration::ZERO);
                 continue;
             }
+            idle = false;
             if entry.0 > now {
                 continue;
             }
@@ -232,6 +252,8 @@ async fn supervise(d: Arc<Daemon>) {
                 }
             });
         }
+        tick.as_mut()
+            .reset(now + if idle { IDLE_TICK } else { TICK });
     }
 }
 

@@ -165,7 +165,7 @@ impl Endpoint {
                 quinn::EndpointConfig::default(),
                 Some(server.clone()),
                 socket,
-                Arc::new(quinn::TokioRuntime),
+                Arc::new(crate::runtime::QuietRuntime),
             )
             .map_err(|source| TransportError::Bind { addr, source })?;
             quinns.push(ep);

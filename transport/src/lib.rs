@@ -20,6 +20,7 @@ pub mod id;
 pub mod identity;
 pub mod pairing;
 pub mod roster;
+pub mod runtime;
 pub mod settings;
 pub mod socket;
 pub mod tls;

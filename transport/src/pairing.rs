@@ -72,7 +72,7 @@ pub fn listen(identity: &Identity, addr: SocketAddr) -> Result<quinn::Endpoint, 
         quinn::EndpointConfig::default(),
         Some(server),
         socket,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(crate::runtime::QuietRuntime),
     )
     .map_err(|source| TransportError::Bind { addr, source })
 }

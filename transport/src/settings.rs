@@ -98,6 +98,13 @@ impl EndpointConfig {
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams));
         t.max_concurrent_uni_streams(VarInt::from_u32(0));
         t.initial_rtt(Duration::from_millis(50));
+        // Ask the peer to acknowledge every ack-eliciting packet at once (the ACK
+        // frequency extension): a lone small packet (a membership beat, a message) is
+        // acknowledged in the wake-up that received it, instead of by a second wake-up
+        // 25 ms later on both sides.
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(0));
+        t.ack_frequency_config(Some(ack));
         Ok(t)
     }
 }
