@@ -7,8 +7,9 @@ use std::time::Duration;
 /// declared `unreachable`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// One coalesced wake-up per interval: every direct link not heard from for
-    /// `ping_skip_fraction` of this interval gets a `Ping`.
+    /// Beat period of an idle direct link: one side sends a `Beat` each interval (the
+    /// other answers only at the transport level); a link that is not active gets a
+    /// `Ping` each interval instead.
     pub probe_interval: Duration,
     /// Minimum time a `Ping` may stay unanswered before the link turns `suspect` (the
     /// per-link timeout adapts upwards to the observed answer delay of a slow peer).
@@ -20,7 +21,8 @@ pub struct Config {
     pub unreachable_after: Duration,
     /// Indirect probes (`PingReq`) sent per suspected link and probe interval.
     pub indirect_fanout: usize,
-    /// A link heard from within this fraction of `probe_interval` is not pinged.
+    /// Beats due within `1 - ping_skip_fraction` of an interval from a wake-up go out
+    /// with it, so the beats of several links share one wake-up.
     pub ping_skip_fraction: f32,
     /// One digest to one neighbour (round robin) per interval repairs missed gossip.
     pub anti_entropy_interval: Duration,
@@ -90,9 +92,12 @@ impl Config {
         if self.probe_timeout.is_zero() || self.probe_timeout > self.probe_timeout_max {
             return Err("membership.probe_timeout must be > 0 and <= probe_timeout_max".into());
         }
-        if self.unreachable_after <= self.probe_interval + self.probe_timeout_max {
+        if self.unreachable_after <= self.probe_interval + self.probe_timeout_max
+            || self.unreachable_after <= self.probe_interval * 2 + self.probe_timeout
+        {
             return Err(
-                "membership.unreachable_after must exceed probe_interval + probe_timeout_max"
+                "membership.unreachable_after must exceed probe_interval + probe_timeout_max \
+                 and 2 x probe_interval + probe_timeout"
                     .into(),
             );
         }

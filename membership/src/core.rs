@@ -56,6 +56,10 @@ pub(crate) struct Link<I> {
     srtt: Option<Duration>,
     rttvar: Duration,
     pub(crate) status: LinkStatus,
+    /// When we last sent a beat (or, on a link that is not active, a ping).
+    beat_sent: Instant,
+    /// When the peer's last beat arrived.
+    beat_rcvd: Instant,
     /// Indirect probe of a suspected link: its nonce and the best helper that reached it.
     indirect: Option<(u64, Option<(I, Duration)>)>,
 }
@@ -103,9 +107,10 @@ pub struct Membership<I: NodeId> {
     adj_cache: Option<(u64, Adjacency<I>)>,
     pub(crate) outbox: BTreeMap<I, Vec<Item<I>>>,
     pub(crate) outputs: VecDeque<Output<I>>,
-    next_tick: Instant,
     next_ae: Instant,
     ae_cursor: Option<I>,
+    /// The link whose next beat carries the anti-entropy digest.
+    ae_to: Option<I>,
     pub(crate) digest_cache: Option<u64>,
     stopped: bool,
     pub(crate) stats: Stats,
@@ -125,7 +130,7 @@ impl<I: NodeId> Membership<I> {
         incarnation.hash(&mut h);
         let mut rng = StdRng::seed_from_u64(h.finish());
         let phase = rng.gen_range(0..cfg.probe_interval.as_micros() as u64);
-        let next_tick = now + Duration::from_micros(phase);
+        let first = now + Duration::from_micros(phase);
         let mut m = Membership {
             me,
             rng,
@@ -154,9 +159,9 @@ impl<I: NodeId> Membership<I> {
             adj_cache: None,
             outbox: BTreeMap::new(),
             outputs: VecDeque::new(),
-            next_tick,
-            next_ae: next_tick + cfg.anti_entropy_interval,
+            next_ae: first + cfg.anti_entropy_interval,
             ae_cursor: None,
+            ae_to: None,
             digest_cache: None,
             stopped: false,
             stats: Stats::default(),
@@ -237,6 +242,9 @@ impl<I: NodeId> Membership<I> {
             return;
         }
         self.observe_clock(now);
+        // Done in whichever wake-up comes first after it is due: a member that only
+        // receives beats needs no timer of its own for it.
+        self.periodic(now);
         match input {
             Input::LinkUp { peer, rtt, addr } => {
                 if peer == self.me || !self.roster.contains(&peer) {
@@ -251,6 +259,8 @@ impl<I: NodeId> Membership<I> {
                     srtt: None,
                     rttvar: Duration::ZERO,
                     status: LinkStatus::Active,
+                    beat_sent: now,
+                    beat_rcvd: now,
                     indirect: None,
                 };
                 self.links.insert(peer, link);
@@ -288,6 +298,11 @@ impl<I: NodeId> Membership<I> {
                 }
             }
             Input::Message { from, msg } => self.on_message(from, msg, now),
+            Input::Heard { peer, at } => {
+                if let Some(link) = self.links.get_mut(&peer) {
+                    link.last_heard = link.last_heard.max(at.min(now));
+                }
+            }
         }
         self.eval_links(now);
         self.finish();
@@ -298,12 +313,8 @@ impl<I: NodeId> Membership<I> {
             return;
         }
         self.observe_clock(now);
-        if now >= self.next_tick {
-            while self.next_tick <= now {
-                self.next_tick += self.cfg.probe_interval;
-            }
-            self.tick(now);
-        }
+        self.periodic(now);
+        self.beats(now);
         let expired: Vec<u64> = self
             .relays
             .iter()
@@ -325,18 +336,21 @@ impl<I: NodeId> Membership<I> {
         self.finish();
     }
 
-    /// Next time [`Self::handle_timeout`] must run: one probe tick per `probe_interval`
-    /// plus the rare per-link deadlines (a link turning suspect or dead).
+    /// Next time [`Self::handle_timeout`] must run: the next beat due (on an idle mesh
+    /// one wake-up per `probe_interval` on the side that beats, none on the other), the
+    /// anti-entropy interval, and the rare per-link deadlines (a link turning suspect or
+    /// dead).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.stopped {
             return None;
         }
-        let mut t = self.next_tick;
-        for link in self.links.values() {
+        // The periodic work runs at any entry point once due; its own wake-up is only the
+        // fallback when nothing else happened for an interval more.
+        let mut t = self.next_ae + self.cfg.anti_entropy_interval;
+        for (peer, link) in &self.links {
+            t = t.min(self.beat_due(peer, link));
             let d = match link.status {
-                LinkStatus::Active => {
-                    link.last_heard + self.cfg.probe_interval + self.link_timeout(link)
-                }
+                LinkStatus::Active => link.last_heard + self.active_limit(link),
                 LinkStatus::Suspect => link.last_heard + self.cfg.unreachable_after,
                 LinkStatus::Dead => continue,
             };

@@ -15,7 +15,7 @@ mod route;
 pub mod sim;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use crate::config::Config;
 pub use crate::core::{Membership, Stats};
@@ -112,6 +112,9 @@ pub enum Input<I> {
     Rtt { peer: I, rtt: Duration },
     /// A membership message from a direct neighbour.
     Message { from: I, msg: Message<I> },
+    /// The transport heard from `peer` (its QUIC stack sent something, such as the
+    /// acknowledgement of a [`Message::Beat`]) at `at` or later (`at` <= now).
+    Heard { peer: I, at: Instant },
 }
 
 /// Actions for the daemon.

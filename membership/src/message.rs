@@ -122,6 +122,12 @@ pub enum Message<I> {
         records: Vec<(I, u64, u64)>,
         events: Vec<EventId<I>>,
     },
+    /// Liveness beat on an idle link, one way: the receiver learns the sender is up, the
+    /// sender learns the receiver is up from the transport's acknowledgement
+    /// ([`crate::Input::Heard`]). `digest` is the anti-entropy hash when one is due.
+    Beat {
+        digest: Option<u64>,
+    },
 }
 
 /// Why bytes did not decode into a [`Message`].
@@ -236,6 +242,7 @@ impl<I: NodeId> Message<I> {
             Message::Gossip { .. } => "gossip",
             Message::Digest { .. } => "digest",
             Message::DigestFull { .. } => "digest_full",
+            Message::Beat { .. } => "beat",
         }
     }
 }
@@ -325,6 +332,7 @@ mod tests {
                     records,
                     events
                 }),
+            any::<Option<u64>>().prop_map(|digest| Message::Beat { digest }),
         ]
     }
 

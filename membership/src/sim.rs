@@ -72,6 +72,15 @@ enum Ev {
         from: u32,
         bytes: Vec<u8>,
         conn: u64,
+        sent: Duration,
+    },
+    /// The transport acknowledgement of a delivered message reaches its sender (QUIC
+    /// acknowledges every packet; the daemon turns that into `Input::Heard`).
+    Acked {
+        node: u32,
+        peer: u32,
+        conn: u64,
+        sent: Duration,
     },
     LinkUp {
         node: u32,
@@ -509,9 +518,10 @@ impl Sim {
     fn process(&mut self, ev: Ev) {
         let node = match &ev {
             Ev::Deliver { to, .. } => Some(*to),
-            Ev::LinkUp { node, .. } | Ev::LinkDown { node, .. } | Ev::Timer { node, .. } => {
-                Some(*node)
-            }
+            Ev::LinkUp { node, .. }
+            | Ev::LinkDown { node, .. }
+            | Ev::Timer { node, .. }
+            | Ev::Acked { node, .. } => Some(*node),
             _ => None,
         };
         if let Some(n) = node {
@@ -532,18 +542,44 @@ impl Sim {
                 from,
                 bytes,
                 conn,
+                sent,
             } => {
                 let l = self.link(to, from);
                 if !l.connected || l.conn != conn || l.partitioned {
                     self.stats.dropped += 1;
                     return;
                 }
+                let latency = l.latency;
+                let back = self.now + latency;
                 let msg =
                     Message::<u32>::decode(&bytes).expect("simulated peers send valid messages");
                 self.nodes[to as usize]
                     .m
                     .handle_input(Input::Message { from, msg }, now);
                 self.drain(to);
+                let ack = Ev::Acked {
+                    node: from,
+                    peer: to,
+                    conn,
+                    sent,
+                };
+                self.push(back, ack);
+            }
+            Ev::Acked {
+                node,
+                peer,
+                conn,
+                sent,
+            } => {
+                let l = self.link(node, peer);
+                if !l.connected || l.conn != conn || l.partitioned {
+                    return;
+                }
+                let at = self.base + sent;
+                self.nodes[node as usize]
+                    .m
+                    .handle_input(Input::Heard { peer, at }, now);
+                self.drain(node);
             }
             Ev::LinkUp { node, peer, conn } => {
                 let l = self.link(node, peer);
@@ -674,6 +710,7 @@ impl Sim {
                 from,
                 bytes,
                 conn,
+                sent: self.now,
             },
         );
     }

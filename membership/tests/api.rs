@@ -56,15 +56,20 @@ fn silent_peer_goes_suspect_then_unreachable_and_recovers() {
     assert_eq!(m.next_hop(&2), Some(2));
     drain(&mut m);
 
-    // First tick with 0.75 x 250 ms of silence: at the latest 437 ms.
-    let out = silent_until(&mut m, t0 + ms(440));
+    // The lower id beats first, one interval after the link came up.
+    let out = silent_until(&mut m, t0 + ms(260));
     assert!(
         sends(&out, 2)
             .iter()
-            .any(|msg| matches!(msg, Message::Ping { .. })),
-        "probed"
+            .any(|msg| matches!(msg, Message::Beat { .. })),
+        "beat"
     );
+    // Nothing heard for two intervals plus the probe timeout (700 ms): suspect.
+    let out = silent_until(&mut m, t0 + ms(690));
     assert_eq!(m.peer(&2).unwrap().state, State::Active);
+    assert!(!sends(&out, 2)
+        .iter()
+        .any(|msg| matches!(msg, Message::Ping { .. })));
     let out = silent_until(&mut m, t0 + ms(1000));
     assert_eq!(m.peer(&2).unwrap().state, State::Suspect);
     assert!(sends(&out, 2)
@@ -213,29 +218,76 @@ fn oversize_broadcast_is_refused_and_idle_wakeups_are_few() {
         .try_broadcast(vec![0; membership::message::MAX_PAYLOAD + 1], t0)
         .is_err());
     assert!(drain(&mut m).is_empty());
-    // Answering every ping at once: wake-ups per second stay at the probe rate.
-    let mut now = t0;
+    // The beating side: its transport hears the peer's acknowledgement of each beat, and
+    // the daemon reports it at the next wake-up, dated at the one before (as
+    // src/daemon/membership.rs does). One wake-up per beat plus anti-entropy; no probe.
     let mut wakeups = 0;
+    let mut last_check = t0;
     while let Some(t) = m.poll_timeout() {
         if t > t0 + ms(10_000) {
             break;
         }
-        now = t;
-        m.handle_timeout(now);
+        m.handle_input(
+            Input::Heard {
+                peer: 2,
+                at: last_check,
+            },
+            t,
+        );
+        last_check = t;
+        m.handle_timeout(t);
         wakeups += 1;
-        for msg in sends(&drain(&mut m), 2) {
-            if let Message::Ping { nonce, .. } = msg {
-                m.handle_input(
-                    Input::Message {
-                        from: 2,
-                        msg: Message::Ack { nonce },
-                    },
-                    now + ms(2),
-                );
-            }
-        }
+        let out = sends(&drain(&mut m), 2);
+        assert!(
+            !out.iter().any(|msg| matches!(msg, Message::Ping { .. })),
+            "no probe on a healthy link"
+        );
+        assert_eq!(m.peer(&2).unwrap().state, State::Active);
     }
-    assert!(wakeups <= 4 * 10 + 2, "{wakeups} wake-ups in 10 s");
-    assert_eq!(m.peer(&2).unwrap().state, State::Active);
-    let _ = now;
+    assert!(wakeups <= 4 * 10 + 10 + 2, "{wakeups} wake-ups in 10 s");
+    assert!(
+        wakeups >= 4 * 10 - 2,
+        "{wakeups} wake-ups in 10 s: beats missing"
+    );
+}
+
+#[test]
+fn the_side_that_receives_beats_sleeps() {
+    // Member 2 receives a beat from member 1 (the lower id) every interval: it sends no
+    // beat and wakes up only for anti-entropy, about once a second.
+    let t0 = Instant::now();
+    let mut m = Membership::new(2u32, 1, Config::default(), t0);
+    m.set_members([1, 2]);
+    up(&mut m, 1, t0);
+    drain(&mut m);
+    let mut wakeups = 0;
+    let mut beats_sent = 0;
+    let mut next_beat = t0 + ms(250);
+    let end = t0 + ms(10_000);
+    loop {
+        let timer = m.poll_timeout().expect("a timer");
+        if timer.min(next_beat) > end {
+            break;
+        }
+        if next_beat <= timer {
+            m.handle_input(
+                Input::Message {
+                    from: 1,
+                    msg: Message::Beat { digest: None },
+                },
+                next_beat,
+            );
+            next_beat += ms(250);
+        } else {
+            m.handle_timeout(timer);
+            wakeups += 1;
+        }
+        for msg in sends(&drain(&mut m), 1) {
+            assert!(!matches!(msg, Message::Ping { .. }), "no probe");
+            beats_sent += usize::from(matches!(msg, Message::Beat { .. }));
+        }
+        assert_eq!(m.peer(&1).unwrap().state, State::Active);
+    }
+    assert_eq!(beats_sent, 0);
+    assert!(wakeups <= 10 + 2, "{wakeups} wake-ups in 10 s");
 }

@@ -4,6 +4,7 @@
 //! (`active`, `suspect`, `indirect` with the relay, `unreachable`, `left`) and the
 //! addresses it learns from other members are dialled.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,6 +51,7 @@ pub fn config(d_cfg: &crate::config::Config) -> Config {
     let c = Config {
         probe_interval: Duration::from_millis(d_cfg.probe_interval_ms),
         unreachable_after: Duration::from_millis(d_cfg.suspect_after_ms),
+        anti_entropy_interval: Duration::from_millis(d_cfg.probe_interval_ms.max(1000)),
         ..Config::default()
     };
     if c.validate().is_err() {
@@ -148,13 +150,22 @@ pub fn start(d: &Arc<Daemon>) {
     let dd = d.clone();
     tokio::spawn(async move {
         let mut last_rtt = Instant::now();
+        let mut rx_seen = HashMap::new();
+        // A timerfd: one wake-up per deadline (see transport::runtime).
+        let mut timer = transport::runtime::alarm(Instant::now());
         loop {
             let next = {
                 let mut core = dd.member.lock();
                 let now = Instant::now();
                 if core.poll_timeout().is_some_and(|t| t <= now) {
                     drop(core);
-                    step(&dd, |c, now| c.handle_timeout(now));
+                    let heard = transport_heard(&dd, &mut rx_seen, now);
+                    step(&dd, |c, now| {
+                        for (peer, at) in heard {
+                            c.handle_input(Input::Heard { peer, at }, now);
+                        }
+                        c.handle_timeout(now)
+                    });
                     core = dd.member.lock();
                 }
                 core.poll_timeout()
@@ -175,16 +186,50 @@ pub fn start(d: &Arc<Daemon>) {
                     }
                 });
             }
-            let sleep = match next {
-                Some(t) => tokio::time::sleep_until(t.into()),
-                None => tokio::time::sleep(Duration::from_secs(3600)),
-            };
+            let at = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            timer.as_mut().reset(at);
             tokio::select! {
-                _ = sleep => {}
+                _ = std::future::poll_fn(|cx| timer.as_mut().poll(cx)) => {}
                 _ = dd.member.wake.notified() => {}
             }
         }
     });
+}
+
+/// Which peers' connections received packets since the last call, dated at the last
+/// call (the earliest they can have arrived). The beating side learns this way that the
+/// other side's QUIC stack acknowledged its beat: the answer costs the other side no
+/// application message and no wake-up of its own (see docs/membership.md).
+fn transport_heard(
+    d: &Daemon,
+    seen: &mut HashMap<DeviceId, (u64, Instant)>,
+    now: Instant,
+) -> Vec<(DeviceId, Instant)> {
+    let mut heard = Vec::new();
+    let mut next = HashMap::new();
+    for pc in d.endpoint.connections() {
+        let rx = pc.conn.stats().udp_rx.datagrams;
+        if let Some((old, at)) = seen.get(&pc.peer) {
+            if *old != rx {
+                heard.push((pc.peer, *at));
+            }
+        }
+        next.insert(pc.peer, (rx, now));
+    }
+    *seen = next;
+    if !heard.is_empty() {
+        let mut table = d.peers();
+        let wall = SystemTime::now();
+        for (peer, at) in &heard {
+            if let Some(p) = table.peers.get_mut(peer) {
+                if p.last_heard.is_none_or(|h| h < *at) {
+                    p.last_heard = Some(*at);
+                    p.last_seen = Some(wall - now.saturating_duration_since(*at));
+                }
+            }
+        }
+    }
+    heard
 }
 
 fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {

@@ -28,34 +28,101 @@ impl<I: NodeId> Membership<I> {
         }
     }
 
-    pub(super) fn tick(&mut self, now: Instant) {
-        let skip = self.cfg.probe_interval.mul_f32(self.cfg.ping_skip_fraction);
-        let peers: Vec<I> = self.links.keys().copied().collect();
-        for peer in peers {
-            let (silence, status, has_success) = {
-                let l = &self.links[&peer];
-                (
-                    now.saturating_duration_since(l.last_heard),
-                    l.status,
-                    matches!(l.indirect, Some((_, Some(_)))),
-                )
-            };
-            if silence >= skip {
-                self.ping(peer, now);
-            }
-            if status == LinkStatus::Suspect && !has_success {
-                self.indirect_probe(peer);
-            }
+    /// Silence after which an active link turns suspect. The side that beats learns of
+    /// the other from the transport at its next beat, so its news of a link is up to one
+    /// interval old: two intervals plus the probe timeout.
+    pub(super) fn active_limit(&self, link: &Link<I>) -> Duration {
+        self.cfg.probe_interval * 2 + self.link_timeout(link)
+    }
+
+    /// Once per `anti_entropy_interval`: expire old events, re-announce a changed RTT,
+    /// and pick the link whose next beat carries the anti-entropy digest. Anti-entropy
+    /// rides on beats only: every link has a side that beats, and the digest exchange
+    /// repairs both ways (`DigestFull { reply: true }`).
+    pub(super) fn periodic(&mut self, now: Instant) {
+        if now < self.next_ae {
+            return;
         }
-        if now >= self.next_ae {
-            while self.next_ae <= now {
-                self.next_ae += self.cfg.anti_entropy_interval;
+        while self.next_ae <= now {
+            self.next_ae += self.cfg.anti_entropy_interval;
+        }
+        if self.rtt_dirty {
+            self.record_dirty = true;
+        }
+        self.expire_events(now);
+        // Round robin over the links this member beats (it sent the last beat).
+        let beaten: Vec<I> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.status == LinkStatus::Active && l.beat_sent >= l.beat_rcvd)
+            .map(|(p, _)| *p)
+            .collect();
+        let next = self
+            .ae_cursor
+            .and_then(|c| beaten.iter().find(|p| **p > c))
+            .or(beaten.first())
+            .copied();
+        if next.is_some() {
+            self.ae_cursor = next;
+        }
+        self.ae_to = next;
+    }
+
+    /// When the link's next beat (or, if it is not active, probe) is due.
+    pub(super) fn beat_due(&self, peer: &I, link: &Link<I>) -> Instant {
+        let p = self.cfg.probe_interval;
+        match link.status {
+            LinkStatus::Active => {
+                // A beat either way postpones the next one, so one side beats and the
+                // other only answers at the transport level. The higher id waits an
+                // eighth longer: two sides that started together do not both keep beating.
+                let lag = if self.me > *peer {
+                    p / 8
+                } else {
+                    Duration::ZERO
+                };
+                link.beat_sent.max(link.beat_rcvd) + p + lag
             }
-            if self.rtt_dirty {
-                self.record_dirty = true;
+            LinkStatus::Suspect | LinkStatus::Dead => link.beat_sent + p,
+        }
+    }
+
+    /// Beats on the active links that are due (and those due within the rest of
+    /// `1 - ping_skip_fraction` of an interval, to share the wake-up); pings and indirect
+    /// probes on the others.
+    pub(super) fn beats(&mut self, now: Instant) {
+        let window = self
+            .cfg
+            .probe_interval
+            .mul_f32(1.0 - self.cfg.ping_skip_fraction);
+        let due: Vec<(I, LinkStatus, bool)> = self
+            .links
+            .iter()
+            .filter(|(p, l)| self.beat_due(p, l) <= now + window)
+            .map(|(p, l)| (*p, l.status, matches!(l.indirect, Some((_, Some(_))))))
+            .collect();
+        for (peer, status, has_success) in due {
+            if let Some(l) = self.links.get_mut(&peer) {
+                l.beat_sent = now;
             }
-            self.expire_events(now);
-            self.anti_entropy();
+            match status {
+                LinkStatus::Active => {
+                    let digest = if self.ae_to == Some(peer) {
+                        self.ae_to = None;
+                        Some(self.digest_hash())
+                    } else {
+                        None
+                    };
+                    self.send(peer, Message::Beat { digest });
+                }
+                LinkStatus::Suspect => {
+                    self.ping(peer, now);
+                    if !has_success {
+                        self.indirect_probe(peer);
+                    }
+                }
+                LinkStatus::Dead => self.ping(peer, now),
+            }
         }
     }
 
@@ -68,25 +135,6 @@ impl<I: NodeId> Membership<I> {
         link.ping = Some((nonce, now));
         let suspect = link.status != LinkStatus::Active;
         self.send(peer, Message::Ping { nonce, suspect });
-    }
-
-    pub(super) fn anti_entropy(&mut self) {
-        let active: Vec<I> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.status == LinkStatus::Active)
-            .map(|(p, _)| *p)
-            .collect();
-        if active.is_empty() {
-            return;
-        }
-        let next = match self.ae_cursor {
-            Some(c) => active.iter().copied().find(|p| *p > c).unwrap_or(active[0]),
-            None => active[0],
-        };
-        self.ae_cursor = Some(next);
-        let hash = self.digest_hash();
-        self.send(next, Message::Digest { hash });
     }
 
     /// SWIM ping-req: ask up to k members that announce a live link to `target`.
@@ -124,7 +172,7 @@ impl<I: NodeId> Membership<I> {
         for peer in peers {
             let link = &self.links[&peer];
             let silence = now.saturating_duration_since(link.last_heard);
-            let status = if silence < self.cfg.probe_interval + self.link_timeout(link) {
+            let status = if silence < self.active_limit(link) {
                 LinkStatus::Active
             } else if silence < self.cfg.unreachable_after {
                 LinkStatus::Suspect
@@ -242,6 +290,15 @@ impl<I: NodeId> Membership<I> {
             }
             Message::Digest { hash } => {
                 if hash != self.digest_hash() {
+                    let msg = self.digest_full(true);
+                    self.send(from, msg);
+                }
+            }
+            Message::Beat { digest } => {
+                if let Some(link) = self.links.get_mut(&from) {
+                    link.beat_rcvd = now;
+                }
+                if digest.is_some_and(|h| h != self.digest_hash()) {
                     let msg = self.digest_full(true);
                     self.send(from, msg);
                 }
