@@ -127,20 +127,62 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 }
 
 /// CPU time of every thread of `pid`, in nanoseconds (schedstat is exact, unlike ticks).
-fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
+/// CPU time (ns) and times scheduled in (wake-ups) of all threads of `pid`.
+fn schedstat(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in rd.flatten() {
             if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-                total += s
+                let f: Vec<u64> = s
                     .split_whitespace()
-                    .next()
-                    .and_then(|x| x.parse::<u64>().ok())
-                    .unwrap_or(0);
+                    .map(|x| x.parse::<u64>().unwrap_or(0))
+                    .collect();
+                if f.len() >= 3 {
+                    total.0 += f[0];
+                    total.1 += f[2];
+                }
             }
         }
     }
     total
+}
+
+/// What one empty wake-up costs on this machine: a thread that only sleeps 30 ms at a
+/// time, measured over `secs`. Idle CPU is mostly wake-ups times this.
+fn empty_wakeup_cost(secs: u64) -> f64 {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        // The thread's own id: /proc/thread-self links to /proc/PID/task/TID.
+        let me = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        tx.send(me).ok();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    let tid = rx.recv().unwrap_or_default();
+    let read = || -> (u64, u64) {
+        let s =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap_or_default();
+        let f: Vec<u64> = s
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (
+            f.first().copied().unwrap_or(0),
+            f.get(2).copied().unwrap_or(0),
+        )
+    };
+    let a = read();
+    std::thread::sleep(Duration::from_secs(secs));
+    let b = read();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    h.join().ok();
+    (b.0 - a.0) as f64 / 1e3 / (b.1 - a.1).max(1) as f64
 }
 
 fn proc_stat(pid: u32) -> (u64, u64) {
@@ -438,16 +480,24 @@ fn main() {
     // alpha did, and its allocator keeps some of that memory).
     std::thread::sleep(Duration::from_secs(3));
     let pids = [("gamma", c.child.id()), ("alpha", a.child.id())];
-    let before: Vec<u64> = pids.iter().map(|(_, p)| cpu_ns(*p)).collect();
+    let before: Vec<(u64, u64)> = pids.iter().map(|(_, p)| schedstat(*p)).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_s));
+    let secs = t0.elapsed().as_secs_f64();
     for (i, (name, pid)) in pids.iter().enumerate() {
         let (rss, _) = proc_stat(*pid);
-        let cpu = (cpu_ns(*pid) - before[i]) as f64 / 1e9 / t0.elapsed().as_secs_f64() * 100.0;
+        let now = schedstat(*pid);
+        let cpu = (now.0 - before[i].0) as f64 / 1e9 / secs * 100.0;
+        let wakeups = (now.1 - before[i].1) as f64 / secs;
         println!(
-            "idle {name:5} (2 peers)  RSS {:.1} MiB (target < 10; CNSPRCY 10.5, Serf 14.6), CPU {:.3}% of a core over {idle_s} s (target < 0.05%)",
+            "idle {name:5} (2 peers)  RSS {:.1} MiB (target < 10; CNSPRCY 10.5, Serf 14.6), CPU {:.3}% of a core over {idle_s} s (target < 0.05%: {:.1}x), {wakeups:.1} wake-ups/s",
             rss as f64 / 1024.0,
-            cpu
+            cpu,
+            cpu / 0.05
         );
     }
+    println!(
+        "empty wake-up on this machine  {:.1} us of CPU (a thread sleeping 30 ms at a time; idle CPU is mostly wake-ups x this)",
+        empty_wakeup_cost(10)
+    );
 }
