@@ -64,14 +64,21 @@ fn broadcasts(sim: &mut Sim, count: u32, settle: Duration) -> (Vec<Duration>, Ve
 #[test]
 fn mesh_of_100_idle_broadcast_crash_restart_leave() {
     let mut sim = mesh(100, 1);
-    // Idle: nobody changes state; traffic is one ping or ack per link and probe interval.
+    // Idle: nobody changes state; traffic is one beat per link and probe interval, from
+    // one side only (99 links x 4 beats/s / 2 per member), and no probe at all.
     let before = sim.stats.clone();
     sim.run_for(ms(5000));
     assert!(sim.transitions_since(ms(2000), |_| true).is_empty());
     let per_member_per_s = (sim.stats.messages - before.messages) as f64 / 100.0 / 5.0;
     assert!(
-        per_member_per_s < 99.0 * 4.0 * 1.1 + 2.0,
+        per_member_per_s < 99.0 * 2.0 * 1.1 + 2.0,
         "idle {per_member_per_s} msgs/member/s"
+    );
+    let kind = |s: &membership::sim::NetStats, k: &str| s.by_kind.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        kind(&sim.stats, "ping"),
+        kind(&before, "ping"),
+        "no probe while idle"
     );
 
     // Broadcasts: exactly once everywhere, N-1 transmissions each, fast.

@@ -95,10 +95,15 @@ impl<I: NodeId> Membership<I> {
             .cfg
             .probe_interval
             .mul_f32(1.0 - self.cfg.ping_skip_fraction);
+        // Early only on links this member beats: a link the peer beats is due only when
+        // the peer's beat is late, or both sides would end up beating.
         let due: Vec<(I, LinkStatus, bool)> = self
             .links
             .iter()
-            .filter(|(p, l)| self.beat_due(p, l) <= now + window)
+            .filter(|(p, l)| {
+                let at = self.beat_due(p, l);
+                at <= now || (at <= now + window && l.beat_sent >= l.beat_rcvd)
+            })
             .map(|(p, l)| (*p, l.status, matches!(l.indirect, Some((_, Some(_))))))
             .collect();
         for (peer, status, has_success) in due {
