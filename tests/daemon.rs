@@ -374,6 +374,43 @@ fn a_flood_beyond_the_handler_queue_is_refused_not_buffered() {
 }
 
 #[test]
+fn idle_peers_stay_active_and_freshly_seen_on_both_sides() {
+    // On an idle link only one side sends beats; the other side's liveness reaches the
+    // beating side through QUIC's acknowledgements. Both sides must keep seeing each
+    // other: `last_seen` moves on, the state stays `active`.
+    let nodes = mesh(&["alpha", "beta"], "");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let fresh_from = now() + 4;
+    for (me, other) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[0])] {
+        wait_until(
+            &format!("{} to see {} after {fresh_from}", me.name, other.name),
+            || {
+                me.peer(&other.name)
+                    .is_some_and(|p| p["last_seen"].as_u64().is_some_and(|t| t >= fresh_from))
+            },
+        );
+        assert_eq!(me.peer(&other.name).unwrap()["state"], "active");
+    }
+    // Neither side went through `suspect` on the way.
+    for n in &nodes {
+        let log = n.log();
+        assert!(log.contains("peer state"), "state changes are logged");
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("peer state") && l.contains("suspect")),
+            "{} logged a suspicion:\n{}",
+            n.name,
+            n.log()
+        );
+    }
+}
+
+#[test]
 fn peer_states_follow_crashes_restarts_and_graceful_stops() {
     let mut nodes = mesh(&["alpha", "beta"], "");
     // kill -9: suspect, then unreachable, with no command.
