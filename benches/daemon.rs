@@ -4,9 +4,11 @@
 //! open socket connection (p50/p99 of 200), `cnspr send` end to end, messages per second
 //! from one device to a socket subscriber on the other (1 KiB bodies), and idle RSS/CPU of
 //! a daemon with two peers. `CNSPR_BENCH_SECONDS` (default 10) sets the throughput run,
-//! `CNSPR_BENCH_IDLE_S` (default 60) the idle measurement.
+//! `CNSPR_BENCH_IDLE_S` (default 60) the idle measurement, `CNSPR_BENCH_CONFIG` lines of
+//! config.toml for every daemon.
 //!
-//! Run: `cargo bench --bench daemon`
+//! Run: `cargo bench --bench daemon`; the idle trade-off with a slower beat:
+//! `CNSPR_BENCH_CONFIG=$'probe_interval_ms = 1000\nsuspect_after_ms = 4000\nidle_timeout_ms = 5000' cargo bench --bench daemon`
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -49,7 +51,10 @@ fn cmd(dir: &Path) -> Command {
 
 fn start(dir: &Path, name: &str, fifo: &Path) -> Daemon {
     std::fs::create_dir_all(dir.join("handlers/bench")).unwrap();
-    std::fs::write(dir.join("config.toml"), "").unwrap();
+    // CNSPR_BENCH_CONFIG: config.toml lines for every daemon (e.g. a slower beat, to
+    // measure the idle trade-off of docs/performance.md).
+    let extra = std::env::var("CNSPR_BENCH_CONFIG").unwrap_or_default();
+    std::fs::write(dir.join("config.toml"), extra).unwrap();
     let out = cmd(dir)
         .args(["--json", "init", "--name", name])
         .output()
