@@ -28,6 +28,11 @@ const STOP_STEP_TIMEOUT: Duration = Duration::from_millis(500);
 /// after the last change is past both, so peers drop addresses we no longer have.
 const FOLLOW_UP: Duration = Duration::from_millis(1500);
 
+/// A second follow-up, after `mdns-sd`'s next interface check (every 5 s): an address
+/// that `mdns-sd` had not seen at the first follow-up is announced by this one (its own
+/// check only probes a new address and does not announce it).
+const FOLLOW_UP_LATE: Duration = Duration::from_millis(6500);
+
 /// Advertises this device and browses for other cnspr devices on the LAN.
 ///
 /// Runs the `mdns-sd` daemon thread (`mDNS_daemon`, UDP port 5353 on `0.0.0.0` and `[::]`
@@ -36,7 +41,8 @@ const FOLLOW_UP: Duration = Duration::from_millis(1500);
 ///
 /// `mdns-sd` itself re-reads the interface list every 5 s and joins/announces on new
 /// interfaces; [`Discovery::reannounce`] makes an address change visible at once, and a
-/// `cnspr-mdns-announce` thread repeats the announcement once 1.5 s after the last call.
+/// `cnspr-mdns-announce` thread repeats the announcement 1.5 s and 6.5 s after the last
+/// call.
 pub struct Discovery {
     daemon: ServiceDaemon,
     me: Arc<Mutex<Announce>>,
@@ -130,10 +136,10 @@ impl Discovery {
     }
 
     /// Re-announces with the interface addresses the host has now (call after every
-    /// address change), and once more 1.5 s after the last call. The announcements
+    /// address change), and again 1.5 s and 6.5 s after the last call. The announcements
     /// set the cache-flush bit, so peers replace the addresses they had for this device
-    /// within about 2.5 s. Addresses on an interface `mdns-sd` has not seen yet are
-    /// announced on that interface by its next interface check (within 5 s).
+    /// within about 2.5 s. An address `mdns-sd` has not seen yet (it re-reads the
+    /// interfaces every 5 s) is announced by the 6.5 s one at the latest.
     pub fn reannounce(&self) -> Result<(), DiscoveryError> {
         let info = service_info(&self.me.lock().unwrap_or_else(|p| p.into_inner()))?;
         self.daemon.register(info)?;
@@ -225,18 +231,23 @@ impl Drop for Discovery {
     }
 }
 
-/// The `cnspr-mdns-announce` thread: one announcement [`FOLLOW_UP`] after the last request.
+/// The `cnspr-mdns-announce` thread: announcements [`FOLLOW_UP`] and [`FOLLOW_UP_LATE`]
+/// after the last request.
 fn follow_up(daemon: &ServiceDaemon, me: &Mutex<Announce>, requests: &std_mpsc::Receiver<()>) {
-    let mut due: Option<Instant> = None;
+    // Pending announcement times, earliest first.
+    let mut due: Vec<Instant> = Vec::new();
     loop {
-        let wait = due.map_or(Duration::from_secs(3600), |d| {
+        let wait = due.first().map_or(Duration::from_secs(3600), |d| {
             d.saturating_duration_since(Instant::now())
         });
         match requests.recv_timeout(wait) {
-            Ok(()) => due = Some(Instant::now() + FOLLOW_UP),
+            Ok(()) => {
+                let now = Instant::now();
+                due = vec![now + FOLLOW_UP, now + FOLLOW_UP_LATE];
+            }
             Err(RecvTimeoutError::Timeout) => {
-                if due.is_some_and(|d| d <= Instant::now()) {
-                    due = None;
+                if due.first().is_some_and(|d| *d <= Instant::now()) {
+                    due.remove(0);
                     let info = service_info(&me.lock().unwrap_or_else(|p| p.into_inner()));
                     let sent = info.and_then(|info| Ok(daemon.register(info)?));
                     if let Err(e) = sent {
