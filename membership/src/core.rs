@@ -64,6 +64,13 @@ pub(crate) struct Link<I> {
     indirect: Option<(u64, Option<(I, Duration)>)>,
 }
 
+impl<I> Link<I> {
+    /// This side beats the link: it sent the last beat, not the peer.
+    pub(crate) fn beaten_here(&self) -> bool {
+        self.beat_sent >= self.beat_rcvd
+    }
+}
+
 struct Relay<I> {
     requester: I,
     nonce: u64,

@@ -140,6 +140,13 @@ struct SimLink {
     loss: f64,
 }
 
+impl SimLink {
+    /// Connection `conn` is still up and its packets get through.
+    fn carries(&self, conn: u64) -> bool {
+        self.connected && self.conn == conn && !self.partitioned
+    }
+}
+
 struct Node {
     m: Membership<u32>,
     alive: bool,
@@ -545,7 +552,7 @@ impl Sim {
                 sent,
             } => {
                 let l = self.link(to, from);
-                if !l.connected || l.conn != conn || l.partitioned {
+                if !l.carries(conn) {
                     self.stats.dropped += 1;
                     return;
                 }
@@ -571,8 +578,7 @@ impl Sim {
                 conn,
                 sent,
             } => {
-                let l = self.link(node, peer);
-                if !l.connected || l.conn != conn || l.partitioned {
+                if !self.link(node, peer).carries(conn) {
                     return;
                 }
                 let at = self.base + sent;

@@ -50,11 +50,11 @@ impl<I: NodeId> Membership<I> {
             self.record_dirty = true;
         }
         self.expire_events(now);
-        // Round robin over the links this member beats (it sent the last beat).
+        // Round robin over the links this member beats.
         let beaten: Vec<I> = self
             .links
             .iter()
-            .filter(|(_, l)| l.status == LinkStatus::Active && l.beat_sent >= l.beat_rcvd)
+            .filter(|(_, l)| l.status == LinkStatus::Active && l.beaten_here())
             .map(|(p, _)| *p)
             .collect();
         let next = self
@@ -102,7 +102,7 @@ impl<I: NodeId> Membership<I> {
             .iter()
             .filter(|(p, l)| {
                 let at = self.beat_due(p, l);
-                at <= now || (at <= now + window && l.beat_sent >= l.beat_rcvd)
+                at <= now || (at <= now + window && l.beaten_here())
             })
             .map(|(p, l)| (*p, l.status, matches!(l.indirect, Some((_, Some(_))))))
             .collect();
