@@ -206,11 +206,11 @@ async fn supervise(d: Arc<Daemon>) {
     // A timerfd (see transport::runtime): one wake-up per tick, none in between. While
     // every peer is connected the tick slows to IDLE_TICK; a connection going down (or
     // up) brings the next one forward.
-    let mut tick = transport::runtime::alarm(Instant::now());
+    let mut tick = transport::runtime::Alarm::new(Instant::now());
     let mut events = d.endpoint.subscribe();
     loop {
         tokio::select! {
-            _ = std::future::poll_fn(|cx| tick.as_mut().poll(cx)) => {}
+            _ = tick.wait() => {}
             ev = events.recv() => {
                 if matches!(ev, Err(RecvError::Closed)) {
                     return;
@@ -252,8 +252,7 @@ async fn supervise(d: Arc<Daemon>) {
                 }
             });
         }
-        tick.as_mut()
-            .reset(now + if idle { IDLE_TICK } else { TICK });
+        tick.reset(now + if idle { IDLE_TICK } else { TICK });
     }
 }
 

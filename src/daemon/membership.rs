@@ -152,7 +152,7 @@ pub fn start(d: &Arc<Daemon>) {
         let mut last_rtt = Instant::now();
         let mut rx_seen = HashMap::new();
         // A timerfd: one wake-up per deadline (see transport::runtime).
-        let mut timer = transport::runtime::alarm(Instant::now());
+        let mut timer = transport::runtime::Alarm::new(Instant::now());
         loop {
             let next = {
                 let mut core = dd.member.lock();
@@ -187,9 +187,9 @@ pub fn start(d: &Arc<Daemon>) {
                 });
             }
             let at = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            timer.as_mut().reset(at);
+            timer.reset(at);
             tokio::select! {
-                _ = std::future::poll_fn(|cx| timer.as_mut().poll(cx)) => {}
+                _ = timer.wait() => {}
                 _ = dd.member.wake.notified() => {}
             }
         }

@@ -11,7 +11,7 @@
 //!
 //! [`Timer`] is a Linux `timerfd` registered with tokio's I/O driver: the kernel wakes
 //! the process at the deadline itself, once. [`QuietRuntime`] gives quinn these timers;
-//! the daemon uses [`Timer`] for its own periodic work.
+//! the daemon uses them through [`Alarm`] for its own periodic work.
 
 use std::future::Future;
 use std::io;
@@ -55,10 +55,24 @@ impl Runtime for QuietRuntime {
     }
 }
 
-/// A [`Timer`] at `at` (tokio's own timer if no timerfd can be had); move it with
-/// `reset`, wait with `poll`.
-pub fn alarm(at: Instant) -> Pin<Box<dyn AsyncTimer>> {
-    QuietRuntime.new_timer(at)
+/// A movable deadline for the daemon's own periodic work: a [`Timer`], or tokio's own
+/// timer if no timerfd can be had.
+pub struct Alarm(Pin<Box<dyn AsyncTimer>>);
+
+impl Alarm {
+    pub fn new(at: Instant) -> Alarm {
+        Alarm(QuietRuntime.new_timer(at))
+    }
+
+    /// Moves the deadline (earlier or later).
+    pub fn reset(&mut self, at: Instant) {
+        self.0.as_mut().reset(at)
+    }
+
+    /// Waits until the deadline has passed (at once if it has).
+    pub async fn wait(&mut self) {
+        std::future::poll_fn(|cx| self.0.as_mut().poll(cx)).await
+    }
 }
 
 /// A one-shot timer on a `timerfd`; [`Timer::reset`] moves it. Must be created inside a
@@ -99,11 +113,6 @@ impl Timer {
         };
         t.arm(at)?;
         Ok(t)
-    }
-
-    /// The deadline.
-    pub fn deadline(&self) -> Instant {
-        self.at
     }
 
     /// Moves the deadline (earlier or later).
@@ -169,11 +178,6 @@ impl Timer {
             }
         }
     }
-
-    /// Waits for the deadline.
-    pub async fn wait(&mut self) {
-        std::future::poll_fn(|cx| self.poll_expired(cx)).await
-    }
 }
 
 impl AsyncTimer for Timer {
@@ -190,6 +194,10 @@ impl AsyncTimer for Timer {
 mod tests {
     use super::*;
 
+    async fn wait(t: &mut Timer) {
+        std::future::poll_fn(|cx| t.poll_expired(cx)).await
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn fires_at_the_deadline_after_moves_both_ways() {
         let start = Instant::now();
@@ -198,7 +206,7 @@ mod tests {
         t.reset(start + Duration::from_secs(30) + Duration::from_millis(1));
         t.reset(start + Duration::from_secs(60));
         t.reset(start + Duration::from_millis(40));
-        tokio::time::timeout(Duration::from_secs(10), t.wait())
+        tokio::time::timeout(Duration::from_secs(10), wait(&mut t))
             .await
             .expect("timer fired");
         assert!(Instant::now() >= start + Duration::from_millis(40));
@@ -210,11 +218,11 @@ mod tests {
         let mut t = Timer::new(start + Duration::from_millis(20)).unwrap();
         // Moved later by less than LAZY: the kernel fires at 20 ms, the wait goes on.
         t.reset(start + Duration::from_millis(21));
-        t.wait().await;
+        wait(&mut t).await;
         assert!(Instant::now() >= start + Duration::from_millis(21));
         // A deadline in the past is ready at once, again and again.
         t.reset(start);
-        t.wait().await;
-        t.wait().await;
+        wait(&mut t).await;
+        wait(&mut t).await;
     }
 }
