@@ -154,15 +154,20 @@ impl Config {
         if self.probe_interval_ms < 50 || self.probe_interval_ms > 60_000 {
             return bad("probe_interval_ms must be between 50 and 60000");
         }
-        // The membership core's relations (membership/src/config.rs, probe timeouts of
-        // 200 to 700 ms): a peer must get the chance to be suspect before it is declared
+        // The membership core's relations (membership::Config::validate, with its probe
+        // timeouts): a peer must get the chance to be suspect before it is declared
         // unreachable.
+        let core = membership::Config::default();
+        let (t, t_max) = (
+            core.probe_timeout.as_millis() as u64,
+            core.probe_timeout_max.as_millis() as u64,
+        );
         let p = self.probe_interval_ms;
-        if self.suspect_after_ms <= (2 * p + 200).max(p + 700) {
-            return bad(
-                "suspect_after_ms must be larger than 2 x probe_interval_ms + 200 \
-                 and than probe_interval_ms + 700",
-            );
+        if self.suspect_after_ms <= (2 * p + t).max(p + t_max) {
+            return bad(&format!(
+                "suspect_after_ms must be larger than 2 x probe_interval_ms + {t} \
+                 and than probe_interval_ms + {t_max}"
+            ));
         }
         if self.idle_timeout_ms <= self.suspect_after_ms || self.idle_timeout_ms > 600_000 {
             return bad("idle_timeout_ms must be larger than suspect_after_ms and at most 600000");
