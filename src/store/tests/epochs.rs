@@ -1,6 +1,8 @@
 //! Store incarnations: a store started again from empty, an older copy of a store, and
 //! the migration of format 1 files (written before origins had epochs).
 
+use std::path::{Path, PathBuf};
+
 use redb::{Database, TableDefinition};
 use serde::Serialize;
 
@@ -12,6 +14,29 @@ const T0: u64 = 1_700_000_000_000;
 
 fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Device 1 writes `k/1`, its store file is copied, it writes `later` (each key's value
+/// is its last character), device 2 takes all of it, and the copy is put back in device
+/// 1's place. Returns device 2's store, device 1's store path and its origin until then.
+async fn put_back_an_older_copy(
+    dir: &Path,
+    wall: &FakeWall,
+    later: &[&str],
+) -> (Store, PathBuf, Origin) {
+    let (a, b) = (open(dir, 1, wall), open(dir, 2, wall));
+    a.put("k/1", b"1".to_vec()).await.unwrap();
+    let backup = dir.join("backup.redb");
+    std::fs::copy(a.path(), &backup).unwrap();
+    for key in later {
+        let value = key.as_bytes()[key.len() - 1..].to_vec();
+        a.put(key, value).await.unwrap();
+    }
+    pull(&b, &a, 10).await;
+    let (path, origin) = (a.path().to_owned(), a.origin());
+    drop(a);
+    std::fs::rename(&backup, &path).unwrap();
+    (b, path, origin)
 }
 
 #[tokio::test]
@@ -50,16 +75,7 @@ async fn a_store_started_again_from_empty_loses_no_write() {
 async fn an_older_copy_moves_to_a_new_epoch_once_a_peer_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
-    let (a, b) = (open(dir.path(), 1, &wall), open(dir.path(), 2, &wall));
-    a.put("k/1", b"1".to_vec()).await.unwrap();
-    let backup = dir.path().join("backup.redb");
-    std::fs::copy(a.path(), &backup).unwrap();
-    a.put("k/2", b"2".to_vec()).await.unwrap();
-    pull(&b, &a, 10).await;
-    let path = a.path().to_owned();
-    let origin = a.origin();
-    drop(a);
-    std::fs::rename(&backup, &path).unwrap();
+    let (b, path, origin) = put_back_an_older_copy(dir.path(), &wall, &["k/2"]).await;
     // The whole state put back (the mark file too): only a peer can tell.
     std::fs::remove_file(super::super::mark::path_for(&path)).unwrap();
 
@@ -95,16 +111,7 @@ async fn an_older_copy_moves_to_a_new_epoch_once_a_peer_shows_it() {
 async fn a_store_file_put_back_from_a_copy_moves_to_a_new_epoch_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
-    let (a, b) = (open(dir.path(), 1, &wall), open(dir.path(), 2, &wall));
-    a.put("k/1", b"1".to_vec()).await.unwrap();
-    let backup = dir.path().join("backup.redb");
-    std::fs::copy(a.path(), &backup).unwrap();
-    a.put("k/2", b"2".to_vec()).await.unwrap();
-    a.put("k/3", b"3".to_vec()).await.unwrap();
-    pull(&b, &a, 10).await;
-    let (path, origin) = (a.path().to_owned(), a.origin());
-    drop(a);
-    std::fs::rename(&backup, &path).unwrap();
+    let (b, _, origin) = put_back_an_older_copy(dir.path(), &wall, &["k/2", "k/3"]).await;
 
     // Its mark went further than the file: a new epoch before any write, with no peer.
     let a = open(dir.path(), 1, &wall);
