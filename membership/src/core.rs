@@ -62,12 +62,15 @@ pub(crate) struct Link<I> {
     beat_rcvd: Instant,
     /// Indirect probe of a suspected link: its nonce and the best helper that reached it.
     indirect: Option<(u64, Option<(I, Duration)>)>,
+    /// Beats travel as unacknowledged datagrams: both sides beat.
+    pub(crate) datagram: bool,
 }
 
 impl<I> Link<I> {
-    /// This side beats the link: it sent the last beat, not the peer.
+    /// This side beats the link: it sent the last beat, not the peer (with datagram
+    /// beats, both sides do).
     pub(crate) fn beaten_here(&self) -> bool {
-        self.beat_sent >= self.beat_rcvd
+        self.datagram || self.beat_sent >= self.beat_rcvd
     }
 }
 
@@ -115,7 +118,6 @@ pub struct Membership<I: NodeId> {
     pub(crate) outbox: BTreeMap<I, Vec<Item<I>>>,
     pub(crate) outputs: VecDeque<Output<I>>,
     next_ae: Instant,
-    ae_cursor: Option<I>,
     /// The link whose next beat carries the anti-entropy digest.
     ae_to: Option<I>,
     pub(crate) digest_cache: Option<u64>,
@@ -167,7 +169,6 @@ impl<I: NodeId> Membership<I> {
             outbox: BTreeMap::new(),
             outputs: VecDeque::new(),
             next_ae: first + cfg.anti_entropy_interval,
-            ae_cursor: None,
             ae_to: None,
             digest_cache: None,
             stopped: false,
@@ -253,7 +254,12 @@ impl<I: NodeId> Membership<I> {
         // receives beats needs no timer of its own for it.
         self.periodic(now);
         match input {
-            Input::LinkUp { peer, rtt, addr } => {
+            Input::LinkUp {
+                peer,
+                rtt,
+                addr,
+                datagram,
+            } => {
                 if peer == self.me || !self.roster.contains(&peer) {
                     return;
                 }
@@ -269,6 +275,7 @@ impl<I: NodeId> Membership<I> {
                     beat_sent: now,
                     beat_rcvd: now,
                     indirect: None,
+                    datagram,
                 };
                 self.links.insert(peer, link);
                 self.record_dirty = true;
@@ -308,6 +315,20 @@ impl<I: NodeId> Membership<I> {
             Input::Heard { peer, at } => {
                 if let Some(link) = self.links.get_mut(&peer) {
                     link.last_heard = link.last_heard.max(at.min(now));
+                }
+            }
+            Input::Beat { peer, at, digest } => {
+                if !self.roster.contains(&peer) {
+                    return;
+                }
+                if let Some(link) = self.links.get_mut(&peer) {
+                    let at = at.min(now);
+                    link.last_heard = link.last_heard.max(at);
+                    link.beat_rcvd = link.beat_rcvd.max(at);
+                }
+                if digest.is_some_and(|h| h != self.digest_hash()) {
+                    let msg = self.digest_full(true);
+                    self.send(peer, msg);
                 }
             }
         }
@@ -444,6 +465,13 @@ impl<I: NodeId> Membership<I> {
 
     pub fn peers(&self) -> impl Iterator<Item = PeerView<I>> + '_ {
         self.views.values().cloned()
+    }
+
+    /// How long the direct link to `peer` has been silent (nothing heard from it at all),
+    /// or `None` without a link.
+    pub fn silence(&self, peer: &I, now: Instant) -> Option<Duration> {
+        let link = self.links.get(peer)?;
+        Some(now.saturating_duration_since(link.last_heard))
     }
 
     /// `dest` itself when direct (`active`/`suspect`), the relay when `indirect`, `None`

@@ -105,6 +105,11 @@ pub enum Input<I> {
         peer: I,
         rtt: Duration,
         addr: Option<SocketAddr>,
+        /// Beats on this link travel as datagrams nobody acknowledges (heartbeats): both
+        /// sides send theirs every interval and the daemon feeds the peer's as
+        /// [`Input::Beat`]. Otherwise one side beats over QUIC and learns of the other
+        /// from the acknowledgements ([`Input::Heard`]).
+        datagram: bool,
     },
     /// The connection closed; `leaving`: the peer closed it with "I am stopping".
     LinkDown { peer: I, leaving: bool },
@@ -115,6 +120,12 @@ pub enum Input<I> {
     /// The transport heard from `peer` (its QUIC stack sent something, such as the
     /// acknowledgement of a [`Message::Beat`]) at `at` or later (`at` <= now).
     Heard { peer: I, at: Instant },
+    /// A beat of `peer` that came as a datagram, received at `at` or later (`at` <= now).
+    Beat {
+        peer: I,
+        at: Instant,
+        digest: Option<u64>,
+    },
 }
 
 /// Actions for the daemon.

@@ -27,6 +27,9 @@ pub struct SimConfig {
     pub idle_timeout: Duration,
     /// Time to re-establish a connection after heal or restart.
     pub reconnect_delay: Duration,
+    /// Beats travel as heartbeats (the daemon's default): datagrams nobody acknowledges,
+    /// read by the receiver at its next wake-up and dated at the one before.
+    pub datagram_beats: bool,
     pub membership: Config,
 }
 
@@ -37,6 +40,7 @@ impl Default for SimConfig {
             loss: 0.0,
             idle_timeout: Duration::from_secs(5),
             reconnect_delay: Duration::from_millis(200),
+            datagram_beats: true,
             membership: Config::default(),
         }
     }
@@ -73,6 +77,7 @@ enum Ev {
         bytes: Vec<u8>,
         conn: u64,
         sent: Duration,
+        datagram: bool,
     },
     /// The transport acknowledgement of a delivered message reaches its sender (QUIC
     /// acknowledges every packet; the daemon turns that into `Input::Heard`).
@@ -155,6 +160,9 @@ struct Node {
     stall_until: Duration,
     extra_delay: Duration,
     views: BTreeMap<u32, PeerView<u32>>,
+    /// Heartbeats waiting for the node's next wake-up, and when it last woke.
+    heartbeats: Vec<(u32, Option<u64>)>,
+    last_wake: Instant,
 }
 
 /// The simulator. Node ids are `0..n`.
@@ -210,6 +218,8 @@ impl Sim {
                 stall_until: Duration::ZERO,
                 extra_delay: Duration::ZERO,
                 views: BTreeMap::new(),
+                heartbeats: Vec::new(),
+                last_wake: base,
             });
             sim.drain(id);
         }
@@ -445,6 +455,7 @@ impl Sim {
         node.incarnation = inc;
         node.timer_at = None;
         node.views.clear();
+        node.heartbeats.clear();
         self.drain(id);
         let delay = self.cfg.reconnect_delay;
         let now = self.now;
@@ -543,6 +554,11 @@ impl Sim {
             }
         }
         let now = self.instant();
+        if let Some(n) = node {
+            if !matches!(ev, Ev::Deliver { datagram: true, .. }) {
+                self.read_heartbeats(n, now);
+            }
+        }
         match ev {
             Ev::Deliver {
                 to,
@@ -550,10 +566,19 @@ impl Sim {
                 bytes,
                 conn,
                 sent,
+                datagram,
             } => {
                 let l = self.link(to, from);
                 if !l.carries(conn) {
                     self.stats.dropped += 1;
+                    return;
+                }
+                if datagram {
+                    let digest = match Message::<u32>::decode(&bytes) {
+                        Ok(Message::Beat { digest }) => digest,
+                        _ => unreachable!("only beats travel as heartbeats"),
+                    };
+                    self.nodes[to as usize].heartbeats.push((from, digest));
                     return;
                 }
                 let latency = l.latency;
@@ -597,9 +622,15 @@ impl Sim {
                     [10, 0, (peer >> 8) as u8, peer as u8],
                     7000,
                 )));
-                self.nodes[node as usize]
-                    .m
-                    .handle_input(Input::LinkUp { peer, rtt, addr }, now);
+                self.nodes[node as usize].m.handle_input(
+                    Input::LinkUp {
+                        peer,
+                        rtt,
+                        addr,
+                        datagram: self.cfg.datagram_beats,
+                    },
+                    now,
+                );
                 self.drain(node);
             }
             Ev::LinkDown {
@@ -621,8 +652,11 @@ impl Sim {
                 self.drain(node);
             }
             Ev::IdleClose { a, b, conn } => {
+                // Only a connection that is still silent times out (a healed one carries
+                // traffic again).
+                let dead = !self.nodes[a as usize].alive || !self.nodes[b as usize].alive;
                 let l = self.link(a, b);
-                if l.connected && l.conn == conn {
+                if l.connected && l.conn == conn && (l.partitioned || dead) {
                     l.connected = false;
                     l.conn += 1;
                     let now = self.now;
@@ -645,6 +679,16 @@ impl Sim {
                 }
             }
             Ev::Connect { a, b } => self.reconnect(a, b),
+        }
+    }
+
+    /// The node woke up: the heartbeats that arrived since its last wake-up go in, dated
+    /// at that wake-up (as the daemon does).
+    fn read_heartbeats(&mut self, id: u32, now: Instant) {
+        let nd = &mut self.nodes[id as usize];
+        let at = std::mem::replace(&mut nd.last_wake, now);
+        for (peer, digest) in std::mem::take(&mut nd.heartbeats) {
+            nd.m.handle_input(Input::Beat { peer, at, digest }, now);
         }
     }
 
@@ -709,6 +753,7 @@ impl Sim {
         }
         let extra = self.nodes[to as usize].extra_delay;
         let at = self.now + latency + extra;
+        let datagram = self.cfg.datagram_beats && matches!(msg, Message::Beat { .. });
         self.push(
             at,
             Ev::Deliver {
@@ -717,6 +762,7 @@ impl Sim {
                 bytes,
                 conn,
                 sent: self.now,
+                datagram,
             },
         );
     }

@@ -21,12 +21,18 @@ fn sends(out: &[Output<u32>], to: u32) -> Vec<Message<u32>> {
         .collect()
 }
 
+/// A link whose beats go over QUIC (one side beats, acknowledgements answer).
 fn up(m: &mut Membership<u32>, peer: u32, now: Instant) {
+    link_up(m, peer, now, false);
+}
+
+fn link_up(m: &mut Membership<u32>, peer: u32, now: Instant, datagram: bool) {
     m.handle_input(
         Input::LinkUp {
             peer,
             rtt: ms(2),
             addr: None,
+            datagram,
         },
         now,
     );
@@ -290,4 +296,67 @@ fn the_side_that_receives_beats_sleeps() {
     }
     assert_eq!(beats_sent, 0);
     assert!(wakeups <= 10 + 2, "{wakeups} wake-ups in 10 s");
+}
+
+#[test]
+fn with_heartbeats_both_sides_beat_once_per_interval_and_silence_is_noticed() {
+    // Member 2 (the higher id, which would only answer over QUIC) beats every interval
+    // although member 1's heartbeats keep arriving; one wake-up per interval.
+    let t0 = Instant::now();
+    let mut m = Membership::new(2u32, 1, Config::default(), t0);
+    m.set_members([1, 2]);
+    link_up(&mut m, 1, t0, true);
+    drain(&mut m);
+    let mut wakeups = 0;
+    let mut beats_sent = 0;
+    let mut last_wake = t0;
+    let end = t0 + ms(10_000);
+    while let Some(timer) = m.poll_timeout().filter(|t| *t <= end) {
+        // The daemon reads the heartbeats that came since its last wake-up, dated then.
+        m.handle_input(
+            Input::Beat {
+                peer: 1,
+                at: last_wake,
+                digest: None,
+            },
+            timer,
+        );
+        m.handle_timeout(timer);
+        last_wake = timer;
+        wakeups += 1;
+        for msg in sends(&drain(&mut m), 1) {
+            assert!(!matches!(msg, Message::Ping { .. }), "no probe");
+            beats_sent += usize::from(matches!(msg, Message::Beat { .. }));
+        }
+        assert_eq!(m.peer(&1).unwrap().state, State::Active);
+        assert!(m.silence(&1, timer).unwrap() <= ms(500));
+    }
+    assert!(
+        (39..=41).contains(&beats_sent),
+        "{beats_sent} beats in 10 s"
+    );
+    assert!(wakeups <= 41, "{wakeups} wake-ups in 10 s");
+
+    // The heartbeats stop: suspect (with a ping over QUIC), then unreachable.
+    let quiet = last_wake;
+    let out = silent_until(&mut m, quiet + ms(1000));
+    assert!(sends(&out, 1)
+        .iter()
+        .any(|x| matches!(x, Message::Ping { .. })));
+    assert_eq!(m.peer(&1).unwrap().state, State::Suspect);
+    silent_until(&mut m, quiet + ms(1400));
+    assert_eq!(m.peer(&1).unwrap().state, State::Unreachable);
+    assert!(m.silence(&1, quiet + ms(1400)).unwrap() >= ms(1300));
+
+    // A heartbeat again: active at once.
+    let back = quiet + ms(1500);
+    m.handle_input(
+        Input::Beat {
+            peer: 1,
+            at: back,
+            digest: None,
+        },
+        back,
+    );
+    assert_eq!(m.peer(&1).unwrap().state, State::Active);
 }

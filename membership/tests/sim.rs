@@ -61,17 +61,17 @@ fn broadcasts(sim: &mut Sim, count: u32, settle: Duration) -> (Vec<Duration>, Ve
     (lat, tx)
 }
 
-#[test]
-fn mesh_of_100_idle_broadcast_crash_restart_leave() {
-    let mut sim = mesh(100, 1);
-    // Idle: nobody changes state; traffic is one beat per link and probe interval, from
-    // one side only (99 links x 4 beats/s / 2 per member), and no probe at all.
+/// Runs 5 s idle: no state changes, no probe, at most `expected` (+10%) messages per
+/// member and second.
+fn idle_traffic(sim: &mut Sim, expected: f64) {
+    let t0 = sim.now();
     let before = sim.stats.clone();
     sim.run_for(ms(5000));
-    assert!(sim.transitions_since(ms(2000), |_| true).is_empty());
-    let per_member_per_s = (sim.stats.messages - before.messages) as f64 / 100.0 / 5.0;
+    assert!(sim.transitions_since(t0, |_| true).is_empty());
+    let n = f64::from(sim.len());
+    let per_member_per_s = (sim.stats.messages - before.messages) as f64 / n / 5.0;
     assert!(
-        per_member_per_s < 99.0 * 2.0 * 1.1 + 2.0,
+        per_member_per_s < expected * 1.1 + 2.0,
         "idle {per_member_per_s} msgs/member/s"
     );
     let kind = |s: &membership::sim::NetStats, k: &str| s.by_kind.get(k).copied().unwrap_or(0);
@@ -80,6 +80,30 @@ fn mesh_of_100_idle_broadcast_crash_restart_leave() {
         kind(&before, "ping"),
         "no probe while idle"
     );
+}
+
+#[test]
+fn beats_over_quic_go_one_way_per_link_and_detect_crashes() {
+    // Peers without heartbeats: one side of each link beats over QUIC, the other is
+    // heard through QUIC's acknowledgements (99 links x 4 beats/s / 2 per member).
+    let cfg = SimConfig {
+        datagram_beats: false,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::full_mesh(100, cfg, 3);
+    sim.run_for(ms(2000));
+    assert!(sim.all_active());
+    idle_traffic(&mut sim, 99.0 * 2.0);
+    let d = crash_detection(&mut sim, 7);
+    assert!(d < ms(1500), "{d:?}");
+}
+
+#[test]
+fn mesh_of_100_idle_broadcast_crash_restart_leave() {
+    let mut sim = mesh(100, 1);
+    // Idle: nobody changes state; traffic is one heartbeat per link, direction and probe
+    // interval (99 links x 4 beats/s per member), and no probe at all.
+    idle_traffic(&mut sim, 99.0 * 4.0);
 
     // Broadcasts: exactly once everywhere, N-1 transmissions each, fast.
     let (lat, tx) = broadcasts(&mut sim, 20, ms(300));

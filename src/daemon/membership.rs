@@ -11,8 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use membership::{Config, Input, Membership, Message, Output, State};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
-use tracing::{debug, warn};
-use transport::{DeviceId, DownReason, TransportEvent};
+use tracing::{debug, info, warn};
+use transport::heartbeat::key_id;
+use transport::quinn::VarInt;
+use transport::{close_code, DeviceId, DownReason, PeerConn, TransportEvent};
 
 use super::mesh::MeshFrame;
 use super::peers::PeerState;
@@ -77,6 +79,11 @@ pub fn step(d: &Daemon, f: impl FnOnce(&mut Membership<DeviceId>, Instant)) {
 fn execute(d: &Daemon, o: Output<DeviceId>) {
     match o {
         Output::Send { to, msg } => {
+            if let Message::Beat { digest } = msg {
+                if send_heartbeat(d, &to, digest) {
+                    return;
+                }
+            }
             d.mesh.send(&to, MeshFrame::Membership(msg.encode()));
         }
         Output::State { peer, view } => {
@@ -159,13 +166,19 @@ pub fn start(d: &Arc<Daemon>) {
                 let now = Instant::now();
                 if core.poll_timeout().is_some_and(|t| t <= now) {
                     drop(core);
-                    let heard = transport_heard(&dd, &mut rx_seen, now);
+                    let conns = dd.endpoint.connections();
+                    let heard = transport_heard(&dd, &conns, &mut rx_seen, now);
+                    let beats = heartbeats(&dd, &conns, now);
                     step(&dd, |c, now| {
                         for (peer, at) in heard {
                             c.handle_input(Input::Heard { peer, at }, now);
                         }
+                        for (peer, at, digest) in beats {
+                            c.handle_input(Input::Beat { peer, at, digest }, now);
+                        }
                         c.handle_timeout(now)
                     });
+                    close_silent(&dd, &conns, now);
                     core = dd.member.lock();
                 }
                 core.poll_timeout()
@@ -202,12 +215,13 @@ pub fn start(d: &Arc<Daemon>) {
 /// application message and no wake-up of its own (see docs/membership.md).
 fn transport_heard(
     d: &Daemon,
+    conns: &[PeerConn],
     seen: &mut HashMap<DeviceId, (u64, Instant)>,
     now: Instant,
 ) -> Vec<(DeviceId, Instant)> {
     let mut heard = Vec::new();
     let mut next = HashMap::new();
-    for pc in d.endpoint.connections() {
+    for pc in conns {
         let rx = pc.conn.stats().udp_rx.datagrams;
         if let Some((old, at)) = seen.get(&pc.peer) {
             if *old != rx {
@@ -217,23 +231,109 @@ fn transport_heard(
         next.insert(pc.peer, (rx, now));
     }
     *seen = next;
-    if !heard.is_empty() {
-        let mut table = d.peers();
-        let wall = SystemTime::now();
-        for (peer, at) in &heard {
-            if let Some(p) = table.peers.get_mut(peer) {
-                if p.last_heard.is_none_or(|h| h < *at) {
-                    p.last_heard = Some(*at);
-                    p.last_seen = Some(wall - now.saturating_duration_since(*at));
-                }
+    note_heard(d, heard.iter().map(|(p, at)| (*p, *at)), now);
+    heard
+}
+
+/// Peers heard from at the given instants: `last_heard` and `last_seen` in the table.
+fn note_heard(d: &Daemon, heard: impl Iterator<Item = (DeviceId, Instant)>, now: Instant) {
+    let mut heard = heard.peekable();
+    if heard.peek().is_none() {
+        return;
+    }
+    let mut table = d.peers();
+    let wall = SystemTime::now();
+    for (peer, at) in heard {
+        if let Some(p) = table.peers.get_mut(&peer) {
+            if p.last_heard.is_none_or(|h| h < at) {
+                p.last_heard = Some(at);
+                p.last_seen = Some(wall - now.saturating_duration_since(at));
             }
         }
     }
-    heard
+}
+
+/// Sends a beat as a heartbeat datagram when the connection to `to` has heartbeat keys;
+/// false when it must go over QUIC.
+fn send_heartbeat(d: &Daemon, to: &DeviceId, digest: Option<u64>) -> bool {
+    let Some(twin) = d.endpoint.twin() else {
+        return false;
+    };
+    let Some(pc) = d.endpoint.connection(to) else {
+        return false;
+    };
+    let Some(keys) = &pc.heartbeat else {
+        return false;
+    };
+    if let Err(e) = twin.send(pc.remote_address(), &keys.seal(digest)) {
+        // Lost like any datagram: the peer's silence check tells the rest.
+        debug!(peer = %to.short(), error = %e, "heartbeat not sent");
+    }
+    true
+}
+
+/// The heartbeats that arrived since the last wake-up (see `transport::heartbeat`),
+/// checked against the keys of the live connections: (peer, dated at the last drain,
+/// the digest of the newest).
+fn heartbeats(
+    d: &Daemon,
+    conns: &[PeerConn],
+    now: Instant,
+) -> Vec<(DeviceId, Instant, Option<u64>)> {
+    let Some(twin) = d.endpoint.twin() else {
+        return Vec::new();
+    };
+    let keys: HashMap<[u8; 8], &PeerConn> = conns
+        .iter()
+        .filter_map(|pc| Some((pc.heartbeat.as_ref()?.rx_id(), pc)))
+        .collect();
+    let mut got: HashMap<DeviceId, Option<u64>> = HashMap::new();
+    let (mut ok, mut bad) = (0u64, 0u64);
+    let since = twin.drain(now, |pkt| {
+        let opened = key_id(pkt)
+            .and_then(|id| keys.get(&id))
+            .and_then(|pc| Some((pc.peer, pc.heartbeat.as_ref()?.open(pkt)?)));
+        match opened {
+            Some((peer, digest)) => {
+                ok += 1;
+                got.insert(peer, digest);
+            }
+            None => bad += 1,
+        }
+    });
+    twin.stats
+        .received
+        .fetch_add(ok, std::sync::atomic::Ordering::Relaxed);
+    twin.stats
+        .rejected
+        .fetch_add(bad, std::sync::atomic::Ordering::Relaxed);
+    let at = since.unwrap_or(now);
+    note_heard(d, got.keys().map(|p| (*p, at)), now);
+    got.into_iter().map(|(p, digest)| (p, at, digest)).collect()
+}
+
+/// Closes the connections whose link has been silent for `idle_timeout_ms` (no
+/// heartbeat, no packet): a dead peer's connection goes, and the link supervisor dials
+/// again. QUIC's own idle timeout is only a backstop, since heartbeats are not QUIC.
+fn close_silent(d: &Daemon, conns: &[PeerConn], now: Instant) {
+    let limit = Duration::from_millis(d.cfg.idle_timeout_ms);
+    let silent: Vec<&PeerConn> = {
+        let core = d.member.lock();
+        conns
+            .iter()
+            .filter(|pc| core.silence(&pc.peer, now).is_some_and(|s| s >= limit))
+            .collect()
+    };
+    for pc in silent {
+        info!(peer = %pc.name, silent_ms = limit.as_millis() as u64, "nothing heard from the peer; closing its connection");
+        pc.conn
+            .close(VarInt::from_u32(close_code::SILENT), b"silent");
+    }
 }
 
 fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {
     let (peer, rtt, addr) = (pc.peer, pc.rtt(), super::links::canon(pc.remote_address()));
+    let datagram = pc.heartbeat.is_some() && d.endpoint.twin().is_some();
     step(d, |c, now| {
         c.add_member(peer);
         c.handle_input(
@@ -241,6 +341,7 @@ fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {
                 peer,
                 rtt,
                 addr: Some(addr),
+                datagram,
             },
             now,
         )

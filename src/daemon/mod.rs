@@ -35,6 +35,9 @@ use crate::handlers::{self, EventKind, Invocation, Origin, Runner, RunnerConfig}
 use crate::paths::Paths;
 use peers::{PeerState, PeerTable};
 
+/// QUIC keep-alive of daemon connections (see `start`).
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
 /// Everything the daemon's tasks share.
 pub struct Daemon {
     pub identity: Arc<Identity>,
@@ -275,8 +278,12 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     };
     let ep_cfg = EndpointConfig {
         listen,
-        keep_alive: Duration::from_millis(cfg.probe_interval_ms * 2),
-        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+        // Liveness comes from heartbeats (not QUIC) or beats; the membership loop closes
+        // a connection silent for `idle_timeout_ms`. QUIC's own timers are a backstop
+        // that costs an idle connection one round trip per keep-alive interval.
+        keep_alive: QUIC_KEEP_ALIVE,
+        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms.saturating_mul(3))
+            .max(QUIC_KEEP_ALIVE * 3),
         handshake_timeout: Duration::from_millis(cfg.idle_timeout_ms.min(5000)),
         ..EndpointConfig::default()
     };

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
+use crate::heartbeat::{LinkKeys, Twin, FEATURE_HEARTBEAT};
 use crate::id::DeviceId;
 use crate::identity::{spki_id, Identity};
 use crate::roster::Roster;
@@ -47,6 +48,8 @@ pub struct PeerConn {
     /// Which side dialled this connection.
     pub dialer: DeviceId,
     pub conn: Connection,
+    /// Heartbeat keys, when both sides read heartbeats (see [`crate::heartbeat`]).
+    pub heartbeat: Option<Arc<LinkKeys>>,
 }
 
 impl PeerConn {
@@ -88,6 +91,8 @@ struct Inner {
     cfg: EndpointConfig,
     transport: Arc<quinn::TransportConfig>,
     quinns: Vec<quinn::Endpoint>,
+    /// The heartbeat socket beside the one QUIC socket (none with several sockets).
+    twin: Option<Arc<Twin>>,
     conns: Mutex<HashMap<DeviceId, PeerConn>>,
     dial_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
     /// One replacement ([`Endpoint::reconnect`]) at a time per peer.
@@ -145,7 +150,9 @@ impl Endpoint {
         let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
         server.transport_config(transport.clone());
         let mut quinns = Vec::new();
-        for addr in plan_sockets(&cfg.listen) {
+        let mut twin = None;
+        let planned = plan_sockets(&cfg.listen);
+        for addr in planned.iter().copied() {
             let socket = match bind_udp(addr, cfg.socket_buffer) {
                 Ok(s) => s,
                 Err(e)
@@ -161,8 +168,20 @@ impl Endpoint {
                 }
                 Err(source) => return Err(TransportError::Bind { addr, source }),
             };
+            if cfg.heartbeats && planned.len() == 1 {
+                match Twin::bind(&socket) {
+                    Ok(t) => twin = Some(Arc::new(t)),
+                    Err(e) => {
+                        warn!(%addr, error = %e, "no heartbeat socket; liveness beats go over QUIC")
+                    }
+                }
+            }
+            // Never invite peers to clear QUIC's fixed bit: the heartbeat socket gets the
+            // datagrams that have it clear.
+            let mut ep_cfg = quinn::EndpointConfig::default();
+            ep_cfg.grease_quic_bit(false);
             let ep = quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
+                ep_cfg,
                 Some(server.clone()),
                 socket,
                 Arc::new(crate::runtime::QuietRuntime),
@@ -179,6 +198,7 @@ impl Endpoint {
                 cfg,
                 transport,
                 quinns,
+                twin,
                 conns: Mutex::new(HashMap::new()),
                 dial_locks: Mutex::new(HashMap::new()),
                 move_locks: Mutex::new(HashMap::new()),
@@ -204,6 +224,26 @@ impl Endpoint {
 
     pub fn roster(&self) -> &Roster {
         &self.inner.roster
+    }
+
+    /// The heartbeat socket, if this endpoint reads heartbeats.
+    pub fn twin(&self) -> Option<&Arc<Twin>> {
+        self.inner.twin.as_ref()
+    }
+
+    /// Heartbeat keys for `conn` when the peer's hello features say it reads heartbeats
+    /// and so does this endpoint.
+    fn heartbeat_keys(
+        &self,
+        conn: &Connection,
+        features: &[String],
+        dialled_here: bool,
+    ) -> Option<Arc<LinkKeys>> {
+        self.inner.twin.as_ref()?;
+        if !features.iter().any(|f| f == FEATURE_HEARTBEAT) {
+            return None;
+        }
+        LinkKeys::derive(conn, dialled_here).map(Arc::new)
     }
 
     /// The addresses really bound (ports resolved).
@@ -425,11 +465,14 @@ impl Endpoint {
         Hello {
             version: u16::from(PROTOCOL_VERSION),
             name: self.inner.identity.name.clone(),
-            features: if moved {
-                vec![FEATURE_MOVED.to_string()]
-            } else {
-                Vec::new()
-            },
+            features: [
+                moved.then_some(FEATURE_MOVED),
+                self.inner.twin.is_some().then_some(FEATURE_HEARTBEAT),
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::from)
+            .collect(),
         }
     }
 
@@ -471,6 +514,7 @@ impl Endpoint {
             Some(ControlFrame::HelloAck(h)) => self.register(
                 PeerConn {
                     peer,
+                    heartbeat: self.heartbeat_keys(conn, &h.features, true),
                     name: h.name,
                     dialer: self.id(),
                     conn: conn.clone(),
@@ -554,6 +598,7 @@ impl Endpoint {
             let pc = self.register(
                 PeerConn {
                     peer,
+                    heartbeat: self.heartbeat_keys(&conn, &h.features, false),
                     name: h.name,
                     dialer: peer,
                     conn: conn.clone(),

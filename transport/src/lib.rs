@@ -16,6 +16,7 @@
 
 pub mod endpoint;
 pub mod frame;
+pub mod heartbeat;
 pub mod id;
 pub mod identity;
 pub mod pairing;

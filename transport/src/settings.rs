@@ -22,6 +22,8 @@ pub mod close_code {
     pub const RACE_LOST: u32 = 4;
     /// The hello exchange failed (bad version or frame).
     pub const PROTOCOL: u32 = 5;
+    /// Nothing was heard from the peer (no heartbeat, no packet) for the idle timeout.
+    pub const SILENT: u32 = 6;
 }
 
 /// Endpoint settings. `Default` suits a daemon; [`EndpointConfig::for_test`] binds loopback.
@@ -43,6 +45,8 @@ pub struct EndpointConfig {
     pub connection_window: u32,
     /// Concurrent bidirectional streams a peer may open.
     pub max_streams: u32,
+    /// Read liveness heartbeats on a socket beside QUIC's (only with one socket).
+    pub heartbeats: bool,
     /// The TLS provider; defaults to ring restricted to ChaCha20-Poly1305.
     pub provider: Arc<CryptoProvider>,
 }
@@ -71,6 +75,7 @@ impl Default for EndpointConfig {
             stream_window: 8 * 1024 * 1024,
             connection_window: 32 * 1024 * 1024,
             max_streams: 1024,
+            heartbeats: true,
             provider: Arc::new(tls::chacha_provider()),
         }
     }

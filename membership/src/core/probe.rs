@@ -50,28 +50,22 @@ impl<I: NodeId> Membership<I> {
             self.record_dirty = true;
         }
         self.expire_events(now);
-        // Round robin over the links this member beats.
+        // A random link this member beats (in id order, a member would talk to the same
+        // part of the mesh for many intervals after a partition split by id).
         let beaten: Vec<I> = self
             .links
             .iter()
             .filter(|(_, l)| l.status == LinkStatus::Active && l.beaten_here())
             .map(|(p, _)| *p)
             .collect();
-        let next = self
-            .ae_cursor
-            .and_then(|c| beaten.iter().find(|p| **p > c))
-            .or(beaten.first())
-            .copied();
-        if next.is_some() {
-            self.ae_cursor = next;
-        }
-        self.ae_to = next;
+        self.ae_to = beaten.choose(&mut self.rng).copied();
     }
 
     /// When the link's next beat (or, if it is not active, probe) is due.
     pub(super) fn beat_due(&self, peer: &I, link: &Link<I>) -> Instant {
         let p = self.cfg.probe_interval;
         match link.status {
+            LinkStatus::Active if link.datagram => link.beat_sent + p,
             LinkStatus::Active => {
                 // A beat either way postpones the next one, so one side beats and the
                 // other only answers at the transport level. The higher id waits an

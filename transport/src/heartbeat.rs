@@ -1,0 +1,463 @@
+//! Heartbeats: small authenticated liveness datagrams beside QUIC, on the same UDP port,
+//! that a daemon reads only when it wakes up anyway.
+//!
+//! Every QUIC packet that carries data must be acknowledged, and on a LAN at once, so a
+//! liveness beat over QUIC costs three wake-ups per link and interval: the beat, its
+//! receipt, the acknowledgement back. A heartbeat is not QUIC: nothing answers it, and
+//! the kernel hands it to a second socket (the "twin") that is not watched for
+//! readiness. A daemon sends its heartbeats and reads the ones that arrived in the same
+//! wake-up, so an idle daemon wakes once per interval whatever the number of peers.
+//!
+//! Routing on one port: the QUIC socket and its twin form a `SO_REUSEPORT` group whose
+//! classic BPF program looks at the first byte of the datagram. Every QUIC packet has the
+//! fixed bit (`0x40`) set (this endpoint never advertises `grease_quic_bit`, and quinn
+//! never clears the bit itself); a heartbeat starts with [`MARKER`], which has it clear.
+//!
+//! Keys: both sides of a connection derive them from its TLS session with the exporter
+//! (RFC 5705, label [`LABEL`]), one key per direction, so a heartbeat proves it comes
+//! from the device at the other end of that very connection. A datagram is
+//! `MARKER | key id (8) | counter (8) | flags (1) | digest (8) | tag (16)`: the tag is
+//! ChaCha20-Poly1305 over the first 26 bytes with the counter as nonce, and a counter not
+//! above the last one accepted is a replay and refused.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// Hello feature: this side reads heartbeats (both sides must say it).
+pub const FEATURE_HEARTBEAT: &str = "heartbeat";
+/// First byte of a heartbeat: QUIC's fixed bit (0x40) clear.
+pub const MARKER: u8 = 0x21;
+/// Length of a heartbeat datagram.
+pub const LEN: usize = 42;
+/// TLS exporter label of the heartbeat keys.
+pub const LABEL: &[u8] = b"cnspr heartbeat v1";
+const HEADER: usize = 26;
+const TAG: usize = 16;
+
+/// One direction's key and its public id.
+struct DirKey {
+    id: [u8; 8],
+    key: LessSafeKey,
+}
+
+impl DirKey {
+    fn new(material: &[u8]) -> Self {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&material[32..40]);
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &material[..32]).expect("32-byte key");
+        DirKey {
+            id,
+            key: LessSafeKey::new(key),
+        }
+    }
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// The heartbeat keys of one connection: what this side sends with and what it accepts.
+pub struct LinkKeys {
+    tx: DirKey,
+    rx: DirKey,
+    sent: AtomicU64,
+    accepted: AtomicU64,
+}
+
+impl std::fmt::Debug for LinkKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkKeys").finish_non_exhaustive()
+    }
+}
+
+impl LinkKeys {
+    /// Derives the keys of `conn`; `dialled_here`: this side opened the connection.
+    pub fn derive(conn: &quinn::Connection, dialled_here: bool) -> Option<Self> {
+        let mut material = [0u8; 80];
+        conn.export_keying_material(&mut material, LABEL, b"")
+            .ok()?;
+        Some(Self::from_material(&material, dialled_here))
+    }
+
+    /// Keys from 80 bytes of exporter output: 40 for each direction (key, then id).
+    pub fn from_material(material: &[u8; 80], dialled_here: bool) -> Self {
+        let from_dialer = DirKey::new(&material[..40]);
+        let to_dialer = DirKey::new(&material[40..]);
+        let (tx, rx) = if dialled_here {
+            (from_dialer, to_dialer)
+        } else {
+            (to_dialer, from_dialer)
+        };
+        LinkKeys {
+            tx,
+            rx,
+            sent: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+        }
+    }
+
+    /// The id the peer's heartbeats carry.
+    pub fn rx_id(&self) -> [u8; 8] {
+        self.rx.id
+    }
+
+    /// The next heartbeat to send, carrying `digest`.
+    pub fn seal(&self, digest: Option<u64>) -> [u8; LEN] {
+        let counter = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut pkt = [0u8; LEN];
+        pkt[0] = MARKER;
+        pkt[1..9].copy_from_slice(&self.tx.id);
+        pkt[9..17].copy_from_slice(&counter.to_be_bytes());
+        if let Some(d) = digest {
+            pkt[17] = 1;
+            pkt[18..26].copy_from_slice(&d.to_be_bytes());
+        }
+        let (head, tail) = pkt.split_at_mut(HEADER);
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(nonce(counter), Aad::from(&*head), &mut [])
+            .expect("an empty message seals");
+        tail.copy_from_slice(tag.as_ref());
+        pkt
+    }
+
+    /// Checks a heartbeat meant for these keys (see [`key_id`]): the digest it carries,
+    /// or `None` if it is forged, damaged or a replay.
+    pub fn open(&self, pkt: &[u8]) -> Option<Option<u64>> {
+        if pkt.len() != LEN || pkt[0] != MARKER || pkt[1..9] != self.rx.id {
+            return None;
+        }
+        let counter = u64::from_be_bytes(pkt[9..17].try_into().ok()?);
+        let flags = pkt[17];
+        if flags > 1 || counter <= self.accepted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut tag = [0u8; TAG];
+        tag.copy_from_slice(&pkt[HEADER..]);
+        self.rx
+            .key
+            .open_in_place(nonce(counter), Aad::from(&pkt[..HEADER]), &mut tag)
+            .ok()?;
+        self.accepted.fetch_max(counter, Ordering::Relaxed);
+        let digest = u64::from_be_bytes(pkt[18..26].try_into().ok()?);
+        Some((flags == 1).then_some(digest))
+    }
+}
+
+/// The key id of a datagram that looks like a heartbeat.
+pub fn key_id(pkt: &[u8]) -> Option<[u8; 8]> {
+    if pkt.len() != LEN || pkt[0] != MARKER {
+        return None;
+    }
+    pkt[1..9].try_into().ok()
+}
+
+/// Counters shown by `status`.
+#[derive(Debug, Default)]
+pub struct TwinStats {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    /// Datagrams on the twin that were not a valid heartbeat of a live connection.
+    pub rejected: AtomicU64,
+}
+
+/// The socket that receives heartbeats: bound to the QUIC socket's address, never
+/// registered for readiness.
+#[derive(Debug)]
+pub struct Twin {
+    socket: UdpSocket,
+    v6: bool,
+    pub stats: TwinStats,
+    /// When the last [`Twin::drain`] ran: what it reads arrived after that.
+    last_drain: Mutex<Option<Instant>>,
+}
+
+/// Most datagrams read in one drain (the rest waits, or the kernel drops it).
+pub const MAX_DRAIN: usize = 4096;
+
+impl Twin {
+    /// Joins `quic` (already bound) in a reuseport group with a new socket that gets
+    /// the datagrams whose first byte has QUIC's fixed bit clear. The QUIC socket was
+    /// bound alone first, so the port was free; only a socket of this user that also
+    /// asks for `SO_REUSEPORT` could join later, and the group's program never hands it
+    /// a datagram.
+    pub fn bind(quic: &UdpSocket) -> io::Result<Twin> {
+        let local = quic.local_addr()?;
+        let quic_ref = SockRef::from(quic);
+        set_reuse_port(&quic_ref)?;
+        let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+        if local.is_ipv6() {
+            socket.set_only_v6(quic_ref.only_v6()?)?;
+        }
+        set_reuse_port(&SockRef::from(&socket))?;
+        socket.bind(&local.into())?;
+        socket.set_nonblocking(true)?;
+        let _ = socket.set_recv_buffer_size(256 * 1024);
+        attach_program(&SockRef::from(&socket))?;
+        let twin = Twin {
+            socket: socket.into(),
+            v6: local.is_ipv6(),
+            stats: TwinStats::default(),
+            last_drain: Mutex::new(None),
+        };
+        twin.self_test(local)?;
+        Ok(twin)
+    }
+
+    /// Sends a heartbeat marker to our own port over loopback and expects it on the twin
+    /// (not on the QUIC socket): the kernel really routes by the first byte. Without a
+    /// usable loopback (a fresh network namespace) there is nothing to test with; the
+    /// program is then trusted.
+    fn self_test(&self, local: SocketAddr) -> io::Result<()> {
+        let to: SocketAddr = match local {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], a.port()))
+            }
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, a.port()))
+            }
+            other => other,
+        };
+        let probe = [MARKER, 0xfe];
+        if self.send(to, &probe).is_err() {
+            if to.is_ipv6()
+                && self
+                    .send(SocketAddr::from(([127, 0, 0, 1], local.port())), &probe)
+                    .is_ok()
+            {
+                // IPv4 loopback through the dual-stack socket.
+            } else {
+                return Ok(());
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut buf = [0u8; 64];
+        loop {
+            match self.socket.recv_from(&mut buf) {
+                Ok((2, _)) if buf[..2] == probe => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(io::Error::other(
+                            "heartbeat self-test: the kernel did not route the probe to the heartbeat socket",
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The bound address (the QUIC socket's).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends `pkt` to `to` (from the QUIC port).
+    pub fn send(&self, to: SocketAddr, pkt: &[u8]) -> io::Result<()> {
+        let to = match to {
+            SocketAddr::V4(a) if self.v6 => {
+                SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+            }
+            other => other,
+        };
+        self.socket.send_to(pkt, to)?;
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads what arrived since the last drain, at most [`MAX_DRAIN`] datagrams, handing
+    /// each (with its length checked by the caller) to `each`. Returns when the previous
+    /// drain ran: every datagram read now arrived at that instant or later.
+    pub fn drain(&self, now: Instant, mut each: impl FnMut(&[u8])) -> Option<Instant> {
+        let since = self
+            .last_drain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(now);
+        let mut buf = [0u8; 128];
+        for _ in 0..MAX_DRAIN {
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, _)) => each(&buf[..n.min(buf.len())]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors of earlier sends (port unreachable): nothing to read.
+                Err(_) => continue,
+            }
+        }
+        since
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_reuse_port(s: &SockRef<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads size_of::<c_int>() bytes from a live c_int, on a file
+    // descriptor borrowed for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The group's program: index 0 (the QUIC socket, bound first) when the first byte has
+/// the fixed bit set or the datagram is empty, index 1 (the twin) otherwise.
+#[allow(unsafe_code)]
+fn attach_program(s: &SockRef<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let mut code = [
+        libc::sock_filter {
+            code: LD_B_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JSET_K,
+            jt: 0,
+            jf: 1,
+            k: 0x40,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: 1,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as libc::c_ushort,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: the kernel copies the program (`prog` and the `code` it points to, both
+    // alive for the call) during setsockopt.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (LinkKeys, LinkKeys) {
+        let mut m = [0u8; 80];
+        for (i, b) in m.iter_mut().enumerate() {
+            *b = i as u8 ^ 0x5a;
+        }
+        (
+            LinkKeys::from_material(&m, true),
+            LinkKeys::from_material(&m, false),
+        )
+    }
+
+    #[test]
+    fn a_heartbeat_opens_once_on_the_other_side_only() {
+        let (dialer, acceptor) = pair();
+        let pkt = dialer.seal(Some(42));
+        assert_eq!(key_id(&pkt), Some(acceptor.rx_id()));
+        assert_eq!(acceptor.open(&pkt), Some(Some(42)));
+        assert_eq!(acceptor.open(&pkt), None, "a replay is refused");
+        assert_eq!(dialer.open(&pkt), None, "reflected back, it is refused");
+        let pkt = acceptor.seal(None);
+        assert_eq!(dialer.open(&pkt), Some(None));
+    }
+
+    #[test]
+    fn a_changed_byte_or_an_older_counter_is_refused() {
+        let (dialer, acceptor) = pair();
+        let first = dialer.seal(Some(1));
+        let second = dialer.seal(Some(2));
+        for i in 9..LEN {
+            let mut bad = second;
+            bad[i] ^= 0x01;
+            assert_eq!(acceptor.open(&bad), None, "byte {i} flipped");
+        }
+        assert_eq!(acceptor.open(&second), Some(Some(2)));
+        assert_eq!(acceptor.open(&first), None, "older than the last accepted");
+        assert_eq!(acceptor.open(&second[..LEN - 1]), None);
+    }
+
+    #[test]
+    fn the_kernel_hands_heartbeats_to_the_twin_and_quic_packets_to_the_quic_socket() {
+        let quic = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let twin = Twin::bind(&quic).expect("twin binds and passes its self-test");
+        let to = quic.local_addr().unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(&[0x41, 1, 2, 3], to).unwrap(); // a QUIC short header
+        sender.send_to(&[0xc3, 9], to).unwrap(); // a QUIC long header
+        sender.send_to(&[MARKER, 7], to).unwrap();
+        quic.set_nonblocking(false).unwrap();
+        quic.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, _) = quic.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[0x41, 1, 2, 3]);
+        let (n, _) = quic.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[0xc3, 9]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.is_empty() && Instant::now() < deadline {
+            twin.drain(Instant::now(), |d| got.push(d.to_vec()));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(got, vec![vec![MARKER, 7]]);
+        quic.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        assert!(
+            quic.recv_from(&mut buf).is_err(),
+            "the heartbeat did not also reach QUIC"
+        );
+    }
+
+    #[test]
+    fn a_port_taken_by_another_socket_is_not_shared() {
+        let quic = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let _twin = Twin::bind(&quic).unwrap();
+        let port = quic.local_addr().unwrap();
+        assert!(
+            crate::socket::bind_udp(port, 0).is_err(),
+            "a plain bind of the same port still fails"
+        );
+    }
+}
