@@ -290,6 +290,18 @@ pub struct Status {
     /// Gossip counters since start.
     #[serde(default)]
     pub gossip: GossipCounters,
+    /// Heartbeat counters since start; `None` when heartbeats are off.
+    #[serde(default)]
+    pub heartbeats: Option<HeartbeatCounters>,
+}
+
+/// Liveness heartbeats (docs/protocol.md, "Heartbeats") since start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatCounters {
+    pub sent: u64,
+    pub received: u64,
+    /// Datagrams on the heartbeat socket that were no valid heartbeat of a live connection.
+    pub rejected: u64,
 }
 
 /// Roster gossip frames sent to and received from members since start.

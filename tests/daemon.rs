@@ -411,6 +411,58 @@ fn idle_peers_stay_active_and_freshly_seen_on_both_sides() {
 }
 
 #[test]
+fn heartbeats_carry_liveness_and_forged_ones_are_refused() {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let beats = |n: &Node| n.json(&["status"])["heartbeats"].clone();
+    for n in &nodes {
+        wait_until(&format!("{} to accept heartbeats", n.name), || {
+            beats(n)["received"].as_u64().is_some_and(|r| r >= 8)
+        });
+        assert_eq!(beats(n)["rejected"], 0, "{}", n.name);
+    }
+    // Datagrams with QUIC's fixed bit clear reach the heartbeat socket: an unknown key
+    // id, a valid-looking length with a bad key, a short one, an empty-ish one.
+    let alpha = &nodes[0];
+    let to = alpha.addr();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut forged = vec![0x21u8; 42];
+    forged[9..17].copy_from_slice(&u64::MAX.to_be_bytes());
+    let junk: Vec<Vec<u8>> = vec![forged, noise(42, 7), vec![0x21, 1, 2], vec![0x00]];
+    let mut sent = 0;
+    for round in 0..50 {
+        for (i, j) in junk.iter().enumerate() {
+            let mut j = j.clone();
+            j[0] &= 0x3f;
+            if round > 0 && i == 1 {
+                j = noise(42, round);
+                j[0] &= 0x3f;
+            }
+            udp.send_to(&j, &to).unwrap();
+            sent += 1;
+        }
+    }
+    wait_until("alpha to reject every forged datagram", || {
+        beats(alpha)["rejected"].as_u64() == Some(sent)
+    });
+    // Nothing else changed: both still see each other active and keep beating.
+    let before = beats(alpha)["received"].as_u64().unwrap();
+    wait_until("alpha to accept more heartbeats", || {
+        beats(alpha)["received"].as_u64().unwrap() >= before + 4
+    });
+    for (me, other) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[0])] {
+        assert_eq!(me.peer(&other.name).unwrap()["state"], "active");
+        assert!(
+            !me.log()
+                .lines()
+                .any(|l| l.contains("peer state") && l.contains("suspect")),
+            "{} logged a suspicion:\n{}",
+            me.name,
+            me.log()
+        );
+    }
+}
+
+#[test]
 fn peer_states_follow_crashes_restarts_and_graceful_stops() {
     let mut nodes = mesh(&["alpha", "beta"], "");
     // kill -9: suspect, then unreachable, with no command.

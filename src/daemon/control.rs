@@ -591,6 +591,11 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
                     roster_sent: d.mesh.roster_sent.load(Ordering::Relaxed),
                     roster_received: d.mesh.roster_received.load(Ordering::Relaxed),
                 },
+                heartbeats: d.endpoint.twin().map(|t| crate::api::HeartbeatCounters {
+                    sent: t.stats.sent.load(Ordering::Relaxed),
+                    received: t.stats.received.load(Ordering::Relaxed),
+                    rejected: t.stats.rejected.load(Ordering::Relaxed),
+                }),
             })
         }
         Request::Peers {} => serde_json::to_value(d.peers().infos()),

@@ -221,7 +221,8 @@ fn transport_heard(
 ) -> Vec<(DeviceId, Instant)> {
     let mut heard = Vec::new();
     let mut next = HashMap::new();
-    for pc in conns {
+    // Heartbeat links need no help: both sides beat.
+    for pc in conns.iter().filter(|pc| pc.heartbeat.is_none()) {
         let rx = pc.conn.stats().udp_rx.datagrams;
         if let Some((old, at)) = seen.get(&pc.peer) {
             if *old != rx {
@@ -259,13 +260,10 @@ fn send_heartbeat(d: &Daemon, to: &DeviceId, digest: Option<u64>) -> bool {
     let Some(twin) = d.endpoint.twin() else {
         return false;
     };
-    let Some(pc) = d.endpoint.connection(to) else {
+    let Some((addr, keys)) = d.endpoint.heartbeat_target(to) else {
         return false;
     };
-    let Some(keys) = &pc.heartbeat else {
-        return false;
-    };
-    if let Err(e) = twin.send(pc.remote_address(), &keys.seal(digest)) {
+    if let Err(e) = twin.send(addr, &keys.seal(digest)) {
         // Lost like any datagram: the peer's silence check tells the rest.
         debug!(peer = %to.short(), error = %e, "heartbeat not sent");
     }

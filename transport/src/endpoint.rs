@@ -273,6 +273,15 @@ impl Endpoint {
             .cloned()
     }
 
+    /// Where and with which keys to send `peer` a heartbeat (without cloning the whole
+    /// connection: this runs every beat).
+    pub fn heartbeat_target(&self, peer: &DeviceId) -> Option<(SocketAddr, Arc<LinkKeys>)> {
+        let conns = lock(&self.inner.conns);
+        let pc = conns.get(peer)?;
+        let keys = pc.heartbeat.clone()?;
+        Some((pc.conn.remote_address(), keys))
+    }
+
     /// All live connections.
     pub fn connections(&self) -> Vec<PeerConn> {
         lock(&self.inner.conns)
