@@ -360,3 +360,44 @@ fn with_heartbeats_both_sides_beat_once_per_interval_and_silence_is_noticed() {
     );
     assert_eq!(m.peer(&1).unwrap().state, State::Active);
 }
+
+#[test]
+fn heartbeat_links_that_came_up_apart_beat_in_the_same_wake_up() {
+    // Links to 2 and 3 come up 150 ms apart (more than the batching window of a quarter
+    // interval); after the first beats, every wake-up beats both.
+    let t0 = Instant::now();
+    let mut m = Membership::new(1u32, 1, Config::default(), t0);
+    m.set_members([1, 2, 3]);
+    link_up(&mut m, 2, t0, true);
+    link_up(&mut m, 3, t0 + ms(150), true);
+    drain(&mut m);
+    let mut wakeups = 0;
+    let mut last_wake = t0;
+    let end = t0 + ms(10_000);
+    while let Some(timer) = m.poll_timeout().filter(|t| *t <= end) {
+        for peer in [2, 3] {
+            m.handle_input(
+                Input::Beat {
+                    peer,
+                    at: last_wake,
+                    digest: None,
+                },
+                timer,
+            );
+        }
+        m.handle_timeout(timer);
+        last_wake = timer;
+        wakeups += 1;
+        let out = drain(&mut m);
+        let beats = |to| {
+            sends(&out, to)
+                .iter()
+                .filter(|x| matches!(x, Message::Beat { .. }))
+                .count()
+        };
+        if timer > t0 + ms(600) {
+            assert_eq!((beats(2), beats(3)), (1, 1), "both links beat together");
+        }
+    }
+    assert!(wakeups <= 42, "{wakeups} wake-ups in 10 s");
+}

@@ -90,13 +90,20 @@ impl<I: NodeId> Membership<I> {
             .probe_interval
             .mul_f32(1.0 - self.cfg.ping_skip_fraction);
         // Early only on links this member beats: a link the peer beats is due only when
-        // the peer's beat is late, or both sides would end up beating.
+        // the peer's beat is late, or both sides would end up beating. Heartbeat links
+        // go along with any beat from half an interval on: once in step they all beat in
+        // the same wake-up, whatever the order their links came up in.
+        let any_due = self.links.iter().any(|(p, l)| self.beat_due(p, l) <= now);
+        let half = self.cfg.probe_interval / 2;
         let due: Vec<(I, LinkStatus, bool)> = self
             .links
             .iter()
             .filter(|(p, l)| {
                 let at = self.beat_due(p, l);
-                at <= now || (at <= now + window && l.beaten_here())
+                let heartbeat = l.datagram && l.status == LinkStatus::Active;
+                at <= now
+                    || (at <= now + window && l.beaten_here())
+                    || (any_due && heartbeat && at <= now + half)
             })
             .map(|(p, l)| (*p, l.status, matches!(l.indirect, Some((_, Some(_))))))
             .collect();
