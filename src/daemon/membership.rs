@@ -71,16 +71,27 @@ pub fn step(d: &Daemon, f: impl FnOnce(&mut Membership<DeviceId>, Instant)) {
         std::iter::from_fn(|| core.poll_output()).collect()
     };
     d.member.wake.notify_one();
+    let mut heartbeats = Vec::new();
     for o in outputs {
-        execute(d, o);
+        execute(d, o, &mut heartbeats);
+    }
+    if let (Some(twin), false) = (d.endpoint.twin(), heartbeats.is_empty()) {
+        // All of this wake-up's heartbeats in one system call.
+        twin.send_all(&heartbeats);
     }
 }
 
-fn execute(d: &Daemon, o: Output<DeviceId>) {
+/// Carries out one output; beats that go as heartbeats are added to `heartbeats`.
+fn execute(
+    d: &Daemon,
+    o: Output<DeviceId>,
+    heartbeats: &mut Vec<(std::net::SocketAddr, [u8; transport::heartbeat::LEN])>,
+) {
     match o {
         Output::Send { to, msg } => {
             if let Message::Beat { digest } = msg {
-                if send_heartbeat(d, &to, digest) {
+                if let Some((addr, keys)) = heartbeat_target(d, &to) {
+                    heartbeats.push((addr, keys.seal(digest)));
                     return;
                 }
             }
@@ -254,20 +265,14 @@ fn note_heard(d: &Daemon, heard: impl Iterator<Item = (DeviceId, Instant)>, now:
     }
 }
 
-/// Sends a beat as a heartbeat datagram when the connection to `to` has heartbeat keys;
-/// false when it must go over QUIC.
-fn send_heartbeat(d: &Daemon, to: &DeviceId, digest: Option<u64>) -> bool {
-    let Some(twin) = d.endpoint.twin() else {
-        return false;
-    };
-    let Some((addr, keys)) = d.endpoint.heartbeat_target(to) else {
-        return false;
-    };
-    if let Err(e) = twin.send(addr, &keys.seal(digest)) {
-        // Lost like any datagram: the peer's silence check tells the rest.
-        debug!(peer = %to.short(), error = %e, "heartbeat not sent");
-    }
-    true
+/// Where and with which keys a beat to `to` goes as a heartbeat; `None` when it must go
+/// over QUIC (no heartbeat socket, or the connection has no heartbeat keys).
+fn heartbeat_target(
+    d: &Daemon,
+    to: &DeviceId,
+) -> Option<(std::net::SocketAddr, Arc<transport::heartbeat::LinkKeys>)> {
+    d.endpoint.twin()?;
+    d.endpoint.heartbeat_target(to)
 }
 
 /// The heartbeats that arrived since the last wake-up (see `transport::heartbeat`),

@@ -36,7 +36,7 @@ use crate::paths::Paths;
 use peers::{PeerState, PeerTable};
 
 /// QUIC keep-alive of daemon connections (see `start`).
-const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// Everything the daemon's tasks share.
 pub struct Daemon {

@@ -615,10 +615,13 @@ async fn send_chunked(send: &mut SendStream, changes: Vec<Change>) -> Result<(),
 /// vector covers it and this device has everything those vectors cover (so no member holds
 /// a concurrent write this device has not seen); see `docs/store.md`.
 async fn collector(d: Arc<Daemon>, sh: Arc<Shared>) {
+    // A timerfd (one wake-up at the deadline, see transport::runtime).
+    let mut alarm = transport::runtime::Alarm::new(std::time::Instant::now() + COLLECT_MAX);
     loop {
+        alarm.reset(std::time::Instant::now() + COLLECT_MAX);
         tokio::select! {
             _ = sh.collect.notified() => {}
-            _ = tokio::time::sleep(COLLECT_MAX) => {}
+            _ = alarm.wait() => {}
         }
         if let Err(e) = collect_once(&d, &sh).await {
             warn!(error = %e, "tombstone collection failed");

@@ -21,11 +21,14 @@ pub const FIRST: Duration = Duration::from_secs(10);
 
 pub fn start() {
     tokio::spawn(async {
-        tokio::time::sleep(FIRST).await;
+        // A timerfd wakes the process once at the deadline; a long tokio sleep also
+        // wakes it at the timer wheel's level boundaries on the way.
+        let mut alarm = transport::runtime::Alarm::new(std::time::Instant::now() + FIRST);
         loop {
+            alarm.wait().await;
             let released = trim();
             debug!(mapped_kib = released / 1024, "trimmed idle memory");
-            tokio::time::sleep(INTERVAL).await;
+            alarm.reset(std::time::Instant::now() + INTERVAL);
         }
     });
 }
