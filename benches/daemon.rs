@@ -248,12 +248,10 @@ fn main() {
     let start_wait = Instant::now();
     loop {
         let p = conn.call(json!({"cmd": "peers"}));
-        if p["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["state"] == "active")
-        {
+        let peers = p["result"].as_array().unwrap();
+        // Active, and known by the names their hellos gave (the bench sends by name).
+        let named = |n: &str| peers.iter().any(|p| p["name"] == n);
+        if peers.iter().all(|p| p["state"] == "active") && named("beta") && named("gamma") {
             break;
         }
         assert!(
