@@ -529,10 +529,30 @@ mod tests {
 
     #[test]
     fn the_kernel_hands_heartbeats_to_the_twin_and_quic_packets_to_the_quic_socket() {
-        let quic = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        routes("127.0.0.1:0", "127.0.0.1:0", None);
+    }
+
+    #[test]
+    fn a_dual_stack_socket_routes_ipv4_datagrams_the_same_way() {
+        // The daemon's default: `[::]:7373`, which also serves IPv4.
+        if UdpSocket::bind("[::1]:0").is_err() {
+            eprintln!("skipped: no IPv6 on this host");
+            return;
+        }
+        routes("[::]:0", "127.0.0.1:0", Some("127.0.0.1"));
+        routes("[::]:0", "[::1]:0", Some("::1"));
+    }
+
+    /// Binds a QUIC socket at `bind` and its twin, sends from `from` to the port (at
+    /// `host`, or the bound address), and checks where each datagram lands.
+    fn routes(bind: &str, from: &str, host: Option<&str>) {
+        let quic = crate::socket::bind_udp(bind.parse().unwrap(), 0).unwrap();
         let twin = Twin::bind(&quic).expect("twin binds and passes its self-test");
-        let to = quic.local_addr().unwrap();
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut to = quic.local_addr().unwrap();
+        if let Some(h) = host {
+            to = SocketAddr::new(h.parse().unwrap(), to.port());
+        }
+        let sender = UdpSocket::bind(from).unwrap();
         sender.send_to(&[0x41, 1, 2, 3], to).unwrap(); // a QUIC short header
         sender.send_to(&[0xc3, 9], to).unwrap(); // a QUIC long header
         sender.send_to(&[MARKER, 7], to).unwrap();
