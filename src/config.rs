@@ -42,6 +42,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Longest wait between two dials of an unreachable peer, milliseconds.
     pub max_backoff_ms: u64,
+    /// Liveness beats as heartbeats beside QUIC (false: over QUIC, more wake-ups).
+    pub heartbeats: bool,
     /// Services forwarded to local addresses (`[[expose]]` tables).
     pub expose: Vec<ExposeEntry>,
 }
@@ -70,6 +72,7 @@ impl Default for Config {
             suspect_after_ms: DEFAULT_SUSPECT_AFTER_MS,
             idle_timeout_ms: 3000,
             max_backoff_ms: 5000,
+            heartbeats: true,
             expose: Vec::new(),
         }
     }

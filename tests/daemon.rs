@@ -375,10 +375,45 @@ fn a_flood_beyond_the_handler_queue_is_refused_not_buffered() {
 
 #[test]
 fn idle_peers_stay_active_and_freshly_seen_on_both_sides() {
-    // On an idle link only one side sends beats; the other side's liveness reaches the
-    // beating side through QUIC's acknowledgements. Both sides must keep seeing each
-    // other: `last_seen` moves on, the state stays `active`.
-    let nodes = mesh(&["alpha", "beta"], "");
+    // On an idle link both sides send heartbeats, read only when the receiver wakes up
+    // anyway. Both sides must keep seeing each other: `last_seen` moves on, the state
+    // stays `active`.
+    idle_peers_stay_fresh(&mesh(&["alpha", "beta"], ""));
+}
+
+#[test]
+fn idle_peers_stay_fresh_with_beats_over_quic() {
+    // Heartbeats off on both sides: one side beats over QUIC and hears the other through
+    // QUIC's acknowledgements.
+    let nodes = mesh(&["alpha", "beta"], "heartbeats = false\n");
+    for n in &nodes {
+        assert!(n.json(&["status"])["heartbeats"].is_null(), "{}", n.name);
+    }
+    idle_peers_stay_fresh(&nodes);
+}
+
+#[test]
+fn a_peer_without_heartbeats_gets_beats_over_quic() {
+    // Only alpha reads heartbeats: their link has no heartbeat keys, so alpha sends none
+    // and the link beats over QUIC.
+    let mut nodes = vec![
+        Node::new("alpha", ""),
+        Node::new("beta", "heartbeats = false\n"),
+    ];
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    nodes[0].trust(&nodes[1]);
+    nodes[1].trust(&nodes[0]);
+    nodes[0].wait_state("beta", "active");
+    nodes[1].wait_state("alpha", "active");
+    idle_peers_stay_fresh(&nodes);
+    assert_eq!(nodes[0].json(&["status"])["heartbeats"]["sent"], 0);
+}
+
+/// Both sides keep a fresh `last_seen` of each other for a few seconds of idling, stay
+/// `active` and never log a suspicion.
+fn idle_peers_stay_fresh(nodes: &[Node]) {
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -397,7 +432,7 @@ fn idle_peers_stay_active_and_freshly_seen_on_both_sides() {
         assert_eq!(me.peer(&other.name).unwrap()["state"], "active");
     }
     // Neither side went through `suspect` on the way.
-    for n in &nodes {
+    for n in nodes {
         let log = n.log();
         assert!(log.contains("peer state"), "state changes are logged");
         assert!(

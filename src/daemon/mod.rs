@@ -285,6 +285,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_millis(cfg.idle_timeout_ms.saturating_mul(3))
             .max(QUIC_KEEP_ALIVE * 3),
         handshake_timeout: Duration::from_millis(cfg.idle_timeout_ms.min(5000)),
+        heartbeats: cfg.heartbeats,
         ..EndpointConfig::default()
     };
     let streams = streams::Streams::default();
