@@ -38,6 +38,18 @@ fn link_up(m: &mut Membership<u32>, peer: u32, now: Instant, datagram: bool) {
     );
 }
 
+/// A heartbeat of `peer` read at `now`, dated `at`.
+fn heard_beat(m: &mut Membership<u32>, peer: u32, at: Instant, now: Instant) {
+    m.handle_input(
+        Input::Beat {
+            peer,
+            at,
+            digest: None,
+        },
+        now,
+    );
+}
+
 /// Run the timer loop until `until`, answering nothing.
 fn silent_until(m: &mut Membership<u32>, until: Instant) -> Vec<Output<u32>> {
     let mut all = Vec::new();
@@ -313,14 +325,7 @@ fn with_heartbeats_both_sides_beat_once_per_interval_and_silence_is_noticed() {
     let end = t0 + ms(10_000);
     while let Some(timer) = m.poll_timeout().filter(|t| *t <= end) {
         // The daemon reads the heartbeats that came since its last wake-up, dated then.
-        m.handle_input(
-            Input::Beat {
-                peer: 1,
-                at: last_wake,
-                digest: None,
-            },
-            timer,
-        );
+        heard_beat(&mut m, 1, last_wake, timer);
         m.handle_timeout(timer);
         last_wake = timer;
         wakeups += 1;
@@ -350,14 +355,7 @@ fn with_heartbeats_both_sides_beat_once_per_interval_and_silence_is_noticed() {
 
     // A heartbeat again: active at once.
     let back = quiet + ms(1500);
-    m.handle_input(
-        Input::Beat {
-            peer: 1,
-            at: back,
-            digest: None,
-        },
-        back,
-    );
+    heard_beat(&mut m, 1, back, back);
     assert_eq!(m.peer(&1).unwrap().state, State::Active);
 }
 
@@ -376,14 +374,7 @@ fn heartbeat_links_that_came_up_apart_beat_in_the_same_wake_up() {
     let end = t0 + ms(10_000);
     while let Some(timer) = m.poll_timeout().filter(|t| *t <= end) {
         for peer in [2, 3] {
-            m.handle_input(
-                Input::Beat {
-                    peer,
-                    at: last_wake,
-                    digest: None,
-                },
-                timer,
-            );
+            heard_beat(&mut m, peer, last_wake, timer);
         }
         m.handle_timeout(timer);
         last_wake = timer;

@@ -407,33 +407,14 @@ impl Twin {
     }
 }
 
-#[allow(unsafe_code)]
 fn set_reuse_port(s: &SockRef<'_>) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads size_of::<c_int>() bytes from a live c_int, on a file
-    // descriptor borrowed for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::socket::set_option(&**s, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)
 }
 
 /// The group's program: index 0 (the QUIC socket, bound first) when the first byte has
 /// the fixed bit set or the datagram is empty, index 1 (the twin) otherwise.
-#[allow(unsafe_code)]
 fn attach_program(s: &SockRef<'_>) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
     const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
@@ -467,22 +448,14 @@ fn attach_program(s: &SockRef<'_>) -> io::Result<()> {
         len: code.len() as libc::c_ushort,
         filter: code.as_mut_ptr(),
     };
-    // SAFETY: the kernel copies the program (`prog` and the `code` it points to, both
-    // alive for the call) during setsockopt.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // The kernel copies the program (`prog` and the `code` it points to, both alive for
+    // the call) during setsockopt.
+    crate::socket::set_option(
+        &**s,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        &prog,
+    )
 }
 
 #[cfg(test)]

@@ -34,20 +34,35 @@ pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
 }
 
 /// Best effort: needs CAP_NET_ADMIN, silently does nothing without it.
-#[allow(unsafe_code)]
 fn force_buffer(socket: &Socket, option: libc::c_int, size: usize) {
-    use std::os::fd::AsRawFd;
     let value: libc::c_int = size.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from a valid pointer to a
-    // live c_int, on a file descriptor this function borrows for the call's duration.
-    unsafe {
+    let _ = set_option(socket, libc::SOL_SOCKET, option, &value);
+}
+
+/// `setsockopt(level, name)` with `value`, passed by pointer and size.
+#[allow(unsafe_code)]
+pub(crate) fn set_option<T>(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: setsockopt reads exactly size_of::<T>() bytes from a valid reference to a
+    // live T (the kernel copies it during the call), on a descriptor borrowed for the
+    // call's duration.
+    let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
