@@ -275,19 +275,7 @@ impl Twin {
         let mut msgs: Vec<libc::mmsghdr> = addrs
             .iter()
             .zip(iovs.iter_mut())
-            .map(|(a, iov)| {
-                // SAFETY: an all-zero msghdr is valid; the fields set below point into
-                // `addrs` and `iovs`, which outlive the call.
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = a.as_ptr() as *mut libc::c_void;
-                h.msg_namelen = a.len();
-                h.msg_iov = iov;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
+            .map(|(a, iov)| message(iov, Some(a)))
             .collect();
         let mut sent = 0;
         while sent < msgs.len() {
@@ -348,19 +336,8 @@ impl Twin {
                     iov_len: SIZE,
                 })
                 .collect();
-            let mut msgs: Vec<libc::mmsghdr> = iovs
-                .iter_mut()
-                .map(|iov| {
-                    // SAFETY: an all-zero msghdr is valid (no name, no control data).
-                    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                    h.msg_iov = iov;
-                    h.msg_iovlen = 1;
-                    libc::mmsghdr {
-                        msg_hdr: h,
-                        msg_len: 0,
-                    }
-                })
-                .collect();
+            let mut msgs: Vec<libc::mmsghdr> =
+                iovs.iter_mut().map(|iov| message(iov, None)).collect();
             // SAFETY: BATCH initialised headers, each pointing at a live SIZE-byte buffer.
             let n = unsafe {
                 libc::recvmmsg(
@@ -404,6 +381,24 @@ impl Twin {
             }
         }
         since
+    }
+}
+
+/// One entry of a `sendmmsg`/`recvmmsg` batch: one buffer, and the address to send to
+/// (none when receiving). The pointers it holds are only valid while `iov` and `to` are.
+#[allow(unsafe_code)]
+fn message(iov: &mut libc::iovec, to: Option<&socket2::SockAddr>) -> libc::mmsghdr {
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers, no control data).
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(a) = to {
+        h.msg_name = a.as_ptr() as *mut libc::c_void;
+        h.msg_namelen = a.len();
+    }
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    libc::mmsghdr {
+        msg_hdr: h,
+        msg_len: 0,
     }
 }
 
