@@ -312,24 +312,14 @@ impl<I: NodeId> Membership<I> {
                 }
             }
             Input::Message { from, msg } => self.on_message(from, msg, now),
-            Input::Heard { peer, at } => {
-                if let Some(link) = self.links.get_mut(&peer) {
-                    link.last_heard = link.last_heard.max(at.min(now));
-                }
-            }
+            Input::Heard { peer, at } => self.heard_at(peer, at.min(now)),
             Input::Beat { peer, at, digest } => {
                 if !self.roster.contains(&peer) {
                     return;
                 }
-                if let Some(link) = self.links.get_mut(&peer) {
-                    let at = at.min(now);
-                    link.last_heard = link.last_heard.max(at);
-                    link.beat_rcvd = link.beat_rcvd.max(at);
-                }
-                if digest.is_some_and(|h| h != self.digest_hash()) {
-                    let msg = self.digest_full(true);
-                    self.send(peer, msg);
-                }
+                let at = at.min(now);
+                self.heard_at(peer, at);
+                self.beat_received(peer, at, digest);
             }
         }
         self.eval_links(now);

@@ -90,7 +90,7 @@ fn execute(
     match o {
         Output::Send { to, msg } => {
             if let Message::Beat { digest } = msg {
-                if let Some((addr, keys)) = heartbeat_target(d, &to) {
+                if let Some((addr, keys)) = d.endpoint.heartbeat_target(&to) {
                     heartbeats.push((addr, keys.seal(digest)));
                     return;
                 }
@@ -265,16 +265,6 @@ fn note_heard(d: &Daemon, heard: impl Iterator<Item = (DeviceId, Instant)>, now:
     }
 }
 
-/// Where and with which keys a beat to `to` goes as a heartbeat; `None` when it must go
-/// over QUIC (no heartbeat socket, or the connection has no heartbeat keys).
-fn heartbeat_target(
-    d: &Daemon,
-    to: &DeviceId,
-) -> Option<(std::net::SocketAddr, Arc<transport::heartbeat::LinkKeys>)> {
-    d.endpoint.twin()?;
-    d.endpoint.heartbeat_target(to)
-}
-
 /// The heartbeats that arrived since the last wake-up (see `transport::heartbeat`),
 /// checked against the keys of the live connections: (peer, dated at the last drain,
 /// the digest of the newest).
@@ -336,7 +326,8 @@ fn close_silent(d: &Daemon, conns: &[PeerConn], now: Instant) {
 
 fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {
     let (peer, rtt, addr) = (pc.peer, pc.rtt(), super::links::canon(pc.remote_address()));
-    let datagram = pc.heartbeat.is_some() && d.endpoint.twin().is_some();
+    // Keys exist only when this endpoint has a heartbeat socket and the peer reads them.
+    let datagram = pc.heartbeat.is_some();
     step(d, |c, now| {
         c.add_member(peer);
         c.handle_input(

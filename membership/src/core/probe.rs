@@ -218,6 +218,26 @@ impl<I: NodeId> Membership<I> {
         self.set_status(from, LinkStatus::Active, now);
     }
 
+    /// Evidence from the transport that `peer` was up at `at` (not later than now).
+    pub(super) fn heard_at(&mut self, peer: I, at: Instant) {
+        if let Some(link) = self.links.get_mut(&peer) {
+            link.last_heard = link.last_heard.max(at);
+        }
+    }
+
+    /// A beat of `from` (a message or a heartbeat) that arrived at `at`: it postpones
+    /// this side's next beat over QUIC, and a digest that differs from ours starts the
+    /// anti-entropy exchange.
+    pub(super) fn beat_received(&mut self, from: I, at: Instant, digest: Option<u64>) {
+        if let Some(link) = self.links.get_mut(&from) {
+            link.beat_rcvd = link.beat_rcvd.max(at);
+        }
+        if digest.is_some_and(|h| h != self.digest_hash()) {
+            let msg = self.digest_full(true);
+            self.send(from, msg);
+        }
+    }
+
     pub(super) fn on_message(&mut self, from: I, msg: Message<I>, now: Instant) {
         if from == self.me || !self.roster.contains(&from) {
             return;
@@ -300,15 +320,7 @@ impl<I: NodeId> Membership<I> {
                     self.send(from, msg);
                 }
             }
-            Message::Beat { digest } => {
-                if let Some(link) = self.links.get_mut(&from) {
-                    link.beat_rcvd = now;
-                }
-                if digest.is_some_and(|h| h != self.digest_hash()) {
-                    let msg = self.digest_full(true);
-                    self.send(from, msg);
-                }
-            }
+            Message::Beat { digest } => self.beat_received(from, now, digest),
             Message::DigestFull {
                 reply,
                 records,
