@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-/// Timers and limits. `Default` is the LAN preset: a crash is seen everywhere in about
-/// `unreachable_after` (1.3 s), while a member that stalls for up to about 1 s is never
-/// declared `unreachable`.
+/// Timers and limits. `Default` is the LAN preset: a crash is seen everywhere between
+/// `unreachable_after - probe_interval` and `unreachable_after` (1.1 to 1.6 s), while a
+/// member that stalls for up to about 1 s is never declared `unreachable`
+/// (`unreachable_after` > stall + `probe_interval`, heartbeats dated when they arrive).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Beat period of an idle direct link: one side sends a `Beat` each interval (the
@@ -47,10 +48,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            probe_interval: Duration::from_millis(250),
+            probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_millis(200),
             probe_timeout_max: Duration::from_millis(700),
-            unreachable_after: Duration::from_millis(1300),
+            unreachable_after: Duration::from_millis(1600),
             indirect_fanout: 3,
             ping_skip_fraction: 0.75,
             anti_entropy_interval: Duration::from_secs(1),

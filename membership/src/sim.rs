@@ -28,7 +28,8 @@ pub struct SimConfig {
     /// Time to re-establish a connection after heal or restart.
     pub reconnect_delay: Duration,
     /// Beats travel as heartbeats (the daemon's default): datagrams nobody acknowledges,
-    /// read by the receiver at its next wake-up and dated at the one before.
+    /// received by the kernel even while the node stalls, read at its next wake-up and
+    /// dated when they arrived (the daemon's receive timestamps).
     pub datagram_beats: bool,
     pub membership: Config,
 }
@@ -160,9 +161,8 @@ struct Node {
     stall_until: Duration,
     extra_delay: Duration,
     views: BTreeMap<u32, PeerView<u32>>,
-    /// Heartbeats waiting for the node's next wake-up, and when it last woke.
-    heartbeats: Vec<(u32, Option<u64>)>,
-    last_wake: Instant,
+    /// Heartbeats waiting for the node's next wake-up, with their arrival.
+    heartbeats: Vec<(u32, Option<u64>, Instant)>,
 }
 
 /// The simulator. Node ids are `0..n`.
@@ -219,7 +219,6 @@ impl Sim {
                 extra_delay: Duration::ZERO,
                 views: BTreeMap::new(),
                 heartbeats: Vec::new(),
-                last_wake: base,
             });
             sim.drain(id);
         }
@@ -547,7 +546,9 @@ impl Sim {
             if !nd.alive {
                 return;
             }
-            if self.now < nd.stall_until {
+            // The kernel takes datagrams in while the process stalls.
+            let datagram = matches!(ev, Ev::Deliver { datagram: true, .. });
+            if self.now < nd.stall_until && !datagram {
                 let at = nd.stall_until;
                 self.push(at, ev);
                 return;
@@ -578,7 +579,7 @@ impl Sim {
                         Ok(Message::Beat { digest }) => digest,
                         _ => unreachable!("only beats travel as heartbeats"),
                     };
-                    self.nodes[to as usize].heartbeats.push((from, digest));
+                    self.nodes[to as usize].heartbeats.push((from, digest, now));
                     return;
                 }
                 let latency = l.latency;
@@ -683,11 +684,10 @@ impl Sim {
     }
 
     /// The node woke up: the heartbeats that arrived since its last wake-up go in, dated
-    /// at that wake-up (as the daemon does).
+    /// when they arrived (as the daemon does).
     fn read_heartbeats(&mut self, id: u32, now: Instant) {
         let nd = &mut self.nodes[id as usize];
-        let at = std::mem::replace(&mut nd.last_wake, now);
-        for (peer, digest) in std::mem::take(&mut nd.heartbeats) {
+        for (peer, digest, at) in std::mem::take(&mut nd.heartbeats) {
             nd.m.handle_input(Input::Beat { peer, at, digest }, now);
         }
     }

@@ -63,10 +63,20 @@ fn silent_until(m: &mut Membership<u32>, until: Instant) -> Vec<Output<u32>> {
     all
 }
 
+/// The timers these tests are written for (faster than the default): 250 ms beats,
+/// unreachable after 1.3 s of silence.
+fn cfg() -> Config {
+    Config {
+        probe_interval: ms(250),
+        unreachable_after: ms(1300),
+        ..Config::default()
+    }
+}
+
 #[test]
 fn silent_peer_goes_suspect_then_unreachable_and_recovers() {
     let t0 = Instant::now();
-    let cfg = Config::default();
+    let cfg = cfg();
     let mut m = Membership::new(1u32, 1, cfg.clone(), t0);
     m.set_members([1, 2]);
     up(&mut m, 2, t0);
@@ -118,7 +128,7 @@ fn silent_peer_goes_suspect_then_unreachable_and_recovers() {
 #[test]
 fn suspected_member_refutes_with_higher_incarnation() {
     let t0 = Instant::now();
-    let mut m = Membership::new(1u32, 500, Config::default(), t0);
+    let mut m = Membership::new(1u32, 500, cfg(), t0);
     m.set_members([1, 2]);
     up(&mut m, 2, t0);
     drain(&mut m);
@@ -146,7 +156,7 @@ fn suspected_member_refutes_with_higher_incarnation() {
 #[test]
 fn leaving_link_down_marks_left_and_restart_supersedes() {
     let t0 = Instant::now();
-    let mut m = Membership::new(1u32, 1, Config::default(), t0);
+    let mut m = Membership::new(1u32, 1, cfg(), t0);
     m.set_members([1, 2]);
     up(&mut m, 2, t0);
     m.handle_input(
@@ -159,7 +169,7 @@ fn leaving_link_down_marks_left_and_restart_supersedes() {
     assert_eq!(m.peer(&2).unwrap().state, State::Left);
     assert_eq!(m.next_hop(&2), None);
     // Member 2 restarts with a higher incarnation: its record supersedes the mark.
-    let mut other = Membership::new(2u32, 1000, Config::default(), t0 + ms(100));
+    let mut other = Membership::new(2u32, 1000, cfg(), t0 + ms(100));
     other.set_members([1, 2]);
     up(&mut other, 1, t0 + ms(100));
     let out = drain(&mut other);
@@ -187,7 +197,7 @@ fn leaving_link_down_marks_left_and_restart_supersedes() {
 #[test]
 fn strangers_are_ignored_and_removed_members_forgotten() {
     let t0 = Instant::now();
-    let mut m = Membership::new(1u32, 1, Config::default(), t0);
+    let mut m = Membership::new(1u32, 1, cfg(), t0);
     m.set_members([1, 2, 3]);
     up(&mut m, 9, t0);
     m.handle_input(
@@ -228,7 +238,7 @@ fn strangers_are_ignored_and_removed_members_forgotten() {
 #[test]
 fn oversize_broadcast_is_refused_and_idle_wakeups_are_few() {
     let t0 = Instant::now();
-    let mut m = Membership::new(1u32, 1, Config::default(), t0);
+    let mut m = Membership::new(1u32, 1, cfg(), t0);
     m.set_members([1, 2]);
     up(&mut m, 2, t0);
     drain(&mut m);
@@ -274,7 +284,7 @@ fn the_side_that_receives_beats_sleeps() {
     // Member 2 receives a beat from member 1 (the lower id) every interval: it sends no
     // beat and wakes up only for anti-entropy, about once a second.
     let t0 = Instant::now();
-    let mut m = Membership::new(2u32, 1, Config::default(), t0);
+    let mut m = Membership::new(2u32, 1, cfg(), t0);
     m.set_members([1, 2]);
     up(&mut m, 1, t0);
     drain(&mut m);
@@ -315,7 +325,7 @@ fn with_heartbeats_both_sides_beat_once_per_interval_and_silence_is_noticed() {
     // Member 2 (the higher id, which would only answer over QUIC) beats every interval
     // although member 1's heartbeats keep arriving; one wake-up per interval.
     let t0 = Instant::now();
-    let mut m = Membership::new(2u32, 1, Config::default(), t0);
+    let mut m = Membership::new(2u32, 1, cfg(), t0);
     m.set_members([1, 2]);
     link_up(&mut m, 1, t0, true);
     drain(&mut m);
@@ -324,7 +334,8 @@ fn with_heartbeats_both_sides_beat_once_per_interval_and_silence_is_noticed() {
     let mut last_wake = t0;
     let end = t0 + ms(10_000);
     while let Some(timer) = m.poll_timeout().filter(|t| *t <= end) {
-        // The daemon reads the heartbeats that came since its last wake-up, dated then.
+        // The heartbeats that came since the last wake-up, dated then at the earliest
+        // (the daemon dates each by its arrival).
         heard_beat(&mut m, 1, last_wake, timer);
         m.handle_timeout(timer);
         last_wake = timer;
@@ -364,7 +375,7 @@ fn heartbeat_links_that_came_up_apart_beat_in_the_same_wake_up() {
     // Links to 2 and 3 come up 150 ms apart (more than the batching window of a quarter
     // interval); after the first beats, every wake-up beats both.
     let t0 = Instant::now();
-    let mut m = Membership::new(1u32, 1, Config::default(), t0);
+    let mut m = Membership::new(1u32, 1, cfg(), t0);
     m.set_members([1, 2, 3]);
     link_up(&mut m, 2, t0, true);
     link_up(&mut m, 3, t0 + ms(150), true);

@@ -266,8 +266,8 @@ fn note_heard(d: &Daemon, heard: impl Iterator<Item = (DeviceId, Instant)>, now:
 }
 
 /// The heartbeats that arrived since the last wake-up (see `transport::heartbeat`),
-/// checked against the keys of the live connections: (peer, dated at the last drain,
-/// the digest of the newest).
+/// checked against the keys of the live connections: per peer, the newest one's arrival
+/// (the kernel's receive timestamp) and digest.
 fn heartbeats(
     d: &Daemon,
     conns: &[PeerConn],
@@ -280,16 +280,17 @@ fn heartbeats(
         .iter()
         .filter_map(|pc| Some((pc.heartbeat.as_ref()?.rx_id(), pc)))
         .collect();
-    let mut got: HashMap<DeviceId, Option<u64>> = HashMap::new();
+    let mut got: HashMap<DeviceId, (Instant, Option<u64>)> = HashMap::new();
     let (mut ok, mut bad) = (0u64, 0u64);
-    let since = twin.drain(now, |pkt| {
+    twin.drain(now, |pkt, at| {
         let opened = key_id(pkt)
             .and_then(|id| keys.get(&id))
             .and_then(|pc| Some((pc.peer, pc.heartbeat.as_ref()?.open(pkt)?)));
         match opened {
             Some((peer, digest)) => {
                 ok += 1;
-                got.insert(peer, digest);
+                // Counters only go up (replays are refused), so the last is the newest.
+                got.insert(peer, (at, digest));
             }
             None => bad += 1,
         }
@@ -300,9 +301,10 @@ fn heartbeats(
     twin.stats
         .rejected
         .fetch_add(bad, std::sync::atomic::Ordering::Relaxed);
-    let at = since.unwrap_or(now);
-    note_heard(d, got.keys().map(|p| (*p, at)), now);
-    got.into_iter().map(|(p, digest)| (p, at, digest)).collect()
+    note_heard(d, got.iter().map(|(p, (at, _))| (*p, *at)), now);
+    got.into_iter()
+        .map(|(p, (at, digest))| (p, at, digest))
+        .collect()
 }
 
 /// Closes the connections whose link has been silent for `idle_timeout_ms` (no

@@ -202,6 +202,9 @@ impl Twin {
         socket.bind(&local.into())?;
         socket.set_nonblocking(true)?;
         let _ = socket.set_recv_buffer_size(256 * 1024);
+        // Receive timestamps: a heartbeat read late is still dated when it came.
+        let one: libc::c_int = 1;
+        let _ = crate::socket::set_option(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one);
         attach_program(&SockRef::from(&socket))?;
         let twin = Twin {
             socket: socket.into(),
@@ -314,19 +317,38 @@ impl Twin {
     }
 
     /// Reads what arrived since the last drain, at most [`MAX_DRAIN`] datagrams (32 per
-    /// system call, `recvmmsg`), handing each to `each`. Returns when the previous drain
-    /// ran: every datagram read now arrived at that instant or later.
+    /// system call, `recvmmsg`), handing each to `each` with the instant it arrived: the
+    /// kernel's receive timestamp, kept between the previous drain and `now` (a datagram
+    /// without one, or with one the wall clock moved past, is dated at the previous
+    /// drain, the earliest it can have come).
     #[allow(unsafe_code)]
-    pub fn drain(&self, now: Instant, mut each: impl FnMut(&[u8])) -> Option<Instant> {
+    pub fn drain(&self, now: Instant, mut each: impl FnMut(&[u8], Instant)) {
         use std::os::fd::AsRawFd;
         const BATCH: usize = 32;
         const SIZE: usize = 64;
+        // Room for one SCM_TIMESTAMPNS (a timespec), aligned for cmsghdr.
+        const CMSG: usize = 64;
+        #[repr(C, align(8))]
+        struct Control([u8; CMSG]);
         let since = self
             .last_drain
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .replace(now);
+        let wall = std::time::SystemTime::now();
+        let date = |ts: Option<Duration>| -> Instant {
+            let floor = since.unwrap_or(now).min(now);
+            let Some(ts) = ts else { return floor };
+            let Ok(wall_now) = wall.duration_since(std::time::UNIX_EPOCH) else {
+                return floor;
+            };
+            match wall_now.checked_sub(ts) {
+                Some(ago) => now.checked_sub(ago).unwrap_or(floor).clamp(floor, now),
+                None => floor,
+            }
+        };
         let mut bufs = [[0u8; SIZE]; BATCH];
+        let mut controls: Vec<Control> = (0..BATCH).map(|_| Control([0; CMSG])).collect();
         let mut read = 0;
         while read < MAX_DRAIN {
             let mut iovs: Vec<libc::iovec> = bufs
@@ -336,9 +358,18 @@ impl Twin {
                     iov_len: SIZE,
                 })
                 .collect();
-            let mut msgs: Vec<libc::mmsghdr> =
-                iovs.iter_mut().map(|iov| message(iov, None)).collect();
-            // SAFETY: BATCH initialised headers, each pointing at a live SIZE-byte buffer.
+            let mut msgs: Vec<libc::mmsghdr> = iovs
+                .iter_mut()
+                .zip(controls.iter_mut())
+                .map(|(iov, c)| {
+                    let mut m = message(iov, None);
+                    m.msg_hdr.msg_control = c.0.as_mut_ptr().cast();
+                    m.msg_hdr.msg_controllen = CMSG as _;
+                    m
+                })
+                .collect();
+            // SAFETY: BATCH initialised headers, each pointing at a live SIZE-byte buffer
+            // and a live CMSG-byte control buffer.
             let n = unsafe {
                 libc::recvmmsg(
                     self.socket.as_raw_fd(),
@@ -359,29 +390,55 @@ impl Twin {
                 }
             }
             let n = n as usize;
-            let lens: Vec<(usize, bool)> = msgs[..n]
+            let got: Vec<(usize, bool, Option<Duration>)> = msgs[..n]
                 .iter()
                 .map(|m| {
                     (
                         m.msg_len as usize,
                         m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                        // SAFETY: the kernel filled msg_control up to msg_controllen.
+                        unsafe { timestamp(&m.msg_hdr) },
                     )
                 })
                 .collect();
             drop(msgs);
             drop(iovs);
-            for (buf, (len, truncated)) in bufs.iter().zip(lens) {
+            for (buf, (len, truncated, ts)) in bufs.iter().zip(got) {
                 // A truncated datagram is longer than any heartbeat: pass it on as such.
                 let len = if truncated { SIZE } else { len.min(SIZE) };
-                each(&buf[..len]);
+                each(&buf[..len], date(ts));
             }
             read += n;
             if n < BATCH {
                 break;
             }
         }
-        since
     }
+}
+
+/// The receive timestamp (`SCM_TIMESTAMPNS`, wall-clock time) of a received message.
+///
+/// # Safety
+/// `h` must be a header the kernel filled: its control pointer valid for
+/// `msg_controllen` bytes.
+#[allow(unsafe_code)]
+unsafe fn timestamp(h: &libc::msghdr) -> Option<Duration> {
+    if h.msg_control.is_null() || h.msg_flags & libc::MSG_CTRUNC != 0 {
+        return None;
+    }
+    let mut c = libc::CMSG_FIRSTHDR(h);
+    while !c.is_null() {
+        let hdr = &*c;
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_TIMESTAMPNS {
+            let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+            return Some(Duration::new(
+                u64::try_from(ts.tv_sec).ok()?,
+                u32::try_from(ts.tv_nsec).ok()?.min(999_999_999),
+            ));
+        }
+        c = libc::CMSG_NXTHDR(h, c);
+    }
+    None
 }
 
 /// One entry of a `sendmmsg`/`recvmmsg` batch: one buffer, and the address to send to
@@ -534,7 +591,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut got = Vec::new();
         while got.is_empty() && Instant::now() < deadline {
-            twin.drain(Instant::now(), |d| got.push(d.to_vec()));
+            twin.drain(Instant::now(), |d, _| got.push(d.to_vec()));
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(got, vec![vec![MARKER, 7]]);
@@ -559,11 +616,41 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut got = Vec::new();
         while got.len() < 70 && Instant::now() < deadline {
-            b.drain(Instant::now(), |d| got.push(acceptor.open(d)));
+            b.drain(Instant::now(), |d, _| got.push(acceptor.open(d)));
             std::thread::sleep(Duration::from_millis(5));
         }
         let want: Vec<_> = (0..70u64).map(|i| Some(Some(i))).collect();
         assert_eq!(got, want, "in order, each opened once");
+    }
+
+    #[test]
+    fn drained_heartbeats_are_dated_when_they_arrived() {
+        let quic = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let twin = Twin::bind(&quic).unwrap();
+        let to = twin.local_addr().unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        twin.drain(Instant::now(), |_, _| {});
+        // Gaps on both sides, so the previous drain and this one are both far from the
+        // arrival: loopback delivers during the send call itself.
+        std::thread::sleep(Duration::from_millis(30));
+        let before = Instant::now();
+        sender.send_to(&[MARKER, 1], to).unwrap();
+        let after = Instant::now();
+        std::thread::sleep(Duration::from_millis(30));
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.is_empty() && Instant::now() < deadline {
+            twin.drain(Instant::now(), |d, at| got.push((d.to_vec(), at)));
+        }
+        let (bytes, at) = got.pop().expect("the datagram arrived");
+        assert_eq!(bytes, [MARKER, 1]);
+        let slack = Duration::from_millis(2);
+        assert!(
+            at + slack >= before && at <= after + slack,
+            "dated {:?} after the send began, which took {:?}",
+            at.saturating_duration_since(before),
+            after - before
+        );
     }
 
     #[test]
