@@ -12,7 +12,7 @@ use membership::{Config, Input, Membership, Message, Output, State};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
-use transport::heartbeat::key_id;
+use transport::heartbeat::{key_id, LinkKeys};
 use transport::quinn::VarInt;
 use transport::{close_code, DeviceId, DownReason, PeerConn, TransportEvent};
 
@@ -63,14 +63,20 @@ pub fn config(d_cfg: &crate::config::Config) -> Config {
     c
 }
 
-/// Runs `f` on the core, then carries out everything it asked for.
+/// Runs `f` on the core, then carries out everything it asked for, and has the timer
+/// task look at the core's next deadline again.
 pub fn step(d: &Daemon, f: impl FnOnce(&mut Membership<DeviceId>, Instant)) {
+    run(d, f);
+    d.member.wake.notify_one();
+}
+
+/// [`step`] for the timer task itself, which looks at the next deadline anyway.
+fn run(d: &Daemon, f: impl FnOnce(&mut Membership<DeviceId>, Instant)) {
     let outputs: Vec<Output<DeviceId>> = {
         let mut core = d.member.lock();
         f(&mut core, Instant::now());
         std::iter::from_fn(|| core.poll_output()).collect()
     };
-    d.member.wake.notify_one();
     let mut heartbeats = Vec::new();
     for o in outputs {
         execute(d, o, &mut heartbeats);
@@ -169,6 +175,8 @@ pub fn start(d: &Arc<Daemon>) {
     tokio::spawn(async move {
         let mut last_rtt = Instant::now();
         let mut rx_seen = HashMap::new();
+        // The connections, fetched again only when the endpoint's list changed.
+        let mut conns: (Option<u64>, Vec<PeerConn>) = (None, Vec::new());
         // A timerfd: one wake-up per deadline (see transport::runtime).
         let mut timer = transport::runtime::Alarm::new(Instant::now());
         loop {
@@ -177,10 +185,26 @@ pub fn start(d: &Arc<Daemon>) {
                 let now = Instant::now();
                 if core.poll_timeout().is_some_and(|t| t <= now) {
                     drop(core);
-                    let conns = dd.endpoint.connections();
-                    let heard = transport_heard(&dd, &conns, &mut rx_seen, now);
-                    let beats = heartbeats(&dd, &conns, now);
-                    step(&dd, |c, now| {
+                    let generation = dd.endpoint.generation();
+                    if conns.0 != Some(generation) {
+                        conns = (Some(generation), dd.endpoint.connections());
+                    }
+                    let conns = &conns.1;
+                    let heard = transport_heard(&dd, conns, &mut rx_seen, now);
+                    let beats = heartbeats(&dd, conns, now);
+                    // Fresh QUIC RTTs, at most once a second, in the same pass.
+                    let rtts = (now.saturating_duration_since(last_rtt) >= Duration::from_secs(1))
+                        .then(|| {
+                            last_rtt = now;
+                            conns
+                                .iter()
+                                .map(|pc| (pc.peer, pc.rtt()))
+                                .collect::<Vec<_>>()
+                        });
+                    run(&dd, |c, now| {
+                        for (peer, rtt) in rtts.into_iter().flatten() {
+                            c.handle_input(Input::Rtt { peer, rtt }, now);
+                        }
                         for (peer, at) in heard {
                             c.handle_input(Input::Heard { peer, at }, now);
                         }
@@ -189,27 +213,11 @@ pub fn start(d: &Arc<Daemon>) {
                         }
                         c.handle_timeout(now)
                     });
-                    close_silent(&dd, &conns, now);
+                    close_silent(&dd, conns, now);
                     core = dd.member.lock();
                 }
                 core.poll_timeout()
             };
-            // Fresh QUIC RTTs, at most once a second.
-            if last_rtt.elapsed() >= Duration::from_secs(1) {
-                last_rtt = Instant::now();
-                let conns = dd.endpoint.connections();
-                step(&dd, |c, now| {
-                    for pc in &conns {
-                        c.handle_input(
-                            Input::Rtt {
-                                peer: pc.peer,
-                                rtt: pc.rtt(),
-                            },
-                            now,
-                        );
-                    }
-                });
-            }
             let at = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             timer.reset(at);
             tokio::select! {
@@ -276,21 +284,28 @@ fn heartbeats(
     let Some(twin) = d.endpoint.twin() else {
         return Vec::new();
     };
-    let keys: HashMap<[u8; 8], &PeerConn> = conns
+    // A device has a handful of peers: a linear scan beats hashing here.
+    let keys: Vec<([u8; 8], &PeerConn, &LinkKeys)> = conns
         .iter()
-        .filter_map(|pc| Some((pc.heartbeat.as_ref()?.rx_id(), pc)))
+        .filter_map(|pc| {
+            let k = pc.heartbeat.as_deref()?;
+            Some((k.rx_id(), pc, k))
+        })
         .collect();
-    let mut got: HashMap<DeviceId, (Instant, Option<u64>)> = HashMap::new();
+    let mut got: Vec<(DeviceId, Instant, Option<u64>)> = Vec::with_capacity(keys.len());
     let (mut ok, mut bad) = (0u64, 0u64);
     twin.drain(now, |pkt, at| {
         let opened = key_id(pkt)
-            .and_then(|id| keys.get(&id))
-            .and_then(|pc| Some((pc.peer, pc.heartbeat.as_ref()?.open(pkt)?)));
+            .and_then(|id| keys.iter().find(|(k, _, _)| *k == id))
+            .and_then(|(_, pc, k)| Some((pc.peer, k.open(pkt)?)));
         match opened {
             Some((peer, digest)) => {
                 ok += 1;
                 // Counters only go up (replays are refused), so the last is the newest.
-                got.insert(peer, (at, digest));
+                match got.iter_mut().find(|(p, _, _)| *p == peer) {
+                    Some(g) => *g = (peer, at, digest),
+                    None => got.push((peer, at, digest)),
+                }
             }
             None => bad += 1,
         }
@@ -301,10 +316,8 @@ fn heartbeats(
     twin.stats
         .rejected
         .fetch_add(bad, std::sync::atomic::Ordering::Relaxed);
-    note_heard(d, got.iter().map(|(p, (at, _))| (*p, *at)), now);
-    got.into_iter()
-        .map(|(p, (at, digest))| (p, at, digest))
-        .collect()
+    note_heard(d, got.iter().map(|(p, at, _)| (*p, *at)), now);
+    got
 }
 
 /// Closes the connections whose link has been silent for `idle_timeout_ms` (no

@@ -94,6 +94,8 @@ struct Inner {
     /// The heartbeat socket beside the one QUIC socket (none with several sockets).
     twin: Option<Arc<Twin>>,
     conns: Mutex<HashMap<DeviceId, PeerConn>>,
+    /// Bumped at every change of `conns` (see [`Endpoint::generation`]).
+    generation: std::sync::atomic::AtomicU64,
     dial_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
     /// One replacement ([`Endpoint::reconnect`]) at a time per peer.
     move_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
@@ -145,10 +147,10 @@ impl Endpoint {
         roster: Roster,
         cfg: EndpointConfig,
     ) -> Result<Self, TransportError> {
-        let transport = Arc::new(cfg.transport()?);
+        let transport = Arc::new(cfg.transport(true)?);
         let server_tls = tls::rustls_server_config(&identity, &roster, cfg.provider.clone())?;
         let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
-        server.transport_config(transport.clone());
+        server.transport_config(Arc::new(cfg.transport(false)?));
         let mut quinns = Vec::new();
         let mut twin = None;
         let planned = plan_sockets(&cfg.listen);
@@ -200,6 +202,7 @@ impl Endpoint {
                 quinns,
                 twin,
                 conns: Mutex::new(HashMap::new()),
+                generation: std::sync::atomic::AtomicU64::new(0),
                 dial_locks: Mutex::new(HashMap::new()),
                 move_locks: Mutex::new(HashMap::new()),
                 events,
@@ -280,6 +283,21 @@ impl Endpoint {
         let pc = conns.get(peer)?;
         let keys = pc.heartbeat.clone()?;
         Some((pc.conn.remote_address(), keys))
+    }
+
+    /// Changes whenever a connection is registered or removed: a caller that keeps the
+    /// list of [`Endpoint::connections`] needs a new one only then (read this first).
+    /// A connection that is closing stays in the list until it is removed.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// All live connections.
@@ -666,6 +684,7 @@ impl Endpoint {
                 None => {}
             }
             conns.insert(peer, pc.clone());
+            self.bump();
             pc
         };
         info!(peer = %peer.short(), name = %survivor.name, addr = %survivor.remote_address(), "connection up");
@@ -722,6 +741,7 @@ impl Endpoint {
             match conns.get(&pc.peer) {
                 Some(c) if c.conn.stable_id() == stable => {
                     conns.remove(&pc.peer);
+                    self.bump();
                     true
                 }
                 _ => false,

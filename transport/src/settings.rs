@@ -33,7 +33,7 @@ pub struct EndpointConfig {
     pub listen: Vec<SocketAddr>,
     /// UDP send and receive buffer size in bytes.
     pub socket_buffer: usize,
-    /// QUIC keep-alive interval.
+    /// QUIC keep-alive interval (sent by the side that dialled).
     pub keep_alive: Duration,
     /// QUIC idle timeout: a connection silent for this long is dead.
     pub idle_timeout: Duration,
@@ -90,9 +90,15 @@ impl EndpointConfig {
         }
     }
 
-    pub(crate) fn transport(&self) -> Result<quinn::TransportConfig, TransportError> {
+    /// QUIC transport settings; `keep_alive` for the side that dialled only: its PING and
+    /// the acknowledgement keep the connection open for both sides, and the side that
+    /// accepted wakes once per interval instead of three times.
+    pub(crate) fn transport(
+        &self,
+        keep_alive: bool,
+    ) -> Result<quinn::TransportConfig, TransportError> {
         let mut t = quinn::TransportConfig::default();
-        t.keep_alive_interval(Some(self.keep_alive));
+        t.keep_alive_interval(keep_alive.then_some(self.keep_alive));
         t.max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(self.idle_timeout)
                 .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
