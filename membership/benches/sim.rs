@@ -29,9 +29,14 @@ fn line(name: &str, value: String, ratio: String) {
 fn detection(n: u32, trials: u64) -> Vec<Duration> {
     let mut sim = mesh(n, 1000 + u64::from(n));
     let mut out = Vec::new();
+    // A crash comes at any point of the victim's beat interval, and detection is the
+    // suspicion period minus the time since the victim's last heartbeat: the waits
+    // before the crashes are spread over an interval (a fixed pseudo-random sequence).
+    let p = membership::Config::default().probe_interval;
     for t in 0..trials {
         let victim = (t as u32 * 7 + 3) % n;
-        sim.run_for(ms(113 + t * 29));
+        let spread = (t.wrapping_mul(2_654_435_761) >> 7) % 1000;
+        sim.run_for(ms(113) + p * spread as u32 / 1000);
         let t0 = sim.now();
         sim.kill(victim);
         sim.run_for(ms(3000));
@@ -47,7 +52,7 @@ fn detection(n: u32, trials: u64) -> Vec<Duration> {
 
 fn main() {
     println!("membership simulator figures (default LAN config, 1 ms one-way latency)\n");
-    for (n, trials) in [(10u32, 20u64), (100, 4)] {
+    for (n, trials) in [(10u32, 40u64), (100, 8)] {
         let d = detection(n, trials);
         let (p50, p90) = (quantile(&d, 0.5), quantile(&d, 0.9));
         line(
