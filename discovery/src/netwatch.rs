@@ -29,8 +29,9 @@ pub const NET_EVENT_CHANNEL_CAPACITY: usize = 256;
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
-/// How often the thread looks at its stop flag while no notification arrives.
-const STOP_CHECK: Duration = Duration::from_secs(5);
+/// How often the thread looks at its stop flag while no notification arrives (each look
+/// is a wake-up of an otherwise idle daemon; a dropped watcher's thread only lingers).
+const STOP_CHECK: Duration = Duration::from_secs(60);
 const RECV_BUF: usize = 64 * 1024;
 
 /// Facts about links and addresses, as reported by the kernel.
@@ -141,7 +142,7 @@ fn address(m: &AddressMessage) -> Option<(IpAddr, bool)> {
 ///
 /// The state at start is read synchronously ([`NetWatcher::is_active`],
 /// [`NetWatcher::addresses`] are right as soon as `start` returns); the receiver gets only
-/// later changes. Runs one `cnspr-netwatch` thread, which ends within 5 s of the
+/// later changes. Runs one `cnspr-netwatch` thread, which ends within a minute of the
 /// watcher being dropped. Needs no async runtime.
 #[derive(Debug)]
 pub struct NetWatcher {
