@@ -190,19 +190,18 @@ fn empty_wakeup_cost(secs: u64) -> f64 {
     (b.0 - a.0) as f64 / 1e3 / (b.1 - a.1).max(1) as f64
 }
 
-fn proc_stat(pid: u32) -> (u64, u64) {
+/// VmRSS and its anonymous part (heap, stacks), in KiB.
+fn rss(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kb = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    (rss_kb, ticks)
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }
 
 fn main() {
@@ -488,13 +487,14 @@ fn main() {
     std::thread::sleep(Duration::from_secs(idle_s));
     let secs = t0.elapsed().as_secs_f64();
     for (i, (name, pid)) in pids.iter().enumerate() {
-        let (rss, _) = proc_stat(*pid);
+        let (rss, anon) = rss(*pid);
         let now = schedstat(*pid);
         let cpu = (now.0 - before[i].0) as f64 / 1e9 / secs * 100.0;
         let wakeups = (now.1 - before[i].1) as f64 / secs;
         println!(
-            "idle {name:5} (2 peers)  RSS {:.1} MiB (target < 10; CNSPRCY 10.5, Serf 14.6), CPU {:.3}% of a core over {idle_s} s (target < 0.05%: {:.1}x), {wakeups:.1} wake-ups/s",
+            "idle {name:5} (2 peers)  RSS {:.1} MiB ({:.1} anonymous; target < 10; CNSPRCY 10.5, Serf 14.6), CPU {:.3}% of a core over {idle_s} s (target < 0.05%: {:.1}x), {wakeups:.1} wake-ups/s",
             rss as f64 / 1024.0,
+            anon as f64 / 1024.0,
             cpu,
             cpu / 0.05
         );

@@ -4,8 +4,9 @@
 //! (configuration, identity, store opening, clap, TLS set-up) touches far more, and the
 //! kernel's fault-around maps 64 KiB of the executable around every page touched, so
 //! after start-up most of the 12 MB of code stays mapped into the process although it
-//! will not run again. Every [`INTERVAL`] the daemon drops its executable's code pages
-//! from its own page tables (`madvise(MADV_DONTNEED)` on the read-only, executable,
+//! will not run again. After start-up, and then whenever a check every [`INTERVAL`]
+//! finds the resident set grown by [`REGROWTH`] since the last time (see [`due`]), the
+//! daemon drops its executable's code pages from its own page tables (`madvise(MADV_DONTNEED)` on the read-only, executable,
 //! file-backed mapping: nothing is lost, a page used again comes back from the page cache
 //! with a minor fault) and hands free heap back to the system (`malloc_trim`). The
 //! resident set is then what the daemon really uses while idle.
@@ -14,23 +15,52 @@ use std::time::Duration;
 
 use tracing::debug;
 
-/// How often memory is trimmed.
+/// How often the resident set is checked (and memory trimmed if it grew, see [`due`]).
 pub const INTERVAL: Duration = Duration::from_secs(60);
 /// The first trim, once start-up is over.
 pub const FIRST: Duration = Duration::from_secs(10);
+
+/// Growth of the resident set since the last trim that makes a check trim again: more
+/// than the idle paths take back after a trim (about 1 MiB).
+pub const REGROWTH: u64 = 2 * 1024 * 1024;
 
 pub fn start() {
     tokio::spawn(async {
         // A timerfd wakes the process once at the deadline; a long tokio sleep also
         // wakes it at the timer wheel's level boundaries on the way.
         let mut alarm = transport::runtime::Alarm::new(std::time::Instant::now() + FIRST);
+        let mut after_trim: Option<u64> = None;
         loop {
             alarm.wait().await;
-            let released = trim();
-            debug!(mapped_kib = released / 1024, "trimmed idle memory");
+            if due(after_trim, resident()) {
+                let released = trim();
+                after_trim = resident();
+                debug!(mapped_kib = released / 1024, "trimmed idle memory");
+            }
             alarm.reset(std::time::Instant::now() + INTERVAL);
         }
     });
+}
+
+/// Whether a check trims: the first one does, then one that finds the resident set grown
+/// by [`REGROWTH`] since the last trim (a burst of work mapped code or grew the heap). A
+/// trim reads /proc/self/smaps, and every page an idle daemon still uses comes back with
+/// a fault: trimming an idle daemon every minute released nothing it did not take back.
+fn due(after_trim: Option<u64>, rss: Option<u64>) -> bool {
+    match (after_trim, rss) {
+        (Some(base), Some(r)) => r > base + REGROWTH,
+        _ => true,
+    }
+}
+
+/// Resident set size in bytes (from /proc/self/statm: cheap, unlike smaps).
+fn resident() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// Mappings whose pages can be dropped: private, not writable, backed by a regular file
@@ -121,6 +151,21 @@ mod tests {
             .iter()
             .map(|v| u64::from(std::hint::black_box(*v)))
             .sum()
+    }
+
+    #[test]
+    fn trims_first_then_only_when_memory_grew_since() {
+        use super::due;
+        let mib = 1024 * 1024;
+        assert!(due(None, Some(20 * mib)), "the first check trims");
+        assert!(
+            !due(Some(8 * mib), Some(9 * mib)),
+            "idle paths mapped again"
+        );
+        assert!(!due(Some(8 * mib), Some(10 * mib)));
+        assert!(due(Some(8 * mib), Some(10 * mib + 1)), "a burst: trim");
+        assert!(due(Some(8 * mib), None), "no measurement: trim as before");
+        assert!(super::resident().is_some_and(|r| r > 0));
     }
 
     #[test]
