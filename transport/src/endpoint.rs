@@ -90,7 +90,9 @@ struct Inner {
     identity: Arc<Identity>,
     roster: Roster,
     cfg: EndpointConfig,
-    transport: Arc<quinn::TransportConfig>,
+    /// Transport settings of the connections this endpoint dials (they send the
+    /// keep-alives; see [`EndpointConfig::transport`]).
+    client_transport: Arc<quinn::TransportConfig>,
     quinns: Vec<quinn::Endpoint>,
     /// The heartbeat socket beside the one QUIC socket (none with several sockets).
     twin: Option<Arc<Twin>>,
@@ -148,7 +150,7 @@ impl Endpoint {
         roster: Roster,
         cfg: EndpointConfig,
     ) -> Result<Self, TransportError> {
-        let transport = Arc::new(cfg.transport(true)?);
+        let client_transport = Arc::new(cfg.transport(true)?);
         let server_tls = tls::rustls_server_config(&identity, &roster, cfg.provider.clone())?;
         let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
         server.transport_config(Arc::new(cfg.transport(false)?));
@@ -199,7 +201,7 @@ impl Endpoint {
                 identity,
                 roster,
                 cfg,
-                transport,
+                client_transport,
                 quinns,
                 twin,
                 conns: Mutex::new(HashMap::new()),

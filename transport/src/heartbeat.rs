@@ -133,7 +133,7 @@ impl LinkKeys {
     /// Checks a heartbeat meant for these keys (see [`key_id`]): the digest it carries,
     /// or `None` if it is forged, damaged or a replay.
     pub fn open(&self, pkt: &[u8]) -> Option<Option<u64>> {
-        if pkt.len() != LEN || pkt[0] != MARKER || pkt[1..9] != self.rx.id {
+        if key_id(pkt) != Some(self.rx.id) {
             return None;
         }
         let counter = u64::from_be_bytes(pkt[9..17].try_into().ok()?);
@@ -261,8 +261,8 @@ impl Twin {
     }
 
     /// Sends every `(to, heartbeat)` from the QUIC port, in one system call
-    /// (`sendmmsg`). Returns how many went out; a datagram that cannot be sent is lost
-    /// like any datagram.
+    /// (`sendmmsg`). Returns how many went out; a datagram that cannot be sent is
+    /// skipped and lost like any datagram.
     #[allow(unsafe_code)]
     pub fn send_all(&self, out: &[(SocketAddr, [u8; LEN])]) -> usize {
         use std::os::fd::AsRawFd;
@@ -280,9 +280,10 @@ impl Twin {
             .zip(iovs.iter_mut())
             .map(|(a, iov)| message(iov, Some(a)))
             .collect();
-        let mut sent = 0;
-        while sent < msgs.len() {
-            let rest = &mut msgs[sent..];
+        // `done`: handed to the kernel or skipped; `sent`: handed to the kernel.
+        let (mut done, mut sent) = (0, 0);
+        while done < msgs.len() {
+            let rest = &mut msgs[done..];
             // SAFETY: `rest` is a live slice of initialised headers whose pointers stay
             // valid for the call (see above).
             let n = unsafe {
@@ -298,10 +299,11 @@ impl Twin {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                sent += 1;
+                done += 1;
                 continue;
             }
             self.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+            done += n as usize;
             sent += n as usize;
         }
         sent

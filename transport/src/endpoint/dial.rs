@@ -86,7 +86,7 @@ impl Endpoint {
             self.inner.cfg.provider.clone(),
         )?;
         let mut client = quinn::ClientConfig::new(tls::quic_client(client_tls)?);
-        client.transport_config(self.inner.transport.clone());
+        client.transport_config(self.inner.client_transport.clone());
         let timeout = self.inner.cfg.handshake_timeout;
         let mut race = JoinSet::new();
         let mut errors = Vec::new();
