@@ -541,24 +541,23 @@ impl Sim {
             | Ev::Acked { node, .. } => Some(*node),
             _ => None,
         };
+        // A heartbeat only reaches the node's kernel: it neither waits out a stall nor
+        // wakes the node (read at its next wake-up).
+        let heartbeat = matches!(ev, Ev::Deliver { datagram: true, .. });
         if let Some(n) = node {
             let nd = &self.nodes[n as usize];
             if !nd.alive {
                 return;
             }
-            // The kernel takes datagrams in while the process stalls.
-            let datagram = matches!(ev, Ev::Deliver { datagram: true, .. });
-            if self.now < nd.stall_until && !datagram {
+            if self.now < nd.stall_until && !heartbeat {
                 let at = nd.stall_until;
                 self.push(at, ev);
                 return;
             }
         }
         let now = self.instant();
-        if let Some(n) = node {
-            if !matches!(ev, Ev::Deliver { datagram: true, .. }) {
-                self.read_heartbeats(n, now);
-            }
+        if let (Some(n), false) = (node, heartbeat) {
+            self.read_heartbeats(n, now);
         }
         match ev {
             Ev::Deliver {
