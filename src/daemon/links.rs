@@ -330,9 +330,7 @@ pub fn after_address_change(d: &Arc<Daemon>, usable: &[IpAddr]) {
             // Our side of a connection we dialled moves with us once it sends from the new
             // address (QUIC migration). Heartbeats are not QUIC, and an idle link has no
             // QUIC packet to send until its peer turns suspect: one beat over QUIC now.
-            let beat = membership::Message::<transport::DeviceId>::Beat { digest: None }.encode();
-            d.mesh
-                .send(&pc.peer, super::mesh::MeshFrame::Membership(beat));
+            super::membership::beat_over_quic(d, &pc.peer);
             continue;
         }
         let stale = pc.dialer != me

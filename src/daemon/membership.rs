@@ -87,6 +87,17 @@ fn run(d: &Daemon, f: impl FnOnce(&mut Membership<DeviceId>, Instant)) {
     }
 }
 
+fn send_over_quic(d: &Daemon, to: &DeviceId, msg: &Message<DeviceId>) {
+    d.mesh.send(to, MeshFrame::Membership(msg.encode()));
+}
+
+/// One beat to `peer` over QUIC whatever its link carries beats on: for when a QUIC
+/// packet is needed now (a connection this host dialled moves to a new local address
+/// only with its next packet from there).
+pub fn beat_over_quic(d: &Daemon, peer: &DeviceId) {
+    send_over_quic(d, peer, &Message::Beat { digest: None });
+}
+
 /// Carries out one output; beats that go as heartbeats are added to `heartbeats`.
 fn execute(
     d: &Daemon,
@@ -101,7 +112,7 @@ fn execute(
                     return;
                 }
             }
-            d.mesh.send(&to, MeshFrame::Membership(msg.encode()));
+            send_over_quic(d, &to, &msg);
         }
         Output::State { peer, view } => {
             let state = match view.state {
