@@ -11,9 +11,7 @@
 //! Run: `cargo bench --bench store`. `CNSPR_BENCH_PUTS` (default 2000) sets the puts per
 //! measurement, `CNSPR_BENCH_DIR` the directory of the files (default: a temp dir).
 
-#[allow(dead_code, unused_imports)]
-#[path = "../src/store/mod.rs"]
-mod store;
+use cnspr::store;
 
 use std::io::Write;
 use std::path::Path;

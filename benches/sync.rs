@@ -14,9 +14,7 @@
 //! Run: `cargo bench --bench sync`. `CNSPR_BENCH_KEYS` (default 1,000,000) sets the store
 //! size, `CNSPR_BENCH_HEAL_KEYS` (default 10,000) the keys of the heal run.
 
-#[allow(dead_code, unused_imports)]
-#[path = "../src/store/mod.rs"]
-mod store;
+use cnspr::store;
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -1,30 +1,14 @@
 //! `cnspr`: the daemon (`cnspr serve`) and the command-line client of its socket.
 
-mod api;
-mod cli;
-mod client;
-mod commands;
-mod config;
-mod daemon;
-// The handler library exposes more than the daemon uses yet (descriptions, limits).
-#[allow(unused)]
-mod handlers;
-mod output;
-mod paths;
-mod pipe;
-// The store is a library module: the benchmarks compile it by path and use more of its
-// API (commit counts, pushed changes, item counts) than the daemon does.
-#[allow(dead_code, unused_imports)]
-mod store;
-
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use serde_json::json;
 use transport::Identity;
 
-use cli::{Cli, Command};
-use paths::Paths;
+use cnspr::cli::{self, Cli, Command};
+use cnspr::paths::Paths;
+use cnspr::{commands, daemon};
 
 fn init_logging(verbose: u8, daemon: bool) {
     let default = match (verbose, daemon) {
