@@ -3,6 +3,7 @@
 //! (`handlers`). The `cnspr` binary (`main.rs`) only parses arguments, sets up logging and
 //! dispatches to this crate; tests and benchmarks use it the same way.
 
+pub mod addr;
 pub mod api;
 pub mod cli;
 pub mod client;

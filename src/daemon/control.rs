@@ -638,7 +638,7 @@ async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             let mut resolved = Vec::new();
             for a in addrs.iter().take(super::peers::MAX_ADDRS) {
                 resolved.extend(
-                    super::links::resolve_addr(a)
+                    crate::addr::resolve_addr(a)
                         .map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
                 );
             }
@@ -718,7 +718,7 @@ async fn ping(d: &Arc<Daemon>, peer: DeviceId, timeout: Duration) -> Result<Ping
         peer: name,
         id: peer.to_string(),
         rtt_ms: (rtt.as_secs_f64() * 1e6).round() / 1e3,
-        address: super::links::canon(pc.remote_address()).to_string(),
+        address: crate::addr::canon(pc.remote_address()).to_string(),
         via,
     })
 }

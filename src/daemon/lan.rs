@@ -140,7 +140,7 @@ fn found(d: &Arc<Daemon>, id: &str, addrs: &[SocketAddr], version: &str) {
         match table.peers.get_mut(&id) {
             Some(p) => {
                 for a in addrs.iter().rev() {
-                    p.remember(super::links::canon(*a));
+                    p.remember(crate::addr::canon(*a));
                 }
                 p.next_dial = Instant::now();
                 p.backoff = std::time::Duration::ZERO;

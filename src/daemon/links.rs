@@ -2,7 +2,7 @@
 //! that follow from them (`active`, `suspect`, `unreachable`, `left`).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,6 +14,7 @@ use transport::{DownReason, PeerConn, StreamKind, TransportEvent};
 
 use super::peers::PeerState;
 use super::Daemon;
+use crate::addr::canon;
 
 /// First retry delay after a failed dial.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -22,21 +23,6 @@ const TICK: Duration = Duration::from_millis(1000);
 /// The supervisor's tick while every peer is connected (it then only notes connections
 /// that migrated to a new address).
 const IDLE_TICK: Duration = Duration::from_secs(10);
-
-/// Resolves `HOST:PORT` (names allowed) to addresses.
-pub fn resolve_addr(s: &str) -> anyhow::Result<Vec<SocketAddr>> {
-    if s.len() > 300 {
-        anyhow::bail!("address too long");
-    }
-    let addrs: Vec<SocketAddr> = s
-        .to_socket_addrs()
-        .map_err(|e| anyhow::anyhow!("{s:?} is not a usable HOST:PORT ({e})"))?
-        .collect();
-    if addrs.is_empty() {
-        anyhow::bail!("{s:?} resolves to no address");
-    }
-    Ok(addrs)
-}
 
 pub fn start(d: &Arc<Daemon>) {
     tokio::spawn(transport_events(d.clone()));
@@ -58,11 +44,6 @@ async fn transport_events(d: Arc<Daemon>) {
             Err(RecvError::Closed) => return,
         }
     }
-}
-
-/// The plain form of an address (an IPv4-mapped IPv6 address becomes IPv4).
-pub fn canon(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 fn on_up(d: &Arc<Daemon>, pc: PeerConn) {

@@ -16,7 +16,7 @@ use transport::heartbeat::{key_id, LinkKeys};
 use transport::quinn::VarInt;
 use transport::{close_code, DeviceId, DownReason, PeerConn, TransportEvent};
 
-use super::mesh::MeshFrame;
+use super::wire::MeshFrame;
 use super::peers::PeerState;
 use super::Daemon;
 
@@ -135,7 +135,7 @@ fn execute(
                 };
                 p.path_rtt = view.rtt;
                 for a in view.addrs {
-                    let a = super::links::canon(a);
+                    let a = crate::addr::canon(a);
                     if !p.addrs.contains(&a) && p.addrs.len() < super::peers::MAX_ADDRS {
                         p.addrs.push(a);
                         if d.endpoint.connection(&peer).is_none() {
@@ -351,7 +351,7 @@ fn close_silent(d: &Daemon, conns: &[PeerConn], now: Instant) {
 }
 
 fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {
-    let (peer, rtt, addr) = (pc.peer, pc.rtt(), super::links::canon(pc.remote_address()));
+    let (peer, rtt, addr) = (pc.peer, pc.rtt(), crate::addr::canon(pc.remote_address()));
     // Keys exist only when this endpoint has a heartbeat socket and the peer reads them.
     let datagram = pc.heartbeat.is_some();
     step(d, |c, now| {

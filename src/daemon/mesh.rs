@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -27,21 +26,11 @@ use transport::{DeviceId, IncomingStream, PeerConn, StreamKind, TransportEvent};
 use super::peers::{Peer, PeerState};
 use super::roster::{RosterChanges, RosterSnapshot};
 use super::Daemon;
+use super::wire::MeshFrame;
 
 /// Frames queued per connection before senders see "full" (frames are then dropped:
 /// gossip is repaired by the next exchange).
 const OUTBOX: usize = 256;
-
-/// One frame of a mesh stream. Variants are only ever appended.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum MeshFrame {
-    /// The sender's whole signed roster.
-    Roster(RosterSnapshot),
-    /// Addresses where the sender reaches other members right now (address gossip).
-    Addrs(Vec<(DeviceId, Vec<SocketAddr>)>),
-    /// A membership-protocol message (encoded by the `membership` crate).
-    Membership(Vec<u8>),
-}
 
 /// Most entries of an `Addrs` frame, and addresses per entry.
 const MAX_ADDR_ENTRIES: usize = 1024;
@@ -154,7 +143,7 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
         },
     );
     // Tell the others where this peer is now.
-    let here = super::links::canon(pc.remote_address());
+    let here = crate::addr::canon(pc.remote_address());
     for other in d.mesh.connected() {
         if other != pc.peer {
             d.mesh
@@ -212,7 +201,7 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                     continue;
                 };
                 for a in addrs {
-                    let a = super::links::canon(a);
+                    let a = crate::addr::canon(a);
                     if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
                         continue;
                     }

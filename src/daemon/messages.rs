@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 use transport::frame::{read_frame, write_frame};
 use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
 use super::Daemon;
+use super::wire::{LaneMsg, LaneResult, MsgHeader, MsgResult, WireReply};
 use crate::api::{code, ErrorBody, Event, HandlerReply, PeerRef, SendOutcome, MAX_BODY};
 use crate::handlers::{self, EventKind, Invocation, Origin};
 
@@ -31,36 +31,10 @@ const MAX_RESULT: usize = 24 * 1024 * 1024;
 /// Largest body sent inline in a socket `message` event.
 const EVENT_BODY_INLINE: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MsgHeader {
-    pub id: String,
-    pub tag: String,
-    pub body_len: u64,
-    pub reply: bool,
-    /// Set by the sender when the stream goes to a relay: the final recipient.
-    pub relay_to: Option<DeviceId>,
-    /// Set by a relay: the member the message really comes from.
-    pub origin: Option<DeviceId>,
-    /// A ping: acknowledged by the recipient's daemon, no handler runs.
-    pub ping: bool,
-}
-
 /// Largest body sent on a lane.
 pub const LANE_MAX_BODY: usize = 64 * 1024;
 /// Messages queued on one lane before senders wait.
 const LANE_QUEUE: usize = 1024;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LaneMsg {
-    pub seq: u64,
-    pub header: MsgHeader,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LaneResult {
-    pub seq: u64,
-    pub result: MsgResult,
-}
 
 struct LaneReq {
     header: MsgHeader,
@@ -72,57 +46,6 @@ struct LaneReq {
 pub struct Lane {
     conn: usize,
     tx: mpsc::Sender<LaneReq>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum MsgResult {
-    Ack,
-    Nack { code: String, message: String },
-    Replies(Vec<WireReply>),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireReply {
-    pub handler: String,
-    pub exit_code: Option<i32>,
-    pub stdout: Vec<u8>,
-    pub timed_out: bool,
-}
-
-pub fn start(d: &Arc<Daemon>) {
-    let Some(mut incoming) = d.endpoint.take_incoming() else {
-        return;
-    };
-    let d = d.clone();
-    tokio::spawn(async move {
-        while let Some(s) = incoming.recv().await {
-            match s.kind {
-                StreamKind::Control => {
-                    tokio::spawn(super::links::serve_control(d.clone(), s));
-                }
-                StreamKind::Message => {
-                    tokio::spawn(receive(d.clone(), s));
-                }
-                StreamKind::App => {
-                    tokio::spawn(super::streams::serve(d.clone(), s));
-                }
-                StreamKind::Messages => {
-                    tokio::spawn(serve_lane(d.clone(), s));
-                }
-                StreamKind::Mesh => {
-                    tokio::spawn(super::mesh::serve(d.clone(), s));
-                }
-                StreamKind::Sync => {
-                    tokio::spawn(super::sync::serve(d.clone(), s));
-                }
-                other => {
-                    debug!(?other, "stream kind not served by this version; resetting");
-                    let mut s = s;
-                    let _ = s.send.reset(1u32.into());
-                }
-            }
-        }
-    });
 }
 
 pub fn new_message_id() -> String {
@@ -307,7 +230,7 @@ pub async fn send_one(
     outcome
 }
 
-async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
+pub async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
     let result = match tokio::time::timeout(Duration::from_secs(30), read_message(&d, &mut s)).await
     {
         Ok(Ok((header, body))) => match header.relay_to {
@@ -621,7 +544,7 @@ async fn run_lane(pc: PeerConn, mut rx: mpsc::Receiver<LaneReq>) {
 }
 
 /// Receives a lane: reads messages one after another, answers each when delivered.
-async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
+pub async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
     let IncomingStream {
         peer,
         mut send,

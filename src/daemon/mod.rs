@@ -3,6 +3,7 @@
 
 mod control;
 mod handler_cache;
+mod incoming;
 mod kv;
 mod lan;
 mod links;
@@ -17,6 +18,7 @@ pub mod streams;
 mod sync;
 mod trim;
 mod trust;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -313,7 +315,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(crate::paths::default_handlers);
     let mut manual = Vec::new();
     for p in args.peers.iter().chain(cfg.peers.iter()) {
-        manual.extend(links::resolve_addr(p).with_context(|| format!("peer address {p:?}"))?);
+        manual.extend(crate::addr::resolve_addr(p).with_context(|| format!("peer address {p:?}"))?);
     }
     let mdns = !args.no_mdns && cfg.mdns;
     let runner = Runner::new(RunnerConfig {
@@ -360,7 +362,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         .collect();
     info!(id = %daemon.id(), name = %daemon.identity.name, listen = ?addrs, socket = %daemon.paths.socket.display(), "cnspr daemon running");
     links::start(&daemon);
-    messages::start(&daemon);
+    incoming::start(&daemon);
     mesh::start(&daemon);
     membership::start(&daemon);
     tokio::spawn(control::run(daemon.clone(), listener));

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use spake2::{Ed25519Group, Identity as SpakeId, Password, Spake2};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
@@ -33,6 +33,7 @@ use transport::{pairing, DeviceId};
 
 use super::roster::{MemberEntry, RosterSnapshot};
 use super::Daemon;
+use super::wire::PairMsg;
 use crate::api::{code, ErrorBody};
 
 /// Default lifetime of a pairing window.
@@ -46,35 +47,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const PAIR_VERSION: u16 = 1;
 /// Longest wait for a pairing window's QUIC handshake.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Serialize, Deserialize)]
-enum PairMsg {
-    Start {
-        version: u16,
-        name: String,
-        port: u16,
-        nonce: [u8; 32],
-        spake: Vec<u8>,
-    },
-    Reply {
-        name: String,
-        port: u16,
-        nonce: [u8; 32],
-        spake: Vec<u8>,
-    },
-    Confirm {
-        mac: Vec<u8>,
-    },
-    Welcome {
-        mac: Vec<u8>,
-        mesh_name: String,
-        roster: RosterSnapshot,
-    },
-    Fail {
-        reason: String,
-    },
-    Done,
-}
 
 /// A completed pairing.
 #[derive(Debug, Clone, Serialize)]

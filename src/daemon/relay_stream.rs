@@ -16,9 +16,10 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, StreamKind};
 
 use super::streams::{
-    app_err, validate_service, AppFrame, ACCEPT_WAIT, BUF, MAX_APP_FRAME, STREAM_BROKEN,
+    app_err, validate_service, ACCEPT_WAIT, BUF, MAX_APP_FRAME, STREAM_BROKEN,
 };
 use super::Daemon;
+use super::wire::AppFrame;
 use crate::api::{code, ErrorBody};
 
 /// How long the relay waits for the target's answer (its listener has `ACCEPT_WAIT` to

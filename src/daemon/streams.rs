@@ -23,6 +23,7 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream, StreamKind};
 
 use super::Daemon;
+use super::wire::AppFrame;
 use crate::api::{code, ErrorBody, PeerRef};
 
 /// QUIC error code for a stream that broke on one side.
@@ -39,28 +40,6 @@ pub(super) const BUF: usize = 256 * 1024;
 const KEEP_ENDED: usize = 4096;
 /// File of persistent exposes inside the state directory.
 pub const EXPOSE_FILE: &str = "expose.json";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum AppFrame {
-    Open {
-        service: String,
-    },
-    Ok,
-    Err {
-        code: String,
-        message: String,
-    },
-    /// To a relay: open `service` on member `to` (which the relay reaches directly).
-    Relay {
-        service: String,
-        to: DeviceId,
-    },
-    /// From a relay: a stream that member `origin` opened through it.
-    Relayed {
-        service: String,
-        origin: DeviceId,
-    },
-}
 
 /// Service names: 1-64 of `[A-Za-z0-9_.-]`.
 pub fn validate_service(s: &str) -> Result<(), ErrorBody> {

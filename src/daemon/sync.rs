@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -30,7 +29,8 @@ use transport::{DeviceId, IncomingStream, PeerConn, StreamKind, TransportEvent};
 
 use super::peers::PeerState;
 use super::Daemon;
-use crate::store::reconcile::{Initiator, ReconError, ReconMsg, ReconReply, Responder};
+use super::wire::{Down, Up};
+use crate::store::reconcile::{Initiator, ReconError, Responder};
 use crate::store::{Change, Delta, Device, Store, StoreError, VersionVector};
 
 /// Version of this protocol, sent in [`Up::Hello`].
@@ -57,33 +57,6 @@ const QUEUE: usize = 8;
 /// How often tombstone collection runs at most, and at least.
 const COLLECT_MIN: Duration = Duration::from_secs(2);
 const COLLECT_MAX: Duration = Duration::from_secs(60);
-
-/// Puller to server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Up {
-    /// Opens a session: what the puller has seen, and how many keys it holds.
-    Hello {
-        version: u16,
-        vv: VersionVector,
-        items: u64,
-    },
-    /// The puller's vector now (for tombstone collection).
-    Seen { vv: VersionVector },
-    /// A reconciliation reply.
-    Recon(ReconReply),
-}
-
-/// Server to puller.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Down {
-    /// Changes the puller lacks; `through` raises its vector.
-    Delta(Delta),
-    /// A reconciliation message.
-    Recon(ReconMsg),
-    /// Current versions of keys the reconciliation found missing (vector not raised until
-    /// the final [`Down::Delta`]).
-    ReconChanges(Vec<Change>),
-}
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]

@@ -91,7 +91,7 @@ pub fn trust(
     let mut resolved = Vec::new();
     for a in addrs {
         resolved.extend(
-            super::links::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
+            crate::addr::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
         );
     }
     if d.roster().is_removed(&id) {
