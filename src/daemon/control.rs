@@ -295,7 +295,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                         continue;
                     }
                 };
-                let token = streams::new_token();
+                let token = super::services::new_token();
                 let _ = tx
                     .send(line_of(&Reply::ok(
                         id,
@@ -358,7 +358,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
 async fn listen<R>(
     id: Value,
     service: &str,
-    mut incoming: mpsc::Receiver<streams::Announce>,
+    mut incoming: mpsc::Receiver<super::services::Announce>,
     mut r: R,
     tx: mpsc::Sender<Vec<u8>>,
 ) where

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tracing::debug;
 use transport::StreamKind;
 
-use super::Daemon;
+use super::context::Daemon;
 
 /// Serves the endpoint's incoming streams until it closes.
 pub fn start(d: &Arc<Daemon>) {

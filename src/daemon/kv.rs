@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::control::{err, line_of};
-use super::Daemon;
+use super::context::Daemon;
 use crate::api::{code, ErrorBody, Reply};
 use crate::store::{Entry, FeedEvent, StoreError, Version};
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use transport::DeviceId;
 
-use super::Daemon;
+use super::context::Daemon;
 use crate::api::Event;
 
 /// Starts interface tracking (always) and mDNS (unless switched off).
@@ -67,7 +67,7 @@ pub fn start(d: &Arc<Daemon>, mdns: bool) {
                                 if nearby.len() < 256 || nearby.contains_key(&did) {
                                     nearby.insert(
                                         did,
-                                        super::pair::Nearby {
+                                        super::nearby::Nearby {
                                             name,
                                             addrs: addrs.clone(),
                                             pairing,

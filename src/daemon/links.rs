@@ -13,7 +13,7 @@ use transport::wire::ControlFrame;
 use transport::{DownReason, PeerConn, StreamKind, TransportEvent};
 
 use super::peers::PeerState;
-use super::Daemon;
+use super::context::Daemon;
 use crate::addr::canon;
 
 /// First retry delay after a failed dial.
@@ -72,7 +72,8 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
         (seen_first, new_addr, p.name.clone())
     };
     d.save_peers();
-    d.sign_name(pc.peer, &name);
+    let applied = d.members.sign_name(pc.peer, &name);
+    d.membership_changed(applied, None);
     // The state itself (`active`) comes from the membership core, which hears of the
     // link from the same transport event.
     if seen_first {
@@ -104,21 +105,24 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
     }
 }
 
+/// News of a peer outside the membership protocol (a ping it sent): the connection's
+/// bookkeeping here, the liveness evidence to the core, which alone decides the state.
 fn heard(d: &Arc<Daemon>, pc: &PeerConn) {
-    let suspect = {
+    let now = Instant::now();
+    {
         let mut table = d.peers();
         let Some(p) = table.peers.get_mut(&pc.peer) else {
             return;
         };
-        p.last_heard = Some(Instant::now());
+        p.last_heard = Some(now);
         p.last_seen = Some(SystemTime::now());
         p.rtt = Some(pc.rtt());
         p.addr = Some(canon(pc.remote_address()));
-        p.state == PeerState::Suspect
-    };
-    if suspect {
-        d.set_state(pc.peer, PeerState::Active);
     }
+    let peer = pc.peer;
+    super::membership::step(d, |c, now| {
+        c.handle_input(membership::Input::Heard { peer, at: now }, now)
+    });
 }
 
 fn heard_from(d: &Arc<Daemon>, peer: &transport::DeviceId) {

@@ -5,12 +5,11 @@
 //! addresses it learns from other members are dialled.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use membership::{Config, Input, Membership, Message, Output, State};
+use membership::{Input, Membership, Message, Output, State};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 use transport::heartbeat::{key_id, LinkKeys};
 use transport::quinn::VarInt;
@@ -18,50 +17,7 @@ use transport::{close_code, DeviceId, DownReason, PeerConn, TransportEvent};
 
 use super::wire::MeshFrame;
 use super::peers::PeerState;
-use super::Daemon;
-
-/// The core and the wake-up of its driver.
-pub struct Member {
-    core: Mutex<Membership<DeviceId>>,
-    wake: Notify,
-}
-
-impl Member {
-    pub fn new(me: DeviceId, cfg: Config) -> Self {
-        // The incarnation grows across restarts: a restarted member refutes old news.
-        let incarnation = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64);
-        Member {
-            core: Mutex::new(Membership::new(me, incarnation, cfg, Instant::now())),
-            wake: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Membership<DeviceId>> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The member to send through to reach `dest` (itself when direct).
-    pub fn next_hop(&self, dest: &DeviceId) -> Option<DeviceId> {
-        self.lock().next_hop(dest)
-    }
-}
-
-/// The core's configuration from the daemon's config keys.
-pub fn config(d_cfg: &crate::config::Config) -> Config {
-    let c = Config {
-        probe_interval: Duration::from_millis(d_cfg.probe_interval_ms),
-        unreachable_after: Duration::from_millis(d_cfg.suspect_after_ms),
-        anti_entropy_interval: Duration::from_millis(d_cfg.probe_interval_ms.max(1000)),
-        ..Config::default()
-    };
-    if c.validate().is_err() {
-        warn!("membership timers from the config are inconsistent; using the defaults");
-        return Config::default();
-    }
-    c
-}
+use super::context::Daemon;
 
 /// Runs `f` on the core, then carries out everything it asked for, and has the timer
 /// task look at the core's next deadline again.
@@ -156,8 +112,6 @@ fn execute(
 }
 
 pub fn start(d: &Arc<Daemon>) {
-    let members: Vec<DeviceId> = d.peers().peers.keys().copied().collect();
-    step(d, |c, _| c.set_members(members));
     let dd = d.clone();
     tokio::spawn(async move {
         let mut rx = dd.endpoint.subscribe();
@@ -194,6 +148,13 @@ pub fn start(d: &Arc<Daemon>) {
             let next = {
                 let mut core = dd.member.lock();
                 let now = Instant::now();
+                if dd.member.take_queued() {
+                    // Woken for outputs a component queued (a roster change reached
+                    // the core's member set): carry them out.
+                    drop(core);
+                    run(&dd, |_, _| {});
+                    core = dd.member.lock();
+                }
                 if core.poll_timeout().is_some_and(|t| t <= now) {
                     drop(core);
                     let generation = dd.endpoint.generation();
@@ -382,17 +343,6 @@ pub fn received(d: &Arc<Daemon>, from: DeviceId, bytes: &[u8]) {
         }
         Err(e) => warn!(peer = %from.short(), error = %e, "bad membership message ignored"),
     }
-}
-
-/// Roster changes reach the core.
-pub fn member(d: &Daemon, id: DeviceId, present: bool) {
-    step(d, |c, _| {
-        if present {
-            c.add_member(id)
-        } else {
-            c.remove_member(id)
-        }
-    });
 }
 
 /// Graceful stop: every member learns `left` now; waits briefly for the sends to go out.

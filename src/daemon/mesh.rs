@@ -12,91 +12,24 @@
 //! about itself) and its own removal. And the same answer is never sent twice on one
 //! connection, so no pair of members can bounce rosters back and forth forever.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
 use transport::{DeviceId, IncomingStream, PeerConn, StreamKind, TransportEvent};
 
-use super::peers::{Peer, PeerState};
-use super::roster::{RosterChanges, RosterSnapshot};
-use super::Daemon;
+use super::roster::RosterSnapshot;
+use super::context::Daemon;
 use super::wire::MeshFrame;
-
-/// Frames queued per connection before senders see "full" (frames are then dropped:
-/// gossip is repaired by the next exchange).
-const OUTBOX: usize = 256;
 
 /// Most entries of an `Addrs` frame, and addresses per entry.
 const MAX_ADDR_ENTRIES: usize = 1024;
 const MAX_ADDRS_EACH: usize = 16;
-
-struct Outbox {
-    conn: usize,
-    tx: mpsc::Sender<MeshFrame>,
-    /// Fingerprint of the last roster sent as an answer on this connection.
-    answered: Option<u64>,
-}
-
-/// The send side of every connection's mesh stream.
-#[derive(Default)]
-pub struct Mesh {
-    outboxes: Mutex<HashMap<DeviceId, Outbox>>,
-    /// Roster frames sent and received since start (shown by `status`).
-    pub roster_sent: AtomicU64,
-    pub roster_received: AtomicU64,
-}
-
-impl Mesh {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Outbox>> {
-        self.outboxes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues `frame` for `peer`; false when there is no mesh stream to it (or it is full).
-    pub fn send(&self, peer: &DeviceId, frame: MeshFrame) -> bool {
-        let is_roster = matches!(frame, MeshFrame::Roster(_));
-        let sent = match self.lock().get(peer) {
-            Some(o) => o.tx.try_send(frame).is_ok(),
-            None => false,
-        };
-        if sent && is_roster {
-            self.roster_sent.fetch_add(1, Ordering::Relaxed);
-        }
-        sent
-    }
-
-    /// Sends `snap` to `peer` as an answer, unless this very roster was already the
-    /// answer on the current connection.
-    fn answer(&self, peer: &DeviceId, snap: RosterSnapshot) {
-        let print = fingerprint(&snap);
-        {
-            let mut boxes = self.lock();
-            let Some(o) = boxes.get_mut(peer) else { return };
-            if o.answered == Some(print) {
-                return;
-            }
-            o.answered = Some(print);
-        }
-        self.send(peer, MeshFrame::Roster(snap));
-    }
-
-    /// Every queued frame has been handed to its stream.
-    pub fn drained(&self) -> bool {
-        self.lock()
-            .values()
-            .all(|o| o.tx.capacity() == o.tx.max_capacity())
-    }
-
-    /// Peers with a mesh stream.
-    pub fn connected(&self) -> Vec<DeviceId> {
-        self.lock().keys().copied().collect()
-    }
-}
 
 pub fn start(d: &Arc<Daemon>) {
     let d = d.clone();
@@ -125,7 +58,7 @@ pub fn start(d: &Arc<Daemon>) {
 
 /// Opens our mesh stream on a new connection and greets with the roster.
 fn open(d: &Arc<Daemon>, pc: PeerConn) {
-    let (tx, mut rx) = mpsc::channel::<MeshFrame>(OUTBOX);
+    let (tx, mut rx) = mpsc::channel::<MeshFrame>(super::outbox::OUTBOX);
     let conn = pc.conn.stable_id();
     if tx
         .try_send(MeshFrame::Roster(d.roster().snapshot()))
@@ -134,14 +67,7 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
         d.mesh.roster_sent.fetch_add(1, Ordering::Relaxed);
     }
     let _ = tx.try_send(MeshFrame::Addrs(known_addrs(d, Some(pc.peer))));
-    d.mesh.lock().insert(
-        pc.peer,
-        Outbox {
-            conn,
-            tx,
-            answered: None,
-        },
-    );
+    d.mesh.attach(pc.peer, conn, tx);
     // Tell the others where this peer is now.
     let here = crate::addr::canon(pc.remote_address());
     for other in d.mesh.connected() {
@@ -161,10 +87,7 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
                 }
             }
         }
-        let mut boxes = d.mesh.lock();
-        if boxes.get(&peer).is_some_and(|o| o.conn == conn) {
-            boxes.remove(&peer);
-        }
+        d.mesh.detach(&peer, conn);
     });
 }
 
@@ -230,19 +153,16 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                 return;
             }
             let theirs = snap.clone();
-            let changes = d.roster().merge_from(snap, from);
+            let applied = d.members.merge_from(snap, from);
             debug!(
                 peer = %from.short(),
                 entries = theirs.members.len(),
                 removals = theirs.removals.len(),
-                joined = changes.joined.len(),
-                removed = changes.removed.len(),
+                joined = applied.joined.len(),
+                removed = applied.removed.len(),
                 "roster gossip received"
             );
-            if !changes.is_empty() {
-                d.apply_roster_changes(changes);
-                d.gossip_roster(Some(from));
-            }
+            d.membership_changed(applied, Some(from));
             // They lack something we have: answer with ours.
             let ours = d.roster().snapshot();
             if lacks(&theirs, &ours, from) {
@@ -282,113 +202,10 @@ fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot, them: DeviceId) -> bool
             .any(|e| e.id != them && !r.contains(&(e.id, e.version)))
 }
 
-/// Order-independent fingerprint of a roster's entries and removals.
-fn fingerprint(snap: &RosterSnapshot) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut m: Vec<_> = snap
-        .members
-        .iter()
-        .map(|e| (e.id, e.version, e.signer))
-        .collect();
-    m.sort();
-    let mut r: Vec<_> = snap.removals.iter().map(|e| (e.id, e.version)).collect();
-    r.sort();
-    m.hash(&mut h);
-    r.hash(&mut h);
-    h.finish()
-}
-
-impl Daemon {
-    /// Records `name` for member `id` in the roster (signed by this device) when the
-    /// roster has another name for it; the change spreads by gossip.
-    pub fn sign_name(&self, id: DeviceId, name: &str) {
-        let current = self.roster().member(&id).map(|m| m.name.clone());
-        if current.as_deref() == Some(name) || !self.roster().is_member(&id) {
-            return;
-        }
-        let version = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let entry = super::roster::MemberEntry::sign(&self.identity, id, name, version);
-        let changes = self.roster().merge(RosterSnapshot {
-            members: vec![entry],
-            removals: vec![],
-        });
-        if !changes.is_empty() {
-            self.apply_roster_changes(changes);
-            self.gossip_roster(None);
-        }
-    }
-
-    /// Sends our roster to every connected member except `except`.
-    pub fn gossip_roster(&self, except: Option<DeviceId>) {
-        let snap = self.roster().snapshot();
-        for peer in self.mesh.connected() {
-            if Some(peer) != except {
-                self.mesh.send(&peer, MeshFrame::Roster(snap.clone()));
-            }
-        }
-    }
-
-    /// Applies what a roster merge changed to the peer table, the TLS roster and the
-    /// membership core; raises `peer.joined` / `peer.removed`; persists both files.
-    pub fn apply_roster_changes(&self, changes: RosterChanges) {
-        if let Err(e) = self.roster().save() {
-            warn!(error = %e, "could not save the roster");
-        }
-        let mut joined = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let mut table = self.peers();
-            for (id, name) in &changes.joined {
-                if id == &self.id() {
-                    continue;
-                }
-                if !table.peers.contains_key(id) {
-                    table
-                        .peers
-                        .insert(*id, Peer::new(*id, name.clone(), Vec::new()));
-                    joined.push((*id, name.clone()));
-                } else if let Some(p) = table.peers.get_mut(id) {
-                    p.name.clone_from(name);
-                }
-            }
-            for (id, name) in &changes.renamed {
-                if let Some(p) = table.peers.get_mut(id) {
-                    p.name.clone_from(name);
-                }
-            }
-            for (id, name) in &changes.removed {
-                let name = table
-                    .peers
-                    .remove(id)
-                    .map(|p| p.name)
-                    .unwrap_or_else(|| name.clone());
-                table.removed.insert(*id, name.clone());
-                removed.push((*id, name));
-            }
-        }
-        self.save_peers();
-        for (id, name) in joined {
-            self.endpoint.roster().insert(id);
-            super::membership::member(self, id, true);
-            info!(peer = %name, id = %id.short(), "member joined the mesh");
-            self.peer_event("peer.joined", id, &name, PeerState::Unreachable, None);
-        }
-        for (id, name) in removed {
-            self.endpoint.roster().remove(&id);
-            super::membership::member(self, id, false);
-            info!(peer = %name, id = %id.short(), "member removed from the mesh");
-            self.peer_event("peer.removed", id, &name, PeerState::Removed, None);
-            self.peer_event("peer.status_changed", id, &name, PeerState::Removed, None);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::outbox::fingerprint;
     use crate::daemon::roster::MemberEntry;
     use transport::Identity;
 

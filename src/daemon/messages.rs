@@ -19,7 +19,8 @@ use tracing::{debug, warn};
 use transport::frame::{read_frame, write_frame};
 use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
-use super::Daemon;
+use super::context::Daemon;
+use super::lanes::{Lane, LaneReq};
 use super::wire::{LaneMsg, LaneResult, MsgHeader, MsgResult, WireReply};
 use crate::api::{code, ErrorBody, Event, HandlerReply, PeerRef, SendOutcome, MAX_BODY};
 use crate::handlers::{self, EventKind, Invocation, Origin};
@@ -35,18 +36,6 @@ const EVENT_BODY_INLINE: usize = 64 * 1024;
 pub const LANE_MAX_BODY: usize = 64 * 1024;
 /// Messages queued on one lane before senders wait.
 const LANE_QUEUE: usize = 1024;
-
-struct LaneReq {
-    header: MsgHeader,
-    body: Bytes,
-    done: oneshot::Sender<MsgResult>,
-}
-
-/// The sending side of one lane.
-pub struct Lane {
-    conn: usize,
-    tx: mpsc::Sender<LaneReq>,
-}
 
 pub fn new_message_id() -> String {
     format!("{:016x}", rand::random::<u64>())

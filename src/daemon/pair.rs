@@ -21,7 +21,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use serde::Serialize;
@@ -31,8 +31,8 @@ use tracing::{info, warn};
 use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
 use transport::{pairing, DeviceId};
 
-use super::roster::{MemberEntry, RosterSnapshot};
-use super::Daemon;
+use super::context::Daemon;
+use super::nearby::NearbyInfo;
 use super::wire::PairMsg;
 use crate::api::{code, ErrorBody};
 
@@ -69,23 +69,6 @@ pub struct WindowInfo {
     pub nearby: Vec<NearbyInfo>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct NearbyInfo {
-    pub id: String,
-    pub name: String,
-    pub addresses: Vec<String>,
-    /// It has a pairing window open.
-    pub pairing: bool,
-}
-
-/// A device seen on the LAN (by mDNS), trusted or not.
-#[derive(Debug, Clone)]
-pub struct Nearby {
-    pub name: String,
-    pub addrs: Vec<SocketAddr>,
-    pub pairing: Vec<SocketAddr>,
-}
-
 fn err(c: &str, m: impl Into<String>) -> ErrorBody {
     ErrorBody::new(c, m)
 }
@@ -110,11 +93,6 @@ pub fn normalize_code(code: &str) -> Result<String, ErrorBody> {
     Ok(digits)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn mac(key: &[u8], label: &[u8], transcript: &[u8]) -> Vec<u8> {
     let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
@@ -427,12 +405,8 @@ async fn window_attempt(
     };
     // The joiner proved the code over this very TLS session: it becomes a member.
     let mesh_name = d.roster().unique_name(&name_j, &joiner, &d.identity.name);
-    let entry = MemberEntry::sign(&d.identity, joiner, &mesh_name, now_ms());
-    let changes = d.roster().merge(RosterSnapshot {
-        members: vec![entry],
-        removals: vec![],
-    });
-    d.apply_roster_changes(changes);
+    let applied = d.members.add(joiner, &mesh_name);
+    d.membership_changed(applied, None);
     if port_j != 0 {
         let addr = SocketAddr::new(remote.ip().to_canonical(), port_j);
         if let Some(p) = d.peers().peers.get_mut(&joiner) {
@@ -442,7 +416,6 @@ async fn window_attempt(
         d.save_peers();
         super::links::dial_due(d);
     }
-    d.gossip_roster(None);
     let welcome = PairMsg::Welcome {
         mac: mac(&key, LABEL_W, &t),
         mesh_name: mesh_name.clone(),
@@ -669,18 +642,12 @@ async fn join_attempt(
         )));
     }
     // Trust the window's device (signed by us), then the mesh roster it vouches for.
-    let entry = MemberEntry::sign(&d.identity, window, &name_w, now_ms());
-    let mut changes = d.roster().merge(RosterSnapshot {
-        members: vec![entry],
-        removals: vec![],
-    });
+    let applied = d.members.add(window, &name_w);
+    d.membership_changed(applied, None);
     if roster.within_limits() {
-        let more = d.roster().merge_from(roster, window);
-        changes.joined.extend(more.joined);
-        changes.renamed.extend(more.renamed);
-        changes.removed.extend(more.removed);
+        let applied = d.members.merge_from(roster, window);
+        d.membership_changed(applied, None);
     }
-    d.apply_roster_changes(changes);
     if port_w != 0 {
         let addr = SocketAddr::new(conn.remote_address().ip().to_canonical(), port_w);
         if let Some(p) = d.peers().peers.get_mut(&window) {

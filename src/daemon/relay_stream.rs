@@ -16,9 +16,10 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, StreamKind};
 
 use super::streams::{
-    app_err, validate_service, ACCEPT_WAIT, BUF, MAX_APP_FRAME, STREAM_BROKEN,
+    app_err, BUF, MAX_APP_FRAME, STREAM_BROKEN,
 };
-use super::Daemon;
+use super::context::Daemon;
+use super::services::{validate_service, ACCEPT_WAIT};
 use super::wire::AppFrame;
 use crate::api::{code, ErrorBody};
 

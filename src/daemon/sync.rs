@@ -28,7 +28,7 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream, PeerConn, StreamKind, TransportEvent};
 
 use super::peers::PeerState;
-use super::Daemon;
+use super::context::Daemon;
 use super::wire::{Down, Up};
 use crate::store::reconcile::{Initiator, ReconError, Responder};
 use crate::store::{Change, Delta, Device, Store, StoreError, VersionVector};

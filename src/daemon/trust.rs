@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncReadExt};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 use transport::DeviceId;
 
 use super::control::{err, line_of};
-use super::peers::{Peer, PeerState};
-use super::Daemon;
+use super::context::Daemon;
 use crate::api::{code, ErrorBody, Reply};
 
 /// `pair`: opens a window, answers with the code, then with the outcome. The window
@@ -100,71 +99,43 @@ pub fn trust(
             format!("device {id} was removed from the mesh and cannot be trusted again; that device needs a new identity (move its state directory away)"),
         ));
     }
-    let (info, joined, name) = {
+    let name = match (name, d.peers().name_of(&id)) {
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => format!("device-{}", id.short().to_lowercase()),
+    };
+    // Sign it into the mesh roster (the other members learn it by gossip): this makes it
+    // a member here too, trusted by TLS and watched by the core.
+    let applied = d.members.add(id, &name);
+    let info = {
         let mut table = d.peers();
-        let joined = !table.peers.contains_key(&id);
-        let default_name = format!("device-{}", id.short().to_lowercase());
-        let p = table
-            .peers
-            .entry(id)
-            .or_insert_with(|| Peer::new(id, name.clone().unwrap_or(default_name), Vec::new()));
-        if let Some(n) = name {
-            p.name = n;
-        }
+        let Some(p) = table.peers.get_mut(&id) else {
+            return Err(err(code::INTERNAL, "the roster did not take the entry"));
+        };
+        p.name.clone_from(&name);
         for a in resolved.into_iter().rev() {
             p.remember(a);
         }
         p.next_dial = Instant::now();
         p.backoff = Duration::ZERO;
-        (p.info(), joined, p.name.clone())
+        p.info()
     };
-    d.endpoint.roster().insert(id);
     d.save_peers();
-    super::membership::member(d, id, true);
+    if !applied.joined.is_empty() {
+        info!(peer = %name, id = %id, "peer trusted");
+    }
+    d.membership_changed(applied, None);
     // Dial it now, not at the next supervisor tick.
     super::links::dial_due(d);
-    // Sign it into the mesh roster: the other members learn it by gossip.
-    let entry = super::roster::MemberEntry::sign(&d.identity, id, &name, now_ms());
-    let changes = d.roster().merge(super::roster::RosterSnapshot {
-        members: vec![entry],
-        removals: vec![],
-    });
-    if let Err(e) = d.roster().save() {
-        warn!(error = %e, "could not save the roster");
-    }
-    if !changes.is_empty() {
-        d.gossip_roster(None);
-    }
-    if joined {
-        info!(peer = %name, id = %id, "peer trusted");
-        d.peer_event("peer.joined", id, &name, PeerState::Unreachable, None);
-    }
     Ok(info)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// `remove`: signs a removal that every member applies (now or when it next connects).
 pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
     let id = d.peers().resolve(peer)?;
     let name = d.peers().name_of(&id).unwrap_or_default();
-    let removal = super::roster::Removal::sign(&d.identity, id, now_ms());
-    let changes = d.roster().merge(super::roster::RosterSnapshot {
-        members: vec![],
-        removals: vec![removal],
-    });
-    if changes.removed.is_empty() {
-        // Not a signed member yet (should not happen): still drop it locally.
-        let mut changes = changes;
-        changes.removed.push((id, name.clone()));
-        d.apply_roster_changes(changes);
-    } else {
-        d.apply_roster_changes(changes);
-    }
+    let applied = d.members.remove(id, &name);
+    d.membership_changed(applied, None);
     d.gossip_roster(None);
     Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
 }

@@ -1,0 +1,217 @@
+//! The daemon's shared context: the components (each the owner of its state) that the
+//! tasks reach through one `Arc<Daemon>`, and the events they raise.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+use transport::{DeviceId, Endpoint, Identity};
+
+use super::members::{Applied, Members, RosterRef};
+use super::peers::{PeerState, PeerTable};
+use super::wire::MeshFrame;
+use super::{core, handler_cache, lanes, nearby, outbox, services};
+use crate::api::{Event, PeerRef};
+use crate::config::Config;
+use crate::handlers::{self, EventKind, Invocation, Origin, Runner};
+use crate::paths::Paths;
+
+/// Everything the daemon's tasks share.
+pub struct Daemon {
+    pub identity: Arc<Identity>,
+    pub endpoint: Endpoint,
+    pub cfg: Config,
+    pub paths: Paths,
+    pub handlers_dir: PathBuf,
+    pub handlers: handler_cache::HandlerCache,
+    /// Mesh membership: roster, peer table, TLS trust set, the core's member set.
+    pub members: Members,
+    /// Message lanes by peer (see `messages`).
+    pub lanes: Mutex<std::collections::HashMap<DeviceId, lanes::Lane>>,
+    pub events: broadcast::Sender<Event>,
+    pub runner: Runner,
+    pub streams: services::Streams,
+    pub store: crate::store::Store,
+    pub mesh: outbox::Mesh,
+    /// The membership core (states, relays, gossip).
+    pub member: Arc<core::Member>,
+    /// Devices seen on the LAN by mDNS, trusted or not.
+    pub nearby: Mutex<std::collections::HashMap<DeviceId, nearby::Nearby>>,
+    /// A pairing window is open.
+    pub pairing_open: Mutex<bool>,
+    pub mdns: Mutex<Option<discovery::Discovery>>,
+    pub netwatch: Mutex<Option<discovery::NetWatcher>>,
+    pub started: Instant,
+    /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
+    pub manual: Vec<SocketAddr>,
+    pub stop: watch::Sender<bool>,
+}
+
+impl Daemon {
+    pub fn peers(&self) -> MutexGuard<'_, PeerTable> {
+        self.members.table()
+    }
+
+    pub fn roster(&self) -> RosterRef<'_> {
+        self.members.roster()
+    }
+
+    pub fn id(&self) -> DeviceId {
+        self.identity.id
+    }
+
+    /// Asks the daemon to stop gracefully.
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Publishes an event to socket subscribers and runs the matching handlers.
+    pub fn emit(&self, event: Event) {
+        let self_id = self.id().to_plain();
+        let name = &self.identity.name;
+        let (kind, tag, env, origin_name, origin_id) = match &event {
+            Event::Peer {
+                tag,
+                peer,
+                state,
+                address,
+            } => {
+                let id = peer.id.replace('-', "");
+                let origin = Origin {
+                    name: &peer.name,
+                    id: &id,
+                };
+                let env = handlers::peer_env(
+                    name,
+                    &self_id,
+                    tag,
+                    &origin,
+                    state,
+                    address.as_deref().unwrap_or(""),
+                );
+                (
+                    EventKind::Peer,
+                    tag.clone(),
+                    env,
+                    Some(peer.name.clone()),
+                    Some(id.clone()),
+                )
+            }
+            Event::Daemon { tag, state } => (
+                EventKind::Daemon,
+                tag.clone(),
+                handlers::daemon_env(name, &self_id, tag, state),
+                None,
+                None,
+            ),
+            Event::Message { .. } => {
+                let _ = self.events.send(event);
+                return;
+            }
+        };
+        let _ = self.events.send(event);
+        let set = self.handlers.current();
+        let origin = match (&origin_name, &origin_id) {
+            (Some(n), Some(i)) => Some(Origin { name: n, id: i }),
+            _ => None,
+        };
+        let matched: Vec<_> = set
+            .matching(kind, &tag, origin.as_ref())
+            .into_iter()
+            .cloned()
+            .collect();
+        if matched.is_empty() {
+            return;
+        }
+        let inv = Invocation {
+            kind,
+            tag: tag.clone(),
+            env,
+            body: bytes::Bytes::new(),
+            handlers: matched,
+        };
+        match self.runner.submit(inv) {
+            Ok(fut) => {
+                tokio::spawn(async move {
+                    for o in fut.await {
+                        if !o.success() {
+                            warn!(handler = %o.handler, exit = ?o.exit_code, timed_out = o.timed_out, error = ?o.error, "event handler failed");
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(%tag, error = %e, "event handler not run"),
+        }
+    }
+
+    pub fn peer_event(
+        &self,
+        tag: &str,
+        id: DeviceId,
+        name: &str,
+        state: PeerState,
+        address: Option<SocketAddr>,
+    ) {
+        self.emit(Event::Peer {
+            tag: tag.to_string(),
+            peer: PeerRef {
+                id: id.to_string(),
+                name: name.to_string(),
+            },
+            state: state.as_str().to_string(),
+            address: address.map(|a| a.to_string()),
+        });
+    }
+
+    /// Changes a peer's state; raises `peer.status_changed` when it really changed.
+    pub fn set_state(&self, id: DeviceId, state: PeerState) {
+        let changed = {
+            let mut table = self.peers();
+            match table.peers.get_mut(&id) {
+                Some(p) if p.state != state => {
+                    p.state = state;
+                    Some((p.name.clone(), p.addr.or(p.addrs.first().copied())))
+                }
+                _ => None,
+            }
+        };
+        if let Some((name, addr)) = changed {
+            info!(peer = %name, state = state.as_str(), "peer state");
+            self.peer_event("peer.status_changed", id, &name, state, addr);
+        }
+    }
+
+    pub fn save_peers(&self) {
+        self.members.save_table();
+    }
+
+    /// Sends our roster to every connected member except `except`.
+    pub fn gossip_roster(&self, except: Option<DeviceId>) {
+        let snap = self.roster().snapshot();
+        for peer in self.mesh.connected() {
+            if Some(peer) != except {
+                self.mesh.send(&peer, MeshFrame::Roster(snap.clone()));
+            }
+        }
+    }
+
+    /// After a membership change: raises `peer.joined` / `peer.removed` and gossips the
+    /// roster to the connected members but `from` (who told us).
+    pub fn membership_changed(&self, applied: Applied, from: Option<DeviceId>) {
+        for (id, name) in &applied.joined {
+            info!(peer = %name, id = %id.short(), "member joined the mesh");
+            self.peer_event("peer.joined", *id, name, PeerState::Unreachable, None);
+        }
+        for (id, name) in &applied.removed {
+            info!(peer = %name, id = %id.short(), "member removed from the mesh");
+            self.peer_event("peer.removed", *id, name, PeerState::Removed, None);
+            self.peer_event("peer.status_changed", *id, name, PeerState::Removed, None);
+        }
+        if applied.roster_changed {
+            self.gossip_roster(from);
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Mesh membership, with one owner.
+//!
+//! Who is a member lives in four places: the signed roster (`roster.json`, the
+//! authority), the peer table (`peers.json`: names, addresses, states), the TLS trust set
+//! (`transport::Roster`, which decides who may connect) and the membership core's member
+//! set. [`Members`] alone changes them, all four in one call ([`Members::apply`]), and
+//! [`Members::is_member`] is the one answer to "is X a member".
+//!
+//! Persistence: the roster is written (and synced) before the peer table, and at start the
+//! peer table is made to agree with the roster, never the other way round for removals: a
+//! device the roster has removed is dropped from the table, and the TLS set and the core
+//! start from the roster's members. So no crash between the two writes, no full disk and
+//! no restored copy of `peers.json` lets a removed device back in; a restored `roster.json`
+//! that predates a removal gets the removal back from `peers.json` (signed again by this
+//! device), and from the other members by gossip.
+
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::warn;
+use transport::{DeviceId, Identity};
+
+use super::core::Member;
+use super::peers::{Peer, PeerTable};
+use super::roster::{MemberEntry, MeshRoster, Removal, RosterChanges, RosterSnapshot};
+
+/// What a change of membership did, for the events and gossip that follow it.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// New members `(id, name)`.
+    pub joined: Vec<(DeviceId, String)>,
+    /// Removed members `(id, last known name)`.
+    pub removed: Vec<(DeviceId, String)>,
+    /// The roster changed (joined, renamed or removed): worth gossiping.
+    pub roster_changed: bool,
+}
+
+/// Read access to the signed roster; changes go through [`Members`].
+pub struct RosterRef<'a>(MutexGuard<'a, MeshRoster>);
+
+impl Deref for RosterRef<'_> {
+    type Target = MeshRoster;
+    fn deref(&self) -> &MeshRoster {
+        &self.0
+    }
+}
+
+/// The owner of mesh membership (see the module documentation).
+pub struct Members {
+    identity: Arc<Identity>,
+    roster: Mutex<MeshRoster>,
+    table: Mutex<PeerTable>,
+    tls: transport::Roster,
+    core: Arc<Member>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Members {
+    /// Loads the roster and the peer table from `state_dir` and makes them agree (see the
+    /// module documentation); the TLS set and the core's member set start from the
+    /// roster's members.
+    pub fn load(
+        identity: Arc<Identity>,
+        state_dir: &Path,
+        tls: transport::Roster,
+        core: Arc<Member>,
+    ) -> anyhow::Result<Self> {
+        let mut table = PeerTable::load(state_dir)?;
+        let mut roster = MeshRoster::load(state_dir, identity.id)?;
+        reconcile(&identity, &mut table, &mut roster);
+        let members = Members {
+            identity,
+            roster: Mutex::new(roster),
+            table: Mutex::new(table),
+            tls,
+            core,
+        };
+        let ids = members.ids();
+        for id in &ids {
+            members.tls.insert(*id);
+        }
+        members.core.set_members(ids);
+        Ok(members)
+    }
+
+    /// The one answer to "is `id` a member of the mesh": it has a valid roster entry and
+    /// no removal.
+    pub fn is_member(&self, id: &DeviceId) -> bool {
+        self.roster().is_member(id)
+    }
+
+    /// Every member but this device.
+    pub fn ids(&self) -> Vec<DeviceId> {
+        let r = self.roster();
+        r.members()
+            .map(|m| m.id)
+            .filter(|id| r.is_member(id) && *id != self.identity.id)
+            .collect()
+    }
+
+    /// The peer table (names, addresses, states). Adding or dropping a peer is
+    /// [`Members`]' business; its state is the membership driver's.
+    pub fn table(&self) -> MutexGuard<'_, PeerTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The signed roster, read-only.
+    pub fn roster(&self) -> RosterRef<'_> {
+        RosterRef(self.roster_mut())
+    }
+
+    fn roster_mut(&self) -> MutexGuard<'_, MeshRoster> {
+        self.roster.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn save_table(&self) {
+        if let Err(e) = self.table().save() {
+            warn!(error = %e, "could not save the peer table");
+        }
+    }
+
+    /// Merges entries and removals this device signed (trust, remove, pairing).
+    pub fn merge(&self, snap: RosterSnapshot) -> Applied {
+        let changes = self.roster_mut().merge(snap);
+        self.apply(changes)
+    }
+
+    /// Merges a roster member `from` delivered over its authenticated connection.
+    pub fn merge_from(&self, snap: RosterSnapshot, from: DeviceId) -> Applied {
+        let changes = self.roster_mut().merge_from(snap, from);
+        self.apply(changes)
+    }
+
+    /// Signs `id` into the roster as `name` (a member already keeps its entry when the
+    /// name is the same).
+    pub fn add(&self, id: DeviceId, name: &str) -> Applied {
+        let entry = MemberEntry::sign(&self.identity, id, name, now_ms());
+        let applied = self.merge(RosterSnapshot {
+            members: vec![entry],
+            removals: vec![],
+        });
+        if !applied.roster_changed {
+            // A newer entry with the same name: nothing to apply, but keep it.
+            if let Err(e) = self.roster_mut().save() {
+                warn!(error = %e, "could not save the roster");
+            }
+        }
+        applied
+    }
+
+    /// Signs the removal of `id` (named `name` here).
+    pub fn remove(&self, id: DeviceId, name: &str) -> Applied {
+        let removal = Removal::sign(&self.identity, id, now_ms());
+        let mut changes = self.roster_mut().merge(RosterSnapshot {
+            members: vec![],
+            removals: vec![removal],
+        });
+        if changes.removed.is_empty() && !self.roster().is_removed(&id) {
+            // Not a signed member (should not happen): still drop it locally.
+            changes.removed.push((id, name.to_string()));
+        }
+        self.apply(changes)
+    }
+
+    /// Records `name` for member `id` (signed by this device) when the roster has
+    /// another name for it.
+    pub fn sign_name(&self, id: DeviceId, name: &str) -> Applied {
+        {
+            let r = self.roster();
+            if !r.is_member(&id) || r.member(&id).is_some_and(|m| m.name == name) {
+                return Applied::default();
+            }
+        }
+        self.add(id, name)
+    }
+
+    /// Carries a roster change into the table, the TLS set and the core, and persists
+    /// the roster (first) and the table.
+    fn apply(&self, changes: RosterChanges) -> Applied {
+        let mut applied = Applied {
+            roster_changed: !changes.is_empty(),
+            ..Applied::default()
+        };
+        if changes.is_empty() {
+            return applied;
+        }
+        if let Err(e) = self.roster_mut().save() {
+            warn!(error = %e, "could not save the roster");
+        }
+        {
+            let mut table = self.table();
+            for (id, name) in &changes.joined {
+                if *id == self.identity.id {
+                    continue;
+                }
+                match table.peers.get_mut(id) {
+                    Some(p) => p.name.clone_from(name),
+                    None => {
+                        table
+                            .peers
+                            .insert(*id, Peer::new(*id, name.clone(), Vec::new()));
+                        applied.joined.push((*id, name.clone()));
+                    }
+                }
+            }
+            for (id, name) in &changes.renamed {
+                if let Some(p) = table.peers.get_mut(id) {
+                    p.name.clone_from(name);
+                }
+            }
+            for (id, name) in &changes.removed {
+                let name = table
+                    .peers
+                    .remove(id)
+                    .map(|p| p.name)
+                    .unwrap_or_else(|| name.clone());
+                table.removed.insert(*id, name.clone());
+                applied.removed.push((*id, name));
+            }
+        }
+        self.save_table();
+        for (id, _) in &applied.joined {
+            self.tls.insert(*id);
+            self.core.add(*id);
+        }
+        for (id, _) in &applied.removed {
+            self.tls.remove(id);
+            self.core.remove(*id);
+        }
+        applied
+    }
+}
+
+/// Makes the peer table and the roster agree at start. Devices trusted before the signed
+/// roster existed (in the table, unknown to the roster) get an entry signed by this
+/// device, and removals the table remembers but the roster lacks are signed again; then
+/// the table follows the roster: removed devices leave it, members it lacks join it.
+fn reconcile(identity: &Identity, table: &mut PeerTable, roster: &mut MeshRoster) {
+    let now = now_ms();
+    let mut snap = RosterSnapshot::default();
+    for id in table.removed.keys() {
+        if !roster.is_removed(id) {
+            snap.removals.push(Removal::sign(identity, *id, now));
+        }
+    }
+    for p in table.peers.values() {
+        let removed = roster.is_removed(&p.id) || table.removed.contains_key(&p.id);
+        if !removed && !roster.is_member(&p.id) {
+            snap.members
+                .push(MemberEntry::sign(identity, p.id, &p.name, now));
+        }
+    }
+    let mut changed = false;
+    if !snap.members.is_empty() || !snap.removals.is_empty() {
+        roster.merge(snap);
+        if let Err(e) = roster.save() {
+            warn!(error = %e, "could not save the roster");
+        }
+    }
+    // The table follows the roster.
+    let stale: Vec<DeviceId> = table
+        .peers
+        .keys()
+        .filter(|id| roster.is_removed(id))
+        .copied()
+        .collect();
+    for id in stale {
+        if let Some(p) = table.peers.remove(&id) {
+            warn!(peer = %p.name, id = %id.short(), "the peer table listed a removed device; it stays removed");
+            table.removed.insert(id, p.name);
+            changed = true;
+        }
+    }
+    for m in roster.members() {
+        if roster.is_member(&m.id) && m.id != identity.id && !table.peers.contains_key(&m.id) {
+            table
+                .peers
+                .insert(m.id, Peer::new(m.id, m.name.clone(), Vec::new()));
+            changed = true;
+        }
+    }
+    if changed {
+        if let Err(e) = table.save() {
+            warn!(error = %e, "could not save the peer table");
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! A removed device stays removed whatever state file lags: the roster is the one source
+//! of membership, and a restored `peers.json` (or `roster.json`) from before the removal
+//! never lets the removed device back in.
+
+mod common;
+
+use common::{mesh, stderr, wait_until};
+
+/// alpha removes beta, stops, gets `file` back from before the removal, restarts: beta
+/// is refused (its messages fail, alpha never runs a handler for it, its writes never
+/// reach alpha's store) and alpha shows it `removed`.
+fn restored_file_keeps_removed_device_out(file: &str) {
+    let mut nodes = mesh(&["alpha", "beta"], "");
+    nodes[0].handler("probe.sh", "#!/bin/sh\ntouch \"$0.ran\"\n");
+    let before = std::fs::read(nodes[0].path(&format!("state/{file}"))).unwrap();
+    let out = nodes[0].cli(&["remove", "beta"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    nodes[0].wait_state("beta", "removed");
+    nodes[0].stop();
+    std::fs::write(nodes[0].path(&format!("state/{file}")), before).unwrap();
+    nodes[0].start();
+    nodes[0].wait_state("beta", "removed");
+    // beta tries for itself: a message to alpha and a write that sync would carry.
+    let o = nodes[1].cli(&["kv", "put", "stolen", "data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = nodes[1].cli(&["send", "alpha", "probe", "x", "--timeout", "3"]);
+    assert!(
+        !o.status.success(),
+        "a removed device delivered a message after alpha restarted with an old {file}"
+    );
+    assert!(!nodes[0].path("handlers/probe.sh.ran").exists());
+    // Once beta has dialled the restarted alpha (it did, for the send), alpha has not
+    // taken its write either.
+    let o = nodes[0].cli(&["kv", "get", "stolen"]);
+    assert!(!o.status.success(), "beta's write reached alpha's store");
+    let peers = nodes[0].json(&["peers"]);
+    let beta = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["id"] == nodes[1].id.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(beta.len(), 1, "{peers}");
+    assert_eq!(beta[0]["state"], "removed", "{peers}");
+    wait_until("beta to see alpha not active", || {
+        nodes[1]
+            .peer("alpha")
+            .is_some_and(|p| p["state"] != "active")
+    });
+}
+
+#[test]
+fn restored_peers_file_keeps_a_removed_device_out() {
+    restored_file_keeps_removed_device_out("peers.json");
+}
+
+#[test]
+fn restored_roster_file_keeps_a_removed_device_out() {
+    restored_file_keeps_removed_device_out("roster.json");
+}
