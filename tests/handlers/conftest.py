@@ -129,24 +129,28 @@ class Sandbox:
         self,
         script: str,
         body: bytes = b"",
+        args: tuple = (),
         tag: str | None = None,
+        as_handler: bool = True,
         env: dict | None = None,
         unset: tuple = (),
         umask: int = 0o022,
         timeout: float = 20,
         **popen,
     ) -> Result:
-        """Runs examples/handlers/SCRIPT as the daemon would for a message."""
+        """Runs examples/handlers/SCRIPT as the daemon would for a message
+        (or, with as_handler=False, as a user would: no CNSPR_* variables)."""
         path = EXAMPLES / script
         full = dict(self.env)
-        full.update(message_env(tag if tag is not None else tag_of(script)))
+        if as_handler:
+            full.update(message_env(tag if tag is not None else tag_of(script)))
         full.update(env or {})
         for name in unset:
             full.pop(name, None)
         popen.setdefault("start_new_session", True)
         start = time.monotonic()
         proc = subprocess.Popen(
-            [str(path)],
+            [str(path), *args],
             cwd=path.parent,
             env=full,
             stdin=subprocess.PIPE,
