@@ -58,12 +58,13 @@ play_paplay() {
     done
 }
 
+# The terminal bell, when the daemon has a controlling terminal.
 bell() {
-    (printf '\a' >/dev/tty) 2>/dev/null || return 1
-    i=1
+    (: >/dev/tty) 2>/dev/null || return 1
+    i=0
     while [ "$i" -lt "$times" ]; do
-        sleep 1
-        printf '\a' >/dev/tty
+        [ "$i" -eq 0 ] || sleep 1
+        printf '\a' >/dev/tty || return 1
         i=$((i + 1))
     done
 }

@@ -39,6 +39,12 @@ BASE_TOOLS = [
     "sleep", "tail", "tr", "wc",
 ]
 
+# HANDLER_TEST_SHELL="bash --posix" (or "busybox sh") runs the scripts with
+# that shell instead of their #! line (/bin/sh), to check them on another one.
+SHELL = os.environ.get("HANDLER_TEST_SHELL", "").split()
+if SHELL:
+    SHELL[0] = shutil.which(SHELL[0]) or SHELL[0]
+
 # Desktop tools and whether they read standard input.
 STUB_TOOLS = {
     "notify-send": False,
@@ -150,7 +156,7 @@ class Sandbox:
         popen.setdefault("start_new_session", True)
         start = time.monotonic()
         proc = subprocess.Popen(
-            [str(path), *args],
+            [*SHELL, str(path), *args],
             cwd=path.parent,
             env=full,
             stdin=subprocess.PIPE,

@@ -3,6 +3,8 @@
 # when it is installed, then the pytest suite of this directory (pytest is
 # installed with pip when missing). Extra arguments go to pytest, e.g.
 #   bash tests/handlers/run.sh -k open_url
+# HANDLER_TEST_SHELL="bash --posix" (or "busybox sh") runs the scripts with that
+# shell instead of /bin/sh.
 # Exits non-zero when anything fails.
 set -eu
 
