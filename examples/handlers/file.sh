@@ -47,6 +47,9 @@ mkdir -p -- "$dir" || die "cannot create $dir"
 raw=$(mktemp "$dir/.cnspr-file.XXXXXX") || die "cannot write in $dir"
 part=
 trap 'rm -f "$raw" ${part:+"$part"}' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 cat >"$raw" || die "cannot write in $dir"
 
 [ -s "$raw" ] || refuse 'empty message: the first line must be the file name'

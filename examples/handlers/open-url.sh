@@ -31,6 +31,9 @@ refuse() {
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 head -c "$((max_len + 1))" >"$tmp/body"
 size=$(wc -c <"$tmp/body")

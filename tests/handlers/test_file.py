@@ -2,9 +2,14 @@
 saved in the Downloads folder, never overwriting, never outside it."""
 
 import os
+import signal
 import stat
+import subprocess
+import time
 
 import pytest
+
+from conftest import EXAMPLES, message_env
 
 CONTENT = bytes(range(256)) + b"\nline\n\x00\r\n no final newline"
 
@@ -189,3 +194,20 @@ def test_downloads_is_not_a_folder(sandbox):
     assert r.returncode == 1
     assert "cannot create" in r.stderr
     assert (sandbox.home / "Downloads").read_bytes() == b"a file"
+
+
+def test_terminated_while_reading_leaves_nothing(sandbox):
+    env = {**sandbox.env, **message_env("file")}
+    proc = subprocess.Popen([str(EXAMPLES / "file.sh")], cwd=EXAMPLES, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(b"a.txt\npartial")
+    proc.stdin.flush()
+    dl = downloads(sandbox)
+    deadline = time.monotonic() + 5
+    while not listing(dl) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(listing(dl)) == 1  # the hidden file being received
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=5)
+    assert proc.returncode == 143
+    assert listing(dl) == []
