@@ -214,11 +214,11 @@ class Client:
             self._fail(conn, e)
             return
         raw_id = v.get("id")
-        ok_id = isinstance(raw_id, int) and not isinstance(raw_id, bool)
-        p = self._pending.pop(raw_id, None) if ok_id else None
+        rid = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else -1
+        p = self._pending.pop(rid, None)
         if p is None:
-            if ok_id and raw_id in self._abandoned:
-                self._abandoned.discard(raw_id)
+            if rid in self._abandoned:
+                self._abandoned.discard(rid)
                 return
             msg = "a reply that answers no request"
             err = v.get("error")
