@@ -228,3 +228,28 @@ def test_stop_ends_the_daemon_and_its_subscribers(daemons: Daemons) -> None:
     assert not os.path.exists(d.socket)
     with pytest.raises(DaemonNotRunning):
         c.status()
+
+
+def test_pairing_two_devices(daemons: Daemons) -> None:
+    w_dev, j_dev = daemons.new("window"), daemons.new("joiner")
+    with w_dev.client() as cw, j_dev.client() as cj:
+        assert cj.pair_nearby() == []  # no mDNS in the tests
+        with pytest.raises(cnspr.InvalidCode):
+            cj.pair_join("12")
+        with cw.pair(timeout_s=60) as window:
+            assert window.expires_in_s == 60
+            assert len(window.code.replace("-", "")) == 6
+            with pytest.raises(cnspr.Busy):
+                cw.pair(timeout_s=60)
+            # The window listens on a port of its own; reach it over loopback only.
+            port = window.addresses[0].rsplit(":", 1)[1]
+            addr = f"127.0.0.1:{port}"
+            wrong = "000-000" if window.code != "000-000" else "111-111"
+            with pytest.raises(cnspr.WrongCode):
+                cj.pair_join(wrong, addrs=[addr], timeout_s=20)
+            joined = cj.pair_join(window.code, addrs=[addr], timeout_s=20)
+            assert (joined.id, joined.name) == (w_dev.id, "window")
+            paired = window.wait(timeout=30)
+            assert (paired.id, paired.name) == (j_dev.id, "joiner")
+        wait_for("the devices to see each other", lambda: any(
+            p.id == j_dev.id and p.state == "active" for p in cw.peers()))
