@@ -18,14 +18,16 @@ import json
 import secrets
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+Obj = Dict[str, Any]
 
 from cnspr import Client, CnsprError, ConnectionLost, DaemonNotRunning, KvChange, NotFound
 
 ITEM, DONE = "todo/item/", "todo/done/"
 
 
-def decode(value: Optional[bytes]) -> Optional[dict]:
+def decode(value: Optional[bytes]) -> Optional[Obj]:
     """A stored JSON object, or None for anything else (values come from any device)."""
     try:
         v = json.loads(value or b"")
@@ -38,8 +40,8 @@ class TodoList:
     """Items and done markers as read from the store, keyed by item id."""
 
     def __init__(self) -> None:
-        self.items: Dict[str, dict] = {}
-        self.done: Dict[str, dict] = {}
+        self.items: Dict[str, Obj] = {}
+        self.done: Dict[str, Obj] = {}
 
     def apply(self, key: str, value: Optional[bytes]) -> None:
         """Sets (value) or clears (None) one key's visible value."""
@@ -51,7 +53,7 @@ class TodoList:
                 else:
                     table[key[len(prefix):]] = v
 
-    def rows(self) -> List[Tuple[str, dict, Optional[dict]]]:
+    def rows(self) -> List[Tuple[str, Obj, Optional[Obj]]]:
         # A done marker without its item (removed on another device) is not shown.
         return [(i, self.items[i], self.done.get(i)) for i in sorted(self.items)]
 
@@ -79,7 +81,7 @@ def find(c: Client, handle: str) -> str:
     return ids[0]
 
 
-def stamp(c: Client) -> dict:
+def stamp(c: Client) -> Obj:
     return {"by": c.status().name, "at": int(time.time() * 1000)}
 
 

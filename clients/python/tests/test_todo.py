@@ -83,7 +83,7 @@ def test_todo_converges_between_two_devices(daemons: Daemons, views: List[LiveVi
     trust_both(p, q)
     both = sorted([f"[ ] {milk}  buy milk  (added on phone)", f"[ ] {mum}  call mum  (added on laptop)"])
     for d in (p, q):
-        wait_for(f"both items on {d.name}", lambda d=d: sorted(todo(d, "list").splitlines()) == both)
+        wait_for(f"both items on {d.name}", lambda: sorted(todo(d, "list").splitlines()) == both)
     wait_for("both items in the live view", lambda: sorted(view.screen()) == both)
 
     # Done on the laptop shows on the phone and in the view.

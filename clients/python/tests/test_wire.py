@@ -4,6 +4,7 @@ purpose (oversized, malformed or mistyped lines, replies out of order, silence).
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import tempfile
 import threading
@@ -86,13 +87,14 @@ def fake() -> Iterator[Callable[..., str]]:
         threads.append(t)
         return path
 
-    yield start
-    srv.close()
-    for t in list(threads):
-        t.join(10)
+    try:
+        yield start
+    finally:
+        srv.close()
+        for t in list(threads):
+            t.join(10)
+        shutil.rmtree(d, ignore_errors=True)
     assert not errors, errors
-    Path(path).unlink(missing_ok=True)
-    Path(d).rmdir()
 
 
 def test_replies_out_of_order_go_to_their_callers(fake: Callable[..., str]) -> None:
