@@ -83,8 +83,12 @@ class Daemon:
         self.socket = str(self.dir / "s.sock")
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
-        out = self.cli("init", "--name", name, "--json")
-        self.id: str = json.loads(out)["id"]
+        try:
+            out = self.cli("init", "--name", name, "--json")
+            self.id: str = json.loads(out)["id"]
+        except BaseException:
+            self.remove_dir()
+            raise
 
     def args(self) -> List[str]:
         return [cnspr_bin(), "--state-dir", str(self.dir / "state"), "--socket", self.socket,
