@@ -26,7 +26,10 @@ trap 'rm -rf "$venv"' EXIT
 "$python" -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install --quiet --disable-pip-version-check "pytest>=7"
-"$py" -m pip install --quiet --disable-pip-version-check "$here"
+# Installed from a copy, so the build leaves nothing (build/, *.egg-info) in the checkout.
+mkdir "$venv/pkg"
+cp -R "$here/pyproject.toml" "$here/README.md" "$here/src" "$venv/pkg/"
+"$py" -m pip install --quiet --disable-pip-version-check "$venv/pkg"
 
 # Run from the tests directory against the installed package (not the source tree).
 cd "$here/tests"
