@@ -11,7 +11,7 @@ use mdns_sd::{
 use tokio::sync::mpsc;
 
 use crate::advert::{self, Tracker};
-use crate::{Announce, DiscoveryError, DiscoveryEvent, PROTOCOL_VERSION, SERVICE_TYPE};
+use crate::types::{Announce, DiscoveryError, DiscoveryEvent, PROTOCOL_VERSION, SERVICE_TYPE};
 
 /// Capacity of the event channel returned by [`Discovery::start`].
 pub const EVENT_CHANNEL_CAPACITY: usize = 256;

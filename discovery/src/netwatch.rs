@@ -21,7 +21,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use tokio::sync::mpsc;
 
-use crate::{DiscoveryError, NetEvent};
+use crate::types::{DiscoveryError, NetEvent};
 
 /// Capacity of the event channel returned by [`NetWatcher::start`].
 pub const NET_EVENT_CHANNEL_CAPACITY: usize = 256;

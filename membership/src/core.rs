@@ -10,10 +10,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::gossip::Seen;
+use crate::config::Config;
+use crate::gossip::Gossip;
+use crate::io::{Input, Output};
 use crate::message::{Event, EventId, Item, LinkEntry, Message, Record, MAX_PAYLOAD};
 use crate::route::{self, Adjacency};
-use crate::{Config, Input, NodeId, Output, PeerView, State};
+use crate::types::{NodeId, PeerView, State};
 
 mod probe;
 mod views;
@@ -41,21 +43,21 @@ pub struct Stats {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LinkStatus {
+enum LinkStatus {
     Active,
     Suspect,
     Dead,
 }
 
-pub(crate) struct Link<I> {
-    pub(crate) rtt: Duration,
-    pub(crate) addr: Option<SocketAddr>,
-    pub(crate) announced_rtt: Duration,
-    pub(crate) last_heard: Instant,
+struct Link<I> {
+    rtt: Duration,
+    addr: Option<SocketAddr>,
+    announced_rtt: Duration,
+    last_heard: Instant,
     ping: Option<(u64, Instant)>,
     srtt: Option<Duration>,
     rttvar: Duration,
-    pub(crate) status: LinkStatus,
+    status: LinkStatus,
     /// When we last sent a beat (or, on a link that is not active, a ping).
     beat_sent: Instant,
     /// When the peer's last beat arrived.
@@ -63,13 +65,13 @@ pub(crate) struct Link<I> {
     /// Indirect probe of a suspected link: its nonce and the best helper that reached it.
     indirect: Option<(u64, Option<(I, Duration)>)>,
     /// Beats travel as unacknowledged datagrams: both sides beat.
-    pub(crate) datagram: bool,
+    datagram: bool,
 }
 
 impl<I> Link<I> {
     /// This side beats the link: it sent the last beat, not the peer (with datagram
     /// beats, both sides do).
-    pub(crate) fn beaten_here(&self) -> bool {
+    fn beaten_here(&self) -> bool {
         self.datagram || self.beat_sent >= self.beat_rcvd
     }
 }
@@ -84,13 +86,13 @@ struct Relay<I> {
 
 /// The membership core of one member. See the crate docs.
 pub struct Membership<I: NodeId> {
-    pub(crate) me: I,
-    pub(crate) cfg: Config,
+    me: I,
+    cfg: Config,
     rng: StdRng,
-    pub(crate) roster: BTreeSet<I>,
-    pub(crate) links: BTreeMap<I, Link<I>>,
+    roster: BTreeSet<I>,
+    links: BTreeMap<I, Link<I>>,
     /// Newest record of every member, our own included.
-    pub(crate) records: BTreeMap<I, Record<I>>,
+    records: BTreeMap<I, Record<I>>,
     /// Members that closed their link to us saying "I am stopping", with the incarnation
     /// they had; a record with a higher incarnation supersedes the mark.
     left_marks: BTreeMap<I, u64>,
@@ -105,24 +107,22 @@ pub struct Membership<I: NodeId> {
     clock: Instant,
     rtt_dirty: bool,
     last_refute: Option<Instant>,
-    pub(crate) lamport: u64,
+    lamport: u64,
     next_seq: u64,
-    pub(crate) seen: BTreeMap<I, Seen>,
-    pub(crate) recent: VecDeque<(Instant, Event<I>)>,
+    /// Dissemination: seen ids, recent events, queued items, the anti-entropy hash.
+    gossip: Gossip<I>,
     next_nonce: u64,
     relays: BTreeMap<u64, Relay<I>>,
     views: BTreeMap<I, PeerView<I>>,
     topo_version: u64,
     views_version: u64,
     adj_cache: Option<(u64, Adjacency<I>)>,
-    pub(crate) outbox: BTreeMap<I, Vec<Item<I>>>,
-    pub(crate) outputs: VecDeque<Output<I>>,
+    outputs: VecDeque<Output<I>>,
     next_ae: Instant,
     /// The link whose next beat carries the anti-entropy digest.
     ae_to: Option<I>,
-    pub(crate) digest_cache: Option<u64>,
     stopped: bool,
-    pub(crate) stats: Stats,
+    stats: Stats,
 }
 
 impl<I: NodeId> Membership<I> {
@@ -158,19 +158,16 @@ impl<I: NodeId> Membership<I> {
             last_refute: None,
             lamport: 0,
             next_seq: incarnation.saturating_mul(1 << 20).max(1),
-            seen: BTreeMap::new(),
-            recent: VecDeque::new(),
+            gossip: Gossip::new(&cfg),
             next_nonce: 1,
             relays: BTreeMap::new(),
             views: BTreeMap::new(),
             topo_version: 1,
             views_version: 0,
             adj_cache: None,
-            outbox: BTreeMap::new(),
             outputs: VecDeque::new(),
             next_ae: first + cfg.anti_entropy_interval,
             ae_to: None,
-            digest_cache: None,
             stopped: false,
             stats: Stats::default(),
             cfg,
@@ -235,11 +232,10 @@ impl<I: NodeId> Membership<I> {
         }
         self.records.remove(&id);
         self.left_marks.remove(&id);
-        self.seen.remove(&id);
+        self.gossip.forget(&id);
         self.views.remove(&id);
         self.relays
             .retain(|_, r| r.requester != id && r.target != id);
-        self.outbox.remove(&id);
         self.outputs
             .retain(|o| !matches!(o, Output::Send { to, .. } if *to == id));
         self.topo_changed();
@@ -280,7 +276,7 @@ impl<I: NodeId> Membership<I> {
                 self.links.insert(peer, link);
                 self.record_dirty = true;
                 self.topo_changed();
-                let msg = self.digest_full(true);
+                let msg = self.gossip.digest_full(true, &self.records);
                 self.send(peer, msg);
             }
             Input::LinkDown { peer, leaving } => {
@@ -419,7 +415,7 @@ impl<I: NodeId> Membership<I> {
             lamport: self.lamport,
             payload,
         };
-        self.remember_event(now, event.clone());
+        self.gossip.remember_event(now, event.clone());
         self.disseminate(Item::Event(event), None);
         self.finish();
         Ok(id)
@@ -436,13 +432,7 @@ impl<I: NodeId> Membership<I> {
         if let Some(rec) = self.records.get(&self.me).cloned() {
             let all: Vec<I> = self.links.keys().copied().collect();
             for peer in all {
-                let items = self.outbox.entry(peer).or_default();
-                if !items
-                    .iter()
-                    .any(|i| matches!(i, Item::Record(r) if r.origin == rec.origin))
-                {
-                    items.push(Item::Record(rec.clone()));
-                }
+                self.gossip.queue_record(peer, &rec);
             }
         }
         self.stopped = true;
@@ -477,12 +467,19 @@ impl<I: NodeId> Membership<I> {
 
     // ---- internals ----
 
-    pub(crate) fn send(&mut self, to: I, msg: Message<I>) {
+    fn send(&mut self, to: I, msg: Message<I>) {
         self.outputs.push_back(Output::Send { to, msg });
     }
 
-    pub(crate) fn topo_changed(&mut self) {
+    fn topo_changed(&mut self) {
         self.topo_version += 1;
+    }
+
+    /// Pack the queued gossip into `Send` outputs.
+    fn flush_outbox(&mut self) {
+        let outputs = &mut self.outputs;
+        self.gossip
+            .flush(|to, msg| outputs.push_back(Output::Send { to, msg }));
     }
 }
 

@@ -1,13 +1,13 @@
 //! Dissemination of records and broadcast events: de-duplication by event id, forwarding
 //! along a deterministic tree computed from the link records, anti-entropy digests.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
-use crate::core::{LinkStatus, Membership};
-use crate::message::{item_size, Event, EventId, Item, Message, MAX_LIST, PACK_BYTES};
-use crate::route;
-use crate::{NodeId, Output};
+use crate::config::Config;
+use crate::message::{item_size, Event, EventId, Item, Message, Record, MAX_LIST, PACK_BYTES};
+use crate::route::{self, Adjacency};
+use crate::types::NodeId;
 
 /// Record versions and recent event ids, as exchanged in `DigestFull`.
 type DigestEntries<I> = (Vec<(I, u64, u64)>, Vec<EventId<I>>);
@@ -38,78 +38,99 @@ impl Seen {
     }
 }
 
-impl<I: NodeId> Membership<I> {
-    /// Hand `item` (just learned from `from`, or originated here when `None`) to the
+/// The dissemination state of one member: seen broadcast ids, the recent events kept
+/// for repair, the items queued per neighbour and the cached anti-entropy hash. The core
+/// owns one and hands it what it needs of the core's own state (its id, the adjacency,
+/// its live links, the records); gossip never reaches into the core.
+pub(crate) struct Gossip<I> {
+    seen: BTreeMap<I, Seen>,
+    recent: VecDeque<(Instant, Event<I>)>,
+    outbox: BTreeMap<I, Vec<Item<I>>>,
+    digest_cache: Option<u64>,
+    /// `Config::seen_window`.
+    seen_window: usize,
+    /// `Config::event_buffer_max`.
+    event_buffer_max: usize,
+    /// `Config::event_retain`.
+    event_retain: Duration,
+}
+
+impl<I: NodeId> Gossip<I> {
+    pub(crate) fn new(cfg: &Config) -> Self {
+        Gossip {
+            seen: BTreeMap::new(),
+            recent: VecDeque::new(),
+            outbox: BTreeMap::new(),
+            digest_cache: None,
+            seen_window: cfg.seen_window,
+            event_buffer_max: cfg.event_buffer_max,
+            event_retain: cfg.event_retain,
+        }
+    }
+
+    /// A member left the roster: its seen ids and the items queued for it go.
+    pub(crate) fn forget(&mut self, id: &I) {
+        self.seen.remove(id);
+        self.outbox.remove(id);
+    }
+
+    /// Hand `item` (just learned from `from`, or originated by `me` when `None`) to the
     /// neighbours this member is responsible for: its children in the breadth-first tree
-    /// rooted at the item's origin over the announced links (the origin itself sends to
-    /// all its direct neighbours). What a changing topology makes the tree miss,
-    /// anti-entropy repairs.
-    pub(crate) fn disseminate(&mut self, item: Item<I>, from: Option<I>) {
+    /// rooted at the item's origin over the announced links `adj` (the origin itself sends
+    /// to all its direct neighbours). `neighbours` are the direct links that are not dead.
+    /// What a changing topology makes the tree miss, anti-entropy repairs.
+    pub(crate) fn disseminate(
+        &mut self,
+        me: I,
+        item: Item<I>,
+        from: Option<I>,
+        adj: &Adjacency<I>,
+        neighbours: impl IntoIterator<Item = I>,
+    ) {
         let origin = item.origin();
-        let root_is_left = self.is_left(&origin) && origin != self.me;
-        let adj = if root_is_left {
-            self.build_adjacency(Some(origin))
-        } else {
-            self.adjacency()
-        };
-        let parents = route::bfs_parents(&adj, origin);
+        let parents = route::bfs_parents(adj, origin);
         // If our view does not connect the origin to us, we are nobody's parent: the
         // origin's own sends and anti-entropy cover it (forwarding anyway would flood).
         let root = origin;
-        let targets: Vec<I> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.status != LinkStatus::Dead)
-            .map(|(p, _)| *p)
+        let targets: Vec<I> = neighbours
+            .into_iter()
             .filter(|p| Some(*p) != from && *p != origin && *p != root)
-            .filter(|p| origin == self.me || parents.get(p) == Some(&self.me))
+            .filter(|p| origin == me || parents.get(p) == Some(&me))
             .collect();
         for t in targets {
             self.outbox.entry(t).or_default().push(item.clone());
         }
     }
 
-    pub(crate) fn on_item(&mut self, from: I, item: Item<I>, now: Instant) {
-        match item {
-            Item::Record(rec) => self.on_record(from, rec, now),
-            Item::Event(event) => {
-                let origin = event.id.origin;
-                if origin == self.me || !self.roster.contains(&origin) {
-                    return;
-                }
-                let window = self.cfg.seen_window;
-                if !self
-                    .seen
-                    .entry(origin)
-                    .or_default()
-                    .insert(event.id.seq, window)
-                {
-                    self.stats.duplicates += 1;
-                    return;
-                }
-                self.lamport = self.lamport.max(event.lamport);
-                self.stats.delivered += 1;
-                self.outputs.push_back(Output::Deliver {
-                    id: event.id,
-                    lamport: event.lamport,
-                    payload: event.payload.clone(),
-                });
-                self.remember_event(now, event.clone());
-                self.disseminate(Item::Event(event), Some(from));
-            }
+    /// True if the broadcast `id` was not seen before (and records it).
+    pub(crate) fn first_sighting(&mut self, id: EventId<I>) -> bool {
+        self.seen
+            .entry(id.origin)
+            .or_default()
+            .insert(id.seq, self.seen_window)
+    }
+
+    /// Queue `rec` for `to` unless a record of the same origin is queued already.
+    pub(crate) fn queue_record(&mut self, to: I, rec: &Record<I>) {
+        let items = self.outbox.entry(to).or_default();
+        if !items
+            .iter()
+            .any(|i| matches!(i, Item::Record(r) if r.origin == rec.origin))
+        {
+            items.push(Item::Record(rec.clone()));
         }
     }
 
     pub(crate) fn remember_event(&mut self, now: Instant, event: Event<I>) {
         self.recent.push_back((now, event));
-        while self.recent.len() > self.cfg.event_buffer_max {
+        while self.recent.len() > self.event_buffer_max {
             self.recent.pop_front();
         }
         self.digest_cache = None;
     }
 
     pub(crate) fn expire_events(&mut self, now: Instant) {
-        let retain = self.cfg.event_retain;
+        let retain = self.event_retain;
         let before = self.recent.len();
         while self
             .recent
@@ -123,9 +144,13 @@ impl<I: NodeId> Membership<I> {
         }
     }
 
-    fn digest_entries(&self) -> DigestEntries<I> {
-        let records: Vec<(I, u64, u64)> = self
-            .records
+    /// The records changed: the anti-entropy hash must be recomputed.
+    pub(crate) fn records_changed(&mut self) {
+        self.digest_cache = None;
+    }
+
+    fn digest_entries(&self, records: &BTreeMap<I, Record<I>>) -> DigestEntries<I> {
+        let records: Vec<(I, u64, u64)> = records
             .values()
             .map(|r| (r.origin, r.incarnation, r.version))
             .collect();
@@ -135,11 +160,13 @@ impl<I: NodeId> Membership<I> {
         (records, events)
     }
 
-    pub(crate) fn digest_hash(&mut self) -> u64 {
+    /// The anti-entropy hash over `records` (every member's newest, ours included) and
+    /// the recent event ids.
+    pub(crate) fn digest_hash(&mut self, records: &BTreeMap<I, Record<I>>) -> u64 {
         if let Some(h) = self.digest_cache {
             return h;
         }
-        let (records, events) = self.digest_entries();
+        let (records, events) = self.digest_entries(records);
         let bytes = bincode::serde::encode_to_vec((records, events), bincode::config::standard())
             .unwrap_or_default();
         // FNV-1a, identical on every member and platform.
@@ -152,8 +179,8 @@ impl<I: NodeId> Membership<I> {
         h
     }
 
-    pub(crate) fn digest_full(&self, reply: bool) -> Message<I> {
-        let (records, events) = self.digest_entries();
+    pub(crate) fn digest_full(&self, reply: bool, records: &BTreeMap<I, Record<I>>) -> Message<I> {
+        let (records, events) = self.digest_entries(records);
         Message::DigestFull {
             reply,
             records,
@@ -161,17 +188,19 @@ impl<I: NodeId> Membership<I> {
         }
     }
 
+    /// A `DigestFull` from `from`: queue for it what it lacks of `ours` (our records) and
+    /// of the recent events. The reply, when asked for, is the caller's.
     pub(crate) fn on_digest_full(
         &mut self,
         from: I,
-        reply: bool,
         records: Vec<(I, u64, u64)>,
         events: Vec<EventId<I>>,
+        ours: &BTreeMap<I, Record<I>>,
     ) {
         let theirs: BTreeMap<I, (u64, u64)> =
             records.into_iter().map(|(o, i, v)| (o, (i, v))).collect();
         let mut push: Vec<Item<I>> = Vec::new();
-        for rec in self.records.values() {
+        for rec in ours.values() {
             if rec.origin == from {
                 continue;
             }
@@ -188,14 +217,10 @@ impl<I: NodeId> Membership<I> {
         if !push.is_empty() {
             self.outbox.entry(from).or_default().extend(push);
         }
-        if reply {
-            let msg = self.digest_full(false);
-            self.send(from, msg);
-        }
     }
 
-    /// Pack queued items into `Gossip` messages of bounded size.
-    pub(crate) fn flush_outbox(&mut self) {
+    /// Pack queued items into `Gossip` messages of bounded size, handed to `send`.
+    pub(crate) fn flush(&mut self, mut send: impl FnMut(I, Message<I>)) {
         let outbox = std::mem::take(&mut self.outbox);
         for (to, items) in outbox {
             let mut batch = Vec::new();
@@ -203,7 +228,7 @@ impl<I: NodeId> Membership<I> {
             for item in items {
                 let s = item_size(&item);
                 if !batch.is_empty() && (size + s > PACK_BYTES || batch.len() >= MAX_LIST) {
-                    self.send(
+                    send(
                         to,
                         Message::Gossip {
                             items: std::mem::take(&mut batch),
@@ -215,7 +240,7 @@ impl<I: NodeId> Membership<I> {
                 batch.push(item);
             }
             if !batch.is_empty() {
-                self.send(to, Message::Gossip { items: batch });
+                send(to, Message::Gossip { items: batch });
             }
         }
     }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
+use crate::types::NodeId;
 
 /// Version byte in front of every encoded message.
 pub const WIRE_VERSION: u8 = 1;

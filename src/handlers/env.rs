@@ -10,7 +10,7 @@
 //! "Unset" is enforced: the runner removes every variable of [`HANDLER_VARS`]
 //! inherited from the daemon's environment before applying the invocation's.
 
-use super::{EventKind, Origin};
+use super::event::{EventKind, Origin};
 
 /// Every variable the runner owns; inherited values of these are removed.
 pub const HANDLER_VARS: [&str; 12] = [

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use super::event::{EventKind, Origin};
 use super::tag::validate_tag;
-use super::{EventKind, Origin};
 
 /// Tags of the built-in daemon events.
 pub const DAEMON_EVENTS: [&str; 4] = [

@@ -14,7 +14,29 @@ use tokio::time::{sleep_until, timeout, Instant};
 
 use super::env::HANDLER_VARS;
 use super::layout::HandlerSpec;
-use super::run::HandlerOutcome;
+
+/// What one handler did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerOutcome {
+    /// The handler's `rel` path.
+    pub handler: String,
+    /// `None` when killed by a signal, timed out, or not started.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    /// The first `max_stdout` bytes of its standard output.
+    pub stdout: Vec<u8>,
+    /// Whether stdout went past `max_stdout`.
+    pub truncated: bool,
+    /// Why it could not be started or waited for.
+    pub error: Option<String>,
+}
+
+impl HandlerOutcome {
+    /// Exited with status 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
 
 /// After the handler exits, how long its output pipes may stay open (held by
 /// a process it left in the background) before we stop reading them.

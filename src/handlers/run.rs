@@ -10,11 +10,12 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::event::EventKind;
 use super::layout::HandlerSpec;
 use super::process::run_one;
-use super::EventKind;
 
 pub use super::env::{daemon_env, message_env, peer_env, HANDLER_VARS};
+pub use super::process::HandlerOutcome;
 
 /// Limits of the runner. Config keys: `handler_timeout_s`,
 /// `handler_concurrency`, `handler_queue`.
@@ -53,29 +54,6 @@ pub struct Invocation {
     pub body: Bytes,
     /// Usually `HandlerSet::matching(..)` cloned. Empty: resolves at once to `[]`.
     pub handlers: Vec<HandlerSpec>,
-}
-
-/// What one handler did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerOutcome {
-    /// The handler's `rel` path.
-    pub handler: String,
-    /// `None` when killed by a signal, timed out, or not started.
-    pub exit_code: Option<i32>,
-    pub timed_out: bool,
-    /// The first `max_stdout` bytes of its standard output.
-    pub stdout: Vec<u8>,
-    /// Whether stdout went past `max_stdout`.
-    pub truncated: bool,
-    /// Why it could not be started or waited for.
-    pub error: Option<String>,
-}
-
-impl HandlerOutcome {
-    /// Exited with status 0.
-    pub fn success(&self) -> bool {
-        self.exit_code == Some(0)
-    }
 }
 
 /// `submit` refused an invocation: the queue is at its limit.
@@ -204,8 +182,8 @@ async fn run_all(inner: &Inner, inv: Invocation) -> Vec<HandlerOutcome> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::event::Origin;
     use super::super::testutil::{pid_gone, read_pid, script, wait_for};
-    use super::super::Origin;
     use super::*;
     use std::fs;
     use std::path::Path;

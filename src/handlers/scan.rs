@@ -12,8 +12,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use super::event::{EventKind, Origin};
 use super::layout::HandlerSpec;
-use super::{EventKind, Origin};
 
 /// Deepest directory level walked below the handler directory.
 pub const MAX_DEPTH: usize = 16;
@@ -178,7 +178,7 @@ impl Walk {
 
 #[cfg(test)]
 mod tests {
-    use super::super::PeerFilter;
+    use super::super::layout::PeerFilter;
     use super::*;
     use std::os::unix::fs::symlink;
     use std::path::PathBuf;

@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 use redb::{AccessGuard, Database, ReadableTable, TableDefinition};
 use serde::Deserialize;
 
-use super::db::{
+use super::error::StoreError;
+use super::hlc::Hlc;
+use super::model::{Change, Device, FeedEvent, Origin, Sibling, Version, VersionVector};
+use super::schema::{
     decode, encode, BUCKETS, FEED, FORMAT, ITEMS, LOG, MEMBERS, META, M_EPOCH, M_FORMAT, M_INDEXED,
     TOMBS, VERSIONS, VV,
 };
-use super::hlc::Hlc;
-use super::model::{Change, Device, FeedEvent, Origin, Sibling, Version, VersionVector};
-use super::StoreError;
 
 const V1_VV: TableDefinition<Device, u64> = TableDefinition::new("version_vector");
 const V1_LOG: TableDefinition<(Device, u64), &str> = TableDefinition::new("origin_log");

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, Durability};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::config::WallClock;
 use super::db::{new_epoch, Loaded, Writer};
+use super::error::StoreError;
 use super::hlc::Clock;
 use super::model::{
     key_context, merge, Change, Device, FeedEvent, Origin, Sibling, Version, VersionVector,
 };
-use super::{StoreError, WallClock};
 
 /// Most operations committed in one transaction.
 pub(crate) const MAX_BATCH_OPS: usize = 1024;

@@ -49,7 +49,7 @@ impl<I: NodeId> Membership<I> {
         if self.rtt_dirty {
             self.record_dirty = true;
         }
-        self.expire_events(now);
+        self.gossip.expire_events(now);
         // A random link this member beats (in id order, a member would talk to the same
         // part of the mesh for many intervals after a partition split by id).
         let beaten: Vec<I> = self
@@ -115,7 +115,7 @@ impl<I: NodeId> Membership<I> {
                 LinkStatus::Active => {
                     let digest = if self.ae_to == Some(peer) {
                         self.ae_to = None;
-                        Some(self.digest_hash())
+                        Some(self.gossip.digest_hash(&self.records))
                     } else {
                         None
                     };
@@ -232,8 +232,8 @@ impl<I: NodeId> Membership<I> {
         if let Some(link) = self.links.get_mut(&from) {
             link.beat_rcvd = link.beat_rcvd.max(at);
         }
-        if digest.is_some_and(|h| h != self.digest_hash()) {
-            let msg = self.digest_full(true);
+        if digest.is_some_and(|h| h != self.gossip.digest_hash(&self.records)) {
+            let msg = self.gossip.digest_full(true, &self.records);
             self.send(from, msg);
         }
     }
@@ -315,8 +315,8 @@ impl<I: NodeId> Membership<I> {
                 }
             }
             Message::Digest { hash } => {
-                if hash != self.digest_hash() {
-                    let msg = self.digest_full(true);
+                if hash != self.gossip.digest_hash(&self.records) {
+                    let msg = self.gossip.digest_full(true, &self.records);
                     self.send(from, msg);
                 }
             }
@@ -325,7 +325,14 @@ impl<I: NodeId> Membership<I> {
                 reply,
                 records,
                 events,
-            } => self.on_digest_full(from, reply, records, events),
+            } => {
+                self.gossip
+                    .on_digest_full(from, records, events, &self.records);
+                if reply {
+                    let msg = self.gossip.digest_full(false, &self.records);
+                    self.send(from, msg);
+                }
+            }
         }
     }
 
@@ -385,7 +392,7 @@ impl<I: NodeId> Membership<I> {
         self.stats.refutations += 1;
     }
 
-    pub(crate) fn on_record(&mut self, from: I, rec: Record<I>, now: Instant) {
+    pub(super) fn on_record(&mut self, from: I, rec: Record<I>, now: Instant) {
         if rec.origin == self.me {
             if rec.key() >= (self.incarnation, self.version) {
                 // A newer record of ourselves (an earlier run, or a left record): refute.
@@ -422,8 +429,34 @@ impl<I: NodeId> Membership<I> {
             }
         }
         self.records.insert(rec.origin, rec.clone());
-        self.digest_cache = None;
+        self.gossip.records_changed();
         self.topo_changed();
         self.disseminate(Item::Record(rec), Some(from));
+    }
+
+    /// A gossip item from `from`: a record, or a broadcast to deliver (once) and pass on.
+    pub(super) fn on_item(&mut self, from: I, item: Item<I>, now: Instant) {
+        match item {
+            Item::Record(rec) => self.on_record(from, rec, now),
+            Item::Event(event) => {
+                let origin = event.id.origin;
+                if origin == self.me || !self.roster.contains(&origin) {
+                    return;
+                }
+                if !self.gossip.first_sighting(event.id) {
+                    self.stats.duplicates += 1;
+                    return;
+                }
+                self.lamport = self.lamport.max(event.lamport);
+                self.stats.delivered += 1;
+                self.outputs.push_back(Output::Deliver {
+                    id: event.id,
+                    lamport: event.lamport,
+                    payload: event.payload.clone(),
+                });
+                self.gossip.remember_event(now, event.clone());
+                self.disseminate(Item::Event(event), Some(from));
+            }
+        }
     }
 }

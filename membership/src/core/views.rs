@@ -30,7 +30,7 @@ impl<I: NodeId> Membership<I> {
             links,
         };
         self.records.insert(self.me, rec.clone());
-        self.digest_cache = None;
+        self.gossip.records_changed();
         self.stats.records_published += 1;
         self.topo_changed();
         self.disseminate(Item::Record(rec), None);
@@ -49,7 +49,7 @@ impl<I: NodeId> Membership<I> {
         self.flush_outbox();
     }
 
-    pub(crate) fn is_left(&self, id: &I) -> bool {
+    pub(super) fn is_left(&self, id: &I) -> bool {
         let rec = self.records.get(id);
         if rec.is_some_and(|r| r.left) {
             return true;
@@ -60,9 +60,30 @@ impl<I: NodeId> Membership<I> {
         }
     }
 
+    /// Hand `item` (just learned from `from`, or originated here when `None`) to the
+    /// neighbours this member is responsible for in the dissemination tree rooted at the
+    /// item's origin (see [`Gossip::disseminate`]); the tree of a left origin is built
+    /// over its own record too.
+    pub(super) fn disseminate(&mut self, item: Item<I>, from: Option<I>) {
+        let origin = item.origin();
+        let root_is_left = self.is_left(&origin) && origin != self.me;
+        let adj = if root_is_left {
+            self.build_adjacency(Some(origin))
+        } else {
+            self.adjacency()
+        };
+        let neighbours = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.status != LinkStatus::Dead)
+            .map(|(p, _)| *p);
+        self.gossip
+            .disseminate(self.me, item, from, &adj, neighbours);
+    }
+
     /// Live links as announced: ours from the link table, others' from their records.
     /// A left member contributes nothing unless it is `root`.
-    pub(crate) fn adjacency(&mut self) -> Adjacency<I> {
+    pub(super) fn adjacency(&mut self) -> Adjacency<I> {
         if let Some((v, adj)) = &self.adj_cache {
             if *v == self.topo_version {
                 return adj.clone();
@@ -73,7 +94,7 @@ impl<I: NodeId> Membership<I> {
         adj
     }
 
-    pub(crate) fn build_adjacency(&self, root: Option<I>) -> Adjacency<I> {
+    pub(super) fn build_adjacency(&self, root: Option<I>) -> Adjacency<I> {
         let left: HashSet<I> = self
             .records
             .keys()

@@ -1,7 +1,12 @@
 //! What the simulator's tests and benchmarks ask of a run: who sees whom in which state
 //! since when, and where each broadcast arrived.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::state::{Sim, Transition};
+use crate::message::EventId;
+use crate::types::State;
 
 impl Sim {
     /// Live members other than `peer`.

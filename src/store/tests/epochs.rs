@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, TableDefinition};
 use serde::Serialize;
 
-use super::super::db::{encode, FORMAT};
+use super::super::schema::{encode, FORMAT};
 use super::super::{Hlc, Origin, Store, VersionVector};
 use super::{device, dump, open, pull, FakeWall};
 

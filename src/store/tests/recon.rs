@@ -126,7 +126,7 @@ async fn a_session_cut_short_claims_nothing() {
     }
     let snap = a.snapshot().unwrap();
     let some = snap
-        .changes_at(&[super::super::db::key_pos("key/0030")])
+        .changes_at(&[super::super::schema::key_pos("key/0030")])
         .unwrap();
     assert_eq!(some.len(), 1);
     assert_eq!(b.apply_reconciled(some.clone()).await.unwrap(), 1);
