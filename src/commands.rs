@@ -8,13 +8,8 @@ use serde_json::{json, Value};
 use crate::api::{Event, HandlersResult, PeerInfo, PingResult, SendResult, Status, MAX_BODY};
 use crate::cli::{Command, Global, SendArgs};
 use crate::client::Client;
-use crate::output::{ago, short_id, table};
+use crate::output::{ago, print_json, short_id, table};
 use crate::paths::Paths;
-
-pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(v)?);
-    Ok(())
-}
 
 /// Runs a client command; returns the process exit code.
 pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {

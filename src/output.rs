@@ -56,6 +56,12 @@ pub fn short_id(id: &str) -> String {
     id.split('-').take(2).collect::<Vec<_>>().join("-")
 }
 
+/// Prints `v` as one line of JSON.
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cli::Global;
 use crate::client::Client;
-use crate::commands::print_json;
+use crate::output::print_json;
 use crate::output::table;
 use crate::paths::Paths;
 

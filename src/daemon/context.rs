@@ -30,7 +30,7 @@ pub struct Daemon {
     /// Mesh membership: roster, peer table, TLS trust set, the core's member set.
     pub members: Members,
     /// Message lanes by peer (see `messages`).
-    pub lanes: Mutex<std::collections::HashMap<DeviceId, lanes::Lane>>,
+    pub lanes: lanes::Lanes,
     pub events: broadcast::Sender<Event>,
     pub runner: Runner,
     pub streams: services::Streams,

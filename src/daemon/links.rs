@@ -14,6 +14,7 @@ use transport::{DownReason, PeerConn, StreamKind, TransportEvent};
 
 use super::peers::PeerState;
 use super::context::Daemon;
+use super::errors::MessageError;
 use crate::addr::canon;
 
 /// First retry delay after a failed dial.
@@ -360,17 +361,12 @@ pub fn after_address_change(d: &Arc<Daemon>, usable: &[IpAddr]) {
 }
 
 /// One ping on a fresh control stream; the round-trip time when the pong came back.
-pub async fn ping_once(pc: &PeerConn, timeout: Duration) -> Result<Duration, String> {
+pub async fn ping_once(pc: &PeerConn, timeout: Duration) -> Result<Duration, MessageError> {
     let exchange = async {
-        let (mut send, mut recv) = pc
-            .open(StreamKind::Control)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = pc.open(StreamKind::Control).await?;
         let nonce = rand::random::<u64>();
         let start = Instant::now();
-        write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME)
-            .await
-            .map_err(|e| e.to_string())?;
+        write_frame(&mut send, &ControlFrame::Ping { nonce }, MAX_CONTROL_FRAME).await?;
         loop {
             match read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME).await {
                 Ok(Some(ControlFrame::Pong { nonce: n })) if n == nonce => {
@@ -378,13 +374,13 @@ pub async fn ping_once(pc: &PeerConn, timeout: Duration) -> Result<Duration, Str
                     return Ok(start.elapsed());
                 }
                 Ok(Some(_)) => continue,
-                Ok(None) => return Err("stream closed".to_string()),
-                Err(e) => return Err(e.to_string()),
+                Ok(None) => return Err(MessageError::StreamClosed),
+                Err(e) => return Err(e.into()),
             }
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
-        Err(_) => Err("no answer before the timeout".into()),
+        Err(_) => Err(MessageError::Timeout),
     }
 }

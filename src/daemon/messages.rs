@@ -14,29 +14,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use transport::frame::{read_frame, write_frame};
 use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
 use super::context::Daemon;
-use super::lanes::{Lane, LaneReq};
+use super::errors::MessageError;
+use super::lanes::{LANE_QUEUE, MAX_HEADER, MAX_RESULT};
 use super::wire::{LaneMsg, LaneResult, MsgHeader, MsgResult, WireReply};
 use crate::api::{code, ErrorBody, Event, HandlerReply, PeerRef, SendOutcome, MAX_BODY};
 use crate::handlers::{self, EventKind, Invocation, Origin};
 
-/// Largest message header frame.
-const MAX_HEADER: usize = 64 * 1024;
-/// Largest result frame (replies carry up to 1 MiB of stdout per handler).
-const MAX_RESULT: usize = 24 * 1024 * 1024;
 /// Largest body sent inline in a socket `message` event.
 const EVENT_BODY_INLINE: usize = 64 * 1024;
 
 /// Largest body sent on a lane.
 pub const LANE_MAX_BODY: usize = 64 * 1024;
-/// Messages queued on one lane before senders wait.
-const LANE_QUEUE: usize = 1024;
-
 pub fn new_message_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
@@ -108,14 +102,7 @@ pub async fn ping(
         let left = deadline.saturating_duration_since(Instant::now());
         return match super::links::ping_once(&pc, left).await {
             Ok(rtt) => Ok((rtt, None, pc)),
-            Err(e) if e.contains("timeout") => Err(ErrorBody::new(
-                code::TIMEOUT,
-                "no answer before the timeout",
-            )),
-            Err(e) => Err(ErrorBody::new(
-                code::UNREACHABLE,
-                format!("ping failed: {e}"),
-            )),
+            Err(e) => Err(e.ping_body()),
         };
     }
     let header = MsgHeader {
@@ -180,7 +167,7 @@ pub async fn send_one(
         };
         let exchange = async {
             if body.len() <= LANE_MAX_BODY && relay_to.is_none() {
-                return send_on_lane(d, &pc, header, body.clone()).await;
+                return d.lanes.send(&pc, header, body.clone()).await;
             }
             message_exchange(&pc, &header, body.clone(), "the peer").await
         };
@@ -290,23 +277,17 @@ async fn message_exchange(
     pc: &PeerConn,
     header: &MsgHeader,
     body: Bytes,
-    who: &str,
-) -> Result<MsgResult, String> {
-    let (mut send, mut recv) = pc
-        .open(StreamKind::Message)
-        .await
-        .map_err(|e| e.to_string())?;
-    write_frame(&mut send, header, MAX_HEADER)
-        .await
-        .map_err(|e| e.to_string())?;
+    who: &'static str,
+) -> Result<MsgResult, MessageError> {
+    let (mut send, mut recv) = pc.open(StreamKind::Message).await?;
+    write_frame(&mut send, header, MAX_HEADER).await?;
     if !body.is_empty() {
-        send.write_chunk(body).await.map_err(|e| e.to_string())?;
+        send.write_chunk(body).await?;
     }
     let _ = send.finish();
     read_frame::<MsgResult, _>(&mut recv, MAX_RESULT)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{who} closed the stream without an answer"))
+        .await?
+        .ok_or(MessageError::NoAnswer(who))
 }
 
 fn nack(code: &str, message: impl Into<String>) -> MsgResult {
@@ -431,105 +412,6 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
             })
             .collect(),
     )
-}
-
-/// Queues a small message on the connection's lane and waits for its result.
-async fn send_on_lane(
-    d: &Arc<Daemon>,
-    pc: &PeerConn,
-    header: MsgHeader,
-    body: Bytes,
-) -> Result<MsgResult, String> {
-    let conn = pc.conn.stable_id();
-    let tx = {
-        let mut lanes = d.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        match lanes.get(&pc.peer) {
-            Some(l) if l.conn == conn && !l.tx.is_closed() => l.tx.clone(),
-            _ => {
-                let (tx, rx) = mpsc::channel(LANE_QUEUE);
-                tokio::spawn(run_lane(pc.clone(), rx));
-                lanes.insert(
-                    pc.peer,
-                    Lane {
-                        conn,
-                        tx: tx.clone(),
-                    },
-                );
-                tx
-            }
-        }
-    };
-    let (done, result) = oneshot::channel();
-    tx.send(LaneReq { header, body, done })
-        .await
-        .map_err(|_| "the connection closed".to_string())?;
-    result
-        .await
-        .map_err(|_| "the connection closed before the answer".to_string())
-}
-
-type Pending = Arc<std::sync::Mutex<std::collections::HashMap<u64, oneshot::Sender<MsgResult>>>>;
-
-/// Writes queued messages on one long-lived stream; a reader task hands out the results.
-async fn run_lane(pc: PeerConn, mut rx: mpsc::Receiver<LaneReq>) {
-    let Ok((mut send, mut recv)) = pc.open(StreamKind::Messages).await else {
-        return;
-    };
-    let pending: Pending = Arc::default();
-    let reader_pending = pending.clone();
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(r)) = read_frame::<LaneResult, _>(&mut recv, MAX_RESULT).await {
-            let waiter = reader_pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&r.seq);
-            if let Some(w) = waiter {
-                let _ = w.send(r.result);
-            }
-        }
-        // The stream ended: dropping the waiters tells their senders.
-        reader_pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    });
-    let mut seq = 0u64;
-    let mut buf = Vec::with_capacity(128 * 1024);
-    while let Some(first) = rx.recv().await {
-        // Coalesce whatever is queued into one write.
-        buf.clear();
-        let mut next = Some(first);
-        while let Some(req) = next {
-            seq += 1;
-            let frame = match transport::frame::encode(
-                &LaneMsg {
-                    seq,
-                    header: req.header,
-                },
-                MAX_HEADER,
-            ) {
-                Ok(f) => f,
-                Err(_) => break,
-            };
-            pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(seq, req.done);
-            buf.extend_from_slice(&frame);
-            buf.extend_from_slice(&req.body);
-            next = if buf.len() < 256 * 1024 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if send.write_all(&buf).await.is_err() {
-            break;
-        }
-    }
-    let _ = send.finish();
-    drop(rx);
-    let _ = reader.await;
 }
 
 /// Receives a lane: reads messages one after another, answers each when delivered.

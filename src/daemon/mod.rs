@@ -4,9 +4,9 @@
 mod context;
 mod control;
 mod core;
+mod errors;
 mod handler_cache;
 mod incoming;
-mod kv;
 mod lan;
 mod lanes;
 mod links;
@@ -21,10 +21,10 @@ pub mod peers;
 mod relay_stream;
 mod roster;
 mod services;
+mod stream_io;
 pub mod streams;
 mod sync;
 mod trim;
-mod trust;
 mod wire;
 
 use std::sync::{Arc, Mutex};
@@ -129,7 +129,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         handlers: handler_cache::HandlerCache::new(handlers_dir.clone()),
         handlers_dir,
         members,
-        lanes: Mutex::new(std::collections::HashMap::new()),
+        lanes: Default::default(),
         events,
         runner,
         streams,

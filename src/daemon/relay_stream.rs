@@ -15,10 +15,9 @@ use transport::frame::{read_frame, write_frame};
 use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, StreamKind};
 
-use super::streams::{
-    app_err, BUF, MAX_APP_FRAME, STREAM_BROKEN,
-};
+use super::stream_io::{app_err, BUF, MAX_APP_FRAME, STREAM_BROKEN};
 use super::context::Daemon;
+use super::errors::StreamError;
 use super::services::{validate_service, ACCEPT_WAIT};
 use super::wire::AppFrame;
 use crate::api::{code, ErrorBody};
@@ -181,21 +180,19 @@ pub async fn relay(
 
 /// Copies one direction chunk by chunk: one chunk in hand at a time, so the sender is
 /// held back by the receiver's flow control, end to end.
-async fn pump(recv: &mut RecvStream, send: &mut SendStream) -> Result<u64, String> {
+async fn pump(recv: &mut RecvStream, send: &mut SendStream) -> Result<u64, StreamError> {
     let mut n = 0u64;
     loop {
         match recv.read_chunk(BUF, true).await {
             Ok(Some(chunk)) => {
                 n += chunk.bytes.len() as u64;
-                send.write_chunk(chunk.bytes)
-                    .await
-                    .map_err(|e| format!("sending: {e}"))?;
+                send.write_chunk(chunk.bytes).await?;
             }
             Ok(None) => {
                 let _ = send.finish();
                 return Ok(n);
             }
-            Err(e) => return Err(format!("receiving: {e}")),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -209,7 +206,7 @@ pub async fn splice_quic(
     mut recv_a: RecvStream,
     mut send_c: SendStream,
     mut recv_c: RecvStream,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), StreamError> {
     // A side that stops reading (or whose connection is lost) is noticed even while the
     // direction towards it waits for data from the other side.
     let stop_a = send_a.stopped();
@@ -227,21 +224,21 @@ pub async fn splice_quic(
             tokio::select! {
                 r = &mut up, if up_n.is_none() => match r {
                     Ok(n) => up_n = Some(n),
-                    Err(e) => break Err(format!("opener to target: {e}")),
+                    Err(e) => break Err(StreamError::Direction("opener to target", Box::new(e))),
                 },
                 r = &mut down, if down_n.is_none() => match r {
                     Ok(n) => down_n = Some(n),
-                    Err(e) => break Err(format!("target to opener: {e}")),
+                    Err(e) => break Err(StreamError::Direction("target to opener", Box::new(e))),
                 },
                 r = &mut stop_a, if !a_done => match r {
                     Ok(None) => a_done = true,
-                    Ok(Some(c)) => break Err(format!("the opener stopped reading (code {c})")),
-                    Err(e) => break Err(format!("the opener's side: {e}")),
+                    Ok(Some(c)) => break Err(StreamError::Stopped("opener", c)),
+                    Err(e) => break Err(StreamError::Side("opener", e)),
                 },
                 r = &mut stop_c, if !c_done => match r {
                     Ok(None) => c_done = true,
-                    Ok(Some(c)) => break Err(format!("the target stopped reading (code {c})")),
-                    Err(e) => break Err(format!("the target's side: {e}")),
+                    Ok(Some(c)) => break Err(StreamError::Stopped("target", c)),
+                    Err(e) => break Err(StreamError::Side("target", e)),
                 },
             }
         }

@@ -12,110 +12,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 use transport::frame::{read_frame, write_frame};
 use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream, StreamKind};
 
 use super::context::Daemon;
+use super::stream_io::{app_err, splice, MAX_APP_FRAME, STREAM_BROKEN};
 use super::services::{new_token, validate_service, Announce, Pending, Target, ACCEPT_WAIT};
 use super::wire::AppFrame;
 use crate::api::{code, ErrorBody, PeerRef};
-
-/// QUIC error code for a stream that broke on one side.
-pub(super) const STREAM_BROKEN: u32 = 1;
-
-pub(super) const MAX_APP_FRAME: usize = 4096;
-/// Copy buffer for each direction.
-pub(super) const BUF: usize = 256 * 1024;
-/// Copies both ways between a local byte stream and a QUIC stream until both directions
-/// ended. A FIN in one direction is passed on as a half-close; an error in either
-/// direction ends both. Returns the bytes moved (up, down).
-pub async fn splice<R, W>(
-    mut r: R,
-    mut w: W,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) -> Result<(u64, u64), String>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let res = {
-        let (send, recv) = (&mut send, &mut recv);
-        let up = async {
-            // Read into a buffer the stream then owns (no copy into quinn's send buffer).
-            let mut buf = bytes::BytesMut::with_capacity(BUF);
-            let mut n = 0u64;
-            loop {
-                if buf.capacity() < BUF / 4 {
-                    buf.reserve(BUF);
-                }
-                let k = r
-                    .read_buf(&mut buf)
-                    .await
-                    .map_err(|e| format!("local read: {e}"))?;
-                if k == 0 {
-                    let _ = send.finish();
-                    return Ok::<u64, String>(n);
-                }
-                send.write_chunk(buf.split().freeze())
-                    .await
-                    .map_err(|e| format!("sending: {e}"))?;
-                n += k as u64;
-            }
-        };
-        let down = async {
-            let mut n = 0u64;
-            loop {
-                match recv.read_chunk(BUF, true).await {
-                    Ok(Some(chunk)) => {
-                        w.write_all(&chunk.bytes)
-                            .await
-                            .map_err(|e| format!("local write: {e}"))?;
-                        n += chunk.bytes.len() as u64;
-                    }
-                    Ok(None) => {
-                        let _ = w.shutdown().await;
-                        return Ok::<u64, String>(n);
-                    }
-                    Err(e) => return Err(format!("receiving: {e}")),
-                }
-            }
-        };
-        tokio::pin!(up, down);
-        let (mut up_n, mut down_n) = (None, None);
-        loop {
-            if let (Some(u), Some(d)) = (up_n, down_n) {
-                break Ok((u, d));
-            }
-            tokio::select! {
-                r = &mut up, if up_n.is_none() => match r {
-                    Ok(n) => up_n = Some(n),
-                    Err(e) => break Err(e),
-                },
-                r = &mut down, if down_n.is_none() => match r {
-                    Ok(n) => down_n = Some(n),
-                    Err(e) => break Err(e),
-                },
-            }
-        }
-    };
-    if res.is_err() {
-        // Tell the far side this was no clean end: reset what we send, stop what we receive.
-        let _ = send.reset(STREAM_BROKEN.into());
-        let _ = recv.stop(STREAM_BROKEN.into());
-    }
-    res
-}
-
-pub(super) fn app_err(code_: &str, message: impl Into<String>) -> AppFrame {
-    AppFrame::Err {
-        code: code_.to_string(),
-        message: message.into(),
-    }
-}
 
 /// Opens a stream to `service` on `peer`; returns its halves once the far side said yes.
 pub async fn open(

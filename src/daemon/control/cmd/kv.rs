@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use super::control::{err, line_of};
-use super::context::Daemon;
+use super::super::framing::{err, line_of};
+use crate::daemon::context::Daemon;
 use crate::api::{code, ErrorBody, Reply};
 use crate::store::{Entry, FeedEvent, StoreError, Version};
 

@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use tracing::info;
 use transport::DeviceId;
 
-use super::control::{err, line_of};
-use super::context::Daemon;
+use super::super::framing::{err, line_of};
+use crate::daemon::context::Daemon;
 use crate::api::{code, ErrorBody, Reply};
 
 /// `pair`: opens a window, answers with the code, then with the outcome. The window
@@ -25,10 +25,10 @@ pub async fn pair_window<R>(
 ) where
     R: AsyncBufRead + Unpin,
 {
-    let lifetime = timeout_s.map_or(super::pair::DEFAULT_WINDOW, |s| {
+    let lifetime = timeout_s.map_or(crate::daemon::pair::DEFAULT_WINDOW, |s| {
         Duration::from_secs(s.clamp(1, 3600))
     });
-    let mut window = match super::pair::open(d, lifetime) {
+    let mut window = match crate::daemon::pair::open(d, lifetime) {
         Ok(w) => w,
         Err(e) => {
             let _ = tx.send(line_of(&Reply::err(id, e))).await;
@@ -81,10 +81,10 @@ pub fn trust(
         transport::identity::validate_name(n)
             .map_err(|e| err(code::INVALID_NAME, e.to_string()))?;
     }
-    if addrs.len() > super::peers::MAX_ADDRS {
+    if addrs.len() > crate::daemon::peers::MAX_ADDRS {
         return Err(err(
             code::INVALID_ADDRESS,
-            format!("at most {} addresses", super::peers::MAX_ADDRS),
+            format!("at most {} addresses", crate::daemon::peers::MAX_ADDRS),
         ));
     }
     let mut resolved = Vec::new();
@@ -125,7 +125,7 @@ pub fn trust(
     }
     d.membership_changed(applied, None);
     // Dial it now, not at the next supervisor tick.
-    super::links::dial_due(d);
+    crate::daemon::links::dial_due(d);
     Ok(info)
 }
 
@@ -138,4 +138,23 @@ pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
     d.membership_changed(applied, None);
     d.gossip_roster(None);
     Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
+}
+
+/// `pair.join`: joins the mesh of a device whose pairing window shows `code`.
+pub async fn pair_join(
+    d: &Arc<Daemon>,
+    code: &str,
+    addrs: &[String],
+    timeout_s: Option<u64>,
+) -> Result<Value, ErrorBody> {
+    let mut resolved = Vec::new();
+    for a in addrs.iter().take(crate::daemon::peers::MAX_ADDRS) {
+        resolved.extend(
+            crate::addr::resolve_addr(a)
+                .map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
+        );
+    }
+    let timeout = Duration::from_secs(timeout_s.unwrap_or(30).clamp(1, 3600));
+    let paired = crate::daemon::pair::join(d, code, resolved, timeout).await?;
+    Ok(serde_json::json!({"paired": paired}))
 }

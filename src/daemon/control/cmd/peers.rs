@@ -1,0 +1,44 @@
+//! `peers` and `ping`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use transport::DeviceId;
+
+use super::super::framing::timeout_of;
+use crate::api::{ErrorBody, PingResult};
+use crate::daemon::context::Daemon;
+
+pub async fn ping(
+    d: &Arc<Daemon>,
+    peer: DeviceId,
+    timeout_ms: Option<u64>,
+) -> Result<PingResult, ErrorBody> {
+    let deadline = Instant::now() + timeout_of(timeout_ms);
+    let (rtt, via, pc) = crate::daemon::messages::ping(d, peer, deadline).await?;
+    let (name, via) = {
+        let table = d.peers();
+        let name = table
+            .peers
+            .get(&peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let via: Vec<String> = via
+            .map(|v| {
+                table
+                    .peers
+                    .get(&v)
+                    .map_or_else(|| v.short(), |p| p.name.clone())
+            })
+            .into_iter()
+            .collect();
+        (name, via)
+    };
+    Ok(PingResult {
+        peer: name,
+        id: peer.to_string(),
+        rtt_ms: (rtt.as_secs_f64() * 1e6).round() / 1e3,
+        address: crate::addr::canon(pc.remote_address()).to_string(),
+        via,
+    })
+}

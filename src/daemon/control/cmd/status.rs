@@ -1,0 +1,42 @@
+//! `status`: this device, its listening addresses, counters.
+
+use std::sync::atomic::Ordering;
+
+use crate::api::{GossipCounters, HeartbeatCounters, Status};
+use crate::daemon::context::Daemon;
+use crate::daemon::peers::PeerState;
+
+pub fn status(d: &Daemon) -> Status {
+    let table = d.peers();
+    Status {
+        id: d.id().to_string(),
+        name: d.identity.name.clone(),
+        listen: d
+            .endpoint
+            .local_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        peers: table.peers.len(),
+        active: table
+            .peers
+            .values()
+            .filter(|p| p.state == PeerState::Active)
+            .count(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_s: d.started.elapsed().as_secs(),
+        pid: std::process::id(),
+        state_dir: d.paths.state_dir.display().to_string(),
+        socket: d.paths.socket.display().to_string(),
+        handlers: d.handlers_dir.display().to_string(),
+        gossip: GossipCounters {
+            roster_sent: d.mesh.roster_sent.load(Ordering::Relaxed),
+            roster_received: d.mesh.roster_received.load(Ordering::Relaxed),
+        },
+        heartbeats: d.endpoint.twin().map(|t| HeartbeatCounters {
+            sent: t.stats.sent.load(Ordering::Relaxed),
+            received: t.stats.received.load(Ordering::Relaxed),
+            rejected: t.stats.rejected.load(Ordering::Relaxed),
+        }),
+    }
+}

@@ -1,0 +1,222 @@
+//! Line framing of the control socket: bounded request lines, reply lines, error
+//! replies, and the payload that follows a request (inline, base64 or raw bytes).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use crate::api::{code, ErrorBody, Request, COMMANDS, MAX_BODY};
+
+/// Default wait for `send` and `ping`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait a request may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub enum Line {
+    Text(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+/// Reads one line of at most `max` bytes; a longer line is consumed and reported.
+pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Line> {
+    let mut out = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(if too_long {
+                Line::TooLong
+            } else if out.is_empty() {
+                Line::Eof
+            } else {
+                Line::Text(out)
+            });
+        }
+        let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        if !too_long {
+            if out.len() + chunk.len() > max {
+                too_long = true;
+                out = Vec::new();
+            } else {
+                out.extend_from_slice(chunk);
+            }
+        }
+        let used = done.unwrap_or(buf.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(out)
+            });
+        }
+    }
+}
+
+pub fn line_of(v: &impl serde::Serialize) -> Vec<u8> {
+    let mut line = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line
+}
+
+/// Writes reply and event lines in order of completion, coalescing bursts; gives the
+/// write half back once every sender is gone (raw stream mode takes it over then).
+pub async fn write_lines(
+    mut w: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> Option<OwnedWriteHalf> {
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(l) => buf.extend_from_slice(&l),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&buf).await.is_err() {
+            return None;
+        }
+    }
+    Some(w)
+}
+
+pub fn err(code_: &str, message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(code_, message)
+}
+
+pub fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        (
+            Value::Null,
+            err(code::BAD_JSON, format!("malformed JSON: {e}")),
+        )
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err((
+            Value::Null,
+            err(code::BAD_REQUEST, "a request is a JSON object"),
+        ));
+    };
+    let id = map.remove("id").unwrap_or(Value::Null);
+    let cmd = match map.get("cmd") {
+        Some(Value::String(c)) => c.clone(),
+        _ => return Err((id, err(code::BAD_REQUEST, "missing string field \"cmd\""))),
+    };
+    if !COMMANDS.contains(&cmd.as_str()) {
+        return Err((
+            id,
+            err(
+                code::UNKNOWN_COMMAND,
+                format!("unknown command {cmd:?}; known: {}", COMMANDS.join(", ")),
+            ),
+        ));
+    }
+    match serde_json::from_value::<Request>(Value::Object(map)) {
+        Ok(r) => Ok((id, r)),
+        Err(e) => Err((id, err(code::BAD_REQUEST, format!("{cmd}: {e}")))),
+    }
+}
+
+pub enum BodyError {
+    Reply(ErrorBody),
+    /// The raw bytes that follow cannot be skipped: answer, then close the connection.
+    ReplyAndClose(ErrorBody),
+    Closed,
+}
+
+/// The `body_len` of a `send` line that failed to parse, if it had one.
+pub fn announced_body(line: &[u8]) -> Option<u64> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    match v.get("cmd")?.as_str()? {
+        "send" => v.get("body_len")?.as_u64(),
+        "kv.put" => v.get("value_len")?.as_u64(),
+        _ => None,
+    }
+}
+
+/// A request's payload: as text, as base64, or as raw bytes following the line.
+pub struct Payload<'a> {
+    pub body: Option<&'a String>,
+    pub body_b64: Option<&'a String>,
+    pub body_len: Option<u64>,
+}
+
+/// The payload fields of the requests that carry one (`send`, `kv.put`).
+pub fn payload(req: &Request) -> Option<Payload<'_>> {
+    match req {
+        Request::Send(s) => Some(Payload {
+            body: s.body.as_ref(),
+            body_b64: s.body_b64.as_ref(),
+            body_len: s.body_len,
+        }),
+        Request::KvPut {
+            value,
+            value_b64,
+            value_len,
+            ..
+        } => Some(Payload {
+            body: value.as_ref(),
+            body_b64: value_b64.as_ref(),
+            body_len: *value_len,
+        }),
+        _ => None,
+    }
+}
+
+pub async fn read_body<R: AsyncBufRead + Unpin>(s: Payload<'_>, r: &mut R) -> Result<Bytes, BodyError> {
+    let given = [s.body.is_some(), s.body_b64.is_some(), s.body_len.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        // Still consume a raw body so the connection stays in step.
+        if let Some(n) = s.body_len.filter(|n| *n <= MAX_BODY as u64) {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut r.take(n), &mut sink).await;
+        }
+        return Err(BodyError::Reply(err(
+            code::BAD_REQUEST,
+            "give only one of body, body_b64, body_len",
+        )));
+    }
+    if let Some(n) = s.body_len {
+        if n > MAX_BODY as u64 {
+            // The raw bytes cannot be skipped safely at this size: close after answering.
+            return Err(BodyError::ReplyAndClose(err(
+                code::TOO_LARGE,
+                format!("body of {n} bytes exceeds the limit of {MAX_BODY}"),
+            )));
+        }
+        let mut buf = vec![0u8; n as usize];
+        r.read_exact(&mut buf)
+            .await
+            .map_err(|_| BodyError::Closed)?;
+        return Ok(Bytes::from(buf));
+    }
+    if let Some(b64) = &s.body_b64 {
+        let v = data_encoding::BASE64.decode(b64.as_bytes()).map_err(|e| {
+            BodyError::Reply(err(
+                code::BAD_REQUEST,
+                format!("body_b64 is not base64: {e}"),
+            ))
+        })?;
+        return Ok(Bytes::from(v));
+    }
+    Ok(Bytes::from(
+        s.body.cloned().unwrap_or_default().into_bytes(),
+    ))
+}
+
+pub fn timeout_of(ms: Option<u64>) -> Duration {
+    ms.map(Duration::from_millis)
+        .unwrap_or(DEFAULT_TIMEOUT)
+        .min(MAX_TIMEOUT)
+}

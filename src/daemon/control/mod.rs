@@ -1,0 +1,279 @@
+//! The control socket: newline-delimited JSON requests from the CLI and applications.
+//!
+//! This file is the server: it binds the socket, accepts clients (at most
+//! [`MAX_CLIENTS`] at once), reads their request lines and routes each request to its
+//! command (`cmd/`). Line framing and error replies are in `framing.rs`.
+
+mod cmd;
+mod framing;
+
+use framing::{
+    announced_body, err, line_of, parse, payload, read_body, read_line, timeout_of, write_lines,
+    BodyError, Line,
+};
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{info, warn};
+
+use super::context::Daemon;
+use super::streams;
+use crate::api::{
+    code, Reply, Request, MAX_BODY, MAX_LINE,
+};
+
+/// Clients served at once; more wait in the kernel's backlog.
+const MAX_CLIENTS: usize = 128;
+/// Binds the socket (mode 0600), refusing if another daemon answers there and replacing
+/// a stale file left by a crashed one.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "{} exists and is not a socket; move it away or use --socket",
+                path.display()
+            );
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => anyhow::bail!(
+                "another cnspr daemon is already running on {}; stop it with `cnspr stop` or use another --socket",
+                path.display()
+            ),
+            Err(_) => {
+                info!(socket = %path.display(), "removing the stale socket of a daemon that did not stop cleanly");
+                std::fs::remove_file(path)?;
+            }
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub fn unbind(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    client(d, stream).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Requests of one connection processed at once; further lines wait unread.
+const MAX_INFLIGHT: usize = 256;
+
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Serves one client. Requests run concurrently (up to [`MAX_INFLIGHT`]); each reply
+/// carries its request's `id`, so replies may come back in a different order.
+async fn client(d: Arc<Daemon>, stream: UnixStream) {
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::with_capacity(256 * 1024, r);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+    let writer = tokio::spawn(write_lines(w, rx));
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    let conn_id = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    loop {
+        let line = match read_line(&mut r, MAX_LINE).await {
+            Ok(Line::Text(l)) => l,
+            Ok(Line::TooLong) => {
+                let e = err(
+                    code::LINE_TOO_LONG,
+                    format!("request line longer than {MAX_LINE} bytes"),
+                );
+                if tx.send(line_of(&Reply::err(Value::Null, e))).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Ok(Line::Eof) | Err(_) => break,
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let (id, req) = match parse(&line) {
+            Ok(x) => x,
+            Err((id, e)) => {
+                if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                    break;
+                }
+                // A refused `send` line may still announce raw body bytes: skip them so
+                // they are never read as requests (or close when they cannot be skipped).
+                match announced_body(&line) {
+                    Some(n) if n <= MAX_BODY as u64 => {
+                        let mut sink = tokio::io::sink();
+                        if tokio::io::copy(&mut (&mut r).take(n), &mut sink).await.ok() != Some(n) {
+                            break;
+                        }
+                    }
+                    Some(_) => break,
+                    None => {}
+                }
+                continue;
+            }
+        };
+        match req {
+            Request::KvWatch { prefix, from_seq } => {
+                cmd::kv::watch(&d, id, prefix.unwrap_or_default(), from_seq, r, tx.clone()).await;
+                break;
+            }
+            Request::Subscribe { events } => {
+                cmd::subscribe::subscribe(&d, id, events, r, tx.clone()).await;
+                break;
+            }
+            Request::Pair { timeout_s } => {
+                cmd::members::pair_window(&d, id, timeout_s, r, tx.clone()).await;
+                break;
+            }
+            Request::Stop {} => {
+                let _ = tx
+                    .send(line_of(&Reply::ok(
+                        id,
+                        serde_json::json!({"stopping": true}),
+                    )))
+                    .await;
+                drop(tx);
+                d.request_stop();
+                if let Ok(Some(mut w)) = writer.await {
+                    let _ = w.shutdown().await;
+                }
+                return;
+            }
+            Request::Listen { service } => match d.streams.listen(&service, conn_id) {
+                Ok(rx) => {
+                    cmd::streams::listen(id, &service, rx, r, tx.clone()).await;
+                    d.streams.unlisten(&service, conn_id);
+                    break;
+                }
+                Err(e) => {
+                    if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            Request::Connect { .. } | Request::Accept { .. } => {
+                let opened = match &req {
+                    Request::Connect {
+                        peer,
+                        service,
+                        timeout_ms,
+                    } => match d.peers().resolve(peer) {
+                        Ok(pid) => Ok((
+                            pid,
+                            Instant::now() + timeout_of(*timeout_ms),
+                            service.clone(),
+                        )),
+                        Err(e) => Err(e),
+                    },
+                    _ => Err(err(code::INTERNAL, "")),
+                };
+                let opened = match (&req, opened) {
+                    (Request::Connect { .. }, Ok((pid, deadline, service))) => {
+                        streams::open(&d, pid, &service, deadline).await
+                    }
+                    (Request::Connect { .. }, Err(e)) => Err(e),
+                    (Request::Accept { stream }, _) => streams::accept(&d, stream).await,
+                    _ => Err(err(code::INTERNAL, "request routed to the wrong handler")),
+                };
+                let (send, recv) = match opened {
+                    Ok(x) => x,
+                    Err(e) => {
+                        if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let token = super::services::new_token();
+                let _ = tx
+                    .send(line_of(&Reply::ok(
+                        id,
+                        serde_json::json!({"stream": token}),
+                    )))
+                    .await;
+                drop(tx);
+                // Raw mode: pending replies are flushed first, then bytes flow both ways.
+                let Ok(Some(w)) = writer.await else {
+                    return;
+                };
+                streams::run_local(&d, &token, r, w, send, recv).await;
+                return;
+            }
+            req => {
+                let body = match payload(&req) {
+                    None => Bytes::new(),
+                    Some(p) => match read_body(p, &mut r).await {
+                        Ok(b) => b,
+                        Err(BodyError::ReplyAndClose(e)) => {
+                            let _ = tx.send(line_of(&Reply::err(id, e))).await;
+                            break;
+                        }
+                        Err(BodyError::Reply(e)) => {
+                            if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(BodyError::Closed) => break,
+                    },
+                };
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break;
+                };
+                let (d, tx) = (d.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let res = match req {
+                        Request::Send(s) => cmd::send::send(&d, s, body).await,
+                        Request::KvPut { key, .. } => cmd::kv::put(&d, &key, body).await,
+                        other => cmd::handle(&d, other).await,
+                    };
+                    let reply = match res {
+                        Ok(v) => Reply::ok(id, v),
+                        Err(e) => Reply::err(id, e),
+                    };
+                    let _ = tx.send(line_of(&reply)).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(tx);
+    if let Ok(Some(mut w)) = writer.await {
+        let _ = w.shutdown().await;
+    }
+}
+
