@@ -34,12 +34,23 @@ const RELATED: &[(&str, &[&str])] = &[
             "journalctl(1)",
         ],
     ),
-    ("cnspr-init", &["cnspr-id(1)", "cnspr-serve(1)", "cnspr-pair(1)"]),
-    ("cnspr-id", &["cnspr-init(1)", "cnspr-trust(1)", "cnspr-pair(1)"]),
+    (
+        "cnspr-init",
+        &["cnspr-id(1)", "cnspr-serve(1)", "cnspr-pair(1)"],
+    ),
+    (
+        "cnspr-id",
+        &["cnspr-init(1)", "cnspr-trust(1)", "cnspr-pair(1)"],
+    ),
     ("cnspr-status", &["cnspr-serve(1)", "cnspr-peers(1)"]),
     (
         "cnspr-peers",
-        &["cnspr-status(1)", "cnspr-ping(1)", "cnspr-trust(1)", "cnspr-remove(1)"],
+        &[
+            "cnspr-status(1)",
+            "cnspr-ping(1)",
+            "cnspr-trust(1)",
+            "cnspr-remove(1)",
+        ],
     ),
     ("cnspr-ping", &["cnspr-peers(1)"]),
     ("cnspr-send", &["cnspr-handlers(1)", "cnspr-monitor(1)"]),
@@ -47,10 +58,21 @@ const RELATED: &[(&str, &[&str])] = &[
     ("cnspr-handlers", &["cnspr-send(1)", "cnspr-serve(1)"]),
     (
         "cnspr-trust",
-        &["cnspr-pair(1)", "cnspr-id(1)", "cnspr-remove(1)", "cnspr-peers(1)"],
+        &[
+            "cnspr-pair(1)",
+            "cnspr-id(1)",
+            "cnspr-remove(1)",
+            "cnspr-peers(1)",
+        ],
     ),
-    ("cnspr-pair", &["cnspr-trust(1)", "cnspr-id(1)", "cnspr-remove(1)"]),
-    ("cnspr-remove", &["cnspr-trust(1)", "cnspr-pair(1)", "cnspr-peers(1)"]),
+    (
+        "cnspr-pair",
+        &["cnspr-trust(1)", "cnspr-id(1)", "cnspr-remove(1)"],
+    ),
+    (
+        "cnspr-remove",
+        &["cnspr-trust(1)", "cnspr-pair(1)", "cnspr-peers(1)"],
+    ),
     ("cnspr-stop", &["cnspr-serve(1)", "systemctl(1)"]),
     (
         "cnspr-connect",
@@ -193,7 +215,9 @@ fn see_also(
             continue;
         }
         if name.starts_with("cnspr") && !names.iter().any(|n| n == name) {
-            return Err(invalid(format!("SEE ALSO of {me} names unknown page {name}")));
+            return Err(invalid(format!(
+                "SEE ALSO of {me} names unknown page {name}"
+            )));
         }
         out.push((name.to_owned(), section.to_owned()));
     }
