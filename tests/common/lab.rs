@@ -1,6 +1,10 @@
-//! Several hosts on one machine: network namespaces joined by bridges (root only).
-//! Every name carries the test process ID; `Drop` deletes the namespaces even when a
-//! test panics.
+//! Several hosts on one machine: network namespaces joined by bridges. Every name carries
+//! the test process ID; `Drop` deletes the namespaces even when a test panics.
+//!
+//! As root the lab is built directly. Without root, a test that asks for a lab runs
+//! itself again inside a user, network and mount namespace of its own (`unshare -Urnm`),
+//! where it is root for networking and nothing else: the same scenario, no privilege.
+//! The outer test passes or fails with the inner one.
 
 use std::process::Command;
 
@@ -30,6 +34,50 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Set in a test run again by [`rerun_in_user_namespace`].
+const USERNS_ENV: &str = "CNSPR_TEST_USERNS";
+
+/// Runs the calling test (its thread carries the test's name) again in a user, network
+/// and mount namespace where this user maps to root, with a private `/run` for the
+/// namespaces' mount points; panics when that run fails. Prints why and returns when
+/// user namespaces are not available (the caller then skips).
+fn rerun_in_user_namespace() {
+    if std::env::var_os(USERNS_ENV).is_some() {
+        eprintln!("skipping: not root even inside a user namespace");
+        return;
+    }
+    let Some(test) = std::thread::current().name().map(str::to_string) else {
+        eprintln!("skipping: network namespaces need root (test name unknown)");
+        return;
+    };
+    let exe = std::env::current_exe().unwrap();
+    let probe = Command::new("unshare")
+        .args(["-Urnm", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !probe {
+        eprintln!("skipping: network namespaces need root or unprivileged user namespaces (unshare -Urnm)");
+        return;
+    }
+    eprintln!("not root: running {test} in a user namespace of its own");
+    let out = Command::new("unshare")
+        .args(["-Urnm", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /run && exec \"$0\" \"$@\"")
+        .arg(&exe)
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(USERNS_ENV, "1")
+        .env("PATH", format!("{}:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{test} failed in its user namespace:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "{test} did not run in its user namespace:\n{text}"
+    );
+}
+
 impl Lab {
     /// `n` hosts at 10.77.0.1.. on one bridge; `None` (with a printed reason) if not possible.
     /// Host `i`'s bridge port is `p{i}`.
@@ -45,7 +93,7 @@ impl Lab {
     /// A switch namespace with these bridges and no host yet.
     fn with_bridges(tag: &str, bridges: &[&str]) -> Option<Lab> {
         if !is_root() {
-            eprintln!("skipping: network namespaces need root");
+            rerun_in_user_namespace();
             return None;
         }
         let switch = format!("cl{}{tag}s", std::process::id());
