@@ -1,4 +1,4 @@
-//! The control-socket protocol, shared by the daemon and the CLI (SPEC section 10).
+//! The control-socket protocol, shared by the daemon and the CLI (docs/api.md).
 //!
 //! One JSON object per line. A request is `{"id": <any>, "cmd": "<name>", ...}`; the reply
 //! echoes the id: `{"id": .., "ok": true, "result": ..}` or

@@ -1,4 +1,4 @@
-//! Command-line definitions (SPEC section 11).
+//! Command-line definitions (every command, in docs/api.md and the manual pages).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

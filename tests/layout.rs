@@ -10,8 +10,8 @@ fn check(dir: &Path) -> (bool, String) {
         .arg(dir)
         .output()
         .expect("python3 runs scripts/check-layout");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -34,13 +34,22 @@ fn an_introduced_cycle_fails_and_its_removal_passes() {
             ("a.rs", "use crate::b::B;\npub struct A(pub B);\n"),
             ("b.rs", "pub struct B;\n"),
             // c reaches a through an inline path, not a `use`.
-            ("c.rs", "pub fn f() -> crate::a::A { crate::a::A(crate::b::B) }\n"),
+            (
+                "c.rs",
+                "pub fn f() -> crate::a::A { crate::a::A(crate::b::B) }\n",
+            ),
         ],
     );
     let (ok, text) = check(&src);
     assert!(ok, "a DAG was refused:\n{text}");
     // b now uses c, which uses a, which uses b: a cycle of three files.
-    write(&src, &[("b.rs", "pub struct B;\npub fn g() { let _ = super::c::f(); }\n")]);
+    write(
+        &src,
+        &[(
+            "b.rs",
+            "pub struct B;\npub fn g() { let _ = super::c::f(); }\n",
+        )],
+    );
     let (ok, text) = check(&src);
     assert!(!ok, "the cycle was not caught:\n{text}");
     assert!(text.contains("import cycle between"), "{text}");
@@ -57,7 +66,10 @@ fn a_parent_reexporting_its_children_is_no_cycle_but_defining_for_them_is() {
         &src,
         &[
             ("lib.rs", "pub mod m;\n"),
-            ("m/mod.rs", "mod x;\nmod y;\npub use x::X;\npub fn run() { y::go() }\n"),
+            (
+                "m/mod.rs",
+                "mod x;\nmod y;\npub use x::X;\npub fn run() { y::go() }\n",
+            ),
             ("m/x.rs", "pub struct X;\n"),
             // y names X through the parent's re-export: the edge goes to x.rs.
             ("m/y.rs", "use super::X;\npub fn go() { let _ = X; }\n"),
@@ -69,20 +81,31 @@ fn a_parent_reexporting_its_children_is_no_cycle_but_defining_for_them_is() {
     write(
         &src,
         &[
-            ("m/mod.rs", "mod x;\nmod y;\npub use x::X;\npub struct Ctx;\npub fn run() { y::go() }\n"),
-            ("m/y.rs", "use super::{Ctx, X};\npub fn go() { let _ = (X, Ctx); }\n"),
+            (
+                "m/mod.rs",
+                "mod x;\nmod y;\npub use x::X;\npub struct Ctx;\npub fn run() { y::go() }\n",
+            ),
+            (
+                "m/y.rs",
+                "use super::{Ctx, X};\npub fn go() { let _ = (X, Ctx); }\n",
+            ),
         ],
     );
     let (ok, text) = check(&src);
     assert!(!ok, "parent/child cycle not caught:\n{text}");
-    assert!(text.contains("m/mod.rs") && text.contains("m/y.rs"), "{text}");
+    assert!(
+        text.contains("m/mod.rs") && text.contains("m/y.rs"),
+        "{text}"
+    );
 }
 
 #[test]
 fn a_file_over_the_limit_fails() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    let long: String = (0..601).map(|i| format!("pub const C{i}: u32 = {i};\n")).collect();
+    let long: String = (0..601)
+        .map(|i| format!("pub const C{i}: u32 = {i};\n"))
+        .collect();
     write(&src, &[("lib.rs", "pub mod big;\n"), ("big.rs", &long)]);
     let (ok, text) = check(&src);
     assert!(!ok, "{text}");

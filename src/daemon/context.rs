@@ -13,7 +13,7 @@ use transport::{DeviceId, Endpoint, Identity};
 use super::members::{Applied, Members, RosterRef};
 use super::peers::{PeerState, PeerTable};
 use super::wire::MeshFrame;
-use super::{core, handler_cache, lanes, nearby, outbox, services};
+use super::{conn_events, core, handler_cache, lanes, nearby, outbox, services};
 use crate::api::{Event, PeerRef};
 use crate::config::Config;
 use crate::handlers::{self, EventKind, Invocation, Origin, Runner};
@@ -36,6 +36,8 @@ pub struct Daemon {
     pub streams: services::Streams,
     pub store: crate::store::Store,
     pub mesh: outbox::Mesh,
+    /// The one reader of the transport's connection events (see `conn_events`).
+    pub conn_events: conn_events::ConnEvents,
     /// The membership core (states, relays, gossip).
     pub member: Arc<core::Member>,
     /// Devices seen on the LAN by mDNS, trusted or not.

@@ -6,15 +6,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tracing::debug;
 use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
 use transport::wire::ControlFrame;
-use transport::{DownReason, PeerConn, StreamKind, TransportEvent};
+use transport::{DownReason, PeerConn, StreamKind};
 
-use super::peers::PeerState;
+use super::conn_events::ConnEvent;
 use super::context::Daemon;
 use super::errors::MessageError;
+use super::peers::PeerState;
 use crate::addr::canon;
 
 /// First retry delay after a failed dial.
@@ -26,23 +27,20 @@ const TICK: Duration = Duration::from_millis(1000);
 const IDLE_TICK: Duration = Duration::from_secs(10);
 
 pub fn start(d: &Arc<Daemon>) {
-    tokio::spawn(transport_events(d.clone()));
-    tokio::spawn(supervise(d.clone()));
+    tokio::spawn(transport_events(d.clone(), d.conn_events.subscribe()));
+    tokio::spawn(supervise(d.clone(), d.conn_events.subscribe()));
 }
 
-async fn transport_events(d: Arc<Daemon>) {
-    let mut rx = d.endpoint.subscribe();
-    loop {
-        match rx.recv().await {
-            Ok(TransportEvent::Up(pc)) => on_up(&d, pc),
-            Ok(TransportEvent::Down { peer, reason }) => on_down(&d, peer, reason),
-            Err(RecvError::Lagged(n)) => {
-                debug!(missed = n, "transport events lagged; resynchronising");
-                for pc in d.endpoint.connections() {
+async fn transport_events(d: Arc<Daemon>, mut rx: mpsc::Receiver<ConnEvent>) {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            ConnEvent::Up(pc) => on_up(&d, pc),
+            ConnEvent::Down { peer, reason } => on_down(&d, peer, reason),
+            ConnEvent::Resync(conns) => {
+                for pc in conns {
                     on_up(&d, pc);
                 }
             }
-            Err(RecvError::Closed) => return,
         }
     }
 }
@@ -186,19 +184,18 @@ fn follow_migrations(d: &Arc<Daemon>) {
 }
 
 /// Dials disconnected peers with exponential backoff (and manual addresses).
-async fn supervise(d: Arc<Daemon>) {
+async fn supervise(d: Arc<Daemon>, mut events: mpsc::Receiver<ConnEvent>) {
     let max_backoff = Duration::from_millis(d.cfg.max_backoff_ms);
     let mut manual_next: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
     // A timerfd (see transport::runtime): one wake-up per tick, none in between. While
     // every peer is connected the tick slows to IDLE_TICK; a connection going down (or
     // up) brings the next one forward.
     let mut tick = transport::runtime::Alarm::new(Instant::now());
-    let mut events = d.endpoint.subscribe();
     loop {
         tokio::select! {
             _ = tick.wait() => {}
             ev = events.recv() => {
-                if matches!(ev, Err(RecvError::Closed)) {
+                if ev.is_none() {
                     return;
                 }
             }

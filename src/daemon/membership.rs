@@ -1,6 +1,6 @@
 //! The thin task that drives the `membership` state machine (see `docs/membership.md`):
 //! QUIC links up/down and membership frames from mesh streams go in; the core's sends go
-//! out on mesh streams, its state changes become the peer states of SPEC section 6
+//! out on mesh streams, its state changes become the peer states of docs/api.md (`peers`)
 //! (`active`, `suspect`, `indirect` with the relay, `unreachable`, `left`) and the
 //! addresses it learns from other members are dialled.
 
@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use membership::{Input, Membership, Message, Output, State};
-use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 use transport::heartbeat::{key_id, LinkKeys};
 use transport::quinn::VarInt;
-use transport::{close_code, DeviceId, DownReason, PeerConn, TransportEvent};
+use transport::{close_code, DeviceId, DownReason, PeerConn};
 
-use super::wire::MeshFrame;
-use super::peers::PeerState;
+use super::conn_events::ConnEvent;
 use super::context::Daemon;
+use super::peers::PeerState;
+use super::wire::MeshFrame;
 
 /// Runs `f` on the core, then carries out everything it asked for, and has the timer
 /// task look at the core's next deadline again.
@@ -113,26 +113,25 @@ fn execute(
 
 pub fn start(d: &Arc<Daemon>) {
     let dd = d.clone();
+    let mut rx = d.conn_events.subscribe();
     tokio::spawn(async move {
-        let mut rx = dd.endpoint.subscribe();
         for pc in dd.endpoint.connections() {
             link_up(&dd, &pc);
         }
-        loop {
-            match rx.recv().await {
-                Ok(TransportEvent::Up(pc)) => link_up(&dd, &pc),
-                Ok(TransportEvent::Down { peer, reason }) => {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                ConnEvent::Up(pc) => link_up(&dd, &pc),
+                ConnEvent::Down { peer, reason } => {
                     let leaving = matches!(reason, DownReason::Leaving);
                     step(&dd, |c, now| {
                         c.handle_input(Input::LinkDown { peer, leaving }, now)
                     });
                 }
-                Err(RecvError::Lagged(_)) => {
-                    for pc in dd.endpoint.connections() {
+                ConnEvent::Resync(conns) => {
+                    for pc in conns {
                         link_up(&dd, &pc);
                     }
                 }
-                Err(RecvError::Closed) => return,
             }
         }
     });

@@ -17,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
-use transport::{DeviceId, IncomingStream, PeerConn, StreamKind, TransportEvent};
+use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
-use super::roster::RosterSnapshot;
+use super::conn_events::ConnEvent;
 use super::context::Daemon;
+use super::roster::RosterSnapshot;
 use super::wire::MeshFrame;
 
 /// Most entries of an `Addrs` frame, and addresses per entry.
@@ -33,24 +33,23 @@ const MAX_ADDRS_EACH: usize = 16;
 
 pub fn start(d: &Arc<Daemon>) {
     let d = d.clone();
+    let mut rx = d.conn_events.subscribe();
     tokio::spawn(async move {
-        let mut rx = d.endpoint.subscribe();
         for pc in d.endpoint.connections() {
             open(&d, pc);
         }
-        loop {
-            match rx.recv().await {
-                Ok(TransportEvent::Up(pc)) => open(&d, pc),
-                Ok(TransportEvent::Down { .. }) => {}
-                Err(RecvError::Lagged(_)) => {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                ConnEvent::Up(pc) => open(&d, pc),
+                ConnEvent::Down { .. } => {}
+                ConnEvent::Resync(conns) => {
                     let have: HashSet<DeviceId> = d.mesh.connected().into_iter().collect();
-                    for pc in d.endpoint.connections() {
+                    for pc in conns {
                         if !have.contains(&pc.peer) {
                             open(&d, pc);
                         }
                     }
                 }
-                Err(RecvError::Closed) => return,
             }
         }
     });

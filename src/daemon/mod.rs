@@ -1,6 +1,7 @@
 //! The daemon: wires the transport endpoint, the peer table, messages, handlers and the
 //! control socket together.
 
+mod conn_events;
 mod context;
 mod control;
 mod core;
@@ -100,6 +101,8 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
             return Err(anyhow::Error::new(e).context("starting the QUIC endpoint"));
         }
     };
+    // Subscribed before any connection can come up; read by `conn_events` only.
+    let transport_events = endpoint.subscribe();
     let handlers_dir = args
         .handlers
         .clone()
@@ -135,6 +138,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         streams,
         store,
         mesh: outbox::Mesh::default(),
+        conn_events: conn_events::ConnEvents::default(),
         member,
         nearby: Mutex::new(std::collections::HashMap::new()),
         pairing_open: Mutex::new(false),
@@ -159,6 +163,9 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     lan::start(&daemon, mdns);
     sync::start(&daemon);
     trim::start();
+    // Last: every component has subscribed, so none misses an event.
+    let dd = daemon.clone();
+    tokio::spawn(async move { dd.conn_events.run(&dd.endpoint, transport_events).await });
     daemon.emit(Event::Daemon {
         tag: "daemon.start".into(),
         state: "start".into(),

@@ -17,7 +17,7 @@ pub const PEERS_FILE: &str = "peers.json";
 /// Most addresses remembered per peer.
 pub const MAX_ADDRS: usize = 16;
 
-/// Peer states (SPEC section 6).
+/// Peer states (docs/api.md, `peers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerState {
     Active,

@@ -15,10 +15,10 @@ use transport::frame::{read_frame, write_frame};
 use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, StreamKind};
 
-use super::stream_io::{app_err, BUF, MAX_APP_FRAME, STREAM_BROKEN};
 use super::context::Daemon;
 use super::errors::StreamError;
 use super::services::{validate_service, ACCEPT_WAIT};
+use super::stream_io::{app_err, BUF, MAX_APP_FRAME, STREAM_BROKEN};
 use super::wire::AppFrame;
 use crate::api::{code, ErrorBody};
 

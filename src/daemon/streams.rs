@@ -1,4 +1,4 @@
-//! Dedicated application streams (SPEC section 8): `connect`, `listen`/`accept`, `expose`.
+//! Dedicated application streams (docs/api.md, streams): `connect`, `listen`/`accept`, `expose`.
 //!
 //! Wire: a `StreamKind::App` QUIC stream of the existing connection starts with one
 //! [`AppFrame::Open`] naming the service; the receiving daemon answers [`AppFrame::Ok`] or
@@ -19,8 +19,8 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream, StreamKind};
 
 use super::context::Daemon;
-use super::stream_io::{app_err, splice, MAX_APP_FRAME, STREAM_BROKEN};
 use super::services::{new_token, validate_service, Announce, Pending, Target, ACCEPT_WAIT};
+use super::stream_io::{app_err, splice, MAX_APP_FRAME, STREAM_BROKEN};
 use super::wire::AppFrame;
 use crate::api::{code, ErrorBody, PeerRef};
 

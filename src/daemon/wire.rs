@@ -144,3 +144,165 @@ pub enum PairMsg {
     },
     Done,
 }
+
+#[cfg(test)]
+mod tests {
+    //! The encoding of every frame type, pinned: a change here is a change of the wire
+    //! format between daemons (and needs a protocol version or a new variant instead).
+
+    use super::*;
+    use crate::store::VersionVector;
+
+    fn hex(value: &impl Serialize) -> String {
+        let frame = transport::frame::encode(value, transport::frame::MAX_FRAME).unwrap();
+        // Without the 4-byte length prefix.
+        frame[4..].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn id(b: u8) -> DeviceId {
+        DeviceId([b; 32])
+    }
+
+    fn header() -> MsgHeader {
+        MsgHeader {
+            id: "00000000000000ab".into(),
+            tag: "notify.show".into(),
+            body_len: 5,
+            reply: true,
+            relay_to: Some(id(2)),
+            origin: None,
+            ping: false,
+        }
+    }
+
+    #[test]
+    fn layouts() {
+        let cases: Vec<(&str, String)> = vec![
+            (
+                "mesh roster",
+                hex(&MeshFrame::Roster(RosterSnapshot::default())),
+            ),
+            (
+                "mesh addrs",
+                hex(&MeshFrame::Addrs(vec![(
+                    id(1),
+                    vec!["10.0.0.1:7373".parse().unwrap()],
+                )])),
+            ),
+            (
+                "mesh membership",
+                hex(&MeshFrame::Membership(vec![1, 2, 3])),
+            ),
+            ("msg header", hex(&header())),
+            (
+                "lane msg",
+                hex(&LaneMsg {
+                    seq: 3,
+                    header: header(),
+                }),
+            ),
+            (
+                "lane result",
+                hex(&LaneResult {
+                    seq: 3,
+                    result: MsgResult::Ack,
+                }),
+            ),
+            (
+                "nack",
+                hex(&MsgResult::Nack {
+                    code: "unreachable".into(),
+                    message: "m".into(),
+                }),
+            ),
+            (
+                "replies",
+                hex(&MsgResult::Replies(vec![WireReply {
+                    handler: "h.sh".into(),
+                    exit_code: Some(0),
+                    stdout: b"ok".to_vec(),
+                    timed_out: false,
+                }])),
+            ),
+            (
+                "app open",
+                hex(&AppFrame::Open {
+                    service: "ssh".into(),
+                }),
+            ),
+            ("app ok", hex(&AppFrame::Ok)),
+            (
+                "app err",
+                hex(&AppFrame::Err {
+                    code: "x".into(),
+                    message: "y".into(),
+                }),
+            ),
+            (
+                "app relay",
+                hex(&AppFrame::Relay {
+                    service: "s".into(),
+                    to: id(4),
+                }),
+            ),
+            (
+                "app relayed",
+                hex(&AppFrame::Relayed {
+                    service: "s".into(),
+                    origin: id(5),
+                }),
+            ),
+            (
+                "sync seen",
+                hex(&Up::Seen {
+                    vv: VersionVector::new(),
+                }),
+            ),
+            (
+                "sync hello",
+                hex(&Up::Hello {
+                    version: 2,
+                    vv: VersionVector::new(),
+                    items: 7,
+                }),
+            ),
+            ("sync changes", hex(&Down::ReconChanges(Vec::new()))),
+            ("pair fail", hex(&PairMsg::Fail { reason: "r".into() })),
+            ("pair done", hex(&PairMsg::Done)),
+            ("pair confirm", hex(&PairMsg::Confirm { mac: vec![9; 4] })),
+        ];
+        let expected: &[(&str, &str)] = &[
+            ("mesh roster", "000000"),
+            ("mesh addrs", "0101010101010101010101010101010101010101010101010101010101010101010101000a000001fbcd1c"),
+            ("mesh membership", "0203010203"),
+            ("msg header", "10303030303030303030303030303061620b6e6f746966792e73686f7705010102020202020202020202020202020202020202020202020202020202020202020000"),
+            ("lane msg", "0310303030303030303030303030303061620b6e6f746966792e73686f7705010102020202020202020202020202020202020202020202020202020202020202020000"),
+            ("lane result", "0300"),
+            ("nack", "010b756e726561636861626c65016d"),
+            ("replies", "020104682e73680100026f6b00"),
+            ("app open", "0003737368"),
+            ("app ok", "01"),
+            ("app err", "0201780179"),
+            ("app relay", "0301730404040404040404040404040404040404040404040404040404040404040404"),
+            ("app relayed", "0401730505050505050505050505050505050505050505050505050505050505050505"),
+            ("sync seen", "0100"),
+            ("sync hello", "00020007"),
+            ("sync changes", "0200"),
+            ("pair fail", "040172"),
+            ("pair done", "05"),
+            ("pair confirm", "020409090909"),
+        ];
+        let mut wrong = Vec::new();
+        for (name, got) in &cases {
+            match expected.iter().find(|(n, _)| n == name) {
+                Some((_, want)) if want == got => {}
+                _ => wrong.push(format!("(\"{name}\", \"{got}\"),")),
+            }
+        }
+        assert!(
+            wrong.is_empty() && expected.len() == cases.len(),
+            "wire layouts changed:\n{}",
+            wrong.join("\n")
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! The `CNSPR_*` environment a handler gets on top of the daemon's own (SPEC §7).
+//! The `CNSPR_*` environment a handler gets on top of the daemon's own (docs/handlers.md).
 //!
 //! | variable | message | peer event | daemon event |
 //! |---|---|---|---|

@@ -1,4 +1,4 @@
-//! Handlers (SPEC §7): executables in the handler directory that run when a
+//! Handlers (docs/handlers.md): executables in the handler directory that run when a
 //! message or a built-in event arrives.
 //!
 //! - [`tag`]: tag syntax ([`validate_tag`], [`validate_user_tag`]).

@@ -1,4 +1,4 @@
-//! Walking the handler directory (SPEC §7). Synchronous and cheap: one
+//! Walking the handler directory (docs/handlers.md). Synchronous and cheap: one
 //! `readdir` per directory and one `stat` per entry, no caching, so a file
 //! added, removed or chmodded is seen by the very next scan.
 //!

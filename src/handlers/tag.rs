@@ -1,4 +1,4 @@
-//! Tag validation (SPEC §7): dot-separated segments of `[A-Za-z0-9_-]`.
+//! Tag validation (docs/handlers.md): dot-separated segments of `[A-Za-z0-9_-]`.
 
 /// Longest tag accepted, in bytes.
 pub const MAX_TAG_LEN: usize = 255;
@@ -37,7 +37,7 @@ pub enum TagError {
     Reserved { segment: String },
 }
 
-/// Checks the SPEC tag syntax. Tags of built-in events (`daemon.*`, `peer.*`)
+/// Checks the tag syntax (docs/handlers.md). Tags of built-in events (`daemon.*`, `peer.*`)
 /// pass; use [`validate_user_tag`] for tags that users send.
 pub fn validate_tag(tag: &str) -> Result<(), TagError> {
     if tag.is_empty() {

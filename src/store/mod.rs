@@ -1,4 +1,4 @@
-//! The replicated key-value store's storage core (SPEC section 9): data model, merge rule,
+//! The replicated key-value store's storage core (docs/store.md): data model, merge rule,
 //! hybrid logical clock, redb persistence with durable group commit, change feed, and the
 //! `changes_since` / `apply_delta` pair that sync uses. No networking: the daemon moves
 //! [`Delta`]s and [`Change`]s between devices. See `docs/store.md`.

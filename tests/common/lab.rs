@@ -66,12 +66,21 @@ fn rerun_in_user_namespace() {
         .arg(&exe)
         .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(USERNS_ENV, "1")
-        .env("PATH", format!("{}:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{test} failed in its user namespace:\n{text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{test} failed in its user namespace:\n{text}"
+    );
     assert!(
         text.contains("1 passed"),
         "{test} did not run in its user namespace:\n{text}"

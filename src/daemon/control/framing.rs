@@ -174,7 +174,10 @@ pub fn payload(req: &Request) -> Option<Payload<'_>> {
     }
 }
 
-pub async fn read_body<R: AsyncBufRead + Unpin>(s: Payload<'_>, r: &mut R) -> Result<Bytes, BodyError> {
+pub async fn read_body<R: AsyncBufRead + Unpin>(
+    s: Payload<'_>,
+    r: &mut R,
+) -> Result<Bytes, BodyError> {
     let given = [s.body.is_some(), s.body_b64.is_some(), s.body_len.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
         // Still consume a raw body so the connection stays in step.

@@ -27,9 +27,7 @@ use tracing::{info, warn};
 
 use super::context::Daemon;
 use super::streams;
-use crate::api::{
-    code, Reply, Request, MAX_BODY, MAX_LINE,
-};
+use crate::api::{code, Reply, Request, MAX_BODY, MAX_LINE};
 
 /// Clients served at once; more wait in the kernel's backlog.
 const MAX_CLIENTS: usize = 128;
@@ -276,4 +274,3 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
         let _ = w.shutdown().await;
     }
 }
-

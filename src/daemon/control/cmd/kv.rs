@@ -1,4 +1,4 @@
-//! The `kv.*` socket commands over this device's store (SPEC section 9). The store is
+//! The `kv.*` socket commands over this device's store (docs/store.md). The store is
 //! local and durable; `sync` replicates it to the other devices, and what arrives from them
 //! shows here like local writes (a watcher sees remote changes, `kv.get` with
 //! `all_versions` lists the concurrent versions other devices wrote).
@@ -11,8 +11,8 @@ use tokio::io::{AsyncBufRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::super::framing::{err, line_of};
-use crate::daemon::context::Daemon;
 use crate::api::{code, ErrorBody, Reply};
+use crate::daemon::context::Daemon;
 use crate::store::{Entry, FeedEvent, StoreError, Version};
 
 /// Most keys one `kv.list` answers.

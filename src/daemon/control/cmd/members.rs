@@ -11,8 +11,8 @@ use tracing::info;
 use transport::DeviceId;
 
 use super::super::framing::{err, line_of};
-use crate::daemon::context::Daemon;
 use crate::api::{code, ErrorBody, Reply};
+use crate::daemon::context::Daemon;
 
 /// `pair`: opens a window, answers with the code, then with the outcome. The window
 /// closes when the client goes away.
@@ -129,7 +129,6 @@ pub fn trust(
     Ok(info)
 }
 
-
 /// `remove`: signs a removal that every member applies (now or when it next connects).
 pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
     let id = d.peers().resolve(peer)?;
@@ -150,8 +149,7 @@ pub async fn pair_join(
     let mut resolved = Vec::new();
     for a in addrs.iter().take(crate::daemon::peers::MAX_ADDRS) {
         resolved.extend(
-            crate::addr::resolve_addr(a)
-                .map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
+            crate::addr::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
         );
     }
     let timeout = Duration::from_secs(timeout_s.unwrap_or(30).clamp(1, 3600));

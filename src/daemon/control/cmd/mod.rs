@@ -51,9 +51,7 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             Ok(serde_json::json!({"unexposed": service}))
         }
         Request::Services {} => serde_json::to_value(d.streams.list()),
-        Request::StreamStatus { stream, wait_ms } => {
-            Ok(streams::status(d, stream, wait_ms).await)
-        }
+        Request::StreamStatus { stream, wait_ms } => Ok(streams::status(d, stream, wait_ms).await),
         Request::KvGet { key, all_versions } => Ok(kv::get(d, &key, all_versions)?),
         Request::KvDel { key } => Ok(kv::del(d, &key).await?),
         Request::KvList {
