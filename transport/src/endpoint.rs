@@ -25,6 +25,7 @@ use crate::socket::bind_udp;
 use crate::tls;
 use crate::wire::{ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
 
+mod accept;
 mod dial;
 
 /// Hello feature of a connection dialled because the dialler's address changed under the
@@ -303,6 +304,22 @@ impl Endpoint {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// Has the heartbeat socket's kernel filter let through the heartbeats of the
+    /// connections in `conns`, and nothing else (see [`Twin::accept_only`]). Called with
+    /// `conns` locked, so the filter follows the changes in their order.
+    fn refilter(&self, conns: &HashMap<DeviceId, PeerConn>) {
+        let Some(twin) = &self.inner.twin else {
+            return;
+        };
+        let ids: Vec<[u8; 8]> = conns
+            .values()
+            .filter_map(|pc| Some(pc.heartbeat.as_ref()?.rx_id()))
+            .collect();
+        if let Err(e) = twin.accept_only(&ids) {
+            warn!(error = %e, "cannot update the heartbeat socket's filter");
+        }
+    }
+
     /// All live connections.
     pub fn connections(&self) -> Vec<PeerConn> {
         lock(&self.inner.conns)
@@ -329,97 +346,6 @@ impl Endpoint {
             .flatten()
             .map(String::from)
             .collect(),
-        }
-    }
-
-    async fn accept_loop(self, q: quinn::Endpoint) {
-        while let Some(incoming) = q.accept().await {
-            let ep = self.clone();
-            tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                if let Err(e) = ep.accept_one(incoming).await {
-                    debug!(%remote, error = %e, "incoming connection failed");
-                }
-            });
-        }
-    }
-
-    async fn accept_one(&self, incoming: quinn::Incoming) -> Result<(), TransportError> {
-        let timeout = self.inner.cfg.handshake_timeout;
-        let connecting = incoming.accept()?;
-        let conn = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))??;
-        let Some(peer) = peer_id(&conn) else {
-            conn.close(VarInt::from_u32(close_code::PROTOCOL), b"no certificate");
-            return Ok(());
-        };
-        let res = tokio::time::timeout(timeout, async {
-            let (mut send, mut recv) = conn.accept_bi().await?;
-            let mut header = [0u8; 2];
-            recv.read_exact(&mut header).await.map_err(|e| TransportError::Refused {
-                peer,
-                reason: e.to_string(),
-            })?;
-            if header != StreamKind::Hello.header() {
-                write_frame(
-                    &mut send,
-                    &ControlFrame::HelloReject {
-                        reason: format!("unsupported stream header {header:?}, this device speaks version {PROTOCOL_VERSION}"),
-                    },
-                    MAX_CONTROL_FRAME,
-                )
-                .await?;
-                let _ = send.finish();
-                return Err(TransportError::Refused {
-                    peer,
-                    reason: "bad hello header".into(),
-                });
-            }
-            let hello: Option<ControlFrame> = read_frame(&mut recv, MAX_CONTROL_FRAME).await?;
-            let Some(ControlFrame::Hello(h)) = hello else {
-                return Err(TransportError::Refused {
-                    peer,
-                    reason: "no hello".into(),
-                });
-            };
-            if h.version != u16::from(PROTOCOL_VERSION) {
-                let reason = format!(
-                    "protocol version {} is not supported; this device speaks version {PROTOCOL_VERSION}",
-                    h.version
-                );
-                let reject = ControlFrame::HelloReject { reason: reason.clone() };
-                write_frame(&mut send, &reject, MAX_CONTROL_FRAME).await?;
-                let _ = send.finish();
-                let _ = send.stopped().await;
-                return Err(TransportError::Refused { peer, reason });
-            }
-            let moved = h.features.iter().any(|f| f == FEATURE_MOVED);
-            let pc = self.register(
-                PeerConn {
-                    peer,
-                    heartbeat: self.heartbeat_keys(&conn, &h.features, false),
-                    name: h.name,
-                    dialer: peer,
-                    conn: conn.clone(),
-                },
-                moved,
-            )?;
-            write_frame(&mut send, &ControlFrame::HelloAck(self.our_hello(false)), MAX_CONTROL_FRAME).await?;
-            let _ = send.finish();
-            Ok(pc)
-        })
-        .await;
-        match res {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello failed");
-                Err(e)
-            }
-            Err(_) => {
-                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello timed out");
-                Err(TransportError::Timeout(timeout))
-            }
         }
     }
 
@@ -458,6 +384,7 @@ impl Endpoint {
             }
             conns.insert(peer, pc.clone());
             self.bump();
+            self.refilter(&conns);
             pc
         };
         info!(peer = %peer.short(), name = %survivor.name, addr = %survivor.remote_address(), "connection up");
@@ -515,6 +442,7 @@ impl Endpoint {
                 Some(c) if c.conn.stable_id() == stable => {
                     conns.remove(&pc.peer);
                     self.bump();
+                    self.refilter(&conns);
                     true
                 }
                 _ => false,
