@@ -23,7 +23,7 @@ use crate::roster::Roster;
 pub use crate::settings::{close_code, DownReason, EndpointConfig, TransportError};
 use crate::socket::bind_udp;
 use crate::tls;
-use crate::wire::{ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
+use crate::wire::{self, ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
 
 mod accept;
 mod dial;
@@ -52,6 +52,8 @@ pub struct PeerConn {
     pub conn: Connection,
     /// Heartbeat keys, when both sides read heartbeats (see [`crate::heartbeat`]).
     pub heartbeat: Option<Arc<LinkKeys>>,
+    /// Where the peer saw this connection come from, as it said in its hello.
+    observed: Option<SocketAddr>,
 }
 
 impl PeerConn {
@@ -63,6 +65,14 @@ impl PeerConn {
     /// The peer's current address (changes under migration).
     pub fn remote_address(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    /// The address this device's packets came from as the peer saw them when the
+    /// connection was set up (its hello's `observed=` feature): behind a NAT, this
+    /// device's public address and port towards that peer. `None` when the peer did not
+    /// say (an older version) or said something unusable.
+    pub fn observed(&self) -> Option<SocketAddr> {
+        self.observed
     }
 
     /// Path, frame and UDP statistics.
@@ -334,18 +344,21 @@ impl Endpoint {
         self.inner.quinns.iter().map(|q| q.open_connections()).sum()
     }
 
-    fn our_hello(&self, moved: bool) -> Hello {
+    /// This side's hello on `conn`: what it reads, and where it sees the peer.
+    fn our_hello(&self, moved: bool, conn: &Connection) -> Hello {
+        let mut features: Vec<String> = [
+            moved.then_some(FEATURE_MOVED),
+            self.inner.twin.is_some().then_some(FEATURE_HEARTBEAT),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::from)
+        .collect();
+        features.push(wire::observed_feature(conn.remote_address()));
         Hello {
             version: u16::from(PROTOCOL_VERSION),
             name: self.inner.identity.name.clone(),
-            features: [
-                moved.then_some(FEATURE_MOVED),
-                self.inner.twin.is_some().then_some(FEATURE_HEARTBEAT),
-            ]
-            .into_iter()
-            .flatten()
-            .map(String::from)
-            .collect(),
+            features,
         }
     }
 

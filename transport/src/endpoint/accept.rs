@@ -70,13 +70,14 @@ impl Endpoint {
                 PeerConn {
                     peer,
                     heartbeat: self.heartbeat_keys(&conn, &h.features, false),
+                    observed: wire::observed(&h.features),
                     name: h.name,
                     dialer: peer,
                     conn: conn.clone(),
                 },
                 moved,
             )?;
-            write_frame(&mut send, &ControlFrame::HelloAck(self.our_hello(false)), MAX_CONTROL_FRAME).await?;
+            write_frame(&mut send, &ControlFrame::HelloAck(self.our_hello(false, &conn)), MAX_CONTROL_FRAME).await?;
             let _ = send.finish();
             Ok(pc)
         })
