@@ -23,8 +23,9 @@ use crate::roster::Roster;
 pub use crate::settings::{close_code, DownReason, EndpointConfig, TransportError};
 use crate::socket::bind_udp;
 use crate::tls;
-use crate::wire::{ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
+use crate::wire::{self, ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
 
+mod accept;
 mod dial;
 
 /// Hello feature of a connection dialled because the dialler's address changed under the
@@ -51,6 +52,8 @@ pub struct PeerConn {
     pub conn: Connection,
     /// Heartbeat keys, when both sides read heartbeats (see [`crate::heartbeat`]).
     pub heartbeat: Option<Arc<LinkKeys>>,
+    /// Where the peer saw this connection come from, as it said in its hello.
+    observed: Option<SocketAddr>,
 }
 
 impl PeerConn {
@@ -62,6 +65,14 @@ impl PeerConn {
     /// The peer's current address (changes under migration).
     pub fn remote_address(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    /// The address this device's packets came from as the peer saw them when the
+    /// connection was set up (its hello's `observed=` feature): behind a NAT, this
+    /// device's public address and port towards that peer. `None` when the peer did not
+    /// say (an older version) or said something unusable.
+    pub fn observed(&self) -> Option<SocketAddr> {
+        self.observed
     }
 
     /// Path, frame and UDP statistics.
@@ -303,6 +314,22 @@ impl Endpoint {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// Has the heartbeat socket's kernel filter let through the heartbeats of the
+    /// connections in `conns`, and nothing else (see [`Twin::accept_only`]). Called with
+    /// `conns` locked, so the filter follows the changes in their order.
+    fn refilter(&self, conns: &HashMap<DeviceId, PeerConn>) {
+        let Some(twin) = &self.inner.twin else {
+            return;
+        };
+        let ids: Vec<[u8; 8]> = conns
+            .values()
+            .filter_map(|pc| Some(pc.heartbeat.as_ref()?.rx_id()))
+            .collect();
+        if let Err(e) = twin.accept_only(&ids) {
+            warn!(error = %e, "cannot update the heartbeat socket's filter");
+        }
+    }
+
     /// All live connections.
     pub fn connections(&self) -> Vec<PeerConn> {
         lock(&self.inner.conns)
@@ -317,109 +344,21 @@ impl Endpoint {
         self.inner.quinns.iter().map(|q| q.open_connections()).sum()
     }
 
-    fn our_hello(&self, moved: bool) -> Hello {
+    /// This side's hello on `conn`: what it reads, and where it sees the peer.
+    fn our_hello(&self, moved: bool, conn: &Connection) -> Hello {
+        let mut features: Vec<String> = [
+            moved.then_some(FEATURE_MOVED),
+            self.inner.twin.is_some().then_some(FEATURE_HEARTBEAT),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::from)
+        .collect();
+        features.push(wire::observed_feature(conn.remote_address()));
         Hello {
             version: u16::from(PROTOCOL_VERSION),
             name: self.inner.identity.name.clone(),
-            features: [
-                moved.then_some(FEATURE_MOVED),
-                self.inner.twin.is_some().then_some(FEATURE_HEARTBEAT),
-            ]
-            .into_iter()
-            .flatten()
-            .map(String::from)
-            .collect(),
-        }
-    }
-
-    async fn accept_loop(self, q: quinn::Endpoint) {
-        while let Some(incoming) = q.accept().await {
-            let ep = self.clone();
-            tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                if let Err(e) = ep.accept_one(incoming).await {
-                    debug!(%remote, error = %e, "incoming connection failed");
-                }
-            });
-        }
-    }
-
-    async fn accept_one(&self, incoming: quinn::Incoming) -> Result<(), TransportError> {
-        let timeout = self.inner.cfg.handshake_timeout;
-        let connecting = incoming.accept()?;
-        let conn = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))??;
-        let Some(peer) = peer_id(&conn) else {
-            conn.close(VarInt::from_u32(close_code::PROTOCOL), b"no certificate");
-            return Ok(());
-        };
-        let res = tokio::time::timeout(timeout, async {
-            let (mut send, mut recv) = conn.accept_bi().await?;
-            let mut header = [0u8; 2];
-            recv.read_exact(&mut header).await.map_err(|e| TransportError::Refused {
-                peer,
-                reason: e.to_string(),
-            })?;
-            if header != StreamKind::Hello.header() {
-                write_frame(
-                    &mut send,
-                    &ControlFrame::HelloReject {
-                        reason: format!("unsupported stream header {header:?}, this device speaks version {PROTOCOL_VERSION}"),
-                    },
-                    MAX_CONTROL_FRAME,
-                )
-                .await?;
-                let _ = send.finish();
-                return Err(TransportError::Refused {
-                    peer,
-                    reason: "bad hello header".into(),
-                });
-            }
-            let hello: Option<ControlFrame> = read_frame(&mut recv, MAX_CONTROL_FRAME).await?;
-            let Some(ControlFrame::Hello(h)) = hello else {
-                return Err(TransportError::Refused {
-                    peer,
-                    reason: "no hello".into(),
-                });
-            };
-            if h.version != u16::from(PROTOCOL_VERSION) {
-                let reason = format!(
-                    "protocol version {} is not supported; this device speaks version {PROTOCOL_VERSION}",
-                    h.version
-                );
-                let reject = ControlFrame::HelloReject { reason: reason.clone() };
-                write_frame(&mut send, &reject, MAX_CONTROL_FRAME).await?;
-                let _ = send.finish();
-                let _ = send.stopped().await;
-                return Err(TransportError::Refused { peer, reason });
-            }
-            let moved = h.features.iter().any(|f| f == FEATURE_MOVED);
-            let pc = self.register(
-                PeerConn {
-                    peer,
-                    heartbeat: self.heartbeat_keys(&conn, &h.features, false),
-                    name: h.name,
-                    dialer: peer,
-                    conn: conn.clone(),
-                },
-                moved,
-            )?;
-            write_frame(&mut send, &ControlFrame::HelloAck(self.our_hello(false)), MAX_CONTROL_FRAME).await?;
-            let _ = send.finish();
-            Ok(pc)
-        })
-        .await;
-        match res {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello failed");
-                Err(e)
-            }
-            Err(_) => {
-                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello timed out");
-                Err(TransportError::Timeout(timeout))
-            }
+            features,
         }
     }
 
@@ -458,6 +397,7 @@ impl Endpoint {
             }
             conns.insert(peer, pc.clone());
             self.bump();
+            self.refilter(&conns);
             pc
         };
         info!(peer = %peer.short(), name = %survivor.name, addr = %survivor.remote_address(), "connection up");
@@ -515,6 +455,7 @@ impl Endpoint {
                 Some(c) if c.conn.stable_id() == stable => {
                     conns.remove(&pc.peer);
                     self.bump();
+                    self.refilter(&conns);
                     true
                 }
                 _ => false,

@@ -199,28 +199,48 @@ impl Twin {
             socket.set_only_v6(quic_ref.only_v6()?)?;
         }
         set_reuse_port(&SockRef::from(&socket))?;
+        // Before it can receive anything, the socket lets through only the self-test's
+        // probe; from then on, only heartbeats of live connections ([`Twin::accept_only`]).
+        let mut probe = [0u8; LEN];
+        probe[0] = MARKER;
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut probe[1..9])
+            .map_err(|_| io::Error::other("no random bytes for the heartbeat self-test"))?;
+        let probe_id: [u8; 8] = probe[1..9].try_into().expect("8 bytes");
+        filter::attach_filter(&SockRef::from(&socket), MARKER, LEN, &[probe_id])?;
         socket.bind(&local.into())?;
         socket.set_nonblocking(true)?;
         let _ = socket.set_recv_buffer_size(256 * 1024);
         // Receive timestamps: a heartbeat read late is still dated when it came.
         let one: libc::c_int = 1;
         let _ = crate::socket::set_option(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one);
-        attach_program(&SockRef::from(&socket))?;
+        filter::attach_group_program(&SockRef::from(&socket))?;
         let twin = Twin {
             socket: socket.into(),
             v6: local.is_ipv6(),
             stats: TwinStats::default(),
             last_drain: Mutex::new(None),
         };
-        twin.self_test(local)?;
+        twin.self_test(local, &probe)?;
+        twin.accept_only(&[])?;
         Ok(twin)
     }
 
-    /// Sends a heartbeat marker to our own port over loopback and expects it on the twin
-    /// (not on the QUIC socket): the kernel really routes by the first byte. Without a
-    /// usable loopback (a fresh network namespace) there is nothing to test with; the
-    /// program is then trusted.
-    fn self_test(&self, local: SocketAddr) -> io::Result<()> {
+    /// Lets through only heartbeats whose key id is one of `ids` (the peers' ids of the
+    /// live connections, [`LinkKeys::rx_id`]): the kernel drops every other datagram that
+    /// comes to this socket before it takes room in the receive buffer, so garbage sent
+    /// to the port cannot crowd out real heartbeats between two reads. Replaces the
+    /// previous list at once; with more than 800 ids, only the length and the marker
+    /// are checked.
+    pub fn accept_only(&self, ids: &[[u8; 8]]) -> io::Result<()> {
+        filter::attach_filter(&SockRef::from(&self.socket), MARKER, LEN, ids)
+    }
+
+    /// Sends `probe` to our own port over loopback and expects it on the twin (not on
+    /// the QUIC socket): the kernel really routes by the first byte, and the twin's
+    /// filter lets a heartbeat of a listed key id through. Without a usable loopback (a
+    /// fresh network namespace) there is nothing to test with; the programs are then
+    /// trusted.
+    fn self_test(&self, local: SocketAddr, probe: &[u8; LEN]) -> io::Result<()> {
         let to: SocketAddr = match local {
             SocketAddr::V4(a) if a.ip().is_unspecified() => {
                 SocketAddr::from(([127, 0, 0, 1], a.port()))
@@ -230,8 +250,7 @@ impl Twin {
             }
             other => other,
         };
-        let probe = [MARKER, 0xfe];
-        let send = |to: SocketAddr| self.socket.send_to(&probe, self.target(to));
+        let send = |to: SocketAddr| self.socket.send_to(probe, self.target(to));
         let v4_loopback = SocketAddr::from(([127, 0, 0, 1], local.port()));
         if send(to).is_err() && !(to.is_ipv6() && send(v4_loopback).is_ok()) {
             return Ok(());
@@ -240,7 +259,7 @@ impl Twin {
         let mut buf = [0u8; 64];
         loop {
             match self.socket.recv_from(&mut buf) {
-                Ok((2, _)) if buf[..2] == probe => return Ok(()),
+                Ok((LEN, _)) if buf[..LEN] == probe[..] => return Ok(()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {
@@ -258,6 +277,31 @@ impl Twin {
     /// The bound address (the QUIC socket's).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+
+    /// Datagrams the kernel dropped on their way to this socket (a full receive buffer),
+    /// since it was bound (`SO_MEMINFO`; 0 where the kernel does not say).
+    #[allow(unsafe_code)]
+    pub fn dropped(&self) -> u64 {
+        use std::os::fd::AsRawFd;
+        let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `info`, which is live and
+        // that large, and sets `len` to what it wrote.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let drops = libc::SK_MEMINFO_DROPS as usize;
+        if rc != 0 || (len as usize) < (drops + 1) * std::mem::size_of::<u32>() {
+            return 0;
+        }
+        u64::from(info[drops])
     }
 
     /// Sends every `(to, heartbeat)` from the QUIC port, in one system call
@@ -466,51 +510,7 @@ fn set_reuse_port(s: &SockRef<'_>) -> io::Result<()> {
     crate::socket::set_option(&**s, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)
 }
 
-/// The group's program: index 0 (the QUIC socket, bound first) when the first byte has
-/// the fixed bit set or the datagram is empty, index 1 (the twin) otherwise.
-fn attach_program(s: &SockRef<'_>) -> io::Result<()> {
-    const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
-    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let mut code = [
-        libc::sock_filter {
-            code: LD_B_ABS,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: JSET_K,
-            jt: 0,
-            jf: 1,
-            k: 0x40,
-        },
-        libc::sock_filter {
-            code: RET_K,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: RET_K,
-            jt: 0,
-            jf: 0,
-            k: 1,
-        },
-    ];
-    let prog = libc::sock_fprog {
-        len: code.len() as libc::c_ushort,
-        filter: code.as_mut_ptr(),
-    };
-    // The kernel copies the program (`prog` and the `code` it points to, both alive for
-    // the call) during setsockopt.
-    crate::socket::set_option(
-        &**s,
-        libc::SOL_SOCKET,
-        libc::SO_ATTACH_REUSEPORT_CBPF,
-        &prog,
-    )
-}
+mod filter;
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,12 @@
 //! only if the SHA-256 of its SubjectPublicKeyInfo is a device ID in the live roster (and,
 //! when dialling, equals the device we meant to reach), and the TLS 1.3 handshake
 //! signature is really checked against that certificate's key.
+//!
+//! No session is ever resumed: a resumed TLS 1.3 handshake carries no certificate (rustls
+//! restores the one stored with the session and runs no verifier), so a device removed
+//! from the roster could come back with a ticket from before its removal. The server
+//! keeps no sessions and issues no tickets, and the client stores none, so every
+//! handshake is a full one, checked against the roster as it is then.
 
 use std::sync::Arc;
 
@@ -225,6 +231,28 @@ pub enum TlsError {
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
+/// A ticketer that issues no tickets and accepts none.
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 /// The rustls server configuration (before QUIC wrapping), exposed for tests.
 pub fn rustls_server_config(
     identity: &Identity,
@@ -238,6 +266,10 @@ pub fn rustls_server_config(
         .with_single_cert(vec![identity.cert()], identity.key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.max_early_data_size = 0;
+    // No resumption (see the module documentation): no stateful sessions, no tickets.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.ticketer = Arc::new(NoTickets);
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 
@@ -267,6 +299,8 @@ pub fn rustls_client_config_for(
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.enable_sni = false;
     cfg.enable_early_data = false;
+    // No resumption (see the module documentation): no session is stored or offered.
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 

@@ -196,7 +196,7 @@ impl Endpoint {
             .map_err(|e| refused(&e))?;
         write_frame(
             &mut send,
-            &ControlFrame::Hello(self.our_hello(moved)),
+            &ControlFrame::Hello(self.our_hello(moved, conn)),
             MAX_CONTROL_FRAME,
         )
         .await?;
@@ -219,6 +219,7 @@ impl Endpoint {
                 PeerConn {
                     peer,
                     heartbeat: self.heartbeat_keys(conn, &h.features, true),
+                    observed: wire::observed(&h.features),
                     name: h.name,
                     dialer: self.id(),
                     conn: conn.clone(),

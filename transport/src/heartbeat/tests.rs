@@ -63,10 +63,13 @@ fn routes(bind: &str, from: &str, host: Option<&str>) {
     if let Some(h) = host {
         to = SocketAddr::new(h.parse().unwrap(), to.port());
     }
+    let (dialer, acceptor) = pair();
+    twin.accept_only(&[acceptor.rx_id()]).unwrap();
+    let beat = dialer.seal(Some(7));
     let sender = UdpSocket::bind(from).unwrap();
     sender.send_to(&[0x41, 1, 2, 3], to).unwrap(); // a QUIC short header
     sender.send_to(&[0xc3, 9], to).unwrap(); // a QUIC long header
-    sender.send_to(&[MARKER, 7], to).unwrap();
+    sender.send_to(&beat, to).unwrap();
     quic.set_nonblocking(false).unwrap();
     quic.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 16];
@@ -80,7 +83,7 @@ fn routes(bind: &str, from: &str, host: Option<&str>) {
         twin.drain(Instant::now(), |d, _| got.push(d.to_vec()));
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(got, vec![vec![MARKER, 7]]);
+    assert_eq!(got, vec![beat.to_vec()]);
     quic.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     assert!(
@@ -95,6 +98,7 @@ fn send_all_and_drain_carry_batches_larger_than_one_system_call() {
     let qa = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
     let qb = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
     let (a, b) = (Twin::bind(&qa).unwrap(), Twin::bind(&qb).unwrap());
+    b.accept_only(&[acceptor.rx_id()]).unwrap();
     let to = b.local_addr().unwrap();
     let out: Vec<_> = (0..70u64).map(|i| (to, dialer.seal(Some(i)))).collect();
     assert_eq!(a.send_all(&out), 70);
@@ -114,13 +118,16 @@ fn drained_heartbeats_are_dated_when_they_arrived() {
     let quic = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
     let twin = Twin::bind(&quic).unwrap();
     let to = twin.local_addr().unwrap();
+    let (dialer, acceptor) = pair();
+    twin.accept_only(&[acceptor.rx_id()]).unwrap();
+    let beat = dialer.seal(None);
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     twin.drain(Instant::now(), |_, _| {});
     // Gaps on both sides, so the previous drain and this one are both far from the
     // arrival: loopback delivers during the send call itself.
     std::thread::sleep(Duration::from_millis(30));
     let before = Instant::now();
-    sender.send_to(&[MARKER, 1], to).unwrap();
+    sender.send_to(&beat, to).unwrap();
     let after = Instant::now();
     std::thread::sleep(Duration::from_millis(30));
     let mut got = Vec::new();
@@ -129,7 +136,7 @@ fn drained_heartbeats_are_dated_when_they_arrived() {
         twin.drain(Instant::now(), |d, at| got.push((d.to_vec(), at)));
     }
     let (bytes, at) = got.pop().expect("the datagram arrived");
-    assert_eq!(bytes, [MARKER, 1]);
+    assert_eq!(bytes, beat);
     let slack = Duration::from_millis(2);
     assert!(
         at + slack >= before && at <= after + slack,
@@ -148,4 +155,81 @@ fn a_port_taken_by_another_socket_is_not_shared() {
         crate::socket::bind_udp(port, 0).is_err(),
         "a plain bind of the same port still fails"
     );
+}
+
+/// Reads `twin` until `last` (sent after everything else) came, or for 5 s.
+fn read_until(twin: &Twin, last: &[u8]) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    while got.last().map(Vec::as_slice) != Some(last) && Instant::now() < deadline {
+        twin.drain(Instant::now(), |d, _| got.push(d.to_vec()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    got
+}
+
+#[test]
+fn the_kernel_drops_what_is_not_a_heartbeat_of_a_listed_key() {
+    let quic = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    let twin = Twin::bind(&quic).unwrap();
+    let to = twin.local_addr().unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (dialer, acceptor) = pair();
+    let other = LinkKeys::from_material(&[1u8; 80], true);
+    // Nothing listed yet: even a real heartbeat is dropped.
+    let early = dialer.seal(Some(1));
+    sender.send_to(&early, to).unwrap();
+    twin.accept_only(&[acceptor.rx_id()]).unwrap();
+    let good = dialer.seal(Some(2));
+    let mut short = good.to_vec();
+    short.pop();
+    let mut long = good.to_vec();
+    long.push(0);
+    let mut unmarked = good;
+    unmarked[0] = 0x22;
+    let mut near = good;
+    near[8] ^= 1; // the last byte of the key id
+    let mut near_hi = good;
+    near_hi[1] ^= 0x80; // the first byte of the key id
+    for bad in [
+        &short[..],
+        &long[..],
+        &unmarked[..],
+        &near[..],
+        &near_hi[..],
+        &other.seal(None)[..],
+        &[MARKER][..],
+    ] {
+        sender.send_to(bad, to).unwrap();
+    }
+    sender.send_to(&good, to).unwrap();
+    let got = read_until(&twin, &good);
+    assert_eq!(got, vec![good.to_vec()], "only the listed key's heartbeat");
+    assert!(twin.dropped() >= 8, "dropped {}", twin.dropped());
+    // An emptied list drops it again; a list of several keys keeps each.
+    twin.accept_only(&[]).unwrap();
+    let late = dialer.seal(Some(3));
+    sender.send_to(&late, to).unwrap();
+    twin.accept_only(&[other.rx_id(), acceptor.rx_id()])
+        .unwrap();
+    let last = dialer.seal(Some(4));
+    sender.send_to(&last, to).unwrap();
+    assert_eq!(read_until(&twin, &last), vec![last.to_vec()]);
+}
+
+#[test]
+fn with_more_keys_than_a_filter_lists_the_length_and_marker_are_still_checked() {
+    let quic = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    let twin = Twin::bind(&quic).unwrap();
+    let to = twin.local_addr().unwrap();
+    let ids: Vec<[u8; 8]> = (0..=filter::MAX_IDS as u64)
+        .map(|i| i.to_be_bytes())
+        .collect();
+    twin.accept_only(&ids).unwrap();
+    let (dialer, _) = pair();
+    let beat = dialer.seal(None);
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.send_to(&beat[..LEN - 1], to).unwrap();
+    sender.send_to(&beat, to).unwrap();
+    assert_eq!(read_until(&twin, &beat), vec![beat.to_vec()]);
 }

@@ -1,0 +1,97 @@
+//! The accepting side of the endpoint: incoming connections and the hello as acceptor.
+
+use super::*;
+
+impl Endpoint {
+    pub(super) async fn accept_loop(self, q: quinn::Endpoint) {
+        while let Some(incoming) = q.accept().await {
+            let ep = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                if let Err(e) = ep.accept_one(incoming).await {
+                    debug!(%remote, error = %e, "incoming connection failed");
+                }
+            });
+        }
+    }
+
+    async fn accept_one(&self, incoming: quinn::Incoming) -> Result<(), TransportError> {
+        let timeout = self.inner.cfg.handshake_timeout;
+        let connecting = incoming.accept()?;
+        let conn = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))??;
+        let Some(peer) = peer_id(&conn) else {
+            conn.close(VarInt::from_u32(close_code::PROTOCOL), b"no certificate");
+            return Ok(());
+        };
+        let res = tokio::time::timeout(timeout, async {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let mut header = [0u8; 2];
+            recv.read_exact(&mut header).await.map_err(|e| TransportError::Refused {
+                peer,
+                reason: e.to_string(),
+            })?;
+            if header != StreamKind::Hello.header() {
+                write_frame(
+                    &mut send,
+                    &ControlFrame::HelloReject {
+                        reason: format!("unsupported stream header {header:?}, this device speaks version {PROTOCOL_VERSION}"),
+                    },
+                    MAX_CONTROL_FRAME,
+                )
+                .await?;
+                let _ = send.finish();
+                return Err(TransportError::Refused {
+                    peer,
+                    reason: "bad hello header".into(),
+                });
+            }
+            let hello: Option<ControlFrame> = read_frame(&mut recv, MAX_CONTROL_FRAME).await?;
+            let Some(ControlFrame::Hello(h)) = hello else {
+                return Err(TransportError::Refused {
+                    peer,
+                    reason: "no hello".into(),
+                });
+            };
+            if h.version != u16::from(PROTOCOL_VERSION) {
+                let reason = format!(
+                    "protocol version {} is not supported; this device speaks version {PROTOCOL_VERSION}",
+                    h.version
+                );
+                let reject = ControlFrame::HelloReject { reason: reason.clone() };
+                write_frame(&mut send, &reject, MAX_CONTROL_FRAME).await?;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+                return Err(TransportError::Refused { peer, reason });
+            }
+            let moved = h.features.iter().any(|f| f == FEATURE_MOVED);
+            let pc = self.register(
+                PeerConn {
+                    peer,
+                    heartbeat: self.heartbeat_keys(&conn, &h.features, false),
+                    observed: wire::observed(&h.features),
+                    name: h.name,
+                    dialer: peer,
+                    conn: conn.clone(),
+                },
+                moved,
+            )?;
+            write_frame(&mut send, &ControlFrame::HelloAck(self.our_hello(false, &conn)), MAX_CONTROL_FRAME).await?;
+            let _ = send.finish();
+            Ok(pc)
+        })
+        .await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello failed");
+                Err(e)
+            }
+            Err(_) => {
+                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"hello timed out");
+                Err(TransportError::Timeout(timeout))
+            }
+        }
+    }
+}
