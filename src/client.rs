@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::api::{ErrorBody, Reply, MAX_LINE};
+use crate::api::{ErrorBody, Reply, MAX_LINE, Request};
 
 /// An error reply from the daemon, kept typed so the CLI can print its message.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +44,10 @@ impl Client {
         })
     }
 
-    fn write_request(&mut self, mut req: Value) -> anyhow::Result<u64> {
+    fn write_request(&mut self, req: &Request) -> anyhow::Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
+        let mut req = serde_json::to_value(req)?;
         if let Value::Object(m) = &mut req {
             m.insert("id".into(), Value::from(id));
         }
@@ -57,12 +58,12 @@ impl Client {
     }
 
     /// Sends a request and returns its result, or the daemon's error.
-    pub fn request(&mut self, req: Value) -> anyhow::Result<Value> {
+    pub fn request(&mut self, req: &Request) -> anyhow::Result<Value> {
         self.request_with_body(req, &[])
     }
 
     /// Sends a request followed by raw body bytes (for `send` with `body_len`).
-    pub fn request_with_body(&mut self, req: Value, body: &[u8]) -> anyhow::Result<Value> {
+    pub fn request_with_body(&mut self, req: &Request, body: &[u8]) -> anyhow::Result<Value> {
         let id = self.write_request(req)?;
         if !body.is_empty() {
             self.w.write_all(body)?;

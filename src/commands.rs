@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use crate::api::{Event, HandlersResult, PeerInfo, PingResult, SendResult, Status, MAX_BODY};
+use crate::api::{
+    Event, HandlersResult, PeerInfo, PingResult, Request, SendRequest, SendResult, Status, MAX_BODY,
+};
 use crate::cli::{Command, Global, SendArgs};
 use crate::client::Client;
 use crate::output::{ago, print_json, short_id, table};
@@ -16,7 +18,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
     let mut c = Client::connect(&paths.socket)?;
     match cmd {
         Command::Status => {
-            let v = c.request(json!({"cmd": "status"}))?;
+            let v = c.request(&Request::Status {})?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -30,7 +32,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             println!("Socket:    {}", s.socket);
         }
         Command::Peers => {
-            let v = c.request(json!({"cmd": "peers"}))?;
+            let v = c.request(&Request::Peers {})?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -63,9 +65,10 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             );
         }
         Command::Ping { peer, timeout } => {
-            let v = c.request(
-                json!({"cmd": "ping", "peer": peer, "timeout_ms": secs_to_ms(timeout)?}),
-            )?;
+            let v = c.request(&Request::Ping {
+                peer,
+                timeout_ms: Some(secs_to_ms(timeout)?),
+            })?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -82,11 +85,11 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
         }
         Command::Send(args) => return send(&mut c, g, args),
         Command::Monitor { events } => {
-            c.request(json!({"cmd": "subscribe", "events": events}))?;
+            c.request(&Request::Subscribe { events })?;
             follow(&mut c, g, describe_event)?;
         }
         Command::Handlers => {
-            let v = c.request(json!({"cmd": "handlers"}))?;
+            let v = c.request(&Request::Handlers {})?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -102,8 +105,11 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             }
         }
         Command::Trust { id, name, addrs } => {
-            let v =
-                c.request(json!({"cmd": "trust", "device": id, "name": name, "addrs": addrs}))?;
+            let v = c.request(&Request::Trust {
+                device: id,
+                name,
+                addrs,
+            })?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -116,7 +122,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             timeout,
         } => return pair(&mut c, g, code, addrs, timeout),
         Command::Remove { peer } => {
-            let v = c.request(json!({"cmd": "remove", "peer": peer}))?;
+            let v = c.request(&Request::Remove { peer })?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -127,7 +133,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             );
         }
         Command::Stop => {
-            let v = c.request(json!({"cmd": "stop"}))?;
+            let v = c.request(&Request::Stop {})?;
             if g.json {
                 return print_json(&v).map(|_| 0);
             }
@@ -139,7 +145,11 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             progress,
             timeout,
         } => {
-            let req = json!({"cmd": "connect", "peer": peer, "service": service, "timeout_ms": secs_to_ms(timeout)?});
+            let req = Request::Connect {
+                peer,
+                service,
+                timeout_ms: Some(secs_to_ms(timeout)?),
+            };
             return crate::pipe::connect(c, paths, req, progress);
         }
         Command::Listen {
@@ -195,19 +205,16 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
         }
         Some(m) => m.as_bytes().to_vec(),
     };
-    let mut req = json!({
-        "cmd": "send",
-        "tag": tag,
-        "reply": a.reply,
-        "timeout_ms": secs_to_ms(a.timeout)?,
-        "body_len": body.len(),
+    let req = Request::Send(SendRequest {
+        peer: if a.all { None } else { peer },
+        all: a.all,
+        tag,
+        reply: a.reply,
+        timeout_ms: Some(secs_to_ms(a.timeout)?),
+        body_len: Some(body.len() as u64),
+        ..SendRequest::default()
     });
-    if a.all {
-        req["all"] = json!(true);
-    } else {
-        req["peer"] = json!(peer);
-    }
-    let v = c.request_with_body(req, &body)?;
+    let v = c.request_with_body(&req, &body)?;
     let r: SendResult = serde_json::from_value(v.clone())?;
     let failed: Vec<_> = r.outcomes.iter().filter(|o| !o.ok).collect();
     if a.reply {
@@ -306,7 +313,11 @@ fn pair(
     let stdout = std::io::stdout();
     if let Some(code) = code {
         let v = c.request(
-            json!({"cmd": "pair.join", "code": code, "addrs": addrs, "timeout_s": timeout_s}),
+            &Request::PairJoin {
+                code,
+                addrs,
+                timeout_s,
+            },
         )?;
         if g.json {
             return print_json(
@@ -328,7 +339,7 @@ fn pair(
     if !addrs.is_empty() {
         anyhow::bail!("--addr needs a CODE (it says where to find the other device's window)");
     }
-    let first = c.request(json!({"cmd": "pair", "timeout_s": timeout_s}))?;
+    let first = c.request(&Request::Pair { timeout_s })?;
     {
         let mut out = stdout.lock();
         if g.json {
@@ -443,7 +454,12 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
                 Some(v) => v.as_bytes().to_vec(),
             };
             let v = c.request_with_body(
-                json!({"cmd": "kv.put", "key": key, "value_len": bytes.len()}),
+                &Request::KvPut {
+                    key,
+                    value: None,
+                    value_b64: None,
+                    value_len: Some(bytes.len() as u64),
+                },
                 &bytes,
             )?;
             if g.json {
@@ -452,12 +468,15 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
         }
         K::Get { key, all_versions } => {
             let v = match c
-                .request(json!({"cmd": "kv.get", "key": key, "all_versions": all_versions}))
+                .request(&Request::KvGet {
+                    key: key.clone(),
+                    all_versions,
+                })
             {
                 Ok(v) => v,
                 Err(e)
                     if e.downcast_ref::<crate::client::ApiError>()
-                        .is_some_and(|a| a.0.code == "not_found") =>
+                        .is_some_and(|a| a.0.code == crate::api::Code::NotFound) =>
                 {
                     if !g.json {
                         eprintln!("cnspr: no key {key:?}");
@@ -497,7 +516,7 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
             }
         }
         K::Del { key } => {
-            let v = c.request(json!({"cmd": "kv.del", "key": key}))?;
+            let v = c.request(&Request::KvDel { key })?;
             if g.json {
                 print_json(&v)?;
             }
@@ -506,9 +525,11 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
             let mut after: Option<String> = None;
             let mut all = Vec::new();
             loop {
-                let v = c.request(
-                    json!({"cmd": "kv.list", "prefix": prefix, "after": after, "limit": 1000}),
-                )?;
+                let v = c.request(&Request::KvList {
+                    prefix: prefix.clone(),
+                    after: after.clone(),
+                    limit: Some(1000),
+                })?;
                 let entries = v["entries"].as_array().cloned().unwrap_or_default();
                 after = entries
                     .last()
@@ -527,7 +548,10 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
             }
         }
         K::Watch { prefix, from } => {
-            c.request(json!({"cmd": "kv.watch", "prefix": prefix, "from_seq": from}))?;
+            c.request(&Request::KvWatch {
+                prefix,
+                from_seq: from,
+            })?;
             follow(&mut c, g, |v| {
                 let what = if v["deleted"] == true { "del" } else { "put" };
                 format!(

@@ -5,8 +5,9 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command as Process, Stdio};
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use crate::api::Request;
 use crate::cli::Global;
 use crate::client::Client;
 use crate::output::print_json;
@@ -39,7 +40,10 @@ fn copy(r: &mut impl Read, w: &mut impl Write, mut tick: impl FnMut(u64)) -> std
 fn stream_status(paths: &Paths, token: &str, wait_ms: u64) -> String {
     Client::connect(&paths.socket)
         .and_then(|mut c| {
-            c.request(json!({"cmd": "stream_status", "stream": token, "wait_ms": wait_ms}))
+            c.request(&Request::StreamStatus {
+                stream: token.to_string(),
+                wait_ms: Some(wait_ms),
+            })
         })
         .ok()
         .and_then(|v| v["status"].as_str().map(String::from))
@@ -118,8 +122,8 @@ fn pipe_stdio(
     Ok(0)
 }
 
-pub fn connect(mut c: Client, paths: &Paths, req: Value, progress: bool) -> anyhow::Result<i32> {
-    let v = c.request(req)?;
+pub fn connect(mut c: Client, paths: &Paths, req: Request, progress: bool) -> anyhow::Result<i32> {
+    let v = c.request(&req)?;
     let token = v["stream"].as_str().unwrap_or_default().to_string();
     let (r, w) = c.into_raw();
     pipe_stdio(r, w, paths, &token, progress)
@@ -177,7 +181,9 @@ pub fn listen(
     if keep && exec.is_none() {
         anyhow::bail!("--keep serves many streams and needs --exec CMD to run for each");
     }
-    c.request(json!({"cmd": "listen", "service": service}))?;
+    c.request(&Request::Listen {
+        service: service.to_string(),
+    })?;
     let mut workers = Vec::new();
     loop {
         let Some(ev) = c.next_line()? else {
@@ -190,7 +196,9 @@ pub fn listen(
         let mut a = Client::connect(&paths.socket)?;
         // The accepted stream has a token of its own (the offer's is spent): that is
         // the one `stream_status` knows, to tell why the stream ended.
-        let token = match a.request(json!({"cmd": "accept", "stream": offered})) {
+        let token = match a.request(&Request::Accept {
+            stream: offered.to_string(),
+        }) {
             Ok(v) => v["stream"].as_str().unwrap_or_default().to_string(),
             Err(e) => {
                 eprintln!("cnspr: could not accept a stream: {e}");
@@ -223,7 +231,7 @@ pub fn expose(
 ) -> anyhow::Result<i32> {
     match (service, target, remove) {
         (Some(s), None, true) => {
-            let v = c.request(json!({"cmd": "unexpose", "service": s}))?;
+            let v = c.request(&Request::Unexpose { service: s.clone() })?;
             if g.json {
                 print_json(&v)?;
             } else {
@@ -231,7 +239,10 @@ pub fn expose(
             }
         }
         (Some(s), Some(t), false) => {
-            let v = c.request(json!({"cmd": "expose", "service": s, "target": t}))?;
+            let v = c.request(&Request::Expose {
+                service: s.clone(),
+                target: t.clone(),
+            })?;
             if g.json {
                 print_json(&v)?;
             } else {
@@ -239,7 +250,7 @@ pub fn expose(
             }
         }
         (None, None, false) => {
-            let v = c.request(json!({"cmd": "services"}))?;
+            let v = c.request(&Request::Services {})?;
             if g.json {
                 print_json(&v)?;
             } else {

@@ -23,7 +23,7 @@ use super::context::Daemon;
 use super::errors::MessageError;
 use super::lanes::{LANE_QUEUE, MAX_HEADER, MAX_RESULT};
 use super::wire::{LaneMsg, LaneResult, MsgHeader, MsgResult, WireReply};
-use crate::api::{code, ErrorBody, Event, HandlerReply, PeerRef, SendOutcome, MAX_BODY};
+use crate::api::{code, Code, ErrorBody, Event, HandlerReply, PeerRef, SendOutcome, MAX_BODY};
 use crate::handlers::{self, EventKind, Invocation, Origin};
 
 /// Largest body sent inline in a socket `message` event.
@@ -119,7 +119,7 @@ pub async fn ping(
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, exchange).await {
         Ok(Ok(MsgResult::Ack)) => Ok((start.elapsed(), Some(pc.peer), pc)),
-        Ok(Ok(MsgResult::Nack { code, message })) => Err(ErrorBody { code, message }),
+        Ok(Ok(MsgResult::Nack { code, message })) => Err(ErrorBody::from_wire(&code, message)),
         Ok(Ok(_)) => Err(ErrorBody::new(
             code::INTERNAL,
             "unexpected answer to a ping",
@@ -200,7 +200,9 @@ pub async fn send_one(
                 })
                 .collect();
         }
-        Ok(MsgResult::Nack { code, message }) => outcome.error = Some(ErrorBody { code, message }),
+        Ok(MsgResult::Nack { code, message }) => {
+            outcome.error = Some(ErrorBody::from_wire(&code, message))
+        }
         Err(e) => outcome.error = Some(e),
     }
     outcome
@@ -226,7 +228,7 @@ pub async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
         },
         Ok(Err(nack)) => nack,
         Err(_) => MsgResult::Nack {
-            code: code::TIMEOUT.into(),
+            code: code::TIMEOUT.as_str().into(),
             message: "message not received completely within 30 s".into(),
         },
     };
@@ -290,9 +292,9 @@ async fn message_exchange(
         .ok_or(MessageError::NoAnswer(who))
 }
 
-fn nack(code: &str, message: impl Into<String>) -> MsgResult {
+fn nack(code: Code, message: impl Into<String>) -> MsgResult {
     MsgResult::Nack {
-        code: code.to_string(),
+        code: code.as_str().to_string(),
         message: message.into(),
     }
 }

@@ -34,7 +34,7 @@ use transport::{pairing, DeviceId};
 use super::context::Daemon;
 use super::nearby::NearbyInfo;
 use super::wire::PairMsg;
-use crate::api::{code, ErrorBody};
+use crate::api::{code, Code, ErrorBody};
 
 /// Default lifetime of a pairing window.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
@@ -69,7 +69,7 @@ pub struct WindowInfo {
     pub nearby: Vec<NearbyInfo>,
 }
 
-fn err(c: &str, m: impl Into<String>) -> ErrorBody {
+fn err(c: Code, m: impl Into<String>) -> ErrorBody {
     ErrorBody::new(c, m)
 }
 

@@ -64,7 +64,7 @@ pub fn check_origin(d: &Daemon, relay: DeviceId, origin: DeviceId) -> Result<(),
 }
 
 async fn refuse(send: &mut SendStream, e: ErrorBody) {
-    let _ = write_frame(send, &app_err(&e.code, e.message), MAX_APP_FRAME).await;
+    let _ = write_frame(send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
     let _ = send.finish();
 }
 
@@ -143,7 +143,9 @@ pub async fn relay(
     };
     let fail = match answer {
         Ok(Ok(Some(AppFrame::Ok))) => None,
-        Ok(Ok(Some(AppFrame::Err { code, message }))) => Some(ErrorBody { code, message }),
+        Ok(Ok(Some(AppFrame::Err { code, message }))) => {
+            Some(ErrorBody::from_wire(&code, message))
+        }
         Ok(Ok(_)) => Some(ErrorBody::new(
             code::UNREACHABLE,
             format!("{to_name} closed the relayed stream without answering"),

@@ -6,6 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use transport::quinn::{RecvStream, SendStream};
 
 use super::errors::StreamError;
+use crate::api::Code;
 use super::wire::AppFrame;
 
 /// QUIC error code for a stream that broke on one side.
@@ -92,9 +93,9 @@ where
     res
 }
 
-pub fn app_err(code_: &str, message: impl Into<String>) -> AppFrame {
+pub fn app_err(code_: Code, message: impl Into<String>) -> AppFrame {
     AppFrame::Err {
-        code: code_.to_string(),
+        code: code_.as_str().to_string(),
         message: message.into(),
     }
 }

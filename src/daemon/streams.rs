@@ -60,7 +60,9 @@ pub async fn open(
     .await;
     match res {
         Ok(Ok((send, recv, Some(AppFrame::Ok)))) => Ok((send, recv)),
-        Ok(Ok((_, _, Some(AppFrame::Err { code, message })))) => Err(ErrorBody { code, message }),
+        Ok(Ok((_, _, Some(AppFrame::Err { code, message })))) => {
+            Err(ErrorBody::from_wire(&code, message))
+        }
         Ok(Ok(_)) => Err(ErrorBody::new(
             code::UNREACHABLE,
             "the peer closed the stream without answering",
@@ -106,7 +108,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
                 Ok(()) => (service, origin),
                 Err(e) => {
                     let _ =
-                        write_frame(&mut send, &app_err(&e.code, e.message), MAX_APP_FRAME).await;
+                        write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
                     let _ = send.finish();
                     return;
                 }
@@ -118,7 +120,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         }
     };
     if let Err(e) = validate_service(&service) {
-        let _ = write_frame(&mut send, &app_err(&e.code, e.message), MAX_APP_FRAME).await;
+        let _ = write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
         let _ = send.finish();
         return;
     }

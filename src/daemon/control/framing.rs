@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::api::{code, ErrorBody, Request, COMMANDS, MAX_BODY};
+use crate::api::{code, Code, ErrorBody, Request, COMMANDS, MAX_BODY};
 
 /// Default wait for `send` and `ping`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,7 +91,7 @@ pub async fn write_lines(
     Some(w)
 }
 
-pub fn err(code_: &str, message: impl Into<String>) -> ErrorBody {
+pub fn err(code_: Code, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code_, message)
 }
 
