@@ -455,7 +455,7 @@ fn a_member_cannot_raise_this_device_s_origin_nor_flood_it_with_origins() {
                 .map(|(o, _)| o)
                 .find(|o| o.device == a_dev)
                 .expect("the daemon's own origin in its hello");
-            while let Some(attack) = attacks.next() {
+            for attack in attacks.by_ref() {
                 let through: VersionVector = if attack == "own origin" {
                     vv.iter().chain([(own, u64::MAX)]).collect()
                 } else {

@@ -30,6 +30,8 @@ mod puller;
 mod serve;
 mod server;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, OnceLock};
 

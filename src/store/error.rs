@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::claims::Refusal;
+use super::limits::Refusal;
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]

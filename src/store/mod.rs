@@ -12,6 +12,7 @@ mod config;
 mod db;
 mod error;
 pub mod hlc;
+mod limits;
 mod migrate;
 pub mod model;
 pub mod reconcile;

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::claims::MAX_SEQ;
 use super::hlc::Hlc;
+use super::limits::MAX_SEQ;
 use super::StoreError;
 
 /// A device identity as seen by the store (the daemon converts from its DeviceId).

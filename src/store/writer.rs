@@ -9,11 +9,12 @@ use std::sync::Arc;
 use redb::{Database, Durability};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::claims::{Own, Refusal, MAX_SEQ};
+use super::claims::Own;
 use super::config::WallClock;
 use super::db::{Loaded, Writer};
 use super::error::StoreError;
 use super::hlc::Clock;
+use super::limits::{Refusal, MAX_SEQ};
 use super::model::{
     key_context, merge, Change, Device, FeedEvent, Origin, Sibling, Version, VersionVector,
 };
@@ -180,9 +181,9 @@ impl State {
             } => self
                 .apply(w, changes, through.as_ref(), wall_ms, events)?
                 .into(),
-            Op::ApplyReconciled { changes, .. } => self
-                .apply_reconciled(w, changes, wall_ms, events)?
-                .into(),
+            Op::ApplyReconciled { changes, .. } => {
+                self.apply_reconciled(w, changes, wall_ms, events)?.into()
+            }
             Op::Collect { members, .. } => Output::Count(self.collect(w, members)?),
             Op::Members { members, .. } => {
                 for (device, vv) in members {

@@ -50,7 +50,9 @@ pub async fn next<T>(rx: &mut mpsc::Receiver<Result<T, SyncError>>) -> Result<T,
 
 /// Runs blocking store work (reads, and the pure session steps that read a snapshot) off
 /// the runtime's threads.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, SyncError> {
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SyncError> {
     Ok(tokio::task::spawn_blocking(f).await?)
 }
 

@@ -116,10 +116,7 @@ impl Puller {
     where
         SyncError: From<S::Error>,
     {
-        let init = self
-            .recon
-            .as_mut()
-            .ok_or(Violation::UnexpectedRecon)?;
+        let init = self.recon.as_mut().ok_or(Violation::UnexpectedRecon)?;
         Ok(Up::Recon(init.on_msg(set, msg)??))
     }
 

@@ -95,8 +95,8 @@ impl Server {
     /// what the puller will take, so [`Server::wants`] stays what it has.
     pub fn on_delta(&mut self, mut delta: Delta) -> Option<Down> {
         delta.through = claims::backed(&delta.through, &claims::names(&delta.changes), self.me);
-        let news = !delta.changes.is_empty()
-            || delta.through.iter().any(|(o, s)| s > self.theirs.get(&o));
+        let news =
+            !delta.changes.is_empty() || delta.through.iter().any(|(o, s)| s > self.theirs.get(&o));
         if !news {
             return None;
         }

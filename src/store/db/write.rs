@@ -8,8 +8,8 @@ use crate::store::hlc::Hlc;
 use crate::store::model::{Device, FeedEvent, Origin, Sibling, VersionVector};
 use crate::store::schema::{
     bucket_of, encode, item_digest, key_pos, read_siblings, BUCKETS, FEED, ITEMS, LOG, MEMBERS,
-    META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED,
-    M_ITEMS, RETIRED, TOMBS, VERSIONS, VV,
+    META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED, M_ITEMS,
+    RETIRED, TOMBS, VERSIONS, VV,
 };
 
 /// Write side: the open tables of one write transaction.

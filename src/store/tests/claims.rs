@@ -100,7 +100,9 @@ async fn a_peer_cannot_raise_this_store_s_own_origin() {
     let peer = device(2);
     // In a delta's vector (from the peer, or claiming to be this device's own).
     for sender in [peer, own.device] {
-        let r = a.apply_delta(delta(vec![], [(own, u64::MAX)]), sender).await;
+        let r = a
+            .apply_delta(delta(vec![], [(own, u64::MAX)]), sender)
+            .await;
         assert!(matches!(refusal(r), Refusal::Seq { .. }));
         let r = a.apply_delta(delta(vec![], [(own, 1000)]), sender).await;
         assert_eq!(
@@ -113,7 +115,9 @@ async fn a_peer_cannot_raise_this_store_s_own_origin() {
     }
     // As a change's dot, or in what a change supersedes.
     let fake = change("k", own, 2, vec![]);
-    let r = a.apply_delta(delta(vec![fake.clone()], [(own, 2)]), peer).await;
+    let r = a
+        .apply_delta(delta(vec![fake.clone()], [(own, 2)]), peer)
+        .await;
     assert!(matches!(refusal(r), Refusal::OwnOrigin { claimed: 2, .. }));
     assert!(matches!(
         refusal(a.apply(vec![fake]).await),
@@ -121,7 +125,9 @@ async fn a_peer_cannot_raise_this_store_s_own_origin() {
     ));
     let other = Origin::new(peer, 5);
     let freeze = change("k", other, 1, vec![(own, 50)]);
-    let r = a.apply_delta(delta(vec![freeze.clone()], [(other, 1)]), peer).await;
+    let r = a
+        .apply_delta(delta(vec![freeze.clone()], [(other, 1)]), peer)
+        .await;
     assert!(matches!(refusal(r), Refusal::OwnOrigin { claimed: 50, .. }));
     assert!(matches!(
         refusal(a.apply_reconciled(vec![freeze]).await),
@@ -132,7 +138,13 @@ async fn a_peer_cannot_raise_this_store_s_own_origin() {
     assert_eq!(a.get("k").unwrap().unwrap().value, b"1");
     let next = a.put("k", b"2".to_vec()).await.unwrap();
     assert_eq!((next.version.origin, next.version.seq), (own, 2));
-    assert_eq!(a.own(), Own { origin: own, held: 2 });
+    assert_eq!(
+        a.own(),
+        Own {
+            origin: own,
+            held: 2
+        }
+    );
 }
 
 #[tokio::test]
@@ -142,11 +154,7 @@ async fn a_refused_delta_does_not_fail_the_writes_batched_with_it() {
     let a = open(dir.path(), 1, &wall);
     let own = a.origin();
     let bad = delta(vec![], [(own, 5)]);
-    let (put, applied) = tokio::join!(
-        a.put("k", b"1".to_vec()),
-        a.apply_delta(bad, device(2)),
-        
-    );
+    let (put, applied) = tokio::join!(a.put("k", b"1".to_vec()), a.apply_delta(bad, device(2)),);
     assert!(put.is_ok());
     assert!(matches!(refusal(applied), Refusal::OwnOrigin { .. }));
     assert_eq!(a.get("k").unwrap().unwrap().value, b"1");

@@ -35,7 +35,11 @@ async fn an_origin_every_member_has_and_nothing_current_is_of_is_retired() {
     let members = [b.version_vector().unwrap()];
     assert_eq!(a.retire_origins(&members).await.unwrap(), 1);
     let vv = a.version_vector().unwrap();
-    assert_eq!(vv.get(&first), 0, "out of the vector (and so of every hello)");
+    assert_eq!(
+        vv.get(&first),
+        0,
+        "out of the vector (and so of every hello)"
+    );
     assert_eq!(vv.len(), 1, "a's current origin only");
     assert_eq!(a.retired().unwrap().get(&first), 2);
     assert!(a.covers(&b.version_vector().unwrap()).unwrap());

@@ -3,9 +3,10 @@
 //! retirement of origins.
 
 use super::{State, Through};
-use crate::store::claims::{self, Refusal, MAX_ORIGINS};
+use crate::store::claims;
 use crate::store::db::Writer;
 use crate::store::error::StoreError;
+use crate::store::limits::{Refusal, MAX_ORIGINS};
 use crate::store::model::{key_context, Change, FeedEvent, Origin, VersionVector};
 
 impl State {
