@@ -4,8 +4,8 @@
 /// millisecond for one store incarnation).
 pub const MAX_SEQ: u64 = 1 << 48;
 /// Most origins a version vector may hold (one per store incarnation of every device not
-/// yet retired, see `docs/store.md`); about 500 KiB as a frame.
-pub const MAX_ORIGINS: usize = 8192;
+/// yet retired, see `docs/store.md`); at most 3.2 MiB as a frame, within a hello's 4 MiB.
+pub const MAX_ORIGINS: usize = 65_536;
 
 /// Why data from a peer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -400,3 +400,22 @@ fn refusals_are_told_apart_by_type() {
     assert!(!SyncError::Closed.is_refusal());
     assert!(!SyncError::from(Violation::NoHello).is_refusal());
 }
+
+#[test]
+fn a_full_vector_fits_a_hello() {
+    // The largest vector a store keeps or takes, with the longest encodings of its epochs
+    // and numbers: every hello and report fits its frame.
+    let full: VersionVector = (0..crate::store::MAX_ORIGINS as u64)
+        .map(|i| {
+            let mut device = [0xff; 32];
+            device[..8].copy_from_slice(&i.to_le_bytes());
+            (Origin::new(device, u64::MAX), crate::store::MAX_SEQ)
+        })
+        .collect();
+    let (_, hello) = Puller::start(PEER, full, u64::MAX);
+    let bytes = transport::frame::encode(&hello, super::protocol::MAX_UP)
+        .expect("a full vector fits a hello")
+        .len();
+    assert!(bytes < super::protocol::MAX_UP, "{bytes} bytes");
+    println!("hello with a full vector: {bytes} bytes");
+}
