@@ -174,11 +174,15 @@ fn wrong_codes_fail_on_both_sides_and_three_close_the_window() {
         let e = stderr(&out);
         assert!(e.contains("wrong code"), "attempt {i}: {e}");
     }
-    let (last, ok, err) = w.finish();
+    let (lines, ok, err) = w.rest();
     assert!(!ok, "the window must fail after three wrong codes");
-    assert!(last.is_none());
+    // Nothing but reports of the attempts before the error.
     assert!(
-        err.contains("wrong code") && err.contains("closed"),
+        lines.iter().all(|l| l.get("attempt").is_some()),
+        "{lines:?}"
+    );
+    assert!(
+        err.contains("the pairing window closed after 3 wrong codes"),
         "{err}"
     );
     // Nothing was trusted on either side, and the right code no longer works: the closed
