@@ -335,3 +335,175 @@ fn garbage_on_a_sync_stream_ends_that_stream_only() {
     wait_value(&nodes[1], "still", Some(b"works"));
     assert!(nodes[0].log().contains("sync stream from the peer ended"));
 }
+
+/// Copies the directory `from` to `to` (files and subdirectories).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_restored_state_directory_loses_no_write_made_before_it_syncs() {
+    // The whole state directory is put back from a copy (a backup, a cloned VM image) and
+    // the device writes before it meets the others: those writes must reach them, and the
+    // writes the copy lacks come back.
+    let mut nodes = mesh(&["a", "b"], "");
+    put(&nodes[0], "k/1", "before the copy");
+    wait_value(&nodes[1], "k/1", Some(b"before the copy"));
+    nodes[0].stop();
+    let state = nodes[0].path("state");
+    let backup = nodes[0].path("state.backup");
+    copy_dir(&state, &backup);
+    nodes[0].start();
+    wait_connected(&nodes);
+    put(&nodes[0], "k/2", "after the copy");
+    wait_value(&nodes[1], "k/2", Some(b"after the copy"));
+    nodes[1].stop();
+    nodes[0].stop();
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::rename(&backup, &state).unwrap();
+    nodes[0].start();
+    assert_eq!(get(&nodes[0], "k/2"), None, "the copy lacks k/2");
+    put(&nodes[0], "k/3", "written by the restored copy");
+    nodes[1].start();
+    wait_connected(&nodes);
+    wait_value(&nodes[1], "k/3", Some(b"written by the restored copy"));
+    wait_value(&nodes[0], "k/2", Some(b"after the copy"));
+    // And it goes on: a later write reaches the other device too.
+    put(&nodes[0], "k/4", "later");
+    wait_value(&nodes[1], "k/4", Some(b"later"));
+}
+
+/// The daemon's sync frames (`cnspr::daemon`'s `Up` and `Down`, which are not public):
+/// bincode encodes an enum as its variant's index and then its fields, so these mirrors
+/// (same variants, same order) encode exactly like them.
+mod frames {
+    use cnspr::store::reconcile::ReconReply;
+    use cnspr::store::{Delta, VersionVector};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    pub enum Up {
+        Hello {
+            version: u16,
+            vv: VersionVector,
+            items: u64,
+        },
+        Seen {
+            vv: VersionVector,
+        },
+        Recon(ReconReply),
+    }
+
+    #[derive(Debug, Serialize)]
+    pub enum Down {
+        Delta(Delta),
+    }
+}
+
+#[test]
+fn a_member_cannot_raise_this_device_s_origin_nor_flood_it_with_origins() {
+    use cnspr::store::{Delta, Origin, VersionVector};
+    use frames::{Down, Up};
+    use transport::frame::{read_frame, write_frame, MAX_FRAME};
+
+    let mut nodes = mesh(&["a", "b"], "");
+    put(&nodes[0], "before", "1");
+    wait_value(&nodes[1], "before", Some(b"1"));
+    let a_dev = nodes[0].id.parse::<transport::DeviceId>().unwrap().0;
+    let (rt, ep, _pc, _dir) = rogue_connection(&nodes[0]);
+    let mut incoming = ep.take_incoming().expect("the rogue's incoming streams");
+    // The daemon pulls from every connection: its sessions arrive as incoming sync
+    // streams. Each attack is one delta; after each, the daemon either goes on (it reports
+    // its raised vector with `Seen`: it took the delta) or ends the stream (refused).
+    let outcomes = rt.block_on(async {
+        let mut outcomes = Vec::new();
+        let mut hellos = Vec::new();
+        let mut attacks = vec!["own origin", "100,000 origins"].into_iter().peekable();
+        while attacks.peek().is_some() {
+            let s = tokio::time::timeout(DEADLINE, async {
+                loop {
+                    let s = incoming.recv().await.expect("the rogue's endpoint runs");
+                    if s.kind == transport::StreamKind::Sync {
+                        return s;
+                    }
+                }
+            })
+            .await
+            .expect("a sync session from the daemon");
+            let transport::IncomingStream {
+                mut send, mut recv, ..
+            } = s;
+            let Some(Up::Hello { vv, .. }) = read_frame::<Up, _>(&mut recv, 4 << 20)
+                .await
+                .expect("a hello")
+            else {
+                panic!("the session did not start with a hello");
+            };
+            hellos.push(vv.len());
+            let own = vv
+                .iter()
+                .map(|(o, _)| o)
+                .find(|o| o.device == a_dev)
+                .expect("the daemon's own origin in its hello");
+            for attack in attacks.by_ref() {
+                let through: VersionVector = if attack == "own origin" {
+                    vv.iter().chain([(own, u64::MAX)]).collect()
+                } else {
+                    (0..100_000u64)
+                        .map(|i| {
+                            let mut dev = [0x5a; 32];
+                            dev[..8].copy_from_slice(&i.to_le_bytes());
+                            (Origin::new(dev, i + 1), 1)
+                        })
+                        .chain(vv.iter())
+                        .collect()
+                };
+                let delta = Down::Delta(Delta {
+                    changes: vec![],
+                    through,
+                    more: false,
+                });
+                let sent = write_frame(&mut send, &delta, MAX_FRAME).await.is_ok();
+                let next = tokio::time::timeout(DEADLINE, read_frame::<Up, _>(&mut recv, 64 << 20))
+                    .await
+                    .expect("the daemon answers or ends the stream");
+                let took = sent && matches!(next, Ok(Some(Up::Seen { .. })));
+                outcomes.push((attack, took));
+                if !took {
+                    break; // the next attack goes to the next session
+                }
+            }
+        }
+        ep.shutdown(0, "done", Duration::from_millis(100)).await;
+        (outcomes, hellos)
+    });
+    let (outcomes, hellos) = outcomes;
+    for (attack, took) in &outcomes {
+        assert!(!took, "the daemon took a delta with {attack}");
+    }
+    assert!(
+        hellos.iter().all(|n| *n < 100),
+        "hello vectors of {hellos:?} origins"
+    );
+    assert!(nodes[0].log().contains("refused"), "the refusal is logged");
+    // The daemon writes and syncs as before, also in new sessions.
+    put(&nodes[0], "after", "2");
+    wait_value(&nodes[1], "after", Some(b"2"));
+    nodes[1].stop();
+    nodes[1].start();
+    wait_connected(&nodes);
+    put(&nodes[1], "from b", "3");
+    wait_value(&nodes[0], "from b", Some(b"3"));
+    put(&nodes[0], "from a", "4");
+    wait_value(&nodes[1], "from a", Some(b"4"));
+}

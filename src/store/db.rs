@@ -14,7 +14,7 @@ use super::reconcile::Sum;
 use super::schema::{
     bucket_of, decode, item_digest, key_pos, BUCKETS, FEED, FORMAT, INDEXED, ITEMS, LOG, MEMBERS,
     META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_EPOCH, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED,
-    M_FORMAT, M_INDEXED, M_ITEMS, TOMBS, VERSIONS, VV,
+    M_FORMAT, M_INDEXED, M_ITEMS, RETIRED, TOMBS, VERSIONS, VV,
 };
 
 mod read;
@@ -195,6 +195,7 @@ fn create_new(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
             txn.open_table(BUCKETS)?;
             txn.open_table(TOMBS)?;
             txn.open_table(MEMBERS)?;
+            txn.open_table(RETIRED)?;
         }
         txn.commit()?;
     }
@@ -223,11 +224,13 @@ pub(crate) fn new_epoch() -> Result<u64, StoreError> {
     }
 }
 
-/// Records a new epoch for this store (one commit).
+/// Records a new epoch for this store (one commit), and creates the tables added to
+/// format 2 later (`retired`).
 pub(crate) fn set_epoch(db: &Database, epoch: u64) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate);
     txn.open_table(META)?.insert(M_EPOCH, epoch)?;
+    txn.open_table(RETIRED)?;
     txn.commit()?;
     Ok(())
 }

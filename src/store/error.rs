@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::limits::Refusal;
+
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -20,6 +22,9 @@ pub enum StoreError {
     /// A change received from a peer breaks the format rules.
     #[error("invalid change from a peer: {0}")]
     InvalidChange(String),
+    /// Data from a peer that this store refuses (see [`Refusal`]); nothing of it is kept.
+    #[error("refused data from a peer: {0}")]
+    Refused(#[from] Refusal),
     /// The database file is damaged (truncated, overwritten, or not a cnspr store).
     #[error(
         "the store file {} is corrupted or truncated ({detail}); move it aside and restart: \

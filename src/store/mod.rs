@@ -7,11 +7,12 @@
 //! in one transaction (one fsync) and only then acknowledges. Reads run on their own
 //! snapshot and never wait for the writer.
 
+pub mod claims;
 mod config;
 mod db;
 mod error;
 pub mod hlc;
-mod mark;
+mod limits;
 mod migrate;
 pub mod model;
 pub mod reconcile;
@@ -23,12 +24,13 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use redb::Database;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use claims::{Own, Refusal, MAX_ORIGINS, MAX_SEQ};
 pub use config::{system_wall_clock, StoreConfig, WallClock, DEFAULT_CACHE_BYTES};
 pub use error::StoreError;
 pub use hlc::{Clock, Hlc, MAX_DRIFT_MS};
@@ -37,7 +39,7 @@ pub use model::{
     VersionVector, VersionedValue, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 
-use writer::Op;
+use writer::{Op, Through};
 
 /// A handle to an open store; cheap to clone. The file is closed when the last clone is
 /// dropped (after the writer finished its current batch).
@@ -51,7 +53,9 @@ struct Inner {
     tx: Option<mpsc::Sender<Op>>,
     events: broadcast::Sender<FeedEvent>,
     commits: Arc<AtomicU64>,
-    origin: Arc<Mutex<Origin>>,
+    origin: Origin,
+    /// How many writes the store numbered under `origin` (see [`Store::own`]).
+    own_seq: Arc<AtomicU64>,
     path: PathBuf,
     writer: Option<JoinHandle<()>>,
 }
@@ -79,43 +83,27 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let path = path.as_ref().to_owned();
         let (db, mut loaded) = db::open(&path, config.verify_on_open, config.cache_bytes)?;
-        let mark_path = mark::path_for(&path);
-        let own = loaded.vv.get(&Origin::new(device, loaded.epoch));
-        if let Some(m) = mark::read(&mark_path) {
-            if m.epoch == loaded.epoch && m.seq > own {
-                // An older copy of this store: a new epoch before anything is written.
-                loaded.epoch = db::new_epoch()?;
-                db::set_epoch(&db, loaded.epoch)?;
-                tracing::warn!(
-                    file = %path.display(),
-                    held = own,
-                    marked = m.seq,
-                    "the store file is older than its mark (put back from a copy?): its own \
-                     writes continue in a new epoch"
-                );
-            }
-        }
-        let own = loaded.vv.get(&Origin::new(device, loaded.epoch));
-        mark::write(
-            &mark_path,
-            mark::Mark {
-                epoch: loaded.epoch,
-                seq: own,
-            },
-        );
+        // Every open is a new incarnation: the file may be a copy (a backup put back, a
+        // cloned disk) whose origin numbered writes the other devices already hold, which
+        // its next writes would reuse. See docs/store.md, "Store incarnations".
+        loaded.epoch = db::new_epoch()?;
+        db::set_epoch(&db, loaded.epoch)?;
+        // Left by versions that detected copies with a mark file beside the store.
+        let mut mark = path.as_os_str().to_owned();
+        mark.push(".mark");
+        let _ = std::fs::remove_file(PathBuf::from(mark));
         let db = Arc::new(db);
         let wall = config.wall_clock.clone();
-        let origin = Arc::new(Mutex::new(Origin::new(device, loaded.epoch)));
+        let origin = Origin::new(device, loaded.epoch);
+        let own_seq = Arc::new(AtomicU64::new(0));
         let retain = (config.feed_retain.max(1), config.feed_retain_bytes);
-        let state = writer::State::new(device, loaded, retain, wall());
+        let state = writer::State::new(device, loaded, retain, wall(), own_seq.clone());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (events, _) = broadcast::channel(config.broadcast_capacity.max(1));
         let commits = Arc::new(AtomicU64::new(0));
         let sinks = writer::Sinks {
             events: events.clone(),
             commits: commits.clone(),
-            origin: origin.clone(),
-            mark: mark_path,
         };
         let writer_db = db.clone();
         let handle = std::thread::Builder::new()
@@ -132,6 +120,7 @@ impl Store {
                 events,
                 commits,
                 origin,
+                own_seq,
                 path,
                 writer: Some(handle),
             }),
@@ -139,22 +128,18 @@ impl Store {
     }
 
     /// The origin this store numbers its own writes under: this device and the store's
-    /// current epoch.
+    /// epoch, new at every open.
     pub fn origin(&self) -> Origin {
-        *self.inner.origin.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.origin
     }
 
-    /// Tells the store what a peer has seen (its version vector). If the peer holds more
-    /// writes of this store's own origin than this store does, the file is an older copy
-    /// (restored from a backup, say): its next writes would reuse numbers the peer already
-    /// holds, so the store moves to a new epoch first. Returns whether it did.
-    pub async fn check_peer_vv(&self, theirs: &VersionVector) -> Result<bool, StoreError> {
-        let origin = self.origin();
-        let seen = theirs.get(&origin);
-        if seen <= self.reader()?.version_vector()?.get(&origin) {
-            return Ok(false);
+    /// This store's origin and how many writes it has numbered under it, at least as many
+    /// as any peer can hold: what checks a peer's claims ([`claims`]).
+    pub fn own(&self) -> Own {
+        Own {
+            origin: self.inner.origin,
+            held: self.inner.own_seq.load(Ordering::Acquire),
         }
-        Ok(self.submit(|reply| Op::PeerSaw { seen, reply }).await? > 0)
     }
 
     /// The store file.
@@ -208,7 +193,8 @@ impl Store {
 
     /// Applies changes pushed by a peer, in any order and with duplicates; returns how many
     /// were new here. A change whose predecessors from the same origin are missing is left
-    /// out (pull them with [`Store::changes_since`]). Returns once durable.
+    /// out (pull them with [`Store::changes_since`]). Returns once durable. Refused whole
+    /// ([`StoreError::Refused`]) when it claims more than a peer may ([`claims`]).
     pub async fn apply(&self, changes: Vec<Change>) -> Result<usize, StoreError> {
         changes.iter().try_for_each(Change::validate)?;
         self.submit(|reply| Op::Apply {
@@ -219,16 +205,34 @@ impl Store {
         .await
     }
 
-    /// Applies a [`Delta`] from a peer's [`Store::changes_since`] and raises the version
-    /// vector to `delta.through`. Returns how many changes were new here.
-    pub async fn apply_delta(&self, delta: Delta) -> Result<usize, StoreError> {
+    /// Applies a [`Delta`] from the device `sender` (its [`Store::changes_since`]) and
+    /// raises the version vector to `delta.through` as far as the delta backs it (see
+    /// [`claims::backed`]). Returns how many changes were new here; refused whole
+    /// ([`StoreError::Refused`]) when it claims more than a peer may.
+    pub async fn apply_delta(&self, delta: Delta, sender: Device) -> Result<usize, StoreError> {
+        self.apply_delta_backed(delta, sender, VersionVector::new())
+            .await
+    }
+
+    /// [`Store::apply_delta`] for the delta that ends a reconciliation: `named` is what the
+    /// reconciled changes named ([`claims::check_changes`]), which backs its vector too.
+    pub async fn apply_delta_backed(
+        &self,
+        delta: Delta,
+        sender: Device,
+        named: VersionVector,
+    ) -> Result<usize, StoreError> {
         delta.changes.iter().try_for_each(Change::validate)?;
         let Delta {
             changes, through, ..
         } = delta;
         self.submit(|reply| Op::Apply {
             changes,
-            through: Some(through),
+            through: Some(Through {
+                vv: through,
+                sender,
+                named,
+            }),
             reply,
         })
         .await
@@ -236,12 +240,32 @@ impl Store {
 
     /// Merges changes found missing by reconciliation ([`reconcile`]), whatever their
     /// origin's sequence, without raising the version vector: end the session with
-    /// [`Store::apply_delta`] of the sender's snapshot vector (no changes) to raise it.
-    /// Returns how many were new here.
+    /// [`Store::apply_delta_backed`] of the sender's snapshot vector (no changes) to raise
+    /// it. Returns how many were new here.
     pub async fn apply_reconciled(&self, changes: Vec<Change>) -> Result<usize, StoreError> {
         changes.iter().try_for_each(Change::validate)?;
         self.submit(|reply| Op::ApplyReconciled { changes, reply })
             .await
+    }
+
+    /// Retires the origins that every member has (their vectors, `members`, name them at
+    /// least as far as this store, or not at all) and that no current version here is
+    /// of: they leave the version vector and count as seen from the `retired` table (see
+    /// `docs/store.md`, "Store incarnations"). Returns how many were retired.
+    pub async fn retire_origins(&self, members: &[VersionVector]) -> Result<usize, StoreError> {
+        let members = members.to_vec();
+        self.submit(|reply| Op::Retire { members, reply }).await
+    }
+
+    /// Whether this store has seen everything `vv` covers (in its version vector or its
+    /// retired origins).
+    pub fn covers(&self, vv: &VersionVector) -> Result<bool, StoreError> {
+        self.reader()?.covers(vv)
+    }
+
+    /// The retired origins, with the seq up to which their changes count as seen.
+    pub fn retired(&self) -> Result<VersionVector, StoreError> {
+        self.reader()?.retired()
     }
 
     /// Durably records (`Some`) or forgets (`None`) the version vectors members reported

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
+use super::limits::MAX_SEQ;
 use super::StoreError;
 
 /// A device identity as seen by the store (the daemon converts from its DeviceId).
@@ -119,10 +120,11 @@ impl Change {
         if let Some(value) = &self.value {
             validate_value(value)?;
         }
-        if self.version.seq == 0 {
-            return Err(StoreError::InvalidChange(
-                "sequence number 0 is never used".into(),
-            ));
+        if !(1..=MAX_SEQ).contains(&self.version.seq) {
+            return Err(StoreError::InvalidChange(format!(
+                "sequence number {} is outside 1..={MAX_SEQ}",
+                self.version.seq
+            )));
         }
         if self.supersedes.len() > MAX_SUPERSEDES {
             return Err(StoreError::InvalidChange(format!(
@@ -218,6 +220,11 @@ impl VersionVector {
     /// `(origin, seq)` pairs in origin order.
     pub fn iter(&self) -> impl Iterator<Item = (Origin, u64)> + '_ {
         self.0.iter().map(|(o, s)| (*o, *s))
+    }
+
+    /// Takes `origin` out of the vector (retirement, see `docs/store.md`).
+    pub(crate) fn remove(&mut self, origin: &Origin) {
+        self.0.remove(origin);
     }
 
     /// Number of origins.

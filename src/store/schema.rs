@@ -15,7 +15,10 @@
 //!   bits), so the fingerprint of a large range is a sum of at most 65,536 cached rows;
 //! - `tombstones`: keys whose winner is a tombstone (what collection looks at);
 //! - `member_vv`: member device -> the last version vector it reported (tombstone
-//!   collection).
+//!   collection);
+//! - `retired`: origin -> highest seq, for origins taken out of the version vector once
+//!   every member had them and no current version here is theirs (see `docs/store.md`,
+//!   "Store incarnations"): their changes up to that seq still count as seen.
 
 use redb::{ReadableTable, TableDefinition};
 
@@ -35,6 +38,7 @@ pub(crate) const ITEMS: TableDefinition<(u64, &str), u128> = TableDefinition::ne
 pub(crate) const BUCKETS: TableDefinition<u16, (u64, u128)> = TableDefinition::new("item_buckets");
 pub(crate) const TOMBS: TableDefinition<&str, ()> = TableDefinition::new("tombstones");
 pub(crate) const MEMBERS: TableDefinition<Device, &[u8]> = TableDefinition::new("member_vv");
+pub(crate) const RETIRED: TableDefinition<[u8; 40], u64> = TableDefinition::new("retired");
 
 pub(crate) const M_FORMAT: &str = "format";
 /// This store's epoch (see [`Origin`](super::model::Origin)).

@@ -4,15 +4,17 @@
 //! of the batch gets the error and the in-memory state is rolled back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use redb::{Database, Durability};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::claims::Own;
 use super::config::WallClock;
-use super::db::{new_epoch, Loaded, Writer};
+use super::db::{Loaded, Writer};
 use super::error::StoreError;
 use super::hlc::Clock;
+use super::limits::{Refusal, MAX_SEQ};
 use super::model::{
     key_context, merge, Change, Device, FeedEvent, Origin, Sibling, Version, VersionVector,
 };
@@ -21,6 +23,8 @@ use super::model::{
 pub(crate) const MAX_BATCH_OPS: usize = 1024;
 /// Most payload bytes committed in one transaction (at least one operation always goes).
 pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+mod peers;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -35,7 +39,7 @@ pub(crate) enum Op {
     /// Changes from a peer; `through` is set for a [`super::Delta`].
     Apply {
         changes: Vec<Change>,
-        through: Option<VersionVector>,
+        through: Option<Through>,
         reply: Reply<usize>,
     },
     /// Changes found missing by reconciliation: merged whatever their origin's sequence,
@@ -49,9 +53,11 @@ pub(crate) enum Op {
         members: Vec<(Device, Option<VersionVector>)>,
         reply: Reply<usize>,
     },
-    /// A peer has seen `seen` writes of this store's current origin: if that is more than
-    /// this store holds, the file is an old copy and starts a new epoch (count: 1 if so).
-    PeerSaw { seen: u64, reply: Reply<usize> },
+    /// Retires the origins every member has and no current version here is of (count).
+    Retire {
+        members: Vec<VersionVector>,
+        reply: Reply<usize>,
+    },
     /// Tombstone collection against the members' version vectors.
     Collect {
         members: Vec<VersionVector>,
@@ -67,20 +73,40 @@ impl Op {
                 .iter()
                 .map(|c| c.key.len() + c.value.as_ref().map_or(0, Vec::len))
                 .sum(),
-            Op::Collect { .. } | Op::Members { .. } | Op::PeerSaw { .. } => 0,
+            Op::Collect { .. } | Op::Members { .. } | Op::Retire { .. } => 0,
         }
     }
+}
+
+/// A delta's vector and what backs it (see [`claims::backed`]).
+pub(crate) struct Through {
+    pub vv: VersionVector,
+    /// The sender's device: its own origins need no backing.
+    pub sender: Device,
+    /// What else backs it: the changes of the reconciliation the delta ends.
+    pub named: VersionVector,
 }
 
 enum Output {
     Write(Option<Change>),
     Count(usize),
+    /// The operation was refused (nothing of it is written; the batch goes on).
+    Refused(Refusal),
+}
+
+impl From<Result<usize, Refusal>> for Output {
+    fn from(r: Result<usize, Refusal>) -> Self {
+        r.map_or_else(Output::Refused, Output::Count)
+    }
 }
 
 /// The store's state machine: what the writer keeps in memory between batches.
 #[derive(Clone)]
 pub(crate) struct State {
     origin: Origin,
+    /// The own seq as [`super::Store::own`] reports it: raised before the commit, so no
+    /// peer can hold a write of ours above it.
+    published: Arc<AtomicU64>,
     clock: Clock,
     vv: VersionVector,
     feed_seq: u64,
@@ -95,9 +121,13 @@ impl State {
         loaded: Loaded,
         (feed_retain, feed_retain_bytes): (u64, u64),
         wall_ms: u64,
+        published: Arc<AtomicU64>,
     ) -> Self {
+        let origin = Origin::new(device, loaded.epoch);
+        published.store(loaded.vv.get(&origin), Ordering::Release);
         Self {
-            origin: Origin::new(device, loaded.epoch),
+            origin,
+            published,
             clock: Clock::resume(loaded.clock_last, wall_ms),
             vv: loaded.vv,
             feed_seq: loaded.feed_seq,
@@ -107,12 +137,32 @@ impl State {
         }
     }
 
-    /// The mark file's content for the current state.
-    fn mark(&self) -> super::mark::Mark {
-        super::mark::Mark {
-            epoch: self.origin.epoch,
-            seq: self.vv.get(&self.origin),
+    fn own(&self) -> Own {
+        Own {
+            origin: self.origin,
+            held: self.vv.get(&self.origin),
         }
+    }
+
+    /// The seq up to which `origin`'s changes count as seen here.
+    fn have(&self, w: &Writer<'_>, origin: Origin) -> Result<u64, StoreError> {
+        match self.vv.get(&origin) {
+            0 => w.retired(origin),
+            seq => Ok(seq),
+        }
+    }
+
+    /// Raises the vector entry of `origin` to `seq` (an origin coming back from
+    /// retirement leaves the `retired` table).
+    fn raise(&mut self, w: &mut Writer<'_>, origin: Origin, seq: u64) -> Result<(), StoreError> {
+        if seq <= self.vv.get(&origin) {
+            return Ok(());
+        }
+        if self.vv.get(&origin) == 0 {
+            w.set_retired(origin, None)?;
+        }
+        self.vv.raise(origin, seq);
+        w.set_vv(origin, seq)
     }
 
     fn run(
@@ -128,9 +178,11 @@ impl State {
             }
             Op::Apply {
                 changes, through, ..
-            } => Output::Count(self.apply(w, changes, through.as_ref(), wall_ms, events)?),
+            } => self
+                .apply(w, changes, through.as_ref(), wall_ms, events)?
+                .into(),
             Op::ApplyReconciled { changes, .. } => {
-                Output::Count(self.apply_reconciled(w, changes, wall_ms, events)?)
+                self.apply_reconciled(w, changes, wall_ms, events)?.into()
             }
             Op::Collect { members, .. } => Output::Count(self.collect(w, members)?),
             Op::Members { members, .. } => {
@@ -139,24 +191,7 @@ impl State {
                 }
                 Output::Count(members.len())
             }
-            Op::PeerSaw { seen, .. } => {
-                let own = self.vv.get(&self.origin);
-                if *seen <= own {
-                    Output::Count(0)
-                } else {
-                    let old = self.origin;
-                    self.origin = Origin::new(old.device, new_epoch()?);
-                    w.set_epoch(self.origin.epoch)?;
-                    tracing::warn!(
-                        held = own,
-                        seen_by_peer = seen,
-                        new_epoch = format_args!("{:016x}", self.origin.epoch),
-                        "this store is an older copy than a peer has seen: its own writes are \
-                         numbered in a new epoch from now on"
-                    );
-                    Output::Count(1)
-                }
-            }
+            Op::Retire { members, .. } => Output::Count(self.retire(w, members)?),
         })
     }
 
@@ -179,8 +214,15 @@ impl State {
             .map(|s| s.version.hlc.next())
             .max()
             .unwrap_or_default();
-        let hlc = self.clock.now(wall_ms).max(floor);
         let seq = self.vv.get(&self.origin) + 1;
+        if seq > MAX_SEQ {
+            return Err(StoreError::WriteFailed(format!(
+                "this store incarnation has numbered {MAX_SEQ} writes; restart the daemon to \
+                 start a new one"
+            )));
+        }
+        let hlc = self.clock.now(wall_ms).max(floor);
+        self.published.fetch_max(seq, Ordering::AcqRel);
         let change = Change {
             key: key.to_owned(),
             value,
@@ -193,72 +235,6 @@ impl State {
         };
         self.apply_one(w, &change, siblings, true, events)?;
         Ok(Some(change))
-    }
-
-    fn apply(
-        &mut self,
-        w: &mut Writer<'_>,
-        changes: &[Change],
-        through: Option<&VersionVector>,
-        wall_ms: u64,
-        events: &mut Vec<FeedEvent>,
-    ) -> Result<usize, StoreError> {
-        let mut order: Vec<&Change> = changes.iter().collect();
-        order.sort_by_key(|c| (c.version.origin, c.version.seq));
-        order.dedup_by_key(|c| c.version.dot());
-        let mut applied = 0;
-        for change in order {
-            let (origin, seq) = change.version.dot();
-            let have = self.vv.get(&origin);
-            let vouched = through.is_some_and(|t| t.covers((origin, seq)));
-            if seq <= have || (seq != have + 1 && !vouched) {
-                continue; // seen already, or a gap: the missing changes must come first
-            }
-            self.clock.observe(change.version.hlc, wall_ms);
-            let siblings = w.siblings(&change.key)?;
-            if siblings.iter().any(|s| s.version.dot() == (origin, seq)) {
-                // Held already (merged by a reconciliation): only the vector moves.
-                self.vv.raise(origin, seq);
-                w.set_vv(origin, seq)?;
-                continue;
-            }
-            self.apply_one(w, change, siblings, true, events)?;
-            applied += 1;
-        }
-        for (origin, seq) in through.map(VersionVector::iter).into_iter().flatten() {
-            if seq > self.vv.get(&origin) {
-                self.vv.raise(origin, seq);
-                w.set_vv(origin, seq)?;
-            }
-        }
-        Ok(applied)
-    }
-
-    /// Merges changes whose predecessors may be missing. A change already seen (`seq <=
-    /// vv`) or already held is skipped; the vector is not raised, so nothing is claimed
-    /// as seen until the sender's final delta vouches for it.
-    fn apply_reconciled(
-        &mut self,
-        w: &mut Writer<'_>,
-        changes: &[Change],
-        wall_ms: u64,
-        events: &mut Vec<FeedEvent>,
-    ) -> Result<usize, StoreError> {
-        let mut applied = 0;
-        for change in changes {
-            let dot = change.version.dot();
-            if self.vv.covers(dot) {
-                continue;
-            }
-            let siblings = w.siblings(&change.key)?;
-            if siblings.iter().any(|s| s.version.dot() == dot) {
-                continue;
-            }
-            self.clock.observe(change.version.hlc, wall_ms);
-            self.apply_one(w, change, siblings, false, events)?;
-            applied += 1;
-        }
-        Ok(applied)
     }
 
     fn apply_one(
@@ -279,10 +255,9 @@ impl State {
         if merged.added || !merged.removed.is_empty() {
             w.set_siblings(&change.key, &siblings)?;
         }
-        let (origin, seq) = change.version.dot();
         if raise_vv {
-            self.vv.raise(origin, seq);
-            w.set_vv(origin, self.vv.get(&origin))?;
+            let (origin, seq) = change.version.dot();
+            self.raise(w, origin, seq)?;
         }
         if merged.added {
             self.feed_seq += 1;
@@ -295,35 +270,6 @@ impl State {
             events.push(event);
         }
         Ok(())
-    }
-
-    /// Removes keys whose winner is a tombstone once every sibling's dot is covered by this
-    /// store's and every member's version vector, and this store's vector covers the key's
-    /// whole causal context (so a superseded version arriving later is known as seen).
-    fn collect(
-        &mut self,
-        w: &mut Writer<'_>,
-        members: &[VersionVector],
-    ) -> Result<usize, StoreError> {
-        let mut collected = 0;
-        for (key, siblings) in w.tombstoned_keys()? {
-            let context_seen = key_context(&siblings)
-                .into_iter()
-                .all(|dot| self.vv.covers(dot));
-            let seen_by_all = context_seen
-                && siblings.iter().all(|s| {
-                    let dot = s.version.dot();
-                    self.vv.covers(dot) && members.iter().all(|m| m.covers(dot))
-                });
-            if seen_by_all {
-                for s in &siblings {
-                    w.log_remove(s.version.dot())?;
-                }
-                w.set_siblings(&key, &[])?;
-                collected += 1;
-            }
-        }
-        Ok(collected)
     }
 
     fn commit(
@@ -359,10 +305,6 @@ impl State {
 pub(crate) struct Sinks {
     pub events: broadcast::Sender<FeedEvent>,
     pub commits: Arc<AtomicU64>,
-    /// This store's current origin, as [`super::Store::origin`] reports it.
-    pub origin: Arc<Mutex<Origin>>,
-    /// The mark file, rewritten when the store's own origin or sequence moved.
-    pub mark: std::path::PathBuf,
 }
 
 /// The writer thread's loop; returns when every sender is gone.
@@ -373,7 +315,6 @@ pub(crate) fn run(
     sinks: Sinks,
     wall: WallClock,
 ) {
-    let mut marked = state.mark();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.bytes();
         let mut batch = vec![first];
@@ -390,18 +331,11 @@ pub(crate) fn run(
         match state.commit(&db, &batch, wall()) {
             Ok((outputs, events)) => {
                 sinks.commits.fetch_add(1, Ordering::Relaxed);
-                *sinks.origin.lock().unwrap_or_else(|e| e.into_inner()) = state.origin;
                 for (op, output) in batch.into_iter().zip(outputs) {
                     reply(op, Ok(output));
                 }
                 for event in events {
                     let _ = sinks.events.send(event); // no watcher is fine
-                }
-                // After the replies: the mark may lag the store, never lead it.
-                let mark = state.mark();
-                if mark != marked {
-                    marked = mark;
-                    super::mark::write(&sinks.mark, mark);
                 }
             }
             Err(err) => {
@@ -425,16 +359,20 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
             | Op::ApplyReconciled { reply, .. }
             | Op::Collect { reply, .. }
             | Op::Members { reply, .. }
-            | Op::PeerSaw { reply, .. },
+            | Op::Retire { reply, .. },
             Ok(Output::Count(n)),
         ) => drop(reply.send(Ok(n))),
+        (
+            Op::Apply { reply, .. } | Op::ApplyReconciled { reply, .. },
+            Ok(Output::Refused(refusal)),
+        ) => drop(reply.send(Err(refusal.into()))),
         (Op::Write { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (
             Op::Apply { reply, .. }
             | Op::ApplyReconciled { reply, .. }
             | Op::Collect { reply, .. }
             | Op::Members { reply, .. }
-            | Op::PeerSaw { reply, .. },
+            | Op::Retire { reply, .. },
             Err(e),
         ) => drop(reply.send(Err(e))),
         (op, Ok(_)) => {

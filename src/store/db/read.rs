@@ -11,7 +11,7 @@ use crate::store::model::{
 use crate::store::reconcile::{ItemSet, Range, Sum};
 use crate::store::schema::{
     bucket_of, decode, read_siblings, BUCKETS, BUCKET_LEVEL, FEED, ITEMS, LOG, MAX_DELTA_BYTES,
-    MEMBERS, META, M_FEED_TRIMMED, M_ITEMS, VERSIONS, VV,
+    MEMBERS, META, M_FEED_TRIMMED, M_ITEMS, RETIRED, VERSIONS, VV,
 };
 
 fn to_entry(key: &str, siblings: &[Sibling]) -> Option<Entry> {
@@ -79,6 +79,34 @@ impl Reader {
     pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
         let mut vv = VersionVector::new();
         for row in self.txn.open_table(VV)?.iter()? {
+            let (origin, seq) = row?;
+            vv.raise(Origin::from_key(origin.value()), seq.value());
+        }
+        Ok(vv)
+    }
+
+    /// Whether this store has seen everything `vv` covers: each entry is below its version
+    /// vector or its retired origins.
+    pub fn covers(&self, vv: &VersionVector) -> Result<bool, StoreError> {
+        let held = self.txn.open_table(VV)?;
+        let retired = self.txn.open_table(RETIRED)?;
+        for (origin, seq) in vv.iter() {
+            let k = origin.to_key();
+            let have = match held.get(k)? {
+                Some(g) => g.value(),
+                None => retired.get(k)?.map(|g| g.value()).unwrap_or(0),
+            };
+            if have < seq {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The retired origins (see `docs/store.md`), with the seq up to which they are seen.
+    pub fn retired(&self) -> Result<VersionVector, StoreError> {
+        let mut vv = VersionVector::new();
+        for row in self.txn.open_table(RETIRED)?.iter()? {
             let (origin, seq) = row?;
             vv.raise(Origin::from_key(origin.value()), seq.value());
         }

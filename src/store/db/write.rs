@@ -8,8 +8,8 @@ use crate::store::hlc::Hlc;
 use crate::store::model::{Device, FeedEvent, Origin, Sibling, VersionVector};
 use crate::store::schema::{
     bucket_of, encode, item_digest, key_pos, read_siblings, BUCKETS, FEED, ITEMS, LOG, MEMBERS,
-    META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_EPOCH, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED,
-    M_ITEMS, TOMBS, VERSIONS, VV,
+    META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED, M_ITEMS,
+    RETIRED, TOMBS, VERSIONS, VV,
 };
 
 /// Write side: the open tables of one write transaction.
@@ -23,6 +23,7 @@ pub(crate) struct Writer<'t> {
     buckets: Table<'t, u16, (u64, u128)>,
     tombs: Table<'t, &'static str, ()>,
     members: Table<'t, Device, &'static [u8]>,
+    retired: Table<'t, [u8; 40], u64>,
 }
 
 impl<'t> Writer<'t> {
@@ -37,6 +38,7 @@ impl<'t> Writer<'t> {
             buckets: txn.open_table(BUCKETS)?,
             tombs: txn.open_table(TOMBS)?,
             members: txn.open_table(MEMBERS)?,
+            retired: txn.open_table(RETIRED)?,
         })
     }
 
@@ -127,10 +129,34 @@ impl<'t> Writer<'t> {
         Ok(())
     }
 
-    /// Records this store's new epoch (see [`Origin`]).
-    pub fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError> {
-        self.meta.insert(M_EPOCH, epoch)?;
+    /// Takes `origin` out of the version vector table.
+    pub fn remove_vv(&mut self, origin: Origin) -> Result<(), StoreError> {
+        self.vv.remove(origin.to_key())?;
         Ok(())
+    }
+
+    /// The seq up to which a retired origin's changes count as seen (0: not retired).
+    pub fn retired(&self, origin: Origin) -> Result<u64, StoreError> {
+        Ok(self
+            .retired
+            .get(origin.to_key())?
+            .map(|g| g.value())
+            .unwrap_or(0))
+    }
+
+    /// Records `origin` as retired at `seq` (`None`: no longer retired).
+    pub fn set_retired(&mut self, origin: Origin, seq: Option<u64>) -> Result<(), StoreError> {
+        match seq {
+            Some(seq) => self.retired.insert(origin.to_key(), seq)?,
+            None => self.retired.remove(origin.to_key())?,
+        };
+        Ok(())
+    }
+
+    /// Whether a current version of some key is `origin`'s.
+    pub fn holds_current(&self, origin: Origin) -> Result<bool, StoreError> {
+        let k = origin.to_key();
+        Ok(self.log.range((k, 0)..=(k, u64::MAX))?.next().is_some())
     }
 
     /// Appends a feed entry; returns its encoded size.

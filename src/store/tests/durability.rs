@@ -28,9 +28,14 @@ async fn every_acknowledged_write_survives_reopen() {
         store.get("k42").unwrap().unwrap().value,
         42u32.to_le_bytes()
     );
-    // The sequence continues after the last durable write (no dot is reused).
+    // No dot is reused: the reopened store numbers its writes in a new incarnation, and
+    // the last durable write of the old one stays where it was.
+    let old = before.iter().next().unwrap();
+    assert_eq!(old.1, 101);
     let next = store.put("k0", vec![]).await.unwrap();
-    assert_eq!(next.version.seq, 102);
+    assert_ne!(next.version.origin, old.0);
+    assert_eq!(next.version.seq, 1);
+    assert_eq!(next.supersedes, vec![(old.0, 1)]);
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Store incarnations: a store started again from empty, an older copy of a store, and
-//! the migration of format 1 files (written before origins had epochs).
+//! Store incarnations: a new one at every open, a store started again from empty, an
+//! older copy of a store, and the migration of format 1 files (written before origins had
+//! epochs).
 
 use std::path::{Path, PathBuf};
 
@@ -65,68 +66,41 @@ async fn a_store_started_again_from_empty_loses_no_write() {
     let all = keys(&["old/1", "old/2", "new/1"]);
     assert_eq!(dump(&a, &all), dump(&b, &all));
     assert_eq!(a.get("old/2").unwrap().unwrap().value, b"2");
-    // The new epoch is kept across a reopen.
+    // Every open is a new incarnation; writes go on under it and reach the peer.
     let now = a.origin();
     drop(a);
-    assert_eq!(open(dir.path(), 1, &wall).origin(), now);
-}
-
-#[tokio::test]
-async fn an_older_copy_moves_to_a_new_epoch_once_a_peer_shows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let wall = FakeWall::new(T0);
-    let (b, path, origin) = put_back_an_older_copy(dir.path(), &wall, &["k/2"]).await;
-    // The whole state put back (the mark file too): only a peer can tell.
-    std::fs::remove_file(super::super::mark::path_for(&path)).unwrap();
-
     let a = open(dir.path(), 1, &wall);
-    assert_eq!(
-        a.origin(),
-        origin,
-        "without its mark a copy cannot know it is old"
-    );
-    // A peer that has seen no more than this copy holds changes nothing.
-    assert!(!a
-        .check_peer_vv(&VersionVector::from_iter([(origin, 1)]))
-        .await
-        .unwrap());
-    assert_eq!(a.origin(), origin);
-    // The peer has seen write 2 of this origin, which the copy lacks.
-    assert!(a.check_peer_vv(&b.version_vector().unwrap()).await.unwrap());
-    let moved = a.origin();
-    assert_eq!(moved.device, origin.device);
-    assert_ne!(moved.epoch, origin.epoch);
-    let c = a.put("k/3", b"3".to_vec()).await.unwrap();
-    assert_eq!((c.version.origin, c.version.seq), (moved, 1));
+    assert_ne!(a.origin(), now);
+    let c = a.put("new/2", b"2".to_vec()).await.unwrap();
+    assert_eq!((c.version.origin, c.version.seq), (a.origin(), 1));
     assert_eq!(pull(&b, &a, 10).await, 1);
-    pull(&a, &b, 10).await;
-    let all = keys(&["k/1", "k/2", "k/3"]);
-    assert_eq!(dump(&a, &all), dump(&b, &all));
-    assert_eq!(a.get("k/2").unwrap().unwrap().value, b"2");
-    drop(a);
-    assert_eq!(open(dir.path(), 1, &wall).origin(), moved, "persisted");
 }
 
 #[tokio::test]
-async fn a_store_file_put_back_from_a_copy_moves_to_a_new_epoch_at_open() {
+async fn a_store_put_back_from_a_copy_numbers_its_writes_in_a_new_epoch() {
+    // The whole state put back (nothing beside the store file tells it is a copy), or a
+    // cloned disk: the copy's origin numbered writes the peer holds, which are not in the
+    // copy. Its writes before it meets the peer are taken all the same.
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
     let (b, _, origin) = put_back_an_older_copy(dir.path(), &wall, &["k/2", "k/3"]).await;
-
-    // Its mark went further than the file: a new epoch before any write, with no peer.
     let a = open(dir.path(), 1, &wall);
     assert_eq!(a.origin().device, origin.device);
     assert_ne!(a.origin().epoch, origin.epoch);
+    assert_eq!(a.own().held, 0);
     let c = a.put("k/4", b"4".to_vec()).await.unwrap();
     assert_eq!((c.version.origin, c.version.seq), (a.origin(), 1));
     assert_eq!(pull(&b, &a, 10).await, 1, "the peer takes the write");
     pull(&a, &b, 10).await;
     let all = keys(&["k/1", "k/2", "k/3", "k/4"]);
     assert_eq!(dump(&a, &all), dump(&b, &all));
-    // A normal reopen keeps the epoch: the mark follows the store.
-    let now = a.origin();
-    drop(a);
-    assert_eq!(open(dir.path(), 1, &wall).origin(), now);
+    assert_eq!(a.get("k/2").unwrap().unwrap().value, b"2");
+    // The writes of the copy's origin that it lacked came back: the vectors agree on it.
+    assert_eq!(a.version_vector().unwrap().get(&origin), 3);
+    // A peer may hold more of an earlier incarnation of this device than this store: that
+    // is no claim on its current origin.
+    let claim = VersionVector::from_iter([(origin, 3), (a.origin(), 1)]);
+    assert_eq!(super::super::claims::check_vector(&claim, a.own()), Ok(()));
 }
 
 // Format 1 as it was written: versions keyed by the device alone. Tuples encode like the
@@ -205,7 +179,8 @@ async fn a_format_1_store_is_migrated_with_every_write() {
     write_format_1(&path);
     let s = Store::open_with(&path, device(1), wall.config()).unwrap();
     let (o1, o2) = (Origin::new(device(1), 0), Origin::new(device(2), 0));
-    assert_eq!(s.origin(), o1, "the file stays the same incarnation");
+    assert_eq!(s.origin().device, device(1));
+    assert_ne!(s.origin(), o1, "an open is a new incarnation");
     assert_eq!(
         s.version_vector().unwrap(),
         [(o1, 1), (o2, 2)].into_iter().collect()
@@ -225,9 +200,10 @@ async fn a_format_1_store_is_migrated_with_every_write() {
         s.member_vvs().unwrap(),
         vec![(device(2), [(o1, 1), (o2, 2)].into_iter().collect())]
     );
-    // Writes continue the device's numbering; the delta and the index work on the result.
+    // Writes are numbered in the new incarnation; the delta and the index work on the
+    // result.
     let next = s.put("doc", b"again".to_vec()).await.unwrap();
-    assert_eq!((next.version.origin, next.version.seq), (o1, 2));
+    assert_eq!((next.version.origin, next.version.seq), (s.origin(), 1));
     assert_eq!(next.supersedes, vec![(o1, 1)]);
     let all = s.changes_since(&VersionVector::new(), 100).unwrap();
     assert_eq!(all.changes.len(), 2);

@@ -1,10 +1,12 @@
 //! Store tests: helpers shared by the test modules.
 
+mod claims;
 mod durability;
 mod epochs;
 mod input;
 mod props;
 mod recon;
+mod retire;
 mod sync;
 
 use std::path::Path;
@@ -71,7 +73,10 @@ pub(super) async fn pull(to: &Store, from: &Store, page: usize) -> usize {
             .changes_since(&to.version_vector().expect("vv"), page)
             .expect("delta");
         let more = delta.more;
-        total += to.apply_delta(delta).await.expect("apply_delta");
+        total += to
+            .apply_delta(delta, from.origin().device)
+            .await
+            .expect("apply_delta");
         if !more {
             return total;
         }

@@ -18,11 +18,13 @@ async fn reconcile(to: &Store, from: &Store) -> (usize, u32) {
     let (mut r, mut msg) = Responder::start(&snap).unwrap();
     let mut i = Initiator::new();
     let mut sent = 0;
+    let mut named = VersionVector::new();
     loop {
         let reply = i.on_msg(&to.snapshot().unwrap(), msg).unwrap().unwrap();
         let step = r.on_reply(&snap, reply).unwrap().unwrap();
         let changes = snap.changes_at(&step.send).unwrap();
         sent += changes.len();
+        super::super::claims::name_into(&changes, &mut named, None).unwrap();
         to.apply_reconciled(changes).await.unwrap();
         match step.msg {
             Some(m) => msg = m,
@@ -35,7 +37,9 @@ async fn reconcile(to: &Store, from: &Store) -> (usize, u32) {
         through,
         more: false,
     };
-    to.apply_delta(final_delta).await.unwrap();
+    to.apply_delta_backed(final_delta, from.origin().device, named)
+        .await
+        .unwrap();
     (sent, r.rounds())
 }
 

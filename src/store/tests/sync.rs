@@ -33,7 +33,7 @@ async fn catching_up_sends_exactly_what_is_missing() {
         .windows(2)
         .all(|w| w[0].version.seq < w[1].version.seq));
     assert_eq!(delta.through.get(&a.origin()), 101);
-    assert_eq!(b.apply_delta(delta).await.unwrap(), 50);
+    assert_eq!(b.apply_delta(delta, a.origin().device).await.unwrap(), 50);
     assert_eq!(dump(&a, &keys(80)), dump(&b, &keys(80)));
     let again = a.changes_since(&b.version_vector().unwrap(), 1000).unwrap();
     assert!(again.changes.is_empty() && !again.more);
@@ -62,7 +62,7 @@ async fn empty_store_receives_whole_state_in_pages() {
         theirs.join(&delta.through);
         pages += 1;
         let more = delta.more;
-        c.apply_delta(delta).await.unwrap();
+        c.apply_delta(delta, a.origin().device).await.unwrap();
         if !more {
             break;
         }
@@ -92,7 +92,7 @@ async fn superseded_change_is_carried_by_its_successor() {
     let delta = a.changes_since(&r.version_vector().unwrap(), 10).unwrap();
     assert_eq!(delta.changes.len(), 1);
     assert_eq!(delta.changes[0].version.seq, 2);
-    r.apply_delta(delta).await.unwrap();
+    r.apply_delta(delta, a.origin().device).await.unwrap();
     assert_eq!(r.versions("x").unwrap(), a.versions("x").unwrap());
     assert_eq!(r.version_vector().unwrap().get(&a.origin()), 2);
 }

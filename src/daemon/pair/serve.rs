@@ -1,0 +1,402 @@
+//! The window's side: opens the pairing port, serves one attempt at a time through
+//! [`WindowHandshake`] and follows the window's life with [`WindowState`]. Everything
+//! decided is decided there; this task only moves messages and applies the outcome.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+use transport::pairing;
+use transport::quinn::{Endpoint, Incoming};
+
+use super::addr::{window_addresses, Shown};
+use super::code::{new_code, normalize_code};
+use super::error::PairError;
+use super::handshake::{Admission, WindowHandshake, WindowStep};
+use super::io;
+use super::window::{
+    Attempt, AttemptReport, Closed, Paired, Phase, Who, WindowOutput, WindowState, LINGER,
+};
+use crate::api::{code, ErrorBody};
+use crate::daemon::context::Daemon;
+use crate::daemon::nearby::NearbyInfo;
+use crate::daemon::wire::PairMsg;
+
+/// Longest one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for an attempt's QUIC handshake (the joiner gives up after 2 s; one that
+/// went away must not hold up the next attempt for long).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a closed window spends telling one device that it closed.
+const CLOSED_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Windows (open or closed and still answering) at most in this process; beyond it a
+/// closed window stops listening at once.
+const MAX_WINDOWS: usize = 4;
+/// Failed attempts waiting for the window's client.
+const REPORTS: usize = 16;
+
+static WINDOWS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a window task while it runs.
+struct Counted;
+
+impl Counted {
+    /// `None` when there are already `MAX_WINDOWS`.
+    fn new() -> Option<Counted> {
+        let before = WINDOWS.fetch_add(1, Ordering::SeqCst);
+        if before >= MAX_WINDOWS {
+            WINDOWS.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Counted)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        WINDOWS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What `pair` answers as soon as the window is open.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowInfo {
+    pub code: String,
+    pub expires_in_s: u64,
+    /// Where the window listens (for `cnspr pair CODE --addr` on networks without mDNS);
+    /// link-local IPv6 addresses carry their interface (`[fe80::1%eth0]:41532`).
+    pub addresses: Vec<String>,
+    /// Devices seen on the LAN that are not in the mesh.
+    pub nearby: Vec<NearbyInfo>,
+}
+
+/// An open window: the first answer, failed attempts as they happen, then the outcome.
+/// Dropping `cancel` (or sending `true`) closes it.
+pub struct Window {
+    pub info: WindowInfo,
+    pub outcome: oneshot::Receiver<Result<Paired, ErrorBody>>,
+    pub cancel: watch::Sender<bool>,
+    /// Wrong codes and refused devices, each before the outcome it may lead to.
+    #[allow(dead_code)]
+    pub attempts: mpsc::Receiver<AttemptReport>,
+}
+
+/// The next thing to tell a window's client.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub enum Update {
+    /// An attempt failed (`{"attempt": ...}`).
+    Attempt(AttemptReport),
+    /// The window's outcome; the last update.
+    Done(Result<Paired, ErrorBody>),
+}
+
+#[allow(dead_code)]
+impl Window {
+    /// Failed attempts as they happen, then the outcome. Cancel-safe (it can be one arm of
+    /// a `select!`); not to be called again after [`Update::Done`].
+    pub async fn next_update(&mut self) -> Update {
+        tokio::select! {
+            biased;
+            Some(a) = self.attempts.recv() => Update::Attempt(a),
+            o = &mut self.outcome => Update::Done(o.unwrap_or_else(|_| {
+                Err(ErrorBody::new(code::INTERNAL, "pairing task ended"))
+            })),
+        }
+    }
+}
+
+/// Devices seen on the LAN that are not members.
+pub fn nearby(d: &Daemon) -> Vec<NearbyInfo> {
+    let roster = d.roster();
+    let mut v: Vec<NearbyInfo> = d
+        .nearby
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(id, _)| !roster.is_member(id))
+        .map(|(id, n)| NearbyInfo {
+            id: id.to_string(),
+            name: n.name.clone(),
+            addresses: n.addrs.iter().map(|a| Shown(*a).to_string()).collect(),
+            pairing: !n.pairing.is_empty(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// Opens a pairing window for `lifetime`.
+pub fn open(d: &Arc<Daemon>, lifetime: Duration) -> Result<Window, ErrorBody> {
+    open_window(d, lifetime).map_err(ErrorBody::from)
+}
+
+fn set_open(d: &Daemon, open: bool) {
+    *d.pairing_open.lock().unwrap_or_else(|p| p.into_inner()) = open;
+}
+
+fn open_window(d: &Arc<Daemon>, lifetime: Duration) -> Result<Window, PairError> {
+    {
+        let mut busy = d.pairing_open.lock().unwrap_or_else(|p| p.into_inner());
+        if *busy {
+            return Err(PairError::Busy);
+        }
+        *busy = true;
+    }
+    let ep = pairing::listen(&d.identity, "[::]:0".parse().expect("literal"))
+        .or_else(|_| pairing::listen(&d.identity, "0.0.0.0:0".parse().expect("literal")))
+        .inspect_err(|_| set_open(d, false))?;
+    let port = ep.local_addr().map_or(0, |a| a.port());
+    let code_shown = new_code();
+    let digits = normalize_code(&code_shown)?;
+    let ips = d
+        .netwatch
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|w| w.addresses())
+        .unwrap_or_default();
+    let mut addresses: Vec<String> = window_addresses(&ips, port)
+        .into_iter()
+        .map(|a| Shown(a).to_string())
+        .collect();
+    if addresses.is_empty() {
+        addresses.push(SocketAddr::from(([127, 0, 0, 1], port)).to_string());
+    }
+    if let Some(m) = d.mdns.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Err(e) = m.set_pairing(Some(port)) {
+            warn!(error = %e, "could not advertise the pairing window by mDNS");
+        }
+    }
+    let info = WindowInfo {
+        code: code_shown,
+        expires_in_s: lifetime.as_secs(),
+        addresses,
+        nearby: nearby(d),
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let (reports_tx, reports_rx) = mpsc::channel(REPORTS);
+    let counted = Counted::new();
+    let linger = if counted.is_some() {
+        LINGER
+    } else {
+        Duration::ZERO
+    };
+    let state = WindowState::new(Instant::now(), lifetime, linger);
+    let task = Task {
+        daemon: Some(d.clone()),
+        ep,
+        digits,
+        state,
+        done: Some(done_tx),
+        reports: reports_tx,
+    };
+    tokio::spawn(async move {
+        let _counted = counted;
+        task.run(cancel_rx).await;
+    });
+    info!(port, "pairing window open");
+    Ok(Window {
+        info,
+        outcome: done_rx,
+        cancel: cancel_tx,
+        attempts: reports_rx,
+    })
+}
+
+struct Task {
+    /// Held while the window is open.
+    daemon: Option<Arc<Daemon>>,
+    ep: Endpoint,
+    digits: String,
+    state: WindowState,
+    done: Option<oneshot::Sender<Result<Paired, ErrorBody>>>,
+    reports: mpsc::Sender<AttemptReport>,
+}
+
+impl Task {
+    async fn run(mut self, mut cancel: watch::Receiver<bool>) {
+        loop {
+            let wake = self
+                .state
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let outputs = match (*self.state.phase(), &self.daemon) {
+                (Phase::Gone, _) => break,
+                (Phase::Open, Some(d)) => {
+                    tokio::select! {
+                        i = self.ep.accept() => match i {
+                            Some(incoming) => {
+                                let a = attempt(d, incoming, &self.digits).await;
+                                self.state.handle_attempt(a, Instant::now())
+                            }
+                            None => self.state.port_closed(),
+                        },
+                        _ = sleep => self.state.handle_timeout(Instant::now()),
+                        // Also when the window's client dropped its end.
+                        _ = cancelled(&mut cancel) => self.state.cancel(Instant::now()),
+                    }
+                }
+                (Phase::Open, None) => self.state.port_closed(),
+                (Phase::Closed(why), _) => {
+                    tokio::select! {
+                        i = self.ep.accept() => match i {
+                            Some(incoming) => {
+                                answer_closed(incoming, why).await;
+                                Vec::new()
+                            }
+                            None => self.state.port_closed(),
+                        },
+                        _ = sleep => self.state.handle_timeout(Instant::now()),
+                    }
+                }
+            };
+            for o in outputs {
+                match o {
+                    WindowOutput::Report(r) => {
+                        if self.reports.try_send(r).is_err() {
+                            warn!("a failed pairing attempt was not reported: the window's client is not reading");
+                        }
+                    }
+                    WindowOutput::Outcome(r) => self.finish(r),
+                }
+            }
+        }
+        self.finish(Err(PairError::PortClosed));
+    }
+
+    /// The window closed: it is no longer advertised and another may open; then the
+    /// client hears the outcome (once).
+    fn finish(&mut self, outcome: Result<Paired, PairError>) {
+        if let Some(d) = self.daemon.take() {
+            if let Some(m) = d.mdns.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                let _ = m.set_pairing(None);
+            }
+            set_open(&d, false);
+        }
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(outcome.map_err(ErrorBody::from));
+        }
+    }
+}
+
+/// Resolves when the window's client asks to close it or drops its end.
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    let _ = cancel.wait_for(|c| *c).await;
+}
+
+async fn attempt(d: &Arc<Daemon>, incoming: Incoming, digits: &str) -> Attempt {
+    let from = Shown(crate::addr::canon(incoming.remote_address()));
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, run_attempt(d, incoming, digits)).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            info!(from = %from, error = %e, "pairing attempt abandoned");
+            Attempt::Abandoned
+        }
+        Err(_) => {
+            info!(from = %from, "pairing attempt timed out");
+            Attempt::Abandoned
+        }
+    }
+}
+
+async fn run_attempt(
+    d: &Arc<Daemon>,
+    incoming: Incoming,
+    digits: &str,
+) -> Result<Attempt, PairError> {
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
+        .await
+        .map_err(|_| PairError::AttemptTimeout(HANDSHAKE_TIMEOUT))??;
+    let session = io::session(&conn)?;
+    let from = Shown(crate::addr::canon(conn.remote_address()));
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let removed = d.roster().is_removed(&session.peer);
+    let mut hs = WindowHandshake::new(digits, io::me(d), session, removed, io::nonce());
+    let who = |hs: &WindowHandshake| Who {
+        id: session.peer,
+        name: hs.joiner_name().unwrap_or_default().to_string(),
+        addr: from,
+    };
+    loop {
+        let msg = io::read(&mut recv).await?;
+        match hs.handle(msg)? {
+            WindowStep::Send(m) => io::write(&mut send, &m).await?,
+            WindowStep::Refuse { send: fail, why } => {
+                io::last_word(&conn, &mut send, &fail).await;
+                info!(from = %from, reason = %why, "pairing attempt refused");
+                return Ok(Attempt::Refused(who(&hs), why));
+            }
+            WindowStep::WrongCode { send: fail } => {
+                io::last_word(&conn, &mut send, &fail).await;
+                warn!(from = %from, id = %session.peer.short(), "pairing attempt with a wrong code");
+                return Ok(Attempt::WrongCode(who(&hs)));
+            }
+            WindowStep::Admit(adm) => {
+                let mesh_name = admit(d, &adm, conn.remote_address());
+                let welcome = hs.welcome(mesh_name.clone(), d.roster().snapshot())?;
+                if io::write(&mut send, &welcome).await.is_err() {
+                    warn!("the joining device went away after proving the code; it is trusted here and will learn the roster when it connects");
+                } else {
+                    // Its `Done`, or its going away.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), io::read(&mut recv)).await;
+                }
+                conn.close(0u32.into(), b"paired");
+                return Ok(Attempt::Paired(Paired {
+                    id: adm.joiner.to_string(),
+                    name: mesh_name,
+                    self_name: None,
+                }));
+            }
+        }
+    }
+}
+
+/// The joiner proved the code over this very TLS session: it becomes a member. Returns
+/// its name in the mesh.
+fn admit(d: &Arc<Daemon>, adm: &Admission, remote: SocketAddr) -> String {
+    let mesh_name = d
+        .roster()
+        .unique_name(&adm.name, &adm.joiner, &d.identity.name);
+    let applied = d.members.add(adm.joiner, &mesh_name);
+    d.membership_changed(applied, None);
+    if adm.port != 0 {
+        io::remember(d, adm.joiner, io::main_addr(remote, adm.port), false);
+    }
+    if mesh_name != adm.name {
+        info!(peer = %mesh_name, asked = %adm.name, "name taken in the mesh: paired device renamed");
+    }
+    info!(peer = %mesh_name, id = %adm.joiner.short(), "paired");
+    mesh_name
+}
+
+/// Tells a device that tried the window after it closed why it closed (a `Fail`
+/// answering its `Start`).
+async fn answer_closed(incoming: Incoming, why: Closed) {
+    let answer = async {
+        let conn = incoming.await?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        io::read(&mut recv).await?;
+        let fail = PairMsg::Fail {
+            reason: why.reason(),
+        };
+        io::last_word(&conn, &mut send, &fail).await;
+        Ok::<_, PairError>(())
+    };
+    match tokio::time::timeout(CLOSED_ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(())) => info!("told a late pairing attempt that the window closed"),
+        Ok(Err(e)) => info!(error = %e, "late pairing attempt abandoned"),
+        Err(_) => info!("late pairing attempt timed out"),
+    }
+}

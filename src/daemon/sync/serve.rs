@@ -1,0 +1,154 @@
+//! The task serving one incoming sync stream: runs a [`Server`] session for the peer that
+//! pulls from this device.
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, warn};
+use transport::frame::write_frame;
+use transport::quinn::{RecvStream, SendStream};
+use transport::{DeviceId, IncomingStream};
+
+use super::error::SyncError;
+use super::io::{blocking, next, reader};
+use super::protocol::{recon_frames, BATCH, MAX_DOWN, MAX_UP};
+use super::pull::is_member;
+use super::server::{Heard, Server};
+use super::state::SyncState;
+use crate::daemon::context::Daemon;
+use crate::daemon::wire::Up;
+use crate::store::Store;
+
+/// Serves one incoming sync stream: the peer pulls from this device.
+pub async fn serve(d: Arc<Daemon>, st: Arc<SyncState>, mut s: IncomingStream) {
+    let peer = s.peer;
+    if !is_member(&d, &peer) {
+        let _ = s.send.reset(1u32.into());
+        return;
+    }
+    let id = rand::random::<u64>();
+    let task = tokio::spawn({
+        let (d, st) = (d.clone(), st.clone());
+        async move {
+            let name = d.peers().name_of(&peer).unwrap_or_default();
+            let IncomingStream { send, recv, .. } = s;
+            match session(&d, &st, peer, send, recv).await {
+                Ok(()) | Err(SyncError::Closed) => debug!(peer = %name, "sync stream closed"),
+                Err(e) if e.is_refusal() => {
+                    warn!(peer = %name, error = %e, "refused what the peer claims: its sync stream ends")
+                }
+                Err(e) => warn!(peer = %name, error = %e, "sync stream from the peer ended"),
+            }
+        }
+    });
+    st.serving(peer, id, task.abort_handle());
+    let _ = task.await;
+    st.served(peer, id);
+}
+
+async fn session(
+    d: &Arc<Daemon>,
+    st: &SyncState,
+    peer: DeviceId,
+    mut send: SendStream,
+    recv: RecvStream,
+) -> Result<(), SyncError> {
+    let store = d.store.clone();
+    let mut feed = store.subscribe();
+    let mut rx = reader::<Up>(recv, MAX_UP);
+    let (mut server, report) = Server::start(next(&mut rx).await?, store.own())?;
+    st.report(peer.0, &report);
+    let s = store.clone();
+    let (ours, our_items) = blocking(move || -> Result<_, SyncError> {
+        let snap = s.snapshot()?;
+        Ok((snap.version_vector()?, snap.item_count()?))
+    })
+    .await??;
+    if server.should_reconcile(&ours, our_items) {
+        server = reconcile(&store, server, &mut send, &mut rx, st, peer).await?;
+    }
+    loop {
+        // Send everything they lack, in batches.
+        loop {
+            let (s, wants) = (store.clone(), server.wants().clone());
+            let delta = blocking(move || s.changes_since(&wants, BATCH)).await??;
+            let more = delta.more;
+            match server.on_delta(delta) {
+                Some(frame) => write_frame(&mut send, &frame, MAX_DOWN).await?,
+                None => break,
+            }
+            if !more {
+                break;
+            }
+        }
+        // Wait for a change here or a report from them.
+        tokio::select! {
+            ev = feed.recv() => match ev {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Many writes come in bursts: take what is queued, then one delta.
+                    while feed.try_recv().is_ok() {}
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            frame = next(&mut rx) => {
+                let vv = server.on_frame(frame?, store.own())?;
+                st.report(peer.0, &vv);
+            }
+        }
+    }
+}
+
+/// Runs the responder side on one snapshot; the session goes on with the puller raised to
+/// the snapshot's vector.
+async fn reconcile(
+    store: &Store,
+    mut server: Server,
+    send: &mut SendStream,
+    rx: &mut mpsc::Receiver<Result<Up, SyncError>>,
+    st: &SyncState,
+    peer: DeviceId,
+) -> Result<Server, SyncError> {
+    let s = store.clone();
+    let snap = Arc::new(blocking(move || s.snapshot()).await??);
+    let snap2 = snap.clone();
+    let (srv, first) = blocking(move || {
+        let first = snap2
+            .version_vector()
+            .map_err(SyncError::from)
+            .and_then(|through| server.begin_recon(&*snap2, through));
+        (server, first)
+    })
+    .await?;
+    server = srv;
+    let mut msg = Some(first?);
+    while let Some(m) = msg.take() {
+        write_frame(send, &m, MAX_DOWN).await?;
+        let reply = loop {
+            match server.on_recon_frame(next(rx).await?, store.own())? {
+                Heard::Reply(r) => break r,
+                Heard::Report(vv) => st.report(peer.0, &vv),
+            }
+        };
+        let snap2 = snap.clone();
+        let (srv, step) = blocking(move || {
+            let step = server.on_recon_reply(&*snap2, reply);
+            (server, step)
+        })
+        .await?;
+        server = srv;
+        let step = step?;
+        for chunk in step.send.chunks(256) {
+            let (snap2, chunk) = (snap.clone(), chunk.to_vec());
+            let changes = blocking(move || snap2.changes_at(&chunk)).await??;
+            server.sending(&changes);
+            for frame in recon_frames(changes) {
+                write_frame(send, &frame, MAX_DOWN).await?;
+            }
+        }
+        msg = step.next;
+    }
+    let (last, rounds, changes) = server.end_recon()?;
+    debug!(rounds, changes, "reconciliation done");
+    write_frame(send, &last, MAX_DOWN).await?;
+    Ok(server)
+}

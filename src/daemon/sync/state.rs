@@ -1,0 +1,102 @@
+//! The sync component's state, owned by the daemon: the vector each member last reported
+//! (for tombstone collection and the retirement of origins) and the session served for
+//! each peer. No I/O: the tasks in `serve` and `collect` read and feed it.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use transport::DeviceId;
+
+use crate::store::{Device, VersionVector};
+
+/// Sync state shared by the sessions and the collector.
+#[derive(Debug, Default)]
+pub struct SyncState {
+    /// Last vector each member reported, and whether it changed since it was persisted.
+    reported: Mutex<HashMap<Device, (VersionVector, bool)>>,
+    /// Server sessions by peer: a new session from the same peer ends the old one.
+    served: Mutex<HashMap<DeviceId, (u64, AbortHandle)>>,
+    /// Wakes the collector when a report arrived.
+    reports: Notify,
+}
+
+/// What one collection round does, decided from the reports.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collection {
+    /// Reports to persist (`Some`) or forget (`None`: no longer a member).
+    pub persist: Vec<(Device, Option<VersionVector>)>,
+    /// Every member's last report, or `None` while some member has not reported yet.
+    pub members: Option<Vec<VersionVector>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SyncState {
+    /// Takes the reports persisted before a restart (they count as persisted).
+    pub fn restore(&self, saved: Vec<(Device, VersionVector)>) {
+        let mut map = lock(&self.reported);
+        for (member, vv) in saved {
+            map.insert(member, (vv, false));
+        }
+    }
+
+    /// Records a (checked) vector `peer` reported; wakes the collector when it moved.
+    pub fn report(&self, peer: Device, vv: &VersionVector) {
+        let mut map = lock(&self.reported);
+        let entry = map.entry(peer).or_default();
+        if entry.0 != *vv {
+            *entry = (vv.clone(), true);
+            self.reports.notify_one();
+        }
+    }
+
+    /// Waits for a report that moved.
+    pub async fn reported(&self) {
+        self.reports.notified().await
+    }
+
+    /// Registers the session `id` served for `peer`, ending the one it replaces.
+    pub fn serving(&self, peer: DeviceId, id: u64, task: AbortHandle) {
+        if let Some((_, old)) = lock(&self.served).insert(peer, (id, task)) {
+            old.abort();
+        }
+    }
+
+    /// The session `id` for `peer` is over.
+    pub fn served(&self, peer: DeviceId, id: u64) {
+        let mut served = lock(&self.served);
+        if served.get(&peer).is_some_and(|(i, _)| *i == id) {
+            served.remove(&peer);
+        }
+    }
+
+    /// The next collection round for the mesh's `members` (this device excluded): which
+    /// reports to persist or forget, and the members' vectors once each has reported.
+    pub fn plan(&self, members: &[Device]) -> Collection {
+        let mut map = lock(&self.reported);
+        let mut persist = Vec::new();
+        map.retain(|o, _| {
+            let keep = members.contains(o);
+            if !keep {
+                persist.push((*o, None));
+            }
+            keep
+        });
+        for (o, (vv, dirty)) in map.iter_mut() {
+            if *dirty {
+                persist.push((*o, Some(vv.clone())));
+                *dirty = false;
+            }
+        }
+        persist.sort_by_key(|(o, _)| *o);
+        let members = members
+            .iter()
+            .map(|m| map.get(m).map(|(vv, _)| vv.clone()))
+            .collect();
+        Collection { persist, members }
+    }
+}
