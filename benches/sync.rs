@@ -91,7 +91,7 @@ async fn fill(store: &Store, keys: u64) -> f64 {
             through: VersionVector::from_iter([(Origin::new([9u8; 32], 1), to - 1)]),
             more: false,
         };
-        store.apply_delta(delta).await.expect("apply");
+        store.apply_delta(delta, [9u8; 32]).await.expect("apply");
         seq = to;
     }
     start.elapsed().as_secs_f64()
@@ -108,7 +108,7 @@ async fn with_history(a: &Store, b: &Store) -> (usize, u32) {
     let delta = a.changes_since(&vv, 4096).expect("delta");
     assert!(!delta.more && delta.changes.len() == 1);
     bytes += frame_len(&Down::Delta(delta.clone()));
-    b.apply_delta(delta).await.expect("apply");
+    b.apply_delta(delta, [1; 32]).await.expect("apply");
     (bytes, 1)
 }
 
@@ -155,7 +155,7 @@ async fn without_history(a: &Store, b: &Store) -> (usize, u32, usize, f64) {
         more: false,
     };
     bytes += frame_len(&Down::Delta(last.clone()));
-    b.apply_delta(last).await.expect("apply");
+    b.apply_delta(last, [1; 32]).await.expect("apply");
     (bytes, round_trips, sent, start.elapsed().as_secs_f64())
 }
 

@@ -382,7 +382,16 @@ fn pair(
         }
         out.flush()?;
     }
-    let done = c.next_reply()?;
+    // Failed attempts as they happen, then the outcome.
+    let done = loop {
+        let v = c.next_reply()?;
+        let Some(a) = v.get("attempt") else { break v };
+        if g.json {
+            print_json(&v)?;
+        } else {
+            println!("{}", attempt_line(a));
+        }
+    };
     let p = &done["paired"];
     if g.json {
         print_json(&json!({"paired": {"id": p["id"], "name": p["name"]}}))?;
@@ -394,6 +403,18 @@ fn pair(
         );
     }
     Ok(0)
+}
+
+/// A failed attempt on this device's pairing window, for people.
+fn attempt_line(a: &Value) -> String {
+    let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+    let who = format!("{} ({}) at {}", s("name"), s("id"), s("address"));
+    match (s("result").as_str(), a["left"].as_u64().unwrap_or(0)) {
+        ("wrong_code", 0) => format!("wrong code from {who}: the window is closed"),
+        ("wrong_code", 1) => format!("wrong code from {who}: 1 attempt left"),
+        ("wrong_code", n) => format!("wrong code from {who}: {n} attempts left"),
+        _ => format!("refused {who}: {}", s("reason")),
+    }
 }
 
 fn follow(c: &mut Client, g: &Global, human: impl Fn(&Value) -> String) -> anyhow::Result<()> {

@@ -266,7 +266,6 @@ fn a_join_after_the_window_closed_fails_at_once_and_says_why() {
 /// The window's client hears of every wrong code as it happens (a line `{"attempt":
 /// ...}` before the outcome), and the right code still pairs after two wrong ones.
 #[test]
-#[ignore = "needs the socket side: trust.rs `pair_window` forwarding `Window::next_update`, commands.rs printing attempt lines"]
 fn wrong_codes_are_reported_to_the_window_as_they_happen() {
     let mut a = Node::new("alpha", "");
     a.start();
@@ -549,7 +548,6 @@ fn link_local_windows_are_shown_with_their_interface() {
 
 /// What `cnspr pair` shows is what `cnspr pair CODE --addr` takes.
 #[test]
-#[ignore = "needs the socket side: control.rs `pair.join` resolving with pair::resolve_addrs"]
 fn a_shown_link_local_address_is_accepted_as_typed() {
     let Some(cable) = Cable::new("y") else { return };
     let mut a = cable.node(0, "alpha");

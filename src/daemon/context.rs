@@ -38,6 +38,8 @@ pub struct Daemon {
     pub mesh: outbox::Mesh,
     /// The one reader of the transport's connection events (see `conn_events`).
     pub conn_events: conn_events::ConnEvents,
+    /// Store sync state that outlives sessions (see `sync`).
+    pub sync: Arc<super::sync::SyncState>,
     /// The membership core (states, relays, gossip).
     pub member: Arc<core::Member>,
     /// Devices seen on the LAN by mDNS, trusted or not.

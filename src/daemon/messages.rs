@@ -216,7 +216,7 @@ pub async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
             _ => {
                 // A relay vouches for the origin; only members count as origins.
                 let from = match header.origin {
-                    Some(o) if o != s.peer && d.peers().peers.contains_key(&o) => o,
+                    Some(o) if o != s.peer && d.members.is_member(&o) => o,
                     _ => s.peer,
                 };
                 if header.ping {

@@ -139,6 +139,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         store,
         mesh: outbox::Mesh::default(),
         conn_events: conn_events::ConnEvents::default(),
+        sync: Arc::default(),
         member,
         nearby: Mutex::new(std::collections::HashMap::new()),
         pairing_open: Mutex::new(false),

@@ -34,10 +34,7 @@ fn name_of(d: &Daemon, id: &DeviceId) -> String {
 
 /// A trusted member, not removed.
 fn is_member(d: &Daemon, id: &DeviceId) -> bool {
-    d.peers()
-        .peers
-        .get(id)
-        .is_some_and(|p| p.state != super::peers::PeerState::Removed)
+    d.members.is_member(id)
 }
 
 /// On the target: a relay (`relay`) says the stream comes from `origin`. Taken only when

@@ -1,4 +1,4 @@
-//! Store sync between devices (SPEC section 9) on `StreamKind::Sync` streams.
+//! Store sync between devices (docs/store.md) on `StreamKind::Sync` streams.
 //!
 //! Every connection carries two sync sessions, one per direction: each device opens one
 //! stream to the other and *pulls* on it. The puller sends `Up::Hello` with its version
@@ -33,7 +33,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tracing::warn;
 use transport::IncomingStream;
@@ -42,12 +42,8 @@ use crate::daemon::context::Daemon;
 pub use state::SyncState;
 
 /// The daemon's sync component.
-///
-/// `Daemon` is to hold it (a field `sync: Arc<SyncState>`); until it does, the one
-/// instance of the process lives here.
-fn component(_d: &Daemon) -> Arc<SyncState> {
-    static ONE: OnceLock<Arc<SyncState>> = OnceLock::new();
-    ONE.get_or_init(Arc::default).clone()
+fn component(d: &Daemon) -> Arc<SyncState> {
+    d.sync.clone()
 }
 
 /// Starts the sync tasks: a pull session on every connection (now and as they come up)

@@ -5,7 +5,7 @@ use std::time::Duration;
 use transport::{DeviceId, FrameError, TransportError};
 
 use super::addr::{AddrError, Shown};
-use crate::api::{code, ErrorBody};
+use crate::api::{code, Code, ErrorBody};
 
 /// Digits of a code.
 pub const CODE_DIGITS: usize = 6;
@@ -88,8 +88,8 @@ impl From<spake2::Error> for PairError {
 }
 
 impl PairError {
-    /// The stable error code on the socket (`crate::api::code`).
-    pub fn code(&self) -> &'static str {
+    /// The stable error code on the socket.
+    pub fn code(&self) -> Code {
         use PairError::*;
         match self {
             InvalidCode => code::INVALID_CODE,

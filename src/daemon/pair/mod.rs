@@ -33,10 +33,7 @@ use std::net::SocketAddr;
 
 pub use error::PairError;
 pub use join::join;
-// `Update` is for the socket side's `pair` command (streams failed attempts).
-#[allow(unused_imports)]
-pub use serve::Update;
-pub use serve::{nearby, open};
+pub use serve::{nearby, open, Update};
 pub use window::DEFAULT_WINDOW;
 
 /// Addresses at most a join is given.
@@ -44,9 +41,7 @@ pub const MAX_ADDRS: usize = crate::daemon::peers::MAX_ADDRS;
 
 /// The addresses given to `pair CODE --addr`, resolved: `HOST:PORT`, or an IPv6
 /// link-local address with its zone, `[fe80::1%eth0]:41532` (interface name or number),
-/// the form `cnspr pair` shows. (For the socket side's `pair.join`, in place of
-/// `crate::addr::resolve_addr`, which knows no interface names.)
-#[allow(dead_code)]
+/// the form `cnspr pair` shows.
 pub fn resolve_addrs(addrs: &[String]) -> Result<Vec<SocketAddr>, PairError> {
     if addrs.len() > MAX_ADDRS {
         return Err(PairError::TooManyAddresses(MAX_ADDRS));

@@ -81,12 +81,10 @@ pub struct Window {
     pub outcome: oneshot::Receiver<Result<Paired, ErrorBody>>,
     pub cancel: watch::Sender<bool>,
     /// Wrong codes and refused devices, each before the outcome it may lead to.
-    #[allow(dead_code)]
     pub attempts: mpsc::Receiver<AttemptReport>,
 }
 
 /// The next thing to tell a window's client.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub enum Update {
     /// An attempt failed (`{"attempt": ...}`).
@@ -95,7 +93,6 @@ pub enum Update {
     Done(Result<Paired, ErrorBody>),
 }
 
-#[allow(dead_code)]
 impl Window {
     /// Failed attempts as they happen, then the outcome. Cancel-safe (it can be one arm of
     /// a `select!`); not to be called again after [`Update::Done`].

@@ -9,14 +9,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use transport::frame::write_frame;
-use transport::{DeviceId, PeerConn, StreamKind, TransportEvent};
+use transport::{DeviceId, PeerConn, StreamKind};
 
 use super::error::SyncError;
 use super::io::{blocking, next, reader, sleep_until};
 use super::protocol::{MAX_DOWN, MAX_UP};
 use super::puller::{Pulled, Puller};
+use crate::daemon::conn_events::ConnEvent;
 use crate::daemon::context::Daemon;
-use crate::daemon::peers::PeerState;
 use crate::daemon::wire::Down;
 
 /// Pause before a failed pull session is started again on the same connection.
@@ -24,35 +24,31 @@ const RETRY: Duration = Duration::from_secs(2);
 
 /// Whether `peer` is a member of the mesh (trusted, not removed).
 pub fn is_member(d: &Daemon, peer: &DeviceId) -> bool {
-    d.peers()
-        .peers
-        .get(peer)
-        .is_some_and(|p| p.state != PeerState::Removed)
+    d.members.is_member(peer)
 }
 
 /// Starts a pull session on every connection, now and as they come up.
 pub fn start(d: &Arc<Daemon>) {
-    let mut events = d.endpoint.subscribe();
+    let mut events = d.conn_events.subscribe();
     let d = d.clone();
     tokio::spawn(async move {
         let mut pulls: HashMap<DeviceId, (usize, JoinHandle<()>)> = HashMap::new();
         for pc in d.endpoint.connections() {
             spawn_pull(&d, &mut pulls, pc);
         }
-        loop {
-            match events.recv().await {
-                Ok(TransportEvent::Up(pc)) => spawn_pull(&d, &mut pulls, pc),
-                Ok(TransportEvent::Down { peer, .. }) => {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                ConnEvent::Up(pc) => spawn_pull(&d, &mut pulls, pc),
+                ConnEvent::Down { peer, .. } => {
                     if let Some((_, h)) = pulls.remove(&peer) {
                         h.abort();
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    for pc in d.endpoint.connections() {
+                ConnEvent::Resync(conns) => {
+                    for pc in conns {
                         spawn_pull(&d, &mut pulls, pc);
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
             pulls.retain(|_, (_, h)| !h.is_finished());
         }

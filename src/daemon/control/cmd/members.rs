@@ -46,7 +46,16 @@ pub async fn pair_window<R>(
     let mut scratch = [0u8; 256];
     let outcome = loop {
         tokio::select! {
-            o = &mut window.outcome => break o.unwrap_or_else(|_| Err(err(code::INTERNAL, "pairing task ended"))),
+            u = window.next_update() => match u {
+                crate::daemon::pair::Update::Attempt(a) => {
+                    let line = line_of(&Reply::ok(id.clone(), serde_json::json!({"attempt": a})));
+                    if tx.send(line).await.is_err() {
+                        let _ = window.cancel.send(true);
+                        return;
+                    }
+                }
+                crate::daemon::pair::Update::Done(o) => break o,
+            },
             n = r.read(&mut scratch) => {
                 if matches!(n, Ok(0) | Err(_)) {
                     let _ = window.cancel.send(true);
@@ -146,12 +155,7 @@ pub async fn pair_join(
     addrs: &[String],
     timeout_s: Option<u64>,
 ) -> Result<Value, ErrorBody> {
-    let mut resolved = Vec::new();
-    for a in addrs.iter().take(crate::daemon::peers::MAX_ADDRS) {
-        resolved.extend(
-            crate::addr::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
-        );
-    }
+    let resolved = crate::daemon::pair::resolve_addrs(addrs)?;
     let timeout = Duration::from_secs(timeout_s.unwrap_or(30).clamp(1, 3600));
     let paired = crate::daemon::pair::join(d, code, resolved, timeout).await?;
     Ok(serde_json::json!({"paired": paired}))
