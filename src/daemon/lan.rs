@@ -142,8 +142,7 @@ fn found(d: &Arc<Daemon>, id: &str, addrs: &[SocketAddr], version: &str) {
                 for a in addrs.iter().rev() {
                     p.remember(crate::addr::canon(*a));
                 }
-                p.next_dial = Instant::now();
-                p.backoff = std::time::Duration::ZERO;
+                p.dial.reset(Instant::now());
                 true
             }
             None => false,

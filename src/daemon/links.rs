@@ -14,12 +14,12 @@ use transport::{DownReason, PeerConn, StreamKind};
 
 use super::conn_events::ConnEvent;
 use super::context::Daemon;
+use super::dial::Dial;
 use super::errors::MessageError;
 use super::peers::PeerState;
 use crate::addr::canon;
 
 /// First retry delay after a failed dial.
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Supervisor tick.
 const TICK: Duration = Duration::from_millis(1000);
 /// The supervisor's tick while every peer is connected (it then only notes connections
@@ -67,7 +67,7 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
         p.last_heard = Some(Instant::now());
         p.last_seen = Some(SystemTime::now());
         p.rtt = Some(pc.rtt());
-        p.backoff = Duration::ZERO;
+        p.dial.connected();
         (seen_first, new_addr, p.name.clone())
     };
     d.save_peers();
@@ -99,8 +99,7 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
         };
         p.addr = None;
         p.rtt = None;
-        p.next_dial = Instant::now() + MIN_BACKOFF;
-        p.backoff = MIN_BACKOFF;
+        p.dial.lost(Instant::now());
     }
 }
 
@@ -186,7 +185,7 @@ fn follow_migrations(d: &Arc<Daemon>) {
 /// Dials disconnected peers with exponential backoff (and manual addresses).
 async fn supervise(d: Arc<Daemon>, mut events: mpsc::Receiver<ConnEvent>) {
     let max_backoff = Duration::from_millis(d.cfg.max_backoff_ms);
-    let mut manual_next: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
+    let mut manual_next: HashMap<SocketAddr, Dial> = HashMap::new();
     // A timerfd (see transport::runtime): one wake-up per tick, none in between. While
     // every peer is connected the tick slows to IDLE_TICK; a connection going down (or
     // up) brings the next one forward.
@@ -216,17 +215,18 @@ async fn supervise(d: Arc<Daemon>, mut events: mpsc::Receiver<ConnEvent>) {
                 .iter()
                 .any(|c| canon(c.remote_address()) == *addr)
                 || d.peers().peers.values().any(|p| p.addr == Some(*addr));
-            let entry = manual_next.entry(*addr).or_insert((now, Duration::ZERO));
+            let entry = manual_next.entry(*addr).or_insert_with(|| Dial::new(now));
             if served {
-                *entry = (now, Duration::ZERO);
+                entry.reset(now);
                 continue;
             }
             idle = false;
-            if entry.0 > now {
+            // The dial's outcome is not waited for: each one counts as failed until a
+            // connection from there is served (which resets the schedule).
+            if !entry.start(now) {
                 continue;
             }
-            entry.1 = (entry.1 * 2).clamp(MIN_BACKOFF, max_backoff);
-            entry.0 = now + entry.1;
+            entry.failed(now, max_backoff);
             let d = d.clone();
             let addr = *addr;
             tokio::spawn(async move {
@@ -265,10 +265,9 @@ pub fn dial_due(d: &Arc<Daemon>) {
             if d.endpoint.connection(&p.id).is_some() {
                 continue;
             }
-            if p.dialing || p.next_dial > now || p.addrs.is_empty() {
+            if p.addrs.is_empty() || !p.dial.start(now) {
                 continue;
             }
-            p.dialing = true;
             dials.push((p.id, p.name.clone(), p.addrs.clone()));
         }
     }
@@ -279,11 +278,12 @@ pub fn dial_due(d: &Arc<Daemon>) {
             let res = d.endpoint.connect(id, &addrs).await;
             let mut table = d.peers();
             if let Some(p) = table.peers.get_mut(&id) {
-                p.dialing = false;
-                if let Err(e) = res {
-                    debug!(peer = %p.name, error = %e, "dial failed");
-                    p.backoff = (p.backoff * 2).clamp(MIN_BACKOFF, max_backoff);
-                    p.next_dial = Instant::now() + p.backoff;
+                match res {
+                    Ok(_) => p.dial.finished(),
+                    Err(e) => {
+                        debug!(peer = %p.name, error = %e, "dial failed");
+                        p.dial.failed(Instant::now(), max_backoff);
+                    }
                 }
             }
         });
@@ -300,8 +300,7 @@ pub fn dial_due(d: &Arc<Daemon>) {
 pub fn after_address_change(d: &Arc<Daemon>, usable: &[IpAddr]) {
     let now = Instant::now();
     for p in d.peers().peers.values_mut() {
-        p.next_dial = now;
-        p.backoff = Duration::ZERO;
+        p.dial.reset(now);
     }
     dial_due(d);
     if usable.is_empty() {

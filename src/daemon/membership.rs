@@ -95,7 +95,7 @@ fn execute(
                     if !p.addrs.contains(&a) && p.addrs.len() < super::peers::MAX_ADDRS {
                         p.addrs.push(a);
                         if d.endpoint.connection(&peer).is_none() {
-                            p.next_dial = now;
+                            p.dial.soon(now);
                         }
                     }
                 }

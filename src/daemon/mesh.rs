@@ -134,7 +134,7 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                         }
                         changed = true;
                         if p.addr.is_none() {
-                            p.next_dial = now;
+                            p.dial.soon(now);
                         }
                     }
                 }

@@ -5,6 +5,7 @@ mod conn_events;
 mod context;
 mod control;
 mod core;
+mod dial;
 mod errors;
 mod handler_cache;
 mod incoming;

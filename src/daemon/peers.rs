@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use transport::DeviceId;
 
+use super::dial::Dial;
 use crate::api::{code, ErrorBody, PeerInfo};
 
 /// File of trusted peers inside the state directory.
@@ -58,9 +59,8 @@ pub struct Peer {
     pub rtt: Option<Duration>,
     /// Current connection address.
     pub addr: Option<SocketAddr>,
-    pub next_dial: Instant,
-    pub backoff: Duration,
-    pub dialing: bool,
+    /// When to dial it next (see `dial`).
+    pub dial: Dial,
     /// The relay member while `indirect`.
     pub via: Option<DeviceId>,
     /// RTT as the membership core sees it (the sum over the path when relayed).
@@ -78,9 +78,7 @@ impl Peer {
             last_heard: None,
             rtt: None,
             addr: None,
-            next_dial: Instant::now(),
-            backoff: Duration::ZERO,
-            dialing: false,
+            dial: Dial::new(Instant::now()),
             via: None,
             path_rtt: None,
         }

@@ -75,9 +75,10 @@ pub fn main_addr(remote: SocketAddr, port: u16) -> SocketAddr {
 pub fn remember(d: &Arc<Daemon>, id: DeviceId, addr: SocketAddr, forget_backoff: bool) {
     if let Some(p) = d.peers().peers.get_mut(&id) {
         p.remember(addr);
-        p.next_dial = Instant::now();
         if forget_backoff {
-            p.backoff = Duration::ZERO;
+            p.dial.reset(Instant::now());
+        } else {
+            p.dial.soon(Instant::now());
         }
     }
     d.save_peers();

@@ -124,8 +124,7 @@ pub fn trust(
         for a in resolved.into_iter().rev() {
             p.remember(a);
         }
-        p.next_dial = Instant::now();
-        p.backoff = Duration::ZERO;
+        p.dial.reset(Instant::now());
         p.info()
     };
     d.save_peers();
