@@ -476,14 +476,17 @@ fn heartbeats_carry_liveness_and_forged_ones_are_refused() {
             sent += 1;
         }
     }
-    wait_until("alpha to reject every forged datagram", || {
-        beats(alpha)["rejected"].as_u64() == Some(sent)
-    });
-    // Nothing else changed: both still see each other active and keep beating.
+    // None of them carries the key id of a live link: the heartbeat socket's kernel
+    // filter drops them before they take room in its buffer, so the daemon never reads
+    // one (a datagram with a live key id and a bad tag would be read and rejected).
+    // Nothing else changed: both still see each other active and keep beating; the
+    // heartbeats read after the junk was sent came after it on the wire.
+    assert_eq!(sent, 200);
     let before = beats(alpha)["received"].as_u64().unwrap();
     wait_until("alpha to accept more heartbeats", || {
         beats(alpha)["received"].as_u64().unwrap() >= before + 4
     });
+    assert_eq!(beats(alpha)["rejected"], 0, "junk reached the daemon");
     for (me, other) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[0])] {
         assert_eq!(me.peer(&other.name).unwrap()["state"], "active");
         assert!(

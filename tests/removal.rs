@@ -12,7 +12,10 @@ use common::{mesh, stderr, wait_until};
 fn restored_file_keeps_removed_device_out(file: &str) {
     let mut nodes = mesh(&["alpha", "beta"], "");
     nodes[0].handler("probe.sh", "#!/bin/sh\ntouch \"$0.ran\"\n");
+    nodes[0].stop();
     let before = std::fs::read(nodes[0].path(&format!("state/{file}"))).unwrap();
+    nodes[0].start();
+    nodes[0].wait_state("beta", "active");
     let out = nodes[0].cli(&["remove", "beta"]);
     assert!(out.status.success(), "{}", stderr(&out));
     nodes[0].wait_state("beta", "removed");
@@ -57,4 +60,24 @@ fn restored_peers_file_keeps_a_removed_device_out() {
 #[test]
 fn restored_roster_file_keeps_a_removed_device_out() {
     restored_file_keeps_removed_device_out("roster.json");
+}
+
+/// Every other file of the state directory, each restored on its own.
+#[test]
+fn any_other_restored_state_file_keeps_a_removed_device_out() {
+    let probe = mesh(&["probe"], "");
+    let mut files: Vec<String> = std::fs::read_dir(probe[0].path("state"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f != "peers.json" && f != "roster.json")
+        .collect();
+    drop(probe);
+    files.sort();
+    assert!(files.iter().any(|f| f == "store.redb"), "{files:?}");
+    for f in files {
+        eprintln!("restoring {f}");
+        restored_file_keeps_removed_device_out(&f);
+    }
 }
