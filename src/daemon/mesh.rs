@@ -24,7 +24,6 @@ use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
 use super::conn_events::ConnEvent;
 use super::context::Daemon;
-use super::roster::RosterSnapshot;
 use super::wire::MeshFrame;
 
 /// Most entries of an `Addrs` frame, and addresses per entry.
@@ -162,10 +161,12 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                 "roster gossip received"
             );
             d.membership_changed(applied, Some(from));
-            // They lack something we have: answer with ours.
+            // They lack something we have: answer with ours (once per roster).
             let ours = d.roster().snapshot();
-            if lacks(&theirs, &ours, from) {
-                d.mesh.answer(&from, ours);
+            if let Some(print) =
+                super::roster_gossip::answer(&theirs, &ours, from, d.mesh.last_answer(&from))
+            {
+                d.mesh.answer(&from, print, ours);
             }
         }
     }
@@ -180,68 +181,4 @@ fn known_addrs(d: &Daemon, except: Option<DeviceId>) -> Vec<(DeviceId, Vec<Socke
         .filter_map(|p| p.addr.map(|a| (p.id, vec![a])))
         .take(MAX_ADDR_ENTRIES)
         .collect()
-}
-
-/// `theirs` (the roster of member `them`) misses an entry or removal of `ours` (compared
-/// by ID, version and signer). Entries about `them` do not count: no member keeps one
-/// about itself.
-fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot, them: DeviceId) -> bool {
-    let m: HashSet<_> = theirs
-        .members
-        .iter()
-        .map(|e| (e.id, e.version, e.signer))
-        .collect();
-    let r: HashSet<_> = theirs.removals.iter().map(|e| (e.id, e.version)).collect();
-    ours.members
-        .iter()
-        .any(|e| e.id != them && !m.contains(&(e.id, e.version, e.signer)))
-        || ours
-            .removals
-            .iter()
-            .any(|e| e.id != them && !r.contains(&(e.id, e.version)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::daemon::outbox::fingerprint;
-    use crate::daemon::roster::MemberEntry;
-    use transport::Identity;
-
-    fn snap(members: Vec<MemberEntry>) -> RosterSnapshot {
-        RosterSnapshot {
-            members,
-            removals: vec![],
-        }
-    }
-
-    #[test]
-    fn a_member_never_lacks_an_entry_about_itself() {
-        let (a, b, c) = (
-            Identity::generate("a").unwrap(),
-            Identity::generate("b").unwrap(),
-            Identity::generate("c").unwrap(),
-        );
-        // A and B trust each other: each holds only an entry about the other.
-        let ours = snap(vec![MemberEntry::sign(&a, b.id, "b", 1)]);
-        let theirs = snap(vec![MemberEntry::sign(&b, a.id, "a", 1)]);
-        assert!(!lacks(&theirs, &ours, b.id));
-        assert!(!lacks(&ours, &theirs, a.id));
-        // A also knows C: B lacks that, until it holds the same entry.
-        let ours = snap(vec![
-            MemberEntry::sign(&a, b.id, "b", 1),
-            MemberEntry::sign(&a, c.id, "c", 2),
-        ]);
-        assert!(lacks(&theirs, &ours, b.id));
-        let theirs = snap(vec![
-            MemberEntry::sign(&b, a.id, "a", 1),
-            MemberEntry::sign(&a, c.id, "c", 2),
-        ]);
-        assert!(!lacks(&theirs, &ours, b.id));
-        // Same entries in another order: same fingerprint.
-        let mut rev = ours.clone();
-        rev.members.reverse();
-        assert_eq!(fingerprint(&rev), fingerprint(&ours));
-        assert_ne!(fingerprint(&theirs), fingerprint(&ours));
-    }
 }

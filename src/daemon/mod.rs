@@ -22,6 +22,7 @@ mod pair;
 pub mod peers;
 mod relay_stream;
 mod roster;
+mod roster_gossip;
 mod services;
 mod stream_io;
 pub mod streams;

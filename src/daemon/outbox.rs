@@ -51,17 +51,19 @@ impl Mesh {
 
     /// Sends `snap` to `peer` as an answer, unless this very roster was already the
     /// answer on the current connection.
-    pub fn answer(&self, peer: &DeviceId, snap: RosterSnapshot) {
-        let print = fingerprint(&snap);
+    pub fn answer(&self, peer: &DeviceId, print: u64, snap: RosterSnapshot) {
         {
             let mut boxes = self.lock();
             let Some(o) = boxes.get_mut(peer) else { return };
-            if o.answered == Some(print) {
-                return;
-            }
             o.answered = Some(print);
         }
         self.send(peer, MeshFrame::Roster(snap));
+    }
+
+    /// The fingerprint of the last roster sent to `peer` as an answer on its current
+    /// connection.
+    pub fn last_answer(&self, peer: &DeviceId) -> Option<u64> {
+        self.lock().get(peer).and_then(|o| o.answered)
     }
 
     /// Takes `tx` as the queue of `peer`'s mesh stream on connection `conn`.
@@ -95,21 +97,4 @@ impl Mesh {
     pub fn connected(&self) -> Vec<DeviceId> {
         self.lock().keys().copied().collect()
     }
-}
-
-/// Order-independent fingerprint of a roster's entries and removals.
-pub fn fingerprint(snap: &RosterSnapshot) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut m: Vec<_> = snap
-        .members
-        .iter()
-        .map(|e| (e.id, e.version, e.signer))
-        .collect();
-    m.sort();
-    let mut r: Vec<_> = snap.removals.iter().map(|e| (e.id, e.version)).collect();
-    r.sort();
-    m.hash(&mut h);
-    r.hash(&mut h);
-    h.finish()
 }

@@ -1,0 +1,135 @@
+//! The roster gossip policy, pure: when a member's roster arrives, this device floods
+//! what the merge changed (to every connected member but the sender, see
+//! `Daemon::membership_changed`) and answers the sender with its own roster when the
+//! sender lacks something of it, once per distinct roster and connection (the
+//! fingerprint of the last answer is kept per connection by the outbox). Two members
+//! that hold the same entries therefore stop after one exchange, whatever the order in
+//! which gossip arrives.
+
+use std::collections::HashSet;
+
+use transport::DeviceId;
+
+use super::roster::RosterSnapshot;
+
+/// Whether (and with which fingerprint) to answer member `them`, whose roster `theirs`
+/// just arrived, given `ours` after the merge and the fingerprint of the last answer on
+/// this connection.
+pub fn answer(
+    theirs: &RosterSnapshot,
+    ours: &RosterSnapshot,
+    them: DeviceId,
+    last_answer: Option<u64>,
+) -> Option<u64> {
+    if !lacks(theirs, ours, them) {
+        return None;
+    }
+    let print = fingerprint(ours);
+    (last_answer != Some(print)).then_some(print)
+}
+
+/// `theirs` (the roster of member `them`) misses an entry or removal of `ours` (compared
+/// by ID, version and signer). Entries about `them` do not count: no member keeps one
+/// about itself.
+pub fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot, them: DeviceId) -> bool {
+    let m: HashSet<_> = theirs
+        .members
+        .iter()
+        .map(|e| (e.id, e.version, e.signer))
+        .collect();
+    let r: HashSet<_> = theirs.removals.iter().map(|e| (e.id, e.version)).collect();
+    ours.members
+        .iter()
+        .any(|e| e.id != them && !m.contains(&(e.id, e.version, e.signer)))
+        || ours
+            .removals
+            .iter()
+            .any(|e| e.id != them && !r.contains(&(e.id, e.version)))
+}
+
+/// Order-independent fingerprint of a roster's entries and removals.
+pub fn fingerprint(snap: &RosterSnapshot) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut m: Vec<_> = snap
+        .members
+        .iter()
+        .map(|e| (e.id, e.version, e.signer))
+        .collect();
+    m.sort();
+    let mut r: Vec<_> = snap.removals.iter().map(|e| (e.id, e.version)).collect();
+    r.sort();
+    m.hash(&mut h);
+    r.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::roster::MemberEntry;
+    use transport::Identity;
+
+    fn snap(members: Vec<MemberEntry>) -> RosterSnapshot {
+        RosterSnapshot {
+            members,
+            removals: vec![],
+        }
+    }
+
+    #[test]
+    fn a_member_never_lacks_an_entry_about_itself() {
+        let (a, b, c) = (
+            Identity::generate("a").unwrap(),
+            Identity::generate("b").unwrap(),
+            Identity::generate("c").unwrap(),
+        );
+        // A and B trust each other: each holds only an entry about the other.
+        let ours = snap(vec![MemberEntry::sign(&a, b.id, "b", 1)]);
+        let theirs = snap(vec![MemberEntry::sign(&b, a.id, "a", 1)]);
+        assert!(!lacks(&theirs, &ours, b.id));
+        assert!(!lacks(&ours, &theirs, a.id));
+        // A also knows C: B lacks that, until it holds the same entry.
+        let ours = snap(vec![
+            MemberEntry::sign(&a, b.id, "b", 1),
+            MemberEntry::sign(&a, c.id, "c", 2),
+        ]);
+        assert!(lacks(&theirs, &ours, b.id));
+        let theirs = snap(vec![
+            MemberEntry::sign(&b, a.id, "a", 1),
+            MemberEntry::sign(&a, c.id, "c", 2),
+        ]);
+        assert!(!lacks(&theirs, &ours, b.id));
+        // Same entries in another order: same fingerprint.
+        let mut rev = ours.clone();
+        rev.members.reverse();
+        assert_eq!(fingerprint(&rev), fingerprint(&ours));
+        assert_ne!(fingerprint(&theirs), fingerprint(&ours));
+    }
+
+    #[test]
+    fn an_answer_goes_once_per_distinct_roster() {
+        let (a, b, c) = (
+            Identity::generate("a").unwrap(),
+            Identity::generate("b").unwrap(),
+            Identity::generate("c").unwrap(),
+        );
+        let theirs = snap(vec![MemberEntry::sign(&b, a.id, "a", 1)]);
+        let ours = snap(vec![
+            MemberEntry::sign(&a, b.id, "b", 1),
+            MemberEntry::sign(&a, c.id, "c", 2),
+        ]);
+        // They lack C: answer, unless this very roster was the last answer.
+        let first = answer(&theirs, &ours, b.id, None).expect("an answer");
+        assert_eq!(first, fingerprint(&ours));
+        assert_eq!(answer(&theirs, &ours, b.id, Some(first)), None);
+        // Our roster changed since: answer again.
+        let ours2 = snap(vec![
+            MemberEntry::sign(&a, b.id, "b", 1),
+            MemberEntry::sign(&a, c.id, "c", 3),
+        ]);
+        assert!(answer(&theirs, &ours2, b.id, Some(first)).is_some());
+        // They lack nothing: no answer at all.
+        assert_eq!(answer(&ours, &ours, b.id, None), None);
+    }
+}
