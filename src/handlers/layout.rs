@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::event::{EventKind, Origin};
-use super::tag::validate_tag;
+use super::tag::{validate_tag, TagError};
 
 /// Tags of the built-in daemon events.
 pub const DAEMON_EVENTS: [&str; 4] = [
@@ -78,7 +78,7 @@ pub struct HandlerSpec {
 impl HandlerSpec {
     /// Builds a spec from its path relative to the handler directory, or says
     /// why the file cannot be a handler.
-    pub fn from_rel(path: PathBuf, rel: &str) -> Result<Self, String> {
+    pub fn from_rel(path: PathBuf, rel: &str) -> Result<Self, LayoutError> {
         let (tag, full_tag, peer) = derive(rel)?;
         Ok(HandlerSpec {
             path,
@@ -164,20 +164,20 @@ struct Parts {
 impl Parts {
     /// A whole path component: `@...` and `#...` components are taken entire
     /// (so `@my.laptop/` and `#old v1.2/` work), others are split on '.'.
-    fn component(&mut self, comp: &str) -> Result<(), String> {
+    fn component(&mut self, comp: &str) -> Result<(), LayoutError> {
         if comp.starts_with('@') || comp.starts_with('#') {
             return self.segment(comp);
         }
         comp.split('.').try_for_each(|s| self.segment(s))
     }
 
-    fn segment(&mut self, seg: &str) -> Result<(), String> {
+    fn segment(&mut self, seg: &str) -> Result<(), LayoutError> {
         if seg.starts_with('#') {
             return Ok(());
         }
         if let Some(spec) = seg.strip_prefix('@') {
             if self.peer.is_some() {
-                return Err("more than one @peer filter".to_owned());
+                return Err(LayoutError::TwoFilters);
             }
             self.peer = Some(parse_filter(spec)?);
             return Ok(());
@@ -187,27 +187,40 @@ impl Parts {
     }
 }
 
-fn parse_filter(spec: &str) -> Result<PeerFilter, String> {
+/// Why a file in the handler directory gives no handler (shown as a warning).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("more than one @peer filter")]
+    TwoFilters,
+    #[error("peer filter `@{0}` lacks its closing ']'")]
+    Unclosed(String),
+    #[error("peer filter `@{0}` is not a device ID prefix (letters and digits, dashes allowed)")]
+    NotAnIdPrefix(String),
+    #[error("empty peer filter `@`")]
+    EmptyFilter,
+    #[error("its tag `{tag}` is invalid: {why}")]
+    InvalidTag { tag: String, why: TagError },
+}
+
+fn parse_filter(spec: &str) -> Result<PeerFilter, LayoutError> {
     if let Some(inner) = spec.strip_prefix('[') {
         let inner = inner
             .strip_suffix(']')
-            .ok_or_else(|| format!("peer filter `@{spec}` lacks its closing ']'"))?;
+            .ok_or_else(|| LayoutError::Unclosed(spec.to_owned()))?;
         let prefix = normalize_id(inner);
         if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(format!(
-                "peer filter `@{spec}` is not a device ID prefix (letters and digits, dashes allowed)"
-            ));
+            return Err(LayoutError::NotAnIdPrefix(spec.to_owned()));
         }
         return Ok(PeerFilter::IdPrefix(prefix));
     }
     if spec.is_empty() {
-        return Err("empty peer filter `@`".to_owned());
+        return Err(LayoutError::EmptyFilter);
     }
     Ok(PeerFilter::Name(spec.to_owned()))
 }
 
 /// `(tag, full_tag, filter)` for a relative path such as `a/@phone/b.c.sh`.
-pub(crate) fn derive(rel: &str) -> Result<(String, String, Option<PeerFilter>), String> {
+pub(crate) fn derive(rel: &str) -> Result<(String, String, Option<PeerFilter>), LayoutError> {
     let (dirs, file) = match rel.rsplit_once('/') {
         Some((dirs, file)) => (Some(dirs), file),
         None => (None, rel),
@@ -231,7 +244,10 @@ pub(crate) fn derive(rel: &str) -> Result<(String, String, Option<PeerFilter>), 
     } else {
         tag.clone()
     };
-    validate_tag(&tag).map_err(|e| format!("its tag `{tag}` is invalid: {e}"))?;
+    validate_tag(&tag).map_err(|why| LayoutError::InvalidTag {
+        tag: tag.clone(),
+        why,
+    })?;
     Ok((tag, full_tag, parts.peer))
 }
 
