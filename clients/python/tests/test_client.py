@@ -254,5 +254,7 @@ def test_pairing_two_devices(daemons: Daemons) -> None:
             assert (joined.id, joined.name) == (w_dev.id, "window")
             paired = window.wait(timeout=30)
             assert (paired.id, paired.name) == (j_dev.id, "joiner")
+            # The wrong code was reported to the window before the outcome.
+            assert [(a["result"], a["id"]) for a in window.attempts] == [("wrong_code", j_dev.id)]
         wait_for("the devices to see each other", lambda: any(
             p.id == j_dev.id and p.state == "active" for p in cw.peers()))

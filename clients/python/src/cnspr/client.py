@@ -834,12 +834,23 @@ class PairWindow:
         #: ``HOST:PORT`` where the window listens (for ``pair_join(addrs=...)``).
         self.addresses = addresses
         self.nearby = nearby
+        #: Failed attempts on this window so far, as the daemon reported them (each a
+        #: dict: ``result``, ``id``, ``name``, ``address``, ``failures``, ``left``, and
+        #: ``reason`` for a refusal).
+        self.attempts: List[Dict[str, Any]] = []
 
     def wait(self, timeout: Optional[float] = None) -> Paired:
         """The device that joined; ``WrongCode`` after three wrong codes, ``Timeout``
-        when the window expired, ``ClientTimeout`` after ``timeout`` seconds."""
+        when the window expired, ``ClientTimeout`` after ``timeout`` seconds. Failed
+        attempts reported before the outcome are kept in ``attempts``."""
+        deadline = _deadline(timeout)
         try:
-            return Paired.parse(_read_reply(self._conn, 1, _deadline(timeout), "pair"), "pair")
+            while True:
+                res = _read_reply(self._conn, 1, deadline, "pair")
+                if isinstance(res, dict) and isinstance(res.get("attempt"), dict):
+                    self.attempts.append(res["attempt"])
+                    continue
+                return Paired.parse(res, "pair")
         except ClientTimeout:
             raise
         except BaseException:
