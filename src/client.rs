@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::api::{ErrorBody, Reply, MAX_LINE, Request};
+use crate::api::{ErrorBody, Reply, Request, MAX_LINE};
 
 /// An error reply from the daemon, kept typed so the CLI can print its message.
 #[derive(Debug, thiserror::Error)]

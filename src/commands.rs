@@ -312,13 +312,11 @@ fn pair(
     };
     let stdout = std::io::stdout();
     if let Some(code) = code {
-        let v = c.request(
-            &Request::PairJoin {
-                code,
-                addrs,
-                timeout_s,
-            },
-        )?;
+        let v = c.request(&Request::PairJoin {
+            code,
+            addrs,
+            timeout_s,
+        })?;
         if g.json {
             return print_json(
                 &json!({"paired": {"id": v["paired"]["id"], "name": v["paired"]["name"]}}),
@@ -488,12 +486,10 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
             }
         }
         K::Get { key, all_versions } => {
-            let v = match c
-                .request(&Request::KvGet {
-                    key: key.clone(),
-                    all_versions,
-                })
-            {
+            let v = match c.request(&Request::KvGet {
+                key: key.clone(),
+                all_versions,
+            }) {
                 Ok(v) => v,
                 Err(e)
                     if e.downcast_ref::<crate::client::ApiError>()

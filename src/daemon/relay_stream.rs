@@ -140,9 +140,7 @@ pub async fn relay(
     };
     let fail = match answer {
         Ok(Ok(Some(AppFrame::Ok))) => None,
-        Ok(Ok(Some(AppFrame::Err { code, message }))) => {
-            Some(ErrorBody::from_wire(&code, message))
-        }
+        Ok(Ok(Some(AppFrame::Err { code, message }))) => Some(ErrorBody::from_wire(&code, message)),
         Ok(Ok(_)) => Some(ErrorBody::new(
             code::UNREACHABLE,
             format!("{to_name} closed the relayed stream without answering"),

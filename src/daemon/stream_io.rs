@@ -6,8 +6,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use transport::quinn::{RecvStream, SendStream};
 
 use super::errors::StreamError;
-use crate::api::Code;
 use super::wire::AppFrame;
+use crate::api::Code;
 
 /// QUIC error code for a stream that broke on one side.
 pub const STREAM_BROKEN: u32 = 1;
