@@ -240,7 +240,7 @@ done
 start_daemon() {
   local dev=$1
   local -n cmd=CN_$dev
-  "${cmd[@]}" serve --no-mdns --listen "${ADDR[$dev]}" --handlers "$WORK/$dev/handlers" \
+  "${cmd[@]}" serve --no-mdns --no-port-mapping --listen "${ADDR[$dev]}" --handlers "$WORK/$dev/handlers" \
     >"$WORK/$dev/daemon.log" 2>&1 &
   DPID[$dev]=$!
   PIDS+=("$!")

@@ -68,6 +68,7 @@ fn start(dir: &Path, name: &str, fifo: &Path) -> Daemon {
         .args([
             "serve",
             "--no-mdns",
+            "--no-port-mapping",
             "--listen",
             "127.0.0.1:0",
             "--handlers",

@@ -418,6 +418,22 @@ pub struct Status {
     /// Heartbeat counters since start; `None` when heartbeats are off.
     #[serde(default)]
     pub heartbeats: Option<HeartbeatCounters>,
+    /// Addresses where devices beyond the LAN may reach this one (docs/reach.md).
+    #[serde(default)]
+    pub candidates: Vec<Candidate>,
+}
+
+/// One address where this device may be reached (`status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// `local` (a public address of an interface), `observed` (where peers see this
+    /// device's connections come from) or `mapped` (a port the router forwards).
+    pub kind: String,
+    /// For `observed`: the peers that saw it.
+    #[serde(default)]
+    pub from: Vec<String>,
 }
 
 /// Liveness heartbeats (docs/protocol.md, "Heartbeats") since start.
@@ -446,6 +462,21 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     pub via: Option<Vec<String>>,
     pub last_seen: Option<u64>,
+    /// How the peer is reached now; `null` while it is not reached at all.
+    #[serde(default)]
+    pub path: Option<PathInfo>,
+}
+
+/// How a peer is reached (`peers`, and peer events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// `direct` (a connection of our own, on the LAN or across the internet), `member`
+    /// (relayed by another member) or `relay` (through a `cnspr relay`).
+    pub kind: String,
+    /// The member's name, or the relay's address; `null` when direct.
+    pub via: Option<String>,
+    /// Unix seconds since the peer has been reached this way.
+    pub since: u64,
 }
 
 /// `ping` result.
@@ -534,6 +565,9 @@ pub enum Event {
         peer: PeerRef,
         state: String,
         address: Option<String>,
+        /// How the peer is reached now (absent while it is not).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathInfo>,
     },
     Daemon {
         tag: String,

@@ -164,6 +164,9 @@ pub struct ServeArgs {
     /// Do not use mDNS
     #[arg(long)]
     pub no_mdns: bool,
+    /// Do not ask the router to forward a port (PCP, NAT-PMP)
+    #[arg(long)]
+    pub no_port_mapping: bool,
     /// Address of a peer to dial (networks without multicast); repeatable
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Vec<String>,

@@ -49,9 +49,9 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                             .map(|r| format!("{r:.2} ms"))
                             .unwrap_or_else(|| "-".into()),
                         ago(p.last_seen),
-                        p.via
+                        p.path
                             .as_ref()
-                            .map(|v| v.join(","))
+                            .map(crate::output::path_text)
                             .unwrap_or_else(|| "-".into()),
                     ]
                 })
@@ -59,7 +59,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             print!(
                 "{}",
                 table(
-                    &["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST SEEN", "VIA"],
+                    &["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST SEEN", "PATH"],
                     &rows
                 )
             );
@@ -76,7 +76,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             let path = if p.via.is_empty() {
                 "direct".to_string()
             } else {
-                format!("via {}", p.via.join(" -> "))
+                format!("relay via {}", p.via.join(" -> "))
             };
             println!(
                 "reply from {} ({}): time={:.3} ms, {path}",
@@ -446,10 +446,13 @@ fn describe_event(v: &Value) -> String {
             peer,
             state,
             address,
+            path,
         }) => format!(
-            "peer     {tag} {} {state}{}",
+            "peer     {tag} {} {state}{}{}",
             peer.name,
-            address.map(|a| format!(" {a}")).unwrap_or_default()
+            address.map(|a| format!(" {a}")).unwrap_or_default(),
+            path.map(|p| format!(" ({})", crate::output::path_text(&p)))
+                .unwrap_or_default()
         ),
         Ok(Event::Daemon { tag, state }) => format!("daemon   {tag} {state}"),
         Err(_) => v.to_string(),

@@ -46,6 +46,9 @@ pub struct Config {
     pub heartbeats: bool,
     /// Services forwarded to local addresses (`[[expose]]` tables).
     pub expose: Vec<ExposeEntry>,
+    /// Ask the router (PCP, NAT-PMP) to forward the listening port, so that devices
+    /// beyond the LAN can dial this one (docs/reach.md).
+    pub port_mapping: bool,
 }
 
 /// One `[[expose]]` table.
@@ -74,6 +77,7 @@ impl Default for Config {
             max_backoff_ms: 5000,
             heartbeats: true,
             expose: Vec::new(),
+            port_mapping: true,
         }
     }
 }

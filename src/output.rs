@@ -52,6 +52,16 @@ pub fn ago(unix: Option<u64>) -> String {
 }
 
 /// The first two groups of a grouped device ID.
+/// How a peer is reached, in words: `direct`, or `relay via NAME` (a member, or a
+/// `cnspr relay` at an address).
+pub fn path_text(p: &crate::api::PathInfo) -> String {
+    match (&p.via, p.kind.as_str()) {
+        (Some(via), "relay") => format!("relay via {via} (cnspr relay)"),
+        (Some(via), _) => format!("relay via {via}"),
+        (None, kind) => kind.to_string(),
+    }
+}
+
 pub fn short_id(id: &str) -> String {
     id.split('-').take(2).collect::<Vec<_>>().join("-")
 }

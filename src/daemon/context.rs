@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 use transport::{DeviceId, Endpoint, Identity};
 
 use super::members::{Applied, Members, RosterRef};
-use super::peers::{PeerState, PeerTable};
+use super::peers::{PeerState, PeerTable, Route};
 use super::wire::MeshFrame;
 use super::{conn_events, core, handler_cache, lanes, nearby, outbox, services};
 use crate::api::{Event, PeerRef};
@@ -48,6 +48,8 @@ pub struct Daemon {
     pub pairing_open: Mutex<bool>,
     pub mdns: Mutex<Option<discovery::Discovery>>,
     pub netwatch: Mutex<Option<discovery::NetWatcher>>,
+    /// The router's port mapping for this device.
+    pub portmap: super::portmap::Portmap,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
@@ -82,6 +84,7 @@ impl Daemon {
                 peer,
                 state,
                 address,
+                path,
             } => {
                 let id = peer.id.replace('-', "");
                 let origin = Origin {
@@ -95,6 +98,7 @@ impl Daemon {
                     &origin,
                     state,
                     address.as_deref().unwrap_or(""),
+                    path.as_ref(),
                 );
                 (
                     EventKind::Peer,
@@ -159,6 +163,14 @@ impl Daemon {
         state: PeerState,
         address: Option<SocketAddr>,
     ) {
+        let path = {
+            let table = self.peers();
+            table
+                .peers
+                .get(&id)
+                .and_then(|p| p.route)
+                .map(|r| table.path_info(r))
+        };
         self.emit(Event::Peer {
             tag: tag.to_string(),
             peer: PeerRef {
@@ -167,24 +179,42 @@ impl Daemon {
             },
             state: state.as_str().to_string(),
             address: address.map(|a| a.to_string()),
+            path,
         });
     }
 
-    /// Changes a peer's state; raises `peer.status_changed` when it really changed.
-    pub fn set_state(&self, id: DeviceId, state: PeerState) {
-        let changed = {
+    /// Changes a peer's state (and the member relaying it while `indirect`); raises
+    /// `peer.status_changed` when the state really changed, and `peer.path_changed`
+    /// when the peer is now reached in another way than before (directly, or through
+    /// another member).
+    pub fn set_state(&self, id: DeviceId, state: PeerState, via: Option<DeviceId>) {
+        let (changed, rerouted) = {
             let mut table = self.peers();
-            match table.peers.get_mut(&id) {
-                Some(p) if p.state != state => {
-                    p.state = state;
-                    Some((p.name.clone(), p.addr.or(p.addrs.first().copied())))
+            let Some(p) = table.peers.get_mut(&id) else {
+                return;
+            };
+            p.via = via.filter(|_| state == PeerState::Indirect);
+            let changed = (p.state != state).then(|| {
+                p.state = state;
+                (p.name.clone(), p.addr.or(p.addrs.first().copied()))
+            });
+            let route = Route::of(state, p.via);
+            let rerouted = match (route, p.route) {
+                (r, Some((old, _))) if r == Some(old) => None,
+                (r, _) => {
+                    p.route = r.map(|r| (r, SystemTime::now()));
+                    r.map(|_| (p.name.clone(), p.addr.or(p.addrs.first().copied())))
                 }
-                _ => None,
-            }
+            };
+            (changed, rerouted)
         };
         if let Some((name, addr)) = changed {
             info!(peer = %name, state = state.as_str(), "peer state");
             self.peer_event("peer.status_changed", id, &name, state, addr);
+        }
+        if let Some((name, addr)) = rerouted {
+            info!(peer = %name, "peer reached by a new path");
+            self.peer_event("peer.path_changed", id, &name, state, addr);
         }
     }
 

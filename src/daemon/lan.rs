@@ -123,6 +123,8 @@ fn net_event(d: &Arc<Daemon>, ev: discovery::NetEvent) {
                 .map(|w| w.addresses().iter().map(|ip| ip.to_canonical()).collect())
                 .unwrap_or_default();
             super::links::after_address_change(d, &usable);
+            d.portmap.network_changed();
+            super::mesh::announce(d);
         }
     }
 }

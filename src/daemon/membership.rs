@@ -84,11 +84,6 @@ fn execute(
                 let Some(p) = table.peers.get_mut(&peer) else {
                     return;
                 };
-                p.via = if state == PeerState::Indirect {
-                    view.via
-                } else {
-                    None
-                };
                 p.path_rtt = view.rtt;
                 for a in view.addrs {
                     let a = crate::addr::canon(a);
@@ -103,7 +98,7 @@ fn execute(
                     p.last_seen = Some(SystemTime::now());
                 }
             }
-            d.set_state(peer, state);
+            d.set_state(peer, state, view.via);
         }
         Output::Deliver { id, .. } => {
             debug!(origin = %id.origin.short(), seq = id.seq, "membership broadcast delivered");

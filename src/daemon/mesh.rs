@@ -64,7 +64,12 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
     {
         d.mesh.roster_sent.fetch_add(1, Ordering::Relaxed);
     }
-    let _ = tx.try_send(MeshFrame::Addrs(known_addrs(d, Some(pc.peer))));
+    let mut addrs = known_addrs(d, Some(pc.peer));
+    let ours = super::reach::announced(d);
+    if !ours.is_empty() {
+        addrs.push((d.id(), ours));
+    }
+    let _ = tx.try_send(MeshFrame::Addrs(addrs));
     d.mesh.attach(pc.peer, conn, tx);
     // Tell the others where this peer is now.
     let here = crate::addr::canon(pc.remote_address());
@@ -104,6 +109,19 @@ pub async fn serve(d: Arc<Daemon>, mut s: IncomingStream) {
     }
 }
 
+/// Tells every connected member where this device may be reached from beyond the LAN
+/// (its public interface addresses and mapped port; see `reach.rs`).
+pub fn announce(d: &Daemon) {
+    let ours = super::reach::announced(d);
+    if ours.is_empty() {
+        return;
+    }
+    for peer in d.mesh.connected() {
+        d.mesh
+            .send(&peer, MeshFrame::Addrs(vec![(d.id(), ours.clone())]));
+    }
+}
+
 fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
     match frame {
         MeshFrame::Membership(bytes) => super::membership::received(d, from, &bytes),
@@ -114,6 +132,8 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
             let now = std::time::Instant::now();
             let mut table = d.peers();
             let mut changed = false;
+            // What the sender announces about itself is passed on, one hop.
+            let mut pass_on = Vec::new();
             for (id, addrs) in list.into_iter() {
                 if id == d.id() || addrs.len() > MAX_ADDRS_EACH {
                     continue;
@@ -125,6 +145,9 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                     let a = crate::addr::canon(a);
                     if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
                         continue;
+                    }
+                    if id == from && !pass_on.contains(&a) {
+                        pass_on.push(a);
                     }
                     if !p.addrs.contains(&a) {
                         // Learnt from a member: tried after what we found ourselves.
@@ -142,6 +165,14 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
             if changed {
                 d.save_peers();
                 super::links::dial_due(d);
+                if !pass_on.is_empty() {
+                    for other in d.mesh.connected() {
+                        if other != from {
+                            d.mesh
+                                .send(&other, MeshFrame::Addrs(vec![(from, pass_on.clone())]));
+                        }
+                    }
+                }
             }
         }
         MeshFrame::Roster(snap) => {

@@ -20,6 +20,8 @@ mod nearby;
 mod outbox;
 mod pair;
 pub mod peers;
+mod portmap;
+pub(crate) mod reach;
 mod relay_stream;
 mod roster;
 mod roster_gossip;
@@ -115,6 +117,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         manual.extend(crate::addr::resolve_addr(p).with_context(|| format!("peer address {p:?}"))?);
     }
     let mdns = !args.no_mdns && cfg.mdns;
+    let port_mapping = !args.no_port_mapping && cfg.port_mapping;
     let runner = Runner::new(RunnerConfig {
         timeout: cfg.handler_timeout(),
         max_concurrent: cfg.handler_concurrency,
@@ -147,6 +150,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         pairing_open: Mutex::new(false),
         mdns: Mutex::new(None),
         netwatch: Mutex::new(None),
+        portmap: Default::default(),
         started: Instant::now(),
         manual,
         stop,
@@ -165,6 +169,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(control::run(daemon.clone(), listener));
     lan::start(&daemon, mdns);
     sync::start(&daemon);
+    portmap::start(&daemon, port_mapping);
     trim::start();
     // Last: every component has subscribed, so none misses an event.
     let dd = daemon.clone();
@@ -186,6 +191,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     });
     membership::leave(&daemon).await;
     lan::stop(&daemon).await;
+    portmap::release(&daemon, Duration::from_secs(1)).await;
     daemon
         .endpoint
         .shutdown(

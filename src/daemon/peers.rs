@@ -44,6 +44,26 @@ impl PeerState {
     }
 }
 
+/// How a peer is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A connection of our own (on the LAN or across the internet).
+    Direct,
+    /// Relayed by this member.
+    Member(DeviceId),
+}
+
+impl Route {
+    /// The route that a peer in `state`, relayed by `via` while indirect, is reached by.
+    pub fn of(state: PeerState, via: Option<DeviceId>) -> Option<Route> {
+        match state {
+            PeerState::Active | PeerState::Suspect => Some(Route::Direct),
+            PeerState::Indirect => via.map(Route::Member),
+            _ => None,
+        }
+    }
+}
+
 /// One peer as this daemon sees it.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -65,6 +85,8 @@ pub struct Peer {
     pub via: Option<DeviceId>,
     /// RTT as the membership core sees it (the sum over the path when relayed).
     pub path_rtt: Option<Duration>,
+    /// How it is reached now, and since when.
+    pub route: Option<(Route, SystemTime)>,
 }
 
 impl Peer {
@@ -81,6 +103,7 @@ impl Peer {
             dial: Dial::new(Instant::now()),
             via: None,
             path_rtt: None,
+            route: None,
         }
     }
 
@@ -108,6 +131,7 @@ impl Peer {
             addresses,
             rtt_ms: rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
             via: None,
+            path: None,
             last_seen: self
                 .last_seen
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -271,6 +295,29 @@ impl PeerTable {
         self.peers.get(id).map(|p| p.name.clone())
     }
 
+    /// A peer's name, or its short ID when it is not in the table.
+    pub fn display_name(&self, id: &DeviceId) -> String {
+        self.peers
+            .get(id)
+            .map_or_else(|| id.short(), |v| v.name.clone())
+    }
+
+    /// `route` as the API shows it.
+    pub fn path_info(&self, (route, since): (Route, SystemTime)) -> crate::api::PathInfo {
+        let (kind, via) = match route {
+            Route::Direct => ("direct", None),
+            Route::Member(m) => ("member", Some(self.display_name(&m))),
+        };
+        crate::api::PathInfo {
+            kind: kind.into(),
+            via,
+            since: since
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
     pub fn infos(&self) -> Vec<PeerInfo> {
         let mut v: Vec<PeerInfo> = self
             .peers
@@ -278,12 +325,9 @@ impl PeerTable {
             .map(|p| {
                 let mut i = p.info();
                 if let Some(via) = p.via {
-                    let name = self
-                        .peers
-                        .get(&via)
-                        .map_or_else(|| via.short(), |v| v.name.clone());
-                    i.via = Some(vec![name]);
+                    i.via = Some(vec![self.display_name(&via)]);
                 }
+                i.path = p.route.map(|r| self.path_info(r));
                 i
             })
             .collect();
@@ -296,6 +340,7 @@ impl PeerTable {
                 rtt_ms: None,
                 via: None,
                 last_seen: None,
+                path: None,
             });
         }
         v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `CNSPR_EVENT`, `CNSPR_TAG`, `CNSPR_SELF_NAME`, `CNSPR_SELF_ID` | yes | yes | yes |
 //! | `CNSPR_FROM`, `CNSPR_FROM_ID`, `CNSPR_MESSAGE_ID` | yes | unset | unset |
-//! | `CNSPR_PEER`, `CNSPR_PEER_ID`, `CNSPR_PEER_STATE`, `CNSPR_PEER_ADDRESS` | unset | yes | unset |
+//! | `CNSPR_PEER`, `CNSPR_PEER_ID`, `CNSPR_PEER_STATE`, `CNSPR_PEER_ADDRESS`, `CNSPR_PEER_PATH`, `CNSPR_PEER_VIA` | unset | yes | unset |
 //! | `CNSPR_DAEMON_STATE` | unset | unset | yes |
 //!
 //! "Unset" is enforced: the runner removes every variable of [`HANDLER_VARS`]
@@ -13,7 +13,7 @@
 use super::event::{EventKind, Origin};
 
 /// Every variable the runner owns; inherited values of these are removed.
-pub const HANDLER_VARS: [&str; 12] = [
+pub const HANDLER_VARS: [&str; 14] = [
     "CNSPR_EVENT",
     "CNSPR_TAG",
     "CNSPR_FROM",
@@ -25,6 +25,8 @@ pub const HANDLER_VARS: [&str; 12] = [
     "CNSPR_PEER_ID",
     "CNSPR_PEER_STATE",
     "CNSPR_PEER_ADDRESS",
+    "CNSPR_PEER_PATH",
+    "CNSPR_PEER_VIA",
     "CNSPR_DAEMON_STATE",
 ];
 
@@ -67,6 +69,7 @@ pub fn peer_env(
     peer: &Origin<'_>,
     state: &str,
     address: &str,
+    path: Option<&crate::api::PathInfo>,
 ) -> Vec<(String, String)> {
     let mut env = common(EventKind::Peer, tag, self_name, self_id);
     env.extend([
@@ -74,6 +77,11 @@ pub fn peer_env(
         var("CNSPR_PEER_ID", peer.id),
         var("CNSPR_PEER_STATE", state),
         var("CNSPR_PEER_ADDRESS", address),
+        var("CNSPR_PEER_PATH", path.map_or("", |p| p.kind.as_str())),
+        var(
+            "CNSPR_PEER_VIA",
+            path.and_then(|p| p.via.as_deref()).unwrap_or(""),
+        ),
     ]);
     env
 }
@@ -102,7 +110,19 @@ mod tests {
         };
         let all = [
             message_env("me", "MYID", "a.b", &o, "m1"),
-            peer_env("me", "MYID", "peer.seen", &o, "active", "10.0.0.2:7373"),
+            peer_env(
+                "me",
+                "MYID",
+                "peer.path_changed",
+                &o,
+                "indirect",
+                "10.0.0.2:7373",
+                Some(&crate::api::PathInfo {
+                    kind: "member".into(),
+                    via: Some("desk".into()),
+                    since: 1,
+                }),
+            ),
             daemon_env("me", "MYID", "daemon.start", "start"),
         ];
         for env in &all {
@@ -116,6 +136,8 @@ mod tests {
         assert!(msg.contains(&var("CNSPR_MESSAGE_ID", "m1")));
         assert!(!names(&all[1]).contains(&"CNSPR_FROM"));
         assert!(all[1].contains(&var("CNSPR_PEER_ADDRESS", "10.0.0.2:7373")));
+        assert!(all[1].contains(&var("CNSPR_PEER_PATH", "member")));
+        assert!(all[1].contains(&var("CNSPR_PEER_VIA", "desk")));
         assert!(all[2].contains(&var("CNSPR_DAEMON_STATE", "start")));
         assert!(all[2].contains(&var("CNSPR_SELF_ID", "MYID")));
     }

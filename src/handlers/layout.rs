@@ -16,8 +16,9 @@ pub const DAEMON_EVENTS: [&str; 4] = [
 ];
 
 /// Tags of the built-in peer events.
-pub const PEER_EVENTS: [&str; 5] = [
+pub const PEER_EVENTS: [&str; 6] = [
     "peer.status_changed",
+    "peer.path_changed",
     "peer.new_address",
     "peer.seen",
     "peer.joined",

@@ -100,7 +100,7 @@ impl Lab {
     }
 
     /// A switch namespace with these bridges and no host yet.
-    fn with_bridges(tag: &str, bridges: &[&str]) -> Option<Lab> {
+    pub fn with_bridges(tag: &str, bridges: &[&str]) -> Option<Lab> {
         if !is_root() {
             rerun_in_user_namespace();
             return None;
@@ -125,7 +125,7 @@ impl Lab {
 
     /// Adds a host with one interface per leg `(interface, bridge, address/prefix, bridge
     /// port)`; a host with one leg gets a default route through it (needed for multicast).
-    fn add_host(&mut self, legs: &[(&str, &str, &str, &str)]) {
+    pub fn add_host(&mut self, legs: &[(&str, &str, &str, &str)]) {
         let base = self.switch.strip_suffix('s').unwrap_or(&self.switch);
         let h = format!("{base}h{}", self.hosts.len());
         assert!(ip(&["netns", "add", &h]));

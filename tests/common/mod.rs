@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod lab;
+pub mod nat;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -59,6 +60,9 @@ pub struct Node {
     /// Listen address (default 127.0.0.1 with the previous port).
     pub listen: Option<String>,
     pub mdns: bool,
+    /// Asks the router for a port mapping (only in a lab's namespaces: never from the
+    /// machine's own network).
+    pub portmap: bool,
     /// `RUST_LOG` of the daemon and the client commands (benchmarks turn it down).
     pub rust_log: String,
 }
@@ -79,6 +83,7 @@ impl Node {
             netns: None,
             listen: None,
             mdns: false,
+            portmap: false,
             rust_log: "cnspr=debug,transport=debug,info".into(),
         };
         let out = node.cli(&["init", "--name", name, "--json"]);
@@ -142,6 +147,9 @@ impl Node {
         cmd.arg("serve");
         if !self.mdns {
             cmd.arg("--no-mdns");
+        }
+        if !self.portmap {
+            cmd.arg("--no-port-mapping");
         }
         let listen = self
             .listen

@@ -106,7 +106,7 @@ class Daemon:
         log = open(self.dir / "daemon.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                self.args() + ["serve", "--no-mdns", "--listen", f"127.0.0.1:{self.port}",
+                self.args() + ["serve", "--no-mdns", "--no-port-mapping", "--listen", f"127.0.0.1:{self.port}",
                                "--handlers", str(self.dir / "handlers")],
                 env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=log, start_new_session=True, preexec_fn=_die_with_parent)

@@ -7,6 +7,7 @@ use crate::daemon::context::Daemon;
 use crate::daemon::peers::PeerState;
 
 pub fn status(d: &Daemon) -> Status {
+    let candidates = crate::daemon::reach::candidates(d);
     let table = d.peers();
     Status {
         id: d.id().to_string(),
@@ -38,5 +39,6 @@ pub fn status(d: &Daemon) -> Status {
             received: t.stats.received.load(Ordering::Relaxed),
             rejected: t.stats.rejected.load(Ordering::Relaxed),
         }),
+        candidates,
     }
 }

@@ -1,0 +1,200 @@
+//! A small internet in network namespaces: a "wan" bridge with public addresses from
+//! 203.0.113.0/24, hosts on it, and home networks behind routers that translate
+//! addresses with nftables, as consumer routers do.
+//!
+//! - [`Nat::Cone`]: `masquerade`. The mapping keeps the source port and does not depend
+//!   on the destination; replies come in only from where the inside host sent to (a
+//!   port-restricted cone, the common home router).
+//! - [`Nat::Symmetric`]: `masquerade random`, a new external port per destination.
+//!
+//! Routers drop unsolicited packets to themselves (input policy drop, as real routers do:
+//! an accepting router makes a conntrack entry that later clashes with its own outbound
+//! translation) and forward from the wan only what belongs to a flow started inside.
+//! Their UDP mappings expire after 30 s of silence.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::lab::{ip, Lab};
+use super::Node;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    Cone,
+    Symmetric,
+}
+
+pub struct Internet {
+    pub lab: Lab,
+    homes: u8,
+}
+
+/// Runs `cmd` with `args` in namespace `ns`; panics when it fails.
+pub fn netns_run(ns: &str, cmd: &str, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Loads an nftables ruleset into namespace `ns`.
+pub fn nft(ns: &str, rules: &str) {
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nft (Debian package nftables) is needed for the NAT lab");
+    c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft in {ns}: {}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The ruleset of a home router: `lan0` inside, `wan0` outside.
+pub fn router_rules(nat: Nat) -> String {
+    let masq = match nat {
+        Nat::Cone => "masquerade",
+        Nat::Symmetric => "masquerade random",
+    };
+    format!(
+        "table inet home {{
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    ct state established,related accept
+    iifname {{ \"lo\", \"lan0\" }} accept
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname \"lan0\" oifname \"wan0\" accept
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname \"wan0\" {masq}
+  }}
+}}
+"
+    )
+}
+
+impl Internet {
+    /// An empty internet; `None` (with a printed reason) where namespaces cannot be made
+    /// or nftables is missing.
+    pub fn new(tag: &str) -> Option<Internet> {
+        if Command::new("nft").arg("--version").output().is_err()
+            && Command::new("/usr/sbin/nft")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            eprintln!("skipping: nft (Debian package nftables) is not installed");
+            return None;
+        }
+        let lab = Lab::with_bridges(tag, &["wan"])?;
+        Some(Internet { lab, homes: 0 })
+    }
+
+    /// A host with a public address `203.0.113.{last}` on the wan; returns its index.
+    pub fn public_host(&mut self, last: u8) -> usize {
+        let i = self.lab.hosts.len();
+        let addr = format!("203.0.113.{last}/24");
+        self.lab
+            .add_host(&[("eth0", "wan", &addr, &format!("w{i}"))]);
+        i
+    }
+
+    /// A home network `10.{k}.0.0/24` behind a router at `203.0.113.{wan_last}` that
+    /// translates with `nat`, and one device at `10.{k}.0.2`; returns the indices of
+    /// (router, device).
+    pub fn home(&mut self, wan_last: u8, nat: Nat) -> (usize, usize) {
+        self.homes += 1;
+        let k = self.homes;
+        let br = format!("lan{k}");
+        assert!(ip(&[
+            "-n",
+            &self.lab.switch,
+            "link",
+            "add",
+            "name",
+            &br,
+            "type",
+            "bridge"
+        ]));
+        assert!(ip(&["-n", &self.lab.switch, "link", "set", &br, "up"]));
+        let r = self.lab.hosts.len();
+        self.lab.add_host(&[
+            ("wan0", "wan", &format!("203.0.113.{wan_last}/24"), &format!("w{r}")),
+            ("lan0", &br, &format!("10.{k}.0.1/24"), &format!("l{r}")),
+        ]);
+        let router = self.lab.hosts[r].clone();
+        netns_run(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        nft(&router, &router_rules(nat));
+        netns_run(
+            &router,
+            "sysctl",
+            &["-qw", "net.netfilter.nf_conntrack_udp_timeout=30"],
+        );
+        let d = self.lab.hosts.len();
+        self.lab
+            .add_host(&[("eth0", &br, &format!("10.{k}.0.2/24"), &format!("d{d}"))]);
+        assert!(ip(&[
+            "-n",
+            &self.lab.hosts[d],
+            "route",
+            "replace",
+            "default",
+            "via",
+            &format!("10.{k}.0.1"),
+            "dev",
+            "eth0"
+        ]));
+        (r, d)
+    }
+
+    /// Adds `ms` of delay to everything router `r` sends to the wan; false (with a
+    /// printed reason) where the kernel has no netem.
+    pub fn delay(&self, r: usize, ms: u32) -> bool {
+        let d = format!("{ms}ms");
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.ns(r), "tc", "qdisc", "replace", "dev", "wan0"])
+            .args(["root", "netem", "delay", &d])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "no added delay (tc netem: {})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        out.status.success()
+    }
+
+    /// The namespace of host `i`.
+    pub fn ns(&self, i: usize) -> &str {
+        &self.lab.hosts[i]
+    }
+
+    /// A node on host `i`, listening on port 7373 of every address, without mDNS (the
+    /// hosts of this lab share no LAN), asking its router for a port mapping.
+    pub fn node(&self, i: usize, name: &str) -> Node {
+        let mut n = self.lab.node(i, name);
+        n.mdns = false;
+        n.portmap = true;
+        n
+    }
+
+    /// Forgets every translation of router `r` (as a reboot does).
+    pub fn flush_conntrack(&self, r: usize) {
+        netns_run(self.ns(r), "conntrack", &["-F"]);
+    }
+}
