@@ -294,7 +294,13 @@ fn the_socket_survives_bad_clients() {
     // A second daemon on the same socket is refused; the first one keeps running.
     let second = n
         .command()
-        .args(["serve", "--no-mdns", "--no-port-mapping", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--no-mdns",
+            "--no-port-mapping",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_eq!(second.status.code(), Some(1));
@@ -603,7 +609,11 @@ fn manual_peer_addresses_and_config_errors() {
 
     // Unknown config keys are refused, naming the key; bad values too.
     std::fs::write(a.path("config.toml"), "handler_timout_s = 3\n").unwrap();
-    let out = a.command().args(["serve", "--no-mdns", "--no-port-mapping"]).output().unwrap();
+    let out = a
+        .command()
+        .args(["serve", "--no-mdns", "--no-port-mapping"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("handler_timout_s"),
@@ -611,7 +621,11 @@ fn manual_peer_addresses_and_config_errors() {
         stderr(&out)
     );
     std::fs::write(a.path("config.toml"), "handler_concurrency = 0\n").unwrap();
-    let out = a.command().args(["serve", "--no-mdns", "--no-port-mapping"]).output().unwrap();
+    let out = a
+        .command()
+        .args(["serve", "--no-mdns", "--no-port-mapping"])
+        .output()
+        .unwrap();
     assert!(
         stderr(&out).contains("handler_concurrency"),
         "{}",

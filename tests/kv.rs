@@ -78,7 +78,13 @@ fn acknowledged_writes_survive_kill_9() {
     std::fs::write(&db, vec![0xAB; len as usize]).unwrap();
     let out = n
         .command()
-        .args(["serve", "--no-mdns", "--no-port-mapping", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--no-mdns",
+            "--no-port-mapping",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

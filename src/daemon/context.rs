@@ -49,7 +49,11 @@ pub struct Daemon {
     pub mdns: Mutex<Option<discovery::Discovery>>,
     pub netwatch: Mutex<Option<discovery::NetWatcher>>,
     /// The router's port mapping for this device.
-    pub portmap: super::portmap::Portmap,
+    pub portmap: Arc<super::portmap::Portmap>,
+    /// Where members see this device from.
+    pub reach: super::reach::Reach,
+    /// Hole-punching exchanges.
+    pub punches: super::punch::Punches,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
@@ -186,12 +190,13 @@ impl Daemon {
     /// Changes a peer's state (and the member relaying it while `indirect`); raises
     /// `peer.status_changed` when the state really changed, and `peer.path_changed`
     /// when the peer is now reached in another way than before (directly, or through
-    /// another member).
-    pub fn set_state(&self, id: DeviceId, state: PeerState, via: Option<DeviceId>) {
+    /// another member). True when the peer was reached directly and is no more.
+    pub fn set_state(&self, id: DeviceId, state: PeerState, via: Option<DeviceId>) -> bool {
+        let lost_direct;
         let (changed, rerouted) = {
             let mut table = self.peers();
             let Some(p) = table.peers.get_mut(&id) else {
-                return;
+                return false;
             };
             p.via = via.filter(|_| state == PeerState::Indirect);
             let changed = (p.state != state).then(|| {
@@ -199,6 +204,8 @@ impl Daemon {
                 (p.name.clone(), p.addr.or(p.addrs.first().copied()))
             });
             let route = Route::of(state, p.via);
+            lost_direct =
+                matches!(p.route, Some((Route::Direct, _))) && route != Some(Route::Direct);
             let rerouted = match (route, p.route) {
                 (r, Some((old, _))) if r == Some(old) => None,
                 (r, _) => {
@@ -216,6 +223,7 @@ impl Daemon {
             info!(peer = %name, "peer reached by a new path");
             self.peer_event("peer.path_changed", id, &name, state, addr);
         }
+        lost_direct
     }
 
     pub fn save_peers(&self) {

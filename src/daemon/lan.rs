@@ -124,6 +124,7 @@ fn net_event(d: &Arc<Daemon>, ev: discovery::NetEvent) {
                 .unwrap_or_default();
             super::links::after_address_change(d, &usable);
             d.portmap.network_changed();
+            d.punches.network_changed();
             super::mesh::announce(d);
         }
     }

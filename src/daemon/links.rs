@@ -115,7 +115,9 @@ fn heard(d: &Arc<Daemon>, pc: &PeerConn) {
         p.last_heard = Some(now);
         p.last_seen = Some(SystemTime::now());
         p.rtt = Some(pc.rtt());
-        p.addr = Some(canon(pc.remote_address()));
+    }
+    if d.peers().peers.get(&pc.peer).map(|p| p.addr) != Some(Some(canon(pc.remote_address()))) {
+        follow_migrations(d, std::slice::from_ref(pc));
     }
     let peer = pc.peer;
     super::membership::step(d, |c, now| {
@@ -153,11 +155,11 @@ pub async fn serve_control(d: Arc<Daemon>, mut s: transport::IncomingStream) {
 /// A peer whose connection migrated (it changed address and its packets now come from
 /// the new one) is recorded at that address, first in its list: it is where to dial it
 /// should the connection drop. Raises `peer.new_address` for an address never seen.
-fn follow_migrations(d: &Arc<Daemon>) {
+fn follow_migrations(d: &Arc<Daemon>, conns: &[PeerConn]) {
     let mut moved = Vec::new();
     {
         let mut table = d.peers();
-        for pc in d.endpoint.connections() {
+        for pc in conns {
             let remote = canon(pc.remote_address());
             let Some(p) = table.peers.get_mut(&pc.peer) else {
                 continue;
@@ -176,6 +178,14 @@ fn follow_migrations(d: &Arc<Daemon>) {
     d.save_peers();
     for (id, name, addr, new) in moved {
         debug!(peer = %name, %addr, "the peer's connection moved to a new address");
+        // Tell the peer where it is seen now (an entry about itself, which older
+        // versions skip) and the other members where it is.
+        for other in d.mesh.connected() {
+            d.mesh.send(
+                &other,
+                super::wire::MeshFrame::Addrs(vec![(id, vec![addr])]),
+            );
+        }
         if new {
             d.peer_event("peer.new_address", id, &name, PeerState::Active, Some(addr));
         }
@@ -200,7 +210,7 @@ async fn supervise(d: Arc<Daemon>, mut events: mpsc::Receiver<ConnEvent>) {
             }
         }
         let now = Instant::now();
-        follow_migrations(&d);
+        follow_migrations(&d, &d.endpoint.connections());
         dial_due(&d);
         let mut idle = d
             .peers()

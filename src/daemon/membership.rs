@@ -98,7 +98,9 @@ fn execute(
                     p.last_seen = Some(SystemTime::now());
                 }
             }
-            d.set_state(peer, state, view.via);
+            if d.set_state(peer, state, view.via) {
+                super::candidates::nudge_dialled(d);
+            }
         }
         Output::Deliver { id, .. } => {
             debug!(origin = %id.origin.short(), seq = id.seq, "membership broadcast delivered");

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
-use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
+use transport::frame::{read_frame, write_frame, FrameError, MAX_CONTROL_FRAME};
 use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
 use super::conn_events::ConnEvent;
@@ -65,7 +65,7 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
         d.mesh.roster_sent.fetch_add(1, Ordering::Relaxed);
     }
     let mut addrs = known_addrs(d, Some(pc.peer));
-    let ours = super::reach::announced(d);
+    let ours = super::candidates::announced(d);
     if !ours.is_empty() {
         addrs.push((d.id(), ours));
     }
@@ -100,6 +100,11 @@ pub async fn serve(d: Arc<Daemon>, mut s: IncomingStream) {
         match read_frame::<MeshFrame, _>(&mut s.recv, MAX_CONTROL_FRAME).await {
             Ok(Some(frame)) => handle(&d, s.peer, frame),
             Ok(None) => return,
+            Err(FrameError::Malformed(e)) => {
+                // The whole frame was read: a kind this version does not know (a newer
+                // peer's), or garbage. Skip it; the stream stays in step.
+                debug!(peer = %s.peer.short(), error = %e, "mesh frame not understood; skipped");
+            }
             Err(e) => {
                 warn!(peer = %s.peer.short(), error = %e, "bad mesh frame; closing that stream");
                 let _ = s.send.reset(1u32.into());
@@ -112,7 +117,7 @@ pub async fn serve(d: Arc<Daemon>, mut s: IncomingStream) {
 /// Tells every connected member where this device may be reached from beyond the LAN
 /// (its public interface addresses and mapped port; see `reach.rs`).
 pub fn announce(d: &Daemon) {
-    let ours = super::reach::announced(d);
+    let ours = super::candidates::announced(d);
     if ours.is_empty() {
         return;
     }
@@ -125,6 +130,7 @@ pub fn announce(d: &Daemon) {
 fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
     match frame {
         MeshFrame::Membership(bytes) => super::membership::received(d, from, &bytes),
+        MeshFrame::Punch(p) => super::punching::received(d, from, p),
         MeshFrame::Addrs(list) => {
             if list.len() > MAX_ADDR_ENTRIES {
                 return;
@@ -135,7 +141,15 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
             // What the sender announces about itself is passed on, one hop.
             let mut pass_on = Vec::new();
             for (id, addrs) in list.into_iter() {
-                if id == d.id() || addrs.len() > MAX_ADDRS_EACH {
+                if addrs.len() > MAX_ADDRS_EACH {
+                    continue;
+                }
+                if id == d.id() {
+                    // Where the sender sees this device's connection come from now.
+                    if let (Some(pc), [seen]) = (d.endpoint.connection(&from), &addrs[..]) {
+                        d.reach
+                            .observed_by(from, pc.conn.stable_id(), crate::addr::canon(*seen));
+                    }
                     continue;
                 }
                 let Some(p) = table.peers.get_mut(&id) else {
@@ -150,6 +164,7 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                         pass_on.push(a);
                     }
                     if !p.addrs.contains(&a) {
+                        d.punches.candidate_changed(&id);
                         // Learnt from a member: tried after what we found ourselves.
                         if p.addrs.len() < super::peers::MAX_ADDRS {
                             p.addrs.push(a);

@@ -22,6 +22,7 @@ use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 use super::context::Daemon;
 use super::errors::MessageError;
 use super::lanes::{LANE_QUEUE, MAX_HEADER, MAX_RESULT};
+use super::peers::PeerState;
 use super::wire::{LaneMsg, LaneResult, MsgHeader, MsgResult, WireReply};
 use crate::api::{code, Code, ErrorBody, Event, HandlerReply, PeerRef, SendOutcome, MAX_BODY};
 use crate::handlers::{self, EventKind, Invocation, Origin};
@@ -80,13 +81,24 @@ pub async fn route(
     peer: DeviceId,
     deadline: Instant,
 ) -> Result<(PeerConn, Option<DeviceId>), ErrorBody> {
-    if let Some(c) = d.endpoint.connection(&peer) {
+    // A peer the core holds `indirect` is not answering on its connection, even while
+    // that connection waits out its silence timeout: go through the member.
+    let relayed = d
+        .peers()
+        .peers
+        .get(&peer)
+        .is_some_and(|p| p.state == PeerState::Indirect);
+    let direct = d.endpoint.connection(&peer);
+    if let Some(c) = direct.clone().filter(|_| !relayed) {
         return Ok((c, None));
     }
     if let Some(via) = d.member.next_hop(&peer).filter(|v| *v != peer) {
         if let Some(c) = d.endpoint.connection(&via) {
             return Ok((c, Some(peer)));
         }
+    }
+    if let Some(c) = direct {
+        return Ok((c, None));
     }
     Ok((connection_to(d, peer, deadline).await?, None))
 }

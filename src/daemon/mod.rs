@@ -1,6 +1,7 @@
 //! The daemon: wires the transport endpoint, the peer table, messages, handlers and the
 //! control socket together.
 
+pub(crate) mod candidates;
 mod conn_events;
 mod context;
 mod control;
@@ -21,7 +22,9 @@ mod outbox;
 mod pair;
 pub mod peers;
 mod portmap;
-pub(crate) mod reach;
+mod punch;
+mod punching;
+mod reach;
 mod relay_stream;
 mod roster;
 mod roster_gossip;
@@ -37,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{broadcast, watch};
-use tracing::info;
+use tracing::{debug, info};
 use transport::{Endpoint, EndpointConfig, Identity, Roster};
 
 use crate::api::Event;
@@ -151,6 +154,8 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         mdns: Mutex::new(None),
         netwatch: Mutex::new(None),
         portmap: Default::default(),
+        punches: Default::default(),
+        reach: Default::default(),
         started: Instant::now(),
         manual,
         stop,
@@ -169,7 +174,19 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(control::run(daemon.clone(), listener));
     lan::start(&daemon, mdns);
     sync::start(&daemon);
-    portmap::start(&daemon, port_mapping);
+    match daemon
+        .endpoint
+        .local_addrs()
+        .first()
+        .map(|a| std::num::NonZeroU16::new(a.port()))
+    {
+        Some(Some(port)) if port_mapping => {
+            let d = daemon.clone();
+            daemon.portmap.start(port, move || mesh::announce(&d));
+        }
+        _ => debug!("port mapping off"),
+    }
+    punching::start(&daemon);
     trim::start();
     // Last: every component has subscribed, so none misses an event.
     let dd = daemon.clone();
@@ -191,7 +208,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     });
     membership::leave(&daemon).await;
     lan::stop(&daemon).await;
-    portmap::release(&daemon, Duration::from_secs(1)).await;
+    daemon.portmap.release(Duration::from_secs(1)).await;
     daemon
         .endpoint
         .shutdown(

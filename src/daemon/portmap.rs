@@ -17,8 +17,6 @@ use crab_nat::{InternetProtocol, PortMapping, PortMappingOptions, PortMappingTyp
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::context::Daemon;
-
 /// Lifetime asked for (the gateway may grant less).
 const LIFETIME_S: u32 = 7200;
 /// First wait after a failed attempt; doubles up to [`MAX_RETRY`].
@@ -110,63 +108,54 @@ async fn request(port: NonZeroU16) -> Result<(PortMapping, SocketAddr), String> 
     Ok((m.clone(), SocketAddr::new(ip, m.external_port().get())))
 }
 
-/// Starts the mapping task (unless switched off).
-pub fn start(d: &Arc<Daemon>, enabled: bool) {
-    if !enabled {
-        debug!("port mapping off");
-        return;
-    }
-    let Some(port) = d
-        .endpoint
-        .local_addrs()
-        .first()
-        .and_then(|a| NonZeroU16::new(a.port()))
-    else {
-        return;
-    };
-    let d = d.clone();
-    tokio::spawn(async move {
-        let mut retry = FIRST_RETRY;
-        loop {
-            let wait = match request(port).await {
-                Ok((m, external)) => {
-                    retry = FIRST_RETRY;
-                    let lifetime = Duration::from_secs(u64::from(m.lifetime().max(60)));
-                    let was = lock(&d.portmap.held).replace((m, external)).map(|h| h.1);
-                    if was != Some(external) {
-                        info!(%external, lifetime_s = lifetime.as_secs(), "the router forwards a port to this device");
-                        super::mesh::announce(&d);
+impl Portmap {
+    /// Starts the task that holds a mapping of UDP `port`; `changed` runs whenever the
+    /// public address the router gives changes (to tell the members).
+    pub fn start(self: &Arc<Self>, port: NonZeroU16, changed: impl Fn() + Send + 'static) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut retry = FIRST_RETRY;
+            loop {
+                let wait = match request(port).await {
+                    Ok((m, external)) => {
+                        retry = FIRST_RETRY;
+                        let lifetime = Duration::from_secs(u64::from(m.lifetime().max(60)));
+                        let was = lock(&me.held).replace((m, external)).map(|h| h.1);
+                        if was != Some(external) {
+                            info!(%external, lifetime_s = lifetime.as_secs(), "the router forwards a port to this device");
+                            changed();
+                        }
+                        lifetime / 2
                     }
-                    lifetime / 2
-                }
-                Err(e) => {
-                    let had = lock(&d.portmap.held).take();
-                    if had.is_some() {
-                        warn!(error = %e, "the port mapping was lost");
-                    } else {
-                        debug!(error = %e, "no port mapping");
+                    Err(e) => {
+                        let had = lock(&me.held).take();
+                        if had.is_some() {
+                            warn!(error = %e, "the port mapping was lost");
+                        } else {
+                            debug!(error = %e, "no port mapping");
+                        }
+                        let w = retry;
+                        retry = (retry * 2).min(MAX_RETRY);
+                        w
                     }
-                    let w = retry;
-                    retry = (retry * 2).min(MAX_RETRY);
-                    w
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = me.again.notified() => {}
                 }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = d.portmap.again.notified() => {}
             }
-        }
-    });
-}
+        });
+    }
 
-/// Removes the mapping from the router (at stop), waiting at most `within`.
-pub async fn release(d: &Daemon, within: Duration) {
-    let held = lock(&d.portmap.held).take();
-    if let Some((m, external)) = held {
-        match tokio::time::timeout(within, m.try_drop()).await {
-            Ok(Ok(())) => info!(%external, "port mapping removed"),
-            Ok(Err((e, _))) => warn!(error = %e, "cannot remove the port mapping"),
-            Err(_) => warn!("the router did not answer the removal of the port mapping"),
+    /// Removes the mapping from the router (at stop), waiting at most `within`.
+    pub async fn release(&self, within: Duration) {
+        let held = lock(&self.held).take();
+        if let Some((m, external)) = held {
+            match tokio::time::timeout(within, m.try_drop()).await {
+                Ok(Ok(())) => info!(%external, "port mapping removed"),
+                Ok(Err((e, _))) => warn!(error = %e, "cannot remove the port mapping"),
+                Err(_) => warn!("the router did not answer the removal of the port mapping"),
+            }
         }
     }
 }
@@ -177,7 +166,8 @@ mod tests {
 
     #[test]
     fn the_default_gateway_is_read_from_the_route_table() {
-        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
             eth0\t0001010A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
             eth0\t00000000\t0101010A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         assert_eq!(parse_route_table(table), Some(Ipv4Addr::new(10, 1, 1, 1)));

@@ -9,13 +9,46 @@
 //!
 //! A member that sees a peer's connection tells its other members where that peer is
 //! (`mesh.rs`); a device announces its own `local` and `mapped` candidates to each member
-//! it connects to, and the member passes them on, one hop (docs/reach.md).
+//! it connects to, and the member passes them on, one hop (docs/reach.md). What the
+//! daemon's state gives is gathered in `candidates.rs`.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use crate::api::Candidate;
+use transport::DeviceId;
 
-use super::context::Daemon;
+/// Where members see this device's connections come from since they moved (a router
+/// that changed its mapping or its public address after the hello said otherwise).
+#[derive(Default)]
+pub struct Reach {
+    /// Per peer: the connection (its stable ID) the report came on, and the address.
+    seen: Mutex<HashMap<DeviceId, (usize, SocketAddr)>>,
+    /// When the dialled connections were last nudged ([`nudge_dialled`]).
+    pub(super) nudged: Mutex<Option<Instant>>,
+}
+
+impl Reach {
+    /// `by` now sees this device's connection `conn` come from `addr`.
+    pub fn observed_by(&self, by: DeviceId, conn: usize, addr: SocketAddr) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // One entry per member (reports come only on mesh streams); pruned below.
+        seen.insert(by, (conn, addr));
+    }
+
+    /// Where `pc`'s peer sees this device: the latest report, else the hello's.
+    pub fn observed(&self, pc: &transport::PeerConn) -> Option<SocketAddr> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 4096 {
+            seen.clear();
+        }
+        seen.get(&pc.peer)
+            .filter(|(conn, _)| *conn == pc.conn.stable_id())
+            .map(|(_, a)| *a)
+            .or_else(|| pc.observed().map(crate::addr::canon))
+    }
+}
 
 /// True for an address the internet can route to this host: not private, loopback,
 /// link-local, shared (carrier-grade NAT), unique-local, multicast or unspecified.
@@ -39,93 +72,6 @@ pub fn is_global(ip: IpAddr) -> bool {
             (v6.segments()[0] & 0xe000) == 0x2000
         }
     }
-}
-
-/// The port peers reach this device on (the first listening socket's).
-fn listen_port(d: &Daemon) -> Option<u16> {
-    d.endpoint
-        .local_addrs()
-        .first()
-        .map(|a| a.port())
-        .filter(|p| *p != 0)
-}
-
-/// This host's global interface addresses with the listening port.
-fn local(d: &Daemon) -> Vec<SocketAddr> {
-    let Some(port) = listen_port(d) else {
-        return Vec::new();
-    };
-    let bound: Vec<IpAddr> = d.endpoint.local_addrs().iter().map(|a| a.ip()).collect();
-    let ips: Vec<IpAddr> = if bound.iter().all(|ip| ip.is_unspecified()) {
-        d.netwatch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|w| w.addresses())
-            .unwrap_or_default()
-    } else {
-        bound
-    };
-    let mut out: Vec<SocketAddr> = ips
-        .into_iter()
-        .map(|ip| ip.to_canonical())
-        .filter(|ip| is_global(*ip))
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// The candidates this device announces itself to members: its global interface
-/// addresses and its mapped port (what members cannot observe).
-pub fn announced(d: &Daemon) -> Vec<SocketAddr> {
-    let mut v = local(d);
-    if let Some(m) = d.portmap.external() {
-        if !v.contains(&m) {
-            v.push(m);
-        }
-    }
-    v
-}
-
-/// Every candidate, for `status`.
-pub fn candidates(d: &Daemon) -> Vec<Candidate> {
-    let mut out: Vec<Candidate> = local(d)
-        .into_iter()
-        .map(|a| Candidate {
-            addr: a.to_string(),
-            kind: "local".into(),
-            from: Vec::new(),
-        })
-        .collect();
-    if let Some(m) = d.portmap.external() {
-        out.push(Candidate {
-            addr: m.to_string(),
-            kind: "mapped".into(),
-            from: Vec::new(),
-        });
-    }
-    let mut conns = d.endpoint.connections();
-    conns.sort_by(|a, b| a.name.cmp(&b.name));
-    for pc in conns {
-        let Some(seen) = pc.observed() else {
-            continue;
-        };
-        let addr = crate::addr::canon(seen).to_string();
-        match out
-            .iter_mut()
-            .find(|c| c.addr == addr && c.kind == "observed")
-        {
-            Some(c) => c.from.push(pc.name.clone()),
-            None => out.push(Candidate {
-                addr,
-                kind: "observed".into(),
-                from: vec![pc.name.clone()],
-            }),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

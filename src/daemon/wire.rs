@@ -24,6 +24,31 @@ pub enum MeshFrame {
     Addrs(Vec<(DeviceId, Vec<SocketAddr>)>),
     /// A membership-protocol message (encoded by the `membership` crate).
     Membership(Vec<u8>),
+    /// Hole punching between two members that reach each other through this one or
+    /// through the sender (`punch.rs`): passed on by the member in between.
+    Punch(Punch),
+}
+
+/// One step of a hole-punching exchange between `from` and `to`, carried through a
+/// member both are connected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Punch {
+    pub from: DeviceId,
+    pub to: DeviceId,
+    /// Chosen by the side that started the exchange; the same in every step.
+    pub session: u64,
+    pub step: PunchStep,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PunchStep {
+    /// The initiator's candidate addresses; the round trip is timed from here.
+    Connect(Vec<SocketAddr>),
+    /// The answer, with the other side's candidates.
+    Reply(Vec<SocketAddr>),
+    /// Dial now; the initiator dials half a round trip later, so that both sides'
+    /// first packets cross their routers at about the same moment.
+    Sync,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,6 +218,16 @@ mod tests {
                 "mesh membership",
                 hex(&MeshFrame::Membership(vec![1, 2, 3])),
             ),
+            (
+                "mesh punch",
+                hex(&MeshFrame::Punch(Punch {
+                    from: id(1),
+                    to: id(2),
+                    session: 7,
+                    step: PunchStep::Connect(vec!["203.0.113.1:7373".parse().unwrap()]),
+                })),
+            ),
+            ("punch sync", hex(&PunchStep::Sync)),
             ("msg header", hex(&header())),
             (
                 "lane msg",
@@ -275,6 +310,8 @@ mod tests {
             ("mesh roster", "000000"),
             ("mesh addrs", "0101010101010101010101010101010101010101010101010101010101010101010101000a000001fbcd1c"),
             ("mesh membership", "0203010203"),
+            ("mesh punch", "030101010101010101010101010101010101010101010101010101010101010101020202020202020202020202020202020202020202020202020202020202020207000100cb007101fbcd1c"),
+            ("punch sync", "02"),
             ("msg header", "10303030303030303030303030303061620b6e6f746966792e73686f7705010102020202020202020202020202020202020202020202020202020202020202020000"),
             ("lane msg", "0310303030303030303030303030303061620b6e6f746966792e73686f7705010102020202020202020202020202020202020202020202020202020202020202020000"),
             ("lane result", "0300"),

@@ -133,7 +133,12 @@ impl Internet {
         assert!(ip(&["-n", &self.lab.switch, "link", "set", &br, "up"]));
         let r = self.lab.hosts.len();
         self.lab.add_host(&[
-            ("wan0", "wan", &format!("203.0.113.{wan_last}/24"), &format!("w{r}")),
+            (
+                "wan0",
+                "wan",
+                &format!("203.0.113.{wan_last}/24"),
+                &format!("w{r}"),
+            ),
             ("lan0", &br, &format!("10.{k}.0.1/24"), &format!("l{r}")),
         ]);
         let router = self.lab.hosts[r].clone();
@@ -166,7 +171,16 @@ impl Internet {
     pub fn delay(&self, r: usize, ms: u32) -> bool {
         let d = format!("{ms}ms");
         let out = Command::new("ip")
-            .args(["netns", "exec", self.ns(r), "tc", "qdisc", "replace", "dev", "wan0"])
+            .args([
+                "netns",
+                "exec",
+                self.ns(r),
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "wan0",
+            ])
             .args(["root", "netem", "delay", &d])
             .output()
             .unwrap();
@@ -177,6 +191,28 @@ impl Internet {
             );
         }
         out.status.success()
+    }
+
+    /// Router `r` forwards nothing to or from `addr` (a firewall in the way) until
+    /// [`Internet::unblock`].
+    pub fn block(&self, r: usize, addr: &str) {
+        nft(
+            self.ns(r),
+            &format!(
+                "table inet block {{
+  chain forward {{
+    type filter hook forward priority filter - 10; policy accept;
+    ip daddr {addr} drop
+    ip saddr {addr} drop
+  }}
+}}
+"
+            ),
+        );
+    }
+
+    pub fn unblock(&self, r: usize) {
+        nft(self.ns(r), "delete table inet block\n");
     }
 
     /// The namespace of host `i`.
@@ -193,8 +229,28 @@ impl Internet {
         n
     }
 
-    /// Forgets every translation of router `r` (as a reboot does).
-    pub fn flush_conntrack(&self, r: usize) {
-        netns_run(self.ns(r), "conntrack", &["-F"]);
+    /// Router `r` "reboots": it forgets every translation and comes back with the
+    /// public address `203.0.113.{new_last}` instead of `203.0.113.{old_last}`.
+    pub fn reboot(&self, r: usize, old_last: u8, new_last: u8) {
+        let ns = self.ns(r).to_string();
+        assert!(ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "del",
+            &format!("203.0.113.{old_last}/24"),
+            "dev",
+            "wan0"
+        ]));
+        netns_run(&ns, "conntrack", &["-F"]);
+        assert!(ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("203.0.113.{new_last}/24"),
+            "dev",
+            "wan0"
+        ]));
     }
 }

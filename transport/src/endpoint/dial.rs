@@ -30,6 +30,27 @@ impl Endpoint {
         self.dial(Some(peer), addrs, false).await
     }
 
+    /// Dials `peer` at `addrs` now, whether or not an ordinary dial is under way (hole
+    /// punching: the moment matters, so it takes no dial lock); returns the connection
+    /// that is up. If both sides' dials complete, the endpoint keeps one, as for any
+    /// simultaneous dial.
+    pub async fn punch(
+        &self,
+        peer: DeviceId,
+        addrs: &[SocketAddr],
+    ) -> Result<PeerConn, TransportError> {
+        if !self.inner.roster.contains(&peer) {
+            return Err(TransportError::NotInRoster(peer));
+        }
+        if let Some(c) = self.connection(&peer) {
+            return Ok(c);
+        }
+        if addrs.is_empty() {
+            return Err(TransportError::NoAddresses(peer));
+        }
+        self.dial(Some(peer), addrs, false).await
+    }
+
     /// Dials an address without knowing which device listens there: any device in the
     /// roster is accepted (manual `--peer HOST:PORT` addresses).
     pub async fn connect_addr(&self, addr: SocketAddr) -> Result<PeerConn, TransportError> {

@@ -7,7 +7,7 @@ use crate::daemon::context::Daemon;
 use crate::daemon::peers::PeerState;
 
 pub fn status(d: &Daemon) -> Status {
-    let candidates = crate::daemon::reach::candidates(d);
+    let candidates = crate::daemon::candidates::candidates(d);
     let table = d.peers();
     Status {
         id: d.id().to_string(),
