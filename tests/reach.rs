@@ -30,17 +30,29 @@ fn world(
 ) -> Option<World> {
     let mut net = Internet::new(tag)?;
     let hm = net.public_host(10);
-    let (ra, ha) = net.home(1, nat_a);
-    let (rb, hb) = net.home(2, nat_b);
+    let a = net.home(1, nat_a);
+    let b = net.home(2, nat_b);
+    Some(populate(net, hm, a, b, prepare))
+}
+
+/// Starts m on host `hm` and a, b on the devices of the two homes `(router, device)`.
+fn populate(
+    net: Internet,
+    hm: usize,
+    (ra, ha): (usize, usize),
+    (rb, hb): (usize, usize),
+    prepare: impl FnOnce(&Internet, &[usize], &[Node]),
+) -> World {
     let mut nodes = vec![net.node(hm, "m"), net.node(ha, "a"), net.node(hb, "b")];
     prepare(&net, &[ra, rb], &nodes);
     for n in nodes.iter_mut() {
         n.start();
     }
+    let m_addr = format!("{}.10:7373", net.prefix);
     let (m, a, b) = (&nodes[0], &nodes[1], &nodes[2]);
     for (x, y, addr) in [
-        (a, m, Some("203.0.113.10:7373")),
-        (b, m, Some("203.0.113.10:7373")),
+        (a, m, Some(m_addr.as_str())),
+        (b, m, Some(m_addr.as_str())),
         (m, a, None),
         (m, b, None),
         (a, b, None),
@@ -53,11 +65,11 @@ fn world(
         let out = x.cli(&args);
         assert!(out.status.success(), "trust: {}", stderr(&out));
     }
-    Some(World {
+    World {
         nodes,
         routers: vec![ra, rb],
         net,
-    })
+    }
 }
 
 fn path_kind(p: &Value) -> Option<&str> {
@@ -330,4 +342,60 @@ fn wait_path_any(n: &Node, peer: &str, within: Duration) -> String {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// b sits behind a symmetric NAT whose router runs miniupnpd: b asks it for a port
+/// (PCP or NAT-PMP), announces the mapped address, and a reaches b directly there. When
+/// b stops, the mapping leaves the router.
+#[test]
+fn a_port_mapping_on_a_symmetric_nat_gives_a_direct_path() {
+    // miniupnpd maps nothing on a documentation address: this internet uses another
+    // range (the namespaces have no way out).
+    let Some(mut net) = Internet::with_prefix("ru", "11.11.11") else {
+        return;
+    };
+    let hm = net.public_host(10);
+    let a = net.home(1, Nat::Cone);
+    let Some(b) = net.upnp_home(2, Nat::Symmetric) else {
+        return;
+    };
+    let mut w = populate(net, hm, a, b, |_, _, _| {});
+    let router_b = w.net.ns(w.routers[1]).to_string();
+    {
+        let (a, b) = (&w.nodes[1], &w.nodes[2]);
+        wait_until("b to hold a port mapping", || {
+            b.try_json(&["status"]).is_some_and(|s| {
+                s["candidates"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["kind"] == "mapped"
+                            && c["addr"]
+                                .as_str()
+                                .is_some_and(|a| a.starts_with("11.11.11.2:"))
+                    })
+                })
+            })
+        });
+        wait_path(a, "b", "active", "direct", Duration::from_secs(20));
+        wait_path(b, "a", "active", "direct", Duration::from_secs(20));
+        let r = a.cli(&["send", "--reply", "b", "q.x", "hi"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+    }
+    let rules = |ns: &str| {
+        String::from_utf8_lossy(
+            &std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "nft", "list", "chain", "inet", "filter",
+                ])
+                .arg("prerouting_miniupnpd")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(rules(&router_b).contains("dnat"), "{}", rules(&router_b));
+    w.nodes[2].stop();
+    wait_until("the router to drop b's mapping", || {
+        !rules(&router_b).contains("dnat")
+    });
 }

@@ -101,6 +101,9 @@ fn execute(
             if d.set_state(peer, state, view.via) {
                 super::candidates::nudge_dialled(d);
             }
+            if state == PeerState::Indirect {
+                d.punches.wake();
+            }
         }
         Output::Deliver { id, .. } => {
             debug!(origin = %id.origin.short(), seq = id.seq, "membership broadcast delivered");

@@ -61,6 +61,9 @@ pub struct State {
 #[derive(Default)]
 pub struct Punches {
     state: Mutex<State>,
+    /// Wakes the scheduler (a peer became relayed, a candidate or this host's
+    /// addresses changed).
+    wake: tokio::sync::Notify,
 }
 
 impl Punches {
@@ -68,11 +71,22 @@ impl Punches {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A peer may have become relayed: look at once.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for [`Punches::wake`].
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
     /// A new address was learnt for `peer`: punch it again at once if it is relayed.
     pub fn candidate_changed(&self, peer: &DeviceId) {
         if let Some(s) = self.lock().schedule.get_mut(peer) {
             s.reset(Instant::now());
         }
+        self.wake();
     }
 
     /// This host's addresses changed: punch every relayed peer again at once.
@@ -81,6 +95,7 @@ impl Punches {
         for s in self.lock().schedule.values_mut() {
             s.reset(now);
         }
+        self.wake();
     }
 }
 

@@ -18,18 +18,23 @@ use super::wire::{MeshFrame, Punch, PunchStep};
 pub fn start(d: &Arc<Daemon>) {
     let d = d.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            initiate_due(&d);
+            // No timer at all while no peer is relayed: nothing wakes an idle LAN mesh.
+            if initiate_due(&d) {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = d.punches.woken() => {}
+                }
+            } else {
+                d.punches.woken().await;
+            }
         }
     });
 }
 
 /// Starts an exchange with every relayed peer whose turn it is (this device initiates
-/// when its ID is the lower one).
-fn initiate_due(d: &Arc<Daemon>) {
+/// when its ID is the lower one); false when there is no such peer.
+fn initiate_due(d: &Arc<Daemon>) -> bool {
     let now = Instant::now();
     let relayed: Vec<(DeviceId, DeviceId)> = {
         let table = d.peers();
@@ -40,6 +45,7 @@ fn initiate_due(d: &Arc<Daemon>) {
             .filter_map(|p| Some((p.id, p.via?)))
             .collect()
     };
+    let any = !relayed.is_empty();
     let mut due = Vec::new();
     {
         let mut st = d.punches.lock();
@@ -64,7 +70,7 @@ fn initiate_due(d: &Arc<Daemon>) {
         }
     }
     if due.is_empty() {
-        return;
+        return any;
     }
     let ours = clean(&super::candidates::dialable(d));
     for (peer, via, session) in due {
@@ -98,6 +104,7 @@ fn initiate_due(d: &Arc<Daemon>) {
             }
         });
     }
+    any
 }
 
 /// A punch frame from `conn`'s mesh stream.

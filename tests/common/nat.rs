@@ -27,6 +27,19 @@ pub enum Nat {
 pub struct Internet {
     pub lab: Lab,
     homes: u8,
+    /// The wan's /24, e.g. `203.0.113`.
+    pub prefix: String,
+    /// Port-mapping daemons started on routers, stopped (by PID) on drop.
+    upnp: Vec<std::process::Child>,
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        for c in &mut self.upnp {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Runs `cmd` with `args` in namespace `ns`; panics when it fails.
@@ -60,14 +73,26 @@ pub fn nft(ns: &str, rules: &str) {
     );
 }
 
-/// The ruleset of a home router: `lan0` inside, `wan0` outside.
-pub fn router_rules(nat: Nat) -> String {
+/// The ruleset of a home router: `lan0` inside, `wan0` outside. With `upnp`, the
+/// table and chains are the ones miniupnpd adds its rules to (it makes none itself).
+pub fn router_rules(nat: Nat, upnp: bool) -> String {
     let masq = match nat {
         Nat::Cone => "masquerade",
         Nat::Symmetric => "masquerade random",
     };
+    let (table, jump_fwd, jump_pre, jump_post, chains) = if upnp {
+        (
+            "filter",
+            "jump miniupnpd\n",
+            "jump prerouting_miniupnpd\n",
+            "jump postrouting_miniupnpd\n",
+            "  chain miniupnpd { }\n  chain prerouting_miniupnpd { }\n  chain postrouting_miniupnpd { }\n",
+        )
+    } else {
+        ("home", "", "", "", "")
+    };
     format!(
-        "table inet home {{
+        "table inet {table} {{
   chain input {{
     type filter hook input priority filter; policy drop;
     ct state established,related accept
@@ -76,13 +101,19 @@ pub fn router_rules(nat: Nat) -> String {
   chain forward {{
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
+    {jump_fwd}
     iifname \"lan0\" oifname \"wan0\" accept
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    {jump_pre}
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
+    {jump_post}
     oifname \"wan0\" {masq}
   }}
-}}
+{chains}}}
 "
     )
 }
@@ -91,6 +122,11 @@ impl Internet {
     /// An empty internet; `None` (with a printed reason) where namespaces cannot be made
     /// or nftables is missing.
     pub fn new(tag: &str) -> Option<Internet> {
+        Internet::with_prefix(tag, "203.0.113")
+    }
+
+    /// An internet whose public addresses are `{prefix}.0/24`.
+    pub fn with_prefix(tag: &str, prefix: &str) -> Option<Internet> {
         if Command::new("nft").arg("--version").output().is_err()
             && Command::new("/usr/sbin/nft")
                 .arg("--version")
@@ -101,22 +137,75 @@ impl Internet {
             return None;
         }
         let lab = Lab::with_bridges(tag, &["wan"])?;
-        Some(Internet { lab, homes: 0 })
+        Some(Internet {
+            lab,
+            homes: 0,
+            prefix: prefix.into(),
+            upnp: Vec::new(),
+        })
     }
 
-    /// A host with a public address `203.0.113.{last}` on the wan; returns its index.
+    /// A host with a public address `{prefix}.{last}` on the wan; returns its index.
     pub fn public_host(&mut self, last: u8) -> usize {
         let i = self.lab.hosts.len();
-        let addr = format!("203.0.113.{last}/24");
+        let addr = format!("{}.{last}/24", self.prefix);
         self.lab
             .add_host(&[("eth0", "wan", &addr, &format!("w{i}"))]);
         i
     }
 
-    /// A home network `10.{k}.0.0/24` behind a router at `203.0.113.{wan_last}` that
+    /// A home network `10.{k}.0.0/24` behind a router at `{prefix}.{wan_last}` that
     /// translates with `nat`, and one device at `10.{k}.0.2`; returns the indices of
     /// (router, device).
     pub fn home(&mut self, wan_last: u8, nat: Nat) -> (usize, usize) {
+        self.home_with(wan_last, nat, false)
+    }
+
+    /// [`Internet::home`] whose router also runs miniupnpd (UPnP-IGD, NAT-PMP and PCP)
+    /// for the devices inside; `None` (with a printed reason) where it is not installed.
+    /// miniupnpd refuses to map on a reserved public address, such as the documentation
+    /// ranges: use an internet [`Internet::with_prefix`] outside them (the namespaces
+    /// have no way out, so nothing reaches the real owner of those addresses).
+    pub fn upnp_home(&mut self, wan_last: u8, nat: Nat) -> Option<(usize, usize)> {
+        if !std::path::Path::new("/usr/sbin/miniupnpd").exists() {
+            eprintln!("skipping: miniupnpd (Debian package miniupnpd-nftables) is not installed");
+            return None;
+        }
+        let (r, d) = self.home_with(wan_last, nat, true);
+        let dir = std::env::temp_dir().join(format!("{}-upnp{r}", self.lab.switch));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("miniupnpd.conf");
+        std::fs::write(
+            &conf,
+            "ext_ifname=wan0\nlistening_ip=lan0\nhttp_port=0\nenable_natpmp=yes\nenable_upnp=yes\n\
+             secure_mode=yes\nsystem_uptime=yes\nuuid=3f2d6c1e-9a7b-4c1d-8e2f-0123456789ab\n\
+             upnp_table_name=filter\nupnp_nat_table_name=filter\nupnp_forward_chain=miniupnpd\n\
+             upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
+             min_lifetime=120\nmax_lifetime=86400\n\
+             allow 1024-65535 10.0.0.0/8 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns(r),
+                "/usr/sbin/miniupnpd",
+                "-d",
+                "-f",
+            ])
+            .arg(&conf)
+            .arg("-P")
+            .arg(dir.join("pid"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.upnp.push(child);
+        Some((r, d))
+    }
+
+    fn home_with(&mut self, wan_last: u8, nat: Nat, upnp: bool) -> (usize, usize) {
         self.homes += 1;
         let k = self.homes;
         let br = format!("lan{k}");
@@ -136,14 +225,14 @@ impl Internet {
             (
                 "wan0",
                 "wan",
-                &format!("203.0.113.{wan_last}/24"),
+                &format!("{}.{wan_last}/24", self.prefix),
                 &format!("w{r}"),
             ),
             ("lan0", &br, &format!("10.{k}.0.1/24"), &format!("l{r}")),
         ]);
         let router = self.lab.hosts[r].clone();
         netns_run(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        nft(&router, &router_rules(nat));
+        nft(&router, &router_rules(nat, upnp));
         netns_run(
             &router,
             "sysctl",
@@ -230,7 +319,7 @@ impl Internet {
     }
 
     /// Router `r` "reboots": it forgets every translation and comes back with the
-    /// public address `203.0.113.{new_last}` instead of `203.0.113.{old_last}`.
+    /// public address `{prefix}.{new_last}` instead of `{prefix}.{old_last}`.
     pub fn reboot(&self, r: usize, old_last: u8, new_last: u8) {
         let ns = self.ns(r).to_string();
         assert!(ip(&[
@@ -238,7 +327,7 @@ impl Internet {
             &ns,
             "addr",
             "del",
-            &format!("203.0.113.{old_last}/24"),
+            &format!("{}.{old_last}/24", self.prefix),
             "dev",
             "wan0"
         ]));
@@ -248,7 +337,7 @@ impl Internet {
             &ns,
             "addr",
             "add",
-            &format!("203.0.113.{new_last}/24"),
+            &format!("{}.{new_last}/24", self.prefix),
             "dev",
             "wan0"
         ]));
