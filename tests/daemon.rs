@@ -24,7 +24,10 @@ fn two_daemons_trust_each_other_and_run_handlers_with_exact_input() {
     assert!(beta["last_seen"].as_u64().is_some());
     let table = String::from_utf8(a.cli(&["peers"]).stdout).unwrap();
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("RTT") && table.contains("LAST SEEN") && table.contains("VIA"));
+    assert!(table.contains("RTT") && table.contains("LAST SEEN") && table.contains("PATH"));
+    assert!(table.contains("direct"), "{table}");
+    assert_eq!(beta["path"]["kind"], "direct", "{beta}");
+    assert_eq!(beta["path"]["via"], serde_json::Value::Null, "{beta}");
 
     let out = b.out();
     let out_s = out.display().to_string();

@@ -123,8 +123,10 @@ pub fn received(d: &Arc<Daemon>, conn: DeviceId, p: Punch) {
         // Passed on between two members; the sender speaks only for itself.
         if p.from == conn && p.to != conn {
             let to = p.to;
-            let passed = d.mesh.send(&to, MeshFrame::Punch(p));
-            debug!(from = %conn.short(), to = %to.short(), passed, "punch frame passed on");
+            let frame = MeshFrame::Punch(p);
+            let bytes = transport::frame::encode(&frame, usize::MAX).map_or(0, |v| v.len());
+            let passed = d.mesh.send(&to, frame);
+            debug!(from = %conn.short(), to = %to.short(), passed, bytes, "punch frame passed on");
         }
         return;
     }

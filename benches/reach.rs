@@ -1,0 +1,262 @@
+//! Reach benchmark in a NAT lab (network namespaces; root or a user namespace, and
+//! nftables; skips with a reason otherwise): a public member m, devices a and b behind
+//! two home routers (port-restricted cone NAT), and, as the anchor measured in the same
+//! run, two devices p and q with public addresses on the same wan (no NAT).
+//!
+//! Prints, each with its target and its ratio to the anchor:
+//! - time from both devices up (started and trusting each other) until a reaches b by a
+//!   direct path, p50 and p99 over `CNSPR_BENCH_TRIALS` trials (default 20), fresh
+//!   identities each trial; anchor: p and q until active;
+//! - time until a first message from a is delivered to b (through m or direct, whichever
+//!   is up first); anchor: the same between p and q;
+//! - bytes the member in between passes on per punch exchange (its `Punch` frames);
+//! - one 64 MiB stream's throughput a→b directly across the NATs, a→b through m (a
+//!   firewall between the routers), and p→q with no NAT.
+//!
+//! No delay is added where the kernel has no `netem` (it says so).
+//!
+//! Run: `cargo bench --bench reach`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::nat::*;
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+fn trust(x: &Node, y: &Node, addr: Option<&str>) {
+    let mut args = vec!["trust", y.id.as_str()];
+    if let Some(a) = addr {
+        args.extend(["--addr", a]);
+    }
+    let out = x.cli(&args);
+    assert!(out.status.success(), "trust: {}", stderr(&out));
+}
+
+fn quiet(mut n: Node) -> Node {
+    n.rust_log = "cnspr=debug,warn".into();
+    n
+}
+
+/// Waits until `n` sees `peer` in `state` (and, if given, by a `kind` path).
+fn wait_for(n: &Node, peer: &str, state: &str, kind: Option<&str>, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if n.peer(peer)
+            .is_some_and(|p| p["state"] == state && kind.is_none_or(|k| p["path"]["kind"] == k))
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Sends `a` → `b` until delivered; the time it took from `t0`.
+fn first_message(a: &Node, t0: Instant) -> Duration {
+    loop {
+        let r = a.cli(&["send", "--timeout", "2", "b", "x.y", "hi"]);
+        if r.status.success() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no message got through"
+        );
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// One 64 MiB stream `from` → `to` (a listener named `sink` on `to`); MiB/s.
+fn stream(from: &Node, to: &Node, peer: &str) -> f64 {
+    let data = noise(64 * MIB, 9);
+    let out = to.out().display().to_string();
+    let mut lis = listen(to, "sink", Some(&format!("cat > {out}/sink")));
+    let t0 = Instant::now();
+    let mut cl = connect(from, peer, "sink");
+    let mut stdin = cl.stdin.take().unwrap();
+    stdin.write_all(&data).unwrap();
+    drop(stdin);
+    let (code, err) = finish(cl);
+    assert_eq!(code, Some(0), "{err}");
+    wait_until("the whole stream", || {
+        file(&to.out().join("sink")).is_some_and(|f| f.len() == data.len())
+    });
+    let took = t0.elapsed();
+    let _ = lis.kill();
+    let _ = lis.wait();
+    let _ = std::fs::remove_file(to.out().join("sink"));
+    64.0 / took.as_secs_f64()
+}
+
+fn main() {
+    let trials: usize = std::env::var("CNSPR_BENCH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let Some(mut net) = Internet::new("bre") else {
+        return;
+    };
+    let hm = net.public_host(10);
+    let (ra, ha) = net.home(1, Nat::Cone);
+    let (rb, hb) = net.home(2, Nat::Cone);
+    let hp = net.public_host(21);
+    let hq = net.public_host(22);
+    let delayed = net.delay(ra, 20) & net.delay(rb, 20);
+    let mut m = quiet(net.node(hm, "m"));
+    m.start();
+    let m_addr = "203.0.113.10:7373";
+
+    let mut direct = Vec::new();
+    let mut msg = Vec::new();
+    let mut anchor_direct = Vec::new();
+    let mut anchor_msg = Vec::new();
+    let mut punch_bytes = Vec::new();
+    for t in 0..trials {
+        for r in [ra, rb] {
+            netns_run(net.ns(r), "conntrack", &["-F"]);
+        }
+        let mut a = quiet(net.node(ha, "a"));
+        let mut b = quiet(net.node(hb, "b"));
+        a.start();
+        b.start();
+        let before = m.log().matches("punch frame passed on").count();
+        trust(&a, &m, Some(m_addr));
+        trust(&b, &m, Some(m_addr));
+        trust(&m, &a, None);
+        trust(&m, &b, None);
+        trust(&a, &b, None);
+        trust(&b, &a, None);
+        let t0 = Instant::now();
+        msg.push(first_message(&a, t0).as_secs_f64());
+        assert!(
+            wait_for(&a, "b", "active", Some("direct"), Duration::from_secs(30)),
+            "trial {t}: no direct path\n{}",
+            a.log()
+        );
+        direct.push(t0.elapsed().as_secs_f64());
+        let log = m.log();
+        let frames: Vec<usize> = log
+            .lines()
+            .filter(|l| l.contains("punch frame passed on"))
+            .skip(before)
+            .filter_map(|l| {
+                l.split("bytes=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        if !frames.is_empty() {
+            punch_bytes.push(frames.iter().sum::<usize>() as f64 / (frames.len() as f64 / 3.0));
+        }
+        // Forget them at m (the next trial has fresh identities).
+        for n in [&a, &b] {
+            let _ = m.cli(&["remove", &n.id]);
+        }
+        drop(a);
+        drop(b);
+
+        let mut p = quiet(net.node(hp, "p"));
+        let mut q = quiet(net.node(hq, "b"));
+        p.start();
+        q.start();
+        trust(&p, &q, Some("203.0.113.22:7373"));
+        trust(&q, &p, Some("203.0.113.21:7373"));
+        let t0 = Instant::now();
+        anchor_msg.push(first_message(&p, t0).as_secs_f64());
+        assert!(wait_for(&p, "b", "active", None, Duration::from_secs(30)));
+        anchor_direct.push(t0.elapsed().as_secs_f64());
+    }
+
+    // Throughput: direct across the NATs, through m, and without NAT.
+    let mut a = quiet(net.node(ha, "a"));
+    let mut b = quiet(net.node(hb, "b"));
+    a.start();
+    b.start();
+    trust(&a, &m, Some(m_addr));
+    trust(&b, &m, Some(m_addr));
+    trust(&m, &a, None);
+    trust(&m, &b, None);
+    trust(&a, &b, None);
+    trust(&b, &a, None);
+    assert!(wait_for(
+        &a,
+        "b",
+        "active",
+        Some("direct"),
+        Duration::from_secs(30)
+    ));
+    let thr_direct = stream(&a, &b, "b");
+    net.block(ra, "203.0.113.2");
+    assert!(wait_for(
+        &a,
+        "b",
+        "indirect",
+        Some("member"),
+        Duration::from_secs(30)
+    ));
+    let thr_member = stream(&a, &b, "b");
+    net.unblock(ra);
+    let mut p = quiet(net.node(hp, "p"));
+    let mut q = quiet(net.node(hq, "b"));
+    p.start();
+    q.start();
+    trust(&p, &q, Some("203.0.113.22:7373"));
+    trust(&q, &p, Some("203.0.113.21:7373"));
+    assert!(wait_for(&p, "b", "active", None, Duration::from_secs(30)));
+    let thr_plain = stream(&p, &q, "b");
+
+    let d50 = pct(&mut direct, 0.5);
+    let d99 = pct(&mut direct, 0.99);
+    let a50 = pct(&mut anchor_direct, 0.5);
+    let a99 = pct(&mut anchor_direct, 0.99);
+    let m50 = pct(&mut msg, 0.5);
+    let am50 = pct(&mut anchor_msg, 0.5);
+    println!(
+        "reach: {trials} trials, {}",
+        if delayed {
+            "20 ms added per router"
+        } else {
+            "no added delay (no tc netem in this kernel)"
+        }
+    );
+    println!(
+        "  both up -> direct path across two NATs: p50 {d50:.3} s (target 3 s, {:.2}x), p99 {d99:.3} s (target 10 s, {:.2}x); no-NAT anchor p50 {a50:.3} s, p99 {a99:.3} s: ratio {:.2}x / {:.2}x",
+        d50 / 3.0,
+        d99 / 10.0,
+        d50 / a50,
+        d99 / a99
+    );
+    println!(
+        "  both up -> first message delivered: p50 {m50:.3} s (target 1 s, {:.2}x); no-NAT anchor p50 {am50:.3} s: ratio {:.2}x",
+        m50 / 1.0,
+        m50 / am50
+    );
+    if punch_bytes.is_empty() {
+        println!("  punch exchanges through m: none (the routers let the first dials through)");
+    } else {
+        let pb = pct(&mut punch_bytes, 0.5);
+        println!(
+            "  bytes m passes on per punch exchange (3 frames, frame payloads): p50 {pb:.0} B (target 4096 B, {:.2}x)",
+            pb / 4096.0
+        );
+    }
+    println!(
+        "  64 MiB stream: direct across NATs {thr_direct:.1} MiB/s, through member m {thr_member:.1} MiB/s, no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x",
+        thr_direct / thr_plain,
+        thr_member / thr_direct
+    );
+    drop((a, b, p, q, m));
+}
