@@ -50,6 +50,7 @@ fn populate(
     }
     let m_addr = format!("{}.10:7373", net.prefix);
     let (m, a, b) = (&nodes[0], &nodes[1], &nodes[2]);
+    // a and b dial m before m trusts them: refused, they dial again after the backoff.
     for (x, y, addr) in [
         (a, m, Some(m_addr.as_str())),
         (b, m, Some(m_addr.as_str())),

@@ -286,15 +286,28 @@ pub fn dial_due(d: &Arc<Daemon>) {
         let d = d.clone();
         tokio::spawn(async move {
             let res = d.endpoint.connect(id, &addrs).await;
-            let mut table = d.peers();
-            if let Some(p) = table.peers.get_mut(&id) {
+            let retry = {
+                let mut table = d.peers();
+                let Some(p) = table.peers.get_mut(&id) else {
+                    return;
+                };
                 match res {
-                    Ok(_) => p.dial.finished(),
+                    Ok(_) => {
+                        p.dial.finished();
+                        None
+                    }
                     Err(e) => {
                         debug!(peer = %p.name, error = %e, "dial failed");
                         p.dial.failed(Instant::now(), max_backoff);
+                        Some(p.dial.backoff())
                     }
                 }
+            };
+            // The supervisor may be sleeping its idle tick (this peer was trusted while
+            // every other one was connected): come back when the backoff ends.
+            if let Some(wait) = retry {
+                tokio::time::sleep(wait).await;
+                dial_due(&d);
             }
         });
     }
