@@ -126,6 +126,13 @@ pub enum Request {
         value_b64: Option<String>,
         #[serde(default)]
         value_len: Option<u64>,
+        /// Write only if the key's current version is this one (the `version` string a
+        /// read returned).
+        #[serde(default)]
+        if_version: Option<String>,
+        /// Write only if the key has no value.
+        #[serde(default)]
+        if_absent: bool,
     },
     #[serde(rename = "kv.get")]
     KvGet {
@@ -136,6 +143,10 @@ pub enum Request {
     #[serde(rename = "kv.del")]
     KvDel {
         key: String,
+        #[serde(default)]
+        if_version: Option<String>,
+        #[serde(default)]
+        if_absent: bool,
     },
     #[serde(rename = "kv.list")]
     KvList {
@@ -189,158 +200,17 @@ pub struct SendRequest {
     pub timeout_ms: Option<u64>,
 }
 
-/// The stable error codes of the control socket (docs/api.md, "Error codes"); peers
-/// refuse messages and streams with the same codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Code {
-    BadJson,
-    BadRequest,
-    UnknownCommand,
-    LineTooLong,
-    UnknownPeer,
-    AmbiguousPeer,
-    Unreachable,
-    Timeout,
-    InvalidTag,
-    InvalidId,
-    InvalidName,
-    InvalidAddress,
-    TooLarge,
-    QueueFull,
-    #[serde(rename = "self")]
-    OwnDevice,
-    UnknownService,
-    Unavailable,
-    UnknownStream,
-    NotFound,
-    Store,
-    Internal,
-    InvalidCode,
-    WrongCode,
-    Busy,
-    Cancelled,
-    Refused,
-    Removed,
-    /// A code this version does not know (from a newer daemon or peer).
-    #[serde(other)]
-    Unknown,
-}
-
-impl Code {
-    /// The code as it appears on the socket and on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::BadJson => "bad_json",
-            Code::BadRequest => "bad_request",
-            Code::UnknownCommand => "unknown_command",
-            Code::LineTooLong => "line_too_long",
-            Code::UnknownPeer => "unknown_peer",
-            Code::AmbiguousPeer => "ambiguous_peer",
-            Code::Unreachable => "unreachable",
-            Code::Timeout => "timeout",
-            Code::InvalidTag => "invalid_tag",
-            Code::InvalidId => "invalid_id",
-            Code::InvalidName => "invalid_name",
-            Code::InvalidAddress => "invalid_address",
-            Code::TooLarge => "too_large",
-            Code::QueueFull => "queue_full",
-            Code::OwnDevice => "self",
-            Code::UnknownService => "unknown_service",
-            Code::Unavailable => "unavailable",
-            Code::UnknownStream => "unknown_stream",
-            Code::NotFound => "not_found",
-            Code::Store => "store",
-            Code::Internal => "internal",
-            Code::InvalidCode => "invalid_code",
-            Code::WrongCode => "wrong_code",
-            Code::Busy => "busy",
-            Code::Cancelled => "cancelled",
-            Code::Refused => "refused",
-            Code::Removed => "removed",
-            Code::Unknown => "unknown",
-        }
-    }
-}
-
-impl From<&str> for Code {
-    /// Reads a code received from a peer or a daemon; unknown ones become [`Code::Unknown`].
-    fn from(s: &str) -> Code {
-        match s {
-            "bad_json" => Code::BadJson,
-            "bad_request" => Code::BadRequest,
-            "unknown_command" => Code::UnknownCommand,
-            "line_too_long" => Code::LineTooLong,
-            "unknown_peer" => Code::UnknownPeer,
-            "ambiguous_peer" => Code::AmbiguousPeer,
-            "unreachable" => Code::Unreachable,
-            "timeout" => Code::Timeout,
-            "invalid_tag" => Code::InvalidTag,
-            "invalid_id" => Code::InvalidId,
-            "invalid_name" => Code::InvalidName,
-            "invalid_address" => Code::InvalidAddress,
-            "too_large" => Code::TooLarge,
-            "queue_full" => Code::QueueFull,
-            "self" => Code::OwnDevice,
-            "unknown_service" => Code::UnknownService,
-            "unavailable" => Code::Unavailable,
-            "unknown_stream" => Code::UnknownStream,
-            "not_found" => Code::NotFound,
-            "store" => Code::Store,
-            "internal" => Code::Internal,
-            "invalid_code" => Code::InvalidCode,
-            "wrong_code" => Code::WrongCode,
-            "busy" => Code::Busy,
-            "cancelled" => Code::Cancelled,
-            "refused" => Code::Refused,
-            "removed" => Code::Removed,
-            _ => Code::Unknown,
-        }
-    }
-}
-
-impl std::fmt::Display for Code {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The codes by their old constant names, for brevity at call sites.
-pub mod code {
-    use super::Code;
-    pub const BAD_JSON: Code = Code::BadJson;
-    pub const BAD_REQUEST: Code = Code::BadRequest;
-    pub const UNKNOWN_COMMAND: Code = Code::UnknownCommand;
-    pub const LINE_TOO_LONG: Code = Code::LineTooLong;
-    pub const UNKNOWN_PEER: Code = Code::UnknownPeer;
-    pub const AMBIGUOUS_PEER: Code = Code::AmbiguousPeer;
-    pub const UNREACHABLE: Code = Code::Unreachable;
-    pub const TIMEOUT: Code = Code::Timeout;
-    pub const INVALID_TAG: Code = Code::InvalidTag;
-    pub const INVALID_ID: Code = Code::InvalidId;
-    pub const INVALID_NAME: Code = Code::InvalidName;
-    pub const INVALID_ADDRESS: Code = Code::InvalidAddress;
-    pub const TOO_LARGE: Code = Code::TooLarge;
-    pub const QUEUE_FULL: Code = Code::QueueFull;
-    pub const SELF: Code = Code::OwnDevice;
-    pub const UNKNOWN_SERVICE: Code = Code::UnknownService;
-    pub const UNAVAILABLE: Code = Code::Unavailable;
-    pub const UNKNOWN_STREAM: Code = Code::UnknownStream;
-    pub const NOT_FOUND: Code = Code::NotFound;
-    pub const STORE: Code = Code::Store;
-    pub const INTERNAL: Code = Code::Internal;
-    pub const INVALID_CODE: Code = Code::InvalidCode;
-    pub const WRONG_CODE: Code = Code::WrongCode;
-    pub const BUSY: Code = Code::Busy;
-    pub const CANCELLED: Code = Code::Cancelled;
-    pub const REFUSED: Code = Code::Refused;
-    pub const REMOVED: Code = Code::Removed;
-}
+mod codes;
+pub use codes::{code, Code};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: Code,
     pub message: String,
+    /// `conflict`: the key's versions now, best first (`hlc`, `origin`, `seq`,
+    /// `version`, `deleted`); empty when it has no value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Vec<Value>>,
 }
 
 impl ErrorBody {
@@ -348,15 +218,13 @@ impl ErrorBody {
         ErrorBody {
             code,
             message: message.into(),
+            current: None,
         }
     }
 
     /// An error a peer sent as wire strings (a refused message or stream).
     pub fn from_wire(code: &str, message: String) -> Self {
-        ErrorBody {
-            code: Code::from(code),
-            message,
-        }
+        ErrorBody::new(Code::from(code), message)
     }
 }
 

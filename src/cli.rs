@@ -195,7 +195,17 @@ pub struct SendArgs {
 #[derive(Debug, Subcommand)]
 pub enum KvCommand {
     /// Store VALUE (or standard input when absent or `-`) under KEY
-    Put { key: String, value: Option<String> },
+    Put {
+        key: String,
+        value: Option<String>,
+        /// Only if KEY's current version is VERSION (the `version` that `kv get --json`
+        /// printed); exit 3 with `conflict` otherwise
+        #[arg(long, value_name = "VERSION", conflicts_with = "if_absent")]
+        if_version: Option<String>,
+        /// Only if KEY has no value; exit 3 with `conflict` otherwise
+        #[arg(long)]
+        if_absent: bool,
+    },
     /// Print the value of KEY (bytes unchanged; exit 1 when absent)
     Get {
         key: String,
@@ -204,7 +214,12 @@ pub enum KvCommand {
         all_versions: bool,
     },
     /// Delete KEY
-    Del { key: String },
+    Del {
+        key: String,
+        /// Only if KEY's current version is VERSION; exit 3 with `conflict` otherwise
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<String>,
+    },
     /// List keys starting with PREFIX
     List { prefix: Option<String> },
     /// Print changes under PREFIX as they happen

@@ -459,10 +459,34 @@ fn describe_event(v: &Value) -> String {
     }
 }
 
+/// A conditional write's reply: `None` after saying why when it was a `conflict` (the
+/// caller exits 3), the result otherwise.
+fn conflict_exit(res: anyhow::Result<Value>, g: &Global) -> anyhow::Result<Option<Value>> {
+    match res {
+        Err(e) => match e.downcast_ref::<crate::client::ApiError>() {
+            Some(a) if a.0.code == crate::api::Code::Conflict => {
+                if g.json {
+                    print_json(&a.0)?;
+                } else {
+                    eprintln!("cnspr: conflict: {}", a.0.message);
+                }
+                Ok(None)
+            }
+            _ => Err(e),
+        },
+        Ok(v) => Ok(Some(v)),
+    }
+}
+
 fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32> {
     use crate::cli::KvCommand as K;
     match k {
-        K::Put { key, value } => {
+        K::Put {
+            key,
+            value,
+            if_version,
+            if_absent,
+        } => {
             let bytes: Vec<u8> = match value.as_deref() {
                 Some("-") | None => {
                     let mut buf = Vec::new();
@@ -481,9 +505,14 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
                     value: None,
                     value_b64: None,
                     value_len: Some(bytes.len() as u64),
+                    if_version,
+                    if_absent,
                 },
                 &bytes,
-            )?;
+            );
+            let Some(v) = conflict_exit(v, g)? else {
+                return Ok(3);
+            };
             if g.json {
                 print_json(&v)?;
             }
@@ -535,8 +564,15 @@ fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32
                 }
             }
         }
-        K::Del { key } => {
-            let v = c.request(&Request::KvDel { key })?;
+        K::Del { key, if_version } => {
+            let v = c.request(&Request::KvDel {
+                key,
+                if_version,
+                if_absent: false,
+            });
+            let Some(v) = conflict_exit(v, g)? else {
+                return Ok(3);
+            };
             if g.json {
                 print_json(&v)?;
             }

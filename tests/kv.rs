@@ -154,3 +154,95 @@ fn a_watcher_sees_each_change_once_and_resumes_after_a_restart() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn conditional_writes_on_one_device() {
+    let mut n = Node::new("solo", "");
+    n.start();
+    // --if-absent: the first writes, the second is a conflict (exit 3), nothing written.
+    assert!(n
+        .cli(&["kv", "put", "k", "one", "--if-absent"])
+        .status
+        .success());
+    let o = n.cli(&["kv", "put", "k", "two", "--if-absent"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already has a value"), "{}", stderr(&o));
+    let v1 = n.json(&["kv", "get", "k"])["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // --if-version with what was read writes; the stale version then conflicts, and the
+    // JSON error carries the current version.
+    let o = n.cli(&["kv", "put", "k", "three", "--if-version", &v1]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v2 = n.json(&["kv", "get", "k"])["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = n.cli(&["--json", "kv", "put", "k", "four", "--if-version", &v1]);
+    assert_eq!(o.status.code(), Some(3));
+    let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["code"], "conflict", "{e}");
+    assert_eq!(e["current"][0]["version"], v2.as_str(), "{e}");
+    assert_eq!(
+        String::from_utf8(n.cli(&["kv", "get", "k"]).stdout).unwrap(),
+        "three"
+    );
+    // A conditional delete; a malformed version is a bad request, not a conflict.
+    let o = n.cli(&["kv", "del", "k", "--if-version", &v1]);
+    assert_eq!(o.status.code(), Some(3));
+    let o = n.cli(&["kv", "del", "k", "--if-version", "nonsense"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("HLC:SEQ:ORIGIN"), "{}", stderr(&o));
+    assert!(n
+        .cli(&["kv", "del", "k", "--if-version", &v2])
+        .status
+        .success());
+    assert_eq!(n.cli(&["kv", "get", "k"]).status.code(), Some(1));
+}
+
+/// Two devices apart both write a key conditionally on the version they both read: each
+/// succeeds on its own device (the condition is checked where the write is made), and
+/// once they meet the key has both versions, the same winner on each (docs/store.md).
+#[test]
+fn conditional_writes_on_devices_apart_become_siblings() {
+    let Some(lab) = common::lab::Lab::new("kc", 2) else {
+        return;
+    };
+    let mut nodes = vec![lab.node(0, "a"), lab.node(1, "b")];
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    lab.trust_all(&nodes);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.wait_state("b", "active");
+    assert!(a.cli(&["kv", "put", "k", "base"]).status.success());
+    wait_until("b to have the key", || {
+        b.cli(&["kv", "get", "k"]).stdout == b"base"
+    });
+    let v = b.json(&["kv", "get", "k"])["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.cut(1);
+    wait_until("a and b apart", || {
+        a.peer("b").is_some_and(|p| p["state"] == "unreachable")
+    });
+    assert!(a
+        .cli(&["kv", "put", "k", "from-a", "--if-version", &v])
+        .status
+        .success());
+    assert!(b
+        .cli(&["kv", "put", "k", "from-b", "--if-version", &v])
+        .status
+        .success());
+    lab.heal(1);
+    let both = |n: &Node| {
+        n.try_json(&["kv", "get", "k", "--all-versions"])
+            .filter(|j| j["siblings"].as_array().is_some_and(|s| s.len() == 1))
+    };
+    wait_until("both versions on both devices", || {
+        both(a).is_some() && both(b).is_some()
+    });
+    assert_eq!(both(a).unwrap()["version"], both(b).unwrap()["version"]);
+}

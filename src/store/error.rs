@@ -4,6 +4,21 @@ use std::path::PathBuf;
 
 use super::limits::Refusal;
 
+fn conflict_text(key: &str, if_absent: bool, current: &[super::model::Version]) -> String {
+    match (if_absent, current.first()) {
+        (true, Some(v)) => format!(
+            "{key:?} already has a value (version {} seq {}); nothing written",
+            v.hlc, v.seq
+        ),
+        (false, Some(v)) => format!(
+            "{key:?} changed since that version was read: it is now version {} seq {}; \
+             nothing written (read it again and retry)",
+            v.hlc, v.seq
+        ),
+        (_, None) => format!("{key:?} has no value now; nothing written"),
+    }
+}
+
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +59,15 @@ pub enum StoreError {
     /// The storage engine failed.
     #[error("storage error: {0}")]
     Db(Box<redb::Error>),
+    /// A conditional write whose condition did not hold; nothing was written. `current`
+    /// is the key's versions now, best first (empty: the key has no value).
+    #[error("{}", conflict_text(key, *if_absent, current))]
+    Conflict {
+        key: String,
+        /// The condition was `if_absent` (else `if_version`).
+        if_absent: bool,
+        current: Vec<super::model::Version>,
+    },
     /// A whole write batch failed; none of its operations was stored.
     #[error("the write was not stored: {0}")]
     WriteFailed(String),

@@ -57,6 +57,20 @@ impl std::fmt::Display for Hlc {
     }
 }
 
+impl std::str::FromStr for Hlc {
+    type Err = String;
+
+    /// Reads the form [`Hlc`]'s `Display` writes: `WALL_MS.COUNTER`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a stamp (WALL_MS.COUNTER, as `kv get` shows it)");
+        let (wall, counter) = s.split_once('.').ok_or_else(bad)?;
+        Ok(Hlc::new(
+            wall.parse().map_err(|_| bad())?,
+            counter.parse().map_err(|_| bad())?,
+        ))
+    }
+}
+
 /// The local clock: the last stamp issued or adopted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Clock {

@@ -35,8 +35,8 @@ pub use config::{system_wall_clock, StoreConfig, WallClock, DEFAULT_CACHE_BYTES}
 pub use error::StoreError;
 pub use hlc::{Clock, Hlc, MAX_DRIFT_MS};
 pub use model::{
-    validate_key, validate_value, Change, Delta, Device, Dot, Entry, FeedEvent, Origin, Version,
-    VersionVector, VersionedValue, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    validate_key, validate_value, Change, Condition, Delta, Device, Dot, Entry, FeedEvent, Origin,
+    Version, VersionVector, VersionedValue, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 
 use writer::{Op, Through};
@@ -165,6 +165,17 @@ impl Store {
 
     /// Writes `value` under `key`; returns once the write is durable on disk.
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<Change, StoreError> {
+        self.put_if(key, value, None).await
+    }
+
+    /// [`Store::put`] only if `cond` holds when the write is made (else
+    /// [`StoreError::Conflict`], and nothing is written).
+    pub async fn put_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        cond: Option<Condition>,
+    ) -> Result<Change, StoreError> {
         validate_key(key)?;
         validate_value(&value)?;
         let key = key.to_owned();
@@ -172,6 +183,7 @@ impl Store {
             .submit(|reply| Op::Write {
                 key,
                 value: Some(value),
+                cond,
                 reply,
             })
             .await?;
@@ -181,11 +193,22 @@ impl Store {
     /// Deletes `key` (writes a tombstone); returns once durable. `None` when the key had no
     /// live version, in which case nothing is written.
     pub async fn del(&self, key: &str) -> Result<Option<Change>, StoreError> {
+        self.del_if(key, None).await
+    }
+
+    /// [`Store::del`] only if `cond` holds when the write is made (else
+    /// [`StoreError::Conflict`], and nothing is written).
+    pub async fn del_if(
+        &self,
+        key: &str,
+        cond: Option<Condition>,
+    ) -> Result<Option<Change>, StoreError> {
         validate_key(key)?;
         let key = key.to_owned();
         self.submit(|reply| Op::Write {
             key,
             value: None,
+            cond,
             reply,
         })
         .await

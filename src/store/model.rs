@@ -339,6 +339,31 @@ pub(crate) struct Merge {
     pub wins: bool,
 }
 
+/// A precondition of a local write (`kv.put` / `kv.del` with `if_version` or `if_absent`),
+/// checked by the writer in the same transaction as the write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// The key's current winner is the version a reader saw: written by `device`, as its
+    /// `seq`-th write, stamped `hlc` (the `origin`, `seq` and `hlc` that `kv get` shows).
+    /// Concurrent versions that lost do not matter: the write supersedes them too.
+    IfVersion { device: Device, seq: u64, hlc: Hlc },
+    /// The key has no live value (never written, or deleted).
+    IfAbsent,
+}
+
+impl Condition {
+    /// Whether the condition holds for a key whose versions are `siblings` (best first).
+    pub(crate) fn holds(&self, siblings: &[Sibling]) -> bool {
+        let winner = siblings.first().filter(|s| s.value.is_some());
+        match self {
+            Condition::IfAbsent => winner.is_none(),
+            Condition::IfVersion { device, seq, hlc } => winner.is_some_and(|w| {
+                w.version.origin.device == *device && w.version.seq == *seq && w.version.hlc == *hlc
+            }),
+        }
+    }
+}
+
 /// Merges `change` (not seen before) into the siblings of its key, kept sorted best first.
 /// The result depends only on the set of changes merged, not their order: a version stays
 /// iff no merged change's `supersedes` covers its dot.

@@ -16,7 +16,8 @@ use super::error::StoreError;
 use super::hlc::Clock;
 use super::limits::{Refusal, MAX_SEQ};
 use super::model::{
-    key_context, merge, Change, Device, FeedEvent, Origin, Sibling, Version, VersionVector,
+    key_context, merge, Change, Condition, Device, FeedEvent, Origin, Sibling, Version,
+    VersionVector,
 };
 
 /// Most operations committed in one transaction.
@@ -34,6 +35,8 @@ pub(crate) enum Op {
     Write {
         key: String,
         value: Option<Vec<u8>>,
+        /// Written only if this holds (checked in the write's own transaction).
+        cond: Option<Condition>,
         reply: Reply<Option<Change>>,
     },
     /// Changes from a peer; `through` is set for a [`super::Delta`].
@@ -92,6 +95,9 @@ enum Output {
     Count(usize),
     /// The operation was refused (nothing of it is written; the batch goes on).
     Refused(Refusal),
+    /// A conditional write whose condition did not hold ([`StoreError::Conflict`];
+    /// nothing written, the batch goes on).
+    Conflict(StoreError),
 }
 
 impl From<Result<usize, Refusal>> for Output {
@@ -173,8 +179,32 @@ impl State {
         events: &mut Vec<FeedEvent>,
     ) -> Result<Output, StoreError> {
         Ok(match op {
-            Op::Write { key, value, .. } => {
-                Output::Write(self.local_write(w, key, value.clone(), wall_ms, events)?)
+            Op::Write {
+                key, value, cond, ..
+            } => {
+                let siblings = w.siblings(key)?;
+                match cond {
+                    Some(c) if !c.holds(&siblings) => {
+                        let live = siblings.first().is_some_and(|s| s.value.is_some());
+                        Output::Conflict(StoreError::Conflict {
+                            key: key.clone(),
+                            if_absent: *c == Condition::IfAbsent,
+                            current: if live {
+                                siblings.iter().map(|s| s.version).collect()
+                            } else {
+                                Vec::new()
+                            },
+                        })
+                    }
+                    _ => Output::Write(self.local_write(
+                        w,
+                        key,
+                        value.clone(),
+                        siblings,
+                        wall_ms,
+                        events,
+                    )?),
+                }
             }
             Op::Apply {
                 changes, through, ..
@@ -202,10 +232,10 @@ impl State {
         w: &mut Writer<'_>,
         key: &str,
         value: Option<Vec<u8>>,
+        siblings: Vec<Sibling>,
         wall_ms: u64,
         events: &mut Vec<FeedEvent>,
     ) -> Result<Option<Change>, StoreError> {
-        let siblings = w.siblings(key)?;
         if value.is_none() && siblings.iter().all(|s| s.value.is_none()) {
             return Ok(None);
         }
@@ -354,6 +384,7 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
     // A caller that stopped waiting is not an error: the operation is committed anyway.
     match (op, result) {
         (Op::Write { reply, .. }, Ok(Output::Write(c))) => drop(reply.send(Ok(c))),
+        (Op::Write { reply, .. }, Ok(Output::Conflict(e))) => drop(reply.send(Err(e))),
         (
             Op::Apply { reply, .. }
             | Op::ApplyReconciled { reply, .. }

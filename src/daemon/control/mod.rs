@@ -256,7 +256,15 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 tokio::spawn(async move {
                     let res = match req {
                         Request::Send(s) => cmd::send::send(&d, s, body).await,
-                        Request::KvPut { key, .. } => cmd::kv::put(&d, &key, body).await,
+                        Request::KvPut {
+                            key,
+                            if_version,
+                            if_absent,
+                            ..
+                        } => match cmd::kv::condition(if_version, if_absent) {
+                            Ok(cond) => cmd::kv::put(&d, &key, body, cond).await,
+                            Err(e) => Err(e),
+                        },
                         other => cmd::handle(&d, other).await,
                     };
                     let reply = match res {

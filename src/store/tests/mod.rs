@@ -1,6 +1,7 @@
 //! Store tests: helpers shared by the test modules.
 
 mod claims;
+mod cond;
 mod durability;
 mod epochs;
 mod input;

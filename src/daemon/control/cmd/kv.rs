@@ -13,12 +13,27 @@ use tokio::sync::mpsc;
 use super::super::framing::{err, line_of};
 use crate::api::{code, ErrorBody, Reply};
 use crate::daemon::context::Daemon;
-use crate::store::{Entry, FeedEvent, StoreError, Version};
+use crate::store::{Condition, Entry, FeedEvent, Hlc, StoreError, Version};
 
 /// Most keys one `kv.list` answers.
 const MAX_LIST: usize = 10_000;
 
 fn store_err(e: StoreError) -> ErrorBody {
+    if let StoreError::Conflict { key, current, .. } = &e {
+        let mut body = err(code::CONFLICT, e.to_string());
+        let mut versions = Vec::new();
+        for v in current {
+            let mut j = version_json(key, None, v);
+            if let Some(m) = j.as_object_mut() {
+                m.remove("value_b64");
+                m.remove("deleted");
+                m.remove("key");
+            }
+            versions.push(j);
+        }
+        body.current = Some(versions);
+        return body;
+    }
     let c = match e {
         StoreError::EmptyKey | StoreError::KeyTooLong { .. } | StoreError::InvalidKey { .. } => {
             code::BAD_REQUEST
@@ -33,6 +48,58 @@ fn origin_id(v: &Version) -> String {
     transport::DeviceId(v.origin.device).to_string()
 }
 
+/// The one-string form of a version (`version` in replies, `if_version` in requests):
+/// `HLC:SEQ:ORIGIN`.
+fn version_string(v: &Version) -> String {
+    format!("{}:{}:{}", v.hlc, v.seq, origin_id(v))
+}
+
+/// A write's condition from a request's `if_version` / `if_absent`.
+pub fn condition(
+    if_version: Option<String>,
+    if_absent: bool,
+) -> Result<Option<Condition>, ErrorBody> {
+    match (if_version, if_absent) {
+        (Some(_), true) => Err(err(
+            code::BAD_REQUEST,
+            "give if_version or if_absent, not both",
+        )),
+        (None, true) => Ok(Some(Condition::IfAbsent)),
+        (None, false) => Ok(None),
+        (Some(s), false) => {
+            let bad = |why: &str| {
+                err(
+                    code::BAD_REQUEST,
+                    format!(
+                        "if_version {s:?}: {why}; give the `version` string a read returned \
+                         (HLC:SEQ:ORIGIN)"
+                    ),
+                )
+            };
+            if s.len() > 256 {
+                return Err(bad("too long"));
+            }
+            let mut parts = s.splitn(3, ':');
+            let (Some(hlc), Some(seq), Some(origin)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad("three parts expected"));
+            };
+            let hlc: Hlc = hlc.parse().map_err(|e: String| bad(&e))?;
+            let seq: u64 = seq
+                .parse()
+                .map_err(|_| bad("the sequence number is not a number"))?;
+            let device = origin
+                .parse::<transport::DeviceId>()
+                .map_err(|e| bad(&e.to_string()))?;
+            Ok(Some(Condition::IfVersion {
+                device: device.0,
+                seq,
+                hlc,
+            }))
+        }
+    }
+}
+
 fn version_json(key: &str, value: Option<&[u8]>, v: &Version) -> Value {
     json!({
         "key": key,
@@ -41,6 +108,7 @@ fn version_json(key: &str, value: Option<&[u8]>, v: &Version) -> Value {
         "hlc": v.hlc.to_string(),
         "origin": origin_id(v),
         "seq": v.seq,
+        "version": version_string(v),
     })
 }
 
@@ -56,8 +124,17 @@ fn entry_json(e: &Entry, all: bool) -> Value {
     v
 }
 
-pub async fn put(d: &Arc<Daemon>, key: &str, value: Bytes) -> Result<Value, ErrorBody> {
-    let change = d.store.put(key, value.to_vec()).await.map_err(store_err)?;
+pub async fn put(
+    d: &Arc<Daemon>,
+    key: &str,
+    value: Bytes,
+    cond: Option<Condition>,
+) -> Result<Value, ErrorBody> {
+    let change = d
+        .store
+        .put_if(key, value.to_vec(), cond)
+        .await
+        .map_err(store_err)?;
     Ok(version_json(key, None, &change.version)
         .as_object()
         .map(|m| {
@@ -76,9 +153,13 @@ pub fn get(d: &Arc<Daemon>, key: &str, all: bool) -> Result<Value, ErrorBody> {
     }
 }
 
-pub async fn del(d: &Arc<Daemon>, key: &str) -> Result<Value, ErrorBody> {
-    match d.store.del(key).await.map_err(store_err)? {
-        Some(c) => Ok(json!({"deleted": key, "hlc": c.version.hlc.to_string()})),
+pub async fn del(d: &Arc<Daemon>, key: &str, cond: Option<Condition>) -> Result<Value, ErrorBody> {
+    match d.store.del_if(key, cond).await.map_err(store_err)? {
+        Some(c) => Ok(json!({
+            "deleted": key,
+            "hlc": c.version.hlc.to_string(),
+            "version": version_string(&c.version),
+        })),
         None => Err(err(code::NOT_FOUND, format!("no key {key:?}"))),
     }
 }

@@ -53,7 +53,11 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
         Request::Services {} => serde_json::to_value(d.streams.list()),
         Request::StreamStatus { stream, wait_ms } => Ok(streams::status(d, stream, wait_ms).await),
         Request::KvGet { key, all_versions } => Ok(kv::get(d, &key, all_versions)?),
-        Request::KvDel { key } => Ok(kv::del(d, &key).await?),
+        Request::KvDel {
+            key,
+            if_version,
+            if_absent,
+        } => Ok(kv::del(d, &key, kv::condition(if_version, if_absent)?).await?),
         Request::KvList {
             prefix,
             after,
