@@ -5,6 +5,7 @@ mod cond;
 mod durability;
 mod epochs;
 mod input;
+mod load;
 mod props;
 mod recon;
 mod retire;

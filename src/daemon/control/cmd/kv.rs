@@ -193,6 +193,39 @@ fn feed_line(f: &FeedEvent) -> Vec<u8> {
 
 /// Sends the changes after `from_seq`, then live ones, each exactly once, until the
 /// client closes the connection.
+/// Sends every change under `prefix` after `last` from the durable feed, page by page to
+/// its end, advancing `last`; false when the watcher is gone or the feed failed (the
+/// watcher was told).
+async fn catch_up(
+    d: &Arc<Daemon>,
+    prefix: &str,
+    last: &mut u64,
+    tx: &mpsc::Sender<Vec<u8>>,
+) -> bool {
+    loop {
+        let page = match d.store.feed_since(*last, prefix, 1000) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx
+                    .send(line_of(
+                        &json!({"event": "error", "message": e.to_string()}),
+                    ))
+                    .await;
+                return false;
+            }
+        };
+        if page.is_empty() {
+            return true;
+        }
+        for f in &page {
+            *last = f.feed_seq;
+            if tx.send(feed_line(f)).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
 pub async fn watch<R>(
     d: &Arc<Daemon>,
     id: Value,
@@ -213,27 +246,8 @@ pub async fn watch<R>(
         return;
     }
     let mut last = from_seq.unwrap_or(0);
-    loop {
-        let page = match d.store.feed_since(last, &prefix, 1000) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tx
-                    .send(line_of(
-                        &json!({"event": "error", "message": e.to_string()}),
-                    ))
-                    .await;
-                return;
-            }
-        };
-        if page.is_empty() {
-            break;
-        }
-        for f in &page {
-            last = f.feed_seq;
-            if tx.send(feed_line(f)).await.is_err() {
-                return;
-            }
-        }
+    if !catch_up(d, &prefix, &mut last, &tx).await {
+        return;
     }
     let mut scratch = [0u8; 1024];
     loop {
@@ -249,17 +263,10 @@ pub async fn watch<R>(
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Catch up from the durable feed instead of losing changes.
-                    match d.store.feed_since(last, &prefix, 10_000) {
-                        Ok(page) => {
-                            for f in &page {
-                                last = f.feed_seq;
-                                if tx.send(feed_line(f)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(_) => return,
+                    // Catch up from the durable feed, to its end, instead of losing
+                    // changes; the live events it already covered are skipped above.
+                    if !catch_up(d, &prefix, &mut last, &tx).await {
+                        return;
                     }
                 }
                 Err(_) => return,
