@@ -2,18 +2,21 @@
 
 use std::path::PathBuf;
 
+use super::hlc::Hlc;
 use super::limits::Refusal;
 
-fn conflict_text(key: &str, if_absent: bool, current: &[super::model::Version]) -> String {
+/// A version as a conflict reports it: its stamp, its writer's sequence number, and the
+/// writing device.
+pub type CurrentVersion = (Hlc, u64, [u8; 32]);
+
+fn conflict_text(key: &str, if_absent: bool, current: &[CurrentVersion]) -> String {
     match (if_absent, current.first()) {
-        (true, Some(v)) => format!(
-            "{key:?} already has a value (version {} seq {}); nothing written",
-            v.hlc, v.seq
-        ),
-        (false, Some(v)) => format!(
-            "{key:?} changed since that version was read: it is now version {} seq {}; \
-             nothing written (read it again and retry)",
-            v.hlc, v.seq
+        (true, Some((hlc, seq, _))) => {
+            format!("{key:?} already has a value (version {hlc} seq {seq}); nothing written")
+        }
+        (false, Some((hlc, seq, _))) => format!(
+            "{key:?} changed since that version was read: it is now version {hlc} seq {seq}; \
+             nothing written (read it again and retry)"
         ),
         (_, None) => format!("{key:?} has no value now; nothing written"),
     }
@@ -66,7 +69,7 @@ pub enum StoreError {
         key: String,
         /// The condition was `if_absent` (else `if_version`).
         if_absent: bool,
-        current: Vec<super::model::Version>,
+        current: Vec<CurrentVersion>,
     },
     /// A whole write batch failed; none of its operations was stored.
     #[error("the write was not stored: {0}")]

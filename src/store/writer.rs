@@ -190,7 +190,12 @@ impl State {
                             key: key.clone(),
                             if_absent: *c == Condition::IfAbsent,
                             current: if live {
-                                siblings.iter().map(|s| s.version).collect()
+                                siblings
+                                    .iter()
+                                    .map(|s| {
+                                        (s.version.hlc, s.version.seq, s.version.origin.device)
+                                    })
+                                    .collect()
                             } else {
                                 Vec::new()
                             },

@@ -21,17 +21,21 @@ const MAX_LIST: usize = 10_000;
 fn store_err(e: StoreError) -> ErrorBody {
     if let StoreError::Conflict { key, current, .. } = &e {
         let mut body = err(code::CONFLICT, e.to_string());
-        let mut versions = Vec::new();
-        for v in current {
-            let mut j = version_json(key, None, v);
-            if let Some(m) = j.as_object_mut() {
-                m.remove("value_b64");
-                m.remove("deleted");
-                m.remove("key");
-            }
-            versions.push(j);
-        }
-        body.current = Some(versions);
+        let _ = key;
+        body.current = Some(
+            current
+                .iter()
+                .map(|(hlc, seq, device)| {
+                    let origin = transport::DeviceId(*device).to_string();
+                    json!({
+                        "hlc": hlc.to_string(),
+                        "origin": origin,
+                        "seq": seq,
+                        "version": format!("{hlc}:{seq}:{origin}"),
+                    })
+                })
+                .collect(),
+        );
         return body;
     }
     let c = match e {
