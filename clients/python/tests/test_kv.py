@@ -7,11 +7,31 @@ from typing import List
 
 import pytest
 
-from cnspr import BadRequest, KvChange, NotFound, TooLarge
+from cnspr import BadRequest, Conflict, KvChange, NotFound, TooLarge
 
 from conftest import Daemon, Daemons, trust_both, wait_for
 
 VALUE = bytes(range(256)) + b"\n\x00tail"
+
+
+def test_conditional_writes(alpha: Daemon) -> None:
+    with alpha.client() as c:
+        first = c.kv_put("kvc/a", b"1", if_absent=True)
+        with pytest.raises(Conflict) as absent:
+            c.kv_put("kvc/a", b"x", if_absent=True)
+        assert absent.value.code == "conflict" and absent.value.current == (first.version,)
+        read = c.kv_get("kvc/a")
+        assert read.version == first.version
+        second = c.kv_put("kvc/a", b"2", if_version=read.version)
+        with pytest.raises(Conflict) as stale:
+            c.kv_put("kvc/a", b"y", if_version=read.version)
+        assert stale.value.current == (second.version,)
+        assert c.kv_get("kvc/a").value == b"2"
+        with pytest.raises(Conflict):
+            c.kv_del("kvc/a", if_version=first.version)
+        c.kv_del("kvc/a", if_version=second.version)
+        with pytest.raises(BadRequest):
+            c.kv_put("kvc/a", b"z", if_version="not a version")
 
 
 def test_put_get_del(alpha: Daemon) -> None:

@@ -272,7 +272,13 @@ def reply_result(v: Mapping[str, Any], what: str) -> Any:
             e.get("message"), str
         ):
             raise ProtocolError(codes.PROTOCOL_ERROR, f"{what}: error reply without code and message")
-        raise error_for(e["code"], e["message"])
+        current = e.get("current")
+        versions = (
+            [c["version"] for c in current if isinstance(c, dict) and isinstance(c.get("version"), str)]
+            if isinstance(current, list)
+            else []
+        )
+        raise error_for(e["code"], e["message"], versions)
     raise ProtocolError(codes.PROTOCOL_ERROR, f"{what}: reply without a boolean \"ok\"")
 
 

@@ -100,7 +100,7 @@ def _payload(data: Body, what: str) -> bytes:
 
 def _copy(e: CnsprError) -> CnsprError:
     """A fresh exception of the same kind (one instance is never raised in two threads)."""
-    return error_for(e.code, e.message)
+    return error_for(e.code, e.message, getattr(e, "current", ()))
 
 
 class _Pending:
@@ -411,20 +411,34 @@ class Client:
 
     # --- key-value store ----------------------------------------------------------
 
-    def kv_put(self, key: str, value: Body) -> KvWrite:
+    def kv_put(
+        self, key: str, value: Body, *, if_version: Optional[str] = None, if_absent: bool = False
+    ) -> KvWrite:
         """Stores ``value`` (bytes, or str as UTF-8) under ``key``; durable on disk when
-        it returns. Values travel as raw bytes (binary-safe)."""
+        it returns. Values travel as raw bytes (binary-safe). With ``if_version`` (the
+        ``version`` of an entry read before) or ``if_absent``, writes only if the key is
+        still so, else raises ``Conflict`` (its ``current`` lists the versions now) and
+        writes nothing."""
         data = _payload(value, "value")
-        return KvWrite.parse(self.request("kv.put", {"key": key, "value_len": len(data)}, data))
+        fields: Dict[str, Any] = {"key": key, "value_len": len(data)}
+        if if_version is not None:
+            fields["if_version"] = if_version
+        if if_absent:
+            fields["if_absent"] = True
+        return KvWrite.parse(self.request("kv.put", fields, data))
 
     def kv_get(self, key: str, *, all_versions: bool = False) -> KvEntry:
         """The visible value of ``key``; ``NotFound`` if absent or deleted. With
         ``all_versions`` the entry's ``siblings`` are the concurrent versions that lost."""
         return KvEntry.parse(self.request("kv.get", {"key": key, "all_versions": all_versions}), "kv.get")
 
-    def kv_del(self, key: str) -> KvDeleted:
-        """Deletes ``key`` (a tombstone); ``NotFound`` if it had no live value."""
-        return KvDeleted.parse(self.request("kv.del", {"key": key}))
+    def kv_del(self, key: str, *, if_version: Optional[str] = None) -> KvDeleted:
+        """Deletes ``key`` (a tombstone); ``NotFound`` if it had no live value. With
+        ``if_version``, only if the key is still at that version (else ``Conflict``)."""
+        fields: Dict[str, Any] = {"key": key}
+        if if_version is not None:
+            fields["if_version"] = if_version
+        return KvDeleted.parse(self.request("kv.del", fields))
 
     def kv_list(
         self, prefix: str = "", *, after: Optional[str] = None, limit: Optional[int] = None

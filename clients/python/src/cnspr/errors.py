@@ -10,7 +10,7 @@ does not know (from a newer daemon) gives a plain :class:`CnsprError`.
 
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Dict, Sequence, Tuple, Type
 
 
 class codes:
@@ -44,6 +44,7 @@ class codes:
     CANCELLED = "cancelled"
     REFUSED = "refused"
     REMOVED = "removed"
+    CONFLICT = "conflict"
 
     # Found by this library.
     DAEMON_NOT_RUNNING = "daemon_not_running"
@@ -205,6 +206,14 @@ class Removed(CnsprError):
     pass
 
 
+class Conflict(CnsprError):
+    """A conditional write found the key changed (``if_version``) or present
+    (``if_absent``); nothing was written. ``current`` holds the key's versions now, best
+    first (empty when it has no value), as ``version`` strings."""
+
+    current: Tuple[str, ...] = ()
+
+
 _BY_CODE: Dict[str, Type[CnsprError]] = {
     codes.BAD_JSON: BadJson,
     codes.BAD_REQUEST: BadRequest,
@@ -233,6 +242,7 @@ _BY_CODE: Dict[str, Type[CnsprError]] = {
     codes.CANCELLED: Cancelled,
     codes.REFUSED: Refused,
     codes.REMOVED: Removed,
+    codes.CONFLICT: Conflict,
     codes.DAEMON_NOT_RUNNING: DaemonNotRunning,
     codes.CONNECTION_LOST: ConnectionLost,
     codes.PROTOCOL_ERROR: ProtocolError,
@@ -241,6 +251,10 @@ _BY_CODE: Dict[str, Type[CnsprError]] = {
 }
 
 
-def error_for(code: str, message: str) -> CnsprError:
-    """The exception for an error code: its subclass, or :class:`CnsprError`."""
-    return _BY_CODE.get(code, CnsprError)(code, message)
+def error_for(code: str, message: str, current: Sequence[str] = ()) -> CnsprError:
+    """The exception for an error code: its subclass, or :class:`CnsprError`. ``current``
+    is a conflict's versions."""
+    e = _BY_CODE.get(code, CnsprError)(code, message)
+    if isinstance(e, Conflict):
+        e.current = tuple(current)
+    return e

@@ -428,6 +428,9 @@ class KvVersion:
     hlc: str
     origin: str
     seq: int
+    #: The version as one string (``HLC:SEQ:ORIGIN``), for ``if_version``; empty from a
+    #: daemon too old to send it.
+    version: str = ""
 
     @classmethod
     def parse(cls, f: Fields) -> "KvVersion":
@@ -440,6 +443,7 @@ class KvVersion:
             hlc=f.string("hlc"),
             origin=f.string("origin"),
             seq=f.integer("seq"),
+            version=f.string("version") if f.has("version") else "",
         )
 
 
@@ -455,6 +459,8 @@ class KvEntry:
     origin: str
     seq: int
     siblings: Tuple[KvVersion, ...] = field(default=())
+    #: Pass to ``kv_put`` / ``kv_del`` as ``if_version`` to write only if unchanged.
+    version: str = ""
 
     @property
     def text(self) -> str:
@@ -468,7 +474,9 @@ class KvEntry:
         if w.value is None:
             raise f._bad("value_b64", "the value of a live key")
         sibs = tuple(KvVersion.parse(Fields(s, f"{what}.siblings[]")) for s in f.array("siblings")) if f.has("siblings") else ()
-        return cls(key=w.key, value=w.value, hlc=w.hlc, origin=w.origin, seq=w.seq, siblings=sibs)
+        return cls(
+            key=w.key, value=w.value, hlc=w.hlc, origin=w.origin, seq=w.seq, siblings=sibs, version=w.version
+        )
 
 
 @dataclass(frozen=True)
@@ -479,11 +487,18 @@ class KvWrite:
     hlc: str
     origin: str
     seq: int
+    version: str = ""
 
     @classmethod
     def parse(cls, v: Any) -> "KvWrite":
         f = Fields(v, "kv.put")
-        return cls(key=f.string("key"), hlc=f.string("hlc"), origin=f.string("origin"), seq=f.integer("seq"))
+        return cls(
+            key=f.string("key"),
+            hlc=f.string("hlc"),
+            origin=f.string("origin"),
+            seq=f.integer("seq"),
+            version=f.string("version") if f.has("version") else "",
+        )
 
 
 @dataclass(frozen=True)
