@@ -37,6 +37,17 @@ fn trust(x: &Node, y: &Node, addr: Option<&str>) {
     assert!(out.status.success(), "trust: {}", stderr(&out));
 }
 
+/// m, a and b trust each other; a and b know m's address. m first, as a person would
+/// set it up.
+fn join(m: &Node, a: &Node, b: &Node, m_addr: &str) {
+    trust(m, a, None);
+    trust(m, b, None);
+    trust(a, b, None);
+    trust(b, a, None);
+    trust(a, m, Some(m_addr));
+    trust(b, m, Some(m_addr));
+}
+
 fn quiet(mut n: Node) -> Node {
     n.rust_log = "cnspr=debug,warn".into();
     n
@@ -136,14 +147,7 @@ fn main() {
         a.start();
         b.start();
         let before = m.log().matches("punch frame passed on").count();
-        // m first: a device that dials a member not yet trusting it is refused and
-        // waits before dialling again.
-        trust(&m, &a, None);
-        trust(&m, &b, None);
-        trust(&a, &b, None);
-        trust(&b, &a, None);
-        trust(&a, &m, Some(m_addr));
-        trust(&b, &m, Some(m_addr));
+        join(&m, &a, &b, m_addr);
         let t0 = Instant::now();
         msg.push(first_message(&a, t0).as_secs_f64());
         assert!(
@@ -193,12 +197,7 @@ fn main() {
     let mut b = quiet(net.node(hb, "b"));
     a.start();
     b.start();
-    trust(&m, &a, None);
-    trust(&m, &b, None);
-    trust(&a, &b, None);
-    trust(&b, &a, None);
-    trust(&a, &m, Some(m_addr));
-    trust(&b, &m, Some(m_addr));
+    join(&m, &a, &b, m_addr);
     assert!(wait_for(
         &a,
         "b",

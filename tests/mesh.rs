@@ -188,3 +188,53 @@ fn garbage_on_a_mesh_stream_ends_that_stream_only() {
         nodes[0].log()
     );
 }
+
+/// A member that sends a message whose ID is not of the documented form (here a path, as
+/// a stolen device might, to reach scripts through `CNSPR_MESSAGE_ID`) is refused with
+/// `bad_request`; no handler runs; a proper ID on the same kind of stream is delivered.
+#[test]
+fn a_message_with_a_malformed_id_is_refused() {
+    let nodes = mesh(&["a", "b"], "");
+    let out = nodes[0].out().display().to_string();
+    nodes[0].handler("x/y", &format!("echo \"$CNSPR_MESSAGE_ID\" >> {out}/ids"));
+    let (rt, ep, pc, _dir) = rogue_connection(&nodes[0]);
+    // A message header as bincode writes it: id, tag, body_len, reply, relay_to, origin,
+    // ping; after a 4-byte big-endian length.
+    let header = |id: &str| {
+        let mut p = vec![id.len() as u8];
+        p.extend_from_slice(id.as_bytes());
+        p.extend_from_slice(&[3, b'x', b'.', b'y', 0, 0, 0, 0, 0]);
+        let mut f = (p.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&p);
+        f
+    };
+    let answers: Vec<Vec<u8>> = rt.block_on(async {
+        let mut answers = Vec::new();
+        for id in ["../../bin/sh\0xyz", "00000000000000ab"] {
+            let (mut send, mut recv) = pc.open(transport::StreamKind::Message).await.unwrap();
+            send.write_all(&header(id)).await.unwrap();
+            let _ = send.finish();
+            let a = tokio::time::timeout(DEADLINE, recv.read_to_end(1 << 16))
+                .await
+                .expect("an answer")
+                .unwrap_or_default();
+            answers.push(a);
+        }
+        ep.shutdown(0, "done", std::time::Duration::from_millis(100))
+            .await;
+        answers
+    });
+    let refused = String::from_utf8_lossy(&answers[0]).into_owned();
+    assert!(
+        refused.contains("bad_request") && refused.contains("message ID"),
+        "{refused:?}"
+    );
+    wait_until("the proper message's handler", || {
+        file(&nodes[0].out().join("ids")).is_some()
+    });
+    assert_eq!(
+        String::from_utf8(file(&nodes[0].out().join("ids")).unwrap()).unwrap(),
+        "00000000000000ab\n",
+        "only the proper message ran a handler"
+    );
+}

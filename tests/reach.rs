@@ -73,6 +73,13 @@ fn populate(
     }
 }
 
+/// A handler on `n` that appends each `note.x` message's body, and a newline, to
+/// `out/notes`.
+fn notes_handler(n: &Node) {
+    let notes = n.out().join("notes").display().to_string();
+    n.handler("note/x", &format!("cat >> {notes}; echo >> {notes}"));
+}
+
 fn path_kind(p: &Value) -> Option<&str> {
     p["path"]["kind"].as_str()
 }
@@ -148,14 +155,7 @@ fn traffic_moves_to_the_punched_path_without_loss() {
             ),
         );
         let b = &nodes[2];
-        b.handler(
-            "note/x",
-            &format!(
-                "cat >> {}/notes; echo >> {}/notes",
-                b.out().display(),
-                b.out().display()
-            ),
-        );
+        notes_handler(b);
     }) else {
         return;
     };
@@ -277,14 +277,7 @@ fn two_symmetric_nats_stay_relayed_through_the_member() {
 fn a_router_reboot_falls_back_to_the_member_then_goes_direct_again() {
     let Some(w) = world("rr", Nat::Cone, Nat::Cone, |_, _, nodes| {
         let b = &nodes[2];
-        b.handler(
-            "note/x",
-            &format!(
-                "cat >> {}/notes; echo >> {}/notes",
-                b.out().display(),
-                b.out().display()
-            ),
-        );
+        notes_handler(b);
     }) else {
         return;
     };

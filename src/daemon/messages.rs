@@ -36,6 +36,23 @@ pub fn new_message_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// Whether `id` has the form [`new_message_id`] gives: 16 lowercase hexadecimal digits.
+/// Nothing else reaches a handler's `CNSPR_MESSAGE_ID` (a member may be stolen).
+pub fn valid_message_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The checks every received header passes before its message is delivered or relayed.
+fn check_header(h: &MsgHeader) -> Result<(), MsgResult> {
+    if !valid_message_id(&h.id) {
+        return Err(nack(
+            code::BAD_REQUEST,
+            "malformed message ID (16 lowercase hexadecimal digits expected)",
+        ));
+    }
+    handlers::validate_user_tag(&h.tag).map_err(|e| nack(code::INVALID_TAG, e.to_string()))
+}
+
 /// Waits (until `deadline`) for a live connection to `peer`, dialling it.
 pub async fn connection_to(
     d: &Arc<Daemon>,
@@ -327,9 +344,9 @@ async fn read_message(
             format!("body of {} bytes exceeds {MAX_BODY}", header.body_len),
         ));
     }
-    if let Err(e) = handlers::validate_user_tag(&header.tag) {
+    if let Err(nack) = check_header(&header) {
         let _ = s.recv.stop(1u32.into());
-        return Err(nack(code::INVALID_TAG, e.to_string()));
+        return Err(nack);
     }
     let body = s
         .recv
@@ -478,8 +495,8 @@ pub async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
             break;
         }
         let seq = msg.seq;
-        let result = if let Err(e) = handlers::validate_user_tag(&msg.header.tag) {
-            Some(nack(code::INVALID_TAG, e.to_string()))
+        let result = if let Err(nack) = check_header(&msg.header) {
+            Some(nack)
         } else if msg.header.reply {
             let (d, tx) = (d.clone(), tx.clone());
             tokio::spawn(async move {
@@ -498,4 +515,25 @@ pub async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
     }
     drop(tx);
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_documented_message_id_form_is_accepted() {
+        assert!(valid_message_id(&new_message_id()));
+        assert!(valid_message_id("00000000000000ab"));
+        for bad in [
+            "",
+            "00000000000000AB",
+            "0000000000000ab",
+            "../../../etc/pa",
+            "00000000000000a\0",
+            "00000000000000abc",
+        ] {
+            assert!(!valid_message_id(bad), "{bad:?}");
+        }
+    }
 }
