@@ -656,3 +656,34 @@ fn init_is_idempotent_and_completions_print() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("cnspr"));
 }
+
+/// The control socket is created 0600, and even with its mode widened by hand a client of
+/// another user (not root) is refused with a clear message (root only: it runs the client
+/// as `nobody`).
+#[test]
+fn the_control_socket_serves_only_its_own_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut n = Node::new("solo", "");
+    n.start();
+    let mode = std::fs::metadata(n.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let root = common::lab::is_root();
+    let runuser = std::path::Path::new("/usr/sbin/runuser").exists();
+    if !root || !runuser {
+        eprintln!("skipping the other-user half: needs root and runuser");
+        return;
+    }
+    std::fs::set_permissions(n.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(n.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let out = std::process::Command::new("/usr/sbin/runuser")
+        .args(["-u", "nobody", "--", bin(), "--socket"])
+        .arg(n.socket())
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "another user was served: {err}");
+    assert!(err.contains("serves only its own user"), "{err}");
+    // The daemon goes on serving its own user.
+    assert!(n.cli(&["status"]).status.success());
+}

@@ -58,10 +58,29 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
             }
         }
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    // Created 0600 from the start: no moment at which it has wider permissions.
+    // SAFETY: umask only changes this process's file-creation mask; it is put back at once.
+    #[allow(unsafe_code)]
+    let old = unsafe { libc::umask(0o077) };
+    let bound = UnixListener::bind(path);
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::umask(old)
+    };
+    let listener =
+        bound.with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// The client's user ID when it is neither this daemon's user nor root (the socket's
+/// mode already keeps others out; this holds even if the mode was widened by hand).
+fn stranger(stream: &UnixStream) -> Option<u32> {
+    let uid = stream.peer_cred().ok()?.uid();
+    // SAFETY: geteuid has no preconditions.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    (uid != me && uid != 0).then_some(uid)
 }
 
 pub fn unbind(path: &Path) {
@@ -76,6 +95,31 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
         };
         match listener.accept().await {
             Ok((stream, _)) => {
+                if let Some(uid) = stranger(&stream) {
+                    warn!(uid, "control socket: refused a client of another user");
+                    let e = err(
+                        code::REFUSED,
+                        "this daemon serves only its own user (and root)",
+                    );
+                    // The first request is read (within 2 s) so that the refusal carries
+                    // its id, as the client expects.
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+                        let mut stream = stream;
+                        let mut line = String::new();
+                        let (r, mut w) = stream.split();
+                        let mut r = BufReader::new(r.take(64 * 1024));
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line))
+                                .await;
+                        let id = serde_json::from_str::<Value>(&line)
+                            .ok()
+                            .and_then(|v| v.get("id").cloned())
+                            .unwrap_or(Value::Null);
+                        let _ = w.write_all(&line_of(&Reply::err(id, e))).await;
+                    });
+                    continue;
+                }
                 let d = d.clone();
                 tokio::spawn(async move {
                     client(d, stream).await;
