@@ -687,3 +687,58 @@ fn the_control_socket_serves_only_its_own_user() {
     // The daemon goes on serving its own user.
     assert!(n.cli(&["status"]).status.success());
 }
+
+/// `--socket` given as a bare relative name works for the daemon and its clients (in the
+/// same directory); a path too long for a UNIX socket fails at once with a clear message.
+#[test]
+fn a_relative_socket_path_works_and_a_long_one_is_refused_clearly() {
+    let n = Node::new("rel", "");
+    let dir = n.dir.path();
+    let mut daemon = std::process::Command::new(bin())
+        .current_dir(dir)
+        .args([
+            "--state-dir",
+            "state",
+            "--socket",
+            "rel.sock",
+            "--config",
+            "config.toml",
+        ])
+        .args([
+            "serve",
+            "--no-mdns",
+            "--no-port-mapping",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the daemon on a relative socket", || {
+        std::process::Command::new(bin())
+            .current_dir(dir)
+            .args(["--socket", "rel.sock", "status"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let long = format!("{}/{}", dir.display(), "s".repeat(120));
+    let out = std::process::Command::new(bin())
+        .args(["--state-dir"])
+        .arg(dir.join("state"))
+        .args(["--socket", &long, "--config"])
+        .arg(dir.join("config.toml"))
+        .args([
+            "serve",
+            "--no-mdns",
+            "--no-port-mapping",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 107"), "{err}");
+}

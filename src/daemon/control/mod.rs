@@ -34,7 +34,16 @@ const MAX_CLIENTS: usize = 128;
 /// Binds the socket (mode 0600), refusing if another daemon answers there and replacing
 /// a stale file left by a crashed one.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+    // A UNIX socket path holds at most 107 bytes (sun_path).
+    if path.as_os_str().len() > 107 {
+        anyhow::bail!(
+            "the control socket path {} is {} bytes long; a UNIX socket path is at most 107: use a shorter --socket",
+            path.display(),
+            path.as_os_str().len()
+        );
+    }
+    // A bare relative name ("cnspr.sock") has an empty parent: the current directory.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
