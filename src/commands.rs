@@ -139,10 +139,24 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
         }
         Command::Stop => {
             let v = c.request(&Request::Stop {})?;
+            // Returns once the daemon has exited (its port and socket are free, so
+            // `cnspr stop && cnspr serve` works).
+            let exited = match v["pid"].as_u64() {
+                Some(pid) => wait_exit(pid, std::time::Duration::from_secs(15)),
+                None => true, // an older daemon: it does not say.
+            };
             if g.json {
-                return print_json(&v).map(|_| 0);
+                print_json(&serde_json::json!({"stopped": exited, "pid": v["pid"]}))?;
+            } else if exited {
+                println!("daemon stopped");
             }
-            println!("daemon stopping");
+            if !exited {
+                eprintln!(
+                    "cnspr: the daemon (pid {}) is still running 15 s after it was asked to stop",
+                    v["pid"]
+                );
+                return Ok(1);
+            }
         }
         Command::Connect {
             peer,
@@ -173,6 +187,30 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Waits until process `pid` has exited (no `/proc` entry, or a zombie waiting for its
+/// parent), at most `within`; false if it is still running.
+fn wait_exit(pid: u64, within: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+    loop {
+        let running = match std::fs::read_to_string(&stat) {
+            // "PID (COMM) STATE ...": the state follows the last ')'.
+            Ok(s) => s
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state != 'Z' && state != 'X'),
+            Err(_) => false,
+        };
+        if !running {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 pub fn secs_to_ms(s: f64) -> anyhow::Result<u64> {

@@ -742,3 +742,24 @@ fn a_relative_socket_path_works_and_a_long_one_is_refused_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at most 107"), "{err}");
 }
+
+/// `cnspr stop` returns once the daemon has exited, so a new one can start at once on
+/// the same port and socket (`cnspr stop && cnspr serve`).
+#[test]
+fn stop_returns_once_the_daemon_has_exited() {
+    let mut n = Node::new("solo", "");
+    n.start();
+    let port = n.port;
+    let out = n.cli(&["--json", "stop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stopped"], true, "{v}");
+    let child = n.child.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_some(),
+        "stop returned while the daemon was still running"
+    );
+    n.child = None;
+    n.start();
+    assert_eq!(n.port, port, "restarted on the same port");
+}

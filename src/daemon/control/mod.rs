@@ -213,7 +213,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 let _ = tx
                     .send(line_of(&Reply::ok(
                         id,
-                        serde_json::json!({"stopping": true}),
+                        serde_json::json!({"stopping": true, "pid": std::process::id()}),
                     )))
                     .await;
                 drop(tx);
