@@ -295,17 +295,7 @@ fn the_socket_survives_bad_clients() {
     assert!(n.alive());
 
     // A second daemon on the same socket is refused; the first one keeps running.
-    let second = n
-        .command()
-        .args([
-            "serve",
-            "--no-mdns",
-            "--no-port-mapping",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let second = n.command().args(SERVE_LOOPBACK).output().unwrap();
     assert_eq!(second.status.code(), Some(1));
     assert!(
         stderr(&second).contains("already running"),
@@ -590,14 +580,8 @@ fn manual_peer_addresses_and_config_errors() {
     let log = std::fs::File::create(a.path("daemon2.log")).unwrap();
     let mut child = a
         .command()
-        .args([
-            "serve",
-            "--no-mdns",
-            "--no-port-mapping",
-            "--listen",
-            "127.0.0.1:0",
-            "--handlers",
-        ])
+        .args(SERVE_LOOPBACK)
+        .arg("--handlers")
         .arg(a.path("handlers"))
         .args(["--peer", &b.addr()])
         .stderr(log)
@@ -704,13 +688,7 @@ fn a_relative_socket_path_works_and_a_long_one_is_refused_clearly() {
             "--config",
             "config.toml",
         ])
-        .args([
-            "serve",
-            "--no-mdns",
-            "--no-port-mapping",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(SERVE_LOOPBACK)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -729,13 +707,7 @@ fn a_relative_socket_path_works_and_a_long_one_is_refused_clearly() {
         .arg(dir.join("state"))
         .args(["--socket", &long, "--config"])
         .arg(dir.join("config.toml"))
-        .args([
-            "serve",
-            "--no-mdns",
-            "--no-port-mapping",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(SERVE_LOOPBACK)
         .output()
         .unwrap();
     assert!(!out.status.success());

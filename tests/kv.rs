@@ -76,17 +76,7 @@ fn acknowledged_writes_survive_kill_9() {
     let db = n.path("state/store.redb");
     let len = std::fs::metadata(&db).unwrap().len();
     std::fs::write(&db, vec![0xAB; len as usize]).unwrap();
-    let out = n
-        .command()
-        .args([
-            "serve",
-            "--no-mdns",
-            "--no-port-mapping",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let out = n.command().args(SERVE_LOOPBACK).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("store.redb"), "{}", stderr(&out));
 }

@@ -13,6 +13,16 @@ pub mod nat;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// `cnspr serve` on loopback at a port the kernel picks, without mDNS or port mapping
+/// (what every daemon outside a lab's namespaces runs with).
+pub const SERVE_LOOPBACK: [&str; 5] = [
+    "serve",
+    "--no-mdns",
+    "--no-port-mapping",
+    "--listen",
+    "127.0.0.1:0",
+];
+
 /// Waits for a child's exit within the deadline (kills it and panics after); returns its
 /// exit code and standard error.
 pub fn finish(mut c: Child) -> (Option<i32>, String) {
