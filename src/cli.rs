@@ -64,7 +64,8 @@ pub enum Command {
     },
     /// Send a tagged message that runs handlers on the receiving device
     Send(SendArgs),
-    /// Print events (peer changes, messages, daemon events) as they happen
+    /// Print events (peer changes, messages, daemon events) as they happen; exits 1 when
+    /// the daemon stops
     Monitor {
         /// Only these event kinds (message, peer, daemon); repeatable
         #[arg(long = "event", value_name = "KIND")]
@@ -222,7 +223,8 @@ pub enum KvCommand {
     },
     /// List keys starting with PREFIX
     List { prefix: Option<String> },
-    /// Print changes under PREFIX as they happen
+    /// Print changes under PREFIX as they happen (history first, unless --from); exits 1
+    /// when the daemon stops
     Watch {
         prefix: Option<String>,
         /// Start after this change-feed sequence number (resume after a restart)

@@ -305,3 +305,26 @@ fn a_slow_watcher_gets_every_change_once_in_order() {
     let _ = w.kill();
     let _ = w.wait();
 }
+
+/// `kv watch` (like `monitor`) ends with exit 1 and a reason when the daemon stops, not
+/// silently with success.
+#[test]
+fn a_watch_says_so_when_the_daemon_stops() {
+    let mut n = Node::new("solo", "");
+    n.start();
+    assert!(n.cli(&["kv", "put", "s/a", "x"]).status.success());
+    let mut w = n
+        .command()
+        .args(["--json", "kv", "watch", "s/"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["key"], "s/a");
+    n.stop();
+    let (code, err) = finish(w);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("it stopped"), "{err}");
+}
