@@ -14,9 +14,9 @@
 //!    attempt for the handshake timeout; the connection that completes first stays (the
 //!    endpoint keeps one per pair), and traffic moves to it as the peer turns `active`.
 //!
-//! An exchange that gives no connection is tried again after 2 s, doubling up to
-//! [`MAX_BACKOFF`] while the peer stays relayed; a change of this host's addresses
-//! starts over at once. Punch frames are bounded (candidates, rate per sender), passed on
+//! An exchange that gives no connection within [`EXCHANGE_TIMEOUT`] is tried again 250 ms
+//! later, the wait doubling up to [`MAX_BACKOFF`] while the peer stays relayed; a new
+//! address of either side starts over at once. Punch frames are bounded (candidates, rate per sender), passed on
 //! only between members, and only ever lead to a dial that TLS pins to the peer's ID: a
 //! forged frame can at worst make this device send a few QUIC handshakes that fail.
 
