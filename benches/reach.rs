@@ -48,6 +48,18 @@ fn join(m: &Node, a: &Node, b: &Node, m_addr: &str) {
     trust(b, m, Some(m_addr));
 }
 
+/// The anchor: `p` at 203.0.113.21 and `q` (named `b`, like the device it stands in
+/// for) at 203.0.113.22, on the wan with no NAT, started and trusting each other.
+fn public_pair(net: &Internet, hp: usize, hq: usize) -> (Node, Node) {
+    let mut p = quiet(net.node(hp, "p"));
+    let mut q = quiet(net.node(hq, "b"));
+    p.start();
+    q.start();
+    trust(&p, &q, Some("203.0.113.22:7373"));
+    trust(&q, &p, Some("203.0.113.21:7373"));
+    (p, q)
+}
+
 fn quiet(mut n: Node) -> Node {
     n.rust_log = "cnspr=debug,warn".into();
     n
@@ -180,12 +192,7 @@ fn main() {
         drop(a);
         drop(b);
 
-        let mut p = quiet(net.node(hp, "p"));
-        let mut q = quiet(net.node(hq, "b"));
-        p.start();
-        q.start();
-        trust(&p, &q, Some("203.0.113.22:7373"));
-        trust(&q, &p, Some("203.0.113.21:7373"));
+        let (p, _q) = public_pair(&net, hp, hq);
         let t0 = Instant::now();
         anchor_msg.push(first_message(&p, t0).as_secs_f64());
         assert!(wait_for(&p, "b", "active", None, Duration::from_secs(30)));
@@ -216,12 +223,7 @@ fn main() {
     ));
     let thr_member = stream(&a, &b, "b");
     net.unblock(ra);
-    let mut p = quiet(net.node(hp, "p"));
-    let mut q = quiet(net.node(hq, "b"));
-    p.start();
-    q.start();
-    trust(&p, &q, Some("203.0.113.22:7373"));
-    trust(&q, &p, Some("203.0.113.21:7373"));
+    let (p, q) = public_pair(&net, hp, hq);
     assert!(wait_for(&p, "b", "active", None, Duration::from_secs(30)));
     let thr_plain = stream(&p, &q, "b");
 

@@ -107,7 +107,7 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
 /// bookkeeping here, the liveness evidence to the core, which alone decides the state.
 fn heard(d: &Arc<Daemon>, pc: &PeerConn) {
     let now = Instant::now();
-    {
+    let moved = {
         let mut table = d.peers();
         let Some(p) = table.peers.get_mut(&pc.peer) else {
             return;
@@ -115,8 +115,9 @@ fn heard(d: &Arc<Daemon>, pc: &PeerConn) {
         p.last_heard = Some(now);
         p.last_seen = Some(SystemTime::now());
         p.rtt = Some(pc.rtt());
-    }
-    if d.peers().peers.get(&pc.peer).map(|p| p.addr) != Some(Some(canon(pc.remote_address()))) {
+        p.addr != Some(canon(pc.remote_address()))
+    };
+    if moved {
         follow_migrations(d, std::slice::from_ref(pc));
     }
     let peer = pc.peer;

@@ -75,15 +75,7 @@ fn initiate_due(d: &Arc<Daemon>) -> bool {
     let ours = clean(&super::candidates::dialable(d));
     for (peer, via, session) in due {
         debug!(peer = %peer.short(), via = %via.short(), "hole punching: starting an exchange");
-        let sent = d.mesh.send(
-            &via,
-            MeshFrame::Punch(Punch {
-                from: d.id(),
-                to: peer,
-                session,
-                step: PunchStep::Connect(ours.clone()),
-            }),
-        );
+        let sent = send_step(d, via, peer, session, PunchStep::Connect(ours.clone()));
         let dd = d.clone();
         tokio::spawn(async move {
             if sent {
@@ -140,15 +132,7 @@ pub fn received(d: &Arc<Daemon>, conn: DeviceId, p: Punch) {
                 .answered
                 .insert(peer, (p.session, theirs, now));
             let ours = clean(&super::candidates::dialable(d));
-            d.mesh.send(
-                &conn,
-                MeshFrame::Punch(Punch {
-                    from: d.id(),
-                    to: peer,
-                    session: p.session,
-                    step: PunchStep::Reply(ours),
-                }),
-            );
+            send_step(d, conn, peer, p.session, PunchStep::Reply(ours));
         }
         PunchStep::Reply(theirs) => {
             let rtt = {
@@ -162,15 +146,7 @@ pub fn received(d: &Arc<Daemon>, conn: DeviceId, p: Punch) {
                     _ => return,
                 }
             };
-            d.mesh.send(
-                &conn,
-                MeshFrame::Punch(Punch {
-                    from: d.id(),
-                    to: peer,
-                    session: p.session,
-                    step: PunchStep::Sync,
-                }),
-            );
+            send_step(d, conn, peer, p.session, PunchStep::Sync);
             let theirs = clean(&theirs);
             let dd = d.clone();
             tokio::spawn(async move {
@@ -187,6 +163,20 @@ pub fn received(d: &Arc<Daemon>, conn: DeviceId, p: Punch) {
             tokio::spawn(async move { dial(&dd, peer, theirs, Duration::ZERO).await });
         }
     }
+}
+
+/// Sends this device's `step` of exchange `session` with `to` through the member `via`;
+/// false when there is no mesh stream to `via`.
+fn send_step(d: &Daemon, via: DeviceId, to: DeviceId, session: u64, step: PunchStep) -> bool {
+    d.mesh.send(
+        &via,
+        MeshFrame::Punch(Punch {
+            from: d.id(),
+            to,
+            session,
+            step,
+        }),
+    )
 }
 
 /// Dials `peer` at its candidates and the addresses known for it.

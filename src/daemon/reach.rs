@@ -33,16 +33,16 @@ impl Reach {
     /// `by` now sees this device's connection `conn` come from `addr`.
     pub fn observed_by(&self, by: DeviceId, conn: usize, addr: SocketAddr) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        // One entry per member (reports come only on mesh streams); pruned below.
+        // One entry per member (reports come only on mesh streams), bounded anyway.
+        if seen.len() >= 4096 && !seen.contains_key(&by) {
+            seen.clear();
+        }
         seen.insert(by, (conn, addr));
     }
 
     /// Where `pc`'s peer sees this device: the latest report, else the hello's.
     pub fn observed(&self, pc: &transport::PeerConn) -> Option<SocketAddr> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 4096 {
-            seen.clear();
-        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(&pc.peer)
             .filter(|(conn, _)| *conn == pc.conn.stable_id())
             .map(|(_, a)| *a)

@@ -21,13 +21,7 @@ impl Endpoint {
             .or_default()
             .clone();
         let _guard = dial_lock.lock().await;
-        if let Some(c) = self.connection(&peer) {
-            return Ok(c);
-        }
-        if addrs.is_empty() {
-            return Err(TransportError::NoAddresses(peer));
-        }
-        self.dial(Some(peer), addrs, false).await
+        self.dial_unless_connected(peer, addrs).await
     }
 
     /// Dials `peer` at `addrs` now, whether or not an ordinary dial is under way (hole
@@ -42,6 +36,15 @@ impl Endpoint {
         if !self.inner.roster.contains(&peer) {
             return Err(TransportError::NotInRoster(peer));
         }
+        self.dial_unless_connected(peer, addrs).await
+    }
+
+    /// The live connection to `peer`, else a dial of `addrs`.
+    async fn dial_unless_connected(
+        &self,
+        peer: DeviceId,
+        addrs: &[SocketAddr],
+    ) -> Result<PeerConn, TransportError> {
         if let Some(c) = self.connection(&peer) {
             return Ok(c);
         }

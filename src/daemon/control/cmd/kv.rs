@@ -19,9 +19,8 @@ use crate::store::{Condition, Entry, FeedEvent, Hlc, StoreError, Version};
 const MAX_LIST: usize = 10_000;
 
 fn store_err(e: StoreError) -> ErrorBody {
-    if let StoreError::Conflict { key, current, .. } = &e {
+    if let StoreError::Conflict { current, .. } = &e {
         let mut body = err(code::CONFLICT, e.to_string());
-        let _ = key;
         body.current = Some(
             current
                 .iter()
@@ -31,7 +30,7 @@ fn store_err(e: StoreError) -> ErrorBody {
                         "hlc": hlc.to_string(),
                         "origin": origin,
                         "seq": seq,
-                        "version": format!("{hlc}:{seq}:{origin}"),
+                        "version": version_str(hlc, *seq, &origin),
                     })
                 })
                 .collect(),
@@ -55,7 +54,11 @@ fn origin_id(v: &Version) -> String {
 /// The one-string form of a version (`version` in replies, `if_version` in requests):
 /// `HLC:SEQ:ORIGIN`.
 fn version_string(v: &Version) -> String {
-    format!("{}:{}:{}", v.hlc, v.seq, origin_id(v))
+    version_str(&v.hlc, v.seq, &origin_id(v))
+}
+
+fn version_str(hlc: &Hlc, seq: u64, origin: &str) -> String {
+    format!("{hlc}:{seq}:{origin}")
 }
 
 /// A write's condition from a request's `if_version` / `if_absent`.
