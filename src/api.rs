@@ -40,6 +40,9 @@ pub const COMMANDS: &[&str] = &[
     "kv.del",
     "kv.list",
     "kv.watch",
+    "relay.add",
+    "relay.remove",
+    "relay.list",
 ];
 
 /// A parsed request (the `cmd` field selects the variant).
@@ -166,6 +169,20 @@ pub enum Request {
         #[serde(default)]
         from_seq: Option<u64>,
     },
+    /// Records a relay (`HOST:PORT` and its secret) in the signed roster of relays.
+    #[serde(rename = "relay.add")]
+    RelayAdd {
+        addr: String,
+        secret: String,
+    },
+    /// Stops using a relay, everywhere in the mesh.
+    #[serde(rename = "relay.remove")]
+    RelayRemove {
+        addr: String,
+    },
+    /// The mesh's relays and this device's registration with each.
+    #[serde(rename = "relay.list")]
+    RelayList {},
     /// How a stream ended: "open", "closed" or "error: ...".
     StreamStatus {
         stream: String,
@@ -289,6 +306,27 @@ pub struct Status {
     /// Addresses where devices beyond the LAN may reach this one (docs/reach.md).
     #[serde(default)]
     pub candidates: Vec<Candidate>,
+    /// The mesh's relays and this device's registration with each.
+    #[serde(default)]
+    pub relays: Vec<RelayInfo>,
+}
+
+/// One relay of the mesh, as this device uses it (`relay.list`, `status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayInfo {
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// `registered` or `connecting`.
+    pub state: String,
+    /// `udp` or `tcp` while registered.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// This device's address as the relay sees it.
+    #[serde(default)]
+    pub observed: Option<String>,
+    /// Why it is not registered, when known.
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 /// One address where this device may be reached (`status`).

@@ -144,11 +144,55 @@ pub enum Command {
     /// The replicated key-value store (durable on this device, synced with every member)
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Run a relay for devices behind NATs (on a host with a public address; it is not
+    /// a member and sees only encrypted packets); with a subcommand, manage this mesh's
+    /// relays
+    Relay(RelayArgs),
     /// Print shell completions
     Completions {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RelayArgs {
+    #[command(subcommand)]
+    pub action: Option<RelayAction>,
+    /// UDP address to listen on (default [::]:7374)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// TCP address for networks that drop UDP (default: the UDP address; `off`: none)
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub tcp: Option<String>,
+    /// The relay's secret (default: a new one, printed; keep it to restart the relay)
+    #[arg(long, env = "CNSPR_RELAY_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Most devices registered at once
+    #[arg(long, default_value_t = 4096)]
+    pub max_devices: usize,
+    /// MiB per second one device may send through the relay (0: no limit)
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RelayAction {
+    /// Record a relay in the mesh's signed roster: every device registers with it
+    Add {
+        /// HOST:PORT of the relay
+        addr: String,
+        /// The secret the relay printed at start
+        secret: String,
+    },
+    /// Stop using a relay, everywhere in the mesh
+    Remove {
+        /// HOST:PORT as added
+        addr: String,
+    },
+    /// The mesh's relays and this device's registration with each
+    List,
 }
 
 #[derive(Debug, Args)]

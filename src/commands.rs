@@ -137,6 +137,43 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                 v["removed"]["id"].as_str().unwrap_or("")
             );
         }
+        Command::Relay(args) => {
+            let req = match args.action {
+                Some(crate::cli::RelayAction::Add { addr, secret }) => {
+                    Request::RelayAdd { addr, secret }
+                }
+                Some(crate::cli::RelayAction::Remove { addr }) => Request::RelayRemove { addr },
+                Some(crate::cli::RelayAction::List) | None => Request::RelayList {},
+            };
+            let v = c.request(&req)?;
+            if g.json {
+                return print_json(&v).map(|_| 0);
+            }
+            let relays: Vec<crate::api::RelayInfo> = serde_json::from_value(v)?;
+            let rows: Vec<Vec<String>> = relays
+                .iter()
+                .map(|r| {
+                    let dash = || "-".to_string();
+                    vec![
+                        r.addr.clone(),
+                        r.state.clone(),
+                        r.transport.clone().unwrap_or_else(dash),
+                        r.observed
+                            .clone()
+                            .or_else(|| r.problem.clone())
+                            .unwrap_or_else(dash),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("no relay (add one with: cnspr relay add HOST:PORT SECRET)");
+            } else {
+                print!(
+                    "{}",
+                    table(&["RELAY", "STATE", "OVER", "SEEN AS / PROBLEM"], &rows)
+                );
+            }
+        }
         Command::Stop => {
             let v = c.request(&Request::Stop {})?;
             // Returns once the daemon has exited (its port and socket are free, so

@@ -14,4 +14,5 @@ pub mod handlers;
 pub mod output;
 pub mod paths;
 pub mod pipe;
+pub mod relay;
 pub mod store;

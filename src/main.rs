@@ -30,7 +30,12 @@ fn init_logging(verbose: u8, daemon: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let g = cli.global.clone();
-    init_logging(g.verbose, matches!(cli.command, Command::Serve(_)));
+    let long_running = match &cli.command {
+        Command::Serve(_) => true,
+        Command::Relay(a) => a.action.is_none(),
+        _ => false,
+    };
+    init_logging(g.verbose, long_running);
     let paths = Paths::resolve(g.state_dir.clone(), g.socket.clone(), g.config.clone());
     match run(cli.command, &g, &paths) {
         Ok(code) => ExitCode::from(code as u8),
@@ -77,6 +82,14 @@ fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cnspr", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Relay(args) if args.action.is_none() => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(cnspr::relay::run(args, g.json))?;
             Ok(0)
         }
         other => commands::run(other, g, paths),

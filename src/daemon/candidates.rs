@@ -57,15 +57,31 @@ pub fn announced(d: &Daemon) -> Vec<SocketAddr> {
     v
 }
 
+/// Where the relays this device is registered with over UDP see it come from.
+fn seen_by_relays(d: &Daemon) -> Vec<(SocketAddr, String)> {
+    d.endpoint
+        .relays()
+        .links()
+        .into_iter()
+        .filter(|l| matches!(l.path, transport::relay::socket::LinkPath::Udp(_)))
+        .map(|l| (crate::addr::canon(l.observed), l.label))
+        .collect()
+}
+
 /// Where other devices may dial this one: what it announces, and every address its
-/// peers see its connections come from.
+/// peers and relays see its connections come from.
 pub fn dialable(d: &Daemon) -> Vec<SocketAddr> {
     let mut v = announced(d);
-    for pc in d.endpoint.connections() {
-        if let Some(seen) = d.reach.observed(&pc) {
-            if !v.contains(&seen) {
-                v.push(seen);
-            }
+    let seen = d
+        .endpoint
+        .connections()
+        .iter()
+        .filter_map(|pc| d.reach.observed(pc))
+        .chain(seen_by_relays(d).into_iter().map(|(a, _)| a))
+        .collect::<Vec<_>>();
+    for a in seen {
+        if !v.contains(&a) {
+            v.push(a);
         }
     }
     v
@@ -125,20 +141,25 @@ pub fn candidates(d: &Daemon) -> Vec<Candidate> {
     }
     let mut conns = d.endpoint.connections();
     conns.sort_by(|a, b| a.name.cmp(&b.name));
-    for pc in conns {
-        let Some(seen) = d.reach.observed(&pc) else {
-            continue;
-        };
+    let seen = conns
+        .iter()
+        .filter_map(|pc| Some((d.reach.observed(pc)?, pc.name.clone())))
+        .chain(
+            seen_by_relays(d)
+                .into_iter()
+                .map(|(a, l)| (a, format!("relay {l}"))),
+        );
+    for (seen, by) in seen {
         let addr = seen.to_string();
         match out
             .iter_mut()
             .find(|c| c.addr == addr && c.kind == "observed")
         {
-            Some(c) => c.from.push(pc.name.clone()),
+            Some(c) => c.from.push(by),
             None => out.push(Candidate {
                 addr,
                 kind: "observed".into(),
-                from: vec![pc.name.clone()],
+                from: vec![by],
             }),
         }
     }

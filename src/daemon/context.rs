@@ -54,6 +54,8 @@ pub struct Daemon {
     pub reach: super::reach::Reach,
     /// Hole-punching exchanges.
     pub punches: super::punch::Punches,
+    /// The mesh's relays (`cnspr relay add`).
+    pub relays: super::relays::RelayBook,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
@@ -169,11 +171,7 @@ impl Daemon {
     ) {
         let path = {
             let table = self.peers();
-            table
-                .peers
-                .get(&id)
-                .and_then(|p| p.route)
-                .map(|r| table.path_info(r))
+            table.peers.get(&id).and_then(|p| table.path_info(p))
         };
         self.emit(Event::Peer {
             tag: tag.to_string(),
@@ -203,7 +201,7 @@ impl Daemon {
                 p.state = state;
                 (p.name.clone(), p.addr.or(p.addrs.first().copied()))
             });
-            let route = Route::of(state, p.via);
+            let route = Route::of(state, p.via, p.relay.is_some());
             lost_direct =
                 matches!(p.route, Some((Route::Direct, _))) && route != Some(Route::Direct);
             let rerouted = match (route, p.route) {
@@ -228,6 +226,18 @@ impl Daemon {
 
     pub fn save_peers(&self) {
         self.members.save_table();
+    }
+
+    /// After the relay entries changed: the endpoint registers with the relays now in
+    /// use, and the entries go to every connected member but `from` (who told us).
+    pub fn relays_changed(&self, from: Option<DeviceId>) {
+        self.endpoint.set_relays(&self.relays.specs());
+        let entries = self.relays.entries();
+        for peer in self.mesh.connected() {
+            if Some(peer) != from {
+                self.mesh.send(&peer, MeshFrame::Relays(entries.clone()));
+            }
+        }
     }
 
     /// Sends our roster to every connected member except `except`.

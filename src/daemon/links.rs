@@ -47,13 +47,15 @@ async fn transport_events(d: Arc<Daemon>, mut rx: mpsc::Receiver<ConnEvent>) {
 
 fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
     let remote = canon(pc.remote_address());
-    let (seen_first, new_addr, name) = {
+    // Through a relay: the address is virtual, worth neither keeping nor announcing.
+    let relay = d.endpoint.relay_of(&pc);
+    let (seen_first, new_addr, name, state, via) = {
         let mut table = d.peers();
         let Some(p) = table.peers.get_mut(&pc.peer) else {
             return;
         };
         let seen_first = p.last_heard.is_none();
-        let new_addr = p.remember(remote);
+        let new_addr = relay.is_none() && p.remember(remote);
         // The device's own name replaces a placeholder or an old name, unless another
         // member (or this device) has it: then the mesh name (with its suffix) stays.
         let adopt = p.name != pc.name
@@ -63,20 +65,28 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
         if adopt {
             p.name = pc.name.clone();
         }
-        p.addr = Some(remote);
+        p.addr = relay.is_none().then_some(remote);
+        p.relay = relay;
         p.last_heard = Some(Instant::now());
         p.last_seen = Some(SystemTime::now());
         p.rtt = Some(pc.rtt());
         p.dial.connected();
-        (seen_first, new_addr, p.name.clone())
+        (seen_first, new_addr, p.name.clone(), p.state, p.via)
     };
+    // The same state, maybe by another path (a direct connection replacing one through
+    // a relay): `peer.path_changed` when it is.
+    let _ = d.set_state(pc.peer, state, via);
+    if d.endpoint.relay_of(&pc).is_some() {
+        d.punches.wake();
+    }
     d.save_peers();
     let applied = d.members.sign_name(pc.peer, &name);
     d.membership_changed(applied, None);
     // The state itself (`active`) comes from the membership core, which hears of the
     // link from the same transport event.
+    let remote = (!transport::relay::is_virtual(&remote)).then_some(remote);
     if seen_first {
-        d.peer_event("peer.seen", pc.peer, &name, PeerState::Active, Some(remote));
+        d.peer_event("peer.seen", pc.peer, &name, PeerState::Active, remote);
     }
     if new_addr {
         d.peer_event(
@@ -84,7 +94,7 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
             pc.peer,
             &name,
             PeerState::Active,
-            Some(remote),
+            remote,
         );
     }
 }
@@ -98,6 +108,7 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
             return;
         };
         p.addr = None;
+        p.relay = None;
         p.rtt = None;
         p.dial.lost(Instant::now());
     }
@@ -115,7 +126,7 @@ fn heard(d: &Arc<Daemon>, pc: &PeerConn) {
         p.last_heard = Some(now);
         p.last_seen = Some(SystemTime::now());
         p.rtt = Some(pc.rtt());
-        p.addr != Some(canon(pc.remote_address()))
+        p.relay.is_none() && p.addr != Some(canon(pc.remote_address()))
     };
     if moved {
         follow_migrations(d, std::slice::from_ref(pc));
@@ -165,7 +176,7 @@ fn follow_migrations(d: &Arc<Daemon>, conns: &[PeerConn]) {
             let Some(p) = table.peers.get_mut(&pc.peer) else {
                 continue;
             };
-            if p.addr == Some(remote) {
+            if p.addr == Some(remote) || transport::relay::is_virtual(&remote) {
                 continue;
             }
             p.addr = Some(remote);
@@ -209,6 +220,14 @@ async fn supervise(d: Arc<Daemon>, mut events: mpsc::Receiver<ConnEvent>) {
                     return;
                 }
             }
+            // A relay registration came (or went): every peer not connected is worth a
+            // dial through it now.
+            _ = d.endpoint.relays().changed() => {
+                let now = Instant::now();
+                for p in d.peers().peers.values_mut() {
+                    p.dial.reset(now);
+                }
+            }
         }
         let now = Instant::now();
         follow_migrations(&d, &d.endpoint.connections());
@@ -217,7 +236,7 @@ async fn supervise(d: Arc<Daemon>, mut events: mpsc::Receiver<ConnEvent>) {
             .peers()
             .peers
             .values()
-            .all(|p| p.addrs.is_empty() || d.endpoint.connection(&p.id).is_some());
+            .all(|p| !dialable(&d, p) || d.endpoint.connection(&p.id).is_some());
         // Manual addresses: dial while no live connection comes from there.
         for addr in &d.manual {
             let served = d
@@ -261,8 +280,14 @@ fn online(d: &Daemon) -> bool {
         .is_none_or(|w| w.is_active())
 }
 
+/// Whether there is a way to dial `p`: an address, or a relay this device is registered
+/// with.
+fn dialable(d: &Daemon, p: &super::peers::Peer) -> bool {
+    !p.addrs.is_empty() || d.endpoint.relays().current().is_some()
+}
+
 /// Starts a dial to every peer that has no connection, is due (its backoff passed) and
-/// has an address; each failure doubles that peer's backoff.
+/// has an address or a relay; each failure doubles that peer's backoff.
 pub fn dial_due(d: &Arc<Daemon>) {
     if !online(d) {
         return;
@@ -276,7 +301,7 @@ pub fn dial_due(d: &Arc<Daemon>) {
             if d.endpoint.connection(&p.id).is_some() {
                 continue;
             }
-            if p.addrs.is_empty() || !p.dial.start(now) {
+            if !dialable(d, p) || !p.dial.start(now) {
                 continue;
             }
             dials.push((p.id, p.name.clone(), p.addrs.clone()));

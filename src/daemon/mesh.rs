@@ -64,6 +64,10 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
     {
         d.mesh.roster_sent.fetch_add(1, Ordering::Relaxed);
     }
+    let relays = d.relays.entries();
+    if !relays.is_empty() {
+        let _ = tx.try_send(MeshFrame::Relays(relays));
+    }
     let mut addrs = known_addrs(d, Some(pc.peer));
     let ours = super::candidates::announced(d);
     if !ours.is_empty() {
@@ -74,7 +78,8 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
     // Tell the others where this peer is now.
     let here = crate::addr::canon(pc.remote_address());
     for other in d.mesh.connected() {
-        if other != pc.peer {
+        // A peer behind a relay has only a virtual address, meaningful here alone.
+        if other != pc.peer && !transport::relay::is_virtual(&here) {
             d.mesh
                 .send(&other, MeshFrame::Addrs(vec![(pc.peer, vec![here])]));
         }
@@ -157,7 +162,11 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                 };
                 for a in addrs {
                     let a = crate::addr::canon(a);
-                    if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+                    if a.port() == 0
+                        || a.ip().is_unspecified()
+                        || a.ip().is_multicast()
+                        || transport::relay::is_virtual(&a)
+                    {
                         continue;
                     }
                     if id == from && !pass_on.contains(&a) {
@@ -188,6 +197,19 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                         }
                     }
                 }
+            }
+        }
+        MeshFrame::Relays(entries) => {
+            if entries.len() > super::relays::MAX_ENTRIES {
+                warn!(peer = %from.short(), "oversized relay gossip ignored");
+                return;
+            }
+            let members = &d.members;
+            let me = d.id();
+            if d.relays
+                .merge(entries, |s| *s == me || members.is_member(s))
+            {
+                d.relays_changed(Some(from));
             }
         }
         MeshFrame::Roster(snap) => {

@@ -26,6 +26,7 @@ mod punch;
 mod punching;
 mod reach;
 mod relay_stream;
+mod relays;
 mod roster;
 mod roster_gossip;
 mod services;
@@ -71,6 +72,8 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         roster.clone(),
         member.clone(),
     )?;
+    let me = identity.id;
+    let relays = relays::RelayBook::load(&paths.state_dir, |s| *s == me || members.is_member(s))?;
     let listen = if !args.listen.is_empty() {
         args.listen.clone()
     } else if !cfg.listen.is_empty() {
@@ -155,6 +158,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         netwatch: Mutex::new(None),
         portmap: Default::default(),
         punches: Default::default(),
+        relays,
         reach: Default::default(),
         started: Instant::now(),
         manual,
@@ -187,6 +191,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         _ => debug!("port mapping off"),
     }
     punching::start(&daemon);
+    daemon.endpoint.set_relays(&daemon.relays.specs());
     trim::start();
     // Last: every component has subscribed, so none misses an event.
     let dd = daemon.clone();

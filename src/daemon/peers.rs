@@ -51,12 +51,16 @@ pub enum Route {
     Direct,
     /// Relayed by this member.
     Member(DeviceId),
+    /// A connection of our own through a `cnspr relay` (see [`Peer::relay`]).
+    Relay,
 }
 
 impl Route {
-    /// The route that a peer in `state`, relayed by `via` while indirect, is reached by.
-    pub fn of(state: PeerState, via: Option<DeviceId>) -> Option<Route> {
+    /// The route that a peer in `state`, relayed by `via` while indirect, and whose
+    /// connection goes through a relay when `relayed`, is reached by.
+    pub fn of(state: PeerState, via: Option<DeviceId>, relayed: bool) -> Option<Route> {
         match state {
+            PeerState::Active | PeerState::Suspect if relayed => Some(Route::Relay),
             PeerState::Active | PeerState::Suspect => Some(Route::Direct),
             PeerState::Indirect => via.map(Route::Member),
             _ => None,
@@ -87,6 +91,8 @@ pub struct Peer {
     pub path_rtt: Option<Duration>,
     /// How it is reached now, and since when.
     pub route: Option<(Route, SystemTime)>,
+    /// The relay (`HOST:PORT`) its connection goes through, if it does.
+    pub relay: Option<String>,
 }
 
 impl Peer {
@@ -104,6 +110,7 @@ impl Peer {
             via: None,
             path_rtt: None,
             route: None,
+            relay: None,
         }
     }
 
@@ -303,19 +310,21 @@ impl PeerTable {
     }
 
     /// `route` as the API shows it.
-    pub fn path_info(&self, (route, since): (Route, SystemTime)) -> crate::api::PathInfo {
+    pub fn path_info(&self, p: &Peer) -> Option<crate::api::PathInfo> {
+        let (route, since) = p.route?;
         let (kind, via) = match route {
             Route::Direct => ("direct", None),
             Route::Member(m) => ("member", Some(self.display_name(&m))),
+            Route::Relay => ("relay", p.relay.clone()),
         };
-        crate::api::PathInfo {
+        Some(crate::api::PathInfo {
             kind: kind.into(),
             via,
             since: since
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-        }
+        })
     }
 
     pub fn infos(&self) -> Vec<PeerInfo> {
@@ -327,7 +336,7 @@ impl PeerTable {
                 if let Some(via) = p.via {
                     i.via = Some(vec![self.display_name(&via)]);
                 }
-                i.path = p.route.map(|r| self.path_info(r));
+                i.path = self.path_info(p);
                 i
             })
             .collect();

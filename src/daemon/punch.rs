@@ -106,7 +106,12 @@ pub fn clean(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
     for a in addrs {
         let a = crate::addr::canon(*a);
         let ip = a.ip();
-        if a.port() == 0 || ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        if a.port() == 0
+            || ip.is_unspecified()
+            || ip.is_multicast()
+            || ip.is_loopback()
+            || transport::relay::is_virtual(&a)
+        {
             continue;
         }
         if !out.contains(&a) {

@@ -41,8 +41,13 @@ fn initiate_due(d: &Arc<Daemon>) -> bool {
         table
             .peers
             .values()
-            .filter(|p| p.state == PeerState::Indirect && d.id() < p.id)
-            .filter_map(|p| Some((p.id, p.via?)))
+            .filter(|p| d.id() < p.id)
+            .filter_map(|p| match p.state {
+                PeerState::Indirect => Some((p.id, p.via?)),
+                // Connected through a relay: the exchange goes over that connection.
+                PeerState::Active | PeerState::Suspect if p.relay.is_some() => Some((p.id, p.id)),
+                _ => None,
+            })
             .collect()
     };
     let any = !relayed.is_empty();
@@ -81,7 +86,7 @@ fn initiate_due(d: &Arc<Daemon>) -> bool {
             if sent {
                 tokio::time::sleep(EXCHANGE_TIMEOUT).await;
             }
-            let connected = dd.endpoint.connection(&peer).is_some();
+            let connected = direct(&dd, &peer);
             let mut st = dd.punches.lock();
             if st.started.get(&peer).is_some_and(|s| s.session == session) {
                 st.started.remove(&peer);
@@ -179,6 +184,13 @@ fn send_step(d: &Daemon, via: DeviceId, to: DeviceId, session: u64, step: PunchS
     )
 }
 
+/// Whether `peer` has a connection of its own that does not go through a relay.
+fn direct(d: &Daemon, peer: &DeviceId) -> bool {
+    d.endpoint
+        .connection(peer)
+        .is_some_and(|c| d.endpoint.relay_of(&c).is_none())
+}
+
 /// Dials `peer` at its candidates and the addresses known for it.
 async fn dial(d: &Arc<Daemon>, peer: DeviceId, theirs: Vec<SocketAddr>, rtt: Duration) {
     let mut addrs = theirs;
@@ -186,7 +198,7 @@ async fn dial(d: &Arc<Daemon>, peer: DeviceId, theirs: Vec<SocketAddr>, rtt: Dur
         addrs.extend(p.addrs.iter().copied());
     }
     let addrs = clean(&addrs);
-    if addrs.is_empty() || d.endpoint.connection(&peer).is_some() {
+    if addrs.is_empty() || direct(d, &peer) {
         return;
     }
     debug!(peer = %peer.short(), ?addrs, rtt_ms = rtt.as_millis() as u64, "hole punching: dialling");

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use transport::DeviceId;
 
+use super::relays::RelayEntry;
 use super::roster::RosterSnapshot;
 use crate::store::reconcile::{ReconMsg, ReconReply};
 use crate::store::{Change, Delta, VersionVector};
@@ -27,6 +28,8 @@ pub enum MeshFrame {
     /// Hole punching between two members that reach each other through this one or
     /// through the sender (`punch.rs`): passed on by the member in between.
     Punch(Punch),
+    /// The sender's signed relay entries (`relays.rs`), sent with the roster.
+    Relays(Vec<RelayEntry>),
 }
 
 /// One step of a hole-punching exchange between `from` and `to`, carried through a

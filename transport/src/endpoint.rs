@@ -18,7 +18,10 @@ use tracing::{debug, info, warn};
 use crate::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
 use crate::heartbeat::{LinkKeys, Twin, FEATURE_HEARTBEAT};
 use crate::id::DeviceId;
-use crate::identity::{spki_id, Identity};
+use crate::identity::Identity;
+use crate::relay::is_virtual;
+use crate::relay::link::{LinkCtx, RelaySpec};
+use crate::relay::socket::{RelaySocket, Relays};
 use crate::roster::Roster;
 pub use crate::settings::{close_code, DownReason, EndpointConfig, TransportError};
 use crate::socket::bind_udp;
@@ -116,6 +119,10 @@ struct Inner {
     events: broadcast::Sender<TransportEvent>,
     incoming_tx: mpsc::Sender<IncomingStream>,
     incoming_rx: Mutex<Option<mpsc::Receiver<IncomingStream>>>,
+    /// Relays this device is registered with, shared with the sockets.
+    relays: Arc<Relays>,
+    /// One task per configured relay (see [`Endpoint::set_relays`]).
+    relay_tasks: Mutex<HashMap<RelaySpec, tokio::task::JoinHandle<()>>>,
 }
 
 /// One daemon's QUIC endpoint. Cloning shares it.
@@ -168,6 +175,7 @@ impl Endpoint {
         let mut quinns = Vec::new();
         let mut twin = None;
         let planned = plan_sockets(&cfg.listen);
+        let mut relays = None;
         for addr in planned.iter().copied() {
             let socket = match bind_udp(addr, cfg.socket_buffer) {
                 Ok(s) => s,
@@ -196,11 +204,21 @@ impl Endpoint {
             // datagrams that have it clear.
             let mut ep_cfg = quinn::EndpointConfig::default();
             ep_cfg.grease_quic_bit(false);
-            let ep = quinn::Endpoint::new(
+            // Peers behind a relay have virtual addresses of the first socket's family.
+            let bound = socket
+                .local_addr()
+                .map_err(|source| TransportError::Bind { addr, source })?;
+            let relays = relays
+                .get_or_insert_with(|| Relays::new(bound.is_ipv6()))
+                .clone();
+            let runtime = Arc::new(crate::runtime::QuietRuntime);
+            let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket)
+                .map_err(|source| TransportError::Bind { addr, source })?;
+            let ep = quinn::Endpoint::new_with_abstract_socket(
                 ep_cfg,
                 Some(server.clone()),
-                socket,
-                Arc::new(crate::runtime::QuietRuntime),
+                RelaySocket::new(inner, relays),
+                runtime,
             )
             .map_err(|source| TransportError::Bind { addr, source })?;
             quinns.push(ep);
@@ -222,6 +240,8 @@ impl Endpoint {
                 events,
                 incoming_tx,
                 incoming_rx: Mutex::new(Some(incoming_rx)),
+                relays: relays.unwrap_or_else(|| Relays::new(true)),
+                relay_tasks: Mutex::new(HashMap::new()),
             }),
         };
         for q in &ep.inner.quinns {
@@ -243,6 +263,62 @@ impl Endpoint {
         &self.inner.roster
     }
 
+    /// The relays this device is registered with, and their counters.
+    pub fn relays(&self) -> &Arc<Relays> {
+        &self.inner.relays
+    }
+
+    /// Keeps this device registered with exactly the relays of `specs` (tasks for new
+    /// ones are started, removed ones stopped).
+    pub fn set_relays(&self, specs: &[RelaySpec]) {
+        let mut tasks = lock(&self.inner.relay_tasks);
+        tasks.retain(|spec, task| {
+            let keep = specs.contains(spec);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        self.inner
+            .relays
+            .retain_labels(|l| specs.iter().any(|s| s.addr == l));
+        for spec in specs {
+            if tasks.contains_key(spec) {
+                continue;
+            }
+            let ctx = LinkCtx {
+                quinn: self.inner.quinns.clone(),
+                identity: self.inner.identity.clone(),
+                provider: self.inner.cfg.provider.clone(),
+                relays: self.inner.relays.clone(),
+            };
+            tasks.insert(
+                spec.clone(),
+                tokio::spawn(crate::relay::link::run(ctx, spec.clone())),
+            );
+        }
+    }
+
+    /// Where to dial `peer` through a relay (its virtual address), while this device is
+    /// registered with one.
+    pub fn relay_address(&self, peer: &DeviceId) -> Option<SocketAddr> {
+        self.inner.relays.current()?;
+        Some(self.inner.relays.address_of(peer))
+    }
+
+    /// The relay a connection to a virtual address goes through (its label), if any.
+    pub fn relay_of(&self, pc: &PeerConn) -> Option<String> {
+        if !is_virtual(&pc.remote_address()) {
+            return None;
+        }
+        Some(
+            self.inner
+                .relays
+                .current()
+                .map_or_else(|| "relay".to_string(), |l| l.label),
+        )
+    }
+
     /// The heartbeat socket, if this endpoint reads heartbeats.
     pub fn twin(&self) -> Option<&Arc<Twin>> {
         self.inner.twin.as_ref()
@@ -257,6 +333,10 @@ impl Endpoint {
         dialled_here: bool,
     ) -> Option<Arc<LinkKeys>> {
         self.inner.twin.as_ref()?;
+        // Heartbeats are plain datagrams: they cannot go through a relay.
+        if is_virtual(&conn.remote_address()) {
+            return None;
+        }
         if !features.iter().any(|f| f == FEATURE_HEARTBEAT) {
             return None;
         }
@@ -354,7 +434,10 @@ impl Endpoint {
         .flatten()
         .map(String::from)
         .collect();
-        features.push(wire::observed_feature(conn.remote_address()));
+        // A virtual address (a relayed peer) says nothing about where the peer is.
+        if !is_virtual(&conn.remote_address()) {
+            features.push(wire::observed_feature(conn.remote_address()));
+        }
         Hello {
             version: u16::from(PROTOCOL_VERSION),
             name: self.inner.identity.name.clone(),
@@ -374,17 +457,27 @@ impl Endpoint {
                 return Err(TransportError::NotInRoster(peer));
             }
             let preferred = self.id().min(peer);
+            // A direct connection beats one through a relay, whoever dialled either.
+            let relayed = |c: &PeerConn| is_virtual(&c.remote_address());
+            let (old_relayed, new_relayed) = (conns.get(&peer).is_some_and(relayed), relayed(&pc));
             match conns.get(&peer) {
                 Some(old)
                     if !moved
                         && old.conn.close_reason().is_none()
-                        && old.dialer == preferred
-                        && pc.dialer != preferred =>
+                        && ((new_relayed && !old_relayed)
+                            || (new_relayed == old_relayed
+                                && old.dialer == preferred
+                                && pc.dialer != preferred)) =>
                 {
                     debug!(peer = %peer.short(), "duplicate connection closed, keeping the preferred one");
                     pc.conn
                         .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
                     return Ok(old.clone());
+                }
+                Some(old) if old_relayed && !new_relayed => {
+                    info!(peer = %peer.short(), addr = %pc.remote_address(), "a direct connection replaces the one through the relay");
+                    // Streams under way on it finish there; new ones take the direct one.
+                    tokio::spawn(close_when_quiet(old.conn.clone()));
                 }
                 Some(old) => {
                     if moved {
@@ -507,13 +600,28 @@ impl Endpoint {
     }
 }
 
-/// The device ID of the certificate a connection's peer presented.
-pub fn peer_id(conn: &Connection) -> Option<DeviceId> {
-    let any = conn.peer_identity()?;
-    let certs = any
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    spki_id(certs.first()?)
+pub use crate::identity::peer_id;
+
+/// Closes a replaced connection once no stream data has moved on it for a second (at
+/// most a minute later).
+async fn close_when_quiet(conn: Connection) {
+    let moved = |c: &Connection| {
+        let s = c.stats();
+        (s.frame_rx.stream, s.frame_tx.stream)
+    };
+    let mut last = moved(&conn);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = moved(&conn);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    conn.close(
+        VarInt::from_u32(close_code::DUPLICATE),
+        b"replaced by a direct path",
+    );
 }
 
 #[cfg(test)]

@@ -110,6 +110,22 @@ impl Identity {
         Self::from_key(key, name)
     }
 
+    /// The identity whose Ed25519 key is derived from `seed` (the same seed gives the
+    /// same key and device ID every time; `cnspr relay` keeps no file).
+    pub fn from_seed(seed: &[u8; 32], name: &str) -> Result<Self, IdentityError> {
+        validate_name(name)?;
+        // PKCS#8 v1 (RFC 8410) of an Ed25519 private key: a fixed prefix, then the seed.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend_from_slice(seed);
+        let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(der);
+        let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
+            .map_err(|e| IdentityError::Cert(e.to_string()))?;
+        Self::from_key(key, name)
+    }
+
     fn from_key(key: rcgen::KeyPair, name: &str) -> Result<Self, IdentityError> {
         let cert = make_cert(&key)?;
         Ok(Identity {
@@ -281,6 +297,13 @@ pub fn verify_signature(public_key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
 pub fn spki_id(cert: &CertificateDer<'_>) -> Option<DeviceId> {
     let ee = webpki::EndEntityCert::try_from(cert).ok()?;
     Some(DeviceId::from_spki(ee.subject_public_key_info().as_ref()))
+}
+
+/// The device ID of the certificate a connection's peer presented.
+pub fn peer_id(conn: &quinn::Connection) -> Option<DeviceId> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    spki_id(certs.first()?)
 }
 
 fn parse_cert_pem(pem: &str) -> Option<CertificateDer<'static>> {

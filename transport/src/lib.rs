@@ -20,6 +20,7 @@ pub mod heartbeat;
 pub mod id;
 pub mod identity;
 pub mod pairing;
+pub mod relay;
 pub mod roster;
 pub mod runtime;
 pub mod settings;

@@ -21,7 +21,13 @@ impl Endpoint {
             .or_default()
             .clone();
         let _guard = dial_lock.lock().await;
-        self.dial_unless_connected(peer, addrs).await
+        // Through a relay too, raced with the direct addresses: traffic never waits for
+        // a direct path; hole punching upgrades later.
+        let mut addrs = addrs.to_vec();
+        if let Some(v) = self.relay_address(&peer) {
+            addrs.push(v);
+        }
+        self.dial_unless_connected(peer, &addrs).await
     }
 
     /// Dials `peer` at `addrs` now, whether or not an ordinary dial is under way (hole
@@ -36,7 +42,14 @@ impl Endpoint {
         if !self.inner.roster.contains(&peer) {
             return Err(TransportError::NotInRoster(peer));
         }
-        self.dial_unless_connected(peer, addrs).await
+        let addrs: Vec<SocketAddr> = addrs.iter().copied().filter(|a| !is_virtual(a)).collect();
+        match self.connection(&peer) {
+            // Connected through a relay: dial the direct path beside it.
+            Some(c) if is_virtual(&c.remote_address()) && !addrs.is_empty() => {
+                self.dial(Some(peer), &addrs, false).await
+            }
+            _ => self.dial_unless_connected(peer, &addrs).await,
+        }
     }
 
     /// The live connection to `peer`, else a dial of `addrs`.

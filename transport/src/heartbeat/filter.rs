@@ -1,7 +1,7 @@
 //! The two classic BPF programs of the heartbeat socket.
 //!
 //! - The `SO_REUSEPORT` group's program picks the socket of each datagram by its first
-//!   byte: the QUIC socket when QUIC's fixed bit is set, the heartbeat socket otherwise.
+//!   byte: the heartbeat socket for the heartbeat marker, the QUIC socket otherwise.
 //! - The heartbeat socket's own filter (`SO_ATTACH_FILTER`) keeps only datagrams of a
 //!   heartbeat's length and marker whose key id is one a live connection expects; the
 //!   kernel drops the rest before they take any room in the socket's receive buffer, so
@@ -15,7 +15,6 @@ const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
 const LD_W_LEN: u16 = 0x80; // BPF_LD | BPF_W | BPF_LEN
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 
 /// Where a UDP socket's filter sees the payload: its data starts at the UDP header.
@@ -44,15 +43,16 @@ fn attach(s: &SockRef<'_>, option: libc::c_int, code: &mut [libc::sock_filter]) 
     crate::socket::set_option(&**s, libc::SOL_SOCKET, option, &prog)
 }
 
-/// The group's program: index 0 (the QUIC socket, bound first) when the first byte has
-/// the fixed bit set or the datagram is empty, index 1 (the heartbeat socket) otherwise.
+/// The group's program: index 1 (the heartbeat socket) when the first byte is the
+/// heartbeat marker, index 0 (the QUIC socket, bound first) otherwise: QUIC packets and
+/// relayed datagrams (`crate::relay`), which the QUIC socket's reader takes apart.
 /// (It sees the datagram from its payload on.)
 pub fn attach_group_program(s: &SockRef<'_>) -> io::Result<()> {
     let mut code = [
         op(LD_B_ABS, 0, 0, 0),
-        op(JSET_K, 0, 1, 0x40),
-        op(RET_K, 0, 0, 0),
+        op(JEQ_K, 0, 1, u32::from(super::MARKER)),
         op(RET_K, 0, 0, 1),
+        op(RET_K, 0, 0, 0),
     ];
     attach(s, libc::SO_ATTACH_REUSEPORT_CBPF, &mut code)
 }
@@ -112,7 +112,7 @@ mod tests {
                 code.len()
             );
             for (i, ins) in code.iter().enumerate() {
-                if ins.code == JEQ_K || ins.code == JSET_K {
+                if ins.code == JEQ_K {
                     let far = i + 1 + usize::from(ins.jt.max(ins.jf));
                     assert!(far < code.len(), "{n} ids: jump out of the program at {i}");
                 }

@@ -8,6 +8,7 @@ pub mod handlers;
 pub mod kv;
 pub mod members;
 pub mod peers;
+pub mod relays;
 pub mod send;
 pub mod status;
 pub mod streams;
@@ -51,6 +52,11 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             Ok(serde_json::json!({"unexposed": service}))
         }
         Request::Services {} => serde_json::to_value(d.streams.list()),
+        Request::RelayAdd { addr, secret } => {
+            serde_json::to_value(relays::add(d, addr.trim(), secret.trim())?)
+        }
+        Request::RelayRemove { addr } => serde_json::to_value(relays::remove(d, addr.trim())?),
+        Request::RelayList {} => serde_json::to_value(relays::list(d)),
         Request::StreamStatus { stream, wait_ms } => Ok(streams::status(d, stream, wait_ms).await),
         Request::KvGet { key, all_versions } => Ok(kv::get(d, &key, all_versions)?),
         Request::KvDel {

@@ -34,11 +34,17 @@ pub async fn ping(
             .collect();
         (name, via)
     };
+    // Through a `cnspr relay`: the relay is the path, and its address the one to show
+    // (the peer's own address here is only a virtual one).
+    let (address, via) = match d.endpoint.relay_of(&pc) {
+        Some(relay) => (relay.clone(), vec![relay]),
+        None => (crate::addr::canon(pc.remote_address()).to_string(), via),
+    };
     Ok(PingResult {
         peer: name,
         id: peer.to_string(),
         rtt_ms: (rtt.as_secs_f64() * 1e6).round() / 1e3,
-        address: crate::addr::canon(pc.remote_address()).to_string(),
+        address,
         via,
     })
 }

@@ -40,5 +40,6 @@ pub fn status(d: &Daemon) -> Status {
             rejected: t.stats.rejected.load(Ordering::Relaxed),
         }),
         candidates,
+        relays: super::relays::list(d),
     }
 }

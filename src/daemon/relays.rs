@@ -1,0 +1,303 @@
+//! The mesh's relays (`cnspr relay add`): signed entries that every member keeps
+//! (`STATE_DIR/relays.json`, mode 0600: it holds the relays' secrets) and gossips beside
+//! the roster, so that pairing at home is enough for a device to use them later.
+//!
+//! An entry says "the relay at ADDR, with this secret and mesh tag, is ours" (or, with
+//! `removed`, that it no longer is), signed by the member that recorded it. Per address
+//! the entry with the highest `(version, signer)` wins, whatever the order gossip brings
+//! them in; removals stay as entries so that an old addition cannot come back.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use transport::identity::{ed25519_id, verify_signature};
+use transport::relay::link::RelaySpec;
+use transport::relay::{check_secret, TAG_LEN};
+use transport::{DeviceId, Identity};
+
+/// File of the relay entries inside the state directory.
+pub const RELAYS_FILE: &str = "relays.json";
+/// Most entries (relays and removed relays) kept; gossip beyond is ignored.
+pub const MAX_ENTRIES: usize = 64;
+/// Most characters of a relay address (`HOST:PORT`).
+pub const MAX_ADDR: usize = 255;
+
+const DOMAIN: &[u8] = b"cnspr relay entry v1\0";
+
+/// "The relay at `addr` is ours" (or, `removed`, no longer), signed by `signer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayEntry {
+    pub addr: String,
+    pub secret: String,
+    pub tag: Vec<u8>,
+    pub removed: bool,
+    /// Milliseconds since the Unix epoch when signed.
+    pub version: u64,
+    pub signer: [u8; 32],
+    pub sig: Vec<u8>,
+}
+
+fn message(addr: &str, secret: &str, tag: &[u8], removed: bool, version: u64) -> Vec<u8> {
+    let mut m = DOMAIN.to_vec();
+    for part in [addr.as_bytes(), secret.as_bytes(), tag] {
+        m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        m.extend_from_slice(part);
+    }
+    m.push(u8::from(removed));
+    m.extend_from_slice(&version.to_be_bytes());
+    m
+}
+
+/// Why `addr` is not a relay address: `HOST:PORT` with a port that is not 0.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    if addr.is_empty()
+        || addr.len() > MAX_ADDR
+        || addr.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{addr:?} is not a relay address (HOST:PORT)"));
+    }
+    let port = addr
+        .rsplit_once(':')
+        .and_then(|(host, p)| (!host.is_empty()).then_some(p))
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p != 0);
+    match port {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{addr:?} is not a relay address: HOST:PORT with a port from 1 to 65535"
+        )),
+    }
+}
+
+impl RelayEntry {
+    pub fn sign(
+        me: &Identity,
+        addr: &str,
+        secret: &str,
+        tag: &[u8],
+        removed: bool,
+        version: u64,
+    ) -> Self {
+        RelayEntry {
+            addr: addr.to_string(),
+            secret: secret.to_string(),
+            tag: tag.to_vec(),
+            removed,
+            version,
+            signer: me.public_key(),
+            sig: me.sign(&message(addr, secret, tag, removed, version)),
+        }
+    }
+
+    pub fn signer_id(&self) -> DeviceId {
+        ed25519_id(&self.signer)
+    }
+
+    /// Signature, address, secret and tag are valid (not whether the signer is trusted).
+    pub fn well_formed(&self) -> bool {
+        check_addr(&self.addr).is_ok()
+            && (self.removed || check_secret(&self.secret).is_ok())
+            && self.tag.len() == TAG_LEN
+            && verify_signature(
+                &self.signer,
+                &message(
+                    &self.addr,
+                    &self.secret,
+                    &self.tag,
+                    self.removed,
+                    self.version,
+                ),
+                &self.sig,
+            )
+    }
+
+    fn rank(&self) -> (u64, [u8; 32]) {
+        (self.version, self.signer)
+    }
+
+    pub fn spec(&self) -> Option<RelaySpec> {
+        if self.removed {
+            return None;
+        }
+        Some(RelaySpec {
+            addr: self.addr.clone(),
+            secret: self.secret.clone(),
+            tag: self.tag.as_slice().try_into().ok()?,
+        })
+    }
+}
+
+/// Merges `incoming` into `into` (by address, highest rank wins); entries must be well
+/// formed and signed by a device `trusted` accepts. True when something changed.
+pub fn merge(
+    into: &mut BTreeMap<String, RelayEntry>,
+    incoming: Vec<RelayEntry>,
+    trusted: impl Fn(&DeviceId) -> bool,
+) -> bool {
+    let mut changed = false;
+    for e in incoming.into_iter().take(MAX_ENTRIES) {
+        if !e.well_formed() || !trusted(&e.signer_id()) {
+            continue;
+        }
+        match into.get(&e.addr) {
+            Some(old) if old.rank() >= e.rank() => {}
+            None if into.len() >= MAX_ENTRIES => {}
+            _ => {
+                into.insert(e.addr.clone(), e);
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+/// This device's relay entries, persisted.
+#[derive(Debug)]
+pub struct RelayBook {
+    entries: Mutex<BTreeMap<String, RelayEntry>>,
+    path: PathBuf,
+}
+
+impl RelayBook {
+    /// Loads `STATE_DIR/relays.json` (missing: none). Entries are checked again; a
+    /// corrupt file is an error.
+    pub fn load(state_dir: &Path, trusted: impl Fn(&DeviceId) -> bool) -> anyhow::Result<Self> {
+        let path = state_dir.join(RELAYS_FILE);
+        let mut entries = BTreeMap::new();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let list: Vec<RelayEntry> = serde_json::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{} is corrupt ({e}); remove it (the relays are then learnt again from the other members)",
+                        path.display()
+                    )
+                })?;
+                merge(&mut entries, list, trusted);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        }
+        Ok(RelayBook {
+            entries: Mutex::new(entries),
+            path,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RelayEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every entry (to gossip).
+    pub fn entries(&self) -> Vec<RelayEntry> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// The relays in use.
+    pub fn specs(&self) -> Vec<RelaySpec> {
+        self.lock().values().filter_map(RelayEntry::spec).collect()
+    }
+
+    /// Merges and, when something changed, saves; true then.
+    pub fn merge(&self, incoming: Vec<RelayEntry>, trusted: impl Fn(&DeviceId) -> bool) -> bool {
+        let mut entries = self.lock();
+        let changed = merge(&mut entries, incoming, trusted);
+        if changed {
+            if let Err(e) = save(&self.path, &entries) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot save the relays");
+            }
+        }
+        changed
+    }
+
+    /// The current entry of `addr`, if any (removed or not).
+    pub fn get(&self, addr: &str) -> Option<RelayEntry> {
+        self.lock().get(addr).cloned()
+    }
+}
+
+fn save(path: &Path, entries: &BTreeMap<String, RelayEntry>) -> std::io::Result<()> {
+    let list: Vec<&RelayEntry> = entries.values().collect();
+    let json = serde_json::to_vec(&list).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(me: &Identity, addr: &str, removed: bool, version: u64) -> RelayEntry {
+        RelayEntry::sign(me, addr, "0123456789abcdef", &[1u8; 16], removed, version)
+    }
+
+    #[test]
+    fn merging_is_order_independent_and_removals_stick() {
+        let a = Identity::generate("a").unwrap();
+        let add = entry(&a, "relay.example:7447", false, 1);
+        let del = entry(&a, "relay.example:7447", true, 2);
+        let trusted = |_: &DeviceId| true;
+        let mut x = BTreeMap::new();
+        assert!(merge(&mut x, vec![add.clone(), del.clone()], trusted));
+        let mut y = BTreeMap::new();
+        merge(&mut y, vec![del.clone()], trusted);
+        assert!(
+            !merge(&mut y, vec![add.clone()], trusted),
+            "an old addition came back"
+        );
+        assert_eq!(x, y);
+        assert!(x["relay.example:7447"].spec().is_none());
+    }
+
+    #[test]
+    fn forged_untrusted_or_malformed_entries_are_ignored() {
+        let a = Identity::generate("a").unwrap();
+        let mut forged = entry(&a, "relay.example:7447", false, 1);
+        forged.secret = "another-secret-of-ours".into();
+        let mut m = BTreeMap::new();
+        assert!(!merge(&mut m, vec![forged], |_| true));
+        assert!(!merge(
+            &mut m,
+            vec![entry(&a, "relay.example:7447", false, 1)],
+            |_| false
+        ));
+        assert!(!merge(&mut m, vec![entry(&a, "no-port", false, 1)], |_| {
+            true
+        }));
+        assert!(!merge(&mut m, vec![entry(&a, "host:0", false, 1)], |_| {
+            true
+        }));
+        assert!(m.is_empty());
+        assert!(check_addr("[2001:db8::1]:7447").is_ok());
+        assert!(check_addr("relay example:1").is_err());
+    }
+
+    #[test]
+    fn the_book_is_saved_private_and_loaded_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::generate("a").unwrap();
+        let book = RelayBook::load(dir.path(), |_| true).unwrap();
+        assert!(book.merge(vec![entry(&a, "203.0.113.5:7447", false, 1)], |_| true));
+        let mode = std::fs::metadata(dir.path().join(RELAYS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = RelayBook::load(dir.path(), |_| true).unwrap();
+        assert_eq!(again.specs().len(), 1);
+        std::fs::write(dir.path().join(RELAYS_FILE), b"{").unwrap();
+        assert!(RelayBook::load(dir.path(), |_| true).is_err());
+    }
+}

@@ -1,0 +1,444 @@
+//! The daemon's UDP socket as quinn sees it: datagrams to a virtual address go through a
+//! relay, relayed datagrams come back from the sender's virtual address.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::sync::mpsc;
+
+use super::{header_id, is_virtual, virtual_addr, HEADER, MARKER, MAX_DATAGRAM};
+use crate::id::DeviceId;
+
+/// Relayed datagrams waiting for quinn when they came faster than it reads (TCP links).
+const MAX_INBOX: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How a registered relay is reached.
+#[derive(Debug, Clone)]
+pub enum LinkPath {
+    /// Datagrams from this socket to the relay's UDP address.
+    Udp(SocketAddr),
+    /// Frames on a TLS-over-TCP connection (its writer task reads this channel).
+    Tcp(mpsc::Sender<Vec<u8>>),
+}
+
+/// One relay this device is registered with.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// The relay as configured (`HOST:PORT`).
+    pub label: String,
+    pub path: LinkPath,
+    /// This device's address as the relay sees it.
+    pub observed: SocketAddr,
+    /// Tells links of one relay apart (a new registration replaces the old one).
+    pub serial: u64,
+}
+
+/// Counters shown by `status`.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    /// Datagrams for a peer that had no relay to go through (lost, like any datagram).
+    pub unroutable: AtomicU64,
+}
+
+/// What the socket and the endpoint share about relays.
+#[derive(Debug)]
+pub struct Relays {
+    v6: bool,
+    names: Mutex<HashMap<SocketAddr, DeviceId>>,
+    links: Mutex<Vec<Link>>,
+    inbox: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    waker: Mutex<Option<Waker>>,
+    /// Why a configured relay has no link now, by label.
+    problems: Mutex<HashMap<String, String>>,
+    /// Notified when a relay link comes or goes.
+    changed: tokio::sync::Notify,
+    pub stats: RelayStats,
+}
+
+impl Relays {
+    pub fn new(v6: bool) -> Arc<Relays> {
+        Arc::new(Relays {
+            v6,
+            names: Mutex::new(HashMap::new()),
+            links: Mutex::new(Vec::new()),
+            inbox: Mutex::new(VecDeque::new()),
+            waker: Mutex::new(None),
+            problems: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
+            stats: RelayStats::default(),
+        })
+    }
+
+    /// The virtual address of `peer` on this socket (remembered, to send to it).
+    pub fn address_of(&self, peer: &DeviceId) -> SocketAddr {
+        let addr = virtual_addr(peer, self.v6);
+        lock(&self.names).insert(addr, *peer);
+        addr
+    }
+
+    /// The peer behind a virtual address.
+    pub fn peer_at(&self, addr: &SocketAddr) -> Option<DeviceId> {
+        lock(&self.names).get(addr).copied()
+    }
+
+    /// Adds (or replaces, same label) a registered relay.
+    pub fn add_link(&self, link: Link) {
+        let mut links = lock(&self.links);
+        links.retain(|l| l.label != link.label);
+        // Links over UDP first: they are the ones used.
+        if matches!(link.path, LinkPath::Udp(_)) {
+            links.insert(0, link);
+        } else {
+            links.push(link);
+        }
+        drop(links);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until a relay link comes or goes.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Removes the link `serial` of `label`, if it is still the current one.
+    pub fn remove_link(&self, label: &str, serial: u64) {
+        lock(&self.links).retain(|l| !(l.label == label && l.serial == serial));
+        self.changed.notify_waiters();
+    }
+
+    /// Records (or clears) why the relay `label` has no link.
+    pub fn set_problem(&self, label: &str, problem: Option<String>) {
+        let mut p = lock(&self.problems);
+        match problem {
+            Some(e) => {
+                p.insert(label.to_string(), e);
+            }
+            None => {
+                p.remove(label);
+            }
+        }
+    }
+
+    /// Why a relay has no link, by label.
+    pub fn problems(&self) -> HashMap<String, String> {
+        lock(&self.problems).clone()
+    }
+
+    /// Forgets relays that are no longer configured.
+    pub fn retain_labels(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.links).retain(|l| keep(&l.label));
+        lock(&self.problems).retain(|l, _| keep(l));
+    }
+
+    /// The registered relays.
+    pub fn links(&self) -> Vec<Link> {
+        lock(&self.links).clone()
+    }
+
+    /// The relay datagrams go through (none: no relay registered).
+    pub fn current(&self) -> Option<Link> {
+        lock(&self.links).first().cloned()
+    }
+
+    fn is_relay(&self, addr: &SocketAddr) -> bool {
+        let addr = crate::relay::link::canonical(*addr);
+        lock(&self.links)
+            .iter()
+            .any(|l| matches!(l.path, LinkPath::Udp(a) if a == addr))
+    }
+
+    /// A relayed datagram (`MARKER | sender | packet`), for quinn; false if it is not one.
+    pub fn deliver(&self, frame: &[u8]) -> bool {
+        let Some(from) = header_id(frame) else {
+            return false;
+        };
+        let addr = self.address_of(&from);
+        {
+            let mut inbox = lock(&self.inbox);
+            if inbox.len() >= MAX_INBOX {
+                return true;
+            }
+            inbox.push_back((addr, frame[HEADER..].to_vec()));
+        }
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Wakes quinn's receiving task after [`Relays::deliver`] from elsewhere (TCP).
+    pub fn wake(&self) {
+        if let Some(w) = lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+
+    /// Fills `bufs`/`meta` from the inbox; returns how many entries it filled.
+    fn drain(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut inbox = lock(&self.inbox);
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Some((addr, pkt)) = inbox.pop_front() else {
+                break;
+            };
+            if pkt.len() > bufs[n].len() {
+                continue;
+            }
+            bufs[n][..pkt.len()].copy_from_slice(&pkt);
+            meta[n] = RecvMeta {
+                addr,
+                len: pkt.len(),
+                stride: pkt.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Takes the relayed datagrams out of `n` received entries: each one that `take(source,
+/// datagram)` consumes is removed (GRO may have put several datagrams in one entry, at
+/// `stride` intervals), and the rest is moved together. Returns how many entries remain.
+pub fn take_frames(
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+    n: usize,
+    mut take: impl FnMut(SocketAddr, &[u8]) -> bool,
+) -> usize {
+    let mut out = 0;
+    for i in 0..n {
+        let m = meta[i];
+        let stride = if m.stride == 0 { m.len } else { m.stride };
+        let mut len = m.len;
+        if stride > 0 && (0..m.len).step_by(stride).any(|at| bufs[i][at] == MARKER) {
+            // Keep the segments not taken, in order, at the front of the buffer; only the
+            // last one may be short, as before.
+            let mut kept = 0;
+            let mut at = 0;
+            while at < m.len {
+                let end = (at + stride).min(m.len);
+                let consumed = bufs[i][at] == MARKER && take(m.addr, &bufs[i][at..end]);
+                if !consumed {
+                    bufs[i].copy_within(at..end, kept);
+                    kept += end - at;
+                }
+                at = end;
+            }
+            len = kept;
+        }
+        if len == 0 {
+            continue;
+        }
+        if out != i {
+            let (front, back) = bufs.split_at_mut(i);
+            front[out][..len].copy_from_slice(&back[0][..len]);
+        }
+        meta[out] = RecvMeta { len, ..m };
+        out += 1;
+    }
+    out
+}
+
+/// The wrapped socket (see the module documentation).
+#[derive(Debug)]
+pub struct RelaySocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    relays: Arc<Relays>,
+}
+
+impl RelaySocket {
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>, relays: Arc<Relays>) -> Arc<RelaySocket> {
+        Arc::new(RelaySocket { inner, relays })
+    }
+
+    /// Sends what quinn wrote to the virtual address of a peer through the current relay.
+    fn send_relayed(&self, t: &Transmit<'_>) -> io::Result<()> {
+        let (Some(peer), Some(link)) = (self.relays.peer_at(&t.destination), self.relays.current())
+        else {
+            self.relays.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        let size = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        for seg in t.contents.chunks(size) {
+            if HEADER + seg.len() > MAX_DATAGRAM {
+                // Too large for the path through the relay: lost, like a path MTU probe
+                // that is too large.
+                continue;
+            }
+            let mut frame = Vec::with_capacity(HEADER + seg.len());
+            frame.push(MARKER);
+            frame.extend_from_slice(&peer.0);
+            frame.extend_from_slice(seg);
+            match &link.path {
+                LinkPath::Udp(relay) => self.inner.try_send(&Transmit {
+                    destination: super::link::socket_form(*relay, self.relays.v6),
+                    ecn: None,
+                    contents: &frame,
+                    segment_size: None,
+                    src_ip: None,
+                })?,
+                LinkPath::Tcp(tx) => {
+                    // A full queue loses the datagram; QUIC's congestion control slows down.
+                    let _ = tx.try_send(frame);
+                }
+            }
+            self.relays.stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl AsyncUdpSocket for RelaySocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        if is_virtual(&transmit.destination) {
+            self.send_relayed(transmit)
+        } else {
+            self.inner.try_send(transmit)
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let queued = self.relays.drain(bufs, meta);
+        if queued > 0 {
+            return Poll::Ready(Ok(queued));
+        }
+        loop {
+            *lock(&self.relays.waker) = Some(cx.waker().clone());
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            let relays = &self.relays;
+            let mut n = take_frames(bufs, meta, n, |from, frame| {
+                relays.is_relay(&from) && relays.deliver(frame)
+            });
+            n += relays.drain(&mut bufs[n..], &mut meta[n..]);
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(addr: &str, len: usize, stride: usize) -> RecvMeta {
+        RecvMeta {
+            addr: addr.parse().unwrap(),
+            len,
+            stride,
+            ecn: None,
+            dst_ip: None,
+        }
+    }
+
+    #[test]
+    fn frames_are_taken_out_and_the_rest_moves_together() {
+        let mut b0 = vec![0u8; 64];
+        let mut b1 = vec![0u8; 64];
+        let mut b2 = vec![0u8; 64];
+        // Entry 0: one QUIC packet. Entry 1: GRO of three 10-byte datagrams, the middle
+        // one relayed. Entry 2: a relayed datagram alone.
+        b0[..5].copy_from_slice(&[0x41; 5]);
+        b1[..10].fill(0x42);
+        b1[10] = MARKER;
+        b1[20..28].fill(0x43);
+        b2[0] = MARKER;
+        let mut bufs = [
+            IoSliceMut::new(&mut b0),
+            IoSliceMut::new(&mut b1),
+            IoSliceMut::new(&mut b2),
+        ];
+        let mut meta = [
+            entry("1.2.3.4:5", 5, 5),
+            entry("1.2.3.4:6", 28, 10),
+            entry("1.2.3.4:7", 40, 40),
+        ];
+        let mut taken = Vec::new();
+        let n = take_frames(&mut bufs, &mut meta, 3, |from, f| {
+            taken.push((from.port(), f.len()));
+            true
+        });
+        assert_eq!(n, 2);
+        assert_eq!(taken, vec![(6, 10), (7, 40)]);
+        assert_eq!(meta[1].len, 18);
+        assert_eq!(&bufs[1][..10], &[0x42; 10]);
+        assert_eq!(&bufs[1][10..18], &[0x43; 8]);
+        assert_eq!(&bufs[0][..5], &[0x41; 5]);
+    }
+
+    #[test]
+    fn an_emptied_entry_is_dropped_and_later_ones_move_up() {
+        let mut b0 = vec![MARKER; 8];
+        let mut b1 = vec![0x40u8; 8];
+        let mut bufs = [IoSliceMut::new(&mut b0), IoSliceMut::new(&mut b1)];
+        let mut meta = [entry("1.1.1.1:1", 8, 8), entry("2.2.2.2:2", 8, 8)];
+        let n = take_frames(&mut bufs, &mut meta, 2, |_, _| true);
+        assert_eq!(n, 1);
+        assert_eq!(meta[0].addr.port(), 2);
+        assert_eq!(&bufs[0][..8], &[0x40u8; 8]);
+        // Not consumed: left in place.
+        let mut c0 = vec![MARKER; 8];
+        let mut bufs = [IoSliceMut::new(&mut c0)];
+        let mut meta = [entry("1.1.1.1:1", 8, 8)];
+        assert_eq!(take_frames(&mut bufs, &mut meta, 1, |_, _| false), 1);
+    }
+
+    #[test]
+    fn delivered_frames_come_out_from_the_senders_virtual_address() {
+        let relays = Relays::new(true);
+        let sender = DeviceId([3u8; 32]);
+        let mut f = vec![MARKER];
+        f.extend_from_slice(&sender.0);
+        f.extend_from_slice(b"packet");
+        assert!(relays.deliver(&f));
+        assert!(!relays.deliver(b"\x40quic"));
+        let mut b = vec![0u8; 64];
+        let mut bufs = [IoSliceMut::new(&mut b)];
+        let mut meta = [entry("1.1.1.1:1", 0, 0)];
+        assert_eq!(relays.drain(&mut bufs, &mut meta), 1);
+        assert_eq!(meta[0].addr, virtual_addr(&sender, true));
+        assert_eq!(&bufs[0][..6], b"packet");
+        assert_eq!(relays.peer_at(&meta[0].addr), Some(sender));
+    }
+}
