@@ -20,7 +20,7 @@ use crate::heartbeat::{LinkKeys, Twin, FEATURE_HEARTBEAT};
 use crate::id::DeviceId;
 use crate::identity::Identity;
 use crate::relay::is_virtual;
-use crate::relay::link::{LinkCtx, RelaySpec};
+use crate::relay::link::RelaySpec;
 use crate::relay::socket::{RelaySocket, Relays};
 use crate::roster::Roster;
 pub use crate::settings::{close_code, DownReason, EndpointConfig, TransportError};
@@ -30,6 +30,7 @@ use crate::wire::{self, ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
 
 mod accept;
 mod dial;
+mod relays;
 
 /// Hello feature of a connection dialled because the dialler's address changed under the
 /// old one: it replaces the old connection on both sides, whichever side dialled that one.
@@ -263,62 +264,6 @@ impl Endpoint {
         &self.inner.roster
     }
 
-    /// The relays this device is registered with, and their counters.
-    pub fn relays(&self) -> &Arc<Relays> {
-        &self.inner.relays
-    }
-
-    /// Keeps this device registered with exactly the relays of `specs` (tasks for new
-    /// ones are started, removed ones stopped).
-    pub fn set_relays(&self, specs: &[RelaySpec]) {
-        let mut tasks = lock(&self.inner.relay_tasks);
-        tasks.retain(|spec, task| {
-            let keep = specs.contains(spec);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        self.inner
-            .relays
-            .retain_labels(|l| specs.iter().any(|s| s.addr == l));
-        for spec in specs {
-            if tasks.contains_key(spec) {
-                continue;
-            }
-            let ctx = LinkCtx {
-                quinn: self.inner.quinns.clone(),
-                identity: self.inner.identity.clone(),
-                provider: self.inner.cfg.provider.clone(),
-                relays: self.inner.relays.clone(),
-            };
-            tasks.insert(
-                spec.clone(),
-                tokio::spawn(crate::relay::link::run(ctx, spec.clone())),
-            );
-        }
-    }
-
-    /// Where to dial `peer` through a relay (its virtual address), while this device is
-    /// registered with one.
-    pub fn relay_address(&self, peer: &DeviceId) -> Option<SocketAddr> {
-        self.inner.relays.current()?;
-        Some(self.inner.relays.address_of(peer))
-    }
-
-    /// The relay a connection to a virtual address goes through (its label), if any.
-    pub fn relay_of(&self, pc: &PeerConn) -> Option<String> {
-        if !is_virtual(&pc.remote_address()) {
-            return None;
-        }
-        Some(
-            self.inner
-                .relays
-                .current()
-                .map_or_else(|| "relay".to_string(), |l| l.label),
-        )
-    }
-
     /// The heartbeat socket, if this endpoint reads heartbeats.
     pub fn twin(&self) -> Option<&Arc<Twin>> {
         self.inner.twin.as_ref()
@@ -477,7 +422,7 @@ impl Endpoint {
                 Some(old) if old_relayed && !new_relayed => {
                     info!(peer = %peer.short(), addr = %pc.remote_address(), "a direct connection replaces the one through the relay");
                     // Streams under way on it finish there; new ones take the direct one.
-                    tokio::spawn(close_when_quiet(old.conn.clone()));
+                    self.retire_relayed(old.conn.clone());
                 }
                 Some(old) => {
                     if moved {
@@ -601,28 +546,6 @@ impl Endpoint {
 }
 
 pub use crate::identity::peer_id;
-
-/// Closes a replaced connection once no stream data has moved on it for a second (at
-/// most a minute later).
-async fn close_when_quiet(conn: Connection) {
-    let moved = |c: &Connection| {
-        let s = c.stats();
-        (s.frame_rx.stream, s.frame_tx.stream)
-    };
-    let mut last = moved(&conn);
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = moved(&conn);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    conn.close(
-        VarInt::from_u32(close_code::DUPLICATE),
-        b"replaced by a direct path",
-    );
-}
 
 #[cfg(test)]
 mod tests {

@@ -213,7 +213,7 @@ impl Twin {
         // Receive timestamps: a heartbeat read late is still dated when it came.
         let one: libc::c_int = 1;
         let _ = crate::socket::set_option(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one);
-        filter::attach_group_program(&SockRef::from(&socket))?;
+        filter::attach_group_program(&SockRef::from(&socket), MARKER)?;
         let twin = Twin {
             socket: socket.into(),
             v6: local.is_ipv6(),

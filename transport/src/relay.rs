@@ -133,6 +133,19 @@ pub fn is_virtual(addr: &SocketAddr) -> bool {
     }
 }
 
+/// `addr` with an IPv4-mapped IPv6 address turned into IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// `addr` as a socket of IPv6 (`v6`) sends to it: IPv4 as IPv4-mapped.
+pub fn socket_form(addr: SocketAddr, v6: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if v6 => SocketAddr::from((a.ip().to_ipv6_mapped(), a.port())),
+        other => other,
+    }
+}
+
 /// Accepts any well-formed device certificate (the relay's view: who the device is
 /// matters, not whose mesh it is in; the secret decides that).
 #[derive(Debug)]

@@ -47,10 +47,10 @@ fn attach(s: &SockRef<'_>, option: libc::c_int, code: &mut [libc::sock_filter]) 
 /// heartbeat marker, index 0 (the QUIC socket, bound first) otherwise: QUIC packets and
 /// relayed datagrams (`crate::relay`), which the QUIC socket's reader takes apart.
 /// (It sees the datagram from its payload on.)
-pub fn attach_group_program(s: &SockRef<'_>) -> io::Result<()> {
+pub fn attach_group_program(s: &SockRef<'_>, marker: u8) -> io::Result<()> {
     let mut code = [
         op(LD_B_ABS, 0, 0, 0),
-        op(JEQ_K, 0, 1, u32::from(super::MARKER)),
+        op(JEQ_K, 0, 1, u32::from(marker)),
         op(RET_K, 0, 0, 1),
         op(RET_K, 0, 0, 0),
     ];

@@ -13,7 +13,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::socket::{Link, LinkPath, Relays};
-use super::{client_tls, RelayFrame, ALPN, MAX_CONTROL, MAX_DATAGRAM, TAG_LEN, VERSION};
+use super::{
+    canonical, client_tls, socket_form, RelayFrame, ALPN, MAX_CONTROL, MAX_DATAGRAM, TAG_LEN,
+    VERSION,
+};
 use crate::frame::{read_frame, write_frame};
 use crate::identity::Identity;
 
@@ -47,11 +50,6 @@ pub struct LinkCtx {
 }
 
 static SERIAL: AtomicU64 = AtomicU64::new(1);
-
-/// `addr` with an IPv4-mapped IPv6 address turned into IPv4.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
 
 /// Keeps this device registered with `spec`'s relay until the task is aborted.
 pub async fn run(ctx: LinkCtx, spec: RelaySpec) {
@@ -202,14 +200,6 @@ async fn over_udp(ctx: &LinkCtx, spec: &RelaySpec, addr: SocketAddr) -> Result<(
     ctx.relays.remove_link(&spec.addr, serial);
     warn!(relay = %spec.addr, reason = %why, "relay registration lost");
     Ok(())
-}
-
-/// `addr` as a socket of IPv6 (`v6`) sends to it: IPv4 as IPv4-mapped.
-pub fn socket_form(addr: SocketAddr, v6: bool) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(a) if v6 => SocketAddr::from((a.ip().to_ipv6_mapped(), a.port())),
-        other => other,
-    }
 }
 
 async fn over_tcp(ctx: &LinkCtx, spec: &RelaySpec, addr: SocketAddr) -> Result<(), Failure> {

@@ -18,11 +18,11 @@ use rustls::crypto::CryptoProvider;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::link::{canonical, read_tcp, socket_form, write_tcp};
+use super::link::{read_tcp, write_tcp};
 use super::socket::take_frames;
 use super::{
-    check_secret, header_id, relay_identity, same_secret, server_tls, RelayFrame, HEADER,
-    MAX_CONTROL, TAG_LEN, VERSION,
+    canonical, check_secret, header_id, relay_identity, same_secret, server_tls, socket_form,
+    RelayFrame, HEADER, MAX_CONTROL, TAG_LEN, VERSION,
 };
 use crate::frame::{read_frame, write_frame};
 use crate::id::DeviceId;

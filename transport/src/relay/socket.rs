@@ -154,7 +154,7 @@ impl Relays {
     }
 
     fn is_relay(&self, addr: &SocketAddr) -> bool {
-        let addr = crate::relay::link::canonical(*addr);
+        let addr = super::canonical(*addr);
         lock(&self.links)
             .iter()
             .any(|l| matches!(l.path, LinkPath::Udp(a) if a == addr))
@@ -284,7 +284,7 @@ impl RelaySocket {
             frame.extend_from_slice(seg);
             match &link.path {
                 LinkPath::Udp(relay) => self.inner.try_send(&Transmit {
-                    destination: super::link::socket_form(*relay, self.relays.v6),
+                    destination: super::socket_form(*relay, self.relays.v6),
                     ecn: None,
                     contents: &frame,
                     segment_size: None,
