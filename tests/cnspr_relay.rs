@@ -395,3 +395,29 @@ fn strangers_and_other_meshes_get_nothing_from_the_relay() {
     assert!(w.nodes[1].path("state/relays.json").exists());
     w.relay.take();
 }
+
+/// a and b talk directly; the direct path dies (a firewall appears between the routers):
+/// they are back on the relay without any help, then direct again once it goes.
+#[test]
+fn a_dead_direct_path_falls_back_to_the_relay() {
+    let Some(w) = world("rf", Nat::Cone, |_, _| {}) else {
+        return;
+    };
+    let (a, b) = (&w.nodes[0], &w.nodes[1]);
+    wait_path(a, "b", "direct", Duration::from_secs(30));
+    wait_path(b, "a", "direct", Duration::from_secs(10));
+    w.net.block(w.routers[0], "203.0.113.2");
+    let t0 = Instant::now();
+    wait_path(a, "b", "relay", Duration::from_secs(20));
+    eprintln!(
+        "back on the relay {:.2} s after the direct path died",
+        t0.elapsed().as_secs_f64()
+    );
+    if std::env::var("CNSPR_TEST_SHOW_LOG").is_ok() {
+        eprintln!("{}", a.log());
+    }
+    let r = a.cli(&["send", "--reply", "b", "q.x", "through the relay again"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    w.net.unblock(w.routers[0]);
+    wait_path(a, "b", "direct", Duration::from_secs(60));
+}

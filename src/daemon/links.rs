@@ -112,6 +112,12 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
         p.rtt = None;
         p.dial.lost(Instant::now());
     }
+    // Dial again as soon as the shortest backoff has passed (not at the next tick).
+    let d = d.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(super::dial::MIN_BACKOFF).await;
+        dial_due(&d);
+    });
 }
 
 /// News of a peer outside the membership protocol (a ping it sent): the connection's

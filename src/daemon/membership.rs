@@ -104,6 +104,9 @@ fn execute(
             if state == PeerState::Indirect {
                 d.punches.wake();
             }
+            if state == PeerState::Unreachable {
+                fall_back_to_relay(d, &peer);
+            }
         }
         Output::Deliver { id, .. } => {
             debug!(origin = %id.origin.short(), seq = id.seq, "membership broadcast delivered");
@@ -294,6 +297,25 @@ fn heartbeats(
 /// Closes the connections whose link has been silent for `idle_timeout_ms` (no
 /// heartbeat, no packet): a dead peer's connection goes, and the link supervisor dials
 /// again. QUIC's own idle timeout is only a backstop, since heartbeats are not QUIC.
+/// A peer the core declared unreachable while its connection is a direct one: with a
+/// relay at hand, that connection is closed now (it is dead as far as liveness knows)
+/// so that the next dial, through the relay among others, starts at once instead of
+/// after the silence timeout.
+fn fall_back_to_relay(d: &Daemon, peer: &DeviceId) {
+    if d.endpoint.relays().current().is_none() {
+        return;
+    }
+    if let Some(pc) = d.endpoint.connection(peer) {
+        if d.endpoint.relay_of(&pc).is_none() {
+            info!(peer = %pc.name, "unreachable directly; trying the relay");
+            pc.conn.close(
+                VarInt::from_u32(close_code::SILENT),
+                b"unreachable: trying the relay",
+            );
+        }
+    }
+}
+
 fn close_silent(d: &Daemon, conns: &[PeerConn], now: Instant) {
     let limit = Duration::from_millis(d.cfg.idle_timeout_ms);
     let silent: Vec<&PeerConn> = {
