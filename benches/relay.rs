@@ -4,9 +4,10 @@
 //! measured in the same run, p and q with public addresses on the same wan (no NAT).
 //!
 //! Prints, each with its target and its ratio to the anchor:
-//! - time from both devices up (registered with the relay's entries from pairing) until
-//!   a first message from a is delivered to b, p50 and p99 over `CNSPR_BENCH_TRIALS`
-//!   trials (default 10); anchor: the same between p and q;
+//! - time from b's start (a already up and registered; both know the relay from
+//!   pairing) until a first message from a is delivered to b, p50 and p99 over
+//!   `CNSPR_BENCH_TRIALS` trials (default 10); anchor: p and q, from their trusting each
+//!   other until a first message is delivered;
 //! - one 64 MiB stream's throughput (median of 3) a→b through the relay (a firewall
 //!   between the routers keeps them off the direct path), a→b directly across the NATs,
 //!   and p→q with no NAT;
@@ -144,10 +145,14 @@ fn stream_once(from: &Node, to: &Node) -> f64 {
     let t0 = Instant::now();
     let mut cl = connect(from, "b", "sink");
     let mut stdin = cl.stdin.take().unwrap();
-    stdin.write_all(&data).unwrap();
+    let wrote = stdin.write_all(&data);
     drop(stdin);
     let (code, err) = finish(cl);
-    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        wrote.is_ok() && code == Some(0),
+        "connect: {wrote:?} {code:?} {err}\n{}",
+        from.log()
+    );
     wait_until("the whole stream", || {
         file(&to.out().join("sink")).is_some_and(|f| f.len() == data.len())
     });
@@ -246,8 +251,10 @@ fn main() {
             netns_run(net.ns(r), "conntrack", &["-F"]);
         }
         let (a, mut b) = pair_with_relay(&net, ha, hb, relay_addr);
-        b.start();
+        // From b's start (a is up and registered): b starts, registers, and a message
+        // from a gets through.
         let t0 = Instant::now();
+        b.start();
         msg.push(first_message(&a, t0).as_secs_f64());
         drop((a, b));
 

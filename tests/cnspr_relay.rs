@@ -421,3 +421,32 @@ fn a_dead_direct_path_falls_back_to_the_relay() {
     w.net.unblock(w.routers[0]);
     wait_path(a, "b", "direct", Duration::from_secs(60));
 }
+
+/// The relay commands check what they are given (no namespace: one daemon on loopback,
+/// and the only relay it is told of is on loopback too).
+#[test]
+fn relay_commands_refuse_bad_input_with_clear_errors() {
+    let mut n = Node::new("solo", "");
+    n.start();
+    let err = |args: &[&str]| {
+        let out = n.cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        stderr(&out)
+    };
+    assert!(err(&["relay", "add", "no-port", "0123456789abcdef"]).contains("HOST:PORT"));
+    assert!(err(&["relay", "add", "127.0.0.1:0", "0123456789abcdef"]).contains("port"));
+    assert!(err(&["relay", "add", "127.0.0.1:9", "short"]).contains("16 to 128"));
+    assert!(err(&["relay", "remove", "127.0.0.1:9"]).contains("no relay"));
+    let v = n.json(&["relay", "list"]);
+    assert_eq!(v, serde_json::json!([]));
+    let out = n.cli(&["relay", "add", "127.0.0.1:9", "0123456789abcdef"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = n.json(&["relay", "list"]);
+    assert_eq!(v[0]["addr"], "127.0.0.1:9", "{v}");
+    assert_eq!(v[0]["state"], "connecting", "{v}");
+    let status = n.json(&["status"]);
+    assert_eq!(status["relays"][0]["addr"], "127.0.0.1:9", "{status}");
+    let out = n.cli(&["relay", "remove", "127.0.0.1:9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(n.json(&["relay", "list"]), serde_json::json!([]));
+}

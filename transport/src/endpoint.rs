@@ -422,14 +422,17 @@ impl Endpoint {
                 Some(old) if old_relayed && !new_relayed => {
                     info!(peer = %peer.short(), addr = %pc.remote_address(), "a direct connection replaces the one through the relay");
                     // Streams under way on it finish there; new ones take the direct one.
-                    self.retire_relayed(old.conn.clone());
+                    self.retire(old.conn.clone());
                 }
-                Some(old) => {
-                    if moved {
-                        info!(peer = %peer.short(), addr = %pc.remote_address(), "the peer moved: its new connection replaces the old one");
-                    }
+                Some(old) if moved => {
+                    info!(peer = %peer.short(), addr = %pc.remote_address(), "the peer moved: its new connection replaces the old one");
                     old.conn
                         .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                }
+                Some(old) => {
+                    // The two sides dialled each other: both keep the same one. Streams
+                    // one side already opened on the other finish there.
+                    self.retire(old.conn.clone());
                 }
                 None => {}
             }

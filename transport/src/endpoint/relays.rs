@@ -1,15 +1,15 @@
 //! The endpoint's side of relaying (`crate::relay`): the registrations it keeps, the
-//! virtual addresses of peers behind a relay, and the end of a replaced relayed
-//! connection.
+//! virtual addresses of peers behind a relay; and the end of a replaced connection (one
+//! through a relay that a direct one replaced, or the loser of two simultaneous dials).
 
 use crate::relay::link::LinkCtx;
 
 use super::*;
 
 impl Endpoint {
-    /// Lets `conn`, a connection through a relay that a direct one replaced, finish what
-    /// is under way on it, then closes it.
-    pub(super) fn retire_relayed(&self, conn: Connection) {
+    /// Lets `conn`, a connection that another one replaced, finish what is under way on
+    /// it, then closes it (code 2).
+    pub(super) fn retire(&self, conn: Connection) {
         tokio::spawn(close_when_quiet(conn));
     }
 

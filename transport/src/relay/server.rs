@@ -95,20 +95,97 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Forwarded datagrams to one destination, gathered to go out in one system call
+/// (UDP segmentation offload: equal sizes, the last one may be shorter).
+struct Batch {
+    to: Option<SocketAddr>,
+    buf: Vec<u8>,
+    seg: usize,
+    count: usize,
+    /// The last datagram was shorter than `seg`: nothing may follow it.
+    closed: bool,
+    max: usize,
+}
+
+/// Most bytes one segmented send carries.
+const MAX_BATCH_BYTES: usize = 60_000;
+
+impl Batch {
+    fn new(max_segments: usize) -> Batch {
+        Batch {
+            to: None,
+            buf: Vec::with_capacity(MAX_BATCH_BYTES),
+            seg: 0,
+            count: 0,
+            closed: false,
+            max: max_segments.max(1),
+        }
+    }
+
+    /// Adds `frame` with `src` written into its header, for `to`.
+    fn push(&mut self, sock: &dyn AsyncUdpSocket, to: SocketAddr, src: &DeviceId, frame: &[u8]) {
+        let len = frame.len();
+        let fits = self.to == Some(to)
+            && !self.closed
+            && self.count < self.max
+            && len <= self.seg
+            && self.buf.len() + len <= MAX_BATCH_BYTES;
+        if !fits {
+            self.flush(sock);
+            self.to = Some(to);
+            self.seg = len;
+        }
+        let start = self.buf.len();
+        self.buf.extend_from_slice(frame);
+        self.buf[start + 1..start + HEADER].copy_from_slice(&src.0);
+        self.count += 1;
+        self.closed = len < self.seg;
+    }
+
+    fn flush(&mut self, sock: &dyn AsyncUdpSocket) {
+        if let (Some(to), true) = (self.to, self.count > 0) {
+            let _ = sock.try_send(&Transmit {
+                destination: to,
+                ecn: None,
+                contents: &self.buf,
+                segment_size: (self.count > 1).then_some(self.seg),
+                src_ip: None,
+            });
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+        self.to = None;
+    }
+}
+
 impl State {
+    /// A batch for this relay's socket.
+    fn batch(&self) -> Batch {
+        Batch::new(self.socket.get().map_or(1, |s| s.max_transmit_segments()))
+    }
+
+    /// Sends what `batch` gathered.
+    fn flush(&self, batch: &mut Batch) {
+        if let Some(sock) = self.socket.get() {
+            batch.flush(&**sock);
+        }
+    }
+
     /// A datagram that came over UDP from `from`.
-    fn from_udp(&self, from: SocketAddr, frame: &[u8]) {
+    fn from_udp(&self, from: SocketAddr, frame: &[u8], batch: &mut Batch) {
         let src = lock(&self.by_addr).get(&canonical(from)).copied();
         match src {
-            Some(src) => self.forward(src, frame),
+            Some(src) => self.forward(src, frame, batch),
             None => {
                 self.stats.unknown.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    /// Passes `frame` (`MARKER | dest | packet`) from `src` to its destination.
-    fn forward(&self, src: DeviceId, frame: &[u8]) {
+    /// Passes `frame` (`MARKER | dest | packet`) from `src` to its destination (over UDP
+    /// through `batch`, which the caller flushes).
+    fn forward(&self, src: DeviceId, frame: &[u8], batch: &mut Batch) {
         let Some(dest) = header_id(frame) else {
             return;
         };
@@ -137,23 +214,17 @@ impl State {
             self.stats.unknown.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let mut out = frame.to_vec();
-        out[1..HEADER].copy_from_slice(&src.0);
         match &d.path {
             Path::Udp(conn) => {
                 let to = socket_form(conn.remote_address(), self.v6);
                 drop(clients);
                 if let Some(sock) = self.socket.get() {
-                    let _ = sock.try_send(&Transmit {
-                        destination: to,
-                        ecn: None,
-                        contents: &out,
-                        segment_size: None,
-                        src_ip: None,
-                    });
+                    batch.push(&**sock, to, &src, frame);
                 }
             }
             Path::Tcp(tx) => {
+                let mut out = frame.to_vec();
+                out[1..HEADER].copy_from_slice(&src.0);
                 let _ = tx.try_send(out);
             }
         }
@@ -272,10 +343,12 @@ impl AsyncUdpSocket for ServerSocket {
                 Poll::Ready(Ok(n)) => n,
                 other => return other,
             };
+            let mut batch = self.state.batch();
             let n = take_frames(bufs, meta, n, |from, frame| {
-                self.state.from_udp(from, frame);
+                self.state.from_udp(from, frame, &mut batch);
                 true
             });
+            self.state.flush(&mut batch);
             if n > 0 {
                 return Poll::Ready(Ok(n));
             }
@@ -581,7 +654,12 @@ async fn serve_tcp(
     let (mut rd, wr) = tokio::io::split(tls);
     let writer = tokio::spawn(write_tcp(wr, rx));
     let st = state.clone();
-    read_tcp(&mut rd, |frame| st.forward(id, frame)).await;
+    let mut batch = st.batch();
+    read_tcp(&mut rd, |frame| {
+        st.forward(id, frame, &mut batch);
+        st.flush(&mut batch);
+    })
+    .await;
     writer.abort();
     state.unregister(&id, serial);
     Ok(())

@@ -272,31 +272,58 @@ impl RelaySocket {
             return Ok(());
         };
         let size = t.segment_size.unwrap_or(t.contents.len()).max(1);
-        for seg in t.contents.chunks(size) {
-            if HEADER + seg.len() > MAX_DATAGRAM {
-                // Too large for the path through the relay: lost, like a path MTU probe
-                // that is too large.
-                continue;
-            }
-            let mut frame = Vec::with_capacity(HEADER + seg.len());
-            frame.push(MARKER);
-            frame.extend_from_slice(&peer.0);
-            frame.extend_from_slice(seg);
-            match &link.path {
-                LinkPath::Udp(relay) => self.inner.try_send(&Transmit {
-                    destination: super::socket_form(*relay, self.relays.v6),
-                    ecn: None,
-                    contents: &frame,
-                    segment_size: None,
-                    src_ip: None,
-                })?,
-                LinkPath::Tcp(tx) => {
-                    // A full queue loses the datagram; QUIC's congestion control slows down.
-                    let _ = tx.try_send(frame);
+        if HEADER + size > MAX_DATAGRAM {
+            // Too large for the path through the relay: lost, like a path MTU probe that
+            // is too large.
+            return Ok(());
+        }
+        let count = t.contents.len().div_ceil(size);
+        let frame = |seg: &[u8], out: &mut Vec<u8>| {
+            out.push(MARKER);
+            out.extend_from_slice(&peer.0);
+            out.extend_from_slice(seg);
+        };
+        match &link.path {
+            LinkPath::Udp(relay) => {
+                // Every datagram of the transmit in one system call when the socket
+                // segments (they keep their sizes: all equal, the last maybe shorter).
+                let destination = super::socket_form(*relay, self.relays.v6);
+                // A segmented send carries at most 64 KiB in all.
+                let per_call = self
+                    .inner
+                    .max_transmit_segments()
+                    .min(60_000 / (HEADER + size))
+                    .max(1);
+                let mut buf = Vec::with_capacity((HEADER + size) * count.min(per_call));
+                for group in t.contents.chunks(size * per_call) {
+                    buf.clear();
+                    for seg in group.chunks(size) {
+                        frame(seg, &mut buf);
+                    }
+                    let n = group.len().div_ceil(size);
+                    self.inner.try_send(&Transmit {
+                        destination,
+                        ecn: None,
+                        contents: &buf,
+                        segment_size: (n > 1).then_some(HEADER + size),
+                        src_ip: None,
+                    })?;
                 }
             }
-            self.relays.stats.sent.fetch_add(1, Ordering::Relaxed);
+            LinkPath::Tcp(tx) => {
+                for seg in t.contents.chunks(size) {
+                    let mut out = Vec::with_capacity(HEADER + seg.len());
+                    frame(seg, &mut out);
+                    // A full queue loses the datagram; QUIC's congestion control slows
+                    // down.
+                    let _ = tx.try_send(out);
+                }
+            }
         }
+        self.relays
+            .stats
+            .sent
+            .fetch_add(count as u64, Ordering::Relaxed);
         Ok(())
     }
 }
