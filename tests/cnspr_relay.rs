@@ -450,3 +450,25 @@ fn relay_commands_refuse_bad_input_with_clear_errors() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(n.json(&["relay", "list"]), serde_json::json!([]));
 }
+
+/// b behind a symmetric NAT (a new public port per destination): the port the relay saw
+/// is not the one a would reach, punching fails, and a and b stay on the relay, where
+/// messages still go.
+#[test]
+fn a_symmetric_nat_stays_on_the_relay() {
+    let Some(w) = world("ry", Nat::Symmetric, |_, _| {}) else {
+        return;
+    };
+    let (a, b) = (&w.nodes[0], &w.nodes[1]);
+    wait_path(a, "b", "relay", Duration::from_secs(20));
+    let failed = |n: &Node| {
+        n.log()
+            .matches("hole punching: no direct path this time")
+            .count()
+    };
+    wait_until("two punch exchanges to fail", || failed(a) + failed(b) >= 2);
+    let p = a.peer("b").unwrap();
+    assert_eq!(path_kind(&p), Some("relay"), "{p}");
+    let r = a.cli(&["send", "--reply", "b", "q.x", "still through the relay"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+}

@@ -131,16 +131,29 @@ impl RelayEntry {
     }
 }
 
+/// How far in the future an entry's version may be: a member cannot sign one that no
+/// later change could ever beat.
+const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Merges `incoming` into `into` (by address, highest rank wins); entries must be well
-/// formed and signed by a device `trusted` accepts. True when something changed.
+/// formed, dated no later than a day ahead, and signed by a device `trusted` accepts.
+/// True when something changed.
 pub fn merge(
     into: &mut BTreeMap<String, RelayEntry>,
     incoming: Vec<RelayEntry>,
     trusted: impl Fn(&DeviceId) -> bool,
 ) -> bool {
     let mut changed = false;
+    let latest = now_ms().saturating_add(MAX_AHEAD_MS);
     for e in incoming.into_iter().take(MAX_ENTRIES) {
-        if !e.well_formed() || !trusted(&e.signer_id()) {
+        if e.version > latest || !e.well_formed() || !trusted(&e.signer_id()) {
             continue;
         }
         match into.get(&e.addr) {
@@ -278,6 +291,9 @@ mod tests {
         assert!(!merge(&mut m, vec![entry(&a, "host:0", false, 1)], |_| {
             true
         }));
+        // An entry dated far ahead, that no later change could beat.
+        let ahead = entry(&a, "relay.example:7447", false, u64::MAX);
+        assert!(!merge(&mut m, vec![ahead], |_| true));
         assert!(m.is_empty());
         assert!(check_addr("[2001:db8::1]:7447").is_ok());
         assert!(check_addr("relay example:1").is_err());

@@ -91,13 +91,20 @@ pub fn new_secret() -> String {
     data_encoding::BASE32_NOPAD.encode(&b).to_lowercase()
 }
 
-/// The relay's identity, derived from its secret.
+/// PBKDF2 rounds of the relay key: anyone who connects sees the relay's public key, so
+/// a secret chosen by hand must be slow to guess offline (about 0.1 s per guess here).
+pub const KEY_ROUNDS: u32 = 200_000;
+
+/// The relay's identity, derived from its secret (PBKDF2-HMAC-SHA256, [`KEY_ROUNDS`]).
 pub fn relay_identity(secret: &str) -> Identity {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"cnspr relay key v1\0");
-    ctx.update(secret.as_bytes());
     let mut seed = [0u8; 32];
-    seed.copy_from_slice(ctx.finish().as_ref());
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(KEY_ROUNDS).expect("not zero"),
+        b"cnspr relay key v1",
+        secret.as_bytes(),
+        &mut seed,
+    );
     Identity::from_seed(&seed, "relay").expect("a seed always makes an Ed25519 key")
 }
 

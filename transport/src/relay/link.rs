@@ -53,10 +53,25 @@ static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 /// Keeps this device registered with `spec`'s relay until the task is aborted.
 pub async fn run(ctx: LinkCtx, spec: RelaySpec) {
+    // The relay's key takes a moment to derive: once, off the runtime's thread.
+    let (identity, provider, secret) = (
+        ctx.identity.clone(),
+        ctx.provider.clone(),
+        spec.secret.clone(),
+    );
+    let tls =
+        match tokio::task::spawn_blocking(move || client_tls(&identity, &secret, provider)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                ctx.relays.set_problem(&spec.addr, Some(e.to_string()));
+                return;
+            }
+            Err(_) => return,
+        };
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
-        match once(&ctx, &spec).await {
+        match once(&ctx, &spec, &tls).await {
             Ok(()) => ctx.relays.set_problem(&spec.addr, None),
             Err(e) => {
                 debug!(relay = %spec.addr, error = %e, "relay not reachable");
@@ -72,7 +87,7 @@ pub async fn run(ctx: LinkCtx, spec: RelaySpec) {
 }
 
 /// One registration, held until it ends; `Err` when none could be made.
-async fn once(ctx: &LinkCtx, spec: &RelaySpec) -> Result<(), String> {
+async fn once(ctx: &LinkCtx, spec: &RelaySpec, tls: &rustls::ClientConfig) -> Result<(), String> {
     let addrs: Vec<SocketAddr> =
         tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host(spec.addr.as_str()))
             .await
@@ -82,14 +97,14 @@ async fn once(ctx: &LinkCtx, spec: &RelaySpec) -> Result<(), String> {
             .collect();
     let mut errors = Vec::new();
     for addr in &addrs {
-        match over_udp(ctx, spec, *addr).await {
+        match over_udp(ctx, spec, *addr, tls.clone()).await {
             Ok(()) => return Ok(()),
             Err(Failure::Refused(r)) => return Err(format!("{addr}: refused: {r}")),
             Err(Failure::Unreachable(e)) => errors.push(format!("{addr} (UDP): {e}")),
         }
     }
     for addr in &addrs {
-        match over_tcp(ctx, spec, *addr).await {
+        match over_tcp(ctx, spec, *addr, tls.clone()).await {
             Ok(()) => return Ok(()),
             Err(Failure::Refused(r)) => return Err(format!("{addr}: refused: {r}")),
             Err(Failure::Unreachable(e)) => errors.push(format!("{addr} (TCP): {e}")),
@@ -145,10 +160,13 @@ fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-async fn over_udp(ctx: &LinkCtx, spec: &RelaySpec, addr: SocketAddr) -> Result<(), Failure> {
+async fn over_udp(
+    ctx: &LinkCtx,
+    spec: &RelaySpec,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<(), Failure> {
     let unreachable = |e: &dyn std::fmt::Display| Failure::Unreachable(e.to_string());
-    let tls = client_tls(&ctx.identity, &spec.secret, ctx.provider.clone())
-        .map_err(|e| unreachable(&e))?;
     let crypto = crate::tls::quic_client(tls).map_err(|e| unreachable(&e))?;
     let mut client = quinn::ClientConfig::new(crypto);
     client.transport_config(Arc::new(transport_config()));
@@ -202,10 +220,13 @@ async fn over_udp(ctx: &LinkCtx, spec: &RelaySpec, addr: SocketAddr) -> Result<(
     Ok(())
 }
 
-async fn over_tcp(ctx: &LinkCtx, spec: &RelaySpec, addr: SocketAddr) -> Result<(), Failure> {
+async fn over_tcp(
+    ctx: &LinkCtx,
+    spec: &RelaySpec,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<(), Failure> {
     let unreachable = |e: &dyn std::fmt::Display| Failure::Unreachable(e.to_string());
-    let tls = client_tls(&ctx.identity, &spec.secret, ctx.provider.clone())
-        .map_err(|e| unreachable(&e))?;
     let stream = tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| Failure::Unreachable("TCP connect timed out".into()))?
