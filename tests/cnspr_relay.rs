@@ -132,6 +132,8 @@ struct World {
     net: Internet,
     nodes: Vec<Node>,
     routers: Vec<usize>,
+    /// The hosts of a and b.
+    hosts: Vec<usize>,
     relay_host: usize,
     relay: Option<Proc>,
     dir: tempfile::TempDir,
@@ -166,6 +168,7 @@ fn world(tag: &str, nat_b: Nat, prepare: impl FnOnce(&Internet, &[usize])) -> Op
         net,
         nodes,
         routers: vec![ra, rb],
+        hosts: vec![ha, hb],
         relay_host: hr,
         relay: Some(relay),
         dir,
@@ -471,4 +474,37 @@ fn a_symmetric_nat_stays_on_the_relay() {
     assert_eq!(path_kind(&p), Some("relay"), "{p}");
     let r = a.cli(&["send", "--reply", "b", "q.x", "still through the relay"]);
     assert!(r.status.success(), "{}", stderr(&r));
+}
+
+/// a dies without a word (kill -9) and a new device, with its own identity, starts on the
+/// same host: its registration comes from the address the dead one had, and the relay
+/// gives it that address at once (the dead registration would otherwise linger until its
+/// idle timeout and take the new device's datagrams).
+#[test]
+fn a_new_device_at_a_dead_ones_address_gets_its_own_datagrams() {
+    let Some(mut w) = world("rn", Nat::Cone, |net, routers| {
+        net.block(routers[0], "203.0.113.2");
+    }) else {
+        return;
+    };
+    wait_path(&w.nodes[0], "b", "relay", Duration::from_secs(20));
+    w.nodes[0].kill9();
+    let mut c = w.net.node(w.hosts[0], "c");
+    c.start();
+    let b = &w.nodes[1];
+    for (x, y) in [(&c, b), (b, &c)] {
+        let out = x.cli(&["trust", &y.id]);
+        assert!(out.status.success(), "trust: {}", stderr(&out));
+    }
+    c.stop();
+    std::fs::copy(b.path("state/relays.json"), c.path("state/relays.json")).unwrap();
+    c.start();
+    wait_path(&c, "b", "relay", Duration::from_secs(20));
+    wait_until("the relay to drop the dead device's registration", || {
+        w.relay_log()
+            .contains("a registration from the same address replaces another device's")
+    });
+    let r = c.cli(&["send", "--reply", "b", "q.x", "from the new device"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    w.nodes.push(c);
 }

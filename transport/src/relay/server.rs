@@ -263,11 +263,34 @@ impl State {
         Ok(tag)
     }
 
-    /// Registers `id`; returns the serial that [`State::unregister`] needs.
+    /// Registers `id`; returns the serial that [`State::unregister`] needs. A
+    /// registration over UDP from an address another device was registered at replaces
+    /// that one: the address (a NAT's mapping) is the new device's now, and datagrams
+    /// from it must not count as the other's.
     fn register(&self, id: DeviceId, tag: [u8; TAG_LEN], path: Path) -> u64 {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         if let Path::Udp(conn) = &path {
-            lock(&self.by_addr).insert(canonical(conn.remote_address()), id);
+            let addr = canonical(conn.remote_address());
+            let mut clients = lock(&self.clients);
+            let stale: Vec<DeviceId> = clients
+                .iter()
+                .filter(|(other, c)| {
+                    **other != id
+                        && matches!(&c.path, Path::Udp(o) if canonical(o.remote_address()) == addr)
+                })
+                .map(|(other, _)| *other)
+                .collect();
+            for other in stale {
+                if let Some(Client {
+                    path: Path::Udp(c), ..
+                }) = clients.remove(&other)
+                {
+                    debug!(stale = %other.short(), device = %id.short(), %addr, "a registration from the same address replaces another device's");
+                    c.close(0u32.into(), b"another device registered from this address");
+                }
+            }
+            drop(clients);
+            lock(&self.by_addr).insert(addr, id);
         }
         let old = lock(&self.clients).insert(
             id,
@@ -296,16 +319,21 @@ impl State {
         }
     }
 
-    /// Follows devices whose address changed under their QUIC connection (NAT rebinding).
+    /// Follows devices whose address changed under their QUIC connection (NAT rebinding);
+    /// of two at one address, the later registration has it.
     fn refresh_addrs(&self) {
-        let fresh: HashMap<SocketAddr, DeviceId> = lock(&self.clients)
-            .iter()
-            .filter_map(|(id, c)| match &c.path {
-                Path::Udp(conn) => Some((canonical(conn.remote_address()), *id)),
-                Path::Tcp(_) => None,
-            })
-            .collect();
-        *lock(&self.by_addr) = fresh;
+        let mut fresh: HashMap<SocketAddr, (u64, DeviceId)> = HashMap::new();
+        for (id, c) in lock(&self.clients).iter() {
+            if let Path::Udp(conn) = &c.path {
+                let e = fresh
+                    .entry(canonical(conn.remote_address()))
+                    .or_insert((c.serial, *id));
+                if c.serial > e.0 {
+                    *e = (c.serial, *id);
+                }
+            }
+        }
+        *lock(&self.by_addr) = fresh.into_iter().map(|(a, (_, id))| (a, id)).collect();
     }
 }
 
