@@ -40,6 +40,7 @@ pub const COMMANDS: &[&str] = &[
     "kv.del",
     "kv.list",
     "kv.watch",
+    "kv.incr",
     "relay.add",
     "relay.remove",
     "relay.list",
@@ -160,6 +161,13 @@ pub enum Request {
         after: Option<String>,
         #[serde(default)]
         limit: Option<usize>,
+    },
+    /// Adds `by` (default 1, may be negative) to counter `key`.
+    #[serde(rename = "kv.incr")]
+    KvIncr {
+        key: String,
+        #[serde(default)]
+        by: Option<i64>,
     },
     /// Streams changes under `prefix`, first those after feed seq `from_seq`, then live.
     #[serde(rename = "kv.watch")]

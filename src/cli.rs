@@ -267,6 +267,13 @@ pub enum KvCommand {
     },
     /// List keys starting with PREFIX
     List { prefix: Option<String> },
+    /// Add N (default 1; negative subtracts) to the counter KEY; prints its value. Counts
+    /// made on devices that were apart all add up once they meet
+    Incr {
+        key: String,
+        #[arg(allow_negative_numbers = true)]
+        n: Option<i64>,
+    },
     /// Print changes under PREFIX as they happen (history first, unless --from); exits 1
     /// when the daemon stops
     Watch {

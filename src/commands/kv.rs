@@ -129,6 +129,14 @@ pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result
                 print_json(&v)?;
             }
         }
+        K::Incr { key, n } => {
+            let v = c.request(&Request::KvIncr { key, by: n })?;
+            if g.json {
+                print_json(&v)?;
+            } else {
+                println!("{}", v["value"].as_str().unwrap_or_default());
+            }
+        }
         K::List { prefix } => {
             let mut after: Option<String> = None;
             let mut all = Vec::new();

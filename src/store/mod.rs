@@ -9,6 +9,7 @@
 
 pub mod claims;
 mod config;
+pub mod counters;
 mod db;
 mod error;
 pub mod hlc;

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use super::super::framing::{err, line_of};
 use crate::api::{code, ErrorBody, Reply};
 use crate::daemon::context::Daemon;
-use crate::store::{Condition, Entry, FeedEvent, Hlc, StoreError, Version};
+use crate::store::counters::{CounterError, RESERVED};
+use crate::store::{Condition, Device, Entry, FeedEvent, Hlc, StoreError, Version};
 
 /// Most keys one `kv.list` answers.
 const MAX_LIST: usize = 10_000;
@@ -131,12 +132,60 @@ fn entry_json(e: &Entry, all: bool) -> Value {
     v
 }
 
+/// Refuses keys of the daemon's own (counters' parts).
+fn user_key(key: &str) -> Result<(), ErrorBody> {
+    if key.starts_with(RESERVED) {
+        return Err(err(
+            code::BAD_REQUEST,
+            format!("keys under {RESERVED} belong to the daemon (counters: use kv incr)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A counter's reply: its value (the sum), as text in `value_b64` too, and the parts.
+fn counter_json(key: &str, parts: &[(Device, i64)]) -> Value {
+    let total: i128 = parts.iter().map(|(_, n)| i128::from(*n)).sum();
+    let text = total.to_string();
+    json!({
+        "key": key,
+        "counter": true,
+        "value": text,
+        "value_b64": data_encoding::BASE64.encode(text.as_bytes()),
+        "deleted": false,
+        "parts": parts
+            .iter()
+            .map(|(dev, n)| (transport::DeviceId(*dev).to_string(), json!(n)))
+            .collect::<serde_json::Map<String, Value>>(),
+    })
+}
+
+pub async fn incr(d: &Arc<Daemon>, key: &str, by: i64) -> Result<Value, ErrorBody> {
+    user_key(key)?;
+    crate::store::validate_key(key).map_err(store_err)?;
+    crate::store::validate_key(&crate::store::counters::part_key(key, &d.id().0))
+        .map_err(|e| err(code::BAD_REQUEST, format!("counter key too long: {e}")))?;
+    if d.store.get(key).map_err(store_err)?.is_some() {
+        return Err(err(
+            code::BAD_REQUEST,
+            format!("{key:?} holds a value, not a counter"),
+        ));
+    }
+    match d.store.incr(key, by).await {
+        Ok(parts) => Ok(counter_json(key, &parts)),
+        Err(CounterError::Store(e)) => Err(store_err(e)),
+        Err(e @ CounterError::Overflow) => Err(err(code::BAD_REQUEST, e.to_string())),
+        Err(e) => Err(err(code::STORE, e.to_string())),
+    }
+}
+
 pub async fn put(
     d: &Arc<Daemon>,
     key: &str,
     value: Bytes,
     cond: Option<Condition>,
 ) -> Result<Value, ErrorBody> {
+    user_key(key)?;
     let change = d
         .store
         .put_if(key, value.to_vec(), cond)
@@ -156,11 +205,19 @@ pub async fn put(
 pub fn get(d: &Arc<Daemon>, key: &str, all: bool) -> Result<Value, ErrorBody> {
     match d.store.get(key).map_err(store_err)? {
         Some(e) => Ok(entry_json(&e, all)),
-        None => Err(err(code::NOT_FOUND, format!("no key {key:?}"))),
+        None => {
+            let parts = d.store.counter_parts(key).map_err(store_err)?;
+            if parts.is_empty() {
+                Err(err(code::NOT_FOUND, format!("no key {key:?}")))
+            } else {
+                Ok(counter_json(key, &parts))
+            }
+        }
     }
 }
 
 pub async fn del(d: &Arc<Daemon>, key: &str, cond: Option<Condition>) -> Result<Value, ErrorBody> {
+    user_key(key)?;
     match d.store.del_if(key, cond).await.map_err(store_err)? {
         Some(c) => Ok(json!({
             "deleted": key,
@@ -178,11 +235,26 @@ pub fn list(
     limit: Option<usize>,
 ) -> Result<Value, ErrorBody> {
     let limit = limit.unwrap_or(1000).clamp(1, MAX_LIST);
-    let entries = d
-        .store
-        .list(prefix, after.as_deref(), limit)
-        .map_err(store_err)?;
-    let more = entries.len() == limit;
+    // The daemon's own keys (counters' parts) only when the prefix asks for them.
+    let hide = !prefix.starts_with(RESERVED);
+    let mut entries = Vec::new();
+    let mut after = after;
+    let more = loop {
+        let page = d
+            .store
+            .list(prefix, after.as_deref(), limit)
+            .map_err(store_err)?;
+        let full = page.len() == limit;
+        after = page.last().map(|e| e.key.clone());
+        entries.extend(
+            page.into_iter()
+                .filter(|e| !(hide && e.key.starts_with(RESERVED))),
+        );
+        if entries.len() >= limit || !full {
+            entries.truncate(limit);
+            break full || entries.len() == limit;
+        }
+    };
     Ok(json!({
         "entries": entries.iter().map(|e| entry_json(e, false)).collect::<Vec<_>>(),
         "more": more,

@@ -64,6 +64,7 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             if_version,
             if_absent,
         } => Ok(kv::del(d, &key, kv::condition(if_version, if_absent)?).await?),
+        Request::KvIncr { key, by } => Ok(kv::incr(d, &key, by.unwrap_or(1)).await?),
         Request::KvList {
             prefix,
             after,
