@@ -7,7 +7,7 @@ from typing import List
 
 import pytest
 
-from cnspr import BadRequest, Conflict, KvChange, NotFound, TooLarge
+from cnspr import BadRequest, Client, Conflict, KvChange, NotFound, TooLarge
 
 from conftest import Daemon, Daemons, trust_both, wait_for
 
@@ -175,3 +175,26 @@ def test_concurrent_writes_show_as_siblings_and_converge(daemons: Daemons) -> No
         cb.kv_put("shared/k", "resolved")
         wait_for("the resolution on a", lambda: ca.kv_get("shared/k", all_versions=True).siblings == ()
                  and ca.kv_get("shared/k").value == b"resolved")
+
+
+def test_counters_add_up_across_devices(alpha: Daemon, beta: Daemon) -> None:
+    with alpha.client() as ca, beta.client() as cb:
+        assert ca.kv_incr("kvn/hits").value == 1
+        assert ca.kv_incr("kvn/hits", 9).value == 10
+        cb.kv_incr("kvn/hits", -3)
+
+        def summed(c: Client, want: int) -> bool:
+            try:
+                return c.kv_counter("kvn/hits").value == want
+            except NotFound:
+                return False
+
+        wait_for("the sum on alpha", lambda: summed(ca, 7))
+        wait_for("the sum on beta", lambda: summed(cb, 7))
+        n = cb.kv_counter("kvn/hits")
+        assert n.parts == {alpha.id: 10, beta.id: -3}
+        ca.kv_put("kvn/plain", b"x")
+        with pytest.raises(BadRequest):
+            ca.kv_incr("kvn/plain")
+        with pytest.raises(BadRequest):
+            ca.kv_put(".cnspr/counter/kvn/hits/x", b"1")

@@ -61,6 +61,7 @@ from .types import (
     Incoming,
     KvChange,
     KvDeleted,
+    Counter,
     KvEntry,
     KvPage,
     KvVersion,
@@ -97,5 +98,5 @@ __all__ = [
     "PeerRef", "Status", "GossipCounters", "HeartbeatCounters", "Peer", "PingResult",
     "ErrorInfo", "HandlerReply", "SendOutcome", "SendResult", "HandlerInfo", "Handlers",
     "Service", "StreamStatus", "Incoming", "NearbyDevice", "Paired",
-    "KvVersion", "KvEntry", "KvWrite", "KvDeleted", "KvPage", "KvChange",
+    "KvVersion", "KvEntry", "KvWrite", "KvDeleted", "Counter", "KvPage", "KvChange",
 ]

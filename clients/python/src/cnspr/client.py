@@ -51,6 +51,7 @@ from .types import (
     Incoming,
     KvChange,
     KvDeleted,
+    Counter,
     KvEntry,
     KvPage,
     KvWrite,
@@ -439,6 +440,16 @@ class Client:
         if if_version is not None:
             fields["if_version"] = if_version
         return KvDeleted.parse(self.request("kv.del", fields))
+
+    def kv_incr(self, key: str, by: int = 1) -> Counter:
+        """Adds ``by`` (may be negative) to the counter ``key``: durable when returned;
+        counts made on devices that were apart all add up once they meet."""
+        return Counter.parse(self.request("kv.incr", {"key": key, "by": by}), "kv.incr")
+
+    def kv_counter(self, key: str) -> Counter:
+        """The counter ``key``: its value and each device's part; ``NotFound`` if nobody
+        counted, ``ProtocolError`` if the key holds a plain value."""
+        return Counter.parse(self.request("kv.get", {"key": key}), "kv.get")
 
     def kv_list(
         self, prefix: str = "", *, after: Optional[str] = None, limit: Optional[int] = None

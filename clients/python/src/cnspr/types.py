@@ -8,7 +8,7 @@ decoded from the protocol's base64.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._wire import Fields
 
@@ -512,6 +512,28 @@ class KvDeleted:
     def parse(cls, v: Any) -> "KvDeleted":
         f = Fields(v, "kv.del")
         return cls(key=f.string("deleted"), hlc=f.string("hlc"))
+
+
+@dataclass(frozen=True)
+class Counter:
+    """``kv.incr`` and ``kv.get`` of a counter: its ``value`` (the sum of the parts) and
+    each device's part, by device ID."""
+
+    key: str
+    value: int
+    parts: Dict[str, int]
+
+    @classmethod
+    def parse(cls, v: Any, what: str = "counter") -> "Counter":
+        f = Fields(v, what)
+        if not f.boolean("counter", False):
+            raise f._bad("counter", "true (the key holds a value, not a counter)")
+        try:
+            value = int(f.string("value"))
+        except ValueError:
+            raise f._bad("value", "a decimal number") from None
+        p = f.obj("parts")
+        return cls(key=f.string("key"), value=value, parts={k: p.integer(k) for k in p.v})
 
 
 @dataclass(frozen=True)
