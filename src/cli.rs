@@ -71,8 +71,11 @@ pub enum Command {
         #[arg(long = "event", value_name = "KIND")]
         events: Vec<String>,
     },
-    /// List the handlers found and what each matches
-    Handlers,
+    /// List the handlers found and what each matches; `install NAME` adds a ready-made one
+    Handlers {
+        #[command(subcommand)]
+        action: Option<HandlersAction>,
+    },
     /// Trust a device by its ID
     Trust {
         /// The device's ID (grouped or not, any case)
@@ -175,6 +178,18 @@ pub struct RelayArgs {
     /// MiB per second one device may send through the relay (0: no limit)
     #[arg(long, default_value_t = 100)]
     pub rate: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HandlersAction {
+    /// Copy a ready-made handler into the handler directory (without NAME: list them)
+    Install {
+        /// notify, clipboard, open-url, file, ring or battery
+        name: Option<String>,
+        /// Replace files already there
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 
 mod follow;
+mod install;
 mod kv;
 
 use follow::follow;
@@ -20,6 +21,13 @@ use crate::paths::Paths;
 
 /// Runs a client command; returns the process exit code.
 pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
+    // Works with no daemon running.
+    if let Command::Handlers {
+        action: Some(crate::cli::HandlersAction::Install { name, force }),
+    } = &cmd
+    {
+        return install::install(g, paths, name.as_deref(), *force);
+    }
     let mut c = Client::connect(&paths.socket)?;
     match cmd {
         Command::Status => {
@@ -93,7 +101,8 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             c.request(&Request::Subscribe { events })?;
             follow(&mut c, g, describe_event)?;
         }
-        Command::Handlers => {
+        Command::Handlers { action: Some(_) } => unreachable!("dispatched before connecting"),
+        Command::Handlers { action: None } => {
             let v = c.request(&Request::Handlers {})?;
             if g.json {
                 return print_json(&v).map(|_| 0);

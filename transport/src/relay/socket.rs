@@ -177,6 +177,41 @@ impl Relays {
         true
     }
 
+    /// Turns an entry of relayed datagrams from one sender (GRO puts a burst from the
+    /// relay in one entry) into that sender's packets in place: each header goes, the
+    /// stride shrinks by its length, and the entry comes from the sender's virtual
+    /// address. False (nothing changed) when the entry is anything else.
+    fn unwrap_in_place(&self, buf: &mut [u8], m: &mut RecvMeta) -> bool {
+        let stride = if m.stride == 0 { m.len } else { m.stride };
+        if stride <= HEADER || m.len <= HEADER || buf[0] != MARKER || !self.is_relay(&m.addr) {
+            return false;
+        }
+        let from = &buf[1..HEADER];
+        let same = (0..m.len).step_by(stride).all(|at| {
+            m.len - at > HEADER && buf[at] == MARKER && buf[at + 1..at + HEADER] == *from
+        });
+        if !same {
+            return false;
+        }
+        let Some(sender) = header_id(&buf[..m.len.min(stride)]) else {
+            return false;
+        };
+        let (mut out, mut at, mut count) = (0, 0, 0u64);
+        while at < m.len {
+            let end = (at + stride).min(m.len);
+            buf.copy_within(at + HEADER..end, out);
+            out += end - at - HEADER;
+            at = end;
+            count += 1;
+        }
+        m.addr = self.address_of(&sender);
+        m.len = out;
+        m.stride = stride - HEADER;
+        m.dst_ip = None;
+        self.stats.received.fetch_add(count, Ordering::Relaxed);
+        true
+    }
+
     /// Wakes quinn's receiving task after [`Relays::deliver`] from elsewhere (TCP).
     pub fn wake(&self) {
         if let Some(w) = lock(&self.waker).take() {
@@ -358,6 +393,10 @@ impl AsyncUdpSocket for RelaySocket {
                 other => return other,
             };
             let relays = &self.relays;
+            for (b, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
+                relays.unwrap_in_place(b, m);
+            }
+            // What is left: relayed datagrams mixed with others, one by one.
             let mut n = take_frames(bufs, meta, n, |from, frame| {
                 relays.is_relay(&from) && relays.deliver(frame)
             });
@@ -449,6 +488,42 @@ mod tests {
         let mut bufs = [IoSliceMut::new(&mut c0)];
         let mut meta = [entry("1.1.1.1:1", 8, 8)];
         assert_eq!(take_frames(&mut bufs, &mut meta, 1, |_, _| false), 1);
+    }
+
+    #[test]
+    fn a_burst_from_one_sender_is_unwrapped_in_place() {
+        let relays = Relays::new(false);
+        relays.add_link(Link {
+            label: "r".into(),
+            path: LinkPath::Udp("1.2.3.4:5".parse().unwrap()),
+            observed: "9.9.9.9:9".parse().unwrap(),
+            serial: 1,
+        });
+        let sender = DeviceId([5u8; 32]);
+        let mut buf = Vec::new();
+        for (i, len) in [(1u8, 10usize), (2, 10), (3, 4)] {
+            buf.push(MARKER);
+            buf.extend_from_slice(&sender.0);
+            buf.extend(std::iter::repeat_n(0x40 | i, len));
+        }
+        let mut m = entry("1.2.3.4:5", buf.len(), HEADER + 10);
+        assert!(relays.unwrap_in_place(&mut buf, &mut m));
+        assert_eq!((m.len, m.stride), (24, 10));
+        assert_eq!(m.addr, virtual_addr(&sender, false));
+        assert_eq!(&buf[..10], &[0x41; 10]);
+        assert_eq!(&buf[20..24], &[0x43; 4]);
+        // From elsewhere, or two senders in one entry: left for the slow path.
+        let mut other = vec![MARKER; 80];
+        let mut m2 = entry("5.6.7.8:9", 80, 40);
+        assert!(!relays.unwrap_in_place(&mut other, &mut m2));
+        let mut mixed = Vec::new();
+        for id in [1u8, 2] {
+            mixed.push(MARKER);
+            mixed.extend_from_slice(&[id; 32]);
+            mixed.extend_from_slice(&[0x40; 7]);
+        }
+        let mut m3 = entry("1.2.3.4:5", 80, 40);
+        assert!(!relays.unwrap_in_place(&mut mixed, &mut m3));
     }
 
     #[test]
