@@ -261,7 +261,7 @@ fn wait_exit(pid: u64, within: std::time::Duration) -> bool {
 
 pub fn secs_to_ms(s: f64) -> anyhow::Result<u64> {
     if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
-        anyhow::bail!("--timeout must be between 0 and 3600 seconds");
+        anyhow::bail!("--timeout must be more than 0 and at most 3600 seconds (got {s})");
     }
     Ok((s * 1000.0).round() as u64)
 }
@@ -279,6 +279,15 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
     let tag = tag.context("missing TAG")?;
     crate::handlers::validate_user_tag(&tag)
         .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
+    if a.all {
+        // `send --all laptop notify.show` would send the tag `laptop`: a slip, refused.
+        let peers: Vec<PeerInfo> = serde_json::from_value(c.request(&Request::Peers {})?)?;
+        if peers.iter().any(|p| p.name.eq_ignore_ascii_case(&tag)) {
+            anyhow::bail!(
+                "with --all the first argument is the tag, and {tag:?} is a peer's name: drop --all to send to {tag} alone, or give --all TAG [MESSAGE]"
+            );
+        }
+    }
     let body: Vec<u8> = match message.as_deref() {
         Some("-") | None => {
             let mut buf = Vec::new();
@@ -369,13 +378,33 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
             .iter()
             .flat_map(|o| &o.replies)
             .any(|x| x.exit_code != Some(0));
+    // Delivered, but no handler there matches the tag: say so (a typo in the tag, or
+    // the handler is not installed on that device).
+    let unhandled: Vec<&str> = r
+        .outcomes
+        .iter()
+        .filter(|o| a.reply && o.ok && o.replies.is_empty())
+        .map(|o| o.peer.as_str())
+        .collect();
+    for p in &unhandled {
+        eprintln!("cnspr: no handler for {} on {p}", req_tag(&req));
+    }
     Ok(if !failed.is_empty() {
         1
     } else if handler_failed {
         3
+    } else if !unhandled.is_empty() {
+        4
     } else {
         0
     })
+}
+
+fn req_tag(r: &Request) -> &str {
+    match r {
+        Request::Send(s) => &s.tag,
+        _ => "",
+    }
 }
 
 fn code_str(c: Option<i32>) -> String {

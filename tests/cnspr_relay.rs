@@ -328,6 +328,7 @@ fn a_network_that_drops_udp_reaches_its_peers_through_the_relays_tcp_port() {
     });
     wait_path(b, "a", "relay", Duration::from_secs(20));
     wait_path(a, "b", "relay", Duration::from_secs(20));
+    a.handler("q/x", "cat");
     let r = b.cli(&["send", "--reply", "a", "q.x", "over tcp"]);
     assert!(r.status.success(), "{}", stderr(&r));
     let ping = a.json(&["ping", "b"]);
@@ -419,6 +420,7 @@ fn a_dead_direct_path_falls_back_to_the_relay() {
     if std::env::var("CNSPR_TEST_SHOW_LOG").is_ok() {
         eprintln!("{}", a.log());
     }
+    b.handler("q/x", "cat");
     let r = a.cli(&["send", "--reply", "b", "q.x", "through the relay again"]);
     assert!(r.status.success(), "{}", stderr(&r));
     w.net.unblock(w.routers[0]);
@@ -472,6 +474,7 @@ fn a_symmetric_nat_stays_on_the_relay() {
     wait_until("two punch exchanges to fail", || failed(a) + failed(b) >= 2);
     let p = a.peer("b").unwrap();
     assert_eq!(path_kind(&p), Some("relay"), "{p}");
+    b.handler("q/x", "cat");
     let r = a.cli(&["send", "--reply", "b", "q.x", "still through the relay"]);
     assert!(r.status.success(), "{}", stderr(&r));
 }
@@ -504,6 +507,7 @@ fn a_new_device_at_a_dead_ones_address_gets_its_own_datagrams() {
         w.relay_log()
             .contains("a registration from the same address replaces another device's")
     });
+    b.handler("q/x", "cat");
     let r = c.cli(&["send", "--reply", "b", "q.x", "from the new device"]);
     assert!(r.status.success(), "{}", stderr(&r));
     w.nodes.push(c);

@@ -202,6 +202,23 @@ fn bad_sends_fail_with_a_clear_message() {
         stderr(&r)
     );
 
+    // A slip with --all: the tag names a peer (it would have sent the tag "beta").
+    let r = a.cli(&["send", "--all", "beta", "note.x"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("is a peer's name"), "{}", stderr(&r));
+    // --timeout 0 is refused with what it takes.
+    let r = a.cli(&["send", "--timeout", "0", "beta", "t", "x"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("more than 0"), "{}", stderr(&r));
+    // Delivered, but no handler there matches the tag: said, with its own exit code.
+    let r = a.cli(&["send", "--reply", "beta", "nohandler.here", "x"]);
+    assert_eq!(r.status.code(), Some(4), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("no handler for nohandler.here on beta"),
+        "{}",
+        stderr(&r)
+    );
+
     // A trusted peer that is not running: unreachable after --timeout.
     let ghost = Node::new("ghost", "");
     let r = a.cli(&["trust", &ghost.id, "--addr", "127.0.0.1:9"]);

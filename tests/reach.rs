@@ -255,6 +255,7 @@ fn stays_relayed(tag: &str, nat_a: Nat) {
     let p = a.peer("b").unwrap();
     assert_eq!(path_kind(&p), Some("member"), "{p}");
     assert_eq!(p["state"], "indirect", "{p}");
+    b.handler("q/x", "cat");
     let r = a.cli(&["send", "--reply", "b", "q.x", "hi"]);
     assert!(r.status.success(), "{}", stderr(&r));
     let ping = String::from_utf8_lossy(&a.cli(&["ping", "b"]).stdout).into_owned();
@@ -371,6 +372,7 @@ fn a_port_mapping_on_a_symmetric_nat_gives_a_direct_path() {
         });
         wait_path(a, "b", "active", "direct", Duration::from_secs(20));
         wait_path(b, "a", "active", "direct", Duration::from_secs(20));
+        b.handler("q/x", "cat");
         let r = a.cli(&["send", "--reply", "b", "q.x", "hi"]);
         assert!(r.status.success(), "{}", stderr(&r));
     }
