@@ -530,12 +530,23 @@ fn peer_states_follow_crashes_restarts_and_graceful_stops() {
     // Graceful stop: left, not unreachable.
     nodes[1].stop();
     nodes[0].wait_state("beta", "left");
+    // A send to a peer that left fails at once (not after the 30 s timeout) and says so.
+    let r = nodes[0].cli(&["send", "--timeout", "30", "beta", "t", "x"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("beta left"), "{}", stderr(&r));
     nodes[1].start();
     nodes[0].wait_state("beta", "active");
     // remove: the peer is dropped and can no longer connect.
     let r = nodes[0].cli(&["remove", "beta"]);
     assert!(r.status.success(), "{}", stderr(&r));
     nodes[0].wait_state("beta", "removed");
+    // Removing it again, or this device itself, says what is the matter.
+    let r = nodes[0].cli(&["remove", &nodes[1].id]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("already removed"), "{}", stderr(&r));
+    let r = nodes[0].cli(&["remove", "alpha"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("is this device"), "{}", stderr(&r));
     nodes[1].wait_state("alpha", "unreachable");
     let r = nodes[1].cli(&["send", "--timeout", "1", "alpha", "t", "x"]);
     assert_eq!(r.status.code(), Some(1));

@@ -139,7 +139,44 @@ pub fn trust(
 
 /// `remove`: signs a removal that every member applies (now or when it next connects).
 pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
-    let id = d.peers().resolve(peer)?;
+    let me = d.id();
+    let own_prefix =
+        peer.len() >= 4 && transport::resolve_prefix(peer, [me].iter()).is_ok_and(|id| id == me);
+    if peer.eq_ignore_ascii_case(&d.identity.name) || own_prefix {
+        return Err(err(
+            code::SELF,
+            format!(
+                "{peer:?} is this device: remove it from another member (`cnspr remove {}` there)",
+                d.identity.name
+            ),
+        ));
+    }
+    let id = match d.peers().resolve(peer) {
+        Ok(id) => id,
+        Err(e) => {
+            // Removals keep no name: a removed device is found by its ID only.
+            let removed: Vec<transport::DeviceId> = d
+                .roster()
+                .snapshot()
+                .removals
+                .iter()
+                .map(|r| r.id)
+                .collect();
+            if let Ok(id) = transport::resolve_prefix(peer, removed.iter()) {
+                return Err(err(
+                    code::NOT_FOUND,
+                    format!("device {id} was already removed from the mesh"),
+                ));
+            }
+            return Err(e);
+        }
+    };
+    if d.roster().is_removed(&id) {
+        return Err(err(
+            code::NOT_FOUND,
+            format!("{peer} ({id}) was already removed from the mesh"),
+        ));
+    }
     let name = d.peers().name_of(&id).unwrap_or_default();
     let applied = d.members.remove(id, &name);
     d.membership_changed(applied, None);

@@ -1,17 +1,49 @@
 //! `send`: a tagged message to one peer or to all of them.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::Value;
 use transport::DeviceId;
 
 use super::super::framing::{err, timeout_of};
-use crate::api::{code, ErrorBody, SendRequest, SendResult};
+use crate::api::{code, ErrorBody, SendOutcome, SendRequest, SendResult};
 use crate::daemon::context::Daemon;
 use crate::daemon::messages::{new_message_id, send_one};
+use crate::daemon::peers::PeerState;
 use crate::handlers;
+
+/// The outcome for `peer` when it left (stopped its daemon gracefully) and has no
+/// connection now: nothing can be delivered until it comes back.
+fn left(d: &Daemon, peer: &DeviceId) -> Option<SendOutcome> {
+    if d.endpoint.connection(peer).is_some() {
+        return None;
+    }
+    let table = d.peers();
+    let p = table
+        .peers
+        .get(peer)
+        .filter(|p| p.state == PeerState::Left)?;
+    let when = p
+        .last_seen
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|t| t.as_secs());
+    Some(SendOutcome {
+        peer: p.name.clone(),
+        id: peer.to_string(),
+        ok: false,
+        error: Some(err(
+            code::UNREACHABLE,
+            format!(
+                "{} left {} (its daemon stopped); nothing was sent",
+                p.name,
+                crate::output::ago(when)
+            ),
+        )),
+        replies: Vec::new(),
+    })
+}
 
 pub async fn send(d: &Arc<Daemon>, s: SendRequest, body: Bytes) -> Result<Value, ErrorBody> {
     handlers::validate_user_tag(&s.tag)
@@ -24,10 +56,15 @@ pub async fn send(d: &Arc<Daemon>, s: SendRequest, body: Bytes) -> Result<Value,
     };
     let deadline = Instant::now() + timeout_of(s.timeout_ms);
     let message_id = new_message_id();
-    let mut outcomes = Vec::new();
+    // Peers that stopped their daemon fail at once instead of after the timeout.
+    let mut outcomes: Vec<SendOutcome> = targets.iter().filter_map(|p| left(d, p)).collect();
+    let targets: Vec<DeviceId> = targets
+        .into_iter()
+        .filter(|p| !outcomes.iter().any(|o| o.id == p.to_string()))
+        .collect();
     if let [peer] = targets[..] {
         outcomes.push(send_one(d, peer, &message_id, &s.tag, body, s.reply, deadline).await);
-    } else {
+    } else if !targets.is_empty() {
         let mut set = tokio::task::JoinSet::new();
         for peer in targets {
             let (d, id, tag, body) = (d.clone(), message_id.clone(), s.tag.clone(), body.clone());
