@@ -20,22 +20,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
+use common::bench::*;
 use common::nat::*;
 use common::*;
-
-const MIB: usize = 1 << 20;
-
-fn trust(x: &Node, y: &Node, addr: Option<&str>) {
-    let mut args = vec!["trust", y.id.as_str()];
-    if let Some(a) = addr {
-        args.extend(["--addr", a]);
-    }
-    let out = x.cli(&args);
-    assert!(out.status.success(), "trust: {}", stderr(&out));
-}
 
 /// m, a and b trust each other; a and b know m's address. m first, as a person would
 /// set it up.
@@ -46,23 +35,6 @@ fn join(m: &Node, a: &Node, b: &Node, m_addr: &str) {
     trust(b, a, None);
     trust(a, m, Some(m_addr));
     trust(b, m, Some(m_addr));
-}
-
-/// The anchor: `p` at 203.0.113.21 and `q` (named `b`, like the device it stands in
-/// for) at 203.0.113.22, on the wan with no NAT, started and trusting each other.
-fn public_pair(net: &Internet, hp: usize, hq: usize) -> (Node, Node) {
-    let mut p = quiet(net.node(hp, "p"));
-    let mut q = quiet(net.node(hq, "b"));
-    p.start();
-    q.start();
-    trust(&p, &q, Some("203.0.113.22:7373"));
-    trust(&q, &p, Some("203.0.113.21:7373"));
-    (p, q)
-}
-
-fn quiet(mut n: Node) -> Node {
-    n.rust_log = "cnspr=debug,warn".into();
-    n
 }
 
 /// Waits until `n` sees `peer` in `state` (and, if given, by a `kind` path).
@@ -79,59 +51,8 @@ fn wait_for(n: &Node, peer: &str, state: &str, kind: Option<&str>, within: Durat
     false
 }
 
-/// Sends `a` → `b` until delivered; the time it took from `t0`.
-fn first_message(a: &Node, t0: Instant) -> Duration {
-    loop {
-        let r = a.cli(&["send", "--timeout", "2", "b", "x.y", "hi"]);
-        if r.status.success() {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no message got through"
-        );
-    }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
-
-/// The median of three 64 MiB streams `from` → `to`; MiB/s.
-fn stream(from: &Node, to: &Node, peer: &str) -> f64 {
-    let mut v: Vec<f64> = (0..3).map(|_| stream_once(from, to, peer)).collect();
-    pct(&mut v, 0.5)
-}
-
-/// One 64 MiB stream `from` → `to` (a listener named `sink` on `to`); MiB/s.
-fn stream_once(from: &Node, to: &Node, peer: &str) -> f64 {
-    let data = noise(64 * MIB, 9);
-    let out = to.out().display().to_string();
-    let mut lis = listen(to, "sink", Some(&format!("cat > {out}/sink")));
-    let t0 = Instant::now();
-    let mut cl = connect(from, peer, "sink");
-    let mut stdin = cl.stdin.take().unwrap();
-    stdin.write_all(&data).unwrap();
-    drop(stdin);
-    let (code, err) = finish(cl);
-    assert_eq!(code, Some(0), "{err}");
-    wait_until("the whole stream", || {
-        file(&to.out().join("sink")).is_some_and(|f| f.len() == data.len())
-    });
-    let took = t0.elapsed();
-    let _ = lis.kill();
-    let _ = lis.wait();
-    let _ = std::fs::remove_file(to.out().join("sink"));
-    64.0 / took.as_secs_f64()
-}
-
 fn main() {
-    let trials: usize = std::env::var("CNSPR_BENCH_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let trials = trials(20);
     let Some(mut net) = Internet::new("bre") else {
         return;
     };

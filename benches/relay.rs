@@ -20,15 +20,15 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::bench::*;
 use common::nat::*;
 use common::*;
 
-const MIB: usize = 1 << 20;
 const SECRET: &str = "bench-relay-secret-0123456789";
 
 struct Proc(Child);
@@ -71,20 +71,6 @@ fn relay(ns: Option<&str>, listen: &str) -> (Proc, String) {
     (Proc(child), addr)
 }
 
-fn quiet(mut n: Node) -> Node {
-    n.rust_log = "cnspr=debug,warn".into();
-    n
-}
-
-fn trust(x: &Node, y: &Node, addr: Option<&str>) {
-    let mut args = vec!["trust", y.id.as_str()];
-    if let Some(a) = addr {
-        args.extend(["--addr", a]);
-    }
-    let out = x.cli(&args);
-    assert!(out.status.success(), "trust: {}", stderr(&out));
-}
-
 /// a and b trust each other and both know the relay (as if learnt while pairing: the
 /// entry recorded on a is copied to b, which is then started again); returns them with b
 /// stopped: starting it is the "both up" moment.
@@ -113,54 +99,6 @@ fn wait_for(n: &Node, peer: &str, kind: &str, within: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     false
-}
-
-fn first_message(a: &Node, t0: Instant) -> Duration {
-    loop {
-        let r = a.cli(&["send", "--timeout", "2", "b", "x.y", "hi"]);
-        if r.status.success() {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no message got through"
-        );
-    }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn stream(from: &Node, to: &Node) -> f64 {
-    let mut v: Vec<f64> = (0..3).map(|_| stream_once(from, to)).collect();
-    pct(&mut v, 0.5)
-}
-
-fn stream_once(from: &Node, to: &Node) -> f64 {
-    let data = noise(64 * MIB, 9);
-    let out = to.out().display().to_string();
-    let mut lis = listen(to, "sink", Some(&format!("cat > {out}/sink")));
-    let t0 = Instant::now();
-    let mut cl = connect(from, "b", "sink");
-    let mut stdin = cl.stdin.take().unwrap();
-    let wrote = stdin.write_all(&data);
-    drop(stdin);
-    let (code, err) = finish(cl);
-    assert!(
-        wrote.is_ok() && code == Some(0),
-        "connect: {wrote:?} {code:?} {err}\n{}",
-        from.log()
-    );
-    wait_until("the whole stream", || {
-        file(&to.out().join("sink")).is_some_and(|f| f.len() == data.len())
-    });
-    let took = t0.elapsed();
-    let _ = lis.kill();
-    let _ = lis.wait();
-    let _ = std::fs::remove_file(to.out().join("sink"));
-    64.0 / took.as_secs_f64()
 }
 
 /// User plus system CPU seconds of process `pid`.
@@ -228,10 +166,7 @@ fn idle_memory(n: usize) -> (u64, u64) {
 }
 
 fn main() {
-    let trials: usize = std::env::var("CNSPR_BENCH_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let trials = trials(10);
     let Some(mut net) = Internet::new("brl") else {
         return;
     };
@@ -258,12 +193,7 @@ fn main() {
         msg.push(first_message(&a, t0).as_secs_f64());
         drop((a, b));
 
-        let mut p = quiet(net.node(hp, "p"));
-        let mut q = quiet(net.node(hq, "b"));
-        p.start();
-        q.start();
-        trust(&p, &q, Some("203.0.113.22:7373"));
-        trust(&q, &p, Some("203.0.113.21:7373"));
+        let (p, _q) = public_pair(&net, hp, hq);
         let t0 = Instant::now();
         anchor_msg.push(first_message(&p, t0).as_secs_f64());
     }
@@ -279,7 +209,7 @@ fn main() {
     );
     let pid = relay_pid(&r);
     let cpu0 = cpu_s(pid);
-    let thr_relay = stream(&a, &b);
+    let thr_relay = stream(&a, &b, "b");
     let cpu = cpu_s(pid) - cpu0;
     net.unblock(ra);
     assert!(
@@ -287,15 +217,10 @@ fn main() {
         "{}",
         a.log()
     );
-    let thr_direct = stream(&a, &b);
-    let mut p = quiet(net.node(hp, "p"));
-    let mut q = quiet(net.node(hq, "b"));
-    p.start();
-    q.start();
-    trust(&p, &q, Some("203.0.113.22:7373"));
-    trust(&q, &p, Some("203.0.113.21:7373"));
+    let thr_direct = stream(&a, &b, "b");
+    let (p, q) = public_pair(&net, hp, hq);
     assert!(wait_for(&p, "b", "direct", Duration::from_secs(30)));
-    let thr_plain = stream(&p, &q);
+    let thr_plain = stream(&p, &q, "b");
     drop((a, b, p, q, r));
 
     let devices = 1000;

@@ -160,6 +160,20 @@ fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+/// Records a registration that the relay accepted; returns its serial (for
+/// [`Relays::remove_link`]).
+fn registered(ctx: &LinkCtx, spec: &RelaySpec, path: LinkPath, observed: SocketAddr) -> u64 {
+    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+    ctx.relays.add_link(Link {
+        label: spec.addr.clone(),
+        path,
+        observed,
+        serial,
+    });
+    ctx.relays.set_problem(&spec.addr, None);
+    serial
+}
+
 async fn over_udp(
     ctx: &LinkCtx,
     spec: &RelaySpec,
@@ -205,14 +219,7 @@ async fn over_udp(
             return Err(e);
         }
     };
-    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-    ctx.relays.add_link(Link {
-        label: spec.addr.clone(),
-        path: LinkPath::Udp(addr),
-        observed,
-        serial,
-    });
-    ctx.relays.set_problem(&spec.addr, None);
+    let serial = registered(ctx, spec, LinkPath::Udp(addr), observed);
     info!(relay = %spec.addr, %observed, "registered with the relay (UDP)");
     let why = conn.closed().await;
     ctx.relays.remove_link(&spec.addr, serial);
@@ -248,14 +255,7 @@ async fn over_tcp(
     let observed = answer(&mut tls).await?;
     let (mut rd, wr) = tokio::io::split(tls);
     let (tx, rx) = mpsc::channel(TCP_QUEUE);
-    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-    ctx.relays.add_link(Link {
-        label: spec.addr.clone(),
-        path: LinkPath::Tcp(tx),
-        observed,
-        serial,
-    });
-    ctx.relays.set_problem(&spec.addr, None);
+    let serial = registered(ctx, spec, LinkPath::Tcp(tx), observed);
     info!(relay = %spec.addr, "registered with the relay (TCP: UDP does not get through)");
     let writer = tokio::spawn(write_tcp(wr, rx));
     let relays = ctx.relays.clone();

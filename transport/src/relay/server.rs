@@ -206,22 +206,9 @@ async fn serve_quic(state: Arc<State>, incoming: quinn::Incoming) -> Result<(), 
         .await
         .map_err(|_| "no registration".to_string())?
         .map_err(|e| e.to_string())?;
-    let frame = tokio::time::timeout(STEP_TIMEOUT, read_frame(&mut recv, MAX_CONTROL))
-        .await
-        .map_err(|_| "registration timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let tag = match state.check(&id, frame) {
+    let tag = match registration(&state, &id, &mut recv, &mut send).await {
         Ok(tag) => tag,
         Err(reason) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = write_frame(
-                &mut send,
-                &RelayFrame::Refused {
-                    reason: reason.clone(),
-                },
-                MAX_CONTROL,
-            )
-            .await;
             let _ = send.finish();
             // The device closes once it has read the answer.
             let _ = tokio::time::timeout(STEP_TIMEOUT, conn.closed()).await;
@@ -239,6 +226,36 @@ async fn serve_quic(state: Arc<State>, incoming: quinn::Incoming) -> Result<(), 
     }
     state.unregister(&id, serial);
     Ok(())
+}
+
+/// Reads a device's registration from `r` and checks it; a refusal is answered on `w`
+/// (and counted) and returned as the reason.
+async fn registration<R, W>(
+    state: &State,
+    id: &DeviceId,
+    r: &mut R,
+    w: &mut W,
+) -> Result<[u8; super::TAG_LEN], String>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let frame = tokio::time::timeout(STEP_TIMEOUT, read_frame(r, MAX_CONTROL))
+        .await
+        .map_err(|_| "registration timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    match state.check(id, frame) {
+        Ok(tag) => Ok(tag),
+        Err(reason) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let refused = RelayFrame::Refused {
+                reason: reason.clone(),
+            };
+            let _ = write_frame(w, &refused, MAX_CONTROL).await;
+            let _ = tokio::io::AsyncWriteExt::flush(w).await;
+            Err(reason)
+        }
+    }
 }
 
 async fn accept_tcp(
@@ -275,7 +292,7 @@ async fn serve_tcp(
     from: SocketAddr,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
-    let mut tls = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(stream))
+    let tls = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(stream))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| e.to_string())?;
@@ -286,27 +303,10 @@ async fn serve_tcp(
         .and_then(|c| c.first())
         .and_then(spki_id)
         .ok_or("no certificate")?;
-    let frame = tokio::time::timeout(STEP_TIMEOUT, read_frame(&mut tls, MAX_CONTROL))
-        .await
-        .map_err(|_| "registration timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let tag = match state.check(&id, frame) {
-        Ok(tag) => tag,
-        Err(reason) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = write_frame(
-                &mut tls,
-                &RelayFrame::Refused {
-                    reason: reason.clone(),
-                },
-                MAX_CONTROL,
-            )
-            .await;
-            return Err(reason);
-        }
-    };
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let tag = registration(&state, &id, &mut rd, &mut wr).await?;
     write_frame(
-        &mut tls,
+        &mut wr,
         &RelayFrame::Registered {
             observed: canonical(from),
         },
@@ -317,7 +317,6 @@ async fn serve_tcp(
     let (tx, rx) = mpsc::channel(TCP_QUEUE);
     let serial = state.register(id, tag, Path::Tcp(tx));
     debug!(device = %id.short(), %from, "device registered (TCP)");
-    let (mut rd, wr) = tokio::io::split(tls);
     let writer = tokio::spawn(write_tcp(wr, rx));
     let st = state.clone();
     let mut batch = st.batch();

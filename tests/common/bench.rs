@@ -1,0 +1,95 @@
+//! Helpers the benchmarks share (benches/*.rs include this directory).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use super::nat::Internet;
+use super::*;
+
+const MIB: usize = 1 << 20;
+
+pub fn quiet(mut n: Node) -> Node {
+    n.rust_log = "cnspr=debug,warn".into();
+    n
+}
+
+pub fn trust(x: &Node, y: &Node, addr: Option<&str>) {
+    let mut args = vec!["trust", y.id.as_str()];
+    if let Some(a) = addr {
+        args.extend(["--addr", a]);
+    }
+    let out = x.cli(&args);
+    assert!(out.status.success(), "trust: {}", stderr(&out));
+}
+
+/// Sends `a` → `b` until delivered; the time it took from `t0`.
+pub fn first_message(a: &Node, t0: Instant) -> Duration {
+    loop {
+        let r = a.cli(&["send", "--timeout", "2", "b", "x.y", "hi"]);
+        if r.status.success() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no message got through"
+        );
+    }
+}
+
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// The median of three 64 MiB streams `from` → `to`; MiB/s.
+pub fn stream(from: &Node, to: &Node, peer: &str) -> f64 {
+    let mut v: Vec<f64> = (0..3).map(|_| stream_once(from, to, peer)).collect();
+    pct(&mut v, 0.5)
+}
+
+/// One 64 MiB stream `from` → `to` (a listener named `sink` on `to`); MiB/s.
+pub fn stream_once(from: &Node, to: &Node, peer: &str) -> f64 {
+    let data = noise(64 * MIB, 9);
+    let out = to.out().display().to_string();
+    let mut lis = listen(to, "sink", Some(&format!("cat > {out}/sink")));
+    let t0 = Instant::now();
+    let mut cl = connect(from, peer, "sink");
+    let mut stdin = cl.stdin.take().unwrap();
+    let wrote = stdin.write_all(&data);
+    drop(stdin);
+    let (code, err) = finish(cl);
+    assert!(
+        wrote.is_ok() && code == Some(0),
+        "connect: {wrote:?} {code:?} {err}\n{}",
+        from.log()
+    );
+    wait_until("the whole stream", || {
+        file(&to.out().join("sink")).is_some_and(|f| f.len() == data.len())
+    });
+    let took = t0.elapsed();
+    let _ = lis.kill();
+    let _ = lis.wait();
+    let _ = std::fs::remove_file(to.out().join("sink"));
+    64.0 / took.as_secs_f64()
+}
+
+/// The anchor: `p` at 203.0.113.21 and `q` (named `b`, like the device it stands in
+/// for) at 203.0.113.22, on the wan with no NAT, started and trusting each other.
+pub fn public_pair(net: &Internet, hp: usize, hq: usize) -> (Node, Node) {
+    let mut p = quiet(net.node(hp, "p"));
+    let mut q = quiet(net.node(hq, "b"));
+    p.start();
+    q.start();
+    trust(&p, &q, Some("203.0.113.22:7373"));
+    trust(&q, &p, Some("203.0.113.21:7373"));
+    (p, q)
+}
+
+/// `CNSPR_BENCH_TRIALS`, else `default`.
+pub fn trials(default: usize) -> usize {
+    std::env::var("CNSPR_BENCH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
