@@ -289,18 +289,7 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
         }
     }
     let body: Vec<u8> = match message.as_deref() {
-        Some("-") | None => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .lock()
-                .take(MAX_BODY as u64 + 1)
-                .read_to_end(&mut buf)
-                .context("reading the message from standard input")?;
-            if buf.len() > MAX_BODY {
-                anyhow::bail!("message larger than {MAX_BODY} bytes");
-            }
-            buf
-        }
+        Some("-") | None => read_body(a.timeout)?,
         Some(m) => m.as_bytes().to_vec(),
     };
     let req = Request::Send(SendRequest {
@@ -405,6 +394,35 @@ fn req_tag(r: &Request) -> &str {
         Request::Send(s) => &s.tag,
         _ => "",
     }
+}
+
+/// The message from standard input, within `timeout` seconds (the send's own timeout
+/// covers reading it: a writer that never ends does not hold the command forever).
+fn read_body(timeout: f64) -> anyhow::Result<Vec<u8>> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!("reading the message from standard input (Ctrl-D to end)");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let r = std::io::stdin()
+            .lock()
+            .take(MAX_BODY as u64 + 1)
+            .read_to_end(&mut buf)
+            .map(|_| buf);
+        let _ = tx.send(r);
+    });
+    let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.001, 3600.0));
+    let buf = match rx.recv_timeout(wait) {
+        Ok(r) => r.context("reading the message from standard input")?,
+        Err(_) => anyhow::bail!(
+            "the message on standard input did not end within --timeout ({timeout} s); nothing was sent"
+        ),
+    };
+    if buf.len() > MAX_BODY {
+        anyhow::bail!("the message is larger than the limit of 20 MiB ({MAX_BODY} bytes)");
+    }
+    Ok(buf)
 }
 
 fn code_str(c: Option<i32>) -> String {

@@ -184,6 +184,10 @@ pub fn listen(
     c.request(&Request::Listen {
         service: service.to_string(),
     })?;
+    // Say what it waits for (on standard error: standard output is the stream's).
+    eprintln!(
+        "listening for streams to {service:?} (cnspr connect PEER {service}); Ctrl-C to stop"
+    );
     let mut workers = Vec::new();
     loop {
         let Some(ev) = c.next_line()? else {

@@ -219,6 +219,24 @@ fn bad_sends_fail_with_a_clear_message() {
         stderr(&r)
     );
 
+    // A message on standard input that never ends: the send gives up at its timeout.
+    let mut open_stdin = a
+        .command()
+        .args(["send", "--timeout", "1", "beta", "t"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _writer = open_stdin.stdin.take();
+    let (code, err) = finish(open_stdin);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("did not end within --timeout"), "{err}");
+    // A value over the store's limit says the limit.
+    let big = vec![b'x'; 9 * 1024 * 1024];
+    let r = a.cli_stdin(&["kv", "put", "big"], &big);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("limit of 8 MiB"), "{}", stderr(&r));
+
     // A trusted peer that is not running: unreachable after --timeout.
     let ghost = Node::new("ghost", "");
     let r = a.cli(&["trust", &ghost.id, "--addr", "127.0.0.1:9"]);

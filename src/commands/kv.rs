@@ -41,12 +41,19 @@ pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result
         } => {
             let bytes: Vec<u8> = match value.as_deref() {
                 Some("-") | None => {
+                    let max = crate::store::MAX_VALUE_BYTES;
+                    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprintln!("reading the value from standard input (Ctrl-D to end)");
+                    }
                     let mut buf = Vec::new();
                     std::io::stdin()
                         .lock()
-                        .take(8 * 1024 * 1024 + 1)
+                        .take(max as u64 + 1)
                         .read_to_end(&mut buf)
                         .context("reading the value from standard input")?;
+                    if buf.len() > max {
+                        anyhow::bail!("the value is larger than the limit of 8 MiB ({max} bytes)");
+                    }
                     buf
                 }
                 Some(v) => v.as_bytes().to_vec(),
