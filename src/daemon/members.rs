@@ -132,8 +132,23 @@ impl Members {
         self.apply(changes)
     }
 
-    /// Merges a roster member `from` delivered over its authenticated connection.
-    pub fn merge_from(&self, snap: RosterSnapshot, from: DeviceId) -> Applied {
+    /// Merges a roster member `from` delivered over its authenticated connection. Only
+    /// what this device does not hold yet is looked at: entries it already has, the same
+    /// to the signature, and removals it already knows are dropped first (under the lock,
+    /// a comparison each), and the rest has its signatures checked before the lock is
+    /// taken again, so a member's gossip costs the others verifications only for what is
+    /// new to them.
+    pub fn merge_from(&self, mut snap: RosterSnapshot, from: DeviceId) -> Applied {
+        {
+            let roster = self.roster();
+            snap.members.retain(|m| roster.member(&m.id) != Some(m));
+            snap.removals.retain(|r| !roster.is_removed(&r.id));
+        }
+        snap.members.retain(|m| m.well_formed());
+        snap.removals.retain(|r| r.well_formed());
+        if snap.members.is_empty() && snap.removals.is_empty() {
+            return Applied::default();
+        }
         let changes = self.roster_mut().merge_from(snap, from);
         self.apply(changes)
     }

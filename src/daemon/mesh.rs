@@ -24,6 +24,7 @@ use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
 use super::conn_events::ConnEvent;
 use super::context::Daemon;
+use super::roster_gossip::Admit;
 use super::wire::MeshFrame;
 
 /// Most entries of an `Addrs` frame, and addresses per entry.
@@ -218,25 +219,48 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                 warn!(peer = %from.short(), "oversized roster gossip ignored");
                 return;
             }
-            let theirs = snap.clone();
-            let applied = d.members.merge_from(snap, from);
-            debug!(
-                peer = %from.short(),
-                entries = theirs.members.len(),
-                removals = theirs.removals.len(),
-                joined = applied.joined.len(),
-                removed = applied.removed.len(),
-                "roster gossip received"
-            );
-            d.membership_changed(applied, Some(from));
-            // They lack something we have: answer with ours (once per roster).
-            let ours = d.roster().snapshot();
-            if let Some(print) =
-                super::roster_gossip::answer(&theirs, &ours, from, d.mesh.last_answer(&from))
-            {
-                d.mesh.answer(&from, print, ours);
+            let gate = &d.mesh.roster_gate;
+            match gate.admit(from, snap, std::time::Instant::now()) {
+                Admit::Now(snap) => on_roster(d, from, snap),
+                Admit::Queued => {}
+                Admit::Later(wait) => {
+                    let d = d.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let pending = d
+                            .mesh
+                            .roster_gate
+                            .take_pending(&from, std::time::Instant::now());
+                        if let Some(snap) = pending {
+                            on_roster(&d, from, snap);
+                        }
+                    });
+                }
             }
         }
+    }
+}
+
+/// Merges a roster frame of `from` (its turn come: see `RosterGate`) and answers it
+/// when it lacks something.
+fn on_roster(d: &Arc<Daemon>, from: DeviceId, snap: super::roster::RosterSnapshot) {
+    let theirs = snap.clone();
+    let applied = d.members.merge_from(snap, from);
+    debug!(
+        peer = %from.short(),
+        entries = theirs.members.len(),
+        removals = theirs.removals.len(),
+        joined = applied.joined.len(),
+        removed = applied.removed.len(),
+        "roster gossip received"
+    );
+    d.membership_changed(applied, Some(from));
+    // They lack something we have: answer with ours (once per roster).
+    let ours = d.roster().snapshot();
+    if let Some(print) =
+        super::roster_gossip::answer(&theirs, &ours, from, d.mesh.last_answer(&from))
+    {
+        d.mesh.answer(&from, print, ours);
     }
 }
 

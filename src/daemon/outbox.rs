@@ -29,6 +29,8 @@ pub struct Mesh {
     /// Roster frames sent and received since start (shown by `status`).
     pub roster_sent: AtomicU64,
     pub roster_received: AtomicU64,
+    /// At most one roster merge per member and interval.
+    pub roster_gate: super::roster_gossip::RosterGate,
 }
 
 impl Mesh {

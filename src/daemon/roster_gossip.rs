@@ -6,7 +6,9 @@
 //! that hold the same entries therefore stop after one exchange, whatever the order in
 //! which gossip arrives.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use transport::DeviceId;
 
@@ -131,5 +133,108 @@ mod tests {
         assert!(answer(&theirs, &ours2, b.id, Some(first)).is_some());
         // They lack nothing: no answer at all.
         assert_eq!(answer(&ours, &ours, b.id, None), None);
+    }
+}
+
+/// Shortest time between two roster frames of one member that are merged: a member
+/// that sends faster has its latest frame merged when its turn comes (none is lost, the
+/// ones in between are superseded by it).
+pub const ROSTER_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What to do with a roster frame ([`RosterGate::admit`]).
+#[derive(Debug)]
+pub enum Admit {
+    /// Merge it now.
+    Now(RosterSnapshot),
+    /// Kept as this member's pending frame: merge what is pending after this long.
+    Later(Duration),
+    /// Kept as this member's pending frame; a merge is already due.
+    Queued,
+}
+
+#[derive(Default)]
+struct GateState {
+    last: Option<Instant>,
+    pending: Option<RosterSnapshot>,
+}
+
+/// Per member, at most one roster merge per [`ROSTER_INTERVAL`].
+#[derive(Default)]
+pub struct RosterGate {
+    state: Mutex<HashMap<DeviceId, GateState>>,
+}
+
+impl RosterGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, GateState>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A roster frame from `from` at `now`.
+    pub fn admit(&self, from: DeviceId, snap: RosterSnapshot, now: Instant) -> Admit {
+        let mut all = self.lock();
+        // One entry per member that sends rosters (only members' mesh streams get here).
+        if all.len() > 4096 && !all.contains_key(&from) {
+            all.clear();
+        }
+        let g = all.entry(from).or_default();
+        match g.last.map(|t| t + ROSTER_INTERVAL) {
+            Some(due) if due > now => {
+                let queued = g.pending.replace(snap).is_some();
+                if queued {
+                    Admit::Queued
+                } else {
+                    Admit::Later(due - now)
+                }
+            }
+            _ => {
+                g.last = Some(now);
+                Admit::Now(snap)
+            }
+        }
+    }
+
+    /// The pending frame of `from`, now its turn has come.
+    pub fn take_pending(&self, from: &DeviceId, now: Instant) -> Option<RosterSnapshot> {
+        let mut all = self.lock();
+        let g = all.get_mut(from)?;
+        let snap = g.pending.take()?;
+        g.last = Some(now);
+        Some(snap)
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    fn snap(n: usize) -> RosterSnapshot {
+        RosterSnapshot {
+            members: Vec::with_capacity(n),
+            removals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_flood_is_merged_once_per_interval_and_the_latest_frame_wins() {
+        let g = RosterGate::default();
+        let p = DeviceId([1; 32]);
+        let t0 = Instant::now();
+        assert!(matches!(g.admit(p, snap(0), t0), Admit::Now(_)));
+        assert!(matches!(g.admit(p, snap(1), t0), Admit::Later(d) if d == ROSTER_INTERVAL));
+        for _ in 0..1000 {
+            assert!(matches!(g.admit(p, snap(2), t0), Admit::Queued));
+        }
+        // Another member is not held back.
+        assert!(matches!(
+            g.admit(DeviceId([2; 32]), snap(0), t0),
+            Admit::Now(_)
+        ));
+        let later = t0 + ROSTER_INTERVAL;
+        assert!(g.take_pending(&p, later).is_some());
+        assert!(
+            g.take_pending(&p, later).is_none(),
+            "the pending frame is merged once"
+        );
+        assert!(matches!(g.admit(p, snap(0), later), Admit::Later(_)));
     }
 }
