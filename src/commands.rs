@@ -28,7 +28,16 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
     {
         return install::install(g, paths, name.as_deref(), *force);
     }
-    let mut c = Client::connect(&paths.socket)?;
+    let mut c = match (Client::connect(&paths.socket), &cmd) {
+        (Ok(c), _) => c,
+        // `handlers` reads the directory itself when no daemon runs.
+        (Err(_), Command::Handlers { action: None }) => {
+            let dir = install::handler_dir(paths)?;
+            let h = crate::handlers::listing::listing(&dir);
+            return print_handlers(g, &serde_json::to_value(&h)?, h);
+        }
+        (Err(e), _) => return Err(e),
+    };
     match cmd {
         Command::Status => {
             let v = c.request(&Request::Status {})?;
@@ -104,19 +113,8 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
         Command::Handlers { action: Some(_) } => unreachable!("dispatched before connecting"),
         Command::Handlers { action: None } => {
             let v = c.request(&Request::Handlers {})?;
-            if g.json {
-                return print_json(&v).map(|_| 0);
-            }
-            let h: HandlersResult = serde_json::from_value(v)?;
-            let rows: Vec<Vec<String>> = h
-                .handlers
-                .iter()
-                .map(|x| vec![x.path.clone(), x.matches.clone()])
-                .collect();
-            print!("{}", table(&["HANDLER", "MATCHES"], &rows));
-            for w in &h.warnings {
-                eprintln!("warning: {w}");
-            }
+            let h: HandlersResult = serde_json::from_value(v.clone())?;
+            return print_handlers(g, &v, h);
         }
         Command::Trust { id, name, addrs } => {
             let v = c.request(&Request::Trust {
@@ -423,6 +421,22 @@ fn read_body(timeout: f64) -> anyhow::Result<Vec<u8>> {
         anyhow::bail!("the message is larger than the limit of 20 MiB ({MAX_BODY} bytes)");
     }
     Ok(buf)
+}
+
+fn print_handlers(g: &Global, v: &Value, h: HandlersResult) -> anyhow::Result<i32> {
+    if g.json {
+        return print_json(v).map(|_| 0);
+    }
+    let rows: Vec<Vec<String>> = h
+        .handlers
+        .iter()
+        .map(|x| vec![x.path.clone(), x.matches.clone()])
+        .collect();
+    print!("{}", table(&["HANDLER", "MATCHES"], &rows));
+    for w in &h.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(0)
 }
 
 fn code_str(c: Option<i32>) -> String {

@@ -1,6 +1,7 @@
 //! `cnspr handlers install NAME`: a ready-made handler lands in the daemon's handler
 //! directory, byte for byte, executable, and the daemon runs it; nothing is replaced
-//! without `--force`; with no daemon, the configured directory is used.
+//! without `--force`; with no daemon, the configured directory is used (and `handlers`
+//! reads it).
 
 mod common;
 
@@ -72,4 +73,8 @@ fn with_no_daemon_the_configured_directory_is_used() {
     let out = n.cli(&["handlers", "install", "ring"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(handlers.join("ring.sh").exists());
+    // `handlers` reads that directory itself when no daemon runs.
+    let h = n.json(&["handlers"]);
+    assert!(h.to_string().contains("ring.sh"), "{h}");
+    assert_eq!(h["dir"], handlers.display().to_string(), "{h}");
 }

@@ -79,7 +79,7 @@ fn names() -> String {
 
 /// The handler directory: the running daemon's, else the configured one, else the
 /// default.
-fn handler_dir(paths: &Paths) -> anyhow::Result<PathBuf> {
+pub fn handler_dir(paths: &Paths) -> anyhow::Result<PathBuf> {
     if let Ok(mut c) = crate::client::Client::connect(&paths.socket) {
         if let Ok(v) = c.request(&crate::api::Request::Status {}) {
             if let Some(h) = v["handlers"].as_str() {

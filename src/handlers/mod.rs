@@ -16,6 +16,7 @@
 mod env;
 mod event;
 pub mod layout;
+pub mod listing;
 mod process;
 pub mod run;
 pub mod scan;
