@@ -317,6 +317,18 @@ pub struct Status {
     /// The mesh's relays and this device's registration with each.
     #[serde(default)]
     pub relays: Vec<RelayInfo>,
+    /// Set when a member told this device that it was removed from the mesh.
+    #[serde(default)]
+    pub removed: Option<RemovedInfo>,
+}
+
+/// This device was removed from the mesh (`status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedInfo {
+    /// The name of the member that removed it.
+    pub by: String,
+    /// When (Unix seconds, from the signed removal).
+    pub at: u64,
 }
 
 /// One relay of the mesh, as this device uses it (`relay.list`, `status`).

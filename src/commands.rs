@@ -52,6 +52,13 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             println!("Uptime:    {}s", s.uptime_s);
             println!("Handlers:  {}", s.handlers);
             println!("Socket:    {}", s.socket);
+            if let Some(r) = &s.removed {
+                println!(
+                    "Removed:   this device was removed from the mesh by {} ({})",
+                    r.by,
+                    ago(Some(r.at))
+                );
+            }
         }
         Command::Peers => {
             let v = c.request(&Request::Peers {})?;
@@ -85,6 +92,12 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                     &rows
                 )
             );
+            // This device itself may be out of the mesh: say so under the table.
+            if let Ok(s) = c.request(&Request::Status {}) {
+                if let Some(by) = s["removed"]["by"].as_str() {
+                    eprintln!("cnspr: this device was removed from the mesh by {by}");
+                }
+            }
         }
         Command::Ping { peer, timeout } => {
             let v = c.request(&Request::Ping {

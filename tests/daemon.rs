@@ -566,8 +566,23 @@ fn peer_states_follow_crashes_restarts_and_graceful_stops() {
     assert_eq!(r.status.code(), Some(1));
     assert!(stderr(&r).contains("is this device"), "{}", stderr(&r));
     nodes[1].wait_state("alpha", "unreachable");
+    // beta is told, by alpha, the next time it dials: status, peers and commands say so.
+    wait_until("beta to learn it was removed", || {
+        nodes[1].json(&["status"])["removed"]["by"] == "alpha"
+    });
     let r = nodes[1].cli(&["send", "--timeout", "1", "alpha", "t", "x"]);
     assert_eq!(r.status.code(), Some(1));
+    assert!(
+        stderr(&r).contains("this device was removed from the mesh by alpha"),
+        "{}",
+        stderr(&r)
+    );
+    let r = nodes[1].cli(&["peers"]);
+    assert!(
+        stderr(&r).contains("removed from the mesh by alpha"),
+        "{}",
+        stderr(&r)
+    );
 }
 
 #[test]

@@ -56,6 +56,8 @@ pub struct Daemon {
     pub punches: super::punch::Punches,
     /// The mesh's relays (`cnspr relay add`).
     pub relays: super::relays::RelayBook,
+    /// Set when a member told this device it was removed from the mesh.
+    pub removed: Mutex<Option<crate::api::RemovedInfo>>,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
@@ -222,6 +224,18 @@ impl Daemon {
             self.peer_event("peer.path_changed", id, &name, state, addr);
         }
         lost_direct
+    }
+
+    /// The error every command that needs the mesh gives once this device was told it
+    /// was removed from it.
+    pub fn removed_refusal(&self) -> Option<crate::api::ErrorBody> {
+        let removed = self.removed.lock().unwrap_or_else(|p| p.into_inner());
+        removed.as_ref().map(|r| {
+            crate::api::ErrorBody::new(
+                crate::api::code::UNREACHABLE,
+                format!("this device was removed from the mesh by {}", r.by),
+            )
+        })
     }
 
     pub fn save_peers(&self) {

@@ -329,6 +329,7 @@ pub fn dial_due(d: &Arc<Daemon>) {
                         None
                     }
                     Err(e) => {
+                        told_removed(&d, &id, &e);
                         debug!(peer = %p.name, error = %e, "dial failed");
                         p.dial.failed(Instant::now(), max_backoff);
                         Some(p.dial.backoff())
@@ -407,6 +408,35 @@ pub fn after_address_change(d: &Arc<Daemon>, usable: &[IpAddr]) {
                     debug!(peer = %pc.peer.short(), error = %e, "could not redial from the new address; the old connection will time out")
                 }
             }
+        });
+    }
+}
+
+/// A dial failed with `e`: if a member refused this device with a valid notice of its
+/// removal (`removal_notice`), the daemon remembers it (once).
+fn told_removed(d: &Daemon, from: &transport::DeviceId, e: &transport::TransportError) {
+    let transport::TransportError::Refused { reason, .. } = e else {
+        return;
+    };
+    let Some(n) = super::removal_notice::parse(reason) else {
+        return;
+    };
+    if !super::removal_notice::checks_out(&n, &d.id(), from, |s| d.members.is_member(s)) {
+        tracing::warn!(peer = %from.short(), "a removal notice that does not check out was ignored");
+        return;
+    }
+    let signer = n.removal.signer_id();
+    let by = d
+        .roster()
+        .member(&signer)
+        .map(|m| m.name.clone())
+        .unwrap_or(n.by);
+    let mut removed = d.removed.lock().unwrap_or_else(|p| p.into_inner());
+    if removed.is_none() {
+        tracing::warn!(by = %by, "this device was removed from the mesh");
+        *removed = Some(crate::api::RemovedInfo {
+            by,
+            at: n.removal.version / 1000,
         });
     }
 }

@@ -87,6 +87,14 @@ impl Members {
             members.tls.insert(*id);
         }
         members.core.set_members(ids);
+        let removed: Vec<DeviceId> = members
+            .roster()
+            .snapshot()
+            .removals
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        members.notify_removed(&removed);
         Ok(members)
     }
 
@@ -249,7 +257,28 @@ impl Members {
             self.tls.remove(id);
             self.core.remove(*id);
         }
+        let removed: Vec<DeviceId> = applied.removed.iter().map(|(id, _)| *id).collect();
+        self.notify_removed(&removed);
         applied
+    }
+
+    /// Has the endpoint tell each of `removed` that it was removed, and by whom, when it
+    /// next connects (`removal_notice`).
+    fn notify_removed(&self, removed: &[DeviceId]) {
+        let roster = self.roster();
+        let snap = roster.snapshot();
+        for r in snap.removals.iter().filter(|r| removed.contains(&r.id)) {
+            let signer = r.signer_id();
+            let by = if signer == self.identity.id {
+                self.identity.name.clone()
+            } else {
+                roster
+                    .member(&signer)
+                    .map_or_else(|| signer.short(), |m| m.name.clone())
+            };
+            self.tls
+                .set_notice(r.id, Some(super::removal_notice::text(&by, r)));
+        }
     }
 }
 

@@ -27,6 +27,7 @@ mod punching;
 mod reach;
 mod relay_stream;
 mod relays;
+mod removal_notice;
 mod roster;
 mod roster_gossip;
 mod services;
@@ -160,6 +161,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         portmap: Default::default(),
         punches: Default::default(),
         relays,
+        removed: Mutex::new(None),
         reach: Default::default(),
         started: Instant::now(),
         manual,

@@ -1,6 +1,6 @@
 //! The live set of device IDs this device trusts, shared by the TLS verifier and the endpoint.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::broadcast;
@@ -15,6 +15,9 @@ pub struct Roster {
 
 struct Inner {
     ids: RwLock<HashSet<DeviceId>>,
+    /// Devices that were removed, with what to tell each when it connects (the
+    /// endpoint completes their handshake only to say it, then closes).
+    notices: RwLock<HashMap<DeviceId, String>>,
     removed: broadcast::Sender<DeviceId>,
 }
 
@@ -36,6 +39,7 @@ impl Roster {
         Roster {
             inner: Arc::new(Inner {
                 ids: RwLock::new(HashSet::new()),
+                notices: RwLock::new(HashMap::new()),
                 removed,
             }),
         }
@@ -62,6 +66,33 @@ impl Roster {
             let _ = self.inner.removed.send(*id);
         }
         was
+    }
+
+    /// What to tell `id`, a removed device, when it connects (`None`: refuse it in the
+    /// handshake, as any stranger).
+    pub fn set_notice(&self, id: DeviceId, notice: Option<String>) {
+        let mut n = self
+            .inner
+            .notices
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match notice {
+            Some(text) => {
+                n.insert(id, text);
+            }
+            None => {
+                n.remove(&id);
+            }
+        }
+    }
+
+    /// The notice for `id`, if it is a removed device that is to be told.
+    pub fn notice(&self, id: &DeviceId) -> Option<String> {
+        if self.contains(id) {
+            return None;
+        }
+        let n = self.inner.notices.read().unwrap_or_else(|p| p.into_inner());
+        n.get(id).cloned()
     }
 
     pub fn contains(&self, id: &DeviceId) -> bool {

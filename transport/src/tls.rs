@@ -193,6 +193,9 @@ impl<P: CertPolicy> ClientCertVerifier for DeviceVerifier<P> {
 pub struct InRoster {
     roster: Roster,
     expected: Option<DeviceId>,
+    /// Accept a removed device that is to be told so (the server side: the endpoint
+    /// then only sends it the notice and closes).
+    notices: bool,
 }
 
 impl CertPolicy for InRoster {
@@ -205,7 +208,7 @@ impl CertPolicy for InRoster {
                 return Err(reject(PeerRejected::WrongDevice { expected, got: id }));
             }
         }
-        if !self.roster.contains(&id) {
+        if !self.roster.contains(&id) && !(self.notices && self.roster.notice(&id).is_some()) {
             return Err(reject(PeerRejected::NotInRoster(id)));
         }
         Ok(())
@@ -218,7 +221,27 @@ pub type RosterVerifier = DeviceVerifier<InRoster>;
 impl RosterVerifier {
     /// `expected`: when dialling, the one device the server must be.
     pub fn new(roster: Roster, expected: Option<DeviceId>, provider: &CryptoProvider) -> Self {
-        DeviceVerifier::with_policy(InRoster { roster, expected }, provider)
+        DeviceVerifier::with_policy(
+            InRoster {
+                roster,
+                expected,
+                notices: false,
+            },
+            provider,
+        )
+    }
+
+    /// The server's verifier: also lets a removed device that is to be told finish its
+    /// handshake (see [`Roster::set_notice`]).
+    pub fn accepting(roster: Roster, provider: &CryptoProvider) -> Self {
+        DeviceVerifier::with_policy(
+            InRoster {
+                roster,
+                expected: None,
+                notices: true,
+            },
+            provider,
+        )
     }
 }
 
@@ -259,7 +282,7 @@ pub fn rustls_server_config(
     roster: &Roster,
     provider: Arc<CryptoProvider>,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let verifier = Arc::new(RosterVerifier::new(roster.clone(), None, &provider));
+    let verifier = Arc::new(RosterVerifier::accepting(roster.clone(), &provider));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

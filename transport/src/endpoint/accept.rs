@@ -25,6 +25,29 @@ impl Endpoint {
             conn.close(VarInt::from_u32(close_code::PROTOCOL), b"no certificate");
             return Ok(());
         };
+        if let Some(notice) = self.inner.roster.notice(&peer) {
+            // A removed device: it is told why (its hello is answered with the notice),
+            // and nothing else.
+            let _ = tokio::time::timeout(timeout, async {
+                let (mut send, _recv) = conn.accept_bi().await?;
+                write_frame(
+                    &mut send,
+                    &ControlFrame::HelloReject { reason: notice },
+                    MAX_CONTROL_FRAME,
+                )
+                .await?;
+                let _ = send.finish();
+                // The dialler closes once it has read it.
+                conn.closed().await;
+                Ok::<(), TransportError>(())
+            })
+            .await;
+            conn.close(
+                VarInt::from_u32(close_code::REVOKED),
+                b"removed from the mesh",
+            );
+            return Err(TransportError::NotInRoster(peer));
+        }
         let res = tokio::time::timeout(timeout, async {
             let (mut send, mut recv) = conn.accept_bi().await?;
             let mut header = [0u8; 2];

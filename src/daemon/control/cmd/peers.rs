@@ -14,6 +14,9 @@ pub async fn ping(
     peer: DeviceId,
     timeout_ms: Option<u64>,
 ) -> Result<PingResult, ErrorBody> {
+    if let Some(e) = d.removed_refusal() {
+        return Err(e);
+    }
     let deadline = Instant::now() + timeout_of(timeout_ms);
     let (rtt, via, pc) = crate::daemon::messages::ping(d, peer, deadline).await?;
     let (name, via) = {

@@ -48,6 +48,9 @@ fn left(d: &Daemon, peer: &DeviceId) -> Option<SendOutcome> {
 pub async fn send(d: &Arc<Daemon>, s: SendRequest, body: Bytes) -> Result<Value, ErrorBody> {
     handlers::validate_user_tag(&s.tag)
         .map_err(|e| err(code::INVALID_TAG, format!("invalid tag {:?}: {e}", s.tag)))?;
+    if let Some(e) = d.removed_refusal() {
+        return Err(e);
+    }
     let targets: Vec<DeviceId> = match (&s.peer, s.all) {
         (Some(_), true) => return Err(err(code::BAD_REQUEST, "give either peer or all, not both")),
         (None, false) => return Err(err(code::BAD_REQUEST, "missing peer (or all: true)")),

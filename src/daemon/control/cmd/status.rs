@@ -41,5 +41,6 @@ pub fn status(d: &Daemon) -> Status {
         }),
         candidates,
         relays: super::relays::list(d),
+        removed: d.removed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     }
 }
