@@ -34,7 +34,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
         (Err(_), Command::Handlers { action: None }) => {
             let dir = install::handler_dir(paths)?;
             let h = crate::handlers::listing::listing(&dir);
-            return print_handlers(g, &serde_json::to_value(&h)?, h);
+            return install::print_handlers(g, &serde_json::to_value(&h)?, h);
         }
         (Err(e), _) => return Err(e),
     };
@@ -127,7 +127,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
         Command::Handlers { action: None } => {
             let v = c.request(&Request::Handlers {})?;
             let h: HandlersResult = serde_json::from_value(v.clone())?;
-            return print_handlers(g, &v, h);
+            return install::print_handlers(g, &v, h);
         }
         Command::Trust { id, name, addrs } => {
             let v = c.request(&Request::Trust {
@@ -434,22 +434,6 @@ fn read_body(timeout: f64) -> anyhow::Result<Vec<u8>> {
         anyhow::bail!("the message is larger than the limit of 20 MiB ({MAX_BODY} bytes)");
     }
     Ok(buf)
-}
-
-fn print_handlers(g: &Global, v: &Value, h: HandlersResult) -> anyhow::Result<i32> {
-    if g.json {
-        return print_json(v).map(|_| 0);
-    }
-    let rows: Vec<Vec<String>> = h
-        .handlers
-        .iter()
-        .map(|x| vec![x.path.clone(), x.matches.clone()])
-        .collect();
-    print!("{}", table(&["HANDLER", "MATCHES"], &rows));
-    for w in &h.warnings {
-        eprintln!("warning: {w}");
-    }
-    Ok(0)
 }
 
 fn code_str(c: Option<i32>) -> String {

@@ -1,16 +1,18 @@
-//! `cnspr handlers install NAME`: copies a ready-made handler (examples/handlers, built
-//! into the binary) into the handler directory the daemon uses.
+//! `cnspr handlers`: the listing as a table, and `cnspr handlers install NAME`, which
+//! copies a ready-made handler (examples/handlers, built into the binary) into the
+//! handler directory the daemon uses.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde_json::json;
+use serde_json::{json, Value};
 
+use crate::api::HandlersResult;
 use crate::cli::Global;
 use crate::config::Config;
-use crate::output::print_json;
+use crate::output::{print_json, table};
 use crate::paths::Paths;
 
 /// One ready-made handler: its name, and its files (path in the handler directory,
@@ -188,6 +190,22 @@ pub fn install(g: &Global, paths: &Paths, name: Option<&str>, force: bool) -> an
             println!("needs: {n}");
         }
         println!("the daemon picks it up at the next message (docs/cookbook.md)");
+    }
+    Ok(0)
+}
+
+pub fn print_handlers(g: &Global, v: &Value, h: HandlersResult) -> anyhow::Result<i32> {
+    if g.json {
+        return print_json(v).map(|_| 0);
+    }
+    let rows: Vec<Vec<String>> = h
+        .handlers
+        .iter()
+        .map(|x| vec![x.path.clone(), x.matches.clone()])
+        .collect();
+    print!("{}", table(&["HANDLER", "MATCHES"], &rows));
+    for w in &h.warnings {
+        eprintln!("warning: {w}");
     }
     Ok(0)
 }
