@@ -208,7 +208,8 @@ impl CertPolicy for InRoster {
                 return Err(reject(PeerRejected::WrongDevice { expected, got: id }));
             }
         }
-        if !self.roster.contains(&id) && !(self.notices && self.roster.notice(&id).is_some()) {
+        let to_be_told = self.notices && self.roster.notice(&id).is_some();
+        if !(self.roster.contains(&id) || to_be_told) {
             return Err(reject(PeerRejected::NotInRoster(id)));
         }
         Ok(())
