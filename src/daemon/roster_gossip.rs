@@ -136,9 +136,11 @@ mod tests {
     }
 }
 
-/// Shortest time between two roster frames of one member that are merged: a member
-/// that sends faster has its latest frame merged when its turn comes (none is lost, the
-/// ones in between are superseded by it).
+/// Roster frames of one member merged at once in a burst (a connection's greeting, an
+/// answer, a change), then one per [`ROSTER_INTERVAL`]: a member that sends faster has
+/// its latest frame merged when its turn comes (none is lost, the ones in between are
+/// superseded by it).
+pub const ROSTER_BURST: u32 = 4;
 pub const ROSTER_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What to do with a roster frame ([`RosterGate::admit`]).
@@ -152,16 +154,38 @@ pub enum Admit {
     Queued,
 }
 
-#[derive(Default)]
 struct GateState {
-    last: Option<Instant>,
+    /// Merges allowed now (refilled one per interval, up to the burst).
+    tokens: u32,
+    refilled: Instant,
     pending: Option<RosterSnapshot>,
 }
 
-/// Per member, at most one roster merge per [`ROSTER_INTERVAL`].
+/// Per member, a burst of [`ROSTER_BURST`] roster merges, then one per
+/// [`ROSTER_INTERVAL`].
 #[derive(Default)]
 pub struct RosterGate {
     state: Mutex<HashMap<DeviceId, GateState>>,
+}
+
+impl GateState {
+    fn refill(&mut self, now: Instant) {
+        let periods =
+            now.saturating_duration_since(self.refilled).as_millis() / ROSTER_INTERVAL.as_millis();
+        if periods > 0 {
+            let periods = u32::try_from(periods).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(periods).min(ROSTER_BURST);
+            self.refilled += ROSTER_INTERVAL * periods.min(ROSTER_BURST);
+            if self.tokens == ROSTER_BURST {
+                self.refilled = now;
+            }
+        }
+    }
+
+    /// When the next merge is allowed.
+    fn next(&self) -> Instant {
+        self.refilled + ROSTER_INTERVAL
+    }
 }
 
 impl RosterGate {
@@ -176,20 +200,20 @@ impl RosterGate {
         if all.len() > 4096 && !all.contains_key(&from) {
             all.clear();
         }
-        let g = all.entry(from).or_default();
-        match g.last.map(|t| t + ROSTER_INTERVAL) {
-            Some(due) if due > now => {
-                let queued = g.pending.replace(snap).is_some();
-                if queued {
-                    Admit::Queued
-                } else {
-                    Admit::Later(due - now)
-                }
-            }
-            _ => {
-                g.last = Some(now);
-                Admit::Now(snap)
-            }
+        let g = all.entry(from).or_insert(GateState {
+            tokens: ROSTER_BURST,
+            refilled: now,
+            pending: None,
+        });
+        g.refill(now);
+        if g.pending.is_none() && g.tokens > 0 {
+            g.tokens -= 1;
+            return Admit::Now(snap);
+        }
+        if g.pending.replace(snap).is_some() {
+            Admit::Queued
+        } else {
+            Admit::Later(g.next().saturating_duration_since(now))
         }
     }
 
@@ -197,8 +221,9 @@ impl RosterGate {
     pub fn take_pending(&self, from: &DeviceId, now: Instant) -> Option<RosterSnapshot> {
         let mut all = self.lock();
         let g = all.get_mut(from)?;
+        g.refill(now);
         let snap = g.pending.take()?;
-        g.last = Some(now);
+        g.tokens = g.tokens.saturating_sub(1);
         Some(snap)
     }
 }
@@ -215,11 +240,13 @@ mod gate_tests {
     }
 
     #[test]
-    fn a_flood_is_merged_once_per_interval_and_the_latest_frame_wins() {
+    fn a_burst_goes_through_then_a_flood_is_merged_once_per_interval() {
         let g = RosterGate::default();
         let p = DeviceId([1; 32]);
         let t0 = Instant::now();
-        assert!(matches!(g.admit(p, snap(0), t0), Admit::Now(_)));
+        for _ in 0..ROSTER_BURST {
+            assert!(matches!(g.admit(p, snap(0), t0), Admit::Now(_)));
+        }
         assert!(matches!(g.admit(p, snap(1), t0), Admit::Later(d) if d == ROSTER_INTERVAL));
         for _ in 0..1000 {
             assert!(matches!(g.admit(p, snap(2), t0), Admit::Queued));
@@ -236,5 +263,11 @@ mod gate_tests {
             "the pending frame is merged once"
         );
         assert!(matches!(g.admit(p, snap(0), later), Admit::Later(_)));
+        assert!(g.take_pending(&p, later + ROSTER_INTERVAL).is_some());
+        // After a quiet while the burst is there again.
+        let quiet = later + ROSTER_INTERVAL * 10;
+        for _ in 0..ROSTER_BURST {
+            assert!(matches!(g.admit(p, snap(0), quiet), Admit::Now(_)));
+        }
     }
 }
