@@ -87,15 +87,18 @@ impl Members {
             members.tls.insert(*id);
         }
         members.core.set_members(ids);
-        let removed: Vec<DeviceId> = members
-            .roster()
+        members.notify_removed(&members.removed_ids());
+        Ok(members)
+    }
+
+    /// The devices removed from the mesh.
+    pub fn removed_ids(&self) -> Vec<DeviceId> {
+        self.roster()
             .snapshot()
             .removals
             .iter()
             .map(|r| r.id)
-            .collect();
-        members.notify_removed(&removed);
-        Ok(members)
+            .collect()
     }
 
     /// The one answer to "is `id` a member of the mesh": it has a valid roster entry and

@@ -190,14 +190,7 @@ pub fn server_tls(
     provider: Arc<CryptoProvider>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let verifier = Arc::new(DeviceVerifier::with_policy(AnyDevice, &provider));
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![identity.cert()], identity.key())?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
-    cfg.max_early_data_size = 0;
-    cfg.send_tls13_tickets = 0;
-    Ok(cfg)
+    crate::tls::server_config_with(identity, verifier, ALPN, provider)
 }
 
 /// A device's TLS client configuration towards the relay of `secret`.
@@ -208,15 +201,7 @@ pub fn client_tls(
 ) -> Result<rustls::ClientConfig, TlsError> {
     let expected = relay_identity(secret).id;
     let verifier = Arc::new(DeviceVerifier::with_policy(Exactly(expected), &provider));
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(vec![identity.cert()], identity.key())?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
-    cfg.enable_sni = false;
-    cfg.resumption = rustls::client::Resumption::disabled();
-    Ok(cfg)
+    crate::tls::client_config_with(identity, verifier, ALPN, provider)
 }
 
 /// The device ID in a relayed datagram's header, if it is one.

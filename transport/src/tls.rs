@@ -277,6 +277,49 @@ impl rustls::server::ProducesTickets for NoTickets {
     }
 }
 
+/// A TLS 1.3 server configuration that presents `identity`'s certificate, requires a
+/// client certificate that `verifier` accepts, speaks `alpn`, and never resumes a session
+/// (see the module documentation). The daemon's endpoint and the relay use it.
+pub fn server_config_with(
+    identity: &Identity,
+    verifier: Arc<dyn ClientCertVerifier>,
+    alpn: &[u8],
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![identity.cert()], identity.key())?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.max_early_data_size = 0;
+    // No resumption (see the module documentation): no stateful sessions, no tickets.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.ticketer = Arc::new(NoTickets);
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
+}
+
+/// The client side of [`server_config_with`]: presents `identity`'s certificate, checks
+/// the server's with `verifier`, no SNI, no early data, no resumption.
+pub fn client_config_with(
+    identity: &Identity,
+    verifier: Arc<dyn ServerCertVerifier>,
+    alpn: &[u8],
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![identity.cert()], identity.key())?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.enable_sni = false;
+    cfg.enable_early_data = false;
+    // No resumption (see the module documentation): no session is stored or offered.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(cfg)
+}
+
 /// The rustls server configuration (before QUIC wrapping), exposed for tests.
 pub fn rustls_server_config(
     identity: &Identity,
@@ -284,17 +327,7 @@ pub fn rustls_server_config(
     provider: Arc<CryptoProvider>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let verifier = Arc::new(RosterVerifier::accepting(roster.clone(), &provider));
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![identity.cert()], identity.key())?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
-    cfg.max_early_data_size = 0;
-    // No resumption (see the module documentation): no stateful sessions, no tickets.
-    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    cfg.ticketer = Arc::new(NoTickets);
-    cfg.send_tls13_tickets = 0;
-    Ok(cfg)
+    server_config_with(identity, verifier, ALPN, provider)
 }
 
 /// The rustls client configuration for dialling `expected`, exposed for tests.
@@ -315,17 +348,7 @@ pub fn rustls_client_config_for(
     provider: Arc<CryptoProvider>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let verifier = Arc::new(RosterVerifier::new(roster.clone(), expected, &provider));
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(vec![identity.cert()], identity.key())?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
-    cfg.enable_sni = false;
-    cfg.enable_early_data = false;
-    // No resumption (see the module documentation): no session is stored or offered.
-    cfg.resumption = rustls::client::Resumption::disabled();
-    Ok(cfg)
+    client_config_with(identity, verifier, ALPN, provider)
 }
 
 /// Wraps a rustls server config for quinn, with AES-128-GCM for Initial packets only.

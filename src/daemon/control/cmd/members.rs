@@ -155,13 +155,7 @@ pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
         Ok(id) => id,
         Err(e) => {
             // Removals keep no name: a removed device is found by its ID only.
-            let removed: Vec<transport::DeviceId> = d
-                .roster()
-                .snapshot()
-                .removals
-                .iter()
-                .map(|r| r.id)
-                .collect();
+            let removed = d.members.removed_ids();
             if let Ok(id) = transport::resolve_prefix(peer, removed.iter()) {
                 return Err(err(
                     code::NOT_FOUND,
