@@ -41,10 +41,48 @@ pub const COMMANDS: &[&str] = &[
     "kv.list",
     "kv.watch",
     "kv.incr",
+    "kv.batch",
     "relay.add",
     "relay.remove",
     "relay.list",
 ];
+
+/// One operation of a `kv.batch`: a put (its value as `value`, `value_b64` or `value_len`
+/// raw bytes after the line) or a delete, each with an optional condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum BatchOpRequest {
+    Put {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value_b64: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value_len: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_version: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        if_absent: bool,
+    },
+    Del {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_version: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        if_absent: bool,
+    },
+}
+
+impl BatchOpRequest {
+    /// The raw bytes this operation takes from after the line.
+    pub fn value_len(&self) -> u64 {
+        match self {
+            BatchOpRequest::Put { value_len, .. } => value_len.unwrap_or(0),
+            BatchOpRequest::Del { .. } => 0,
+        }
+    }
+}
 
 /// A parsed request (the `cmd` field selects the variant).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,6 +200,10 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Writes several keys in one transaction, all or nothing (docs/store.md, "Batches");
+    /// the raw values of `value_len` operations follow the line, in operation order.
+    #[serde(rename = "kv.batch")]
+    KvBatch { ops: Vec<BatchOpRequest> },
     /// Adds `by` (default 1, may be negative) to counter `key`.
     #[serde(rename = "kv.incr")]
     KvIncr {
@@ -236,6 +278,9 @@ pub struct ErrorBody {
     /// `version`, `deleted`); empty when it has no value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<Vec<Value>>,
+    /// `conflict`: the key whose condition did not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl ErrorBody {
@@ -244,6 +289,7 @@ impl ErrorBody {
             code,
             message: message.into(),
             current: None,
+            key: None,
         }
     }
 

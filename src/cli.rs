@@ -289,6 +289,10 @@ pub enum KvCommand {
         #[arg(allow_negative_numbers = true)]
         n: Option<i64>,
     },
+    /// Write several keys at once, all or nothing: one operation per line from FILE (or
+    /// standard input when absent or `-`): `put KEY VALUE`, `put-b64 KEY BASE64`,
+    /// `del KEY`, or a JSON object as `kv.batch` takes it; exit 3 on a conflict
+    Batch { file: Option<String> },
     /// Print changes under PREFIX as they happen (history first, unless --from); exits 1
     /// when the daemon stops
     Watch {

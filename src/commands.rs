@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 
+mod batch;
 mod follow;
 mod install;
 mod kv;

@@ -136,6 +136,25 @@ pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result
                 print_json(&v)?;
             }
         }
+        K::Batch { file } => {
+            let text = super::batch::read_input(file.as_deref())?;
+            let (req, body) = super::batch::request(super::batch::parse(&text)?);
+            let v = c.request_with_body(&req, &body);
+            let Some(v) = conflict_exit(v, g)? else {
+                return Ok(3);
+            };
+            if g.json {
+                print_json(&v)?;
+            } else {
+                let ops = v["ops"].as_array().map(Vec::as_slice).unwrap_or_default();
+                let unchanged = ops.iter().filter(|o| o["unchanged"] == true).count();
+                let written = ops.len() - unchanged;
+                match v["batch"].as_str() {
+                    Some(id) => eprintln!("{written} written in one batch ({id}), {unchanged} unchanged"),
+                    None => eprintln!("nothing written: the {unchanged} deleted keys had no value"),
+                }
+            }
+        }
         K::Incr { key, n } => {
             let v = c.request(&Request::KvIncr { key, by: n })?;
             if g.json {

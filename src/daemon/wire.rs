@@ -14,7 +14,7 @@ use transport::DeviceId;
 use super::relays::RelayEntry;
 use super::roster::RosterSnapshot;
 use crate::store::reconcile::{ReconMsg, ReconReply};
-use crate::store::{Change, Delta, VersionVector};
+use crate::store::{BatchRange, Change, Delta, VersionVector};
 
 /// One frame of a mesh stream. Variants are only ever appended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +142,8 @@ pub enum Down {
     /// Current versions of keys the reconciliation found missing (vector not raised until
     /// the final [`Down::Delta`]).
     ReconChanges(Vec<Change>),
+    /// The batches that the [`Down::ReconChanges`] that follow belong to.
+    ReconBatches(Vec<BatchRange>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use super::reconcile::Sum;
 use super::schema::{
     bucket_of, decode, item_digest, key_pos, BUCKETS, FEED, FORMAT, INDEXED, ITEMS, LOG, MEMBERS,
     META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_EPOCH, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED,
-    M_FORMAT, M_INDEXED, M_ITEMS, RETIRED, TOMBS, VERSIONS, VV,
+    M_FORMAT, M_INDEXED, M_ITEMS, RETIRED, TOMBS, VERSIONS, VV, BATCHES, FEED_BATCH,
 };
 
 mod read;
@@ -196,6 +196,8 @@ fn create_new(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
             txn.open_table(TOMBS)?;
             txn.open_table(MEMBERS)?;
             txn.open_table(RETIRED)?;
+            txn.open_table(BATCHES)?;
+            txn.open_table(FEED_BATCH)?;
         }
         txn.commit()?;
     }
@@ -225,12 +227,14 @@ pub(crate) fn new_epoch() -> Result<u64, StoreError> {
 }
 
 /// Records a new epoch for this store (one commit), and creates the tables added to
-/// format 2 later (`retired`).
+/// format 2 later (`retired`, `batches`, `feed_batch`).
 pub(crate) fn set_epoch(db: &Database, epoch: u64) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate);
     txn.open_table(META)?.insert(M_EPOCH, epoch)?;
     txn.open_table(RETIRED)?;
+    txn.open_table(BATCHES)?;
+    txn.open_table(FEED_BATCH)?;
     txn.commit()?;
     Ok(())
 }

@@ -71,6 +71,12 @@ pub enum StoreError {
         if_absent: bool,
         current: Vec<CurrentVersion>,
     },
+    /// A `kv.batch` that breaks the rules (count of operations, a key given twice).
+    #[error("invalid batch: {0}")]
+    BadBatch(String),
+    /// A `kv.batch` over the size limit.
+    #[error("the batch holds {len} bytes of keys and values; a batch holds at most {max} (8 MiB)")]
+    BatchTooLarge { len: usize, max: usize },
     /// A whole write batch failed; none of its operations was stored.
     #[error("the write was not stored: {0}")]
     WriteFailed(String),

@@ -128,6 +128,7 @@ pub(crate) fn from_format_1(db: &Database) -> Result<(), StoreError> {
                 None => continue,
             };
             let event = FeedEvent {
+                batch: None,
                 feed_seq: old.feed_seq,
                 change: Change {
                     key: old.change.key,

@@ -7,6 +7,7 @@
 //! in one transaction (one fsync) and only then acknowledges. Reads run on their own
 //! snapshot and never wait for the writer.
 
+pub mod batch;
 pub mod claims;
 mod config;
 pub mod counters;
@@ -35,9 +36,11 @@ pub use claims::{Own, Refusal, MAX_ORIGINS, MAX_SEQ};
 pub use config::{system_wall_clock, StoreConfig, WallClock, DEFAULT_CACHE_BYTES};
 pub use error::StoreError;
 pub use hlc::{Clock, Hlc, MAX_DRIFT_MS};
+pub use batch::{BatchOp, BatchResult, MAX_BATCH_BYTES};
 pub use model::{
-    validate_key, validate_value, Change, Condition, Delta, Device, Dot, Entry, FeedEvent, Origin,
-    Version, VersionVector, VersionedValue, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    validate_key, validate_value, BatchMark, BatchRange, Change, Condition, Delta, Device, Dot,
+    Entry, FeedEvent, Origin, Version, VersionVector, VersionedValue, MAX_BATCH_OPS,
+    MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 
 use writer::{Op, Through};
@@ -215,6 +218,14 @@ impl Store {
         .await
     }
 
+    /// Writes every operation of `ops` in one transaction, or none of them: the first
+    /// condition that does not hold fails the whole batch ([`StoreError::Conflict`]).
+    /// Returns once durable. On other devices the batch shows whole or not at all.
+    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<BatchResult, StoreError> {
+        batch::validate_batch(&ops)?;
+        self.submit(|reply| Op::Batch { ops, reply }).await
+    }
+
     /// Applies changes pushed by a peer, in any order and with duplicates; returns how many
     /// were new here. A change whose predecessors from the same origin are missing is left
     /// out (pull them with [`Store::changes_since`]). Returns once durable. Refused whole
@@ -224,6 +235,7 @@ impl Store {
         self.submit(|reply| Op::Apply {
             changes,
             through: None,
+            batches: Vec::new(),
             reply,
         })
         .await
@@ -248,10 +260,14 @@ impl Store {
     ) -> Result<usize, StoreError> {
         delta.changes.iter().try_for_each(Change::validate)?;
         let Delta {
-            changes, through, ..
+            changes,
+            through,
+            batches,
+            ..
         } = delta;
         self.submit(|reply| Op::Apply {
             changes,
+            batches,
             through: Some(Through {
                 vv: through,
                 sender,
@@ -265,11 +281,20 @@ impl Store {
     /// Merges changes found missing by reconciliation ([`reconcile`]), whatever their
     /// origin's sequence, without raising the version vector: end the session with
     /// [`Store::apply_delta_backed`] of the sender's snapshot vector (no changes) to raise
-    /// it. Returns how many were new here.
-    pub async fn apply_reconciled(&self, changes: Vec<Change>) -> Result<usize, StoreError> {
+    /// it. `batches` are the batches the changes belong to. Returns how many were new
+    /// here.
+    pub async fn apply_reconciled(
+        &self,
+        changes: Vec<Change>,
+        batches: Vec<BatchRange>,
+    ) -> Result<usize, StoreError> {
         changes.iter().try_for_each(Change::validate)?;
-        self.submit(|reply| Op::ApplyReconciled { changes, reply })
-            .await
+        self.submit(|reply| Op::ApplyReconciled {
+            changes,
+            batches,
+            reply,
+        })
+        .await
     }
 
     /// Retires the origins that every member has (their vectors, `members`, name them at
@@ -403,6 +428,11 @@ impl Snapshot {
     /// Number of keys held.
     pub fn item_count(&self) -> Result<u64, StoreError> {
         self.0.item_count()
+    }
+
+    /// The batch that the change `dot` belongs to, if any.
+    pub fn batch_of(&self, dot: Dot) -> Result<Option<BatchRange>, StoreError> {
+        self.0.batch_of(dot)
     }
 }
 

@@ -62,6 +62,40 @@ impl Origin {
 /// Identifies one change: `(origin, seq)`.
 pub type Dot = (Origin, u64);
 
+/// Most operations in one batch (see `super::batch`).
+pub const MAX_BATCH_OPS: usize = 1000;
+
+/// The writes `first..=last` of `origin`, made by one batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BatchRange {
+    pub origin: Origin,
+    pub first: u64,
+    pub last: u64,
+}
+
+impl BatchRange {
+    /// Whether the change `dot` is one of the batch's writes.
+    pub fn contains(&self, dot: Dot) -> bool {
+        dot.0 == self.origin && (self.first..=self.last).contains(&dot.1)
+    }
+
+    /// Well-formed: a non-empty range of at most [`MAX_BATCH_OPS`] valid sequence numbers.
+    pub fn valid(&self) -> bool {
+        self.first >= 1
+            && self.first <= self.last
+            && self.last <= MAX_SEQ
+            && self.last - self.first < MAX_BATCH_OPS as u64
+    }
+}
+
+/// A change's batch as a watcher sees it: the batch, and whether this is the last change
+/// of it that the transaction applied (the watcher has the whole batch then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchMark {
+    pub range: BatchRange,
+    pub end: bool,
+}
+
 /// One version of a key with its value (`None` = tombstone).
 pub type VersionedValue = (Version, Option<Vec<u8>>);
 
@@ -272,6 +306,10 @@ pub struct FeedEvent {
     /// Whether the change was the key's visible winner right after it was applied
     /// (false for a concurrent write that lost).
     pub wins: bool,
+    /// The batch the change belongs to, if any (kept in the `feed_batch` table, not in the
+    /// feed entry itself).
+    #[serde(skip)]
+    pub batch: Option<BatchMark>,
 }
 
 /// What [`super::Store::changes_since`] returns: changes the other side lacks, and how far
@@ -286,6 +324,8 @@ pub struct Delta {
     pub through: VersionVector,
     /// Whether the sender stopped at the limit (ask again with the raised vector).
     pub more: bool,
+    /// The batches that `changes` belong to (a delta never ends inside one).
+    pub batches: Vec<BatchRange>,
 }
 
 /// One stored version of a key.

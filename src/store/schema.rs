@@ -16,6 +16,11 @@
 //! - `tombstones`: keys whose winner is a tombstone (what collection looks at);
 //! - `member_vv`: member device -> the last version vector it reported (tombstone
 //!   collection);
+//! - `batches`: `(origin, last seq)` -> first seq, for every batch (`batch`) whose writes
+//!   this store holds: the delta pager keeps a batch in one delta, and the feed marks it;
+//! - `feed_batch`: feed seq -> `(origin, first, last, end)` for the feed entries of a
+//!   batch (`end`: the last entry of it that its transaction applied), trimmed with the
+//!   feed;
 //! - `retired`: origin -> highest seq, for origins taken out of the version vector once
 //!   every member had them and no current version here is theirs (see `docs/store.md`,
 //!   "Store incarnations"): their changes up to that seq still count as seen.
@@ -23,7 +28,7 @@
 use redb::{ReadableTable, TableDefinition};
 
 use super::error::StoreError;
-use super::model::{Device, Sibling};
+use super::model::{BatchRange, Device, Dot, Sibling};
 
 /// On-disk format of the store file; bumped on incompatible changes (format 1, without
 /// epochs, is migrated at open: `migrate`).
@@ -39,6 +44,9 @@ pub(crate) const BUCKETS: TableDefinition<u16, (u64, u128)> = TableDefinition::n
 pub(crate) const TOMBS: TableDefinition<&str, ()> = TableDefinition::new("tombstones");
 pub(crate) const MEMBERS: TableDefinition<Device, &[u8]> = TableDefinition::new("member_vv");
 pub(crate) const RETIRED: TableDefinition<[u8; 40], u64> = TableDefinition::new("retired");
+pub(crate) const BATCHES: TableDefinition<([u8; 40], u64), u64> = TableDefinition::new("batches");
+pub(crate) const FEED_BATCH: TableDefinition<u64, ([u8; 40], u64, u64, bool)> =
+    TableDefinition::new("feed_batch");
 
 pub(crate) const M_FORMAT: &str = "format";
 /// This store's epoch (see [`Origin`](super::model::Origin)).
@@ -83,8 +91,9 @@ pub(crate) fn bucket_of(pos: u64) -> u16 {
 }
 
 /// Most value bytes put in one [`Delta`](super::model::Delta) (at least one change is
-/// always sent): with one more value of at most 8 MiB, a delta stays below the 32 MiB
-/// frame limit of sync.
+/// always sent): with one more value of at most 8 MiB, or the rest of a batch (at most
+/// 8 MiB of keys and values, `super::batch`), a delta stays below the 32 MiB frame limit
+/// of sync.
 pub(crate) const MAX_DELTA_BYTES: usize = 16 * 1024 * 1024;
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -103,6 +112,28 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
         )));
     }
     Ok(value)
+}
+
+/// The batch that the change `dot` belongs to, if any (from the `batches` table).
+pub(crate) fn batch_of(
+    table: &impl ReadableTable<([u8; 40], u64), u64>,
+    dot: Dot,
+) -> Result<Option<BatchRange>, StoreError> {
+    let k = dot.0.to_key();
+    let found = table.range((k, dot.1)..=(k, u64::MAX))?.next();
+    Ok(match found {
+        Some(row) => {
+            let (key, first) = row?;
+            let (_, last) = key.value();
+            let first = first.value();
+            (first <= dot.1).then_some(BatchRange {
+                origin: dot.0,
+                first,
+                last,
+            })
+        }
+        None => None,
+    })
 }
 
 /// The current siblings of `key` (none when absent).

@@ -15,9 +15,10 @@ use super::db::{Loaded, Writer};
 use super::error::StoreError;
 use super::hlc::Clock;
 use super::limits::{Refusal, MAX_SEQ};
+use super::batch::{BatchOp, BatchResult};
 use super::model::{
-    key_context, merge, Change, Condition, Device, FeedEvent, Origin, Sibling, Version,
-    VersionVector,
+    key_context, merge, BatchRange, Change, Condition, Device, FeedEvent, Origin, Sibling,
+    Version, VersionVector,
 };
 
 /// Most operations committed in one transaction.
@@ -25,6 +26,7 @@ pub(crate) const MAX_BATCH_OPS: usize = 1024;
 /// Most payload bytes committed in one transaction (at least one operation always goes).
 pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
+mod batch;
 mod peers;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -39,16 +41,24 @@ pub(crate) enum Op {
         cond: Option<Condition>,
         reply: Reply<Option<Change>>,
     },
-    /// Changes from a peer; `through` is set for a [`super::Delta`].
+    /// A local batch of writes, all or nothing ([`super::batch`]).
+    Batch {
+        ops: Vec<BatchOp>,
+        reply: Reply<BatchResult>,
+    },
+    /// Changes from a peer; `through` is set for a [`super::Delta`]; `batches` are the
+    /// batches the changes belong to.
     Apply {
         changes: Vec<Change>,
         through: Option<Through>,
+        batches: Vec<BatchRange>,
         reply: Reply<usize>,
     },
     /// Changes found missing by reconciliation: merged whatever their origin's sequence,
     /// without raising the version vector (the session's final delta does that).
     ApplyReconciled {
         changes: Vec<Change>,
+        batches: Vec<BatchRange>,
         reply: Reply<usize>,
     },
     /// Records or forgets members' reported version vectors.
@@ -72,6 +82,10 @@ impl Op {
     fn bytes(&self) -> usize {
         match self {
             Op::Write { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
+            Op::Batch { ops, .. } => ops
+                .iter()
+                .map(|o| o.key.len() + o.value.as_ref().map_or(0, Vec::len))
+                .sum(),
             Op::Apply { changes, .. } | Op::ApplyReconciled { changes, .. } => changes
                 .iter()
                 .map(|c| c.key.len() + c.value.as_ref().map_or(0, Vec::len))
@@ -92,6 +106,7 @@ pub(crate) struct Through {
 
 enum Output {
     Write(Option<Change>),
+    Batch(BatchResult),
     Count(usize),
     /// The operation was refused (nothing of it is written; the batch goes on).
     Refused(Refusal),
@@ -184,23 +199,7 @@ impl State {
             } => {
                 let siblings = w.siblings(key)?;
                 match cond {
-                    Some(c) if !c.holds(&siblings) => {
-                        let live = siblings.first().is_some_and(|s| s.value.is_some());
-                        Output::Conflict(StoreError::Conflict {
-                            key: key.clone(),
-                            if_absent: *c == Condition::IfAbsent,
-                            current: if live {
-                                siblings
-                                    .iter()
-                                    .map(|s| {
-                                        (s.version.hlc, s.version.seq, s.version.origin.device)
-                                    })
-                                    .collect()
-                            } else {
-                                Vec::new()
-                            },
-                        })
-                    }
+                    Some(c) if !c.holds(&siblings) => Output::Conflict(conflict(key, c, &siblings)),
                     _ => Output::Write(self.local_write(
                         w,
                         key,
@@ -211,13 +210,34 @@ impl State {
                     )?),
                 }
             }
+            Op::Batch { ops, .. } => match self.batch(w, ops, wall_ms, events)? {
+                Ok(result) => Output::Batch(result),
+                Err(conflict) => Output::Conflict(conflict),
+            },
             Op::Apply {
-                changes, through, ..
-            } => self
-                .apply(w, changes, through.as_ref(), wall_ms, events)?
-                .into(),
-            Op::ApplyReconciled { changes, .. } => {
-                self.apply_reconciled(w, changes, wall_ms, events)?.into()
+                changes,
+                through,
+                batches,
+                ..
+            } => {
+                let from = events.len();
+                let applied = self.apply(w, changes, through.as_ref(), wall_ms, events)?;
+                if applied.is_ok() {
+                    self.record_batches(w, &super::batch::received(batches, changes))?;
+                    self.mark_batches(w, &mut events[from..])?;
+                }
+                applied.into()
+            }
+            Op::ApplyReconciled {
+                changes, batches, ..
+            } => {
+                let from = events.len();
+                let applied = self.apply_reconciled(w, changes, wall_ms, events)?;
+                if applied.is_ok() {
+                    self.record_batches(w, &super::batch::received(batches, changes))?;
+                    self.mark_batches(w, &mut events[from..])?;
+                }
+                applied.into()
             }
             Op::Collect { members, .. } => Output::Count(self.collect(w, members)?),
             Op::Members { members, .. } => {
@@ -297,6 +317,7 @@ impl State {
         if merged.added {
             self.feed_seq += 1;
             let event = FeedEvent {
+                batch: None,
                 feed_seq: self.feed_seq,
                 change: change.clone(),
                 wins: merged.wins,
@@ -333,6 +354,23 @@ impl State {
         }
         txn.commit()?;
         Ok((outputs, events))
+    }
+}
+
+/// The error of a conditional write whose condition `c` does not hold for `siblings`.
+fn conflict(key: &str, c: &Condition, siblings: &[Sibling]) -> StoreError {
+    let live = siblings.first().is_some_and(|s| s.value.is_some());
+    StoreError::Conflict {
+        key: key.to_owned(),
+        if_absent: *c == Condition::IfAbsent,
+        current: if live {
+            siblings
+                .iter()
+                .map(|s| (s.version.hlc, s.version.seq, s.version.origin.device))
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -390,6 +428,9 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
     match (op, result) {
         (Op::Write { reply, .. }, Ok(Output::Write(c))) => drop(reply.send(Ok(c))),
         (Op::Write { reply, .. }, Ok(Output::Conflict(e))) => drop(reply.send(Err(e))),
+        (Op::Batch { reply, .. }, Ok(Output::Batch(r))) => drop(reply.send(Ok(r))),
+        (Op::Batch { reply, .. }, Ok(Output::Conflict(e))) => drop(reply.send(Err(e))),
+        (Op::Batch { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (
             Op::Apply { reply, .. }
             | Op::ApplyReconciled { reply, .. }

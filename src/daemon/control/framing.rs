@@ -141,6 +141,9 @@ pub fn announced_body(line: &[u8]) -> Option<u64> {
     match v.get("cmd")?.as_str()? {
         "send" => v.get("body_len")?.as_u64(),
         "kv.put" => v.get("value_len")?.as_u64(),
+        "kv.batch" => v.get("ops")?.as_array()?.iter().try_fold(0u64, |sum, op| {
+            sum.checked_add(op.get("value_len").and_then(Value::as_u64).unwrap_or(0))
+        }),
         _ => None,
     }
 }
@@ -170,6 +173,17 @@ pub fn payload(req: &Request) -> Option<Payload<'_>> {
             body_b64: value_b64.as_ref(),
             body_len: *value_len,
         }),
+        Request::KvBatch { ops } => {
+            let total = ops
+                .iter()
+                .try_fold(0u64, |sum, op| sum.checked_add(op.value_len()))
+                .unwrap_or(u64::MAX);
+            Some(Payload {
+                body: None,
+                body_b64: None,
+                body_len: (total > 0).then_some(total),
+            })
+        }
         _ => None,
     }
 }

@@ -318,6 +318,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                             Ok(cond) => cmd::kv::put(&d, &key, body, cond).await,
                             Err(e) => Err(e),
                         },
+                        Request::KvBatch { ops } => cmd::batch::batch(&d, ops, body).await,
                         other => cmd::handle(&d, other).await,
                     };
                     let reply = match res {

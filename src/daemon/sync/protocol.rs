@@ -7,13 +7,20 @@ use crate::store::{Change, VersionVector};
 use transport::frame::MAX_FRAME;
 
 /// Version of this protocol, sent in the puller's hello.
-pub const SYNC_VERSION: u16 = 2;
+pub const SYNC_VERSION: u16 = 3;
 /// Largest frame from the puller (vectors and reconciliation replies).
 pub const MAX_UP: usize = 4 * 1024 * 1024;
 /// Largest frame from the server (deltas hold at most 16 MiB of values plus one value).
 pub const MAX_DOWN: usize = MAX_FRAME;
-/// Most changes per delta.
+/// Most changes per delta, before the rest of a batch the delta has begun.
 pub const BATCH: usize = 4096;
+/// Most changes a delta may hold: [`BATCH`] and the rest of a batch.
+pub const DELTA_MAX_CHANGES: usize = BATCH + crate::store::MAX_BATCH_OPS;
+/// Reconciled changes the puller holds back to merge in one transaction (so that no
+/// batch shows in parts); beyond this many, or [`RECON_HOLD_BYTES`] of keys and values,
+/// what it holds is merged and it starts again.
+pub const RECON_HOLD_CHANGES: usize = 32 * 1024;
+pub const RECON_HOLD_BYTES: usize = 32 * 1024 * 1024;
 /// Most value bytes per reconciled-changes frame (plus one value).
 pub const RECON_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// Reconciliation is used only when the puller holds at least this many keys ...

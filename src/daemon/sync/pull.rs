@@ -109,16 +109,20 @@ async fn pull(d: &Arc<Daemon>, pc: &PeerConn) -> Result<(), SyncError> {
     loop {
         tokio::select! {
             frame = next(&mut rx) => match puller.on_frame(frame?, Instant::now())? {
-                Pulled::Delta { delta, named, caught_up } => {
+                Pulled::Delta { delta, named, caught_up, held } => {
+                    if let Some(h) = held {
+                        store.apply_reconciled(h.changes, h.batches).await?;
+                    }
                     store.apply_delta_backed(delta, puller.sender(), named).await?;
                     if let Some(changes) = caught_up {
                         let ms = started.elapsed().as_millis() as u64;
                         info!(peer = %pc.name, changes, ms, "sync caught up");
                     }
                 }
-                Pulled::Reconciled(changes) => {
-                    store.apply_reconciled(changes).await?;
+                Pulled::Reconciled(h) => {
+                    store.apply_reconciled(h.changes, h.batches).await?;
                 }
+                Pulled::Nothing => {}
                 Pulled::Answer { msg, first } => {
                     if first {
                         debug!(peer = %pc.name, "no common history: reconciling");

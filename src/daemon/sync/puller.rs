@@ -5,11 +5,11 @@
 use tokio::time::Instant;
 
 use super::error::{SyncError, Violation};
-use super::protocol::{BATCH, SEEN_EVERY, SYNC_VERSION};
+use super::protocol::{BATCH, DELTA_MAX_CHANGES, RECON_HOLD_BYTES, RECON_HOLD_CHANGES, SEEN_EVERY, SYNC_VERSION};
 use crate::daemon::wire::{Down, Up};
 use crate::store::claims;
 use crate::store::reconcile::{Initiator, ItemSet, ReconMsg};
-use crate::store::{Change, Delta, Device, VersionVector};
+use crate::store::{BatchRange, Change, Delta, Device, VersionVector};
 
 /// One pull session.
 #[derive(Debug)]
@@ -24,6 +24,17 @@ pub struct Puller {
     named: VersionVector,
     caught_up: bool,
     received: usize,
+    /// Reconciled changes held back to be merged in one transaction (so that no batch
+    /// shows in parts), with the batches they belong to.
+    held: Held,
+    held_bytes: usize,
+}
+
+/// Reconciled changes to merge together, and the batches they belong to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub changes: Vec<Change>,
+    pub batches: Vec<BatchRange>,
 }
 
 /// What to do with a frame from the server.
@@ -35,9 +46,13 @@ pub enum Pulled {
         named: VersionVector,
         /// Set on the first delta that leaves nothing more: changes received until then.
         caught_up: Option<usize>,
+        /// Reconciled changes to merge first (`Store::apply_reconciled`).
+        held: Option<Held>,
     },
     /// Merge these reconciled changes (`Store::apply_reconciled`).
-    Reconciled(Vec<Change>),
+    Reconciled(Held),
+    /// Nothing to do yet (reconciled changes held back).
+    Nothing,
     /// Answer a reconciliation message: [`Puller::answer`] on a snapshot of the store
     /// (`first`: the session just started reconciling).
     Answer { msg: ReconMsg, first: bool },
@@ -60,6 +75,8 @@ impl Puller {
             named: VersionVector::new(),
             caught_up: false,
             received: 0,
+            held: Held::default(),
+            held_bytes: 0,
         };
         (puller, hello)
     }
@@ -79,6 +96,7 @@ impl Puller {
                     Some(_) => std::mem::take(&mut self.named),
                     None => VersionVector::new(),
                 };
+                let held = self.take_held();
                 self.received += delta.changes.len();
                 let caught_up = (!delta.more && !self.caught_up).then_some(self.received);
                 self.caught_up |= !delta.more;
@@ -87,6 +105,7 @@ impl Puller {
                     delta,
                     named,
                     caught_up,
+                    held,
                 })
             }
             Down::Recon(msg) => {
@@ -106,9 +125,37 @@ impl Puller {
                 }
                 claims::name_into(&changes, &mut self.named, None)?;
                 self.received += changes.len();
-                Ok(Pulled::Reconciled(changes))
+                self.held_bytes += changes
+                    .iter()
+                    .map(|c| c.key.len() + c.value.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>();
+                self.held.changes.extend(changes);
+                if self.held.changes.len() >= RECON_HOLD_CHANGES
+                    || self.held_bytes >= RECON_HOLD_BYTES
+                {
+                    return Ok(self.take_held().map_or(Pulled::Nothing, Pulled::Reconciled));
+                }
+                Ok(Pulled::Nothing)
+            }
+            Down::ReconBatches(batches) => {
+                if self.recon.is_none() {
+                    return Err(Violation::ChangesOutsideRecon.into());
+                }
+                if batches.len() > BATCH {
+                    return Err(Violation::DeltaTooLong(batches.len()).into());
+                }
+                if self.held.batches.len() < RECON_HOLD_CHANGES {
+                    self.held.batches.extend(batches);
+                }
+                Ok(Pulled::Nothing)
             }
         }
+    }
+
+    fn take_held(&mut self) -> Option<Held> {
+        self.held_bytes = 0;
+        let held = std::mem::take(&mut self.held);
+        (!held.changes.is_empty()).then_some(held)
     }
 
     /// The reply to a reconciliation message, from `set` (a snapshot of the store).
@@ -143,7 +190,7 @@ impl Puller {
 
 /// A delta's size, and its changes must lie within the vector it claims to bring.
 fn check_delta(delta: &Delta) -> Result<(), Violation> {
-    if delta.changes.len() > BATCH {
+    if delta.changes.len() > DELTA_MAX_CHANGES || delta.batches.len() > DELTA_MAX_CHANGES {
         return Err(Violation::DeltaTooLong(delta.changes.len()));
     }
     match delta

@@ -16,8 +16,8 @@ use super::pull::is_member;
 use super::server::{Heard, Server};
 use super::state::SyncState;
 use crate::daemon::context::Daemon;
-use crate::daemon::wire::Up;
-use crate::store::Store;
+use crate::daemon::wire::{Down, Up};
+use crate::store::{BatchRange, Snapshot, Store};
 
 /// Serves one incoming sync stream: the peer pulls from this device.
 pub async fn serve(d: Arc<Daemon>, st: Arc<SyncState>, mut s: IncomingStream) {
@@ -98,6 +98,20 @@ async fn session(
     }
 }
 
+/// The batches that reconciled changes belong to, each once.
+fn recon_batches(
+    snap: &Snapshot,
+    changes: &[crate::store::Change],
+) -> Result<Vec<BatchRange>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    for c in changes {
+        out.extend(snap.batch_of(c.version.dot())?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Runs the responder side on one snapshot; the session goes on with the puller raised to
 /// the snapshot's vector.
 async fn reconcile(
@@ -139,8 +153,16 @@ async fn reconcile(
         let step = step?;
         for chunk in step.send.chunks(256) {
             let (snap2, chunk) = (snap.clone(), chunk.to_vec());
-            let changes = blocking(move || snap2.changes_at(&chunk)).await??;
+            let (changes, batches) = blocking(move || {
+                let changes = snap2.changes_at(&chunk)?;
+                let batches = recon_batches(&snap2, &changes)?;
+                Ok::<_, crate::store::StoreError>((changes, batches))
+            })
+            .await??;
             server.sending(&changes);
+            if !batches.is_empty() {
+                write_frame(send, &Down::ReconBatches(batches), MAX_DOWN).await?;
+            }
             for frame in recon_frames(changes) {
                 write_frame(send, &frame, MAX_DOWN).await?;
             }

@@ -180,6 +180,7 @@ impl Server {
             changes: Vec::new(),
             through,
             more: false,
+            batches: Vec::new(),
         };
         Ok((Down::Delta(delta), recon.responder.rounds(), recon.sent))
     }

@@ -6,12 +6,13 @@ use redb::{Database, ReadTransaction, ReadableTable};
 
 use crate::store::error::StoreError;
 use crate::store::model::{
-    Change, Delta, Device, Entry, FeedEvent, Origin, Sibling, VersionVector, VersionedValue,
+    BatchMark, BatchRange, Change, Delta, Device, Dot, Entry, FeedEvent, Origin, Sibling,
+    VersionVector, VersionedValue,
 };
 use crate::store::reconcile::{ItemSet, Range, Sum};
 use crate::store::schema::{
-    bucket_of, decode, read_siblings, BUCKETS, BUCKET_LEVEL, FEED, ITEMS, LOG, MAX_DELTA_BYTES,
-    MEMBERS, META, M_FEED_TRIMMED, M_ITEMS, RETIRED, VERSIONS, VV,
+    batch_of, bucket_of, decode, read_siblings, BATCHES, BUCKETS, BUCKET_LEVEL, FEED, FEED_BATCH,
+    ITEMS, LOG, MAX_DELTA_BYTES, MEMBERS, META, M_FEED_TRIMMED, M_ITEMS, RETIRED, VERSIONS, VV,
 };
 
 fn to_entry(key: &str, siblings: &[Sibling]) -> Option<Entry> {
@@ -121,6 +122,7 @@ impl Reader {
         let limit = limit.max(1);
         let versions = self.txn.open_table(VERSIONS)?;
         let log = self.txn.open_table(LOG)?;
+        let batches = self.txn.open_table(BATCHES)?;
         let mut delta = Delta::default();
         let mut bytes = 0usize;
         for (origin, mine) in self.version_vector()?.iter() {
@@ -129,13 +131,20 @@ impl Reader {
                 continue;
             }
             let k = origin.to_key();
+            // The batch of the last change taken: the delta does not end inside it.
+            let mut open: Option<BatchRange> = None;
             for row in log.range((k, from + 1)..=(k, mine))? {
-                if delta.changes.len() >= limit || bytes >= MAX_DELTA_BYTES {
+                let (dot, key) = row?;
+                let (_, seq) = dot.value();
+                let inside = open.is_some_and(|b| seq <= b.last);
+                if !inside && (delta.changes.len() >= limit || bytes >= MAX_DELTA_BYTES) {
                     delta.more = true;
                     return Ok(delta);
                 }
-                let (dot, key) = row?;
-                let (_, seq) = dot.value();
+                if !inside {
+                    open = batch_of(&batches, (origin, seq))?;
+                    delta.batches.extend(open);
+                }
                 let key = key.value();
                 let siblings = read_siblings(&versions, key)?;
                 let sibling = siblings
@@ -149,6 +158,11 @@ impl Reader {
             delta.through.raise(origin, mine);
         }
         Ok(delta)
+    }
+
+    /// The batch that the change `dot` belongs to, if any.
+    pub fn batch_of(&self, dot: Dot) -> Result<Option<BatchRange>, StoreError> {
+        batch_of(&self.txn.open_table(BATCHES)?, dot)
     }
 
     /// Number of keys held (current versions of any kind).
@@ -206,14 +220,26 @@ impl Reader {
             });
         }
         let feed = self.txn.open_table(FEED)?;
+        let marks = self.txn.open_table(FEED_BATCH)?;
         let mut out = Vec::new();
         for row in feed.range(after.saturating_add(1)..)? {
             if out.len() >= limit {
                 break;
             }
             let (_, bytes) = row?;
-            let event: FeedEvent = decode(bytes.value())?;
+            let mut event: FeedEvent = decode(bytes.value())?;
             if event.change.key.starts_with(prefix) {
+                event.batch = marks.get(event.feed_seq)?.map(|g| {
+                    let (origin, first, last, end) = g.value();
+                    BatchMark {
+                        range: BatchRange {
+                            origin: Origin::from_key(origin),
+                            first,
+                            last,
+                        },
+                        end,
+                    }
+                });
                 out.push(event);
             }
         }

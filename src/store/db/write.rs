@@ -5,11 +5,11 @@ use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use crate::store::error::StoreError;
 use crate::store::hlc::Hlc;
-use crate::store::model::{Device, FeedEvent, Origin, Sibling, VersionVector};
+use crate::store::model::{BatchMark, BatchRange, Device, Dot, FeedEvent, Origin, Sibling, VersionVector};
 use crate::store::schema::{
     bucket_of, encode, item_digest, key_pos, read_siblings, BUCKETS, FEED, ITEMS, LOG, MEMBERS,
     META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED, M_ITEMS,
-    RETIRED, TOMBS, VERSIONS, VV,
+    RETIRED, TOMBS, VERSIONS, VV, BATCHES, FEED_BATCH, batch_of,
 };
 
 /// Write side: the open tables of one write transaction.
@@ -24,6 +24,8 @@ pub(crate) struct Writer<'t> {
     tombs: Table<'t, &'static str, ()>,
     members: Table<'t, Device, &'static [u8]>,
     retired: Table<'t, [u8; 40], u64>,
+    batches: Table<'t, ([u8; 40], u64), u64>,
+    feed_batch: Table<'t, u64, ([u8; 40], u64, u64, bool)>,
 }
 
 impl<'t> Writer<'t> {
@@ -39,6 +41,8 @@ impl<'t> Writer<'t> {
             tombs: txn.open_table(TOMBS)?,
             members: txn.open_table(MEMBERS)?,
             retired: txn.open_table(RETIRED)?,
+            batches: txn.open_table(BATCHES)?,
+            feed_batch: txn.open_table(FEED_BATCH)?,
         })
     }
 
@@ -159,6 +163,39 @@ impl<'t> Writer<'t> {
         Ok(self.log.range((k, 0)..=(k, u64::MAX))?.next().is_some())
     }
 
+    /// The batch that the change `dot` belongs to, if any.
+    pub fn batch_of(&self, dot: Dot) -> Result<Option<BatchRange>, StoreError> {
+        batch_of(&self.batches, dot)
+    }
+
+    /// Records a batch; false (and nothing recorded) when it overlaps one known already.
+    pub fn batch_insert(&mut self, r: BatchRange) -> Result<bool, StoreError> {
+        let k = r.origin.to_key();
+        let overlap = match self.batches.range((k, r.first)..=(k, u64::MAX))?.next() {
+            Some(row) => row?.1.value() <= r.last,
+            None => false,
+        };
+        if !overlap {
+            self.batches.insert((k, r.last), r.first)?;
+        }
+        Ok(!overlap)
+    }
+
+    /// Forgets the batches of a retired origin.
+    pub fn batches_forget(&mut self, origin: Origin) -> Result<(), StoreError> {
+        let k = origin.to_key();
+        self.batches.retain_in((k, 0)..=(k, u64::MAX), |_, _| false)?;
+        Ok(())
+    }
+
+    /// Marks the feed entry `feed_seq` as a change of a batch.
+    pub fn feed_batch_insert(&mut self, feed_seq: u64, mark: BatchMark) -> Result<(), StoreError> {
+        let r = mark.range;
+        self.feed_batch
+            .insert(feed_seq, (r.origin.to_key(), r.first, r.last, mark.end))?;
+        Ok(())
+    }
+
     /// Appends a feed entry; returns its encoded size.
     pub fn feed_append(&mut self, event: &FeedEvent) -> Result<u64, StoreError> {
         let bytes = encode(event)?;
@@ -185,6 +222,7 @@ impl<'t> Writer<'t> {
         }
         if let Some(seq) = trimmed {
             self.meta.insert(M_FEED_TRIMMED, seq)?;
+            self.feed_batch.retain_in(..=seq, |_, _| false)?;
         }
         Ok(())
     }

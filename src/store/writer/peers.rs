@@ -174,6 +174,7 @@ impl State {
             }
             self.vv.remove(&origin);
             w.remove_vv(origin)?;
+            w.batches_forget(origin)?;
             w.set_retired(origin, Some(seq))?;
             retired += 1;
         }

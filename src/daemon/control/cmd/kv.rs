@@ -14,14 +14,15 @@ use super::super::framing::{err, line_of};
 use crate::api::{code, ErrorBody, Reply};
 use crate::daemon::context::Daemon;
 use crate::store::counters::{CounterError, RESERVED};
-use crate::store::{Condition, Device, Entry, FeedEvent, Hlc, StoreError, Version};
+use crate::store::{BatchRange, Condition, Device, Entry, FeedEvent, Hlc, StoreError, Version};
 
 /// Most keys one `kv.list` answers.
 const MAX_LIST: usize = 10_000;
 
-fn store_err(e: StoreError) -> ErrorBody {
-    if let StoreError::Conflict { current, .. } = &e {
+pub(super) fn store_err(e: StoreError) -> ErrorBody {
+    if let StoreError::Conflict { current, key, .. } = &e {
         let mut body = err(code::CONFLICT, e.to_string());
+        body.key = Some(key.clone());
         body.current = Some(
             current
                 .iter()
@@ -42,7 +43,8 @@ fn store_err(e: StoreError) -> ErrorBody {
         StoreError::EmptyKey | StoreError::KeyTooLong { .. } | StoreError::InvalidKey { .. } => {
             code::BAD_REQUEST
         }
-        StoreError::ValueTooLarge { .. } => code::TOO_LARGE,
+        StoreError::BadBatch(_) => code::BAD_REQUEST,
+        StoreError::ValueTooLarge { .. } | StoreError::BatchTooLarge { .. } => code::TOO_LARGE,
         _ => code::STORE,
     };
     err(c, e.to_string())
@@ -54,7 +56,7 @@ fn origin_id(v: &Version) -> String {
 
 /// The one-string form of a version (`version` in replies, `if_version` in requests):
 /// `HLC:SEQ:ORIGIN`.
-fn version_string(v: &Version) -> String {
+pub(super) fn version_string(v: &Version) -> String {
     version_str(&v.hlc, v.seq, &origin_id(v))
 }
 
@@ -108,7 +110,7 @@ pub fn condition(
     }
 }
 
-fn version_json(key: &str, value: Option<&[u8]>, v: &Version) -> Value {
+pub(super) fn version_json(key: &str, value: Option<&[u8]>, v: &Version) -> Value {
     json!({
         "key": key,
         "value_b64": value.map(|b| data_encoding::BASE64.encode(b)),
@@ -133,7 +135,7 @@ fn entry_json(e: &Entry, all: bool) -> Value {
 }
 
 /// Refuses keys of the daemon's own (counters' parts).
-fn user_key(key: &str) -> Result<(), ErrorBody> {
+pub(super) fn user_key(key: &str) -> Result<(), ErrorBody> {
     if key.starts_with(RESERVED) {
         return Err(err(
             code::BAD_REQUEST,
@@ -261,12 +263,29 @@ pub fn list(
     }))
 }
 
+/// A batch's name in replies and watch events, the same on every device:
+/// `ORIGIN/EPOCH/FIRST-LAST` (the writing device, its store incarnation in hex, and the
+/// batch's first and last write of it).
+pub(super) fn batch_id(r: &BatchRange) -> String {
+    format!(
+        "{}/{:x}/{}-{}",
+        transport::DeviceId(r.origin.device),
+        r.origin.epoch,
+        r.first,
+        r.last
+    )
+}
+
 fn feed_line(f: &FeedEvent) -> Vec<u8> {
     let c = &f.change;
     let mut v = version_json(&c.key, c.value.as_deref(), &c.version);
     v["event"] = json!("kv");
     v["feed_seq"] = json!(f.feed_seq);
     v["wins"] = json!(f.wins);
+    if let Some(b) = &f.batch {
+        v["batch"] = json!(batch_id(&b.range));
+        v["batch_end"] = json!(b.end);
+    }
     line_of(&v)
 }
 

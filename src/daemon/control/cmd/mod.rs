@@ -2,8 +2,9 @@
 //! pairing, streams, kv, subscribe). [`handle`] answers the commands that take one
 //! request and give one reply; the server (`control/mod.rs`) routes the ones that take
 //! the connection over (`subscribe`, `listen`, `pair`, `kv.watch`, `connect`, `accept`,
-//! `stop`) and the ones with a payload (`send`, `kv.put`).
+//! `stop`) and the ones with a payload (`send`, `kv.put`, `kv.batch`).
 
+pub mod batch;
 pub mod handlers;
 pub mod kv;
 pub mod members;
@@ -72,6 +73,7 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
         } => Ok(kv::list(d, &prefix.unwrap_or_default(), after, limit)?),
         Request::Send(_)
         | Request::KvPut { .. }
+        | Request::KvBatch { .. }
         | Request::KvWatch { .. }
         | Request::Subscribe { .. }
         | Request::Pair { .. }
