@@ -90,6 +90,7 @@ async fn fill(store: &Store, keys: u64) -> f64 {
             changes: generated(seq, to),
             through: VersionVector::from_iter([(Origin::new([9u8; 32], 1), to - 1)]),
             more: false,
+            batches: vec![],
         };
         store.apply_delta(delta, [9u8; 32]).await.expect("apply");
         seq = to;
@@ -153,6 +154,7 @@ async fn without_history(a: &Store, b: &Store) -> (usize, u32, usize, f64) {
         changes: vec![],
         through,
         more: false,
+        batches: vec![],
     };
     bytes += frame_len(&Down::Delta(last.clone()));
     b.apply_delta(last, [1; 32]).await.expect("apply");

@@ -203,7 +203,9 @@ pub enum Request {
     /// Writes several keys in one transaction, all or nothing (docs/store.md, "Batches");
     /// the raw values of `value_len` operations follow the line, in operation order.
     #[serde(rename = "kv.batch")]
-    KvBatch { ops: Vec<BatchOpRequest> },
+    KvBatch {
+        ops: Vec<BatchOpRequest>,
+    },
     /// Adds `by` (default 1, may be negative) to counter `key`.
     #[serde(rename = "kv.incr")]
     KvIncr {

@@ -472,6 +472,7 @@ fn a_member_cannot_raise_this_device_s_origin_nor_flood_it_with_origins() {
                     changes: vec![],
                     through,
                     more: false,
+                    batches: vec![],
                 });
                 let sent = write_frame(&mut send, &delta, MAX_FRAME).await.is_ok();
                 let next = tokio::time::timeout(DEADLINE, read_frame::<Up, _>(&mut recv, 64 << 20))

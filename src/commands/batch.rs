@@ -130,7 +130,9 @@ pub fn read_input(file: Option<&str>) -> anyhow::Result<String> {
     match file {
         None | Some("-") => {
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                eprintln!("reading the batch from standard input, one operation per line (Ctrl-D to end)");
+                eprintln!(
+                    "reading the batch from standard input, one operation per line (Ctrl-D to end)"
+                );
             }
             std::io::stdin()
                 .lock()
@@ -194,7 +196,10 @@ mod tests {
             ("put a b\nfrob x\n", "line 2: unknown operation"),
             ("del a b\n", "line 1: del takes only a KEY"),
             ("put-b64 a !!\n", "line 1: the value is not base64"),
-            ("{\"op\":\"put\",\"key\":\"a\",\"value_len\":3}\n", "line 1: give"),
+            (
+                "{\"op\":\"put\",\"key\":\"a\",\"value_len\":3}\n",
+                "line 1: give",
+            ),
             ("{\"op\":\"bump\"}\n", "line 1: not a batch operation"),
             ("# only a comment\n", "no operation"),
         ] {

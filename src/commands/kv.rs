@@ -150,7 +150,9 @@ pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result
                 let unchanged = ops.iter().filter(|o| o["unchanged"] == true).count();
                 let written = ops.len() - unchanged;
                 match v["batch"].as_str() {
-                    Some(id) => eprintln!("{written} written in one batch ({id}), {unchanged} unchanged"),
+                    Some(id) => {
+                        eprintln!("{written} written in one batch ({id}), {unchanged} unchanged")
+                    }
                     None => eprintln!("nothing written: the {unchanged} deleted keys had no value"),
                 }
             }

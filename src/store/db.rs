@@ -12,9 +12,9 @@ use super::hlc::Hlc;
 use super::model::{Origin, Sibling, VersionVector};
 use super::reconcile::Sum;
 use super::schema::{
-    bucket_of, decode, item_digest, key_pos, BUCKETS, FEED, FORMAT, INDEXED, ITEMS, LOG, MEMBERS,
-    META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_EPOCH, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED,
-    M_FORMAT, M_INDEXED, M_ITEMS, RETIRED, TOMBS, VERSIONS, VV, BATCHES, FEED_BATCH,
+    bucket_of, decode, item_digest, key_pos, BATCHES, BUCKETS, FEED, FEED_BATCH, FORMAT, INDEXED,
+    ITEMS, LOG, MEMBERS, META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_EPOCH, M_FEED_BYTES, M_FEED_SEQ,
+    M_FEED_TRIMMED, M_FORMAT, M_INDEXED, M_ITEMS, RETIRED, TOMBS, VERSIONS, VV,
 };
 
 mod read;

@@ -32,15 +32,15 @@ use std::thread::JoinHandle;
 use redb::Database;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use batch::{BatchOp, BatchResult, MAX_BATCH_BYTES};
 pub use claims::{Own, Refusal, MAX_ORIGINS, MAX_SEQ};
 pub use config::{system_wall_clock, StoreConfig, WallClock, DEFAULT_CACHE_BYTES};
 pub use error::StoreError;
 pub use hlc::{Clock, Hlc, MAX_DRIFT_MS};
-pub use batch::{BatchOp, BatchResult, MAX_BATCH_BYTES};
 pub use model::{
     validate_key, validate_value, BatchMark, BatchRange, Change, Condition, Delta, Device, Dot,
-    Entry, FeedEvent, Origin, Version, VersionVector, VersionedValue, MAX_BATCH_OPS,
-    MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    Entry, FeedEvent, Origin, Version, VersionVector, VersionedValue, MAX_BATCH_OPS, MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
 };
 
 use writer::{Op, Through};

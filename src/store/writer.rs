@@ -9,16 +9,16 @@ use std::sync::Arc;
 use redb::{Database, Durability};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::batch::{BatchOp, BatchResult};
 use super::claims::Own;
 use super::config::WallClock;
 use super::db::{Loaded, Writer};
 use super::error::StoreError;
 use super::hlc::Clock;
 use super::limits::{Refusal, MAX_SEQ};
-use super::batch::{BatchOp, BatchResult};
 use super::model::{
-    key_context, merge, BatchRange, Change, Condition, Device, FeedEvent, Origin, Sibling,
-    Version, VersionVector,
+    key_context, merge, BatchRange, Change, Condition, Device, FeedEvent, Origin, Sibling, Version,
+    VersionVector,
 };
 
 /// Most operations committed in one transaction.

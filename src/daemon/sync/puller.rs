@@ -5,7 +5,9 @@
 use tokio::time::Instant;
 
 use super::error::{SyncError, Violation};
-use super::protocol::{BATCH, DELTA_MAX_CHANGES, RECON_HOLD_BYTES, RECON_HOLD_CHANGES, SEEN_EVERY, SYNC_VERSION};
+use super::protocol::{
+    BATCH, DELTA_MAX_CHANGES, RECON_HOLD_BYTES, RECON_HOLD_CHANGES, SEEN_EVERY, SYNC_VERSION,
+};
 use crate::daemon::wire::{Down, Up};
 use crate::store::claims;
 use crate::store::reconcile::{Initiator, ItemSet, ReconMsg};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::error::{SyncError, Violation};
-use super::protocol::{recon_frames, BATCH, SEEN_EVERY, SYNC_VERSION};
+use super::protocol::{recon_frames, DELTA_MAX_CHANGES, SEEN_EVERY, SYNC_VERSION};
 use super::puller::{Pulled, Puller};
 use super::server::{Heard, Server};
 use super::state::{Collection, SyncState};
@@ -52,6 +52,7 @@ fn delta(changes: Vec<Change>, through: &[(Device, u64)], more: bool) -> Delta {
         changes,
         through: vv(through),
         more,
+        batches: vec![],
     }
 }
 
@@ -101,6 +102,7 @@ fn a_session_catches_up_then_reports() {
             delta,
             named,
             caught_up,
+            held: None,
         } => {
             assert_eq!(delta, batch);
             assert!(named.is_empty());
@@ -229,17 +231,18 @@ fn the_puller_checks_what_the_server_sends() {
         violation(p.on_frame(Down::Delta(beyond), now)),
         Violation::BeyondVector("k".into())
     );
-    let long: Vec<Change> = (1..=BATCH as u64 + 1)
+    let long: Vec<Change> = (1..=DELTA_MAX_CHANGES as u64 + 1)
         .map(|s| change("k", PEER, s, &[]))
         .collect();
     let long = Delta {
-        through: vv(&[(PEER, BATCH as u64 + 1)]),
+        through: vv(&[(PEER, DELTA_MAX_CHANGES as u64 + 1)]),
         changes: long,
         more: true,
+        batches: vec![],
     };
     assert_eq!(
         violation(p.on_frame(Down::Delta(long), now)),
-        Violation::DeltaTooLong(BATCH + 1)
+        Violation::DeltaTooLong(DELTA_MAX_CHANGES + 1)
     );
     assert_eq!(
         violation(p.on_frame(Down::ReconChanges(vec![]), now)),
@@ -335,9 +338,8 @@ fn a_reconciliation_between_the_two_sides() {
             .collect();
         server.sending(&wanted);
         for frame in recon_frames(wanted) {
-            let Pulled::Reconciled(_) = puller.on_frame(frame, now).unwrap() else {
-                panic!()
-            };
+            // Held back, to be merged in one transaction with the final delta.
+            assert_eq!(puller.on_frame(frame, now).unwrap(), Pulled::Nothing);
         }
         match step.next {
             Some(next) => down = next,
@@ -348,9 +350,13 @@ fn a_reconciliation_between_the_two_sides() {
     assert_eq!(sent, 40, "every key of the server went over");
     // The final delta raises the puller to what the reconciled changes back: the origin
     // ([4; 32]) none of them names is left out.
-    let Pulled::Delta { delta, named, .. } = puller.on_frame(last, now).unwrap() else {
+    let Pulled::Delta {
+        delta, named, held, ..
+    } = puller.on_frame(last, now).unwrap()
+    else {
         panic!()
     };
+    assert_eq!(held.map(|h| h.changes.len()), Some(40), "merged together");
     assert_eq!(delta.through, vv(&[(PEER, 40), (THIRD, 2)]));
     assert_eq!(named, vv(&[(PEER, 40), (THIRD, 2)]));
     assert_eq!(server.wants(), &vv(&[(ME, 300), (PEER, 40), (THIRD, 2)]));

@@ -5,11 +5,13 @@ use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use crate::store::error::StoreError;
 use crate::store::hlc::Hlc;
-use crate::store::model::{BatchMark, BatchRange, Device, Dot, FeedEvent, Origin, Sibling, VersionVector};
+use crate::store::model::{
+    BatchMark, BatchRange, Device, Dot, FeedEvent, Origin, Sibling, VersionVector,
+};
 use crate::store::schema::{
-    bucket_of, encode, item_digest, key_pos, read_siblings, BUCKETS, FEED, ITEMS, LOG, MEMBERS,
-    META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_FEED_BYTES, M_FEED_SEQ, M_FEED_TRIMMED, M_ITEMS,
-    RETIRED, TOMBS, VERSIONS, VV, BATCHES, FEED_BATCH, batch_of,
+    batch_of, bucket_of, encode, item_digest, key_pos, read_siblings, BATCHES, BUCKETS, FEED,
+    FEED_BATCH, ITEMS, LOG, MEMBERS, META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_FEED_BYTES, M_FEED_SEQ,
+    M_FEED_TRIMMED, M_ITEMS, RETIRED, TOMBS, VERSIONS, VV,
 };
 
 /// Write side: the open tables of one write transaction.
@@ -184,7 +186,8 @@ impl<'t> Writer<'t> {
     /// Forgets the batches of a retired origin.
     pub fn batches_forget(&mut self, origin: Origin) -> Result<(), StoreError> {
         let k = origin.to_key();
-        self.batches.retain_in((k, 0)..=(k, u64::MAX), |_, _| false)?;
+        self.batches
+            .retain_in((k, 0)..=(k, u64::MAX), |_, _| false)?;
         Ok(())
     }
 

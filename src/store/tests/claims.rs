@@ -27,6 +27,7 @@ fn delta(changes: Vec<Change>, through: impl IntoIterator<Item = (Origin, u64)>)
         changes,
         through: through.into_iter().collect(),
         more: false,
+        batches: vec![],
     }
 }
 
@@ -130,7 +131,7 @@ async fn a_peer_cannot_raise_this_store_s_own_origin() {
         .await;
     assert!(matches!(refusal(r), Refusal::OwnOrigin { claimed: 50, .. }));
     assert!(matches!(
-        refusal(a.apply_reconciled(vec![freeze]).await),
+        refusal(a.apply_reconciled(vec![freeze], Vec::new()).await),
         Refusal::OwnOrigin { .. }
     ));
     // Nothing of it was kept, and this store numbers its writes on.

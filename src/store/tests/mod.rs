@@ -1,5 +1,6 @@
 //! Store tests: helpers shared by the test modules.
 
+mod batch;
 mod claims;
 mod cond;
 mod durability;

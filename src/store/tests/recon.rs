@@ -25,7 +25,7 @@ async fn reconcile(to: &Store, from: &Store) -> (usize, u32) {
         let changes = snap.changes_at(&step.send).unwrap();
         sent += changes.len();
         super::super::claims::name_into(&changes, &mut named, None).unwrap();
-        to.apply_reconciled(changes).await.unwrap();
+        to.apply_reconciled(changes, Vec::new()).await.unwrap();
         match step.msg {
             Some(m) => msg = m,
             None => break,
@@ -36,6 +36,7 @@ async fn reconcile(to: &Store, from: &Store) -> (usize, u32) {
         changes: vec![],
         through,
         more: false,
+        batches: vec![],
     };
     to.apply_delta_backed(final_delta, from.origin().device, named)
         .await
@@ -133,8 +134,15 @@ async fn a_session_cut_short_claims_nothing() {
         .changes_at(&[super::super::schema::key_pos("key/0030")])
         .unwrap();
     assert_eq!(some.len(), 1);
-    assert_eq!(b.apply_reconciled(some.clone()).await.unwrap(), 1);
-    assert_eq!(b.apply_reconciled(some).await.unwrap(), 0, "idempotent");
+    assert_eq!(
+        b.apply_reconciled(some.clone(), Vec::new()).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        b.apply_reconciled(some, Vec::new()).await.unwrap(),
+        0,
+        "idempotent"
+    );
     assert_eq!(b.version_vector().unwrap(), VersionVector::new());
     assert_eq!(pull(&b, &a, 1000).await, 49);
     assert_eq!(dump(&a, &keys(50)), dump(&b, &keys(50)));

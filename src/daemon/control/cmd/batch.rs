@@ -55,7 +55,9 @@ fn ops_of(reqs: Vec<BatchOpRequest>, body: &Bytes) -> Result<Vec<BatchOp>, Error
                     _ => {
                         return Err(err(
                             code::BAD_REQUEST,
-                            format!("operation {n}: a put gives one of value, value_b64, value_len"),
+                            format!(
+                                "operation {n}: a put gives one of value, value_b64, value_len"
+                            ),
                         ))
                     }
                 };
@@ -67,7 +69,8 @@ fn ops_of(reqs: Vec<BatchOpRequest>, body: &Bytes) -> Result<Vec<BatchOp>, Error
                 if_absent,
             } => (key, None, if_version, if_absent),
         };
-        user_key(&key).map_err(|e| err(code::BAD_REQUEST, format!("operation {n}: {}", e.message)))?;
+        user_key(&key)
+            .map_err(|e| err(code::BAD_REQUEST, format!("operation {n}: {}", e.message)))?;
         let cond = condition(if_version, if_absent)
             .map_err(|e| err(e.code, format!("operation {n}: {}", e.message)))?;
         ops.push(BatchOp { key, value, cond });
@@ -76,7 +79,11 @@ fn ops_of(reqs: Vec<BatchOpRequest>, body: &Bytes) -> Result<Vec<BatchOp>, Error
 }
 
 /// Writes the batch; the reply names it and gives each operation's version.
-pub async fn batch(d: &Arc<Daemon>, reqs: Vec<BatchOpRequest>, body: Bytes) -> Result<Value, ErrorBody> {
+pub async fn batch(
+    d: &Arc<Daemon>,
+    reqs: Vec<BatchOpRequest>,
+    body: Bytes,
+) -> Result<Value, ErrorBody> {
     let ops = ops_of(reqs, &body)?;
     let keys: Vec<String> = ops.iter().map(|o| o.key.clone()).collect();
     let result = d.store.batch(ops).await.map_err(store_err)?;
