@@ -278,7 +278,8 @@ def reply_result(v: Mapping[str, Any], what: str) -> Any:
             if isinstance(current, list)
             else []
         )
-        raise error_for(e["code"], e["message"], versions)
+        key = e.get("key")
+        raise error_for(e["code"], e["message"], versions, key if isinstance(key, str) else None)
     raise ProtocolError(codes.PROTOCOL_ERROR, f"{what}: reply without a boolean \"ok\"")
 
 
