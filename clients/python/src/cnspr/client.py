@@ -443,17 +443,17 @@ class Client:
         nothing in one durable commit. Any other device shows all of the batch or none
         of it, and its changes come out of ``kv_watch`` marked with the batch's ID.
 
-        Keys must be distinct; at most 1,000 operations and 8 MiB of keys and values in
-        all (else ``BadRequest`` / ``TooLarge``, before anything is sent). Values travel
+        Keys must be distinct; 1 to 1,000 operations and at most 8 MiB of keys and
+        values in all (else ``BadRequest`` / ``TooLarge``, before anything is sent). Values travel
         as raw bytes after the request line (binary-safe). If any condition fails the
         whole batch raises ``Conflict`` (``key``: the key whose condition failed,
         ``current``: its versions now) and nothing of it is written. Returns what each
         operation did, in order, and the batch's ID."""
         ops = list(ops)
-        if len(ops) > MAX_BATCH_OPS:
+        if not 1 <= len(ops) <= MAX_BATCH_OPS:
             raise BadRequest(
                 codes.BAD_REQUEST,
-                f"a batch of {len(ops)} operations is over the limit of {MAX_BATCH_OPS}",
+                f"a batch holds 1 to {MAX_BATCH_OPS} operations, not {len(ops)}",
             )
         wire: List[Dict[str, Any]] = []
         body: List[bytes] = []
