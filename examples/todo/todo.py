@@ -4,11 +4,14 @@ devices meet.
 
     todo.py add buy milk      todo.py done 3f9a1c      todo.py list
     todo.py undo 3f9a1c       todo.py rm 3f9a1c        todo.py watch   (live view)
+    todo.py clear             (removes every item that is done)
 
 Keys (one per item, so concurrent adds never touch the same key):
     todo/item/<id>  {"text", "by", "at"}   written once, when the item is added
     todo/done/<id>  {"by", "at"}            present while the item is done
 <id> is the creation time in hex milliseconds plus 6 random hex digits (its handle).
+`rm` and `clear` delete an item and its done marker in one batch: other devices show
+both gone or neither.
 """
 
 from __future__ import annotations
@@ -22,9 +25,21 @@ from typing import Any, Dict, List, Optional, Tuple
 
 Obj = Dict[str, Any]
 
-from cnspr import Client, CnsprError, ConnectionLost, DaemonNotRunning, KvChange, NotFound
+from cnspr import (
+    BatchOp,
+    Client,
+    CnsprError,
+    Conflict,
+    ConnectionLost,
+    DaemonNotRunning,
+    Delete,
+    KvChange,
+    NotFound,
+)
 
 ITEM, DONE = "todo/item/", "todo/done/"
+#: Items removed per batch by `clear` (two deletes each; a batch holds 1,000 operations).
+CLEAR_CHUNK = 500
 
 
 def decode(value: Optional[bytes]) -> Optional[Obj]:
@@ -81,6 +96,26 @@ def find(c: Client, handle: str) -> str:
     return ids[0]
 
 
+def clear(c: Client) -> int:
+    """Removes every item that is done, with its marker, in batches. Each marker is
+    deleted only if it is still the version read (``if_version``): an item undone
+    meanwhile makes the batch fail as a whole (``Conflict``), and the list is read again."""
+    removed = 0
+    for _ in range(10):
+        done = [(e.key[len(DONE):], e.version) for e in c.kv_items(DONE)]
+        try:
+            for n in range(0, len(done), CLEAR_CHUNK):
+                ops: List[BatchOp] = []
+                for i, version in done[n:n + CLEAR_CHUNK]:
+                    ops += [Delete(DONE + i, if_version=version), Delete(ITEM + i)]
+                c.kv_batch(ops)
+                removed += len(ops) // 2
+            return removed
+        except Conflict:
+            continue  # a marker changed after it was read: read the list again
+    sys.exit("todo: the list kept changing; try again")
+
+
 def stamp(c: Client) -> Obj:
     return {"by": c.status().name, "at": int(time.time() * 1000)}
 
@@ -93,9 +128,11 @@ def watch(sock: Optional[str]) -> None:
         try:
             with Client(sock) as c, c.kv_watch("todo/", from_seq=last) as w:
                 dirty = True  # show the state once the history has been read
+                in_batch = False  # inside a batch: show it only once it is complete
                 while True:
-                    ch: Optional[KvChange] = w.next(timeout=0.1 if dirty else None)
+                    ch: Optional[KvChange] = w.next(timeout=1.0 if in_batch else 0.1 if dirty else None)
                     if ch is None:  # quiet: show the state reached
+                        in_batch = False
                         text = todo.render()
                         if text != shown:
                             print(f"--- to-do (feed seq {last})\n{text}", flush=True)
@@ -105,6 +142,7 @@ def watch(sock: Optional[str]) -> None:
                     last = w.last_seq
                     if ch.wins:  # a concurrent write that lost leaves the visible value
                         todo.apply(ch.key, ch.value)
+                    in_batch = ch.batch is not None and not ch.batch_end
                     dirty = True
         except (ConnectionLost, DaemonNotRunning) as e:
             print(f"--- daemon unavailable ({e.message}); retrying", file=sys.stderr, flush=True)
@@ -119,6 +157,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     for name in ("done", "undo", "rm"):
         sub.add_parser(name, help=f"{name} an item by its handle").add_argument("handle")
     sub.add_parser("list", help="print the list")
+    sub.add_parser("clear", help="remove every item that is done")
     sub.add_parser("watch", help="live view")
     a = ap.parse_args(argv)
     try:
@@ -138,11 +177,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                     pass
             elif a.cmd == "rm":
                 i = find(c, a.handle)
-                for key in (DONE + i, ITEM + i):
-                    try:
-                        c.kv_del(key)
-                    except NotFound:
-                        pass
+                # One batch: no device ever shows the marker without its item or the
+                # reverse. Deleting a key that has no value is not an error in a batch.
+                c.kv_batch([Delete(DONE + i), Delete(ITEM + i)])
+            elif a.cmd == "clear":
+                print(f"removed {clear(c)} done item(s)")
             else:
                 print(load(c).render())
     except CnsprError as e:

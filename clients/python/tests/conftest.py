@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import pytest
 
@@ -64,7 +64,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def clean_env() -> dict:
+def clean_env() -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("CNSPR_") and k not in ("XDG_RUNTIME_DIR",)}
     env["RUST_LOG"] = "cnspr=debug,info"
@@ -82,7 +82,7 @@ class Daemon:
         (self.dir / "config.toml").write_text("")
         self.socket = str(self.dir / "s.sock")
         self.port = 0
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
         try:
             out = self.cli("init", "--name", name, "--json")
             self.id: str = json.loads(out)["id"]

@@ -1,7 +1,8 @@
 """The example app examples/todo/todo.py, scripted on two daemons: items added apart
 converge when the devices meet, a live view follows (and resumes across a daemon
-restart), and an item marked done on both devices while apart has siblings that
-resolve the same way on both."""
+restart), an item marked done on both devices while apart has siblings that resolve
+the same way on both, and `rm` and `clear` remove items with their markers in batches
+(these need a daemon with kv.batch)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,14 @@ def test_todo_converges_between_two_devices(daemons: Daemons, views: List[LiveVi
     wait_for("the view after the restart", lambda: line in view.screen())
     todo(p, "rm", milk)
     wait_for("removed everywhere", lambda: todo(q, "list").splitlines() == [line] and view.screen() == [line])
+
+    # `clear` removes the done items, each with its marker, in one batch per 500 items.
+    eggs = todo(p, "add", "eggs").strip()
+    tea = todo(p, "add", "tea").strip()
+    todo(p, "done", eggs)
+    assert todo(p, "clear").strip() == "removed 2 done item(s)"
+    left = f"[ ] {tea}  tea  (added on phone)"
+    assert todo(p, "list").splitlines() == [left]
+    wait_for("cleared everywhere", lambda: todo(q, "list").splitlines() == [left] and view.screen() == [left])
+    with Client(q.socket) as cq:
+        assert [e.key for e in cq.kv_items("todo/done/")] == []

@@ -17,6 +17,9 @@ from cnspr import (
     Client,
     ClientTimeout,
     CnsprError,
+    Conflict,
+    Delete,
+    Put,
     ConnectionLost,
     ProtocolError,
     ReplyTooLarge,
@@ -247,3 +250,46 @@ def test_watch_validates_its_feed(fake: Callable[..., str]) -> None:
         with pytest.raises(ProtocolError):
             w2.next(timeout=10)
         assert w2.closed and w2.last_seq == 3
+
+
+def test_batch_values_go_raw_after_the_line_in_op_order(fake: Callable[..., str]) -> None:
+    values = [b"\x00\n\xff", b"", "é".encode()]
+
+    def script(p: Peer) -> None:
+        r = p.request()
+        assert r["cmd"] == "kv.batch"
+        assert r["ops"] == [
+            {"op": "put", "key": "b/0", "value_len": 3},
+            {"op": "put", "key": "b/1", "value_len": 0, "if_absent": True},
+            {"op": "del", "key": "b/2", "if_version": "V"},
+            {"op": "put", "key": "b/3", "value_len": 2, "if_version": "W"},
+        ]
+        # The raw values follow the line, concatenated in op order, then the next line.
+        while len(p.buf) < 5:
+            p.buf += p.conn.recv(65536)
+        raw, p.buf = p.buf[:5], p.buf[5:]
+        assert raw == b"".join(values)
+        op = {"hlc": "1.0", "origin": "O", "seq": 1, "version": "1.0:1:O"}
+        p.reply(r["id"], {"batch": "B1", "ops": [
+            dict(op, key="b/0"), dict(op, key="b/1"), dict(op, key="b/2", deleted=True), dict(op, key="b/3")]})
+        r = p.request()
+        while not p.buf:
+            p.buf += p.conn.recv(65536)
+        assert p.buf[:1] == b"x"
+        p.buf = p.buf[1:]
+        p.send(json.dumps({"id": r["id"], "ok": False, "error": {
+            "code": "conflict", "message": "b/0 changed", "key": "b/0",
+            "current": [{"hlc": "2.0", "origin": "O", "seq": 2, "version": "2.0:2:O"}]}}).encode() + b"\n")
+        r = p.request()
+        p.reply(r["id"], {"batch": "B2", "ops": [{"key": "other", "unchanged": True}]})
+        p.request()  # wait for the client to hang up
+
+    with Client(fake(script)) as c:
+        res = c.kv_batch([Put("b/0", values[0]), Put("b/1", values[1], if_absent=True),
+                          Delete("b/2", if_version="V"), Put("b/3", "é", if_version="W")])
+        assert res.batch == "B1" and [o.deleted for o in res.ops] == [False, False, True, False]
+        with pytest.raises(Conflict) as e:
+            c.kv_batch([Put("b/0", b"x")])
+        assert e.value.key == "b/0" and e.value.current == ("2.0:2:O",)
+        with pytest.raises(ProtocolError):
+            c.kv_batch([Delete("b/9")])

@@ -10,7 +10,7 @@ See the README for the whole API; ``docs/api.md`` of cnspr for the protocol.
 """
 
 from ._wire import DEFAULT_MAX_LINE, MAX_BODY, MAX_REQUEST_LINE, default_socket_path
-from .client import Client, KvWatch, Listener, PairWindow, Stream, Subscription
+from .client import MAX_BATCH_BYTES, MAX_BATCH_OPS, Client, KvWatch, Listener, PairWindow, Stream, Subscription
 from .errors import (
     AmbiguousPeer,
     BadJson,
@@ -50,6 +50,11 @@ from .errors import (
     error_for,
 )
 from .types import (
+    BatchOp,
+    Delete,
+    KvBatch,
+    KvBatchOp,
+    Put,
     DaemonEvent,
     ErrorInfo,
     Event,
@@ -86,7 +91,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client", "KvWatch", "Listener", "PairWindow", "Stream", "Subscription",
-    "DEFAULT_MAX_LINE", "MAX_BODY", "MAX_REQUEST_LINE", "default_socket_path",
+    "DEFAULT_MAX_LINE", "MAX_BODY", "MAX_BATCH_OPS", "MAX_BATCH_BYTES", "MAX_REQUEST_LINE", "default_socket_path",
     "CnsprError", "codes", "error_for",
     "DaemonNotRunning", "ConnectionLost", "ProtocolError", "ReplyTooLarge", "ClientTimeout",
     "BadJson", "BadRequest", "UnknownCommand", "LineTooLong", "UnknownPeer", "AmbiguousPeer",
@@ -99,4 +104,5 @@ __all__ = [
     "ErrorInfo", "HandlerReply", "SendOutcome", "SendResult", "HandlerInfo", "Handlers",
     "Service", "StreamStatus", "Incoming", "NearbyDevice", "Paired",
     "KvVersion", "KvEntry", "KvWrite", "KvDeleted", "Counter", "KvPage", "KvChange",
+    "Put", "Delete", "BatchOp", "KvBatch", "KvBatchOp",
 ]

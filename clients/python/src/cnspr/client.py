@@ -35,6 +35,7 @@ from ._wire import (
     reply_result,
 )
 from .errors import (
+    BadRequest,
     ClientTimeout,
     CnsprError,
     ConnectionLost,
@@ -46,7 +47,11 @@ from .errors import (
     error_for,
 )
 from .types import (
+    BatchOp,
+    Delete,
     Event,
+    KvBatch,
+    Put,
     Handlers,
     Incoming,
     KvChange,
@@ -69,6 +74,11 @@ from .types import (
 
 PathLike = Union[str, "os.PathLike[str]"]
 Body = Union[bytes, bytearray, memoryview, str]
+
+#: Most operations in one ``kv.batch``.
+MAX_BATCH_OPS = 1000
+#: Most bytes of keys (UTF-8) and values together in one ``kv.batch``.
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 _ID_HEAD = re.compile(rb'^\s*\{\s*"id"\s*:\s*(\d{1,18})\s*[,}]')
 
@@ -101,7 +111,7 @@ def _payload(data: Body, what: str) -> bytes:
 
 def _copy(e: CnsprError) -> CnsprError:
     """A fresh exception of the same kind (one instance is never raised in two threads)."""
-    return error_for(e.code, e.message, getattr(e, "current", ()))
+    return error_for(e.code, e.message, getattr(e, "current", ()), getattr(e, "key", None))
 
 
 class _Pending:
@@ -427,6 +437,67 @@ class Client:
         if if_absent:
             fields["if_absent"] = True
         return KvWrite.parse(self.request("kv.put", fields, data))
+
+    def kv_batch(self, ops: Iterable[BatchOp]) -> KvBatch:
+        """Writes several keys at once: ``Put`` and ``Delete`` operations, applied all or
+        nothing in one durable commit. Any other device shows all of the batch or none
+        of it, and its changes come out of ``kv_watch`` marked with the batch's ID.
+
+        Keys must be distinct; 1 to 1,000 operations and at most 8 MiB of keys and
+        values in all (else ``BadRequest`` / ``TooLarge``, before anything is sent). Values travel
+        as raw bytes after the request line (binary-safe). If any condition fails the
+        whole batch raises ``Conflict`` (``key``: the key whose condition failed,
+        ``current``: its versions now) and nothing of it is written. Returns what each
+        operation did, in order, and the batch's ID."""
+        ops = list(ops)
+        if not 1 <= len(ops) <= MAX_BATCH_OPS:
+            raise BadRequest(
+                codes.BAD_REQUEST,
+                f"a batch holds 1 to {MAX_BATCH_OPS} operations, not {len(ops)}",
+            )
+        wire: List[Dict[str, Any]] = []
+        body: List[bytes] = []
+        seen: Set[str] = set()
+        total = 0
+        for i, op in enumerate(ops):
+            if not isinstance(op, (Put, Delete)):
+                raise TypeError(
+                    f"batch operation {i} is a {type(op).__name__}; give Put or Delete"
+                )
+            if op.key in seen:
+                raise BadRequest(
+                    codes.BAD_REQUEST,
+                    f"key {op.key!r} appears more than once in the batch (operation {i}); "
+                    "a batch writes each key at most once",
+                )
+            seen.add(op.key)
+            total += len(op.key.encode("utf-8"))
+            o: Dict[str, Any] = {"key": op.key}
+            if isinstance(op, Put):
+                data = op.data
+                total += len(data)
+                o["op"] = "put"
+                o["value_len"] = len(data)
+                if op.if_absent:
+                    o["if_absent"] = True
+                body.append(data)
+            else:
+                o["op"] = "del"
+            if op.if_version is not None:
+                o["if_version"] = op.if_version
+            wire.append(o)
+        if total > MAX_BATCH_BYTES:
+            raise TooLarge(
+                codes.TOO_LARGE,
+                f"a batch of {total} bytes of keys and values is over the limit of "
+                f"{MAX_BATCH_BYTES} bytes; split it",
+            )
+        r = KvBatch.parse(self.request("kv.batch", {"ops": wire}, b"".join(body)))
+        if [o.key for o in r.ops] != [o["key"] for o in wire]:
+            raise ProtocolError(
+                codes.PROTOCOL_ERROR, "kv.batch: the reply does not answer the operations sent"
+            )
+        return r
 
     def kv_get(self, key: str, *, all_versions: bool = False) -> KvEntry:
         """The visible value of ``key``; ``NotFound`` if absent or deleted. With

@@ -10,7 +10,7 @@ does not know (from a newer daemon) gives a plain :class:`CnsprError`.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple, Type
+from typing import Dict, Optional, Sequence, Tuple, Type
 
 
 class codes:
@@ -209,9 +209,12 @@ class Removed(CnsprError):
 class Conflict(CnsprError):
     """A conditional write found the key changed (``if_version``) or present
     (``if_absent``); nothing was written. ``current`` holds the key's versions now, best
-    first (empty when it has no value), as ``version`` strings."""
+    first (empty when it has no value), as ``version`` strings. ``key`` names the key
+    whose condition failed when the daemon says (``kv_batch``: the whole batch fails,
+    nothing of it is written), else None."""
 
     current: Tuple[str, ...] = ()
+    key: Optional[str] = None
 
 
 _BY_CODE: Dict[str, Type[CnsprError]] = {
@@ -251,10 +254,13 @@ _BY_CODE: Dict[str, Type[CnsprError]] = {
 }
 
 
-def error_for(code: str, message: str, current: Sequence[str] = ()) -> CnsprError:
+def error_for(
+    code: str, message: str, current: Sequence[str] = (), key: Optional[str] = None
+) -> CnsprError:
     """The exception for an error code: its subclass, or :class:`CnsprError`. ``current``
-    is a conflict's versions."""
+    is a conflict's versions, ``key`` the key whose condition failed."""
     e = _BY_CODE.get(code, CnsprError)(code, message)
     if isinstance(e, Conflict):
         e.current = tuple(current)
+        e.key = key
     return e

@@ -564,10 +564,22 @@ class KvChange:
     origin: str
     seq: int
     wins: bool
+    #: The batch this change was written in (``kv_batch``), an opaque string that is
+    #: the same on every device; None for a change made on its own.
+    batch: Optional[str] = None
+    #: True on the last change of its batch: the batch is complete here once this one
+    #: is seen. Always False outside a batch.
+    batch_end: bool = False
+    #: ``HLC:SEQ:ORIGIN``, for ``if_version``; empty from a daemon too old to send it.
+    version: str = ""
 
     @classmethod
     def parse(cls, f: Fields) -> "KvChange":
         v = KvVersion.parse(f)
+        batch = f.opt_string("batch")
+        batch_end = f.boolean("batch_end", default=False)
+        if batch_end and batch is None:
+            raise f._bad("batch", "a batch ID (batch_end is true)")
         return cls(
             feed_seq=f.integer("feed_seq"),
             key=v.key,
@@ -577,4 +589,120 @@ class KvChange:
             origin=v.origin,
             seq=v.seq,
             wins=f.boolean("wins"),
+            batch=batch,
+            batch_end=batch_end,
+            version=v.version,
         )
+
+
+# --- Batches (``kv.batch``) ----------------------------------------------------------
+
+
+def _check_key(key: object, what: str) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"{what}: the key must be a str, not {type(key).__name__}")
+
+
+def _check_if_version(if_version: object, what: str) -> None:
+    if if_version is not None and not isinstance(if_version, str):
+        raise TypeError(
+            f"{what}: if_version must be a version string (HLC:SEQ:ORIGIN) or None, "
+            f"not {type(if_version).__name__}"
+        )
+
+
+@dataclass(frozen=True)
+class Put:
+    """One put of a batch (``Client.kv_batch``): ``value`` is bytes, or str sent as
+    UTF-8. ``if_version`` (a ``version`` read before) or ``if_absent``: the whole batch
+    is written only if the key is still so."""
+
+    key: str
+    #: bytearray and memoryview values are kept as bytes.
+    value: Union[bytes, bytearray, memoryview, str]
+    if_version: Optional[str] = None
+    if_absent: bool = False
+
+    def __post_init__(self) -> None:
+        _check_key(self.key, "Put")
+        v: object = self.value
+        if isinstance(v, (bytearray, memoryview)):
+            object.__setattr__(self, "value", bytes(v))
+        elif not isinstance(v, (bytes, str)):
+            raise TypeError(f"Put {self.key!r}: the value must be bytes or str, not {type(v).__name__}")
+        _check_if_version(self.if_version, f"Put {self.key!r}")
+        if not isinstance(self.if_absent, bool):
+            raise TypeError(f"Put {self.key!r}: if_absent must be a bool")
+        if self.if_version is not None and self.if_absent:
+            raise ValueError(f"Put {self.key!r}: give if_version or if_absent, not both")
+
+    @property
+    def data(self) -> bytes:
+        """The value as the bytes that are stored."""
+        v = self.value
+        return v.encode("utf-8") if isinstance(v, str) else bytes(v)
+
+
+@dataclass(frozen=True)
+class Delete:
+    """One delete of a batch (``Client.kv_batch``). Deleting a key that has no value
+    writes nothing (its result is ``unchanged``); with ``if_version`` the whole batch is
+    written only if the key is still at that version."""
+
+    key: str
+    if_version: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check_key(self.key, "Delete")
+        _check_if_version(self.if_version, f"Delete {self.key!r}")
+
+
+#: One operation of a batch.
+BatchOp = Union[Put, Delete]
+
+
+@dataclass(frozen=True)
+class KvBatchOp:
+    """What one operation of a batch did, in the order of the operations.
+
+    A put: ``hlc``, ``origin``, ``seq`` and ``version`` of the version written. A delete:
+    the same for the tombstone, with ``deleted``. A delete of a key that had no value:
+    ``unchanged`` (nothing written; the other fields are None)."""
+
+    key: str
+    hlc: Optional[str]
+    origin: Optional[str]
+    seq: Optional[int]
+    version: Optional[str]
+    deleted: bool = False
+    unchanged: bool = False
+
+    @classmethod
+    def parse(cls, v: Any) -> "KvBatchOp":
+        f = Fields(v, "kv.batch op")
+        key = f.string("key")
+        if f.boolean("unchanged", default=False):
+            return cls(key=key, hlc=None, origin=None, seq=None, version=None, unchanged=True)
+        return cls(
+            key=key,
+            hlc=f.string("hlc"),
+            origin=f.string("origin"),
+            seq=f.integer("seq"),
+            version=f.string("version"),
+            deleted=f.boolean("deleted", default=False),
+        )
+
+
+@dataclass(frozen=True)
+class KvBatch:
+    """``kv.batch``: written all or nothing in one durable commit. ``batch`` is the
+    batch's ID, the same as in the ``batch`` field of its changes in ``kv_watch`` on every
+    device; ``ops`` says what each operation did, in order."""
+
+    batch: str
+    ops: Tuple[KvBatchOp, ...]
+
+    @classmethod
+    def parse(cls, v: Any) -> "KvBatch":
+        f = Fields(v, "kv.batch")
+        return cls(batch=f.string("batch"), ops=tuple(KvBatchOp.parse(o) for o in f.array("ops")))
