@@ -8,6 +8,9 @@
 //! - apply: cr-sqlite, reported to need 5-9 s for 100,000 changes (11,000-20,000/s; the
 //!   ratio uses the favourable 20,000/s).
 //!
+//! - batches of 1,000 puts: the target of 50,000 durable keys/s and the single-writer rate
+//!   of the same run; then the same batches applied on a second store (as a peer does).
+//!
 //! Run: `cargo bench --bench store`. `CNSPR_BENCH_PUTS` (default 2000) sets the puts per
 //! measurement, `CNSPR_BENCH_DIR` the directory of the files (default: a temp dir).
 
@@ -121,6 +124,42 @@ async fn apply_rate(dir: &Path) -> (f64, f64) {
     (APPLY_CHANGES as f64 / secs, secs)
 }
 
+/// 20 batches of 1,000 puts of 100 bytes: durable keys/s and commits per batch; then the
+/// keys/s of applying them on a second store, delta by delta.
+async fn batches(dir: &Path) -> (f64, f64, f64) {
+    const BATCHES: u32 = 20;
+    let a = Store::open(dir.join("batch-a.redb"), [3; 32]).expect("open");
+    let b = Store::open(dir.join("batch-b.redb"), [4; 32]).expect("open");
+    let commits = a.commit_count();
+    let start = Instant::now();
+    for n in 0..BATCHES {
+        let ops = (0..store::MAX_BATCH_OPS)
+            .map(|i| store::BatchOp {
+                key: format!("batch/{n:02}/{i:04}"),
+                value: Some(vec![7; 100]),
+                cond: None,
+            })
+            .collect();
+        a.batch(ops).await.expect("batch");
+    }
+    let keys = f64::from(BATCHES) * store::MAX_BATCH_OPS as f64;
+    let written = keys / start.elapsed().as_secs_f64();
+    let per_batch = (a.commit_count() - commits) as f64 / f64::from(BATCHES);
+    let start = Instant::now();
+    loop {
+        let delta = a
+            .changes_since(&b.version_vector().expect("vv"), 4096)
+            .expect("delta");
+        let more = delta.more;
+        b.apply_delta(delta, [3; 32]).await.expect("apply");
+        if !more {
+            break;
+        }
+    }
+    let applied = keys / start.elapsed().as_secs_f64();
+    (written, per_batch, applied)
+}
+
 fn main() {
     let puts: u32 = std::env::var("CNSPR_BENCH_PUTS")
         .ok()
@@ -144,6 +183,16 @@ fn main() {
     println!(
         "durable puts, 16 writers: {many:>9.0} puts/s   ({:.1}x one writer; {commits_per_put:.3} commits per put)",
         many / single
+    );
+    let (written, per_batch, applied) = runtime.block_on(batches(&dir));
+    println!(
+        "batches of 1,000 puts:    {written:>9.0} keys/s   ({:.2}x the 50,000 target; {:.0}x one writer's puts; {per_batch:.2} commits per batch)",
+        written / 50_000.0,
+        written / single
+    );
+    println!(
+        "batches applied on a peer: {applied:>8.0} keys/s   ({:.2}x the 50,000 target)",
+        applied / 50_000.0
     );
     let (rate, secs) = runtime.block_on(apply_rate(&dir));
     println!(
