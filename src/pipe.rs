@@ -143,7 +143,7 @@ fn serve_with(
         .env("CNSPR_PEER", ev["peer"]["name"].as_str().unwrap_or(""))
         .env(
             "CNSPR_PEER_ID",
-            ev["peer"]["id"].as_str().unwrap_or("").replace('-', ""),
+            ev["peer"]["id"].as_str().unwrap_or(""),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

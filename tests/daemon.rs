@@ -54,9 +54,9 @@ fn two_daemons_trust_each_other_and_run_handlers_with_exact_input() {
         "CNSPR_EVENT=message".to_string(),
         "CNSPR_TAG=util.store".to_string(),
         "CNSPR_FROM=alpha".to_string(),
-        format!("CNSPR_FROM_ID={}", a.id.replace('-', "")),
+        format!("CNSPR_FROM_ID={}", a.id),
         "CNSPR_SELF_NAME=beta".to_string(),
-        format!("CNSPR_SELF_ID={}", b.id.replace('-', "")),
+        format!("CNSPR_SELF_ID={}", b.id),
     ] {
         assert!(env.lines().any(|l| l == want), "missing {want} in\n{env}");
     }

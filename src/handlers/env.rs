@@ -34,12 +34,27 @@ fn var(name: &str, value: &str) -> (String, String) {
     (name.to_owned(), value.to_owned())
 }
 
+/// A device ID in its one printed form, grouped by 4 with `-` as every JSON output and
+/// `cnspr id` print it (the daemon's handler filters match the plain form; scripts
+/// compare what they are given with what the CLI prints).
+fn id_var(name: &str, id: &str) -> (String, String) {
+    if id.contains('-') || id.is_empty() {
+        return var(name, id);
+    }
+    let grouped: Vec<&str> = id
+        .as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap_or(""))
+        .collect();
+    var(name, &grouped.join("-"))
+}
+
 fn common(kind: EventKind, tag: &str, self_name: &str, self_id: &str) -> Vec<(String, String)> {
     vec![
         var("CNSPR_EVENT", kind.as_str()),
         var("CNSPR_TAG", tag),
         var("CNSPR_SELF_NAME", self_name),
-        var("CNSPR_SELF_ID", self_id),
+        id_var("CNSPR_SELF_ID", self_id),
     ]
 }
 
@@ -54,7 +69,7 @@ pub fn message_env(
     let mut env = common(EventKind::Message, tag, self_name, self_id);
     env.extend([
         var("CNSPR_FROM", from.name),
-        var("CNSPR_FROM_ID", from.id),
+        id_var("CNSPR_FROM_ID", from.id),
         var("CNSPR_MESSAGE_ID", message_id),
     ]);
     env
@@ -74,7 +89,7 @@ pub fn peer_env(
     let mut env = common(EventKind::Peer, tag, self_name, self_id);
     env.extend([
         var("CNSPR_PEER", peer.name),
-        var("CNSPR_PEER_ID", peer.id),
+        id_var("CNSPR_PEER_ID", peer.id),
         var("CNSPR_PEER_STATE", state),
         var("CNSPR_PEER_ADDRESS", address),
         var("CNSPR_PEER_PATH", path.map_or("", |p| p.kind.as_str())),
@@ -140,5 +155,10 @@ mod tests {
         assert!(all[1].contains(&var("CNSPR_PEER_VIA", "desk")));
         assert!(all[2].contains(&var("CNSPR_DAEMON_STATE", "start")));
         assert!(all[2].contains(&var("CNSPR_SELF_ID", "MYID")));
+        // One form everywhere: the grouped one that `cnspr id` and JSON print.
+        let plain = "FCTKDOUO2ZUJ2TXHN33HWWCGIBQTYH5MY6YV6PLQHXG5RMTTFOZQ";
+        let grouped = "FCTK-DOUO-2ZUJ-2TXH-N33H-WWCG-IBQT-YH5M-Y6YV-6PLQ-HXG5-RMTT-FOZQ";
+        assert_eq!(id_var("X", plain).1, grouped);
+        assert_eq!(id_var("X", grouped).1, grouped);
     }
 }

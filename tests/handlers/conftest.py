@@ -29,8 +29,8 @@ EXAMPLES = REPO / "examples" / "handlers"
 COOKBOOK = REPO / "docs" / "cookbook.md"
 
 # Full device IDs: 52 characters of uppercase base32, no dashes.
-SELF_ID = "FCTKDOUO2ZUJ2TXHN33HWWCGIBQTYH5MY6YV6PLQHXG5RMTTFOZQ"
-FROM_ID = "Q2DOFJENG3RY3W5KSVR5K4IYSHXKVENODWHGL23YW6L2ENALW6ZA"
+SELF_ID = "FCTK-DOUO-2ZUJ-2TXH-N33H-WWCG-IBQT-YH5M-Y6YV-6PLQ-HXG5-RMTT-FOZQ"
+FROM_ID = "Q2DO-FJEN-G3RY-3W5K-SVR5-K4IY-SHXK-VENO-DWHG-L23Y-W6L2-ENAL-W6ZA"
 
 # Utilities the scripts may use besides shell built-ins. iconv is optional
 # for them; it is linked when the machine has it.
