@@ -434,7 +434,10 @@ pub struct PeerInfo {
     pub state: String,
     pub addresses: Vec<String>,
     pub rtt_ms: Option<f64>,
-    pub via: Option<Vec<String>>,
+    /// Names of the members a peer is reached through (empty: not relayed by a member),
+    /// as `ping` gives them.
+    #[serde(default)]
+    pub via: Vec<String>,
     pub last_seen: Option<u64>,
     /// How the peer is reached now; `null` while it is not reached at all.
     #[serde(default)]

@@ -40,7 +40,17 @@ fn main() -> ExitCode {
     match run(cli.command, &g, &paths) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("cnspr: {}", format!("{e:#}").replace('\n', " "));
+            let text = format!("{e:#}").replace('\n', " ");
+            if g.json {
+                // With --json an error is a JSON object too: the daemon's own (its code,
+                // message and fields), or `client_error` for one found on this side.
+                let body = match e.downcast_ref::<cnspr::client::ApiError>() {
+                    Some(a) => serde_json::to_value(&a.0).unwrap_or_default(),
+                    None => json!({"code": "client_error", "message": text}),
+                };
+                println!("{}", json!({ "error": body }));
+            }
+            eprintln!("cnspr: {text}");
             ExitCode::from(1)
         }
     }

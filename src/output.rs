@@ -98,3 +98,48 @@ mod tests {
         assert_eq!(ago(Some(now - 120)), "2m ago");
     }
 }
+
+/// A value as a person can read it: text as a quoted string (cut after 60 characters),
+/// anything else as its size and the first bytes in hex.
+pub fn value_preview(value: &[u8]) -> String {
+    const TEXT: usize = 60;
+    const HEX: usize = 16;
+    match std::str::from_utf8(value) {
+        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+            let n = s.chars().count();
+            if n <= TEXT {
+                format!("{s:?}")
+            } else {
+                let head: String = s.chars().take(TEXT).collect();
+                format!("{head:?}... ({} bytes)", value.len())
+            }
+        }
+        _ => {
+            let hex: String = value.iter().take(HEX).map(|b| format!("{b:02x}")).collect();
+            let more = if value.len() > HEX { "..." } else { "" };
+            format!("{} bytes of binary: {hex}{more}", value.len())
+        }
+    }
+}
+
+#[cfg(test)]
+mod preview_tests {
+    use super::value_preview;
+
+    #[test]
+    fn text_reads_as_text_and_binary_as_size_and_hex() {
+        assert_eq!(value_preview(b"milk, eggs"), "\"milk, eggs\"");
+        assert_eq!(value_preview(b"a\nb"), "\"a\\nb\"");
+        let long = "x".repeat(100);
+        assert_eq!(
+            value_preview(long.as_bytes()),
+            format!("\"{}\"... (100 bytes)", "x".repeat(60))
+        );
+        assert_eq!(value_preview(&[0, 1, 255]), "3 bytes of binary: 0001ff");
+        assert_eq!(
+            value_preview(&[0xAB; 20]),
+            format!("20 bytes of binary: {}...", "ab".repeat(16))
+        );
+        assert_eq!(value_preview(b""), "\"\"");
+    }
+}

@@ -141,10 +141,7 @@ fn serve_with(
         .arg(cmd)
         .env("CNSPR_SERVICE", ev["service"].as_str().unwrap_or(""))
         .env("CNSPR_PEER", ev["peer"]["name"].as_str().unwrap_or(""))
-        .env(
-            "CNSPR_PEER_ID",
-            ev["peer"]["id"].as_str().unwrap_or(""),
-        )
+        .env("CNSPR_PEER_ID", ev["peer"]["id"].as_str().unwrap_or(""))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;

@@ -172,8 +172,9 @@ fn conditional_writes_on_one_device() {
     let o = n.cli(&["--json", "kv", "put", "k", "four", "--if-version", &v1]);
     assert_eq!(o.status.code(), Some(3));
     let e: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(e["code"], "conflict", "{e}");
-    assert_eq!(e["current"][0]["version"], v2.as_str(), "{e}");
+    assert_eq!(e["error"]["code"], "conflict", "{e}");
+    assert_eq!(e["error"]["key"], "k", "{e}");
+    assert_eq!(e["error"]["current"][0]["version"], v2.as_str(), "{e}");
     assert_eq!(
         String::from_utf8(n.cli(&["kv", "get", "k"]).stdout).unwrap(),
         "three"

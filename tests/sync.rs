@@ -157,14 +157,18 @@ fn concurrent_writes_while_apart_converge_and_show_the_other_version() {
                 && s[0]["value_b64"] == data_b64(loser.as_bytes())
                 && j["value_b64"] == data_b64(&winner)
         });
-        // The human form prints the winner and names the other version on stderr.
+        // The human form prints the winner and shows both versions readably on stderr:
+        // each value as text, and who wrote it.
         let o = n.cli(&["kv", "get", "todo", "--all-versions"]);
         assert_eq!(o.stdout, winner);
+        let text = stderr(&o);
+        let winner_text = format!("{:?}", String::from_utf8_lossy(&winner));
+        assert!(text.contains("2 version(s)"), "{text}");
         assert!(
-            stderr(&o).contains("superseded concurrent version"),
-            "{}",
-            stderr(&o)
+            text.contains(&format!("wins: {winner_text} from ")),
+            "{text}"
         );
+        assert!(text.contains(&format!("lost: {loser:?} from ")), "{text}");
     }
     // A later write on either device resolves the conflict everywhere.
     put(&nodes[1], "todo", "done");

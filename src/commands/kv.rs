@@ -18,16 +18,93 @@ fn conflict_exit(res: anyhow::Result<Value>, g: &Global) -> anyhow::Result<Optio
         Err(e) => match e.downcast_ref::<crate::client::ApiError>() {
             Some(a) if a.0.code == crate::api::Code::Conflict => {
                 if g.json {
-                    print_json(&a.0)?;
-                } else {
-                    eprintln!("cnspr: conflict: {}", a.0.message);
+                    print_json(&serde_json::json!({ "error": a.0 }))?;
                 }
+                eprintln!("cnspr: conflict: {}", a.0.message);
                 Ok(None)
             }
             _ => Err(e),
         },
         Ok(v) => Ok(Some(v)),
     }
+}
+
+/// Device names by ID (this device and its peers), to name a version's origin.
+fn device_names(c: &mut Client) -> std::collections::HashMap<String, String> {
+    let mut names = std::collections::HashMap::new();
+    if let Ok(s) = c.request(&Request::Status {}) {
+        if let (Some(id), Some(name)) = (s["id"].as_str(), s["name"].as_str()) {
+            names.insert(id.to_string(), format!("{name} (this device)"));
+        }
+    }
+    if let Ok(peers) = c.request(&Request::Peers {}) {
+        for p in peers.as_array().into_iter().flatten() {
+            if let (Some(id), Some(name)) = (p["id"].as_str(), p["name"].as_str()) {
+                names.insert(id.to_string(), name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// One version of a key for a person: its value (or that it is a delete), who wrote it
+/// and when, and the version string for `--if-version`.
+fn version_line(v: &Value, names: &std::collections::HashMap<String, String>) -> String {
+    let what = if v["deleted"] == true {
+        "deleted".to_string()
+    } else {
+        let bytes = data_encoding::BASE64
+            .decode(v["value_b64"].as_str().unwrap_or("").as_bytes())
+            .unwrap_or_default();
+        crate::output::value_preview(&bytes)
+    };
+    let origin = v["origin"].as_str().unwrap_or("");
+    let who = names
+        .get(origin)
+        .cloned()
+        .unwrap_or_else(|| crate::output::short_id(origin));
+    let when = v["hlc"]
+        .as_str()
+        .and_then(|h| h.split('.').next()?.parse::<u64>().ok())
+        .map(|ms| crate::output::ago(Some(ms / 1000)))
+        .unwrap_or_default();
+    format!(
+        "{what} from {who}, {when} (version {})",
+        v["version"].as_str().unwrap_or("")
+    )
+}
+
+/// A watch event for a person: feed seq, what happened, whether it won, who wrote it,
+/// and the batch it belongs to.
+fn watch_line(v: &Value, names: &std::collections::HashMap<String, String>) -> String {
+    let what = if v["deleted"] == true {
+        "del".to_string()
+    } else {
+        let bytes = data_encoding::BASE64
+            .decode(v["value_b64"].as_str().unwrap_or("").as_bytes())
+            .unwrap_or_default();
+        format!("put {}", crate::output::value_preview(&bytes))
+    };
+    let origin = v["origin"].as_str().unwrap_or("");
+    let who = names
+        .get(origin)
+        .cloned()
+        .unwrap_or_else(|| crate::output::short_id(origin));
+    let lost = if v["wins"] == false {
+        " (concurrent, lost: kept as a sibling)"
+    } else {
+        ""
+    };
+    let batch = match (v["batch"].as_str(), v["batch_end"] == true) {
+        (Some(_), true) => " [batch, end]",
+        (Some(_), false) => " [batch]",
+        _ => "",
+    };
+    format!(
+        "{} {} {what} by {who}{lost}{batch}",
+        v["feed_seq"],
+        v["key"].as_str().unwrap_or("")
+    )
 }
 
 pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result<i32> {
@@ -86,9 +163,11 @@ pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result
                     if e.downcast_ref::<crate::client::ApiError>()
                         .is_some_and(|a| a.0.code == crate::api::Code::NotFound) =>
                 {
-                    if !g.json {
-                        eprintln!("cnspr: no key {key:?}");
+                    if g.json {
+                        let e = e.downcast_ref::<crate::client::ApiError>().map(|a| &a.0);
+                        print_json(&serde_json::json!({ "error": e }))?;
                     }
+                    eprintln!("cnspr: no key {key:?}");
                     return Ok(1);
                 }
                 Err(e) => return Err(e),
@@ -102,22 +181,18 @@ pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result
                 out.write_all(&value)?;
                 out.flush()?;
                 if all_versions {
-                    for s in v["siblings"].as_array().into_iter().flatten() {
+                    // The winner's bytes went to standard output, unchanged; every
+                    // version, readable, goes to standard error.
+                    let names = device_names(&mut c);
+                    let siblings = v["siblings"].as_array().cloned().unwrap_or_default();
+                    eprintln!("{} version(s):", 1 + siblings.len());
+                    eprintln!("  wins: {}", version_line(&v, &names));
+                    for s in &siblings {
+                        eprintln!("  lost: {}", version_line(s, &names));
+                    }
+                    if !siblings.is_empty() {
                         eprintln!(
-                            "superseded concurrent version: {} from {} at {}",
-                            if s["deleted"] == true {
-                                "delete".to_string()
-                            } else {
-                                format!(
-                                    "{} bytes",
-                                    s["value_b64"]
-                                        .as_str()
-                                        .map(|b| b.len() * 3 / 4)
-                                        .unwrap_or(0)
-                                )
-                            },
-                            s["origin"].as_str().unwrap_or(""),
-                            s["hlc"].as_str().unwrap_or("")
+                            "  (write the key again, or with --if-version of the winner, to keep one)"
                         );
                     }
                 }
@@ -192,18 +267,25 @@ pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result
             }
         }
         K::Watch { prefix, from } => {
+            let names = if g.json {
+                Default::default()
+            } else {
+                device_names(&mut c)
+            };
             c.request(&Request::KvWatch {
-                prefix,
+                prefix: prefix.clone(),
                 from_seq: from,
             })?;
-            follow(&mut c, g, |v| {
-                let what = if v["deleted"] == true { "del" } else { "put" };
-                format!(
-                    "{} {what} {}",
-                    v["feed_seq"],
-                    v["key"].as_str().unwrap_or("")
-                )
-            })?;
+            if !g.json {
+                let under = prefix.map(|p| format!(" under {p:?}")).unwrap_or_default();
+                match from {
+                    None => eprintln!(
+                        "changes{under}: every change kept in the feed first, then live ones                          (--from SEQ resumes after SEQ)"
+                    ),
+                    Some(s) => eprintln!("changes{under} after {s}, then live ones"),
+                }
+            }
+            follow(&mut c, g, |v| watch_line(v, &names))?;
         }
     }
     Ok(0)

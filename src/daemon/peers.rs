@@ -137,7 +137,7 @@ impl Peer {
             state: self.state.as_str().to_string(),
             addresses,
             rtt_ms: rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
-            via: None,
+            via: Vec::new(),
             path: None,
             last_seen: self
                 .last_seen
@@ -334,7 +334,7 @@ impl PeerTable {
             .map(|p| {
                 let mut i = p.info();
                 if let Some(via) = p.via {
-                    i.via = Some(vec![self.display_name(&via)]);
+                    i.via = vec![self.display_name(&via)];
                 }
                 i.path = self.path_info(p);
                 i
@@ -347,7 +347,7 @@ impl PeerTable {
                 state: PeerState::Removed.as_str().into(),
                 addresses: vec![],
                 rtt_ms: None,
-                via: None,
+                via: Vec::new(),
                 last_seen: None,
                 path: None,
             });

@@ -220,8 +220,8 @@ echo "PATH_SET=${PATH:+yes}""#;
         let out = runner.submit(i).unwrap().await;
         let text = String::from_utf8(out[0].stdout.clone()).unwrap();
         let want = "EVENT=message\nTAG=a.b\nFROM=phone\n\
-            FROM_ID=ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGHIJKLMNOPQRST\n\
-            MESSAGE_ID=msg-1\nSELF_NAME=desk\nSELF_ID=SELFID\n\
+            FROM_ID=ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567-ABCD-EFGH-IJKL-MNOP-QRST\n\
+            MESSAGE_ID=msg-1\nSELF_NAME=desk\nSELF_ID=SELF-ID\n\
             PEER=unset STATE=unset\nPATH_SET=yes\n";
         assert_eq!(text, want);
         assert_eq!(runner.queued(), 0);

@@ -511,7 +511,7 @@ class KvDeleted:
     @classmethod
     def parse(cls, v: Any) -> "KvDeleted":
         f = Fields(v, "kv.del")
-        return cls(key=f.string("deleted"), hlc=f.string("hlc"))
+        return cls(key=f.string("key"), hlc=f.string("hlc"))
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,8 @@ pub async fn del(d: &Arc<Daemon>, key: &str, cond: Option<Condition>) -> Result<
     user_key(key)?;
     match d.store.del_if(key, cond).await.map_err(store_err)? {
         Some(c) => Ok(json!({
-            "deleted": key,
+            "key": key,
+            "deleted": true,
             "hlc": c.version.hlc.to_string(),
             "version": version_string(&c.version),
         })),
