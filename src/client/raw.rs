@@ -1,4 +1,5 @@
-//! The CLI's side of the control socket: a small synchronous client.
+//! The CLI's side of the control socket: a small synchronous client with untyped
+//! (`serde_json::Value`) results, re-exported as `client::Client`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
