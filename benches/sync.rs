@@ -143,7 +143,9 @@ async fn without_history(a: &Store, b: &Store) -> (usize, u32, usize, f64) {
         if !changes.is_empty() {
             bytes += frame_len(&Down::ReconChanges(changes.clone()));
             sent += changes.len();
-            b.apply_reconciled(changes).await.expect("apply");
+            b.apply_reconciled(changes, Vec::new())
+                .await
+                .expect("apply");
         }
         match step.msg {
             Some(m) => msg = m,

@@ -247,20 +247,23 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Waits until process `pid` has exited (no `/proc` entry, or a zombie waiting for its
-/// parent), at most `within`; false if it is still running.
+/// Waits until process `pid` has exited (no `/proc` entry, or every thread of it a
+/// zombie: the main thread can be one while others still run), at most `within`; false
+/// if it is still running.
 fn wait_exit(pid: u64, within: std::time::Duration) -> bool {
     let start = std::time::Instant::now();
-    let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
-    loop {
-        let running = match std::fs::read_to_string(&stat) {
-            // "PID (COMM) STATE ...": the state follows the last ')'.
-            Ok(s) => s
-                .rsplit_once(')')
+    let tasks = std::path::PathBuf::from(format!("/proc/{pid}/task"));
+    // "PID (COMM) STATE ...": the state follows the last ')'.
+    let live = |stat: std::path::PathBuf| {
+        std::fs::read_to_string(stat).is_ok_and(|s| {
+            s.rsplit_once(')')
                 .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| state != 'Z' && state != 'X'),
-            Err(_) => false,
-        };
+                .is_some_and(|state| state != 'Z' && state != 'X')
+        })
+    };
+    loop {
+        let running = std::fs::read_dir(&tasks)
+            .is_ok_and(|dir| dir.flatten().any(|t| live(t.path().join("stat"))));
         if !running {
             return true;
         }

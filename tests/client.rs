@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use cnspr::client::{asynchronous, blocking, Code, Condition, Error, Event, KvValue};
+use cnspr::client::{asynchronous, blocking, BatchOp, Code, Condition, Error, Event, KvValue};
 use common::*;
 
 /// Every byte value, a newline and a NUL among them.
@@ -65,6 +65,45 @@ fn blocking_store_status_and_errors() {
     assert_eq!(&got.bytes()[..], &bin[..]);
     assert_eq!(got.version(), Some(w.version.as_str()));
     assert!(c.kv_get("bin/none").unwrap().is_none());
+    // A batch against the daemon: binary values, a delete of nothing, all or nothing.
+    let r = c
+        .kv_batch(&[
+            BatchOp::Put {
+                key: "bt/a",
+                value: &bin,
+                cond: None,
+            },
+            BatchOp::Put {
+                key: "bt/b",
+                value: b"two",
+                cond: Some(Condition::IfAbsent),
+            },
+            BatchOp::Del {
+                key: "bt/none",
+                if_version: None,
+            },
+        ])
+        .unwrap();
+    assert!(r.batch.is_some());
+    assert!(r.ops[2].unchanged && !r.ops[0].unchanged);
+    assert_eq!(&c.kv_get("bt/a").unwrap().unwrap().bytes()[..], &bin[..]);
+    let again = c.kv_batch(&[
+        BatchOp::Put {
+            key: "bt/c",
+            value: b"3",
+            cond: None,
+        },
+        BatchOp::Put {
+            key: "bt/b",
+            value: b"x",
+            cond: Some(Condition::IfAbsent),
+        },
+    ]);
+    assert_eq!(api_code(again), Code::Conflict);
+    assert!(
+        c.kv_get("bt/c").unwrap().is_none(),
+        "nothing of a failed batch is written"
+    );
     let empty = c.kv_put("bin/empty", b"").unwrap();
     assert!(!empty.version.is_empty());
     assert_eq!(c.kv_get("bin/empty").unwrap().unwrap().bytes().len(), 0);

@@ -266,7 +266,7 @@ fn a_batch_sends_its_values_in_order_after_the_line() {
         {"key": "c", "hlc": "h", "origin": "o", "seq": 2, "version": "v2", "deleted": false},
     ]})))
     .unwrap();
-    assert_eq!(r.batch, "9");
+    assert_eq!(r.batch.as_deref(), Some("9"));
     assert!(r.ops[1].unchanged && r.ops[1].version.is_none());
     assert_eq!(r.ops[2].seq, Some(2));
 }

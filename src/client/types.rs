@@ -103,7 +103,6 @@ pub struct KvWrite {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvDeleted {
     /// The key deleted.
-    #[serde(rename = "deleted")]
     pub key: String,
     pub hlc: String,
     /// The tombstone's version (absent from older daemons).
@@ -233,6 +232,12 @@ pub struct KvChange {
     /// Whether this version is the key's winner now.
     #[serde(default)]
     pub wins: bool,
+    /// The batch the change was written in (`kv.batch`), the same name on every device.
+    #[serde(default)]
+    pub batch: Option<String>,
+    /// The last change of its batch.
+    #[serde(default)]
+    pub batch_end: bool,
 }
 
 /// A write's condition (`if_version` / `if_absent`).
@@ -265,7 +270,9 @@ pub enum BatchOp<'a> {
 /// `kv.batch`: the batch's ID and one outcome per operation, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvBatch {
-    pub batch: String,
+    /// The batch's name, the same on every device (`None`: nothing was written, every
+    /// operation was a delete of a key with no value).
+    pub batch: Option<String>,
     pub ops: Vec<KvBatchOutcome>,
 }
 
