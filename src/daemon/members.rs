@@ -217,6 +217,9 @@ impl Members {
         if changes.is_empty() {
             return applied;
         }
+        if !changes.removed.is_empty() {
+            vouch_for_orphans(&self.identity, &mut self.roster_mut());
+        }
         if let Err(e) = self.roster_mut().save() {
             warn!(error = %e, "could not save the roster");
         }
@@ -285,6 +288,29 @@ impl Members {
     }
 }
 
+/// Signs again, unchanged, the entries whose signer has been removed: a member that
+/// learns of the removal before the entry (a device that joins later, for one) refuses
+/// an entry signed by a removed device, so without this the members such a device had
+/// signed for (a name it adopted, a device it paired) would stay unknown to it. Each
+/// member that knows of the removal vouches; the newest signature wins everywhere, and
+/// once one by a member is kept nothing is signed again. True when the roster changed.
+fn vouch_for_orphans(identity: &Identity, roster: &mut MeshRoster) -> bool {
+    let now = now_ms();
+    let entries: Vec<MemberEntry> = roster
+        .members()
+        .filter(|m| roster.is_removed(&m.signer_id()))
+        .map(|m| MemberEntry::sign(identity, m.id, &m.name, now.max(m.version + 1)))
+        .collect();
+    if entries.is_empty() {
+        return false;
+    }
+    roster.merge(RosterSnapshot {
+        members: entries,
+        removals: vec![],
+    });
+    true
+}
+
 /// Makes the peer table and the roster agree at start. Devices trusted before the signed
 /// roster existed (in the table, unknown to the roster) get an entry signed by this
 /// device, and removals the table remembers but the roster lacks are signed again; then
@@ -305,7 +331,8 @@ fn reconcile(identity: &Identity, table: &mut PeerTable, roster: &mut MeshRoster
         }
     }
     let mut changed = false;
-    if !snap.members.is_empty() || !snap.removals.is_empty() {
+    let vouched = vouch_for_orphans(identity, roster);
+    if vouched || !snap.members.is_empty() || !snap.removals.is_empty() {
         roster.merge(snap);
         if let Err(e) = roster.save() {
             warn!(error = %e, "could not save the roster");
@@ -337,5 +364,58 @@ fn reconcile(identity: &Identity, table: &mut PeerTable, roster: &mut MeshRoster
         if let Err(e) = table.save() {
             warn!(error = %e, "could not save the peer table");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(name: &str) -> Identity {
+        Identity::generate(name).unwrap()
+    }
+
+    fn roster(me: &Identity, dir: &Path) -> MeshRoster {
+        MeshRoster::load(dir, me.id).unwrap()
+    }
+
+    /// The desktop added the laptop and the phone; the phone, once paired, signed the
+    /// laptop's entry again (the name it adopted); then the desktop removed the phone and
+    /// paired a new phone, which learns the roster from the desktop. Without a vouch the
+    /// new phone refuses the laptop's entry (its signer is removed) and never knows it.
+    #[test]
+    fn removing_a_signer_keeps_the_members_it_signed_for() {
+        let (desk, laptop, phone, phone2) =
+            (dev("desk"), dev("laptop"), dev("phone"), dev("phone2"));
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut rd = roster(&desk, dirs[0].path());
+        rd.merge(RosterSnapshot {
+            members: vec![
+                MemberEntry::sign(&desk, laptop.id, "laptop", 1),
+                MemberEntry::sign(&desk, phone.id, "phone", 2),
+                MemberEntry::sign(&phone, laptop.id, "laptop", 3),
+            ],
+            removals: vec![],
+        });
+        assert_eq!(rd.member(&laptop.id).unwrap().signer_id(), phone.id);
+        // `cnspr remove phone` on the desktop.
+        let removed = rd.merge(RosterSnapshot {
+            members: vec![],
+            removals: vec![Removal::sign(&desk, phone.id, 4)],
+        });
+        assert_eq!(removed.removed.len(), 1);
+        assert!(vouch_for_orphans(&desk, &mut rd), "the desktop vouches");
+        assert_eq!(rd.member(&laptop.id).unwrap().signer_id(), desk.id);
+        assert_eq!(rd.member(&laptop.id).unwrap().name, "laptop", "unchanged");
+        assert!(!vouch_for_orphans(&desk, &mut rd), "once");
+        // The new phone pairs with the desktop and gets its roster from it.
+        let mut rn = roster(&phone2, dirs[1].path());
+        rn.merge(RosterSnapshot {
+            members: vec![MemberEntry::sign(&phone2, desk.id, "desk", 5)],
+            removals: vec![],
+        });
+        rn.merge_from(rd.snapshot(), desk.id);
+        assert!(rn.is_member(&laptop.id), "the new phone knows the laptop");
+        assert!(rn.is_removed(&phone.id));
     }
 }
