@@ -11,8 +11,7 @@
 //! `cargo bench --bench lan`; `CNSPR_BENCH_RUNS` (default 5) and `CNSPR_BENCH_MDNS_SECS`
 //! (default 60) change the run count and the traffic window.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use cnspr_lab as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

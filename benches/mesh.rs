@@ -15,8 +15,7 @@
 //!
 //! Run: `cargo bench --bench mesh`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use cnspr_lab as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};

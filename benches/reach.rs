@@ -17,8 +17,7 @@
 //!
 //! Run: `cargo bench --bench reach`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use cnspr_lab as common;
 
 use std::time::{Duration, Instant};
 

@@ -17,8 +17,7 @@
 //!
 //! Run: `cargo bench --bench relay`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use cnspr_lab as common;
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};

@@ -16,8 +16,7 @@
 
 use cnspr::store;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use cnspr_lab as common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -8,9 +8,26 @@ use std::process::Command;
 
 use clap::CommandFactory;
 
-#[allow(dead_code)] // its main() is the example's entry point
-#[path = "../examples/mangen.rs"]
-mod mangen;
+/// The example `mangen` as cargo built it for this test run (`cargo test` builds the
+/// examples): `target/PROFILE/examples/mangen`.
+fn mangen_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().unwrap().parent().unwrap();
+    let bin = profile.join("examples").join("mangen");
+    assert!(
+        bin.exists(),
+        "no {} (`cargo test` builds it; alone: `cargo build --example mangen`)",
+        bin.display()
+    );
+    bin
+}
+
+/// The command tree as the generator sees it (clap's `help` subcommand has no page).
+fn command_tree() -> clap::Command {
+    let mut cmd = cnspr::cli::Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    cmd
+}
 
 /// Page file names expected from walking the command tree independently of the
 /// generator: `cnspr.1`, `cnspr-send.1`, `cnspr-kv-put.1`, ...
@@ -31,10 +48,22 @@ fn expected_pages() -> BTreeSet<String> {
 
 fn generate() -> (tempfile::TempDir, BTreeSet<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let written = mangen::write_pages(dir.path()).expect("generating the pages");
-    let names = written
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+    let out = Command::new(mangen_bin()).arg(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "mangen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|p| {
+            Path::new(p)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect::<BTreeSet<_>>();
     let on_disk = std::fs::read_dir(dir.path())
         .unwrap()
@@ -247,6 +276,6 @@ fn commands() -> Vec<(clap::Command, String)> {
         }
     }
     let mut out = Vec::new();
-    walk(&mangen::command(), "cnspr".to_owned(), &mut out);
+    walk(&command_tree(), "cnspr".to_owned(), &mut out);
     out
 }

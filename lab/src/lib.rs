@@ -1,5 +1,7 @@
-//! Test harness: real `cnspr serve` processes on loopback, each in its own temp dir.
-#![allow(dead_code)]
+//! The test and benchmark harness of cnspr: real `cnspr serve` processes on loopback,
+//! each in its own temp dir ([`Node`]), network labs of namespaces ([`lab`], [`nat`]) and
+//! the benchmarks' shared helpers ([`bench`]). The integration tests (`tests/common`)
+//! and the benchmarks (`benches/`) use it as a dev-dependency.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -45,8 +47,29 @@ pub fn finish(mut c: Child) -> (Option<i32>, String) {
     }
 }
 
+/// The `cnspr` binary under test: `CNSPR_BIN` if set, else the one cargo built beside the
+/// running test or benchmark (`target/PROFILE/cnspr`, the parent of its `deps/`).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cnspr")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(b) = std::env::var_os("CNSPR_BIN") {
+            return b.to_string_lossy().into_owned();
+        }
+        let exe = std::env::current_exe().expect("the running executable's path");
+        let dir = exe.parent().expect("the executable's directory");
+        let dir = if dir.ends_with("deps") {
+            dir.parent().expect("the profile directory")
+        } else {
+            dir
+        };
+        let bin = dir.join("cnspr");
+        assert!(
+            bin.exists(),
+            "no cnspr binary at {} (build it, or set CNSPR_BIN)",
+            bin.display()
+        );
+        bin.to_string_lossy().into_owned()
+    })
 }
 
 /// Polls `cond` every 20 ms until it holds; panics with `what` after `DEADLINE`.
