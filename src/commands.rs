@@ -322,11 +322,10 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
     if a.reply {
         let replies: Vec<_> = r.outcomes.iter().flat_map(|o| o.replies.iter()).collect();
         if g.json {
-            let arr: Vec<Value> = replies
-                .iter()
-                .map(|x| json!({"peer": x.peer, "handler": x.handler, "exit_code": x.exit_code, "stdout": x.stdout}))
-                .collect();
-            print_json(&arr)?;
+            // The whole result: the message's ID, and per peer whether it was delivered
+            // (or why not) with its handlers' replies (stdout as text and, exactly, as
+            // base64).
+            print_json(&v)?;
         } else {
             let mut out = std::io::stdout().lock();
             for x in &replies {

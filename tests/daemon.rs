@@ -75,9 +75,17 @@ fn two_daemons_trust_each_other_and_run_handlers_with_exact_input() {
     let r = a.cli(&["--json", "send", "--reply", "beta", "q.hostname", "x"]);
     assert_eq!(r.status.code(), Some(3));
     let j: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(j["message_id"].as_str().map(str::len), Some(16), "{j}");
+    let o = &j["outcomes"][0];
     assert_eq!(
-        j,
-        json!([{"peer": "beta", "handler": "q/hostname", "exit_code": 3, "stdout": "I am beta\nx"}])
+        (&o["peer"], &o["ok"]),
+        (&json!("beta"), &json!(true)),
+        "{j}"
+    );
+    assert_eq!(
+        o["replies"],
+        json!([{"peer": "beta", "handler": "q/hostname", "exit_code": 3, "stdout": "I am beta\nx",
+                "stdout_b64": "SSBhbSBiZXRhCng=", "timed_out": false}])
     );
 }
 
@@ -162,7 +170,14 @@ fn send_all_reaches_every_member_once() {
         assert_eq!(file(&n.out().join("notes")).unwrap(), b"hello-all");
     }
     let j = nodes[0].json(&["send", "--all", "--reply", "note", "2"]);
-    assert_eq!(j.as_array().unwrap().len(), 2, "{j}");
+    let outcomes = j["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{j}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o["ok"] == true && o["replies"].as_array().is_some()),
+        "{j}"
+    );
 }
 
 #[test]

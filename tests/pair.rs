@@ -176,11 +176,13 @@ fn wrong_codes_fail_on_both_sides_and_three_close_the_window() {
     }
     let (lines, ok, err) = w.rest();
     assert!(!ok, "the window must fail after three wrong codes");
-    // Nothing but reports of the attempts before the error.
+    // Nothing but reports of the attempts, then the error as a JSON object (--json).
+    let (last, attempts) = lines.split_last().expect("lines");
     assert!(
-        lines.iter().all(|l| l.get("attempt").is_some()),
+        attempts.iter().all(|l| l.get("attempt").is_some()),
         "{lines:?}"
     );
+    assert_eq!(last["error"]["code"], "wrong_code", "{last}");
     assert!(
         err.contains("the pairing window closed after 3 wrong codes"),
         "{err}"

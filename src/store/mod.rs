@@ -383,7 +383,8 @@ impl Store {
         self.reader()?.changes_since(theirs, limit)
     }
 
-    /// Applied changes after feed seq `after` (0 = from the start) under `prefix`.
+    /// Applied changes after feed seq `after` (0 = from the start) under `prefix`, and the
+    /// changes of batches under other prefixes (so that a watcher sees where a batch ends).
     pub fn feed_since(
         &self,
         after: u64,

@@ -53,7 +53,7 @@ def test_peers_lists_the_other_daemon(alpha: Daemon, beta: Daemon) -> None:
     assert p.id == beta.id and p.state == "active"
     assert p.addresses[0] == beta.addr
     assert p.rtt_ms is not None and p.rtt_ms > 0
-    assert p.via is None
+    assert p.via == []
     assert p.last_seen is not None
 
 

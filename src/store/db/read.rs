@@ -228,8 +228,10 @@ impl Reader {
             }
             let (_, bytes) = row?;
             let mut event: FeedEvent = decode(bytes.value())?;
-            if event.change.key.starts_with(prefix) {
-                event.batch = marks.get(event.feed_seq)?.map(|g| {
+            let mark = marks.get(event.feed_seq)?;
+            // A batch's changes under another prefix come too: a watcher needs its end.
+            if event.change.key.starts_with(prefix) || mark.is_some() {
+                event.batch = mark.map(|g| {
                     let (origin, first, last, end) = g.value();
                     BatchMark {
                         range: BatchRange {

@@ -85,7 +85,8 @@ class Peer:
     """One row of ``peers`` (also the result of ``trust``).
 
     ``state`` is ``active``, ``suspect``, ``indirect``, ``unreachable``, ``left`` or
-    ``removed``; ``via`` names the relaying members of an ``indirect`` peer.
+    ``removed``; ``via`` names the relaying members of an ``indirect`` peer (empty
+    otherwise).
     """
 
     id: str
@@ -93,7 +94,7 @@ class Peer:
     state: str
     addresses: List[str]
     rtt_ms: Optional[float]
-    via: Optional[List[str]]
+    via: List[str]
     last_seen: Optional[int]
 
     @classmethod
@@ -105,7 +106,7 @@ class Peer:
             state=f.string("state"),
             addresses=f.strings("addresses"),
             rtt_ms=f.opt_number("rtt_ms"),
-            via=f.opt_strings("via"),
+            via=f.opt_strings("via") or [],
             last_seen=f.opt_integer("last_seen"),
         )
 

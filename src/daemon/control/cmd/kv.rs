@@ -290,8 +290,53 @@ fn feed_line(f: &FeedEvent) -> Vec<u8> {
     line_of(&v)
 }
 
-/// Sends the changes after `from_seq`, then live ones, each exactly once, until the
-/// client closes the connection.
+/// Holds a batch's changes back until the batch ends, so that a watcher gets them
+/// together, the last one under its prefix marked as the end (also when the batch's own
+/// last change is under another prefix).
+#[derive(Default)]
+struct Held {
+    range: Option<BatchRange>,
+    events: Vec<FeedEvent>,
+}
+
+impl Held {
+    /// The changes to send now, given the next change of the feed (in feed order) and
+    /// whether it is under the watched prefix.
+    fn next(&mut self, f: &FeedEvent, under: bool) -> Vec<FeedEvent> {
+        let mut out = Vec::new();
+        let range = f.batch.map(|b| b.range);
+        if self.range.is_some() && self.range != range {
+            out.extend(self.flush());
+        }
+        match f.batch {
+            Some(mark) => {
+                self.range = Some(mark.range);
+                if under {
+                    self.events.push(f.clone());
+                }
+                if mark.end || self.events.len() >= crate::store::MAX_BATCH_OPS {
+                    out.extend(self.flush());
+                }
+            }
+            None if under => out.push(f.clone()),
+            None => {}
+        }
+        out
+    }
+
+    fn flush(&mut self) -> Vec<FeedEvent> {
+        self.range = None;
+        let mut events = std::mem::take(&mut self.events);
+        let n = events.len();
+        for (i, e) in events.iter_mut().enumerate() {
+            if let Some(b) = e.batch.as_mut() {
+                b.end = i + 1 == n;
+            }
+        }
+        events
+    }
+}
+
 /// Sends every change under `prefix` after `last` from the durable feed, page by page to
 /// its end, advancing `last`; false when the watcher is gone or the feed failed (the
 /// watcher was told).
@@ -299,6 +344,7 @@ async fn catch_up(
     d: &Arc<Daemon>,
     prefix: &str,
     last: &mut u64,
+    held: &mut Held,
     tx: &mpsc::Sender<Vec<u8>>,
 ) -> bool {
     loop {
@@ -318,8 +364,10 @@ async fn catch_up(
         }
         for f in &page {
             *last = f.feed_seq;
-            if tx.send(feed_line(f)).await.is_err() {
-                return false;
+            for e in held.next(f, f.change.key.starts_with(prefix)) {
+                if tx.send(feed_line(&e)).await.is_err() {
+                    return false;
+                }
             }
         }
     }
@@ -345,7 +393,8 @@ pub async fn watch<R>(
         return;
     }
     let mut last = from_seq.unwrap_or(0);
-    if !catch_up(d, &prefix, &mut last, &tx).await {
+    let mut held = Held::default();
+    if !catch_up(d, &prefix, &mut last, &mut held, &tx).await {
         return;
     }
     let mut scratch = [0u8; 1024];
@@ -353,18 +402,20 @@ pub async fn watch<R>(
         tokio::select! {
             ev = live.recv() => match ev {
                 Ok(f) => {
-                    if f.feed_seq <= last || !f.change.key.starts_with(&prefix) {
+                    if f.feed_seq <= last {
                         continue;
                     }
                     last = f.feed_seq;
-                    if tx.send(feed_line(&f)).await.is_err() {
-                        return;
+                    for e in held.next(&f, f.change.key.starts_with(&prefix)) {
+                        if tx.send(feed_line(&e)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Catch up from the durable feed, to its end, instead of losing
                     // changes; the live events it already covered are skipped above.
-                    if !catch_up(d, &prefix, &mut last, &tx).await {
+                    if !catch_up(d, &prefix, &mut last, &mut held, &tx).await {
                         return;
                     }
                 }
@@ -376,5 +427,72 @@ pub async fn watch<R>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Held;
+    use crate::store::{BatchMark, BatchRange, Change, FeedEvent, Hlc, Origin, Version};
+
+    fn ev(seq: u64, key: &str, batch: Option<(u64, bool)>) -> FeedEvent {
+        let origin = Origin::new([1; 32], 7);
+        FeedEvent {
+            feed_seq: seq,
+            change: Change {
+                key: key.into(),
+                value: Some(vec![]),
+                version: Version {
+                    hlc: Hlc::new(1, 0),
+                    origin,
+                    seq,
+                },
+                supersedes: vec![],
+            },
+            wins: true,
+            batch: batch.map(|(first, end)| BatchMark {
+                range: BatchRange {
+                    origin,
+                    first,
+                    last: first + 2,
+                },
+                end,
+            }),
+        }
+    }
+
+    /// A watcher of `a/` gets a batch's changes under `a/` together, the last of them
+    /// marked as the end, though the batch's own last change is under `b/`.
+    #[test]
+    fn a_batch_reaches_a_watcher_together_with_its_end_under_the_prefix() {
+        let mut held = Held::default();
+        let feed = [
+            ev(1, "a/solo", None),
+            ev(2, "a/x", Some((2, false))),
+            ev(3, "a/y", Some((2, false))),
+            ev(4, "b/z", Some((2, true))),
+            ev(5, "b/other", None),
+            ev(6, "a/next", Some((6, true))),
+        ];
+        let mut sent = Vec::new();
+        for f in &feed {
+            let out = held.next(f, f.change.key.starts_with("a/"));
+            sent.push(
+                out.iter()
+                    .map(|e| (e.feed_seq, e.batch.map(|b| b.end)))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(
+            sent,
+            vec![
+                vec![(1, None)],
+                vec![],
+                vec![],
+                vec![(2, Some(false)), (3, Some(true))],
+                vec![],
+                vec![(6, Some(true))],
+            ]
+        );
     }
 }
