@@ -81,3 +81,35 @@ fn any_other_restored_state_file_keeps_a_removed_device_out() {
         restored_file_keeps_removed_device_out(&f);
     }
 }
+
+/// The sequence of the report: desk, laptop and phone trust each other (the phone signs
+/// the laptop's entry last, so the entry everyone keeps for the laptop is the phone's);
+/// desk removes the phone, and a new phone (a fresh identity) is trusted by desk alone.
+/// It learns the laptop from desk's roster and reaches it: the laptop's membership did not
+/// go with the phone that had signed for it.
+#[test]
+fn removing_a_device_keeps_the_members_it_had_signed_for() {
+    let nodes = mesh(&["desk", "laptop", "phone"], "");
+    let (desk, laptop) = (&nodes[0], &nodes[1]);
+    let out = desk.cli(&["remove", "phone"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    desk.wait_state("phone", "removed");
+    laptop.wait_state("phone", "removed");
+    let mut phone = common::Node::new("phone", "");
+    phone.start();
+    desk.trust(&phone);
+    phone.trust(desk);
+    phone.wait_state("desk", "active");
+    phone.wait_state("laptop", "active");
+    // The old phone keeps its `removed` row: look the new one up by its ID.
+    wait_until("the laptop to see the new phone active", || {
+        laptop
+            .json(&["peers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == phone.id.as_str() && p["state"] == "active")
+    });
+    let o = phone.cli(&["ping", "laptop", "--timeout", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -58,6 +58,8 @@ pub struct Daemon {
     pub relays: super::relays::RelayBook,
     /// Set when a member told this device it was removed from the mesh.
     pub removed: Mutex<Option<crate::api::RemovedInfo>>,
+    /// What each member may make this device hold (message bodies, streams read).
+    pub budgets: super::budget::Budgets,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 use transport::frame::{read_frame, write_frame};
 use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
+use super::budget::{Held, LANE_TASKS};
 use super::context::Daemon;
 use super::errors::MessageError;
 use super::lanes::{LANE_QUEUE, MAX_HEADER, MAX_RESULT};
@@ -238,9 +239,16 @@ pub async fn send_one(
 }
 
 pub async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
+    // A few of a peer's message streams are read at once; one more is refused at once
+    // (unread, its bytes would hold the connection's flow-control window).
+    let Some(_turn) = d.budgets.try_stream(s.peer) else {
+        let _ = s.recv.stop(1u32.into());
+        busy(&mut s).await;
+        return;
+    };
     let result = match tokio::time::timeout(Duration::from_secs(30), read_message(&d, &mut s)).await
     {
-        Ok(Ok((header, body))) => match header.relay_to {
+        Ok(Ok((header, body, held))) => match header.relay_to {
             Some(dst) if dst != d.id() => forward(&d, s.peer, dst, header, body).await,
             _ => {
                 // A relay vouches for the origin; only members count as origins.
@@ -251,7 +259,7 @@ pub async fn receive(d: Arc<Daemon>, mut s: IncomingStream) {
                 if header.ping {
                     MsgResult::Ack
                 } else {
-                    deliver(&d, from, header, body).await
+                    deliver(&d, from, header, body, held).await
                 }
             }
         },
@@ -321,6 +329,20 @@ async fn message_exchange(
         .ok_or(MessageError::NoAnswer(who))
 }
 
+fn busy_nack() -> MsgResult {
+    nack(
+        code::QUEUE_FULL,
+        "the receiving device is busy with this device's messages (at most 40 MiB of \
+         bodies and 32 messages at once); retry later",
+    )
+}
+
+/// Answers a message stream that is refused before it is read.
+async fn busy(s: &mut IncomingStream) {
+    let _ = write_frame(&mut s.send, &busy_nack(), MAX_RESULT).await;
+    let _ = s.send.finish();
+}
+
 fn nack(code: Code, message: impl Into<String>) -> MsgResult {
     MsgResult::Nack {
         code: code.as_str().to_string(),
@@ -329,9 +351,9 @@ fn nack(code: Code, message: impl Into<String>) -> MsgResult {
 }
 
 async fn read_message(
-    _d: &Arc<Daemon>,
+    d: &Arc<Daemon>,
     s: &mut IncomingStream,
-) -> Result<(MsgHeader, Vec<u8>), MsgResult> {
+) -> Result<(MsgHeader, Vec<u8>, Held), MsgResult> {
     let header: MsgHeader = match read_frame(&mut s.recv, MAX_HEADER).await {
         Ok(Some(h)) => h,
         Ok(None) => return Err(nack(code::BAD_REQUEST, "empty message stream")),
@@ -348,18 +370,35 @@ async fn read_message(
         let _ = s.recv.stop(1u32.into());
         return Err(nack);
     }
-    let body = s
-        .recv
-        .read_to_end(header.body_len as usize)
-        .await
-        .map_err(|e| nack(code::BAD_REQUEST, format!("body not received: {e}")))?;
-    if body.len() as u64 != header.body_len {
-        return Err(nack(code::BAD_REQUEST, "body shorter than announced"));
+    // Room for the body in this peer's budget first (it is held until the handlers ran).
+    let Some(held) = d.budgets.try_bytes(s.peer, header.body_len) else {
+        let _ = s.recv.stop(1u32.into());
+        return Err(busy_nack());
+    };
+    // Read into a buffer of the announced size (no growth, no copies), then the stream
+    // must end.
+    let mut body = vec![0u8; header.body_len as usize];
+    s.recv.read_exact(&mut body).await.map_err(|e| match e {
+        transport::quinn::ReadExactError::FinishedEarly(_) => {
+            nack(code::BAD_REQUEST, "body shorter than announced")
+        }
+        e => nack(code::BAD_REQUEST, format!("body not received: {e}")),
+    })?;
+    match s.recv.read_to_end(0).await {
+        Ok(_) => Ok((header, body, held)),
+        Err(_) => Err(nack(code::BAD_REQUEST, "body longer than announced")),
     }
-    Ok((header, body))
 }
 
-async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u8>) -> MsgResult {
+/// Runs the handlers for a message; `held` is the body's budget, given back once they
+/// ran (or it was refused).
+async fn deliver(
+    d: &Arc<Daemon>,
+    from: DeviceId,
+    header: MsgHeader,
+    body: Vec<u8>,
+    held: Held,
+) -> MsgResult {
     let from_name = d.peers().name_of(&from).unwrap_or_default();
     let from_plain = from.to_plain();
     d.emit(Event::Message {
@@ -415,6 +454,7 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
     if !header.reply {
         let tag = header.tag.clone();
         tokio::spawn(async move {
+            let _held = held;
             for o in fut.await {
                 if !o.success() {
                     warn!(%tag, handler = %o.handler, exit = ?o.exit_code, timed_out = o.timed_out, error = ?o.error, "handler failed");
@@ -427,6 +467,7 @@ async fn deliver(d: &Arc<Daemon>, from: DeviceId, header: MsgHeader, body: Vec<u
     // outputs together would not fit.
     let mut budget = MAX_RESULT - 64 * 1024;
     let outcomes = fut.await;
+    drop(held);
     MsgResult::Replies(
         outcomes
             .into_iter()
@@ -454,6 +495,9 @@ pub async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
         ..
     } = s;
     let (tx, mut results) = mpsc::channel::<LaneResult>(LANE_QUEUE);
+    // Messages with `reply` wait for their handlers in tasks of their own: at most
+    // LANE_TASKS at once; then the lane is not read until one ends.
+    let tasks = Arc::new(Semaphore::new(LANE_TASKS));
     let writer = tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(first) = results.recv().await {
@@ -490,6 +534,7 @@ pub async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
             let _ = recv.stop(1u32.into());
             break;
         }
+        let held = d.budgets.bytes(peer, msg.header.body_len).await;
         let mut body = vec![0u8; msg.header.body_len as usize];
         if recv.read_exact(&mut body).await.is_err() {
             break;
@@ -498,14 +543,18 @@ pub async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
         let result = if let Err(nack) = check_header(&msg.header) {
             Some(nack)
         } else if msg.header.reply {
+            let Ok(task) = tasks.clone().acquire_owned().await else {
+                break;
+            };
             let (d, tx) = (d.clone(), tx.clone());
             tokio::spawn(async move {
-                let result = deliver(&d, peer, msg.header, body).await;
+                let _task = task;
+                let result = deliver(&d, peer, msg.header, body, held).await;
                 let _ = tx.send(LaneResult { seq, result }).await;
             });
             None
         } else {
-            Some(deliver(&d, peer, msg.header, body).await)
+            Some(deliver(&d, peer, msg.header, body, held).await)
         };
         if let Some(result) = result {
             if tx.send(LaneResult { seq, result }).await.is_err() {

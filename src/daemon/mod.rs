@@ -1,6 +1,7 @@
 //! The daemon: wires the transport endpoint, the peer table, messages, handlers and the
 //! control socket together.
 
+mod budget;
 pub(crate) mod candidates;
 mod conn_events;
 mod context;
@@ -162,6 +163,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         punches: Default::default(),
         relays,
         removed: Mutex::new(None),
+        budgets: budget::Budgets::default(),
         reach: Default::default(),
         started: Instant::now(),
         manual,

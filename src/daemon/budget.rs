@@ -1,0 +1,160 @@
+//! Bounds on what one member can make this device hold (docs/security.md, "Memory"):
+//! message bodies being received, queued for handlers or handled count against a byte
+//! budget per peer and one for all peers together, and a peer's message streams are read
+//! a few at a time. A message stream beyond them is refused at once (`queue_full`):
+//! left unread, its bytes would hold the connection's flow-control window and stall the
+//! streams being read. A lane's messages (small) wait for room instead. A member that
+//! floods gets errors; the others go on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use transport::DeviceId;
+
+/// Bytes of message bodies one peer may have here at once (two bodies of the largest
+/// size, 20 MiB).
+pub const PEER_BYTES: u64 = 40 * 1024 * 1024;
+/// Bytes of message bodies all peers together may have here at once.
+pub const TOTAL_BYTES: u64 = 160 * 1024 * 1024;
+/// A peer's message streams read at once (the others wait, unread).
+pub const PEER_STREAMS: usize = 32;
+/// Reply tasks (messages with `reply`, waiting for their handlers) of one message lane.
+pub const LANE_TASKS: usize = 64;
+
+/// Budgets are counted in KiB.
+const UNIT: u64 = 1024;
+
+fn units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX)
+}
+
+struct Peer {
+    bytes: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+}
+
+/// The budgets of every peer (see the module).
+pub struct Budgets {
+    total: Arc<Semaphore>,
+    peers: Mutex<HashMap<DeviceId, Arc<Peer>>>,
+}
+
+/// Budget held; given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            total: Arc::new(Semaphore::new(units(TOTAL_BYTES) as usize)),
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Budgets {
+    fn peer(&self, id: DeviceId) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Peer {
+                    bytes: Arc::new(Semaphore::new(units(PEER_BYTES) as usize)),
+                    streams: Arc::new(Semaphore::new(PEER_STREAMS)),
+                })
+            })
+            .clone()
+    }
+
+    /// A turn to read one of `peer`'s message streams; `None` while it has
+    /// [`PEER_STREAMS`] being read.
+    pub fn try_stream(&self, peer: DeviceId) -> Option<Held> {
+        let permit = self.peer(peer).streams.clone().try_acquire_owned().ok()?;
+        Some(Held {
+            _permits: vec![permit],
+        })
+    }
+
+    /// Room for a body of `bytes` from `peer` now; `None` while that peer, or all peers
+    /// together, hold their budget.
+    pub fn try_bytes(&self, peer: DeviceId, bytes: u64) -> Option<Held> {
+        let n = units(bytes);
+        let own = self
+            .peer(peer)
+            .bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()?;
+        let all = self.total.clone().try_acquire_many_owned(n).ok()?;
+        Some(Held {
+            _permits: vec![own, all],
+        })
+    }
+
+    /// Room for a body of `bytes` from `peer` (waits while that peer, or all peers
+    /// together, hold their budget). `bytes` is at most the largest body, below both.
+    pub async fn bytes(&self, peer: DeviceId, bytes: u64) -> Held {
+        let n = units(bytes);
+        let p = self.peer(peer);
+        // The peer's own first, so one peer waiting never holds the shared budget.
+        let own = p.bytes.clone().acquire_many_owned(n).await;
+        let all = self.total.clone().acquire_many_owned(n).await;
+        Held {
+            _permits: own.into_iter().chain(all).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_over_its_budget_waits_and_others_go_on() {
+        let b = Budgets::default();
+        let (p, q) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        let first = b.bytes(p, PEER_BYTES / 2).await;
+        let _second = b.bytes(p, PEER_BYTES / 2).await;
+        // A third body from p waits for one of its own to go.
+        let third = tokio::time::timeout(std::time::Duration::from_millis(50), b.bytes(p, 1));
+        assert!(third.await.is_err(), "p is over its budget");
+        // q is not held up by p.
+        let _q = b.bytes(q, PEER_BYTES).await;
+        drop(first);
+        let _third = b.bytes(p, 1).await;
+        // Streams: PEER_STREAMS at once, then none until one ends.
+        let mut held = Vec::new();
+        for _ in 0..PEER_STREAMS {
+            held.push(b.try_stream(p).expect("a turn"));
+        }
+        assert!(b.try_stream(p).is_none());
+        held.pop();
+        assert!(b.try_stream(p).is_some());
+        // try_bytes: refused at once while a peer holds its budget, others go on.
+        let fresh = Budgets::default();
+        let _most = fresh.try_bytes(p, PEER_BYTES - 1024).expect("room");
+        assert!(fresh.try_bytes(p, 2048).is_none());
+        assert!(fresh.try_bytes(p, 1024).is_some());
+        assert!(fresh.try_bytes(q, PEER_BYTES).is_some());
+    }
+
+    #[tokio::test]
+    async fn all_peers_together_stay_within_the_total() {
+        let b = Budgets::default();
+        let mut held = Vec::new();
+        let n = TOTAL_BYTES / PEER_BYTES;
+        for i in 0..n {
+            held.push(b.bytes(DeviceId([i as u8; 32]), PEER_BYTES).await);
+        }
+        let over = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            b.bytes(DeviceId([200; 32]), 1),
+        );
+        assert!(over.await.is_err(), "the total is spent");
+        held.pop();
+        let _ok = b.bytes(DeviceId([200; 32]), 1).await;
+    }
+}
