@@ -14,8 +14,10 @@
 //! id is one it lists (any with too many ids), and the group program sends exactly the
 //! marked datagrams to the heartbeat socket; `open` accepts exactly the undamaged sealed
 //! heartbeats whose counter is above every one accepted before, returns the digest they
-//! carry, and never accepts a datagram that was not sealed with the peer's key (nor the
-//! receiver's own heartbeats reflected back).
+//! carry, and on both sides agrees with an independent model (length, marker, key id,
+//! flags, counter above the last accepted, tag checked with `ring` under that side's
+//! key): it never accepts a damaged, replayed or forged datagram, nor a heartbeat
+//! reflected back to the side that sealed it.
 #![no_main]
 
 use cnspr_fuzz::heartbeat_filter::{program, MAX_IDS};
@@ -95,28 +97,63 @@ type Sealed = ([u8; LEN], Option<u64>, u64);
 struct Link {
     sender: LinkKeys,
     receiver: LinkKeys,
-    /// Both directions have the same key material: a reflected heartbeat opens.
-    reflects: bool,
+    /// The receiver's key: the dialer's direction, the first 32 bytes of the material.
+    rx_key: [u8; 32],
+    /// The sender's receiving key: the other direction, bytes 40..72.
+    tx_key: [u8; 32],
     filter: Filter,
 }
 
-/// Delivers `pkt` to the receiver (and reflected to the sender), comparing `open` with
-/// the model: it opens exactly when it is one of the sealed heartbeats, undamaged, with a
-/// counter above every one accepted so far.
-fn deliver(link: &Link, pkt: &[u8], sealed: &[Sealed], accepted: &mut u64) {
+/// Delivers `pkt` to the receiver and, reflected, to the sender, and compares `open` with
+/// an independent model of it: a datagram opens exactly when it has the heartbeat's
+/// length and marker, the receiver's key id, flags 0 or 1, a counter above every one
+/// accepted so far, and a ChaCha20-Poly1305 tag that verifies under the receiver's key
+/// (checked here with `ring` directly). The fuzzer knows the key material, so it can
+/// make valid heartbeats of its own (even ones the sender will seal only later): the
+/// model, not the list of sealed heartbeats, decides. An undamaged sealed heartbeat with
+/// a fresh counter must open with its digest.
+fn deliver(link: &Link, pkt: &[u8], sealed: &[Sealed], accepted: &mut [u64; 2]) {
     link.filter.check(pkt);
-    if !link.reflects {
-        assert_eq!(link.sender.open(pkt), None, "a side accepted its own heartbeat");
-    }
-    let opened = link.receiver.open(pkt);
-    match sealed.iter().find(|(p, _, _)| &p[..] == pkt) {
-        Some((_, digest, c)) if *c > *accepted => {
-            assert_eq!(opened, Some(*digest), "a fresh sealed heartbeat was refused");
-            *accepted = *c;
+    // Both sides, each against the model with its own key and counter: a datagram made
+    // with the receiver's key (the fuzzer knows it) may rightly open on the sender.
+    for (side, keys, key) in [
+        (0, &link.receiver, &link.rx_key),
+        (1, &link.sender, &link.tx_key),
+    ] {
+        let opened = keys.open(pkt);
+        let want = model(key, &keys.rx_id(), pkt, accepted[side]);
+        assert_eq!(opened, want, "open (side {side}) differs from the model for {pkt:02x?}");
+        if side == 0 {
+            if let Some((_, digest, c)) = sealed.iter().find(|(p, _, _)| &p[..] == pkt) {
+                if *c > accepted[0] {
+                    assert_eq!(opened, Some(*digest), "a fresh sealed heartbeat was refused");
+                }
+            }
         }
-        Some(_) => assert_eq!(opened, None, "accepted a replayed heartbeat"),
-        None => assert_eq!(opened, None, "accepted a datagram that was never sealed"),
+        if opened.is_some() {
+            accepted[side] = u64::from_be_bytes(pkt[9..17].try_into().unwrap());
+        }
     }
+}
+
+fn model(key: &[u8; 32], rx_id: &[u8; 8], pkt: &[u8], accepted: u64) -> Option<Option<u64>> {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+    if pkt.len() != LEN || pkt[0] != MARKER || &pkt[1..9] != rx_id {
+        return None;
+    }
+    let counter = u64::from_be_bytes(pkt[9..17].try_into().unwrap());
+    let flags = pkt[17];
+    if flags > 1 || counter <= accepted {
+        return None;
+    }
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&counter.to_be_bytes());
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).unwrap());
+    let mut tag = pkt[26..].to_vec();
+    key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&pkt[..26]), &mut tag)
+        .ok()?;
+    let digest = u64::from_be_bytes(pkt[18..26].try_into().unwrap());
+    Some((flags == 1).then_some(digest))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -126,7 +163,6 @@ fuzz_target!(|data: &[u8]| {
     let material: [u8; 80] = data[..80].try_into().unwrap();
     let sender = LinkKeys::from_material(&material, true);
     let receiver = LinkKeys::from_material(&material, false);
-    let reflects = material[..40] == material[40..];
 
     // The filter lists the receiver's id among others (or too many ids to list).
     let n = match data[80] {
@@ -138,10 +174,13 @@ fuzz_target!(|data: &[u8]| {
         ids.push(receiver.rx_id());
     }
     let filter = Filter { code: program(MARKER, LEN, &ids), ids };
-    let link = Link { sender, receiver, reflects, filter };
+    let rx_key: [u8; 32] = material[..32].try_into().unwrap();
+    let tx_key: [u8; 32] = material[40..72].try_into().unwrap();
+    let link = Link { sender, receiver, rx_key, tx_key, filter };
 
     let mut sealed: Vec<Sealed> = Vec::new();
-    let mut accepted = 0u64;
+    // Highest counter accepted by the receiver [0] and by the sender [1].
+    let mut accepted = [0u64; 2];
     let mut counter = 0u64;
     let script = &data[81..];
     for (i, step) in script.chunks(4).enumerate() {
