@@ -1,0 +1,19 @@
+//! `crate::daemon`: the files of `src/daemon/` that the targets need.
+
+#[path = "../../src/daemon/wire.rs"]
+pub mod wire;
+
+#[path = "../../src/daemon/roster.rs"]
+pub mod roster;
+
+#[path = "../../src/daemon/relays.rs"]
+pub mod relays;
+
+#[path = "daemon_control.rs"]
+pub mod control;
+
+#[path = "daemon_sync.rs"]
+pub mod sync;
+
+#[path = "daemon_pair.rs"]
+pub mod pair;
