@@ -48,7 +48,7 @@ fn main() -> ExitCode {
                     Some(a) => serde_json::to_value(&a.0).unwrap_or_default(),
                     None => json!({"code": "client_error", "message": text}),
                 };
-                println!("{}", json!({ "error": body }));
+                let _ = cnspr::output::print_error_json(&body);
             }
             eprintln!("cnspr: {text}");
             ExitCode::from(1)

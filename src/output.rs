@@ -72,6 +72,12 @@ pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a failed command's error as `--json` gives it: `{"error": BODY}` on one line
+/// (docs/api.md, "The CLI with `--json`").
+pub fn print_error_json(body: &impl serde::Serialize) -> anyhow::Result<()> {
+    print_json(&serde_json::json!({ "error": body }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ fn conflict_exit(res: anyhow::Result<Value>, g: &Global) -> anyhow::Result<Optio
         Err(e) => match e.downcast_ref::<crate::client::ApiError>() {
             Some(a) if a.0.code == crate::api::Code::Conflict => {
                 if g.json {
-                    print_json(&serde_json::json!({ "error": a.0 }))?;
+                    crate::output::print_error_json(&a.0)?;
                 }
                 eprintln!("cnspr: conflict: {}", a.0.message);
                 Ok(None)
@@ -47,22 +47,30 @@ fn device_names(c: &mut Client) -> std::collections::HashMap<String, String> {
     names
 }
 
-/// One version of a key for a person: its value (or that it is a delete), who wrote it
-/// and when, and the version string for `--if-version`.
-fn version_line(v: &Value, names: &std::collections::HashMap<String, String>) -> String {
-    let what = if v["deleted"] == true {
-        "deleted".to_string()
-    } else {
+/// A version's value for a person (`None` for a delete).
+fn value_text(v: &Value) -> Option<String> {
+    (v["deleted"] != true).then(|| {
         let bytes = data_encoding::BASE64
             .decode(v["value_b64"].as_str().unwrap_or("").as_bytes())
             .unwrap_or_default();
         crate::output::value_preview(&bytes)
-    };
+    })
+}
+
+/// The name of the device that wrote a version (its short ID when unknown).
+fn writer_name(v: &Value, names: &std::collections::HashMap<String, String>) -> String {
     let origin = v["origin"].as_str().unwrap_or("");
-    let who = names
+    names
         .get(origin)
         .cloned()
-        .unwrap_or_else(|| crate::output::short_id(origin));
+        .unwrap_or_else(|| crate::output::short_id(origin))
+}
+
+/// One version of a key for a person: its value (or that it is a delete), who wrote it
+/// and when, and the version string for `--if-version`.
+fn version_line(v: &Value, names: &std::collections::HashMap<String, String>) -> String {
+    let what = value_text(v).unwrap_or_else(|| "deleted".into());
+    let who = writer_name(v, names);
     let when = v["hlc"]
         .as_str()
         .and_then(|h| h.split('.').next()?.parse::<u64>().ok())
@@ -77,19 +85,8 @@ fn version_line(v: &Value, names: &std::collections::HashMap<String, String>) ->
 /// A watch event for a person: feed seq, what happened, whether it won, who wrote it,
 /// and the batch it belongs to.
 fn watch_line(v: &Value, names: &std::collections::HashMap<String, String>) -> String {
-    let what = if v["deleted"] == true {
-        "del".to_string()
-    } else {
-        let bytes = data_encoding::BASE64
-            .decode(v["value_b64"].as_str().unwrap_or("").as_bytes())
-            .unwrap_or_default();
-        format!("put {}", crate::output::value_preview(&bytes))
-    };
-    let origin = v["origin"].as_str().unwrap_or("");
-    let who = names
-        .get(origin)
-        .cloned()
-        .unwrap_or_else(|| crate::output::short_id(origin));
+    let what = value_text(v).map_or_else(|| "del".into(), |t| format!("put {t}"));
+    let who = writer_name(v, names);
     let lost = if v["wins"] == false {
         " (concurrent, lost: kept as a sibling)"
     } else {
@@ -165,7 +162,7 @@ pub fn kv(mut c: Client, g: &Global, k: crate::cli::KvCommand) -> anyhow::Result
                 {
                     if g.json {
                         let e = e.downcast_ref::<crate::client::ApiError>().map(|a| &a.0);
-                        print_json(&serde_json::json!({ "error": e }))?;
+                        crate::output::print_error_json(&e)?;
                     }
                     eprintln!("cnspr: no key {key:?}");
                     return Ok(1);

@@ -223,8 +223,7 @@ impl State {
                 let from = events.len();
                 let applied = self.apply(w, changes, through.as_ref(), wall_ms, events)?;
                 if applied.is_ok() {
-                    self.record_batches(w, &super::batch::received(batches, changes))?;
-                    self.mark_batches(w, &mut events[from..])?;
+                    self.took_batches(w, batches, changes, &mut events[from..])?;
                 }
                 applied.into()
             }
@@ -234,8 +233,7 @@ impl State {
                 let from = events.len();
                 let applied = self.apply_reconciled(w, changes, wall_ms, events)?;
                 if applied.is_ok() {
-                    self.record_batches(w, &super::batch::received(batches, changes))?;
-                    self.mark_batches(w, &mut events[from..])?;
+                    self.took_batches(w, batches, changes, &mut events[from..])?;
                 }
                 applied.into()
             }

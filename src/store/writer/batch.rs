@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 
 use super::State;
-use crate::store::batch::{BatchOp, BatchResult};
+use crate::store::batch::{received, BatchOp, BatchResult};
 use crate::store::db::Writer;
 use crate::store::error::StoreError;
-use crate::store::model::{BatchMark, BatchRange, FeedEvent};
+use crate::store::model::{BatchMark, BatchRange, Change, FeedEvent};
 
 impl State {
     /// Writes a local batch: every condition is checked first, and the first that fails
@@ -48,17 +48,20 @@ impl State {
         Ok(Ok(BatchResult { range, changes }))
     }
 
-    /// Records the batches received from a peer with changes just applied (see
-    /// `batch::received`; one that overlaps a batch known already is ignored).
-    pub(super) fn record_batches(
+    /// After `changes` from a peer were applied: records the batches received with them
+    /// (see `batch::received`; one that overlaps a batch known already is ignored) and
+    /// marks the feed events they made.
+    pub(super) fn took_batches(
         &mut self,
         w: &mut Writer<'_>,
         ranges: &[BatchRange],
+        changes: &[Change],
+        events: &mut [FeedEvent],
     ) -> Result<(), StoreError> {
-        for r in ranges {
-            w.batch_insert(*r)?;
+        for r in received(ranges, changes) {
+            w.batch_insert(r)?;
         }
-        Ok(())
+        self.mark_batches(w, events)
     }
 
     /// Marks the feed events of one operation that belong to a batch; the last of each

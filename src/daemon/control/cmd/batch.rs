@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::super::framing::err;
-use super::kv::{batch_id, condition, store_err, user_key, version_json, version_string};
+use super::kv::{batch_id, condition, store_err, user_key, written_json};
 use crate::api::{code, BatchOpRequest, ErrorBody};
 use crate::daemon::context::Daemon;
 use crate::store::{BatchOp, MAX_BATCH_OPS};
@@ -91,17 +91,7 @@ pub async fn batch(
         .iter()
         .zip(&result.changes)
         .map(|(key, change)| match change {
-            Some(c) => {
-                let mut v = version_json(key, None, &c.version);
-                if let Some(m) = v.as_object_mut() {
-                    m.remove("value_b64");
-                    if c.value.is_some() {
-                        m.remove("deleted");
-                    }
-                }
-                v["version"] = json!(version_string(&c.version));
-                v
-            }
+            Some(c) => written_json(c),
             None => json!({"key": key, "unchanged": true}),
         })
         .collect();

@@ -14,7 +14,9 @@ use super::super::framing::{err, line_of};
 use crate::api::{code, ErrorBody, Reply};
 use crate::daemon::context::Daemon;
 use crate::store::counters::{CounterError, RESERVED};
-use crate::store::{BatchRange, Condition, Device, Entry, FeedEvent, Hlc, StoreError, Version};
+use crate::store::{
+    BatchRange, Change, Condition, Device, Entry, FeedEvent, Hlc, StoreError, Version,
+};
 
 /// Most keys one `kv.list` answers.
 const MAX_LIST: usize = 10_000;
@@ -56,7 +58,7 @@ fn origin_id(v: &Version) -> String {
 
 /// The one-string form of a version (`version` in replies, `if_version` in requests):
 /// `HLC:SEQ:ORIGIN`.
-pub(super) fn version_string(v: &Version) -> String {
+fn version_string(v: &Version) -> String {
     version_str(&v.hlc, v.seq, &origin_id(v))
 }
 
@@ -110,7 +112,7 @@ pub fn condition(
     }
 }
 
-pub(super) fn version_json(key: &str, value: Option<&[u8]>, v: &Version) -> Value {
+fn version_json(key: &str, value: Option<&[u8]>, v: &Version) -> Value {
     json!({
         "key": key,
         "value_b64": value.map(|b| data_encoding::BASE64.encode(b)),
@@ -193,15 +195,24 @@ pub async fn put(
         .put_if(key, value.to_vec(), cond)
         .await
         .map_err(store_err)?;
-    Ok(version_json(key, None, &change.version)
-        .as_object()
-        .map(|m| {
-            let mut m = m.clone();
-            m.remove("value_b64");
-            m.remove("deleted");
-            Value::Object(m)
-        })
-        .unwrap_or(Value::Null))
+    Ok(written_json(&change))
+}
+
+/// What a write made, as `kv.put` and `kv.batch` answer it: the key and the version
+/// written, and `deleted: true` for a delete.
+pub(super) fn written_json(c: &Change) -> Value {
+    let v = &c.version;
+    let mut out = json!({
+        "key": c.key,
+        "hlc": v.hlc.to_string(),
+        "origin": origin_id(v),
+        "seq": v.seq,
+        "version": version_string(v),
+    });
+    if c.value.is_none() {
+        out["deleted"] = json!(true);
+    }
+    out
 }
 
 pub fn get(d: &Arc<Daemon>, key: &str, all: bool) -> Result<Value, ErrorBody> {
