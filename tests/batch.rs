@@ -250,3 +250,81 @@ fn a_batch_survives_its_writer_killed_during_the_commit_whole_or_not_at_all() {
     }
     eprintln!("{whole} of 8 batches were committed before the kill");
 }
+
+/// Bad batches on the socket are answered with a clear error, nothing is written, and
+/// the connection stays usable (the raw values of a refused batch are skipped).
+#[test]
+fn bad_batches_on_the_socket_are_refused_clearly() {
+    let mut a = Node::new("bb", "");
+    a.start();
+    let mut s = UnixStream::connect(a.socket()).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut ask = |req: Value, body: &[u8]| -> Value {
+        s.write_all(format!("{req}\n").as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let put = |k: &str| json!({"op": "put", "key": k, "value": "v"});
+    let cases = [
+        (
+            json!({"id": 1, "cmd": "kv.batch", "ops": []}),
+            "bad_request",
+            "1 to 1000",
+        ),
+        (
+            json!({"id": 2, "cmd": "kv.batch", "ops": (0..1001).map(|i| put(&format!("k{i}"))).collect::<Vec<_>>()}),
+            "bad_request",
+            "not 1001",
+        ),
+        (
+            json!({"id": 3, "cmd": "kv.batch", "ops": [put("d"), put("d")]}),
+            "bad_request",
+            "again",
+        ),
+        (
+            json!({"id": 4, "cmd": "kv.batch", "ops": [{"op": "put", "key": "x"}]}),
+            "bad_request",
+            "operation 1",
+        ),
+        (
+            json!({"id": 5, "cmd": "kv.batch", "ops": [{"op": "bump", "key": "x"}]}),
+            "bad_request",
+            "kv.batch",
+        ),
+        (
+            json!({"id": 6, "cmd": "kv.batch", "ops": [put(".cnspr/counter/x")]}),
+            "bad_request",
+            "operation 1",
+        ),
+        (
+            json!({"id": 7, "cmd": "kv.batch", "ops": [{"op": "put", "key": "b", "value_b64": "!!"}]}),
+            "bad_request",
+            "base64",
+        ),
+    ];
+    for (req, code, words) in cases {
+        let v = ask(req.clone(), b"");
+        assert_eq!(v["ok"], false, "{req}: {v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(words), "{msg}");
+    }
+    // A batch over 8 MiB (its values raw after the line) is too_large, and its bytes
+    // are skipped: the next request on the connection is answered.
+    let big: Vec<Value> = (0..3)
+        .map(|i| json!({"op": "put", "key": format!("big{i}"), "value_len": 3 * 1024 * 1024}))
+        .collect();
+    let v = ask(
+        json!({"id": 8, "cmd": "kv.batch", "ops": big}),
+        &vec![0u8; 9 * 1024 * 1024],
+    );
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    let v = ask(json!({"id": 9, "cmd": "kv.list", "prefix": ""}), b"");
+    assert_eq!(
+        v["result"]["entries"],
+        json!([]),
+        "nothing was written: {v}"
+    );
+}
