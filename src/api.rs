@@ -368,6 +368,10 @@ pub struct Status {
     /// Set when a member told this device that it was removed from the mesh.
     #[serde(default)]
     pub removed: Option<RemovedInfo>,
+    /// Members not trusted until the person decides (a conflict of removals), each as a
+    /// sentence naming who removed whom and the command that decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
 }
 
 /// This device was removed from the mesh (`status`).
@@ -545,6 +549,10 @@ pub enum Event {
         /// How the peer is reached now (absent while it is not).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathInfo>,
+        /// What happened, in words (`peer.renamed`: the old name; `peer.conflict`: who
+        /// removed whom, and how to decide).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     Daemon {
         tag: String,

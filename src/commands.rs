@@ -7,13 +7,13 @@ mod follow;
 mod install;
 mod kv;
 
-use follow::follow;
+use follow::{describe_event, follow};
 
 use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::api::{
-    Event, HandlersResult, PeerInfo, PingResult, Request, SendRequest, SendResult, Status, MAX_BODY,
+    HandlersResult, PeerInfo, PingResult, Request, SendRequest, SendResult, Status, MAX_BODY,
 };
 use crate::cli::{Command, Global, SendArgs};
 use crate::client::Client;
@@ -60,6 +60,9 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                     ago(Some(r.at))
                 );
             }
+            for c in &s.conflicts {
+                println!("Conflict:  {c}");
+            }
         }
         Command::Peers => {
             let v = c.request(&Request::Peers {})?;
@@ -97,6 +100,9 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             if let Ok(s) = c.request(&Request::Status {}) {
                 if let Some(by) = s["removed"]["by"].as_str() {
                     eprintln!("cnspr: this device was removed from the mesh by {by}");
+                }
+                for c in s["conflicts"].as_array().into_iter().flatten() {
+                    eprintln!("cnspr: {}", c.as_str().unwrap_or_default());
                 }
             }
         }
@@ -157,6 +163,12 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                 v["removed"]["name"].as_str().unwrap_or(""),
                 v["removed"]["id"].as_str().unwrap_or("")
             );
+            for n in v["restored"].as_array().into_iter().flatten() {
+                println!(
+                    "trusted again: {} (a removal signed by the removed device no longer counts)",
+                    n.as_str().unwrap_or("")
+                );
+            }
         }
         Command::Relay(args) => {
             let req = match args.action {
@@ -562,35 +574,5 @@ fn attempt_line(a: &Value) -> String {
         ("wrong_code", 1) => format!("wrong code from {who}: 1 attempt left"),
         ("wrong_code", n) => format!("wrong code from {who}: {n} attempts left"),
         _ => format!("refused {who}: {}", s("reason")),
-    }
-}
-
-fn describe_event(v: &Value) -> String {
-    match serde_json::from_value::<Event>(v.clone()) {
-        Ok(Event::Message {
-            tag,
-            from,
-            message_id,
-            body_len,
-            ..
-        }) => format!(
-            "message  {tag} from {} ({body_len} bytes, id {message_id})",
-            from.name
-        ),
-        Ok(Event::Peer {
-            tag,
-            peer,
-            state,
-            address,
-            path,
-        }) => format!(
-            "peer     {tag} {} {state}{}{}",
-            peer.name,
-            address.map(|a| format!(" {a}")).unwrap_or_default(),
-            path.map(|p| format!(" ({})", crate::output::path_text(&p)))
-                .unwrap_or_default()
-        ),
-        Ok(Event::Daemon { tag, state }) => format!("daemon   {tag} {state}"),
-        Err(_) => v.to_string(),
     }
 }

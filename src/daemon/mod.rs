@@ -31,6 +31,7 @@ mod relays;
 mod removal_notice;
 mod roster;
 mod roster_gossip;
+mod roster_judge;
 mod services;
 mod stream_io;
 pub mod streams;

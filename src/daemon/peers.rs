@@ -29,6 +29,8 @@ pub enum PeerState {
     Unreachable,
     Left,
     Removed,
+    /// Not trusted until the person decides: removed by a member it removed.
+    Conflict,
 }
 
 impl PeerState {
@@ -40,6 +42,7 @@ impl PeerState {
             PeerState::Unreachable => "unreachable",
             PeerState::Left => "left",
             PeerState::Removed => "removed",
+            PeerState::Conflict => "conflict",
         }
     }
 }

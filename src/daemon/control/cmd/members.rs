@@ -151,8 +151,13 @@ pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
             ),
         ));
     }
+    // A device in a conflict of removals is not in the table: found by name or ID.
+    let conflicted = d.conflicts().into_iter().find(|(id, name)| {
+        name == peer || (peer.len() >= 4 && transport::resolve_prefix(peer, [*id].iter()).is_ok())
+    });
     let id = match d.peers().resolve(peer) {
         Ok(id) => id,
+        Err(_) if conflicted.is_some() => conflicted.as_ref().map(|(id, _)| *id).unwrap_or(me),
         Err(e) => {
             // Removals keep no name: a removed device is found by its ID only.
             let removed = d.members.removed_ids();
@@ -171,11 +176,21 @@ pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
             format!("{peer} ({id}) was already removed from the mesh"),
         ));
     }
-    let name = d.peers().name_of(&id).unwrap_or_default();
+    let name = d
+        .peers()
+        .name_of(&id)
+        .or_else(|| d.roster().name_of(&id))
+        .unwrap_or_default();
     let applied = d.members.remove(id, &name);
+    // Devices this removal trusts again: its removals of them are void now.
+    let restored: Vec<&str> = applied.joined.iter().map(|(_, n)| n.as_str()).collect();
+    let reply = serde_json::json!({
+        "removed": {"id": id.to_string(), "name": name},
+        "restored": restored,
+    });
     d.membership_changed(applied, None);
     d.gossip_roster(None);
-    Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
+    Ok(reply)
 }
 
 /// `pair.join`: joins the mesh of a device whose pairing window shows `code`.

@@ -9,6 +9,24 @@ use super::super::framing::timeout_of;
 use crate::api::{ErrorBody, PingResult};
 use crate::daemon::context::Daemon;
 
+/// The peer table, with the devices in a conflict of removals as `conflict` rows.
+pub fn list(d: &Arc<Daemon>) -> Vec<crate::api::PeerInfo> {
+    let mut v = d.peers().infos();
+    for (id, name) in d.conflicts() {
+        v.push(crate::api::PeerInfo {
+            id: id.to_string(),
+            name,
+            state: crate::daemon::peers::PeerState::Conflict.as_str().into(),
+            addresses: vec![],
+            rtt_ms: None,
+            via: Vec::new(),
+            last_seen: None,
+            path: None,
+        });
+    }
+    v
+}
+
 pub async fn ping(
     d: &Arc<Daemon>,
     peer: DeviceId,
