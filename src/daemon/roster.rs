@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use transport::DeviceId;
 
+// Paths spelt out: the fuzz crate compiles this file by `#[path]`.
+#[path = "roster/signed.rs"]
 mod signed;
 pub use signed::{MemberEntry, Removal, RosterSnapshot, MAX_MEMBERS, MAX_SIGNERS};
 
@@ -374,14 +376,19 @@ impl MeshRoster {
         }
         let held = self.pool.entry(r.id).or_default();
         let signer = r.signer_id();
-        if held.contains_key(&signer) {
-            // One removal per signer is enough: removals are final.
-            return false;
-        }
-        if held.len() >= MAX_SIGNERS {
+        // One removal per signer is enough (removals are final): the oldest is kept,
+        // and of more signers than the bound the lowest IDs, so what is held is a
+        // function of what was delivered, not of its order.
+        if held.get(&signer).is_some_and(|o| o.version <= r.version) {
             return false;
         }
         held.insert(signer, r);
+        if held.len() > MAX_SIGNERS {
+            if let Some(last) = held.keys().next_back().copied() {
+                held.remove(&last);
+                return last != signer;
+            }
+        }
         true
     }
 
@@ -525,4 +532,5 @@ struct Judged {
 }
 
 #[cfg(test)]
+#[path = "roster/tests.rs"]
 mod tests;
