@@ -511,4 +511,34 @@ mod tests {
         ro.merge_checked(rd.snapshot());
         assert!(ro.is_member(&laptop.id) && ro.is_removed(&phone.id));
     }
+
+    /// A member that signs itself an entry with another member's name is renamed (the
+    /// change names the old name), and the name then finds no one: never the impostor.
+    #[test]
+    fn a_member_taking_another_s_name_is_shown_and_never_guessed() {
+        let (laptop, desk, phone) = (dev("laptop"), dev("desk"), dev("phone"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = roster(&laptop, dir.path());
+        r.merge(RosterSnapshot {
+            members: vec![
+                MemberEntry::sign(&laptop, desk.id, "desk", 1),
+                MemberEntry::sign(&laptop, phone.id, "phone", 1),
+            ],
+            removals: vec![],
+        });
+        let ch = r.merge(RosterSnapshot {
+            members: vec![MemberEntry::sign(&phone, phone.id, "desk", 9)],
+            removals: vec![],
+        });
+        assert_eq!(ch.renamed, vec![(phone.id, "phone".into(), "desk".into())]);
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        for m in r.members() {
+            table
+                .peers
+                .insert(m.id, Peer::new(m.id, m.name.clone(), Vec::new()));
+        }
+        let e = table.resolve("desk").unwrap_err();
+        assert_eq!(e.code, crate::api::code::AMBIGUOUS_PEER, "{}", e.message);
+        assert_eq!(table.resolve(&desk.id.to_string()).unwrap(), desk.id);
+    }
 }

@@ -283,6 +283,18 @@ impl PeerTable {
         if by_name.len() == 1 {
             return Ok(by_name[0].id);
         }
+        if by_name.len() > 1 {
+            // Two members carry the name (one may have taken another's): never guess.
+            let ids: Vec<String> = by_name.iter().map(|p| p.id.to_string()).collect();
+            return Err(ErrorBody::new(
+                code::AMBIGUOUS_PEER,
+                format!(
+                    "{} devices are named {query:?}: {}; give the ID (see `cnspr peers`)",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            ));
+        }
         match transport::resolve_prefix(query, self.peers.keys()) {
             Ok(id) if self.peers.contains_key(&id) => Ok(id),
             Ok(id) => Err(ErrorBody::new(
