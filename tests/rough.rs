@@ -1,0 +1,246 @@
+//! Rough edges a newcomer meets: `id` on a fresh device, `serve` on a taken port, trusting
+//! a device twice, `remove` on a terminal, what `peers` and `ping` show.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{bin, mesh, stderr, wait_until, Node};
+use serde_json::Value;
+
+/// `cnspr` with a state directory and socket in `dir` and no daemon.
+fn bare(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env_remove("XDG_RUNTIME_DIR")
+        .env_remove("CNSPR_SOCKET")
+        .env_remove("CNSPR_STATE_DIR")
+        .env_remove("CNSPR_CONFIG")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("cnspr.sock"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null());
+    c
+}
+
+/// On a fresh device `cnspr id` prints the ID without `init` and without a daemon, and
+/// the daemon started later has that same ID.
+#[test]
+fn id_works_on_a_fresh_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare(dir.path()).args(["--json", "id"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 64, "{v}");
+    let again = bare(dir.path()).args(["id"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), id);
+    let init = bare(dir.path()).args(["--json", "init"]).output().unwrap();
+    let init: Value = serde_json::from_slice(&init.stdout).unwrap();
+    assert_eq!(init["id"], id.as_str());
+    assert_eq!(init["created"], false);
+}
+
+/// `serve` on a UDP port another program holds fails with the port in the message and
+/// leaves no identity (no state directory) behind.
+#[test]
+fn serve_on_a_taken_port_leaves_no_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = bare(dir.path())
+        .args(["serve", "--no-mdns", "--no-port-mapping", "--listen", &addr])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&addr), "{}", stderr(&out));
+    assert!(
+        !dir.path().join("state").exists(),
+        "serve left {:?} behind",
+        std::fs::read_dir(dir.path().join("state"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    // Once the port is free, it starts (and creates the identity then).
+    drop(taken);
+    let mut n = Node::new("desk", "");
+    n.start();
+    assert!(n.path("state/device-key.pem").exists());
+}
+
+/// `trust ID --name x` on a device already trusted says so (and under which name) and
+/// does not rename it; `--rename` does.
+#[test]
+fn trusting_again_keeps_the_name_unless_asked_to_rename() {
+    let nodes = mesh(&["desk", "laptop"], "");
+    let (desk, laptop) = (&nodes[0], &nodes[1]);
+    let out = desk.cli(&["trust", &laptop.id, "--name", "x"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    assert!(text.contains("already trusted as laptop"), "{text}");
+    assert!(text.contains("--rename"), "{text}");
+    let v = desk.json(&["trust", &laptop.id, "--name", "x"]);
+    assert_eq!(v["name"], "laptop", "{v}");
+    assert_eq!(v["already_trusted"], true, "{v}");
+    assert!(desk.peer("x").is_none());
+    assert_eq!(desk.peer("laptop").unwrap()["id"], laptop.id.as_str());
+    // Asked for: renamed, here and (signed into the roster) on the other member's view
+    // of the roster.
+    let out = desk.cli(&["trust", &laptop.id, "--name", "x", "--rename"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("renamed laptop to x"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(desk.peer("x").unwrap()["id"], laptop.id.as_str());
+    // --rename without --name is refused.
+    let out = desk.cli(&["trust", &laptop.id, "--rename"]);
+    assert!(!out.status.success());
+}
+
+/// Runs `cnspr ARGS` on `n` with a terminal as standard input (through `script`),
+/// typing `input`; returns its output (the terminal's, both streams) and exit code.
+fn on_terminal(n: &Node, args: &[&str], input: &str) -> (String, Option<i32>) {
+    let cmd = n.command();
+    let mut line: Vec<String> = vec![cmd.get_program().to_string_lossy().into_owned()];
+    line.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    line.extend(args.iter().map(|a| a.to_string()));
+    let quoted: Vec<String> = line
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let mut child = Command::new("script")
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("CNSPR_SOCKET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        // Keep the terminal open until the command has read its answer and exited.
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < common::DEADLINE, "`{args:?}` never exited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// On a terminal `remove` asks first (anything but yes keeps the device); `--yes` skips
+/// the question; without a terminal it removes as before.
+#[test]
+fn remove_asks_on_a_terminal() {
+    let nodes = mesh(&["desk", "laptop", "phone", "tablet"], "");
+    let desk = &nodes[0];
+    let (text, code) = on_terminal(desk, &["remove", "laptop"], "n\n");
+    assert!(text.contains("Remove laptop"), "{text}");
+    assert_ne!(code, Some(0), "{text}");
+    assert_eq!(desk.peer("laptop").unwrap()["state"], "active");
+    let (text, code) = on_terminal(desk, &["remove", "laptop"], "y\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("removed laptop"), "{text}");
+    desk.wait_state("laptop", "removed");
+    let (text, code) = on_terminal(desk, &["remove", "phone", "--yes"], "");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("Remove phone"), "{text}");
+    desk.wait_state("phone", "removed");
+    // Standard input not a terminal: no question.
+    let out = desk.cli(&["remove", "tablet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    desk.wait_state("tablet", "removed");
+}
+
+/// `cnspr pair --json` on `node` with a window open: its first line and the process.
+fn window(node: &Node) -> (std::process::Child, Value) {
+    use std::io::BufRead;
+    let mut child = node
+        .command()
+        .args(["--json", "pair", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    (child, serde_json::from_str(&first).unwrap())
+}
+
+/// A device removed, then paired again with a new identity under the same name: `peers`
+/// shows one row by that name, the current member's.
+#[test]
+fn a_re_paired_device_has_one_row_by_its_name() {
+    let mut nodes = mesh(&["desk", "phone"], "");
+    let out = nodes[0].cli(&["remove", "phone"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    nodes[0].wait_state("phone", "removed");
+    nodes[1].kill9();
+    let mut phone = Node::new("phone", "");
+    phone.start();
+    let (w, first) = window(&nodes[0]);
+    let port = first["addresses"][0]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let code = first["code"].as_str().unwrap();
+    let out = phone.cli(&[
+        "pair",
+        code,
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--timeout",
+        "20",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(w.wait_with_output().unwrap().status.success());
+    wait_until("desk to see the new phone active", || {
+        nodes[0].try_json(&["peers"]).is_some_and(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == phone.id.as_str() && p["state"] == "active")
+        })
+    });
+    let peers = nodes[0].json(&["peers"]);
+    let named: Vec<&Value> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "phone")
+        .collect();
+    assert_eq!(named.len(), 1, "{peers:#}");
+    assert_eq!(named[0]["id"], phone.id.as_str(), "{peers:#}");
+    // The old identity is still listed, removed, and found by its ID.
+    let old = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == nodes[1].id.as_str())
+        .unwrap_or_else(|| panic!("{peers:#}"));
+    assert_eq!(old["state"], "removed");
+    let table = nodes[0].cli(&["peers"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("phone ")).collect();
+    assert_eq!(rows.len(), 1, "{table}");
+    assert!(
+        table.lines().all(|l| !l.starts_with(' ')),
+        "a row without a name:\n{table}"
+    );
+}
