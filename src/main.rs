@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use serde_json::json;
 use transport::Identity;
 
@@ -82,7 +82,9 @@ fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Id => {
-            let id = Identity::load(&paths.state_dir)?;
+            // A fresh device has no identity yet: create it, as `init` (or the first
+            // `serve`) would, so the ID to give the other device is there at once.
+            let (id, _) = Identity::load_or_create(&paths.state_dir, None)?;
             if g.json {
                 println!("{}", json!({"id": id.id.to_string(), "name": id.name}));
             } else {
@@ -91,9 +93,10 @@ fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "cnspr", &mut std::io::stdout());
+            print!("{}", commands::complete::script(shell));
             Ok(0)
         }
+        Command::CompletePeers => Ok(commands::complete::peers(paths)),
         Command::Relay(args) if args.action.is_none() => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

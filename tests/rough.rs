@@ -48,6 +48,7 @@ fn id_works_on_a_fresh_device() {
 #[test]
 fn serve_on_a_taken_port_leaves_no_state() {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), "").unwrap();
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = bare(dir.path())
@@ -128,7 +129,10 @@ fn on_terminal(n: &Node, args: &[&str], input: &str) -> (String, Option<i32>) {
         // Keep the terminal open until the command has read its answer and exited.
         let start = std::time::Instant::now();
         while child.try_wait().unwrap().is_none() {
-            assert!(start.elapsed() < common::DEADLINE, "`{args:?}` never exited");
+            assert!(
+                start.elapsed() < common::DEADLINE,
+                "`{args:?}` never exited"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -243,4 +247,73 @@ fn a_re_paired_device_has_one_row_by_its_name() {
         table.lines().all(|l| !l.starts_with(' ')),
         "a row without a name:\n{table}"
     );
+}
+
+/// `send --reply` to a handler slower than the timeout: the message was delivered, so
+/// the error says that (not "no acknowledgement") and the exit code is 5; a peer that is
+/// down still fails with exit 1.
+#[test]
+fn a_late_reply_is_told_apart_from_no_delivery() {
+    let mut nodes = mesh(&["desk", "laptop"], "");
+    let marker = nodes[1].out().join("ran");
+    nodes[1].handler(
+        "slow/x.sh",
+        &format!("touch {}; sleep 5; echo done", marker.display()),
+    );
+    let out = nodes[0].cli(&[
+        "send",
+        "laptop",
+        "slow.x",
+        "hi",
+        "--reply",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("delivered to laptop; no reply before the timeout"),
+        "{}",
+        stderr(&out)
+    );
+    wait_until("the handler to have run", || marker.exists());
+    let v = nodes[0].cli(&[
+        "--json",
+        "send",
+        "laptop",
+        "slow.x",
+        "hi",
+        "--reply",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(v.status.code(), Some(5));
+    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v["error"]["delivered"], true, "{v}");
+    assert_eq!(v["error"]["code"], "timeout", "{v}");
+    // A fast handler still replies, exit 0.
+    nodes[1].handler("fast/x.sh", "echo quick");
+    let out = nodes[0].cli(&[
+        "send",
+        "laptop",
+        "fast.x",
+        "hi",
+        "--reply",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "quick\n");
+    // Not delivered at all (its daemon is gone): exit 1, and not "delivered".
+    nodes[1].kill9();
+    let out = nodes[0].cli(&[
+        "send",
+        "laptop",
+        "fast.x",
+        "hi",
+        "--reply",
+        "--timeout",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("delivered to"), "{}", stderr(&out));
 }

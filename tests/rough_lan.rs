@@ -27,8 +27,18 @@ fn peers_shows_the_current_rtt() {
     let before = rtt(&a, "beta").expect("an RTT while active");
     assert!(before < 60.0, "{before} ms before any delay");
     assert!(ip(&[
-        "netns", "exec", &lab.hosts[1], "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
-        "delay", "60ms"
+        "netns",
+        "exec",
+        &lab.hosts[1],
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        "eth0",
+        "root",
+        "netem",
+        "delay",
+        "60ms"
     ]));
     // Pings are QUIC traffic: each acknowledged packet updates the estimate.
     wait_until("alpha's peers to show the delayed RTT", || {

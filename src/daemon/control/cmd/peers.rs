@@ -38,9 +38,11 @@ pub async fn ping(
         (name, via)
     };
     // Through a `cnspr relay`: the relay is the path, and its address the one to show
-    // (the peer's own address here is only a virtual one).
+    // (the peer's own address here is only a virtual one). Relayed by a member: the
+    // connection is the member's, so no address of the peer's own is known here.
     let (address, via) = match d.endpoint.relay_of(&pc) {
         Some(relay) => (relay.clone(), vec![relay]),
+        None if !via.is_empty() => (String::new(), via),
         None => (crate::addr::canon(pc.remote_address()).to_string(), via),
     };
     Ok(PingResult {
