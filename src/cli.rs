@@ -162,9 +162,6 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
-    /// The peers' names, one a line (used by the shell completions)
-    #[command(name = "__complete-peers", hide = true)]
-    CompletePeers,
 }
 
 #[derive(Debug, Args)]

@@ -229,7 +229,6 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             remove,
         } => return crate::pipe::expose(c, g, service, target, remove),
         Command::Kv(k) => return kv::kv(c, g, k),
-        Command::CompletePeers => anyhow::bail!("not a client command"),
         Command::Serve(_) | Command::Init { .. } | Command::Id | Command::Completions { .. } => {
             anyhow::bail!("not a client command")
         }

@@ -28,6 +28,14 @@ fn init_logging(verbose: u8, daemon: bool) {
 }
 
 fn main() -> ExitCode {
+    // The completion scripts' helper: not a command of the interface, so not in `--help`
+    // or in the scripts themselves.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__complete-peers")
+    {
+        return ExitCode::from(commands::complete::peers_from_env() as u8);
+    }
     let cli = Cli::parse();
     let g = cli.global.clone();
     let long_running = match &cli.command {
@@ -96,7 +104,6 @@ fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
             print!("{}", commands::complete::script(shell));
             Ok(0)
         }
-        Command::CompletePeers => Ok(commands::complete::peers(paths)),
         Command::Relay(args) if args.action.is_none() => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

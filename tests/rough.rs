@@ -317,3 +317,89 @@ fn a_late_reply_is_told_apart_from_no_delivery() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!stderr(&out).contains("delivered to"), "{}", stderr(&out));
 }
+
+/// `peers` shows the connection's current smoothed RTT, not the one of its first
+/// moments: each ping adds a sample to QUIC's estimate, and `peers` follows it.
+#[test]
+fn peers_follows_the_current_rtt() {
+    let nodes = mesh(&["desk", "laptop"], "");
+    let rtt = || {
+        nodes[0]
+            .peer("laptop")
+            .and_then(|p| p["rtt_ms"].as_f64())
+            .expect("an RTT while active")
+    };
+    let first = rtt();
+    wait_until("the RTT in `peers` to follow new samples", || {
+        let out = nodes[0].cli(&["ping", "laptop"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        rtt() != first
+    });
+}
+
+/// The completion scripts complete peer names, asked of the running daemon through
+/// `cnspr __complete-peers` (bash run for real; zsh and fish checked for the hook).
+#[test]
+fn completions_complete_peer_names() {
+    let nodes = mesh(&["desk", "laptop"], "");
+    let desk = &nodes[0];
+    let out = Command::new(bin())
+        .arg("__complete-peers")
+        .env("CNSPR_SOCKET", desk.socket())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "laptop\n");
+    let script = desk.cli(&["completions", "bash"]);
+    assert!(script.status.success());
+    let path = desk.path("cnspr.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let complete = |words: &[&str]| -> String {
+        let words: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let cmd = format!(
+            "source '{}'; COMP_WORDS=('{}' {}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; _cnspr_with_peers \"${{COMP_WORDS[0]}}\" \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            path.display(),
+            bin(),
+            words.join(" ")
+        );
+        let out = Command::new("bash")
+            .args(["-c", &cmd])
+            .env("CNSPR_SOCKET", desk.socket())
+            .env("CNSPR_STATE_DIR", desk.path("state"))
+            .env("CNSPR_CONFIG", desk.path("config.toml"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(complete(&["ping", ""]), "laptop\n");
+    assert_eq!(complete(&["ping", "la"]), "laptop\n");
+    assert_eq!(complete(&["--socket", "x", "send", "l"]), "laptop\n");
+    assert_eq!(complete(&["remove", "--yes", ""]), "laptop\n");
+    assert!(!complete(&["send", "laptop", ""]).contains("laptop"));
+    assert!(!complete(&["send", "--all", ""]).contains("laptop"));
+    // Commands still complete as before.
+    assert!(complete(&["pi"]).contains("ping"));
+    let zsh = String::from_utf8(desk.cli(&["completions", "zsh"]).stdout).unwrap();
+    assert!(
+        zsh.contains("_cnspr_peers() {"),
+        "zsh script without the helper"
+    );
+    assert!(zsh.contains(":peer -- Peer name or ID prefix:_cnspr_peers'"));
+    let fish = String::from_utf8(desk.cli(&["completions", "fish"]).stdout).unwrap();
+    assert!(fish.contains("(cnspr __complete-peers 2>/dev/null)"));
+    // The helper is no command of the interface: not offered, not in the help.
+    assert!(!complete(&[""]).contains("__complete"));
+    assert!(!zsh.contains("'__complete-peers:"));
+    let help = desk.cli(&["--help"]);
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("__complete"));
+    // Without a daemon: nothing, and no error.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .arg("__complete-peers")
+        .env("CNSPR_SOCKET", dir.path().join("none.sock"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}

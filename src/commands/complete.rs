@@ -13,8 +13,19 @@ const PEER_COMMANDS: &str = "ping send remove connect wake";
 /// Options that take a value (their value is not an argument).
 const VALUE_OPTIONS: &str = "--state-dir --socket --config --timeout --addr --name --event";
 
-/// `cnspr __complete-peers`: the names of the peers (not removed), one a line; nothing
-/// when no daemon answers.
+/// `cnspr __complete-peers`, with the socket found as every command finds it from the
+/// environment (`CNSPR_SOCKET`, `CNSPR_STATE_DIR`, `XDG_RUNTIME_DIR`).
+pub fn peers_from_env() -> i32 {
+    let var = |k: &str| std::env::var_os(k).map(std::path::PathBuf::from);
+    let paths = Paths::resolve(
+        var("CNSPR_STATE_DIR"),
+        var("CNSPR_SOCKET"),
+        var("CNSPR_CONFIG"),
+    );
+    peers(&paths)
+}
+
+/// The names of the peers (not removed), one a line; nothing when no daemon answers.
 pub fn peers(paths: &Paths) -> i32 {
     let Ok(mut c) = Client::connect(&paths.socket) else {
         return 0;
