@@ -109,6 +109,9 @@ pub enum Request {
         name: Option<String>,
         #[serde(default)]
         addrs: Vec<String>,
+        /// Rename a device already trusted to `name` (without it, its name stays).
+        #[serde(default)]
+        rename: bool,
     },
     Remove {
         peer: String,
@@ -283,6 +286,10 @@ pub struct ErrorBody {
     /// `conflict`: the key whose condition did not hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// `timeout` of a `send` with `reply`: `true` when the message was delivered (the
+    /// peer acknowledged all of it) but no reply came before the timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<bool>,
 }
 
 impl ErrorBody {
@@ -292,6 +299,7 @@ impl ErrorBody {
             message: message.into(),
             current: None,
             key: None,
+            delivered: None,
         }
     }
 

@@ -3,9 +3,12 @@
 use std::io::{Read, Write};
 
 mod batch;
+pub mod complete;
 mod follow;
 mod install;
 mod kv;
+mod late;
+mod members;
 
 use follow::{describe_event, follow};
 
@@ -74,7 +77,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                 .iter()
                 .map(|p| {
                     vec![
-                        p.name.clone(),
+                        crate::output::name_or_dash(&p.name),
                         short_id(&p.id),
                         p.state.clone(),
                         p.addresses.first().cloned().unwrap_or_else(|| "-".into()),
@@ -120,10 +123,12 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             } else {
                 format!("relay via {}", p.via.join(" -> "))
             };
-            println!(
-                "reply from {} ({}): time={:.3} ms, {path}",
-                p.peer, p.address, p.rtt_ms
-            );
+            let at = if p.address.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.address)
+            };
+            println!("reply from {}{at}: time={:.3} ms, {path}", p.peer, p.rtt_ms);
         }
         Command::Send(args) => return send(&mut c, g, args),
         Command::Monitor { events } => {
@@ -136,40 +141,18 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             let h: HandlersResult = serde_json::from_value(v.clone())?;
             return install::print_handlers(g, &v, h);
         }
-        Command::Trust { id, name, addrs } => {
-            let v = c.request(&Request::Trust {
-                device: id,
-                name,
-                addrs,
-            })?;
-            if g.json {
-                return print_json(&v).map(|_| 0);
-            }
-            let p: PeerInfo = serde_json::from_value(v)?;
-            println!("trusted {} ({})", p.name, p.id);
-        }
+        Command::Trust {
+            id,
+            name,
+            addrs,
+            rename,
+        } => return members::trust(&mut c, g, id, name, addrs, rename),
         Command::Pair {
             code,
             addrs,
             timeout,
         } => return pair(&mut c, g, code, addrs, timeout),
-        Command::Remove { peer } => {
-            let v = c.request(&Request::Remove { peer })?;
-            if g.json {
-                return print_json(&v).map(|_| 0);
-            }
-            println!(
-                "removed {} ({})",
-                v["removed"]["name"].as_str().unwrap_or(""),
-                v["removed"]["id"].as_str().unwrap_or("")
-            );
-            for n in v["restored"].as_array().into_iter().flatten() {
-                println!(
-                    "trusted again: {} (a removal signed by the removed device no longer counts)",
-                    n.as_str().unwrap_or("")
-                );
-            }
-        }
+        Command::Remove { peer, yes } => return members::remove(&mut c, g, peer, yes),
         Command::Relay(args) => {
             let req = match args.action {
                 Some(crate::cli::RelayAction::Add { addr, secret }) => {
@@ -328,7 +311,10 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
         body_len: Some(body.len() as u64),
         ..SendRequest::default()
     });
-    let v = c.request_with_body(&req, &body)?;
+    let v = match c.request_with_body(&req, &body) {
+        Ok(v) => v,
+        Err(e) => return late::one(g, e),
+    };
     let r: SendResult = serde_json::from_value(v.clone())?;
     let failed: Vec<_> = r.outcomes.iter().filter(|o| !o.ok).collect();
     if a.reply {
@@ -382,6 +368,10 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
             .as_ref()
             .map(|e| e.message.clone())
             .unwrap_or_default();
+        if late::is_late(o) {
+            eprintln!("cnspr: {e}");
+            continue;
+        }
         eprintln!("cnspr: not delivered to {}: {e}", o.peer);
     }
     if r.outcomes.is_empty() && a.all {
@@ -404,8 +394,10 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
     for p in &unhandled {
         eprintln!("cnspr: no handler for {} on {p}", req_tag(&req));
     }
-    Ok(if !failed.is_empty() {
+    Ok(if failed.iter().any(|o| !late::is_late(o)) {
         1
+    } else if !failed.is_empty() {
+        late::EXIT_NO_REPLY
     } else if handler_failed {
         3
     } else if !unhandled.is_empty() {

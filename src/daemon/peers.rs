@@ -342,6 +342,16 @@ impl PeerTable {
         })
     }
 
+    /// Takes each live connection's current RTT (QUIC's smoothed estimate, updated with
+    /// every acknowledged packet), so `peers` never shows a connection's first moments.
+    pub fn refresh_rtts(&mut self, conns: &[transport::PeerConn]) {
+        for pc in conns {
+            if let Some(p) = self.peers.get_mut(&pc.peer) {
+                p.rtt = Some(pc.rtt());
+            }
+        }
+    }
+
     pub fn infos(&self) -> Vec<PeerInfo> {
         let mut v: Vec<PeerInfo> = self
             .peers
@@ -350,15 +360,27 @@ impl PeerTable {
                 let mut i = p.info();
                 if let Some(via) = p.via {
                     i.via = vec![self.display_name(&via)];
+                    // Indirect: heard through the member that relays it, as recently as
+                    // that member was heard (its link to the peer is live).
+                    if p.state == PeerState::Indirect {
+                        let relay = self.peers.get(&via).and_then(|m| m.last_seen);
+                        let seen = p.last_seen.max(relay);
+                        i.last_seen = seen
+                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                            .map(|d| d.as_secs());
+                    }
                 }
                 i.path = self.path_info(p);
                 i
             })
             .collect();
         for (id, name) in &self.removed {
+            // A name a member has now (a device paired again under its old name) is
+            // that member's alone: the removed entry is shown by its ID.
+            let taken = self.peers.values().any(|p| p.name == *name);
             v.push(PeerInfo {
                 id: id.to_string(),
-                name: name.clone(),
+                name: if taken { String::new() } else { name.clone() },
                 state: PeerState::Removed.as_str().into(),
                 addresses: vec![],
                 rtt_ms: None,

@@ -37,7 +37,8 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             device,
             name,
             addrs,
-        } => serde_json::to_value(members::trust(d, &device, name, &addrs)?),
+            rename,
+        } => Ok(members::trust(d, &device, name, &addrs, rename)?),
         Request::Remove { peer } => Ok(members::remove(d, &peer)?),
         Request::PairJoin {
             code,
