@@ -116,10 +116,20 @@ fn mutual_removal(phone_first: bool) {
         "peers says so: {}",
         stderr(&out)
     );
-    wait_until("the peer.conflict handler to run for both", || {
+    let start = std::time::Instant::now();
+    loop {
         let t = std::fs::read_to_string(&log).unwrap_or_default();
-        t.contains("desk") && t.contains("phone")
-    });
+        if t.contains("desk") && t.contains("phone") {
+            break;
+        }
+        if start.elapsed() > common::DEADLINE {
+            panic!(
+                "peer.conflict handler output: {t:?}\n--- laptop log:\n{}",
+                laptop.log()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // The phone gets nothing from the laptop.
     let o = phone.cli(&["send", "laptop", "t", "x", "--timeout", "3"]);
     assert!(

@@ -84,3 +84,69 @@ fn a_flooding_member_gets_back_pressure_and_memory_stays_bounded() {
         "back-pressure: not all got in at once"
     );
 }
+
+/// Sends `n` messages from `from` to `peer` at once: pipelined on one socket connection
+/// (the daemon serves them concurrently). A thread counts the replies.
+fn pipelined_sends(from: &Node, peer: &str, tag: &str, n: usize) -> Arc<AtomicU64> {
+    use std::io::BufRead;
+    let mut s = std::os::unix::net::UnixStream::connect(from.socket()).unwrap();
+    let replies = Arc::new(AtomicU64::new(0));
+    let reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let count = replies.clone();
+    std::thread::spawn(move || {
+        for line in reader.lines() {
+            if line.is_err() {
+                break;
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    for i in 0..n {
+        let req = cnspr::api::Request::Send(cnspr::api::SendRequest {
+            peer: Some(peer.into()),
+            all: false,
+            tag: tag.into(),
+            body: Some(format!("{i}")),
+            body_b64: None,
+            body_len: None,
+            reply: false,
+            timeout_ms: Some(30_000),
+        });
+        writeln!(s, "{}", serde_json::to_string(&req).unwrap()).unwrap();
+    }
+    std::mem::forget(s);
+    replies
+}
+
+/// A member that keeps many small messages waiting for slow handlers takes at most a
+/// quarter of the handler queue (`handler_queue`): another member's message is still
+/// taken, not refused with `queue_full`.
+#[test]
+fn a_member_flooding_small_messages_leaves_the_others_room_in_the_handler_queue() {
+    let nodes = mesh(
+        &["a", "b", "c"],
+        "handler_queue = 40\nhandler_concurrency = 1\n",
+    );
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let started = a.out().join("started");
+    a.handler("f/x", &format!("echo x >> {}; sleep 20", started.display()));
+    a.handler("g/y", "true");
+    let replies = pipelined_sends(b, "a", "f.x", 60);
+    // b's messages are in a's queue: the first handler runs, and b's replies (taken or
+    // refused) have stopped coming for a while.
+    wait_until("b's first message to run on a", || started.exists());
+    let mut last = (replies.load(Ordering::Relaxed), std::time::Instant::now());
+    wait_until("b's replies to settle", || {
+        let n = replies.load(Ordering::Relaxed);
+        if n != last.0 {
+            last = (n, std::time::Instant::now());
+        }
+        n >= 10 && last.1.elapsed() > Duration::from_millis(500)
+    });
+    let o = c.cli(&["send", "a", "g.y", "from c", "--timeout", "10"]);
+    assert!(
+        o.status.success(),
+        "c's message was refused while b flooded: {}",
+        stderr(&o)
+    );
+}

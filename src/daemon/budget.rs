@@ -21,6 +21,12 @@ pub const TOTAL_BYTES: u64 = 160 * 1024 * 1024;
 pub const PEER_STREAMS: usize = 32;
 /// Reply tasks (messages with `reply`, waiting for their handlers) of one message lane.
 pub const LANE_TASKS: usize = 64;
+/// The share of the handler queue (`handler_queue`) one peer's messages may take: each
+/// message holds a place from before its body is read until its handlers ran, so a
+/// member that keeps many waiting leaves three quarters of the queue to the others.
+pub fn peer_messages(handler_queue: usize) -> usize {
+    (handler_queue / 4).max(1)
+}
 
 /// Budgets are counted in KiB.
 const UNIT: u64 = 1024;
@@ -32,12 +38,15 @@ fn units(bytes: u64) -> u32 {
 struct Peer {
     bytes: Arc<Semaphore>,
     streams: Arc<Semaphore>,
+    messages: Arc<Semaphore>,
 }
 
 /// The budgets of every peer (see the module).
 pub struct Budgets {
     total: Arc<Semaphore>,
     peers: Mutex<HashMap<DeviceId, Arc<Peer>>>,
+    /// Messages one peer may have between its body and the end of its handlers.
+    peer_messages: usize,
 }
 
 /// Budget held; given back when dropped.
@@ -48,14 +57,20 @@ pub struct Held {
 
 impl Default for Budgets {
     fn default() -> Self {
-        Budgets {
-            total: Arc::new(Semaphore::new(units(TOTAL_BYTES) as usize)),
-            peers: Mutex::new(HashMap::new()),
-        }
+        Budgets::new(256)
     }
 }
 
 impl Budgets {
+    /// Budgets for a daemon whose handler queue holds `handler_queue` invocations.
+    pub fn new(handler_queue: usize) -> Self {
+        Budgets {
+            total: Arc::new(Semaphore::new(units(TOTAL_BYTES) as usize)),
+            peers: Mutex::new(HashMap::new()),
+            peer_messages: peer_messages(handler_queue),
+        }
+    }
+
     fn peer(&self, id: DeviceId) -> Arc<Peer> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers
@@ -64,6 +79,7 @@ impl Budgets {
                 Arc::new(Peer {
                     bytes: Arc::new(Semaphore::new(units(PEER_BYTES) as usize)),
                     streams: Arc::new(Semaphore::new(PEER_STREAMS)),
+                    messages: Arc::new(Semaphore::new(self.peer_messages)),
                 })
             })
             .clone()
@@ -78,19 +94,16 @@ impl Budgets {
         })
     }
 
-    /// Room for a body of `bytes` from `peer` now; `None` while that peer, or all peers
-    /// together, hold their budget.
+    /// Room for a message with a body of `bytes` from `peer` now; `None` while that
+    /// peer holds its share of messages or its budget, or all peers together theirs.
     pub fn try_bytes(&self, peer: DeviceId, bytes: u64) -> Option<Held> {
         let n = units(bytes);
-        let own = self
-            .peer(peer)
-            .bytes
-            .clone()
-            .try_acquire_many_owned(n)
-            .ok()?;
+        let p = self.peer(peer);
+        let place = p.messages.clone().try_acquire_owned().ok()?;
+        let own = p.bytes.clone().try_acquire_many_owned(n).ok()?;
         let all = self.total.clone().try_acquire_many_owned(n).ok()?;
         Some(Held {
-            _permits: vec![own, all],
+            _permits: vec![place, own, all],
         })
     }
 
@@ -100,10 +113,11 @@ impl Budgets {
         let n = units(bytes);
         let p = self.peer(peer);
         // The peer's own first, so one peer waiting never holds the shared budget.
+        let place = p.messages.clone().acquire_owned().await;
         let own = p.bytes.clone().acquire_many_owned(n).await;
         let all = self.total.clone().acquire_many_owned(n).await;
         Held {
-            _permits: own.into_iter().chain(all).collect(),
+            _permits: place.into_iter().chain(own).chain(all).collect(),
         }
     }
 }
@@ -139,6 +153,19 @@ mod tests {
         assert!(fresh.try_bytes(p, 2048).is_none());
         assert!(fresh.try_bytes(p, 1024).is_some());
         assert!(fresh.try_bytes(q, PEER_BYTES).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_peer_takes_at_most_its_share_of_the_handler_queue() {
+        let b = Budgets::new(40);
+        let (p, q) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        let mine: Vec<Held> = (0..10).map(|_| b.try_bytes(p, 10).expect("room")).collect();
+        assert!(b.try_bytes(p, 10).is_none(), "a quarter of 40 places");
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), b.bytes(p, 1));
+        assert!(waiting.await.is_err(), "a lane's message waits");
+        assert!(b.try_bytes(q, 10).is_some(), "another peer has room");
+        drop(mine);
+        assert!(b.try_bytes(p, 10).is_some());
     }
 
     #[tokio::test]

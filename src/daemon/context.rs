@@ -283,22 +283,34 @@ impl Daemon {
 
     /// The devices in a conflict of removals `(id, name)`.
     pub fn conflicts(&self) -> Vec<(DeviceId, String)> {
-        self.roster()
+        let ids: Vec<(DeviceId, String)> = self
+            .roster()
             .conflicts()
             .map(|c| (c.id, c.name.clone()))
+            .collect();
+        let table = self.peers();
+        ids.into_iter()
+            .map(|(id, n)| (id, table.conflicted.get(&id).cloned().unwrap_or(n)))
             .collect()
     }
 
     /// Who removed whom in the conflict `id` is part of, and how to decide, in words.
     pub fn conflict_text(&self, id: &DeviceId) -> String {
+        let names = self.peers().conflicted.clone();
         let r = self.roster();
         let Some(c) = r.conflicts().find(|c| c.id == *id) else {
             return String::new();
         };
-        let name = |x: &DeviceId| r.name_of(x).unwrap_or_else(|| x.short());
+        let name = |x: &DeviceId| {
+            names
+                .get(x)
+                .cloned()
+                .or_else(|| r.name_of(x))
+                .unwrap_or_else(|| x.short())
+        };
         let by: Vec<String> = c.removed_by.iter().map(name).collect();
         let of: Vec<String> = c.removes.iter().map(name).collect();
-        let mut s = format!("{} is not trusted until you decide:", c.name);
+        let mut s = format!("{} is not trusted until you decide:", name(id));
         if !by.is_empty() {
             s.push_str(&format!(" removed by {};", by.join(", ")));
         }

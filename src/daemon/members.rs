@@ -242,6 +242,7 @@ impl Members {
                     continue;
                 }
                 table.removed.remove(id);
+                table.conflicted.remove(id);
                 match table.peers.get_mut(id) {
                     Some(p) => p.name.clone_from(name),
                     None => {
@@ -261,11 +262,17 @@ impl Members {
             // Not trusted any more, but not removed: they leave the table (and the TLS
             // set and the core below) without a removal of their own.
             for (id, name) in changes.conflicted.iter().chain(&changes.dropped) {
-                table.peers.remove(id);
-                table.removed.remove(id);
+                // The name people know it by (its own, from its hello) first.
+                let name = table
+                    .peers
+                    .remove(id)
+                    .map(|p| p.name)
+                    .or_else(|| table.removed.remove(id))
+                    .unwrap_or_else(|| name.clone());
                 applied.untrusted.push(*id);
                 if changes.conflicted.iter().any(|(c, _)| c == id) {
-                    applied.conflicted.push((*id, name.clone()));
+                    table.conflicted.insert(*id, name.clone());
+                    applied.conflicted.push((*id, name));
                 }
             }
             for (id, name) in &changes.removed {
@@ -273,6 +280,7 @@ impl Members {
                     .peers
                     .remove(id)
                     .map(|p| p.name)
+                    .or_else(|| table.conflicted.remove(id))
                     .unwrap_or_else(|| name.clone());
                 table.removed.insert(*id, name.clone());
                 applied.removed.push((*id, name));

@@ -136,6 +136,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     }
     let mdns = !args.no_mdns && cfg.mdns;
     let port_mapping = !args.no_port_mapping && cfg.port_mapping;
+    let handler_queue = cfg.handler_queue;
     let runner = Runner::new(RunnerConfig {
         timeout: cfg.handler_timeout(),
         max_concurrent: cfg.handler_concurrency,
@@ -172,7 +173,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         punches: Default::default(),
         relays,
         removed: Mutex::new(None),
-        budgets: budget::Budgets::default(),
+        budgets: budget::Budgets::new(handler_queue),
         reach: Default::default(),
         started: Instant::now(),
         manual,

@@ -204,6 +204,9 @@ pub struct PeerTable {
     pub peers: HashMap<DeviceId, Peer>,
     /// Devices removed from the mesh (kept so that `peers` shows them as `removed`).
     pub removed: HashMap<DeviceId, String>,
+    /// Names of the devices in a conflict of removals, as they were known here (not
+    /// saved: the roster knows who is in conflict).
+    pub conflicted: HashMap<DeviceId, String>,
     path: PathBuf,
 }
 

@@ -73,9 +73,10 @@ impl Graph {
                 let is = |id: &DeviceId, want: Label| label.get(id) == Some(&want);
                 let removers = self.removed_by.get(&x).unwrap_or(&none);
                 let supporters = self.support.get(&x).unwrap_or(&none);
-                let next = if removers.contains(&x) || removers.iter().any(|r| is(r, Label::In)) {
-                    Label::Out
-                } else if supporters.iter().all(|s| is(s, Label::Out)) {
+                let out = removers.contains(&x)
+                    || removers.iter().any(|r| is(r, Label::In))
+                    || supporters.iter().all(|s| is(s, Label::Out));
+                let next = if out {
                     Label::Out
                 } else if removers.iter().all(|r| is(r, Label::Out))
                     && supporters.iter().any(|s| is(s, Label::In))

@@ -8,6 +8,12 @@ use crate::daemon::peers::PeerState;
 
 pub fn status(d: &Daemon) -> Status {
     let candidates = crate::daemon::candidates::candidates(d);
+    // Before the table's lock is taken: it takes that lock itself.
+    let conflicts = d
+        .conflicts()
+        .iter()
+        .map(|(id, _)| d.conflict_text(id))
+        .collect();
     let table = d.peers();
     Status {
         id: d.id().to_string(),
@@ -42,10 +48,6 @@ pub fn status(d: &Daemon) -> Status {
         candidates,
         relays: super::relays::list(d),
         removed: d.removed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-        conflicts: d
-            .conflicts()
-            .iter()
-            .map(|(id, _)| d.conflict_text(id))
-            .collect(),
+        conflicts,
     }
 }
