@@ -6,6 +6,7 @@ mod batch;
 mod follow;
 mod install;
 mod kv;
+mod wake;
 
 use follow::follow;
 
@@ -240,6 +241,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             remove,
         } => return crate::pipe::expose(c, g, service, target, remove),
         Command::Kv(k) => return kv::kv(c, g, k),
+        Command::Wake { peer, force } => return wake::wake(&mut c, g, peer, force),
         Command::Serve(_) | Command::Init { .. } | Command::Id | Command::Completions { .. } => {
             anyhow::bail!("not a client command")
         }
