@@ -56,7 +56,12 @@ fn wake(n: &Node, peer: &str) -> Output {
 /// The result of a `wake` that must have worked.
 fn woke(n: &Node, peer: &str) -> Value {
     let out = wake(n, peer);
-    assert!(out.status.success(), "wake {peer} on {}: {}", n.name, stderr(&out));
+    assert!(
+        out.status.success(),
+        "wake {peer} on {}: {}",
+        n.name,
+        stderr(&out)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -120,9 +125,10 @@ fn wake_sends_the_magic_packet_on_the_sleepers_lan_also_when_asked_from_afar() {
     wait_until("alpha to know the sleeper's MAC", || {
         knows_interface(a, "sleeper", &mac_text(&sleeper_mac), "10.77.0.1/24")
     });
-    wait_until("gamma to know alpha's interface on the sleeper's LAN", || {
-        knows_interface(g, "alpha", &mac_text(&alpha_mac), "10.77.0.2/24")
-    });
+    wait_until(
+        "gamma to know alpha's interface on the sleeper's LAN",
+        || knows_interface(g, "alpha", &mac_text(&alpha_mac), "10.77.0.2/24"),
+    );
     assert!(g.peer("sleeper").unwrap()["interfaces"].is_null());
     assert!(s.peer("alpha").is_some());
 
@@ -188,7 +194,7 @@ fn wake_sends_the_magic_packet_on_the_sleepers_lan_also_when_asked_from_afar() {
 #[test]
 fn wake_says_when_no_mac_is_known_or_no_member_is_on_the_lan() {
     let Some(lab) = line_lab("x") else { return };
-    let mut nodes = vec![lab.node(1, "alpha"), lab.node(2, "gamma")];
+    let mut nodes = [lab.node(1, "alpha"), lab.node(2, "gamma")];
     for n in nodes.iter_mut() {
         n.start();
     }
@@ -203,7 +209,14 @@ fn wake_says_when_no_mac_is_known_or_no_member_is_on_the_lan() {
     });
     // A device that never ran: an address on alpha's LAN, no MAC ever told.
     let ghost = Node::new("ghost", "");
-    let out = a.cli(&["trust", &ghost.id, "--addr", "10.77.0.9:7373"]);
+    let out = a.cli(&[
+        "trust",
+        &ghost.id,
+        "--name",
+        "ghost",
+        "--addr",
+        "10.77.0.9:7373",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (code, msg) = refused(a, "ghost");
     assert_eq!(code, "not_found", "{msg}");
@@ -213,15 +226,32 @@ fn wake_says_when_no_mac_is_known_or_no_member_is_on_the_lan() {
     let (code, msg) = refused(g, "ghost");
     assert_eq!(code, "not_found", "{msg}");
     // gamma told where it was: alpha is on that LAN, and has no MAC for it.
-    let out = g.cli(&["trust", &ghost.id, "--addr", "10.77.0.9:7373"]);
+    let out = g.cli(&[
+        "trust",
+        &ghost.id,
+        "--name",
+        "ghost",
+        "--addr",
+        "10.77.0.9:7373",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (code, msg) = refused(g, "ghost");
     assert_eq!(code, "not_found", "{msg}");
-    assert!(msg.contains("alpha: no MAC address known for ghost"), "{msg}");
+    assert!(
+        msg.contains("alpha: no MAC address known for ghost"),
+        "{msg}"
+    );
 
     // A device on a network no member is on.
     let far = Node::new("far", "");
-    let out = g.cli(&["trust", &far.id, "--addr", "10.99.0.5:7373"]);
+    let out = g.cli(&[
+        "trust",
+        &far.id,
+        "--name",
+        "far",
+        "--addr",
+        "10.99.0.5:7373",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (code, msg) = refused(g, "far");
     assert_eq!(code, "unreachable", "{msg}");

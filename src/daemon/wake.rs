@@ -137,8 +137,7 @@ fn matches(own: &[OwnIface], lan: &[LanIface]) -> Vec<(OwnIface, [u8; 6])> {
     let mut out: Vec<(OwnIface, [u8; 6])> = Vec::new();
     for s in lan {
         for o in own {
-            if o.iface.contains(s.addr)
-                && !out.iter().any(|(k, m)| k.name == o.name && *m == s.mac)
+            if o.iface.contains(s.addr) && !out.iter().any(|(k, m)| k.name == o.name && *m == s.mac)
             {
                 out.push((o.clone(), s.mac));
             }
@@ -209,9 +208,9 @@ fn send_here(d: &Daemon, target: DeviceId, force: bool) -> Result<Vec<WakeSent>,
 fn plausible(sent: &[WakeSent]) -> bool {
     !sent.is_empty()
         && sent.len() <= wol::MAX_IFACES * wol::MAX_IFACES
-        && sent.iter().all(|w| {
-            w.iface.len() <= wol::MAX_IFNAME && w.to.len() <= 2 && wol::valid_mac(&w.mac)
-        })
+        && sent
+            .iter()
+            .all(|w| w.iface.len() <= wol::MAX_IFNAME && w.to.len() <= 2 && wol::valid_mac(&w.mac))
 }
 
 fn result(s: &Sleeper, by: &str, by_id: DeviceId, sent: Vec<WakeSent>) -> WakeResult {
@@ -241,11 +240,7 @@ fn wakers(d: &Daemon, s: &Sleeper) -> Vec<(DeviceId, String)> {
         .into_iter()
         .filter(|m| *m != s.id)
         .filter_map(|m| table.peers.get(&m))
-        .filter(|p| {
-            p.lan
-                .iter()
-                .any(|i| s.ips.iter().any(|ip| i.contains(*ip)))
-        })
+        .filter(|p| p.lan.iter().any(|i| s.ips.iter().any(|ip| i.contains(*ip))))
         .map(|p| (p.id, p.name.clone()))
         .collect();
     out.sort_by(|a, b| a.1.cmp(&b.1));
@@ -295,12 +290,16 @@ pub async fn wake(d: &Arc<Daemon>, query: &str, force: bool) -> Result<WakeResul
             Ok(Ok(WakeMsg::Sent { sent, .. })) if plausible(&sent) => {
                 return Ok(result(&s, &name, member, sent));
             }
-            Ok(Ok(WakeMsg::Failed { code: c, message, .. })) => {
+            Ok(Ok(WakeMsg::Failed {
+                code: c, message, ..
+            })) => {
                 let e = ErrorBody::from_wire(&c, format!("{name}: {}", bounded(&message)));
                 // Another member may know the MAC or be on the LAN: try it; anything
                 // else (awake, rate-limited) is the answer.
-                if !matches!(e.code, crate::api::Code::NotFound | crate::api::Code::Unreachable)
-                {
+                if !matches!(
+                    e.code,
+                    crate::api::Code::NotFound | crate::api::Code::Unreachable
+                ) {
                     return Err(e);
                 }
                 refusals.push(e);

@@ -312,7 +312,10 @@ mod tests {
         assert_eq!(merge(&[a], &[a]), None);
         assert_eq!(merge(&[a], &[]), None);
         // Invalid entries are dropped; more than 8 refuses the whole announcement.
-        assert_eq!(merge(&[], &[iface([0; 6], "10.0.0.3", 24), a]), Some(vec![a]));
+        assert_eq!(
+            merge(&[], &[iface([0; 6], "10.0.0.3", 24), a]),
+            Some(vec![a])
+        );
         let many: Vec<LanIface> = (0..9)
             .map(|k| iface([2, 0, 0, 0, 0, k], "10.0.0.3", 24))
             .collect();
