@@ -137,9 +137,9 @@ fn wake_sends_the_magic_packet_on_the_sleepers_lan_also_when_asked_from_afar() {
     assert_eq!(code, "refused", "{msg}");
     assert!(msg.contains("awake"), "{msg}");
 
-    let Some(cap) = Capture::start(&lab.hosts[0], "eth0", &["udp", "port", "9"]) else {
-        return;
-    };
+    // None (reason printed) where tcpdump cannot run: the wake-ups are still checked,
+    // by their answers only.
+    let cap = Capture::start(&lab.hosts[0], "eth0", &["udp", "port", "9"]);
     // The sleeper goes to sleep: its daemon answers nothing any more.
     nodes[0].kill9();
     let (a, g) = (&nodes[1], &nodes[2]);
@@ -164,24 +164,30 @@ fn wake_sends_the_magic_packet_on_the_sleepers_lan_also_when_asked_from_afar() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(to, ["10.77.0.255:9", "255.255.255.255:9"], "{r}");
-    wait_until("the capture to hold both of alpha's magic packets", || {
-        magic_from(&cap, &sleeper_mac, "10.77.0.2") >= 2
-    });
-    let before = magic_from(&cap, &sleeper_mac, "10.77.0.2");
+    if let Some(cap) = &cap {
+        wait_until("the capture to hold both of alpha's magic packets", || {
+            magic_from(cap, &sleeper_mac, "10.77.0.2") >= 2
+        });
+    }
+    let before = cap
+        .as_ref()
+        .map_or(0, |c| magic_from(c, &sleeper_mac, "10.77.0.2"));
 
     // From another network: gamma asks alpha, which is on the sleeper's LAN.
     let r = woke(g, "sleeper");
     assert_eq!(r["by"], "alpha", "{r}");
     assert_eq!(r["sent"][0]["mac"], mac_text(&sleeper_mac), "{r}");
-    wait_until("the capture to hold the packets asked for by gamma", || {
-        magic_from(&cap, &sleeper_mac, "10.77.0.2") >= before + 2
-    });
-    // Nothing but magic packets for the sleeper went to port 9.
-    let all = cap.udp();
-    assert!(all
-        .iter()
-        .filter(|d| d.dst_port == 9)
-        .all(|d| d.payload == magic(&sleeper_mac)));
+    if let Some(cap) = &cap {
+        wait_until("the capture to hold the packets asked for by gamma", || {
+            magic_from(cap, &sleeper_mac, "10.77.0.2") >= before + 2
+        });
+        // Nothing but magic packets for the sleeper went to port 9.
+        let all = cap.udp();
+        assert!(all
+            .iter()
+            .filter(|d| d.dst_port == 9)
+            .all(|d| d.payload == magic(&sleeper_mac)));
+    }
 
     // At most 4 wake-ups a minute per device (counted where the packets are sent).
     assert!(wake(g, "sleeper").status.success());

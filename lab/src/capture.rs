@@ -27,7 +27,8 @@ pub struct Capture {
 impl Capture {
     /// Starts `tcpdump` on `iface` in namespace `ns` with the filter `filter` (words of a
     /// pcap expression) and waits until it listens. `None` (with a printed reason) when
-    /// tcpdump is not installed.
+    /// tcpdump is not installed, or cannot run here: in a user namespace of an
+    /// unprivileged user, tcpdump's switch to its own user (or `-Z root`) is refused.
     pub fn start(ns: &str, iface: &str, filter: &[&str]) -> Option<Capture> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("capture.pcap");
@@ -61,6 +62,12 @@ impl Capture {
         loop {
             match rx.recv_timeout(DEADLINE) {
                 Ok(line) if line.contains("listening on") => break,
+                Ok(line) if line.contains("Couldn't change to") => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    eprintln!("skipping the capture: tcpdump cannot run here: {line}");
+                    return None;
+                }
                 Ok(line) => {
                     seen.push_str(&line);
                     seen.push('\n');
@@ -68,7 +75,10 @@ impl Capture {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    if seen.contains("not found") || seen.contains("No such file") {
+                    if seen.contains("not found")
+                        || seen.contains("No such file")
+                        || seen.contains("Couldn't change to")
+                    {
                         eprintln!("skipping the capture: no tcpdump here: {seen}");
                         return None;
                     }
