@@ -142,7 +142,18 @@ fn wake_sends_the_magic_packet_on_the_sleepers_lan_also_when_asked_from_afar() {
     let cap = Capture::start(&lab.hosts[0], "eth0", &["udp", "port", "9"]);
     // The sleeper goes to sleep: its daemon answers nothing any more.
     nodes[0].kill9();
+    // alpha restarts while the sleeper sleeps: the MAC comes back from peers.json.
+    nodes[1].stop();
+    nodes[1].start();
     let (a, g) = (&nodes[1], &nodes[2]);
+    assert!(knows_interface(
+        a,
+        "sleeper",
+        &mac_text(&sleeper_mac),
+        "10.77.0.1/24"
+    ));
+    a.wait_state("gamma", "active");
+    g.wait_state("alpha", "active");
     wait_until("alpha to see the sleeper gone", || {
         a.peer("sleeper")
             .is_some_and(|p| p["state"] != "active" && p["state"] != "indirect")
