@@ -124,7 +124,8 @@ pub async fn serve(d: Arc<Daemon>, mut s: IncomingStream) {
 }
 
 /// Tells every connected member where this device may be reached from beyond the LAN
-/// (its public interface addresses and mapped port; see `reach.rs`).
+/// (its public interface addresses and mapped port; see `reach.rs`), and its Ethernet
+/// interfaces (Wake-on-LAN, `wake.rs`).
 pub fn announce(d: &Daemon) {
     super::wake::announce(d);
     let ours = super::candidates::announced(d);
