@@ -45,6 +45,7 @@ pub const COMMANDS: &[&str] = &[
     "relay.add",
     "relay.remove",
     "relay.list",
+    "wake",
 ];
 
 /// One operation of a `kv.batch`: a put (its value as `value`, `value_b64` or `value_len`
@@ -238,6 +239,13 @@ pub enum Request {
     /// The mesh's relays and this device's registration with each.
     #[serde(rename = "relay.list")]
     RelayList {},
+    /// Sends a Wake-on-LAN magic packet to `peer` from a member on its LAN.
+    Wake {
+        peer: String,
+        /// Even when the peer looks awake.
+        #[serde(default)]
+        force: bool,
+    },
     /// How a stream ended: "open", "closed" or "error: ...".
     StreamStatus {
         stream: String,
@@ -274,6 +282,8 @@ pub struct SendRequest {
 
 mod codes;
 pub use codes::{code, Code};
+mod wake;
+pub use wake::{IfaceInfo, WakeResult, WakeSentInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -454,6 +464,9 @@ pub struct PeerInfo {
     /// How the peer is reached now; `null` while it is not reached at all.
     #[serde(default)]
     pub path: Option<PathInfo>,
+    /// Its Ethernet interfaces as it last announced them (for `wake`); left out when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<IfaceInfo>,
 }
 
 /// How a peer is reached (`peers`, and peer events).

@@ -157,6 +157,14 @@ pub enum Command {
     /// a member and sees only encrypted packets); with a subcommand, manage this mesh's
     /// relays
     Relay(RelayArgs),
+    /// Wake a sleeping peer: a member on its LAN sends a Wake-on-LAN magic packet
+    Wake {
+        /// Peer name or ID prefix
+        peer: String,
+        /// Send even when the peer looks awake
+        #[arg(long)]
+        force: bool,
+    },
     /// Print shell completions
     Completions {
         /// bash, zsh, fish, elvish or powershell

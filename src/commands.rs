@@ -9,6 +9,7 @@ mod install;
 mod kv;
 mod late;
 mod members;
+mod wake;
 
 use follow::{describe_event, follow};
 
@@ -235,6 +236,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             remove,
         } => return crate::pipe::expose(c, g, service, target, remove),
         Command::Kv(k) => return kv::kv(c, g, k),
+        Command::Wake { peer, force } => return wake::wake(&mut c, g, peer, force),
         Command::Serve(_) | Command::Init { .. } | Command::Id | Command::Completions { .. } => {
             anyhow::bail!("not a client command")
         }

@@ -60,6 +60,8 @@ pub struct Daemon {
     pub removed: Mutex<Option<crate::api::RemovedInfo>>,
     /// What each member may make this device hold (message bodies, streams read).
     pub budgets: super::budget::Budgets,
+    /// Wake requests waiting on members, and the wake-up rate limit (`wake.rs`).
+    pub wakes: super::wakes::Wakes,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,

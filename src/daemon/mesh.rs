@@ -75,6 +75,9 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
         addrs.push((d.id(), ours));
     }
     let _ = tx.try_send(MeshFrame::Addrs(addrs));
+    if let Some(lan) = super::wake::lan_frame() {
+        let _ = tx.try_send(lan);
+    }
     d.mesh.attach(pc.peer, conn, tx);
     // Tell the others where this peer is now.
     let here = crate::addr::canon(pc.remote_address());
@@ -121,8 +124,10 @@ pub async fn serve(d: Arc<Daemon>, mut s: IncomingStream) {
 }
 
 /// Tells every connected member where this device may be reached from beyond the LAN
-/// (its public interface addresses and mapped port; see `reach.rs`).
+/// (its public interface addresses and mapped port; see `reach.rs`), and its Ethernet
+/// interfaces (Wake-on-LAN, `wake.rs`).
 pub fn announce(d: &Daemon) {
+    super::wake::announce(d);
     let ours = super::candidates::announced(d);
     if ours.is_empty() {
         return;
@@ -137,6 +142,8 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
     match frame {
         MeshFrame::Membership(bytes) => super::membership::received(d, from, &bytes),
         MeshFrame::Punch(p) => super::punching::received(d, from, p),
+        MeshFrame::Lan(list) => super::wake::lan_received(d, from, list),
+        MeshFrame::Wake(msg) => super::wake::received(d, from, msg),
         MeshFrame::Addrs(list) => {
             if list.len() > MAX_ADDR_ENTRIES {
                 return;

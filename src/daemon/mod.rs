@@ -38,7 +38,10 @@ mod stream_io;
 pub mod streams;
 mod sync;
 mod trim;
+mod wake;
+mod wakes;
 mod wire;
+mod wol;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -175,6 +178,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         removed: Mutex::new(None),
         budgets: budget::Budgets::new(handler_queue),
         reach: Default::default(),
+        wakes: Default::default(),
         started: Instant::now(),
         manual,
         stop,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use transport::DeviceId;
 
 use super::dial::Dial;
+use super::wol::LanIface;
 use crate::api::{code, ErrorBody, PeerInfo};
 
 /// File of trusted peers inside the state directory.
@@ -96,6 +97,8 @@ pub struct Peer {
     pub route: Option<(Route, SystemTime)>,
     /// The relay (`HOST:PORT`) its connection goes through, if it does.
     pub relay: Option<String>,
+    /// Its Ethernet interfaces, as it last told this device itself (Wake-on-LAN).
+    pub lan: Vec<LanIface>,
 }
 
 impl Peer {
@@ -114,6 +117,7 @@ impl Peer {
             path_rtt: None,
             route: None,
             relay: None,
+            lan: Vec::new(),
         }
     }
 
@@ -146,6 +150,14 @@ impl Peer {
                 .last_seen
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
+            interfaces: self
+                .lan
+                .iter()
+                .map(|i| crate::api::IfaceInfo {
+                    mac: super::wol::mac_text(&i.mac),
+                    addr: format!("{}/{}", i.addr, i.prefix),
+                })
+                .collect(),
         }
     }
 
@@ -196,6 +208,9 @@ struct StoredPeer {
     name: String,
     #[serde(default)]
     addrs: Vec<String>,
+    /// Wake-on-LAN interfaces (see `wol.rs`), checked again when loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    lan: Vec<LanIface>,
 }
 
 /// All peers, keyed by device ID.
@@ -235,7 +250,9 @@ impl PeerTable {
                 p.id.parse()
                     .map_err(|e| anyhow::anyhow!("{}: bad id {:?}: {e}", path.display(), p.id))?;
             let addrs = p.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            table.peers.insert(id, Peer::new(id, p.name, addrs));
+            let mut peer = Peer::new(id, p.name, addrs);
+            peer.lan = super::wol::merge(&[], &p.lan).unwrap_or_default();
+            table.peers.insert(id, peer);
         }
         for r in stored.removed {
             let (id, name) = match r {
@@ -258,6 +275,7 @@ impl PeerTable {
                 id: p.id.to_string(),
                 name: p.name.clone(),
                 addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                lan: p.lan.clone(),
             })
             .collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -390,6 +408,7 @@ impl PeerTable {
                 via: Vec::new(),
                 last_seen: None,
                 path: None,
+                interfaces: Vec::new(),
             });
         }
         v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

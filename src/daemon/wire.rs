@@ -6,13 +6,14 @@
 //! only ever appended and fields never reordered: the layout tests at the end pin the
 //! encoding of each type, so a change of wire format fails a test.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 use transport::DeviceId;
 
 use super::relays::RelayEntry;
 use super::roster::RosterSnapshot;
+use super::wol::LanIface;
 use crate::store::reconcile::{ReconMsg, ReconReply};
 use crate::store::{BatchRange, Change, Delta, VersionVector};
 
@@ -30,6 +31,38 @@ pub enum MeshFrame {
     Punch(Punch),
     /// The sender's signed relay entries (`relays.rs`), sent with the roster.
     Relays(Vec<RelayEntry>),
+    /// The sender's own Ethernet interfaces (Wake-on-LAN, `wake.rs`): taken only from
+    /// the device itself, never passed on.
+    Lan(Vec<LanIface>),
+    /// A wake request to a member on the sleeping device's LAN, or its answer.
+    Wake(WakeMsg),
+}
+
+/// `cnspr wake` between members (`wake.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WakeMsg {
+    /// Send the magic packet for `target` on its LAN; `force`: even if it looks awake.
+    Ask {
+        id: u64,
+        target: DeviceId,
+        force: bool,
+    },
+    /// The packets sent: per MAC, the interface and the destinations.
+    Sent { id: u64, sent: Vec<WakeSent> },
+    /// Nothing sent, with an error code and message (as on the control socket).
+    Failed {
+        id: u64,
+        code: String,
+        message: String,
+    },
+}
+
+/// One magic packet's worth of a [`WakeMsg::Sent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeSent {
+    pub mac: [u8; 6],
+    pub iface: String,
+    pub to: Vec<SocketAddrV4>,
 }
 
 /// One step of a hole-punching exchange between `from` and `to`, carried through a
@@ -233,6 +266,33 @@ mod tests {
                 })),
             ),
             ("punch sync", hex(&PunchStep::Sync)),
+            (
+                "mesh lan",
+                hex(&MeshFrame::Lan(vec![LanIface {
+                    mac: [2, 0, 0, 0, 0, 9],
+                    addr: "10.0.0.2".parse().unwrap(),
+                    prefix: 24,
+                }])),
+            ),
+            (
+                "mesh wake",
+                hex(&MeshFrame::Wake(WakeMsg::Ask {
+                    id: 5,
+                    target: id(3),
+                    force: true,
+                })),
+            ),
+            (
+                "wake sent",
+                hex(&WakeMsg::Sent {
+                    id: 5,
+                    sent: vec![WakeSent {
+                        mac: [2, 0, 0, 0, 0, 9],
+                        iface: "eth0".into(),
+                        to: vec!["10.0.0.255:9".parse().unwrap()],
+                    }],
+                }),
+            ),
             ("msg header", hex(&header())),
             (
                 "lane msg",
@@ -317,6 +377,9 @@ mod tests {
             ("mesh membership", "0203010203"),
             ("mesh punch", "030101010101010101010101010101010101010101010101010101010101010101020202020202020202020202020202020202020202020202020202020202020207000100cb007101fbcd1c"),
             ("punch sync", "02"),
+            ("mesh lan", "05010200000000090a00000218"),
+            ("mesh wake", "060005030303030303030303030303030303030303030303030303030303030303030301"),
+            ("wake sent", "0105010200000000090465746830010a0000ff09"),
             ("msg header", "10303030303030303030303030303061620b6e6f746966792e73686f7705010102020202020202020202020202020202020202020202020202020202020202020000"),
             ("lane msg", "0310303030303030303030303030303061620b6e6f746966792e73686f7705010102020202020202020202020202020202020202020202020202020202020202020000"),
             ("lane result", "0300"),

@@ -59,6 +59,9 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
         }
         Request::RelayRemove { addr } => serde_json::to_value(relays::remove(d, addr.trim())?),
         Request::RelayList {} => serde_json::to_value(relays::list(d)),
+        Request::Wake { peer, force } => {
+            serde_json::to_value(crate::daemon::wake::wake(d, &peer, force).await?)
+        }
         Request::StreamStatus { stream, wait_ms } => Ok(streams::status(d, stream, wait_ms).await),
         Request::KvGet { key, all_versions } => Ok(kv::get(d, &key, all_versions)?),
         Request::KvDel {
