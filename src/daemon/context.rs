@@ -60,6 +60,8 @@ pub struct Daemon {
     pub removed: Mutex<Option<crate::api::RemovedInfo>>,
     /// What each member may make this device hold (message bodies, streams read).
     pub budgets: super::budget::Budgets,
+    /// Origin proofs taken recently (relayed messages and streams): none is taken twice.
+    pub origins: super::origin::ReplayGuard,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
