@@ -22,7 +22,7 @@ use super::wire::{MsgHeader, OriginProof};
 const MESSAGE_DOMAIN: &[u8] = b"cnspr relayed message v1\0";
 /// Domain of a stream binding.
 const STREAM_DOMAIN: &[u8] = b"cnspr relayed stream v1\0";
-/// Largest proof frame (a proof is 113 bytes).
+/// Largest proof frame (a proof encodes to at most 115 bytes).
 pub const MAX_PROOF: usize = 256;
 /// How far a proof's time may lie from this device's clock, either way.
 pub const WINDOW_MS: u64 = 10 * 60 * 1000;
