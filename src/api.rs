@@ -109,6 +109,9 @@ pub enum Request {
         name: Option<String>,
         #[serde(default)]
         addrs: Vec<String>,
+        /// Rename a device already trusted to `name` (without it, its name stays).
+        #[serde(default)]
+        rename: bool,
     },
     Remove {
         peer: String,
@@ -283,6 +286,10 @@ pub struct ErrorBody {
     /// `conflict`: the key whose condition did not hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// `timeout` of a `send` with `reply`: `true` when the message was delivered (the
+    /// peer acknowledged all of it) but no reply came before the timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<bool>,
 }
 
 impl ErrorBody {
@@ -292,6 +299,7 @@ impl ErrorBody {
             message: message.into(),
             current: None,
             key: None,
+            delivered: None,
         }
     }
 
@@ -368,6 +376,10 @@ pub struct Status {
     /// Set when a member told this device that it was removed from the mesh.
     #[serde(default)]
     pub removed: Option<RemovedInfo>,
+    /// Members not trusted until the person decides (a conflict of removals), each as a
+    /// sentence naming who removed whom and the command that decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
 }
 
 /// This device was removed from the mesh (`status`).
@@ -545,6 +557,10 @@ pub enum Event {
         /// How the peer is reached now (absent while it is not).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathInfo>,
+        /// What happened, in words (`peer.renamed`: the old name; `peer.conflict`: who
+        /// removed whom, and how to decide).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     Daemon {
         tag: String,

@@ -86,6 +86,9 @@ pub enum Command {
         /// An address where the device listens; repeatable
         #[arg(long = "addr", value_name = "HOST:PORT")]
         addrs: Vec<String>,
+        /// Rename a device already trusted to --name (otherwise it keeps its name)
+        #[arg(long, requires = "name")]
+        rename: bool,
     },
     /// Pair with a device on the LAN: without CODE, open a pairing window and show a
     /// one-time code (and the devices nearby); with CODE, join the device showing it
@@ -105,6 +108,9 @@ pub enum Command {
     Remove {
         /// Peer name or ID prefix
         peer: String,
+        /// Do not ask for confirmation (asked only when standard input is a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Stop the daemon gracefully (peers see it as left)
     Stop,

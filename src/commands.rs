@@ -3,17 +3,20 @@
 use std::io::{Read, Write};
 
 mod batch;
+pub mod complete;
 mod follow;
 mod install;
 mod kv;
+mod late;
+mod members;
 
-use follow::follow;
+use follow::{describe_event, follow};
 
 use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::api::{
-    Event, HandlersResult, PeerInfo, PingResult, Request, SendRequest, SendResult, Status, MAX_BODY,
+    HandlersResult, PeerInfo, PingResult, Request, SendRequest, SendResult, Status, MAX_BODY,
 };
 use crate::cli::{Command, Global, SendArgs};
 use crate::client::Client;
@@ -60,6 +63,9 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                     ago(Some(r.at))
                 );
             }
+            for c in &s.conflicts {
+                println!("Conflict:  {c}");
+            }
         }
         Command::Peers => {
             let v = c.request(&Request::Peers {})?;
@@ -71,7 +77,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                 .iter()
                 .map(|p| {
                     vec![
-                        p.name.clone(),
+                        crate::output::name_or_dash(&p.name),
                         short_id(&p.id),
                         p.state.clone(),
                         p.addresses.first().cloned().unwrap_or_else(|| "-".into()),
@@ -98,6 +104,9 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                 if let Some(by) = s["removed"]["by"].as_str() {
                     eprintln!("cnspr: this device was removed from the mesh by {by}");
                 }
+                for c in s["conflicts"].as_array().into_iter().flatten() {
+                    eprintln!("cnspr: {}", c.as_str().unwrap_or_default());
+                }
             }
         }
         Command::Ping { peer, timeout } => {
@@ -114,10 +123,12 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             } else {
                 format!("relay via {}", p.via.join(" -> "))
             };
-            println!(
-                "reply from {} ({}): time={:.3} ms, {path}",
-                p.peer, p.address, p.rtt_ms
-            );
+            let at = if p.address.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.address)
+            };
+            println!("reply from {}{at}: time={:.3} ms, {path}", p.peer, p.rtt_ms);
         }
         Command::Send(args) => return send(&mut c, g, args),
         Command::Monitor { events } => {
@@ -130,34 +141,18 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             let h: HandlersResult = serde_json::from_value(v.clone())?;
             return install::print_handlers(g, &v, h);
         }
-        Command::Trust { id, name, addrs } => {
-            let v = c.request(&Request::Trust {
-                device: id,
-                name,
-                addrs,
-            })?;
-            if g.json {
-                return print_json(&v).map(|_| 0);
-            }
-            let p: PeerInfo = serde_json::from_value(v)?;
-            println!("trusted {} ({})", p.name, p.id);
-        }
+        Command::Trust {
+            id,
+            name,
+            addrs,
+            rename,
+        } => return members::trust(&mut c, g, id, name, addrs, rename),
         Command::Pair {
             code,
             addrs,
             timeout,
         } => return pair(&mut c, g, code, addrs, timeout),
-        Command::Remove { peer } => {
-            let v = c.request(&Request::Remove { peer })?;
-            if g.json {
-                return print_json(&v).map(|_| 0);
-            }
-            println!(
-                "removed {} ({})",
-                v["removed"]["name"].as_str().unwrap_or(""),
-                v["removed"]["id"].as_str().unwrap_or("")
-            );
-        }
+        Command::Remove { peer, yes } => return members::remove(&mut c, g, peer, yes),
         Command::Relay(args) => {
             let req = match args.action {
                 Some(crate::cli::RelayAction::Add { addr, secret }) => {
@@ -316,7 +311,10 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
         body_len: Some(body.len() as u64),
         ..SendRequest::default()
     });
-    let v = c.request_with_body(&req, &body)?;
+    let v = match c.request_with_body(&req, &body) {
+        Ok(v) => v,
+        Err(e) => return late::one(g, e),
+    };
     let r: SendResult = serde_json::from_value(v.clone())?;
     let failed: Vec<_> = r.outcomes.iter().filter(|o| !o.ok).collect();
     if a.reply {
@@ -370,6 +368,10 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
             .as_ref()
             .map(|e| e.message.clone())
             .unwrap_or_default();
+        if late::is_late(o) {
+            eprintln!("cnspr: {e}");
+            continue;
+        }
         eprintln!("cnspr: not delivered to {}: {e}", o.peer);
     }
     if r.outcomes.is_empty() && a.all {
@@ -392,8 +394,10 @@ fn send(c: &mut Client, g: &Global, a: SendArgs) -> anyhow::Result<i32> {
     for p in &unhandled {
         eprintln!("cnspr: no handler for {} on {p}", req_tag(&req));
     }
-    Ok(if !failed.is_empty() {
+    Ok(if failed.iter().any(|o| !late::is_late(o)) {
         1
+    } else if !failed.is_empty() {
+        late::EXIT_NO_REPLY
     } else if handler_failed {
         3
     } else if !unhandled.is_empty() {
@@ -562,35 +566,5 @@ fn attempt_line(a: &Value) -> String {
         ("wrong_code", 1) => format!("wrong code from {who}: 1 attempt left"),
         ("wrong_code", n) => format!("wrong code from {who}: {n} attempts left"),
         _ => format!("refused {who}: {}", s("reason")),
-    }
-}
-
-fn describe_event(v: &Value) -> String {
-    match serde_json::from_value::<Event>(v.clone()) {
-        Ok(Event::Message {
-            tag,
-            from,
-            message_id,
-            body_len,
-            ..
-        }) => format!(
-            "message  {tag} from {} ({body_len} bytes, id {message_id})",
-            from.name
-        ),
-        Ok(Event::Peer {
-            tag,
-            peer,
-            state,
-            address,
-            path,
-        }) => format!(
-            "peer     {tag} {} {state}{}{}",
-            peer.name,
-            address.map(|a| format!(" {a}")).unwrap_or_default(),
-            path.map(|p| format!(" ({})", crate::output::path_text(&p)))
-                .unwrap_or_default()
-        ),
-        Ok(Event::Daemon { tag, state }) => format!("daemon   {tag} {state}"),
-        Err(_) => v.to_string(),
     }
 }

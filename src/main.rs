@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use serde_json::json;
 use transport::Identity;
 
@@ -28,6 +28,14 @@ fn init_logging(verbose: u8, daemon: bool) {
 }
 
 fn main() -> ExitCode {
+    // The completion scripts' helper: not a command of the interface, so not in `--help`
+    // or in the scripts themselves.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__complete-peers")
+    {
+        return ExitCode::from(commands::complete::peers_from_env() as u8);
+    }
     let cli = Cli::parse();
     let g = cli.global.clone();
     let long_running = match &cli.command {
@@ -82,7 +90,9 @@ fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Id => {
-            let id = Identity::load(&paths.state_dir)?;
+            // A fresh device has no identity yet: create it, as `init` (or the first
+            // `serve`) would, so the ID to give the other device is there at once.
+            let (id, _) = Identity::load_or_create(&paths.state_dir, None)?;
             if g.json {
                 println!("{}", json!({"id": id.id.to_string(), "name": id.name}));
             } else {
@@ -91,7 +101,7 @@ fn run(cmd: Command, g: &cli::Global, paths: &Paths) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "cnspr", &mut std::io::stdout());
+            print!("{}", commands::complete::script(shell));
             Ok(0)
         }
         Command::Relay(args) if args.action.is_none() => {

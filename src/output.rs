@@ -51,6 +51,15 @@ pub fn ago(unix: Option<u64>) -> String {
     }
 }
 
+/// A name for a table cell: `-` when there is none (a removed device known by its ID).
+pub fn name_or_dash(name: &str) -> String {
+    if name.is_empty() {
+        "-".into()
+    } else {
+        name.to_string()
+    }
+}
+
 /// The first two groups of a grouped device ID.
 /// How a peer is reached, in words: `direct`, or `relay via NAME` (a member, or a
 /// `cnspr relay` at an address).

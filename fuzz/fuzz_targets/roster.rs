@@ -24,7 +24,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use cnspr_fuzz::check::{frames, split};
-use cnspr_fuzz::daemon::roster::{MemberEntry, MeshRoster, Removal, RosterSnapshot, MAX_MEMBERS};
+use cnspr_fuzz::daemon::roster::{
+    MemberEntry, MeshRoster, Removal, RosterSnapshot, MAX_MEMBERS, MAX_SIGNERS,
+};
 use libfuzzer_sys::fuzz_target;
 use transport::frame::MAX_CONTROL_FRAME;
 use transport::{DeviceId, Identity};
@@ -54,11 +56,14 @@ fn empty(me: DeviceId) -> MeshRoster {
 
 fn check(r: &mut MeshRoster, me: DeviceId) {
     let snap = r.snapshot();
-    assert!(snap.within_limits() && snap.members.len() <= MAX_MEMBERS);
+    assert!(snap.within_limits() && snap.members.len() <= MAX_MEMBERS * MAX_SIGNERS);
     for m in &snap.members {
         assert!(m.well_formed(), "kept a member entry that does not verify");
         assert!(m.id != me, "this device is an entry of its own roster");
+    }
+    for m in r.members() {
         assert!(!r.is_removed(&m.id), "device {:?} both member and removed", m.id);
+        assert!(r.conflicts().all(|c| c.id != m.id), "member and in conflict");
     }
     assert!(snap.removals.iter().all(Removal::well_formed));
     let again = r.merge(snap.clone());
@@ -87,7 +92,7 @@ fn unsigned(rest: &[u8]) {
     });
     let before = r.snapshot();
     let mut merge = |snap: RosterSnapshot| {
-        let ch = r.merge_from(snap, d[1].id);
+        let ch = r.merge(snap);
         assert!(ch.is_empty(), "unsigned roster accepted: {ch:?}");
         assert_eq!(r.snapshot(), before);
     };
@@ -134,6 +139,18 @@ fn signed(rest: &[u8]) {
             forwards.snapshot(),
             backwards.snapshot(),
             "the same gossip in another order gave another roster"
+        );
+        let judged = |r: &MeshRoster| {
+            (
+                r.members().cloned().collect::<Vec<_>>(),
+                r.removed().cloned().collect::<Vec<_>>(),
+                r.conflicts().cloned().collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            judged(&forwards),
+            judged(&backwards),
+            "the same gossip in another order was judged otherwise"
         );
     }
 }

@@ -6,6 +6,9 @@ pub mod wire;
 #[path = "../../src/daemon/roster.rs"]
 pub mod roster;
 
+#[path = "../../src/daemon/roster_judge.rs"]
+pub mod roster_judge;
+
 #[path = "../../src/daemon/relays.rs"]
 pub mod relays;
 

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
+use crate::api::Event;
 use crate::cli::Global;
 use crate::client::Client;
 
@@ -30,4 +31,36 @@ pub fn follow(c: &mut Client, g: &Global, human: impl Fn(&Value) -> String) -> a
         out.flush()?;
     }
     anyhow::bail!("the daemon closed the connection: it stopped")
+}
+
+pub fn describe_event(v: &Value) -> String {
+    match serde_json::from_value::<Event>(v.clone()) {
+        Ok(Event::Message {
+            tag,
+            from,
+            message_id,
+            body_len,
+            ..
+        }) => format!(
+            "message  {tag} from {} ({body_len} bytes, id {message_id})",
+            from.name
+        ),
+        Ok(Event::Peer {
+            tag,
+            peer,
+            state,
+            address,
+            path,
+            detail,
+        }) => format!(
+            "peer     {tag} {} {state}{}{}{}",
+            peer.name,
+            address.map(|a| format!(" {a}")).unwrap_or_default(),
+            path.map(|p| format!(" ({})", crate::output::path_text(&p)))
+                .unwrap_or_default(),
+            detail.map(|d| format!(": {d}")).unwrap_or_default()
+        ),
+        Ok(Event::Daemon { tag, state }) => format!("daemon   {tag} {state}"),
+        Err(_) => v.to_string(),
+    }
 }

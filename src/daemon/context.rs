@@ -97,6 +97,7 @@ impl Daemon {
                 state,
                 address,
                 path,
+                ..
             } => {
                 let id = peer.id.replace('-', "");
                 let origin = Origin {
@@ -175,6 +176,19 @@ impl Daemon {
         state: PeerState,
         address: Option<SocketAddr>,
     ) {
+        self.peer_event_with(tag, id, name, state, address, None);
+    }
+
+    /// [`Daemon::peer_event`] with what happened in words.
+    pub fn peer_event_with(
+        &self,
+        tag: &str,
+        id: DeviceId,
+        name: &str,
+        state: PeerState,
+        address: Option<SocketAddr>,
+        detail: Option<String>,
+    ) {
         let path = {
             let table = self.peers();
             table.peers.get(&id).and_then(|p| table.path_info(p))
@@ -188,6 +202,7 @@ impl Daemon {
             state: state.as_str().to_string(),
             address: address.map(|a| a.to_string()),
             path,
+            detail,
         });
     }
 
@@ -268,6 +283,45 @@ impl Daemon {
         }
     }
 
+    /// The devices in a conflict of removals `(id, name)`.
+    pub fn conflicts(&self) -> Vec<(DeviceId, String)> {
+        self.roster()
+            .conflicts()
+            .map(|c| (c.id, c.name.clone()))
+            .collect()
+    }
+
+    /// Who removed whom in the conflict `id` is part of, and how to decide, in words.
+    pub fn conflict_text(&self, id: &DeviceId) -> String {
+        let r = self.roster();
+        let Some(c) = r.conflicts().find(|c| c.id == *id) else {
+            return String::new();
+        };
+        let name = |x: &DeviceId| r.name_of(x).unwrap_or_else(|| x.short());
+        let by: Vec<String> = c.removed_by.iter().map(name).collect();
+        let of: Vec<String> = c.removes.iter().map(name).collect();
+        let mut s = format!("{} is not trusted until you decide:", c.name);
+        if !by.is_empty() {
+            s.push_str(&format!(" removed by {};", by.join(", ")));
+        }
+        if !of.is_empty() {
+            s.push_str(&format!(" it removed {};", of.join(", ")));
+        }
+        if by.is_empty() && of.is_empty() {
+            s.push_str(" only devices in a conflict signed for it;");
+        }
+        let culprit = by
+            .first()
+            .or(of.first())
+            .cloned()
+            .unwrap_or_else(|| c.name.clone());
+        s.push_str(&format!(
+            " run `cnspr remove {culprit}` (or `cnspr remove {}`) on this device to decide",
+            c.name
+        ));
+        s
+    }
+
     /// After a membership change: raises `peer.joined` / `peer.removed` and gossips the
     /// roster to the connected members but `from` (who told us).
     pub fn membership_changed(&self, applied: Applied, from: Option<DeviceId>) {
@@ -279,6 +333,24 @@ impl Daemon {
             info!(peer = %name, id = %id.short(), "member removed from the mesh");
             self.peer_event("peer.removed", *id, name, PeerState::Removed, None);
             self.peer_event("peer.status_changed", *id, name, PeerState::Removed, None);
+        }
+        for (id, old, name) in &applied.renamed {
+            info!(peer = %name, old = %old, id = %id.short(), "member renamed");
+            let state = self
+                .peers()
+                .peers
+                .get(id)
+                .map_or(PeerState::Unreachable, |p| p.state);
+            let detail = Some(format!("was {old}"));
+            self.peer_event_with("peer.renamed", *id, name, state, None, detail);
+        }
+        for (id, name) in &applied.conflicted {
+            let detail = self.conflict_text(id);
+            warn!(peer = %name, id = %id.short(), "{detail}");
+            for tag in ["peer.conflict", "peer.status_changed"] {
+                let d = Some(detail.clone());
+                self.peer_event_with(tag, *id, name, PeerState::Conflict, None, d);
+            }
         }
         if applied.roster_changed {
             self.gossip_roster(from);

@@ -29,6 +29,37 @@ const IDLE_TICK: Duration = Duration::from_secs(10);
 pub fn start(d: &Arc<Daemon>) {
     tokio::spawn(transport_events(d.clone(), d.conn_events.subscribe()));
     tokio::spawn(supervise(d.clone(), d.conn_events.subscribe()));
+    let (tx, rx) = mpsc::channel(16);
+    d.members.appeal_sink(tx);
+    tokio::spawn(appeals(d.clone(), rx));
+}
+
+/// Takes removed devices' appeals (see `told_removed`): at most one per device every
+/// 10 s.
+async fn appeals(d: Arc<Daemon>, mut rx: mpsc::Receiver<(transport::DeviceId, String)>) {
+    let mut last: HashMap<transport::DeviceId, Instant> = HashMap::new();
+    while let Some((from, text)) = rx.recv().await {
+        let now = Instant::now();
+        if last
+            .get(&from)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(10))
+        {
+            continue;
+        }
+        if last.len() >= 1024 {
+            last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
+        }
+        last.insert(from, now);
+        match d.members.take_appeal(from, &text) {
+            Some(applied) => {
+                tracing::warn!(peer = %from.short(), "a removed device appealed with the removal of the device that removed it");
+                d.membership_changed(applied, None);
+            }
+            None => {
+                tracing::debug!(peer = %from.short(), "an appeal that does not hold was ignored")
+            }
+        }
+    }
 }
 
 async fn transport_events(d: Arc<Daemon>, mut rx: mpsc::Receiver<ConnEvent>) {
@@ -421,11 +452,25 @@ fn told_removed(d: &Daemon, from: &transport::DeviceId, e: &transport::Transport
     let Some(n) = super::removal_notice::parse(reason) else {
         return;
     };
+    let signer = n.removal.signer_id();
+    // Removed by a device this device has itself removed: appeal, with that removal, in
+    // the next hello to `from` (it then sees two devices that removed each other).
+    if n.removal.id == d.id() && n.removal.well_formed() {
+        let appeal = d
+            .roster()
+            .removal(&signer)
+            .and_then(|r| serde_json::to_string(r).ok());
+        if let Some(text) = appeal {
+            if d.members.appeal(*from, text) {
+                tracing::warn!(peer = %from.short(), by = %signer.short(), "told this device was removed by a device it removed: appealing");
+            }
+            return;
+        }
+    }
     if !super::removal_notice::checks_out(&n, &d.id(), from, |s| d.members.is_member(s)) {
         tracing::warn!(peer = %from.short(), "a removal notice that does not check out was ignored");
         return;
     }
-    let signer = n.removal.signer_id();
     let by = d
         .roster()
         .member(&signer)

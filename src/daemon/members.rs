@@ -33,6 +33,14 @@ pub struct Applied {
     pub joined: Vec<(DeviceId, String)>,
     /// Removed members `(id, last known name)`.
     pub removed: Vec<(DeviceId, String)>,
+    /// Members renamed `(id, old name, new name)`.
+    pub renamed: Vec<(DeviceId, String, String)>,
+    /// Members no longer trusted until the person decides: a conflict of removals
+    /// `(id, name)`.
+    pub conflicted: Vec<(DeviceId, String)>,
+    /// Every device no longer trusted without a removal (conflicts, and members that
+    /// only removed devices had signed for).
+    pub untrusted: Vec<DeviceId>,
     /// The roster changed (joined, renamed or removed): worth gossiping.
     pub roster_changed: bool,
 }
@@ -93,12 +101,7 @@ impl Members {
 
     /// The devices removed from the mesh.
     pub fn removed_ids(&self) -> Vec<DeviceId> {
-        self.roster()
-            .snapshot()
-            .removals
-            .iter()
-            .map(|r| r.id)
-            .collect()
+        self.roster().removed().map(|r| r.id).collect()
     }
 
     /// The one answer to "is `id` a member of the mesh": it has a valid roster entry and
@@ -149,18 +152,17 @@ impl Members {
     /// a comparison each), and the rest has its signatures checked before the lock is
     /// taken again, so a member's gossip costs the others verifications only for what is
     /// new to them.
-    pub fn merge_from(&self, mut snap: RosterSnapshot, from: DeviceId) -> Applied {
-        {
-            let roster = self.roster();
-            snap.members.retain(|m| roster.member(&m.id) != Some(m));
-            snap.removals.retain(|r| !roster.is_removed(&r.id));
-        }
-        snap.members.retain(|m| m.well_formed());
-        snap.removals.retain(|r| r.well_formed());
-        if snap.members.is_empty() && snap.removals.is_empty() {
+    pub fn merge_from(&self, snap: RosterSnapshot, from: DeviceId) -> Applied {
+        if from != self.identity.id && !self.is_member(&from) {
             return Applied::default();
         }
-        let changes = self.roster_mut().merge_from(snap, from);
+        let mut new = self.roster().unheld(&snap);
+        new.members.retain(|m| m.well_formed());
+        new.removals.retain(|r| r.well_formed());
+        if new.members.is_empty() && new.removals.is_empty() {
+            return Applied::default();
+        }
+        let changes = self.roster_mut().merge_checked(new);
         self.apply(changes)
     }
 
@@ -181,13 +183,26 @@ impl Members {
         applied
     }
 
-    /// Signs the removal of `id` (named `name` here).
+    /// Signs the removal of `id` (named `name` here). The members only `id` had signed
+    /// for are signed for again first, so that they stay members everywhere (a removal
+    /// does not cascade); the removals `id` had signed become void (see `roster`), and
+    /// the devices that brings back are in [`Applied::joined`].
     pub fn remove(&self, id: DeviceId, name: &str) -> Applied {
-        let removal = Removal::sign(&self.identity, id, now_ms());
-        let mut changes = self.roster_mut().merge(RosterSnapshot {
-            members: vec![],
-            removals: vec![removal],
-        });
+        let now = now_ms();
+        let mut snap = RosterSnapshot::default();
+        {
+            let r = self.roster();
+            for m in r.kept_only_by(&id) {
+                snap.members.push(MemberEntry::sign(
+                    &self.identity,
+                    m.id,
+                    &m.name,
+                    now.max(m.version + 1),
+                ));
+            }
+        }
+        snap.removals.push(Removal::sign(&self.identity, id, now));
+        let mut changes = self.roster_mut().merge(snap);
         if changes.removed.is_empty() && !self.roster().is_removed(&id) {
             // Not a signed member (should not happen): still drop it locally.
             changes.removed.push((id, name.to_string()));
@@ -217,9 +232,6 @@ impl Members {
         if changes.is_empty() {
             return applied;
         }
-        if !changes.removed.is_empty() {
-            vouch_for_orphans(&self.identity, &mut self.roster_mut());
-        }
         if let Err(e) = self.roster_mut().save() {
             warn!(error = %e, "could not save the roster");
         }
@@ -229,6 +241,7 @@ impl Members {
                 if *id == self.identity.id {
                     continue;
                 }
+                table.removed.remove(id);
                 match table.peers.get_mut(id) {
                     Some(p) => p.name.clone_from(name),
                     None => {
@@ -239,9 +252,20 @@ impl Members {
                     }
                 }
             }
-            for (id, name) in &changes.renamed {
+            for (id, old, name) in &changes.renamed {
                 if let Some(p) = table.peers.get_mut(id) {
                     p.name.clone_from(name);
+                }
+                applied.renamed.push((*id, old.clone(), name.clone()));
+            }
+            // Not trusted any more, but not removed: they leave the table (and the TLS
+            // set and the core below) without a removal of their own.
+            for (id, name) in changes.conflicted.iter().chain(&changes.dropped) {
+                table.peers.remove(id);
+                table.removed.remove(id);
+                applied.untrusted.push(*id);
+                if changes.conflicted.iter().any(|(c, _)| c == id) {
+                    applied.conflicted.push((*id, name.clone()));
                 }
             }
             for (id, name) in &changes.removed {
@@ -259,21 +283,63 @@ impl Members {
             self.tls.insert(*id);
             self.core.add(*id);
         }
-        for (id, _) in &applied.removed {
+        for id in applied
+            .removed
+            .iter()
+            .map(|(id, _)| id)
+            .chain(&applied.untrusted)
+        {
             self.tls.remove(id);
             self.core.remove(*id);
+        }
+        // A device no longer removed (its removal became void or disputed) is not told.
+        for id in applied
+            .untrusted
+            .iter()
+            .chain(applied.joined.iter().map(|(id, _)| id))
+        {
+            self.tls.set_notice(*id, None);
         }
         let removed: Vec<DeviceId> = applied.removed.iter().map(|(id, _)| *id).collect();
         self.notify_removed(&removed);
         applied
     }
 
+    /// Appeals to member `to` with `text` in the next hello; true when it is new.
+    pub fn appeal(&self, to: DeviceId, text: String) -> bool {
+        let new = self.tls.appeal(&to).as_ref() != Some(&text);
+        self.tls.set_appeal(to, Some(text));
+        new
+    }
+
+    /// Where the endpoint delivers removed devices' appeals.
+    pub fn appeal_sink(&self, sink: tokio::sync::mpsc::Sender<(DeviceId, String)>) {
+        self.tls.set_appeal_sink(sink);
+    }
+
+    /// Removed device `from` appealed with `text`: the removal of a device that removed
+    /// it, signed by itself. Taken like gossip (the judgement decides); anything else is
+    /// ignored.
+    pub fn take_appeal(&self, from: DeviceId, text: &str) -> Option<Applied> {
+        let r: Removal = serde_json::from_str(text).ok()?;
+        let fair = r.signer_id() == from && {
+            let roster = self.roster();
+            roster.removal(&from).is_some_and(|x| x.signer_id() == r.id)
+        };
+        if !fair || !r.well_formed() {
+            return None;
+        }
+        Some(self.merge(RosterSnapshot {
+            members: vec![],
+            removals: vec![r],
+        }))
+    }
+
     /// Has the endpoint tell each of `removed` that it was removed, and by whom, when it
     /// next connects (`removal_notice`).
     fn notify_removed(&self, removed: &[DeviceId]) {
         let roster = self.roster();
-        let snap = roster.snapshot();
-        for r in snap.removals.iter().filter(|r| removed.contains(&r.id)) {
+        for r in roster.removed().filter(|r| removed.contains(&r.id)) {
             let signer = r.signer_id();
             let by = if signer == self.identity.id {
                 self.identity.name.clone()
@@ -288,29 +354,6 @@ impl Members {
     }
 }
 
-/// Signs again, unchanged, the entries whose signer has been removed: a member that
-/// learns of the removal before the entry (a device that joins later, for one) refuses
-/// an entry signed by a removed device, so without this the members such a device had
-/// signed for (a name it adopted, a device it paired) would stay unknown to it. Each
-/// member that knows of the removal vouches; the newest signature wins everywhere, and
-/// once one by a member is kept nothing is signed again. True when the roster changed.
-fn vouch_for_orphans(identity: &Identity, roster: &mut MeshRoster) -> bool {
-    let now = now_ms();
-    let entries: Vec<MemberEntry> = roster
-        .members()
-        .filter(|m| roster.is_removed(&m.signer_id()))
-        .map(|m| MemberEntry::sign(identity, m.id, &m.name, now.max(m.version + 1)))
-        .collect();
-    if entries.is_empty() {
-        return false;
-    }
-    roster.merge(RosterSnapshot {
-        members: entries,
-        removals: vec![],
-    });
-    true
-}
-
 /// Makes the peer table and the roster agree at start. Devices trusted before the signed
 /// roster existed (in the table, unknown to the roster) get an entry signed by this
 /// device, and removals the table remembers but the roster lacks are signed again; then
@@ -319,20 +362,21 @@ fn reconcile(identity: &Identity, table: &mut PeerTable, roster: &mut MeshRoster
     let now = now_ms();
     let mut snap = RosterSnapshot::default();
     for id in table.removed.keys() {
-        if !roster.is_removed(id) {
+        // Only when the roster holds no removal of it at all (a restored roster.json
+        // older than the removal): a void or disputed removal is not signed again here.
+        if !roster.has_removal_for(id) {
             snap.removals.push(Removal::sign(identity, *id, now));
         }
     }
     for p in table.peers.values() {
-        let removed = roster.is_removed(&p.id) || table.removed.contains_key(&p.id);
-        if !removed && !roster.is_member(&p.id) {
+        let disputed = roster.has_removal_for(&p.id) || table.removed.contains_key(&p.id);
+        if !disputed && roster.name_of(&p.id).is_none() {
             snap.members
                 .push(MemberEntry::sign(identity, p.id, &p.name, now));
         }
     }
     let mut changed = false;
-    let vouched = vouch_for_orphans(identity, roster);
-    if vouched || !snap.members.is_empty() || !snap.removals.is_empty() {
+    if !snap.members.is_empty() || !snap.removals.is_empty() {
         roster.merge(snap);
         if let Err(e) = roster.save() {
             warn!(error = %e, "could not save the roster");
@@ -342,18 +386,25 @@ fn reconcile(identity: &Identity, table: &mut PeerTable, roster: &mut MeshRoster
     let stale: Vec<DeviceId> = table
         .peers
         .keys()
-        .filter(|id| roster.is_removed(id))
+        .filter(|id| !roster.is_member(id))
         .copied()
         .collect();
     for id in stale {
         if let Some(p) = table.peers.remove(&id) {
-            warn!(peer = %p.name, id = %id.short(), "the peer table listed a removed device; it stays removed");
-            table.removed.insert(id, p.name);
+            if roster.is_removed(&id) {
+                warn!(peer = %p.name, id = %id.short(), "the peer table listed a removed device; it stays removed");
+                table.removed.insert(id, p.name);
+            } else {
+                warn!(peer = %p.name, id = %id.short(), "the roster does not trust this device now (a conflict of removals, or nobody trusted signed for it)");
+            }
             changed = true;
         }
     }
     for m in roster.members() {
-        if roster.is_member(&m.id) && m.id != identity.id && !table.peers.contains_key(&m.id) {
+        if table.removed.remove(&m.id).is_some() {
+            changed = true;
+        }
+        if m.id != identity.id && !table.peers.contains_key(&m.id) {
             table
                 .peers
                 .insert(m.id, Peer::new(m.id, m.name.clone(), Vec::new()));
@@ -381,8 +432,8 @@ mod tests {
 
     /// The desktop added the laptop and the phone; the phone, once paired, signed the
     /// laptop's entry again (the name it adopted); then the desktop removed the phone and
-    /// paired a new phone, which learns the roster from the desktop. Without a vouch the
-    /// new phone refuses the laptop's entry (its signer is removed) and never knows it.
+    /// paired a new phone, which learns the roster from the desktop. The desktop's older
+    /// signature for the laptop is still held, so the laptop stays a member everywhere.
     #[test]
     fn removing_a_signer_keeps_the_members_it_signed_for() {
         let (desk, laptop, phone, phone2) =
@@ -398,24 +449,96 @@ mod tests {
             removals: vec![],
         });
         assert_eq!(rd.member(&laptop.id).unwrap().signer_id(), phone.id);
+        assert!(rd.kept_only_by(&phone.id).is_empty());
         // `cnspr remove phone` on the desktop.
         let removed = rd.merge(RosterSnapshot {
             members: vec![],
             removals: vec![Removal::sign(&desk, phone.id, 4)],
         });
         assert_eq!(removed.removed.len(), 1);
-        assert!(vouch_for_orphans(&desk, &mut rd), "the desktop vouches");
+        assert!(removed.dropped.is_empty());
         assert_eq!(rd.member(&laptop.id).unwrap().signer_id(), desk.id);
         assert_eq!(rd.member(&laptop.id).unwrap().name, "laptop", "unchanged");
-        assert!(!vouch_for_orphans(&desk, &mut rd), "once");
         // The new phone pairs with the desktop and gets its roster from it.
         let mut rn = roster(&phone2, dirs[1].path());
         rn.merge(RosterSnapshot {
             members: vec![MemberEntry::sign(&phone2, desk.id, "desk", 5)],
             removals: vec![],
         });
-        rn.merge_from(rd.snapshot(), desk.id);
+        rn.merge_checked(rd.snapshot());
         assert!(rn.is_member(&laptop.id), "the new phone knows the laptop");
         assert!(rn.is_removed(&phone.id));
+    }
+
+    /// A member only the removed device had signed for (the laptop paired through the
+    /// phone): the remover signs for it first (as `Members::remove` does), so it stays.
+    #[test]
+    fn the_remover_signs_for_members_only_the_removed_device_had_signed_for() {
+        let (desk, laptop, phone, other) = (dev("desk"), dev("laptop"), dev("phone"), dev("o"));
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut rd = roster(&desk, dirs[0].path());
+        let history = RosterSnapshot {
+            members: vec![
+                MemberEntry::sign(&desk, phone.id, "phone", 2),
+                MemberEntry::sign(&phone, laptop.id, "laptop", 3),
+            ],
+            removals: vec![],
+        };
+        rd.merge(history.clone());
+        let kept: Vec<DeviceId> = rd.kept_only_by(&phone.id).iter().map(|m| m.id).collect();
+        assert_eq!(kept, vec![laptop.id]);
+        // Without signing for it, removing the phone drops the laptop.
+        let mut bare = roster(&desk, dirs[1].path());
+        bare.merge(history.clone());
+        let ch = bare.merge(RosterSnapshot {
+            members: vec![],
+            removals: vec![Removal::sign(&desk, phone.id, 4)],
+        });
+        assert_eq!(ch.dropped, vec![(laptop.id, "laptop".to_string())]);
+        // Signing first keeps it, here and at a member that hears both.
+        let ch = rd.merge(RosterSnapshot {
+            members: vec![MemberEntry::sign(&desk, laptop.id, "laptop", 4)],
+            removals: vec![Removal::sign(&desk, phone.id, 4)],
+        });
+        assert!(ch.dropped.is_empty() && rd.is_member(&laptop.id));
+        let mut ro = MeshRoster::load(tempfile::tempdir().unwrap().path(), other.id).unwrap();
+        ro.merge(RosterSnapshot {
+            members: vec![MemberEntry::sign(&other, desk.id, "desk", 1)],
+            removals: vec![],
+        });
+        ro.merge(history);
+        assert!(ro.is_member(&laptop.id));
+        ro.merge_checked(rd.snapshot());
+        assert!(ro.is_member(&laptop.id) && ro.is_removed(&phone.id));
+    }
+
+    /// A member that signs itself an entry with another member's name is renamed (the
+    /// change names the old name), and the name then finds no one: never the impostor.
+    #[test]
+    fn a_member_taking_another_s_name_is_shown_and_never_guessed() {
+        let (laptop, desk, phone) = (dev("laptop"), dev("desk"), dev("phone"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = roster(&laptop, dir.path());
+        r.merge(RosterSnapshot {
+            members: vec![
+                MemberEntry::sign(&laptop, desk.id, "desk", 1),
+                MemberEntry::sign(&laptop, phone.id, "phone", 1),
+            ],
+            removals: vec![],
+        });
+        let ch = r.merge(RosterSnapshot {
+            members: vec![MemberEntry::sign(&phone, phone.id, "desk", 9)],
+            removals: vec![],
+        });
+        assert_eq!(ch.renamed, vec![(phone.id, "phone".into(), "desk".into())]);
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        for m in r.members() {
+            table
+                .peers
+                .insert(m.id, Peer::new(m.id, m.name.clone(), Vec::new()));
+        }
+        let e = table.resolve("desk").unwrap_err();
+        assert_eq!(e.code, crate::api::code::AMBIGUOUS_PEER, "{}", e.message);
+        assert_eq!(table.resolve(&desk.id.to_string()).unwrap(), desk.id);
     }
 }

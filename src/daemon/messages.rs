@@ -184,6 +184,7 @@ pub async fn send_one(
         error: None,
         replies: Vec::new(),
     };
+    let delivered = std::sync::atomic::AtomicBool::new(false);
     let res = async {
         let (pc, relay_to) = route(d, peer, deadline).await?;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -196,7 +197,11 @@ pub async fn send_one(
             origin: None,
             ping: false,
         };
+        // With `reply`, on a stream of its own: its delivery is seen apart from the reply.
         let exchange = async {
+            if reply && relay_to.is_none() {
+                return super::reply_wait::exchange(&pc, &header, body.clone(), &delivered).await;
+            }
             if body.len() <= LANE_MAX_BODY && relay_to.is_none() {
                 return d.lanes.send(&pc, header, body.clone()).await;
             }
@@ -210,6 +215,7 @@ pub async fn send_one(
                 code::UNREACHABLE,
                 format!("delivery failed: {e}"),
             )),
+            Err(_) if super::reply_wait::seen(&delivered) => Err(super::reply_wait::late(&name)),
             Err(_) => Err(ErrorBody::new(
                 code::TIMEOUT,
                 "no acknowledgement before the timeout",

@@ -31,8 +31,10 @@ mod reach;
 mod relay_stream;
 mod relays;
 mod removal_notice;
+mod reply_wait;
 mod roster;
 mod roster_gossip;
+mod roster_judge;
 mod services;
 mod stream_io;
 pub mod streams;
@@ -62,6 +64,20 @@ const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(20);
 pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&paths.config, paths.config_explicit)?;
     let name = args.name.clone().or(cfg.name.clone());
+    let listen = if !args.listen.is_empty() {
+        args.listen.clone()
+    } else if !cfg.listen.is_empty() {
+        cfg.listen.clone()
+    } else {
+        EndpointConfig::default().listen
+    };
+    // A first start that cannot listen leaves no identity or state behind.
+    if matches!(
+        Identity::load(&paths.state_dir),
+        Err(transport::IdentityError::Missing(_))
+    ) {
+        ports_free(&listen).context("starting the QUIC endpoint")?;
+    }
     let (identity, created) = Identity::load_or_create(&paths.state_dir, name.as_deref())?;
     if created {
         info!(state_dir = %paths.state_dir.display(), "created a new device identity");
@@ -79,13 +95,6 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     // Entries in the file were checked when they came (signatures are checked again); a
     // signer removed since then does not take the relay with it.
     let relays = relays::RelayBook::load(&paths.state_dir, |_| true)?;
-    let listen = if !args.listen.is_empty() {
-        args.listen.clone()
-    } else if !cfg.listen.is_empty() {
-        cfg.listen.clone()
-    } else {
-        EndpointConfig::default().listen
-    };
     let ep_cfg = EndpointConfig {
         listen,
         // Liveness comes from heartbeats (not QUIC) or beats; the membership loop closes
@@ -237,5 +246,31 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Fails as the endpoint would when a UDP port in `listen` is taken (binds each address
+/// for a moment and lets it go). An IPv6 wildcard serves IPv4 too, as the endpoint binds
+/// it; an address family the host lacks is left to the endpoint.
+fn ports_free(listen: &[std::net::SocketAddr]) -> Result<(), transport::TransportError> {
+    for addr in listen {
+        let covered = addr.is_ipv4()
+            && addr.ip().is_unspecified()
+            && listen
+                .iter()
+                .any(|b| b.is_ipv6() && b.ip().is_unspecified() && b.port() == addr.port());
+        if addr.port() == 0 || covered {
+            continue;
+        }
+        match transport::socket::bind_udp(*addr, 0) {
+            Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(transport::TransportError::Bind {
+                    addr: *addr,
+                    source,
+                })
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }

@@ -29,6 +29,8 @@ pub enum PeerState {
     Unreachable,
     Left,
     Removed,
+    /// Not trusted until the person decides: removed by a member it removed.
+    Conflict,
 }
 
 impl PeerState {
@@ -40,6 +42,7 @@ impl PeerState {
             PeerState::Unreachable => "unreachable",
             PeerState::Left => "left",
             PeerState::Removed => "removed",
+            PeerState::Conflict => "conflict",
         }
     }
 }
@@ -280,6 +283,18 @@ impl PeerTable {
         if by_name.len() == 1 {
             return Ok(by_name[0].id);
         }
+        if by_name.len() > 1 {
+            // Two members carry the name (one may have taken another's): never guess.
+            let ids: Vec<String> = by_name.iter().map(|p| p.id.to_string()).collect();
+            return Err(ErrorBody::new(
+                code::AMBIGUOUS_PEER,
+                format!(
+                    "{} devices are named {query:?}: {}; give the ID (see `cnspr peers`)",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            ));
+        }
         match transport::resolve_prefix(query, self.peers.keys()) {
             Ok(id) if self.peers.contains_key(&id) => Ok(id),
             Ok(id) => Err(ErrorBody::new(
@@ -327,6 +342,16 @@ impl PeerTable {
         })
     }
 
+    /// Takes each live connection's current RTT (QUIC's smoothed estimate, updated with
+    /// every acknowledged packet), so `peers` never shows a connection's first moments.
+    pub fn refresh_rtts(&mut self, conns: &[transport::PeerConn]) {
+        for pc in conns {
+            if let Some(p) = self.peers.get_mut(&pc.peer) {
+                p.rtt = Some(pc.rtt());
+            }
+        }
+    }
+
     pub fn infos(&self) -> Vec<PeerInfo> {
         let mut v: Vec<PeerInfo> = self
             .peers
@@ -335,15 +360,27 @@ impl PeerTable {
                 let mut i = p.info();
                 if let Some(via) = p.via {
                     i.via = vec![self.display_name(&via)];
+                    // Indirect: heard through the member that relays it, as recently as
+                    // that member was heard (its link to the peer is live).
+                    if p.state == PeerState::Indirect {
+                        let relay = self.peers.get(&via).and_then(|m| m.last_seen);
+                        let seen = p.last_seen.max(relay);
+                        i.last_seen = seen
+                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                            .map(|d| d.as_secs());
+                    }
                 }
                 i.path = self.path_info(p);
                 i
             })
             .collect();
         for (id, name) in &self.removed {
+            // A name a member has now (a device paired again under its old name) is
+            // that member's alone: the removed entry is shown by its ID.
+            let taken = self.peers.values().any(|p| p.name == *name);
             v.push(PeerInfo {
                 id: id.to_string(),
-                name: name.clone(),
+                name: if taken { String::new() } else { name.clone() },
                 state: PeerState::Removed.as_str().into(),
                 addresses: vec![],
                 rtt_ms: None,

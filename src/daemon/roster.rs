@@ -1,175 +1,117 @@
 //! The mesh roster: the member devices with their names, as signed entries that every
 //! member keeps (`STATE_DIR/roster.json`) and gossips (see `mesh`).
 //!
-//! - A [`MemberEntry`] says "device ID is a member, named NAME" and is signed by the member
-//!   that added it (its raw Ed25519 key travels with it; the key must hash to the signer's
-//!   device ID). It is accepted when its signer is this device or an accepted member, or,
-//!   in a roster delivered by a member over its authenticated connection (gossip, or the
-//!   window's roster when pairing), a member of that roster: only one entry per ID is
-//!   kept everywhere (below), so the entry that chains to us may have been replaced by
-//!   a newer one whose signer we only know through the deliverer. This trusts no more
-//!   than before: any member may sign entries of its own.
-//! - A [`Removal`] says "device ID is revoked", signed the same way. Removals are kept
-//!   forever and beat every entry: a removed device cannot be re-added, by itself or by
-//!   anyone, and entries it signed after we learnt of its removal are refused.
-//! - Several entries for one ID: the highest `version` wins (then the greater signer), so
-//!   a rename (e.g. resolving a name clash) spreads like an addition.
+//! - A [`MemberEntry`] says "device ID is a member, named NAME" and is signed by a
+//!   member (its raw Ed25519 key travels with it; the key must hash to the signer's
+//!   device ID).
+//! - A [`Removal`] says "device ID is revoked", signed the same way.
+//! - The roster holds every valid entry and removal whose signer it can chain to
+//!   (newest entry per signer and device, a few signers per device), so the history of
+//!   who signed for whom survives a newer entry. Who is a member, who is removed and
+//!   who is in conflict is then judged
+//!   from all of it at once ([`super::roster_judge`]): a removal counts only when its
+//!   signer is trusted, so a removal signed by a device that is itself validly removed
+//!   is void, whatever arrived first; two members that removed each other are both
+//!   refused until the person decides on this device (`cnspr remove` of one of them).
+//!   A removed device cannot be re-added: its removal stands as long as its signer does.
+//! - A member's name is that of the newest entry for it signed by a trusted device, so
+//!   a rename spreads like an addition (and raises `peer.renamed`).
 //!
 //! Merging is a pure function of the sets of valid entries and removals: gossip may
-//! deliver them in any order, repeatedly, and every member ends with the same roster.
+//! deliver them in any order, repeatedly, and every member that holds the same sets
+//! judges the same roster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use transport::identity::{ed25519_id, verify_signature};
-use transport::{DeviceId, Identity};
+use transport::DeviceId;
+
+// Paths spelt out: the fuzz crate compiles this file by `#[path]`.
+#[path = "roster/signed.rs"]
+mod signed;
+pub use signed::{MemberEntry, Removal, RosterSnapshot, MAX_MEMBERS, MAX_SIGNERS};
+
+use super::roster_judge::{Graph, Label};
 
 /// File of the signed roster inside the state directory.
 pub const ROSTER_FILE: &str = "roster.json";
-/// Most members (and most removals) a roster holds; larger gossip is refused.
-pub const MAX_MEMBERS: usize = 1024;
-
-const DOMAIN_MEMBER: &[u8] = b"cnspr roster member v1\0";
-const DOMAIN_REMOVAL: &[u8] = b"cnspr roster removal v1\0";
-
-/// "`id` is a member named `name`", signed by `signer`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberEntry {
-    pub id: DeviceId,
-    pub name: String,
-    /// Milliseconds since the Unix epoch when signed; later versions replace earlier ones.
-    pub version: u64,
-    /// The signer's raw Ed25519 public key.
-    pub signer: [u8; 32],
-    pub sig: Vec<u8>,
-}
-
-/// "`id` is revoked", signed by `signer`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Removal {
-    pub id: DeviceId,
-    pub version: u64,
-    pub signer: [u8; 32],
-    pub sig: Vec<u8>,
-}
-
-fn member_msg(id: &DeviceId, name: &str, version: u64) -> Vec<u8> {
-    let mut m = DOMAIN_MEMBER.to_vec();
-    m.extend_from_slice(&id.0);
-    m.extend_from_slice(&version.to_be_bytes());
-    m.extend_from_slice(name.as_bytes());
-    m
-}
-
-fn removal_msg(id: &DeviceId, version: u64) -> Vec<u8> {
-    let mut m = DOMAIN_REMOVAL.to_vec();
-    m.extend_from_slice(&id.0);
-    m.extend_from_slice(&version.to_be_bytes());
-    m
-}
-
-impl MemberEntry {
-    pub fn sign(me: &Identity, id: DeviceId, name: &str, version: u64) -> Self {
-        MemberEntry {
-            id,
-            name: name.to_string(),
-            version,
-            signer: me.public_key(),
-            sig: me.sign(&member_msg(&id, name, version)),
-        }
-    }
-
-    pub fn signer_id(&self) -> DeviceId {
-        ed25519_id(&self.signer)
-    }
-
-    /// Signature and name are valid (says nothing about whether the signer is trusted).
-    pub fn well_formed(&self) -> bool {
-        transport::identity::validate_name(&self.name).is_ok()
-            && verify_signature(
-                &self.signer,
-                &member_msg(&self.id, &self.name, self.version),
-                &self.sig,
-            )
-    }
-}
-
-impl Removal {
-    pub fn sign(me: &Identity, id: DeviceId, version: u64) -> Self {
-        Removal {
-            id,
-            version,
-            signer: me.public_key(),
-            sig: me.sign(&removal_msg(&id, version)),
-        }
-    }
-
-    pub fn signer_id(&self) -> DeviceId {
-        ed25519_id(&self.signer)
-    }
-
-    pub fn well_formed(&self) -> bool {
-        verify_signature(
-            &self.signer,
-            &removal_msg(&self.id, self.version),
-            &self.sig,
-        )
-    }
-}
-
-/// The whole signed roster, as stored and as gossiped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RosterSnapshot {
-    pub members: Vec<MemberEntry>,
-    pub removals: Vec<Removal>,
-}
-
-impl RosterSnapshot {
-    /// Refuses snapshots beyond the size limits (checked before anything is verified).
-    pub fn within_limits(&self) -> bool {
-        self.members.len() <= MAX_MEMBERS && self.removals.len() <= MAX_MEMBERS
-    }
-}
 
 /// What a merge changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RosterChanges {
-    /// New members `(id, name)`.
+    /// New members `(id, name)`, including devices trusted again after a removal that
+    /// became void or a conflict that was settled.
     pub joined: Vec<(DeviceId, String)>,
-    /// Members whose name changed `(id, new name)`.
-    pub renamed: Vec<(DeviceId, String)>,
+    /// Members whose name changed `(id, old name, new name)`.
+    pub renamed: Vec<(DeviceId, String, String)>,
     /// Revoked devices `(id, last known name)`, including ones never seen as members.
     pub removed: Vec<(DeviceId, String)>,
+    /// Members no longer trusted because of a conflict of removals `(id, name)`.
+    pub conflicted: Vec<(DeviceId, String)>,
+    /// Members no longer trusted because no trusted device signed for them any more (the
+    /// only members that had signed for them were removed) `(id, name)`.
+    pub dropped: Vec<(DeviceId, String)>,
 }
 
 impl RosterChanges {
     pub fn is_empty(&self) -> bool {
-        self.joined.is_empty() && self.renamed.is_empty() && self.removed.is_empty()
+        self.joined.is_empty()
+            && self.renamed.is_empty()
+            && self.removed.is_empty()
+            && self.conflicted.is_empty()
+            && self.dropped.is_empty()
     }
 }
 
-/// The accepted roster of this device.
+/// A device this roster trusts no more and no less until the person decides: it was
+/// removed by a member it removed (directly or through others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub id: DeviceId,
+    pub name: String,
+    /// Undecided devices that removed it.
+    pub removed_by: Vec<DeviceId>,
+    /// Undecided devices it removed.
+    pub removes: Vec<DeviceId>,
+}
+
+/// The accepted roster of this device: everything valid it holds, and who is a member,
+/// who is removed and who is in conflict, judged from all of it ([`roster_judge`]).
 #[derive(Debug)]
 pub struct MeshRoster {
     me: DeviceId,
+    /// Held entries: per device, the newest by each signer (at most [`MAX_SIGNERS`]).
+    entries: BTreeMap<DeviceId, BTreeMap<DeviceId, MemberEntry>>,
+    /// Held removals: per removed device, one per signer (at most [`MAX_SIGNERS`]).
+    pool: BTreeMap<DeviceId, BTreeMap<DeviceId, Removal>>,
+    /// Judged: the members (not this device), each with the entry that names it.
     members: BTreeMap<DeviceId, MemberEntry>,
+    /// Judged: removed devices, each with a removal signed by a trusted device.
     removals: BTreeMap<DeviceId, Removal>,
+    /// Judged: devices in a conflict of removals.
+    conflicts: BTreeMap<DeviceId, Conflict>,
     path: PathBuf,
 }
 
 impl MeshRoster {
+    fn empty(me: DeviceId, path: PathBuf) -> Self {
+        MeshRoster {
+            me,
+            entries: BTreeMap::new(),
+            pool: BTreeMap::new(),
+            members: BTreeMap::new(),
+            removals: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            path,
+        }
+    }
+
     /// Loads `STATE_DIR/roster.json` (missing: empty). Entries are re-verified; a corrupt
     /// file is an error, never an empty roster.
     pub fn load(state_dir: &Path, me: DeviceId) -> anyhow::Result<Self> {
         let path = state_dir.join(ROSTER_FILE);
-        let mut r = MeshRoster {
-            me,
-            members: BTreeMap::new(),
-            removals: BTreeMap::new(),
-            path: path.clone(),
-        };
+        let mut r = MeshRoster::empty(me, path.clone());
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(r),
@@ -194,27 +136,101 @@ impl MeshRoster {
         std::fs::rename(&tmp, &self.path)
     }
 
+    /// Everything held, as gossiped: every entry and every removal, judged or not, so
+    /// that every member judges from the same sets.
     pub fn snapshot(&self) -> RosterSnapshot {
         RosterSnapshot {
-            members: self.members.values().cloned().collect(),
-            removals: self.removals.values().cloned().collect(),
+            members: self
+                .entries
+                .values()
+                .flat_map(|m| m.values())
+                .cloned()
+                .collect(),
+            removals: self
+                .pool
+                .values()
+                .flat_map(|m| m.values())
+                .cloned()
+                .collect(),
         }
     }
 
+    /// Holds this very entry (same signature) already.
+    pub fn holds_entry(&self, e: &MemberEntry) -> bool {
+        self.entries
+            .get(&e.id)
+            .and_then(|m| m.get(&e.signer_id()))
+            .is_some_and(|h| h == e)
+    }
+
+    /// Holds this very removal already.
+    pub fn holds_removal(&self, r: &Removal) -> bool {
+        self.pool
+            .get(&r.id)
+            .and_then(|m| m.get(&r.signer_id()))
+            .is_some_and(|h| h == r)
+    }
+
+    /// Some removal of `id` is held, valid or void.
+    pub fn has_removal_for(&self, id: &DeviceId) -> bool {
+        self.pool.contains_key(id)
+    }
+
     pub fn is_member(&self, id: &DeviceId) -> bool {
-        self.members.contains_key(id) && !self.removals.contains_key(id)
+        self.members.contains_key(id)
     }
 
     pub fn is_removed(&self, id: &DeviceId) -> bool {
         self.removals.contains_key(id)
     }
 
+    /// The removal that holds for removed device `id`.
+    pub fn removal(&self, id: &DeviceId) -> Option<&Removal> {
+        self.removals.get(id)
+    }
+
+    pub fn removed(&self) -> impl Iterator<Item = &Removal> {
+        self.removals.values()
+    }
+
+    pub fn conflicts(&self) -> impl Iterator<Item = &Conflict> {
+        self.conflicts.values()
+    }
+
+    /// The entry that names member `id`.
     pub fn member(&self, id: &DeviceId) -> Option<&MemberEntry> {
         self.members.get(id)
     }
 
+    /// A device's last known name, member or not.
+    pub fn name_of(&self, id: &DeviceId) -> Option<String> {
+        self.members
+            .get(id)
+            .or_else(|| self.entries.get(id)?.values().max_by_key(|e| e.version))
+            .map(|e| e.name.clone())
+    }
+
+    /// The members (not this device), each with the entry that names it.
     pub fn members(&self) -> impl Iterator<Item = &MemberEntry> {
         self.members.values()
+    }
+
+    /// Members that only `id` keeps in the mesh: every trusted device that signed an
+    /// entry for them is `id` or themselves. Removing `id` alone
+    /// would drop them; the remover signs them again first.
+    pub fn kept_only_by(&self, id: &DeviceId) -> Vec<&MemberEntry> {
+        self.members
+            .values()
+            .filter(|m| m.id != *id)
+            .filter(|m| {
+                self.entries
+                    .get(&m.id)
+                    .into_iter()
+                    .flat_map(|by| by.keys())
+                    .filter(|s| **s != m.id && (**s == self.me || self.is_member(s)))
+                    .all(|s| s == id)
+            })
+            .collect()
     }
 
     /// A member other than `except` already called `name`.
@@ -245,350 +261,276 @@ impl MeshRoster {
         unreachable!("some suffix is free")
     }
 
-    fn trusted_signer(
-        &self,
-        signer: &DeviceId,
-        vouched: &std::collections::HashSet<DeviceId>,
-    ) -> bool {
-        *signer == self.me || self.is_member(signer) || vouched.contains(signer)
+    /// A device that may sign what this roster takes in: this device, or a device some
+    /// held entry names. Whether its signatures count is judged afterwards.
+    fn known(&self, signer: &DeviceId) -> bool {
+        *signer == self.me || self.entries.contains_key(signer)
     }
 
-    /// Merges gossip (or a stored file). Invalid, oversized or untrusted parts are
-    /// ignored; what could only be verified after another part (an entry signed by a
-    /// member added in the same batch) is picked up by repeating until nothing changes.
+    /// Merges gossip (or a stored file). Invalid, oversized or unchained parts are
+    /// ignored; what could only be chained after another part (an entry signed by a
+    /// device added in the same batch) is picked up by repeating until nothing changes.
     pub fn merge(&mut self, snap: RosterSnapshot) -> RosterChanges {
-        self.merge_inner(snap, None)
+        let before = self.judged();
+        self.take_in(snap, false);
+        self.rejudge();
+        self.changes_since(before)
     }
 
-    /// Merges the roster a member (`from`, authenticated by its connection) delivered:
-    /// entries signed by members of that roster count as chained, through `from`.
-    /// Without `from` being a member here, the same as [`MeshRoster::merge`].
-    pub fn merge_from(&mut self, snap: RosterSnapshot, from: DeviceId) -> RosterChanges {
-        let voucher = from == self.me || self.is_member(&from);
-        self.merge_inner(snap, voucher.then_some(from))
+    /// Merges what a member delivered: `new`, the part of its roster not held yet
+    /// (see [`MeshRoster::unheld`]), with its signatures already checked.
+    pub fn merge_checked(&mut self, new: RosterSnapshot) -> RosterChanges {
+        let before = self.judged();
+        self.take_in(new, true);
+        self.rejudge();
+        self.changes_since(before)
     }
 
-    fn merge_inner(&mut self, snap: RosterSnapshot, voucher: Option<DeviceId>) -> RosterChanges {
-        let mut changes = RosterChanges::default();
-        if !snap.within_limits() {
-            return changes;
+    /// The part of `snap` this roster does not hold yet (one comparison each).
+    pub fn unheld(&self, snap: &RosterSnapshot) -> RosterSnapshot {
+        RosterSnapshot {
+            members: snap
+                .members
+                .iter()
+                .filter(|m| !self.holds_entry(m))
+                .cloned()
+                .collect(),
+            removals: snap
+                .removals
+                .iter()
+                .filter(|r| !self.holds_removal(r))
+                .cloned()
+                .collect(),
         }
+    }
 
+    /// Holds what in `snap` is valid (signatures checked unless `checked`) and signed by
+    /// a device it can chain to.
+    fn take_in(&mut self, snap: RosterSnapshot, checked: bool) {
+        if !snap.within_limits() {
+            return;
+        }
         let mut members: Vec<MemberEntry> = snap
             .members
             .into_iter()
-            .filter(|m| m.id != self.me && m.well_formed())
+            .filter(|m| m.id != self.me && !self.holds_entry(m) && (checked || m.well_formed()))
             .collect();
         let mut removals: Vec<Removal> = snap
             .removals
             .into_iter()
-            .filter(|r| r.well_formed())
+            .filter(|r| r.id != self.me && !self.holds_removal(r) && (checked || r.well_formed()))
             .collect();
-        let removed_in_snap: std::collections::HashSet<DeviceId> =
-            removals.iter().map(|r| r.id).collect();
-        let vouched: std::collections::HashSet<DeviceId> = match voucher {
-            Some(v) => members
-                .iter()
-                .map(|m| m.id)
-                .chain([v])
-                .filter(|id| !removed_in_snap.contains(id) && !self.removals.contains_key(id))
-                .collect(),
-            None => Default::default(),
-        };
         loop {
             let mut progress = false;
             let mut i = 0;
-            while i < removals.len() {
-                let r = &removals[i];
-                if self.removals.contains_key(&r.id) {
-                    removals.swap_remove(i);
-                    continue;
+            while i < members.len() {
+                if self.known(&members[i].signer_id()) {
+                    let m = members.swap_remove(i);
+                    progress |= self.hold_entry(m);
+                } else {
+                    i += 1;
                 }
-                if r.id != self.me && self.trusted_signer(&r.signer_id(), &vouched) {
-                    let r = removals.swap_remove(i);
-                    // The entry goes: a removed device is only a removal from now on, so
-                    // every member ends with the same roster whatever the order.
-                    let name = self
-                        .members
-                        .remove(&r.id)
-                        .map(|m| m.name)
-                        .unwrap_or_default();
-                    if self.removals.len() < MAX_MEMBERS {
-                        changes.removed.push((r.id, name));
-                        self.removals.insert(r.id, r);
-                        progress = true;
-                    }
-                    continue;
-                }
-                i += 1;
             }
             let mut i = 0;
-            while i < members.len() {
-                let m = &members[i];
-                if self.removals.contains_key(&m.id) {
-                    members.swap_remove(i);
-                    continue;
-                }
-                if !self.trusted_signer(&m.signer_id(), &vouched) {
+            while i < removals.len() {
+                if self.known(&removals[i].signer_id()) {
+                    let r = removals.swap_remove(i);
+                    progress |= self.hold_removal(r);
+                } else {
                     i += 1;
-                    continue;
-                }
-                let m = members.swap_remove(i);
-                match self.members.get(&m.id) {
-                    Some(old) if (old.version, old.signer_id()) >= (m.version, m.signer_id()) => {}
-                    Some(old) => {
-                        if old.name != m.name {
-                            changes.renamed.push((m.id, m.name.clone()));
-                        }
-                        self.members.insert(m.id, m);
-                        progress = true;
-                    }
-                    None if self.members.len() < MAX_MEMBERS => {
-                        changes.joined.push((m.id, m.name.clone()));
-                        self.members.insert(m.id, m);
-                        progress = true;
-                    }
-                    None => {}
                 }
             }
             if !progress || (members.is_empty() && removals.is_empty()) {
                 break;
             }
         }
-        changes
-            .joined
-            .retain(|(id, _)| !self.removals.contains_key(id));
-        changes
     }
+
+    fn hold_entry(&mut self, m: MemberEntry) -> bool {
+        if !self.entries.contains_key(&m.id) && self.entries.len() >= MAX_MEMBERS {
+            return false;
+        }
+        let held = self.entries.entry(m.id).or_default();
+        let signer = m.signer_id();
+        if held.get(&signer).is_some_and(|o| o.version >= m.version) {
+            return false;
+        }
+        held.insert(signer, m);
+        if held.len() > MAX_SIGNERS {
+            // The oldest signature goes (by version, then signer): a function of the set.
+            let oldest = held
+                .iter()
+                .min_by_key(|(s, e)| (e.version, **s))
+                .map(|(s, _)| *s);
+            if let Some(s) = oldest {
+                held.remove(&s);
+                return s != signer;
+            }
+        }
+        true
+    }
+
+    fn hold_removal(&mut self, r: Removal) -> bool {
+        if !self.pool.contains_key(&r.id) && self.pool.len() >= MAX_MEMBERS {
+            return false;
+        }
+        let held = self.pool.entry(r.id).or_default();
+        let signer = r.signer_id();
+        // One removal per signer is enough (removals are final): the oldest is kept,
+        // and of more signers than the bound the lowest IDs, so what is held is a
+        // function of what was delivered, not of its order.
+        if held.get(&signer).is_some_and(|o| o.version <= r.version) {
+            return false;
+        }
+        held.insert(signer, r);
+        if held.len() > MAX_SIGNERS {
+            if let Some(last) = held.keys().next_back().copied() {
+                held.remove(&last);
+                return last != signer;
+            }
+        }
+        true
+    }
+
+    fn graph(&self) -> Graph {
+        let mut g = Graph::default();
+        for (id, by) in &self.entries {
+            for s in by.keys() {
+                g.support(*s, *id);
+            }
+        }
+        for (id, by) in &self.pool {
+            for s in by.keys() {
+                g.remove(*s, *id);
+            }
+        }
+        g
+    }
+
+    /// Judges the members, removals and conflicts again from everything held.
+    fn rejudge(&mut self) {
+        let label = self.graph().judge(self.me);
+        let is = |id: &DeviceId, l: Label| label.get(id) == Some(&l);
+        self.members.clear();
+        self.removals.clear();
+        self.conflicts.clear();
+        for (id, l) in &label {
+            if *id == self.me {
+                continue;
+            }
+            match l {
+                Label::In => {
+                    let by = self.entries.get(id);
+                    // The newest entry signed by a trusted device names it.
+                    let best = by
+                        .into_iter()
+                        .flat_map(|m| m.iter())
+                        .filter(|(s, _)| is(s, Label::In))
+                        .max_by_key(|(s, e)| (e.version, **s));
+                    if let Some((_, e)) = best {
+                        self.members.insert(*id, e.clone());
+                    }
+                }
+                Label::Out => {
+                    let effective = self.pool.get(id).and_then(|by| {
+                        by.iter()
+                            .find(|(s, _)| is(s, Label::In) || *s == id)
+                            .map(|(_, r)| r.clone())
+                    });
+                    if let Some(r) = effective {
+                        self.removals.insert(*id, r);
+                    }
+                }
+                Label::Undecided => {
+                    let Some(name) = self.name_of(id) else {
+                        continue;
+                    };
+                    let removed_by = self
+                        .pool
+                        .get(id)
+                        .into_iter()
+                        .flat_map(|m| m.keys())
+                        .filter(|s| is(s, Label::Undecided))
+                        .copied()
+                        .collect();
+                    let removes = self
+                        .pool
+                        .iter()
+                        .filter(|(t, by)| by.contains_key(id) && is(t, Label::Undecided))
+                        .map(|(t, _)| *t)
+                        .collect();
+                    self.conflicts.insert(
+                        *id,
+                        Conflict {
+                            id: *id,
+                            name,
+                            removed_by,
+                            removes,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn judged(&self) -> Judged {
+        Judged {
+            members: self
+                .members
+                .iter()
+                .map(|(id, e)| (*id, e.name.clone()))
+                .collect(),
+            removed: self.removals.keys().copied().collect(),
+            conflicts: self.conflicts.keys().copied().collect(),
+        }
+    }
+
+    fn changes_since(&self, before: Judged) -> RosterChanges {
+        let mut ch = RosterChanges::default();
+        for (id, e) in &self.members {
+            match before.members.get(id) {
+                None => ch.joined.push((*id, e.name.clone())),
+                Some(old) if *old != e.name => ch.renamed.push((*id, old.clone(), e.name.clone())),
+                Some(_) => {}
+            }
+        }
+        let name = |id: &DeviceId| {
+            before
+                .members
+                .get(id)
+                .cloned()
+                .or_else(|| self.name_of(id))
+                .unwrap_or_default()
+        };
+        for id in self.removals.keys() {
+            if !before.removed.contains(id) {
+                ch.removed.push((*id, name(id)));
+            }
+        }
+        for id in self.conflicts.keys() {
+            if !before.conflicts.contains(id) {
+                ch.conflicted.push((*id, name(id)));
+            }
+        }
+        for id in before.members.keys() {
+            let gone = !self.members.contains_key(id)
+                && !self.removals.contains_key(id)
+                && !self.conflicts.contains_key(id);
+            if gone {
+                ch.dropped.push((*id, name(id)));
+            }
+        }
+        ch
+    }
+}
+
+/// What the judgement said before a merge, to tell what changed.
+struct Judged {
+    members: BTreeMap<DeviceId, String>,
+    removed: BTreeSet<DeviceId>,
+    conflicts: BTreeSet<DeviceId>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dev(name: &str) -> Identity {
-        Identity::generate(name).unwrap()
-    }
-
-    fn roster(me: &Identity) -> MeshRoster {
-        MeshRoster {
-            me: me.id,
-            members: BTreeMap::new(),
-            removals: BTreeMap::new(),
-            path: PathBuf::from("/nonexistent/roster.json"),
-        }
-    }
-
-    #[test]
-    fn entries_chain_from_a_trusted_signer_in_any_order() {
-        let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
-        // A trusts B; B added C; C added D: delivered to A in reverse order, one batch.
-        let mut ra = roster(&a);
-        ra.merge(RosterSnapshot {
-            members: vec![MemberEntry::sign(&a, b.id, "b", 1)],
-            removals: vec![],
-        });
-        let ch = ra.merge(RosterSnapshot {
-            members: vec![
-                MemberEntry::sign(&c, d.id, "d", 3),
-                MemberEntry::sign(&b, c.id, "c", 2),
-            ],
-            removals: vec![],
-        });
-        assert_eq!(ch.joined.len(), 2);
-        assert!(ra.is_member(&c.id) && ra.is_member(&d.id));
-    }
-
-    #[test]
-    fn a_roster_delivered_by_a_member_vouches_for_its_members() {
-        // B's roster after the mesh settled: A's entry is the newer one C signed, C's
-        // the one A signed. D trusts only B: neither entry chains to D by itself.
-        let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
-        let snap = RosterSnapshot {
-            members: vec![
-                MemberEntry::sign(&c, a.id, "a", 5),
-                MemberEntry::sign(&a, c.id, "c", 4),
-                MemberEntry::sign(&b, d.id, "d", 6),
-            ],
-            removals: vec![],
-        };
-        let fresh = || {
-            let mut rd = roster(&d);
-            rd.merge(RosterSnapshot {
-                members: vec![MemberEntry::sign(&d, b.id, "b", 6)],
-                removals: vec![],
-            });
-            rd
-        };
-        let mut rd = fresh();
-        assert!(rd.merge(snap.clone()).joined.is_empty());
-        let mut rd = fresh();
-        let ch = rd.merge_from(snap.clone(), b.id);
-        assert_eq!(ch.joined.len(), 2);
-        assert!(rd.is_member(&a.id) && rd.is_member(&c.id));
-        // Only a member vouches: the same roster from a stranger adds nothing.
-        let x = dev("x");
-        let mut rd = fresh();
-        assert!(rd.merge_from(snap.clone(), x.id).joined.is_empty());
-        // Nor does a member vouch for a device its roster says is removed.
-        let mut with_removal = snap;
-        with_removal.removals.push(Removal::sign(&b, a.id, 7));
-        let mut rd = fresh();
-        rd.merge_from(with_removal, b.id);
-        assert!(!rd.is_member(&a.id));
-        assert!(rd.is_removed(&a.id));
-    }
-
-    #[test]
-    fn strangers_forged_and_oversized_gossip_are_refused() {
-        let (a, b, x) = (dev("a"), dev("b"), dev("x"));
-        let mut ra = roster(&a);
-        // Signed by a device nobody trusts.
-        let ch = ra.merge(RosterSnapshot {
-            members: vec![
-                MemberEntry::sign(&x, x.id, "x", 1),
-                MemberEntry::sign(&x, b.id, "b", 1),
-            ],
-            removals: vec![Removal::sign(&x, b.id, 1)],
-        });
-        assert!(ch.is_empty());
-        // Tampered name under a valid signature.
-        ra.merge(RosterSnapshot {
-            members: vec![MemberEntry::sign(&a, b.id, "b", 1)],
-            removals: vec![],
-        });
-        let mut forged = MemberEntry::sign(&a, x.id, "x", 2);
-        forged.name = "evil".into();
-        assert!(ra
-            .merge(RosterSnapshot {
-                members: vec![forged],
-                removals: vec![]
-            })
-            .is_empty());
-        // Signer key that does not match: claims to be B but key is X's.
-        let mut forged = MemberEntry::sign(&x, x.id, "x", 2);
-        forged.signer = b.public_key();
-        assert!(ra
-            .merge(RosterSnapshot {
-                members: vec![forged],
-                removals: vec![]
-            })
-            .is_empty());
-        // Too many entries: refused whole.
-        let many = RosterSnapshot {
-            members: vec![MemberEntry::sign(&a, x.id, "x", 1); MAX_MEMBERS + 1],
-            removals: vec![],
-        };
-        assert!(ra.merge(many).is_empty());
-        assert!(!ra.is_member(&x.id));
-    }
-
-    #[test]
-    fn removal_is_final_and_beats_readding() {
-        let (a, b, c) = (dev("a"), dev("b"), dev("c"));
-        let mut ra = roster(&a);
-        ra.merge(RosterSnapshot {
-            members: vec![
-                MemberEntry::sign(&a, b.id, "b", 1),
-                MemberEntry::sign(&a, c.id, "c", 1),
-            ],
-            removals: vec![],
-        });
-        let ch = ra.merge(RosterSnapshot {
-            members: vec![],
-            removals: vec![Removal::sign(&b, c.id, 5)],
-        });
-        assert_eq!(ch.removed, vec![(c.id, "c".to_string())]);
-        assert!(!ra.is_member(&c.id));
-        // C re-adds itself, B re-adds C with a later version: still removed.
-        let ch = ra.merge(RosterSnapshot {
-            members: vec![
-                MemberEntry::sign(&c, c.id, "c", 9),
-                MemberEntry::sign(&b, c.id, "c", 9),
-            ],
-            removals: vec![],
-        });
-        assert!(ch.is_empty());
-        assert!(ra.is_removed(&c.id) && !ra.is_member(&c.id));
-        // A removed member can no longer vouch for anyone.
-        let d = dev("d");
-        assert!(ra
-            .merge(RosterSnapshot {
-                members: vec![MemberEntry::sign(&c, d.id, "d", 9)],
-                removals: vec![]
-            })
-            .is_empty());
-    }
-
-    #[test]
-    fn merge_is_order_independent() {
-        let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
-        let parts = [
-            RosterSnapshot {
-                members: vec![MemberEntry::sign(&a, b.id, "b", 1)],
-                removals: vec![],
-            },
-            RosterSnapshot {
-                members: vec![MemberEntry::sign(&b, c.id, "c", 2)],
-                removals: vec![],
-            },
-            RosterSnapshot {
-                members: vec![MemberEntry::sign(&b, c.id, "c-2", 3)],
-                removals: vec![],
-            },
-            RosterSnapshot {
-                members: vec![MemberEntry::sign(&c, d.id, "d", 4)],
-                removals: vec![],
-            },
-            RosterSnapshot {
-                members: vec![],
-                removals: vec![Removal::sign(&b, d.id, 5)],
-            },
-        ];
-        let mut results = Vec::new();
-        for perm in [
-            [0, 1, 2, 3, 4],
-            [4, 3, 2, 1, 0],
-            [2, 0, 4, 1, 3],
-            [1, 3, 0, 4, 2],
-        ] {
-            let mut r = roster(&a);
-            // Deliver repeatedly until stable, as gossip does.
-            for _ in 0..5 {
-                for i in perm {
-                    r.merge(parts[i].clone());
-                }
-            }
-            results.push(r.snapshot());
-        }
-        assert!(results.windows(2).all(|w| w[0] == w[1]));
-        let r = &results[0];
-        assert_eq!(r.members.iter().find(|m| m.id == c.id).unwrap().name, "c-2");
-        assert!(r.removals.iter().any(|x| x.id == d.id));
-    }
-
-    #[test]
-    fn unique_names_get_a_visible_suffix() {
-        let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
-        let mut ra = roster(&a);
-        ra.merge(RosterSnapshot {
-            members: vec![
-                MemberEntry::sign(&a, b.id, "laptop", 1),
-                MemberEntry::sign(&a, c.id, "laptop-2", 1),
-            ],
-            removals: vec![],
-        });
-        assert_eq!(ra.unique_name("laptop", &d.id, "desk"), "laptop-3");
-        assert_eq!(ra.unique_name("LAPTOP", &d.id, "desk"), "LAPTOP-3");
-        assert_eq!(ra.unique_name("laptop", &b.id, "desk"), "laptop");
-        assert_eq!(ra.unique_name("desk", &d.id, "desk"), "desk-2");
-        let long = "x".repeat(64);
-        ra.merge(RosterSnapshot {
-            members: vec![MemberEntry::sign(&a, c.id, &long, 2)],
-            removals: vec![],
-        });
-        let n = ra.unique_name(&long, &d.id, "desk");
-        assert_eq!(n.len(), 64);
-        assert!(n.ends_with("-2"));
-    }
-}
+#[path = "roster/tests.rs"]
+mod tests;

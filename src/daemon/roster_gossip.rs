@@ -39,14 +39,18 @@ pub fn lacks(theirs: &RosterSnapshot, ours: &RosterSnapshot, them: DeviceId) -> 
         .iter()
         .map(|e| (e.id, e.version, e.signer))
         .collect();
-    let r: HashSet<_> = theirs.removals.iter().map(|e| (e.id, e.version)).collect();
+    let r: HashSet<_> = theirs
+        .removals
+        .iter()
+        .map(|e| (e.id, e.version, e.signer))
+        .collect();
     ours.members
         .iter()
         .any(|e| e.id != them && !m.contains(&(e.id, e.version, e.signer)))
         || ours
             .removals
             .iter()
-            .any(|e| e.id != them && !r.contains(&(e.id, e.version)))
+            .any(|e| e.id != them && !r.contains(&(e.id, e.version, e.signer)))
 }
 
 /// Order-independent fingerprint of a roster's entries and removals.
@@ -59,7 +63,11 @@ pub fn fingerprint(snap: &RosterSnapshot) -> u64 {
         .map(|e| (e.id, e.version, e.signer))
         .collect();
     m.sort();
-    let mut r: Vec<_> = snap.removals.iter().map(|e| (e.id, e.version)).collect();
+    let mut r: Vec<_> = snap
+        .removals
+        .iter()
+        .map(|e| (e.id, e.version, e.signer))
+        .collect();
     r.sort();
     m.hash(&mut h);
     r.hash(&mut h);

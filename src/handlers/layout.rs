@@ -16,13 +16,15 @@ pub const DAEMON_EVENTS: [&str; 4] = [
 ];
 
 /// Tags of the built-in peer events.
-pub const PEER_EVENTS: [&str; 6] = [
+pub const PEER_EVENTS: [&str; 8] = [
     "peer.status_changed",
     "peer.path_changed",
     "peer.new_address",
     "peer.seen",
     "peer.joined",
     "peer.removed",
+    "peer.renamed",
+    "peer.conflict",
 ];
 
 /// A `@NAME` or `@[ID-PREFIX]` path segment: the handler only runs for that peer.

@@ -36,6 +36,10 @@ mod relays;
 /// old one: it replaces the old connection on both sides, whichever side dialled that one.
 pub const FEATURE_MOVED: &str = "moved";
 
+/// Hello feature (prefix) of a removed device's appeal to a member that told it it was
+/// removed: the signed removal of the device that removed it (see `Roster::set_appeal`).
+pub const FEATURE_APPEAL: &str = "appeal=";
+
 /// Connection-level events, in order per peer.
 #[derive(Debug, Clone)]
 pub enum TransportEvent {

@@ -19,7 +19,15 @@ struct Inner {
     /// endpoint completes their handshake only to say it, then closes).
     notices: RwLock<HashMap<DeviceId, String>>,
     removed: broadcast::Sender<DeviceId>,
+    /// What this device answers a member that told it it was removed (an appeal: the
+    /// removal of the device that removed it), sent in its next hello to that member.
+    appeals: RwLock<HashMap<DeviceId, String>>,
+    /// Where appeals heard from removed devices go (to the daemon).
+    appeal_sink: RwLock<Option<tokio::sync::mpsc::Sender<(DeviceId, String)>>>,
 }
+
+/// Longest appeal taken from a hello.
+pub const MAX_APPEAL: usize = 4096;
 
 impl std::fmt::Debug for Roster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,6 +49,8 @@ impl Roster {
                 ids: RwLock::new(HashSet::new()),
                 notices: RwLock::new(HashMap::new()),
                 removed,
+                appeals: RwLock::new(HashMap::new()),
+                appeal_sink: RwLock::new(None),
             }),
         }
     }
@@ -93,6 +103,54 @@ impl Roster {
         }
         let n = self.inner.notices.read().unwrap_or_else(|p| p.into_inner());
         n.get(id).cloned()
+    }
+
+    /// What to say in the next hello to member `to`, which told this device it was
+    /// removed (`None`: nothing).
+    pub fn set_appeal(&self, to: DeviceId, appeal: Option<String>) {
+        let mut a = self
+            .inner
+            .appeals
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match appeal {
+            Some(text) if text.len() <= MAX_APPEAL => {
+                a.insert(to, text);
+            }
+            _ => {
+                a.remove(&to);
+            }
+        }
+    }
+
+    /// The appeal to send `to` in a hello.
+    pub fn appeal(&self, to: &DeviceId) -> Option<String> {
+        let a = self.inner.appeals.read().unwrap_or_else(|p| p.into_inner());
+        a.get(to).cloned()
+    }
+
+    /// Where appeals from removed devices are delivered (bounded: more are dropped).
+    pub fn set_appeal_sink(&self, sink: tokio::sync::mpsc::Sender<(DeviceId, String)>) {
+        *self
+            .inner
+            .appeal_sink
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Removed device `from` appealed with `text` in its hello.
+    pub fn appealed(&self, from: DeviceId, text: String) {
+        if text.len() > MAX_APPEAL {
+            return;
+        }
+        let sink = self
+            .inner
+            .appeal_sink
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = sink.as_ref() {
+            let _ = tx.try_send((from, text));
+        }
     }
 
     pub fn contains(&self, id: &DeviceId) -> bool {

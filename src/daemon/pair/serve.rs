@@ -115,7 +115,7 @@ pub fn nearby(d: &Daemon) -> Vec<NearbyInfo> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .filter(|(id, _)| !roster.is_member(id))
+        .filter(|(id, _)| !roster.is_member(id) && !roster.is_removed(id))
         .map(|(id, n)| NearbyInfo {
             id: id.to_string(),
             name: n.name.clone(),

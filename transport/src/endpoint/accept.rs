@@ -29,7 +29,23 @@ impl Endpoint {
             // A removed device: it is told why (its hello is answered with the notice),
             // and nothing else.
             let _ = tokio::time::timeout(timeout, async {
-                let (mut send, _recv) = conn.accept_bi().await?;
+                let (mut send, mut recv) = conn.accept_bi().await?;
+                // Its hello may carry an appeal: the removal of the device that removed
+                // it (the daemon judges it).
+                let mut header = [0u8; 2];
+                if recv.read_exact(&mut header).await.is_ok()
+                    && header == StreamKind::Hello.header()
+                {
+                    if let Ok(Some(ControlFrame::Hello(h))) =
+                        read_frame::<ControlFrame, _>(&mut recv, MAX_CONTROL_FRAME).await
+                    {
+                        for f in h.features {
+                            if let Some(a) = f.strip_prefix(FEATURE_APPEAL) {
+                                self.inner.roster.appealed(peer, a.to_string());
+                            }
+                        }
+                    }
+                }
                 write_frame(
                     &mut send,
                     &ControlFrame::HelloReject { reason: notice },

@@ -231,12 +231,11 @@ impl Endpoint {
         send.write_all(&StreamKind::Hello.header())
             .await
             .map_err(|e| refused(&e))?;
-        write_frame(
-            &mut send,
-            &ControlFrame::Hello(self.our_hello(moved, conn)),
-            MAX_CONTROL_FRAME,
-        )
-        .await?;
+        let mut hello = self.our_hello(moved, conn);
+        if let Some(appeal) = self.inner.roster.appeal(&peer) {
+            hello.features.push(format!("{FEATURE_APPEAL}{appeal}"));
+        }
+        write_frame(&mut send, &ControlFrame::Hello(hello), MAX_CONTROL_FRAME).await?;
         let _ = send.finish();
         let reply: Option<ControlFrame> =
             read_frame(&mut recv, MAX_CONTROL_FRAME)

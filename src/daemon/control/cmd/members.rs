@@ -76,7 +76,8 @@ pub fn trust(
     id: &str,
     name: Option<String>,
     addrs: &[String],
-) -> Result<crate::api::PeerInfo, ErrorBody> {
+    rename: bool,
+) -> Result<Value, ErrorBody> {
     let id: DeviceId = id.parse().map_err(|e| {
         err(
             code::INVALID_ID,
@@ -108,8 +109,15 @@ pub fn trust(
             format!("device {id} was removed from the mesh and cannot be trusted again; that device needs a new identity (move its state directory away)"),
         ));
     }
-    let name = match (name, d.peers().name_of(&id)) {
-        (Some(n), _) | (None, Some(n)) => n,
+    // A device already trusted keeps its name (its own, once it said it) unless asked.
+    let known = d.peers().name_of(&id);
+    let renamed_from = known
+        .clone()
+        .filter(|k| rename && name.as_ref().is_some_and(|n| n != k));
+    let name = match (name, known.clone()) {
+        (Some(n), None) => n,
+        (Some(n), Some(_)) if renamed_from.is_some() => n,
+        (_, Some(k)) => k,
         (None, None) => format!("device-{}", id.short().to_lowercase()),
     };
     // Sign it into the mesh roster (the other members learn it by gossip): this makes it
@@ -134,7 +142,13 @@ pub fn trust(
     d.membership_changed(applied, None);
     // Dial it now, not at the next supervisor tick.
     crate::daemon::links::dial_due(d);
-    Ok(info)
+    let mut v = serde_json::to_value(info).unwrap_or(Value::Null);
+    v["already_trusted"] = Value::Bool(known.is_some());
+    if let Some(old) = renamed_from {
+        info!(peer = %name, old = %old, id = %id, "peer renamed");
+        v["renamed_from"] = Value::String(old);
+    }
+    Ok(v)
 }
 
 /// `remove`: signs a removal that every member applies (now or when it next connects).
@@ -151,8 +165,13 @@ pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
             ),
         ));
     }
+    // A device in a conflict of removals is not in the table: found by name or ID.
+    let conflicted = d.conflicts().into_iter().find(|(id, name)| {
+        name == peer || (peer.len() >= 4 && transport::resolve_prefix(peer, [*id].iter()).is_ok())
+    });
     let id = match d.peers().resolve(peer) {
         Ok(id) => id,
+        Err(_) if conflicted.is_some() => conflicted.as_ref().map(|(id, _)| *id).unwrap_or(me),
         Err(e) => {
             // Removals keep no name: a removed device is found by its ID only.
             let removed = d.members.removed_ids();
@@ -171,11 +190,21 @@ pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
             format!("{peer} ({id}) was already removed from the mesh"),
         ));
     }
-    let name = d.peers().name_of(&id).unwrap_or_default();
+    let name = d
+        .peers()
+        .name_of(&id)
+        .or_else(|| d.roster().name_of(&id))
+        .unwrap_or_default();
     let applied = d.members.remove(id, &name);
+    // Devices this removal trusts again: its removals of them are void now.
+    let restored: Vec<&str> = applied.joined.iter().map(|(_, n)| n.as_str()).collect();
+    let reply = serde_json::json!({
+        "removed": {"id": id.to_string(), "name": name},
+        "restored": restored,
+    });
     d.membership_changed(applied, None);
     d.gossip_roster(None);
-    Ok(serde_json::json!({"removed": {"id": id.to_string(), "name": name}}))
+    Ok(reply)
 }
 
 /// `pair.join`: joins the mesh of a device whose pairing window shows `code`.

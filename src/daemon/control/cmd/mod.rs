@@ -27,7 +27,7 @@ use crate::daemon::context::Daemon;
 pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
     let v = match req {
         Request::Status {} => serde_json::to_value(status::status(d)),
-        Request::Peers {} => serde_json::to_value(d.peers().infos()),
+        Request::Peers {} => serde_json::to_value(peers::list(d)),
         Request::Ping { peer, timeout_ms } => {
             let id = d.peers().resolve(&peer)?;
             serde_json::to_value(peers::ping(d, id, timeout_ms).await?)
@@ -37,7 +37,8 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             device,
             name,
             addrs,
-        } => serde_json::to_value(members::trust(d, &device, name, &addrs)?),
+            rename,
+        } => Ok(members::trust(d, &device, name, &addrs, rename)?),
         Request::Remove { peer } => Ok(members::remove(d, &peer)?),
         Request::PairJoin {
             code,

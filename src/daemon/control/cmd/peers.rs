@@ -9,6 +9,29 @@ use super::super::framing::timeout_of;
 use crate::api::{ErrorBody, PingResult};
 use crate::daemon::context::Daemon;
 
+/// The peer table, with the devices in a conflict of removals as `conflict` rows.
+pub fn list(d: &Arc<Daemon>) -> Vec<crate::api::PeerInfo> {
+    let conns = d.endpoint.connections();
+    let mut v = {
+        let mut table = d.peers();
+        table.refresh_rtts(&conns);
+        table.infos()
+    };
+    for (id, name) in d.conflicts() {
+        v.push(crate::api::PeerInfo {
+            id: id.to_string(),
+            name,
+            state: crate::daemon::peers::PeerState::Conflict.as_str().into(),
+            addresses: vec![],
+            rtt_ms: None,
+            via: Vec::new(),
+            last_seen: None,
+            path: None,
+        });
+    }
+    v
+}
+
 pub async fn ping(
     d: &Arc<Daemon>,
     peer: DeviceId,
@@ -38,9 +61,11 @@ pub async fn ping(
         (name, via)
     };
     // Through a `cnspr relay`: the relay is the path, and its address the one to show
-    // (the peer's own address here is only a virtual one).
+    // (the peer's own address here is only a virtual one). Relayed by a member: the
+    // connection is the member's, so no address of the peer's own is known here.
     let (address, via) = match d.endpoint.relay_of(&pc) {
         Some(relay) => (relay.clone(), vec![relay]),
+        None if !via.is_empty() => (String::new(), via),
         None => (crate::addr::canon(pc.remote_address()).to_string(), via),
     };
     Ok(PingResult {

@@ -42,5 +42,10 @@ pub fn status(d: &Daemon) -> Status {
         candidates,
         relays: super::relays::list(d),
         removed: d.removed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        conflicts: d
+            .conflicts()
+            .iter()
+            .map(|(id, _)| d.conflict_text(id))
+            .collect(),
     }
 }

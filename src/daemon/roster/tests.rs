@@ -1,0 +1,358 @@
+//! Tests of the roster merge.
+use super::*;
+use transport::Identity;
+
+fn dev(name: &str) -> Identity {
+    Identity::generate(name).unwrap()
+}
+
+fn roster(me: &Identity) -> MeshRoster {
+    MeshRoster::empty(me.id, PathBuf::from("/nonexistent/roster.json"))
+}
+
+#[test]
+fn entries_chain_from_a_trusted_signer_in_any_order() {
+    let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
+    // A trusts B; B added C; C added D: delivered to A in reverse order, one batch.
+    let mut ra = roster(&a);
+    ra.merge(RosterSnapshot {
+        members: vec![MemberEntry::sign(&a, b.id, "b", 1)],
+        removals: vec![],
+    });
+    let ch = ra.merge(RosterSnapshot {
+        members: vec![
+            MemberEntry::sign(&c, d.id, "d", 3),
+            MemberEntry::sign(&b, c.id, "c", 2),
+        ],
+        removals: vec![],
+    });
+    assert_eq!(ch.joined.len(), 2);
+    assert!(ra.is_member(&c.id) && ra.is_member(&d.id));
+}
+
+#[test]
+fn a_newcomer_learns_every_member_from_the_signatures_a_member_holds() {
+    // B's roster after the mesh settled: A's newest entry is the one C signed, C's the
+    // one A signed, but B's own older signatures for both are still held. D trusts only
+    // B: it learns A and C through them.
+    let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
+    let mut rb = roster(&b);
+    rb.merge(RosterSnapshot {
+        members: vec![
+            MemberEntry::sign(&b, a.id, "a", 1),
+            MemberEntry::sign(&b, c.id, "c", 2),
+            MemberEntry::sign(&c, a.id, "a", 5),
+            MemberEntry::sign(&a, c.id, "c", 4),
+            MemberEntry::sign(&b, d.id, "d", 6),
+        ],
+        removals: vec![],
+    });
+    assert_eq!(
+        rb.member(&a.id).unwrap().signer_id(),
+        c.id,
+        "newest names it"
+    );
+    let mut rd = roster(&d);
+    rd.merge(RosterSnapshot {
+        members: vec![MemberEntry::sign(&d, b.id, "b", 6)],
+        removals: vec![],
+    });
+    let ch = rd.merge(rb.snapshot());
+    assert_eq!(ch.joined.len(), 2);
+    assert!(rd.is_member(&a.id) && rd.is_member(&c.id));
+    // Entries that chain only through each other (no signature by anyone D trusts)
+    // make nobody a member.
+    let (x, y) = (dev("x"), dev("y"));
+    let ch = rd.merge(RosterSnapshot {
+        members: vec![
+            MemberEntry::sign(&x, y.id, "y", 1),
+            MemberEntry::sign(&y, x.id, "x", 1),
+        ],
+        removals: vec![],
+    });
+    assert!(ch.joined.is_empty() && !rd.is_member(&x.id));
+}
+
+#[test]
+fn strangers_forged_and_oversized_gossip_are_refused() {
+    let (a, b, x) = (dev("a"), dev("b"), dev("x"));
+    let mut ra = roster(&a);
+    // Signed by a device nobody trusts.
+    let ch = ra.merge(RosterSnapshot {
+        members: vec![
+            MemberEntry::sign(&x, x.id, "x", 1),
+            MemberEntry::sign(&x, b.id, "b", 1),
+        ],
+        removals: vec![Removal::sign(&x, b.id, 1)],
+    });
+    assert!(ch.is_empty());
+    // Tampered name under a valid signature.
+    ra.merge(RosterSnapshot {
+        members: vec![MemberEntry::sign(&a, b.id, "b", 1)],
+        removals: vec![],
+    });
+    let mut forged = MemberEntry::sign(&a, x.id, "x", 2);
+    forged.name = "evil".into();
+    assert!(ra
+        .merge(RosterSnapshot {
+            members: vec![forged],
+            removals: vec![]
+        })
+        .is_empty());
+    // Signer key that does not match: claims to be B but key is X's.
+    let mut forged = MemberEntry::sign(&x, x.id, "x", 2);
+    forged.signer = b.public_key();
+    assert!(ra
+        .merge(RosterSnapshot {
+            members: vec![forged],
+            removals: vec![]
+        })
+        .is_empty());
+    // Too many entries: refused whole.
+    let many = RosterSnapshot {
+        members: vec![MemberEntry::sign(&a, x.id, "x", 1); MAX_MEMBERS * MAX_SIGNERS + 1],
+        removals: vec![],
+    };
+    assert!(ra.merge(many).is_empty());
+    assert!(!ra.is_member(&x.id));
+}
+
+#[test]
+fn removal_is_final_and_beats_readding() {
+    let (a, b, c) = (dev("a"), dev("b"), dev("c"));
+    let mut ra = roster(&a);
+    ra.merge(RosterSnapshot {
+        members: vec![
+            MemberEntry::sign(&a, b.id, "b", 1),
+            MemberEntry::sign(&a, c.id, "c", 1),
+        ],
+        removals: vec![],
+    });
+    let ch = ra.merge(RosterSnapshot {
+        members: vec![],
+        removals: vec![Removal::sign(&b, c.id, 5)],
+    });
+    assert_eq!(ch.removed, vec![(c.id, "c".to_string())]);
+    assert!(!ra.is_member(&c.id));
+    // C re-adds itself, B re-adds C with a later version: still removed.
+    let ch = ra.merge(RosterSnapshot {
+        members: vec![
+            MemberEntry::sign(&c, c.id, "c", 9),
+            MemberEntry::sign(&b, c.id, "c", 9),
+        ],
+        removals: vec![],
+    });
+    assert!(ch.is_empty());
+    assert!(ra.is_removed(&c.id) && !ra.is_member(&c.id));
+    // A removed member can no longer vouch for anyone.
+    let d = dev("d");
+    assert!(ra
+        .merge(RosterSnapshot {
+            members: vec![MemberEntry::sign(&c, d.id, "d", 9)],
+            removals: vec![]
+        })
+        .is_empty());
+}
+
+#[test]
+fn merge_is_order_independent() {
+    let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
+    let parts = [
+        RosterSnapshot {
+            members: vec![MemberEntry::sign(&a, b.id, "b", 1)],
+            removals: vec![],
+        },
+        RosterSnapshot {
+            members: vec![MemberEntry::sign(&b, c.id, "c", 2)],
+            removals: vec![],
+        },
+        RosterSnapshot {
+            members: vec![MemberEntry::sign(&b, c.id, "c-2", 3)],
+            removals: vec![],
+        },
+        RosterSnapshot {
+            members: vec![MemberEntry::sign(&c, d.id, "d", 4)],
+            removals: vec![],
+        },
+        RosterSnapshot {
+            members: vec![],
+            removals: vec![Removal::sign(&b, d.id, 5)],
+        },
+    ];
+    let mut results = Vec::new();
+    for perm in [
+        [0, 1, 2, 3, 4],
+        [4, 3, 2, 1, 0],
+        [2, 0, 4, 1, 3],
+        [1, 3, 0, 4, 2],
+    ] {
+        let mut r = roster(&a);
+        // Deliver repeatedly until stable, as gossip does.
+        for _ in 0..5 {
+            for i in perm {
+                r.merge(parts[i].clone());
+            }
+        }
+        results.push(r.snapshot());
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+    let r = &results[0];
+    assert_eq!(r.members.iter().find(|m| m.id == c.id).unwrap().name, "c-2");
+    assert!(r.removals.iter().any(|x| x.id == d.id));
+}
+
+#[test]
+fn unique_names_get_a_visible_suffix() {
+    let (a, b, c, d) = (dev("a"), dev("b"), dev("c"), dev("d"));
+    let mut ra = roster(&a);
+    ra.merge(RosterSnapshot {
+        members: vec![
+            MemberEntry::sign(&a, b.id, "laptop", 1),
+            MemberEntry::sign(&a, c.id, "laptop-2", 1),
+        ],
+        removals: vec![],
+    });
+    assert_eq!(ra.unique_name("laptop", &d.id, "desk"), "laptop-3");
+    assert_eq!(ra.unique_name("LAPTOP", &d.id, "desk"), "LAPTOP-3");
+    assert_eq!(ra.unique_name("laptop", &b.id, "desk"), "laptop");
+    assert_eq!(ra.unique_name("desk", &d.id, "desk"), "desk-2");
+    let long = "x".repeat(64);
+    ra.merge(RosterSnapshot {
+        members: vec![MemberEntry::sign(&a, c.id, &long, 2)],
+        removals: vec![],
+    });
+    let n = ra.unique_name(&long, &d.id, "desk");
+    assert_eq!(n.len(), 64);
+    assert!(n.ends_with("-2"));
+}
+
+/// Every order of `parts`, each delivered until stable, gives the same judged roster.
+fn judged_in_every_order(me: &Identity, parts: &[RosterSnapshot]) -> MeshRoster {
+    let n = parts.len();
+    let mut orders: Vec<Vec<usize>> = vec![(0..n).collect(), (0..n).rev().collect()];
+    for k in 1..n {
+        let mut o: Vec<usize> = (0..n).collect();
+        o.rotate_left(k);
+        orders.push(o);
+    }
+    let mut seen: Option<(Vec<DeviceId>, Vec<DeviceId>, Vec<DeviceId>)> = None;
+    let mut last = None;
+    for order in orders {
+        let mut r = roster(me);
+        for _ in 0..3 {
+            for i in &order {
+                r.merge(parts[*i].clone());
+            }
+        }
+        let view = (
+            r.members().map(|m| m.id).collect(),
+            r.removed().map(|x| x.id).collect(),
+            r.conflicts().map(|c| c.id).collect(),
+        );
+        if let Some(s) = &seen {
+            assert_eq!(*s, view, "order {order:?}");
+        }
+        seen = Some(view);
+        last = Some(r);
+    }
+    last.unwrap()
+}
+
+/// The fuzzer's finding: with A the receiver, "A removes D1" and "D1 removes D2" used to
+/// leave D2 a member in one order and removed in the other.
+#[test]
+fn a_removal_signed_by_a_removed_device_is_void_in_any_order() {
+    let (a, d1, d2) = (dev("a"), dev("d1"), dev("d2"));
+    let parts = [
+        RosterSnapshot {
+            members: vec![
+                MemberEntry::sign(&a, d1.id, "d1", 1),
+                MemberEntry::sign(&a, d2.id, "d2", 1),
+            ],
+            removals: vec![],
+        },
+        RosterSnapshot {
+            members: vec![],
+            removals: vec![Removal::sign(&a, d1.id, 2)],
+        },
+        RosterSnapshot {
+            members: vec![],
+            removals: vec![Removal::sign(&d1, d2.id, 3)],
+        },
+    ];
+    let r = judged_in_every_order(&a, &parts);
+    assert!(r.is_removed(&d1.id));
+    assert!(r.is_member(&d2.id), "d1's removal of d2 is void");
+}
+
+/// Issue scenario: the desktop H removes the phone R while the laptop O sleeps; the
+/// thief removes H from R. O, hearing both in any order, trusts neither until it
+/// decides; removing R on O settles it.
+#[test]
+fn two_members_that_removed_each_other_are_refused_until_this_device_decides() {
+    let (h, o, r) = (dev("desk"), dev("laptop"), dev("phone"));
+    let parts = [
+        RosterSnapshot {
+            members: vec![
+                MemberEntry::sign(&o, h.id, "desk", 1),
+                MemberEntry::sign(&h, o.id, "laptop", 1),
+                MemberEntry::sign(&h, r.id, "phone", 2),
+                MemberEntry::sign(&o, r.id, "phone", 2),
+                MemberEntry::sign(&r, h.id, "desk", 3),
+            ],
+            removals: vec![],
+        },
+        RosterSnapshot {
+            members: vec![],
+            removals: vec![Removal::sign(&h, r.id, 10)],
+        },
+        RosterSnapshot {
+            members: vec![],
+            removals: vec![Removal::sign(&r, h.id, 5)],
+        },
+    ];
+    let mut ro = judged_in_every_order(&o, &parts);
+    assert!(!ro.is_member(&r.id) && !ro.is_member(&h.id));
+    let conflicts: Vec<DeviceId> = ro.conflicts().map(|c| c.id).collect();
+    assert_eq!(conflicts.len(), 2);
+    let c = ro.conflicts().find(|c| c.id == h.id).unwrap();
+    assert_eq!(
+        (c.removed_by.clone(), c.removes.clone()),
+        (vec![r.id], vec![r.id])
+    );
+    // Only the removal R signed: O follows it (it cannot know better yet), but only
+    // while it has not heard H's; once it has, the conflict above.
+    let mut early = roster(&o);
+    early.merge(parts[0].clone());
+    early.merge(parts[2].clone());
+    assert!(early.is_removed(&h.id) && early.is_member(&r.id));
+    early.merge(parts[1].clone());
+    assert!(
+        !early.is_member(&r.id),
+        "never trusted again once both are heard"
+    );
+    // The person decides on O: `cnspr remove phone`.
+    let ch = ro.merge(RosterSnapshot {
+        members: vec![],
+        removals: vec![Removal::sign(&o, r.id, 20)],
+    });
+    assert!(ro.is_member(&h.id) && ro.is_removed(&r.id));
+    assert_eq!(ch.joined, vec![(h.id, "desk".to_string())]);
+    assert!(ro.conflicts().next().is_none());
+}
+
+/// A rename is a newer entry; the change names the old and the new name.
+#[test]
+fn a_rename_reports_the_old_name() {
+    let (a, b) = (dev("a"), dev("b"));
+    let mut ra = roster(&a);
+    ra.merge(RosterSnapshot {
+        members: vec![MemberEntry::sign(&a, b.id, "laptop", 1)],
+        removals: vec![],
+    });
+    let ch = ra.merge(RosterSnapshot {
+        members: vec![MemberEntry::sign(&b, b.id, "desk", 2)],
+        removals: vec![],
+    });
+    assert_eq!(ch.renamed, vec![(b.id, "laptop".into(), "desk".into())]);
+}
