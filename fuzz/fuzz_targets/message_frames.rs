@@ -37,6 +37,8 @@ fuzz_target!(|data: &[u8]| {
                 AppFrame::Open { service }
                 | AppFrame::Relay { service, .. }
                 | AppFrame::Relayed { service, .. } => service.len(),
+                AppFrame::SignedRelay { service, proof, .. }
+                | AppFrame::SignedRelayed { service, proof, .. } => service.len() + proof.sig.len(),
                 AppFrame::Err { code, message } => code.len() + message.len(),
                 AppFrame::Ok => 0,
             };

@@ -38,6 +38,8 @@ pub enum Code {
     Removed,
     /// A conditional write found the key changed (`if_version`) or present (`if_absent`).
     Conflict,
+    /// A peer refused a message or stream whose claimed origin it could not verify.
+    BadOrigin,
     /// A code this version does not know (from a newer daemon or peer).
     #[serde(other)]
     Unknown,
@@ -75,6 +77,7 @@ impl Code {
             Code::Refused => "refused",
             Code::Removed => "removed",
             Code::Conflict => "conflict",
+            Code::BadOrigin => "bad_origin",
             Code::Unknown => "unknown",
         }
     }
@@ -112,6 +115,7 @@ impl From<&str> for Code {
             "refused" => Code::Refused,
             "removed" => Code::Removed,
             "conflict" => Code::Conflict,
+            "bad_origin" => Code::BadOrigin,
             _ => Code::Unknown,
         }
     }
@@ -154,4 +158,5 @@ pub mod code {
     pub const REFUSED: Code = Code::Refused;
     pub const REMOVED: Code = Code::Removed;
     pub const CONFLICT: Code = Code::Conflict;
+    pub const BAD_ORIGIN: Code = Code::BadOrigin;
 }

@@ -62,6 +62,8 @@ pub struct Daemon {
     pub budgets: super::budget::Budgets,
     /// Wake requests waiting on members, and the wake-up rate limit (`wake.rs`).
     pub wakes: super::wakes::Wakes,
+    /// Origin proofs taken recently (relayed messages and streams): none is taken twice.
+    pub origins: super::origin::ReplayGuard,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,

@@ -21,13 +21,13 @@ pub fn start(d: &Arc<Daemon>) {
                     tokio::spawn(super::links::serve_control(d.clone(), s));
                 }
                 StreamKind::Message => {
-                    tokio::spawn(super::messages::receive(d.clone(), s));
+                    tokio::spawn(super::inbox::receive(d.clone(), s));
                 }
                 StreamKind::App => {
                     tokio::spawn(super::streams::serve(d.clone(), s));
                 }
                 StreamKind::Messages => {
-                    tokio::spawn(super::messages::serve_lane(d.clone(), s));
+                    tokio::spawn(super::inbox::serve_lane(d.clone(), s));
                 }
                 StreamKind::Mesh => {
                     tokio::spawn(super::mesh::serve(d.clone(), s));

@@ -10,6 +10,7 @@ mod core;
 mod dial;
 mod errors;
 mod handler_cache;
+mod inbox;
 mod incoming;
 mod lan;
 mod lanes;
@@ -19,6 +20,7 @@ mod membership;
 mod mesh;
 mod messages;
 mod nearby;
+mod origin;
 mod outbox;
 mod pair;
 pub mod peers;
@@ -177,6 +179,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         relays,
         removed: Mutex::new(None),
         budgets: budget::Budgets::new(handler_queue),
+        origins: origin::ReplayGuard::default(),
         reach: Default::default(),
         wakes: Default::default(),
         started: Instant::now(),

@@ -10,16 +10,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use transport::frame::{read_frame, write_frame};
+use transport::identity::ed25519_id;
 use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, StreamKind};
 
 use super::context::Daemon;
 use super::errors::StreamError;
+use super::origin::{now_ms, verify_stream, Refusal};
 use super::services::{validate_service, ACCEPT_WAIT};
 use super::stream_io::{app_err, BUF, MAX_APP_FRAME, STREAM_BROKEN};
-use super::wire::AppFrame;
+use super::wire::{AppFrame, OriginProof};
 use crate::api::{code, ErrorBody};
 
 /// How long the relay waits for the target's answer (its listener has `ACCEPT_WAIT` to
@@ -38,15 +40,26 @@ fn is_member(d: &Daemon, id: &DeviceId) -> bool {
 }
 
 /// On the target: a relay (`relay`) says the stream comes from `origin`. Taken only when
-/// `origin` is a member here and not this device.
-pub fn check_origin(d: &Daemon, relay: DeviceId, origin: DeviceId) -> Result<(), ErrorBody> {
+/// `origin` is a member here and not this device, and `proof` is the origin's, for this
+/// stream to `service` on this device, recent and not seen before (`origin.rs`). A
+/// `Relayed` frame without a proof is taken only when it names the relay itself.
+pub fn check_origin(
+    d: &Daemon,
+    relay: DeviceId,
+    origin: DeviceId,
+    service: &str,
+    proof: Option<&OriginProof>,
+) -> Result<(), ErrorBody> {
     if origin == d.id() {
         return Err(ErrorBody::new(
             code::BAD_REQUEST,
             "a relayed stream cannot come from the device it goes to",
         ));
     }
-    if origin != relay && !is_member(d, &origin) {
+    if origin == relay && proof.is_none() {
+        return Ok(());
+    }
+    if !is_member(d, &origin) {
         return Err(ErrorBody::new(
             code::UNKNOWN_PEER,
             format!(
@@ -57,7 +70,26 @@ pub fn check_origin(d: &Daemon, relay: DeviceId, origin: DeviceId) -> Result<(),
             ),
         ));
     }
-    Ok(())
+    let checked = match proof {
+        None => Err(Refusal::Missing),
+        Some(p) => {
+            let now = now_ms();
+            verify_stream(origin, d.id(), service, p, now)
+                .and_then(|()| d.origins.admit(origin, p, now))
+        }
+    };
+    checked.map_err(|why| {
+        let (relay_name, origin_name) = (name_of(d, &relay), name_of(d, &origin));
+        warn!(relay = %relay_name, claimed = %origin_name, %service, reason = %why,
+            "bad origin: refused a stream passed on as another member's");
+        ErrorBody::new(
+            code::BAD_ORIGIN,
+            format!(
+                "{} refused a stream passed on by {relay_name} as from {origin_name}: {why}",
+                d.identity.name
+            ),
+        )
+    })
 }
 
 async fn refuse(send: &mut SendStream, e: ErrorBody) {
@@ -65,12 +97,15 @@ async fn refuse(send: &mut SendStream, e: ErrorBody) {
     let _ = send.finish();
 }
 
-/// On the relay: carries a stream that `from` opened for `service` on `to`.
+/// On the relay: carries a stream that `from` opened for `service` on `to`, with `from`'s
+/// proof passed on unchanged (an opener of an earlier version sends none; the target
+/// then refuses the stream, unless it is of an earlier version too).
 pub async fn relay(
     d: Arc<Daemon>,
     from: DeviceId,
     to: DeviceId,
     service: String,
+    proof: Option<OriginProof>,
     mut send_a: SendStream,
     recv_a: RecvStream,
 ) {
@@ -82,6 +117,12 @@ pub async fn relay(
             return Err(ErrorBody::new(
                 code::BAD_REQUEST,
                 "a stream cannot be relayed back to its relay or its origin",
+            ));
+        }
+        if proof.as_ref().is_some_and(|p| ed25519_id(&p.key) != from) {
+            return Err(ErrorBody::new(
+                code::BAD_ORIGIN,
+                format!("the relay {me} refused a stream whose proof is not its opener's"),
             ));
         }
         for (id, role) in [(from, "origin"), (to, "target")] {
@@ -106,12 +147,19 @@ pub async fn relay(
         refuse(&mut send_a, ErrorBody::new(code::UNREACHABLE, msg)).await;
         return;
     };
-    let opened = tokio::time::timeout(OPEN_WAIT, async {
-        let (mut send, recv) = pc.open(StreamKind::App).await.map_err(|e| e.to_string())?;
-        let first = AppFrame::Relayed {
+    let first = match proof {
+        Some(proof) => AppFrame::SignedRelayed {
             service: service.clone(),
             origin: from,
-        };
+            proof,
+        },
+        None => AppFrame::Relayed {
+            service: service.clone(),
+            origin: from,
+        },
+    };
+    let opened = tokio::time::timeout(OPEN_WAIT, async {
+        let (mut send, recv) = pc.open(StreamKind::App).await.map_err(|e| e.to_string())?;
         write_frame(&mut send, &first, MAX_APP_FRAME)
             .await
             .map_err(|e| e.to_string())?;
@@ -300,6 +348,16 @@ mod tests {
             AppFrame::Relayed {
                 service: "x".into(),
                 origin: DeviceId([1; 32]),
+            },
+            AppFrame::SignedRelayed {
+                service: "x".into(),
+                origin: DeviceId([1; 32]),
+                proof: OriginProof {
+                    key: [2; 32],
+                    time_ms: 1,
+                    nonce: 2,
+                    sig: vec![3; 64],
+                },
             },
         ] {
             let f = encode(&frame, MAX_APP_FRAME).unwrap();

@@ -38,9 +38,11 @@ pub async fn open(
         None => AppFrame::Open {
             service: service.into(),
         },
-        Some(to) => AppFrame::Relay {
+        // Through a relay: with this device's proof that the stream is its own.
+        Some(to) => AppFrame::SignedRelay {
             service: service.into(),
             to,
+            proof: super::origin::sign_stream(&d.identity, to, service),
         },
     };
     let relay_name = relay_to.map(|_| d.peers().name_of(&pc.peer).unwrap_or_default());
@@ -96,29 +98,37 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         read_frame::<AppFrame, _>(&mut recv, MAX_APP_FRAME),
     )
     .await;
-    let (service, peer) = match open {
-        Ok(Ok(Some(AppFrame::Open { service }))) => (service, peer),
-        Ok(Ok(Some(AppFrame::Relay { service, to }))) => {
-            super::relay_stream::relay(d, peer, to, service, send, recv).await;
+    let (service, origin, proof) = match open {
+        Ok(Ok(Some(AppFrame::Open { service }))) => (service, peer, None),
+        Ok(Ok(Some(AppFrame::SignedRelay { service, to, proof }))) => {
+            super::relay_stream::relay(d, peer, to, service, Some(proof), send, recv).await;
             return;
         }
-        Ok(Ok(Some(AppFrame::Relayed { service, origin }))) => {
-            // The relay vouches for the origin; only a member of the mesh is taken.
-            match super::relay_stream::check_origin(&d, peer, origin) {
-                Ok(()) => (service, origin),
-                Err(e) => {
-                    let _ =
-                        write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
-                    let _ = send.finish();
-                    return;
-                }
-            }
+        Ok(Ok(Some(AppFrame::Relay { service, to }))) => {
+            super::relay_stream::relay(d, peer, to, service, None, send, recv).await;
+            return;
         }
+        Ok(Ok(Some(AppFrame::Relayed { service, origin }))) => (service, origin, None),
+        Ok(Ok(Some(AppFrame::SignedRelayed {
+            service,
+            origin,
+            proof,
+        }))) => (service, origin, Some(proof)),
         _ => {
             let _ = send.reset(STREAM_BROKEN.into());
             return;
         }
     };
+    // A relayed stream is the origin's only with its proof (or when it names the relay).
+    if origin != peer || proof.is_some() {
+        let checked = super::relay_stream::check_origin(&d, peer, origin, &service, proof.as_ref());
+        if let Err(e) = checked {
+            let _ = write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
+            let _ = send.finish();
+            return;
+        }
+    }
+    let peer = origin;
     if let Err(e) = validate_service(&service) {
         let _ = write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
         let _ = send.finish();

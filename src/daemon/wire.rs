@@ -101,6 +101,21 @@ pub struct MsgHeader {
     pub ping: bool,
 }
 
+/// The origin's proof of a relayed message or stream (`origin.rs`): its Ed25519 key
+/// (hashing to its device ID), when and with what nonce it signed, and its signature
+/// over the message's or stream's binding. The relay passes it on unchanged. On a
+/// Message stream it is a frame of its own between the header and the body, present
+/// exactly when the header has `relay_to` or `origin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginProof {
+    pub key: [u8; 32],
+    /// Milliseconds since the Unix epoch, on the origin's clock.
+    pub time_ms: u64,
+    pub nonce: u64,
+    /// 64 bytes.
+    pub sig: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LaneMsg {
     pub seq: u64,
@@ -147,6 +162,18 @@ pub enum AppFrame {
     Relayed {
         service: String,
         origin: DeviceId,
+    },
+    /// [`AppFrame::Relay`] with the opener's proof for the stream to `to`.
+    SignedRelay {
+        service: String,
+        to: DeviceId,
+        proof: OriginProof,
+    },
+    /// [`AppFrame::Relayed`] with the origin's proof, passed on unchanged by the relay.
+    SignedRelayed {
+        service: String,
+        origin: DeviceId,
+        proof: OriginProof,
     },
 }
 
@@ -235,6 +262,15 @@ mod tests {
             relay_to: Some(id(2)),
             origin: None,
             ping: false,
+        }
+    }
+
+    fn proof() -> OriginProof {
+        OriginProof {
+            key: [6; 32],
+            time_ms: 1_700_000_000_000,
+            nonce: 9,
+            sig: vec![8; 2],
         }
     }
 
@@ -353,6 +389,23 @@ mod tests {
                 }),
             ),
             (
+                "app signed relay",
+                hex(&AppFrame::SignedRelay {
+                    service: "s".into(),
+                    to: id(4),
+                    proof: proof(),
+                }),
+            ),
+            (
+                "app signed relayed",
+                hex(&AppFrame::SignedRelayed {
+                    service: "s".into(),
+                    origin: id(5),
+                    proof: proof(),
+                }),
+            ),
+            ("origin proof", hex(&proof())),
+            (
                 "sync seen",
                 hex(&Up::Seen {
                     vv: VersionVector::new(),
@@ -390,6 +443,9 @@ mod tests {
             ("app err", "0201780179"),
             ("app relay", "0301730404040404040404040404040404040404040404040404040404040404040404"),
             ("app relayed", "0401730505050505050505050505050505050505050505050505050505050505050505"),
+            ("app signed relay", "05017304040404040404040404040404040404040404040404040404040404040404040606060606060606060606060606060606060606060606060606060606060606fd0068e5cf8b01000009020808"),
+            ("app signed relayed", "06017305050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606fd0068e5cf8b01000009020808"),
+            ("origin proof", "0606060606060606060606060606060606060606060606060606060606060606fd0068e5cf8b01000009020808"),
             ("sync seen", "0100"),
             ("sync hello", "00020007"),
             ("sync changes", "0200"),
