@@ -49,6 +49,11 @@ pub struct Config {
     /// Ask the router (PCP, NAT-PMP) to forward the listening port, so that devices
     /// beyond the LAN can dial this one (docs/reach.md).
     pub port_mapping: bool,
+    /// Serve the local web dashboard (src/ui/, docs/ui.md) from the start; `cnspr ui`
+    /// starts it anyway when asked.
+    pub ui: bool,
+    /// The dashboard's port on 127.0.0.1 and ::1 (0: one the kernel picks).
+    pub ui_port: u16,
 }
 
 /// One `[[expose]]` table.
@@ -78,6 +83,8 @@ impl Default for Config {
             heartbeats: true,
             expose: Vec::new(),
             port_mapping: true,
+            ui: false,
+            ui_port: 0,
         }
     }
 }
