@@ -3,7 +3,8 @@ real daemons on loopback: alpha (config `ui = true`) meshed with beta and gamma.
 
 The tests run in file order and share the mesh: the cross-site request and the
 confirmation happen before beta is removed; gamma is stopped after that; delta pairs
-through alpha's page; epsilon joins alpha's mesh through its own page.
+through alpha's page; epsilon (dashboard started by `cnspr ui`, not by its config) joins
+alpha's mesh through its own page.
 """
 
 from __future__ import annotations
@@ -247,7 +248,9 @@ def test_pairing_through_the_page(mesh: Dict[str, Daemon], page: Any) -> None:
 
 def test_joining_a_mesh_through_the_page(mesh: Dict[str, Daemon], page: Any) -> None:
     alpha = mesh["alpha"]
-    eps = Daemon("epsilon", ui=True)
+    # No `ui` in its config: the first `cnspr ui` starts the dashboard, later ones give
+    # the same URL.
+    eps = Daemon("epsilon")
     window = None
     try:
         eps.start()
@@ -256,7 +259,9 @@ def test_joining_a_mesh_through_the_page(mesh: Dict[str, Daemon], page: Any) -> 
 
         first = json.loads(window.stdout.readline())
         port = first["addresses"][0].rsplit(":", 1)[1]
-        open_dashboard(page, eps.ui_url())
+        url = eps.ui_url()
+        assert eps.ui_url() == url
+        open_dashboard(page, url)
         page.find_element(By.ID, "join-code").send_keys(first["code"])
         page.find_element(By.ID, "join-addr").send_keys(f"127.0.0.1:{port}")
         page.find_element(By.CSS_SELECTOR, "#join-form button").click()
