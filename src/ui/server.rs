@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::api;
 use super::auth::{self, query_param, Keys};
+use super::limit::{Limited, MAX_CONNECTIONS};
 use super::slot::Running;
 use super::state::{follow_events, Ui};
 use crate::daemon::context::Daemon;
@@ -74,8 +75,13 @@ async fn start(d: &Arc<Daemon>, port: u16) -> anyhow::Result<Running> {
     let ui = Ui::new(d.clone(), keys, port);
     tokio::spawn(follow_events(ui.clone()));
     let app = router(ui);
-    for l in listeners {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    for inner in listeners {
         let app = app.clone();
+        let l = Limited {
+            inner,
+            slots: slots.clone(),
+        };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).await {
                 warn!(error = %e, "web dashboard stopped");

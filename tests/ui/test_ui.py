@@ -22,7 +22,8 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from selenium.webdriver.common.by import By
 
-from harness import (Daemon, browser, http, split_url, trust_both, wait_active, wait_for)
+from harness import (DEADLINE, Daemon, browser, http, split_url, trust_both, wait_active,
+                     wait_for)
 
 ARTIFACTS = Path(os.environ.get("UI_ARTIFACTS", "/tmp/cnspr-ui-artifacts"))
 
@@ -303,3 +304,37 @@ def shot(page: Any, name: str) -> None:
     p = ARTIFACTS / name
     page.save_screenshot(str(p))
     print(f"\nscreenshot: {p}")
+
+
+def test_connections_are_capped(mesh: Dict[str, Daemon]) -> None:
+    """64 open connections take every slot: the next one is closed at once, unanswered;
+    once one of them closes, a new one is served. The daemon itself is unaffected."""
+    import socket
+    zeta = Daemon("zeta", ui=True)
+    socks: List[socket.socket] = []
+    try:
+        zeta.start()
+        base, _ = split_url(zeta.ui_url())
+        port = int(base.rsplit(":", 1)[1])
+        request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+
+        def answer() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
+                try:
+                    s.sendall(request)
+                    return s.recv(64)
+                except ConnectionError:
+                    return b""
+
+        for _ in range(64):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+        # Each idle connection is served (its slot taken) before the next test.
+        assert answer() == b"", "a 65th connection was served"
+        assert zeta.json("status")["name"] == "zeta"
+        socks.pop(0).close()
+        wait_for("a new connection served", lambda: answer().startswith(b"HTTP/1.1 403"))
+    finally:
+        for s in socks:
+            s.close()
+        zeta.stop()
+        zeta.remove_dir()
