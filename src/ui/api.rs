@@ -172,5 +172,6 @@ pub async fn events(State(ui): State<Arc<Ui>>) -> impl IntoResponse {
         };
         Some((Ok::<_, Infallible>(SseEvent::default().data(&*data)), rx))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    // Keep-alives well within the connection's idle limit (limit.rs).
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(10)))
 }

@@ -1,11 +1,16 @@
 //! At most [`MAX_CONNECTIONS`] dashboard connections at once, over both listeners, so
 //! that local processes opening connections cannot take the daemon's file descriptors;
-//! a connection beyond them is closed as soon as it is accepted.
+//! a connection beyond them is closed as soon as it is accepted. A connection that
+//! neither reads nor writes a byte for [`IDLE`] is closed too (the live feed writes a
+//! keep-alive every 10 s), so idle connections cannot hold the slots.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,6 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 pub const MAX_CONNECTIONS: usize = 64;
+/// A connection silent both ways for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(20);
 
 /// A listener that keeps a connection only while a slot is free.
 pub struct Limited {
@@ -24,6 +31,14 @@ pub struct Limited {
 pub struct Counted {
     io: TcpStream,
     _slot: OwnedSemaphorePermit,
+    /// When the connection is closed unless a byte moves before.
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Counted {
+    fn moved(&mut self) {
+        self.idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+    }
 }
 
 impl axum::serve::Listener for Limited {
@@ -36,7 +51,15 @@ impl axum::serve::Listener for Limited {
                 Ok((io, addr)) => match self.slots.clone().try_acquire_owned() {
                     Ok(slot) => {
                         let _ = io.set_nodelay(true);
-                        return (Counted { io, _slot: slot }, addr);
+                        let idle = Box::pin(tokio::time::sleep(IDLE));
+                        return (
+                            Counted {
+                                io,
+                                _slot: slot,
+                                idle,
+                            },
+                            addr,
+                        );
                     }
                     // Closed at once: its file descriptor is not kept.
                     Err(_) => {
@@ -62,7 +85,17 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.moved();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.idle.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "idle connection"),
+            )),
+            other => other,
+        }
     }
 }
 
@@ -72,7 +105,11 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -88,7 +125,11 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
