@@ -220,6 +220,18 @@ mod tests {
     }
 
     #[test]
+    fn dashboard_keys() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.ui);
+        assert_eq!(c.ui_port, 0);
+        let c = Config::parse("ui = true\nui_port = 8123\n").unwrap();
+        assert!(c.ui);
+        assert_eq!(c.ui_port, 8123);
+        assert!(Config::parse("ui_port = 70000").is_err());
+        assert!(Config::parse("ui = \"yes\"").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = Config::parse("nmae = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("nmae"), "{e}");
