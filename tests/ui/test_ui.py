@@ -226,7 +226,15 @@ def test_pairing_through_the_page(mesh: Dict[str, Daemon], page: Any) -> None:
     delta = Daemon("delta")
     try:
         delta.start()
+        # A window closed from the page says so.
         page.find_element(By.ID, "pair-open").click()
+        wait_for("a window open", lambda: page.find_element(By.ID, "pair-window").get_attribute("data-state") == "open")
+        page.find_element(By.ID, "pair-cancel").click()
+        wait_for("the window cancelled", lambda: page.find_element(
+            By.ID, "pair-window").get_attribute("data-state") == "cancelled")
+        assert not page.find_element(By.ID, "pair-qr").is_displayed()
+        page.find_element(By.ID, "pair-open").click()
+        wait_for("a new window", lambda: page.find_element(By.ID, "pair-window").get_attribute("data-state") == "open")
         wait_for("the window's code", lambda: page.find_element(By.ID, "pair-code").text)
         code = page.find_element(By.ID, "pair-code").text
         assert page.find_element(By.ID, "pair-window").get_attribute("data-state") == "open"
@@ -263,6 +271,18 @@ def test_joining_a_mesh_through_the_page(mesh: Dict[str, Daemon], page: Any) -> 
         url = eps.ui_url()
         assert eps.ui_url() == url
         open_dashboard(page, url)
+        # A wrong code: the page shows the failure, nothing is paired.
+        wrong = "000-000" if first["code"] != "000-000" else "000-001"
+        page.find_element(By.ID, "join-code").send_keys(wrong)
+        page.find_element(By.ID, "join-addr").send_keys(f"127.0.0.1:{port}")
+        page.find_element(By.CSS_SELECTOR, "#join-form button").click()
+        wait_for("the wrong code's outcome", lambda: page.find_element(By.ID, "join-result").get_attribute("data-state"))
+        assert page.find_element(By.ID, "join-result").get_attribute("data-state") == "failed"
+        assert "code" in page.find_element(By.ID, "join-result").text.lower()
+        assert eps.json("peers") == []
+        page.execute_script("document.getElementById('join-result').removeAttribute('data-state')")
+        page.find_element(By.ID, "join-code").clear()
+        page.find_element(By.ID, "join-addr").clear()
         page.find_element(By.ID, "join-code").send_keys(first["code"])
         page.find_element(By.ID, "join-addr").send_keys(f"127.0.0.1:{port}")
         page.find_element(By.CSS_SELECTOR, "#join-form button").click()
