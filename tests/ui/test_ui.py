@@ -270,6 +270,9 @@ def test_joining_a_mesh_through_the_page(mesh: Dict[str, Daemon], page: Any) -> 
         port = first["addresses"][0].rsplit(":", 1)[1]
         url = eps.ui_url()
         assert eps.ui_url() == url
+        # Without --no-open but with no terminal (and no display): only printed.
+        assert eps.cli("ui").strip() == url
+        assert not (eps.dir / "ui.html").exists()
         open_dashboard(page, url)
         # A wrong code: the page shows the failure, nothing is paired.
         wrong = "000-000" if first["code"] != "000-000" else "000-001"
