@@ -46,6 +46,7 @@ pub const COMMANDS: &[&str] = &[
     "relay.remove",
     "relay.list",
     "wake",
+    "ui",
 ];
 
 /// One operation of a `kv.batch`: a put (its value as `value`, `value_b64` or `value_len`
@@ -136,6 +137,8 @@ pub enum Request {
     #[serde(rename = "pair.nearby")]
     PairNearby {},
     Stop {},
+    /// Starts the web dashboard if it is not running; answers its URL (with the token).
+    Ui {},
     /// Turns the connection into a raw byte stream to `service` on `peer`.
     Connect {
         peer: String,

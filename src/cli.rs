@@ -114,6 +114,13 @@ pub enum Command {
     },
     /// Stop the daemon gracefully (peers see it as left)
     Stop,
+    /// Print the local web dashboard's URL (with its token) and open it in a browser when
+    /// there is a display; starts the dashboard if config `ui` did not
+    Ui {
+        /// Only print the URL
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Open a byte stream to SERVICE on PEER over standard input/output (usable as an
     /// ssh ProxyCommand)
     Connect {

@@ -191,6 +191,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
                 );
             }
         }
+        Command::Ui { no_open } => crate::ui::open::run(&mut c, paths, g.json, no_open)?,
         Command::Stop => {
             let v = c.request(&Request::Stop {})?;
             // Returns once the daemon has exited (its port and socket are free, so

@@ -49,6 +49,11 @@ pub struct Config {
     /// Ask the router (PCP, NAT-PMP) to forward the listening port, so that devices
     /// beyond the LAN can dial this one (docs/reach.md).
     pub port_mapping: bool,
+    /// Serve the local web dashboard (src/ui/, docs/ui.md) from the start; `cnspr ui`
+    /// starts it anyway when asked.
+    pub ui: bool,
+    /// The dashboard's port on 127.0.0.1 and ::1 (0: one the kernel picks).
+    pub ui_port: u16,
 }
 
 /// One `[[expose]]` table.
@@ -78,6 +83,8 @@ impl Default for Config {
             heartbeats: true,
             expose: Vec::new(),
             port_mapping: true,
+            ui: false,
+            ui_port: 0,
         }
     }
 }
@@ -210,6 +217,18 @@ mod tests {
         assert_eq!(c.name.as_deref(), Some("desk"));
         assert_eq!(c.listen.len(), 1);
         assert_eq!(c.handler_timeout(), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn dashboard_keys() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.ui);
+        assert_eq!(c.ui_port, 0);
+        let c = Config::parse("ui = true\nui_port = 8123\n").unwrap();
+        assert!(c.ui);
+        assert_eq!(c.ui_port, 8123);
+        assert!(Config::parse("ui_port = 70000").is_err());
+        assert!(Config::parse("ui = \"yes\"").is_err());
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod paths;
 pub mod pipe;
 pub mod relay;
 pub mod store;
+pub mod ui;

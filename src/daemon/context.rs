@@ -68,6 +68,8 @@ pub struct Daemon {
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,
     pub stop: watch::Sender<bool>,
+    /// The web dashboard, once started (src/ui/).
+    pub ui: crate::ui::slot::Slot,
 }
 
 impl Daemon {

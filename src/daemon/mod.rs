@@ -4,8 +4,8 @@
 mod budget;
 pub(crate) mod candidates;
 mod conn_events;
-mod context;
-mod control;
+pub(crate) mod context;
+pub(crate) mod control;
 mod core;
 mod dial;
 mod errors;
@@ -22,7 +22,7 @@ mod messages;
 mod nearby;
 mod origin;
 mod outbox;
-mod pair;
+pub(crate) mod pair;
 pub mod peers;
 mod portmap;
 mod punch;
@@ -185,6 +185,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         started: Instant::now(),
         manual,
         stop,
+        ui: Default::default(),
     });
     let addrs: Vec<String> = daemon
         .endpoint
@@ -198,6 +199,11 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     mesh::start(&daemon);
     membership::start(&daemon);
     tokio::spawn(control::run(daemon.clone(), listener));
+    if daemon.cfg.ui {
+        if let Err(e) = crate::ui::server::ensure(&daemon, daemon.cfg.ui_port).await {
+            tracing::error!(error = %format!("{e:#}"), "web dashboard not started");
+        }
+    }
     lan::start(&daemon, mdns);
     sync::start(&daemon);
     match daemon

@@ -4,7 +4,7 @@
 //! [`MAX_CLIENTS`] at once), reads their request lines and routes each request to its
 //! command (`cmd/`). Line framing and error replies are in `framing.rs`.
 
-mod cmd;
+pub(crate) mod cmd;
 mod framing;
 
 use framing::{
@@ -222,6 +222,15 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                     let _ = w.shutdown().await;
                 }
                 return;
+            }
+            Request::Ui {} => {
+                let reply = match crate::ui::server::ensure(&d, d.cfg.ui_port).await {
+                    Ok(r) => Reply::ok(id, serde_json::to_value(r).unwrap_or(Value::Null)),
+                    Err(e) => Reply::err(id, err(code::INTERNAL, format!("{e:#}"))),
+                };
+                if tx.send(line_of(&reply)).await.is_err() {
+                    break;
+                }
             }
             Request::Listen { service } => match d.streams.listen(&service, conn_id) {
                 Ok(rx) => {

@@ -82,6 +82,7 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
         | Request::Subscribe { .. }
         | Request::Pair { .. }
         | Request::Stop {}
+        | Request::Ui {}
         | Request::Listen { .. }
         | Request::Connect { .. }
         | Request::Accept { .. } => {
