@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{mesh, stderr, wait_until, Node};
+use common::{mesh, stderr, Node};
 
 fn signal(n: &Node, sig: &str) {
     let ok = Command::new("kill")

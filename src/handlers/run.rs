@@ -75,6 +75,23 @@ struct Inner {
     cfg: RunnerConfig,
     permits: Arc<Semaphore>,
     admitted: AtomicUsize,
+    /// Every handler run as it ends (for the dashboard); nobody listening costs nothing.
+    runs: tokio::sync::broadcast::Sender<RunRecord>,
+}
+
+/// One handler run that ended: what ran, for which event, and how it went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    /// `message`, `peer` or `daemon`.
+    pub kind: &'static str,
+    /// The event's tag.
+    pub tag: String,
+    /// The handler's path in the handler directory.
+    pub handler: String,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub error: Option<String>,
+    pub elapsed_ms: u64,
 }
 
 /// Holds one queue place; gives it back when dropped.
@@ -95,6 +112,7 @@ impl Runner {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(cfg.max_concurrent)),
                 admitted: AtomicUsize::new(0),
+                runs: tokio::sync::broadcast::channel(256).0,
                 cfg,
             }),
         }
@@ -130,6 +148,11 @@ impl Runner {
         })
     }
 
+    /// Every handler run from now on, as it ends.
+    pub fn runs(&self) -> tokio::sync::broadcast::Receiver<RunRecord> {
+        self.inner.runs.subscribe()
+    }
+
     /// Invocations admitted and not yet finished (or dropped).
     pub fn queued(&self) -> usize {
         self.inner.admitted.load(Ordering::Acquire)
@@ -152,9 +175,23 @@ async fn run_all(inner: &Inner, inv: Invocation) -> Vec<HandlerOutcome> {
         let env = env.clone();
         let body = inv.body.clone();
         let (limit, max_stdout) = (inner.cfg.timeout, inner.cfg.max_stdout);
+        let (runs, kind, tag) = (inner.runs.clone(), inv.kind.as_str(), inv.tag.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            (i, run_one(spec, &env, body, limit, max_stdout).await)
+            let started = std::time::Instant::now();
+            let outcome = run_one(spec, &env, body, limit, max_stdout).await;
+            if runs.receiver_count() > 0 {
+                let _ = runs.send(RunRecord {
+                    kind,
+                    tag,
+                    handler: outcome.handler.clone(),
+                    exit_code: outcome.exit_code,
+                    timed_out: outcome.timed_out,
+                    error: outcome.error.clone(),
+                    elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            (i, outcome)
         });
     }
     let mut outcomes: Vec<Option<HandlerOutcome>> = vec![None; rels.len()];

@@ -18,7 +18,7 @@ use super::api;
 use super::auth::{self, query_param, Keys};
 use super::limit::{Limited, MAX_CONNECTIONS};
 use super::slot::Running;
-use super::state::{follow_events, Ui};
+use super::state::{follow_events, follow_runs, Ui};
 use crate::daemon::context::Daemon;
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -74,6 +74,7 @@ async fn start(d: &Arc<Daemon>, port: u16) -> anyhow::Result<Running> {
     let url = format!("http://127.0.0.1:{port}/?token={}", keys.token());
     let ui = Ui::new(d.clone(), keys, port);
     tokio::spawn(follow_events(ui.clone()));
+    tokio::spawn(follow_runs(ui.clone()));
     let app = router(ui);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     for inner in listeners {

@@ -66,14 +66,37 @@ pub async fn follow_events(ui: Arc<Ui>) {
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        ui.keep(&item);
+    }
+}
+
+/// Takes every handler run (exit code, time-out, duration) into the feed and the recent
+/// list, like the events.
+pub async fn follow_runs(ui: Arc<Ui>) {
+    let mut rx = ui.d.runner.runs();
+    loop {
+        let item = match rx.recv().await {
+            Ok(run) => serde_json::json!({"kind": "run", "at_ms": now_ms(), "run": run}),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                serde_json::json!({"kind": "lagged", "at_ms": now_ms(), "missed": n})
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        ui.keep(&item);
+    }
+}
+
+impl Ui {
+    /// Keeps `item` in the recent list and sends it to every open page.
+    fn keep(&self, item: &Value) {
         let text: Arc<str> = Arc::from(item.to_string());
         {
-            let mut r = ui.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             if r.len() == RECENT {
                 r.pop_front();
             }
             r.push_back(text.clone());
         }
-        let _ = ui.feed.send(text);
+        let _ = self.feed.send(text);
     }
 }

@@ -128,6 +128,28 @@ def test_events_reach_the_page_live(mesh: Dict[str, Daemon], page: Any) -> None:
           f"max {max(late)} ms")
 
 
+def test_handler_runs_are_shown_with_their_exit_codes(mesh: Dict[str, Daemon],
+                                                     page: Any) -> None:
+    """A handler run on alpha appears in the list with its exit code (a failing one with
+    its code too)."""
+    handlers = mesh["alpha"].dir / "handlers" / "run"
+    handlers.mkdir(parents=True, exist_ok=True)
+    for name, code in (("ok", 0), ("bad", 3)):
+        h = handlers / name
+        h.write_text(f"#!/bin/sh\nexit {code}\n")
+        h.chmod(0o755)
+    # The handler directory is watched; a send right after may precede the rescan.
+    wait_for("the handlers to be known", lambda: "run/bad" in mesh["alpha"].cli("handlers"))
+    for name in ("ok", "bad"):
+        mesh["beta"].cli("send", "alpha", f"run.{name}", "x")
+
+    def shown() -> bool:
+        texts = [e.text for e in page.find_elements(By.CSS_SELECTOR, "#events li.run")]
+        return (any("handler run/ok (run.ok): exit 0" in t for t in texts)
+                and any("handler run/bad (run.bad): exit 3" in t for t in texts))
+    wait_for("both runs in the page with their exit codes", shown)
+
+
 class Evil(httpserver.BaseHTTPRequestHandler):
     """A page of another origin that tries to remove beta through the dashboard."""
     target = ""

@@ -302,6 +302,12 @@ async function showKey(key) {
 
 function describe(item) {
   if (item.kind === "lagged") return "missed " + item.missed + " events";
+  if (item.kind === "run") {
+    const r = item.run;
+    const how = r.timed_out ? "timed out" : r.error ? r.error
+      : r.exit_code === null ? "killed" : "exit " + r.exit_code;
+    return "handler " + r.handler + " (" + r.tag + "): " + how + ", " + r.elapsed_ms + " ms";
+  }
   const ev = item.event;
   if (!ev) return JSON.stringify(item);
   if (ev.event === "peer") return ev.tag + " " + ev.peer.name + " → " + ev.state;
@@ -312,7 +318,9 @@ function describe(item) {
 function addEvent(item) {
   const t = item.at_ms ? new Date(item.at_ms).toLocaleTimeString() : "";
   const list = $("events");
-  list.prepend(el("li", { class: "event" }, el("span", { class: "muted" }, t + " "), describe(item)));
+  const failed = item.kind === "run" && (item.run.exit_code !== 0 || item.run.timed_out);
+  const cls = item.kind === "run" ? (failed ? "event run failed" : "event run") : "event";
+  list.prepend(el("li", { class: cls }, el("span", { class: "muted" }, t + " "), describe(item)));
   while (list.children.length > 200) list.lastChild.remove();
 }
 

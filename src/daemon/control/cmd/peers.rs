@@ -27,6 +27,7 @@ pub fn list(d: &Arc<Daemon>) -> Vec<crate::api::PeerInfo> {
             via: Vec::new(),
             last_seen: None,
             path: None,
+            interfaces: Vec::new(),
         });
     }
     v
