@@ -45,6 +45,7 @@ class codes:
     REFUSED = "refused"
     REMOVED = "removed"
     CONFLICT = "conflict"
+    BAD_ORIGIN = "bad_origin"
 
     # Found by this library.
     DAEMON_NOT_RUNNING = "daemon_not_running"
