@@ -388,7 +388,7 @@ fn a_hanging_handler_is_killed_with_its_children() {
 fn a_flood_beyond_the_handler_queue_is_refused_not_buffered() {
     let nodes = mesh(
         &["alpha", "beta"],
-        "handler_concurrency = 1\nhandler_queue = 2\nhandler_timeout_s = 5.0\n",
+        "handler_concurrency = 1\nhandler_queue = 8\nhandler_timeout_s = 5.0\n",
     );
     let b = &nodes[1];
     let out = b.out().display().to_string();
@@ -396,7 +396,8 @@ fn a_flood_beyond_the_handler_queue_is_refused_not_buffered() {
         "slow",
         &format!("while [ ! -e {out}/release ]; do sleep 0.05; done"),
     );
-    // Two admitted (queue of 2), the rest refused at once with queue_full.
+    // Two admitted (a peer's share of a queue of 8), the rest refused at once with
+    // queue_full.
     let mut results = Vec::new();
     for _ in 0..6 {
         results.push(nodes[0].cli(&["send", "beta", "slow", "x"]));

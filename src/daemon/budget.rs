@@ -3,8 +3,9 @@
 //! budget per peer and one for all peers together, and a peer's message streams are read
 //! a few at a time. A message stream beyond them is refused at once (`queue_full`):
 //! left unread, its bytes would hold the connection's flow-control window and stall the
-//! streams being read. A lane's messages (small) wait for room instead. A member that
-//! floods gets errors; the others go on.
+//! streams being read. A lane's messages (small) wait for byte budget instead, but are
+//! refused beyond the peer's share of the handler queue. A member that floods gets
+//! errors; the others go on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -107,18 +108,19 @@ impl Budgets {
         })
     }
 
-    /// Room for a body of `bytes` from `peer` (waits while that peer, or all peers
-    /// together, hold their budget). `bytes` is at most the largest body, below both.
-    pub async fn bytes(&self, peer: DeviceId, bytes: u64) -> Held {
+    /// Room for a message with a body of `bytes` from `peer`: `None` at once while that
+    /// peer holds its share of messages; else waits while that peer, or all peers
+    /// together, hold their byte budget. `bytes` is at most the largest body, below both.
+    pub async fn bytes(&self, peer: DeviceId, bytes: u64) -> Option<Held> {
         let n = units(bytes);
         let p = self.peer(peer);
+        let place = p.messages.clone().try_acquire_owned().ok()?;
         // The peer's own first, so one peer waiting never holds the shared budget.
-        let place = p.messages.clone().acquire_owned().await;
         let own = p.bytes.clone().acquire_many_owned(n).await;
         let all = self.total.clone().acquire_many_owned(n).await;
-        Held {
-            _permits: place.into_iter().chain(own).chain(all).collect(),
-        }
+        Some(Held {
+            _permits: std::iter::once(place).chain(own).chain(all).collect(),
+        })
     }
 }
 
@@ -130,15 +132,15 @@ mod tests {
     async fn a_peer_over_its_budget_waits_and_others_go_on() {
         let b = Budgets::default();
         let (p, q) = (DeviceId([1; 32]), DeviceId([2; 32]));
-        let first = b.bytes(p, PEER_BYTES / 2).await;
-        let _second = b.bytes(p, PEER_BYTES / 2).await;
+        let first = b.bytes(p, PEER_BYTES / 2).await.unwrap();
+        let _second = b.bytes(p, PEER_BYTES / 2).await.unwrap();
         // A third body from p waits for one of its own to go.
         let third = tokio::time::timeout(std::time::Duration::from_millis(50), b.bytes(p, 1));
         assert!(third.await.is_err(), "p is over its budget");
         // q is not held up by p.
-        let _q = b.bytes(q, PEER_BYTES).await;
+        let _q = b.bytes(q, PEER_BYTES).await.unwrap();
         drop(first);
-        let _third = b.bytes(p, 1).await;
+        let _third = b.bytes(p, 1).await.unwrap();
         // Streams: PEER_STREAMS at once, then none until one ends.
         let mut held = Vec::new();
         for _ in 0..PEER_STREAMS {
@@ -161,8 +163,10 @@ mod tests {
         let (p, q) = (DeviceId([1; 32]), DeviceId([2; 32]));
         let mine: Vec<Held> = (0..10).map(|_| b.try_bytes(p, 10).expect("room")).collect();
         assert!(b.try_bytes(p, 10).is_none(), "a quarter of 40 places");
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), b.bytes(p, 1));
-        assert!(waiting.await.is_err(), "a lane's message waits");
+        assert!(
+            b.bytes(p, 1).await.is_none(),
+            "a lane's message is refused too"
+        );
         assert!(b.try_bytes(q, 10).is_some(), "another peer has room");
         drop(mine);
         assert!(b.try_bytes(p, 10).is_some());
@@ -174,7 +178,7 @@ mod tests {
         let mut held = Vec::new();
         let n = TOTAL_BYTES / PEER_BYTES;
         for i in 0..n {
-            held.push(b.bytes(DeviceId([i as u8; 32]), PEER_BYTES).await);
+            held.push(b.bytes(DeviceId([i as u8; 32]), PEER_BYTES).await.unwrap());
         }
         let over = tokio::time::timeout(
             std::time::Duration::from_millis(50),
@@ -182,6 +186,6 @@ mod tests {
         );
         assert!(over.await.is_err(), "the total is spent");
         held.pop();
-        let _ok = b.bytes(DeviceId([200; 32]), 1).await;
+        let _ok = b.bytes(DeviceId([200; 32]), 1).await.unwrap();
     }
 }

@@ -405,6 +405,17 @@ pub async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
             break;
         }
         let seq = msg.seq;
+        let Some(held) = held else {
+            // This peer holds its share of the handler queue: refused, not buffered.
+            let result = nack(
+                code::QUEUE_FULL,
+                "the receiving device is busy with this device's messages (its share of handler_queue); retry later",
+            );
+            if tx.send(LaneResult { seq, result }).await.is_err() {
+                break;
+            }
+            continue;
+        };
         let result = if let Err(nack) = check_header(&msg.header) {
             Some(nack)
         } else if msg.header.origin.is_some_and(|o| o != peer) {

@@ -142,10 +142,12 @@ fn found(d: &Arc<Daemon>, id: &str, addrs: &[SocketAddr], version: &str) {
         let mut table = d.peers();
         match table.peers.get_mut(&id) {
             Some(p) => {
-                for a in addrs.iter().rev() {
-                    p.remember(crate::addr::canon(*a));
+                // Candidates only, until a handshake confirms one (anyone on the LAN can
+                // announce a member's ID); a working address is never displaced.
+                let addrs: Vec<SocketAddr> = addrs.iter().map(|a| crate::addr::canon(*a)).collect();
+                if p.heard_of(&addrs, Instant::now()) {
+                    p.dial.reset(Instant::now());
                 }
-                p.dial.reset(Instant::now());
                 true
             }
             None => false,
@@ -153,7 +155,6 @@ fn found(d: &Arc<Daemon>, id: &str, addrs: &[SocketAddr], version: &str) {
     };
     if known {
         debug!(peer = %id.short(), ?addrs, "roster device found on the LAN");
-        d.save_peers();
     }
 }
 

@@ -320,7 +320,7 @@ fn online(d: &Daemon) -> bool {
 /// Whether there is a way to dial `p`: an address, or a relay this device is registered
 /// with.
 fn dialable(d: &Daemon, p: &super::peers::Peer) -> bool {
-    !p.addrs.is_empty() || d.endpoint.relays().current().is_some()
+    !p.addrs.is_empty() || !p.heard.is_empty() || d.endpoint.relays().current().is_some()
 }
 
 /// Starts a dial to every peer that has no connection, is due (its backoff passed) and
@@ -341,7 +341,7 @@ pub fn dial_due(d: &Arc<Daemon>) {
             if !dialable(d, p) || !p.dial.start(now) {
                 continue;
             }
-            dials.push((p.id, p.name.clone(), p.addrs.clone()));
+            dials.push((p.id, p.name.clone(), p.dial_addrs()));
         }
     }
     for (id, name, addrs) in dials {
@@ -479,10 +479,13 @@ fn told_removed(d: &Daemon, from: &transport::DeviceId, e: &transport::Transport
     let mut removed = d.removed.lock().unwrap_or_else(|p| p.into_inner());
     if removed.is_none() {
         tracing::warn!(by = %by, "this device was removed from the mesh");
-        *removed = Some(crate::api::RemovedInfo {
+        let info = crate::api::RemovedInfo {
             by,
             at: n.removal.version / 1000,
-        });
+        };
+        // Kept across restarts: this identity stays removed.
+        super::removal_notice::save(&d.paths.state_dir, &info);
+        *removed = Some(info);
     }
 }
 

@@ -142,6 +142,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     let mdns = !args.no_mdns && cfg.mdns;
     let port_mapping = !args.no_port_mapping && cfg.port_mapping;
     let handler_queue = cfg.handler_queue;
+    let told_removed = removal_notice::load(&paths.state_dir);
     let runner = Runner::new(RunnerConfig {
         timeout: cfg.handler_timeout(),
         max_concurrent: cfg.handler_concurrency,
@@ -177,7 +178,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         portmap: Default::default(),
         punches: Default::default(),
         relays,
-        removed: Mutex::new(None),
+        removed: Mutex::new(told_removed),
         budgets: budget::Budgets::new(handler_queue),
         origins: origin::ReplayGuard::default(),
         reach: Default::default(),

@@ -99,7 +99,17 @@ pub struct Peer {
     pub relay: Option<String>,
     /// Its Ethernet interfaces, as it last told this device itself (Wake-on-LAN).
     pub lan: Vec<LanIface>,
+    /// Addresses mDNS announced for it, not yet confirmed by a handshake: dialled after
+    /// the known ones, never in their place (anyone on the LAN can announce any ID).
+    pub heard: Vec<SocketAddr>,
+    /// When mDNS last made it be dialled at once (at most every [`HEARD_EVERY`]).
+    pub heard_at: Option<Instant>,
 }
+
+/// Most unconfirmed mDNS addresses kept for a peer.
+pub const MAX_HEARD: usize = 8;
+/// mDNS makes a peer be dialled at once at most this often.
+pub const HEARD_EVERY: Duration = Duration::from_secs(10);
 
 impl Peer {
     pub fn new(id: DeviceId, name: String, addrs: Vec<SocketAddr>) -> Self {
@@ -118,7 +128,39 @@ impl Peer {
             route: None,
             relay: None,
             lan: Vec::new(),
+            heard: Vec::new(),
+            heard_at: None,
         }
+    }
+
+    /// Takes `addrs`, announced by mDNS, as candidates: those not known already, newest
+    /// first, at most [`MAX_HEARD`]. True when it is worth dialling at once (something
+    /// new, and not within [`HEARD_EVERY`] of the last time).
+    pub fn heard_of(&mut self, addrs: &[SocketAddr], now: Instant) -> bool {
+        let mut new = false;
+        for a in addrs.iter().rev() {
+            if self.addrs.contains(a) {
+                continue;
+            }
+            new |= !self.heard.contains(a);
+            self.heard.retain(|h| h != a);
+            self.heard.insert(0, *a);
+        }
+        self.heard.truncate(MAX_HEARD);
+        let due = self
+            .heard_at
+            .is_none_or(|t| now.duration_since(t) >= HEARD_EVERY);
+        if new && due {
+            self.heard_at = Some(now);
+        }
+        new && due
+    }
+
+    /// Where to dial it: the known addresses, then the unconfirmed ones.
+    pub fn dial_addrs(&self) -> Vec<SocketAddr> {
+        let mut v = self.addrs.clone();
+        v.extend(self.heard.iter().filter(|a| !self.addrs.contains(a)));
+        v
     }
 
     pub fn info(&self) -> PeerInfo {
@@ -163,6 +205,8 @@ impl Peer {
 
     /// Puts `addr` first in the known addresses.
     pub fn remember(&mut self, addr: SocketAddr) -> bool {
+        // Confirmed now: no longer a candidate.
+        self.heard.retain(|h| *h != addr);
         if self.addrs.first() == Some(&addr) {
             return false;
         }
@@ -413,5 +457,42 @@ impl PeerTable {
         }
         v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What mDNS announces for a member (anyone on the LAN can announce any ID) is only
+    /// a candidate: dialled after the known addresses, never in their place, confirmed
+    /// by a handshake; and it makes the peer be dialled at once at most every 10 s.
+    #[test]
+    fn mdns_addresses_are_candidates_and_never_evict_a_working_one() {
+        let working: SocketAddr = "192.168.1.20:7373".parse().unwrap();
+        let mut p = Peer::new(DeviceId([7; 32]), "laptop".into(), vec![working]);
+        let bogus: Vec<SocketAddr> = (1..=20)
+            .map(|i| format!("10.9.9.{i}:7373").parse().unwrap())
+            .collect();
+        let t0 = Instant::now();
+        assert!(p.heard_of(&bogus, t0), "new addresses: dial now");
+        assert_eq!(p.addrs, vec![working], "the working address stays, alone");
+        assert_eq!(p.heard.len(), MAX_HEARD);
+        assert_eq!(
+            p.dial_addrs()[0],
+            working,
+            "known addresses are dialled first"
+        );
+        // More announcements within 10 s do not make it dial again at once.
+        let more: SocketAddr = "10.9.9.99:7373".parse().unwrap();
+        assert!(!p.heard_of(&[more], t0 + Duration::from_secs(1)));
+        assert!(p.heard.contains(&more));
+        assert!(p.heard_of(&["10.9.9.98:7373".parse().unwrap()], t0 + HEARD_EVERY));
+        // A known address announced again is nothing new.
+        assert!(!p.heard_of(&[working], t0 + HEARD_EVERY * 3));
+        // A handshake on a candidate confirms it.
+        p.remember(more);
+        assert_eq!(p.addrs, vec![more, working]);
+        assert!(!p.heard.contains(&more));
     }
 }

@@ -51,3 +51,28 @@ pub fn checks_out(
     let signer = n.removal.signer_id();
     n.removal.id == *me && n.removal.well_formed() && (is_member(&signer) || signer == *from)
 }
+
+/// File in the state directory that keeps what a member said of this device's removal.
+const FILE: &str = "removed.json";
+
+/// Keeps `info` in the state directory (best effort: it is learnt again at the next dial).
+pub fn save(state_dir: &std::path::Path, info: &crate::api::RemovedInfo) {
+    let path = state_dir.join(FILE);
+    if let Ok(json) = serde_json::to_vec(info) {
+        if let Err(e) = std::fs::write(&path, json) {
+            tracing::warn!(error = %e, path = %path.display(), "could not keep the removal notice");
+        }
+    }
+}
+
+/// What a member said of this device's removal, if it was kept (a file that does not
+/// parse, or is oversized, counts as none).
+pub fn load(state_dir: &std::path::Path) -> Option<crate::api::RemovedInfo> {
+    let text = std::fs::read(state_dir.join(FILE)).ok()?;
+    if text.len() > 4096 {
+        return None;
+    }
+    let info: crate::api::RemovedInfo = serde_json::from_slice(&text).ok()?;
+    transport::identity::validate_name(&info.by).ok()?;
+    Some(info)
+}

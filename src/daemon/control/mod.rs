@@ -251,7 +251,10 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                         peer,
                         service,
                         timeout_ms,
-                    } => match d.peers().resolve(peer) {
+                    } => match d
+                        .removed_refusal()
+                        .map_or_else(|| d.peers().resolve(peer), Err)
+                    {
                         Ok(pid) => Ok((
                             pid,
                             Instant::now() + timeout_of(*timeout_ms),
