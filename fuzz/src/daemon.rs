@@ -3,6 +3,9 @@
 #[path = "../../src/daemon/wire.rs"]
 pub mod wire;
 
+#[path = "../../src/daemon/wol.rs"]
+pub mod wol;
+
 #[path = "../../src/daemon/roster.rs"]
 pub mod roster;
 
