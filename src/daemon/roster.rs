@@ -202,6 +202,16 @@ impl MeshRoster {
         self.members.get(id)
     }
 
+    /// The entry `signer` signed for `id`, if held.
+    pub fn signed_by(&self, id: &DeviceId, signer: &DeviceId) -> Option<&MemberEntry> {
+        self.entries.get(id)?.get(signer)
+    }
+
+    /// How many signers' entries are held for `id`.
+    pub fn signers(&self, id: &DeviceId) -> usize {
+        self.entries.get(id).map_or(0, |m| m.len())
+    }
+
     /// A device's last known name, member or not.
     pub fn name_of(&self, id: &DeviceId) -> Option<String> {
         self.members
