@@ -362,7 +362,10 @@ impl MeshRoster {
         }
         let held = self.entries.entry(m.id).or_default();
         let signer = m.signer_id();
-        if held.get(&signer).is_some_and(|o| o.version >= m.version) {
+        // The newest; of two with one version (a signer that signed two names at once),
+        // the greater name: a function of what was delivered, not of its order.
+        let rank = |e: &MemberEntry| (e.version, e.name.clone(), e.sig.clone());
+        if held.get(&signer).is_some_and(|o| rank(o) >= rank(&m)) {
             return false;
         }
         held.insert(signer, m);

@@ -356,3 +356,25 @@ fn a_rename_reports_the_old_name() {
     });
     assert_eq!(ch.renamed, vec![(b.id, "laptop".into(), "desk".into())]);
 }
+
+/// Found by the fuzzer: one signer, one version, two names. Either order keeps the same.
+#[test]
+fn two_names_signed_with_one_version_are_kept_alike_in_any_order() {
+    let (a, b) = (dev("a"), dev("b"));
+    let parts = [
+        RosterSnapshot {
+            members: vec![MemberEntry::sign(&a, b.id, "laptop", 7)],
+            removals: vec![],
+        },
+        RosterSnapshot {
+            members: vec![MemberEntry::sign(&a, b.id, "LAPTOP", 7)],
+            removals: vec![],
+        },
+    ];
+    let r = judged_in_every_order(&a, &parts);
+    let mut other = roster(&a);
+    other.merge(parts[1].clone());
+    other.merge(parts[0].clone());
+    assert_eq!(r.snapshot(), other.snapshot());
+    assert_eq!(r.member(&b.id).unwrap().name, "laptop");
+}
