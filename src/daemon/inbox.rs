@@ -166,7 +166,7 @@ fn busy_nack() -> MsgResult {
     nack(
         code::QUEUE_FULL,
         "the receiving device is busy with this device's messages (at most 40 MiB of \
-         bodies and 32 messages at once); retry later",
+         bodies, 32 message streams and a quarter of its handler_queue at once); retry later",
     )
 }
 
@@ -407,11 +407,14 @@ pub async fn serve_lane(d: Arc<Daemon>, s: IncomingStream) {
         let seq = msg.seq;
         let Some(held) = held else {
             // This peer holds its share of the handler queue: refused, not buffered.
-            let result = nack(
-                code::QUEUE_FULL,
-                "the receiving device is busy with this device's messages (its share of handler_queue); retry later",
-            );
-            if tx.send(LaneResult { seq, result }).await.is_err() {
+            if tx
+                .send(LaneResult {
+                    seq,
+                    result: busy_nack(),
+                })
+                .await
+                .is_err()
+            {
                 break;
             }
             continue;

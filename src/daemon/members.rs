@@ -269,27 +269,18 @@ impl Members {
             }
             // Not trusted any more, but not removed: they leave the table (and the TLS
             // set and the core below) without a removal of their own.
-            for (id, name) in changes.conflicted.iter().chain(&changes.dropped) {
-                // The name people know it by (its own, from its hello) first.
-                let name = table
-                    .peers
-                    .remove(id)
-                    .map(|p| p.name)
-                    .or_else(|| table.removed.remove(id))
-                    .unwrap_or_else(|| name.clone());
+            for (id, name) in &changes.conflicted {
+                let name = take_name(&mut table, id, name);
+                table.conflicted.insert(*id, name.clone());
                 applied.untrusted.push(*id);
-                if changes.conflicted.iter().any(|(c, _)| c == id) {
-                    table.conflicted.insert(*id, name.clone());
-                    applied.conflicted.push((*id, name));
-                }
+                applied.conflicted.push((*id, name));
+            }
+            for (id, name) in &changes.dropped {
+                take_name(&mut table, id, name);
+                applied.untrusted.push(*id);
             }
             for (id, name) in &changes.removed {
-                let name = table
-                    .peers
-                    .remove(id)
-                    .map(|p| p.name)
-                    .or_else(|| table.conflicted.remove(id))
-                    .unwrap_or_else(|| name.clone());
+                let name = take_name(&mut table, id, name);
                 table.removed.insert(*id, name.clone());
                 applied.removed.push((*id, name));
             }
@@ -368,6 +359,18 @@ impl Members {
                 .set_notice(r.id, Some(super::removal_notice::text(&by, r)));
         }
     }
+}
+
+/// Takes `id` out of the table's lists, with the name people know it by there (its own,
+/// from its hello), else `fallback` (the roster's).
+fn take_name(table: &mut PeerTable, id: &DeviceId, fallback: &str) -> String {
+    table
+        .peers
+        .remove(id)
+        .map(|p| p.name)
+        .or_else(|| table.removed.remove(id))
+        .or_else(|| table.conflicted.remove(id))
+        .unwrap_or_else(|| fallback.to_string())
 }
 
 /// Makes the peer table and the roster agree at start. Devices trusted before the signed
