@@ -144,6 +144,14 @@ impl Sim {
                 }
                 self.nodes[node as usize].timer_at = None;
                 self.nodes[node as usize].m.handle_timeout(now);
+                // A deadline the core does not clear would spin its driver (and look
+                // like a stall of its own to the core).
+                let next = self.nodes[node as usize].m.poll_timeout();
+                assert!(
+                    next.is_none_or(|t| t > now),
+                    "node {node}: wake-up at {next:?} still due after handling it at {now:?}: {}",
+                    self.nodes[node as usize].m.debug_overdue()
+                );
                 self.drain(node);
             }
             Ev::IdleClose { a, b, conn } => {
