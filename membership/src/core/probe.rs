@@ -16,8 +16,10 @@ impl<I: NodeId> Membership<I> {
     /// Local health: a call much later than our own deadline means this process stalled;
     /// the stall is not the peers' silence.
     pub(super) fn observe_clock(&mut self, now: Instant) {
+        // The deadline as of the last call (it is never before that call).
+        let due = self.poll_timeout();
         self.clock = self.clock.max(now);
-        let Some(due) = self.poll_timeout() else {
+        let Some(due) = due else {
             return;
         };
         if now > due + self.cfg.local_lag_tolerance {
@@ -94,13 +96,16 @@ impl<I: NodeId> Membership<I> {
     }
 
     /// When the link's next ping is due, if it needs one: a suspected link we watch, a
-    /// dead one (it comes back when it answers), and a link to a member that is down in
-    /// our view (a healed partition is found this way).
+    /// dead one (it comes back when it answers), and a link to a member that is
+    /// unreachable in our view (a healed partition is found this way).
     pub(super) fn ping_due(&self, peer: &I, link: &Link<I>) -> Option<Instant> {
         let duty = match link.status {
             LinkStatus::Suspect => self.expected(peer),
             LinkStatus::Dead => true,
-            LinkStatus::Unwatched => self.is_down(peer),
+            LinkStatus::Unwatched => self
+                .views
+                .get(peer)
+                .is_some_and(|v| v.state == State::Unreachable),
             LinkStatus::Active => false,
         };
         duty.then(|| {
