@@ -60,6 +60,8 @@ pub struct Membership<I: NodeId> {
     links: BTreeMap<I, Link<I>>,
     /// Newest record of every member, our own included.
     records: BTreeMap<I, Record<I>>,
+    /// When a newer record of each member arrived: it was up then.
+    record_heard: BTreeMap<I, Instant>,
     /// Members that closed their link to us saying "I am stopping", with the incarnation
     /// they had; a record with a higher incarnation supersedes the mark.
     left_marks: BTreeMap<I, u64>,
@@ -124,6 +126,7 @@ impl<I: NodeId> Membership<I> {
             roster: BTreeSet::new(),
             links: BTreeMap::new(),
             records: BTreeMap::new(),
+            record_heard: BTreeMap::new(),
             left_marks: BTreeMap::new(),
             incarnation,
             version: 0,
@@ -213,6 +216,7 @@ impl<I: NodeId> Membership<I> {
             self.record_dirty = true;
         }
         self.records.remove(&id);
+        self.record_heard.remove(&id);
         self.left_marks.remove(&id);
         self.gossip.forget(&id);
         self.views.remove(&id);

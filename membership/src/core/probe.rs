@@ -315,19 +315,24 @@ impl<I: NodeId> Membership<I> {
 
     /// Any message from `from`: heard now; a watched link is active again.
     pub(super) fn heard(&mut self, from: I, now: Instant) {
-        let Some(link) = self.links.get_mut(&from) else {
-            return;
-        };
-        link.last_heard = now;
-        if link.watched() {
+        self.heard_at(from, now);
+        if self.links.get(&from).is_some_and(|l| l.watched()) {
             self.set_status(from, LinkStatus::Active, now);
         }
     }
 
-    /// Evidence from the transport that `peer` was up at `at` (not later than now).
+    /// Evidence from the transport that `peer` was up at `at` (not later than now). On a
+    /// link we do not watch, news after a silence vouches for the peer for a while.
     pub(super) fn heard_at(&mut self, peer: I, at: Instant) {
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        let stale = at.saturating_duration_since(link.last_heard) >= self.active_limit(link);
         if let Some(link) = self.links.get_mut(&peer) {
             link.last_heard = link.last_heard.max(at);
+            if stale && !link.watched() {
+                self.topo_changed();
+            }
         }
     }
 

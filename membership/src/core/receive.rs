@@ -214,6 +214,7 @@ impl<I: NodeId> Membership<I> {
             }
         }
         self.records.insert(rec.origin, rec.clone());
+        self.record_heard.insert(rec.origin, now);
         self.roles.stale.insert(rec.origin);
         self.gossip.records_changed();
         self.topo_changed();

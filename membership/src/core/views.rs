@@ -190,8 +190,9 @@ impl<I: NodeId> Membership<I> {
     }
 
     /// Who is up in our view. A member is vouched for when a chain of watchers leads to
-    /// it from us: our own watched links (and links we heard from within the active
-    /// limit), then the members each vouches for in its record. A member no chain
+    /// it from us: our own watched links (and the members we heard from, directly or by
+    /// a new record of theirs, within the active limit), then the members each vouches
+    /// for in its record. A member no chain
     /// reaches is down, unless nobody we reach reports it lost while some member we no
     /// longer reach still vouches for it: its watchers went out of sight all at once (a
     /// partition), so it keeps its state for an interval, the time to get watchers on
@@ -212,6 +213,13 @@ impl<I: NodeId> Membership<I> {
             } else if l.status == LinkStatus::Unwatched && fresh {
                 mine.push(*p);
                 at(l.last_heard + self.active_limit(l));
+            }
+        }
+        let limit = self.cfg.probe_interval * 2 + self.cfg.probe_timeout;
+        for (o, t) in &self.record_heard {
+            if now.saturating_duration_since(*t) < limit && !left.contains(o) {
+                mine.push(*o);
+                at(*t + limit);
             }
         }
         rows.insert(self.me, mine);
