@@ -437,9 +437,11 @@ impl<I: NodeId> Membership<I> {
     /// How long `peer` has been silent as far as this member's evidence goes, or `None`
     /// without a link. On a link this member watches: the time since it heard the peer.
     /// On a link it does not watch (no beats expected): zero while the peer's monitors
-    /// vouch for it, else the suspicion deadline plus the time since they stopped; on a
-    /// link our beats do not cross, the suspicion deadline plus the time since that was
-    /// found. The daemon closes a connection silent for its idle timeout.
+    /// vouch for it, else the suspicion deadline plus the time since they stopped, and
+    /// once the peer is back, the time since the link was last heard until it is heard
+    /// again (it may be the connection of a process that is gone); on a link our beats do
+    /// not cross, the suspicion deadline plus the time since that was found. The daemon
+    /// closes a connection silent for its idle timeout.
     pub fn silence(&self, peer: &I, now: Instant) -> Option<Duration> {
         let link = self.links.get(peer)?;
         let since = |t: Instant| self.cfg.unreachable_after + now.saturating_duration_since(t);
@@ -448,7 +450,11 @@ impl<I: NodeId> Membership<I> {
         } else if link.watched() {
             link.silence(now)
         } else {
-            link.down_since.map_or(Duration::ZERO, since)
+            match link.down_since {
+                Some(t) => since(t),
+                None if link.unverified => now.saturating_duration_since(link.last_heard),
+                None => Duration::ZERO,
+            }
         })
     }
 

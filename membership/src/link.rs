@@ -70,6 +70,9 @@ pub(crate) struct Link<I> {
     pub(crate) broken: Option<Broken>,
     /// When its peer went down in our view (unwatched links): for the silence the daemon reads.
     pub(crate) down_since: Option<Instant>,
+    /// Its peer was down in our view and nothing came on this link since: the connection
+    /// may belong to a process that is gone (the peer restarted).
+    pub(crate) unverified: bool,
 }
 
 impl<I> Link<I> {
@@ -100,6 +103,7 @@ impl<I> Link<I> {
             beat_out_since: None,
             broken: None,
             down_since: None,
+            unverified: false,
         }
     }
 

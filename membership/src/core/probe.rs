@@ -102,10 +102,15 @@ impl<I: NodeId> Membership<I> {
         let duty = match link.status {
             LinkStatus::Suspect => self.expected(peer),
             LinkStatus::Dead => true,
-            LinkStatus::Unwatched => self
-                .views
-                .get(peer)
-                .is_some_and(|v| v.state == State::Unreachable),
+            // Also a link back from such a member until it answers (it may be the
+            // connection of a process that is gone).
+            LinkStatus::Unwatched => {
+                link.unverified
+                    || self
+                        .views
+                        .get(peer)
+                        .is_some_and(|v| v.state == State::Unreachable)
+            }
             LinkStatus::Active => false,
         };
         duty.then(|| {
@@ -330,6 +335,7 @@ impl<I: NodeId> Membership<I> {
         let stale = at.saturating_duration_since(link.last_heard) >= self.active_limit(link);
         if let Some(link) = self.links.get_mut(&peer) {
             link.last_heard = link.last_heard.max(at);
+            link.unverified = false;
             if stale && !link.watched() {
                 self.topo_changed();
             }

@@ -418,6 +418,9 @@ impl<I: NodeId> Membership<I> {
             let down = views
                 .get(id)
                 .is_none_or(|v| matches!(v.state, State::Unreachable | State::Left));
+            if down && l.status == LinkStatus::Unwatched {
+                l.unverified = true;
+            }
             l.down_since = if down {
                 Some(l.down_since.unwrap_or(now))
             } else {
