@@ -10,9 +10,9 @@ use std::time::Duration;
 /// `monitors / probe_interval` whatever the size of the mesh (6 per second).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// Beat period of an idle direct link: one side sends a `Beat` each interval (the
-    /// other answers only at the transport level); a link that is not active gets a
-    /// `Ping` each interval instead.
+    /// Beat period: a member sends a `Beat` to each of its monitors each interval (over
+    /// QUIC, one side of a monitoring link beats and the other answers only at the
+    /// transport level); a watched link that is not active gets a `Ping` each interval.
     pub probe_interval: Duration,
     /// Minimum time a `Ping` may stay unanswered before the link turns `suspect` (the
     /// per-link timeout adapts upwards to the observed answer delay of a slow peer).

@@ -141,9 +141,10 @@ pub enum Message<I> {
         records: Vec<(I, u64, u64)>,
         events: Vec<EventId<I>>,
     },
-    /// Liveness beat on an idle link, one way: the receiver learns the sender is up, the
-    /// sender learns the receiver is up from the transport's acknowledgement
-    /// ([`crate::Input::Heard`]). `digest` is the anti-entropy hash when one is due.
+    /// Liveness beat to a monitor, one way: the receiver learns the sender is up (and
+    /// watches it); over QUIC the sender learns the receiver is up from the transport's
+    /// acknowledgement ([`crate::Input::Heard`]). `digest` is the anti-entropy hash when
+    /// one is due.
     Beat {
         digest: Option<u64>,
     },
