@@ -395,3 +395,27 @@ fn a_new_subject_is_pinged_once_and_released_quietly_without_beats() {
         .any(|(to, msg)| *to == new && matches!(msg, Message::Ping { suspect: true, .. })));
     assert_eq!(m.peer(&new).unwrap().state, State::Active);
 }
+
+#[test]
+fn a_subject_that_dies_right_after_connecting_is_suspected_then_unreachable() {
+    // As before monitoring: a link to a member we monitor is watched from the moment it
+    // comes up, so a crash before its first beat still shows `suspect`, then
+    // `unreachable`.
+    let t0 = Instant::now();
+    let mut m = member(2, t0);
+    assert_eq!(m.subjects(), vec![1]);
+    // Its record, published before our link came up, lists no link: still our subject.
+    record(&mut m, 1, 1, &[], t0 + ms(5));
+    assert_eq!(m.subjects(), vec![1]);
+    drain(&mut m);
+    let mut states = Vec::new();
+    while let Some(t) = m.poll_timeout().filter(|t| *t <= t0 + ms(2000)) {
+        m.handle_timeout(t);
+        for o in drain(&mut m) {
+            if let Output::State { peer: 1, view } = o {
+                states.push(view.state);
+            }
+        }
+    }
+    assert_eq!(states, vec![State::Suspect, State::Unreachable]);
+}

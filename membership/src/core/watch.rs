@@ -117,30 +117,48 @@ impl<I: NodeId> Membership<I> {
                 // Over QUIC the link is watched from both sides at once: we beat it.
                 self.set_status(peer, LinkStatus::Active, now);
                 changed = true;
-            } else if !link.contacted
-                && now.saturating_duration_since(link.last_heard) > self.cfg.probe_interval
-            {
-                // Our new subject's beats may take an interval to come; one ping now
-                // lets us vouch for it at once (it may have lost its other monitors).
+            } else if !link.contacted {
                 link.contacted = true;
-                self.ping(peer, now);
+                if now.saturating_duration_since(link.last_heard) <= self.cfg.probe_interval {
+                    // Just heard (the link just came up): watched from now, as if it had
+                    // beaten us; its beats follow within an interval.
+                    self.set_status(peer, LinkStatus::Active, now);
+                    if let Some(link) = self.links.get_mut(&peer) {
+                        link.beat_seen = true;
+                    }
+                    changed = true;
+                } else {
+                    // Our new subject's beats may take an interval to come; one ping now
+                    // lets us vouch for it at once (it may have lost its other monitors).
+                    self.ping(peer, now);
+                }
             }
         }
         changed
     }
 
     /// The monitors of `x` as `x` computes them: over the ring members, among the links
-    /// its record lists as usable (all of them while we have no record of it).
+    /// its record lists as usable (all of them while we have no record of it). Our own
+    /// link to `x` counts unless its record reports us lost: its record may be older than
+    /// the link (a crash right after connecting must still be watched); where `x` really
+    /// does not beat us, we never accuse it (see `eval_links`).
     fn monitors_of(&self, x: &I) -> Vec<I> {
         let rec = self.records.get(x).filter(|r| !r.left);
         let set = &self.roles.set;
+        let me = self.me;
         self.roles.rings.monitors(*x, self.cfg.monitors, |c| {
+            let entry = rec.map(|r| {
+                r.links
+                    .binary_search_by(|e| e.peer.cmp(c))
+                    .ok()
+                    .map(|i| r.links[i].watch)
+            });
             set.contains(c)
-                && rec.is_none_or(|r| {
-                    r.links
-                        .binary_search_by(|e| e.peer.cmp(c))
-                        .is_ok_and(|i| r.links[i].watch != Watch::Lost)
-                })
+                && match entry {
+                    None => true,
+                    Some(Some(w)) => w != Watch::Lost,
+                    Some(None) => *c == me,
+                }
         })
     }
 
