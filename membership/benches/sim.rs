@@ -1,11 +1,11 @@
-//! Membership figures from the seeded simulator (1 ms one-way link latency), each with
-//! its ratio to the target or to the Serf reference measured on a namespace mesh.
-//! Run: `cargo bench -p membership --bench sim`.
+//! Membership figures from the seeded simulator (1 ms one-way link latency) at N = 10,
+//! 30 and 100, each with its ratio to the target or to the Serf reference measured on a
+//! namespace mesh. Run: `cargo bench -p membership --bench sim`.
 
 use std::time::Duration;
 
 use membership::sim::{quantile, Sim, SimConfig};
-use membership::State;
+use membership::{Config, State};
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
@@ -23,139 +23,192 @@ fn secs(d: Duration) -> f64 {
 }
 
 fn line(name: &str, value: String, ratio: String) {
-    println!("{name:<48} {value:>14}   {ratio}");
+    println!("{name:<52} {value:>16}   {ratio}");
 }
 
-fn detection(n: u32, trials: u64) -> Vec<Duration> {
-    let mut sim = mesh(n, 1000 + u64::from(n));
+/// Runs until `id` has just sent its beats (all in one wake-up).
+fn until_beats(sim: &mut Sim, id: u32) {
+    let sent = sim.stats.sent[id as usize].0;
+    for _ in 0..1000 {
+        sim.run_for(ms(1));
+        if sim.stats.sent[id as usize].0 != sent {
+            return;
+        }
+    }
+    panic!("{id} sends nothing");
+}
+
+/// Crash -> unreachable everywhere: a crash comes at any point of the victim's beat
+/// interval (detection is the suspicion deadline minus the time since its last beat):
+/// the crashes fall at pseudo-random points after a beat; the victim is restarted after
+/// each.
+fn detection(sim: &mut Sim, trials: u64) -> Vec<Duration> {
+    let n = sim.len();
+    let p = Config::default().probe_interval;
     let mut out = Vec::new();
-    // A crash comes at any point of the victim's beat interval, and detection is the
-    // suspicion period minus the time since the victim's last heartbeat: the waits
-    // before the crashes are spread over an interval (a fixed pseudo-random sequence).
-    let p = membership::Config::default().probe_interval;
     for t in 0..trials {
         let victim = (t as u32 * 7 + 3) % n;
+        until_beats(sim, victim);
         let spread = (t.wrapping_mul(2_654_435_761) >> 7) % 1000;
-        sim.run_for(ms(113) + p * spread as u32 / 1000);
+        sim.run_for(p * spread as u32 / 1000);
         let t0 = sim.now();
         sim.kill(victim);
-        sim.run_for(ms(3000));
+        sim.run_for(ms(2500));
         out.push(
             sim.all_see(victim, State::Unreachable, t0)
                 .expect("crash seen everywhere"),
         );
         sim.restart(victim);
-        sim.run_for(ms(2000));
+        sim.run_for(ms(2500));
     }
     out
 }
 
-fn main() {
-    println!("membership simulator figures (default LAN config, 1 ms one-way latency)\n");
-    for (n, trials) in [(10u32, 40u64), (100, 8)] {
-        let d = detection(n, trials);
-        let (p50, p90) = (quantile(&d, 0.5), quantile(&d, 0.9));
-        line(
-            &format!("crash -> unreachable everywhere, N={n}: p50"),
-            format!("{:.3} s", secs(p50)),
-            format!(
-                "target 1.5 s: {:.2}x; Serf ~5.5 s: {:.2}x",
-                secs(p50) / 1.5,
-                secs(p50) / 5.5
-            ),
-        );
-        line(
-            &format!("crash -> unreachable everywhere, N={n}: p90"),
-            format!("{:.3} s", secs(p90)),
-            String::new(),
-        );
-    }
+fn figures(n: u32, crashes: u64) {
+    println!("N = {n}");
+    let mut sim = mesh(n, 7 + u64::from(n));
 
-    let mut sim = mesh(100, 7);
     // Idle traffic.
-    let (m0, b0) = (sim.stats.messages, sim.stats.bytes);
+    let before = sim.stats.clone();
     sim.run_for(ms(10_000));
-    let msgs = (sim.stats.messages - m0) as f64 / 100.0 / 10.0;
-    let bytes = (sim.stats.bytes - b0) as f64 / 100.0 / 10.0;
+    let rates: Vec<f64> = sim
+        .stats
+        .sent
+        .iter()
+        .zip(&before.sent)
+        .map(|(a, b)| (a.0 - b.0) as f64 / 10.0)
+        .collect();
+    let avg = rates.iter().sum::<f64>() / f64::from(n);
+    let max = rates.iter().copied().fold(0.0, f64::max);
+    let bytes = (sim.stats.bytes - before.bytes) as f64 / f64::from(n) / 10.0;
     line(
-        "idle, N=100: messages sent per member per s",
-        format!("{msgs:.1}"),
-        format!("= {:.2} per direct link", msgs / 99.0),
+        "  idle: messages sent per member per s, avg / max",
+        format!("{avg:.2} / {max:.2}"),
+        format!(
+            "target <= 6: {:.2}x; all-pairs 2(N-1) = {}: {:.3}x",
+            max / 6.0,
+            2 * (n - 1),
+            avg / f64::from(2 * (n - 1))
+        ),
     );
     line(
-        "idle, N=100: payload bytes sent per member per s",
+        "  idle: bytes sent per member per s",
         format!("{bytes:.0} B"),
         String::new(),
+    );
+
+    // Crashes.
+    let d = detection(&mut sim, crashes);
+    let (p50, p90, max) = (quantile(&d, 0.5), quantile(&d, 0.9), quantile(&d, 1.0));
+    line(
+        &format!("  crash -> unreachable everywhere, p50 ({crashes} crashes)"),
+        format!("{:.3} s", secs(p50)),
+        format!(
+            "target 1.5 s: {:.2}x; Serf ~5.5 s: {:.2}x",
+            secs(p50) / 1.5,
+            secs(p50) / 5.5
+        ),
+    );
+    line(
+        "  crash -> unreachable everywhere, p90 / max",
+        format!("{:.3} / {:.3} s", secs(p90), secs(max)),
+        format!("target p99 2 s: {:.2}x", secs(max) / 2.0),
+    );
+
+    // Freezes of 1 s and 1.05 s at points spread over the interval.
+    let t0 = sim.now();
+    let p = Config::default().probe_interval;
+    for i in 0..8u32 {
+        let x = (i * 11 + 5) % n;
+        until_beats(&mut sim, x);
+        sim.run_for(p * i / 8);
+        sim.stall(x, if i % 2 == 0 { ms(1000) } else { ms(1050) });
+        sim.run_for(ms(2500));
+    }
+    let unreachable = sim
+        .transitions_since(t0, |t| t.state == State::Unreachable)
+        .len();
+    let doubted = sim
+        .transitions_since(t0, |t| t.state != State::Active)
+        .iter()
+        .map(|t| (t.observer, t.peer))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    line(
+        "  8 freezes of 1-1.05 s: unreachable / pairs not active",
+        format!("{unreachable} / {doubted}"),
+        "target 0 unreachable".into(),
     );
 
     // Broadcasts.
     let mut lat = Vec::new();
     let mut tx = Vec::new();
-    for i in 0..30u32 {
-        let id = sim.broadcast((i * 17) % 100, vec![0; 100]);
+    for i in 0..20u32 {
+        let id = sim.broadcast((i * 17) % n, vec![0; 100]);
         sim.run_for(ms(100));
         lat.push(sim.broadcast_latency(id).expect("delivered everywhere"));
         tx.push(sim.stats.event_tx[&id]);
     }
     let p50 = quantile(&lat, 0.5);
-    line(
-        "broadcast delivered everywhere, N=100: p50",
-        format!("{:.1} ms", p50.as_secs_f64() * 1e3),
-        format!(
-            "target 20 ms: {:.2}x; Serf 90 ms: {:.2}x",
-            secs(p50) / 0.020,
-            secs(p50) / 0.090
-        ),
-    );
     let avg_tx = tx.iter().sum::<u64>() as f64 / tx.len() as f64;
     line(
-        "messages per broadcast, N=100",
-        format!("{avg_tx:.1}"),
-        format!("N-1 = 99: {:.2}x", avg_tx / 99.0),
+        "  broadcast delivered everywhere, p50 / messages",
+        format!("{:.1} ms / {avg_tx:.1}", p50.as_secs_f64() * 1e3),
+        format!("target 20 ms: {:.2}x; N-1 = {}", secs(p50) / 0.020, n - 1),
     );
 
     // Leave.
     let mut leave = Vec::new();
-    for v in [11u32, 23, 35, 47, 59] {
+    for i in 0..5u32 {
+        let v = (i * 13 + 2) % n;
         let t0 = sim.now();
         sim.leave(v);
         sim.run_for(ms(500));
         leave.push(sim.all_see(v, State::Left, t0).expect("left everywhere"));
         sim.restart(v);
-        sim.run_for(ms(1500));
+        sim.run_for(ms(2500));
     }
     let p50 = quantile(&leave, 0.5);
     line(
-        "leave -> left everywhere, N=100: p50",
+        "  leave -> left everywhere, p50",
         format!("{:.1} ms", p50.as_secs_f64() * 1e3),
-        format!(
-            "target 100 ms: {:.2}x; Serf ~0.7 s: {:.3}x",
-            secs(p50) / 0.1,
-            secs(p50) / 0.7
-        ),
+        format!("target 100 ms: {:.2}x; Serf ~0.7 s", secs(p50) / 0.1),
     );
 
-    // Growth with N.
-    println!();
-    for n in [10u32, 30, 100] {
-        let mut sim = if n == 100 {
-            sim_take(&mut sim)
-        } else {
-            mesh(n, 5)
+    // A partition in halves, seen on both sides.
+    let left: Vec<u32> = (0..n / 2).collect();
+    let right: Vec<u32> = (n / 2..n).collect();
+    sim.run_for(ms(1000));
+    let t0 = sim.now();
+    sim.split(&left, &right);
+    let mut seen = None;
+    for step in 1..=60u32 {
+        sim.run_until(t0 + ms(50) * step);
+        let across = |a: &[u32], b: &[u32]| {
+            a.iter().all(|&o| {
+                b.iter()
+                    .all(|&q| sim.state(o, q) == Some(State::Unreachable))
+            })
         };
-        let m0 = sim.stats.messages;
-        sim.run_for(ms(4000));
-        let idle = (sim.stats.messages - m0) as f64 / f64::from(n) / 4.0;
-        let id = sim.broadcast(1, vec![1; 10]);
-        sim.run_for(ms(100));
-        line(
-            &format!("N={n}: msgs per broadcast / idle msgs per member per s"),
-            format!("{} / {idle:.1}", sim.stats.event_tx[&id]),
-            format!("(N-1 = {})", n - 1),
-        );
+        if across(&left, &right) && across(&right, &left) {
+            seen = Some(sim.now() - t0);
+            break;
+        }
     }
+    let inside = sim
+        .transitions_since(t0, |t| (t.observer < n / 2) == (t.peer < n / 2))
+        .len();
+    line(
+        "  partition in halves: seen on both sides (50 ms steps)",
+        seen.map_or("no".into(), |d| format!("{:.2} s", secs(d))),
+        format!("{inside} state changes within a side"),
+    );
+    println!();
 }
 
-fn sim_take(sim: &mut Sim) -> Sim {
-    std::mem::replace(sim, Sim::full_mesh(1, SimConfig::default(), 0))
+fn main() {
+    println!("membership simulator figures (default LAN config, 1 ms one-way latency)\n");
+    figures(10, 40);
+    figures(30, 20);
+    figures(100, 10);
 }

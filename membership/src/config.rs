@@ -6,11 +6,13 @@ use std::time::Duration;
 /// `unreachable_after - probe_interval` and `unreachable_after` (1.1 to 1.6 s), while a
 /// member that stalls for up to about 1 s is never declared `unreachable`
 /// (`unreachable_after` > stall + `probe_interval`, heartbeats dated when they arrive).
+/// Every member beats only its `monitors`, so the idle traffic per member is
+/// `monitors / probe_interval` whatever the size of the mesh (6 per second).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// Beat period of an idle direct link: one side sends a `Beat` each interval (the
-    /// other answers only at the transport level); a link that is not active gets a
-    /// `Ping` each interval instead.
+    /// Beat period: a member sends a `Beat` to each of its monitors each interval (over
+    /// QUIC, one side of a monitoring link beats and the other answers only at the
+    /// transport level); a watched link that is not active gets a `Ping` each interval.
     pub probe_interval: Duration,
     /// Minimum time a `Ping` may stay unanswered before the link turns `suspect` (the
     /// per-link timeout adapts upwards to the observed answer delay of a slow peer).
@@ -22,6 +24,10 @@ pub struct Config {
     pub unreachable_after: Duration,
     /// Indirect probes (`PingReq`) sent per suspected link and probe interval.
     pub indirect_fanout: usize,
+    /// Monitors per member (and monitoring rings): each member beats this many others,
+    /// which watch it and report its failure. A mesh of at most `monitors + 1` members
+    /// has everyone watch everyone.
+    pub monitors: usize,
     /// Beats due within `1 - ping_skip_fraction` of an interval from a wake-up go out
     /// with it, so the beats of several links share one wake-up.
     pub ping_skip_fraction: f32,
@@ -53,6 +59,7 @@ impl Default for Config {
             probe_timeout_max: Duration::from_millis(700),
             unreachable_after: Duration::from_millis(1600),
             indirect_fanout: 3,
+            monitors: 3,
             ping_skip_fraction: 0.75,
             anti_entropy_interval: Duration::from_secs(1),
             event_retain: Duration::from_secs(10),
@@ -104,6 +111,9 @@ impl Config {
         }
         if self.indirect_fanout == 0 || self.indirect_fanout > 16 {
             return Err("membership.indirect_fanout must be between 1 and 16".into());
+        }
+        if self.monitors == 0 || self.monitors > 16 {
+            return Err("membership.monitors must be between 1 and 16".into());
         }
         if !(0.1..=1.0).contains(&self.ping_skip_fraction) {
             return Err("membership.ping_skip_fraction must be between 0.1 and 1.0".into());

@@ -1,7 +1,8 @@
-//! The membership state machine: direct-link failure detection (Ping/Ack, indirect
-//! probes, suspicion), link records, peer views and routes.
+//! The membership state machine: failure detection by monitors (each member beats a few
+//! others chosen on monitoring rings; they watch it and report its failure in their link
+//! records), link records, peer views and routes.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,17 +14,23 @@ use rand::{Rng, SeedableRng};
 use crate::config::Config;
 use crate::gossip::Gossip;
 use crate::io::{Input, Output};
-use crate::message::{Event, EventId, Item, LinkEntry, Message, Record, MAX_PAYLOAD};
+use crate::link::{Broken, Link, LinkStatus, Relay};
+use crate::message::{Event, EventId, Item, LinkEntry, Message, Record, Watch, MAX_PAYLOAD};
+use crate::rings::{Rings, Roles};
 use crate::route::{self, Adjacency};
 use crate::types::{NodeId, PeerView, State};
 
 mod probe;
+mod receive;
 mod views;
+mod watch;
 
 /// At most this many indirect probes are served for others at once.
 const MAX_RELAYS: usize = 256;
 /// At most this many addresses per peer are kept in a view.
 const MAX_ADDRS: usize = 8;
+/// A monitor that does not hear our beats is tried again after this many intervals.
+const BROKEN_RETRY_INTERVALS: u32 = 20;
 
 /// Counters for tests and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,48 +47,8 @@ pub struct Stats {
     pub refutations: u64,
     /// Indirect probes started (one per suspected link and round).
     pub indirect_probes: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LinkStatus {
-    Active,
-    Suspect,
-    Dead,
-}
-
-struct Link<I> {
-    rtt: Duration,
-    addr: Option<SocketAddr>,
-    announced_rtt: Duration,
-    last_heard: Instant,
-    ping: Option<(u64, Instant)>,
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    status: LinkStatus,
-    /// When we last sent a beat (or, on a link that is not active, a ping).
-    beat_sent: Instant,
-    /// When the peer's last beat arrived.
-    beat_rcvd: Instant,
-    /// Indirect probe of a suspected link: its nonce and the best helper that reached it.
-    indirect: Option<(u64, Option<(I, Duration)>)>,
-    /// Beats travel as unacknowledged datagrams: both sides beat.
-    datagram: bool,
-}
-
-impl<I> Link<I> {
-    /// This side beats the link: it sent the last beat, not the peer (with datagram
-    /// beats, both sides do).
-    fn beaten_here(&self) -> bool {
-        self.datagram || self.beat_sent >= self.beat_rcvd
-    }
-}
-
-struct Relay<I> {
-    requester: I,
-    nonce: u64,
-    target: I,
-    sent: Instant,
-    deadline: Instant,
+    /// Times this member's set of monitors changed.
+    pub monitor_changes: u64,
 }
 
 /// The membership core of one member. See the crate docs.
@@ -93,6 +60,8 @@ pub struct Membership<I: NodeId> {
     links: BTreeMap<I, Link<I>>,
     /// Newest record of every member, our own included.
     records: BTreeMap<I, Record<I>>,
+    /// When a newer record of each member arrived: it was up then.
+    record_heard: BTreeMap<I, Instant>,
     /// Members that closed their link to us saying "I am stopping", with the incarnation
     /// they had; a record with a higher incarnation supersedes the mark.
     left_marks: BTreeMap<I, u64>,
@@ -102,6 +71,9 @@ pub struct Membership<I: NodeId> {
     record_dirty: bool,
     /// Publish without waiting for `record_min_interval` (first record, refutation).
     record_urgent: bool,
+    /// A link to a member that is down went away: our record may list it until the next
+    /// change (nobody routes to a member that is down).
+    record_lazy: bool,
     last_publish: Option<Instant>,
     /// `now` of the current (or last) entry point.
     clock: Instant,
@@ -114,6 +86,14 @@ pub struct Membership<I: NodeId> {
     next_nonce: u64,
     relays: BTreeMap<u64, Relay<I>>,
     views: BTreeMap<I, PeerView<I>>,
+    /// Our monitors and the members we monitor.
+    roles: Roles<I>,
+    /// Members nobody reachable vouches for or reports lost, since when: their watchers
+    /// all went out of our sight at once (a partition), so they keep their state for an
+    /// interval while they get monitors on our side.
+    orphans: BTreeMap<I, Instant>,
+    /// The views change by themselves then (a grace ends, a link's freshness ends).
+    views_deadline: Option<Instant>,
     topo_version: u64,
     views_version: u64,
     adj_cache: Option<(u64, Adjacency<I>)>,
@@ -146,12 +126,14 @@ impl<I: NodeId> Membership<I> {
             roster: BTreeSet::new(),
             links: BTreeMap::new(),
             records: BTreeMap::new(),
+            record_heard: BTreeMap::new(),
             left_marks: BTreeMap::new(),
             incarnation,
             version: 0,
             left: false,
             record_dirty: true,
             record_urgent: true,
+            record_lazy: false,
             last_publish: None,
             clock: now,
             rtt_dirty: false,
@@ -162,6 +144,9 @@ impl<I: NodeId> Membership<I> {
             next_nonce: 1,
             relays: BTreeMap::new(),
             views: BTreeMap::new(),
+            roles: Roles::new(),
+            orphans: BTreeMap::new(),
+            views_deadline: None,
             topo_version: 1,
             views_version: 0,
             adj_cache: None,
@@ -231,9 +216,11 @@ impl<I: NodeId> Membership<I> {
             self.record_dirty = true;
         }
         self.records.remove(&id);
+        self.record_heard.remove(&id);
         self.left_marks.remove(&id);
         self.gossip.forget(&id);
         self.views.remove(&id);
+        self.orphans.remove(&id);
         self.relays
             .retain(|_, r| r.requester != id && r.target != id);
         self.outputs
@@ -259,21 +246,8 @@ impl<I: NodeId> Membership<I> {
                 if peer == self.me || !self.roster.contains(&peer) {
                     return;
                 }
-                let link = Link {
-                    rtt,
-                    addr,
-                    announced_rtt: rtt,
-                    last_heard: now,
-                    ping: None,
-                    srtt: None,
-                    rttvar: Duration::ZERO,
-                    status: LinkStatus::Active,
-                    beat_sent: now,
-                    beat_rcvd: now,
-                    indirect: None,
-                    datagram,
-                };
-                self.links.insert(peer, link);
+                self.links.insert(peer, Link::new(now, rtt, addr, datagram));
+                self.roles.stale.insert(peer);
                 self.record_dirty = true;
                 self.topo_changed();
                 let msg = self.gossip.digest_full(true, &self.records);
@@ -281,8 +255,14 @@ impl<I: NodeId> Membership<I> {
             }
             Input::LinkDown { peer, leaving } => {
                 if let Some(link) = self.links.remove(&peer) {
-                    if link.status == LinkStatus::Active {
-                        self.record_dirty = true;
+                    self.roles.stale.insert(peer);
+                    if link.broken.is_none() {
+                        // A link to a member that is down matters to nobody's routes.
+                        if self.is_down(&peer) {
+                            self.record_lazy = true;
+                        } else {
+                            self.record_dirty = true;
+                        }
                     }
                     self.topo_changed();
                 }
@@ -315,7 +295,9 @@ impl<I: NodeId> Membership<I> {
                 }
                 let at = at.min(now);
                 self.heard_at(peer, at);
-                self.beat_received(peer, at, digest);
+                // A heartbeat is a beat on its link's own channel.
+                let channel = self.links.get(&peer).is_some_and(|l| l.datagram);
+                self.beat_received(peer, at, digest, channel);
             }
         }
         self.eval_links(now);
@@ -348,12 +330,18 @@ impl<I: NodeId> Membership<I> {
         }
         self.eval_links(now);
         self.finish();
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            // New duties came up in this call (a new monitor to beat, a link to ping).
+            self.beats(now);
+            self.eval_links(now);
+            self.finish();
+        }
     }
 
     /// Next time [`Self::handle_timeout`] must run: the next beat due (on an idle mesh
-    /// one wake-up per `probe_interval` on the side that beats, none on the other), the
-    /// anti-entropy interval, and the rare per-link deadlines (a link turning suspect or
-    /// dead).
+    /// one wake-up per `probe_interval` for the beats to this member's monitors), the
+    /// anti-entropy interval, and the rare per-link deadlines (a watched link turning
+    /// suspect or dead, a ping due, an indirect probe expiring).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.stopped {
             return None;
@@ -362,13 +350,7 @@ impl<I: NodeId> Membership<I> {
         // fallback when nothing else happened for an interval more.
         let mut t = self.next_ae + self.cfg.anti_entropy_interval;
         for (peer, link) in &self.links {
-            t = t.min(self.beat_due(peer, link));
-            let d = match link.status {
-                LinkStatus::Active => link.last_heard + self.active_limit(link),
-                LinkStatus::Suspect => link.last_heard + self.cfg.unreachable_after,
-                LinkStatus::Dead => continue,
-            };
-            t = t.min(d);
+            t = self.link_deadline(peer, link).map_or(t, |d| t.min(d));
         }
         for r in self.relays.values() {
             t = t.min(r.deadline);
@@ -378,7 +360,12 @@ impl<I: NodeId> Membership<I> {
                 t = t.min(p + self.cfg.record_min_interval);
             }
         }
-        Some(t)
+        if let Some(d) = self.views_deadline {
+            t = t.min(d);
+        }
+        // Something overdue is due at once (after the last call), not at its old date:
+        // a call later than that is our own lag.
+        Some(t.max(self.clock))
     }
 
     pub fn poll_output(&mut self) -> Option<Output<I>> {
@@ -447,11 +434,91 @@ impl<I: NodeId> Membership<I> {
         self.views.values().cloned()
     }
 
-    /// How long the direct link to `peer` has been silent (nothing heard from it at all),
-    /// or `None` without a link.
+    /// How long `peer` has been silent as far as this member's evidence goes, or `None`
+    /// without a link. On a link this member watches: the time since it heard the peer.
+    /// On a link it does not watch (no beats expected): zero while the peer's monitors
+    /// vouch for it, else the suspicion deadline plus the time since they stopped, and
+    /// once the peer is back, the time since the link was last heard until it is heard
+    /// again (it may be the connection of a process that is gone); on a link our beats do
+    /// not cross, the suspicion deadline plus the time since that was found. The daemon
+    /// closes a connection silent for its idle timeout.
     pub fn silence(&self, peer: &I, now: Instant) -> Option<Duration> {
         let link = self.links.get(peer)?;
-        Some(now.saturating_duration_since(link.last_heard))
+        let since = |t: Instant| self.cfg.unreachable_after + now.saturating_duration_since(t);
+        Some(if let Some(b) = link.broken {
+            since(b.since)
+        } else if link.watched() {
+            link.silence(now)
+        } else {
+            match link.down_since {
+                Some(t) => since(t),
+                None if link.unverified => now.saturating_duration_since(link.last_heard),
+                None => Duration::ZERO,
+            }
+        })
+    }
+
+    /// What is overdue (for the simulator's check that every wake-up clears its cause).
+    pub(crate) fn debug_overdue(&self) -> String {
+        let mut out = String::new();
+        for (p, l) in &self.links {
+            if self.link_deadline(p, l).is_some_and(|d| d <= self.clock) {
+                out += &format!(
+                    "{p:?}: {} beat_due {:?} ping_due {:?}; ",
+                    self.debug_link(p),
+                    self.beat_due(p, l).map(|d| d <= self.clock),
+                    self.ping_due(p, l).map(|d| d <= self.clock)
+                );
+            }
+        }
+        out += &format!(
+            "views {:?} relays {} dirty {}",
+            self.views_deadline.map(|d| d <= self.clock),
+            self.relays.len(),
+            self.record_dirty
+        );
+        out
+    }
+
+    /// One link's monitoring state, for diagnostics.
+    pub(crate) fn debug_link(&self, peer: &I) -> String {
+        let now = self.clock;
+        match self.links.get(peer) {
+            None => "no link".into(),
+            Some(l) => format!(
+                "status {:?} heard -{:?} beat_in {:?} broken {:?} expected {} target {} orphan {:?} rec {:?}",
+                l.status,
+                now.saturating_duration_since(l.last_heard),
+                l.beat_in.map(|t| now.saturating_duration_since(t)),
+                l.broken.is_some(),
+                self.expected(peer),
+                self.roles.targets.contains(peer),
+                self.orphans.get(peer).map(|t| now.saturating_duration_since(*t)),
+                self.records.values().filter_map(|r| r.links.iter().find(|e| e.peer == *peer).map(|e| (r.origin, e.watch))).filter(|(_, w)| *w != Watch::Unwatched).collect::<Vec<_>>(),
+            ),
+        }
+    }
+
+    /// The members this member beats: its monitors.
+    pub fn monitors(&self) -> Vec<I> {
+        self.roles.targets.clone()
+    }
+
+    /// The members this member monitors: it expects their beats.
+    pub fn subjects(&self) -> Vec<I> {
+        self.roles.subjects.iter().copied().collect()
+    }
+
+    /// The members this member vouches for in its link record (it watches them and
+    /// heard them within the suspicion deadline).
+    pub fn vouched(&self) -> Vec<I> {
+        self.links
+            .iter()
+            .filter(|(_, l)| {
+                l.broken.is_none() && matches!(l.status, LinkStatus::Active | LinkStatus::Suspect)
+            })
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// `dest` itself when direct (`active`/`suspect`), the relay when `indirect`, `None`

@@ -14,10 +14,10 @@ pub enum Input<I> {
         peer: I,
         rtt: Duration,
         addr: Option<SocketAddr>,
-        /// Beats on this link travel as datagrams nobody acknowledges (heartbeats): both
-        /// sides send theirs every interval and the daemon feeds the peer's as
-        /// [`Input::Beat`]. Otherwise one side beats over QUIC and learns of the other
-        /// from the acknowledgements ([`Input::Heard`]).
+        /// Beats on this link travel as datagrams nobody acknowledges (heartbeats): each
+        /// side sends its beats to its monitors every interval and the daemon feeds the
+        /// peer's as [`Input::Beat`]. Otherwise one side of a monitoring link beats over
+        /// QUIC and learns of the other from the acknowledgements ([`Input::Heard`]).
         datagram: bool,
     },
     /// The connection closed; `leaving`: the peer closed it with "I am stopping".

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::NodeId;
 
-/// Version byte in front of every encoded message.
-pub const WIRE_VERSION: u8 = 1;
+/// Version byte in front of every encoded message. Version 2: link entries say whether
+/// their origin watches the peer ([`Watch`]); members beat only their monitors.
+pub const WIRE_VERSION: u8 = 2;
 /// Largest encoded message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Largest broadcast payload.
@@ -32,6 +33,21 @@ pub struct EventId<I> {
     pub seq: u64,
 }
 
+/// What the origin of a link record knows of a peer's liveness from its own watching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Watch {
+    /// The origin does not watch the peer: the link is up, nothing more is claimed.
+    Unwatched,
+    /// The origin watches the peer and heard it lately: a checked path.
+    Alive,
+    /// The origin watches the peer and has not heard it for a while, not yet for the
+    /// suspicion deadline: still vouched for, no path through.
+    Suspect,
+    /// The origin watched the peer and has heard nothing for the suspicion deadline: a
+    /// failure report.
+    Lost,
+}
+
 /// One direct link as announced in a link record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkEntry<I> {
@@ -40,9 +56,12 @@ pub struct LinkEntry<I> {
     pub rtt_us: u32,
     /// The address the record's origin sees `peer` at.
     pub addr: Option<SocketAddr>,
+    /// Whether the origin vouches for `peer` (it watches it), or reports it lost.
+    pub watch: Watch,
 }
 
-/// A member's versioned statement of itself: alive or left, and its live direct links.
+/// A member's versioned statement of itself: alive or left, and its usable direct links
+/// with what it knows of each peer.
 /// Newer is `(incarnation, version)` greater; the newest record of each origin wins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record<I> {
@@ -122,9 +141,10 @@ pub enum Message<I> {
         records: Vec<(I, u64, u64)>,
         events: Vec<EventId<I>>,
     },
-    /// Liveness beat on an idle link, one way: the receiver learns the sender is up, the
-    /// sender learns the receiver is up from the transport's acknowledgement
-    /// ([`crate::Input::Heard`]). `digest` is the anti-entropy hash when one is due.
+    /// Liveness beat to a monitor, one way: the receiver learns the sender is up (and
+    /// watches it); over QUIC the sender learns the receiver is up from the transport's
+    /// acknowledgement ([`crate::Input::Heard`]). `digest` is the anti-entropy hash when
+    /// one is due.
     Beat {
         digest: Option<u64>,
     },
@@ -250,7 +270,7 @@ impl<I: NodeId> Message<I> {
 /// Rough encoded size of an item, for packing gossip messages.
 pub(crate) fn item_size<I>(item: &Item<I>) -> usize {
     match item {
-        Item::Record(r) => 32 + r.links.len() * 40,
+        Item::Record(r) => 32 + r.links.len() * 41,
         Item::Event(e) => 32 + e.payload.len(),
     }
 }
@@ -274,8 +294,15 @@ mod tests {
                 any::<u64>(),
                 any::<bool>(),
                 proptest::collection::vec(
-                    (any::<u32>(), any::<u32>(), arb_addr())
-                        .prop_map(|(peer, rtt_us, addr)| LinkEntry { peer, rtt_us, addr }),
+                    (any::<u32>(), any::<u32>(), arb_addr(), 0u8..4).prop_map(
+                        |(peer, rtt_us, addr, w)| LinkEntry {
+                            peer,
+                            rtt_us,
+                            addr,
+                            watch: [Watch::Unwatched, Watch::Alive, Watch::Suspect, Watch::Lost]
+                                [w as usize],
+                        }
+                    ),
                     0..8
                 )
             )

@@ -4,7 +4,8 @@
 //! [`Message::decode`](crate::Message::decode). Links have latency, loss and partitions;
 //! connections behave like QUIC's: a partition or a killed peer makes the connection
 //! idle-time-out after `idle_timeout`, healing reconnects, a graceful stop closes with
-//! "leaving".
+//! "leaving". Like the daemon, a member closes a connection whose peer its core reports
+//! silent for `close_silent` and dials again.
 //!
 //! No wall clock (a base `Instant` plus simulated durations), no threads.
 
@@ -69,6 +70,7 @@ impl Sim {
                 sim.links.insert(
                     (a, b),
                     SimLink {
+                        stale: false,
                         wired: w,
                         partitioned: false,
                         connected: false,
@@ -138,7 +140,7 @@ impl Sim {
         let (alive_a, alive_b) = (self.nodes[a as usize].alive, self.nodes[b as usize].alive);
         let now = self.now;
         let l = self.link(a, b);
-        if !l.wired || l.partitioned || !alive_a || !alive_b {
+        if !l.wired || l.partitioned || l.stale || !alive_a || !alive_b {
             return;
         }
         l.connected = true;
@@ -269,8 +271,27 @@ impl Sim {
         }
     }
 
-    /// Start a killed or left member again with a higher incarnation.
+    /// Start a killed or left member again with a higher incarnation; its peers' old
+    /// connections to it are replaced by new ones.
     pub fn restart(&mut self, id: u32) {
+        self.reincarnate(id);
+        let delay = self.cfg.reconnect_delay;
+        let now = self.now;
+        for peer in 0..self.len() {
+            if peer != id && self.nodes[peer as usize].alive {
+                let l = self.link(id, peer);
+                if l.wired && !l.partitioned {
+                    // A new connection replaces any stale one.
+                    l.connected = false;
+                    l.stale = false;
+                    self.push(now + delay, Ev::Connect { a: id, b: peer });
+                }
+            }
+        }
+    }
+
+    /// A new core for `id`, with a higher incarnation.
+    fn reincarnate(&mut self, id: u32) {
         let n = self.len();
         let inc = self.nodes[id as usize].incarnation + 1_000;
         let m = self.fresh_core(id, n, inc);
@@ -282,16 +303,25 @@ impl Sim {
         node.views.clear();
         node.heartbeats.clear();
         self.drain(id);
+    }
+
+    /// Start a killed member again, as a new process: the peers that still hold a
+    /// connection to the old one keep it (it carries nothing) and refuse a new one until
+    /// they close it themselves (see [`SimConfig::close_silent`]) or it idle-times-out.
+    pub fn restart_new_process(&mut self, id: u32) {
+        self.reincarnate(id);
+        let n = self.len();
         let delay = self.cfg.reconnect_delay;
         let now = self.now;
         for peer in 0..n {
-            if peer != id && self.nodes[peer as usize].alive {
-                let l = self.link(id, peer);
-                if l.wired && !l.partitioned {
-                    // A new connection replaces any stale one.
-                    l.connected = false;
-                    self.push(now + delay, Ev::Connect { a: id, b: peer });
-                }
+            if peer == id || !self.nodes[peer as usize].alive {
+                continue;
+            }
+            let l = self.link(id, peer);
+            if l.connected {
+                l.stale = true;
+            } else if l.wired && !l.partitioned {
+                self.push(now + delay, Ev::Connect { a: id, b: peer });
             }
         }
     }

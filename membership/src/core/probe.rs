@@ -1,5 +1,5 @@
-//! Direct-link failure detection: the tick, pings, indirect probes through helpers,
-//! link status and suspicion, message handling and refutation.
+//! Watching links: the tick, beats to our monitors, pings and indirect probes, link
+//! status from silence, and what is heard on a link.
 
 use super::*;
 
@@ -16,29 +16,32 @@ impl<I: NodeId> Membership<I> {
     /// Local health: a call much later than our own deadline means this process stalled;
     /// the stall is not the peers' silence.
     pub(super) fn observe_clock(&mut self, now: Instant) {
+        // The deadline as of the last call (it is never before that call).
+        let due = self.poll_timeout();
         self.clock = self.clock.max(now);
-        let Some(due) = self.poll_timeout() else {
+        let Some(due) = due else {
             return;
         };
         if now > due + self.cfg.local_lag_tolerance {
             let lag = now - due;
             for link in self.links.values_mut() {
                 link.last_heard = (link.last_heard + lag).min(now);
+                link.beat_in = link.beat_in.map(|t| (t + lag).min(now));
             }
         }
     }
 
-    /// Silence after which an active link turns suspect. The side that beats learns of
-    /// the other from the transport at its next beat, so its news of a link is up to one
-    /// interval old: two intervals plus the probe timeout.
+    /// Silence after which a watched link turns suspect. The peer's news is up to one
+    /// interval old (its beats are read at our next wake-up, or over QUIC the side that
+    /// beats hears of the other at its next beat): two intervals plus the probe timeout.
     pub(super) fn active_limit(&self, link: &Link<I>) -> Duration {
         self.cfg.probe_interval * 2 + self.link_timeout(link)
     }
 
     /// Once per `anti_entropy_interval`: expire old events, re-announce a changed RTT,
     /// and pick the link whose next beat carries the anti-entropy digest. Anti-entropy
-    /// rides on beats only: every link has a side that beats, and the digest exchange
-    /// repairs both ways (`DigestFull { reply: true }`).
+    /// rides on beats only: the digest exchange repairs both ways
+    /// (`DigestFull { reply: true }`), and the monitoring graph connects every member.
     pub(super) fn periodic(&mut self, now: Instant) {
         if now < self.next_ae {
             return;
@@ -55,104 +58,173 @@ impl<I: NodeId> Membership<I> {
         let beaten: Vec<I> = self
             .links
             .iter()
-            .filter(|(_, l)| l.status == LinkStatus::Active && l.beaten_here())
+            .filter(|(p, l)| self.beats_link(p, l))
             .map(|(p, _)| *p)
             .collect();
         self.ae_to = beaten.choose(&mut self.rng).copied();
     }
 
-    /// When the link's next beat (or, if it is not active, probe) is due.
-    pub(super) fn beat_due(&self, peer: &I, link: &Link<I>) -> Instant {
-        let p = self.cfg.probe_interval;
-        match link.status {
-            LinkStatus::Active if link.datagram => link.beat_sent + p,
-            LinkStatus::Active => {
-                // A beat either way postpones the next one, so one side beats and the
-                // other only answers at the transport level. The higher id waits an
-                // eighth longer: two sides that started together do not both keep beating.
-                let lag = if self.me > *peer {
-                    p / 8
-                } else {
-                    Duration::ZERO
-                };
-                link.beat_sent.max(link.beat_rcvd) + p + lag
-            }
-            LinkStatus::Suspect | LinkStatus::Dead => link.beat_sent + p,
+    /// This member beats the link now: a heartbeat link to one of its monitors, or an
+    /// active watched link over QUIC whose beats come from this side.
+    fn beats_link(&self, peer: &I, link: &Link<I>) -> bool {
+        if link.datagram {
+            link.broken.is_none() && self.roles.targets.contains(peer)
+        } else {
+            link.status == LinkStatus::Active && link.beaten_here()
         }
     }
 
-    /// Beats on the active links that are due (and those due within the rest of
+    /// When the link's next beat is due, if it carries beats from this side.
+    pub(super) fn beat_due(&self, peer: &I, link: &Link<I>) -> Option<Instant> {
+        let p = self.cfg.probe_interval;
+        if link.datagram {
+            let target = link.broken.is_none() && self.roles.targets.contains(peer);
+            return target.then_some(link.beat_sent + p);
+        }
+        if link.status != LinkStatus::Active {
+            return None;
+        }
+        // Over QUIC a beat either way postpones the next one, so one side beats and the
+        // other only answers at the transport level. The higher id waits an eighth
+        // longer: two sides that started together do not both keep beating.
+        let lag = if self.me > *peer {
+            p / 8
+        } else {
+            Duration::ZERO
+        };
+        Some(link.beat_sent.max(link.beat_rcvd) + p + lag)
+    }
+
+    /// When the link's next ping is due, if it needs one: a suspected link we watch, a
+    /// dead one (it comes back when it answers), and a link to a member that is
+    /// unreachable in our view (a healed partition is found this way).
+    pub(super) fn ping_due(&self, peer: &I, link: &Link<I>) -> Option<Instant> {
+        let duty = match link.status {
+            LinkStatus::Suspect => self.expected(peer),
+            LinkStatus::Dead => true,
+            // Also a link back from such a member until it answers (it may be the
+            // connection of a process that is gone).
+            LinkStatus::Unwatched => {
+                link.unverified
+                    || self
+                        .views
+                        .get(peer)
+                        .is_some_and(|v| v.state == State::Unreachable)
+            }
+            LinkStatus::Active => false,
+        };
+        duty.then(|| {
+            link.ping_sent
+                .map_or(self.clock, |t| t + self.cfg.probe_interval)
+        })
+    }
+
+    /// The earliest time something is due on this link (for `poll_timeout`).
+    pub(super) fn link_deadline(&self, peer: &I, link: &Link<I>) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |d: Instant| t = Some(t.map_or(d, |x| x.min(d)));
+        if let Some(d) = self.beat_due(peer, link) {
+            at(d);
+        }
+        if let Some(d) = self.ping_due(peer, link) {
+            at(d);
+        }
+        let heard = link.last_heard.max(link.watch_since);
+        match link.status {
+            LinkStatus::Active => at(heard + self.active_limit(link)),
+            LinkStatus::Suspect => at(heard + self.cfg.unreachable_after),
+            LinkStatus::Dead | LinkStatus::Unwatched => {}
+        }
+        // A watched link of a peer we do not expect ends with its beats.
+        if matches!(link.status, LinkStatus::Active | LinkStatus::Suspect) && !self.expected(peer) {
+            if let Some(b) = link.beat_in {
+                at(b + self.cfg.unreachable_after);
+            }
+        }
+        // Whether our beats reach a monitor is judged at the wake-ups of our beats.
+        t
+    }
+
+    /// Beats to our monitors that are due (and those due within the rest of
     /// `1 - ping_skip_fraction` of an interval, to share the wake-up); pings and indirect
-    /// probes on the others.
+    /// probes where the links need them.
     pub(super) fn beats(&mut self, now: Instant) {
         let window = self
             .cfg
             .probe_interval
             .mul_f32(1.0 - self.cfg.ping_skip_fraction);
-        // Early only on links this member beats: a link the peer beats is due only when
-        // the peer's beat is late, or both sides would end up beating. Heartbeat links
-        // go along with any beat from half an interval on: once in step they all beat in
-        // the same wake-up, whatever the order their links came up in.
-        let any_due = self.links.iter().any(|(p, l)| self.beat_due(p, l) <= now);
-        let half = self.cfg.probe_interval / 2;
-        let due: Vec<(I, LinkStatus, bool)> = self
+        // Early only on links this member beats: over QUIC a link the peer beats is due
+        // only when the peer's beat is late, or both sides would end up beating.
+        // Heartbeat links go along with any beat from half an interval on: once in step
+        // they all beat in the same wake-up, whatever the order their links came up in.
+        let any_due = self
             .links
             .iter()
-            .filter(|(p, l)| {
-                let at = self.beat_due(p, l);
-                let heartbeat = l.datagram && l.status == LinkStatus::Active;
-                at <= now
-                    || (at <= now + window && l.beaten_here())
-                    || (any_due && heartbeat && at <= now + half)
-            })
-            .map(|(p, l)| (*p, l.status, matches!(l.indirect, Some((_, Some(_))))))
-            .collect();
-        for (peer, status, has_success) in due {
+            .any(|(p, l)| self.beat_due(p, l).is_some_and(|at| at <= now));
+        let half = self.cfg.probe_interval / 2;
+        let mut beat: Vec<I> = Vec::new();
+        let mut ping: Vec<(I, bool)> = Vec::new();
+        for (p, l) in &self.links {
+            if let Some(at) = self.beat_due(p, l) {
+                if at <= now
+                    || (at <= now + window && (l.datagram || l.beaten_here()))
+                    || (any_due && l.datagram && at <= now + half)
+                {
+                    beat.push(*p);
+                }
+            }
+            if self.ping_due(p, l).is_some_and(|at| at <= now + window) {
+                let probe =
+                    l.status == LinkStatus::Suspect && !matches!(l.indirect, Some((_, Some(_))));
+                ping.push((*p, probe));
+            }
+        }
+        for peer in beat {
             if let Some(l) = self.links.get_mut(&peer) {
                 l.beat_sent = now;
             }
-            match status {
-                LinkStatus::Active => {
-                    let digest = if self.ae_to == Some(peer) {
-                        self.ae_to = None;
-                        Some(self.gossip.digest_hash(&self.records))
-                    } else {
-                        None
-                    };
-                    self.send(peer, Message::Beat { digest });
-                }
-                LinkStatus::Suspect => {
-                    self.ping(peer, now);
-                    if !has_success {
-                        self.indirect_probe(peer);
-                    }
-                }
-                LinkStatus::Dead => self.ping(peer, now),
+            let digest = if self.ae_to == Some(peer) {
+                self.ae_to = None;
+                Some(self.gossip.digest_hash(&self.records))
+            } else {
+                None
+            };
+            self.send(peer, Message::Beat { digest });
+        }
+        for (peer, probe) in ping {
+            self.ping(peer, now);
+            if probe {
+                self.indirect_probe(peer);
             }
         }
     }
 
+    /// A ping; it asks the peer to refute only when we suspect it.
     pub(super) fn ping(&mut self, peer: I, now: Instant) {
         let nonce = self.next_nonce;
         self.next_nonce += 1;
+        let expected = self.expected(&peer);
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
         link.ping = Some((nonce, now));
-        let suspect = link.status != LinkStatus::Active;
+        link.ping_sent = Some(now);
+        let suspect = link.status == LinkStatus::Suspect && expected;
         self.send(peer, Message::Ping { nonce, suspect });
     }
 
-    /// SWIM ping-req: ask up to k members that announce a live link to `target`.
+    /// SWIM ping-req: ask up to k members that vouch for `target` (its other monitors).
     pub(super) fn indirect_probe(&mut self, target: I) {
         let mut helpers: Vec<I> = self
             .links
             .iter()
-            .filter(|(p, l)| **p != target && l.status == LinkStatus::Active)
+            .filter(|(p, l)| **p != target && l.usable())
             .filter(|(p, _)| {
-                self.records
-                    .get(*p)
-                    .is_some_and(|r| r.links.iter().any(|e| e.peer == target))
+                self.records.get(*p).is_some_and(|r| {
+                    r.links
+                        .iter()
+                        .any(|e| e.peer == target && e.watch == Watch::Alive)
+                })
             })
             .map(|(p, _)| *p)
             .collect();
@@ -172,12 +244,18 @@ impl<I: NodeId> Membership<I> {
         }
     }
 
-    /// Re-evaluate every link's status from its silence.
+    /// Re-evaluate every watched link's status from its silence; a link watched only
+    /// because its peer beats us ends when the beats end; whether our beats reach our
+    /// monitors.
     pub(super) fn eval_links(&mut self, now: Instant) {
+        self.check_broken(now);
         let peers: Vec<I> = self.links.keys().copied().collect();
         for peer in peers {
             let link = &self.links[&peer];
-            let silence = now.saturating_duration_since(link.last_heard);
+            if !link.watched() {
+                continue;
+            }
+            let silence = link.silence(now);
             let status = if silence < self.active_limit(link) {
                 LinkStatus::Active
             } else if silence < self.cfg.unreachable_after {
@@ -185,11 +263,32 @@ impl<I: NodeId> Membership<I> {
             } else {
                 LinkStatus::Dead
             };
-            self.set_status(peer, status, now);
+            let evidence = link
+                .beat_in
+                .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.unreachable_after);
+            let expected = self.expected(&peer);
+            let release = if expected {
+                // Over heartbeats a subject that answers but never beats us does not take
+                // us for its monitor (our views differ for a moment): stop, do not accuse.
+                link.datagram
+                    && link.status == LinkStatus::Active
+                    && status != LinkStatus::Active
+                    && !link.beat_seen
+            } else {
+                // Not ours to watch: watched while the peer beats us; a dead link stays
+                // dead (and pinged) until the peer answers.
+                link.status != LinkStatus::Dead && (!evidence || status == LinkStatus::Dead)
+            };
+            if release {
+                self.set_status(peer, LinkStatus::Unwatched, now);
+            } else {
+                self.set_status(peer, status, now);
+            }
         }
     }
 
     pub(super) fn set_status(&mut self, peer: I, status: LinkStatus, now: Instant) {
+        let expected = self.expected(&peer);
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
@@ -198,265 +297,79 @@ impl<I: NodeId> Membership<I> {
             return;
         }
         link.status = status;
-        if status != LinkStatus::Suspect {
+        if !matches!(status, LinkStatus::Suspect | LinkStatus::Dead) {
+            // What the indirect probes of a suspicion found holds until it ends.
             link.indirect = None;
         }
-        if old == LinkStatus::Active || status == LinkStatus::Active {
+        if old == LinkStatus::Unwatched {
+            link.watch_since = now;
+        }
+        if status != LinkStatus::Active {
+            // A new watch period starts when the link is active again.
+            link.beat_seen = false;
+        }
+        if old.watch() != status.watch() && link.broken.is_none() {
             self.record_dirty = true;
         }
         self.topo_changed();
-        if status == LinkStatus::Suspect {
+        if status == LinkStatus::Suspect && expected {
             self.ping(peer, now);
             self.indirect_probe(peer);
         }
     }
 
+    /// Any message from `from`: heard now; a watched link is active again.
     pub(super) fn heard(&mut self, from: I, now: Instant) {
-        if let Some(link) = self.links.get_mut(&from) {
-            link.last_heard = now;
+        self.heard_at(from, now);
+        if self.links.get(&from).is_some_and(|l| l.watched()) {
+            self.set_status(from, LinkStatus::Active, now);
         }
-        self.set_status(from, LinkStatus::Active, now);
     }
 
-    /// Evidence from the transport that `peer` was up at `at` (not later than now).
+    /// Evidence from the transport that `peer` was up at `at` (not later than now). On a
+    /// link we do not watch, news after a silence vouches for the peer for a while.
     pub(super) fn heard_at(&mut self, peer: I, at: Instant) {
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        let stale = at.saturating_duration_since(link.last_heard) >= self.active_limit(link);
         if let Some(link) = self.links.get_mut(&peer) {
             link.last_heard = link.last_heard.max(at);
+            link.unverified = false;
+            if stale && !link.watched() {
+                self.topo_changed();
+            }
         }
     }
 
-    /// A beat of `from` (a message or a heartbeat) that arrived at `at`: it postpones
-    /// this side's next beat over QUIC, and a digest that differs from ours starts the
-    /// anti-entropy exchange.
-    pub(super) fn beat_received(&mut self, from: I, at: Instant, digest: Option<u64>) {
-        if let Some(link) = self.links.get_mut(&from) {
-            link.beat_rcvd = link.beat_rcvd.max(at);
+    /// A beat of `from` that arrived at `at`, on the link's beat channel (`channel`: a
+    /// heartbeat on a heartbeat link, a message otherwise) or not (a stray beat over
+    /// QUIC). On its channel it means the peer takes us for one of its monitors: we
+    /// watch it. It postpones this side's next beat over QUIC, and a digest that differs
+    /// from ours starts the anti-entropy exchange.
+    pub(super) fn beat_received(
+        &mut self,
+        from: I,
+        at: Instant,
+        digest: Option<u64>,
+        channel: bool,
+    ) {
+        let Some(link) = self.links.get_mut(&from) else {
+            return;
+        };
+        link.beat_rcvd = link.beat_rcvd.max(at);
+        if channel {
+            link.beat_in = Some(link.beat_in.map_or(at, |t| t.max(at)));
+            if link.status == LinkStatus::Unwatched {
+                self.set_status(from, LinkStatus::Active, at);
+            }
+            if let Some(link) = self.links.get_mut(&from) {
+                link.beat_seen = true;
+            }
         }
         if digest.is_some_and(|h| h != self.gossip.digest_hash(&self.records)) {
             let msg = self.gossip.digest_full(true, &self.records);
             self.send(from, msg);
-        }
-    }
-
-    pub(super) fn on_message(&mut self, from: I, msg: Message<I>, now: Instant) {
-        if from == self.me || !self.roster.contains(&from) {
-            return;
-        }
-        self.heard(from, now);
-        match msg {
-            Message::Ping { nonce, suspect } => {
-                self.send(from, Message::Ack { nonce });
-                if suspect {
-                    self.refute(now);
-                }
-            }
-            Message::Ack { nonce } => {
-                if let Some(r) = self.relays.get(&nonce) {
-                    if r.target == from {
-                        let r = self.relays.remove(&nonce).expect("present");
-                        let measured = now.saturating_duration_since(r.sent);
-                        let rtt = self
-                            .links
-                            .get(&from)
-                            .map_or(measured, |l| l.rtt.min(measured));
-                        let msg = Message::PingReqAck {
-                            target: from,
-                            nonce: r.nonce,
-                            ok: true,
-                            rtt_us: micros(rtt),
-                        };
-                        self.send(r.requester, msg);
-                    }
-                    return;
-                }
-                if let Some(link) = self.links.get_mut(&from) {
-                    if let Some((n, sent)) = link.ping {
-                        if n == nonce {
-                            link.ping = None;
-                            let sample = now.saturating_duration_since(sent);
-                            match link.srtt {
-                                None => {
-                                    link.srtt = Some(sample);
-                                    link.rttvar = sample / 2;
-                                }
-                                Some(s) => {
-                                    let diff = s.abs_diff(sample);
-                                    link.rttvar = (link.rttvar * 3 + diff) / 4;
-                                    link.srtt = Some((s * 7 + sample) / 8);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Message::PingReq { target, nonce } => self.on_ping_req(from, target, nonce, now),
-            Message::PingReqAck {
-                target,
-                nonce,
-                ok,
-                rtt_us,
-            } => {
-                let via_rtt = self.links.get(&from).map_or(Duration::ZERO, |l| l.rtt);
-                if let Some(link) = self.links.get_mut(&target) {
-                    if let Some((n, best)) = &mut link.indirect {
-                        if *n == nonce && ok {
-                            let total = via_rtt + Duration::from_micros(rtt_us as u64);
-                            if best.is_none_or(|(_, b)| total < b) {
-                                *best = Some((from, total));
-                                self.topo_changed();
-                            }
-                        }
-                    }
-                }
-            }
-            Message::Gossip { items } => {
-                for item in items {
-                    self.on_item(from, item, now);
-                }
-            }
-            Message::Digest { hash } => {
-                if hash != self.gossip.digest_hash(&self.records) {
-                    let msg = self.gossip.digest_full(true, &self.records);
-                    self.send(from, msg);
-                }
-            }
-            Message::Beat { digest } => self.beat_received(from, now, digest),
-            Message::DigestFull {
-                reply,
-                records,
-                events,
-            } => {
-                self.gossip
-                    .on_digest_full(from, records, events, &self.records);
-                if reply {
-                    let msg = self.gossip.digest_full(false, &self.records);
-                    self.send(from, msg);
-                }
-            }
-        }
-    }
-
-    pub(super) fn on_ping_req(&mut self, from: I, target: I, nonce: u64, now: Instant) {
-        let usable = target != from
-            && self
-                .links
-                .get(&target)
-                .is_some_and(|l| l.status != LinkStatus::Dead);
-        if !usable || self.relays.len() >= MAX_RELAYS {
-            self.send(
-                from,
-                Message::PingReqAck {
-                    target,
-                    nonce,
-                    ok: false,
-                    rtt_us: 0,
-                },
-            );
-            return;
-        }
-        let timeout = self.link_timeout(&self.links[&target]);
-        let n2 = self.next_nonce;
-        self.next_nonce += 1;
-        self.relays.insert(
-            n2,
-            Relay {
-                requester: from,
-                nonce,
-                target,
-                sent: now,
-                deadline: now + timeout,
-            },
-        );
-        self.send(
-            target,
-            Message::Ping {
-                nonce: n2,
-                suspect: false,
-            },
-        );
-    }
-
-    /// Someone suspects us: announce a higher incarnation (at most once per probe interval).
-    pub(super) fn refute(&mut self, now: Instant) {
-        if self
-            .last_refute
-            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.probe_interval)
-        {
-            return;
-        }
-        self.last_refute = Some(now);
-        self.incarnation += 1;
-        self.version = 0;
-        self.record_dirty = true;
-        self.record_urgent = true;
-        self.stats.refutations += 1;
-    }
-
-    pub(super) fn on_record(&mut self, from: I, rec: Record<I>, now: Instant) {
-        if rec.origin == self.me {
-            if rec.key() >= (self.incarnation, self.version) {
-                // A newer record of ourselves (an earlier run, or a left record): refute.
-                self.incarnation = self.incarnation.max(rec.incarnation) + 1;
-                self.version = 0;
-                self.record_dirty = true;
-                self.record_urgent = true;
-            }
-            return;
-        }
-        if !self.roster.contains(&rec.origin) {
-            return;
-        }
-        let prev = self.records.get(&rec.origin).map(|r| r.incarnation);
-        if self
-            .records
-            .get(&rec.origin)
-            .is_some_and(|r| r.key() >= rec.key())
-        {
-            self.stats.duplicates += 1;
-            return;
-        }
-        self.stats.records_applied += 1;
-        if prev.is_some_and(|p| rec.incarnation > p) && !rec.left {
-            // Refutation: the member is alive; give a suspected link a fresh suspicion period.
-            let timeout = self.links.get(&rec.origin).map(|l| self.link_timeout(l));
-            if let (Some(link), Some(t)) = (self.links.get_mut(&rec.origin), timeout) {
-                if link.status == LinkStatus::Suspect {
-                    let floor = now
-                        .checked_sub(self.cfg.probe_interval + t)
-                        .unwrap_or(link.last_heard);
-                    link.last_heard = link.last_heard.max(floor);
-                }
-            }
-        }
-        self.records.insert(rec.origin, rec.clone());
-        self.gossip.records_changed();
-        self.topo_changed();
-        self.disseminate(Item::Record(rec), Some(from));
-    }
-
-    /// A gossip item from `from`: a record, or a broadcast to deliver (once) and pass on.
-    pub(super) fn on_item(&mut self, from: I, item: Item<I>, now: Instant) {
-        match item {
-            Item::Record(rec) => self.on_record(from, rec, now),
-            Item::Event(event) => {
-                let origin = event.id.origin;
-                if origin == self.me || !self.roster.contains(&origin) {
-                    return;
-                }
-                if !self.gossip.first_sighting(event.id) {
-                    self.stats.duplicates += 1;
-                    return;
-                }
-                self.lamport = self.lamport.max(event.lamport);
-                self.stats.delivered += 1;
-                self.outputs.push_back(Output::Deliver {
-                    id: event.id,
-                    lamport: event.lamport,
-                    payload: event.payload.clone(),
-                });
-                self.gossip.remember_event(now, event.clone());
-                self.disseminate(Item::Event(event), Some(from));
-            }
         }
     }
 }

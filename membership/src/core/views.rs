@@ -1,5 +1,5 @@
-//! Our own link record, and the peer views (state, path, addresses) computed from every
-//! member's record.
+//! Our own link record, the dissemination tree, and the peer views (state, path,
+//! addresses) computed from every member's record.
 
 use super::*;
 
@@ -7,18 +7,21 @@ impl<I: NodeId> Membership<I> {
     pub(super) fn publish_record(&mut self) {
         self.record_dirty = false;
         self.record_urgent = false;
+        self.record_lazy = false;
         self.last_publish = Some(self.clock);
         self.rtt_dirty = false;
         self.version += 1;
         let roster = &self.roster;
         let mut links: Vec<LinkEntry<I>> = Vec::new();
+        // In id order (members look entries up by binary search).
         for (peer, link) in self.links.iter_mut() {
-            if link.status == LinkStatus::Active && roster.contains(peer) {
+            if link.broken.is_none() && roster.contains(peer) {
                 link.announced_rtt = link.rtt;
                 links.push(LinkEntry {
                     peer: *peer,
                     rtt_us: micros(link.rtt),
                     addr: link.addr,
+                    watch: link.status.watch(),
                 });
             }
         }
@@ -36,17 +39,42 @@ impl<I: NodeId> Membership<I> {
         self.disseminate(Item::Record(rec), None);
     }
 
-    /// End of every entry point: publish our record if it changed, recompute views, flush.
+    /// End of every entry point: publish our record if it changed, recompute views and
+    /// who watches whom (twice at most: a change of roles changes our record), flush.
     pub(super) fn finish(&mut self) {
-        let due = self.record_urgent
-            || self
-                .last_publish
-                .is_none_or(|p| self.clock >= p + self.cfg.record_min_interval);
-        if self.record_dirty && due && !self.stopped {
-            self.publish_record();
+        for _ in 0..2 {
+            self.check_lazy_record();
+            let due = self.record_urgent
+                || self
+                    .last_publish
+                    .is_none_or(|p| self.clock >= p + self.cfg.record_min_interval);
+            if self.record_dirty && due && !self.stopped {
+                self.publish_record();
+            }
+            self.recompute_views();
+            if self.stopped || !self.update_roles(self.clock) {
+                break;
+            }
         }
-        self.recompute_views();
         self.flush_outbox();
+    }
+
+    /// Our record lists a link that went away while its peer was down: publish once the
+    /// peer is up again (others could route through the stale entry).
+    fn check_lazy_record(&mut self) {
+        if !self.record_lazy {
+            return;
+        }
+        let stale = self.records.get(&self.me).is_some_and(|r| {
+            r.links.iter().any(|e| {
+                !self.links.contains_key(&e.peer)
+                    && self.roster.contains(&e.peer)
+                    && !self.is_down(&e.peer)
+            })
+        });
+        if stale {
+            self.record_dirty = true;
+        }
     }
 
     pub(super) fn is_left(&self, id: &I) -> bool {
@@ -62,12 +90,17 @@ impl<I: NodeId> Membership<I> {
 
     /// Hand `item` (just learned from `from`, or originated here when `None`) to the
     /// neighbours this member is responsible for in the dissemination tree rooted at the
-    /// item's origin (see [`Gossip::disseminate`]); the tree of a left origin is built
-    /// over its own record too.
+    /// item's origin (see [`Gossip::disseminate`]); the tree of a left origin, or of one
+    /// reported lost, is built over its own record too.
     pub(super) fn disseminate(&mut self, item: Item<I>, from: Option<I>) {
         let origin = item.origin();
         let root_is_left = self.is_left(&origin) && origin != self.me;
-        let adj = if root_is_left {
+        let root_reported = self.records.values().any(|r| {
+            r.links
+                .iter()
+                .any(|e| e.peer == origin && e.watch == Watch::Lost)
+        });
+        let adj = if root_is_left || root_reported {
             self.build_adjacency(Some(origin))
         } else {
             self.adjacency()
@@ -75,14 +108,17 @@ impl<I: NodeId> Membership<I> {
         let neighbours = self
             .links
             .iter()
-            .filter(|(_, l)| l.status != LinkStatus::Dead)
+            .filter(|(_, l)| l.usable())
             .map(|(p, _)| *p);
         self.gossip
             .disseminate(self.me, item, from, &adj, neighbours);
     }
 
-    /// Live links as announced: ours from the link table, others' from their records.
-    /// A left member contributes nothing unless it is `root`.
+    /// The links of the dissemination tree, as announced: ours from the link table (what
+    /// our record lists), others' from their records; a link reported suspect or lost
+    /// does not count. A left member, and a member any record reports lost (it may be dead: it
+    /// must not be the only way to a part of the tree), contribute no links unless they
+    /// are `root`. Every member computes the same from the same records.
     pub(super) fn adjacency(&mut self) -> Adjacency<I> {
         if let Some((v, adj)) = &self.adj_cache {
             if *v == self.topo_version {
@@ -95,13 +131,7 @@ impl<I: NodeId> Membership<I> {
     }
 
     pub(super) fn build_adjacency(&self, root: Option<I>) -> Adjacency<I> {
-        let left: HashSet<I> = self
-            .records
-            .keys()
-            .chain(self.left_marks.keys())
-            .filter(|id| self.is_left(id))
-            .copied()
-            .collect();
+        let left = self.left_set();
         let known: HashSet<I> = self
             .roster
             .iter()
@@ -114,22 +144,35 @@ impl<I: NodeId> Membership<I> {
             let mine = self
                 .links
                 .iter()
-                .filter(|(p, l)| l.status == LinkStatus::Active && known.contains(p))
+                .filter(|(p, l)| {
+                    l.broken.is_none()
+                        && matches!(l.status, LinkStatus::Active | LinkStatus::Unwatched)
+                        && known.contains(p)
+                })
                 .map(|(p, l)| (*p, micros(l.rtt) as u64))
                 .collect();
             adj.insert(self.me, mine);
         }
+        let lost: HashSet<I> = self
+            .records
+            .iter()
+            .filter(|(o, _)| self.roster.contains(o) && !left.contains(o))
+            .flat_map(|(_, r)| r.links.iter())
+            .filter(|e| e.watch == Watch::Lost)
+            .map(|e| e.peer)
+            .collect();
         for (origin, rec) in &self.records {
             if *origin == self.me || !self.roster.contains(origin) {
                 continue;
             }
-            if left.contains(origin) && Some(*origin) != root {
+            if (left.contains(origin) || lost.contains(origin)) && Some(*origin) != root {
                 continue;
             }
             let edges = rec
                 .links
                 .iter()
                 .filter(|e| e.peer != *origin && known.contains(&e.peer))
+                .filter(|e| matches!(e.watch, Watch::Alive | Watch::Unwatched))
                 .map(|e| (e.peer, e.rtt_us as u64))
                 .collect();
             adj.insert(*origin, edges);
@@ -137,12 +180,154 @@ impl<I: NodeId> Membership<I> {
         adj
     }
 
+    fn left_set(&self) -> HashSet<I> {
+        self.records
+            .keys()
+            .chain(self.left_marks.keys())
+            .filter(|id| self.is_left(id))
+            .copied()
+            .collect()
+    }
+
+    /// Who is up in our view. A member is vouched for when a chain of watchers leads to
+    /// it from us: our own watched links (and the members we heard from, directly or by
+    /// a new record of theirs, within the active limit), then the members each vouches
+    /// for in its record. A member no chain
+    /// reaches is down, unless nobody we reach reports it lost while some member we no
+    /// longer reach still vouches for it: its watchers went out of sight all at once (a
+    /// partition), so it keeps its state for an interval, the time to get watchers on
+    /// our side. Returns the vouched set and when that changes by itself.
+    fn vouched_set(&mut self, left: &HashSet<I>) -> (HashSet<I>, Option<Instant>) {
+        let now = self.clock;
+        let mut deadline: Option<Instant> = None;
+        let mut at = |d: Instant| deadline = Some(deadline.map_or(d, |x: Instant| x.min(d)));
+        let mut rows: HashMap<I, Vec<I>> = HashMap::new();
+        let mut mine = Vec::new();
+        for (p, l) in &self.links {
+            if left.contains(p) || l.broken.is_some() {
+                continue;
+            }
+            let fresh = now.saturating_duration_since(l.last_heard) < self.active_limit(l);
+            if matches!(l.status, LinkStatus::Active | LinkStatus::Suspect) {
+                mine.push(*p);
+            } else if l.status == LinkStatus::Unwatched && fresh {
+                mine.push(*p);
+                at(l.last_heard + self.active_limit(l));
+            }
+        }
+        let limit = self.cfg.probe_interval * 2 + self.cfg.probe_timeout;
+        for (o, t) in &self.record_heard {
+            if now.saturating_duration_since(*t) < limit && !left.contains(o) {
+                mine.push(*o);
+                at(*t + limit);
+            }
+        }
+        rows.insert(self.me, mine);
+        for (o, rec) in &self.records {
+            if *o == self.me || !self.roster.contains(o) || left.contains(o) {
+                continue;
+            }
+            let vouched = rec
+                .links
+                .iter()
+                .filter(|e| matches!(e.watch, Watch::Alive | Watch::Suspect))
+                .filter(|e| !left.contains(&e.peer))
+                .map(|e| e.peer)
+                .collect();
+            rows.insert(*o, vouched);
+        }
+        let mut reach: HashSet<I> = HashSet::from([self.me]);
+        let mut stack = vec![self.me];
+        while let Some(u) = stack.pop() {
+            for v in rows.get(&u).into_iter().flatten() {
+                if reach.insert(*v) {
+                    stack.push(*v);
+                }
+            }
+        }
+        // Failure reports from members we reach (and from our own dead links), and
+        // members someone still vouches for.
+        let mut lost: HashSet<I> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.status == LinkStatus::Dead)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut claimed: HashSet<I> = HashSet::new();
+        for (o, rec) in &self.records {
+            if *o == self.me || !self.roster.contains(o) || left.contains(o) {
+                continue;
+            }
+            for e in &rec.links {
+                match e.watch {
+                    Watch::Lost if reach.contains(o) => {
+                        lost.insert(e.peer);
+                    }
+                    Watch::Alive | Watch::Suspect => {
+                        claimed.insert(e.peer);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let grace = self.cfg.probe_interval;
+        let mut vouched = reach;
+        for id in &self.roster {
+            let orphan = !vouched.contains(id)
+                && !left.contains(id)
+                && claimed.contains(id)
+                && !lost.contains(id);
+            if !orphan {
+                self.orphans.remove(id);
+                continue;
+            }
+            let since = *self.orphans.entry(*id).or_insert(now);
+            if now < since + grace {
+                vouched.insert(*id);
+                at(since + grace);
+            }
+        }
+        (vouched, deadline)
+    }
+
     pub(super) fn recompute_views(&mut self) {
+        if self.views_deadline.is_some_and(|d| self.clock >= d) {
+            self.topo_changed();
+        }
         if self.views_version == self.topo_version {
             return;
         }
         self.views_version = self.topo_version;
-        let adj = self.adjacency();
+        let left = self.left_set();
+        let (vouched, deadline) = self.vouched_set(&left);
+        self.views_deadline = deadline;
+        // Routes: our usable links to members that are up, then the links members that
+        // are up announce as checked (they watch the peer and heard it lately; a link
+        // nobody watches may be cut without anyone knowing).
+        let mut adj: Adjacency<I> = BTreeMap::new();
+        let mine = self
+            .links
+            .iter()
+            .filter(|(p, l)| {
+                vouched.contains(*p)
+                    && l.broken.is_none()
+                    && matches!(l.status, LinkStatus::Active | LinkStatus::Unwatched)
+            })
+            .map(|(p, l)| (*p, micros(l.rtt) as u64))
+            .collect();
+        adj.insert(self.me, mine);
+        for (o, rec) in &self.records {
+            if *o == self.me || !vouched.contains(o) {
+                continue;
+            }
+            let edges = rec
+                .links
+                .iter()
+                .filter(|e| e.watch == Watch::Alive && e.peer != *o && vouched.contains(&e.peer))
+                .map(|e| (e.peer, e.rtt_us as u64))
+                .collect();
+            adj.insert(*o, edges);
+        }
         let paths = route::shortest_paths(&adj, self.me, micros(self.cfg.hop_penalty) as u64);
         // Addresses other members see each peer at.
         let mut seen_at: BTreeMap<I, Vec<SocketAddr>> = BTreeMap::new();
@@ -158,24 +343,46 @@ impl<I: NodeId> Membership<I> {
         }
         let roster: Vec<I> = self.roster.iter().copied().collect();
         for id in roster {
-            let link = self.links.get(&id);
+            let link = self.links.get(&id).filter(|l| l.broken.is_none());
+            let expected = self.expected(&id);
+            let up = vouched.contains(&id);
+            let path = || match paths.get(&id) {
+                Some(&(_, rtt, first)) if up => (
+                    State::Indirect,
+                    Some(first),
+                    Some(Duration::from_micros(rtt)),
+                ),
+                _ => (State::Unreachable, None, None),
+            };
             let (state, via, rtt) = if self.is_left(&id) {
                 (State::Left, None, None)
             } else {
                 match link.map(|l| (l.status, l.indirect, l.rtt)) {
                     Some((LinkStatus::Active, _, rtt)) => (State::Active, None, Some(rtt)),
-                    Some((LinkStatus::Suspect, Some((_, Some((h, total)))), _)) => {
+                    Some((LinkStatus::Suspect, Some((_, Some((h, total)))), _)) if expected => {
                         (State::Indirect, Some(h), Some(total))
                     }
-                    Some((LinkStatus::Suspect, _, rtt)) => (State::Suspect, None, Some(rtt)),
-                    _ => match paths.get(&id) {
-                        Some(&(_, rtt, first)) => (
-                            State::Indirect,
-                            Some(first),
-                            Some(Duration::from_micros(rtt)),
-                        ),
-                        None => (State::Unreachable, None, None),
-                    },
+                    Some((LinkStatus::Suspect, _, rtt)) if expected => {
+                        (State::Suspect, None, Some(rtt))
+                    }
+                    // A link we do not watch: as good as the peer's monitors say.
+                    Some((LinkStatus::Unwatched | LinkStatus::Suspect, _, rtt)) => {
+                        if up {
+                            (State::Active, None, Some(rtt))
+                        } else {
+                            (State::Unreachable, None, None)
+                        }
+                    }
+                    // A dead link whose suspicion found no relay: helpers on our side
+                    // cannot reach the peer either (a partition), whatever older
+                    // records still say.
+                    Some((LinkStatus::Dead, Some((_, None)), _)) => {
+                        (State::Unreachable, None, None)
+                    }
+                    Some((LinkStatus::Dead, Some((_, Some((h, total)))), _)) if up => {
+                        (State::Indirect, Some(h), Some(total))
+                    }
+                    _ => path(),
                 }
             };
             let mut addrs: Vec<SocketAddr> = link.and_then(|l| l.addr).into_iter().collect();
@@ -204,6 +411,21 @@ impl<I: NodeId> Membership<I> {
                 });
             }
             self.views.insert(id, view);
+        }
+        let now = self.clock;
+        let views = &self.views;
+        for (id, l) in self.links.iter_mut() {
+            let down = views
+                .get(id)
+                .is_none_or(|v| matches!(v.state, State::Unreachable | State::Left));
+            if down && l.status == LinkStatus::Unwatched {
+                l.unverified = true;
+            }
+            l.down_since = if down {
+                Some(l.down_since.unwrap_or(now))
+            } else {
+                None
+            };
         }
     }
 }

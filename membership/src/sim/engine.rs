@@ -144,14 +144,25 @@ impl Sim {
                 }
                 self.nodes[node as usize].timer_at = None;
                 self.nodes[node as usize].m.handle_timeout(now);
+                // A deadline the core does not clear would spin its driver (and look
+                // like a stall of its own to the core).
+                let next = self.nodes[node as usize].m.poll_timeout();
+                assert!(
+                    next.is_none_or(|t| t > now),
+                    "node {node}: wake-up at {next:?} still due after handling it at {now:?}: {}",
+                    self.nodes[node as usize].m.debug_overdue()
+                );
                 self.drain(node);
+                self.close_silent(node, now);
             }
             Ev::IdleClose { a, b, conn } => {
                 // Only a connection that is still silent times out (a healed one carries
                 // traffic again).
                 let dead = !self.nodes[a as usize].alive || !self.nodes[b as usize].alive;
                 let l = self.link(a, b);
-                if l.connected && l.conn == conn && (l.partitioned || dead) {
+                if l.connected && l.conn == conn && l.stale {
+                    self.drop_stale(a, b);
+                } else if l.connected && l.conn == conn && (l.partitioned || dead) {
                     l.connected = false;
                     l.conn += 1;
                     let now = self.now;
@@ -175,6 +186,61 @@ impl Sim {
             }
             Ev::Connect { a, b } => self.reconnect(a, b),
         }
+    }
+
+    /// Like the daemon after each timer wake-up: close the connections whose peer the core
+    /// reports silent for `close_silent`, and dial again.
+    fn close_silent(&mut self, node: u32, now: Instant) {
+        let Some(limit) = self.cfg.close_silent else {
+            return;
+        };
+        let connected: Vec<u32> = (0..self.len())
+            .filter(|p| *p != node && self.link(node, *p).connected)
+            .collect();
+        let core = &self.nodes[node as usize].m;
+        let peers: Vec<u32> = connected
+            .into_iter()
+            .filter(|p| core.silence(p, now).is_some_and(|s| s >= limit))
+            .collect();
+        let delay = self.cfg.reconnect_delay;
+        for p in peers {
+            if self.link(node, p).stale {
+                self.drop_stale(node, p);
+            } else {
+                self.disconnect(node, p, None);
+                let at = self.now + delay;
+                self.push(at, Ev::Connect { a: node, b: p });
+            }
+        }
+    }
+
+    /// The end that held the connection of a process that is gone closes it: only it
+    /// sees the connection go; the new process can connect now.
+    fn drop_stale(&mut self, a: u32, b: u32) {
+        let l = self.link(a, b);
+        l.stale = false;
+        l.connected = false;
+        l.conn += 1;
+        let now = self.now;
+        let delay = self.cfg.reconnect_delay;
+        // Whichever end is the old process's peer sees the connection go.
+        for (node, peer) in [(a, b), (b, a)] {
+            if self.nodes[node as usize]
+                .m
+                .silence(&peer, self.base + now)
+                .is_some()
+            {
+                self.push(
+                    now,
+                    Ev::LinkDown {
+                        node,
+                        peer,
+                        leaving: false,
+                    },
+                );
+            }
+        }
+        self.push(now + delay, Ev::Connect { a, b });
     }
 
     /// The node woke up: the heartbeats that arrived since its last wake-up go in, dated

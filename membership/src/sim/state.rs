@@ -23,6 +23,11 @@ pub struct SimConfig {
     pub idle_timeout: Duration,
     /// Time to re-establish a connection after heal or restart.
     pub reconnect_delay: Duration,
+    /// Like the daemon (its `idle_timeout_ms`, 3 s by default), close a connection once
+    /// the member's core reports its peer silent ([`crate::Membership::silence`]) this
+    /// long (checked at the member's timer wake-ups), and dial again after
+    /// `reconnect_delay`. `None`: connections close only by `idle_timeout`.
+    pub close_silent: Option<Duration>,
     /// Beats travel as heartbeats (the daemon's default): datagrams nobody acknowledges,
     /// received by the kernel even while the node stalls, read at its next wake-up and
     /// dated when they arrived (the daemon's receive timestamps).
@@ -37,6 +42,7 @@ impl Default for SimConfig {
             loss: 0.0,
             idle_timeout: Duration::from_secs(5),
             reconnect_delay: Duration::from_millis(200),
+            close_silent: Some(Duration::from_secs(3)),
             datagram_beats: true,
             membership: Config::default(),
         }
@@ -134,6 +140,10 @@ impl Ord for Queued {
 }
 
 pub(super) struct SimLink {
+    /// The connection of a process that is gone, still held by the other end (which has
+    /// not noticed): it carries nothing, and a new connection is refused until that end
+    /// closes it.
+    pub(super) stale: bool,
     pub(super) wired: bool,
     pub(super) partitioned: bool,
     pub(super) connected: bool,
@@ -145,7 +155,7 @@ pub(super) struct SimLink {
 impl SimLink {
     /// Connection `conn` is still up and its packets get through.
     pub(super) fn carries(&self, conn: u64) -> bool {
-        self.connected && self.conn == conn && !self.partitioned
+        self.connected && self.conn == conn && !self.partitioned && !self.stale
     }
 }
 
