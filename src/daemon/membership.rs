@@ -17,6 +17,7 @@ use transport::{close_code, DeviceId, DownReason, PeerConn};
 use super::conn_events::ConnEvent;
 use super::context::Daemon;
 use super::peers::PeerState;
+use super::unanswered::Unanswered;
 use super::wire::MeshFrame;
 
 /// Runs `f` on the core, then carries out everything it asked for, and has the timer
@@ -142,6 +143,7 @@ pub fn start(d: &Arc<Daemon>) {
     tokio::spawn(async move {
         let mut last_rtt = Instant::now();
         let mut rx_seen = HashMap::new();
+        let mut unanswered = Unanswered::default();
         // The connections, fetched again only when the endpoint's list changed.
         let mut conns: (Option<u64>, Vec<PeerConn>) = (None, Vec::new());
         // A timerfd: one wake-up per deadline (see transport::runtime).
@@ -188,6 +190,7 @@ pub fn start(d: &Arc<Daemon>) {
                         c.handle_timeout(now)
                     });
                     close_silent(&dd, conns, now);
+                    close_unanswered(&dd, conns, &mut unanswered, now);
                     core = dd.member.lock();
                 }
                 core.poll_timeout()
@@ -329,6 +332,26 @@ fn close_silent(d: &Daemon, conns: &[PeerConn], now: Instant) {
         info!(peer = %pc.name, silent_ms = limit.as_millis() as u64, "nothing heard from the peer; closing its connection");
         pc.conn
             .close(VarInt::from_u32(close_code::SILENT), b"silent");
+    }
+}
+
+/// Closes the connections that asked for an answer (stream data, a PING) and heard
+/// nothing for `idle_timeout_ms` (see `unanswered`): a cut link nobody watches.
+fn close_unanswered(d: &Daemon, conns: &[PeerConn], seen: &mut Unanswered, now: Instant) {
+    let limit = Duration::from_millis(d.cfg.idle_timeout_ms);
+    let counters = conns.iter().map(|pc| {
+        let s = pc.conn.stats();
+        (
+            pc.conn.stable_id(),
+            s.udp_rx.datagrams,
+            s.frame_tx.stream + s.frame_tx.ping,
+        )
+    });
+    let dead = seen.observe(counters, limit, now);
+    for pc in conns.iter().filter(|pc| dead.contains(&pc.conn.stable_id())) {
+        info!(peer = %pc.name, silent_ms = limit.as_millis() as u64, "the peer answers nothing sent to it; closing its connection");
+        pc.conn
+            .close(VarInt::from_u32(close_code::SILENT), b"unanswered");
     }
 }
 

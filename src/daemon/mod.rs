@@ -40,6 +40,7 @@ mod stream_io;
 pub mod streams;
 mod sync;
 mod trim;
+mod unanswered;
 mod wake;
 mod wakes;
 mod wire;
@@ -101,8 +102,10 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     let ep_cfg = EndpointConfig {
         listen,
         // Liveness comes from heartbeats (not QUIC) or beats; the membership loop closes
-        // a connection silent for `idle_timeout_ms`. QUIC's own timers are a backstop
-        // that costs an idle connection one round trip per keep-alive interval.
+        // a connection silent for `idle_timeout_ms`. QUIC's keep-alive and idle timeout
+        // apply only to connections dialled to a public address (a NAT may need the
+        // keep-alive); a connection on a private path carries nothing when idle
+        // (docs/membership.md, "Idle links").
         keep_alive: QUIC_KEEP_ALIVE,
         idle_timeout: Duration::from_millis(cfg.idle_timeout_ms.saturating_mul(3))
             .max(QUIC_KEEP_ALIVE * 3),

@@ -23,7 +23,8 @@ use crate::relay::is_virtual;
 use crate::relay::link::RelaySpec;
 use crate::relay::socket::{RelaySocket, Relays};
 use crate::roster::Roster;
-pub use crate::settings::{close_code, DownReason, EndpointConfig, TransportError};
+use crate::settings::Side;
+pub use crate::settings::{close_code, private_path, DownReason, EndpointConfig, TransportError};
 use crate::socket::bind_udp;
 use crate::tls;
 use crate::wire::{self, ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
@@ -109,9 +110,11 @@ struct Inner {
     identity: Arc<Identity>,
     roster: Roster,
     cfg: EndpointConfig,
-    /// Transport settings of the connections this endpoint dials (they send the
-    /// keep-alives; see [`EndpointConfig::transport`]).
+    /// Transport settings of the connections this endpoint dials to a public address
+    /// (they send the keep-alives; see [`EndpointConfig::transport`]).
     client_transport: Arc<quinn::TransportConfig>,
+    /// Those of the connections it dials to a private address (no keep-alive).
+    client_transport_private: Arc<quinn::TransportConfig>,
     quinns: Vec<quinn::Endpoint>,
     /// The heartbeat socket beside the one QUIC socket (none with several sockets).
     twin: Option<Arc<Twin>>,
@@ -173,10 +176,11 @@ impl Endpoint {
         roster: Roster,
         cfg: EndpointConfig,
     ) -> Result<Self, TransportError> {
-        let client_transport = Arc::new(cfg.transport(true)?);
+        let client_transport = Arc::new(cfg.transport(Side::DialPublic)?);
+        let client_transport_private = Arc::new(cfg.transport(Side::DialPrivate)?);
         let server_tls = tls::rustls_server_config(&identity, &roster, cfg.provider.clone())?;
         let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
-        server.transport_config(Arc::new(cfg.transport(false)?));
+        server.transport_config(Arc::new(cfg.transport(Side::Accept)?));
         let mut quinns = Vec::new();
         let mut twin = None;
         let planned = plan_sockets(&cfg.listen);
@@ -236,6 +240,7 @@ impl Endpoint {
                 roster,
                 cfg,
                 client_transport,
+                client_transport_private,
                 quinns,
                 twin,
                 conns: Mutex::new(HashMap::new()),

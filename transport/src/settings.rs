@@ -35,8 +35,14 @@ pub struct EndpointConfig {
     pub socket_buffer: usize,
     /// QUIC keep-alive interval (sent by the side that dialled).
     pub keep_alive: Duration,
-    /// QUIC idle timeout: a connection silent for this long is dead.
+    /// QUIC idle timeout of a connection dialled to a public address: silent for this
+    /// long, it is dead.
     pub idle_timeout: Duration,
+    /// QUIC idle timeout of a connection on a private path ([`private_path`]): `None`, the
+    /// default, for none. Such a path crosses no NAT, so it needs no keep-alive, and an
+    /// idle connection there carries nothing at all; the daemon closes the connections of
+    /// members that are gone (or that stop answering what it sends).
+    pub private_idle_timeout: Option<Duration>,
     /// Limit for the QUIC handshake and for the hello round trip, each.
     pub handshake_timeout: Duration,
     /// Per-stream flow-control window in bytes.
@@ -57,6 +63,7 @@ impl std::fmt::Debug for EndpointConfig {
             .field("listen", &self.listen)
             .field("keep_alive", &self.keep_alive)
             .field("idle_timeout", &self.idle_timeout)
+            .field("private_idle_timeout", &self.private_idle_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +78,7 @@ impl Default for EndpointConfig {
             socket_buffer: 8 * 1024 * 1024,
             keep_alive: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(3),
+            private_idle_timeout: None,
             handshake_timeout: Duration::from_secs(5),
             stream_window: 8 * 1024 * 1024,
             connection_window: 32 * 1024 * 1024,
@@ -90,19 +98,30 @@ impl EndpointConfig {
         }
     }
 
-    /// QUIC transport settings; `keep_alive` for the side that dialled only: its PING and
-    /// the acknowledgement keep the connection open for both sides, and the side that
-    /// accepted wakes once per interval instead of three times.
-    pub(crate) fn transport(
-        &self,
-        keep_alive: bool,
-    ) -> Result<quinn::TransportConfig, TransportError> {
+    /// QUIC transport settings of one side of a connection. Only the side that dials a
+    /// public address sends keep-alives (its PING and the acknowledgement keep the NAT
+    /// mapping and the connection open for both sides) and has the idle timeout; the
+    /// accepting side announces the private one (none by default), so the dialler's
+    /// choice is what the two agree on (QUIC takes the smaller announced timeout).
+    pub(crate) fn transport(&self, side: Side) -> Result<quinn::TransportConfig, TransportError> {
         let mut t = quinn::TransportConfig::default();
-        t.keep_alive_interval(keep_alive.then_some(self.keep_alive));
-        t.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(self.idle_timeout)
-                .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
-        ));
+        let idle = match side {
+            Side::DialPublic => {
+                t.keep_alive_interval(Some(self.keep_alive));
+                Some(self.idle_timeout)
+            }
+            Side::DialPrivate | Side::Accept => {
+                t.keep_alive_interval(None);
+                self.private_idle_timeout
+            }
+        };
+        let idle = idle
+            .map(|d| {
+                quinn::IdleTimeout::try_from(d)
+                    .map_err(|_| TransportError::Config("idle timeout too large".into()))
+            })
+            .transpose()?;
+        t.max_idle_timeout(idle);
         t.stream_receive_window(VarInt::from_u32(self.stream_window));
         t.receive_window(VarInt::from_u32(self.connection_window));
         t.send_window(u64::from(self.connection_window));
@@ -117,6 +136,38 @@ impl EndpointConfig {
         ack.ack_eliciting_threshold(VarInt::from_u32(0));
         t.ack_frequency_config(Some(ack));
         Ok(t)
+    }
+}
+
+/// Which side of a connection a transport configuration is for (see
+/// [`EndpointConfig::transport`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The side that accepted the connection.
+    Accept,
+    /// The side that dialled a public address (a NAT may sit on the path).
+    DialPublic,
+    /// The side that dialled a private address ([`private_path`]).
+    DialPrivate,
+}
+
+/// Whether a path to `addr` is private: loopback, an RFC 1918 or link-local IPv4 address,
+/// a unique-local or link-local IPv6 address (or such an IPv4 address mapped into IPv6).
+/// Such a peer is reached without a NAT between the two (same LAN, or a private network
+/// the devices share), so the connection needs no keep-alive. Every other address, the
+/// carrier-grade NAT range 100.64.0.0/10 included, may be behind a NAT.
+pub fn private_path(addr: &SocketAddr) -> bool {
+    use std::net::IpAddr;
+    let v4_private = |ip: std::net::Ipv4Addr| ip.is_loopback() || ip.is_private() || ip.is_link_local();
+    match addr.ip() {
+        IpAddr::V4(ip) => v4_private(ip),
+        IpAddr::V6(ip) => {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return v4_private(v4);
+            }
+            let first = ip.segments()[0];
+            ip.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
     }
 }
 

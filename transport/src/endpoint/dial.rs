@@ -122,8 +122,7 @@ impl Endpoint {
             expected,
             self.inner.cfg.provider.clone(),
         )?;
-        let mut client = quinn::ClientConfig::new(tls::quic_client(client_tls)?);
-        client.transport_config(self.inner.client_transport.clone());
+        let client = quinn::ClientConfig::new(tls::quic_client(client_tls)?);
         let timeout = self.inner.cfg.handshake_timeout;
         let mut race = JoinSet::new();
         let mut errors = Vec::new();
@@ -132,7 +131,14 @@ impl Endpoint {
                 errors.push(format!("{addr}: no socket of that address family"));
                 continue;
             };
-            let client = client.clone();
+            let mut client = client.clone();
+            // A relayed path keeps its keep-alive and idle timeout: the relay's state and
+            // the relay link are what carry it.
+            client.transport_config(if private_path(addr) && !is_virtual(addr) {
+                self.inner.client_transport_private.clone()
+            } else {
+                self.inner.client_transport.clone()
+            });
             let addr = *addr;
             race.spawn(async move {
                 let connecting = q
