@@ -49,6 +49,14 @@ pub struct Config {
     pub record_min_interval: Duration,
     /// Extra cost per relay hop when choosing routes, so near-equal paths prefer fewer hops.
     pub hop_penalty: Duration,
+    /// Gentle members (a device on battery, `Membership::set_gentle`): one monitor, one
+    /// beat per `gentle_interval` (which is also its own wake-up period), never a
+    /// monitor of others while a member that is not gentle can be.
+    pub gentle_interval: Duration,
+    /// Silence of a gentle member after which its monitor suspects it (and pings it).
+    pub gentle_suspect_after: Duration,
+    /// Silence of a gentle member after which its monitor reports it lost.
+    pub gentle_unreachable_after: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +77,9 @@ impl Default for Config {
             rtt_change_min: Duration::from_millis(2),
             record_min_interval: Duration::from_millis(50),
             hop_penalty: Duration::from_micros(200),
+            gentle_interval: Duration::from_secs(20),
+            gentle_suspect_after: Duration::from_secs(45),
+            gentle_unreachable_after: Duration::from_secs(55),
         }
     }
 }
@@ -129,6 +140,15 @@ impl Config {
         }
         if self.record_min_interval >= self.probe_interval {
             return Err("membership.record_min_interval must be below probe_interval".into());
+        }
+        if self.gentle_interval < self.probe_interval
+            || self.gentle_suspect_after <= self.gentle_interval * 2
+            || self.gentle_unreachable_after <= self.gentle_suspect_after
+        {
+            return Err("membership: gentle_interval must be >= probe_interval, \
+                 gentle_suspect_after > 2 x gentle_interval, \
+                 gentle_unreachable_after > gentle_suspect_after"
+                .into());
         }
         if self.seen_window == 0 {
             return Err("membership.seen_window must be > 0".into());

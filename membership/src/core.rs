@@ -31,6 +31,9 @@ const MAX_RELAYS: usize = 256;
 const MAX_ADDRS: usize = 8;
 /// A monitor that does not hear our beats is tried again after this many intervals.
 const BROKEN_RETRY_INTERVALS: u32 = 20;
+/// How long a gentle member whose watchers all went out of sight keeps its state while a
+/// member on our side takes it over and pings it.
+const GENTLE_ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 /// Counters for tests and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,6 +71,8 @@ pub struct Membership<I: NodeId> {
     incarnation: u64,
     version: u64,
     left: bool,
+    /// Gentle (on battery): see [`Membership::set_gentle`].
+    gentle: bool,
     record_dirty: bool,
     /// Publish without waiting for `record_min_interval` (first record, refutation).
     record_urgent: bool,
@@ -131,6 +136,7 @@ impl<I: NodeId> Membership<I> {
             incarnation,
             version: 0,
             left: false,
+            gentle: false,
             record_dirty: true,
             record_urgent: true,
             record_lazy: false,
@@ -348,7 +354,7 @@ impl<I: NodeId> Membership<I> {
         }
         // The periodic work runs at any entry point once due; its own wake-up is only the
         // fallback when nothing else happened for an interval more.
-        let mut t = self.next_ae + self.cfg.anti_entropy_interval;
+        let mut t = self.next_ae + self.ae_interval();
         for (peer, link) in &self.links {
             t = self.link_deadline(peer, link).map_or(t, |d| t.min(d));
         }
@@ -448,7 +454,12 @@ impl<I: NodeId> Membership<I> {
         Some(if let Some(b) = link.broken {
             since(b.since)
         } else if link.watched() {
-            link.silence(now)
+            // A gentle member is silent for up to a minute by design: only its silence
+            // beyond what it is allowed counts (the same scale as any other link's).
+            let allowance = self
+                .unreachable_of(peer)
+                .saturating_sub(self.cfg.unreachable_after);
+            link.silence(now).saturating_sub(allowance)
         } else {
             match link.down_since {
                 Some(t) => since(t),
@@ -500,6 +511,27 @@ impl<I: NodeId> Membership<I> {
     }
 
     /// The members this member beats: its monitors.
+    /// Makes this member gentle (a device on battery) or not: it asks for one monitor
+    /// and beats it once per `gentle_interval`, its own wake-up period; it monitors
+    /// nobody while a member that is not gentle can. The change goes out in its record at
+    /// once, and everyone recomputes who watches whom from it.
+    pub fn set_gentle(&mut self, gentle: bool, now: Instant) {
+        if self.gentle == gentle || self.stopped {
+            return;
+        }
+        self.gentle = gentle;
+        self.clock = self.clock.max(now);
+        self.record_dirty = true;
+        self.record_urgent = true;
+        self.topo_changed();
+        self.finish();
+    }
+
+    /// Whether this member is gentle ([`Self::set_gentle`]).
+    pub fn is_gentle(&self) -> bool {
+        self.gentle
+    }
+
     pub fn monitors(&self) -> Vec<I> {
         self.roles.targets.clone()
     }

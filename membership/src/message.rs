@@ -69,6 +69,8 @@ pub struct Record<I> {
     pub incarnation: u64,
     pub version: u64,
     pub left: bool,
+    /// The member is gentle (on battery): one monitor, one beat per `gentle_interval`.
+    pub gentle: bool,
     pub links: Vec<LinkEntry<I>>,
 }
 
@@ -312,6 +314,7 @@ mod tests {
                         incarnation,
                         version,
                         left,
+                        gentle: left,
                         links
                     }
                 )),

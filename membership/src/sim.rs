@@ -41,6 +41,8 @@ impl Sim {
             links: BTreeMap::new(),
             stats: NetStats {
                 sent: vec![(0, 0); n as usize],
+                received: vec![0; n as usize],
+                wakeups: vec![0; n as usize],
                 ..NetStats::default()
             },
             log: Vec::new(),
@@ -361,6 +363,13 @@ impl Sim {
     /// `id` processes nothing for `d` (a stall); everything queued is handled afterwards.
     pub fn stall(&mut self, id: u32, d: Duration) {
         self.nodes[id as usize].stall_until = self.now + d;
+    }
+
+    /// Makes `id` gentle (on battery) or not ([`Membership::set_gentle`]).
+    pub fn set_gentle(&mut self, id: u32, gentle: bool) {
+        let now = self.instant();
+        self.nodes[id as usize].m.set_gentle(gentle, now);
+        self.drain(id);
     }
 
     pub fn broadcast(&mut self, from: u32, payload: Vec<u8>) -> EventId<u32> {

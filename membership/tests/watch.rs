@@ -51,6 +51,7 @@ fn record(m: &mut Membership<u32>, origin: u32, v: u64, links: &[(u32, Watch)], 
         incarnation: 1,
         version: v,
         left: false,
+        gentle: false,
         links: links
             .iter()
             .map(|&(peer, watch)| LinkEntry {

@@ -34,7 +34,11 @@ impl<I: NodeId> Membership<I> {
     /// Silence after which a watched link turns suspect. The peer's news is up to one
     /// interval old (its beats are read at our next wake-up, or over QUIC the side that
     /// beats hears of the other at its next beat): two intervals plus the probe timeout.
-    pub(super) fn active_limit(&self, link: &Link<I>) -> Duration {
+    /// A gentle member's: `gentle_suspect_after`.
+    pub(super) fn active_limit(&self, peer: &I, link: &Link<I>) -> Duration {
+        if self.gentle_member(peer) {
+            return self.cfg.gentle_suspect_after;
+        }
         self.cfg.probe_interval * 2 + self.link_timeout(link)
     }
 
@@ -47,7 +51,7 @@ impl<I: NodeId> Membership<I> {
             return;
         }
         while self.next_ae <= now {
-            self.next_ae += self.cfg.anti_entropy_interval;
+            self.next_ae += self.ae_interval();
         }
         if self.rtt_dirty {
             self.record_dirty = true;
@@ -79,7 +83,7 @@ impl<I: NodeId> Membership<I> {
         let p = self.cfg.probe_interval;
         if link.datagram {
             let target = link.broken.is_none() && self.roles.targets.contains(peer);
-            return target.then_some(link.beat_sent + p);
+            return target.then_some(link.beat_sent + self.interval_of(&self.me));
         }
         if link.status != LinkStatus::Active {
             return None;
@@ -115,7 +119,7 @@ impl<I: NodeId> Membership<I> {
         };
         duty.then(|| {
             link.ping_sent
-                .map_or(self.clock, |t| t + self.cfg.probe_interval)
+                .map_or(self.clock, |t| t + self.interval_of(peer))
         })
     }
 
@@ -131,14 +135,14 @@ impl<I: NodeId> Membership<I> {
         }
         let heard = link.last_heard.max(link.watch_since);
         match link.status {
-            LinkStatus::Active => at(heard + self.active_limit(link)),
-            LinkStatus::Suspect => at(heard + self.cfg.unreachable_after),
+            LinkStatus::Active => at(heard + self.active_limit(peer, link)),
+            LinkStatus::Suspect => at(heard + self.unreachable_of(peer)),
             LinkStatus::Dead | LinkStatus::Unwatched => {}
         }
         // A watched link of a peer we do not expect ends with its beats.
         if matches!(link.status, LinkStatus::Active | LinkStatus::Suspect) && !self.expected(peer) {
             if let Some(b) = link.beat_in {
-                at(b + self.cfg.unreachable_after);
+                at(b + self.unreachable_of(peer));
             }
         }
         // Whether our beats reach a monitor is judged at the wake-ups of our beats.
@@ -149,10 +153,8 @@ impl<I: NodeId> Membership<I> {
     /// `1 - ping_skip_fraction` of an interval, to share the wake-up); pings and indirect
     /// probes where the links need them.
     pub(super) fn beats(&mut self, now: Instant) {
-        let window = self
-            .cfg
-            .probe_interval
-            .mul_f32(1.0 - self.cfg.ping_skip_fraction);
+        let own = self.interval_of(&self.me);
+        let window = own.mul_f32(1.0 - self.cfg.ping_skip_fraction);
         // Early only on links this member beats: over QUIC a link the peer beats is due
         // only when the peer's beat is late, or both sides would end up beating.
         // Heartbeat links go along with any beat from half an interval on: once in step
@@ -161,7 +163,7 @@ impl<I: NodeId> Membership<I> {
             .links
             .iter()
             .any(|(p, l)| self.beat_due(p, l).is_some_and(|at| at <= now));
-        let half = self.cfg.probe_interval / 2;
+        let half = own / 2;
         let mut beat: Vec<I> = Vec::new();
         let mut ping: Vec<(I, bool)> = Vec::new();
         for (p, l) in &self.links {
@@ -256,16 +258,16 @@ impl<I: NodeId> Membership<I> {
                 continue;
             }
             let silence = link.silence(now);
-            let status = if silence < self.active_limit(link) {
+            let status = if silence < self.active_limit(&peer, link) {
                 LinkStatus::Active
-            } else if silence < self.cfg.unreachable_after {
+            } else if silence < self.unreachable_of(&peer) {
                 LinkStatus::Suspect
             } else {
                 LinkStatus::Dead
             };
             let evidence = link
                 .beat_in
-                .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.unreachable_after);
+                .is_some_and(|t| now.saturating_duration_since(t) < self.unreachable_of(&peer));
             let expected = self.expected(&peer);
             let release = if expected {
                 // Over heartbeats a subject that answers but never beats us does not take
@@ -332,7 +334,7 @@ impl<I: NodeId> Membership<I> {
         let Some(link) = self.links.get(&peer) else {
             return;
         };
-        let stale = at.saturating_duration_since(link.last_heard) >= self.active_limit(link);
+        let stale = at.saturating_duration_since(link.last_heard) >= self.active_limit(&peer, link);
         if let Some(link) = self.links.get_mut(&peer) {
             link.last_heard = link.last_heard.max(at);
             link.unverified = false;

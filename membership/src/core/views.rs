@@ -30,6 +30,7 @@ impl<I: NodeId> Membership<I> {
             incarnation: self.incarnation,
             version: self.version,
             left: self.left,
+            gentle: self.gentle,
             links,
         };
         self.records.insert(self.me, rec.clone());
@@ -203,16 +204,30 @@ impl<I: NodeId> Membership<I> {
         let mut at = |d: Instant| deadline = Some(deadline.map_or(d, |x: Instant| x.min(d)));
         let mut rows: HashMap<I, Vec<I>> = HashMap::new();
         let mut mine = Vec::new();
+        // A gentle member hears nothing while idle: its monitor, while no record reports
+        // it lost, is where its chains start.
+        let reported_lost = |p: &I| {
+            self.records.values().any(|r| {
+                r.origin != self.me
+                    && r.links
+                        .iter()
+                        .any(|e| e.peer == *p && e.watch == Watch::Lost)
+            })
+        };
         for (p, l) in &self.links {
             if left.contains(p) || l.broken.is_some() {
                 continue;
             }
-            let fresh = now.saturating_duration_since(l.last_heard) < self.active_limit(l);
+            if self.gentle && self.roles.targets.contains(p) && !reported_lost(p) {
+                mine.push(*p);
+                continue;
+            }
+            let fresh = now.saturating_duration_since(l.last_heard) < self.active_limit(p, l);
             if matches!(l.status, LinkStatus::Active | LinkStatus::Suspect) {
                 mine.push(*p);
             } else if l.status == LinkStatus::Unwatched && fresh {
                 mine.push(*p);
-                at(l.last_heard + self.active_limit(l));
+                at(l.last_heard + self.active_limit(p, l));
             }
         }
         let limit = self.cfg.probe_interval * 2 + self.cfg.probe_timeout;
@@ -281,6 +296,12 @@ impl<I: NodeId> Membership<I> {
                 self.orphans.remove(id);
                 continue;
             }
+            // A gentle orphan may answer its new monitor's ping late (a radio asleep).
+            let grace = if self.gentle_member(id) {
+                GENTLE_ORPHAN_GRACE
+            } else {
+                grace
+            };
             let since = *self.orphans.entry(*id).or_insert(now);
             if now < since + grace {
                 vouched.insert(*id);

@@ -5,6 +5,61 @@
 use super::*;
 
 impl<I: NodeId> Membership<I> {
+    /// Whether `id` is gentle: this member's own setting, or what its newest record says.
+    pub(super) fn gentle_member(&self, id: &I) -> bool {
+        if *id == self.me {
+            return self.gentle;
+        }
+        self.records.get(id).is_some_and(|r| r.gentle && !r.left)
+    }
+
+    /// How often `id` beats its monitors (and how often a link to it is pinged).
+    pub(super) fn interval_of(&self, id: &I) -> Duration {
+        if self.gentle_member(id) {
+            self.cfg.gentle_interval
+        } else {
+            self.cfg.probe_interval
+        }
+    }
+
+    /// The silence after which a watched link to `id` is dead.
+    pub(super) fn unreachable_of(&self, id: &I) -> Duration {
+        if self.gentle_member(id) {
+            self.cfg.gentle_unreachable_after
+        } else {
+            self.cfg.unreachable_after
+        }
+    }
+
+    /// The monitors `x` asks for: one for a gentle member.
+    fn monitor_count(&self, x: &I) -> usize {
+        if self.gentle_member(x) {
+            1
+        } else {
+            self.cfg.monitors
+        }
+    }
+
+    /// Whether `c` may monitor others: not a gentle member, unless every member of the
+    /// rings but `x` is gentle (then gentle members watch each other rather than nobody).
+    fn may_monitor(&self, c: &I, x: &I) -> bool {
+        !self.gentle_member(c)
+            || self
+                .roles
+                .set
+                .iter()
+                .all(|o| o == x || self.gentle_member(o))
+    }
+
+    /// The periodic work's interval: a gentle member does it at its beats.
+    pub(super) fn ae_interval(&self) -> Duration {
+        if self.gentle {
+            self.cfg.gentle_interval
+        } else {
+            self.cfg.anti_entropy_interval
+        }
+    }
+
     /// `peer` is down in our view: unreachable or left (or unknown).
     pub(super) fn is_down(&self, peer: &I) -> bool {
         self.views
@@ -19,13 +74,17 @@ impl<I: NodeId> Membership<I> {
             return false;
         };
         self.roles.subjects.contains(peer)
-            || (!link.datagram && link.broken.is_none() && self.roles.targets.contains(peer))
+            || (!link.datagram
+                && !self.gentle
+                && link.broken.is_none()
+                && self.roles.targets.contains(peer))
     }
 
     /// Recompute our monitors and subjects after the views changed, and start watching
     /// where we now must. True if anything changed that our record or views show.
     pub(super) fn update_roles(&mut self, now: Instant) -> bool {
         let k = self.cfg.monitors;
+        let mine = self.monitor_count(&self.me);
         // The rings are built over the members we see up, orphans (whose watchers went
         // out of sight) aside: they are given monitors, they do not monitor.
         let mut set: BTreeSet<I> = self
@@ -54,8 +113,10 @@ impl<I: NodeId> Membership<I> {
         // Our monitors: the links we can send beats through.
         let links = &self.links;
         let roles = &self.roles;
-        let targets = roles.rings.monitors(self.me, k, |c| {
-            roles.set.contains(c) && links.get(c).is_some_and(|l| l.usable())
+        let targets = roles.rings.monitors(self.me, mine, |c| {
+            roles.set.contains(c)
+                && links.get(c).is_some_and(|l| l.usable())
+                && self.may_monitor(c, &self.me)
         });
         if targets != self.roles.targets {
             self.roles.targets = targets;
@@ -146,7 +207,7 @@ impl<I: NodeId> Membership<I> {
         let rec = self.records.get(x).filter(|r| !r.left);
         let set = &self.roles.set;
         let me = self.me;
-        self.roles.rings.monitors(*x, self.cfg.monitors, |c| {
+        self.roles.rings.monitors(*x, self.monitor_count(x), |c| {
             let entry = rec.map(|r| {
                 r.links
                     .binary_search_by(|e| e.peer.cmp(c))
@@ -154,6 +215,7 @@ impl<I: NodeId> Membership<I> {
                     .map(|i| r.links[i].watch)
             });
             set.contains(c)
+                && self.may_monitor(c, x)
                 && match entry {
                     None => true,
                     Some(Some(w)) => w != Watch::Lost,
@@ -181,8 +243,9 @@ impl<I: NodeId> Membership<I> {
     /// takes its place) until its record changes what it says of us, or for
     /// `BROKEN_RETRY_INTERVALS` intervals.
     pub(super) fn check_broken(&mut self, now: Instant) {
-        let judge = self.cfg.unreachable_after + self.cfg.probe_interval;
-        let retry = self.cfg.probe_interval * BROKEN_RETRY_INTERVALS;
+        let own = self.interval_of(&self.me);
+        let judge = self.unreachable_of(&self.me) + own;
+        let retry = own * BROKEN_RETRY_INTERVALS;
         let peers: Vec<I> = self.links.keys().copied().collect();
         for peer in peers {
             let (key, entry) = self.entry_for_me(&peer);

@@ -63,11 +63,15 @@ impl Sim {
                 sent,
                 datagram,
             } => {
-                let l = self.link(to, from);
-                if !l.carries(conn) {
+                if !self.link(to, from).carries(conn) {
                     self.stats.dropped += 1;
                     return;
                 }
+                self.stats.received[to as usize] += 1;
+                if !datagram {
+                    self.stats.wakeups[to as usize] += 1;
+                }
+                let l = self.link(to, from);
                 if datagram {
                     let digest = match Message::<u32>::decode(&bytes) {
                         Ok(Message::Beat { digest }) => digest,
@@ -143,6 +147,7 @@ impl Sim {
                     return;
                 }
                 self.nodes[node as usize].timer_at = None;
+                self.stats.wakeups[node as usize] += 1;
                 self.nodes[node as usize].m.handle_timeout(now);
                 // A deadline the core does not clear would spin its driver (and look
                 // like a stall of its own to the core).

@@ -68,6 +68,10 @@ pub struct NetStats {
     pub by_kind: BTreeMap<&'static str, u64>,
     /// Per node: messages and bytes sent.
     pub sent: Vec<(u64, u64)>,
+    /// Per node: messages that reached it (heartbeats included: each wakes a radio).
+    pub received: Vec<u64>,
+    /// Per node: wake-ups of its core (its timer, or a message other than a heartbeat).
+    pub wakeups: Vec<u64>,
     /// Transmissions of each broadcast event (a gossip message carrying it).
     pub event_tx: BTreeMap<EventId<u32>, u64>,
 }
