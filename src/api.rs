@@ -393,6 +393,20 @@ pub struct Status {
     /// sentence naming who removed whom and the command that decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// How closely this device is watched: `battery` (one beat per 20 s, its absence
+    /// seen within a minute) or `mains`; and how it was chosen (`auto` from the power
+    /// supply, or `config`). docs/membership.md, "Battery profile".
+    #[serde(default)]
+    pub profile: Option<ProfileInfo>,
+}
+
+/// The power profile in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    /// `battery` or `mains`.
+    pub current: String,
+    /// `auto` or `config`.
+    pub source: String,
 }
 
 /// This device was removed from the mesh (`status`).

@@ -55,6 +55,9 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             println!("Listening: {}", s.listen.join(", "));
             println!("Peers:     {} ({} active)", s.peers, s.active);
             println!("Uptime:    {}s", s.uptime_s);
+            if let Some(p) = &s.profile {
+                println!("Profile:   {} ({})", p.current, p.source);
+            }
             println!("Handlers:  {}", s.handlers);
             println!("Socket:    {}", s.socket);
             if let Some(r) = &s.removed {

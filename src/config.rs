@@ -54,6 +54,20 @@ pub struct Config {
     pub ui: bool,
     /// The dashboard's port on 127.0.0.1 and ::1 (0: one the kernel picks).
     pub ui_port: u16,
+    /// How closely this device is watched (docs/membership.md, "Battery profile"):
+    /// `auto` (battery while running on battery, read from /sys/class/power_supply),
+    /// `battery` or `mains`.
+    pub profile: Profile,
+}
+
+/// The power profile (`profile` in config.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Auto,
+    Battery,
+    Mains,
 }
 
 /// One `[[expose]]` table.
@@ -85,6 +99,7 @@ impl Default for Config {
             port_mapping: true,
             ui: false,
             ui_port: 0,
+            profile: Profile::Auto,
         }
     }
 }

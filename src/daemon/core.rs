@@ -70,11 +70,22 @@ impl Member {
 
 /// The core's configuration from the daemon's config keys.
 pub fn config(d_cfg: &crate::config::Config) -> Config {
+    let probe_interval = Duration::from_millis(d_cfg.probe_interval_ms);
+    let base = Config::default();
+    // On battery: a beat per 20 s at least (never more often than the LAN beat), a
+    // suspicion after two missed and a margin, lost ten seconds later.
+    let gentle_interval = base.gentle_interval.max(probe_interval);
+    let gentle_suspect_after = base
+        .gentle_suspect_after
+        .max(gentle_interval * 2 + Duration::from_secs(5));
     let c = Config {
-        probe_interval: Duration::from_millis(d_cfg.probe_interval_ms),
+        probe_interval,
         unreachable_after: Duration::from_millis(d_cfg.suspect_after_ms),
         anti_entropy_interval: Duration::from_millis(d_cfg.probe_interval_ms.max(1000)),
-        ..Config::default()
+        gentle_interval,
+        gentle_suspect_after,
+        gentle_unreachable_after: gentle_suspect_after + Duration::from_secs(10),
+        ..base
     };
     if c.validate().is_err() {
         warn!("membership timers from the config are inconsistent; using the defaults");

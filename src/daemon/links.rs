@@ -25,6 +25,9 @@ const TICK: Duration = Duration::from_millis(1000);
 /// The supervisor's tick while every peer is connected (it then only notes connections
 /// that migrated to a new address).
 const IDLE_TICK: Duration = Duration::from_secs(10);
+/// The idle tick on battery: a connection going down brings the next tick forward
+/// anyway, so the idle tick is only a backstop, and each one wakes the device.
+const IDLE_TICK_GENTLE: Duration = Duration::from_secs(120);
 
 pub fn start(d: &Arc<Daemon>) {
     tokio::spawn(transport_events(d.clone(), d.conn_events.subscribe()));
@@ -302,7 +305,12 @@ async fn supervise(d: Arc<Daemon>, mut events: mpsc::Receiver<ConnEvent>) {
                 }
             });
         }
-        tick.reset(now + if idle { IDLE_TICK } else { TICK });
+        let wait = match idle {
+            false => TICK,
+            true if d.member.lock().is_gentle() => IDLE_TICK_GENTLE,
+            true => IDLE_TICK,
+        };
+        tick.reset(now + wait);
     }
 }
 

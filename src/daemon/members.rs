@@ -24,7 +24,7 @@ use transport::{DeviceId, Identity};
 
 use super::core::Member;
 use super::peers::{Peer, PeerTable};
-use super::roster::{MemberEntry, MeshRoster, Removal, RosterChanges, RosterSnapshot, MAX_SIGNERS};
+use super::roster::{MemberEntry, MeshRoster, Removal, RosterChanges, RosterSnapshot};
 
 /// What a change of membership did, for the events and gossip that follow it.
 #[derive(Debug, Default)]
@@ -212,18 +212,17 @@ impl Members {
 
     /// Records `name` for member `id` (signed by this device) when the roster has
     /// another name for it.
-    /// Also when only this device's own entry for it has another name, while the
-    /// device has room for another signer: so the name does not hang on another
-    /// member's signature alone (it would fall back to an old one if that member were
-    /// removed).
+    /// Also when only this device's own entry for it has another name (or there is
+    /// none): so the name does not hang on another member's signature alone (it would
+    /// fall back to an old one if that member were removed). The roster never lets
+    /// this device's own signature go for others'.
     pub fn sign_name(&self, id: DeviceId, name: &str) -> Applied {
         {
             let r = self.roster();
             let me = self.identity.id;
             let current = r.member(&id).is_some_and(|m| m.name == name);
             let own = r.signed_by(&id, &me).is_some_and(|m| m.name == name);
-            let room = r.signed_by(&id, &me).is_some() || r.signers(&id) < MAX_SIGNERS;
-            if !r.is_member(&id) || (current && (own || !room)) {
+            if !r.is_member(&id) || (current && own) {
                 return Applied::default();
             }
         }

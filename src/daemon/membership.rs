@@ -17,7 +17,11 @@ use transport::{close_code, DeviceId, DownReason, PeerConn};
 use super::conn_events::ConnEvent;
 use super::context::Daemon;
 use super::peers::PeerState;
+use super::power;
 use super::unanswered::Unanswered;
+
+/// How often the power supply is read (on battery, at each beat: every 20 s).
+const POWER_CHECK: Duration = Duration::from_secs(10);
 use super::wire::MeshFrame;
 
 /// Runs `f` on the core, then carries out everything it asked for, and has the timer
@@ -144,6 +148,9 @@ pub fn start(d: &Arc<Daemon>) {
         let mut last_rtt = Instant::now();
         let mut rx_seen = HashMap::new();
         let mut unanswered = Unanswered::default();
+        // The power profile, read again every POWER_CHECK (at a wake-up there anyway).
+        let power_dir = power::supply_dir();
+        let mut power_read: Option<Instant> = None;
         // The connections, fetched again only when the endpoint's list changed.
         let mut conns: (Option<u64>, Vec<PeerConn>) = (None, Vec::new());
         // A timerfd: one wake-up per deadline (see transport::runtime).
@@ -161,6 +168,18 @@ pub fn start(d: &Arc<Daemon>) {
                 }
                 if core.poll_timeout().is_some_and(|t| t <= now) {
                     drop(core);
+                    if power_read.is_none_or(|t| now.saturating_duration_since(t) >= POWER_CHECK) {
+                        power_read = Some(now);
+                        let gentle = power::gentle(dd.cfg.profile, &power_dir);
+                        if gentle != dd.member.lock().is_gentle() {
+                            info!(
+                                gentle,
+                                "power profile: {}",
+                                if gentle { "battery" } else { "mains" }
+                            );
+                            run(&dd, |c, now| c.set_gentle(gentle, now));
+                        }
+                    }
                     let generation = dd.endpoint.generation();
                     if conns.0 != Some(generation) {
                         conns = (Some(generation), dd.endpoint.connections());
@@ -348,7 +367,10 @@ fn close_unanswered(d: &Daemon, conns: &[PeerConn], seen: &mut Unanswered, now: 
         )
     });
     let dead = seen.observe(counters, limit, now);
-    for pc in conns.iter().filter(|pc| dead.contains(&pc.conn.stable_id())) {
+    for pc in conns
+        .iter()
+        .filter(|pc| dead.contains(&pc.conn.stable_id()))
+    {
         info!(peer = %pc.name, silent_ms = limit.as_millis() as u64, "the peer answers nothing sent to it; closing its connection");
         pc.conn
             .close(VarInt::from_u32(close_code::SILENT), b"unanswered");

@@ -25,6 +25,7 @@ mod outbox;
 pub(crate) mod pair;
 pub mod peers;
 mod portmap;
+mod power;
 mod punch;
 mod punching;
 mod reach;
@@ -224,7 +225,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     }
     punching::start(&daemon);
     daemon.endpoint.set_relays(&daemon.relays.specs());
-    trim::start();
+    trim::start(daemon.member.clone());
     // Last: every component has subscribed, so none misses an event.
     let dd = daemon.clone();
     tokio::spawn(async move { dd.conn_events.run(&dd.endpoint, transport_events).await });

@@ -360,6 +360,7 @@ impl MeshRoster {
         if !self.entries.contains_key(&m.id) && self.entries.len() >= MAX_MEMBERS {
             return false;
         }
+        let me = self.me;
         let held = self.entries.entry(m.id).or_default();
         let signer = m.signer_id();
         // The newest; of two with one version (a signer that signed two names at once),
@@ -371,8 +372,11 @@ impl MeshRoster {
         held.insert(signer, m);
         if held.len() > MAX_SIGNERS {
             // The oldest signature goes (by version, then signer): a function of the set.
+            // This device's own never goes: it is what grounds the device as a member
+            // here, whatever others signed since (docs/security.md).
             let oldest = held
                 .iter()
+                .filter(|(s, _)| **s != me)
                 .min_by_key(|(s, e)| (e.version, **s))
                 .map(|(s, _)| *s);
             if let Some(s) = oldest {

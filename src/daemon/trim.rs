@@ -24,8 +24,11 @@ pub const FIRST: Duration = Duration::from_secs(10);
 /// than the idle paths take back after a trim (about 1 MiB).
 pub const REGROWTH: u64 = 2 * 1024 * 1024;
 
-pub fn start() {
-    tokio::spawn(async {
+/// How often on battery (each check wakes the device).
+pub const INTERVAL_GENTLE: Duration = Duration::from_secs(600);
+
+pub fn start(member: std::sync::Arc<super::core::Member>) {
+    tokio::spawn(async move {
         // A timerfd wakes the process once at the deadline; a long tokio sleep also
         // wakes it at the timer wheel's level boundaries on the way.
         let mut alarm = transport::runtime::Alarm::new(std::time::Instant::now() + FIRST);
@@ -37,7 +40,12 @@ pub fn start() {
                 after_trim = resident();
                 debug!(mapped_kib = released / 1024, "trimmed idle memory");
             }
-            alarm.reset(std::time::Instant::now() + INTERVAL);
+            let every = if member.lock().is_gentle() {
+                INTERVAL_GENTLE
+            } else {
+                INTERVAL
+            };
+            alarm.reset(std::time::Instant::now() + every);
         }
     });
 }

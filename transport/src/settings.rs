@@ -158,7 +158,8 @@ pub(crate) enum Side {
 /// carrier-grade NAT range 100.64.0.0/10 included, may be behind a NAT.
 pub fn private_path(addr: &SocketAddr) -> bool {
     use std::net::IpAddr;
-    let v4_private = |ip: std::net::Ipv4Addr| ip.is_loopback() || ip.is_private() || ip.is_link_local();
+    let v4_private =
+        |ip: std::net::Ipv4Addr| ip.is_loopback() || ip.is_private() || ip.is_link_local();
     match addr.ip() {
         IpAddr::V4(ip) => v4_private(ip),
         IpAddr::V6(ip) => {

@@ -40,15 +40,19 @@ impl<I: NodeId> Membership<I> {
         }
     }
 
-    /// Whether `c` may monitor others: not a gentle member, unless every member of the
-    /// rings but `x` is gentle (then gentle members watch each other rather than nobody).
+    /// Whether `c` may monitor `x`: a member that is not gentle; a gentle member only
+    /// for another gentle member, and only when every other member of the rings is
+    /// gentle (they watch each other gently rather than nobody). A member that is not
+    /// gentle among gentle ones only has no monitor: they take it for up while it is
+    /// theirs (see `vouched_set`), and nothing wakes them for it.
     fn may_monitor(&self, c: &I, x: &I) -> bool {
         !self.gentle_member(c)
-            || self
-                .roles
-                .set
-                .iter()
-                .all(|o| o == x || self.gentle_member(o))
+            || (self.gentle_member(x)
+                && self
+                    .roles
+                    .set
+                    .iter()
+                    .all(|o| o == x || self.gentle_member(o)))
     }
 
     /// The periodic work's interval: a gentle member does it at its beats.

@@ -8,7 +8,7 @@ use transport::{DeviceId, Identity};
 /// Most members (and most removals) a roster holds; larger gossip is refused.
 pub const MAX_MEMBERS: usize = 1024;
 /// Most entries (and removals) kept for one device: one per signer, the newest versions.
-pub const MAX_SIGNERS: usize = 4;
+pub const MAX_SIGNERS: usize = 16;
 
 const DOMAIN_MEMBER: &[u8] = b"cnspr roster member v1\0";
 const DOMAIN_REMOVAL: &[u8] = b"cnspr roster removal v1\0";

@@ -378,3 +378,39 @@ fn two_names_signed_with_one_version_are_kept_alike_in_any_order() {
     assert_eq!(r.snapshot(), other.snapshot());
     assert_eq!(r.member(&b.id).unwrap().name, "laptop");
 }
+
+/// Found by the 10-host monitoring test: every member signs every other, so a device
+/// held more signatures than the bound and this device's own went first (the oldest);
+/// nothing chained back to this device any more and the whole mesh fell out of it.
+#[test]
+fn this_device_s_own_signature_is_never_crowded_out() {
+    let me = dev("me");
+    let x = dev("x");
+    let others: Vec<Identity> = (0..MAX_SIGNERS + 4)
+        .map(|i| dev(&format!("o{i}")))
+        .collect();
+    let mut r = roster(&me);
+    r.merge(RosterSnapshot {
+        members: vec![MemberEntry::sign(&me, x.id, "x", 1)],
+        removals: vec![],
+    });
+    // The others are members (signed by x), and each signs x, all newer than ours.
+    let mut members: Vec<MemberEntry> = others
+        .iter()
+        .map(|o| MemberEntry::sign(&x, o.id, &o.name, 2))
+        .collect();
+    members.extend(
+        others
+            .iter()
+            .enumerate()
+            .map(|(i, o)| MemberEntry::sign(o, x.id, "x", 10 + i as u64)),
+    );
+    r.merge(RosterSnapshot {
+        members,
+        removals: vec![],
+    });
+    assert!(r.signed_by(&x.id, &me.id).is_some(), "own signature kept");
+    assert_eq!(r.signers(&x.id), MAX_SIGNERS);
+    assert!(r.is_member(&x.id));
+    assert!(others.iter().all(|o| r.is_member(&o.id)));
+}

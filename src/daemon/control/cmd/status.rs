@@ -2,7 +2,8 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::api::{GossipCounters, HeartbeatCounters, Status};
+use crate::api::{GossipCounters, HeartbeatCounters, ProfileInfo, Status};
+use crate::config::Profile;
 use crate::daemon::context::Daemon;
 use crate::daemon::peers::PeerState;
 
@@ -14,6 +15,7 @@ pub fn status(d: &Daemon) -> Status {
         .iter()
         .map(|(id, _)| d.conflict_text(id))
         .collect();
+    let gentle = d.member.lock().is_gentle();
     let table = d.peers();
     Status {
         id: d.id().to_string(),
@@ -49,5 +51,14 @@ pub fn status(d: &Daemon) -> Status {
         relays: super::relays::list(d),
         removed: d.removed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         conflicts,
+        profile: Some(ProfileInfo {
+            current: if gentle { "battery" } else { "mains" }.into(),
+            source: if d.cfg.profile == Profile::Auto {
+                "auto"
+            } else {
+                "config"
+            }
+            .into(),
+        }),
     }
 }
