@@ -71,8 +71,9 @@ pub struct Membership<I: NodeId> {
     incarnation: u64,
     version: u64,
     left: bool,
-    /// Gentle (on battery): see [`Membership::set_gentle`].
+    /// Gentle (on battery): see [`Membership::set_gentle`]; when it last beat anyone.
     gentle: bool,
+    last_beat: Option<Instant>,
     record_dirty: bool,
     /// Publish without waiting for `record_min_interval` (first record, refutation).
     record_urgent: bool,
@@ -137,6 +138,7 @@ impl<I: NodeId> Membership<I> {
             version: 0,
             left: false,
             gentle: false,
+            last_beat: None,
             record_dirty: true,
             record_urgent: true,
             record_lazy: false,

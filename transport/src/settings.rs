@@ -236,3 +236,37 @@ impl DownReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::private_path;
+
+    #[test]
+    fn private_paths_are_those_without_a_nat_between() {
+        for a in [
+            "127.0.0.1:1",
+            "10.1.2.3:1",
+            "172.16.0.1:1",
+            "192.168.1.5:7373",
+            "169.254.3.4:1",
+            "[::1]:1",
+            "[fd12::1]:1",
+            "[fe80::1]:1",
+            "[::ffff:192.168.0.1]:1",
+        ] {
+            assert!(private_path(&a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "203.0.113.5:1",
+            "198.51.100.1:1",
+            "8.8.8.8:53",
+            "100.64.0.1:1",
+            "172.32.0.1:1",
+            "[2001:db8::1]:1",
+            "[::ffff:203.0.113.5]:1",
+        ] {
+            assert!(!private_path(&a.parse().unwrap()), "{a}");
+        }
+    }
+}
+

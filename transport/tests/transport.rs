@@ -470,9 +470,11 @@ async fn udp_relay(
 #[tokio::test]
 async fn a_silent_peer_times_out() -> Result<()> {
     let (a, b) = (identity("a"), identity("b"));
+    // Loopback is a private path: its idle timeout is the private one (none by default).
     let fast = EndpointConfig {
         keep_alive: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(800),
+        private_idle_timeout: Some(Duration::from_millis(800)),
         ..EndpointConfig::for_test()
     };
     let ea = endpoint_with(&a, &[&b], fast.clone());

@@ -83,7 +83,13 @@ impl<I: NodeId> Membership<I> {
         let p = self.cfg.probe_interval;
         if link.datagram {
             let target = link.broken.is_none() && self.roles.targets.contains(peer);
-            return target.then_some(link.beat_sent + self.interval_of(&self.me));
+            // A gentle member keeps its cadence when its monitor changes: the new one
+            // gets the next beat when it is due, not one more at once.
+            let last = match self.last_beat {
+                Some(t) if self.gentle => link.beat_sent.max(t),
+                _ => link.beat_sent,
+            };
+            return target.then_some(last + self.interval_of(&self.me));
         }
         if link.status != LinkStatus::Active {
             return None;
@@ -184,6 +190,7 @@ impl<I: NodeId> Membership<I> {
         for peer in beat {
             if let Some(l) = self.links.get_mut(&peer) {
                 l.beat_sent = now;
+                self.last_beat = Some(now);
             }
             let digest = if self.ae_to == Some(peer) {
                 self.ae_to = None;

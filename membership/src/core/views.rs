@@ -101,11 +101,18 @@ impl<I: NodeId> Membership<I> {
                 .iter()
                 .any(|e| e.peer == origin && e.watch == Watch::Lost)
         });
-        let adj = if root_is_left || root_reported {
+        let mut adj = if root_is_left || root_reported {
             self.build_adjacency(Some(origin))
         } else {
             self.adjacency()
         };
+        // A gentle member (on battery) forwards nobody's items: it is a leaf of every
+        // tree but its own, so what others publish costs it one receipt, never a send.
+        for (id, edges) in adj.iter_mut() {
+            if *id != origin && self.gentle_member(id) {
+                edges.clear();
+            }
+        }
         let neighbours = self
             .links
             .iter()
