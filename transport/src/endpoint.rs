@@ -30,6 +30,7 @@ use crate::wire::{self, ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
 
 mod accept;
 mod dial;
+mod large;
 mod relays;
 
 /// Hello feature of a connection dialled because the dialler's address changed under the
@@ -209,6 +210,11 @@ impl Endpoint {
             // datagrams that have it clear.
             let mut ep_cfg = quinn::EndpointConfig::default();
             ep_cfg.grease_quic_bit(false);
+            // Datagrams up to the largest this side takes: path MTU discovery on the
+            // peer's side goes no higher than this.
+            ep_cfg
+                .max_udp_payload_size(cfg.max_udp_payload)
+                .map_err(|e| TransportError::Config(format!("max_udp_payload: {e}")))?;
             // Peers behind a relay have virtual addresses of the first socket's family.
             let bound = socket
                 .local_addr()
@@ -222,7 +228,7 @@ impl Endpoint {
             let ep = quinn::Endpoint::new_with_abstract_socket(
                 ep_cfg,
                 Some(server.clone()),
-                RelaySocket::new(inner, relays),
+                large::SplitSocket::new(RelaySocket::new(inner, relays)),
                 runtime,
             )
             .map_err(|source| TransportError::Bind { addr, source })?;
