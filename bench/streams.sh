@@ -271,6 +271,12 @@ cn b trust "${ID[a]}" --name alpha --addr "${ADDR[a]}" >/dev/null || fail "cnspr
 until_ok 30 "alpha to see beta active" peer_active a "${ID[b]}"
 until_ok 30 "beta to see alpha active" peer_active b "${ID[a]}"
 
+# udp_out NS: UDP datagrams sent so far in namespace NS.
+udp_out() {
+  ip netns exec "$1" cat /proc/net/snmp |
+    awk '$1 == "Udp:" && $2 ~ /^[0-9]+$/ { print $5; exit }'
+}
+
 # ---------------------------------------------------------------- one transfer -----------
 # transfer TOOL ROUND: moves BYTES from namespace A to namespace B with TOOL (cnspr or
 # dumbpipe); sets RATE to the rate in MB/s.
@@ -302,6 +308,8 @@ transfer() {
     }
   fi
   until_ok 60 "$tool listen to be ready" listening
+  local sent0
+  sent0=$(udp_out "$NSA")
   # Sending side, in A.
   head -c "$BYTES" /dev/zero >"$dir/tx" &
   hpid=$!
@@ -327,6 +335,9 @@ transfer() {
   finish "$cpid" 30 "$tool connect" "$dir/connect.err"
   finish "$lpid" 30 "$tool listen" "$dir/listen.err"
   ((end > first)) || fail "$tool round $round: no time elapsed"
+  local sent=$(($(udp_out "$NSA") - sent0))
+  ((sent > 0)) && echo "round $round: $tool made $sent UDP sends from A (a segmented send counts once):" \
+    "$((BYTES / sent)) bytes of the stream per send"
   RATE=$(mbps $((BYTES - 1)) $((end - first)))
 }
 

@@ -110,9 +110,9 @@ struct Inner {
     identity: Arc<Identity>,
     roster: Roster,
     cfg: EndpointConfig,
-    /// Transport settings of the connections this endpoint dials (they send the
-    /// keep-alives; see [`EndpointConfig::transport`]).
-    client_transport: Arc<quinn::TransportConfig>,
+    /// What connections this endpoint accepts start from; each gets transport settings
+    /// for its path ([`large::path_payload`]).
+    server: quinn::ServerConfig,
     quinns: Vec<quinn::Endpoint>,
     /// The heartbeat socket beside the one QUIC socket (none with several sockets).
     twin: Option<Arc<Twin>>,
@@ -174,10 +174,9 @@ impl Endpoint {
         roster: Roster,
         cfg: EndpointConfig,
     ) -> Result<Self, TransportError> {
-        let client_transport = Arc::new(cfg.transport(true)?);
         let server_tls = tls::rustls_server_config(&identity, &roster, cfg.provider.clone())?;
         let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
-        server.transport_config(Arc::new(cfg.transport(false)?));
+        server.transport_config(Arc::new(cfg.transport(false, None)?));
         let mut quinns = Vec::new();
         let mut twin = None;
         let planned = plan_sockets(&cfg.listen);
@@ -241,7 +240,7 @@ impl Endpoint {
                 identity,
                 roster,
                 cfg,
-                client_transport,
+                server,
                 quinns,
                 twin,
                 conns: Mutex::new(HashMap::new()),

@@ -102,10 +102,13 @@ impl EndpointConfig {
 
     /// QUIC transport settings; `keep_alive` for the side that dialled only: its PING and
     /// the acknowledgement keep the connection open for both sides, and the side that
-    /// accepted wakes once per interval instead of three times.
+    /// accepted wakes once per interval instead of three times. `path` is the largest UDP
+    /// payload the route to the peer carries, if known: path MTU discovery probes no
+    /// higher.
     pub(crate) fn transport(
         &self,
         keep_alive: bool,
+        path: Option<u16>,
     ) -> Result<quinn::TransportConfig, TransportError> {
         let mut t = quinn::TransportConfig::default();
         t.keep_alive_interval(keep_alive.then_some(self.keep_alive));
@@ -129,7 +132,8 @@ impl EndpointConfig {
         // once per connection and again after `interval` if the bound was not reached;
         // its lost probes do not count as congestion.
         let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(self.max_udp_payload.max(1200));
+        let upper = path.map_or(self.max_udp_payload, |p| p.min(self.max_udp_payload));
+        mtu.upper_bound(upper.max(1200));
         t.mtu_discovery_config(Some(mtu));
         let mut ack = quinn::AckFrequencyConfig::default();
         ack.ack_eliciting_threshold(VarInt::from_u32(0));

@@ -122,8 +122,7 @@ impl Endpoint {
             expected,
             self.inner.cfg.provider.clone(),
         )?;
-        let mut client = quinn::ClientConfig::new(tls::quic_client(client_tls)?);
-        client.transport_config(self.inner.client_transport.clone());
+        let client = quinn::ClientConfig::new(tls::quic_client(client_tls)?);
         let timeout = self.inner.cfg.handshake_timeout;
         let mut race = JoinSet::new();
         let mut errors = Vec::new();
@@ -132,8 +131,12 @@ impl Endpoint {
                 errors.push(format!("{addr}: no socket of that address family"));
                 continue;
             };
-            let client = client.clone();
+            let mut client = client.clone();
             let addr = *addr;
+            // Transport settings for this path: the side that dials sends the
+            // keep-alives (see `EndpointConfig::transport`).
+            let path = large::path_payload(addr);
+            client.transport_config(Arc::new(self.inner.cfg.transport(true, path)?));
             race.spawn(async move {
                 let connecting = q
                     .connect_with(client, addr, tls::SERVER_NAME)

@@ -98,6 +98,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_route_to_loopback_is_told() {
+        // Loopback's MTU is 65,536 on Linux (anything from Ethernet's up, elsewhere).
+        let p = route_payload("127.0.0.1:9".parse().unwrap()).expect("a route to loopback");
+        assert!(p >= 1472, "{p}");
+        let mapped = route_payload("[::ffff:127.0.0.1]:9".parse().unwrap());
+        assert_eq!(mapped, Some(p), "a mapped address is routed as IPv4");
+    }
+
+    #[test]
     fn pieces_are_whole_datagrams_within_the_limit() {
         // Ten jumbo datagrams: seven per send (62,664 bytes), then three.
         let v: Vec<_> = pieces(10 * 8952, 8952).collect();
@@ -114,4 +123,55 @@ mod tests {
             assert!(r.len() <= MAX_SEND && r.len() % 8952 == 0);
         }
     }
+}
+
+/// The upper bound of path MTU discovery towards `addr`: what the route carries
+/// ([`route_payload`]), or what a relay passes for a peer behind one. Probing above what
+/// the first link carries only loses the probes (the kernel refuses them), and a lost probe
+/// holds its size of the congestion window until it is declared lost: a connection's first
+/// exchange (the hello) then waited a probe timeout (about 27 ms) for it.
+pub fn path_payload(addr: SocketAddr) -> Option<u16> {
+    if crate::relay::is_virtual(&addr) {
+        let relayed = crate::relay::MAX_DATAGRAM - crate::relay::HEADER;
+        return Some(u16::try_from(relayed).unwrap_or(u16::MAX));
+    }
+    route_payload(addr)
+}
+
+/// The largest UDP payload the route to `addr` carries as this host sees it: the MTU of
+/// the interface it leaves by (or a smaller path MTU the kernel learned) less the IP and
+/// UDP headers; `None` if the kernel has no route or does not say. Costs a socket and a
+/// route lookup; sends nothing.
+pub fn route_payload(addr: SocketAddr) -> Option<u16> {
+    let addr = crate::relay::canonical(addr);
+    let (any, level, name, headers): (SocketAddr, _, _, u32) = match addr {
+        SocketAddr::V4(_) => (([0, 0, 0, 0], 0).into(), libc::IPPROTO_IP, libc::IP_MTU, 28),
+        SocketAddr::V6(_) => (
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU,
+            48,
+        ),
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(addr).ok()?;
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `mtu`, a live c_int, on a
+    // descriptor borrowed for the call's duration.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            level,
+            name,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let payload = u32::try_from(mtu).ok()?.checked_sub(headers)?;
+    Some(u16::try_from(payload).unwrap_or(u16::MAX))
 }
