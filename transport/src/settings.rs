@@ -26,9 +26,12 @@ pub mod close_code {
     pub const SILENT: u32 = 6;
 }
 
-/// Default [`EndpointConfig::max_udp_payload`]: the largest UDP payload there is (an IPv6
-/// datagram of 64 KiB); path MTU discovery finds what a path really carries.
-pub const MAX_UDP_PAYLOAD: u16 = 65_527;
+/// Default [`EndpointConfig::max_udp_payload`]: 16 KiB, above any jumbo-frame LAN (9,000
+/// bytes); path MTU discovery finds what a path really carries. Loopback would carry 64 KiB,
+/// but quinn keeps a send buffer of ten datagrams per connection once it has sent that
+/// many at once (640 KiB at 64 KiB against 160 KiB), and a system call carries 64 KiB
+/// either way (four datagrams of 16 KiB in one segmented send).
+pub const MAX_UDP_PAYLOAD: u16 = 16_384;
 
 /// Endpoint settings. `Default` suits a daemon; [`EndpointConfig::for_test`] binds loopback.
 #[derive(Clone)]
@@ -52,7 +55,8 @@ pub struct EndpointConfig {
     /// Largest UDP payload in bytes: the most this endpoint accepts (quinn's
     /// `max_udp_payload_size`, told to the peer) and the upper bound of its path MTU
     /// discovery, which starts at 1,200 and probes upwards for what the path carries
-    /// (1,472 on Ethernet, 8,972 on a jumbo-frame LAN, near 64 KiB on loopback).
+    /// (1,472 on Ethernet, 8,972 on a jumbo-frame LAN), no higher
+    /// than the route to the peer carries.
     pub max_udp_payload: u16,
     /// Read liveness heartbeats on a socket beside QUIC's (only with one socket).
     pub heartbeats: bool,
@@ -135,6 +139,14 @@ impl EndpointConfig {
         let upper = path.map_or(self.max_udp_payload, |p| p.min(self.max_udp_payload));
         mtu.upper_bound(upper.max(1200));
         t.mtu_discovery_config(Some(mtu));
+        // The initial congestion window holds a probe of the largest size and a datagram
+        // more: quinn (0.11) holds even a CONNECTION_CLOSE back while the window is full,
+        // so a connection closed while a large probe was in flight (just after set-up)
+        // sent no close, and its peer saw a stateless reset instead of the reason. With
+        // Ethernet's 1,472 bytes this is quinn's default window (14,720 bytes).
+        let mut cc = quinn::congestion::CubicConfig::default();
+        cc.initial_window((3 * u64::from(upper)).max(14_720));
+        t.congestion_controller_factory(Arc::new(cc));
         let mut ack = quinn::AckFrequencyConfig::default();
         ack.ack_eliciting_threshold(VarInt::from_u32(0));
         t.ack_frequency_config(Some(ack));
