@@ -25,7 +25,11 @@
 # the internet: its attempts fail at once there. The veth's MTU is 1500 bytes (Ethernet)
 # unless CNSPR_BENCH_MTU says otherwise (9000: a jumbo-frame LAN; 65535: loopback-class).
 # Everything started here is killed by PID and the namespaces are deleted on exit, also
-# on failure. The script prints figures; it exits non-zero only when something broke (a
+# on failure. Each round also prints each process's share of a CPU over a second of the
+# transfer and what the rest of the machine used meanwhile (CNSPR_BENCH_CPU_WINDOW
+# seconds; CNSPR_BENCH_PERF=DIR also records it with perf), and the bytes per UDP send
+# from namespace A. CNSPR_BENCH_BIN measures a given cnspr binary instead of building
+# this tree's. The script prints figures; it exits non-zero only when something broke (a
 # wrong byte count, a process that failed or hung).
 #
 # Run as root (from the repository root, or with the script's path from anywhere):

@@ -93,38 +93,6 @@ impl AsyncUdpSocket for SplitSocket {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_route_to_loopback_is_told() {
-        // Loopback's MTU is 65,536 on Linux (anything from Ethernet's up, elsewhere).
-        let p = route_payload("127.0.0.1:9".parse().unwrap()).expect("a route to loopback");
-        assert!(p >= 1472, "{p}");
-        let mapped = route_payload("[::ffff:127.0.0.1]:9".parse().unwrap());
-        assert_eq!(mapped, Some(p), "a mapped address is routed as IPv4");
-    }
-
-    #[test]
-    fn pieces_are_whole_datagrams_within_the_limit() {
-        // Ten jumbo datagrams: seven per send (62,664 bytes), then three.
-        let v: Vec<_> = pieces(10 * 8952, 8952).collect();
-        assert_eq!(v, vec![0..7 * 8952, 7 * 8952..10 * 8952]);
-        // A short last datagram stays in the last piece.
-        let v: Vec<_> = pieces(9 * 8952 + 100, 8952).collect();
-        assert_eq!(v, vec![0..7 * 8952, 7 * 8952..9 * 8952 + 100]);
-        // Datagrams near 64 KiB: one per send.
-        let v: Vec<_> = pieces(3 * 65_000, 65_000).collect();
-        assert_eq!(v, vec![0..65_000, 65_000..130_000, 130_000..195_000]);
-        // Small datagrams: one send for all (what quinn already sends at once).
-        assert_eq!(pieces(10 * 1452, 1452).count(), 1);
-        for r in pieces(10 * 8952, 8952) {
-            assert!(r.len() <= MAX_SEND && r.len() % 8952 == 0);
-        }
-    }
-}
-
 /// The upper bound of path MTU discovery towards `addr`: what the route carries
 /// ([`route_payload`]), or what a relay passes for a peer behind one. Probing above what
 /// the first link carries only loses the probes (the kernel refuses them), and a lost probe
@@ -174,4 +142,36 @@ pub fn route_payload(addr: SocketAddr) -> Option<u16> {
     }
     let payload = u32::try_from(mtu).ok()?.checked_sub(headers)?;
     Some(u16::try_from(payload).unwrap_or(u16::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_to_loopback_is_told() {
+        // Loopback's MTU is 65,536 on Linux (anything from Ethernet's up, elsewhere).
+        let p = route_payload("127.0.0.1:9".parse().unwrap()).expect("a route to loopback");
+        assert!(p >= 1472, "{p}");
+        let mapped = route_payload("[::ffff:127.0.0.1]:9".parse().unwrap());
+        assert_eq!(mapped, Some(p), "a mapped address is routed as IPv4");
+    }
+
+    #[test]
+    fn pieces_are_whole_datagrams_within_the_limit() {
+        // Ten jumbo datagrams: seven per send (62,664 bytes), then three.
+        let v: Vec<_> = pieces(10 * 8952, 8952).collect();
+        assert_eq!(v, vec![0..7 * 8952, 7 * 8952..10 * 8952]);
+        // A short last datagram stays in the last piece.
+        let v: Vec<_> = pieces(9 * 8952 + 100, 8952).collect();
+        assert_eq!(v, vec![0..7 * 8952, 7 * 8952..9 * 8952 + 100]);
+        // Datagrams near 64 KiB: one per send.
+        let v: Vec<_> = pieces(3 * 65_000, 65_000).collect();
+        assert_eq!(v, vec![0..65_000, 65_000..130_000, 130_000..195_000]);
+        // Small datagrams: one send for all (what quinn already sends at once).
+        assert_eq!(pieces(10 * 1452, 1452).count(), 1);
+        for r in pieces(10 * 8952, 8952) {
+            assert!(r.len() <= MAX_SEND && r.len() % 8952 == 0);
+        }
+    }
 }
