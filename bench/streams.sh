@@ -8,11 +8,12 @@
 #   (b) dumbpipe:   the same bytes through `dumbpipe connect TICKET` into `dumbpipe listen`
 #                   (crates.io crate `dumbpipe`, the pipe tool of the iroh project);
 #   (c) bare quinn: the "bare quinn" line of `cargo bench -p transport --bench transport`
-#                   (one quinn ChaCha20-Poly1305 stream between two processes, loopback).
+#                   (one quinn ChaCha20-Poly1305 stream between two processes, quinn's
+#                   default settings, from namespace A to namespace B over the same veth).
 #
 # N is 2 GiB (CNSPR_BENCH_BYTES overrides it). (a) and (b) alternate, CNSPR_BENCH_ROUNDS
 # times each (default 3), and their medians are reported, with the ratios
-# cnspr/dumbpipe (target >= 3x) and cnspr/bare quinn (target >= 70%). A transfer is timed
+# cnspr/dumbpipe (target >= 3x) and cnspr/bare quinn (target >= 100%). A transfer is timed
 # at the receiver, from the arrival of the first byte to the arrival of the last one (set-up
 # of connections and streams is not counted); the byte count received must equal N.
 #
@@ -21,9 +22,14 @@
 # route out: both cnspr daemons and both dumbpipe ends run there, on the same link.
 # dumbpipe has no option to turn off iroh's relay servers or its DNS/pkarr address lookup
 # (it always uses iroh's default "N0" preset), so these namespaces are what keeps it off
-# the internet: its attempts fail at once there. (c) runs in namespace A, on its loopback.
+# the internet: its attempts fail at once there. The veth's MTU is 1500 bytes (Ethernet)
+# unless CNSPR_BENCH_MTU says otherwise (9000: a jumbo-frame LAN; 65535: loopback-class).
 # Everything started here is killed by PID and the namespaces are deleted on exit, also
-# on failure. The script prints figures; it exits non-zero only when something broke (a
+# on failure. Each round also prints each process's share of a CPU over a second of the
+# transfer and what the rest of the machine used meanwhile (CNSPR_BENCH_CPU_WINDOW
+# seconds; CNSPR_BENCH_PERF=DIR also records it with perf), and the bytes per UDP send
+# from namespace A. CNSPR_BENCH_BIN measures a given cnspr binary instead of building
+# this tree's. The script prints figures; it exits non-zero only when something broke (a
 # wrong byte count, a process that failed or hung).
 #
 # Run as root (from the repository root, or with the script's path from anywhere):
@@ -43,8 +49,10 @@ export LC_ALL=C
 
 BYTES=${CNSPR_BENCH_BYTES:-$((2 << 30))}
 ROUNDS=${CNSPR_BENCH_ROUNDS:-3}
+MTU=${CNSPR_BENCH_MTU:-1500}
 [[ $BYTES =~ ^[0-9]+$ ]] && ((BYTES >= 2)) || { echo "CNSPR_BENCH_BYTES must be a byte count >= 2" >&2; exit 2; }
 [[ $ROUNDS =~ ^[0-9]+$ ]] && ((ROUNDS >= 1)) || { echo "CNSPR_BENCH_ROUNDS must be >= 1" >&2; exit 2; }
+[[ $MTU =~ ^[0-9]+$ ]] && ((MTU >= 1280 && MTU <= 65535)) || { echo "CNSPR_BENCH_MTU must be 1280..65535" >&2; exit 2; }
 if [[ $(id -u) -ne 0 ]]; then
   echo "bench/streams.sh needs root (it creates network namespaces): skipping"
   exit 0
@@ -57,7 +65,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")
 export CARGO_TARGET_DIR=$TARGET
 TOOLS=$TARGET/bench-tools
-CNSPR=$TARGET/release/cnspr
+# CNSPR_BENCH_BIN: a cnspr binary to measure instead of building this tree's (to compare
+# two builds under the same conditions).
+CNSPR=${CNSPR_BENCH_BIN:-$TARGET/release/cnspr}
 DUMBPIPE=$TOOLS/bin/dumbpipe
 cd "$ROOT"
 
@@ -173,7 +183,9 @@ median() {
 
 # ---------------------------------------------------------------- build ------------------
 echo "== building (cargo build --release; transport bench; dumbpipe)" >&2
-cargo build --release >&2 || fail "cargo build --release"
+if [[ -z ${CNSPR_BENCH_BIN:-} ]]; then
+  cargo build --release >&2 || fail "cargo build --release"
+fi
 [[ -x $CNSPR ]] || fail "no $CNSPR after the build"
 cargo bench -p transport --bench transport --no-run >&2 || fail "building the transport bench"
 
@@ -207,6 +219,7 @@ ip -n "$NSA" link add eth0 type veth peer name eth0 netns "$NSB"
 ip -n "$NSA" addr add 10.78.0.1/24 dev eth0
 ip -n "$NSB" addr add 10.78.0.2/24 dev eth0
 for ns in "$NSA" "$NSB"; do
+  ip -n "$ns" link set eth0 mtu "$MTU" || fail "cannot set the veth's MTU to $MTU"
   ip -n "$ns" link set lo up
   ip -n "$ns" link set eth0 up
   # No default route: only 10.78.0.0/24 and loopback are reachable from here.
@@ -262,6 +275,12 @@ cn b trust "${ID[a]}" --name alpha --addr "${ADDR[a]}" >/dev/null || fail "cnspr
 until_ok 30 "alpha to see beta active" peer_active a "${ID[b]}"
 until_ok 30 "beta to see alpha active" peer_active b "${ID[a]}"
 
+# udp_out NS: UDP datagrams sent so far in namespace NS.
+udp_out() {
+  ip netns exec "$1" cat /proc/net/snmp |
+    awk '$1 == "Udp:" && $2 ~ /^[0-9]+$/ { print $5; exit }'
+}
+
 # ---------------------------------------------------------------- one transfer -----------
 # transfer TOOL ROUND: moves BYTES from namespace A to namespace B with TOOL (cnspr or
 # dumbpipe); sets RATE to the rate in MB/s.
@@ -293,6 +312,8 @@ transfer() {
     }
   fi
   until_ok 60 "$tool listen to be ready" listening
+  local sent0
+  sent0=$(udp_out "$NSA")
   # Sending side, in A.
   head -c "$BYTES" /dev/zero >"$dir/tx" &
   hpid=$!
@@ -305,6 +326,7 @@ transfer() {
   fi
   cpid=$!
   PIDS+=("$cpid")
+  sample_cpu "$tool" "$round" "$hpid" "$cpid" "$lpid" "$rpid"
 
   finish "$rpid" "$XFER_LIMIT" "the $tool transfer (receiver)" "$dir/connect.err"
   read -r first end got <"$dir/count"
@@ -317,12 +339,82 @@ transfer() {
   finish "$cpid" 30 "$tool connect" "$dir/connect.err"
   finish "$lpid" 30 "$tool listen" "$dir/listen.err"
   ((end > first)) || fail "$tool round $round: no time elapsed"
+  local sent=$(($(udp_out "$NSA") - sent0))
+  ((sent > 0)) && echo "round $round: $tool made $sent UDP sends from A (a segmented send counts once):" \
+    "$((BYTES / sent)) bytes of the stream per send"
   RATE=$(mbps $((BYTES - 1)) $((end - first)))
+}
+
+# ---------------------------------------------------------------- CPU counters -----------
+# ticks PID: the CPU time (clock ticks: user + system, all threads) the process has used,
+# or nothing if it is gone.
+ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  awk '{ print $12 + $13 }' <<<"$stat"
+}
+# busy: the machine's busy clock ticks (all CPUs), from /proc/stat.
+busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+
+# sample_cpu TOOL ROUND HEAD CONNECT LISTEN COUNTER: where the CPU goes during a transfer,
+# from the processes' own counters over CPU_WINDOW seconds of the transfer (from 0.5 s
+# after its start, so set-up is not counted). Prints each process's share of one CPU,
+# and what the rest of the machine used meanwhile; prints why not if the transfer ended
+# before the window did. With CNSPR_BENCH_PERF=DIR, perf samples the same processes in
+# that window into DIR/TOOL.ROUND.data.
+CPU_WINDOW=${CNSPR_BENCH_CPU_WINDOW:-1}
+sample_cpu() {
+  local tool=$1 round=$2 names=(head) pids=("$3") i t0 t1 b0 b1 s0 s1 ours=0 line=""
+  names+=("$tool-connect" "$tool-listen")
+  pids+=("$4" "$5")
+  if [[ $tool == cnspr ]]; then
+    names+=(daemon-A daemon-B)
+    pids+=("${DPID[a]}" "${DPID[b]}")
+  fi
+  sleep 0.5
+  local dd
+  dd=$(ps -o pid=,comm= --ppid "$6" 2>/dev/null | awk '$2 == "dd" { print $1; exit }')
+  if [[ -n $dd ]]; then
+    names+=(dd)
+    pids+=("$dd")
+  fi
+  declare -a before after
+  b0=$(busy)
+  s0=$EPOCHREALTIME
+  for i in "${!pids[@]}"; do before[i]=$(ticks "${pids[i]}"); done
+  if [[ -n ${CNSPR_BENCH_PERF:-} ]] && command -v perf >/dev/null; then
+    # The same window, sampled by perf (software clock): `perf report -i FILE`.
+    mkdir -p "$CNSPR_BENCH_PERF"
+    perf record -q -e cpu-clock -F 999 -g -p "$(IFS=,; echo "${pids[*]}")" \
+      -o "$CNSPR_BENCH_PERF/$tool.$round.data" -- sleep "$CPU_WINDOW" >/dev/null 2>&1 ||
+      echo "round $round: perf record failed" >&2
+  else
+    sleep "$CPU_WINDOW"
+  fi
+  for i in "${!pids[@]}"; do after[i]=$(ticks "${pids[i]}"); done
+  s1=$EPOCHREALTIME
+  b1=$(busy)
+  local hz
+  hz=$(getconf CLK_TCK)
+  for i in "${!pids[@]}"; do
+    t0=${before[i]} t1=${after[i]}
+    if [[ -z $t0 || -z $t1 ]]; then
+      echo "round $round: $tool transfer ended within the CPU window (${names[i]} gone): no CPU figures"
+      return 0
+    fi
+    ours=$((ours + t1 - t0))
+    line+=" ${names[i]} $(awk -v t=$((t1 - t0)) -v hz="$hz" -v us=$((${s1/./} - ${s0/./})) \
+      'BEGIN { printf "%.0f%%", 100 * t / hz / (us / 1e6) }'),"
+  done
+  line+=" rest of the machine $(awk -v t=$((b1 - b0 - ours)) -v hz="$hz" -v us=$((${s1/./} - ${s0/./})) \
+    'BEGIN { printf "%.0f%%", 100 * t / hz / (us / 1e6) }')"
+  echo "round $round: $tool CPU (% of one CPU over ${CPU_WINDOW} s):${line}"
 }
 
 # ---------------------------------------------------------------- measure ----------------
 echo "== cnspr connect vs dumbpipe: $((BYTES >> 20)) MiB ($BYTES bytes) per transfer, $ROUNDS rounds each," \
-  "two network namespaces on a veth pair (10.78.0.1 -> 10.78.0.2), $(nproc) CPUs"
+  "two network namespaces on a veth pair (10.78.0.1 -> 10.78.0.2, MTU $MTU), $(nproc) CPUs"
 [[ -n $DP_WHY ]] && echo "dumbpipe unavailable: $DP_WHY (its figures are skipped)"
 [[ -n $DP_VERSION ]] && echo "using $DP_VERSION ($DUMBPIPE)"
 echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -344,13 +436,15 @@ cn b stop >/dev/null 2>&1 || true
 finish "${DPID[a]}" 30 "cnspr daemon alpha (after stop)" "$WORK/a/daemon.log"
 finish "${DPID[b]}" 30 "cnspr daemon beta (after stop)" "$WORK/b/daemon.log"
 
-echo "== cargo bench -p transport --bench transport (CNSPR_BENCH_BYTES=$BYTES), in namespace $NSA"
-# In the namespace its 127.0.0.1 is the namespace's own loopback; --offline: it is built.
+echo "== cargo bench -p transport --bench transport (CNSPR_BENCH_BYTES=$BYTES), $NSA -> $NSB over the veth"
+# Its client in namespace A, its servers in B: the same veth as (a) and (b); --offline: it
+# is built.
 # In a PID namespace of its own, so that the server processes the bench kills (without
 # waiting for them) are reaped when it ends.
 PIDNS=()
 command -v unshare >/dev/null && PIDNS=(unshare --pid --fork --kill-child)
-ip netns exec "$NSA" "${PIDNS[@]}" env CNSPR_BENCH_BYTES="$BYTES" \
+ip netns exec "$NSA" "${PIDNS[@]}" env CNSPR_BENCH_BYTES="$BYTES" CNSPR_BENCH_SERVER_NETNS="$NSB" \
+  CNSPR_BENCH_SERVER_IP=10.78.0.2 CNSPR_BENCH_CLIENT_IP=10.78.0.1 \
   cargo bench --offline -q -p transport --bench transport >"$WORK/quinn.out" 2>"$WORK/quinn.err" &
 qpid=$!
 PIDS+=("$qpid")
@@ -369,10 +463,10 @@ if [[ -z $DP_WHY ]]; then
 else
   printf 'dumbpipe       %8s        (%s)\n' "-" "$DP_WHY"
 fi
-printf 'bare quinn     %8s MB/s   (cargo bench -p transport, loopback)\n' "$QUINN"
+printf 'bare quinn     %8s MB/s   (cargo bench -p transport, same veth)\n' "$QUINN"
 line="cnspr connect $CNM MB/s ="
 if [[ -z $DP_WHY ]]; then
   line+=" $(awk -v a="$CNM" -v b="$DPM" 'BEGIN { printf "%.1f", a / b }')x dumbpipe (target 3x),"
 fi
-line+=" $(awk -v a="$CNM" -v b="$QUINN" 'BEGIN { printf "%.0f", 100 * a / b }')% of bare quinn (target 70%)"
+line+=" $(awk -v a="$CNM" -v b="$QUINN" 'BEGIN { printf "%.0f", 100 * a / b }')% of bare quinn (target 100%)"
 echo "$line"

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tracing::{debug, info, warn};
 use transport::frame::{read_frame, write_frame};
 use transport::identity::ed25519_id;
@@ -20,7 +21,7 @@ use super::context::Daemon;
 use super::errors::StreamError;
 use super::origin::{now_ms, verify_stream, Refusal};
 use super::services::{validate_service, ACCEPT_WAIT};
-use super::stream_io::{app_err, BUF, MAX_APP_FRAME, STREAM_BROKEN};
+use super::stream_io::{app_err, CHUNKS, MAX_APP_FRAME, STREAM_BROKEN};
 use super::wire::{AppFrame, OriginProof};
 use crate::api::{code, ErrorBody};
 
@@ -223,15 +224,17 @@ pub async fn relay(
     }
 }
 
-/// Copies one direction chunk by chunk: one chunk in hand at a time, so the sender is
+/// Copies one direction, the chunks received so far at a time (at most [`CHUNKS`], each
+/// one STREAM frame, passed on without a copy): only those are in hand, so the sender is
 /// held back by the receiver's flow control, end to end.
 async fn pump(recv: &mut RecvStream, send: &mut SendStream) -> Result<u64, StreamError> {
     let mut n = 0u64;
+    let mut chunks: [Bytes; CHUNKS] = std::array::from_fn(|_| Bytes::new());
     loop {
-        match recv.read_chunk(BUF, true).await {
-            Ok(Some(chunk)) => {
-                n += chunk.bytes.len() as u64;
-                send.write_chunk(chunk.bytes).await?;
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(k)) => {
+                n += chunks[..k].iter().map(|c| c.len() as u64).sum::<u64>();
+                send.write_all_chunks(&mut chunks[..k]).await?;
             }
             Ok(None) => {
                 let _ = send.finish();

@@ -5,6 +5,12 @@
 //! median time of 50 connection set-ups (QUIC handshake plus the hello round trip).
 //! `CNSPR_BENCH_BYTES` overrides the 2 GiB transfer size.
 //!
+//! By default both processes are on loopback. With `CNSPR_BENCH_SERVER_NETNS=NS` and
+//! `CNSPR_BENCH_SERVER_IP=ADDR` the servers run in network namespace NS (`ip netns exec`,
+//! needs root) bound to ADDR, and the client, bound to `CNSPR_BENCH_CLIENT_IP` (default
+//! the unspecified address), reaches them over whatever link joins the two: the link a
+//! benchmark of the daemons uses (`bench/streams.sh`).
+//!
 //! Run: `cargo bench -p transport --bench transport`
 
 use std::io::{BufRead, BufReader};
@@ -19,6 +25,24 @@ use transport::{quinn, tls, Endpoint, EndpointConfig, Identity, Roster, StreamKi
 const ROLE: &str = "CNSPR_BENCH_ROLE";
 const CLIENT_ID: &str = "CNSPR_BENCH_CLIENT_KEY";
 const CHUNK: usize = 1 << 20;
+
+/// The address the servers bind (port 0): `CNSPR_BENCH_SERVER_IP`, else loopback.
+fn server_ip() -> std::net::IpAddr {
+    std::env::var("CNSPR_BENCH_SERVER_IP")
+        .ok()
+        .map(|s| s.parse().expect("CNSPR_BENCH_SERVER_IP: an IP address"))
+        .unwrap_or([127, 0, 0, 1].into())
+}
+
+/// The address the client binds (port 0): `CNSPR_BENCH_CLIENT_IP`, else loopback when
+/// the servers are on loopback and the unspecified address when they are not.
+fn client_ip() -> std::net::IpAddr {
+    match std::env::var("CNSPR_BENCH_CLIENT_IP") {
+        Ok(s) => s.parse().expect("CNSPR_BENCH_CLIENT_IP: an IP address"),
+        Err(_) if server_ip().is_loopback() => [127, 0, 0, 1].into(),
+        Err(_) => [0, 0, 0, 0].into(),
+    }
+}
 
 fn bytes_to_send() -> u64 {
     std::env::var("CNSPR_BENCH_BYTES")
@@ -80,7 +104,11 @@ async fn serve(role: &str) {
     roster.insert(client_id.parse().unwrap());
     match role {
         "cnspr" => {
-            let ep = Endpoint::bind(id.clone(), roster, EndpointConfig::for_test()).unwrap();
+            let cfg = EndpointConfig {
+                listen: vec![SocketAddr::new(server_ip(), 0)],
+                ..EndpointConfig::for_test()
+            };
+            let ep = Endpoint::bind(id.clone(), roster, cfg).unwrap();
             println!("{} {}", id.id, ep.local_addrs()[0]);
             let mut incoming = ep.take_incoming().unwrap();
             while let Some(s) = incoming.recv().await {
@@ -91,7 +119,7 @@ async fn serve(role: &str) {
             let cfg =
                 tls::rustls_server_config(&id, &roster, Arc::new(tls::chacha_provider())).unwrap();
             let server = quinn::ServerConfig::with_crypto(tls::quic_server(cfg).unwrap());
-            let ep = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+            let ep = quinn::Endpoint::server(server, SocketAddr::new(server_ip(), 0)).unwrap();
             println!("{} {}", id.id, ep.local_addr().unwrap());
             while let Some(inc) = ep.accept().await {
                 tokio::spawn(async move {
@@ -103,7 +131,9 @@ async fn serve(role: &str) {
             }
         }
         "tcp" => {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let l = tokio::net::TcpListener::bind(SocketAddr::new(server_ip(), 0))
+                .await
+                .unwrap();
             println!("{} {}", id.id, l.local_addr().unwrap());
             while let Ok((s, _)) = l.accept().await {
                 let (r, w) = s.into_split();
@@ -115,7 +145,16 @@ async fn serve(role: &str) {
 }
 
 fn spawn_server(role: &str, client: &Identity) -> (Child, transport::DeviceId, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match std::env::var("CNSPR_BENCH_SERVER_NETNS") {
+        Ok(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns]).arg(exe);
+            c
+        }
+        Err(_) => Command::new(exe),
+    };
+    let mut child = cmd
         .env(ROLE, role)
         .env(CLIENT_ID, client.id.to_string())
         .stdout(Stdio::piped())
@@ -143,8 +182,12 @@ async fn main() {
     }
     let n = bytes_to_send();
     let me = Arc::new(Identity::generate("bench-client").unwrap());
+    let link = match std::env::var("CNSPR_BENCH_SERVER_NETNS") {
+        Ok(ns) => format!("to {} in network namespace {ns}", server_ip()),
+        Err(_) => "loopback".to_string(),
+    };
     println!(
-        "cnspr transport benchmark: {} MiB per stream, loopback, two processes",
+        "cnspr transport benchmark: {} MiB per stream, {link}, two processes",
         n >> 20
     );
 
@@ -152,7 +195,11 @@ async fn main() {
     let (mut child, sid, saddr) = spawn_server("cnspr", &me);
     let roster = Roster::new();
     roster.insert(sid);
-    let ep = Endpoint::bind(me.clone(), roster.clone(), EndpointConfig::for_test()).unwrap();
+    let cfg = EndpointConfig {
+        listen: vec![SocketAddr::new(client_ip(), 0)],
+        ..EndpointConfig::for_test()
+    };
+    let ep = Endpoint::bind(me.clone(), roster.clone(), cfg).unwrap();
     let pc = ep.connect(sid, &[saddr]).await.unwrap();
     let (send, recv) = pc.open(StreamKind::App).await.unwrap();
     let t_cnspr = source(recv, send, n).await.unwrap();
@@ -178,7 +225,7 @@ async fn main() {
     roster.insert(sid);
     let ccfg =
         tls::rustls_client_config(&me, &roster, sid, Arc::new(tls::chacha_provider())).unwrap();
-    let q = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let q = quinn::Endpoint::client(SocketAddr::new(client_ip(), 0)).unwrap();
     let client = quinn::ClientConfig::new(tls::quic_client(ccfg).unwrap());
     let conn = q
         .connect_with(client, saddr, tls::SERVER_NAME)
@@ -202,7 +249,7 @@ async fn main() {
     println!("transport stream   {cnspr:8.1} MB/s  ({:.0}% of bare quinn; target >= 110%; {lost} packets lost)", 100.0 * cnspr / bare);
     println!("bare quinn stream  {bare:8.1} MB/s  (baseline: quinn defaults, ChaCha20-Poly1305)");
     println!(
-        "TCP loopback       {tcp:8.1} MB/s  (transport = {:.0}% of TCP)",
+        "TCP stream         {tcp:8.1} MB/s  (transport = {:.0}% of TCP)",
         100.0 * cnspr / tcp
     );
     println!(

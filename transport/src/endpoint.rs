@@ -31,6 +31,7 @@ use crate::wire::{self, ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
 
 mod accept;
 mod dial;
+mod large;
 mod relays;
 
 /// Hello feature of a connection dialled because the dialler's address changed under the
@@ -110,11 +111,9 @@ struct Inner {
     identity: Arc<Identity>,
     roster: Roster,
     cfg: EndpointConfig,
-    /// Transport settings of the connections this endpoint dials to a public address
-    /// (they send the keep-alives; see [`EndpointConfig::transport`]).
-    client_transport: Arc<quinn::TransportConfig>,
-    /// Those of the connections it dials to a private address (no keep-alive).
-    client_transport_private: Arc<quinn::TransportConfig>,
+    /// What connections this endpoint accepts start from; each gets transport settings
+    /// for its path ([`large::path_payload`]).
+    server: quinn::ServerConfig,
     quinns: Vec<quinn::Endpoint>,
     /// The heartbeat socket beside the one QUIC socket (none with several sockets).
     twin: Option<Arc<Twin>>,
@@ -176,11 +175,9 @@ impl Endpoint {
         roster: Roster,
         cfg: EndpointConfig,
     ) -> Result<Self, TransportError> {
-        let client_transport = Arc::new(cfg.transport(Side::DialPublic)?);
-        let client_transport_private = Arc::new(cfg.transport(Side::DialPrivate)?);
         let server_tls = tls::rustls_server_config(&identity, &roster, cfg.provider.clone())?;
         let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
-        server.transport_config(Arc::new(cfg.transport(Side::Accept)?));
+        server.transport_config(Arc::new(cfg.transport(Side::Accept, None)?));
         let mut quinns = Vec::new();
         let mut twin = None;
         let planned = plan_sockets(&cfg.listen);
@@ -213,6 +210,11 @@ impl Endpoint {
             // datagrams that have it clear.
             let mut ep_cfg = quinn::EndpointConfig::default();
             ep_cfg.grease_quic_bit(false);
+            // Datagrams up to the largest this side takes: path MTU discovery on the
+            // peer's side goes no higher than this.
+            ep_cfg
+                .max_udp_payload_size(cfg.max_udp_payload)
+                .map_err(|e| TransportError::Config(format!("max_udp_payload: {e}")))?;
             // Peers behind a relay have virtual addresses of the first socket's family.
             let bound = socket
                 .local_addr()
@@ -226,7 +228,7 @@ impl Endpoint {
             let ep = quinn::Endpoint::new_with_abstract_socket(
                 ep_cfg,
                 Some(server.clone()),
-                RelaySocket::new(inner, relays),
+                large::SplitSocket::new(RelaySocket::new(inner, relays)),
                 runtime,
             )
             .map_err(|source| TransportError::Bind { addr, source })?;
@@ -239,8 +241,7 @@ impl Endpoint {
                 identity,
                 roster,
                 cfg,
-                client_transport,
-                client_transport_private,
+                server,
                 quinns,
                 twin,
                 conns: Mutex::new(HashMap::new()),

@@ -17,7 +17,10 @@ impl Endpoint {
 
     async fn accept_one(&self, incoming: quinn::Incoming) -> Result<(), TransportError> {
         let timeout = self.inner.cfg.handshake_timeout;
-        let connecting = incoming.accept()?;
+        let mut server = self.inner.server.clone();
+        let path = large::path_payload(incoming.remote_address());
+        server.transport_config(Arc::new(self.inner.cfg.transport(Side::Accept, path)?));
+        let connecting = incoming.accept_with(Arc::new(server))?;
         let conn = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| TransportError::Timeout(timeout))??;

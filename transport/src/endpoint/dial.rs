@@ -132,14 +132,18 @@ impl Endpoint {
                 continue;
             };
             let mut client = client.clone();
+            let addr = *addr;
+            // Transport settings for this path: the side that dials sends the
+            // keep-alives (see `EndpointConfig::transport`).
+            let path = large::path_payload(addr);
             // A relayed path keeps its keep-alive and idle timeout: the relay's state and
             // the relay link are what carry it.
-            client.transport_config(if private_path(addr) && !is_virtual(addr) {
-                self.inner.client_transport_private.clone()
+            let side = if private_path(&addr) && !is_virtual(&addr) {
+                Side::DialPrivate
             } else {
-                self.inner.client_transport.clone()
-            });
-            let addr = *addr;
+                Side::DialPublic
+            };
+            client.transport_config(Arc::new(self.inner.cfg.transport(side, path)?));
             race.spawn(async move {
                 let connecting = q
                     .connect_with(client, addr, tls::SERVER_NAME)
