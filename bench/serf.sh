@@ -119,7 +119,8 @@ pk=0; by=0
 for ((i = 0; i < N; i++)); do
   pk=$((pk + $(read_tx "$i" tx_packets) - P0[i])); by=$((by + $(read_tx "$i" tx_bytes) - B0[i]))
 done
-echo "serf idle traffic per member: $(awk -v p=$pk -v n=$N -v s=$idle 'BEGIN{printf "%.1f", p/n/s}') packets/s, $((by / N / idle)) bytes/s sent"
+SERF_IDLE=$(awk -v p=$pk -v n=$N -v s=$idle 'BEGIN{printf "%.1f", p/n/s}')
+echo "serf idle traffic per member: $SERF_IDLE packets/s, $((by / N / idle)) bytes/s sent"
 
 # User event latency until every other member's handler ran.
 event_latency() { # $1: extra flags for `serf event`; $2: round count so far
@@ -141,7 +142,8 @@ event_latency() { # $1: extra flags for `serf event`; $2: round count so far
 r=0
 lat=""
 for ((x = 0; x < 10; x++)); do r=$((r + 1)); lat+="$(event_latency -coalesce=false $r)"$'\n'; done
-echo "serf user event, no coalescing, until all $((N - 1)) handlers ran: p50 $(printf '%s' "$lat" | median) ms"
+SERF_EVENT=$(printf '%s' "$lat" | median)
+echo "serf user event, no coalescing, until all $((N - 1)) handlers ran: p50 $SERF_EVENT ms"
 lat=""
 for ((x = 0; x < 3; x++)); do r=$((r + 1)); lat+="$(event_latency "" $r)"$'\n'; done
 echo "serf user event, default coalescing: p50 $(printf '%s' "$lat" | median) ms"
@@ -155,7 +157,8 @@ for ((x = 0; x < ROUNDS; x++)); do
   det+="$(wait_all "$k" failed "$t0")"$'\n'
   start_agent "$k"; ns "$k" serf join 10.77.0.1 >/dev/null; all_alive
 done
-echo "serf failure detection (kill -9 until all others list it failed): p50 $(printf '%s' "$det" | median) ms over $ROUNDS"
+SERF_DETECT=$(printf '%s' "$det" | median)
+echo "serf failure detection (kill -9 until all others list it failed): p50 $SERF_DETECT ms over $ROUNDS"
 
 # Graceful leave.
 lv=""
@@ -167,12 +170,16 @@ for ((x = 0; x < ROUNDS; x++)); do
   wait "${PIDS[k]}" 2>/dev/null || true
   start_agent "$k"; ns "$k" serf join 10.77.0.1 >/dev/null; all_alive
 done
-echo "serf graceful leave (until all others list it left): p50 $(printf '%s' "$lv" | median) ms over $ROUNDS"
+SERF_LEAVE=$(printf '%s' "$lv" | median)
+echo "serf graceful leave (until all others list it left): p50 $SERF_LEAVE ms over $ROUNDS"
 echo "(each member polled every ~20 ms plus one \`serf members\` call: detection and leave are late by that much)"
 
 # cnspr, same scenario, same run.
 cd "$(dirname "$0")/.."
 if [[ -z ${SERF_ONLY:-} && -f Cargo.toml ]] && command -v cargo >/dev/null; then
   echo "--- cnspr ---"
-  CNSPR_BENCH_HOSTS=$N cargo bench -q --bench mesh 2>/dev/null
+  # The ratios the cnspr bench prints are to these figures, measured just now.
+  CNSPR_BENCH_HOSTS=$N CNSPR_BENCH_SERF_IDLE=$SERF_IDLE CNSPR_BENCH_SERF_EVENT_MS=$SERF_EVENT \
+    CNSPR_BENCH_SERF_DETECT_MS=$SERF_DETECT CNSPR_BENCH_SERF_LEAVE_MS=$SERF_LEAVE \
+    cargo bench -q --bench mesh 2>/dev/null
 fi

@@ -1,15 +1,17 @@
 //! Membership benchmark on a real multi-host network: N daemons (default 10), one per
 //! network namespace on one bridge (root only; skips with a reason otherwise).
 //!
-//! Prints, each with its ratio to the target and to Serf's figures measured on the same
-//! kind of namespace mesh (`bench/serf.sh` runs Serf itself when it is installed):
+//! Prints, each with its ratio to the target and, when `bench/serf.sh` runs it, to Serf's
+//! figures measured on the same kind of namespace mesh in the same run (passed in
+//! `CNSPR_BENCH_SERF_*`):
 //! - failure detection: kill -9 of a member until every other member shows it
 //!   `unreachable` (p50/max over `CNSPR_BENCH_ROUNDS`, default 5);
 //! - broadcast latency: `cnspr send --all` until every other member's handler ran
 //!   (p50/p90 over 20 broadcasts);
 //! - graceful leave: `cnspr stop` until every other member shows it `left`;
 //! - idle traffic per member (packets and bytes per second on its interface, over
-//!   `CNSPR_BENCH_IDLE_S`, default 10).
+//!   `CNSPR_BENCH_IDLE_S`, default 10, after `CNSPR_BENCH_SETTLE_S`, default 20), by kind:
+//!   heartbeats, mDNS, other IP packets, ARP.
 //!
 //! Event times come from `cnspr monitor --json` on every member, read as they arrive.
 //!
@@ -26,10 +28,24 @@ use common::lab::*;
 use common::*;
 use serde_json::Value;
 
-/// Serf on the same kind of namespace mesh (see bench/serf.sh).
-const SERF_DETECT_S: f64 = 5.5;
-const SERF_EVENT_MS: f64 = 90.0;
-const SERF_LEAVE_S: f64 = 0.7;
+/// Serf's figure `key` (bench/serf.sh measures Serf on the same kind of namespace mesh
+/// in the same run and passes them); without it the ratio is not printed.
+fn serf(key: &str) -> Option<f64> {
+    std::env::var(key).ok()?.parse().ok()
+}
+
+/// ", Serf X: Yx faster" when Serf was measured in this run (`ours` and `theirs` in
+/// the same unit).
+fn vs_serf(key: &str, unit: &str, scale: f64, ours: f64) -> String {
+    match serf(key) {
+        Some(t) => format!(
+            "; Serf in this run {:.1} {unit}: {:.1}x faster",
+            t * scale,
+            t / ours
+        ),
+        None => "; Serf not measured in this run (bench/serf.sh does)".into(),
+    }
+}
 
 type Log = Arc<Mutex<Vec<(Instant, usize, Value)>>>;
 
@@ -112,6 +128,49 @@ fn counters(host: &str) -> (u64, u64) {
     (read("tx_packets"), read("tx_bytes"))
 }
 
+/// nftables counters on `host`'s output, by kind: heartbeats (42-byte UDP datagrams),
+/// mDNS (UDP port 5353), everything else sent by IP (QUIC mostly). ARP is not IP.
+fn count_kinds(host: &str) {
+    for rule in [
+        "add table ip cnsprbench",
+        "add chain ip cnsprbench out { type filter hook output priority 0 ; }",
+        "add rule ip cnsprbench out udp length 50 counter accept",
+        "add rule ip cnsprbench out udp dport 5353 counter accept",
+        "add rule ip cnsprbench out counter",
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", host, "nft"])
+            .args(rule.split(' '))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "nft {rule}");
+    }
+}
+
+fn kinds(host: &str) -> Vec<u64> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            host,
+            "nft",
+            "list",
+            "chain",
+            "ip",
+            "cnsprbench",
+            "out",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "packets")
+        .map(|w| w[1].parse().unwrap())
+        .collect()
+}
+
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -133,6 +192,9 @@ fn main() {
     let n = env_usize("CNSPR_BENCH_HOSTS", 10).clamp(3, 200);
     let rounds = env_usize("CNSPR_BENCH_ROUNDS", 5).max(1);
     let idle_s = env_usize("CNSPR_BENCH_IDLE_S", 10).max(1);
+    // Quiet time before the idle reading: a new mesh signs names, gossips records and
+    // probes path MTUs for its first seconds.
+    let settle_s = env_usize("CNSPR_BENCH_SETTLE_S", 20);
     let Some(lab) = Lab::new("b", n) else { return };
     let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
     let mut nodes: Vec<Node> = names
@@ -165,20 +227,45 @@ fn main() {
         .collect();
     // Idle traffic, whole mesh quiet (this also leaves the monitors seconds to subscribe
     // before the first measured event).
+    std::thread::sleep(Duration::from_secs(settle_s as u64));
+    for h in &lab.hosts {
+        count_kinds(h);
+    }
     let before: Vec<(u64, u64)> = lab.hosts.iter().map(|h| counters(h)).collect();
     std::thread::sleep(Duration::from_secs(idle_s as u64));
     let after: Vec<(u64, u64)> = lab.hosts.iter().map(|h| counters(h)).collect();
+    let by_kind: Vec<Vec<u64>> = lab.hosts.iter().map(|h| kinds(h)).collect();
     let (mut pk, mut by) = (0f64, 0f64);
     for (b, a) in before.iter().zip(&after) {
         pk += (a.0 - b.0) as f64;
         by += (a.1 - b.1) as f64;
     }
     let per = (n as f64) * idle_s as f64;
+    let kind = |k: usize| by_kind.iter().map(|v| v[k]).sum::<u64>() as f64 / per;
+    let max_member = by_kind
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(_, (b, a))| (a.0 - b.0) as f64 / idle_s as f64)
+        .fold(0f64, f64::max);
     println!(
-        "idle traffic per member: {:.1} packets/s, {:.0} bytes/s sent ({} peers each)",
+        "idle traffic per member (after {settle_s} s settling, over {idle_s} s): {:.1} \
+         packets/s (max {max_member:.1}), {:.0} bytes/s sent ({} peers each): heartbeats \
+         {:.2}/s, mDNS {:.2}/s, other IP {:.2}/s, the rest (ARP) {:.2}/s (target: <= 6 \
+         per member at any N{})",
         pk / per,
         by / per,
-        n - 1
+        n - 1,
+        kind(0),
+        kind(1),
+        kind(2),
+        pk / per - kind(0) - kind(1) - kind(2),
+        match serf("CNSPR_BENCH_SERF_IDLE") {
+            Some(t) => format!(
+                "; Serf in this run {t:.1} packets/s: {:.1}x",
+                (pk / per) / t
+            ),
+            None => "; Serf not measured in this run (bench/serf.sh does)".into(),
+        }
     );
 
     // Broadcast latency: send --all until every other member's handler wrote its time.
@@ -208,11 +295,11 @@ fn main() {
     let p50 = pct(&mut lat, 0.5);
     println!(
         "broadcast (send --all) until all {} handlers ran: p50 {p50:.1} ms, p90 {:.1} ms \
-         (target < 20 ms: {:.2}x; Serf {SERF_EVENT_MS} ms: {:.1}x faster)",
+         (target < 20 ms: {:.2}x{})",
         n - 1,
         pct(&mut lat, 0.9),
         20.0 / p50,
-        SERF_EVENT_MS / p50
+        vs_serf("CNSPR_BENCH_SERF_EVENT_MS", "ms", 1.0, p50)
     );
 
     // Failure detection: kill -9, then restart and wait for the mesh to be whole again.
@@ -231,11 +318,11 @@ fn main() {
     let p50 = pct(&mut det, 0.5);
     println!(
         "failure detection (kill -9 until all {} others show unreachable): p50 {p50:.2} s, \
-         max {:.2} s over {rounds} (target < 1.5 s: {:.2}x; Serf {SERF_DETECT_S} s: {:.1}x faster)",
+         max {:.2} s over {rounds} (target < 1.5 s: {:.2}x{})",
         n - 1,
         det.iter().cloned().fold(0.0, f64::max),
         1.5 / p50,
-        SERF_DETECT_S / p50
+        vs_serf("CNSPR_BENCH_SERF_DETECT_MS", "s", 1e-3, p50 * 1e3)
     );
 
     // Graceful leave.
@@ -254,11 +341,11 @@ fn main() {
     let p50 = pct(&mut lv, 0.5);
     println!(
         "graceful leave (cnspr stop until all {} others show left): p50 {p50:.1} ms, \
-         max {:.1} ms (target < 100 ms: {:.2}x; Serf {SERF_LEAVE_S} s: {:.1}x faster)",
+         max {:.1} ms (target < 100 ms: {:.2}x{})",
         n - 1,
         lv.iter().cloned().fold(0.0, f64::max),
         100.0 / p50,
-        SERF_LEAVE_S * 1e3 / p50
+        vs_serf("CNSPR_BENCH_SERF_LEAVE_MS", "s", 1e-3, p50)
     );
     for mut m in monitors {
         let _ = m.kill();

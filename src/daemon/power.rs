@@ -40,10 +40,10 @@ pub fn on_battery(dir: &Path) -> bool {
     for entry in entries.flatten().take(MAX_SUPPLIES) {
         let d = entry.path();
         match attr(&d, "type").as_deref() {
-            Some("Mains") | Some("USB") | Some("USB_C") | Some("USB_PD") => {
-                if attr(&d, "online").as_deref() == Some("1") {
-                    return false;
-                }
+            Some("Mains") | Some("USB") | Some("USB_C") | Some("USB_PD")
+                if attr(&d, "online").as_deref() == Some("1") =>
+            {
+                return false;
             }
             Some("Battery") => {
                 // A battery of a device (a mouse) has scope "Device": not ours.
