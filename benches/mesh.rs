@@ -19,14 +19,11 @@
 
 use cnspr_lab as common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::lab::*;
 use common::*;
-use serde_json::Value;
 
 /// Serf's figure `key` (bench/serf.sh measures Serf on the same kind of namespace mesh
 /// in the same run and passes them); without it the ratio is not printed.
@@ -47,33 +44,9 @@ fn vs_serf(key: &str, unit: &str, scale: f64, ours: f64) -> String {
     }
 }
 
-type Log = Arc<Mutex<Vec<(Instant, usize, Value)>>>;
-
-/// `cnspr monitor --json --event peer` of node `i`, its lines stamped on arrival.
-fn monitor(node: &Node, i: usize, log: &Log) -> Child {
-    let mut child = node
-        .command()
-        .args(["--json", "monitor", "--event", "peer"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let log = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                log.lock().unwrap().push((Instant::now(), i, v));
-            }
-        }
-    });
-    child
-}
-
 /// Waits until every node but `who` logged `who` in `state` after `t0`; returns the
 /// latest of those times, measured from `t0`.
-fn all_logged(log: &Log, nodes: &[Node], who: usize, state: &str, t0: Instant) -> Duration {
+fn all_logged(log: &EventLog, nodes: &[Node], who: usize, state: &str, t0: Instant) -> Duration {
     let name = nodes[who].name.clone();
     let deadline = t0 + Duration::from_secs(30);
     loop {
@@ -219,11 +192,11 @@ fn main() {
         n * (n - 1),
         t.elapsed()
     );
-    let log: Log = Arc::default();
+    let log: EventLog = Default::default();
     let mut monitors: Vec<Child> = nodes
         .iter()
         .enumerate()
-        .map(|(i, node)| monitor(node, i, &log))
+        .map(|(i, node)| monitor_peers(node, i, &log))
         .collect();
     // Idle traffic, whole mesh quiet (this also leaves the monitors seconds to subscribe
     // before the first measured event).
@@ -312,7 +285,7 @@ fn main() {
         nodes[k].start();
         let _ = monitors[k].kill();
         let _ = monitors[k].wait();
-        monitors[k] = monitor(&nodes[k], k, &log);
+        monitors[k] = monitor_peers(&nodes[k], k, &log);
         wait_mesh_active(&nodes);
     }
     let p50 = pct(&mut det, 0.5);
@@ -335,7 +308,7 @@ fn main() {
         nodes[k].start();
         let _ = monitors[k].kill();
         let _ = monitors[k].wait();
-        monitors[k] = monitor(&nodes[k], k, &log);
+        monitors[k] = monitor_peers(&nodes[k], k, &log);
         wait_mesh_active(&nodes);
     }
     let p50 = pct(&mut lv, 0.5);

@@ -5,41 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::lab::*;
 use common::*;
-use serde_json::Value;
-
-type Log = Arc<Mutex<Vec<(Instant, usize, Value)>>>;
-
-/// `cnspr monitor --json --event peer` of node `i`, each line stamped on arrival.
-fn monitor(node: &Node, i: usize, log: &Log) -> Child {
-    let mut child = node
-        .command()
-        .args(["--json", "monitor", "--event", "peer"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let log = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                log.lock().unwrap().push((Instant::now(), i, v));
-            }
-        }
-    });
-    child
-}
 
 /// Events logged after `t0` that show `name` in `state`: (observer, when).
-fn logged(log: &Log, name: &str, state: &str, t0: Instant) -> Vec<(usize, Duration)> {
+fn logged(log: &EventLog, name: &str, state: &str, t0: Instant) -> Vec<(usize, Duration)> {
     log.lock()
         .unwrap()
         .iter()
@@ -81,11 +54,11 @@ fn a_ten_host_mesh_sees_crashes_and_partitions_and_never_a_one_second_freeze() {
         let others: Vec<usize> = all.iter().copied().filter(|i| *i != who).collect();
         wait_all_see(&nodes, &others, who, "active");
     }
-    let log: Log = Arc::default();
+    let log: EventLog = Default::default();
     let mut monitors: Vec<Child> = nodes
         .iter()
         .enumerate()
-        .map(|(i, node)| monitor(node, i, &log))
+        .map(|(i, node)| monitor_peers(node, i, &log))
         .collect();
     // Let the monitors subscribe.
     std::thread::sleep(Duration::from_millis(500));

@@ -510,3 +510,30 @@ pub fn kv_watch(n: &Node, prefix: &str) -> (Child, std::sync::mpsc::Receiver<Val
     });
     (w, rx)
 }
+
+/// Peer events as `cnspr monitor --json --event peer` printed them: (arrival, node, event).
+pub type EventLog = std::sync::Arc<std::sync::Mutex<Vec<(Instant, usize, Value)>>>;
+
+/// Runs `cnspr monitor --json --event peer` on `node` and logs each event in `log`,
+/// stamped on arrival with the node's index `i`, until the returned child is killed.
+pub fn monitor_peers(node: &Node, i: usize, log: &EventLog) -> Child {
+    use std::io::BufRead;
+    let mut child = node
+        .command()
+        .args(["--json", "monitor", "--event", "peer"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let log = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                log.lock().unwrap().push((Instant::now(), i, v));
+            }
+        }
+    });
+    child
+}
