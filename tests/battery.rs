@@ -162,10 +162,12 @@ fn a_device_on_battery_is_watched_gently_and_still_reached_at_once() {
         beats as f64 <= (secs / 20.0).ceil(),
         "{beats} heartbeats in {secs:.1} s: more than one per 20 s"
     );
-    // Anything else it sent answers what came to it (QUIC acknowledges at once): the
-    // others' news while the machine is busy. On a quiet mesh both are 0.
+    // Anything else it sent answers what came to it: QUIC acknowledges each packet at
+    // once, and a digest exchange its beat started costs one reply more. What comes is
+    // the others' news (a record re-published when a round-trip time moved, on a busy
+    // machine). On a quiet mesh both are 0.
     assert!(
-        other <= received,
+        other <= 2 * received,
         "{other} packets sent besides heartbeats for {received} received: it started traffic"
     );
 
