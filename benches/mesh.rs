@@ -277,8 +277,13 @@ fn main() {
 
     // Failure detection: kill -9, then restart and wait for the mesh to be whole again.
     let mut det = Vec::new();
+    // Each kill falls at a different point of the victim's beat interval, spread evenly
+    // over it (a crash comes at any moment; killing as soon as the mesh was whole again
+    // fell early in the interval every time, where detection is slowest).
+    let beat = Duration::from_millis(cnspr::config::DEFAULT_PROBE_INTERVAL_MS);
     for r in 0..rounds {
         let k = 1 + r % (n - 1);
+        std::thread::sleep(beat.mul_f64((r as f64 + 0.5) / rounds as f64));
         let t0 = Instant::now();
         nodes[k].kill9();
         det.push(all_logged(&log, &nodes, k, "unreachable", t0).as_secs_f64());

@@ -11,9 +11,9 @@ use serde::Deserialize;
 pub const MAX_CONFIG: u64 = 1024 * 1024;
 
 /// Default membership probe interval (ms).
-pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 500;
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 550;
 /// Default time after which a silent peer is declared unreachable (ms).
-pub const DEFAULT_SUSPECT_AFTER_MS: u64 = 1600;
+pub const DEFAULT_SUSPECT_AFTER_MS: u64 = 1650;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

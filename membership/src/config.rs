@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 /// Timers and limits. `Default` is the LAN preset: a crash is seen everywhere between
-/// `unreachable_after - probe_interval` and `unreachable_after` (1.1 to 1.6 s), while a
+/// `unreachable_after - probe_interval` and `unreachable_after` (1.1 to 1.65 s), while a
 /// member that stalls for up to about 1 s is never declared `unreachable`
 /// (`unreachable_after` > stall + `probe_interval`, heartbeats dated when they arrive).
 /// Every member beats only its `monitors`, so the idle traffic per member is
-/// `monitors / probe_interval` whatever the size of the mesh (6 per second).
+/// `monitors / probe_interval` whatever the size of the mesh (5.5 per second: under 6
+/// with room for what else a device sends while idle, mDNS and ARP).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Beat period: a member sends a `Beat` to each of its monitors each interval (over
@@ -62,10 +63,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            probe_interval: Duration::from_millis(500),
+            probe_interval: Duration::from_millis(550),
             probe_timeout: Duration::from_millis(200),
             probe_timeout_max: Duration::from_millis(700),
-            unreachable_after: Duration::from_millis(1600),
+            unreachable_after: Duration::from_millis(1650),
             indirect_fanout: 3,
             monitors: 3,
             ping_skip_fraction: 0.75,

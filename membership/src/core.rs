@@ -411,7 +411,7 @@ impl<I: NodeId> Membership<I> {
             payload,
         };
         self.gossip.remember_event(now, event.clone());
-        self.disseminate(Item::Event(event), None);
+        self.disseminate(Item::Event(event), None, false);
         self.finish();
         Ok(id)
     }

@@ -74,9 +74,25 @@ pub struct Record<I> {
     pub links: Vec<LinkEntry<I>>,
 }
 
-impl<I> Record<I> {
+impl<I: PartialEq> Record<I> {
     pub fn key(&self) -> (u64, u64) {
         (self.incarnation, self.version)
+    }
+
+    /// Whether `self`, a later version of `old`, differs from it only in the round-trip
+    /// times of its links: news that changes nobody's state or path much, which members on
+    /// battery fetch at their own beats rather than being woken for.
+    pub fn only_rtts_changed(&self, old: &Record<I>) -> bool {
+        self.origin == old.origin
+            && self.incarnation == old.incarnation
+            && self.left == old.left
+            && self.gentle == old.gentle
+            && self.links.len() == old.links.len()
+            && self
+                .links
+                .iter()
+                .zip(&old.links)
+                .all(|(a, b)| a.peer == b.peer && a.addr == b.addr && a.watch == b.watch)
     }
 }
 

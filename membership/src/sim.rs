@@ -372,6 +372,16 @@ impl Sim {
         self.drain(id);
     }
 
+    /// `node` measures a new round-trip time to `peer` (what the daemon feeds from
+    /// its QUIC connection).
+    pub fn set_rtt(&mut self, node: u32, peer: u32, rtt: Duration) {
+        let now = self.instant();
+        self.nodes[node as usize]
+            .m
+            .handle_input(crate::Input::Rtt { peer, rtt }, now);
+        self.drain(node);
+    }
+
     pub fn broadcast(&mut self, from: u32, payload: Vec<u8>) -> EventId<u32> {
         let now = self.instant();
         let id = self.nodes[from as usize].m.broadcast(payload, now);

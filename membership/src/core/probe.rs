@@ -53,7 +53,9 @@ impl<I: NodeId> Membership<I> {
         while self.next_ae <= now {
             self.next_ae += self.ae_interval();
         }
-        if self.rtt_dirty {
+        // A gentle member does not re-announce its round-trip times (nobody routes
+        // through it): its record goes out when its links or state change.
+        if self.rtt_dirty && !self.gentle {
             self.record_dirty = true;
         }
         self.gossip.expire_events(now);

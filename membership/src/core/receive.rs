@@ -213,12 +213,16 @@ impl<I: NodeId> Membership<I> {
                 }
             }
         }
+        let minor = self
+            .records
+            .get(&rec.origin)
+            .is_some_and(|old| rec.only_rtts_changed(old));
         self.records.insert(rec.origin, rec.clone());
         self.record_heard.insert(rec.origin, now);
         self.roles.stale.insert(rec.origin);
         self.gossip.records_changed();
         self.topo_changed();
-        self.disseminate(Item::Record(rec), Some(from));
+        self.disseminate(Item::Record(rec), Some(from), minor);
     }
 
     /// A gossip item from `from`: a record, or a broadcast to deliver (once) and pass on.
@@ -242,7 +246,7 @@ impl<I: NodeId> Membership<I> {
                     payload: event.payload.clone(),
                 });
                 self.gossip.remember_event(now, event.clone());
-                self.disseminate(Item::Event(event), Some(from));
+                self.disseminate(Item::Event(event), Some(from), false);
             }
         }
     }

@@ -33,11 +33,15 @@ impl<I: NodeId> Membership<I> {
             gentle: self.gentle,
             links,
         };
+        let minor = self
+            .records
+            .get(&self.me)
+            .is_some_and(|old| rec.only_rtts_changed(old));
         self.records.insert(self.me, rec.clone());
         self.gossip.records_changed();
         self.stats.records_published += 1;
         self.topo_changed();
-        self.disseminate(Item::Record(rec), None);
+        self.disseminate(Item::Record(rec), None, minor);
     }
 
     /// End of every entry point: publish our record if it changed, recompute views and
@@ -92,8 +96,10 @@ impl<I: NodeId> Membership<I> {
     /// Hand `item` (just learned from `from`, or originated here when `None`) to the
     /// neighbours this member is responsible for in the dissemination tree rooted at the
     /// item's origin (see [`Gossip::disseminate`]); the tree of a left origin, or of one
-    /// reported lost, is built over its own record too.
-    pub(super) fn disseminate(&mut self, item: Item<I>, from: Option<I>) {
+    /// reported lost, is built over its own record too. A `minor` item (a record whose
+    /// round-trip times alone changed) is not pushed to gentle members: they fetch it
+    /// with the anti-entropy digest their next beat carries, instead of being woken.
+    pub(super) fn disseminate(&mut self, item: Item<I>, from: Option<I>, minor: bool) {
         let origin = item.origin();
         let root_is_left = self.is_left(&origin) && origin != self.me;
         let root_reported = self.records.values().any(|r| {
@@ -116,8 +122,9 @@ impl<I: NodeId> Membership<I> {
         let neighbours = self
             .links
             .iter()
-            .filter(|(_, l)| l.usable())
-            .map(|(p, _)| *p);
+            .filter(|(p, l)| l.usable() && !(minor && self.gentle_member(p)))
+            .map(|(p, _)| *p)
+            .collect::<Vec<_>>();
         self.gossip
             .disseminate(self.me, item, from, &adj, neighbours);
     }
