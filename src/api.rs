@@ -139,20 +139,27 @@ pub enum Request {
     Stop {},
     /// Starts the web dashboard if it is not running; answers its URL (with the token).
     Ui {},
-    /// Turns the connection into a raw byte stream to `service` on `peer`.
+    /// Turns the connection into a raw byte stream to `service` on `peer`; with `fds`, the
+    /// client passes two pipes instead (the stream's input and output, `SCM_RIGHTS`) and the
+    /// connection stays open until the stream ended.
     Connect {
         peer: String,
         service: String,
         #[serde(default)]
         timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fds: bool,
     },
     /// Registers a listener; incoming streams are announced on this connection.
     Listen {
         service: String,
     },
-    /// Takes an announced stream: the connection becomes that raw byte stream.
+    /// Takes an announced stream: the connection becomes that raw byte stream (or, with
+    /// `fds`, the client passes two pipes, as for `connect`).
     Accept {
         stream: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fds: bool,
     },
     /// Forwards incoming streams for `service` to a local TCP (`HOST:PORT`) or UNIX
     /// (`unix:/path`) address; persistent.

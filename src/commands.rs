@@ -222,12 +222,13 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             progress,
             timeout,
         } => {
-            let req = Request::Connect {
+            let timeout_ms = Some(secs_to_ms(timeout)?);
+            return crate::pipe::connect(c, paths, progress, |fds| Request::Connect {
                 peer,
                 service,
-                timeout_ms: Some(secs_to_ms(timeout)?),
-            };
-            return crate::pipe::connect(c, paths, req, progress);
+                timeout_ms,
+                fds,
+            });
         }
         Command::Listen {
             service,

@@ -10,6 +10,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod fdpass;
 pub mod handlers;
 pub mod output;
 pub mod paths;

@@ -1,6 +1,7 @@
 //! Client side of dedicated streams: `cnspr connect`, `cnspr listen`, `cnspr expose`.
 
 use std::io::{BufReader, IsTerminal, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Command as Process, Stdio};
 use std::time::Instant;
@@ -10,6 +11,7 @@ use serde_json::Value;
 use crate::api::Request;
 use crate::cli::Global;
 use crate::client::Client;
+use crate::fdpass;
 use crate::output::print_json;
 use crate::output::table;
 use crate::paths::Paths;
@@ -122,10 +124,110 @@ fn pipe_stdio(
     Ok(0)
 }
 
-pub fn connect(mut c: Client, paths: &Paths, req: Request, progress: bool) -> anyhow::Result<i32> {
-    let v = c.request(&req)?;
+/// Whether to hand standard input and output to the daemon (`fds`): when one of them
+/// is a pipe (the daemon then moves its bytes itself) and no progress is to be counted.
+fn pass_stdio(progress: bool) -> bool {
+    let show = progress && !std::io::stdout().is_terminal();
+    !show && (fdpass::is_pipe(0) || fdpass::is_pipe(1))
+}
+
+/// The stream's ends as the daemon takes them: standard input and output where they are
+/// pipes; for one that is not (a terminal, a file, `/dev/null`), a pipe of ours with a
+/// thread copying between it and the standard descriptor.
+struct Passed {
+    input: OwnedFd,
+    output: OwnedFd,
+    /// Copies the daemon's output pipe to standard output (not a pipe); joined at the end.
+    out_copy: Option<std::thread::JoinHandle<()>>,
+    /// Standard input and output are given to the daemon and closed here once sent.
+    hand_over: Vec<RawFd>,
+}
+
+fn stdio_ends() -> anyhow::Result<Passed> {
+    let mut hand_over = Vec::new();
+    let input = if fdpass::is_pipe(0) {
+        hand_over.push(0);
+        std::io::stdin().as_fd().try_clone_to_owned()?
+    } else {
+        let (r, w) = fdpass::pipe()?;
+        std::thread::spawn(move || {
+            let mut w = std::fs::File::from(w);
+            let _ = copy(&mut std::io::stdin().lock(), &mut w, |_| {});
+        });
+        r
+    };
+    let (output, out_copy) = if fdpass::is_pipe(1) {
+        hand_over.push(1);
+        (std::io::stdout().as_fd().try_clone_to_owned()?, None)
+    } else {
+        let (r, w) = fdpass::pipe()?;
+        let t = std::thread::spawn(move || {
+            let mut r = std::fs::File::from(r);
+            let _ = copy(&mut r, &mut std::io::stdout().lock(), |_| {});
+        });
+        (w, Some(t))
+    };
+    Ok(Passed {
+        input,
+        output,
+        out_copy,
+        hand_over,
+    })
+}
+
+/// The stream runs in the daemon between the pipes passed to it: hand them over, let go
+/// of our copies (so that the daemon closing them is an end of file for the other
+/// processes on them), wait for the daemon to close the connection, and tell how the
+/// stream ended.
+fn pipe_passed(
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+    paths: &Paths,
+    token: &str,
+) -> anyhow::Result<i32> {
+    let ends = stdio_ends()?;
+    fdpass::send(
+        w.as_raw_fd(),
+        &[ends.input.as_raw_fd(), ends.output.as_raw_fd()],
+    )
+    .map_err(|e| anyhow::anyhow!("passing standard input and output to the daemon: {e}"))?;
+    drop((ends.input, ends.output));
+    for fd in ends.hand_over {
+        fdpass::close_to_null(fd)?;
+    }
+    // The daemon closes the connection when the stream ended (or never opened).
+    let mut r = r;
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    let status = stream_status(paths, token, 2000);
+    if let Some(t) = ends.out_copy {
+        let _ = t.join();
+    }
+    if status.starts_with("error") || status == "open" {
+        eprintln!(
+            "cnspr: stream broken: {}",
+            status.trim_start_matches("error: ")
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// `cnspr connect`: `req` builds the request (`true`: standard input and output are passed
+/// to the daemon).
+pub fn connect(
+    mut c: Client,
+    paths: &Paths,
+    progress: bool,
+    req: impl FnOnce(bool) -> Request,
+) -> anyhow::Result<i32> {
+    let fds = pass_stdio(progress);
+    let v = c.request(&req(fds))?;
     let token = v["stream"].as_str().unwrap_or_default().to_string();
     let (r, w) = c.into_raw();
+    if fds {
+        return pipe_passed(r, w, paths, &token);
+    }
     pipe_stdio(r, w, paths, &token, progress)
 }
 
@@ -197,8 +299,10 @@ pub fn listen(
         let mut a = Client::connect(&paths.socket)?;
         // The accepted stream has a token of its own (the offer's is spent): that is
         // the one `stream_status` knows, to tell why the stream ended.
+        let fds = exec.is_none() && pass_stdio(false);
         let token = match a.request(&Request::Accept {
             stream: offered.to_string(),
+            fds,
         }) {
             Ok(v) => v["stream"].as_str().unwrap_or_default().to_string(),
             Err(e) => {
@@ -208,6 +312,7 @@ pub fn listen(
         };
         let (r, w) = a.into_raw();
         match &exec {
+            None if fds => return pipe_passed(r, w, paths, &token),
             None => return pipe_stdio(r, w, paths, &token, false),
             Some(cmd) if !keep => return serve_with(cmd, r, w, &ev),
             Some(cmd) => {

@@ -464,3 +464,109 @@ fn a_slow_reader_slows_the_writer_and_progress_is_shown() {
     let _ = l.kill();
     let _ = l.wait();
 }
+
+/// A raw client's `connect` to beta's `service` asking to pass descriptors: the control
+/// connection (its reads bounded) and the stream's token.
+fn connect_fds(a: &Node, service: &str) -> (UnixStream, String) {
+    let mut s = UnixStream::connect(a.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = json!({"id": 1, "cmd": "connect", "peer": "beta", "service": service, "fds": true});
+    writeln!(s, "{req}").unwrap();
+    // Byte by byte: nothing past the reply line is taken from the socket.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    let v: Value = serde_json::from_slice(&line).unwrap();
+    let token = v["result"]["stream"].as_str().expect("a stream token");
+    (s, token.to_string())
+}
+
+/// `stream_status` of `token`, waiting up to 10 s for the end.
+fn stream_status(n: &Node, token: &str) -> String {
+    let mut s = UnixStream::connect(n.socket()).unwrap();
+    let req = json!({"id": 1, "cmd": "stream_status", "stream": token, "wait_ms": 10_000});
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    v["result"]["status"].as_str().unwrap_or(&line).to_string()
+}
+
+/// Read until the daemon closes the control connection (a deadline bounds it).
+fn closed_by_daemon(mut s: &UnixStream) {
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .expect("the daemon closes the control connection");
+}
+
+#[test]
+fn passed_pipes_carry_the_stream_and_anything_else_is_refused() {
+    use cnspr::fdpass;
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (addr, _h) = echo_tcp();
+    assert!(b
+        .cli(&["expose", "echo", &addr.to_string()])
+        .status
+        .success());
+
+    // Two pipes of ours: the daemon reads the first and writes the second itself.
+    let (s, token) = connect_fds(a, "echo");
+    let (in_r, in_w) = fdpass::pipe().unwrap();
+    let (out_r, out_w) = fdpass::pipe().unwrap();
+    fdpass::send(s.as_raw_fd(), &[in_r.as_raw_fd(), out_w.as_raw_fd()]).unwrap();
+    drop((in_r, out_w));
+    let text = b"through pipes the daemon holds";
+    let mut w = File::from(in_w);
+    w.write_all(text).unwrap();
+    drop(w);
+    let mut got = Vec::new();
+    File::from(out_r).read_to_end(&mut got).unwrap();
+    assert_eq!(got, text);
+    closed_by_daemon(&s);
+    assert_eq!(stream_status(a, &token), "closed");
+
+    // A file instead of a pipe: refused, and the daemon closes the connection.
+    let (s, token) = connect_fds(a, "echo");
+    let f = File::create(a.path("not-a-pipe")).unwrap();
+    let (_r, w) = fdpass::pipe().unwrap();
+    fdpass::send(s.as_raw_fd(), &[f.as_raw_fd(), w.as_raw_fd()]).unwrap();
+    closed_by_daemon(&s);
+    let st = stream_status(a, &token);
+    assert!(
+        st.starts_with("error: descriptors not passed: input"),
+        "{st}"
+    );
+
+    // Nothing passed: given up after 5 s.
+    let (s, token) = connect_fds(a, "echo");
+    closed_by_daemon(&s);
+    let st = stream_status(a, &token);
+    assert!(st.contains("none came within 5 s"), "{st}");
+
+    // The client going away breaks the stream off: the daemon lets go of the input pipe,
+    // so writing into it fails.
+    let (s, token) = connect_fds(a, "echo");
+    let (in_r, in_w) = fdpass::pipe().unwrap();
+    let (out_r, out_w) = fdpass::pipe().unwrap();
+    fdpass::send(s.as_raw_fd(), &[in_r.as_raw_fd(), out_w.as_raw_fd()]).unwrap();
+    drop((in_r, out_w));
+    let (mut w, mut r) = (File::from(in_w), File::from(out_r));
+    w.write_all(b"ping").unwrap();
+    let mut four = [0u8; 4];
+    r.read_exact(&mut four).unwrap();
+    drop(s);
+    wait_until("the input pipe's reader gone", || {
+        w.write_all(&[0u8; 4096]).is_err()
+    });
+    let st = stream_status(a, &token);
+    assert!(st.contains("the client closed its connection"), "{st}");
+
+    // The daemon serves on.
+    let o = a.cli_stdin(&["connect", "beta", "echo"], b"still here");
+    assert_eq!(o.stdout, b"still here", "{}", stderr(&o));
+}

@@ -332,6 +332,7 @@ pub(crate) fn connect(
             peer: peer.into(),
             service: service.into(),
             timeout_ms: millis(timeout),
+            fds: false,
         },
         |r| field("stream")(r),
     )

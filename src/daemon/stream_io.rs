@@ -63,10 +63,26 @@ where
 /// ended. A FIN in one direction is passed on as a half-close; an error in either
 /// direction ends both. Returns the bytes moved (up, down).
 pub async fn splice<R, W>(
+    r: R,
+    w: W,
+    send: SendStream,
+    recv: RecvStream,
+) -> Result<(u64, u64), StreamError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    splice_until(r, w, send, recv, std::future::pending()).await
+}
+
+/// [`splice`], broken off (both directions reset) if `abort` completes first with the
+/// reason.
+pub async fn splice_until<R, W>(
     mut r: R,
     mut w: W,
     mut send: SendStream,
     mut recv: RecvStream,
+    abort: impl std::future::Future<Output = std::io::Error>,
 ) -> Result<(u64, u64), StreamError>
 where
     R: AsyncRead + Unpin,
@@ -109,13 +125,14 @@ where
                 }
             }
         };
-        tokio::pin!(up, down);
+        tokio::pin!(up, down, abort);
         let (mut up_n, mut down_n) = (None, None);
         loop {
             if let (Some(u), Some(d)) = (up_n, down_n) {
                 break Ok((u, d));
             }
             tokio::select! {
+                e = &mut abort => break Err(StreamError::LocalRead(e)),
                 r = &mut up, if up_n.is_none() => match r {
                     Ok(n) => up_n = Some(n),
                     Err(e) => break Err(e),

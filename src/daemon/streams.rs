@@ -20,7 +20,7 @@ use transport::{DeviceId, IncomingStream, StreamKind};
 
 use super::context::Daemon;
 use super::services::{new_token, validate_service, Announce, Pending, Target, ACCEPT_WAIT};
-use super::stream_io::{app_err, splice, MAX_APP_FRAME, STREAM_BROKEN};
+use super::stream_io::{app_err, splice, splice_until, MAX_APP_FRAME, STREAM_BROKEN};
 use super::wire::AppFrame;
 use crate::api::{code, ErrorBody, PeerRef};
 
@@ -283,4 +283,109 @@ pub async fn run_local<R, W>(
         }
     };
     d.streams.record_end(token, status);
+}
+
+/// How long a client that asked to pass its descriptors (`fds`) has to send them.
+const PASS_WAIT: Duration = Duration::from_secs(5);
+
+/// Pipes passed by a client get this much buffer (the system's default limit for an
+/// unprivileged process): fewer, larger reads and writes for the daemon and the
+/// processes on the other ends.
+const PASSED_PIPE_BYTES: i32 = 1 << 20;
+
+/// Runs a stream between the two pipes the client passed over its control connection
+/// `ctl` (`fds`: the stream's input, then its output) and QUIC, recording how it ended.
+/// The connection stays open meanwhile: the client closing it breaks the stream off; the
+/// daemon closes it once the stream ended. `None`: the client sent more than its request.
+pub async fn run_passed(
+    d: &Arc<Daemon>,
+    token: &str,
+    ctl: Option<tokio::net::UnixStream>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let got = match ctl {
+        Some(ctl) => take_pipes(&ctl).await.map(|p| (ctl, p)),
+        None => Err("bytes after the request, before the descriptors".to_string()),
+    };
+    let (ctl, (input, output)) = match got {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = send.reset(STREAM_BROKEN.into());
+            let _ = recv.stop(STREAM_BROKEN.into());
+            debug!(token, error = %e, "stream descriptors refused");
+            d.streams
+                .record_end(token, format!("error: descriptors not passed: {e}"));
+            return;
+        }
+    };
+    let (mut r, mut w) = (input, output);
+    let gone = client_gone(&ctl);
+    let status = match splice_until(&mut r, &mut w, send, recv, gone).await {
+        Ok((up, down)) => {
+            debug!(token, up, down, "stream closed");
+            "closed".to_string()
+        }
+        Err(e) => {
+            debug!(token, error = %e, "stream failed");
+            format!("error: {e}")
+        }
+    };
+    // The pipes go back to blocking mode: other processes share them.
+    let _ = r.into_blocking_fd();
+    let _ = w.into_blocking_fd();
+    d.streams.record_end(token, status);
+}
+
+/// Receives the two pipes (within [`PASS_WAIT`]) and takes them over.
+async fn take_pipes(
+    ctl: &tokio::net::UnixStream,
+) -> Result<
+    (
+        tokio::net::unix::pipe::Receiver,
+        tokio::net::unix::pipe::Sender,
+    ),
+    String,
+> {
+    use std::os::fd::{AsFd, AsRawFd};
+    use tokio::io::Interest;
+    use tokio::net::unix::pipe;
+    let got = tokio::time::timeout(
+        PASS_WAIT,
+        ctl.async_io(Interest::READABLE, || {
+            crate::fdpass::recv(ctl.as_raw_fd(), crate::fdpass::STREAM_FDS)
+        }),
+    )
+    .await
+    .map_err(|_| format!("none came within {} s", PASS_WAIT.as_secs()))?
+    .map_err(|e| e.to_string())?;
+    let [input, output]: [std::os::fd::OwnedFd; 2] = got
+        .try_into()
+        .map_err(|v: Vec<_>| format!("{} descriptors instead of 2", v.len()))?;
+    for p in [&input, &output] {
+        crate::fdpass::set_pipe_size(p.as_fd().as_raw_fd(), PASSED_PIPE_BYTES);
+    }
+    let r = pipe::Receiver::from_owned_fd(input).map_err(|e| format!("input: {e}"))?;
+    let w = pipe::Sender::from_owned_fd(output).map_err(|e| format!("output: {e}"))?;
+    Ok((r, w))
+}
+
+/// Completes when the client closes its control connection (what it sends is ignored).
+async fn client_gone(ctl: &tokio::net::UnixStream) -> std::io::Error {
+    let mut scratch = [0u8; 64];
+    loop {
+        if ctl.readable().await.is_err() {
+            break;
+        }
+        match ctl.try_read(&mut scratch) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the client closed its connection",
+    )
 }

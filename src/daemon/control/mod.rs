@@ -251,6 +251,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                         peer,
                         service,
                         timeout_ms,
+                        ..
                     } => match d
                         .removed_refusal()
                         .map_or_else(|| d.peers().resolve(peer), Err)
@@ -269,7 +270,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                         streams::open(&d, pid, &service, deadline).await
                     }
                     (Request::Connect { .. }, Err(e)) => Err(e),
-                    (Request::Accept { stream }, _) => streams::accept(&d, stream).await,
+                    (Request::Accept { stream, .. }, _) => streams::accept(&d, stream).await,
                     _ => Err(err(code::INTERNAL, "request routed to the wrong handler")),
                 };
                 let (send, recv) = match opened {
@@ -281,6 +282,10 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                         continue;
                     }
                 };
+                let fds = matches!(
+                    req,
+                    Request::Connect { fds: true, .. } | Request::Accept { fds: true, .. }
+                );
                 let token = super::services::new_token();
                 let _ = tx
                     .send(line_of(&Reply::ok(
@@ -293,6 +298,16 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 let Ok(Some(w)) = writer.await else {
                     return;
                 };
+                if fds {
+                    // Nothing may follow the request but the descriptors themselves.
+                    let ctl = r
+                        .buffer()
+                        .is_empty()
+                        .then(|| r.into_inner().reunite(w).ok())
+                        .flatten();
+                    streams::run_passed(&d, &token, ctl, send, recv).await;
+                    return;
+                }
                 streams::run_local(&d, &token, r, w, send, recv).await;
                 return;
             }
