@@ -237,6 +237,13 @@ impl<I: NodeId> Membership<I> {
     }
 
     pub fn handle_input(&mut self, input: Input<I>, now: Instant) {
+        self.handle_inputs([input], now);
+    }
+
+    /// Inputs gathered in one wake-up (the heartbeats that came since the previous one,
+    /// say), applied together before any link is judged at `now`: a beat that arrived in
+    /// time is never outrun by a deadline checked between two inputs.
+    pub fn handle_inputs(&mut self, inputs: impl IntoIterator<Item = Input<I>>, now: Instant) {
         if self.stopped {
             return;
         }
@@ -244,69 +251,8 @@ impl<I: NodeId> Membership<I> {
         // Done in whichever wake-up comes first after it is due: a member that only
         // receives beats needs no timer of its own for it.
         self.periodic(now);
-        match input {
-            Input::LinkUp {
-                peer,
-                rtt,
-                addr,
-                datagram,
-            } => {
-                if peer == self.me || !self.roster.contains(&peer) {
-                    return;
-                }
-                self.links.insert(peer, Link::new(now, rtt, addr, datagram));
-                self.roles.stale.insert(peer);
-                self.record_dirty = true;
-                self.topo_changed();
-                let msg = self.gossip.digest_full(true, &self.records);
-                self.send(peer, msg);
-            }
-            Input::LinkDown { peer, leaving } => {
-                if let Some(link) = self.links.remove(&peer) {
-                    self.roles.stale.insert(peer);
-                    if link.broken.is_none() {
-                        // A link to a member that is down matters to nobody's routes.
-                        if self.is_down(&peer) {
-                            self.record_lazy = true;
-                        } else {
-                            self.record_dirty = true;
-                        }
-                    }
-                    self.topo_changed();
-                }
-                if leaving && self.roster.contains(&peer) {
-                    let inc = self.records.get(&peer).map_or(0, |r| r.incarnation);
-                    self.left_marks.insert(peer, inc);
-                    self.topo_changed();
-                }
-            }
-            Input::Rtt { peer, rtt } => {
-                if let Some(link) = self.links.get_mut(&peer) {
-                    link.rtt = rtt;
-                    let old = link.announced_rtt;
-                    let diff = rtt.abs_diff(old);
-                    if diff > self.cfg.rtt_change_min.max(old / 4) {
-                        self.rtt_dirty = true;
-                    }
-                    if let Some(v) = self.views.get_mut(&peer) {
-                        if v.state == State::Active {
-                            v.rtt = Some(rtt);
-                        }
-                    }
-                }
-            }
-            Input::Message { from, msg } => self.on_message(from, msg, now),
-            Input::Heard { peer, at } => self.heard_at(peer, at.min(now)),
-            Input::Beat { peer, at, digest } => {
-                if !self.roster.contains(&peer) {
-                    return;
-                }
-                let at = at.min(now);
-                self.heard_at(peer, at);
-                // A heartbeat is a beat on its link's own channel.
-                let channel = self.links.get(&peer).is_some_and(|l| l.datagram);
-                self.beat_received(peer, at, digest, channel);
-            }
+        for input in inputs {
+            self.apply(input, now);
         }
         self.eval_links(now);
         self.finish();

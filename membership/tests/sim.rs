@@ -486,9 +486,11 @@ fn messages_per_event_grow_linearly_with_n_and_idle_traffic_is_flat() {
     let mut idle = Vec::new();
     for n in [10u32, 30, 60] {
         let mut sim = mesh(n, 14);
+        // Whole beat intervals: one beat per monitor in each.
+        let window = Config::default().probe_interval * 8;
         let before = sim.stats.messages;
-        sim.run_for(ms(4000));
-        idle.push((sim.stats.messages - before) as f64 / f64::from(n) / 4.0);
+        sim.run_for(window);
+        idle.push((sim.stats.messages - before) as f64 / f64::from(n) / 8.0);
         let (_, tx) = broadcasts(&mut sim, 5, ms(200));
         let avg = tx.iter().sum::<u64>() as f64 / tx.len() as f64;
         assert_eq!(avg, f64::from(n - 1), "n={n}");
@@ -498,7 +500,8 @@ fn messages_per_event_grow_linearly_with_n_and_idle_traffic_is_flat() {
     let growth = per_event[2].1 / per_event[0].1;
     assert!(growth < 8.0, "{per_event:?}");
     // Idle traffic per member does not grow: a beat per monitor and interval.
-    assert!(idle.iter().all(|m| *m == monitor_beats_per_s()), "{idle:?}");
+    let k = Config::default().monitors as f64;
+    assert!(idle.iter().all(|m| *m == k), "{idle:?}");
 }
 
 #[test]

@@ -197,15 +197,20 @@ pub fn start(d: &Arc<Daemon>) {
                                 .collect::<Vec<_>>()
                         });
                     run(&dd, |c, now| {
-                        for (peer, rtt) in rtts.into_iter().flatten() {
-                            c.handle_input(Input::Rtt { peer, rtt }, now);
-                        }
-                        for (peer, at) in heard {
-                            c.handle_input(Input::Heard { peer, at }, now);
-                        }
-                        for (peer, at, digest) in beats {
-                            c.handle_input(Input::Beat { peer, at, digest }, now);
-                        }
+                        // All that the wake-up read, applied before any link is judged.
+                        let rtts = rtts
+                            .into_iter()
+                            .flatten()
+                            .map(|(peer, rtt)| Input::Rtt { peer, rtt });
+                        let heard = heard
+                            .into_iter()
+                            .map(|(peer, at)| Input::Heard { peer, at });
+                        let beats = beats.into_iter().map(|(peer, at, digest)| Input::Beat {
+                            peer,
+                            at,
+                            digest,
+                        });
+                        c.handle_inputs(rtts.chain(heard).chain(beats), now);
                         c.handle_timeout(now)
                     });
                     close_silent(&dd, conns, now);

@@ -4,6 +4,74 @@
 use super::*;
 
 impl<I: NodeId> Membership<I> {
+    /// One input of [`Membership::handle_inputs`], applied without judging the links.
+    pub(super) fn apply(&mut self, input: Input<I>, now: Instant) {
+        match input {
+            Input::LinkUp {
+                peer,
+                rtt,
+                addr,
+                datagram,
+            } => {
+                if peer == self.me || !self.roster.contains(&peer) {
+                    return;
+                }
+                self.links.insert(peer, Link::new(now, rtt, addr, datagram));
+                self.roles.stale.insert(peer);
+                self.record_dirty = true;
+                self.topo_changed();
+                let msg = self.gossip.digest_full(true, &self.records);
+                self.send(peer, msg);
+            }
+            Input::LinkDown { peer, leaving } => {
+                if let Some(link) = self.links.remove(&peer) {
+                    self.roles.stale.insert(peer);
+                    if link.broken.is_none() {
+                        // A link to a member that is down matters to nobody's routes.
+                        if self.is_down(&peer) {
+                            self.record_lazy = true;
+                        } else {
+                            self.record_dirty = true;
+                        }
+                    }
+                    self.topo_changed();
+                }
+                if leaving && self.roster.contains(&peer) {
+                    let inc = self.records.get(&peer).map_or(0, |r| r.incarnation);
+                    self.left_marks.insert(peer, inc);
+                    self.topo_changed();
+                }
+            }
+            Input::Rtt { peer, rtt } => {
+                if let Some(link) = self.links.get_mut(&peer) {
+                    link.rtt = rtt;
+                    let old = link.announced_rtt;
+                    let diff = rtt.abs_diff(old);
+                    if diff > self.cfg.rtt_change_min.max(old / 4) {
+                        self.rtt_dirty = true;
+                    }
+                    if let Some(v) = self.views.get_mut(&peer) {
+                        if v.state == State::Active {
+                            v.rtt = Some(rtt);
+                        }
+                    }
+                }
+            }
+            Input::Message { from, msg } => self.on_message(from, msg, now),
+            Input::Heard { peer, at } => self.heard_at(peer, at.min(now)),
+            Input::Beat { peer, at, digest } => {
+                if !self.roster.contains(&peer) {
+                    return;
+                }
+                let at = at.min(now);
+                self.heard_at(peer, at);
+                // A heartbeat is a beat on its link's own channel.
+                let channel = self.links.get(&peer).is_some_and(|l| l.datagram);
+                self.beat_received(peer, at, digest, channel);
+            }
+        }
+    }
+
     pub(super) fn on_message(&mut self, from: I, msg: Message<I>, now: Instant) {
         if from == self.me || !self.roster.contains(&from) {
             return;

@@ -252,8 +252,13 @@ impl Sim {
     /// when they arrived (as the daemon does).
     fn read_heartbeats(&mut self, id: u32, now: Instant) {
         let nd = &mut self.nodes[id as usize];
-        for (peer, digest, at) in std::mem::take(&mut nd.heartbeats) {
-            nd.m.handle_input(Input::Beat { peer, at, digest }, now);
+        let beats = std::mem::take(&mut nd.heartbeats);
+        if !beats.is_empty() {
+            let inputs =
+                beats
+                    .into_iter()
+                    .map(|(peer, digest, at)| Input::Beat { peer, at, digest });
+            nd.m.handle_inputs(inputs, now);
         }
     }
 
