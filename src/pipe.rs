@@ -3,7 +3,7 @@
 use std::io::{BufReader, IsTerminal, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Command as Process, Stdio};
+use std::process::{Child, Command as Process, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -231,22 +231,46 @@ pub fn connect(
     pipe_stdio(r, w, paths, &token, progress)
 }
 
-/// Runs `cmd` on one accepted stream; returns its exit code.
-fn serve_with(
-    cmd: &str,
-    r: BufReader<UnixStream>,
-    w: UnixStream,
-    ev: &Value,
-) -> anyhow::Result<i32> {
-    let mut child = Process::new("sh")
+/// The command `cmd` for one accepted stream, with the stream's details in its
+/// environment.
+fn handler(cmd: &str, ev: &Value, stdin: Stdio, stdout: Stdio) -> std::io::Result<Child> {
+    Process::new("sh")
         .arg("-c")
         .arg(cmd)
         .env("CNSPR_SERVICE", ev["service"].as_str().unwrap_or(""))
         .env("CNSPR_PEER", ev["peer"]["name"].as_str().unwrap_or(""))
         .env("CNSPR_PEER_ID", ev["peer"]["id"].as_str().unwrap_or(""))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+        .stdin(stdin)
+        .stdout(stdout)
+        .spawn()
+}
+
+/// Runs `cmd` on one accepted stream; returns its exit code. `passed`: the stream was
+/// accepted with `fds`, so the command's standard input and output are pipes whose other
+/// ends go to the daemon, which moves the bytes itself.
+fn serve_with(
+    cmd: &str,
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+    ev: &Value,
+    passed: bool,
+) -> anyhow::Result<i32> {
+    if passed {
+        let (to_cmd_r, to_cmd_w) = fdpass::pipe()?;
+        let (from_cmd_r, from_cmd_w) = fdpass::pipe()?;
+        fdpass::send(
+            w.as_raw_fd(),
+            &[from_cmd_r.as_raw_fd(), to_cmd_w.as_raw_fd()],
+        )?;
+        drop((from_cmd_r, to_cmd_w));
+        let mut child = handler(cmd, ev, to_cmd_r.into(), from_cmd_w.into())?;
+        let status = child.wait()?;
+        // The daemon closes the connection once the stream ended.
+        let mut r = r;
+        let _ = r.read_to_end(&mut Vec::new());
+        return Ok(status.code().unwrap_or(1));
+    }
+    let mut child = handler(cmd, ev, Stdio::piped(), Stdio::piped())?;
     let mut stdin = child
         .stdin
         .take()
@@ -299,7 +323,9 @@ pub fn listen(
         let mut a = Client::connect(&paths.socket)?;
         // The accepted stream has a token of its own (the offer's is spent): that is
         // the one `stream_status` knows, to tell why the stream ended.
-        let fds = exec.is_none() && pass_stdio(false);
+        // A command gets pipes whose other ends go to the daemon; standard input and
+        // output go to it when either is a pipe.
+        let fds = exec.is_some() || pass_stdio(false);
         let token = match a.request(&Request::Accept {
             stream: offered.to_string(),
             fds,
@@ -314,11 +340,11 @@ pub fn listen(
         match &exec {
             None if fds => return pipe_passed(r, w, paths, &token),
             None => return pipe_stdio(r, w, paths, &token, false),
-            Some(cmd) if !keep => return serve_with(cmd, r, w, &ev),
+            Some(cmd) if !keep => return serve_with(cmd, r, w, &ev, fds),
             Some(cmd) => {
                 let (cmd, ev) = (cmd.clone(), ev.clone());
                 workers.push(std::thread::spawn(move || {
-                    if let Err(e) = serve_with(&cmd, r, w, &ev) {
+                    if let Err(e) = serve_with(&cmd, r, w, &ev, fds) {
                         eprintln!("cnspr: {e}");
                     }
                 }));

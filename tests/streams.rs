@@ -112,6 +112,31 @@ fn eof_in_one_direction_keeps_the_other_open() {
     assert_eq!(file(&b.out().join("got")).unwrap(), b"question");
     let _ = l.kill();
     let _ = l.wait();
+
+    // The same with `cnspr listen` on pipes of its own (passed to the daemon): its
+    // standard output ends while its standard input is still open.
+    let mut l = listen(b, "halfclose2", None);
+    let mut c = connect(a, "beta", "halfclose2");
+    c.stdin.take().unwrap().write_all(b"question").unwrap();
+    let mut lout = l.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = tx.send(lout.read_to_end(&mut got).map(|_| got));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the listener's output ends while its input is open")
+        .unwrap();
+    assert_eq!(got, b"question");
+    let mut lin = l.stdin.take().unwrap();
+    lin.write_all(b"answer after eof").unwrap();
+    drop(lin);
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, b"answer after eof");
+    let (code, err) = finish(l);
+    assert_eq!(code, Some(0), "{err}");
 }
 
 fn echo_tcp() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {

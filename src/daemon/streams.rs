@@ -319,7 +319,7 @@ pub async fn run_passed(
             return;
         }
     };
-    let (mut r, mut w) = (input, output);
+    let (mut r, mut w) = (input, ClosingPipe(Some(output)));
     let gone = client_gone(&ctl);
     let status = match splice_until(&mut r, &mut w, send, recv, gone).await {
         Ok((up, down)) => {
@@ -333,8 +333,70 @@ pub async fn run_passed(
     };
     // The pipes go back to blocking mode: other processes share them.
     let _ = r.into_blocking_fd();
-    let _ = w.into_blocking_fd();
+    w.close();
     d.streams.record_end(token, status);
+}
+
+/// The output pipe of a passed stream: shutting it down closes the daemon's copy (back in
+/// blocking mode), so the reader sees end of file when the peer ended its direction even
+/// while the other direction still runs (a pipe has no half-close of its own).
+struct ClosingPipe(Option<tokio::net::unix::pipe::Sender>);
+
+impl ClosingPipe {
+    fn close(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.into_blocking_fd();
+        }
+    }
+
+    fn open(&mut self) -> std::io::Result<&mut tokio::net::unix::pipe::Sender> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+impl AsyncWrite for ClosingPipe {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.open() {
+            Ok(p) => std::pin::Pin::new(p).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.open() {
+            Ok(p) => std::pin::Pin::new(p).poll_write_vectored(cx, bufs),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.close();
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Receives the two pipes (within [`PASS_WAIT`]) and takes them over.
