@@ -281,15 +281,19 @@ fn failures_are_reported_quickly_and_leak_nothing() {
     let _ = fds.1;
 }
 
+/// alpha and beta, with beta exposing `echo` (a TCP echo server of this test).
+fn echo_mesh() -> Vec<Node> {
+    let nodes = mesh(&["alpha", "beta"], "");
+    let (addr, _h) = echo_tcp();
+    let r = nodes[1].cli(&["expose", "echo", &addr.to_string()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    nodes
+}
+
 #[test]
 fn two_hundred_concurrent_streams_complete() {
-    let nodes = mesh(&["alpha", "beta"], "");
-    let (a, b) = (&nodes[0], &nodes[1]);
-    let (addr, _h) = echo_tcp();
-    assert!(b
-        .cli(&["expose", "echo", &addr.to_string()])
-        .status
-        .success());
+    let nodes = echo_mesh();
+    let a = &nodes[0];
     let sock = a.socket();
     let workers: Vec<_> = (0..200u64)
         .map(|i| {
@@ -531,13 +535,8 @@ fn passed_pipes_carry_the_stream_and_anything_else_is_refused() {
     use cnspr::fdpass;
     use std::fs::File;
     use std::os::fd::AsRawFd;
-    let nodes = mesh(&["alpha", "beta"], "");
-    let (a, b) = (&nodes[0], &nodes[1]);
-    let (addr, _h) = echo_tcp();
-    assert!(b
-        .cli(&["expose", "echo", &addr.to_string()])
-        .status
-        .success());
+    let nodes = echo_mesh();
+    let a = &nodes[0];
 
     // Two pipes of ours: the daemon reads the first and writes the second itself.
     let (s, token) = connect_fds(a, "echo");

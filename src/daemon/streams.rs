@@ -19,6 +19,7 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream, StreamKind};
 
 use super::context::Daemon;
+use super::errors::StreamError;
 use super::services::{new_token, validate_service, Announce, Pending, Target, ACCEPT_WAIT};
 use super::stream_io::{app_err, splice, splice_until, MAX_APP_FRAME, STREAM_BROKEN};
 use super::wire::AppFrame;
@@ -272,7 +273,13 @@ pub async fn run_local<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let status = match splice(r, w, send, recv).await {
+    let status = end_status(token, splice(r, w, send, recv).await);
+    d.streams.record_end(token, status);
+}
+
+/// What `stream_status` says of a stream that ended with `res`.
+fn end_status(token: &str, res: Result<(u64, u64), StreamError>) -> String {
+    match res {
         Ok((up, down)) => {
             debug!(token, up, down, "stream closed");
             "closed".to_string()
@@ -281,8 +288,7 @@ pub async fn run_local<R, W>(
             debug!(token, error = %e, "stream failed");
             format!("error: {e}")
         }
-    };
-    d.streams.record_end(token, status);
+    }
 }
 
 /// How long a client that asked to pass its descriptors (`fds`) has to send them.
@@ -321,16 +327,7 @@ pub async fn run_passed(
     };
     let (mut r, mut w) = (input, ClosingPipe(Some(output)));
     let gone = client_gone(&ctl);
-    let status = match splice_until(&mut r, &mut w, send, recv, gone).await {
-        Ok((up, down)) => {
-            debug!(token, up, down, "stream closed");
-            "closed".to_string()
-        }
-        Err(e) => {
-            debug!(token, error = %e, "stream failed");
-            format!("error: {e}")
-        }
-    };
+    let status = end_status(token, splice_until(&mut r, &mut w, send, recv, gone).await);
     // The pipes go back to blocking mode: other processes share them.
     let _ = r.into_blocking_fd();
     w.close();
