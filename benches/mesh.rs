@@ -19,7 +19,6 @@
 
 use cnspr_lab as common;
 
-use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::lab::*;
@@ -192,12 +191,7 @@ fn main() {
         n * (n - 1),
         t.elapsed()
     );
-    let log: EventLog = Default::default();
-    let mut monitors: Vec<Child> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| monitor_peers(node, i, &log))
-        .collect();
+    let (log, mut monitors) = monitor_all(&nodes);
     // Idle traffic, whole mesh quiet (this also leaves the monitors seconds to subscribe
     // before the first measured event).
     std::thread::sleep(Duration::from_secs(settle_s as u64));

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::lab::*;
@@ -54,12 +53,7 @@ fn a_ten_host_mesh_sees_crashes_and_partitions_and_never_a_one_second_freeze() {
         let others: Vec<usize> = all.iter().copied().filter(|i| *i != who).collect();
         wait_all_see(&nodes, &others, who, "active");
     }
-    let log: EventLog = Default::default();
-    let mut monitors: Vec<Child> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| monitor_peers(node, i, &log))
-        .collect();
+    let (log, mut monitors) = monitor_all(&nodes);
     // Let the monitors subscribe.
     std::thread::sleep(Duration::from_millis(500));
 

@@ -514,6 +514,17 @@ pub fn kv_watch(n: &Node, prefix: &str) -> (Child, std::sync::mpsc::Receiver<Val
 /// Peer events as `cnspr monitor --json --event peer` printed them: (arrival, node, event).
 pub type EventLog = std::sync::Arc<std::sync::Mutex<Vec<(Instant, usize, Value)>>>;
 
+/// [`monitor_peers`] on every node, into one new log.
+pub fn monitor_all(nodes: &[Node]) -> (EventLog, Vec<Child>) {
+    let log: EventLog = Default::default();
+    let monitors = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| monitor_peers(node, i, &log))
+        .collect();
+    (log, monitors)
+}
+
 /// Runs `cnspr monitor --json --event peer` on `node` and logs each event in `log`,
 /// stamped on arrival with the node's index `i`, until the returned child is killed.
 pub fn monitor_peers(node: &Node, i: usize, log: &EventLog) -> Child {

@@ -26,18 +26,6 @@ fn line(name: &str, value: String, ratio: String) {
     println!("{name:<52} {value:>16}   {ratio}");
 }
 
-/// Runs until `id` has just sent its beats (all in one wake-up).
-fn until_beats(sim: &mut Sim, id: u32) {
-    let sent = sim.stats.sent[id as usize].0;
-    for _ in 0..1000 {
-        sim.run_for(ms(1));
-        if sim.stats.sent[id as usize].0 != sent {
-            return;
-        }
-    }
-    panic!("{id} sends nothing");
-}
-
 /// Crash -> unreachable everywhere: a crash comes at any point of the victim's beat
 /// interval (detection is the suspicion deadline minus the time since its last beat):
 /// the crashes fall at pseudo-random points after a beat; the victim is restarted after
@@ -48,7 +36,7 @@ fn detection(sim: &mut Sim, trials: u64) -> Vec<Duration> {
     let mut out = Vec::new();
     for t in 0..trials {
         let victim = (t as u32 * 7 + 3) % n;
-        until_beats(sim, victim);
+        sim.run_until_sends(victim);
         let spread = (t.wrapping_mul(2_654_435_761) >> 7) % 1000;
         sim.run_for(p * spread as u32 / 1000);
         let t0 = sim.now();
@@ -120,7 +108,7 @@ fn figures(n: u32, crashes: u64) {
     let p = Config::default().probe_interval;
     for i in 0..8u32 {
         let x = (i * 11 + 5) % n;
-        until_beats(&mut sim, x);
+        sim.run_until_sends(x);
         sim.run_for(p * i / 8);
         sim.stall(x, if i % 2 == 0 { ms(1000) } else { ms(1050) });
         sim.run_for(ms(2500));

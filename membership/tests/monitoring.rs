@@ -100,18 +100,6 @@ fn small_mesh_everyone_watches_everyone() {
     }
 }
 
-/// Runs until `id` has just sent its beats (it sends them all in one wake-up).
-fn until_beats(sim: &mut Sim, id: u32) {
-    let sent = sim.stats.sent[id as usize].0;
-    for _ in 0..1000 {
-        sim.run_for(ms(1));
-        if sim.stats.sent[id as usize].0 != sent {
-            return;
-        }
-    }
-    panic!("{id} sends nothing");
-}
-
 #[test]
 fn crash_detection_at_10_30_100() {
     // Detection is the suspicion deadline minus the time from the victim's last beat to
@@ -123,7 +111,7 @@ fn crash_detection_at_10_30_100() {
         let mut times = Vec::new();
         for t in 0..trials {
             let victim = (t * 7 + 3) % n;
-            until_beats(&mut sim, victim);
+            sim.run_until_sends(victim);
             sim.run_for(p * (2 * t + 1) / (2 * trials) - ms(1));
             times.push(crash(&mut sim, victim));
             sim.restart(victim);
@@ -176,22 +164,6 @@ fn freezes_of_one_second_are_never_unreachable_and_only_monitors_suspect() {
     assert!(d < detection_bound(), "{d:?}");
 }
 
-fn check_split(sim: &Sim, left: &[u32], right: &[u32]) -> bool {
-    let across = |a: &[u32], b: &[u32]| {
-        a.iter().all(|&o| {
-            b.iter()
-                .all(|&p| sim.state(o, p) == Some(State::Unreachable))
-        })
-    };
-    let within = |a: &[u32]| {
-        a.iter().all(|&o| {
-            a.iter()
-                .all(|&p| o == p || sim.state(o, p) == Some(State::Active))
-        })
-    };
-    across(left, right) && across(right, left) && within(left) && within(right)
-}
-
 #[test]
 fn partitions_are_seen_on_both_sides_and_heal() {
     let cfg = Config::default();
@@ -207,7 +179,7 @@ fn partitions_are_seen_on_both_sides_and_heal() {
         sim.split(&left, &right);
         sim.run_for(bound);
         assert!(
-            check_split(&sim, &left, &right),
+            sim.split_seen(&left, &right),
             "split {split}: seen within {bound:?}"
         );
         let inside = sim.transitions_since(t0, |t| (t.observer < split) == (t.peer < split));

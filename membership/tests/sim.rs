@@ -309,22 +309,6 @@ fn cut_unwatched_link_is_found_when_its_connection_closes() {
     assert!(sim.all_active());
 }
 
-fn check_split(sim: &Sim, left: &[u32], right: &[u32]) -> bool {
-    let across = |a: &[u32], b: &[u32]| {
-        a.iter().all(|&o| {
-            b.iter()
-                .all(|&p| sim.state(o, p) == Some(State::Unreachable))
-        })
-    };
-    let within = |a: &[u32]| {
-        a.iter().all(|&o| {
-            a.iter()
-                .all(|&p| o == p || sim.state(o, p) == Some(State::Active))
-        })
-    };
-    across(left, right) && across(right, left) && within(left) && within(right)
-}
-
 #[test]
 fn partition_and_heal_converge_both_ways() {
     let mut sim = mesh(20, 9);
@@ -338,10 +322,7 @@ fn partition_and_heal_converge_both_ways() {
     // member for that long.
     let bound = detection_bound() + Config::default().probe_interval;
     sim.run_for(bound);
-    assert!(
-        check_split(&sim, &left, &right),
-        "split seen within {bound:?}"
-    );
+    assert!(sim.split_seen(&left, &right), "split seen within {bound:?}");
     assert!(
         sim.transitions_since(t0, |t| t.state == State::Indirect)
             .is_empty(),
@@ -354,7 +335,7 @@ fn partition_and_heal_converge_both_ways() {
     // Healed after the connections timed out: they reconnect.
     sim.split(&left, &right);
     sim.run_for(ms(8000));
-    assert!(check_split(&sim, &left, &right));
+    assert!(sim.split_seen(&left, &right));
     let t1 = sim.now();
     sim.join(&left, &right);
     sim.run_for(ms(2000));

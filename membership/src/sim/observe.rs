@@ -9,6 +9,37 @@ use crate::message::EventId;
 use crate::types::State;
 
 impl Sim {
+    /// Whether a split into `left` and `right` is seen on both sides: each side shows the
+    /// other `unreachable` and its own members `active`.
+    pub fn split_seen(&self, left: &[u32], right: &[u32]) -> bool {
+        let across = |a: &[u32], b: &[u32]| {
+            a.iter().all(|&o| {
+                b.iter()
+                    .all(|&p| self.state(o, p) == Some(State::Unreachable))
+            })
+        };
+        let within = |a: &[u32]| {
+            a.iter().all(|&o| {
+                a.iter()
+                    .all(|&p| o == p || self.state(o, p) == Some(State::Active))
+            })
+        };
+        across(left, right) && across(right, left) && within(left) && within(right)
+    }
+
+    /// Runs until `id` has just sent its beats (it sends them all in one wake-up), at
+    /// most a second.
+    pub fn run_until_sends(&mut self, id: u32) {
+        let sent = self.stats.sent[id as usize].0;
+        for _ in 0..1000 {
+            self.run_for(Duration::from_millis(1));
+            if self.stats.sent[id as usize].0 != sent {
+                return;
+            }
+        }
+        panic!("{id} sends nothing");
+    }
+
     /// Live members other than `peer`.
     pub fn observers_of(&self, peer: u32) -> Vec<u32> {
         (0..self.len())
