@@ -283,6 +283,49 @@ fn cut_monitoring_link_goes_indirect_on_both_sides_and_back() {
 }
 
 #[test]
+fn cut_link_between_the_only_two_that_watch_it_is_not_taken_back_unheard() {
+    // Three members (a, b and a public m): everyone watches everyone. When the a-b link
+    // is cut, b finds its beats lost and stops taking a for its monitor, so a no longer
+    // watches b. The link a gave up on is still cut: until b answers on it, a shows b
+    // through m (a stream sent over the dead link would break), and the silence closes
+    // the connection.
+    for seed in 0..16 {
+        let mut sim = mesh(3, seed);
+        let (a, b) = (0, 1);
+        // Beats of the three out of step, as on real devices; a and b each behind a
+        // router that adds 20 ms.
+        sim.set_latency(a, b, ms(41));
+        sim.set_latency(a, 2, ms(21));
+        sim.set_latency(b, 2, ms(21));
+        sim.stall(b, ms(70 * seed));
+        sim.stall(2, ms(130 * seed % 550));
+        sim.run_for(ms(3000));
+        let t0 = sim.now() + ms(37 * seed);
+        sim.run_until(t0);
+        sim.partition(a, b);
+        // The QUIC round trips to m move (a transfer just ended): new records come.
+        for i in 0..16u64 {
+            sim.run_for(ms(250));
+            sim.set_rtt(a, 2, ms(20 + (i * 37 + seed * 11) % 90));
+            sim.set_rtt(b, 2, ms(20 + (i * 53 + seed * 7) % 90));
+        }
+        sim.run_for(ms(4000));
+        let back = sim.transitions_since(t0, |t| {
+            (t.observer == a && t.peer == b || t.observer == b && t.peer == a)
+                && t.state == State::Active
+        });
+        assert!(back.is_empty(), "seed {seed}: {back:?}");
+        assert_eq!(sim.state(a, b), Some(State::Indirect), "seed {seed}");
+        assert_eq!(sim.state(b, a), Some(State::Indirect), "seed {seed}");
+        let t1 = sim.now();
+        sim.heal(a, b);
+        sim.run_for(ms(1500));
+        assert!(sim.all_active(), "seed {seed}");
+        assert!(sim.all_see(b, State::Active, t1).is_some(), "seed {seed}");
+    }
+}
+
+#[test]
 fn cut_unwatched_link_is_found_when_its_connection_closes() {
     // Two members that do not watch each other: their idle link carries nothing, so a
     // cut is found when the connection closes (idle timeout); until then each shows the

@@ -153,6 +153,10 @@ impl<I: NodeId> Membership<I> {
                             let total = via_rtt + Duration::from_micros(rtt_us as u64);
                             if best.is_none_or(|(_, b)| total < b) {
                                 *best = Some((from, total));
+                                // The peer is up and this link is silent: cut, not a
+                                // direct path again until heard (even if we stop watching
+                                // it: its monitors vouch for the peer, not for the link).
+                                link.unverified = true;
                                 self.topo_changed();
                             }
                         }

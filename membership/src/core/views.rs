@@ -346,6 +346,7 @@ impl<I: NodeId> Membership<I> {
             .filter(|(p, l)| {
                 vouched.contains(*p)
                     && l.broken.is_none()
+                    && !l.unverified
                     && matches!(l.status, LinkStatus::Active | LinkStatus::Unwatched)
             })
             .map(|(p, l)| (*p, micros(l.rtt) as u64))
@@ -400,12 +401,17 @@ impl<I: NodeId> Membership<I> {
                     Some((LinkStatus::Suspect, _, rtt)) if expected => {
                         (State::Suspect, None, Some(rtt))
                     }
-                    // A link we do not watch: as good as the peer's monitors say.
+                    // A link we do not watch: as good as the peer's monitors say, unless
+                    // it went silent and has not answered since (then another path, if
+                    // there is one, until its ping is answered).
                     Some((LinkStatus::Unwatched | LinkStatus::Suspect, _, rtt)) => {
-                        if up {
-                            (State::Active, None, Some(rtt))
-                        } else {
-                            (State::Unreachable, None, None)
+                        let unverified = link.is_some_and(|l| l.unverified);
+                        match path() {
+                            (State::Indirect, via, total) if unverified => {
+                                (State::Indirect, via, total)
+                            }
+                            _ if up => (State::Active, None, Some(rtt)),
+                            _ => (State::Unreachable, None, None),
                         }
                     }
                     // A dead link whose suspicion found no relay: helpers on our side

@@ -259,6 +259,11 @@ impl<I: NodeId> Membership<I> {
                     let newer = key.is_some_and(|k| k > b.key) && entry != b.entry;
                     if newer || now >= b.since + retry {
                         link.broken = None;
+                        // Unless the peer now says it hears us, worth a try but not yet
+                        // a path: it must answer first.
+                        if entry != Some(Watch::Alive) {
+                            link.unverified = true;
+                        }
                         true
                     } else {
                         false
