@@ -11,7 +11,8 @@
 //!   is up first); anchor: the same between p and q;
 //! - bytes the member in between passes on per punch exchange (its `Punch` frames);
 //! - one 64 MiB stream's throughput (median of 3) a→b directly across the NATs, a→b through m (a
-//!   firewall between the routers), and p→q with no NAT.
+//!   firewall between the routers; over a and b's own connection, whose packets m passes
+//!   on), and p→q with no NAT.
 //!
 //! No delay is added where the kernel has no `netem` (it says so).
 //!
@@ -141,6 +142,11 @@ fn main() {
         Some("member"),
         Duration::from_secs(30)
     ));
+    // a and b then get a connection of their own whose packets m passes on.
+    wait_until("a connection through m", || {
+        a.log()
+            .contains("connection through a member that passes the packets on")
+    });
     let thr_member = stream(&a, &b, "b");
     net.unblock(ra);
     let (p, q) = public_pair(&net, hp, hq);

@@ -260,6 +260,45 @@ fn stays_relayed(tag: &str, nat_a: Nat) {
     assert!(r.status.success(), "{}", stderr(&r));
     let ping = String::from_utf8_lossy(&a.cli(&["ping", "b"]).stdout).into_owned();
     assert!(ping.contains("relay via m"), "{ping}");
+
+    // a and b get a QUIC connection of their own whose packets m passes on as they are:
+    // a stream between them goes over it, end to end, and m never joins two streams.
+    let m = &w.nodes[0];
+    wait_until("m to pass packets on between a and b", || forwarded(m) > 0);
+    let before = forwarded(m);
+    let out = b.out().display().to_string();
+    let mut lis = listen(b, "bulk", Some(&format!("cat > {out}/got")));
+    let data = noise(8 * MIB, 5);
+    let mut cl = connect(a, "b", "bulk");
+    cl.stdin.take().unwrap().write_all(&data).unwrap();
+    let (code, err) = finish(cl);
+    assert_eq!(code, Some(0), "{err}");
+    wait_until("b to store the whole stream", || {
+        file(&b.out().join("got")).is_some_and(|f| f.len() == data.len())
+    });
+    assert!(
+        file(&b.out().join("got")).unwrap() == data,
+        "stream corrupted"
+    );
+    let _ = lis.kill();
+    let _ = lis.wait();
+    let passed = forwarded(m) - before;
+    // Every datagram carries at most 1,419 bytes of QUIC through a member.
+    assert!(
+        passed as usize >= data.len() / 1419,
+        "m passed on only {passed} datagrams for an 8 MiB stream"
+    );
+    assert!(!m.log().contains("relaying a stream"), "{}", m.log());
+    let p = a.peer("b").unwrap();
+    assert_eq!(p["state"], "indirect", "{p}");
+    assert_eq!(path_kind(&p), Some("member"), "{p}");
+}
+
+/// Datagrams `n` passed on between two other members.
+fn forwarded(n: &Node) -> u64 {
+    n.json(&["status"])["forwarded_for_members"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[test]

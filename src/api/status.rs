@@ -28,6 +28,10 @@ pub struct Status {
     /// The mesh's relays and this device's registration with each.
     #[serde(default)]
     pub relays: Vec<RelayInfo>,
+    /// Datagrams this device passed on between two other members since start
+    /// (docs/reach.md, "Members relay packets").
+    #[serde(default)]
+    pub forwarded_for_members: u64,
     /// Set when a member told this device that it was removed from the mesh.
     #[serde(default)]
     pub removed: Option<RemovedInfo>,

@@ -183,6 +183,10 @@ pub fn start(d: &Arc<Daemon>) {
                     let generation = dd.endpoint.generation();
                     if conns.0 != Some(generation) {
                         conns = (Some(generation), dd.endpoint.connections());
+                        // Who may relay packets for us, and we for whom.
+                        dd.endpoint
+                            .relays()
+                            .set_members(conns.1.iter().map(|pc| (pc.peer, pc.remote_address())));
                     }
                     let conns = &conns.1;
                     let heard = transport_heard(&dd, conns, &mut rx_seen, now);
@@ -383,6 +387,13 @@ fn close_unanswered(d: &Daemon, conns: &[PeerConn], seen: &mut Unanswered, now: 
 }
 
 fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {
+    if let Some(m) = d.endpoint.relaying_member(pc) {
+        // Passed on packet by packet by a member: no direct link, the peer stays
+        // `indirect` through that member (member_relay.rs).
+        let via = d.peers().display_name(&m);
+        info!(peer = %pc.name, %via, "connection through a member that passes the packets on");
+        return;
+    }
     let (peer, rtt, addr) = (pc.peer, pc.rtt(), crate::addr::canon(pc.remote_address()));
     // Keys exist only when this endpoint has a heartbeat socket and the peer reads them.
     let datagram = pc.heartbeat.is_some();

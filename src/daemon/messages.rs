@@ -107,7 +107,10 @@ pub async fn route(
         .get(&peer)
         .is_some_and(|p| p.state == PeerState::Indirect);
     let direct = d.endpoint.connection(&peer);
-    if let Some(c) = direct.clone().filter(|_| !relayed) {
+    if let Some(c) = direct.clone().filter(|c| {
+        // A connection a member relays packet by packet is end to end through it.
+        !relayed || d.endpoint.relaying_member(c).is_some()
+    }) {
         return Ok((c, None));
     }
     if let Some(via) = d.member.next_hop(&peer).filter(|v| *v != peer) {
@@ -130,8 +133,10 @@ pub async fn ping(
     let (pc, relay_to) = route(d, peer, deadline).await?;
     if relay_to.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
+        // Through a member that passes the packets on: that member is the relay.
+        let member = d.endpoint.relaying_member(&pc);
         return match super::links::ping_once(&pc, left).await {
-            Ok(rtt) => Ok((rtt, None, pc)),
+            Ok(rtt) => Ok((rtt, member, pc)),
             Err(e) => Err(e.ping_body()),
         };
     }

@@ -19,6 +19,7 @@ pub fn start(d: &Arc<Daemon>) {
     let d = d.clone();
     tokio::spawn(async move {
         loop {
+            super::member_relay::update(&d);
             // No timer at all while no peer is relayed: nothing wakes an idle LAN mesh.
             if initiate_due(&d) {
                 tokio::select! {

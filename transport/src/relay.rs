@@ -31,6 +31,7 @@ use crate::identity::{spki_id, Identity};
 use crate::tls::{CertPolicy, DeviceVerifier, TlsError};
 
 pub mod link;
+pub mod member;
 mod registry;
 pub mod server;
 pub mod socket;

@@ -50,10 +50,22 @@ impl Endpoint {
     }
 
     /// Where to dial `peer` through a relay (its virtual address), while this device is
-    /// registered with one.
+    /// registered with one or a member relays for that peer.
     pub fn relay_address(&self, peer: &DeviceId) -> Option<SocketAddr> {
-        self.inner.relays.current()?;
-        Some(self.inner.relays.address_of(peer))
+        let relays = &self.inner.relays;
+        if relays.via_of(peer).is_none() {
+            relays.current()?;
+        }
+        Some(relays.address_of(peer))
+    }
+
+    /// The member that passes `pc`'s packets on (`crate::relay::member`), if it is such a
+    /// connection.
+    pub fn relaying_member(&self, pc: &PeerConn) -> Option<DeviceId> {
+        if !is_virtual(&pc.remote_address()) {
+            return None;
+        }
+        self.inner.relays.via_of(&pc.peer)
     }
 
     /// The relay a connection to a virtual address goes through (its label), if any.

@@ -13,6 +13,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
+use super::member::{self, Members, FORWARD};
 use super::{header_id, is_virtual, virtual_addr, HEADER, MARKER, MAX_DATAGRAM};
 use crate::id::DeviceId;
 
@@ -51,6 +52,8 @@ pub struct RelayStats {
     pub received: AtomicU64,
     /// Datagrams for a peer that had no relay to go through (lost, like any datagram).
     pub unroutable: AtomicU64,
+    /// Datagrams passed on for other members (`member.rs`).
+    pub forwarded: AtomicU64,
 }
 
 /// What the socket and the endpoint share about relays.
@@ -59,6 +62,10 @@ pub struct Relays {
     v6: bool,
     names: Mutex<HashMap<SocketAddr, DeviceId>>,
     links: Mutex<Vec<Link>>,
+    /// Members connected directly: they may relay for us and we for them.
+    members: Mutex<Members>,
+    /// Peers reached through a member: that member's ID and address.
+    via: Mutex<HashMap<DeviceId, (DeviceId, SocketAddr)>>,
     inbox: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
     waker: Mutex<Option<Waker>>,
     /// Why a configured relay has no link now, by label.
@@ -74,6 +81,8 @@ impl Relays {
             v6,
             names: Mutex::new(HashMap::new()),
             links: Mutex::new(Vec::new()),
+            members: Mutex::new(Members::default()),
+            via: Mutex::new(HashMap::new()),
             inbox: Mutex::new(VecDeque::new()),
             waker: Mutex::new(None),
             problems: Mutex::new(HashMap::new()),
@@ -153,11 +162,63 @@ impl Relays {
         lock(&self.links).first().cloned()
     }
 
+    /// The members this device is connected to directly (ID, address of the
+    /// connection); virtual addresses are left out.
+    pub fn set_members(&self, list: impl IntoIterator<Item = (DeviceId, SocketAddr)>) {
+        lock(&self.members).set(list);
+    }
+
+    /// Sends what goes to `peer`'s virtual address through `member` (which must be a
+    /// member connected directly); `None` stops.
+    pub fn set_via(&self, peer: DeviceId, member: Option<DeviceId>) {
+        let mut via = lock(&self.via);
+        match member.and_then(|m| Some((m, lock(&self.members).addr_of(&m)?))) {
+            Some(v) if peer != v.0 => {
+                via.insert(peer, v);
+            }
+            _ => {
+                via.remove(&peer);
+            }
+        }
+    }
+
+    /// The member `peer`'s relayed datagrams go through, if any.
+    pub fn via_of(&self, peer: &DeviceId) -> Option<DeviceId> {
+        lock(&self.via).get(peer).map(|v| v.0)
+    }
+
     fn is_relay(&self, addr: &SocketAddr) -> bool {
         let addr = super::canonical(*addr);
         lock(&self.links)
             .iter()
             .any(|l| matches!(l.path, LinkPath::Udp(a) if a == addr))
+            || lock(&self.members).at(&addr).is_some()
+    }
+
+    /// A datagram relayed by member `relay` came from `sender`: answers go back the same
+    /// way, unless another member already carries them.
+    fn learn_via(&self, sender: DeviceId, relay: &SocketAddr) {
+        let Some(m) = lock(&self.members).at(relay) else {
+            return;
+        };
+        if m != sender {
+            lock(&self.via)
+                .entry(sender)
+                .or_insert((m, super::canonical(*relay)));
+        }
+    }
+
+    /// Where a member at `from` asks us to pass datagrams on to: the sender's ID and the
+    /// target's address, when both are members connected directly and not the same.
+    fn forward_route(
+        &self,
+        from: &SocketAddr,
+        target: &DeviceId,
+    ) -> Option<(DeviceId, SocketAddr)> {
+        let members = lock(&self.members);
+        let sender = members.at(from)?;
+        let to = members.addr_of(target)?;
+        (sender != *target).then_some((sender, to))
     }
 
     /// A relayed datagram (`MARKER | sender | packet`), for quinn; false if it is not one.
@@ -204,6 +265,7 @@ impl Relays {
             at = end;
             count += 1;
         }
+        self.learn_via(sender, &m.addr);
         m.addr = self.address_of(&sender);
         m.len = out;
         m.stride = stride - HEADER;
@@ -258,14 +320,19 @@ pub fn take_frames(
         let m = meta[i];
         let stride = if m.stride == 0 { m.len } else { m.stride };
         let mut len = m.len;
-        if stride > 0 && (0..m.len).step_by(stride).any(|at| bufs[i][at] == MARKER) {
+        if stride > 0
+            && (0..m.len)
+                .step_by(stride)
+                .any(|at| matches!(bufs[i][at], MARKER | FORWARD))
+        {
             // Keep the segments not taken, in order, at the front of the buffer; only the
             // last one may be short, as before.
             let mut kept = 0;
             let mut at = 0;
             while at < m.len {
                 let end = (at + stride).min(m.len);
-                let consumed = bufs[i][at] == MARKER && take(m.addr, &bufs[i][at..end]);
+                let consumed =
+                    matches!(bufs[i][at], MARKER | FORWARD) && take(m.addr, &bufs[i][at..end]);
                 if !consumed {
                     bufs[i].copy_within(at..end, kept);
                     kept += end - at;
@@ -299,13 +366,15 @@ impl RelaySocket {
         Arc::new(RelaySocket { inner, relays })
     }
 
-    /// Sends what quinn wrote to the virtual address of a peer through the current relay.
+    /// Sends what quinn wrote to the virtual address of a peer through the member that
+    /// relays for it, else through the current relay.
     fn send_relayed(&self, t: &Transmit<'_>) -> io::Result<()> {
-        let (Some(peer), Some(link)) = (self.relays.peer_at(&t.destination), self.relays.current())
-        else {
+        let Some(peer) = self.relays.peer_at(&t.destination) else {
             self.relays.stats.unroutable.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
+        let member = lock(&self.relays.via).get(&peer).map(|v| v.1);
+        let link = self.relays.current();
         let size = t.segment_size.unwrap_or(t.contents.len()).max(1);
         if HEADER + size > MAX_DATAGRAM {
             // Too large for the path through the relay: lost, like a path MTU probe that
@@ -313,12 +382,20 @@ impl RelaySocket {
             return Ok(());
         }
         let count = t.contents.len().div_ceil(size);
+        let path = match (member, link) {
+            (Some(addr), _) => (FORWARD, LinkPath::Udp(addr)),
+            (None, Some(l)) => (MARKER, l.path),
+            (None, None) => {
+                self.relays.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        };
         let frame = |seg: &[u8], out: &mut Vec<u8>| {
-            out.push(MARKER);
+            out.push(path.0);
             out.extend_from_slice(&peer.0);
             out.extend_from_slice(seg);
         };
-        match &link.path {
+        match &path.1 {
             LinkPath::Udp(relay) => {
                 // Every datagram of the transmit in one system call when the socket
                 // segments (they keep their sizes: all equal, the last maybe shorter).
@@ -363,6 +440,55 @@ impl RelaySocket {
     }
 }
 
+impl RelaySocket {
+    /// Passes on an entry of datagrams a member asks us to forward (`member.rs`): all
+    /// for one target, rewritten in place and sent in as few system calls as the socket
+    /// allows; the entry is used up (length 0). An entry that is anything else, or
+    /// not from a member, is left as it is.
+    fn forward_entry(&self, buf: &mut [u8], m: &mut RecvMeta) {
+        let relays = &self.relays;
+        let stride = if m.stride == 0 { m.len } else { m.stride };
+        let Some(from) = lock(&relays.members).at(&m.addr) else {
+            return;
+        };
+        let len = m.len;
+        let Some(target) = member::rewrite(buf, len, stride, &from) else {
+            return;
+        };
+        m.len = 0;
+        let Some((_, to)) = relays.forward_route(&m.addr, &target) else {
+            relays.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let destination = super::socket_form(to, relays.v6);
+        let per_call = self
+            .inner
+            .max_transmit_segments()
+            .min(65_000 / stride)
+            .max(1);
+        for group in buf[..len].chunks(stride * per_call) {
+            let n = group.len().div_ceil(stride);
+            // A full socket buffer loses the datagrams, as the network would.
+            if self
+                .inner
+                .try_send(&Transmit {
+                    destination,
+                    ecn: None,
+                    contents: group,
+                    segment_size: (n > 1).then_some(stride),
+                    src_ip: None,
+                })
+                .is_ok()
+            {
+                relays
+                    .stats
+                    .forwarded
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl AsyncUdpSocket for RelaySocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         self.inner.clone().create_io_poller()
@@ -394,11 +520,33 @@ impl AsyncUdpSocket for RelaySocket {
             };
             let relays = &self.relays;
             for (b, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
-                relays.unwrap_in_place(b, m);
+                if b[0] == FORWARD {
+                    self.forward_entry(b, m);
+                } else {
+                    relays.unwrap_in_place(b, m);
+                }
             }
             // What is left: relayed datagrams mixed with others, one by one.
             let mut n = take_frames(bufs, meta, n, |from, frame| {
-                relays.is_relay(&from) && relays.deliver(frame)
+                if frame[0] == FORWARD {
+                    let mut one = frame.to_vec();
+                    let len = one.len();
+                    let mut m = RecvMeta {
+                        addr: from,
+                        len,
+                        stride: len,
+                        ecn: None,
+                        dst_ip: None,
+                    };
+                    self.forward_entry(&mut one, &mut m);
+                    return true;
+                }
+                relays.is_relay(&from) && relays.deliver(frame) && {
+                    if let Some(sender) = header_id(frame) {
+                        relays.learn_via(sender, &from);
+                    }
+                    true
+                }
             });
             n += relays.drain(&mut bufs[n..], &mut meta[n..]);
             if n > 0 {
@@ -425,122 +573,4 @@ impl AsyncUdpSocket for RelaySocket {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(addr: &str, len: usize, stride: usize) -> RecvMeta {
-        RecvMeta {
-            addr: addr.parse().unwrap(),
-            len,
-            stride,
-            ecn: None,
-            dst_ip: None,
-        }
-    }
-
-    #[test]
-    fn frames_are_taken_out_and_the_rest_moves_together() {
-        let mut b0 = vec![0u8; 64];
-        let mut b1 = vec![0u8; 64];
-        let mut b2 = vec![0u8; 64];
-        // Entry 0: one QUIC packet. Entry 1: GRO of three 10-byte datagrams, the middle
-        // one relayed. Entry 2: a relayed datagram alone.
-        b0[..5].copy_from_slice(&[0x41; 5]);
-        b1[..10].fill(0x42);
-        b1[10] = MARKER;
-        b1[20..28].fill(0x43);
-        b2[0] = MARKER;
-        let mut bufs = [
-            IoSliceMut::new(&mut b0),
-            IoSliceMut::new(&mut b1),
-            IoSliceMut::new(&mut b2),
-        ];
-        let mut meta = [
-            entry("1.2.3.4:5", 5, 5),
-            entry("1.2.3.4:6", 28, 10),
-            entry("1.2.3.4:7", 40, 40),
-        ];
-        let mut taken = Vec::new();
-        let n = take_frames(&mut bufs, &mut meta, 3, |from, f| {
-            taken.push((from.port(), f.len()));
-            true
-        });
-        assert_eq!(n, 2);
-        assert_eq!(taken, vec![(6, 10), (7, 40)]);
-        assert_eq!(meta[1].len, 18);
-        assert_eq!(&bufs[1][..10], &[0x42; 10]);
-        assert_eq!(&bufs[1][10..18], &[0x43; 8]);
-        assert_eq!(&bufs[0][..5], &[0x41; 5]);
-    }
-
-    #[test]
-    fn an_emptied_entry_is_dropped_and_later_ones_move_up() {
-        let mut b0 = vec![MARKER; 8];
-        let mut b1 = vec![0x40u8; 8];
-        let mut bufs = [IoSliceMut::new(&mut b0), IoSliceMut::new(&mut b1)];
-        let mut meta = [entry("1.1.1.1:1", 8, 8), entry("2.2.2.2:2", 8, 8)];
-        let n = take_frames(&mut bufs, &mut meta, 2, |_, _| true);
-        assert_eq!(n, 1);
-        assert_eq!(meta[0].addr.port(), 2);
-        assert_eq!(&bufs[0][..8], &[0x40u8; 8]);
-        // Not consumed: left in place.
-        let mut c0 = vec![MARKER; 8];
-        let mut bufs = [IoSliceMut::new(&mut c0)];
-        let mut meta = [entry("1.1.1.1:1", 8, 8)];
-        assert_eq!(take_frames(&mut bufs, &mut meta, 1, |_, _| false), 1);
-    }
-
-    #[test]
-    fn a_burst_from_one_sender_is_unwrapped_in_place() {
-        let relays = Relays::new(false);
-        relays.add_link(Link {
-            label: "r".into(),
-            path: LinkPath::Udp("1.2.3.4:5".parse().unwrap()),
-            observed: "9.9.9.9:9".parse().unwrap(),
-            serial: 1,
-        });
-        let sender = DeviceId([5u8; 32]);
-        let mut buf = Vec::new();
-        for (i, len) in [(1u8, 10usize), (2, 10), (3, 4)] {
-            buf.push(MARKER);
-            buf.extend_from_slice(&sender.0);
-            buf.extend(std::iter::repeat_n(0x40 | i, len));
-        }
-        let mut m = entry("1.2.3.4:5", buf.len(), HEADER + 10);
-        assert!(relays.unwrap_in_place(&mut buf, &mut m));
-        assert_eq!((m.len, m.stride), (24, 10));
-        assert_eq!(m.addr, virtual_addr(&sender, false));
-        assert_eq!(&buf[..10], &[0x41; 10]);
-        assert_eq!(&buf[20..24], &[0x43; 4]);
-        // From elsewhere, or two senders in one entry: left for the slow path.
-        let mut other = vec![MARKER; 80];
-        let mut m2 = entry("5.6.7.8:9", 80, 40);
-        assert!(!relays.unwrap_in_place(&mut other, &mut m2));
-        let mut mixed = Vec::new();
-        for id in [1u8, 2] {
-            mixed.push(MARKER);
-            mixed.extend_from_slice(&[id; 32]);
-            mixed.extend_from_slice(&[0x40; 7]);
-        }
-        let mut m3 = entry("1.2.3.4:5", 80, 40);
-        assert!(!relays.unwrap_in_place(&mut mixed, &mut m3));
-    }
-
-    #[test]
-    fn delivered_frames_come_out_from_the_senders_virtual_address() {
-        let relays = Relays::new(true);
-        let sender = DeviceId([3u8; 32]);
-        let mut f = vec![MARKER];
-        f.extend_from_slice(&sender.0);
-        f.extend_from_slice(b"packet");
-        assert!(relays.deliver(&f));
-        assert!(!relays.deliver(b"\x40quic"));
-        let mut b = vec![0u8; 64];
-        let mut bufs = [IoSliceMut::new(&mut b)];
-        let mut meta = [entry("1.1.1.1:1", 0, 0)];
-        assert_eq!(relays.drain(&mut bufs, &mut meta), 1);
-        assert_eq!(meta[0].addr, virtual_addr(&sender, true));
-        assert_eq!(&bufs[0][..6], b"packet");
-        assert_eq!(relays.peer_at(&meta[0].addr), Some(sender));
-    }
-}
+mod tests;

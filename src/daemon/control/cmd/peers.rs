@@ -63,8 +63,13 @@ pub async fn ping(
     };
     // Through a `cnspr relay`: the relay is the path, and its address the one to show
     // (the peer's own address here is only a virtual one). Relayed by a member: the
-    // connection is the member's, so no address of the peer's own is known here.
-    let (address, via) = match d.endpoint.relay_of(&pc) {
+    // connection is the member's (or, passed on by a member packet by packet, goes to
+    // a virtual address), so no address of the peer's own is known here.
+    let relay = d
+        .endpoint
+        .relay_of(&pc)
+        .filter(|_| d.endpoint.relaying_member(&pc).is_none());
+    let (address, via) = match relay {
         Some(relay) => (relay.clone(), vec![relay]),
         None if !via.is_empty() => (String::new(), via),
         None => (crate::addr::canon(pc.remote_address()).to_string(), via),

@@ -49,6 +49,7 @@ pub fn status(d: &Daemon) -> Status {
         }),
         candidates,
         relays: super::relays::list(d),
+        forwarded_for_members: d.endpoint.relays().stats.forwarded.load(Ordering::Relaxed),
         removed: d.removed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         conflicts,
         profile: Some(ProfileInfo {

@@ -1,0 +1,119 @@
+//! Tests of the relay socket's datagram handling.
+
+use super::*;
+
+fn entry(addr: &str, len: usize, stride: usize) -> RecvMeta {
+    RecvMeta {
+        addr: addr.parse().unwrap(),
+        len,
+        stride,
+        ecn: None,
+        dst_ip: None,
+    }
+}
+
+#[test]
+fn frames_are_taken_out_and_the_rest_moves_together() {
+    let mut b0 = vec![0u8; 64];
+    let mut b1 = vec![0u8; 64];
+    let mut b2 = vec![0u8; 64];
+    // Entry 0: one QUIC packet. Entry 1: GRO of three 10-byte datagrams, the middle
+    // one relayed. Entry 2: a relayed datagram alone.
+    b0[..5].copy_from_slice(&[0x41; 5]);
+    b1[..10].fill(0x42);
+    b1[10] = MARKER;
+    b1[20..28].fill(0x43);
+    b2[0] = MARKER;
+    let mut bufs = [
+        IoSliceMut::new(&mut b0),
+        IoSliceMut::new(&mut b1),
+        IoSliceMut::new(&mut b2),
+    ];
+    let mut meta = [
+        entry("1.2.3.4:5", 5, 5),
+        entry("1.2.3.4:6", 28, 10),
+        entry("1.2.3.4:7", 40, 40),
+    ];
+    let mut taken = Vec::new();
+    let n = take_frames(&mut bufs, &mut meta, 3, |from, f| {
+        taken.push((from.port(), f.len()));
+        true
+    });
+    assert_eq!(n, 2);
+    assert_eq!(taken, vec![(6, 10), (7, 40)]);
+    assert_eq!(meta[1].len, 18);
+    assert_eq!(&bufs[1][..10], &[0x42; 10]);
+    assert_eq!(&bufs[1][10..18], &[0x43; 8]);
+    assert_eq!(&bufs[0][..5], &[0x41; 5]);
+}
+
+#[test]
+fn an_emptied_entry_is_dropped_and_later_ones_move_up() {
+    let mut b0 = vec![MARKER; 8];
+    let mut b1 = vec![0x40u8; 8];
+    let mut bufs = [IoSliceMut::new(&mut b0), IoSliceMut::new(&mut b1)];
+    let mut meta = [entry("1.1.1.1:1", 8, 8), entry("2.2.2.2:2", 8, 8)];
+    let n = take_frames(&mut bufs, &mut meta, 2, |_, _| true);
+    assert_eq!(n, 1);
+    assert_eq!(meta[0].addr.port(), 2);
+    assert_eq!(&bufs[0][..8], &[0x40u8; 8]);
+    // Not consumed: left in place.
+    let mut c0 = vec![MARKER; 8];
+    let mut bufs = [IoSliceMut::new(&mut c0)];
+    let mut meta = [entry("1.1.1.1:1", 8, 8)];
+    assert_eq!(take_frames(&mut bufs, &mut meta, 1, |_, _| false), 1);
+}
+
+#[test]
+fn a_burst_from_one_sender_is_unwrapped_in_place() {
+    let relays = Relays::new(false);
+    relays.add_link(Link {
+        label: "r".into(),
+        path: LinkPath::Udp("1.2.3.4:5".parse().unwrap()),
+        observed: "9.9.9.9:9".parse().unwrap(),
+        serial: 1,
+    });
+    let sender = DeviceId([5u8; 32]);
+    let mut buf = Vec::new();
+    for (i, len) in [(1u8, 10usize), (2, 10), (3, 4)] {
+        buf.push(MARKER);
+        buf.extend_from_slice(&sender.0);
+        buf.extend(std::iter::repeat_n(0x40 | i, len));
+    }
+    let mut m = entry("1.2.3.4:5", buf.len(), HEADER + 10);
+    assert!(relays.unwrap_in_place(&mut buf, &mut m));
+    assert_eq!((m.len, m.stride), (24, 10));
+    assert_eq!(m.addr, virtual_addr(&sender, false));
+    assert_eq!(&buf[..10], &[0x41; 10]);
+    assert_eq!(&buf[20..24], &[0x43; 4]);
+    // From elsewhere, or two senders in one entry: left for the slow path.
+    let mut other = vec![MARKER; 80];
+    let mut m2 = entry("5.6.7.8:9", 80, 40);
+    assert!(!relays.unwrap_in_place(&mut other, &mut m2));
+    let mut mixed = Vec::new();
+    for id in [1u8, 2] {
+        mixed.push(MARKER);
+        mixed.extend_from_slice(&[id; 32]);
+        mixed.extend_from_slice(&[0x40; 7]);
+    }
+    let mut m3 = entry("1.2.3.4:5", 80, 40);
+    assert!(!relays.unwrap_in_place(&mut mixed, &mut m3));
+}
+
+#[test]
+fn delivered_frames_come_out_from_the_senders_virtual_address() {
+    let relays = Relays::new(true);
+    let sender = DeviceId([3u8; 32]);
+    let mut f = vec![MARKER];
+    f.extend_from_slice(&sender.0);
+    f.extend_from_slice(b"packet");
+    assert!(relays.deliver(&f));
+    assert!(!relays.deliver(b"\x40quic"));
+    let mut b = vec![0u8; 64];
+    let mut bufs = [IoSliceMut::new(&mut b)];
+    let mut meta = [entry("1.1.1.1:1", 0, 0)];
+    assert_eq!(relays.drain(&mut bufs, &mut meta), 1);
+    assert_eq!(meta[0].addr, virtual_addr(&sender, true));
+    assert_eq!(&bufs[0][..6], b"packet");
+    assert_eq!(relays.peer_at(&meta[0].addr), Some(sender));
+}
