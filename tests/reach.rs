@@ -168,7 +168,7 @@ fn traffic_moves_to_the_punched_path_without_loss() {
     assert!(ping.contains("relay via m"), "{ping}");
 
     let out = b.out().display().to_string();
-    let mut lis = listen(b, "bulk", Some(&format!("cat > {out}/got")));
+    let lis = listen(b, "bulk", Some(&format!("cat > {out}/got")));
     let data = noise(64 * MIB, 3);
     let mut cl = connect(a, "b", "bulk");
     let mut stdin = cl.stdin.take().unwrap();
@@ -195,17 +195,7 @@ fn traffic_moves_to_the_punched_path_without_loss() {
 
     stdin.write_all(&data[32 * MIB..]).unwrap();
     drop(stdin);
-    let (code, err) = finish(cl);
-    assert_eq!(code, Some(0), "{err}");
-    wait_until("b to store the whole stream", || {
-        file(&b.out().join("got")).is_some_and(|f| f.len() == data.len())
-    });
-    assert!(
-        file(&b.out().join("got")).unwrap() == data,
-        "stream corrupted across the switch"
-    );
-    let _ = lis.kill();
-    let _ = lis.wait();
+    stream_delivered(cl, lis, b, &data);
     wait_until("both notes", || {
         file(&b.out().join("notes")).is_some_and(|f| f.len() >= "before\nafter\n".len())
     });
@@ -267,21 +257,11 @@ fn stays_relayed(tag: &str, nat_a: Nat) {
     wait_until("m to pass packets on between a and b", || forwarded(m) > 0);
     let before = forwarded(m);
     let out = b.out().display().to_string();
-    let mut lis = listen(b, "bulk", Some(&format!("cat > {out}/got")));
+    let lis = listen(b, "bulk", Some(&format!("cat > {out}/got")));
     let data = noise(8 * MIB, 5);
     let mut cl = connect(a, "b", "bulk");
     cl.stdin.take().unwrap().write_all(&data).unwrap();
-    let (code, err) = finish(cl);
-    assert_eq!(code, Some(0), "{err}");
-    wait_until("b to store the whole stream", || {
-        file(&b.out().join("got")).is_some_and(|f| f.len() == data.len())
-    });
-    assert!(
-        file(&b.out().join("got")).unwrap() == data,
-        "stream corrupted"
-    );
-    let _ = lis.kill();
-    let _ = lis.wait();
+    stream_delivered(cl, lis, b, &data);
     let passed = forwarded(m) - before;
     // Every datagram carries at most 1,419 bytes of QUIC through a member.
     assert!(
@@ -292,6 +272,22 @@ fn stays_relayed(tag: &str, nat_a: Nat) {
     let p = a.peer("b").unwrap();
     assert_eq!(p["state"], "indirect", "{p}");
     assert_eq!(path_kind(&p), Some("member"), "{p}");
+}
+
+/// Waits until `cnspr connect` (`cl`, its input written and closed) ends well and `to`'s
+/// listener `lis` stored exactly `data` in `out/got`; stops the listener.
+fn stream_delivered(cl: std::process::Child, mut lis: std::process::Child, to: &Node, data: &[u8]) {
+    let (code, err) = finish(cl);
+    assert_eq!(code, Some(0), "{err}");
+    wait_until("the whole stream to be stored", || {
+        file(&to.out().join("got")).is_some_and(|f| f.len() == data.len())
+    });
+    assert!(
+        file(&to.out().join("got")).unwrap() == data,
+        "stream corrupted"
+    );
+    let _ = lis.kill();
+    let _ = lis.wait();
 }
 
 /// Datagrams `n` passed on between two other members.
