@@ -49,6 +49,10 @@ pub struct Config {
     /// Ask the router (PCP, NAT-PMP) to forward the listening port, so that devices
     /// beyond the LAN can dial this one (docs/reach.md).
     pub port_mapping: bool,
+    /// Members pass packets on for each other: this device passes them on between two
+    /// members it is connected to, and has its own to peers reached only through a member
+    /// passed on by that member (docs/reach.md).
+    pub relay_packets: bool,
     /// Serve the local web dashboard (src/ui/, docs/ui.md) from the start; `cnspr ui`
     /// starts it anyway when asked.
     pub ui: bool,
@@ -97,6 +101,7 @@ impl Default for Config {
             heartbeats: true,
             expose: Vec::new(),
             port_mapping: true,
+            relay_packets: true,
             ui: false,
             ui_port: 0,
             profile: Profile::Auto,

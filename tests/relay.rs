@@ -26,6 +26,11 @@ fn line(tag: &str, setup: impl FnOnce(&mut [Node])) -> Option<Line> {
         lab.node(1, "beta"),
         lab.node(2, "gamma"),
     ];
+    // These tests are about streams that beta joins: no connection of alpha and gamma
+    // through beta (docs/reach.md, "Members relay packets"; tests/reach.rs).
+    for n in &nodes {
+        std::fs::write(n.path("config.toml"), "relay_packets = false\n").unwrap();
+    }
     setup(&mut nodes);
     for n in nodes.iter_mut() {
         n.start();

@@ -22,6 +22,9 @@ use super::peers::PeerState;
 /// that has a direct connection. Other states keep what they have (the route learnt
 /// from the peer's first relayed packets, for the answers).
 pub fn update(d: &Arc<Daemon>) {
+    if !d.cfg.relay_packets {
+        return;
+    }
     let relays = d.endpoint.relays().clone();
     let now = Instant::now();
     let mut dial = false;
