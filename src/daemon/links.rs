@@ -82,13 +82,11 @@ async fn transport_events(d: Arc<Daemon>, mut rx: mpsc::Receiver<ConnEvent>) {
 fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
     let remote = canon(pc.remote_address());
     // Through a relay: the address is virtual, worth neither keeping nor announcing.
-    let relay = d.endpoint.relay_of(&pc).map(|label| {
+    let relay = match d.endpoint.relaying_member(&pc) {
         // Relayed by a member: shown by that member's name.
-        d.endpoint
-            .relays()
-            .via_of(&pc.peer)
-            .map_or(label, |m| d.peers().display_name(&m))
-    });
+        Some(m) => Some(d.peers().display_name(&m)),
+        None => d.endpoint.relay_of(&pc),
+    };
     let (seen_first, new_addr, name, state, via) = {
         let mut table = d.peers();
         let Some(p) = table.peers.get_mut(&pc.peer) else {

@@ -36,16 +36,16 @@ pub fn update(d: &Arc<Daemon>) {
                 PeerState::Indirect => p.via.filter(|m| *m != p.id),
                 _ => relays.via_of(&p.id),
             };
-            let direct = d
-                .endpoint
-                .connection(&p.id)
+            let conn = d.endpoint.connection(&p.id);
+            let direct = conn
+                .as_ref()
                 .is_some_and(|c| !transport::relay::is_virtual(&c.remote_address()));
             let want = want.filter(|_| !direct);
             if relays.via_of(&p.id) == want {
                 continue;
             }
             changes.push((p.id, want));
-            if want.is_some() && d.endpoint.connection(&p.id).is_none() {
+            if want.is_some() && conn.is_none() {
                 p.dial.reset(now);
                 dial = true;
             }

@@ -185,10 +185,11 @@ pub fn start(d: &Arc<Daemon>) {
                         conns = (Some(generation), dd.endpoint.connections());
                         // Who may relay packets for us, and we for whom (nobody with
                         // `relay_packets = false`).
-                        let members = conns.1.iter().filter(|_| dd.cfg.relay_packets);
-                        dd.endpoint
-                            .relays()
-                            .set_members(members.map(|pc| (pc.peer, pc.remote_address())));
+                        if dd.cfg.relay_packets {
+                            dd.endpoint.relays().set_members(
+                                conns.1.iter().map(|pc| (pc.peer, pc.remote_address())),
+                            );
+                        }
                     }
                     let conns = &conns.1;
                     let heard = transport_heard(&dd, conns, &mut rx_seen, now);

@@ -58,27 +58,35 @@ impl Members {
     }
 }
 
+/// The device ID in the header of every datagram of an entry of `len` bytes (datagrams of
+/// `stride` bytes, the last maybe shorter) when all start with `marker` and name the
+/// same device and carry something after the header; `None` otherwise.
+pub fn one_header(buf: &[u8], len: usize, stride: usize, marker: u8) -> Option<DeviceId> {
+    if stride <= HEADER || len <= HEADER || len > buf.len() || buf[0] != marker {
+        return None;
+    }
+    let id = &buf[1..HEADER];
+    (0..len)
+        .step_by(stride)
+        .all(|at| len - at > HEADER && buf[at] == marker && buf[at + 1..at + HEADER] == *id)
+        .then(|| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(id);
+            DeviceId(out)
+        })
+}
+
 /// Rewrites in place an entry of `len` bytes (datagrams of `stride` bytes, the last maybe
 /// shorter) that member `from` asks this device to pass on: every datagram must be
 /// `FORWARD | target | packet` with the same target, and becomes `MARKER | from |
 /// packet`. Returns the target; `None`, with nothing changed, for anything else.
 pub fn rewrite(buf: &mut [u8], len: usize, stride: usize, from: &DeviceId) -> Option<DeviceId> {
-    if stride <= HEADER || len <= HEADER || len > buf.len() || buf[0] != FORWARD {
-        return None;
-    }
-    let mut target = [0u8; 32];
-    target.copy_from_slice(&buf[1..HEADER]);
-    let same = (0..len)
-        .step_by(stride)
-        .all(|at| len - at > HEADER && buf[at] == FORWARD && buf[at + 1..at + HEADER] == target);
-    if !same {
-        return None;
-    }
+    let target = one_header(buf, len, stride, FORWARD)?;
     for at in (0..len).step_by(stride) {
         buf[at] = MARKER;
         buf[at + 1..at + HEADER].copy_from_slice(&from.0);
     }
-    Some(DeviceId(target))
+    Some(target)
 }
 
 #[cfg(test)]

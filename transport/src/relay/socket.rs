@@ -208,19 +208,6 @@ impl Relays {
         }
     }
 
-    /// Where a member at `from` asks us to pass datagrams on to: the sender's ID and the
-    /// target's address, when both are members connected directly and not the same.
-    fn forward_route(
-        &self,
-        from: &SocketAddr,
-        target: &DeviceId,
-    ) -> Option<(DeviceId, SocketAddr)> {
-        let members = lock(&self.members);
-        let sender = members.at(from)?;
-        let to = members.addr_of(target)?;
-        (sender != *target).then_some((sender, to))
-    }
-
     /// A relayed datagram (`MARKER | sender | packet`), for quinn; false if it is not one.
     pub fn deliver(&self, frame: &[u8]) -> bool {
         let Some(from) = header_id(frame) else {
@@ -244,17 +231,10 @@ impl Relays {
     /// address. False (nothing changed) when the entry is anything else.
     fn unwrap_in_place(&self, buf: &mut [u8], m: &mut RecvMeta) -> bool {
         let stride = if m.stride == 0 { m.len } else { m.stride };
-        if stride <= HEADER || m.len <= HEADER || buf[0] != MARKER || !self.is_relay(&m.addr) {
+        if buf.first() != Some(&MARKER) || !self.is_relay(&m.addr) {
             return false;
         }
-        let from = &buf[1..HEADER];
-        let same = (0..m.len).step_by(stride).all(|at| {
-            m.len - at > HEADER && buf[at] == MARKER && buf[at + 1..at + HEADER] == *from
-        });
-        if !same {
-            return false;
-        }
-        let Some(sender) = header_id(&buf[..m.len.min(stride)]) else {
+        let Some(sender) = member::one_header(buf, m.len, stride, MARKER) else {
             return false;
         };
         let (mut out, mut at, mut count) = (0, 0, 0u64);
@@ -456,7 +436,11 @@ impl RelaySocket {
             return;
         };
         m.len = 0;
-        let Some((_, to)) = relays.forward_route(&m.addr, &target) else {
+        // Only to another member connected directly.
+        let to = (target != from)
+            .then(|| lock(&relays.members).addr_of(&target))
+            .flatten();
+        let Some(to) = to else {
             relays.stats.unroutable.fetch_add(1, Ordering::Relaxed);
             return;
         };

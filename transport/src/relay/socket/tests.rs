@@ -117,3 +117,64 @@ fn delivered_frames_come_out_from_the_senders_virtual_address() {
     assert_eq!(&bufs[0][..6], b"packet");
     assert_eq!(relays.peer_at(&meta[0].addr), Some(sender));
 }
+
+/// A request to pass `body` on to `target` (`FORWARD | target | body`).
+fn forward_request(target: &DeviceId, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![FORWARD];
+    f.extend_from_slice(&target.0);
+    f.extend_from_slice(body);
+    f
+}
+
+#[tokio::test]
+async fn a_member_passes_on_only_between_two_members_connected_directly() {
+    use quinn::Runtime;
+    let here = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to_b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    to_b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let inner = quinn::TokioRuntime.wrap_udp_socket(here).unwrap();
+    let relays = Relays::new(false);
+    let sock = RelaySocket::new(inner, relays.clone());
+    // The socket is known writable (as in the endpoint, where quinn polls it first).
+    let mut poller = sock.clone().create_io_poller();
+    std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+        .await
+        .unwrap();
+    let (a, b) = (DeviceId([1; 32]), DeviceId([2; 32]));
+    let a_addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    relays.set_members([(a, a_addr), (b, to_b.local_addr().unwrap())]);
+
+    // From a, for b: rewritten to `MARKER | a | packet` and sent to b, the entry used up.
+    let mut f = forward_request(&b, b"packet");
+    let mut m = entry("127.0.0.1:40001", f.len(), f.len());
+    sock.forward_entry(&mut f, &mut m);
+    assert_eq!(m.len, 0);
+    let mut got = [0u8; 64];
+    let n = to_b.recv(&mut got).unwrap();
+    assert_eq!(got[0], MARKER);
+    assert_eq!(&got[1..HEADER], &a.0);
+    assert_eq!(&got[HEADER..n], b"packet");
+    assert_eq!(relays.stats.forwarded.load(Ordering::Relaxed), 1);
+
+    // From an address that is no member: left alone (quinn drops what is not QUIC).
+    let mut f = forward_request(&b, b"packet");
+    let mut m = entry("127.0.0.1:40002", f.len(), f.len());
+    sock.forward_entry(&mut f, &mut m);
+    assert_eq!(m.len, f.len());
+    assert_eq!(f[0], FORWARD);
+    // For a stranger, or back to the sender: used up, passed on to nobody.
+    for target in [DeviceId([9; 32]), a] {
+        let mut f = forward_request(&target, b"packet");
+        let mut m = entry("127.0.0.1:40001", f.len(), f.len());
+        sock.forward_entry(&mut f, &mut m);
+        assert_eq!(m.len, 0);
+    }
+    assert_eq!(relays.stats.unroutable.load(Ordering::Relaxed), 2);
+    assert_eq!(relays.stats.forwarded.load(Ordering::Relaxed), 1);
+    // A header with nothing after it is no request.
+    let mut f = forward_request(&b, b"");
+    let mut m = entry("127.0.0.1:40001", f.len(), f.len());
+    sock.forward_entry(&mut f, &mut m);
+    assert_eq!(m.len, HEADER);
+}
