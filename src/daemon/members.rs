@@ -64,6 +64,10 @@ pub struct Members {
     core: Arc<Member>,
 }
 
+/// The version of an entry signed under a placeholder name ([`Members::add_placeholder`]);
+/// entries signed with a name carry their signing time in milliseconds.
+pub const PLACEHOLDER_VERSION: u64 = 1;
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -169,7 +173,20 @@ impl Members {
     /// Signs `id` into the roster as `name` (a member already keeps its entry when the
     /// name is the same).
     pub fn add(&self, id: DeviceId, name: &str) -> Applied {
-        let entry = MemberEntry::sign(&self.identity, id, name, now_ms());
+        self.add_at(id, name, now_ms())
+    }
+
+    /// Signs `id` into the roster under a placeholder name (trusted without a name, not
+    /// known yet): version [`PLACEHOLDER_VERSION`], older than any entry signed with a
+    /// name, so it never renames a member the mesh already named (each such rename
+    /// would flood the roster, and be undone when the device connects and its own name
+    /// is signed).
+    pub fn add_placeholder(&self, id: DeviceId, name: &str) -> Applied {
+        self.add_at(id, name, PLACEHOLDER_VERSION)
+    }
+
+    fn add_at(&self, id: DeviceId, name: &str, version: u64) -> Applied {
+        let entry = MemberEntry::sign(&self.identity, id, name, version);
         let applied = self.merge(RosterSnapshot {
             members: vec![entry],
             removals: vec![],

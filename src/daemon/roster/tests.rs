@@ -414,3 +414,101 @@ fn this_device_s_own_signature_is_never_crowded_out() {
     assert!(r.is_member(&x.id));
     assert!(others.iter().all(|o| r.is_member(&o.id)));
 }
+
+/// Gossip of a mesh of `n` members that all trust each other, simulated with the
+/// daemon's rules (a merge that changes the judged roster floods it to every connected
+/// member but the sender; a member that lacks something is answered once per distinct
+/// roster and connection): the messages sent until nothing is left to send.
+fn gossip_until_quiet(n: usize, seed: u64) -> (usize, Vec<MeshRoster>) {
+    use crate::daemon::roster_gossip::answer;
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let ids: Vec<Identity> = (0..n).map(|i| dev(&format!("m{i}"))).collect();
+    let mut rs: Vec<MeshRoster> = ids.iter().map(roster).collect();
+    let mut version = 1;
+    for i in 0..n {
+        for j in (0..n).filter(|j| *j != i) {
+            let e = MemberEntry::sign(&ids[i], ids[j].id, &format!("m{j}"), version);
+            version += 1;
+            rs[i].merge(RosterSnapshot {
+                members: vec![e],
+                removals: vec![],
+            });
+        }
+    }
+    // Every connection opens with a greeting both ways.
+    let mut queue: Vec<(usize, usize, RosterSnapshot)> = Vec::new();
+    for i in 0..n {
+        for j in (0..n).filter(|j| *j != i) {
+            queue.push((i, j, rs[i].snapshot()));
+        }
+    }
+    let mut answered: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut sent = queue.len();
+    while !queue.is_empty() {
+        let (from, to, theirs) = queue.swap_remove(rng.gen_range(0..queue.len()));
+        let new = rs[to].unheld(&theirs);
+        if !rs[to].merge(new).is_empty() {
+            for k in (0..n).filter(|k| *k != to && *k != from) {
+                queue.push((to, k, rs[to].snapshot()));
+                sent += 1;
+            }
+        }
+        let ours = rs[to].snapshot();
+        let last = answered.get(&(to, from)).copied();
+        if let Some(print) = answer(&theirs, &ours, ids[from].id, last) {
+            answered.insert((to, from), print);
+            queue.push((to, from, ours));
+            sent += 1;
+        }
+        assert!(sent < 100 * n * n, "roster gossip of {n} members does not end");
+    }
+    (sent, rs)
+}
+
+#[test]
+fn a_mesh_whose_members_all_trust_each_other_falls_quiet() {
+    for n in [10, 20] {
+        let (sent, rs) = gossip_until_quiet(n, 7);
+        eprintln!("{n} members: {sent} roster messages");
+        for r in &rs {
+            assert_eq!(r.members().count(), n - 1);
+        }
+    }
+}
+
+/// A device trusted without a name is signed under a placeholder with the placeholder
+/// version: it never renames a member another member named, whatever the order.
+#[test]
+fn a_placeholder_entry_never_renames_a_named_member() {
+    use crate::daemon::members::PLACEHOLDER_VERSION;
+    let (a, b, x) = (dev("a"), dev("b"), dev("x"));
+    let named = MemberEntry::sign(&a, x.id, "laptop", 1_700_000_000_000);
+    let placeholder = MemberEntry::sign(&b, x.id, "device-x", PLACEHOLDER_VERSION);
+    let trust_a = MemberEntry::sign(&b, a.id, "a", 1_700_000_000_001);
+    // B knew the name before it trusted X without one.
+    let mut rb = roster(&b);
+    rb.merge(RosterSnapshot {
+        members: vec![trust_a.clone(), named.clone()],
+        removals: vec![],
+    });
+    let ch = rb.merge(RosterSnapshot {
+        members: vec![placeholder.clone()],
+        removals: vec![],
+    });
+    assert!(ch.is_empty(), "{ch:?}");
+    assert_eq!(rb.member(&x.id).unwrap().name, "laptop");
+    // B trusted X first: the name replaces the placeholder when it arrives, once.
+    let mut rb = roster(&b);
+    rb.merge(RosterSnapshot {
+        members: vec![trust_a, placeholder],
+        removals: vec![],
+    });
+    assert_eq!(rb.member(&x.id).unwrap().name, "device-x");
+    let ch = rb.merge(RosterSnapshot {
+        members: vec![named],
+        removals: vec![],
+    });
+    assert_eq!(ch.renamed, vec![(x.id, "device-x".into(), "laptop".into())]);
+}

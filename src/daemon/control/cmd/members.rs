@@ -114,15 +114,20 @@ pub fn trust(
     let renamed_from = known
         .clone()
         .filter(|k| rename && name.as_ref().is_some_and(|n| n != k));
-    let name = match (name, known.clone()) {
-        (Some(n), None) => n,
-        (Some(n), Some(_)) if renamed_from.is_some() => n,
-        (_, Some(k)) => k,
-        (None, None) => format!("device-{}", id.short().to_lowercase()),
+    let (name, placeholder) = match (name, known.clone()) {
+        (Some(n), None) => (n, false),
+        (Some(n), Some(_)) if renamed_from.is_some() => (n, false),
+        (_, Some(k)) => (k, false),
+        (None, None) => (format!("device-{}", id.short().to_lowercase()), true),
     };
     // Sign it into the mesh roster (the other members learn it by gossip): this makes it
-    // a member here too, trusted by TLS and watched by the core.
-    let applied = d.members.add(id, &name);
+    // a member here too, trusted by TLS and watched by the core. A placeholder never
+    // outranks a name another member signed (its own is signed once it connects).
+    let applied = if placeholder {
+        d.members.add_placeholder(id, &name)
+    } else {
+        d.members.add(id, &name)
+    };
     let info = {
         let mut table = d.peers();
         let Some(p) = table.peers.get_mut(&id) else {
