@@ -325,3 +325,43 @@ fn a_restarted_member_is_reached_again_once_its_old_connections_are_closed() {
     sim.run_for(ms(10_000));
     assert!(sim.transitions_since(t1, |_| true).is_empty());
 }
+
+/// Round-trip times that change (a busy machine, a transfer) are announced only where
+/// they can choose a route: in a full mesh no member publishes a record for them; once a
+/// link is cut (routes go through others) they are.
+#[test]
+fn round_trip_news_is_announced_only_where_routes_go_through_others() {
+    let n = 10u32;
+    let mut sim = mesh(n, 23);
+    sim.run_for(ms(5000));
+    let published =
+        |sim: &Sim| -> u64 { (0..n).map(|o| sim.node(o).stats().records_published).sum() };
+    let jumps = |sim: &mut Sim| {
+        for step in 0..40u64 {
+            let a = (step % u64::from(n)) as u32;
+            let b = (a + 1) % n;
+            let high = (step / u64::from(n)) % 2 == 0;
+            sim.set_rtt(a, b, ms(if high { 20 } else { 1 }));
+            sim.run_for(ms(1000));
+        }
+    };
+    let before = published(&sim);
+    jumps(&mut sim);
+    assert_eq!(
+        published(&sim),
+        before,
+        "full mesh: no record for round-trip times"
+    );
+    // Its connection closes after the idle timeout (whether or not the two watch each
+    // other): from then on routes between them go through others.
+    sim.partition(3, 7);
+    sim.run_for(ms(15000));
+    let before = published(&sim);
+    jumps(&mut sim);
+    let news = published(&sim) - before;
+    println!("a link cut: {news} records for round-trip times");
+    assert!(
+        news >= 20,
+        "a link cut: round-trip times announced ({news} records)"
+    );
+}

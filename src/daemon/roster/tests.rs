@@ -462,7 +462,10 @@ fn gossip_until_quiet(n: usize, seed: u64) -> (usize, Vec<MeshRoster>) {
             queue.push((to, from, ours));
             sent += 1;
         }
-        assert!(sent < 100 * n * n, "roster gossip of {n} members does not end");
+        assert!(
+            sent < 100 * n * n,
+            "roster gossip of {n} members does not end"
+        );
     }
     (sent, rs)
 }
