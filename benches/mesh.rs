@@ -5,7 +5,10 @@
 //! figures measured on the same kind of namespace mesh in the same run (passed in
 //! `CNSPR_BENCH_SERF_*`):
 //! - failure detection: kill -9 of a member until every other member shows it
-//!   `unreachable` (p50/max over `CNSPR_BENCH_ROUNDS`, default 5);
+//!   `unreachable` (p50/max over `CNSPR_BENCH_ROUNDS`, default 5). The kills are spread
+//!   evenly over the victim's heartbeat interval (timed from its heartbeats leaving its
+//!   host), and each prints how long after the suspicion period ran out all others saw it:
+//!   what the daemons add to what the protocol itself must wait;
 //! - broadcast latency: `cnspr send --all` until every other member's handler ran
 //!   (p50/p90 over 20 broadcasts);
 //! - graceful leave: `cnspr stop` until every other member shows it `left`;
@@ -143,6 +146,27 @@ fn kinds(host: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Waits for `host`'s next burst of heartbeats (its nftables heartbeat counter moves, see
+/// `count_kinds`). It left between the start of the reading before (which still saw the
+/// old count) and the end of the one that saw it (each reading starts `nft`, a few
+/// milliseconds): returns the middle of that span and half its width.
+fn next_beat(host: &str) -> (Instant, Duration) {
+    let first = kinds(host)[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before = Instant::now();
+    loop {
+        let start = Instant::now();
+        let moved = kinds(host)[0] != first;
+        let end = Instant::now();
+        if moved {
+            let half = (end - before) / 2;
+            return (before + half, half);
+        }
+        assert!(end < deadline, "no heartbeat from {host} within 10 s");
+        before = start;
+    }
+}
+
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -174,7 +198,7 @@ fn main() {
         .enumerate()
         .map(|(i, name)| {
             let mut node = lab.node(i, name);
-            node.rust_log = "warn".into();
+            node.rust_log = "warn,cnspr=info,transport=info,cnspr::daemon::mesh=debug".into();
             let out = node.out().display().to_string();
             node.handler("bench/b", &format!("date +%s%N >> {out}/b"));
             node
@@ -272,15 +296,33 @@ fn main() {
     // Failure detection: kill -9, then restart and wait for the mesh to be whole again.
     let mut det = Vec::new();
     // Each kill falls at a different point of the victim's beat interval, spread evenly
-    // over it (a crash comes at any moment; killing as soon as the mesh was whole again
-    // fell early in the interval every time, where detection is slowest).
+    // over it (a crash comes at any moment, and detection is the suspicion period minus
+    // the time since the victim's last heartbeat): the bench waits for the victim's
+    // heartbeats to leave its host (nftables counter), then for that point.
     let beat = Duration::from_millis(cnspr::config::DEFAULT_PROBE_INTERVAL_MS);
+    let suspicion = Duration::from_millis(cnspr::config::DEFAULT_SUSPECT_AFTER_MS);
+    let mut late = Vec::new();
     for r in 0..rounds {
         let k = 1 + r % (n - 1);
-        std::thread::sleep(beat.mul_f64((r as f64 + 0.5) / rounds as f64));
+        let phase = beat.mul_f64((r as f64 + 0.5) / rounds as f64);
+        let (sent, within) = next_beat(&lab.hosts[k]);
+        std::thread::sleep(phase.saturating_sub(sent.elapsed()));
         let t0 = Instant::now();
         nodes[k].kill9();
-        det.push(all_logged(&log, &nodes, k, "unreachable", t0).as_secs_f64());
+        let took = all_logged(&log, &nodes, k, "unreachable", t0);
+        // What the protocol itself takes: the suspicion period after the last heartbeat.
+        let floor = suspicion.saturating_sub(t0 - sent);
+        println!(
+            "  kill {}: {:.0} ms (±{:.0}) after its heartbeats, seen by all in {:.3} s \
+             ({:.0} ms after the suspicion period ran out)",
+            r + 1,
+            (t0 - sent).as_secs_f64() * 1e3,
+            within.as_secs_f64() * 1e3,
+            took.as_secs_f64(),
+            (took.as_secs_f64() - floor.as_secs_f64()) * 1e3
+        );
+        late.push((took.as_secs_f64() - floor.as_secs_f64()) * 1e3);
+        det.push(took.as_secs_f64());
         nodes[k].start();
         let _ = monitors[k].kill();
         let _ = monitors[k].wait();
@@ -290,9 +332,11 @@ fn main() {
     let p50 = pct(&mut det, 0.5);
     println!(
         "failure detection (kill -9 until all {} others show unreachable): p50 {p50:.2} s, \
-         max {:.2} s over {rounds} (target < 1.5 s: {:.2}x{})",
+         max {:.2} s over {rounds}, p50 {:.0} ms after the suspicion period (target < 1.5 s: \
+         {:.2}x{})",
         n - 1,
         det.iter().cloned().fold(0.0, f64::max),
+        pct(&mut late, 0.5),
         1.5 / p50,
         vs_serf("CNSPR_BENCH_SERF_DETECT_MS", "s", 1e-3, p50 * 1e3)
     );
