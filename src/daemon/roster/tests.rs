@@ -439,9 +439,9 @@ fn gossip_until_quiet(n: usize, seed: u64) -> (usize, Vec<MeshRoster>) {
     }
     // Every connection opens with a greeting both ways.
     let mut queue: Vec<(usize, usize, RosterSnapshot)> = Vec::new();
-    for i in 0..n {
+    for (i, r) in rs.iter().enumerate() {
         for j in (0..n).filter(|j| *j != i) {
-            queue.push((i, j, rs[i].snapshot()));
+            queue.push((i, j, r.snapshot()));
         }
     }
     let mut answered: HashMap<(usize, usize), u64> = HashMap::new();
