@@ -198,7 +198,7 @@ fn main() {
         .enumerate()
         .map(|(i, name)| {
             let mut node = lab.node(i, name);
-            node.rust_log = "warn,cnspr=info,transport=info,cnspr::daemon::mesh=debug".into();
+            node.rust_log = "warn".into();
             let out = node.out().display().to_string();
             node.handler("bench/b", &format!("date +%s%N >> {out}/b"));
             node
