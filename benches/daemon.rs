@@ -479,10 +479,15 @@ fn main() {
         pct(&mut ttfb, 0.99)
     );
 
-    // Idle: RSS and CPU of a daemon with two peers (gamma took no part in the load above;
-    // alpha did, and its allocator keeps some of that memory).
+    // Idle: RSS and CPU of a daemon with two peers. Gamma took no part in the load above;
+    // alpha sent the messages and the stream, beta received them (each keeps what its
+    // connections and allocator hold on to after such a load).
     std::thread::sleep(Duration::from_secs(3));
-    let pids = [("gamma", c.child.id()), ("alpha", a.child.id())];
+    let pids = [
+        ("gamma", c.child.id()),
+        ("alpha", a.child.id()),
+        ("beta", b.child.id()),
+    ];
     let before: Vec<(u64, u64)> = pids.iter().map(|(_, p)| schedstat(*p)).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_s));

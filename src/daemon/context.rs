@@ -31,7 +31,10 @@ pub struct Daemon {
     pub members: Members,
     /// Message lanes by peer (see `messages`).
     pub lanes: lanes::Lanes,
-    pub events: broadcast::Sender<Event>,
+    /// Events for socket subscribers and the dashboard. Shared (`Arc`), so that each of
+    /// the channel's slots is a pointer, not an event: the slots are allocated, and
+    /// resident, for the daemon's whole life.
+    pub events: broadcast::Sender<Arc<Event>>,
     pub runner: Runner,
     pub streams: services::Streams,
     pub store: crate::store::Store,
@@ -133,11 +136,11 @@ impl Daemon {
                 None,
             ),
             Event::Message { .. } => {
-                let _ = self.events.send(event);
+                let _ = self.events.send(Arc::new(event));
                 return;
             }
         };
-        let _ = self.events.send(event);
+        let _ = self.events.send(Arc::new(event));
         let set = self.handlers.current();
         let origin = match (&origin_name, &origin_id) {
             (Some(n), Some(i)) => Some(Origin { name: n, id: i }),

@@ -4,61 +4,113 @@
 //! (configuration, identity, store opening, clap, TLS set-up) touches far more, and the
 //! kernel's fault-around maps 64 KiB of the executable around every page touched, so
 //! after start-up most of the 12 MB of code stays mapped into the process although it
-//! will not run again. After start-up, and then whenever a check every [`INTERVAL`]
-//! finds the resident set grown by [`REGROWTH`] since the last time (see [`due`]), the
-//! daemon drops its executable's code pages from its own page tables (`madvise(MADV_DONTNEED)` on the read-only, executable,
-//! file-backed mapping: nothing is lost, a page used again comes back from the page cache
-//! with a minor fault) and hands free heap back to the system (`malloc_trim`). The
-//! resident set is then what the daemon really uses while idle.
+//! will not run again; a burst of work (a large stream, thousands of messages) does the
+//! same and leaves free heap behind. Once the daemon is quiet again after start-up or
+//! after such work (see [`Schedule`]), it drops its executable's code pages from its own
+//! page tables (`madvise(MADV_DONTNEED)` on the read-only, executable, file-backed
+//! mapping: nothing is lost, a page used again comes back from the page cache with a
+//! minor fault) and hands free heap back to the system (`malloc_trim`). The resident set
+//! is then what the daemon really uses while idle.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-/// How often the resident set is checked (and memory trimmed if it grew, see [`due`]).
-pub const INTERVAL: Duration = Duration::from_secs(60);
-/// The first trim, once start-up is over.
+/// How often the daemon looks at how much CPU it used (and trims if due, see
+/// [`Schedule`]): a trim comes 1–2 intervals after the work ends.
+pub const INTERVAL: Duration = Duration::from_secs(20);
+/// The first check, once start-up is over.
 pub const FIRST: Duration = Duration::from_secs(10);
-
-/// Growth of the resident set since the last trim that makes a check trim again: more
-/// than the idle paths take back after a trim (about 1 MiB).
-pub const REGROWTH: u64 = 2 * 1024 * 1024;
 
 /// How often on battery (each check wakes the device).
 pub const INTERVAL_GENTLE: Duration = Duration::from_secs(600);
+
+/// Share of a core under which an interval counts as quiet. An idle daemon uses about
+/// 0.05 % (its heartbeats and probes), a burst of work tens of per cent.
+const QUIET_SHARE: f64 = 0.01;
 
 pub fn start(member: std::sync::Arc<super::core::Member>) {
     tokio::spawn(async move {
         // A timerfd wakes the process once at the deadline; a long tokio sleep also
         // wakes it at the timer wheel's level boundaries on the way.
-        let mut alarm = transport::runtime::Alarm::new(std::time::Instant::now() + FIRST);
-        let mut after_trim: Option<u64> = None;
+        let mut alarm = transport::runtime::Alarm::new(Instant::now() + FIRST);
+        let mut schedule = Schedule::default();
+        let mut last = (Instant::now(), cpu_time());
         loop {
             alarm.wait().await;
-            if due(after_trim, resident()) {
+            let now = (Instant::now(), cpu_time());
+            let busy = match (last.1, now.1) {
+                (Some(a), Some(b)) => busy(b.saturating_sub(a), now.0 - last.0),
+                _ => false,
+            };
+            if schedule.check(busy) {
+                let before = resident();
                 let released = trim();
-                after_trim = resident();
-                debug!(mapped_kib = released / 1024, "trimmed idle memory");
+                debug!(
+                    mapped_kib = released / 1024,
+                    before_kib = before.map(|b| b / 1024),
+                    after_kib = resident().map(|b| b / 1024),
+                    "trimmed idle memory"
+                );
             }
+            // The trim's own work belongs to no interval.
+            last = (Instant::now(), cpu_time());
             let every = if member.lock().is_gentle() {
                 INTERVAL_GENTLE
             } else {
                 INTERVAL
             };
-            alarm.reset(std::time::Instant::now() + every);
+            alarm.reset(Instant::now() + every);
         }
     });
 }
 
-/// Whether a check trims: the first one does, then one that finds the resident set grown
-/// by [`REGROWTH`] since the last trim (a burst of work mapped code or grew the heap). A
-/// trim reads /proc/self/smaps, and every page an idle daemon still uses comes back with
-/// a fault: trimming an idle daemon every minute released nothing it did not take back.
-fn due(after_trim: Option<u64>, rss: Option<u64>) -> bool {
-    match (after_trim, rss) {
-        (Some(base), Some(r)) => r > base + REGROWTH,
-        _ => true,
+/// When to trim: once the daemon is quiet after work. Start-up is work; so is any
+/// interval that used more than [`QUIET_SHARE`] of a core. An idle daemon is not trimmed
+/// again and again: a trim reads /proc/self/smaps, and every page the idle daemon still
+/// uses comes back with a fault, so trimming it every minute released nothing it did not
+/// take back. Nor is a busy one: what it maps, it is using.
+#[derive(Debug)]
+struct Schedule {
+    /// Whether there was work since the last trim.
+    worked: bool,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule { worked: true }
     }
+}
+
+impl Schedule {
+    /// Takes whether the interval that just ended was busy; returns whether to trim now.
+    fn check(&mut self, busy: bool) -> bool {
+        if busy {
+            self.worked = true;
+            return false;
+        }
+        std::mem::replace(&mut self.worked, false)
+    }
+}
+
+/// Whether `cpu` used over `wall` is more than [`QUIET_SHARE`] of a core.
+fn busy(cpu: Duration, wall: Duration) -> bool {
+    cpu.as_secs_f64() > wall.as_secs_f64() * QUIET_SHARE
+}
+
+/// CPU time of the whole process (all threads, user and system).
+fn cpu_time() -> Option<Duration> {
+    // SAFETY: getrusage writes into the zeroed struct it is given and nothing else.
+    #[allow(unsafe_code)]
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0).then_some(u)
+    }?;
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Some(tv(usage.ru_utime) + tv(usage.ru_stime))
 }
 
 /// Resident set size in bytes (from /proc/self/statm: cheap, unlike smaps).
@@ -162,17 +214,38 @@ mod tests {
     }
 
     #[test]
-    fn trims_first_then_only_when_memory_grew_since() {
-        use super::due;
-        let mib = 1024 * 1024;
-        assert!(due(None, Some(20 * mib)), "the first check trims");
-        assert!(
-            !due(Some(8 * mib), Some(9 * mib)),
-            "idle paths mapped again"
-        );
-        assert!(!due(Some(8 * mib), Some(10 * mib)));
-        assert!(due(Some(8 * mib), Some(10 * mib + 1)), "a burst: trim");
-        assert!(due(Some(8 * mib), None), "no measurement: trim as before");
+    fn trims_once_after_start_up_and_once_after_each_burst_of_work() {
+        let mut s = super::Schedule::default();
+        assert!(!s.check(true), "still starting: busy");
+        assert!(s.check(false), "quiet after start-up: trim");
+        assert!(!s.check(false), "idle: nothing to trim again");
+        assert!(!s.check(false));
+        assert!(!s.check(true), "a burst: not while it lasts");
+        assert!(!s.check(true));
+        assert!(s.check(false), "quiet after the burst: trim");
+        assert!(!s.check(false));
+    }
+
+    #[test]
+    fn an_interval_is_busy_above_one_percent_of_a_core() {
+        use std::time::Duration;
+        let wall = Duration::from_secs(20);
+        // An idle daemon: 0.05 % of a core.
+        assert!(!super::busy(Duration::from_millis(10), wall));
+        assert!(!super::busy(Duration::from_millis(200), wall));
+        assert!(super::busy(Duration::from_millis(201), wall));
+        assert!(super::busy(Duration::from_secs(20), wall));
+        // The process's CPU time moves while it computes.
+        let a = super::cpu_time().expect("getrusage");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        while super::cpu_time().expect("getrusage") <= a {
+            assert!(std::time::Instant::now() < deadline, "CPU time never moved");
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+            }
+        }
+        std::hint::black_box(x);
         assert!(super::resident().is_some_and(|r| r > 0));
     }
 

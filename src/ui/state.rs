@@ -60,7 +60,7 @@ pub async fn follow_events(ui: Arc<Ui>) {
     let mut rx = ui.d.events.subscribe();
     loop {
         let item = match rx.recv().await {
-            Ok(ev) => serde_json::json!({"kind": "event", "at_ms": now_ms(), "event": ev}),
+            Ok(ev) => serde_json::json!({"kind": "event", "at_ms": now_ms(), "event": &*ev}),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 serde_json::json!({"kind": "lagged", "at_ms": now_ms(), "missed": n})
             }

@@ -46,7 +46,7 @@ pub async fn subscribe<R>(
         tokio::select! {
             ev = rx.recv() => match ev {
                 Ok(ev) => {
-                    if (kinds.is_empty() || kinds.iter().any(|k| k == ev.kind())) && tx.send(line_of(&ev)).await.is_err() {
+                    if (kinds.is_empty() || kinds.iter().any(|k| k == ev.kind())) && tx.send(line_of(&*ev)).await.is_err() {
                         return;
                     }
                 }
