@@ -43,7 +43,7 @@ pub fn start(member: std::sync::Arc<super::core::Member>) {
                 (Some(a), Some(b)) => busy(b.saturating_sub(a), now.0 - last.0),
                 _ => false,
             };
-            if schedule.check(busy) {
+            if schedule.check(busy, file_resident()) {
                 let before = resident();
                 let released = trim();
                 debug!(
@@ -69,27 +69,63 @@ pub fn start(member: std::sync::Arc<super::core::Member>) {
 /// interval that used more than [`QUIET_SHARE`] of a core. An idle daemon is not trimmed
 /// again and again: a trim reads /proc/self/smaps, and every page the idle daemon still
 /// uses comes back with a fault, so trimming it every minute released nothing it did not
-/// take back. Nor is a busy one: what it maps, it is using.
+/// take back. Nor is a busy one: what it maps, it is using. Work too small to make an
+/// interval busy (the first tombstone collection, a message now and then) can still map
+/// code that idle paths never run: when the file-backed resident set has grown by
+/// [`REGROWTH`] over what it settled at after the last trim, a quiet check trims again,
+/// at most once every [`REGROWTH_CHECKS`] checks.
 #[derive(Debug)]
 struct Schedule {
     /// Whether there was work since the last trim.
     worked: bool,
+    /// File-backed resident bytes at the first quiet check after the last trim (the idle
+    /// paths have faulted their pages back by then).
+    settled: Option<u64>,
+    /// Checks since the last trim.
+    since: u32,
 }
+
+/// Growth of the file-backed resident set over its settled size that trims again.
+const REGROWTH: u64 = 1024 * 1024;
+/// Fewest checks between two trims for growth (2 minutes at [`INTERVAL`]).
+const REGROWTH_CHECKS: u32 = 6;
 
 impl Default for Schedule {
     fn default() -> Self {
-        Schedule { worked: true }
+        Schedule {
+            worked: true,
+            settled: None,
+            since: 0,
+        }
     }
 }
 
 impl Schedule {
-    /// Takes whether the interval that just ended was busy; returns whether to trim now.
-    fn check(&mut self, busy: bool) -> bool {
+    /// Takes whether the interval that just ended was busy and the file-backed resident
+    /// bytes now; returns whether to trim now.
+    fn check(&mut self, busy: bool, file: Option<u64>) -> bool {
+        self.since = self.since.saturating_add(1);
         if busy {
             self.worked = true;
             return false;
         }
-        std::mem::replace(&mut self.worked, false)
+        let grown = match (self.settled, file) {
+            (Some(s), Some(f)) => f > s + REGROWTH && self.since > REGROWTH_CHECKS,
+            (None, f) => {
+                self.settled = f;
+                false
+            }
+            _ => false,
+        };
+        if !(self.worked || grown) {
+            return false;
+        }
+        *self = Schedule {
+            worked: false,
+            settled: None,
+            since: 0,
+        };
+        true
     }
 }
 
@@ -115,8 +151,18 @@ fn cpu_time() -> Option<Duration> {
 
 /// Resident set size in bytes (from /proc/self/statm: cheap, unlike smaps).
 fn resident() -> Option<u64> {
+    statm_bytes(1)
+}
+
+/// The file-backed part of the resident set, in bytes (statm's "shared").
+fn file_resident() -> Option<u64> {
+    statm_bytes(2)
+}
+
+/// Field `n` of /proc/self/statm (counted in pages), in bytes.
+fn statm_bytes(n: usize) -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let pages: u64 = statm.split_whitespace().nth(n)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     #[allow(unsafe_code)]
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -216,14 +262,39 @@ mod tests {
     #[test]
     fn trims_once_after_start_up_and_once_after_each_burst_of_work() {
         let mut s = super::Schedule::default();
-        assert!(!s.check(true), "still starting: busy");
-        assert!(s.check(false), "quiet after start-up: trim");
-        assert!(!s.check(false), "idle: nothing to trim again");
-        assert!(!s.check(false));
-        assert!(!s.check(true), "a burst: not while it lasts");
-        assert!(!s.check(true));
-        assert!(s.check(false), "quiet after the burst: trim");
-        assert!(!s.check(false));
+        let file = Some(6 << 20);
+        assert!(!s.check(true, file), "still starting: busy");
+        assert!(s.check(false, file), "quiet after start-up: trim");
+        assert!(!s.check(false, file), "idle: nothing to trim again");
+        assert!(!s.check(false, file));
+        assert!(!s.check(true, file), "a burst: not while it lasts");
+        assert!(!s.check(true, file));
+        assert!(s.check(false, file), "quiet after the burst: trim");
+        assert!(!s.check(false, file));
+        assert!(!s.check(false, None), "no reading: idle as before");
+    }
+
+    #[test]
+    fn trims_again_when_quiet_work_mapped_code_but_not_often() {
+        use super::{REGROWTH, REGROWTH_CHECKS};
+        let mut s = super::Schedule::default();
+        let settled = 6u64 << 20;
+        assert!(s.check(false, Some(settled)), "after start-up");
+        assert!(!s.check(false, Some(settled)), "settles");
+        // Idle paths come and go within the margin: never a trim.
+        for _ in 0..100 {
+            assert!(!s.check(false, Some(settled + REGROWTH)));
+        }
+        // Small work mapped more code: one trim, then it settles again.
+        assert!(s.check(false, Some(settled + REGROWTH + 4096)));
+        assert!(!s.check(false, Some(settled)), "settles after the trim");
+        // Grown again at once: not before REGROWTH_CHECKS checks since the trim.
+        let mut n = 1;
+        while !s.check(false, Some(settled + 2 * REGROWTH)) {
+            n += 1;
+            assert!(n <= REGROWTH_CHECKS + 1, "never trimmed again");
+        }
+        assert_eq!(n, REGROWTH_CHECKS, "checks until the growth trim");
     }
 
     #[test]

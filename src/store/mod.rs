@@ -152,7 +152,9 @@ impl Store {
     }
 
     /// Number of write transactions committed since open (group commit makes this far
-    /// smaller than the number of writes under load).
+    /// smaller than the number of writes under load). Unchanged means the store's
+    /// contents are unchanged: a collection or retirement that found nothing to do
+    /// commits nothing.
     pub fn commit_count(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
     }

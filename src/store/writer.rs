@@ -326,12 +326,16 @@ impl State {
         Ok(())
     }
 
+    /// Runs `batch` in one write transaction; returns the outputs, the feed events, and
+    /// whether the transaction was committed. A batch of collections and retirements that
+    /// found nothing to do is aborted instead: the collector asks every minute, and an idle
+    /// device should not write its disk each time.
     fn commit(
         &mut self,
         db: &Database,
         batch: &[Op],
         wall_ms: u64,
-    ) -> Result<(Vec<Output>, Vec<FeedEvent>), StoreError> {
+    ) -> Result<(Vec<Output>, Vec<FeedEvent>, bool), StoreError> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         let mut outputs = Vec::with_capacity(batch.len());
@@ -350,8 +354,17 @@ impl State {
             }
             w.save_state(self.feed_seq, self.feed_bytes, self.clock.last())?;
         }
-        txn.commit()?;
-        Ok((outputs, events))
+        let nothing_done = events.is_empty()
+            && batch
+                .iter()
+                .all(|op| matches!(op, Op::Collect { .. } | Op::Retire { .. }))
+            && outputs.iter().all(|o| matches!(o, Output::Count(0)));
+        if nothing_done {
+            txn.abort()?;
+        } else {
+            txn.commit()?;
+        }
+        Ok((outputs, events, !nothing_done))
     }
 }
 
@@ -400,8 +413,10 @@ pub(crate) fn run(
         }
         let saved = state.clone();
         match state.commit(&db, &batch, wall()) {
-            Ok((outputs, events)) => {
-                sinks.commits.fetch_add(1, Ordering::Relaxed);
+            Ok((outputs, events, committed)) => {
+                if committed {
+                    sinks.commits.fetch_add(1, Ordering::Relaxed);
+                }
                 for (op, output) in batch.into_iter().zip(outputs) {
                     reply(op, Ok(output));
                 }

@@ -44,11 +44,14 @@ impl SyncState {
         }
     }
 
-    /// Records a (checked) vector `peer` reported; wakes the collector when it moved.
+    /// Records a (checked) vector `peer` reported; wakes the collector when it moved or
+    /// is the peer's first (an empty store's empty vector included: the first round then
+    /// comes with the connection, not a minute later).
     pub fn report(&self, peer: Device, vv: &VersionVector) {
         let mut map = lock(&self.reported);
+        let first = !map.contains_key(&peer);
         let entry = map.entry(peer).or_default();
-        if entry.0 != *vv {
+        if first || entry.0 != *vv {
             *entry = (vv.clone(), true);
             self.reports.notify_one();
         }

@@ -391,6 +391,19 @@ fn the_state_persists_reports_once_and_waits_for_every_member() {
 }
 
 #[tokio::test]
+async fn a_first_report_of_an_empty_store_wakes_the_collector_and_is_kept() {
+    let st = std::sync::Arc::new(SyncState::default());
+    st.report(PEER, &vv(&[]));
+    tokio::time::timeout(Duration::from_secs(5), st.reported())
+        .await
+        .expect("woken by the first report");
+    assert_eq!(st.plan(&[PEER]).persist, vec![(PEER, Some(vv(&[])))]);
+    // The same again is no news.
+    st.report(PEER, &vv(&[]));
+    assert!(st.plan(&[PEER]).persist.is_empty());
+}
+
+#[tokio::test]
 async fn a_report_that_moved_wakes_the_collector() {
     let st = std::sync::Arc::new(SyncState::default());
     st.report(PEER, &vv(&[(PEER, 1)]));
