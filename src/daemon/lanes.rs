@@ -86,7 +86,8 @@ async fn send_on_lane(
 }
 
 /// The write buffer a lane keeps between bursts: most messages fit (bodies are 1 KiB in
-/// the benchmarks); a larger one or a burst grows it until the queue is empty again.
+/// the benchmarks); a larger one or a burst grows it until the lane has been quiet for
+/// [`SHRINK_AFTER`].
 const IDLE_BUF: usize = 16 * 1024;
 /// How long a lane with a grown buffer waits for a message before it shrinks the buffer.
 const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
