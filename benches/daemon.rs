@@ -470,7 +470,7 @@ fn main() {
         ttfb.push(t.elapsed());
     }
     println!(
-        "cnspr connect stream   {stream_mbps:7.1} MB/s ({} MiB into a TCP sink through both daemons; `bash bench/streams.sh` compares the CLI stream with dumbpipe (target 3x) and a bare quinn stream (target 70%) in one run)",
+        "cnspr connect stream   {stream_mbps:7.1} MB/s ({} MiB into a TCP sink through both daemons; `bash bench/streams.sh` compares the CLI stream with dumbpipe (target 3x) and a bare quinn stream (target 100%) in one run)",
         stream_bytes >> 20,
     );
     println!(

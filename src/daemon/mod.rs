@@ -226,7 +226,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
     }
     punching::start(&daemon);
     daemon.endpoint.set_relays(&daemon.relays.specs());
-    trim::start(daemon.member.clone());
+    trim::start(daemon.member.clone(), daemon.endpoint.clone());
     // Last: every component has subscribed, so none misses an event.
     let dd = daemon.clone();
     tokio::spawn(async move { dd.conn_events.run(&dd.endpoint, transport_events).await });

@@ -9,8 +9,10 @@
 //! after such work (see [`Schedule`]), it drops its executable's code pages from its own
 //! page tables (`madvise(MADV_DONTNEED)` on the read-only, executable, file-backed
 //! mapping: nothing is lost, a page used again comes back from the page cache with a
-//! minor fault) and hands free heap back to the system (`malloc_trim`). The resident set
-//! is then what the daemon really uses while idle.
+//! minor fault), hands free heap back to the system (`malloc_trim`) and has the QUIC
+//! sockets give back the pages of quinn's receive buffers (filled by a burst of GRO
+//! batches, see `transport::endpoint::large`). The resident set is then what the daemon
+//! really uses while idle.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,7 @@ pub const INTERVAL_GENTLE: Duration = Duration::from_secs(600);
 /// 0.05 % (its heartbeats and probes), a burst of work tens of per cent.
 const QUIET_SHARE: f64 = 0.01;
 
-pub fn start(member: std::sync::Arc<super::core::Member>) {
+pub fn start(member: std::sync::Arc<super::core::Member>, endpoint: transport::Endpoint) {
     tokio::spawn(async move {
         // A timerfd wakes the process once at the deadline; a long tokio sleep also
         // wakes it at the timer wheel's level boundaries on the way.
@@ -46,6 +48,8 @@ pub fn start(member: std::sync::Arc<super::core::Member>) {
             if schedule.check(busy, file_resident()) {
                 let before = resident();
                 let released = trim();
+                // quinn's receive buffers: given back at the sockets' next receive.
+                endpoint.release_receive_buffers();
                 debug!(
                     mapped_kib = released / 1024,
                     before_kib = before.map(|b| b / 1024),

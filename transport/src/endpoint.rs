@@ -115,6 +115,8 @@ struct Inner {
     /// for its path ([`large::path_payload`]).
     server: quinn::ServerConfig,
     quinns: Vec<quinn::Endpoint>,
+    /// The sockets under `quinns`, to give their receive buffers back when idle.
+    sockets: Vec<Arc<large::SplitSocket>>,
     /// The heartbeat socket beside the one QUIC socket (none with several sockets).
     twin: Option<Arc<Twin>>,
     conns: Mutex<HashMap<DeviceId, PeerConn>>,
@@ -179,6 +181,7 @@ impl Endpoint {
         let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
         server.transport_config(Arc::new(cfg.transport(Side::Accept, None)?));
         let mut quinns = Vec::new();
+        let mut sockets = Vec::new();
         let mut twin = None;
         let planned = plan_sockets(&cfg.listen);
         let mut relays = None;
@@ -225,14 +228,16 @@ impl Endpoint {
             let runtime = Arc::new(crate::runtime::QuietRuntime);
             let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket)
                 .map_err(|source| TransportError::Bind { addr, source })?;
+            let split = large::SplitSocket::new(RelaySocket::new(inner, relays));
             let ep = quinn::Endpoint::new_with_abstract_socket(
                 ep_cfg,
                 Some(server.clone()),
-                large::SplitSocket::new(RelaySocket::new(inner, relays)),
+                split.clone(),
                 runtime,
             )
             .map_err(|source| TransportError::Bind { addr, source })?;
             quinns.push(ep);
+            sockets.push(split);
         }
         let (events, _) = broadcast::channel(1024);
         let (incoming_tx, incoming_rx) = mpsc::channel(256);
@@ -243,6 +248,7 @@ impl Endpoint {
                 cfg,
                 server,
                 quinns,
+                sockets,
                 twin,
                 conns: Mutex::new(HashMap::new()),
                 generation: std::sync::atomic::AtomicU64::new(0),
@@ -264,6 +270,15 @@ impl Endpoint {
 
     pub fn id(&self) -> DeviceId {
         self.inner.identity.id
+    }
+
+    /// Gives the pages of quinn's receive buffers back to the system at each socket's next
+    /// receive (see [`large::SplitSocket::release_receive_buffers`]): for a daemon gone
+    /// quiet after a burst of traffic.
+    pub fn release_receive_buffers(&self) {
+        for s in &self.inner.sockets {
+            s.release_receive_buffers();
+        }
     }
 
     pub fn identity(&self) -> &Arc<Identity> {

@@ -68,6 +68,9 @@ pub fn line_of(v: &impl serde::Serialize) -> Vec<u8> {
     line
 }
 
+/// Most of the write buffer a connection keeps while nothing waits to be written.
+const IDLE_WRITE_BUF: usize = 16 * 1024;
+
 /// Writes reply and event lines in order of completion, coalescing bursts; gives the
 /// write half back once every sender is gone (raw stream mode takes it over then).
 pub async fn write_lines(
@@ -86,6 +89,12 @@ pub async fn write_lines(
         }
         if w.write_all(&buf).await.is_err() {
             return None;
+        }
+        // A burst grew the buffer; an idle connection (a subscriber that stays for days)
+        // does not keep it.
+        if rx.is_empty() && buf.capacity() > IDLE_WRITE_BUF {
+            buf.clear();
+            buf.shrink_to(IDLE_WRITE_BUF);
         }
     }
     Some(w)

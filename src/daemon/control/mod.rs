@@ -152,7 +152,10 @@ static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 /// carries its request's `id`, so replies may come back in a different order.
 async fn client(d: Arc<Daemon>, stream: UnixStream) {
     let (r, w) = stream.into_split();
-    let mut r = BufReader::with_capacity(256 * 1024, r);
+    // 64 KiB: a burst of pipelined requests is read in few system calls, and an idle
+    // connection (a subscriber that stays for days) keeps little: what a burst filled
+    // stays resident for the connection's life.
+    let mut r = BufReader::with_capacity(64 * 1024, r);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
     let writer = tokio::spawn(write_lines(w, rx));
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));

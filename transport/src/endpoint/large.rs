@@ -4,12 +4,19 @@
 //! segmented send over 64 KiB as too large (`EMSGSIZE`), which quinn's UDP layer takes for
 //! a lost MTU probe and drops in silence. [`SplitSocket`] sends such a transmit as several
 //! segmented sends, each within the limit.
+//!
+//! It also gives back the pages of quinn's receive buffers when the daemon has gone quiet
+//! ([`SplitSocket::release_receive_buffers`]): quinn allocates them once per endpoint (the
+//! largest datagram × the GRO segments × the datagrams per system call, 32 MiB of address
+//! space at 16 KiB datagrams) and reuses them for good, so a burst of GRO batches left up
+//! to 2 MiB resident in an idle daemon.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -23,11 +30,61 @@ pub const MAX_SEND: usize = 65_535 - 20 - 8;
 #[derive(Debug)]
 pub struct SplitSocket {
     inner: Arc<dyn AsyncUdpSocket>,
+    /// Set by [`SplitSocket::release_receive_buffers`], taken by the next receive.
+    release: AtomicBool,
+    /// Whom to wake for that receive: the task that last found nothing to read (quinn's
+    /// endpoint driver).
+    waiting: Mutex<Option<Waker>>,
 }
 
 impl SplitSocket {
     pub fn new(inner: Arc<dyn AsyncUdpSocket>) -> Arc<SplitSocket> {
-        Arc::new(SplitSocket { inner })
+        Arc::new(SplitSocket {
+            inner,
+            release: AtomicBool::new(false),
+            waiting: Mutex::new(None),
+        })
+    }
+
+    /// Makes the next receive hand the pages of the buffers quinn passes it back to the
+    /// system before it reads (only what that receive writes comes back), and wakes the
+    /// receiving task for it: an idle connection may receive nothing for minutes. The
+    /// buffers are the receiver's alone during the call, and what they held is never read
+    /// again, so it is done there rather than from another task.
+    pub fn release_receive_buffers(&self) {
+        self.release.store(true, Ordering::Relaxed);
+        if let Some(w) = super::lock(&self.waiting).as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// Hands the whole pages inside `buf` back to the system; returns how many bytes. The
+/// buffer then reads as zeros (private anonymous memory, the heap) or as some other bytes
+/// (any other mapping): its contents are not kept, as with any output buffer.
+pub fn release_pages(buf: &mut [u8]) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+    if page == 0 {
+        return 0;
+    }
+    let start = buf.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(page);
+    let end = (start + buf.len()) / page * page;
+    if end <= first {
+        return 0;
+    }
+    // SAFETY: [first, end) lies inside `buf`, which is borrowed mutably for this call, so
+    // nothing else reads or writes those bytes meanwhile. MADV_DONTNEED only replaces their
+    // contents (with zeros on private anonymous memory), and any byte is a valid u8; no
+    // allocator metadata lies inside an allocation's own bytes.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
+    if rc == 0 {
+        end - first
+    } else {
+        0
     }
 }
 
@@ -73,7 +130,18 @@ impl AsyncUdpSocket for SplitSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.inner.poll_recv(cx, bufs, meta)
+        if self.release.swap(false, Ordering::Relaxed) {
+            let released: usize = bufs.iter_mut().map(|b| release_pages(b)).sum();
+            tracing::debug!(kib = released / 1024, "released receive buffers");
+        }
+        let got = self.inner.poll_recv(cx, bufs, meta);
+        if got.is_pending() {
+            let mut waiting = super::lock(&self.waiting);
+            if !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waiting = Some(cx.waker().clone());
+            }
+        }
+        got
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -155,6 +223,68 @@ mod tests {
         assert!(p >= 1472, "{p}");
         let mapped = route_payload("[::ffff:127.0.0.1]:9".parse().unwrap());
         assert_eq!(mapped, Some(p), "a mapped address is routed as IPv4");
+    }
+
+    #[test]
+    fn released_pages_read_as_zeros_and_the_edges_are_kept() {
+        let mut buf = vec![0xabu8; 1 << 20];
+        // Start inside a page, so that the first and last pages are partly outside.
+        let part = &mut buf[100..(1 << 20) - 100];
+        let released = release_pages(part);
+        assert!(released >= (1 << 20) - 2 * 4096 * 4, "{released}");
+        assert_eq!(released % 4096, 0);
+        let zeros = part.iter().filter(|b| **b == 0).count();
+        assert_eq!(zeros, released, "exactly the released bytes read as zeros");
+        assert!(part[..1]
+            .iter()
+            .chain(&part[part.len() - 1..])
+            .all(|b| *b == 0xab));
+        assert!(buf[..100].iter().all(|b| *b == 0xab));
+        // Smaller than a page: nothing to release, nothing changed.
+        let mut small = vec![7u8; 1000];
+        assert_eq!(release_pages(&mut small), 0);
+        assert!(small.iter().all(|b| *b == 7));
+    }
+
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_release_wakes_the_waiting_receiver_which_clears_its_buffers_once() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, udp).unwrap();
+        let split = SplitSocket::new(inner);
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut storage = vec![0xabu8; 1 << 20];
+        let mut meta = [RecvMeta::default(); 1];
+        let mut receive = |storage: &mut Vec<u8>| {
+            let mut bufs = [IoSliceMut::new(storage)];
+            assert!(split.poll_recv(&mut cx, &mut bufs, &mut meta).is_pending());
+        };
+        receive(&mut storage);
+        assert!(
+            storage.iter().all(|b| *b == 0xab),
+            "nothing released unasked"
+        );
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        split.release_receive_buffers();
+        assert!(wakes.0.load(Ordering::SeqCst) >= 1, "the receiver is woken");
+        receive(&mut storage);
+        let zeros = storage.iter().filter(|b| **b == 0).count();
+        assert!(zeros >= (1 << 20) - 2 * 65_536, "released: {zeros} bytes");
+        storage.fill(0xab);
+        receive(&mut storage);
+        assert!(
+            storage.iter().all(|b| *b == 0xab),
+            "released once per request"
+        );
     }
 
     #[test]
