@@ -239,7 +239,10 @@ impl Endpoint {
             quinns.push(ep);
             sockets.push(split);
         }
-        let (events, _) = broadcast::channel(1024);
+        // Connections come and go rarely; a subscriber that falls behind a burst (a whole
+        // mesh coming up at once) is told it lagged and reads `connections()` again. Every
+        // slot is allocated up front (160 bytes each).
+        let (events, _) = broadcast::channel(128);
         let (incoming_tx, incoming_rx) = mpsc::channel(256);
         let ep = Endpoint {
             inner: Arc::new(Inner {
