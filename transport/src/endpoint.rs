@@ -239,9 +239,7 @@ impl Endpoint {
             quinns.push(ep);
             sockets.push(split);
         }
-        // Connections come and go rarely; a subscriber that falls behind a burst (a whole
-        // mesh coming up at once) is told it lagged and reads `connections()` again. Every
-        // slot is allocated up front (160 bytes each).
+        // All slots are allocated at once; a subscriber that lags reads `connections()`.
         let (events, _) = broadcast::channel(128);
         let (incoming_tx, incoming_rx) = mpsc::channel(256);
         let ep = Endpoint {
@@ -275,9 +273,8 @@ impl Endpoint {
         self.inner.identity.id
     }
 
-    /// Gives the pages of quinn's receive buffers back to the system at each socket's next
-    /// receive (see [`large::SplitSocket::release_receive_buffers`]): for a daemon gone
-    /// quiet after a burst of traffic.
+    /// Gives the pages of quinn's receive buffers back to the system (for a daemon gone
+    /// quiet), see [`large::SplitSocket::release_receive_buffers`].
     pub fn release_receive_buffers(&self) {
         for s in &self.inner.sockets {
             s.release_receive_buffers();

@@ -15,7 +15,7 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use quinn::udp::{RecvMeta, Transmit};
@@ -53,7 +53,12 @@ impl SplitSocket {
     /// again, so it is done there rather than from another task.
     pub fn release_receive_buffers(&self) {
         self.release.store(true, Ordering::Relaxed);
-        if let Some(w) = super::lock(&self.waiting).as_ref() {
+        if let Some(w) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             w.wake_by_ref();
         }
     }
@@ -136,7 +141,7 @@ impl AsyncUdpSocket for SplitSocket {
         }
         let got = self.inner.poll_recv(cx, bufs, meta);
         if got.is_pending() {
-            let mut waiting = super::lock(&self.waiting);
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             if !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *waiting = Some(cx.waker().clone());
             }
