@@ -66,7 +66,10 @@ async fn collect_once(
     // Nothing was committed and no member reported anything new since a collection that
     // changed nothing: skip it (an idle daemon runs none of the store's code).
     let commits = d.store.commit_count();
-    if last.as_ref() == Some(&(commits, vvs.clone())) {
+    if last
+        .as_ref()
+        .is_some_and(|(c, v)| *c == commits && *v == vvs)
+    {
         return Ok(());
     }
     *last = None;
