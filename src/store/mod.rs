@@ -55,7 +55,8 @@ pub struct Store {
 struct Inner {
     db: Arc<Database>,
     tx: Option<mpsc::Sender<Op>>,
-    events: broadcast::Sender<FeedEvent>,
+    /// Live changes; a pointer per slot, since every slot is allocated at start.
+    events: broadcast::Sender<Arc<FeedEvent>>,
     commits: Arc<AtomicU64>,
     origin: Origin,
     /// How many writes the store numbered under `origin` (see [`Store::own`]).
@@ -403,7 +404,7 @@ impl Store {
 
     /// Live stream of applied changes. To watch without gaps: subscribe, then read
     /// [`Store::feed_since`] from your last seq, then skip broadcast events already seen.
-    pub fn subscribe(&self) -> broadcast::Receiver<FeedEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedEvent>> {
         self.inner.events.subscribe()
     }
 }

@@ -387,7 +387,7 @@ fn conflict(key: &str, c: &Condition, siblings: &[Sibling]) -> StoreError {
 
 /// Shared counters and channels the writer reports to.
 pub(crate) struct Sinks {
-    pub events: broadcast::Sender<FeedEvent>,
+    pub events: broadcast::Sender<Arc<FeedEvent>>,
     pub commits: Arc<AtomicU64>,
 }
 
@@ -421,7 +421,7 @@ pub(crate) fn run(
                     reply(op, Ok(output));
                 }
                 for event in events {
-                    let _ = sinks.events.send(event); // no watcher is fine
+                    let _ = sinks.events.send(Arc::new(event)); // no watcher is fine
                 }
             }
             Err(err) => {

@@ -248,7 +248,7 @@ async fn feed_resumes_and_sees_each_change_once() {
         (1..=10).collect::<Vec<_>>()
     );
     for e in &all {
-        assert_eq!(live.recv().await.unwrap(), *e);
+        assert_eq!(*live.recv().await.unwrap(), *e);
     }
     let first = a.feed_since(0, "", 4).unwrap();
     let rest = a
