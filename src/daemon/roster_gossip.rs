@@ -1,8 +1,8 @@
-//! The roster gossip policy, pure: when a member's roster arrives, this device floods
-//! what the merge changed (to every connected member but the sender, see
-//! `Daemon::membership_changed`) and answers the sender with its own roster when the
-//! sender lacks something of it, once per distinct roster and connection (the
-//! fingerprint of the last answer is kept per connection by the outbox). Two members
+//! The roster gossip policy, pure: when a member's roster arrives and the merge changed
+//! this device's roster, it floods its whole roster to every connected member but the
+//! sender (see `Daemon::membership_changed`), and it answers the sender with its own
+//! roster when the sender lacks something of it, once per distinct roster and connection
+//! (the fingerprint of the last answer is kept per connection by the outbox). Two members
 //! that hold the same entries therefore stop after one exchange, whatever the order in
 //! which gossip arrives.
 
