@@ -27,8 +27,9 @@
 # Everything started here is killed by PID and the namespaces are deleted on exit, also
 # on failure. Each round also prints each process's share of a CPU over a second of the
 # transfer and what the rest of the machine used meanwhile (CNSPR_BENCH_CPU_WINDOW
-# seconds; CNSPR_BENCH_PERF=DIR also records it with perf), and the bytes per UDP send
-# from namespace A. CNSPR_BENCH_BIN measures a given cnspr binary instead of building
+# seconds; CNSPR_BENCH_PERF=DIR also records it with perf), the bytes per UDP send
+# from namespace A and the datagrams B sent back, and the two cnspr daemons' CPU time per
+# GiB of the stream (from their counters over the whole transfer). CNSPR_BENCH_BIN measures a given cnspr binary instead of building
 # this tree's. The script prints figures; it exits non-zero only when something broke (a
 # wrong byte count, a process that failed or hung).
 #
@@ -312,8 +313,13 @@ transfer() {
     }
   fi
   until_ok 60 "$tool listen to be ready" listening
-  local sent0
+  local sent0 back0 ca0="" cb0=""
   sent0=$(udp_out "$NSA")
+  back0=$(udp_out "$NSB")
+  if [[ $tool == cnspr ]]; then
+    ca0=$(ticks "${DPID[a]}")
+    cb0=$(ticks "${DPID[b]}")
+  fi
   # Sending side, in A.
   head -c "$BYTES" /dev/zero >"$dir/tx" &
   hpid=$!
@@ -340,8 +346,17 @@ transfer() {
   finish "$lpid" 30 "$tool listen" "$dir/listen.err"
   ((end > first)) || fail "$tool round $round: no time elapsed"
   local sent=$(($(udp_out "$NSA") - sent0))
+  local back=$(($(udp_out "$NSB") - back0))
   ((sent > 0)) && echo "round $round: $tool made $sent UDP sends from A (a segmented send counts once):" \
-    "$((BYTES / sent)) bytes of the stream per send"
+    "$((BYTES / sent)) bytes of the stream per send; $back from B (acknowledgements)"
+  if [[ -n $ca0 ]]; then
+    local ca1 cb1
+    ca1=$(ticks "${DPID[a]}")
+    cb1=$(ticks "${DPID[b]}")
+    echo "round $round: $tool: the daemons' CPU time per GiB of the stream:" \
+      "$(awk -v a=$((ca1 - ca0)) -v b=$((cb1 - cb0)) -v hz="$(getconf CLK_TCK)" -v n="$BYTES" \
+        'BEGIN { k = hz * n / 2^30; printf "%.2f s (A %.2f, B %.2f)", (a + b) / k, a / k, b / k }')"
+  fi
   RATE=$(mbps $((BYTES - 1)) $((end - first)))
 }
 

@@ -10,9 +10,11 @@
 //! - time until a first message from a is delivered to b (through m or direct, whichever
 //!   is up first); anchor: the same between p and q;
 //! - bytes the member in between passes on per punch exchange (its `Punch` frames);
-//! - one 64 MiB stream's throughput (median of 3) a→b directly across the NATs, a→b through m (a
-//!   firewall between the routers; over a and b's own connection, whose packets m passes
-//!   on), and p→q with no NAT.
+//! - a stream's throughput (256 MiB, `CNSPR_BENCH_STREAM_MIB`; medians of 5 rounds,
+//!   `CNSPR_BENCH_STREAM_ROUNDS`), the rounds alternating between a→b through m (a firewall
+//!   between their routers; over a and b's own connection, whose packets m passes on), c→d
+//!   directly across two other home routers of the same kind, and p→q with no NAT; with
+//!   each round's figures.
 //!
 //! No delay is added where the kernel has no `netem` (it says so).
 //!
@@ -59,9 +61,14 @@ fn main() {
     let hm = net.public_host(10);
     let (ra, ha) = net.home(1, Nat::Cone);
     let (rb, hb) = net.home(2, Nat::Cone);
+    let (rc, hc) = net.home(3, Nat::Cone);
+    let (rd, hd) = net.home(4, Nat::Cone);
     let hp = net.public_host(21);
     let hq = net.public_host(22);
-    let delayed = net.delay(ra, 20) & net.delay(rb, 20);
+    let delayed = [ra, rb, rc, rd]
+        .map(|r| net.delay(r, 20))
+        .iter()
+        .all(|d| *d);
     let mut m = quiet(net.node(hm, "m"));
     m.start();
     let m_addr = "203.0.113.10:7373";
@@ -120,20 +127,19 @@ fn main() {
         anchor_direct.push(t0.elapsed().as_secs_f64());
     }
 
-    // Throughput: direct across the NATs, through m, and without NAT.
+    // Throughput, in rounds that alternate between three transfers so that what else the
+    // machine runs weighs on each alike: a→b through m (a firewall between their routers;
+    // over a and b's own connection, whose packets m passes on), c→d directly across two
+    // other home routers of the same kind, and p→q with no NAT.
     let mut a = quiet(net.node(ha, "a"));
     let mut b = quiet(net.node(hb, "b"));
-    a.start();
-    b.start();
+    let mut c = quiet(net.node(hc, "c"));
+    let mut d = quiet(net.node(hd, "d"));
+    for n in [&mut a, &mut b, &mut c, &mut d] {
+        n.start();
+    }
     join(&m, &a, &b, m_addr);
-    assert!(wait_for(
-        &a,
-        "b",
-        "active",
-        Some("direct"),
-        Duration::from_secs(30)
-    ));
-    let thr_direct = stream(&a, &b, "b");
+    join(&m, &c, &d, m_addr);
     net.block(ra, "203.0.113.2");
     assert!(wait_for(
         &a,
@@ -147,11 +153,60 @@ fn main() {
         a.log()
             .contains("connection through a member that passes the packets on")
     });
-    let thr_member = stream(&a, &b, "b");
-    net.unblock(ra);
+    assert!(wait_for(
+        &c,
+        "d",
+        "active",
+        Some("direct"),
+        Duration::from_secs(30)
+    ));
     let (p, q) = public_pair(&net, hp, hq);
     assert!(wait_for(&p, "b", "active", None, Duration::from_secs(30)));
-    let thr_plain = stream(&p, &q, "b");
+    let mib = stream_mib(256);
+    let rounds = stream_rounds(5);
+    let (mut thr_direct, mut thr_member, mut thr_plain) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        thr_direct.push(stream_of(&c, &d, "d", mib));
+        thr_member.push(stream_of(&a, &b, "b", mib));
+        thr_plain.push(stream_of(&p, &q, "b", mib));
+    }
+    // The paths were what the figures say until the end.
+    assert!(wait_for(
+        &a,
+        "b",
+        "indirect",
+        Some("member"),
+        Duration::from_secs(2)
+    ));
+    assert!(wait_for(
+        &c,
+        "d",
+        "active",
+        Some("direct"),
+        Duration::from_secs(2)
+    ));
+    net.unblock(ra);
+    let ratios: Vec<String> = thr_member
+        .iter()
+        .zip(&thr_direct)
+        .map(|(m, d)| format!("{:.2}", m / d))
+        .collect();
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let rounds_text = format!(
+        "rounds: direct {}, through m {}, no NAT {} MiB/s; member/direct per round {}",
+        list(&thr_direct),
+        list(&thr_member),
+        list(&thr_plain),
+        ratios.join(" ")
+    );
+    let thr_direct = pct(&mut thr_direct, 0.5);
+    let thr_member = pct(&mut thr_member, 0.5);
+    let thr_plain = pct(&mut thr_plain, 0.5);
 
     let d50 = pct(&mut direct, 0.5);
     let d99 = pct(&mut direct, 0.99);
@@ -189,9 +244,9 @@ fn main() {
         );
     }
     println!(
-        "  64 MiB stream: direct across NATs {thr_direct:.1} MiB/s, through member m {thr_member:.1} MiB/s, no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x",
+        "  {mib} MiB stream, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through member m {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}",
         thr_direct / thr_plain,
         thr_member / thr_direct
     );
-    drop((a, b, p, q, m));
+    drop((a, b, c, d, p, q, m));
 }

@@ -50,7 +50,13 @@ pub fn stream(from: &Node, to: &Node, peer: &str) -> f64 {
 
 /// One 64 MiB stream `from` → `to` (a listener named `sink` on `to`); MiB/s.
 pub fn stream_once(from: &Node, to: &Node, peer: &str) -> f64 {
-    let data = noise(64 * MIB, 9);
+    stream_of(from, to, peer, 64)
+}
+
+/// One stream of `mib` MiB `from` → `to` (a listener named `sink` on `to`), timed from
+/// the start of `cnspr connect` until the last byte is in the sink's file; MiB/s.
+pub fn stream_of(from: &Node, to: &Node, peer: &str, mib: usize) -> f64 {
+    let data = noise(mib * MIB, 9);
     let out = to.out().display().to_string();
     let mut lis = listen(to, "sink", Some(&format!("cat > {out}/sink")));
     let t0 = Instant::now();
@@ -71,7 +77,7 @@ pub fn stream_once(from: &Node, to: &Node, peer: &str) -> f64 {
     let _ = lis.kill();
     let _ = lis.wait();
     let _ = std::fs::remove_file(to.out().join("sink"));
-    64.0 / took.as_secs_f64()
+    mib as f64 / took.as_secs_f64()
 }
 
 /// The anchor: `p` at 203.0.113.21 and `q` (named `b`, like the device it stands in
@@ -84,6 +90,26 @@ pub fn public_pair(net: &Internet, hp: usize, hq: usize) -> (Node, Node) {
     trust(&p, &q, Some("203.0.113.22:7373"));
     trust(&q, &p, Some("203.0.113.21:7373"));
     (p, q)
+}
+
+/// `CNSPR_BENCH_STREAM_MIB` (at least 1), else `default`: MiB per stream.
+pub fn stream_mib(default: usize) -> usize {
+    env_count("CNSPR_BENCH_STREAM_MIB", default)
+}
+
+/// `CNSPR_BENCH_STREAM_ROUNDS` (at least 1), else `default`.
+pub fn stream_rounds(default: usize) -> usize {
+    env_count("CNSPR_BENCH_STREAM_ROUNDS", default)
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(s) => match s.parse() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("{name} must be a whole number of at least 1, not {s:?}"),
+        },
+    }
 }
 
 /// `CNSPR_BENCH_TRIALS`, else `default`.
