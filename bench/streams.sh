@@ -27,11 +27,11 @@
 # Everything started here is killed by PID and the namespaces are deleted on exit, also
 # on failure. Each round also prints each process's share of a CPU over a second of the
 # transfer and what the rest of the machine used meanwhile (CNSPR_BENCH_CPU_WINDOW
-# seconds; CNSPR_BENCH_PERF=DIR also records it with perf), the bytes per UDP send
-# from namespace A and the datagrams B sent back, and the two cnspr daemons' CPU time per
-# GiB of the stream (from their counters over the whole transfer). CNSPR_BENCH_BIN measures a given cnspr binary instead of building
-# this tree's. The script prints figures; it exits non-zero only when something broke (a
-# wrong byte count, a process that failed or hung).
+# seconds; CNSPR_BENCH_PERF=DIR also records it with perf), the bytes per UDP send from
+# namespace A and the datagrams B sent back, and the two cnspr daemons' CPU time per GiB
+# of the stream (from their counters over the whole transfer). CNSPR_BENCH_BIN measures a
+# given cnspr binary instead of building this tree's. The script prints figures; it exits
+# non-zero only when something broke (a wrong byte count, a process that failed or hung).
 #
 # Run as root (from the repository root, or with the script's path from anywhere):
 #

@@ -44,13 +44,8 @@ pub fn pct(v: &mut [f64], p: f64) -> f64 {
 
 /// The median of three 64 MiB streams `from` → `to`; MiB/s.
 pub fn stream(from: &Node, to: &Node, peer: &str) -> f64 {
-    let mut v: Vec<f64> = (0..3).map(|_| stream_once(from, to, peer)).collect();
+    let mut v: Vec<f64> = (0..3).map(|_| stream_of(from, to, peer, 64)).collect();
     pct(&mut v, 0.5)
-}
-
-/// One 64 MiB stream `from` → `to` (a listener named `sink` on `to`); MiB/s.
-pub fn stream_once(from: &Node, to: &Node, peer: &str) -> f64 {
-    stream_of(from, to, peer, 64)
 }
 
 /// One stream of `mib` MiB `from` → `to` (a listener named `sink` on `to`), timed from
