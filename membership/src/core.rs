@@ -2,7 +2,7 @@
 //! others chosen on monitoring rings; they watch it and report its failure in their link
 //! records), link records, peer views and routes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -34,6 +34,23 @@ const BROKEN_RETRY_INTERVALS: u32 = 20;
 /// How long a gentle member whose watchers all went out of sight keeps its state while a
 /// member on our side takes it over and pings it.
 const GENTLE_ORPHAN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the dissemination trees are built over, as of one topology version: the
+/// adjacency without a root, and the members some record reports lost.
+struct AdjCache<I> {
+    version: u64,
+    adj: Adjacency<I>,
+    reported: HashSet<I>,
+}
+
+/// Whether `id` is gentle, as member `me` (gentle itself or not: `own`) sees it from
+/// `records`: its own setting, or what the newest record of `id` says.
+fn gentle_in<I: NodeId>(me: I, own: bool, records: &BTreeMap<I, Record<I>>, id: &I) -> bool {
+    if *id == me {
+        return own;
+    }
+    records.get(id).is_some_and(|r| r.gentle && !r.left)
+}
 
 /// Counters for tests and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,7 +119,7 @@ pub struct Membership<I: NodeId> {
     views_deadline: Option<Instant>,
     topo_version: u64,
     views_version: u64,
-    adj_cache: Option<(u64, Adjacency<I>)>,
+    adj_cache: Option<AdjCache<I>>,
     outputs: VecDeque<Output<I>>,
     next_ae: Instant,
     /// The link whose next beat carries the anti-entropy digest.

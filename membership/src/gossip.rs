@@ -76,8 +76,9 @@ impl<I: NodeId> Gossip<I> {
 
     /// Hand `item` (just learned from `from`, or originated by `me` when `None`) to the
     /// neighbours this member is responsible for: its children in the breadth-first tree
-    /// rooted at the item's origin over the announced links `adj` (the origin itself sends
-    /// to all its direct neighbours). `neighbours` are the direct links that are not dead.
+    /// rooted at the item's origin over the announced links `adj`, in which the members
+    /// `leaf` names forward nothing (the origin itself sends to all its direct
+    /// neighbours). `neighbours` are the direct links that are not dead.
     /// What a changing topology makes the tree miss, anti-entropy repairs.
     pub(crate) fn disseminate(
         &mut self,
@@ -85,18 +86,20 @@ impl<I: NodeId> Gossip<I> {
         item: Item<I>,
         from: Option<I>,
         adj: &Adjacency<I>,
+        leaf: impl Fn(&I) -> bool,
         neighbours: impl IntoIterator<Item = I>,
     ) {
         let origin = item.origin();
-        let parents = route::bfs_parents(adj, origin);
+        let mut targets: Vec<I> = neighbours
+            .into_iter()
+            .filter(|p| Some(*p) != from && *p != origin)
+            .collect();
         // If our view does not connect the origin to us, we are nobody's parent: the
         // origin's own sends and anti-entropy cover it (forwarding anyway would flood).
-        let root = origin;
-        let targets: Vec<I> = neighbours
-            .into_iter()
-            .filter(|p| Some(*p) != from && *p != origin && *p != root)
-            .filter(|p| origin == me || parents.get(p) == Some(&me))
-            .collect();
+        if origin != me {
+            let parents = route::bfs_parents(adj, origin, leaf, &targets);
+            targets.retain(|p| parents.get(p) == Some(&me));
+        }
         for t in targets {
             self.outbox.entry(t).or_default().push(item.clone());
         }

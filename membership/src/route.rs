@@ -46,20 +46,33 @@ pub(crate) fn shortest_paths<I: Ord + Copy + Hash>(
 /// Breadth-first tree from `root`: child -> parent. Within a level nodes are taken in
 /// ascending id order, so a node's parent is the smallest-id node of the previous level
 /// that announces a link to it. Every member computing this from the same records gets
-/// the same tree, so each node receives an item from exactly one parent.
-pub(crate) fn bfs_parents<I: Ord + Copy + Hash>(adj: &Adjacency<I>, root: I) -> HashMap<I, I> {
+/// the same tree, so each node receives an item from exactly one parent. The edges of a
+/// node `leaf` says yes to are not followed (it forwards nothing), the root's always
+/// are. The walk stops once every node of `wanted` has its parent: a parent, once
+/// set, never changes, so those are the parents of the whole tree.
+pub(crate) fn bfs_parents<I: Ord + Copy + Hash>(
+    adj: &Adjacency<I>,
+    root: I,
+    leaf: impl Fn(&I) -> bool,
+    wanted: &[I],
+) -> HashMap<I, I> {
     let mut parent = HashMap::new();
+    let mut missing: HashSet<I> = wanted.iter().copied().filter(|w| *w != root).collect();
     let mut visited = HashSet::new();
     visited.insert(root);
     let mut level = vec![root];
-    while !level.is_empty() {
+    while !level.is_empty() && !missing.is_empty() {
         let mut next = BTreeSet::new();
         for &u in &level {
+            if u != root && leaf(&u) {
+                continue;
+            }
             let Some(edges) = adj.get(&u) else { continue };
             for &(v, _) in edges {
                 if visited.insert(v) {
                     parent.insert(v, u);
                     next.insert(v);
+                    missing.remove(&v);
                 }
             }
         }
@@ -105,15 +118,39 @@ mod tests {
                 e.push((u, v, 1));
             }
         }
-        let p = bfs_parents(&adj(&e), 3);
+        let p = bfs_parents(&adj(&e), 3, |_| false, &[0, 1, 2, 4]);
         assert_eq!(p.len(), 4);
         assert!(p.values().all(|&x| x == 3));
     }
 
     #[test]
+    fn a_leaf_forwards_nothing_and_the_walk_stops_once_the_wanted_have_parents() {
+        // 0 - 1 - 2 - 3, 0 - 4 - 3
+        let a = adj(&[(0, 1, 1), (1, 2, 1), (2, 3, 1), (0, 4, 1), (4, 3, 1)]);
+        let all = [1, 2, 3, 4];
+        let p = bfs_parents(&a, 0, |_| false, &all);
+        assert_eq!((p[&2], p[&3]), (1, 4));
+        // 4 is a leaf: 3 is reached through 1 and 2 instead.
+        let p = bfs_parents(&a, 0, |n| *n == 4, &all);
+        assert_eq!((p[&2], p[&3], p[&4]), (1, 2, 0));
+        // The root's own edges are followed even when it is a leaf.
+        assert_eq!(bfs_parents(&a, 0, |_| true, &all).len(), 2);
+        // Asked only for 1 and 4 (the first level), the walk goes no further; what it
+        // gives for them is what the whole walk gives.
+        let p = bfs_parents(&a, 0, |_| false, &[1, 4]);
+        assert_eq!(p, HashMap::from([(1, 0), (4, 0)]));
+        assert!(bfs_parents(&a, 0, |_| false, &[]).is_empty());
+    }
+
+    #[test]
     fn tree_parent_is_smallest_previous_level() {
         // 0 - 1, 0 - 2, 1 - 3, 2 - 3
-        let p = bfs_parents(&adj(&[(0, 1, 1), (0, 2, 1), (1, 3, 1), (2, 3, 1)]), 0);
+        let p = bfs_parents(
+            &adj(&[(0, 1, 1), (0, 2, 1), (1, 3, 1), (2, 3, 1)]),
+            0,
+            |_| false,
+            &[1, 2, 3],
+        );
         assert_eq!(p[&3], 1);
         assert_eq!(p[&1], 0);
     }

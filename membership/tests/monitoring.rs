@@ -103,10 +103,13 @@ fn small_mesh_everyone_watches_everyone() {
 #[test]
 fn crash_detection_at_10_30_100() {
     // Detection is the suspicion deadline minus the time from the victim's last beat to
-    // its crash: crashes at points spread evenly over the beat interval, the victim
-    // restarted after each.
+    // its crash: crashes at points spread evenly over the beat interval. At N = 10 and
+    // 30 the victim is restarted after each; at N = 100 the five crashes hit five
+    // different members in turn (a restart there has every member publish a new record,
+    // 30,000 messages and half a minute of the simulator each; restarts at N = 100 are
+    // tested in sim.rs).
     let p = Config::default().probe_interval;
-    for (n, trials) in [(10u32, 10u32), (30, 10), (100, 5)] {
+    for (n, trials, restart) in [(10u32, 10u32, true), (30, 10, true), (100, 5, false)] {
         let mut sim = mesh(n, 300 + u64::from(n));
         let mut times = Vec::new();
         for t in 0..trials {
@@ -114,12 +117,14 @@ fn crash_detection_at_10_30_100() {
             sim.run_until_sends(victim);
             sim.run_for(p * (2 * t + 1) / (2 * trials) - ms(1));
             times.push(crash(&mut sim, victim));
-            sim.restart(victim);
-            sim.run_for(ms(2500));
-            assert!(
-                sim.all_active(),
-                "n={n}: restarted {victim} is active again"
-            );
+            if restart {
+                sim.restart(victim);
+                sim.run_for(ms(2500));
+                assert!(
+                    sim.all_active(),
+                    "n={n}: restarted {victim} is active again"
+                );
+            }
         }
         let (p50, max) = (quantile(&times, 0.5), quantile(&times, 1.0));
         eprintln!("n={n}: crash seen everywhere p50 {p50:?} max {max:?} of {times:?}");

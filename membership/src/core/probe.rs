@@ -81,7 +81,6 @@ impl<I: NodeId> Membership<I> {
     /// members: 8 packets per second and member on top of the heartbeats, 20 s after
     /// the mesh formed). A record with a changed link carries the current times anyway.
     fn someone_routes(&mut self) -> bool {
-        let adj = self.adjacency();
         let mut up: Vec<I> = self
             .roster
             .iter()
@@ -89,6 +88,7 @@ impl<I: NodeId> Membership<I> {
             .copied()
             .collect();
         up.push(self.me);
+        let adj = self.adjacency();
         let linked = |a: &I, b: &I| adj.get(a).is_some_and(|e| e.iter().any(|(p, _)| p == b));
         up.iter()
             .enumerate()

@@ -102,31 +102,24 @@ impl<I: NodeId> Membership<I> {
     pub(super) fn disseminate(&mut self, item: Item<I>, from: Option<I>, minor: bool) {
         let origin = item.origin();
         let root_is_left = self.is_left(&origin) && origin != self.me;
-        let root_reported = self.records.values().any(|r| {
-            r.links
-                .iter()
-                .any(|e| e.peer == origin && e.watch == Watch::Lost)
-        });
-        let mut adj = if root_is_left || root_reported {
-            self.build_adjacency(Some(origin))
-        } else {
-            self.adjacency()
-        };
-        // A gentle member (on battery) forwards nobody's items: it is a leaf of every
-        // tree but its own, so what others publish costs it one receipt, never a send.
-        for (id, edges) in adj.iter_mut() {
-            if *id != origin && self.gentle_member(id) {
-                edges.clear();
-            }
-        }
+        let root_reported = self.adjacency_cache().reported.contains(&origin);
+        let own = (root_is_left || root_reported).then(|| self.build_adjacency(Some(origin)));
         let neighbours = self
             .links
             .iter()
             .filter(|(p, l)| l.usable() && !(minor && self.gentle_member(p)))
             .map(|(p, _)| *p)
             .collect::<Vec<_>>();
+        let adj = match &own {
+            Some(adj) => adj,
+            None => &self.adj_cache.as_ref().expect("refreshed above").adj,
+        };
+        // A gentle member (on battery) forwards nobody's items: it is a leaf of every
+        // tree but its own, so what others publish costs it one receipt, never a send.
+        let (me, gentle, records) = (self.me, self.gentle, &self.records);
+        let leaf = |id: &I| gentle_in(me, gentle, records, id);
         self.gossip
-            .disseminate(self.me, item, from, &adj, neighbours);
+            .disseminate(self.me, item, from, adj, leaf, neighbours);
     }
 
     /// The links of the dissemination tree, as announced: ours from the link table (what
@@ -134,15 +127,32 @@ impl<I: NodeId> Membership<I> {
     /// does not count. A left member, and a member any record reports lost (it may be dead: it
     /// must not be the only way to a part of the tree), contribute no links unless they
     /// are `root`. Every member computes the same from the same records.
-    pub(super) fn adjacency(&mut self) -> Adjacency<I> {
-        if let Some((v, adj)) = &self.adj_cache {
-            if *v == self.topo_version {
-                return adj.clone();
-            }
+    pub(super) fn adjacency(&mut self) -> &Adjacency<I> {
+        &self.adjacency_cache().adj
+    }
+
+    /// The adjacency without a root, and the members some record reports lost, as of
+    /// the current topology (both change only with it).
+    fn adjacency_cache(&mut self) -> &AdjCache<I> {
+        if self
+            .adj_cache
+            .as_ref()
+            .is_none_or(|c| c.version != self.topo_version)
+        {
+            let reported = self
+                .records
+                .values()
+                .flat_map(|r| r.links.iter())
+                .filter(|e| e.watch == Watch::Lost)
+                .map(|e| e.peer)
+                .collect();
+            self.adj_cache = Some(AdjCache {
+                version: self.topo_version,
+                adj: self.build_adjacency(None),
+                reported,
+            });
         }
-        let adj = self.build_adjacency(None);
-        self.adj_cache = Some((self.topo_version, adj.clone()));
-        adj
+        self.adj_cache.as_ref().expect("just filled")
     }
 
     pub(super) fn build_adjacency(&self, root: Option<I>) -> Adjacency<I> {
@@ -216,7 +226,6 @@ impl<I: NodeId> Membership<I> {
         let now = self.clock;
         let mut deadline: Option<Instant> = None;
         let mut at = |d: Instant| deadline = Some(deadline.map_or(d, |x: Instant| x.min(d)));
-        let mut rows: HashMap<I, Vec<I>> = HashMap::new();
         let mut mine = Vec::new();
         // A gentle member hears nothing while idle: its monitor, while no record reports
         // it lost, is where its chains start.
@@ -251,24 +260,29 @@ impl<I: NodeId> Membership<I> {
                 at(*t + limit);
             }
         }
-        rows.insert(self.me, mine);
-        for (o, rec) in &self.records {
-            if *o == self.me || !self.roster.contains(o) || left.contains(o) {
-                continue;
-            }
-            let vouched = rec
-                .links
-                .iter()
-                .filter(|e| matches!(e.watch, Watch::Alive | Watch::Suspect))
-                .filter(|e| !left.contains(&e.peer))
-                .map(|e| e.peer)
-                .collect();
-            rows.insert(*o, vouched);
-        }
+        // The members each member up vouches for, read from its record as the walk
+        // reaches it.
         let mut reach: HashSet<I> = HashSet::from([self.me]);
         let mut stack = vec![self.me];
+        let mut next: Vec<I> = Vec::new();
         while let Some(u) = stack.pop() {
-            for v in rows.get(&u).into_iter().flatten() {
+            next.clear();
+            if u == self.me {
+                next.extend(&mine);
+            } else if let Some(rec) = self
+                .records
+                .get(&u)
+                .filter(|_| self.roster.contains(&u) && !left.contains(&u))
+            {
+                next.extend(
+                    rec.links
+                        .iter()
+                        .filter(|e| matches!(e.watch, Watch::Alive | Watch::Suspect))
+                        .filter(|e| !left.contains(&e.peer))
+                        .map(|e| e.peer),
+                );
+            }
+            for v in &next {
                 if reach.insert(*v) {
                     stack.push(*v);
                 }

@@ -7,10 +7,7 @@ use super::*;
 impl<I: NodeId> Membership<I> {
     /// Whether `id` is gentle: this member's own setting, or what its newest record says.
     pub(super) fn gentle_member(&self, id: &I) -> bool {
-        if *id == self.me {
-            return self.gentle;
-        }
-        self.records.get(id).is_some_and(|r| r.gentle && !r.left)
+        gentle_in(self.me, self.gentle, &self.records, id)
     }
 
     /// How often `id` beats its monitors (and how often a link to it is pinged).
