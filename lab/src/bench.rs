@@ -107,10 +107,7 @@ fn env_count(name: &str, default: usize) -> usize {
     }
 }
 
-/// `CNSPR_BENCH_TRIALS`, else `default`.
+/// `CNSPR_BENCH_TRIALS` (at least 1), else `default`.
 pub fn trials(default: usize) -> usize {
-    std::env::var("CNSPR_BENCH_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    env_count("CNSPR_BENCH_TRIALS", default)
 }
