@@ -282,7 +282,7 @@ impl Daemon {
 
     /// Sends our roster to every connected member except `except`.
     pub fn gossip_roster(&self, except: Option<DeviceId>) {
-        let snap = self.roster().snapshot();
+        let snap = self.roster().wire_snapshot();
         for peer in self.mesh.connected() {
             if Some(peer) != except {
                 self.mesh.send(&peer, MeshFrame::Roster(snap.clone()));

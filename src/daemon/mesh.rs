@@ -60,7 +60,7 @@ fn open(d: &Arc<Daemon>, pc: PeerConn) {
     let (tx, mut rx) = mpsc::channel::<MeshFrame>(super::outbox::OUTBOX);
     let conn = pc.conn.stable_id();
     if tx
-        .try_send(MeshFrame::Roster(d.roster().snapshot()))
+        .try_send(MeshFrame::Roster(d.roster().wire_snapshot()))
         .is_ok()
     {
         d.mesh.roster_sent.fetch_add(1, Ordering::Relaxed);
@@ -180,12 +180,13 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                     if id == from && !pass_on.contains(&a) {
                         pass_on.push(a);
                     }
-                    if !p.addrs.contains(&a) {
+                    // Learnt from a member: tried after what we found ourselves. A full
+                    // list takes nothing, and changes nothing (no save, no dial): a
+                    // member repeating addresses cannot make every device write its
+                    // peer table once per frame.
+                    if !p.addrs.contains(&a) && p.addrs.len() < super::peers::MAX_ADDRS {
                         d.punches.candidate_changed(&id);
-                        // Learnt from a member: tried after what we found ourselves.
-                        if p.addrs.len() < super::peers::MAX_ADDRS {
-                            p.addrs.push(a);
-                        }
+                        p.addrs.push(a);
                         changed = true;
                         if p.addr.is_none() {
                             p.dial.soon(now);
@@ -263,7 +264,7 @@ fn on_roster(d: &Arc<Daemon>, from: DeviceId, snap: super::roster::RosterSnapsho
     );
     d.membership_changed(applied, Some(from));
     // They lack something we have: answer with ours (once per roster).
-    let ours = d.roster().snapshot();
+    let ours = d.roster().wire_snapshot();
     if let Some(print) =
         super::roster_gossip::answer(&theirs, &ours, from, d.mesh.last_answer(&from))
     {

@@ -142,8 +142,10 @@ fn check_key_and_time(origin: DeviceId, p: &OriginProof, now: u64) -> Result<(),
     if ed25519_id(&p.key) != origin {
         return Err(Refusal::WrongKey);
     }
-    let ahead_ms = p.time_ms as i64 - now as i64;
-    if ahead_ms.unsigned_abs() > WINDOW_MS {
+    // Any u64 from the wire: the difference is taken wide, then told within i64.
+    let ahead = i128::from(p.time_ms) - i128::from(now);
+    if ahead.unsigned_abs() > u128::from(WINDOW_MS) {
+        let ahead_ms = ahead.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         return Err(Refusal::Clock { ahead_ms });
     }
     Ok(())
@@ -313,6 +315,15 @@ mod tests {
             verify_stream(a.id, me, "svc", &p, t - WINDOW_MS - 1),
             Err(Refusal::Clock { ahead_ms }) if ahead_ms > 0
         ));
+        // Times at the ends of the range: refused as far off, never an overflow.
+        for time_ms in [1 << 63, u64::MAX, 0] {
+            let mut far = sign_stream(&a, me, "svc");
+            far.time_ms = time_ms;
+            assert!(matches!(
+                verify_stream(a.id, me, "svc", &far, t),
+                Err(Refusal::Clock { .. })
+            ));
+        }
     }
 
     fn proof(time_ms: u64, nonce: u64) -> OriginProof {

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use transport::DeviceId;
 
 // Paths spelt out: the fuzz crate compiles this file by `#[path]`.
+#[path = "roster/bound.rs"]
+mod bound;
 #[path = "roster/signed.rs"]
 mod signed;
 pub use signed::{MemberEntry, Removal, RosterSnapshot, MAX_MEMBERS, MAX_SIGNERS};
@@ -284,6 +286,7 @@ impl MeshRoster {
         let before = self.judged();
         self.take_in(snap, false);
         self.rejudge();
+        self.shed();
         self.changes_since(before)
     }
 
@@ -293,6 +296,7 @@ impl MeshRoster {
         let before = self.judged();
         self.take_in(new, true);
         self.rejudge();
+        self.shed();
         self.changes_since(before)
     }
 
@@ -357,7 +361,7 @@ impl MeshRoster {
     }
 
     fn hold_entry(&mut self, m: MemberEntry) -> bool {
-        if !self.entries.contains_key(&m.id) && self.entries.len() >= MAX_MEMBERS {
+        if !self.entries.contains_key(&m.id) && !self.room_for_entry(&m) {
             return false;
         }
         let me = self.me;
@@ -388,7 +392,7 @@ impl MeshRoster {
     }
 
     fn hold_removal(&mut self, r: Removal) -> bool {
-        if !self.pool.contains_key(&r.id) && self.pool.len() >= MAX_MEMBERS {
+        if !self.pool.contains_key(&r.id) && !self.room_for_removal(&r) {
             return false;
         }
         let held = self.pool.entry(r.id).or_default();
@@ -551,3 +555,7 @@ struct Judged {
 #[cfg(test)]
 #[path = "roster/tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "roster/bound_tests.rs"]
+mod bound_tests;

@@ -99,7 +99,10 @@ pub fn merge(kept: &[LanIface], new: &[LanIface]) -> Option<Vec<LanIface>> {
         }
     }
     out.truncate(MAX_IFACES);
-    (out != kept).then_some(out)
+    // The same interfaces in another order change nothing: a member that alternates
+    // the order of its list cannot make every device write its peer table each time.
+    let same = out.len() == kept.len() && out.iter().all(|o| kept.contains(o));
+    (!same).then_some(out)
 }
 
 /// The magic packet for `mac`: six 0xFF bytes, then the MAC sixteen times (102 bytes).
@@ -311,6 +314,9 @@ mod tests {
         // Nothing new: no change.
         assert_eq!(merge(&[a], &[a]), None);
         assert_eq!(merge(&[a], &[]), None);
+        // The same list in another order: no change (no write of the peer table).
+        assert_eq!(merge(&[a, b], &[b, a]), None);
+        assert_eq!(merge(&[a, b], &[b]), None);
         // Invalid entries are dropped; more than 8 refuses the whole announcement.
         assert_eq!(
             merge(&[], &[iface([0; 6], "10.0.0.3", 24), a]),

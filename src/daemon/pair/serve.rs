@@ -342,7 +342,7 @@ async fn run_attempt(
             }
             WindowStep::Admit(adm) => {
                 let mesh_name = admit(d, &adm, conn.remote_address());
-                let welcome = hs.welcome(mesh_name.clone(), d.roster().snapshot())?;
+                let welcome = hs.welcome(mesh_name.clone(), d.roster().wire_snapshot())?;
                 if io::write(&mut send, &welcome).await.is_err() {
                     warn!("the joining device went away after proving the code; it is trusted here and will learn the roster when it connects");
                 } else {
