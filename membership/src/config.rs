@@ -34,6 +34,10 @@ pub struct Config {
     pub ping_skip_fraction: f32,
     /// One digest to one neighbour (round robin) per interval repairs missed gossip.
     pub anti_entropy_interval: Duration,
+    /// Broadcast events of others are taken, delivered and passed on. A host that never
+    /// uses broadcasts turns this off: events members send are then dropped on arrival
+    /// (neither kept nor passed on), so no member can make the others carry its payloads.
+    pub events: bool,
     /// Broadcast events are kept this long (and at most `event_buffer_max`) for repair.
     pub event_retain: Duration,
     pub event_buffer_max: usize,
@@ -71,6 +75,7 @@ impl Default for Config {
             monitors: 3,
             ping_skip_fraction: 0.75,
             anti_entropy_interval: Duration::from_secs(1),
+            events: true,
             event_retain: Duration::from_secs(10),
             event_buffer_max: 1024,
             seen_window: 1024,

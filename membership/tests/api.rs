@@ -403,3 +403,62 @@ fn heartbeat_links_that_came_up_apart_beat_in_the_same_wake_up() {
     }
     assert!(wakeups <= 42, "{wakeups} wake-ups in 10 s");
 }
+
+/// Member 1's broadcast as member 2 receives it from 1, and what 2 then does with it
+/// (3 is linked to 2 only).
+fn broadcast_through(events: bool) -> Vec<Output<u32>> {
+    let t0 = Instant::now();
+    let (mut a, mut b) = (
+        Membership::new(1u32, 1, cfg(), t0),
+        Membership::new(2u32, 1, Config { events, ..cfg() }, t0),
+    );
+    a.set_members([1, 2, 3]);
+    b.set_members([1, 2, 3]);
+    // 1 reaches 3 only through 2.
+    up(&mut a, 2, t0);
+    for peer in [1, 3] {
+        up(&mut b, peer, t0);
+    }
+    // Their link records go out (at most one per 50 ms), each to the other.
+    let mut t = t0;
+    for _ in 0..4 {
+        t += ms(60);
+        a.handle_timeout(t);
+        b.handle_timeout(t);
+        for msg in sends(&drain(&mut a), 2) {
+            b.handle_input(Input::Message { from: 1, msg }, t);
+        }
+        for msg in sends(&drain(&mut b), 1) {
+            a.handle_input(Input::Message { from: 2, msg }, t);
+        }
+    }
+    drain(&mut a);
+    drain(&mut b);
+    a.broadcast(b"hello".to_vec(), t);
+    let to_b = sends(&drain(&mut a), 2);
+    assert!(
+        to_b.iter().any(|m| matches!(m, Message::Gossip { .. })),
+        "{to_b:?}"
+    );
+    for msg in to_b {
+        b.handle_input(Input::Message { from: 1, msg }, t);
+    }
+    // Repairs too: what anti-entropy would hand out over the next seconds.
+    let mut out = drain(&mut b);
+    out.extend(silent_until(&mut b, t + ms(3000)));
+    out
+}
+
+#[test]
+fn a_member_that_takes_no_events_neither_delivers_nor_passes_them_on() {
+    let carries_event = |out: &[Output<u32>]| {
+        sends(out, 3).iter().any(|m| {
+            matches!(m, Message::Gossip { items } if items.iter().any(|i| matches!(i, membership::Item::Event(_))))
+        })
+    };
+    let delivered = |out: &[Output<u32>]| out.iter().any(|o| matches!(o, Output::Deliver { .. }));
+    let on = broadcast_through(true);
+    assert!(delivered(&on) && carries_event(&on), "{on:?}");
+    let off = broadcast_through(false);
+    assert!(!delivered(&off) && !carries_event(&off), "{off:?}");
+}

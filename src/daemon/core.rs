@@ -85,11 +85,18 @@ pub fn config(d_cfg: &crate::config::Config) -> Config {
         gentle_interval,
         gentle_suspect_after,
         gentle_unreachable_after: gentle_suspect_after + Duration::from_secs(10),
+        // The daemon carries its messages over QUIC, never as membership broadcasts: a
+        // member's events would only be payloads for every other member to keep and
+        // pass on.
+        events: false,
         ..base
     };
     if c.validate().is_err() {
         warn!("membership timers from the config are inconsistent; using the defaults");
-        return Config::default();
+        return Config {
+            events: false,
+            ..Config::default()
+        };
     }
     c
 }

@@ -303,7 +303,7 @@ impl<I: NodeId> Membership<I> {
             Item::Record(rec) => self.on_record(from, rec, now),
             Item::Event(event) => {
                 let origin = event.id.origin;
-                if origin == self.me || !self.roster.contains(&origin) {
+                if !self.cfg.events || origin == self.me || !self.roster.contains(&origin) {
                     return;
                 }
                 if !self.gossip.first_sighting(event.id) {
