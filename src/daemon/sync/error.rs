@@ -30,6 +30,8 @@ pub enum SyncError {
     Task(#[from] tokio::task::JoinError),
     #[error("the peer closed the sync stream")]
     Closed,
+    #[error("the peer did not answer within {0:?} during a reconciliation")]
+    Stalled(std::time::Duration),
 }
 
 impl SyncError {

@@ -56,10 +56,52 @@ pub async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await?)
 }
 
+/// Longest a reconciliation waits on its peer (a frame from it, or room to write to it)
+/// while it holds a snapshot of the store: an open read transaction keeps the pages
+/// freed after it from being used again, so a peer that stops answering would make the
+/// store file grow with every later write.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `step`, or [`SyncError::Stalled`] if it takes longer than [`STALL`].
+pub async fn within<T>(
+    step: impl std::future::Future<Output = Result<T, SyncError>>,
+) -> Result<T, SyncError> {
+    within_for(STALL, step).await
+}
+
+async fn within_for<T>(
+    limit: std::time::Duration,
+    step: impl std::future::Future<Output = Result<T, SyncError>>,
+) -> Result<T, SyncError> {
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or(Err(SyncError::Stalled(limit)))
+}
+
 /// Sleeps until `at`, or forever.
 pub async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_that_stops_answering_ends_the_step() {
+        let (tx, mut rx) = mpsc::channel::<Result<u8, SyncError>>(1);
+        let limit = std::time::Duration::from_millis(50);
+        // Nothing comes (the sender is kept, so the queue is not closed).
+        let r = within_for(limit, next(&mut rx)).await;
+        assert!(
+            matches!(r, Err(SyncError::Stalled(d)) if d == limit),
+            "{r:?}"
+        );
+        // An answer in time goes through.
+        tx.send(Ok(7)).await.unwrap();
+        assert_eq!(within_for(limit, next(&mut rx)).await.unwrap(), 7);
     }
 }

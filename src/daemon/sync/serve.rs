@@ -10,7 +10,7 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream};
 
 use super::error::SyncError;
-use super::io::{blocking, next, reader};
+use super::io::{blocking, next, reader, within};
 use super::protocol::{recon_frames, BATCH, MAX_DOWN, MAX_UP};
 use super::pull::is_member;
 use super::server::{Heard, Server};
@@ -136,9 +136,9 @@ async fn reconcile(
     server = srv;
     let mut msg = Some(first?);
     while let Some(m) = msg.take() {
-        write_frame(send, &m, MAX_DOWN).await?;
+        within(async { Ok(write_frame(send, &m, MAX_DOWN).await?) }).await?;
         let reply = loop {
-            match server.on_recon_frame(next(rx).await?, store.own())? {
+            match server.on_recon_frame(within(next(rx)).await?, store.own())? {
                 Heard::Reply(r) => break r,
                 Heard::Report(vv) => st.report(peer.0, &vv),
             }
@@ -161,16 +161,18 @@ async fn reconcile(
             .await??;
             server.sending(&changes);
             if !batches.is_empty() {
-                write_frame(send, &Down::ReconBatches(batches), MAX_DOWN).await?;
+                let frame = Down::ReconBatches(batches);
+                within(async { Ok(write_frame(send, &frame, MAX_DOWN).await?) }).await?;
             }
             for frame in recon_frames(changes) {
-                write_frame(send, &frame, MAX_DOWN).await?;
+                within(async { Ok(write_frame(send, &frame, MAX_DOWN).await?) }).await?;
             }
         }
         msg = step.next;
     }
     let (last, rounds, changes) = server.end_recon()?;
     debug!(rounds, changes, "reconciliation done");
-    write_frame(send, &last, MAX_DOWN).await?;
+    drop(snap);
+    within(async { Ok(write_frame(send, &last, MAX_DOWN).await?) }).await?;
     Ok(server)
 }
