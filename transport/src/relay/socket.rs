@@ -13,6 +13,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
+use super::keys::RelayKeys;
 use super::member::{self, Members, FORWARD};
 use super::{header_id, is_virtual, virtual_addr, HEADER, MARKER, MAX_DATAGRAM};
 use crate::id::DeviceId;
@@ -84,6 +85,8 @@ pub struct Relays {
     /// Notified when a relay link comes or goes.
     changed: tokio::sync::Notify,
     pub stats: RelayStats,
+    /// The relays' keys, derived from their secrets.
+    pub keys: Arc<RelayKeys>,
 }
 
 impl Relays {
@@ -101,6 +104,7 @@ impl Relays {
             problems: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
             stats: RelayStats::default(),
+            keys: Arc::new(RelayKeys::new()),
         })
     }
 
