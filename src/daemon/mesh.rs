@@ -213,12 +213,28 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                 warn!(peer = %from.short(), "oversized relay gossip ignored");
                 return;
             }
-            let members = &d.members;
-            let me = d.id();
-            if d.relays
-                .merge(entries, |s| *s == me || members.is_member(s))
-            {
-                d.relays_changed(Some(from));
+            let merge = move |d: &Arc<Daemon>, entries| {
+                let (members, me) = (&d.members, d.id());
+                if d.relays
+                    .merge(entries, |s| *s == me || members.is_member(s))
+                {
+                    d.relays_changed(Some(from));
+                }
+            };
+            // A few at once, then one per interval (`RelayBook::admit`).
+            match d.relays.admit(from, entries, std::time::Instant::now()) {
+                Admit::Now(entries) => merge(d, entries),
+                Admit::Queued => {}
+                Admit::Later(wait) => {
+                    let d = d.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let now = std::time::Instant::now();
+                        if let Some(entries) = d.relays.take_pending(&from, now) {
+                            merge(&d, entries);
+                        }
+                    });
+                }
             }
         }
         MeshFrame::Roster(snap) => {

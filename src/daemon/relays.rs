@@ -6,12 +6,18 @@
 //! `removed`, that it no longer is), signed by the member that recorded it. Per address
 //! the entry with the highest `(version, signer)` wins, whatever the order gossip brings
 //! them in; removals stay as entries so that an old addition cannot come back.
+//!
+//! A member's relay frames are merged a few at once, then one per [`RELAYS_INTERVAL`]
+//! (its later frame, a superset of its earlier ones, waits its turn): every change makes
+//! each member save the book and pass it on, and a relay with a new secret costs a key
+//! derivation (`transport::relay::keys`, bounded there too).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use transport::identity::{ed25519_id, verify_signature};
@@ -19,12 +25,19 @@ use transport::relay::link::RelaySpec;
 use transport::relay::{check_secret, TAG_LEN};
 use transport::{DeviceId, Identity};
 
+use super::roster_gossip::{Admit, Gate};
+
 /// File of the relay entries inside the state directory.
 pub const RELAYS_FILE: &str = "relays.json";
 /// Most entries (relays and removed relays) kept; gossip beyond is ignored.
 pub const MAX_ENTRIES: usize = 64;
 /// Most characters of a relay address (`HOST:PORT`).
 pub const MAX_ADDR: usize = 255;
+
+/// Relay frames of one member merged at once (a connection's greeting, a change), then
+/// one per [`RELAYS_INTERVAL`].
+pub const RELAYS_BURST: u32 = 4;
+pub const RELAYS_INTERVAL: Duration = Duration::from_secs(5);
 
 const DOMAIN: &[u8] = b"cnspr relay entry v1\0";
 
@@ -168,11 +181,19 @@ pub fn merge(
     changed
 }
 
-/// This device's relay entries, persisted.
-#[derive(Debug)]
+/// This device's relay entries, persisted; and the gate of the members' relay frames.
 pub struct RelayBook {
     entries: Mutex<BTreeMap<String, RelayEntry>>,
     path: PathBuf,
+    gate: Gate<Vec<RelayEntry>>,
+}
+
+impl std::fmt::Debug for RelayBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBook")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RelayBook {
@@ -197,6 +218,7 @@ impl RelayBook {
         Ok(RelayBook {
             entries: Mutex::new(entries),
             path,
+            gate: Gate::new(RELAYS_BURST, RELAYS_INTERVAL),
         })
     }
 
@@ -224,6 +246,22 @@ impl RelayBook {
             }
         }
         changed
+    }
+
+    /// A relay frame of member `from` at `now`: merge it now, or its latest frame when
+    /// its turn comes ([`RelayBook::take_pending`]).
+    pub fn admit(
+        &self,
+        from: DeviceId,
+        entries: Vec<RelayEntry>,
+        now: Instant,
+    ) -> Admit<Vec<RelayEntry>> {
+        self.gate.admit(from, entries, now)
+    }
+
+    /// The latest relay frame of `from`, now its turn has come.
+    pub fn take_pending(&self, from: &DeviceId, now: Instant) -> Option<Vec<RelayEntry>> {
+        self.gate.take_pending(from, now)
     }
 
     /// The current entry of `addr`, if any (removed or not).
@@ -315,5 +353,55 @@ mod tests {
         assert_eq!(again.specs().len(), 1);
         std::fs::write(dir.path().join(RELAYS_FILE), b"{").unwrap();
         assert!(RelayBook::load(dir.path(), |_| true).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_relay_frames_costs_a_few_key_derivations() {
+        use std::sync::Arc;
+        use transport::{Endpoint, EndpointConfig, Roster};
+        let dir = tempfile::tempdir().unwrap();
+        let me = Arc::new(Identity::generate("me").unwrap());
+        let member = Identity::generate("m").unwrap();
+        let trusted = |s: &DeviceId| *s == member.id;
+        let book = RelayBook::load(dir.path(), trusted).unwrap();
+        let endpoint = Endpoint::bind(me, Roster::new(), EndpointConfig::for_test()).unwrap();
+        let keys = endpoint.relays().keys.clone();
+        let secret = |i: u64| format!("flood-secret-{i:04}-of-a-stolen-member");
+        // What the daemon does with a relay frame of `member` (`MeshFrame::Relays`),
+        // all at one instant: 100 frames, each one changing the secret of a relay.
+        let t0 = Instant::now();
+        let mut merged = 0;
+        for i in 1..=100u64 {
+            let e = RelayEntry::sign(&member, "127.0.0.1:9", &secret(i), &[7; 16], false, i);
+            if let Admit::Now(entries) = book.admit(member.id, vec![e], t0) {
+                assert!(book.merge(entries, trusted));
+                endpoint.set_relays(&book.specs());
+                merged += 1;
+            }
+        }
+        assert_eq!(merged, RELAYS_BURST);
+        // The member's latest frame, when its turn comes: the change is not lost.
+        let later = t0 + RELAYS_INTERVAL;
+        let last = book
+            .take_pending(&member.id, later)
+            .expect("the latest frame");
+        assert!(book.take_pending(&member.id, later).is_none());
+        assert!(book.merge(last, trusted));
+        endpoint.set_relays(&book.specs());
+        assert_eq!(book.specs()[0].secret, secret(100));
+        // The relay of the latest secret gets its key: the link goes on to the relay.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while keys.cached(&secret(100)).is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the latest key never came"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let derived = keys.derived();
+        assert!(
+            (1..=u64::from(RELAYS_BURST) + 1).contains(&derived),
+            "{derived} key derivations for 100 relay frames"
+        );
     }
 }

@@ -151,88 +151,105 @@ mod tests {
 pub const ROSTER_BURST: u32 = 4;
 pub const ROSTER_INTERVAL: Duration = Duration::from_millis(250);
 
-/// What to do with a roster frame ([`RosterGate::admit`]).
+/// What to do with a frame ([`Gate::admit`]).
 #[derive(Debug)]
-pub enum Admit {
+pub enum Admit<T> {
     /// Merge it now.
-    Now(RosterSnapshot),
+    Now(T),
     /// Kept as this member's pending frame: merge what is pending after this long.
     Later(Duration),
     /// Kept as this member's pending frame; a merge is already due.
     Queued,
 }
 
-struct GateState {
+struct GateState<T> {
     /// Merges allowed now (refilled one per interval, up to the burst).
     tokens: u32,
     refilled: Instant,
-    pending: Option<RosterSnapshot>,
+    pending: Option<T>,
 }
 
-/// Per member, a burst of [`ROSTER_BURST`] roster merges, then one per
-/// [`ROSTER_INTERVAL`].
-#[derive(Default)]
-pub struct RosterGate {
-    state: Mutex<HashMap<DeviceId, GateState>>,
+/// Per member, a burst of merges, then one per interval, of frames of a kind in which a
+/// member's later frame supersedes its earlier ones (its whole roster, its whole relay
+/// book): what comes faster waits, and only the latest is kept.
+pub struct Gate<T> {
+    burst: u32,
+    interval: Duration,
+    state: Mutex<HashMap<DeviceId, GateState<T>>>,
 }
 
-impl GateState {
-    fn refill(&mut self, now: Instant) {
+/// Roster frames: a burst of [`ROSTER_BURST`], then one per [`ROSTER_INTERVAL`].
+pub type RosterGate = Gate<RosterSnapshot>;
+
+impl Default for RosterGate {
+    fn default() -> Self {
+        Gate::new(ROSTER_BURST, ROSTER_INTERVAL)
+    }
+}
+
+impl<T> GateState<T> {
+    fn refill(&mut self, now: Instant, burst: u32, interval: Duration) {
         let periods =
-            now.saturating_duration_since(self.refilled).as_millis() / ROSTER_INTERVAL.as_millis();
+            now.saturating_duration_since(self.refilled).as_millis() / interval.as_millis();
         if periods > 0 {
             let periods = u32::try_from(periods).unwrap_or(u32::MAX);
-            self.tokens = self.tokens.saturating_add(periods).min(ROSTER_BURST);
-            self.refilled += ROSTER_INTERVAL * periods.min(ROSTER_BURST);
-            if self.tokens == ROSTER_BURST {
+            self.tokens = self.tokens.saturating_add(periods).min(burst);
+            self.refilled += interval * periods.min(burst);
+            if self.tokens == burst {
                 self.refilled = now;
             }
         }
     }
-
-    /// When the next merge is allowed.
-    fn next(&self) -> Instant {
-        self.refilled + ROSTER_INTERVAL
-    }
 }
 
-impl RosterGate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, GateState>> {
+impl<T> Gate<T> {
+    /// `burst` merges at once, then one per `interval` (not zero).
+    pub fn new(burst: u32, interval: Duration) -> Self {
+        Gate {
+            burst,
+            interval: interval.max(Duration::from_millis(1)),
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, GateState<T>>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A roster frame from `from` at `now`.
-    pub fn admit(&self, from: DeviceId, snap: RosterSnapshot, now: Instant) -> Admit {
+    /// A frame from `from` at `now`.
+    pub fn admit(&self, from: DeviceId, frame: T, now: Instant) -> Admit<T> {
         let mut all = self.lock();
-        // One entry per member that sends rosters (only members' mesh streams get here).
+        // One entry per member that sends such frames (only members' mesh streams get
+        // here).
         if all.len() > 4096 && !all.contains_key(&from) {
             all.clear();
         }
         let g = all.entry(from).or_insert(GateState {
-            tokens: ROSTER_BURST,
+            tokens: self.burst,
             refilled: now,
             pending: None,
         });
-        g.refill(now);
+        g.refill(now, self.burst, self.interval);
         if g.pending.is_none() && g.tokens > 0 {
             g.tokens -= 1;
-            return Admit::Now(snap);
+            return Admit::Now(frame);
         }
-        if g.pending.replace(snap).is_some() {
+        if g.pending.replace(frame).is_some() {
             Admit::Queued
         } else {
-            Admit::Later(g.next().saturating_duration_since(now))
+            // When the next merge is allowed.
+            Admit::Later((g.refilled + self.interval).saturating_duration_since(now))
         }
     }
 
     /// The pending frame of `from`, now its turn has come.
-    pub fn take_pending(&self, from: &DeviceId, now: Instant) -> Option<RosterSnapshot> {
+    pub fn take_pending(&self, from: &DeviceId, now: Instant) -> Option<T> {
         let mut all = self.lock();
         let g = all.get_mut(from)?;
-        g.refill(now);
-        let snap = g.pending.take()?;
+        g.refill(now, self.burst, self.interval);
+        let frame = g.pending.take()?;
         g.tokens = g.tokens.saturating_sub(1);
-        Some(snap)
+        Some(frame)
     }
 }
 

@@ -33,6 +33,7 @@ mod accept;
 mod dial;
 mod large;
 mod relays;
+mod revocation;
 
 /// Hello feature of a connection dialled because the dialler's address changed under the
 /// old one: it replaces the old connection on both sides, whichever side dialled that one.
@@ -223,7 +224,7 @@ impl Endpoint {
                 .local_addr()
                 .map_err(|source| TransportError::Bind { addr, source })?;
             let relays = relays
-                .get_or_insert_with(|| Relays::new(bound.is_ipv6()))
+                .get_or_insert_with(|| Relays::new(bound.is_ipv6(), roster.clone()))
                 .clone();
             let runtime = Arc::new(crate::runtime::QuietRuntime);
             let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket)
@@ -242,6 +243,7 @@ impl Endpoint {
         // All slots are allocated at once; a subscriber that lags reads `connections()`.
         let (events, _) = broadcast::channel(128);
         let (incoming_tx, incoming_rx) = mpsc::channel(256);
+        let relays = relays.unwrap_or_else(|| Relays::new(true, roster.clone()));
         let ep = Endpoint {
             inner: Arc::new(Inner {
                 identity,
@@ -258,7 +260,7 @@ impl Endpoint {
                 events,
                 incoming_tx,
                 incoming_rx: Mutex::new(Some(incoming_rx)),
-                relays: relays.unwrap_or_else(|| Relays::new(true)),
+                relays,
                 relay_tasks: Mutex::new(HashMap::new()),
             }),
         };
@@ -533,28 +535,6 @@ impl Endpoint {
                 peer: pc.peer,
                 reason,
             });
-        }
-    }
-
-    async fn revocation_loop(self) {
-        let mut removals = self.inner.roster.subscribe_removals();
-        loop {
-            let victims: Vec<PeerConn> = match removals.recv().await {
-                Ok(id) => self.connection(&id).into_iter().collect(),
-                Err(broadcast::error::RecvError::Lagged(_)) => self
-                    .connections()
-                    .into_iter()
-                    .filter(|c| !self.inner.roster.contains(&c.peer))
-                    .collect(),
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            for c in victims {
-                info!(peer = %c.peer.short(), "removed from roster, closing its connection");
-                c.conn.close(
-                    VarInt::from_u32(close_code::REVOKED),
-                    b"removed from roster",
-                );
-            }
         }
     }
 

@@ -30,6 +30,7 @@ use crate::id::DeviceId;
 use crate::identity::{spki_id, Identity};
 use crate::tls::{CertPolicy, DeviceVerifier, TlsError};
 
+pub mod keys;
 pub mod link;
 pub mod member;
 mod registry;
@@ -194,13 +195,13 @@ pub fn server_tls(
     crate::tls::server_config_with(identity, verifier, ALPN, provider)
 }
 
-/// A device's TLS client configuration towards the relay of `secret`.
+/// A device's TLS client configuration towards the relay whose key has device ID
+/// `expected` (from its secret: [`keys::RelayKeys`]).
 pub fn client_tls(
     identity: &Identity,
-    secret: &str,
+    expected: DeviceId,
     provider: Arc<CryptoProvider>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let expected = relay_identity(secret).id;
     let verifier = Arc::new(DeviceVerifier::with_policy(Exactly(expected), &provider));
     crate::tls::client_config_with(identity, verifier, ALPN, provider)
 }

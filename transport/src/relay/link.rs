@@ -53,21 +53,18 @@ static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 /// Keeps this device registered with `spec`'s relay until the task is aborted.
 pub async fn run(ctx: LinkCtx, spec: RelaySpec) {
-    // The relay's key takes a moment to derive: once, off the runtime's thread.
-    let (identity, provider, secret) = (
-        ctx.identity.clone(),
-        ctx.provider.clone(),
-        spec.secret.clone(),
-    );
-    let tls =
-        match tokio::task::spawn_blocking(move || client_tls(&identity, &secret, provider)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                ctx.relays.set_problem(&spec.addr, Some(e.to_string()));
-                return;
-            }
-            Err(_) => return,
-        };
+    // The relay's key takes a moment to derive: once per secret, one at a time, off the
+    // runtime's threads, at a bounded rate (`keys`); nothing else happens until then.
+    let Some(expected) = ctx.relays.keys.relay_id(&spec.secret).await else {
+        return;
+    };
+    let tls = match client_tls(&ctx.identity, expected, ctx.provider.clone()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            ctx.relays.set_problem(&spec.addr, Some(e.to_string()));
+            return;
+        }
+    };
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();

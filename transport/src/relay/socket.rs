@@ -13,9 +13,14 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
+use super::keys::RelayKeys;
 use super::member::{self, Members, FORWARD};
 use super::{header_id, is_virtual, virtual_addr, HEADER, MARKER, MAX_DATAGRAM};
 use crate::id::DeviceId;
+use crate::roster::Roster;
+
+mod frames;
+pub use frames::take_frames;
 
 /// Relayed datagrams waiting for quinn when they came faster than it reads (TCP links).
 const MAX_INBOX: usize = 4096;
@@ -54,12 +59,19 @@ pub struct RelayStats {
     pub unroutable: AtomicU64,
     /// Datagrams passed on for other members (`member.rs`).
     pub forwarded: AtomicU64,
+    /// Relayed datagrams dropped because their sender is no device this endpoint accepts
+    /// (see [`Relays::accepts`]).
+    pub strangers: AtomicU64,
 }
 
 /// What the socket and the endpoint share about relays.
 #[derive(Debug)]
 pub struct Relays {
     v6: bool,
+    /// The endpoint's roster: only its devices' relayed datagrams are taken.
+    roster: Roster,
+    /// Virtual addresses of the devices that were dialled or sent through a relay (only
+    /// devices [`Relays::accepts`] takes: at most the roster and its removed devices).
     names: Mutex<HashMap<SocketAddr, DeviceId>>,
     links: Mutex<Vec<Link>>,
     /// Members connected directly: they may relay for us and we for them.
@@ -73,12 +85,16 @@ pub struct Relays {
     /// Notified when a relay link comes or goes.
     changed: tokio::sync::Notify,
     pub stats: RelayStats,
+    /// The relays' keys, derived from their secrets.
+    pub keys: Arc<RelayKeys>,
 }
 
 impl Relays {
-    pub fn new(v6: bool) -> Arc<Relays> {
+    /// `roster`: the endpoint's (relayed datagrams are taken from its devices only).
+    pub fn new(v6: bool, roster: Roster) -> Arc<Relays> {
         Arc::new(Relays {
             v6,
+            roster,
             names: Mutex::new(HashMap::new()),
             links: Mutex::new(Vec::new()),
             members: Mutex::new(Members::default()),
@@ -88,7 +104,23 @@ impl Relays {
             problems: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
             stats: RelayStats::default(),
+            keys: Arc::new(RelayKeys::new()),
         })
+    }
+
+    /// Whether relayed datagrams from `id` are taken: the devices the endpoint could
+    /// accept a connection from (the roster, and removed devices that are to be told so,
+    /// as `InRoster` in `crate::tls`). Others could only make the endpoint remember
+    /// their names.
+    pub fn accepts(&self, id: &DeviceId) -> bool {
+        self.roster.contains(id) || self.roster.notice(id).is_some()
+    }
+
+    /// Forgets the virtual addresses and routes of the devices `keep` refuses (removed
+    /// from the roster), and routes through such a device.
+    pub fn forget(&self, keep: impl Fn(&DeviceId) -> bool) {
+        lock(&self.names).retain(|_, id| keep(id));
+        lock(&self.via).retain(|peer, (m, _)| keep(peer) && keep(m));
     }
 
     /// The virtual address of `peer` on this socket (remembered, to send to it).
@@ -208,27 +240,43 @@ impl Relays {
         }
     }
 
-    /// A relayed datagram (`MARKER | sender | packet`), for quinn; false if it is not one.
+    /// A relayed datagram (`MARKER | sender | packet`) from a relay's TCP link, for
+    /// quinn; true when it was queued (false: it is not one, its sender is not accepted,
+    /// or quinn is too far behind).
     pub fn deliver(&self, frame: &[u8]) -> bool {
-        let Some(from) = header_id(frame) else {
-            return false;
-        };
+        self.take(None, frame) == Some(true)
+    }
+
+    /// A relayed datagram that came from `relay` (the address of a relay or of a member
+    /// connected directly; `None`: a relay's TCP link): queued for quinn if its sender is
+    /// a device [`Relays::accepts`], else dropped and counted. `None` when it is not a
+    /// relayed datagram; else whether it was queued.
+    fn take(&self, relay: Option<&SocketAddr>, frame: &[u8]) -> Option<bool> {
+        let from = header_id(frame)?;
+        if !self.accepts(&from) {
+            self.stats.strangers.fetch_add(1, Ordering::Relaxed);
+            return Some(false);
+        }
+        if let Some(relay) = relay {
+            self.learn_via(from, relay);
+        }
         let addr = self.address_of(&from);
         {
             let mut inbox = lock(&self.inbox);
             if inbox.len() >= MAX_INBOX {
-                return true;
+                return Some(false);
             }
             inbox.push_back((addr, frame[HEADER..].to_vec()));
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        true
+        Some(true)
     }
 
     /// Turns an entry of relayed datagrams from one sender (GRO puts a burst from the
     /// relay in one entry) into that sender's packets in place: each header goes, the
     /// stride shrinks by its length, and the entry comes from the sender's virtual
-    /// address. False (nothing changed) when the entry is anything else.
+    /// address; an entry from a sender that is not accepted is emptied (length 0). False
+    /// (nothing changed) when the entry is anything else.
     fn unwrap_in_place(&self, buf: &mut [u8], m: &mut RecvMeta) -> bool {
         let stride = if m.stride == 0 { m.len } else { m.stride };
         if buf.first() != Some(&MARKER) || !self.is_relay(&m.addr) {
@@ -237,6 +285,12 @@ impl Relays {
         let Some(sender) = member::one_header(buf, m.len, stride, MARKER) else {
             return false;
         };
+        if !self.accepts(&sender) {
+            let count = m.len.div_ceil(stride) as u64;
+            self.stats.strangers.fetch_add(count, Ordering::Relaxed);
+            m.len = 0;
+            return true;
+        }
         let (mut out, mut at, mut count) = (0, 0, 0u64);
         while at < m.len {
             let end = (at + stride).min(m.len);
@@ -284,54 +338,6 @@ impl Relays {
         }
         n
     }
-}
-
-/// Takes the relayed datagrams out of `n` received entries: each one that `take(source,
-/// datagram)` consumes is removed (GRO may have put several datagrams in one entry, at
-/// `stride` intervals), and the rest is moved together. Returns how many entries remain.
-pub fn take_frames(
-    bufs: &mut [IoSliceMut<'_>],
-    meta: &mut [RecvMeta],
-    n: usize,
-    mut take: impl FnMut(SocketAddr, &[u8]) -> bool,
-) -> usize {
-    let mut out = 0;
-    for i in 0..n {
-        let m = meta[i];
-        let stride = if m.stride == 0 { m.len } else { m.stride };
-        let mut len = m.len;
-        if stride > 0
-            && (0..m.len)
-                .step_by(stride)
-                .any(|at| matches!(bufs[i][at], MARKER | FORWARD))
-        {
-            // Keep the segments not taken, in order, at the front of the buffer; only the
-            // last one may be short, as before.
-            let mut kept = 0;
-            let mut at = 0;
-            while at < m.len {
-                let end = (at + stride).min(m.len);
-                let consumed =
-                    matches!(bufs[i][at], MARKER | FORWARD) && take(m.addr, &bufs[i][at..end]);
-                if !consumed {
-                    bufs[i].copy_within(at..end, kept);
-                    kept += end - at;
-                }
-                at = end;
-            }
-            len = kept;
-        }
-        if len == 0 {
-            continue;
-        }
-        if out != i {
-            let (front, back) = bufs.split_at_mut(i);
-            front[out][..len].copy_from_slice(&back[0][..len]);
-        }
-        meta[out] = RecvMeta { len, ..m };
-        out += 1;
-    }
-    out
 }
 
 /// The wrapped socket (see the module documentation).
@@ -525,12 +531,7 @@ impl AsyncUdpSocket for RelaySocket {
                     self.forward_entry(&mut one, &mut m);
                     return true;
                 }
-                relays.is_relay(&from) && relays.deliver(frame) && {
-                    if let Some(sender) = header_id(frame) {
-                        relays.learn_via(sender, &from);
-                    }
-                    true
-                }
+                relays.is_relay(&from) && relays.take(Some(&from), frame).is_some()
             });
             n += relays.drain(&mut bufs[n..], &mut meta[n..]);
             if n > 0 {

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// A roster that trusts `ids`.
+fn roster_of(ids: &[DeviceId]) -> Roster {
+    let r = Roster::new();
+    for id in ids {
+        r.insert(*id);
+    }
+    r
+}
+
 fn entry(addr: &str, len: usize, stride: usize) -> RecvMeta {
     RecvMeta {
         addr: addr.parse().unwrap(),
@@ -66,14 +75,14 @@ fn an_emptied_entry_is_dropped_and_later_ones_move_up() {
 
 #[test]
 fn a_burst_from_one_sender_is_unwrapped_in_place() {
-    let relays = Relays::new(false);
+    let sender = DeviceId([5u8; 32]);
+    let relays = Relays::new(false, roster_of(&[sender]));
     relays.add_link(Link {
         label: "r".into(),
         path: LinkPath::Udp("1.2.3.4:5".parse().unwrap()),
         observed: "9.9.9.9:9".parse().unwrap(),
         serial: 1,
     });
-    let sender = DeviceId([5u8; 32]);
     let mut buf = Vec::new();
     for (i, len) in [(1u8, 10usize), (2, 10), (3, 4)] {
         buf.push(MARKER);
@@ -102,8 +111,8 @@ fn a_burst_from_one_sender_is_unwrapped_in_place() {
 
 #[test]
 fn delivered_frames_come_out_from_the_senders_virtual_address() {
-    let relays = Relays::new(true);
     let sender = DeviceId([3u8; 32]);
+    let relays = Relays::new(true, roster_of(&[sender]));
     let mut f = vec![MARKER];
     f.extend_from_slice(&sender.0);
     f.extend_from_slice(b"packet");
@@ -134,14 +143,14 @@ async fn a_member_passes_on_only_between_two_members_connected_directly() {
     to_b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
     let inner = quinn::TokioRuntime.wrap_udp_socket(here).unwrap();
-    let relays = Relays::new(false);
+    let (a, b) = (DeviceId([1; 32]), DeviceId([2; 32]));
+    let relays = Relays::new(false, roster_of(&[a, b]));
     let sock = RelaySocket::new(inner, relays.clone());
     // The socket is known writable (as in the endpoint, where quinn polls it first).
     let mut poller = sock.clone().create_io_poller();
     std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
         .await
         .unwrap();
-    let (a, b) = (DeviceId([1; 32]), DeviceId([2; 32]));
     let a_addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
     relays.set_members([(a, a_addr), (b, to_b.local_addr().unwrap())]);
 
@@ -177,4 +186,167 @@ async fn a_member_passes_on_only_between_two_members_connected_directly() {
     let mut m = entry("127.0.0.1:40001", f.len(), f.len());
     sock.forward_entry(&mut f, &mut m);
     assert_eq!(m.len, HEADER);
+}
+
+/// `MARKER | sender | body`.
+fn relayed(sender: &DeviceId, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![MARKER];
+    f.extend_from_slice(&sender.0);
+    f.extend_from_slice(body);
+    f
+}
+
+fn random_id() -> DeviceId {
+    let mut id = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).unwrap();
+    DeviceId(id)
+}
+
+fn remembered(relays: &Relays) -> (usize, usize) {
+    (lock(&relays.names).len(), lock(&relays.via).len())
+}
+
+#[test]
+fn strangers_are_dropped_at_every_entrance_and_leave_nothing_behind() {
+    let (m, x, told) = (DeviceId([7; 32]), DeviceId([9; 32]), DeviceId([8; 32]));
+    let roster = roster_of(&[m, x]);
+    // A removed device that is to be told so: the endpoint still takes its packets.
+    roster.set_notice(told, Some("removed".into()));
+    let relays = Relays::new(false, roster.clone());
+    relays.add_link(Link {
+        label: "r".into(),
+        path: LinkPath::Udp("1.2.3.4:5".parse().unwrap()),
+        observed: "9.9.9.9:9".parse().unwrap(),
+        serial: 1,
+    });
+    let member: SocketAddr = "5.6.7.8:9".parse().unwrap();
+    relays.set_members([(x, member)]);
+    let burst = |id: &DeviceId| {
+        let mut b = Vec::new();
+        for _ in 0..3 {
+            b.extend_from_slice(&relayed(id, &[0x40; 10]));
+        }
+        b
+    };
+    for _ in 0..1000 {
+        let id = random_id();
+        // Over a relay's TCP link; a GRO burst from the relay; one datagram from a member.
+        assert!(!relays.deliver(&relayed(&id, b"packet")));
+        let mut b = burst(&id);
+        let mut e = entry("1.2.3.4:5", b.len(), HEADER + 10);
+        assert!(relays.unwrap_in_place(&mut b, &mut e));
+        assert_eq!(e.len, 0, "an emptied entry goes nowhere");
+        assert_eq!(
+            relays.take(Some(&member), &relayed(&id, b"packet")),
+            Some(false)
+        );
+    }
+    assert_eq!(remembered(&relays), (0, 0));
+    assert!(lock(&relays.inbox).is_empty());
+    assert_eq!(relays.stats.strangers.load(Ordering::Relaxed), 5000);
+    assert_eq!(relays.stats.received.load(Ordering::Relaxed), 0);
+
+    // Members, and the removed device to be told, get through every way.
+    assert!(relays.deliver(&relayed(&m, b"packet")));
+    assert!(relays.deliver(&relayed(&told, b"packet")));
+    let mut b = burst(&m);
+    let mut e = entry("5.6.7.8:9", b.len(), HEADER + 10);
+    assert!(relays.unwrap_in_place(&mut b, &mut e));
+    assert_eq!((e.len, e.addr), (30, virtual_addr(&m, false)));
+    assert_eq!(
+        relays.via_of(&m),
+        Some(x),
+        "answers go back through the member"
+    );
+    assert_eq!(remembered(&relays), (2, 1));
+
+    // Removed, and no longer to be told: forgotten.
+    roster.remove(&m);
+    roster.set_notice(told, None);
+    relays.forget(|id| relays.accepts(id));
+    assert_eq!(remembered(&relays), (0, 0));
+}
+
+#[tokio::test]
+async fn nothing_from_an_unknown_sender_reaches_quinn() {
+    use quinn::Runtime;
+    use std::time::Duration;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let here = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = here.local_addr().unwrap();
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let member = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (m, x) = (DeviceId([7; 32]), DeviceId([9; 32]));
+    let relays = Relays::new(false, roster_of(&[m, x]));
+    relays.add_link(Link {
+        label: "r".into(),
+        path: LinkPath::Udp(relay.local_addr().unwrap()),
+        observed: "9.9.9.9:9".parse().unwrap(),
+        serial: 1,
+    });
+    relays.set_members([(x, member.local_addr().unwrap())]);
+    let sock = RelaySocket::new(
+        quinn::TokioRuntime.wrap_udp_socket(here).unwrap(),
+        relays.clone(),
+    );
+    // Quinn's side: everything the socket gives it, as (source, bytes).
+    let got = Arc::new(Mutex::new(Vec::<(SocketAddr, Vec<u8>)>::new()));
+    let reader = tokio::spawn({
+        let (sock, got) = (sock.clone(), got.clone());
+        async move {
+            let mut store = vec![vec![0u8; 65536]; 4];
+            let mut meta = [RecvMeta::default(); 4];
+            loop {
+                let mut bufs: Vec<IoSliceMut<'_>> =
+                    store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                let n = std::future::poll_fn(|cx| sock.poll_recv(cx, &mut bufs, &mut meta))
+                    .await
+                    .unwrap();
+                for (b, m) in bufs.iter().zip(&meta).take(n) {
+                    lock(&got).push((m.addr, b[..m.len].to_vec()));
+                }
+            }
+        }
+    });
+    let until = |what: &str, cond: &dyn Fn() -> bool| {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        cond()
+    };
+    // Batches small enough for the socket's receive buffer, from the relay and from the
+    // member, each sender a new random ID.
+    let mut sent = 0u64;
+    for round in 0..20 {
+        for i in 0..50 {
+            let from = if i % 2 == 0 { &relay } else { &member };
+            let body = vec![0x40u8; 1 + (round + i) % 40];
+            from.send_to(&relayed(&random_id(), &body), to).unwrap();
+            sent += 1;
+        }
+        while !until("strangers counted", &|| {
+            relays.stats.strangers.load(Ordering::Relaxed) == sent
+        }) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(remembered(&relays), (0, 0));
+    // A member's packets, through the relay and through the other member, do come out.
+    relay
+        .send_to(&relayed(&m, b"through the relay"), to)
+        .unwrap();
+    member.send_to(&relayed(&m, b"through x"), to).unwrap();
+    while !until("the member's packets", &|| lock(&got).len() >= 2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    reader.abort();
+    let got = lock(&got).clone();
+    let from_m = virtual_addr(&m, false);
+    assert_eq!(
+        got,
+        vec![
+            (from_m, b"through the relay".to_vec()),
+            (from_m, b"through x".to_vec())
+        ]
+    );
+    assert_eq!(remembered(&relays), (1, 1));
+    assert_eq!(relays.stats.strangers.load(Ordering::Relaxed), 1000);
 }
