@@ -294,7 +294,9 @@ fn two_nats_without_a_public_member_meet_through_the_relay_then_go_direct() {
     let r = a.cli(&["send", "b", "note.x", "direct"]);
     assert!(r.status.success(), "{}", stderr(&r));
     wait_until("b to get the note on the direct path", || {
-        file(&b.out().join("notes")).is_some_and(|f| String::from_utf8_lossy(&f).contains("direct"))
+        // The handler writes the text, then the newline: wait for both.
+        file(&b.out().join("notes"))
+            .is_some_and(|f| String::from_utf8_lossy(&f).contains("direct\n"))
     });
     let notes = String::from_utf8(file(&b.out().join("notes")).unwrap()).unwrap();
     assert_eq!(
