@@ -75,6 +75,19 @@ pub fn remove(c: &mut Client, g: &Global, peer: String, yes: bool) -> anyhow::Re
             n.as_str().unwrap_or("")
         );
     }
+    let kept: Vec<&str> = v["kept"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .collect();
+    if !kept.is_empty() {
+        println!(
+            "still members, signed for by this device now (only {} had signed for them): {}; if it was stolen, remove any of them you do not know",
+            v["removed"]["name"].as_str().unwrap_or(""),
+            kept.join(", ")
+        );
+    }
     Ok(0)
 }
 
