@@ -150,3 +150,36 @@ fn a_member_flooding_small_messages_leaves_the_others_room_in_the_handler_queue(
         stderr(&o)
     );
 }
+
+/// Control-socket clients beyond the daemon's 128 are told `busy` (after a short wait for
+/// a slot), not left hanging; a slot that frees serves the next one.
+#[test]
+fn a_client_beyond_the_limit_is_told_busy_not_left_hanging() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    let mut n = Node::new("solo", "");
+    n.start();
+    // 128 clients that each got an answer (so each holds a slot) and stay connected.
+    let mut held: Vec<UnixStream> = (0..128)
+        .map(|i| {
+            let mut s = UnixStream::connect(n.socket()).unwrap();
+            writeln!(s, r#"{{"id": {i}, "cmd": "status"}}"#).unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.contains(r#""ok":true"#), "{line}");
+            s
+        })
+        .collect();
+    let out = n.cli(&["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("128 clients at once"), "{err}");
+    // One goes: the next client is served.
+    held.pop();
+    wait_until("a freed slot to serve `cnspr status`", || {
+        n.cli(&["status"]).status.success()
+    });
+    drop(held);
+}

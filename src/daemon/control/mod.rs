@@ -29,7 +29,8 @@ use super::context::Daemon;
 use super::streams;
 use crate::api::{code, Reply, Request, MAX_BODY, MAX_LINE};
 
-/// Clients served at once; more wait in the kernel's backlog.
+/// Clients served at once; one more waits up to [`BUSY_WAIT`] for a free slot, then is
+/// answered `busy`.
 const MAX_CLIENTS: usize = 128;
 /// Binds the socket (mode 0600), refusing if another daemon answers there and replacing
 /// a stale file left by a crashed one.
@@ -99,9 +100,6 @@ pub fn unbind(path: &Path) {
 pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, _)) => {
                 if let Some(uid) = stranger(&stream) {
@@ -110,27 +108,30 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
                         code::REFUSED,
                         "this daemon serves only its own user (and root)",
                     );
-                    // The first request is read (within 2 s) so that the refusal carries
-                    // its id, as the client expects.
-                    tokio::spawn(async move {
-                        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-                        let mut stream = stream;
-                        let mut line = String::new();
-                        let (r, mut w) = stream.split();
-                        let mut r = BufReader::new(r.take(64 * 1024));
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line))
-                                .await;
-                        let id = serde_json::from_str::<Value>(&line)
-                            .ok()
-                            .and_then(|v| v.get("id").cloned())
-                            .unwrap_or(Value::Null);
-                        let _ = w.write_all(&line_of(&Reply::err(id, e))).await;
-                    });
+                    tokio::spawn(refuse(stream, e));
                     continue;
                 }
-                let d = d.clone();
+                let (d, slots) = (d.clone(), slots.clone());
                 tokio::spawn(async move {
+                    // A client that finds every slot taken waits a moment (a burst of
+                    // short commands), then is told why instead of hanging.
+                    let permit = match slots.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            match tokio::time::timeout(BUSY_WAIT, slots.acquire_owned()).await {
+                                Ok(Ok(p)) => p,
+                                _ => {
+                                    warn!("control socket: {MAX_CLIENTS} clients connected; refused one more");
+                                    let e = err(
+                                    code::BUSY,
+                                    format!("the daemon serves {MAX_CLIENTS} clients at once and all are connected; close some (idle monitors or applications) and try again"),
+                                );
+                                    refuse(stream, e).await;
+                                    return;
+                                }
+                            }
+                        }
+                    };
                     client(d, stream).await;
                     drop(permit);
                 });
@@ -141,6 +142,24 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
             }
         }
     }
+}
+
+/// How long a client waits for a free slot before it is refused as `busy`.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// Answers a client's first request with `e` and closes. The request is read (within
+/// 2 s) so that the refusal carries its id, as the client expects.
+async fn refuse(mut stream: UnixStream, e: crate::api::ErrorBody) {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    let (r, mut w) = stream.split();
+    let mut r = BufReader::new(r.take(64 * 1024));
+    let _ = tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line)).await;
+    let id = serde_json::from_str::<Value>(&line)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
+    let _ = w.write_all(&line_of(&Reply::err(id, e))).await;
 }
 
 /// Requests of one connection processed at once; further lines wait unread.
