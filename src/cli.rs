@@ -323,3 +323,12 @@ pub enum KvCommand {
         from: Option<u64>,
     },
 }
+
+/// A `--timeout SECONDS` argument in milliseconds; refused unless more than 0 and at most
+/// an hour.
+pub fn secs_to_ms(s: f64) -> anyhow::Result<u64> {
+    if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
+        anyhow::bail!("--timeout must be more than 0 and at most 3600 seconds (got {s})");
+    }
+    Ok((s * 1000.0).round() as u64)
+}
