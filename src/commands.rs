@@ -99,7 +99,7 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             print!(
                 "{}",
                 table(
-                    &["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST SEEN", "PATH"],
+                    &["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST SEEN", "VIA"],
                     &rows
                 )
             );

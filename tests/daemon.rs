@@ -23,8 +23,13 @@ fn two_daemons_trust_each_other_and_run_handlers_with_exact_input() {
     assert_eq!(beta["addresses"][0], b.addr().as_str());
     assert!(beta["last_seen"].as_u64().is_some());
     let table = String::from_utf8(a.cli(&["peers"]).stdout).unwrap();
-    assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("RTT") && table.contains("LAST SEEN") && table.contains("PATH"));
+    // SPEC's columns, in order.
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST", "SEEN", "VIA"],
+        "{table}"
+    );
     assert!(table.contains("direct"), "{table}");
     assert_eq!(beta["path"]["kind"], "direct", "{beta}");
     assert_eq!(beta["path"]["via"], serde_json::Value::Null, "{beta}");
