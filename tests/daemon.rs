@@ -22,6 +22,7 @@ fn two_daemons_trust_each_other_and_run_handlers_with_exact_input() {
     assert!(beta["rtt_ms"].as_f64().unwrap() > 0.0, "{beta}");
     assert_eq!(beta["addresses"][0], b.addr().as_str());
     assert!(beta["last_seen"].as_u64().is_some());
+    assert_eq!(beta["via"], Value::Null, "direct: no hop, {beta}");
     let table = String::from_utf8(a.cli(&["peers"]).stdout).unwrap();
     // SPEC's columns, in order.
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
