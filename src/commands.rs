@@ -234,7 +234,8 @@ pub fn run(cmd: Command, g: &Global, paths: &Paths) -> anyhow::Result<i32> {
             service,
             exec,
             keep,
-        } => return crate::pipe::listen(c, paths, &service, exec, keep),
+            once,
+        } => return crate::pipe::listen(c, paths, &service, exec, keep, once),
         Command::Expose {
             service,
             target,
