@@ -17,11 +17,14 @@ fn exec_serves_every_stream_until_interrupted_and_once_serves_one() {
     let nodes = mesh(&["alpha", "beta"], "");
     let (a, b) = (&nodes[0], &nodes[1]);
 
-    // No flag: a process for each stream, one after the other, and still listening.
-    let mut many = listen_with(b, "many", &["--exec", "echo \"from $CNSPR_PEER\"; cat"]);
+    // No flag: a process for each stream, one after the other, and still listening. The
+    // command learns the peer's name and its ID, grouped as everywhere.
+    let exec = "echo \"from $CNSPR_PEER $CNSPR_PEER_ID\"; cat";
+    let mut many = listen_with(b, "many", &["--exec", exec]);
+    assert!(a.id.contains('-'), "{}", a.id);
     for i in 0..3 {
         let got = exchange(a, "many", format!("stream {i}").as_bytes());
-        assert_eq!(got, format!("from alpha\nstream {i}"));
+        assert_eq!(got, format!("from alpha {}\nstream {i}", a.id));
     }
     assert!(
         many.try_wait().unwrap().is_none(),
