@@ -16,9 +16,7 @@ use follow::{describe_event, follow};
 
 use serde_json::{json, Value};
 
-use crate::api::{
-    HandlersResult, PeerInfo, PingResult, Request, Status,
-};
+use crate::api::{HandlersResult, PeerInfo, PingResult, Request, Status};
 use crate::cli::{secs_to_ms, Command, Global};
 use crate::client::Client;
 use crate::output::{ago, print_json, short_id, table};

@@ -14,7 +14,8 @@ fn api_md_lists_the_commands_the_daemon_knows() {
     n.start();
     let s = UnixStream::connect(n.socket()).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    (&s).write_all(b"{\"id\":7,\"cmd\":\"frobnicate\"}\n").unwrap();
+    (&s).write_all(b"{\"id\":7,\"cmd\":\"frobnicate\"}\n")
+        .unwrap();
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).unwrap();
     let v: Value = serde_json::from_str(&line).unwrap();
@@ -26,10 +27,12 @@ fn api_md_lists_the_commands_the_daemon_knows() {
         .1
         .split(", ")
         .collect();
-    assert!(known.contains(&"wake") && known.contains(&"ui"), "{message}");
+    assert!(
+        known.contains(&"wake") && known.contains(&"ui"),
+        "{message}"
+    );
 
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md"))
-        .unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
     // The socat session shows the reply word for word.
     let socat = doc
         .lines()

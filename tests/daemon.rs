@@ -198,10 +198,17 @@ fn send_all_reaches_every_member_once() {
     let [ok, failed] = j.as_array().expect("an array").as_slice() else {
         panic!("two entries expected: {j}");
     };
-    assert_eq!((&ok["peer"], &ok["exit_code"]), (&json!("beta"), &json!(0)), "{j}");
+    assert_eq!(
+        (&ok["peer"], &ok["exit_code"]),
+        (&json!("beta"), &json!(0)),
+        "{j}"
+    );
     assert_eq!(failed["peer"], "gamma", "{j}");
     assert_eq!(failed["error"]["code"], "unreachable", "{j}");
-    assert!(failed["handler"].is_null() && failed["exit_code"].is_null(), "{j}");
+    assert!(
+        failed["handler"].is_null() && failed["exit_code"].is_null(),
+        "{j}"
+    );
 }
 
 #[test]

@@ -84,7 +84,12 @@ fn values_of_8_mib_through_the_cli() {
     assert!(first.more && first.entries.len() < 3, "{:?}", first.more);
     let after = first.entries.last().map(|e| e.key.as_str());
     let rest = c.kv_list_page("big/", after, 1000).unwrap();
-    let keys: Vec<&str> = first.entries.iter().chain(&rest.entries).map(|e| e.key.as_str()).collect();
+    let keys: Vec<&str> = first
+        .entries
+        .iter()
+        .chain(&rest.entries)
+        .map(|e| e.key.as_str())
+        .collect();
     assert_eq!(keys, ["big/0", "big/1", "big/2"]);
     // The watcher saw each value whole.
     for (i, v) in values.iter().enumerate() {

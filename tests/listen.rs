@@ -37,7 +37,10 @@ fn exec_serves_every_stream_until_interrupted_and_once_serves_one() {
     // --keep, as before: every stream too.
     let mut keep = listen_with(b, "keep", &["--exec", "cat", "--keep"]);
     for i in 0..2 {
-        assert_eq!(exchange(a, "keep", format!("k{i}").as_bytes()), format!("k{i}"));
+        assert_eq!(
+            exchange(a, "keep", format!("k{i}").as_bytes()),
+            format!("k{i}")
+        );
     }
     assert!(keep.try_wait().unwrap().is_none(), "listen --keep exited");
     let _ = keep.kill();

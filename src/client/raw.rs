@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::api::{ErrorBody, Reply, Request};
 use super::proto::DEFAULT_MAX_REPLY;
+use crate::api::{ErrorBody, Reply, Request};
 
 /// An error reply from the daemon, kept typed so the CLI can print its message.
 #[derive(Debug, thiserror::Error)]

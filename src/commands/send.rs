@@ -216,4 +216,3 @@ fn code_str(c: Option<i32>) -> String {
     c.map(|c| c.to_string())
         .unwrap_or_else(|| "by signal".into())
 }
-
