@@ -379,10 +379,10 @@ pub struct PeerInfo {
     pub state: String,
     pub addresses: Vec<String>,
     pub rtt_ms: Option<f64>,
-    /// Names of the members a peer is reached through (empty: not relayed by a member),
-    /// as `ping` gives them.
+    /// Names of the members a peer is reached through, as `ping` gives them; `None`
+    /// (`null`) when it is not relayed by a member.
     #[serde(default)]
-    pub via: Vec<String>,
+    pub via: Option<Vec<String>>,
     pub last_seen: Option<u64>,
     /// How the peer is reached now; `null` while it is not reached at all.
     #[serde(default)]

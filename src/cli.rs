@@ -136,15 +136,20 @@ pub enum Command {
         timeout: f64,
     },
     /// Serve SERVICE: one stream on standard input/output, or each stream with --exec CMD
+    /// until interrupted
     Listen {
         /// Service name
         service: String,
-        /// Run CMD (with sh -c) for each stream, the stream on its standard input/output
+        /// Run CMD (with sh -c) for each stream, the stream on its standard input/output;
+        /// serves every stream until interrupted (Ctrl-C)
         #[arg(long, value_name = "CMD")]
         exec: Option<String>,
-        /// Serve many streams (with --exec), not just one
-        #[arg(long)]
+        /// With --exec: serve every stream (the default; kept for scripts that give it)
+        #[arg(long, conflicts_with = "once")]
         keep: bool,
+        /// With --exec: serve one stream, then exit with CMD's exit status
+        #[arg(long)]
+        once: bool,
     },
     /// Forward streams for SERVICE to a local TCP HOST:PORT or unix:/path (persistent);
     /// without arguments, list the services
@@ -322,4 +327,13 @@ pub enum KvCommand {
         #[arg(long, value_name = "SEQ")]
         from: Option<u64>,
     },
+}
+
+/// A `--timeout SECONDS` argument in milliseconds; refused unless more than 0 and at most
+/// an hour.
+pub fn secs_to_ms(s: f64) -> anyhow::Result<u64> {
+    if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
+        anyhow::bail!("--timeout must be more than 0 and at most 3600 seconds (got {s})");
+    }
+    Ok((s * 1000.0).round() as u64)
 }

@@ -294,12 +294,16 @@ fn serve_with(
     Ok(status.code().unwrap_or(1))
 }
 
+/// `cnspr listen`: without `exec`, one stream on standard input/output; with it, each
+/// stream with a process of its own until interrupted, or only the first with `once`
+/// (then CMD's exit status is the command's). `keep` is what `exec` does anyway.
 pub fn listen(
     mut c: Client,
     paths: &Paths,
     service: &str,
     exec: Option<String>,
     keep: bool,
+    once: bool,
 ) -> anyhow::Result<i32> {
     if keep && exec.is_none() {
         anyhow::bail!("--keep serves many streams and needs --exec CMD to run for each");
@@ -340,7 +344,7 @@ pub fn listen(
         match &exec {
             None if fds => return pipe_passed(r, w, paths, &token),
             None => return pipe_stdio(r, w, paths, &token, false),
-            Some(cmd) if !keep => return serve_with(cmd, r, w, &ev, fds),
+            Some(cmd) if once => return serve_with(cmd, r, w, &ev, fds),
             Some(cmd) => {
                 let (cmd, ev) = (cmd.clone(), ev.clone());
                 workers.push(std::thread::spawn(move || {

@@ -222,7 +222,13 @@ fn blocking_messages_replies_events_and_streams() {
     let cb = blocking::Client::connect(b.socket()).unwrap();
 
     let peers = ca.peers().unwrap();
-    assert!(peers.iter().any(|p| p.name == "beta" && p.id == b.id));
+    // Direct: no hop, `via` null.
+    assert!(
+        peers
+            .iter()
+            .any(|p| p.name == "beta" && p.id == b.id && p.via.is_none()),
+        "{peers:?}"
+    );
     let p = ca.ping("beta").unwrap();
     assert_eq!(p.id, b.id);
     assert!(p.via.is_empty());

@@ -22,9 +22,15 @@ fn two_daemons_trust_each_other_and_run_handlers_with_exact_input() {
     assert!(beta["rtt_ms"].as_f64().unwrap() > 0.0, "{beta}");
     assert_eq!(beta["addresses"][0], b.addr().as_str());
     assert!(beta["last_seen"].as_u64().is_some());
+    assert_eq!(beta["via"], Value::Null, "direct: no hop, {beta}");
     let table = String::from_utf8(a.cli(&["peers"]).stdout).unwrap();
-    assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("RTT") && table.contains("LAST SEEN") && table.contains("PATH"));
+    // SPEC's columns, in order.
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "ID", "STATE", "ADDRESS", "RTT", "LAST", "SEEN", "VIA"],
+        "{table}"
+    );
     assert!(table.contains("direct"), "{table}");
     assert_eq!(beta["path"]["kind"], "direct", "{beta}");
     assert_eq!(beta["path"]["via"], serde_json::Value::Null, "{beta}");
@@ -74,19 +80,23 @@ fn two_daemons_trust_each_other_and_run_handlers_with_exact_input() {
     assert_eq!(String::from_utf8_lossy(&r.stdout), "I am beta\nping");
     let r = a.cli(&["--json", "send", "--reply", "beta", "q.hostname", "x"]);
     assert_eq!(r.status.code(), Some(3));
+    // SPEC's shape: an array, one object per handler reply (extra fields allowed).
     let j: Value = serde_json::from_slice(&r.stdout).unwrap();
-    assert_eq!(j["message_id"].as_str().map(str::len), Some(16), "{j}");
-    let o = &j["outcomes"][0];
-    assert_eq!(
-        (&o["peer"], &o["ok"]),
-        (&json!("beta"), &json!(true)),
-        "{j}"
-    );
-    assert_eq!(
-        o["replies"],
-        json!([{"peer": "beta", "handler": "q/hostname", "exit_code": 3, "stdout": "I am beta\nx",
-                "stdout_b64": "SSBhbSBiZXRhCng=", "timed_out": false}])
-    );
+    let [x] = j.as_array().expect("an array").as_slice() else {
+        panic!("one reply expected: {j}");
+    };
+    assert_eq!(x["message_id"].as_str().map(str::len), Some(16), "{j}");
+    assert_eq!(x["id"], b.id.as_str(), "{j}");
+    for (k, v) in [
+        ("peer", json!("beta")),
+        ("handler", json!("q/hostname")),
+        ("exit_code", json!(3)),
+        ("stdout", json!("I am beta\nx")),
+        ("stdout_b64", json!("SSBhbSBiZXRhCng=")),
+        ("timed_out", json!(false)),
+    ] {
+        assert_eq!(x[k], v, "{k} in {j}");
+    }
 }
 
 #[test]
@@ -156,7 +166,7 @@ fn handler_layout_filters_and_comments() {
 
 #[test]
 fn send_all_reaches_every_member_once() {
-    let nodes = mesh(&["alpha", "beta", "gamma"], "");
+    let mut nodes = mesh(&["alpha", "beta", "gamma"], "");
     for n in &nodes[1..] {
         let out = n.out().display().to_string();
         n.handler("note", &format!("cat >> {out}/notes"));
@@ -170,12 +180,33 @@ fn send_all_reaches_every_member_once() {
         assert_eq!(file(&n.out().join("notes")).unwrap(), b"hello-all");
     }
     let j = nodes[0].json(&["send", "--all", "--reply", "note", "2"]);
-    let outcomes = j["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 2, "{j}");
+    let peers: Vec<&Value> = j.as_array().unwrap().iter().map(|x| &x["peer"]).collect();
+    assert_eq!(peers, [&json!("beta"), &json!("gamma")], "{j}");
     assert!(
-        outcomes
+        j.as_array()
+            .unwrap()
             .iter()
-            .all(|o| o["ok"] == true && o["replies"].as_array().is_some()),
+            .all(|x| x["handler"] == "note" && x["exit_code"] == 0 && x["error"].is_null()),
+        "{j}"
+    );
+    // A peer the message cannot reach has an entry with its error; the command exits 1.
+    nodes[2].stop();
+    nodes[0].wait_state("gamma", "left");
+    let r = nodes[0].cli(&["--json", "send", "--all", "--reply", "note", "3"]);
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    let j: Value = serde_json::from_slice(&r.stdout).unwrap();
+    let [ok, failed] = j.as_array().expect("an array").as_slice() else {
+        panic!("two entries expected: {j}");
+    };
+    assert_eq!(
+        (&ok["peer"], &ok["exit_code"]),
+        (&json!("beta"), &json!(0)),
+        "{j}"
+    );
+    assert_eq!(failed["peer"], "gamma", "{j}");
+    assert_eq!(failed["error"]["code"], "unreachable", "{j}");
+    assert!(
+        failed["handler"].is_null() && failed["exit_code"].is_null(),
         "{j}"
     );
 }

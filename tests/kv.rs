@@ -47,6 +47,63 @@ fn put_get_del_list_and_bad_input() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "notes/a\nphotos/1\n");
 }
 
+/// Values at the store's limit (8 MiB) go through the CLI both ways byte for byte, and
+/// `kv list` and `kv watch` keep working with several stored: replies of more than 4 MiB
+/// are read, and a page of `kv.list` ends by size as well as by count.
+#[test]
+fn values_of_8_mib_through_the_cli() {
+    const MAX: usize = 8 * 1024 * 1024;
+    let mut n = Node::new("solo", "");
+    n.start();
+    let (mut w, rx) = kv_watch(&n, "big/");
+    let values: Vec<Vec<u8>> = (0..3).map(|i| noise(MAX, 40 + i)).collect();
+    for (i, v) in values.iter().enumerate() {
+        let o = n.cli_stdin(&["kv", "put", &format!("big/{i}"), "-"], v);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for (i, v) in values.iter().enumerate() {
+        let o = n.cli(&["kv", "get", &format!("big/{i}")]);
+        assert!(o.status.success(), "kv get big/{i}: {}", stderr(&o));
+        assert!(o.stdout == *v, "big/{i}: the bytes read back differ");
+    }
+    let o = n.cli(&["kv", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "big/0\nbig/1\nbig/2\n");
+    let all = n.json(&["kv", "list", "big/"]);
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 3);
+    for (e, v) in all.iter().zip(&values) {
+        let got = data_encoding::BASE64
+            .decode(e["value_b64"].as_str().unwrap().as_bytes())
+            .unwrap();
+        assert!(got == *v, "{}: the listed bytes differ", e["key"]);
+    }
+    // One page asked for 1000 keys ends early, with `more`, and the next goes on.
+    let mut c = cnspr::client::blocking::Client::connect(n.socket()).unwrap();
+    let first = c.kv_list_page("big/", None, 1000).unwrap();
+    assert!(first.more && first.entries.len() < 3, "{:?}", first.more);
+    let after = first.entries.last().map(|e| e.key.as_str());
+    let rest = c.kv_list_page("big/", after, 1000).unwrap();
+    let keys: Vec<&str> = first
+        .entries
+        .iter()
+        .chain(&rest.entries)
+        .map(|e| e.key.as_str())
+        .collect();
+    assert_eq!(keys, ["big/0", "big/1", "big/2"]);
+    // The watcher saw each value whole.
+    for (i, v) in values.iter().enumerate() {
+        let e = rx.recv_timeout(DEADLINE).expect("watch event");
+        assert_eq!(e["key"], format!("big/{i}"));
+        let got = data_encoding::BASE64
+            .decode(e["value_b64"].as_str().unwrap().as_bytes())
+            .unwrap();
+        assert!(got == *v, "big/{i}: the watched bytes differ");
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+}
+
 #[test]
 fn acknowledged_writes_survive_kill_9() {
     let mut n = Node::new("solo", "");

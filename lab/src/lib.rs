@@ -410,11 +410,17 @@ pub fn hex(b: &[u8]) -> String {
 /// Starts `cnspr listen` on `n` (with `--exec E --keep` when given) and waits until the
 /// daemon lists the service.
 pub fn listen(n: &Node, service: &str, exec: Option<&str>) -> Child {
-    let mut c = n.command();
-    c.args(["listen", service]);
-    if let Some(e) = exec {
-        c.args(["--exec", e, "--keep"]);
+    match exec {
+        Some(e) => listen_with(n, service, &["--exec", e, "--keep"]),
+        None => listen_with(n, service, &[]),
     }
+}
+
+/// Starts `cnspr listen SERVICE ARGS...` on `n` and waits until the daemon lists the
+/// service.
+pub fn listen_with(n: &Node, service: &str, args: &[&str]) -> Child {
+    let mut c = n.command();
+    c.args(["listen", service]).args(args);
     let child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::api::{ErrorBody, Reply, Request, MAX_LINE};
+use super::proto::DEFAULT_MAX_REPLY;
+use crate::api::{ErrorBody, Reply, Request};
 
 /// An error reply from the daemon, kept typed so the CLI can print its message.
 #[derive(Debug, thiserror::Error)]
@@ -104,14 +105,25 @@ impl Client {
         (self.r, self.w)
     }
 
-    /// The next JSON line (events after `subscribe`); `None` at end of stream.
+    /// The next JSON line (events after `subscribe`); `None` at end of stream. A line is
+    /// read up to [`DEFAULT_MAX_REPLY`] bytes, as the typed clients do: enough for the
+    /// largest reply the daemon gives (an 8 MiB value in base64, a page of `kv.list`,
+    /// handlers' replies to `send`), and a clear error beyond.
     pub fn next_line(&mut self) -> anyhow::Result<Option<Value>> {
         let mut line = Vec::new();
         let n = (&mut self.r)
-            .take(4 * MAX_LINE as u64)
+            .take(DEFAULT_MAX_REPLY as u64 + 1)
             .read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(None);
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > DEFAULT_MAX_REPLY {
+            anyhow::bail!(
+                "a reply from the daemon is longer than the client's limit of {} MiB",
+                DEFAULT_MAX_REPLY / (1024 * 1024)
+            );
         }
         Ok(Some(serde_json::from_slice(&line)?))
     }

@@ -186,7 +186,7 @@ impl Peer {
             state: self.state.as_str().to_string(),
             addresses,
             rtt_ms: rtt.map(|r| (r.as_secs_f64() * 1e6).round() / 1e3),
-            via: Vec::new(),
+            via: None,
             path: None,
             last_seen: self
                 .last_seen
@@ -424,7 +424,7 @@ impl PeerTable {
             .map(|p| {
                 let mut i = p.info();
                 if let Some(via) = p.via {
-                    i.via = vec![self.display_name(&via)];
+                    i.via = Some(vec![self.display_name(&via)]);
                     // Indirect: heard through the member that relays it, as recently as
                     // that member was heard (its link to the peer is live).
                     if p.state == PeerState::Indirect {
@@ -449,7 +449,7 @@ impl PeerTable {
                 state: PeerState::Removed.as_str().into(),
                 addresses: vec![],
                 rtt_ms: None,
-                via: Vec::new(),
+                via: None,
                 last_seen: None,
                 path: None,
                 interfaces: Vec::new(),

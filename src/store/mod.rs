@@ -373,7 +373,20 @@ impl Store {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        self.reader()?.list(prefix, start_after, limit)
+        self.reader()?.list(prefix, start_after, limit, usize::MAX)
+    }
+
+    /// [`Store::list`], ending once the keys and values listed reach `max_bytes` in total
+    /// (the entry that reaches it is the last; the first is always listed): a page of large
+    /// values stays within what one reply can carry.
+    pub fn list_within(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.reader()?.list(prefix, start_after, limit, max_bytes)
     }
 
     /// Highest applied seq per origin.

@@ -55,15 +55,17 @@ impl Reader {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let table = self.txn.open_table(VERSIONS)?;
         let start = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        let mut out = Vec::new();
+        let mut out: Vec<Entry> = Vec::new();
+        let mut listed = 0usize;
         for row in table.range::<&str>((start, Bound::Unbounded))? {
-            if out.len() >= limit {
+            if out.len() >= limit || listed >= max_bytes {
                 break;
             }
             let (key, bytes) = row?;
@@ -72,7 +74,10 @@ impl Reader {
                 break;
             }
             let siblings: Vec<Sibling> = decode(bytes.value())?;
-            out.extend(to_entry(key, &siblings));
+            if let Some(e) = to_entry(key, &siblings) {
+                listed = listed.saturating_add(e.key.len() + e.value.len());
+                out.push(e);
+            }
         }
         Ok(out)
     }

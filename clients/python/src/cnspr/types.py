@@ -86,7 +86,7 @@ class Peer:
 
     ``state`` is ``active``, ``suspect``, ``indirect``, ``unreachable``, ``left`` or
     ``removed``; ``via`` names the relaying members of an ``indirect`` peer (empty
-    otherwise).
+    otherwise: the daemon sends ``null``).
     """
 
     id: str

@@ -21,6 +21,11 @@ use crate::store::{
 /// Most keys one `kv.list` answers.
 const MAX_LIST: usize = 10_000;
 
+/// Bytes of keys and values after which a `kv.list` page ends (`more` then says to ask
+/// again): the page's reply, values in base64, stays far below the clients' line limit
+/// (`client::DEFAULT_MAX_REPLY`, 64 MiB) even when it holds many 8 MiB values.
+const LIST_BYTES: usize = 16 * 1024 * 1024;
+
 pub(super) fn store_err(e: StoreError) -> ErrorBody {
     if let StoreError::Conflict { current, key, .. } = &e {
         let mut body = err(code::CONFLICT, e.to_string());
@@ -253,18 +258,25 @@ pub fn list(
     let hide = !prefix.starts_with(RESERVED);
     let mut entries = Vec::new();
     let mut after = after;
+    // Bytes of the entries kept: a page never ends empty with `more`.
+    let mut bytes = 0;
+    let size = |e: &Entry| e.key.len() + e.value.len();
     let more = loop {
+        let budget = LIST_BYTES - bytes;
         let page = d
             .store
-            .list(prefix, after.as_deref(), limit)
+            .list_within(prefix, after.as_deref(), limit, budget)
             .map_err(store_err)?;
-        let full = page.len() == limit;
+        // Full: cut at `limit` or at the byte budget, so there may be more after it.
+        let full = page.len() == limit || page.iter().map(size).sum::<usize>() >= budget;
         after = page.last().map(|e| e.key.clone());
-        entries.extend(
-            page.into_iter()
-                .filter(|e| !(hide && e.key.starts_with(RESERVED))),
-        );
-        if entries.len() >= limit || !full {
+        for e in page {
+            if !(hide && e.key.starts_with(RESERVED)) {
+                bytes += size(&e);
+                entries.push(e);
+            }
+        }
+        if entries.len() >= limit || bytes >= LIST_BYTES || !full {
             entries.truncate(limit);
             break full || entries.len() == limit;
         }

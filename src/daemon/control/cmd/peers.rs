@@ -24,7 +24,7 @@ pub fn list(d: &Arc<Daemon>) -> Vec<crate::api::PeerInfo> {
             state: crate::daemon::peers::PeerState::Conflict.as_str().into(),
             addresses: vec![],
             rtt_ms: None,
-            via: Vec::new(),
+            via: None,
             last_seen: None,
             path: None,
             interfaces: Vec::new(),
