@@ -100,6 +100,19 @@ fn trusting_again_keeps_the_name_unless_asked_to_rename() {
     // --rename without --name is refused.
     let out = desk.cli(&["trust", &laptop.id, "--rename"]);
     assert!(!out.status.success());
+    // A name another device of the mesh has (in any case) is refused: names are unique.
+    let other = Node::new("other", "");
+    for taken in ["X", "desk"] {
+        let out = desk.cli(&["trust", &other.id, "--name", taken]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("already the name of another device"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let peers = desk.json(&["peers"]);
+    assert_eq!(peers.as_array().map(|p| p.len()), Some(1), "{peers}");
 }
 
 /// Runs `cnspr ARGS` on `n` with a terminal as standard input (through `script`),

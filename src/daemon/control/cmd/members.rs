@@ -90,6 +90,14 @@ pub fn trust(
     if let Some(n) = &name {
         transport::identity::validate_name(n)
             .map_err(|e| err(code::INVALID_NAME, e.to_string()))?;
+        // Names are unique in the mesh (pairing gives a suffix; here the person chose it).
+        let taken = n.eq_ignore_ascii_case(&d.identity.name) || d.roster().name_taken(n, &id);
+        if taken {
+            return Err(err(
+                code::INVALID_NAME,
+                format!("{n:?} is already the name of another device of the mesh; choose another (`cnspr peers` lists the names)"),
+            ));
+        }
     }
     if addrs.len() > crate::daemon::peers::MAX_ADDRS {
         return Err(err(
