@@ -347,6 +347,21 @@ fn the_socket_survives_bad_clients() {
     );
     let v = ask(br#"[1, 2]"#);
     assert_eq!(v["error"]["code"], "bad_request");
+    // A `cmd` of the wrong type is named as such, not as missing.
+    let v = ask(br#"{"id": 5, "cmd": 5}"#);
+    assert_eq!(v["error"]["code"], "bad_request");
+    let why = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("must be a string") && why.contains("a number"),
+        "{v}"
+    );
+    let v = ask(br#"{"id": 6}"#);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("missing")),
+        "{v}"
+    );
     let v = ask(br#"{"id": 2, "cmd": "status", "extra": true}"#);
     assert_eq!(v["error"]["code"], "bad_request");
     let big = vec![b'a'; 10 * 1000 * 1000];

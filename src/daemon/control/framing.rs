@@ -120,7 +120,18 @@ pub fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
     let id = map.remove("id").unwrap_or(Value::Null);
     let cmd = match map.get("cmd") {
         Some(Value::String(c)) => c.clone(),
-        _ => return Err((id, err(code::BAD_REQUEST, "missing string field \"cmd\""))),
+        Some(other) => {
+            let kind = match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            };
+            let why = format!("field \"cmd\" must be a string (the command's name), not {kind}");
+            return Err((id, err(code::BAD_REQUEST, why)));
+        }
+        None => return Err((id, err(code::BAD_REQUEST, "missing string field \"cmd\""))),
     };
     if !COMMANDS.contains(&cmd.as_str()) {
         return Err((
