@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 MeshFrame::Roster(snap) => {
                     let dir = std::path::Path::new("/nonexistent-cnspr-fuzz");
                     let mut roster = MeshRoster::load(dir, ME).expect("no file: empty roster");
-                    let changes = roster.merge_from(snap, PEER);
+                    let changes = roster.merge(snap);
                     // Nothing here is signed by a member: nothing may be accepted.
                     assert!(changes.is_empty(), "unsigned roster accepted: {changes:?}");
                 }
@@ -54,7 +54,11 @@ fuzz_target!(|data: &[u8]| {
                     assert!(into.values().all(|e| e.well_formed()));
                 }
                 MeshFrame::Membership(bytes) => membership(&mut core, &bytes),
-                MeshFrame::Addrs(_) | MeshFrame::Punch(_) => {}
+                MeshFrame::Lan(list) => {
+                    let merged = cnspr_fuzz::daemon::wol::merge(&[], &list);
+                    assert!(merged.is_none_or(|l| l.len() <= cnspr_fuzz::daemon::wol::MAX_IFACES));
+                }
+                MeshFrame::Addrs(_) | MeshFrame::Punch(_) | MeshFrame::Wake(_) => {}
             });
         }
         1 => frames::<ControlFrame>(rest, MAX_CONTROL_FRAME, |_, _| {}),

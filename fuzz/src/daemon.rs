@@ -15,6 +15,10 @@ pub mod roster_judge;
 #[path = "../../src/daemon/relays.rs"]
 pub mod relays;
 
+/// The gate `relays` takes members' relay frames through.
+#[path = "../../src/daemon/roster_gossip.rs"]
+pub mod roster_gossip;
+
 #[path = "daemon_control.rs"]
 pub mod control;
 
