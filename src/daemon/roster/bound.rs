@@ -51,8 +51,8 @@ impl MeshRoster {
     }
 
     /// Over the bound after a merge: lets go of what nobody trusted vouches for (see the
-    /// module's text), and judges again if anything went. True if anything went.
-    pub(super) fn shed(&mut self) -> bool {
+    /// module's text), and judges again if anything went.
+    pub(super) fn shed(&mut self) {
         let me = self.me;
         let mut shed = false;
         if self.entries.len() > MAX_MEMBERS {
@@ -108,7 +108,6 @@ impl MeshRoster {
         if shed {
             self.rejudge();
         }
-        shed
     }
 }
 

@@ -112,6 +112,11 @@ fn recon_batches(
     Ok(out)
 }
 
+/// Writes one frame of a reconciliation, within [`within`]'s limit.
+async fn send_within(send: &mut SendStream, frame: &Down) -> Result<(), SyncError> {
+    within(async { Ok(write_frame(send, frame, MAX_DOWN).await?) }).await
+}
+
 /// Runs the responder side on one snapshot; the session goes on with the puller raised to
 /// the snapshot's vector.
 async fn reconcile(
@@ -136,7 +141,7 @@ async fn reconcile(
     server = srv;
     let mut msg = Some(first?);
     while let Some(m) = msg.take() {
-        within(async { Ok(write_frame(send, &m, MAX_DOWN).await?) }).await?;
+        send_within(send, &m).await?;
         let reply = loop {
             match server.on_recon_frame(within(next(rx)).await?, store.own())? {
                 Heard::Reply(r) => break r,
@@ -161,11 +166,10 @@ async fn reconcile(
             .await??;
             server.sending(&changes);
             if !batches.is_empty() {
-                let frame = Down::ReconBatches(batches);
-                within(async { Ok(write_frame(send, &frame, MAX_DOWN).await?) }).await?;
+                send_within(send, &Down::ReconBatches(batches)).await?;
             }
             for frame in recon_frames(changes) {
-                within(async { Ok(write_frame(send, &frame, MAX_DOWN).await?) }).await?;
+                send_within(send, &frame).await?;
             }
         }
         msg = step.next;
@@ -173,6 +177,6 @@ async fn reconcile(
     let (last, rounds, changes) = server.end_recon()?;
     debug!(rounds, changes, "reconciliation done");
     drop(snap);
-    within(async { Ok(write_frame(send, &last, MAX_DOWN).await?) }).await?;
+    send_within(send, &last).await?;
     Ok(server)
 }
