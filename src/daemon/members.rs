@@ -203,13 +203,17 @@ impl Members {
     /// Signs the removal of `id` (named `name` here). The members only `id` had signed
     /// for are signed for again first, so that they stay members everywhere (a removal
     /// does not cascade); the removals `id` had signed become void (see `roster`), and
-    /// the devices that brings back are in [`Applied::joined`].
-    pub fn remove(&self, id: DeviceId, name: &str) -> Applied {
+    /// the devices that brings back are in [`Applied::joined`]. Also returns the names
+    /// of the members kept that way: if `id` was stolen, they are the devices it may have
+    /// added.
+    pub fn remove(&self, id: DeviceId, name: &str) -> (Applied, Vec<String>) {
         let now = now_ms();
         let mut snap = RosterSnapshot::default();
+        let mut kept = Vec::new();
         {
             let r = self.roster();
             for m in r.kept_only_by(&id) {
+                kept.push(m.name.clone());
                 snap.members.push(MemberEntry::sign(
                     &self.identity,
                     m.id,
@@ -224,7 +228,7 @@ impl Members {
             // Not a signed member (should not happen): still drop it locally.
             changes.removed.push((id, name.to_string()));
         }
-        self.apply(changes)
+        (self.apply(changes), kept)
     }
 
     /// Records `name` for member `id` (signed by this device) when the roster has

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -24,7 +25,7 @@ use transport::{DeviceId, IncomingStream, PeerConn, StreamKind};
 
 use super::conn_events::ConnEvent;
 use super::context::Daemon;
-use super::roster_gossip::Admit;
+use super::roster_gossip::{Admit, Gate};
 use super::wire::MeshFrame;
 
 /// Most entries of an `Addrs` frame, and addresses per entry.
@@ -148,7 +149,7 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
             if list.len() > MAX_ADDR_ENTRIES {
                 return;
             }
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             let mut table = d.peers();
             let mut changed = false;
             // What the sender announces about itself is passed on, one hop.
@@ -213,29 +214,8 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                 warn!(peer = %from.short(), "oversized relay gossip ignored");
                 return;
             }
-            let merge = move |d: &Arc<Daemon>, entries| {
-                let (members, me) = (&d.members, d.id());
-                if d.relays
-                    .merge(entries, |s| *s == me || members.is_member(s))
-                {
-                    d.relays_changed(Some(from));
-                }
-            };
-            // A few at once, then one per interval (`RelayBook::admit`).
-            match d.relays.admit(from, entries, std::time::Instant::now()) {
-                Admit::Now(entries) => merge(d, entries),
-                Admit::Queued => {}
-                Admit::Later(wait) => {
-                    let d = d.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(wait).await;
-                        let now = std::time::Instant::now();
-                        if let Some(entries) = d.relays.take_pending(&from, now) {
-                            merge(&d, entries);
-                        }
-                    });
-                }
-            }
+            // A few at once, then one per interval (`RELAYS_BURST`, `RELAYS_INTERVAL`).
+            through_gate(d, from, entries, |d| d.relays.gate(), merge_relays);
         }
         MeshFrame::Roster(snap) => {
             d.mesh.roster_received.fetch_add(1, Ordering::Relaxed);
@@ -243,25 +223,42 @@ fn handle(d: &Arc<Daemon>, from: DeviceId, frame: MeshFrame) {
                 warn!(peer = %from.short(), "oversized roster gossip ignored");
                 return;
             }
-            let gate = &d.mesh.roster_gate;
-            match gate.admit(from, snap, std::time::Instant::now()) {
-                Admit::Now(snap) => on_roster(d, from, snap),
-                Admit::Queued => {}
-                Admit::Later(wait) => {
-                    let d = d.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(wait).await;
-                        let pending = d
-                            .mesh
-                            .roster_gate
-                            .take_pending(&from, std::time::Instant::now());
-                        if let Some(snap) = pending {
-                            on_roster(&d, from, snap);
-                        }
-                    });
-                }
-            }
+            through_gate(d, from, snap, |d| &d.mesh.roster_gate, on_roster);
         }
+    }
+}
+
+/// Hands `frame` of `from` to `apply` now, or, past the gate's burst, the latest frame of
+/// `from` when the gate gives it its turn.
+fn through_gate<T: Send + 'static>(
+    d: &Arc<Daemon>,
+    from: DeviceId,
+    frame: T,
+    gate: fn(&Daemon) -> &Gate<T>,
+    apply: fn(&Arc<Daemon>, DeviceId, T),
+) {
+    match gate(d).admit(from, frame, Instant::now()) {
+        Admit::Now(frame) => apply(d, from, frame),
+        Admit::Queued => {}
+        Admit::Later(wait) => {
+            let d = d.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(frame) = gate(&d).take_pending(&from, Instant::now()) {
+                    apply(&d, from, frame);
+                }
+            });
+        }
+    }
+}
+
+/// Merges a relay frame of `from` (its turn come: see [`through_gate`]).
+fn merge_relays(d: &Arc<Daemon>, from: DeviceId, entries: Vec<super::relays::RelayEntry>) {
+    let (members, me) = (&d.members, d.id());
+    if d.relays
+        .merge(entries, |s| *s == me || members.is_member(s))
+    {
+        d.relays_changed(Some(from));
     }
 }
 

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use transport::identity::{ed25519_id, verify_signature};
@@ -25,7 +25,7 @@ use transport::relay::link::RelaySpec;
 use transport::relay::{check_secret, TAG_LEN};
 use transport::{DeviceId, Identity};
 
-use super::roster_gossip::{Admit, Gate};
+use super::roster_gossip::Gate;
 
 /// File of the relay entries inside the state directory.
 pub const RELAYS_FILE: &str = "relays.json";
@@ -248,20 +248,10 @@ impl RelayBook {
         changed
     }
 
-    /// A relay frame of member `from` at `now`: merge it now, or its latest frame when
-    /// its turn comes ([`RelayBook::take_pending`]).
-    pub fn admit(
-        &self,
-        from: DeviceId,
-        entries: Vec<RelayEntry>,
-        now: Instant,
-    ) -> Admit<Vec<RelayEntry>> {
-        self.gate.admit(from, entries, now)
-    }
-
-    /// The latest relay frame of `from`, now its turn has come.
-    pub fn take_pending(&self, from: &DeviceId, now: Instant) -> Option<Vec<RelayEntry>> {
-        self.gate.take_pending(from, now)
+    /// The gate of the members' relay frames: a few merged at once, then one per
+    /// interval, the latest frame of each member waiting for its turn.
+    pub fn gate(&self) -> &Gate<Vec<RelayEntry>> {
+        &self.gate
     }
 
     /// The current entry of `addr`, if any (removed or not).
@@ -288,6 +278,8 @@ fn save(path: &Path, entries: &BTreeMap<String, RelayEntry>) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::roster_gossip::Admit;
+    use std::time::Instant;
 
     fn entry(me: &Identity, addr: &str, removed: bool, version: u64) -> RelayEntry {
         RelayEntry::sign(me, addr, "0123456789abcdef", &[1u8; 16], removed, version)
@@ -373,7 +365,7 @@ mod tests {
         let mut merged = 0;
         for i in 1..=100u64 {
             let e = RelayEntry::sign(&member, "127.0.0.1:9", &secret(i), &[7; 16], false, i);
-            if let Admit::Now(entries) = book.admit(member.id, vec![e], t0) {
+            if let Admit::Now(entries) = book.gate().admit(member.id, vec![e], t0) {
                 assert!(book.merge(entries, trusted));
                 endpoint.set_relays(&book.specs());
                 merged += 1;
@@ -383,9 +375,10 @@ mod tests {
         // The member's latest frame, when its turn comes: the change is not lost.
         let later = t0 + RELAYS_INTERVAL;
         let last = book
+            .gate()
             .take_pending(&member.id, later)
             .expect("the latest frame");
-        assert!(book.take_pending(&member.id, later).is_none());
+        assert!(book.gate().take_pending(&member.id, later).is_none());
         assert!(book.merge(last, trusted));
         endpoint.set_relays(&book.specs());
         assert_eq!(book.specs()[0].secret, secret(100));

@@ -132,59 +132,50 @@ impl MeshRoster {
         if wire_len(&all) <= WIRE_BUDGET {
             return all;
         }
+        // Ranks as in the text above: 0 the removals that hold, 1 what this device signed,
+        // 2 the entry naming each member, 3 what members signed, 4 the rest.
         let me = self.me;
-        let trusted = |s: &DeviceId| *s == me || self.members.contains_key(s);
-        let mut removals: Vec<&Removal> = self.removals.values().collect();
-        let mut members: Vec<&MemberEntry> = Vec::new();
-        for r in self.pool.values().flat_map(|by| by.values()) {
-            if self.removals.get(&r.id) != Some(r) {
-                removals.push(r);
-            }
-        }
-        members.extend(self.entries.values().flat_map(|by| by.values()));
-        let rank_removal = |i: usize, r: &Removal| match r.signer_id() {
-            _ if i < self.removals.len() => 0,
+        let by_signer = |s: DeviceId| match s {
             s if s == me => 1,
-            s if trusted(&s) => 3,
+            s if self.members.contains_key(&s) => 3,
             _ => 4,
         };
-        let rank_entry = |e: &MemberEntry| match e.signer_id() {
-            s if s == me => 1,
-            _ if self.members.get(&e.id) == Some(e) => 2,
-            s if trusted(&s) => 3,
-            _ => 4,
-        };
-        // (rank, is a removal, index), ranks as in the text above.
-        let mut order: Vec<(u8, bool, usize)> = removals
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (rank_removal(i, r), true, i))
-            .chain(
-                members
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| (rank_entry(e), false, i)),
-            )
-            .collect();
-        order.sort_unstable();
+        let held = self.removals.values().map(|r| (0, Part::Removal(r)));
+        let pooled = (self.pool.values().flat_map(|by| by.values()))
+            .filter(|r| self.removals.get(&r.id) != Some(*r))
+            .map(|r| (by_signer(r.signer_id()), Part::Removal(r)));
+        let entries = self.entries.values().flat_map(|by| by.values()).map(|e| {
+            let rank = match e.signer_id() {
+                s if s != me && self.members.get(&e.id) == Some(e) => 2,
+                s => by_signer(s),
+            };
+            (rank, Part::Entry(e))
+        });
+        let mut parts: Vec<(u8, Part)> = held.chain(pooled).chain(entries).collect();
+        // Stable: within a rank, entries before removals, each in the roster's order.
+        parts.sort_by_key(|(rank, part)| (*rank, matches!(part, Part::Removal(_))));
         let mut out = RosterSnapshot::default();
         let mut used = 0usize;
-        for (_, is_removal, i) in order {
-            let len = if is_removal {
-                wire_len(removals[i])
-            } else {
-                wire_len(members[i])
+        for (_, part) in parts {
+            let len = match part {
+                Part::Removal(r) => wire_len(r),
+                Part::Entry(e) => wire_len(e),
             };
             if used.saturating_add(len) > WIRE_BUDGET {
                 continue;
             }
             used += len;
-            if is_removal {
-                out.removals.push(removals[i].clone());
-            } else {
-                out.members.push(members[i].clone());
+            match part {
+                Part::Removal(r) => out.removals.push(r.clone()),
+                Part::Entry(e) => out.members.push(e.clone()),
             }
         }
         out
     }
+}
+
+/// One item of a roster on its way to the wire.
+enum Part<'a> {
+    Removal(&'a Removal),
+    Entry(&'a MemberEntry),
 }

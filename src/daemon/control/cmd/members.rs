@@ -208,16 +208,10 @@ pub fn remove(d: &Arc<Daemon>, peer: &str) -> Result<Value, ErrorBody> {
         .name_of(&id)
         .or_else(|| d.roster().name_of(&id))
         .unwrap_or_default();
-    // Members only the removed device had signed for: this device signs for them now,
-    // so they stay (a removal does not cascade). If it was stolen, the person should know
-    // which devices it may have added.
-    let kept: Vec<String> = d
-        .roster()
-        .kept_only_by(&id)
-        .iter()
-        .map(|m| m.name.clone())
-        .collect();
-    let applied = d.members.remove(id, &name);
+    // `kept`: members only the removed device had signed for; this device signs for them
+    // now, so they stay (a removal does not cascade). If it was stolen, the person should
+    // know which devices it may have added.
+    let (applied, kept) = d.members.remove(id, &name);
     // Devices this removal trusts again: its removals of them are void now.
     let restored: Vec<&str> = applied.joined.iter().map(|(_, n)| n.as_str()).collect();
     let reply = serde_json::json!({
