@@ -456,6 +456,15 @@ fn relay_commands_refuse_bad_input_with_clear_errors() {
     let out = n.cli(&["relay", "remove", "127.0.0.1:9"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(n.json(&["relay", "list"]), serde_json::json!([]));
+    // A device signs at most 8 relays in use: the 9th is refused and told why, not
+    // dropped in silence.
+    for port in 1..=8 {
+        let out = n.cli(&["relay", "add", &format!("127.0.0.1:{port}"), "0123456789abcdef"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let ninth = err(&["relay", "add", "127.0.0.1:10", "0123456789abcdef"]);
+    assert!(ninth.contains("remove one first"), "{ninth}");
+    assert_eq!(n.json(&["relay", "list"]).as_array().unwrap().len(), 8);
 }
 
 /// b behind a symmetric NAT (a new public port per destination): the port the relay saw

@@ -29,8 +29,12 @@ use super::roster_gossip::Gate;
 
 /// File of the relay entries inside the state directory.
 pub const RELAYS_FILE: &str = "relays.json";
-/// Most entries (relays and removed relays) kept; gossip beyond is ignored.
+/// Most entries (relays and removed relays) kept. Past it, a new entry takes the place
+/// of the oldest removed relay, if one is older; otherwise it is ignored.
 pub const MAX_ENTRIES: usize = 64;
+/// Most relays in use that one device signs: a member cannot make every device dial more
+/// addresses of its choosing than this, nor fill the book with them.
+pub const MAX_PER_SIGNER: usize = 8;
 /// Most characters of a relay address (`HOST:PORT`).
 pub const MAX_ADDR: usize = 255;
 
@@ -169,16 +173,71 @@ pub fn merge(
         if e.version > latest || !e.well_formed() || !trusted(&e.signer_id()) {
             continue;
         }
-        match into.get(&e.addr) {
-            Some(old) if old.rank() >= e.rank() => {}
-            None if into.len() >= MAX_ENTRIES => {}
-            _ => {
-                into.insert(e.addr.clone(), e);
-                changed = true;
+        if let Ok(evict) = room(into, &e) {
+            if let Some(addr) = evict {
+                into.remove(&addr);
             }
+            into.insert(e.addr.clone(), e);
+            changed = true;
         }
     }
     changed
+}
+
+/// Why an entry is not taken (see [`room`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoom {
+    /// What is held for its address ranks as high.
+    Older,
+    /// Its signer already signs [`MAX_PER_SIGNER`] relays in use.
+    Signer,
+    /// The book holds [`MAX_ENTRIES`] and no removed relay older than it.
+    Full,
+}
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoRoom::Older => f.write_str("a newer entry for that relay is held"),
+            NoRoom::Signer => write!(
+                f,
+                "this device already signs {MAX_PER_SIGNER} relays in use: remove one first"
+            ),
+            NoRoom::Full => write!(
+                f,
+                "the mesh's relay list is full ({MAX_ENTRIES} relays and removed relays)"
+            ),
+        }
+    }
+}
+
+/// Whether `into` has room for `e`, and the removed relay that must give way for it.
+/// The order is total (the newest removals stay), so every device settles on the same
+/// entries and gossip does not go back and forth.
+pub fn room(into: &BTreeMap<String, RelayEntry>, e: &RelayEntry) -> Result<Option<String>, NoRoom> {
+    match into.get(&e.addr) {
+        Some(old) if old.rank() >= e.rank() => return Err(NoRoom::Older),
+        Some(_) => return Ok(None),
+        None => {}
+    }
+    let signer = e.signer;
+    if !e.removed
+        && into
+            .values()
+            .filter(|o| !o.removed && o.signer == signer)
+            .count()
+            >= MAX_PER_SIGNER
+    {
+        return Err(NoRoom::Signer);
+    }
+    if into.len() < MAX_ENTRIES {
+        return Ok(None);
+    }
+    let oldest = (into.values().filter(|o| o.removed)).min_by_key(|o| (o.rank(), &o.addr));
+    match oldest {
+        Some(o) if (o.rank(), &o.addr) < (e.rank(), &e.addr) => Ok(Some(o.addr.clone())),
+        _ => Err(NoRoom::Full),
+    }
 }
 
 /// This device's relay entries, persisted; and the gate of the members' relay frames.
@@ -254,6 +313,11 @@ impl RelayBook {
         &self.gate
     }
 
+    /// Whether the book has room for `e` (see [`room`]).
+    pub fn room_for(&self, e: &RelayEntry) -> Result<(), NoRoom> {
+        room(&self.lock(), e).map(|_| ())
+    }
+
     /// The current entry of `addr`, if any (removed or not).
     pub fn get(&self, addr: &str) -> Option<RelayEntry> {
         self.lock().get(addr).cloned()
@@ -327,6 +391,81 @@ mod tests {
         assert!(m.is_empty());
         assert!(check_addr("[2001:db8::1]:7447").is_ok());
         assert!(check_addr("relay example:1").is_err());
+    }
+
+    /// A member that signs many relays gets 8 in use; it cannot fill the book, and the
+    /// person's own relays still find room.
+    #[test]
+    fn a_member_signs_few_relays_in_use_and_leaves_room_for_the_others() {
+        let (thief, me) = (
+            Identity::generate("t").unwrap(),
+            Identity::generate("m").unwrap(),
+        );
+        let trusted = |_: &DeviceId| true;
+        let mut book = BTreeMap::new();
+        let flood: Vec<RelayEntry> = (0..MAX_ENTRIES as u64)
+            .map(|i| entry(&thief, &format!("relay{i}.example:7447"), false, i + 1))
+            .collect();
+        assert!(merge(&mut book, flood, trusted));
+        assert_eq!(
+            book.len(),
+            MAX_PER_SIGNER,
+            "a member signs at most 8 relays in use"
+        );
+        // Its 9th is refused; replacing one of its own is not.
+        let ninth = entry(&thief, "relay100.example:7447", false, 200);
+        assert_eq!(room(&book, &ninth), Err(NoRoom::Signer));
+        assert!(merge(
+            &mut book,
+            vec![entry(&thief, "relay0.example:7447", true, 300)],
+            trusted
+        ));
+        assert!(merge(&mut book, vec![ninth], trusted));
+        let mine = entry(&me, "home.example:7447", false, 400);
+        assert_eq!(room(&book, &mine), Ok(None));
+        assert!(merge(&mut book, vec![mine], trusted));
+    }
+
+    /// Removed relays fill the book: the oldest gives way to a newer entry, an older one
+    /// finds no room (so two devices settle on the same entries), and the refusal says why.
+    #[test]
+    fn a_full_book_keeps_the_newest_removals() {
+        let (thief, me) = (
+            Identity::generate("t").unwrap(),
+            Identity::generate("m").unwrap(),
+        );
+        let trusted = |_: &DeviceId| true;
+        let mut book = BTreeMap::new();
+        let removals: Vec<RelayEntry> = (0..MAX_ENTRIES as u64)
+            .map(|i| entry(&thief, &format!("gone{i}.example:7447"), true, 100 + i))
+            .collect();
+        assert!(merge(&mut book, removals, trusted));
+        assert_eq!(book.len(), MAX_ENTRIES);
+        let mine = entry(&me, "home.example:7447", false, 1000);
+        assert_eq!(room(&book, &mine), Ok(Some("gone0.example:7447".into())));
+        assert!(merge(&mut book, vec![mine], trusted));
+        assert_eq!(book.len(), MAX_ENTRIES);
+        assert!(book.contains_key("home.example:7447"));
+        assert!(!book.contains_key("gone0.example:7447"));
+        // The removal that gave way comes back from a device that still has it: no room.
+        let old = entry(&thief, "gone0.example:7447", true, 100);
+        assert_eq!(room(&book, &old), Err(NoRoom::Full));
+        assert!(
+            !merge(&mut book, vec![old], trusted),
+            "gossip would go back and forth"
+        );
+        // Full of relays in use (8 signers of 8): a new one is refused, and told why.
+        let mut full = BTreeMap::new();
+        for s in 0..MAX_ENTRIES / MAX_PER_SIGNER {
+            let signer = Identity::generate("s").unwrap();
+            let entries: Vec<RelayEntry> = (0..MAX_PER_SIGNER)
+                .map(|i| entry(&signer, &format!("r{s}-{i}.example:7447"), false, 5))
+                .collect();
+            merge(&mut full, entries, trusted);
+        }
+        assert_eq!(full.len(), MAX_ENTRIES);
+        let why = room(&full, &entry(&me, "home.example:7447", false, 9)).unwrap_err();
+        assert!(why.to_string().contains("full"), "{why}");
     }
 
     #[test]

@@ -16,18 +16,28 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Signs `entry`'s successor and spreads it.
-fn record(d: &Daemon, addr: &str, secret: &str, tag: &[u8], removed: bool) {
+/// Signs `entry`'s successor and spreads it; says why when the book has no room for it.
+fn record(
+    d: &Daemon,
+    addr: &str,
+    secret: &str,
+    tag: &[u8],
+    removed: bool,
+) -> Result<(), ErrorBody> {
     let version = d
         .relays
         .get(addr)
         .map_or(0, |e| e.version + 1)
         .max(now_ms());
     let e = RelayEntry::sign(&d.identity, addr, secret, tag, removed, version);
+    d.relays
+        .room_for(&e)
+        .map_err(|why| err(code::REFUSED, format!("relay {addr} not recorded: {why}")))?;
     let me = d.id();
     if d.relays.merge(vec![e], |s| *s == me) {
         d.relays_changed(None);
     }
+    Ok(())
 }
 
 pub fn add(d: &Daemon, addr: &str, secret: &str) -> Result<Vec<RelayInfo>, ErrorBody> {
@@ -43,14 +53,14 @@ pub fn add(d: &Daemon, addr: &str, secret: &str) -> Result<Vec<RelayInfo>, Error
             t.to_vec()
         }
     };
-    record(d, addr, secret, &tag, false);
+    record(d, addr, secret, &tag, false)?;
     Ok(list(d))
 }
 
 pub fn remove(d: &Daemon, addr: &str) -> Result<Vec<RelayInfo>, ErrorBody> {
     match d.relays.get(addr) {
         Some(e) if !e.removed => {
-            record(d, addr, "", &e.tag, true);
+            record(d, addr, "", &e.tag, true)?;
             Ok(list(d))
         }
         _ => Err(err(
