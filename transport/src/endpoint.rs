@@ -193,7 +193,7 @@ impl Endpoint {
         // a client sends little before it is answered, so little is buffered for each.
         let limits = cfg.handshakes;
         server
-            .max_incoming((4 * limits.max).max(64))
+            .max_incoming(limits.max.saturating_mul(4).max(64))
             .incoming_buffer_size(64 * 1024)
             .incoming_buffer_size_total(4 * 1024 * 1024);
         let mut quinns = Vec::new();

@@ -76,7 +76,9 @@ pub struct EndpointConfig {
 /// its first answer to the end of the TLS handshake; the hello is not counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeLimits {
-    /// In all. A validated newcomer beyond it takes the place of the oldest.
+    /// In all. Beyond it, a validated newcomer takes the place of a handshake from an
+    /// unvalidated address or of the one that waited longest for its client, or is
+    /// refused.
     pub max: usize,
     /// From one source (an IPv4 address, an IPv6 /64): several devices of the mesh
     /// behind one NAT dial at once only after a restart of this one, and one that is

@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Result};
 use transport::{Endpoint, EndpointConfig, HandshakeLimits, Identity, Roster};
 
 mod stranger;
-use stranger::Stranger;
+use stranger::{client_config, Stranger};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -39,17 +39,18 @@ async fn a_handshake_flood_is_bounded_and_a_member_still_connects() -> Result<()
     // 60 stalling strangers behind one address (the server's own, 127.0.0.1), 15 behind
     // each of 6 others, and 120 that never hear an answer (spoofed sources), each from an
     // address of its own.
+    let client = client_config(server.id)?;
     let mut strangers = Vec::new();
     for _ in 0..60 {
-        strangers.push(Stranger::new("127.0.0.1", 1, server.id)?);
+        strangers.push(Stranger::new(&client, "127.0.0.1", 1)?);
     }
     for net in 1..=6 {
         for _ in 0..15 {
-            strangers.push(Stranger::new(&format!("127.0.1.{net}"), 1, server.id)?);
+            strangers.push(Stranger::new(&client, &format!("127.0.1.{net}"), 1)?);
         }
     }
     for i in 0..120 {
-        strangers.push(Stranger::new(&format!("127.0.2.{}", i + 1), 0, server.id)?);
+        strangers.push(Stranger::new(&client, &format!("127.0.2.{}", i + 1), 0)?);
     }
     let dials: Vec<_> = strangers
         .iter()

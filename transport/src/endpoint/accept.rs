@@ -20,10 +20,10 @@ impl Endpoint {
                 .gate
                 .admit(&remote, incoming.remote_address_validated())
             {
-                Admission::Accept(ticket) => {
+                Admission::Accept(ticket, evicted) => {
                     let ep = self.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = ep.accept_one(incoming, ticket).await {
+                        if let Err(e) = ep.accept_one(incoming, ticket, evicted).await {
                             debug!(%remote, error = %e, "incoming connection failed");
                         }
                     });
@@ -46,19 +46,27 @@ impl Endpoint {
     async fn accept_one(
         &self,
         incoming: quinn::Incoming,
-        mut ticket: Ticket,
+        ticket: Ticket,
+        evicted: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<(), TransportError> {
         let timeout = self.inner.cfg.handshake_timeout;
         let mut server = self.inner.server.clone();
         let path = large::path_payload(incoming.remote_address());
         server.transport_config(Arc::new(self.inner.cfg.transport(Side::Accept, path)?));
-        let connecting = incoming.accept_with(Arc::new(server))?;
+        let mut connecting = incoming.accept_with(Arc::new(server))?;
+        let handshake = async {
+            // Ready once this side has read the ClientHello and answered it.
+            if connecting.handshake_data().await.is_ok() {
+                ticket.answered(std::time::Instant::now());
+            }
+            connecting.await
+        };
         // Dropping `connecting` (its place given to another) closes the connection.
         let conn = tokio::select! {
-            done = tokio::time::timeout(timeout, connecting) => {
+            done = tokio::time::timeout(timeout, handshake) => {
                 done.map_err(|_| TransportError::Timeout(timeout))??
             }
-            _ = &mut ticket.evicted => return Err(TransportError::Evicted),
+            _ = evicted => return Err(TransportError::Evicted),
         };
         // The handshake is over: its place goes to the next.
         drop(ticket);

@@ -11,11 +11,14 @@
 //!   already has `per_source` under way; a sender that does not receive at that address
 //!   never comes back;
 //! - a validated address (it came back with the Retry's token) from a source that has
-//!   `per_source` handshakes under way takes the place of that source's oldest
-//!   unvalidated one, or is refused (a CONNECTION_REFUSED packet, no handshake);
-//! - with `max` handshakes under way, a validated newcomer takes the place of the oldest
-//!   unvalidated handshake, else of the oldest: a handshake that stalls (a client that
-//!   never finishes) cannot keep the place from one that completes within a round trip.
+//!   `per_source` handshakes under way takes the place of that source's unvalidated
+//!   handshake that has waited longest for its client, or is refused (a
+//!   CONNECTION_REFUSED packet, no handshake);
+//! - with `max` handshakes under way, a validated newcomer takes the place of the
+//!   handshake that has waited longest for its client since this side answered: a client
+//!   that never finishes (or a spoofed address) cannot keep its place until the
+//!   handshake timeout. With none answered yet (this side short of CPU) the newcomer is
+//!   refused: handshakes being worked on are finished, not thrown away for newer ones.
 //!
 //! A source is an IPv4 address, or an IPv6 /64 (what one host usually has). Peers behind
 //! a relay (virtual addresses, one per device: the socket takes relayed datagrams only
@@ -24,6 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -52,21 +56,31 @@ pub struct HandshakeCounters {
 /// What to do with one incoming connection.
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// Start its handshake; the ticket holds its place until dropped.
-    Accept(Ticket),
+    /// Start its handshake; the ticket holds its place until dropped. The receiver
+    /// resolves (with an error) when the gate gave the place to another: the handshake is
+    /// to be dropped then.
+    Accept(Ticket, oneshot::Receiver<()>),
     /// Answer with a Retry.
     Retry,
     /// Refuse it.
     Refuse,
 }
 
-/// The place of one handshake under way. `evicted` resolves (with an error) when the
-/// gate gave the place to another: the handshake is to be dropped then.
+/// The place of one handshake under way.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     gate: Arc<Gate>,
     serial: u64,
-    pub(crate) evicted: oneshot::Receiver<()>,
+}
+
+impl Ticket {
+    /// This side has answered the ClientHello at `now`: the client owes the next flight.
+    pub(crate) fn answered(&self, now: Instant) {
+        let mut st = self.gate.lock();
+        if let Some(e) = st.entries.iter_mut().find(|e| e.serial == self.serial) {
+            e.answered = Some(now);
+        }
+    }
 }
 
 impl Drop for Ticket {
@@ -80,6 +94,8 @@ struct Entry {
     serial: u64,
     source: IpAddr,
     validated: bool,
+    /// When this side answered the ClientHello.
+    answered: Option<Instant>,
     /// Dropped to tell the handshake's task that it lost its place.
     _evict: oneshot::Sender<()>,
 }
@@ -94,6 +110,18 @@ struct State {
 }
 
 impl State {
+    /// The index of the entry that `pick` takes and that has waited longest since this
+    /// side answered its ClientHello.
+    fn longest_waiting(&self, pick: impl Fn(&Entry) -> bool) -> Option<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| pick(e))
+            .filter_map(|(i, e)| Some((e.answered?, i)))
+            .min()
+            .map(|(_, i)| i)
+    }
+
     fn remove(&mut self, i: usize) -> Option<Entry> {
         let e = self.entries.remove(i)?;
         if let Some(n) = self.per_source.get_mut(&e.source) {
@@ -163,11 +191,7 @@ impl Gate {
             return Admission::Retry;
         }
         if from_source >= lim.per_source {
-            match st
-                .entries
-                .iter()
-                .position(|e| e.source == source && !e.validated)
-            {
+            match st.longest_waiting(|e| e.source == source && !e.validated) {
                 Some(i) => {
                     st.remove(i);
                     st.counters.evicted += 1;
@@ -179,13 +203,21 @@ impl Gate {
             }
         }
         if st.entries.len() >= lim.max {
-            if lim.max == 0 {
-                st.counters.refused += 1;
-                return Admission::Refuse;
+            // The handshake that has waited longest for its client since this side
+            // answered the ClientHello gives way (a spoofed address's, or one that stalls,
+            // waits until the handshake timeout; a real client answers within a round
+            // trip). One not answered yet (this side short of CPU) is never dropped for a
+            // newer one: the newcomer is refused.
+            match st.longest_waiting(|_| true) {
+                Some(i) => {
+                    st.remove(i);
+                    st.counters.evicted += 1;
+                }
+                None => {
+                    st.counters.refused += 1;
+                    return Admission::Refuse;
+                }
             }
-            let i = st.entries.iter().position(|e| !e.validated).unwrap_or(0);
-            st.remove(i);
-            st.counters.evicted += 1;
         }
         let serial = st.next_serial;
         st.next_serial += 1;
@@ -194,6 +226,7 @@ impl Gate {
             serial,
             source,
             validated,
+            answered: None,
             _evict: tx,
         });
         let from_source = {
@@ -206,11 +239,13 @@ impl Gate {
         st.counters.under_way = n;
         st.counters.peak = st.counters.peak.max(n);
         st.counters.accepted += 1;
-        Admission::Accept(Ticket {
-            gate: self.clone(),
-            serial,
-            evicted: rx,
-        })
+        Admission::Accept(
+            Ticket {
+                gate: self.clone(),
+                serial,
+            },
+            rx,
+        )
     }
 
     fn release(&self, serial: u64) {

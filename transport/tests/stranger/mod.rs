@@ -77,21 +77,24 @@ impl AsyncUdpSocket for Deafening {
     }
 }
 
-/// A stranger's client endpoint bound to `ip`, hearing `hears` datagrams; it keeps
-/// trying to reach `server` (its ID is public) with its own certificate.
+/// The client configuration of a stranger (a new identity, outside any roster) that
+/// dials `server` (its ID is public).
+pub fn client_config(server: DeviceId) -> anyhow::Result<quinn::ClientConfig> {
+    let me = Identity::generate("stranger")?;
+    let roster = Roster::new();
+    roster.insert(server);
+    let cfg = tls::rustls_client_config(&me, &roster, server, Arc::new(tls::chacha_provider()))?;
+    Ok(quinn::ClientConfig::new(tls::quic_client(cfg)?))
+}
+
+/// A stranger's client endpoint bound to `ip`, hearing `hears` datagrams.
 pub struct Stranger {
     pub endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
 }
 
 impl Stranger {
-    pub fn new(ip: &str, hears: usize, server: DeviceId) -> anyhow::Result<Stranger> {
-        let me = Identity::generate("stranger")?;
-        let roster = Roster::new();
-        roster.insert(server);
-        let cfg =
-            tls::rustls_client_config(&me, &roster, server, Arc::new(tls::chacha_provider()))?;
-        let client = quinn::ClientConfig::new(tls::quic_client(cfg)?);
+    pub fn new(client: &quinn::ClientConfig, ip: &str, hears: usize) -> anyhow::Result<Stranger> {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(ip.parse()?, 0))?;
         let runtime = Arc::new(quinn::TokioRuntime);
         let inner = runtime.wrap_udp_socket(socket)?;
@@ -105,7 +108,10 @@ impl Stranger {
             socket,
             runtime,
         )?;
-        Ok(Stranger { endpoint, client })
+        Ok(Stranger {
+            endpoint,
+            client: client.clone(),
+        })
     }
 
     /// Starts a handshake with the device at `to`; the outcome is left to the caller.

@@ -1,3 +1,5 @@
+use std::time::{Duration, Instant};
+
 use super::*;
 
 fn limits() -> HandshakeLimits {
@@ -12,11 +14,15 @@ fn at(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-fn accept(a: Admission) -> Ticket {
+fn accept(a: Admission) -> (Ticket, oneshot::Receiver<()>) {
     match a {
-        Admission::Accept(t) => t,
+        Admission::Accept(t, evicted) => (t, evicted),
         other => panic!("not accepted: {other:?}"),
     }
+}
+
+fn evicted(rx: &mut oneshot::Receiver<()>) -> bool {
+    rx.try_recv() == Err(oneshot::error::TryRecvError::Closed)
 }
 
 #[test]
@@ -45,47 +51,58 @@ fn unvalidated_addresses_are_retried_under_load_and_at_their_source_s_limit() {
 }
 
 #[test]
-fn a_validated_newcomer_displaces_a_spoofed_handshake_of_its_source_but_not_a_validated_one() {
+fn a_validated_newcomer_displaces_an_answered_spoofed_handshake_of_its_source_but_not_a_validated_one(
+) {
     let gate = Gate::new(limits());
-    let mut spoofed = accept(gate.admit(&at("10.0.0.1", 1), false));
+    let (spoofed, mut lost) = accept(gate.admit(&at("10.0.0.1", 1), false));
     let _real = accept(gate.admit(&at("10.0.0.1", 2), true));
+    // Not answered yet: it is kept, the newcomer refused.
+    assert!(matches!(
+        gate.admit(&at("10.0.0.1", 3), true),
+        Admission::Refuse
+    ));
+    spoofed.answered(Instant::now());
     let _member = accept(gate.admit(&at("10.0.0.1", 3), true));
-    assert!(spoofed
-        .evicted
-        .try_recv()
-        .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
+    assert!(evicted(&mut lost));
     // Two validated ones from the source: the next is refused.
     assert!(matches!(
         gate.admit(&at("10.0.0.1", 4), true),
         Admission::Refuse
     ));
     let c = gate.counters();
-    assert_eq!((c.under_way, c.evicted, c.refused), (2, 1, 1));
+    assert_eq!((c.under_way, c.evicted, c.refused), (2, 1, 2));
     // The displaced ticket's end changes nothing more.
     drop(spoofed);
     assert_eq!(gate.counters().under_way, 2);
 }
 
 #[test]
-fn the_bound_holds_and_the_oldest_stalled_handshake_gives_way() {
+fn at_the_bound_the_longest_waiting_answered_handshake_gives_way_and_unanswered_ones_are_kept() {
     let gate = Gate::new(limits());
-    let mut held: Vec<Ticket> = (0..6)
-        .map(|i| accept(gate.admit(&at(&format!("10.0.1.{i}"), 1), true)))
+    let mut held: Vec<_> = (0..6)
+        .map(|i| accept(gate.admit(&at(&format!("10.0.1.{i}"), 1), i > 0)))
         .collect();
     assert_eq!(gate.counters().under_way, 6);
-    let _new = accept(gate.admit(&at("10.0.2.1", 1), true));
+    // None answered yet (being worked on): refused.
+    assert!(matches!(
+        gate.admit(&at("10.0.2.1", 1), true),
+        Admission::Refuse
+    ));
+    // Three are answered and wait for their clients: the one that waited longest goes,
+    // validated or not.
+    let t0 = Instant::now();
+    held[0].0.answered(t0 + Duration::from_millis(9));
+    held[3].0.answered(t0 + Duration::from_millis(5));
+    held[2].0.answered(t0);
+    let _a = accept(gate.admit(&at("10.0.2.1", 1), true));
+    assert!(evicted(&mut held[2].1));
+    let _b = accept(gate.admit(&at("10.0.2.2", 1), true));
+    assert!(evicted(&mut held[3].1));
+    assert!(!evicted(&mut held[0].1) && !evicted(&mut held[1].1));
     let c = gate.counters();
-    assert_eq!((c.under_way, c.peak, c.evicted), (6, 6, 1));
-    assert!(held[0]
-        .evicted
-        .try_recv()
-        .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
-    assert!(held[1]
-        .evicted
-        .try_recv()
-        .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+    assert_eq!((c.under_way, c.peak, c.evicted, c.refused), (6, 6, 2, 1));
     held.clear();
-    assert_eq!(gate.counters().under_way, 1);
+    assert_eq!(gate.counters().under_way, 2);
 }
 
 #[test]
