@@ -32,6 +32,10 @@ pub struct Status {
     /// (docs/reach.md, "Members relay packets").
     #[serde(default)]
     pub forwarded_for_members: u64,
+    /// What became of the connection attempts other devices made since start
+    /// (docs/protocol.md, "Handshakes under way").
+    #[serde(default)]
+    pub handshakes: HandshakeCounters,
     /// Set when a member told this device that it was removed from the mesh.
     #[serde(default)]
     pub removed: Option<RemovedInfo>,
@@ -102,6 +106,22 @@ pub struct HeartbeatCounters {
     pub received: u64,
     /// Datagrams on the heartbeat socket that were no valid heartbeat of a live connection.
     pub rejected: u64,
+}
+
+/// Incoming handshakes (`status`): under way now, the most at once, and how connection
+/// attempts were answered since start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HandshakeCounters {
+    pub under_way: usize,
+    pub peak: usize,
+    /// Handshakes started.
+    pub accepted: u64,
+    /// Answered with a QUIC Retry instead (address not validated, under load).
+    pub retried: u64,
+    /// Refused without a handshake (too many under way from the address).
+    pub refused: u64,
+    /// Handshakes under way dropped to make room for a validated newcomer.
+    pub evicted: u64,
 }
 
 /// Roster gossip frames sent to and received from members since start.

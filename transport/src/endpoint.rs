@@ -24,13 +24,18 @@ use crate::relay::link::RelaySpec;
 use crate::relay::socket::{RelaySocket, Relays};
 use crate::roster::Roster;
 use crate::settings::Side;
-pub use crate::settings::{close_code, private_path, DownReason, EndpointConfig, TransportError};
+pub use crate::settings::{
+    close_code, private_path, DownReason, EndpointConfig, HandshakeLimits, TransportError,
+};
 use crate::socket::bind_udp;
 use crate::tls;
 use crate::wire::{self, ControlFrame, Hello, StreamKind, PROTOCOL_VERSION};
+pub use gate::HandshakeCounters;
+use gate::{Admission, Gate, Ticket};
 
 mod accept;
 mod dial;
+mod gate;
 mod large;
 mod relays;
 mod revocation;
@@ -133,6 +138,8 @@ struct Inner {
     relays: Arc<Relays>,
     /// One task per configured relay (see [`Endpoint::set_relays`]).
     relay_tasks: Mutex<HashMap<RelaySpec, tokio::task::JoinHandle<()>>>,
+    /// The incoming handshakes under way, bounded ([`gate`]).
+    gate: Arc<Gate>,
 }
 
 /// One daemon's QUIC endpoint. Cloning shares it.
@@ -181,6 +188,14 @@ impl Endpoint {
         let server_tls = tls::rustls_server_config(&identity, &roster, cfg.provider.clone())?;
         let mut server = quinn::ServerConfig::with_crypto(tls::quic_server(server_tls)?);
         server.transport_config(Arc::new(cfg.transport(Side::Accept, None)?));
+        // Connection attempts quinn holds before the accept loop decides about them (it
+        // does at once: see `gate`): beyond these, quinn refuses by itself. Without 0-RTT
+        // a client sends little before it is answered, so little is buffered for each.
+        let limits = cfg.handshakes;
+        server
+            .max_incoming(limits.max.saturating_mul(4).max(64))
+            .incoming_buffer_size(64 * 1024)
+            .incoming_buffer_size_total(4 * 1024 * 1024);
         let mut quinns = Vec::new();
         let mut sockets = Vec::new();
         let mut twin = None;
@@ -262,6 +277,7 @@ impl Endpoint {
                 incoming_rx: Mutex::new(Some(incoming_rx)),
                 relays,
                 relay_tasks: Mutex::new(HashMap::new()),
+                gate: Gate::new(limits),
             }),
         };
         for q in &ep.inner.quinns {

@@ -29,8 +29,8 @@ pub mod tls;
 pub mod wire;
 
 pub use endpoint::{
-    close_code, DownReason, Endpoint, EndpointConfig, IncomingStream, PeerConn, TransportError,
-    TransportEvent,
+    close_code, DownReason, Endpoint, EndpointConfig, HandshakeCounters, HandshakeLimits,
+    IncomingStream, PeerConn, TransportError, TransportEvent,
 };
 pub use frame::FrameError;
 pub use id::{resolve_prefix, DeviceId, IdError};

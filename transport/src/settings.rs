@@ -68,6 +68,35 @@ pub struct EndpointConfig {
     pub heartbeats: bool,
     /// The TLS provider; defaults to ring restricted to ChaCha20-Poly1305.
     pub provider: Arc<CryptoProvider>,
+    /// Bounds on the incoming handshakes under way (see `endpoint/gate.rs`).
+    pub handshakes: HandshakeLimits,
+}
+
+/// Bounds on the handshakes an endpoint has under way with devices that dialled it (from
+/// its first answer to the end of the TLS handshake; the hello is not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// In all. Beyond it, a validated newcomer takes the place of a handshake from an
+    /// unvalidated address or of the one that waited longest for its client, or is
+    /// refused.
+    pub max: usize,
+    /// From one source (an IPv4 address, an IPv6 /64): several devices of the mesh
+    /// behind one NAT dial at once only after a restart of this one, and one that is
+    /// refused dials again.
+    pub per_source: usize,
+    /// Beyond this many under way, an address that is not validated is sent a QUIC Retry
+    /// (it must prove it receives there, a round trip) instead of a handshake.
+    pub retry_above: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            max: 64,
+            per_source: 8,
+            retry_above: 32,
+        }
+    }
 }
 
 impl std::fmt::Debug for EndpointConfig {
@@ -77,6 +106,7 @@ impl std::fmt::Debug for EndpointConfig {
             .field("keep_alive", &self.keep_alive)
             .field("idle_timeout", &self.idle_timeout)
             .field("private_idle_timeout", &self.private_idle_timeout)
+            .field("handshakes", &self.handshakes)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +129,7 @@ impl Default for EndpointConfig {
             max_udp_payload: MAX_UDP_PAYLOAD,
             heartbeats: true,
             provider: Arc::new(tls::chacha_provider()),
+            handshakes: HandshakeLimits::default(),
         }
     }
 }
@@ -240,6 +271,8 @@ pub enum TransportError {
     Frame(#[from] crate::frame::FrameError),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("handshake dropped to make room for another (too many under way)")]
+    Evicted,
 }
 
 /// Why a peer's connection went away.

@@ -1,29 +1,75 @@
-//! The accepting side of the endpoint: incoming connections and the hello as acceptor.
+//! The accepting side of the endpoint: incoming connections (admitted by `gate`) and the
+//! hello as acceptor.
 
 use super::*;
 
 impl Endpoint {
+    /// The incoming handshakes: under way now, the most at once, and what became of the
+    /// connection attempts (see `endpoint/gate.rs`).
+    pub fn handshakes(&self) -> HandshakeCounters {
+        self.inner.gate.counters()
+    }
+
     pub(super) async fn accept_loop(self, q: quinn::Endpoint) {
         while let Some(incoming) = q.accept().await {
-            let ep = self.clone();
-            tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                if let Err(e) = ep.accept_one(incoming).await {
-                    debug!(%remote, error = %e, "incoming connection failed");
+            let remote = incoming.remote_address();
+            // Decided before any cryptography: a Retry or a refusal is one small
+            // stateless packet.
+            match self
+                .inner
+                .gate
+                .admit(&remote, incoming.remote_address_validated())
+            {
+                Admission::Accept(ticket, evicted) => {
+                    let ep = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = ep.accept_one(incoming, ticket, evicted).await {
+                            debug!(%remote, error = %e, "incoming connection failed");
+                        }
+                    });
                 }
-            });
+                Admission::Retry => {
+                    debug!(%remote, "handshakes under way: incoming connection sent a retry");
+                    if let Err(e) = incoming.retry() {
+                        self.inner.gate.retry_failed();
+                        e.into_incoming().refuse();
+                    }
+                }
+                Admission::Refuse => {
+                    debug!(%remote, "handshakes under way: incoming connection refused");
+                    incoming.refuse();
+                }
+            }
         }
     }
 
-    async fn accept_one(&self, incoming: quinn::Incoming) -> Result<(), TransportError> {
+    async fn accept_one(
+        &self,
+        incoming: quinn::Incoming,
+        ticket: Ticket,
+        evicted: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<(), TransportError> {
         let timeout = self.inner.cfg.handshake_timeout;
         let mut server = self.inner.server.clone();
         let path = large::path_payload(incoming.remote_address());
         server.transport_config(Arc::new(self.inner.cfg.transport(Side::Accept, path)?));
-        let connecting = incoming.accept_with(Arc::new(server))?;
-        let conn = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))??;
+        let mut connecting = incoming.accept_with(Arc::new(server))?;
+        let handshake = async {
+            // Ready once this side has read the ClientHello and answered it.
+            if connecting.handshake_data().await.is_ok() {
+                ticket.answered(std::time::Instant::now());
+            }
+            connecting.await
+        };
+        // Dropping `connecting` (its place given to another) closes the connection.
+        let conn = tokio::select! {
+            done = tokio::time::timeout(timeout, handshake) => {
+                done.map_err(|_| TransportError::Timeout(timeout))??
+            }
+            _ = evicted => return Err(TransportError::Evicted),
+        };
+        // The handshake is over: its place goes to the next.
+        drop(ticket);
         let Some(peer) = peer_id(&conn) else {
             conn.close(VarInt::from_u32(close_code::PROTOCOL), b"no certificate");
             return Ok(());

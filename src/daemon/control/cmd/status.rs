@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::api::{GossipCounters, HeartbeatCounters, ProfileInfo, Status};
+use crate::api::{GossipCounters, HandshakeCounters, HeartbeatCounters, ProfileInfo, Status};
 use crate::config::Profile;
 use crate::daemon::context::Daemon;
 use crate::daemon::peers::PeerState;
@@ -50,6 +50,17 @@ pub fn status(d: &Daemon) -> Status {
         candidates,
         relays: super::relays::list(d),
         forwarded_for_members: d.endpoint.relays().stats.forwarded.load(Ordering::Relaxed),
+        handshakes: {
+            let h = d.endpoint.handshakes();
+            HandshakeCounters {
+                under_way: h.under_way,
+                peak: h.peak,
+                accepted: h.accepted,
+                retried: h.retried,
+                refused: h.refused,
+                evicted: h.evicted,
+            }
+        },
         removed: d.removed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         conflicts,
         profile: Some(ProfileInfo {

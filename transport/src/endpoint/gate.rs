@@ -1,0 +1,260 @@
+//! Admission of incoming handshakes: a bound on the handshakes under way, in all and per
+//! source, and QUIC Retry for unvalidated addresses under load.
+//!
+//! Anyone who reaches the port can send a valid ClientHello, from any source address;
+//! each accepted one costs a key exchange and a signature and holds a connection until
+//! its handshake completes or times out. The gate decides, before any of that, what
+//! becomes of each `quinn::Incoming`:
+//!
+//! - an address not validated (no Retry token: it may be spoofed) is answered with a
+//!   stateless Retry once `retry_above` handshakes are under way, or when its source
+//!   already has `per_source` under way; a sender that does not receive at that address
+//!   never comes back;
+//! - a validated address (it came back with the Retry's token) from a source that has
+//!   `per_source` handshakes under way takes the place of that source's unvalidated
+//!   handshake that has waited longest for its client, or is refused (a
+//!   CONNECTION_REFUSED packet, no handshake);
+//! - with `max` handshakes under way, a validated newcomer takes the place of the
+//!   handshake that has waited longest for its client since this side answered: a client
+//!   that never finishes (or a spoofed address) cannot keep its place until the
+//!   handshake timeout. With none answered yet (this side short of CPU) the newcomer is
+//!   refused: handshakes being worked on are finished, not thrown away for newer ones.
+//!
+//! A source is an IPv4 address, or an IPv6 /64 (what one host usually has). Peers behind
+//! a relay (virtual addresses, one per device: the socket takes relayed datagrams only
+//! from devices of the roster) count as validated, each its own source.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::relay::is_virtual;
+use crate::settings::HandshakeLimits;
+
+/// What the gate counted since the endpoint started (`under_way` and `peak` are gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandshakeCounters {
+    /// Handshakes under way now (from acceptance to the end of the TLS handshake).
+    pub under_way: usize,
+    /// The most that were ever under way at once.
+    pub peak: usize,
+    /// The most that were ever under way at once from one source.
+    pub peak_per_source: usize,
+    /// Incoming connections whose handshake was started.
+    pub accepted: u64,
+    /// Answered with a QUIC Retry (no handshake).
+    pub retried: u64,
+    /// Refused (no handshake).
+    pub refused: u64,
+    /// Handshakes under way dropped to make room for a validated newcomer.
+    pub evicted: u64,
+}
+
+/// What to do with one incoming connection.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Start its handshake; the ticket holds its place until dropped. The receiver
+    /// resolves (with an error) when the gate gave the place to another: the handshake is
+    /// to be dropped then.
+    Accept(Ticket, oneshot::Receiver<()>),
+    /// Answer with a Retry.
+    Retry,
+    /// Refuse it.
+    Refuse,
+}
+
+/// The place of one handshake under way.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    gate: Arc<Gate>,
+    serial: u64,
+}
+
+impl Ticket {
+    /// This side has answered the ClientHello at `now`: the client owes the next flight.
+    pub(crate) fn answered(&self, now: Instant) {
+        let mut st = self.gate.lock();
+        if let Some(e) = st.entries.iter_mut().find(|e| e.serial == self.serial) {
+            e.answered = Some(now);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.gate.release(self.serial);
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    serial: u64,
+    source: IpAddr,
+    validated: bool,
+    /// When this side answered the ClientHello.
+    answered: Option<Instant>,
+    /// Dropped to tell the handshake's task that it lost its place.
+    _evict: oneshot::Sender<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Handshakes under way, oldest first.
+    entries: VecDeque<Entry>,
+    per_source: HashMap<IpAddr, usize>,
+    next_serial: u64,
+    counters: HandshakeCounters,
+}
+
+impl State {
+    /// The index of the entry that `pick` takes and that has waited longest since this
+    /// side answered its ClientHello.
+    fn longest_waiting(&self, pick: impl Fn(&Entry) -> bool) -> Option<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| pick(e))
+            .filter_map(|(i, e)| Some((e.answered?, i)))
+            .min()
+            .map(|(_, i)| i)
+    }
+
+    fn remove(&mut self, i: usize) -> Option<Entry> {
+        let e = self.entries.remove(i)?;
+        if let Some(n) = self.per_source.get_mut(&e.source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&e.source);
+            }
+        }
+        self.counters.under_way = self.entries.len();
+        Some(e)
+    }
+}
+
+/// The handshakes under way of one endpoint (all its sockets).
+#[derive(Debug)]
+pub(crate) struct Gate {
+    limits: HandshakeLimits,
+    state: Mutex<State>,
+}
+
+/// The source `addr` counts against: the IPv4 address, the IPv6 /64, or the virtual
+/// address itself.
+pub(crate) fn source(addr: &SocketAddr) -> IpAddr {
+    let ip = addr.ip().to_canonical();
+    match ip {
+        IpAddr::V6(v6) if !is_virtual(addr) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        other => other,
+    }
+}
+
+impl Gate {
+    pub(crate) fn new(limits: HandshakeLimits) -> Arc<Gate> {
+        Arc::new(Gate {
+            limits,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn counters(&self) -> HandshakeCounters {
+        self.lock().counters
+    }
+
+    /// Counts a Retry that could not be sent as a refusal instead.
+    pub(crate) fn retry_failed(&self) {
+        let mut st = self.lock();
+        st.counters.retried -= 1;
+        st.counters.refused += 1;
+    }
+
+    /// Decides about an incoming connection from `remote`; `validated`: it carries a
+    /// valid Retry token.
+    pub(crate) fn admit(self: &Arc<Self>, remote: &SocketAddr, validated: bool) -> Admission {
+        let validated = validated || is_virtual(remote);
+        let source = source(remote);
+        let lim = self.limits;
+        let mut st = self.lock();
+        let from_source = st.per_source.get(&source).copied().unwrap_or(0);
+        if !validated && (st.entries.len() >= lim.retry_above || from_source >= lim.per_source) {
+            st.counters.retried += 1;
+            return Admission::Retry;
+        }
+        if from_source >= lim.per_source {
+            match st.longest_waiting(|e| e.source == source && !e.validated) {
+                Some(i) => {
+                    st.remove(i);
+                    st.counters.evicted += 1;
+                }
+                None => {
+                    st.counters.refused += 1;
+                    return Admission::Refuse;
+                }
+            }
+        }
+        if st.entries.len() >= lim.max {
+            // The handshake that has waited longest for its client since this side
+            // answered the ClientHello gives way (a spoofed address's, or one that stalls,
+            // waits until the handshake timeout; a real client answers within a round
+            // trip). One not answered yet (this side short of CPU) is never dropped for a
+            // newer one: the newcomer is refused.
+            match st.longest_waiting(|_| true) {
+                Some(i) => {
+                    st.remove(i);
+                    st.counters.evicted += 1;
+                }
+                None => {
+                    st.counters.refused += 1;
+                    return Admission::Refuse;
+                }
+            }
+        }
+        let serial = st.next_serial;
+        st.next_serial += 1;
+        let (tx, rx) = oneshot::channel();
+        st.entries.push_back(Entry {
+            serial,
+            source,
+            validated,
+            answered: None,
+            _evict: tx,
+        });
+        let from_source = {
+            let n = st.per_source.entry(source).or_insert(0);
+            *n += 1;
+            *n
+        };
+        st.counters.peak_per_source = st.counters.peak_per_source.max(from_source);
+        let n = st.entries.len();
+        st.counters.under_way = n;
+        st.counters.peak = st.counters.peak.max(n);
+        st.counters.accepted += 1;
+        Admission::Accept(
+            Ticket {
+                gate: self.clone(),
+                serial,
+            },
+            rx,
+        )
+    }
+
+    fn release(&self, serial: u64) {
+        let mut st = self.lock();
+        if let Some(i) = st.entries.iter().position(|e| e.serial == serial) {
+            st.remove(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
