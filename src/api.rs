@@ -294,7 +294,8 @@ mod codes;
 pub use codes::{code, Code};
 mod status;
 pub use status::{
-    Candidate, GossipCounters, HeartbeatCounters, ProfileInfo, RelayInfo, RemovedInfo, Status,
+    Candidate, GossipCounters, HeartbeatCounters, ProfileInfo, RecordCounters, RelayInfo,
+    RemovedInfo, Status,
 };
 mod wake;
 pub use wake::{IfaceInfo, WakeResult, WakeSentInfo};

@@ -675,6 +675,18 @@ fn members_take_each_other_s_sealed_records() {
             n.name
         );
     }
+    nodes[2].start();
+    nodes[0].wait_state("gamma", "active");
+    for n in &nodes[..2] {
+        let r = &n.json(&["status"])["records"];
+        assert!(r["verified"].as_u64().unwrap() > 0, "{}: {r}", n.name);
+        assert_eq!(
+            (&r["refused"], &r["unchecked"]),
+            (&json!(0), &json!(0)),
+            "{}: {r}",
+            n.name
+        );
+    }
 }
 
 #[test]
