@@ -294,8 +294,8 @@ mod codes;
 pub use codes::{code, Code};
 mod status;
 pub use status::{
-    Candidate, GossipCounters, HandshakeCounters, HeartbeatCounters, ProfileInfo, RelayInfo,
-    RemovedInfo, Status,
+    Candidate, GossipCounters, HandshakeCounters, HeartbeatCounters, ProfileInfo, RecordCounters,
+    RelayInfo, RemovedInfo, Status,
 };
 mod wake;
 pub use wake::{IfaceInfo, WakeResult, WakeSentInfo};

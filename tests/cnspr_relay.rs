@@ -459,7 +459,12 @@ fn relay_commands_refuse_bad_input_with_clear_errors() {
     // A device signs at most 8 relays in use: the 9th is refused and told why, not
     // dropped in silence.
     for port in 1..=8 {
-        let out = n.cli(&["relay", "add", &format!("127.0.0.1:{port}"), "0123456789abcdef"]);
+        let out = n.cli(&[
+            "relay",
+            "add",
+            &format!("127.0.0.1:{port}"),
+            "0123456789abcdef",
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let ninth = err(&["relay", "add", "127.0.0.1:10", "0123456789abcdef"]);

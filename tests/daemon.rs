@@ -647,6 +647,48 @@ fn peer_states_follow_crashes_restarts_and_graceful_stops() {
     );
 }
 
+/// Membership records go out sealed by their origin and are taken: through a restart
+/// (the new run's records supersede the old ones everywhere) and a graceful stop (the
+/// `left` record), no member refuses a record of another (docs/protocol.md, "Record
+/// seals"; a forged record is refused: `src/daemon/record_gate_tests.rs`).
+#[test]
+fn members_take_each_other_s_sealed_records() {
+    let mut nodes = mesh(&["alpha", "beta", "gamma"], "");
+    nodes[2].kill9();
+    nodes[0].wait_state("gamma", "unreachable");
+    nodes[2].start();
+    for (i, a) in nodes.iter().enumerate() {
+        for (j, b) in nodes.iter().enumerate() {
+            if i != j {
+                a.wait_state(&b.name, "active");
+            }
+        }
+    }
+    nodes[2].stop();
+    nodes[0].wait_state("gamma", "left");
+    nodes[1].wait_state("gamma", "left");
+    for n in &nodes {
+        let log = n.log();
+        assert!(
+            !log.contains("membership record refused") && !log.contains("bad membership message"),
+            "{}:\n{log}",
+            n.name
+        );
+    }
+    nodes[2].start();
+    nodes[0].wait_state("gamma", "active");
+    for n in &nodes[..2] {
+        let r = &n.json(&["status"])["records"];
+        assert!(r["verified"].as_u64().unwrap() > 0, "{}: {r}", n.name);
+        assert_eq!(
+            (&r["refused"], &r["unchecked"]),
+            (&json!(0), &json!(0)),
+            "{}: {r}",
+            n.name
+        );
+    }
+}
+
 #[test]
 fn subscribers_see_peer_and_message_events() {
     let nodes = mesh(&["alpha", "beta"], "");

@@ -8,8 +8,8 @@
 //!
 //! Checked: no panic; frames within the limit; stream and slice decoders agree; decoded
 //! frames re-encode canonically (`check::frames`). Membership messages: the decoder's
-//! limits hold (`MAX_MESSAGE_BYTES`, `MAX_LIST`, `MAX_LINKS`, `MAX_PAYLOAD`), a decoded
-//! message round-trips through `encode`/`decode`, and feeding it to a `Membership` core
+//! limits hold (`MAX_MESSAGE_BYTES`, `MAX_LIST`, `MAX_LINKS`, `MAX_PAYLOAD`, `MAX_SEAL`), a
+//! decoded message round-trips through `encode`/`decode`, and feeding it to a `Membership` core
 //! (as `src/daemon/membership.rs` does) neither panics nor stalls. Signed parts are fed to
 //! their verification: a `Roster` is merged into a `MeshRoster`, `Relays` into a relay
 //! map, with every signer trusted (so only the signature checks stand).
@@ -23,7 +23,7 @@ use cnspr_fuzz::daemon::relays;
 use cnspr_fuzz::daemon::roster::MeshRoster;
 use cnspr_fuzz::daemon::wire::MeshFrame;
 use libfuzzer_sys::fuzz_target;
-use membership::message::{MAX_LINKS, MAX_LIST, MAX_MESSAGE_BYTES, MAX_PAYLOAD};
+use membership::message::{MAX_LINKS, MAX_LIST, MAX_MESSAGE_BYTES, MAX_PAYLOAD, MAX_SEAL};
 use membership::{Config, Input, Item, Membership, Message};
 use transport::frame::MAX_CONTROL_FRAME;
 use transport::wire::ControlFrame;
@@ -76,7 +76,9 @@ fn membership(core: &mut Option<(Membership<DeviceId>, Instant)>, bytes: &[u8]) 
             assert!(items.len() <= MAX_LIST);
             for item in items {
                 match item {
-                    Item::Record(r) => assert!(r.links.len() <= MAX_LINKS),
+                    Item::Record(r) => {
+                        assert!(r.links.len() <= MAX_LINKS && r.seal.len() <= MAX_SEAL)
+                    }
                     Item::Event(e) => assert!(e.payload.len() <= MAX_PAYLOAD),
                 }
             }

@@ -3,7 +3,7 @@
 //! Encoding: one version byte ([`WIRE_VERSION`]) followed by bincode 2 (standard config,
 //! varint integers) of [`Message`]. Decoding refuses more than [`MAX_MESSAGE_BYTES`], lists
 //! longer than [`MAX_LIST`], records with more than [`MAX_LINKS`] links, payloads over
-//! [`MAX_PAYLOAD`] and trailing bytes.
+//! [`MAX_PAYLOAD`], record seals over [`MAX_SEAL`] and trailing bytes.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::types::NodeId;
 
 /// Version byte in front of every encoded message. Version 2: link entries say whether
-/// their origin watches the peer ([`Watch`]); members beat only their monitors.
-pub const WIRE_VERSION: u8 = 2;
+/// their origin watches the peer ([`Watch`]); members beat only their monitors. Version 3:
+/// every record carries its origin's seal ([`Record::seal`]).
+pub const WIRE_VERSION: u8 = 3;
 /// Largest encoded message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Largest broadcast payload.
@@ -23,6 +24,8 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 pub const MAX_LIST: usize = 4096;
 /// Most links in one link record.
 pub const MAX_LINKS: usize = 1024;
+/// Largest record seal, in bytes.
+pub const MAX_SEAL: usize = 128;
 /// Gossip items are packed into messages of at most about this many bytes.
 pub(crate) const PACK_BYTES: usize = 160 * 1024;
 
@@ -72,11 +75,26 @@ pub struct Record<I> {
     /// The member is gentle (on battery): one monitor, one beat per `gentle_interval`.
     pub gentle: bool,
     pub links: Vec<LinkEntry<I>>,
+    /// The origin's proof that the record is its own (the daemon's: a key and a signature
+    /// over the other fields), at most [`MAX_SEAL`] bytes. This crate never reads it: it
+    /// passes a record on with the seal it came with, and the records it builds of its own
+    /// member have an empty one, which whoever sends them fills in. Whoever feeds
+    /// messages in checks the seals first.
+    pub seal: Vec<u8>,
 }
 
 impl<I: PartialEq> Record<I> {
     pub fn key(&self) -> (u64, u64) {
         (self.incarnation, self.version)
+    }
+
+    /// Whether `self` and `other` state the same, whatever their seals.
+    pub fn same_statement(&self, other: &Record<I>) -> bool {
+        self.origin == other.origin
+            && self.key() == other.key()
+            && self.left == other.left
+            && self.gentle == other.gentle
+            && self.links == other.links
     }
 
     /// Whether `self`, a later version of `old`, differs from it only in the round-trip
@@ -253,6 +271,9 @@ impl<I: NodeId> Message<I> {
                         Item::Record(r) if r.links.len() > MAX_LINKS => {
                             return Err(DecodeError::LimitExceeded("record links"))
                         }
+                        Item::Record(r) if r.seal.len() > MAX_SEAL => {
+                            return Err(DecodeError::LimitExceeded("record seal"))
+                        }
                         Item::Event(e) if e.payload.len() > MAX_PAYLOAD => {
                             return Err(DecodeError::LimitExceeded("event payload"))
                         }
@@ -288,7 +309,7 @@ impl<I: NodeId> Message<I> {
 /// Rough encoded size of an item, for packing gossip messages.
 pub(crate) fn item_size<I>(item: &Item<I>) -> usize {
     match item {
-        Item::Record(r) => 32 + r.links.len() * 41,
+        Item::Record(r) => 32 + r.links.len() * 41 + r.seal.len(),
         Item::Event(e) => 32 + e.payload.len(),
     }
 }
@@ -311,6 +332,7 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..=MAX_SEAL),
                 proptest::collection::vec(
                     (any::<u32>(), any::<u32>(), arb_addr(), 0u8..4).prop_map(
                         |(peer, rtt_us, addr, w)| LinkEntry {
@@ -324,16 +346,17 @@ mod tests {
                     0..8
                 )
             )
-                .prop_map(|(origin, incarnation, version, left, links)| Item::Record(
-                    Record {
+                .prop_map(|(origin, incarnation, version, left, seal, links)| {
+                    Item::Record(Record {
                         origin,
                         incarnation,
                         version,
                         left,
                         gentle: left,
-                        links
-                    }
-                )),
+                        links,
+                        seal,
+                    })
+                }),
             (
                 any::<u32>(),
                 any::<u64>(),
@@ -428,6 +451,22 @@ mod tests {
             events: vec![],
         };
         assert!(Message::<u32>::decode(&many.encode()).is_err());
+        let record = |seal: usize| Message::<u32>::Gossip {
+            items: vec![Item::Record(Record {
+                origin: 1,
+                incarnation: 1,
+                version: 1,
+                left: false,
+                gentle: false,
+                links: vec![],
+                seal: vec![7; seal],
+            })],
+        };
+        assert!(Message::<u32>::decode(&record(MAX_SEAL).encode()).is_ok());
+        assert_eq!(
+            Message::<u32>::decode(&record(MAX_SEAL + 1).encode()),
+            Err(DecodeError::LimitExceeded("record seal"))
+        );
         // A huge announced length must not allocate: varint 0xFB + u64 length.
         let mut evil = vec![WIRE_VERSION, 4];
         evil.extend_from_slice(&[0xFD, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);

@@ -462,3 +462,104 @@ fn a_member_that_takes_no_events_neither_delivers_nor_passes_them_on() {
     let off = broadcast_through(false);
     assert!(!delivered(&off) && !carries_event(&off), "{off:?}");
 }
+
+/// The records member 1 sent to `to` in `out`.
+fn own_records(out: &[Output<u32>], to: u32) -> Vec<membership::Record<u32>> {
+    sends(out, to)
+        .into_iter()
+        .flat_map(|msg| match msg {
+            Message::Gossip { items } => items,
+            _ => Vec::new(),
+        })
+        .filter_map(|i| match i {
+            membership::Item::Record(r) if r.origin == 1 => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn own_current_record_sent_back_is_not_refuted_but_a_newer_one_is() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(1u32, 500, cfg(), t0);
+    m.set_members([1, 2]);
+    up(&mut m, 2, t0);
+    let mut out = drain(&mut m);
+    let t1 = t0 + ms(5000);
+    m.handle_timeout(t1);
+    out.extend(drain(&mut m));
+    let mut ours = own_records(&out, 2).pop().expect("our record went to 2");
+    assert!(
+        ours.seal.is_empty(),
+        "the core leaves its own records unsealed"
+    );
+    // The sender sealed it; a member sends it back with that seal: nothing to refute.
+    ours.seal = vec![1; 96];
+    let gossip = |rec: membership::Record<u32>| Input::Message {
+        from: 2,
+        msg: Message::Gossip {
+            items: vec![membership::Item::Record(rec)],
+        },
+    };
+    m.handle_input(gossip(ours.clone()), t1 + ms(10));
+    drain(&mut m);
+    assert_eq!(m.incarnation(), 500);
+    // A record of ours from an earlier run, newer than this one's: refuted above it.
+    let mut earlier = ours.clone();
+    earlier.incarnation = 700;
+    earlier.left = true;
+    m.handle_input(gossip(earlier), t1 + ms(20));
+    drain(&mut m);
+    assert_eq!(m.incarnation(), 701);
+    // Even a record at the very top leaves the core standing (the daemon takes only the
+    // ones its own key sealed).
+    let mut top = ours;
+    top.incarnation = u64::MAX;
+    m.handle_input(gossip(top), t1 + ms(30));
+    assert_eq!(m.incarnation(), u64::MAX);
+}
+
+#[test]
+fn seals_of_others_records_are_passed_on_unchanged() {
+    let t0 = Instant::now();
+    let mut m = Membership::new(1u32, 500, cfg(), t0);
+    m.set_members([1, 2, 3]);
+    up(&mut m, 2, t0);
+    up(&mut m, 3, t0);
+    drain(&mut m);
+    let rec = membership::Record {
+        origin: 2,
+        incarnation: 9,
+        version: 1,
+        left: false,
+        gentle: false,
+        links: vec![membership::LinkEntry {
+            peer: 1,
+            rtt_us: 2000,
+            addr: None,
+            watch: membership::Watch::Unwatched,
+        }],
+        seal: vec![42; 96],
+    };
+    m.handle_input(
+        Input::Message {
+            from: 2,
+            msg: Message::Gossip {
+                items: vec![membership::Item::Record(rec.clone())],
+            },
+        },
+        t0 + ms(10),
+    );
+    let out = drain(&mut m);
+    let passed: Vec<_> = sends(&out, 3)
+        .into_iter()
+        .flat_map(|msg| match msg {
+            Message::Gossip { items } => items,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(
+        passed.contains(&membership::Item::Record(rec)),
+        "{passed:?}"
+    );
+}

@@ -61,6 +61,7 @@ fn record(m: &mut Membership<u32>, origin: u32, v: u64, links: &[(u32, Watch)], 
                 watch,
             })
             .collect(),
+        seal: Vec::new(),
     };
     m.handle_input(
         Input::Message {

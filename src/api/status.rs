@@ -22,6 +22,9 @@ pub struct Status {
     /// Heartbeat counters since start; `None` when heartbeats are off.
     #[serde(default)]
     pub heartbeats: Option<HeartbeatCounters>,
+    /// What became of the membership records members sent, since start.
+    #[serde(default)]
+    pub records: RecordCounters,
     /// Addresses where devices beyond the LAN may reach this one (docs/reach.md).
     #[serde(default)]
     pub candidates: Vec<Candidate>,
@@ -122,6 +125,21 @@ pub struct HandshakeCounters {
     pub refused: u64,
     /// Handshakes under way dropped to make room for a validated newcomer.
     pub evicted: u64,
+}
+
+/// Membership records received from members since start, by their seal (docs/protocol.md,
+/// "Record seals").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecordCounters {
+    /// Records whose origin's seal was verified.
+    pub verified: u64,
+    /// Records taken as one verified before (gossip brings each from several members).
+    pub known: u64,
+    /// Records refused: their seal was not their origin's.
+    pub refused: u64,
+    /// Records dropped unchecked: their sender had sent a bad seal lately, or was over
+    /// its verification budget.
+    pub unchecked: u64,
 }
 
 /// Roster gossip frames sent to and received from members since start.

@@ -67,6 +67,8 @@ pub struct Daemon {
     pub wakes: super::wakes::Wakes,
     /// Origin proofs taken recently (relayed messages and streams): none is taken twice.
     pub origins: super::origin::ReplayGuard,
+    /// Membership records are taken only with their origin's seal; ours are sealed.
+    pub records: super::record_gate::RecordGate,
     pub started: Instant,
     /// Manual addresses (`--peer`, config `peers`) dialled until a device answers there.
     pub manual: Vec<SocketAddr>,

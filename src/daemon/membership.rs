@@ -66,13 +66,15 @@ fn execute(
     heartbeats: &mut Vec<(std::net::SocketAddr, [u8; transport::heartbeat::LEN])>,
 ) {
     match o {
-        Output::Send { to, msg } => {
+        Output::Send { to, mut msg } => {
             if let Message::Beat { digest } = msg {
                 if let Some((addr, keys)) = d.endpoint.heartbeat_target(&to) {
                     heartbeats.push((addr, keys.seal(digest)));
                     return;
                 }
             }
+            // Our own records go out with our seal.
+            d.records.seal_outgoing(&d.identity, &mut msg);
             send_over_quic(d, &to, &msg);
         }
         Output::State { peer, view } => {
@@ -414,9 +416,10 @@ fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {
     });
 }
 
-/// A membership frame from `from`'s mesh stream.
+/// A membership frame from `from`'s mesh stream: its records are taken only with their
+/// origin's seal (`record_gate`).
 pub fn received(d: &Arc<Daemon>, from: DeviceId, bytes: &[u8]) {
-    match Message::<DeviceId>::decode(bytes) {
+    match d.records.take_frame(from, bytes, Instant::now()) {
         Ok(msg) => {
             if let Some(p) = d.peers().peers.get_mut(&from) {
                 p.last_seen = Some(SystemTime::now());

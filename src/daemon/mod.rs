@@ -30,6 +30,8 @@ mod power;
 mod punch;
 mod punching;
 mod reach;
+mod record_gate;
+mod record_seal;
 mod relay_stream;
 mod relays;
 mod removal_notice;
@@ -186,6 +188,7 @@ pub async fn serve(paths: Paths, args: ServeArgs) -> anyhow::Result<()> {
         removed: Mutex::new(told_removed),
         budgets: budget::Budgets::new(handler_queue),
         origins: origin::ReplayGuard::default(),
+        records: record_gate::RecordGate::default(),
         reach: Default::default(),
         wakes: Default::default(),
         started: Instant::now(),

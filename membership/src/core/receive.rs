@@ -251,9 +251,15 @@ impl<I: NodeId> Membership<I> {
 
     pub(super) fn on_record(&mut self, from: I, rec: Record<I>, now: Instant) {
         if rec.origin == self.me {
-            if rec.key() >= (self.incarnation, self.version) {
+            // Our own current record sent back changes nothing (refuting it would make a
+            // member that replays each of our records keep us publishing).
+            let ours = self
+                .records
+                .get(&self.me)
+                .is_some_and(|r| r.same_statement(&rec));
+            if rec.key() >= (self.incarnation, self.version) && !ours {
                 // A newer record of ourselves (an earlier run, or a left record): refute.
-                self.incarnation = self.incarnation.max(rec.incarnation) + 1;
+                self.incarnation = self.incarnation.max(rec.incarnation).saturating_add(1);
                 self.version = 0;
                 self.record_dirty = true;
                 self.record_urgent = true;

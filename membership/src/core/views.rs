@@ -32,6 +32,8 @@ impl<I: NodeId> Membership<I> {
             left: self.left,
             gentle: self.gentle,
             links,
+            // Sealed by whoever sends it (see `Record::seal`).
+            seal: Vec::new(),
         };
         let minor = self
             .records

@@ -2,7 +2,9 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::api::{GossipCounters, HandshakeCounters, HeartbeatCounters, ProfileInfo, Status};
+use crate::api::{
+    GossipCounters, HandshakeCounters, HeartbeatCounters, ProfileInfo, RecordCounters, Status,
+};
 use crate::config::Profile;
 use crate::daemon::context::Daemon;
 use crate::daemon::peers::PeerState;
@@ -47,6 +49,15 @@ pub fn status(d: &Daemon) -> Status {
             received: t.stats.received.load(Ordering::Relaxed),
             rejected: t.stats.rejected.load(Ordering::Relaxed),
         }),
+        records: {
+            let s = d.records.stats();
+            RecordCounters {
+                verified: s.verified,
+                known: s.known,
+                refused: s.refused,
+                unchecked: s.unchecked,
+            }
+        },
         candidates,
         relays: super::relays::list(d),
         forwarded_for_members: d.endpoint.relays().stats.forwarded.load(Ordering::Relaxed),

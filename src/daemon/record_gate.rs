@@ -1,0 +1,242 @@
+//! The gate membership messages pass before the core sees them: the records in them are
+//! taken only with their origin's seal (`record_seal`), and this device's own records are
+//! sealed on their way out.
+//!
+//! Gossip delivers each record from several members: the last record verified of each
+//! origin is remembered (a SHA-256 of its binding and seal), and the same record again is
+//! taken without a second verification. What a member can make this device spend on
+//! verifications is bounded: [`BURST`] at once and [`RATE`] a second after that; beyond,
+//! its records are dropped unchecked (anti-entropy brings them again). A member that sends
+//! one record with a bad seal (a correct member never does: it passes on only what it
+//! took) has all its records dropped unchecked for [`BLOCK`]. The rest of a message (probes,
+//! digests, events) is taken whatever its records.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use membership::{Item, Message, Record};
+use tracing::{debug, warn};
+use transport::{DeviceId, Identity};
+
+use super::record_seal::{self, Refusal};
+
+/// Verifications a member may cost at once.
+pub const BURST: u32 = 512;
+/// Verifications a member may cost each second after the burst.
+pub const RATE: u32 = 64;
+/// How long a member that sent a bad seal has its records dropped unchecked.
+pub const BLOCK: Duration = Duration::from_secs(60);
+/// Most origins whose last verified record is remembered.
+const MAX_VERIFIED: usize = 4096;
+
+/// What the gate did with the records of the messages it saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GateStats {
+    /// Records whose seal was verified and held.
+    pub verified: u64,
+    /// Records taken as the same as one verified before.
+    pub known: u64,
+    /// Records refused for their seal.
+    pub refused: u64,
+    /// Records dropped unchecked: their sender was blocked or over its budget.
+    pub unchecked: u64,
+}
+
+/// One sender's verification budget (a token bucket) and block.
+struct Budget {
+    tokens: u32,
+    at: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl Budget {
+    fn new(now: Instant) -> Self {
+        Budget {
+            tokens: BURST,
+            at: now,
+            blocked_until: None,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let gained = now.saturating_duration_since(self.at).as_millis() as u64 * RATE as u64 / 1000;
+        if gained > 0 {
+            self.tokens = (self.tokens as u64 + gained).min(BURST as u64) as u32;
+            self.at = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// This device's last record sealed, and its seal.
+    own: Option<Record<DeviceId>>,
+    /// Per origin, the digest of the last record whose seal was verified.
+    verified: HashMap<DeviceId, [u8; 32]>,
+    budgets: HashMap<DeviceId, Budget>,
+    stats: GateStats,
+}
+
+/// The record gate of one device.
+#[derive(Default)]
+pub struct RecordGate {
+    state: Mutex<State>,
+}
+
+/// What a record is, by what the gate knows of it and its sender.
+enum Verdict {
+    Known,
+    Check,
+    Drop,
+}
+
+fn digest(rec: &Record<DeviceId>) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&record_seal::binding(rec));
+    ctx.update(&rec.seal);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+impl RecordGate {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> GateStats {
+        self.lock().stats
+    }
+
+    /// Seals this device's own records in `msg` (the core leaves them unsealed). An
+    /// unchanged record is not signed again.
+    pub fn seal_outgoing(&self, me: &Identity, msg: &mut Message<DeviceId>) {
+        let Message::Gossip { items } = msg else {
+            return;
+        };
+        for item in items {
+            let Item::Record(rec) = item else { continue };
+            if rec.origin != me.id || !rec.seal.is_empty() {
+                continue;
+            }
+            let mut st = self.lock();
+            match &st.own {
+                Some(own) if own.same_statement(rec) => rec.seal = own.seal.clone(),
+                _ => {
+                    rec.seal = record_seal::seal(me, rec);
+                    st.own = Some(rec.clone());
+                }
+            }
+        }
+    }
+
+    /// The records of `msg` (from the member `from`) that are sealed by their origin;
+    /// the others are removed. The rest of the message is left as it is.
+    pub fn admit(&self, from: DeviceId, msg: &mut Message<DeviceId>, now: Instant) {
+        let Message::Gossip { items } = msg else {
+            return;
+        };
+        if !items.iter().any(|i| matches!(i, Item::Record(_))) {
+            return;
+        }
+        items.retain(|item| match item {
+            Item::Record(rec) => self.admit_record(from, rec, now),
+            Item::Event(_) => true,
+        });
+    }
+
+    fn admit_record(&self, from: DeviceId, rec: &Record<DeviceId>, now: Instant) -> bool {
+        // The cheap checks first: a seal whose key is not the origin's costs no signature
+        // verification, and blocks its sender all the same.
+        let hash = match record_seal::origin_key(rec) {
+            Ok(_) => Some(digest(rec)),
+            Err(_) => None,
+        };
+        let verdict = {
+            let mut st = self.lock();
+            let State {
+                budgets, verified, ..
+            } = &mut *st;
+            let budget = budgets.entry(from).or_insert_with(|| Budget::new(now));
+            if budget.blocked_until.is_some_and(|t| now < t) {
+                Verdict::Drop
+            } else {
+                budget.blocked_until = None;
+                match hash {
+                    None => Verdict::Check,
+                    Some(h) if verified.get(&rec.origin) == Some(&h) => Verdict::Known,
+                    Some(_) if budget.take(now) => Verdict::Check,
+                    Some(_) => Verdict::Drop,
+                }
+            }
+        };
+        match verdict {
+            Verdict::Known => {
+                self.lock().stats.known += 1;
+                return true;
+            }
+            Verdict::Drop => {
+                self.lock().stats.unchecked += 1;
+                debug!(peer = %from.short(), origin = %rec.origin.short(), "membership record dropped unchecked: its sender is blocked or over its budget");
+                return false;
+            }
+            Verdict::Check => {}
+        }
+        let checked = record_seal::check(rec);
+        let mut st = self.lock();
+        match (checked, hash) {
+            (Ok(()), Some(h)) => {
+                st.stats.verified += 1;
+                if st.verified.len() >= MAX_VERIFIED && !st.verified.contains_key(&rec.origin) {
+                    st.verified.clear();
+                }
+                st.verified.insert(rec.origin, h);
+                true
+            }
+            (Ok(()), None) => false,
+            (Err(e), _) => {
+                st.stats.refused += 1;
+                refuse(&mut st, from, rec, e, now);
+                false
+            }
+        }
+    }
+
+    /// Decodes a membership frame from `from` and lets through what the gate takes of it.
+    pub fn take_frame(
+        &self,
+        from: DeviceId,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<Message<DeviceId>, membership::DecodeError> {
+        let mut msg = Message::<DeviceId>::decode(bytes)?;
+        self.admit(from, &mut msg, now);
+        Ok(msg)
+    }
+}
+
+fn refuse(st: &mut State, from: DeviceId, rec: &Record<DeviceId>, why: Refusal, now: Instant) {
+    if let Some(b) = st.budgets.get_mut(&from) {
+        b.blocked_until = Some(now + BLOCK);
+    }
+    warn!(
+        peer = %from.short(),
+        origin = %rec.origin.short(),
+        incarnation = rec.incarnation,
+        version = rec.version,
+        left = rec.left,
+        reason = %why,
+        block_s = BLOCK.as_secs(),
+        "membership record refused: not its origin's; the sender's records are dropped for a while"
+    );
+}
+
+#[cfg(test)]
+#[path = "record_gate_tests.rs"]
+mod tests;
