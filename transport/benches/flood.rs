@@ -12,6 +12,9 @@
 //! `CNSPR_FLOOD_RATE` (datagrams per second, default 20000) and `CNSPR_FLOOD_SECS` (per
 //! kind, default 10) change the load. Run: `cargo bench -p transport --bench flood`
 
+mod common;
+use common::cpu;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
@@ -127,18 +130,6 @@ fn flood(to: SocketAddr, kind: &str, rate: u64, secs: u64) {
         std::thread::sleep(Duration::from_micros(500));
     }
     println!("{sent}");
-}
-
-/// User plus system CPU time of this whole process.
-#[allow(unsafe_code)]
-fn cpu() -> Duration {
-    // SAFETY: getrusage fills the zeroed struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let t = |tv: libc::timeval| {
-        Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
-    };
-    t(u.ru_utime) + t(u.ru_stime)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

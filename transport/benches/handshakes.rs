@@ -23,6 +23,9 @@
 //! `CNSPR_HS_RATE` (attempts per second, default 1000) and `CNSPR_HS_SECS` (per kind,
 //! default 4) change the load. Run: `cargo bench -p transport --bench handshakes`
 
+mod common;
+use common::cpu;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,18 +78,6 @@ async fn flood(to: SocketAddr, server: transport::DeviceId, kind: &str, rate: u6
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     println!("{i}");
-}
-
-/// User plus system CPU time of this whole process.
-#[allow(unsafe_code)]
-fn cpu() -> Duration {
-    // SAFETY: getrusage fills the zeroed struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let t = |tv: libc::timeval| {
-        Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
-    };
-    t(u.ru_utime) + t(u.ru_stime)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

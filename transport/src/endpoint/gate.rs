@@ -122,6 +122,23 @@ impl State {
             .map(|(_, i)| i)
     }
 
+    /// Drops the handshake that `pick` takes and that has waited longest since this side
+    /// answered it, counted as evicted; with none such, counts a refusal. True when a
+    /// place was made.
+    fn make_room(&mut self, pick: impl Fn(&Entry) -> bool) -> bool {
+        match self.longest_waiting(pick) {
+            Some(i) => {
+                self.remove(i);
+                self.counters.evicted += 1;
+                true
+            }
+            None => {
+                self.counters.refused += 1;
+                false
+            }
+        }
+    }
+
     fn remove(&mut self, i: usize) -> Option<Entry> {
         let e = self.entries.remove(i)?;
         if let Some(n) = self.per_source.get_mut(&e.source) {
@@ -190,34 +207,16 @@ impl Gate {
             st.counters.retried += 1;
             return Admission::Retry;
         }
-        if from_source >= lim.per_source {
-            match st.longest_waiting(|e| e.source == source && !e.validated) {
-                Some(i) => {
-                    st.remove(i);
-                    st.counters.evicted += 1;
-                }
-                None => {
-                    st.counters.refused += 1;
-                    return Admission::Refuse;
-                }
-            }
+        if from_source >= lim.per_source && !st.make_room(|e| e.source == source && !e.validated) {
+            return Admission::Refuse;
         }
-        if st.entries.len() >= lim.max {
-            // The handshake that has waited longest for its client since this side
-            // answered the ClientHello gives way (a spoofed address's, or one that stalls,
-            // waits until the handshake timeout; a real client answers within a round
-            // trip). One not answered yet (this side short of CPU) is never dropped for a
-            // newer one: the newcomer is refused.
-            match st.longest_waiting(|_| true) {
-                Some(i) => {
-                    st.remove(i);
-                    st.counters.evicted += 1;
-                }
-                None => {
-                    st.counters.refused += 1;
-                    return Admission::Refuse;
-                }
-            }
+        // The handshake that has waited longest for its client since this side answered
+        // the ClientHello gives way (a spoofed address's, or one that stalls, waits until
+        // the handshake timeout; a real client answers within a round trip). One not
+        // answered yet (this side short of CPU) is never dropped for a newer one: the
+        // newcomer is refused.
+        if st.entries.len() >= lim.max && !st.make_room(|_| true) {
+            return Admission::Refuse;
         }
         let serial = st.next_serial;
         st.next_serial += 1;
