@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use membership::{Item, Message, Record};
 use tracing::{debug, warn};
-use transport::{DeviceId, Identity};
+use transport::{DeviceId, Identity, TokenBucket};
 
 use super::record_seal::{self, Refusal};
 
@@ -43,33 +43,18 @@ pub struct GateStats {
     pub unchecked: u64,
 }
 
-/// One sender's verification budget (a token bucket) and block.
+/// One sender's verification budget and block.
 struct Budget {
-    tokens: u32,
-    at: Instant,
+    checks: TokenBucket,
     blocked_until: Option<Instant>,
 }
 
 impl Budget {
     fn new(now: Instant) -> Self {
         Budget {
-            tokens: BURST,
-            at: now,
+            checks: TokenBucket::full(BURST, Duration::from_secs(1) / RATE, now),
             blocked_until: None,
         }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let gained = now.saturating_duration_since(self.at).as_millis() as u64 * RATE as u64 / 1000;
-        if gained > 0 {
-            self.tokens = (self.tokens as u64 + gained).min(BURST as u64) as u32;
-            self.at = now;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
     }
 }
 
@@ -91,8 +76,13 @@ pub struct RecordGate {
 
 /// What a record is, by what the gate knows of it and its sender.
 enum Verdict {
+    /// The same as the last record verified of its origin.
     Known,
-    Check,
+    /// To verify; the digest it is remembered by once verified.
+    Check([u8; 32]),
+    /// Its seal is refused without a signature to verify (no seal, not the origin's key).
+    Refuse(Refusal),
+    /// Dropped unchecked: the sender is blocked or over its budget.
     Drop,
 }
 
@@ -154,10 +144,7 @@ impl RecordGate {
     fn admit_record(&self, from: DeviceId, rec: &Record<DeviceId>, now: Instant) -> bool {
         // The cheap checks first: a seal whose key is not the origin's costs no signature
         // verification, and blocks its sender all the same.
-        let hash = match record_seal::origin_key(rec) {
-            Ok(_) => Some(digest(rec)),
-            Err(_) => None,
-        };
+        let hash = record_seal::origin_key(rec).map(|_| digest(rec));
         let verdict = {
             let mut st = self.lock();
             let State {
@@ -169,14 +156,14 @@ impl RecordGate {
             } else {
                 budget.blocked_until = None;
                 match hash {
-                    None => Verdict::Check,
-                    Some(h) if verified.get(&rec.origin) == Some(&h) => Verdict::Known,
-                    Some(_) if budget.take(now) => Verdict::Check,
-                    Some(_) => Verdict::Drop,
+                    Err(why) => Verdict::Refuse(why),
+                    Ok(h) if verified.get(&rec.origin) == Some(&h) => Verdict::Known,
+                    Ok(h) if budget.checks.try_take(now) => Verdict::Check(h),
+                    Ok(_) => Verdict::Drop,
                 }
             }
         };
-        match verdict {
+        let h = match verdict {
             Verdict::Known => {
                 self.lock().stats.known += 1;
                 return true;
@@ -186,12 +173,16 @@ impl RecordGate {
                 debug!(peer = %from.short(), origin = %rec.origin.short(), "membership record dropped unchecked: its sender is blocked or over its budget");
                 return false;
             }
-            Verdict::Check => {}
-        }
+            Verdict::Refuse(why) => {
+                refuse(&mut self.lock(), from, rec, why, now);
+                return false;
+            }
+            Verdict::Check(h) => h,
+        };
         let checked = record_seal::check(rec);
         let mut st = self.lock();
-        match (checked, hash) {
-            (Ok(()), Some(h)) => {
+        match checked {
+            Ok(()) => {
                 st.stats.verified += 1;
                 if st.verified.len() >= MAX_VERIFIED && !st.verified.contains_key(&rec.origin) {
                     st.verified.clear();
@@ -199,10 +190,8 @@ impl RecordGate {
                 st.verified.insert(rec.origin, h);
                 true
             }
-            (Ok(()), None) => false,
-            (Err(e), _) => {
-                st.stats.refused += 1;
-                refuse(&mut st, from, rec, e, now);
+            Err(why) => {
+                refuse(&mut st, from, rec, why, now);
                 false
             }
         }
@@ -222,6 +211,7 @@ impl RecordGate {
 }
 
 fn refuse(st: &mut State, from: DeviceId, rec: &Record<DeviceId>, why: Refusal, now: Instant) {
+    st.stats.refused += 1;
     if let Some(b) = st.budgets.get_mut(&from) {
         b.blocked_until = Some(now + BLOCK);
     }

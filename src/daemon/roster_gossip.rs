@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use transport::DeviceId;
+use transport::{DeviceId, TokenBucket};
 
 use super::roster::RosterSnapshot;
 
@@ -163,9 +163,8 @@ pub enum Admit<T> {
 }
 
 struct GateState<T> {
-    /// Merges allowed now (refilled one per interval, up to the burst).
-    tokens: u32,
-    refilled: Instant,
+    /// Merges allowed.
+    merges: TokenBucket,
     pending: Option<T>,
 }
 
@@ -184,21 +183,6 @@ pub type RosterGate = Gate<RosterSnapshot>;
 impl Default for RosterGate {
     fn default() -> Self {
         Gate::new(ROSTER_BURST, ROSTER_INTERVAL)
-    }
-}
-
-impl<T> GateState<T> {
-    fn refill(&mut self, now: Instant, burst: u32, interval: Duration) {
-        let periods =
-            now.saturating_duration_since(self.refilled).as_millis() / interval.as_millis();
-        if periods > 0 {
-            let periods = u32::try_from(periods).unwrap_or(u32::MAX);
-            self.tokens = self.tokens.saturating_add(periods).min(burst);
-            self.refilled += interval * periods.min(burst);
-            if self.tokens == burst {
-                self.refilled = now;
-            }
-        }
     }
 }
 
@@ -224,21 +208,18 @@ impl<T> Gate<T> {
         if all.len() > 4096 && !all.contains_key(&from) {
             all.clear();
         }
-        let g = all.entry(from).or_insert(GateState {
-            tokens: self.burst,
-            refilled: now,
+        let g = all.entry(from).or_insert_with(|| GateState {
+            merges: TokenBucket::full(self.burst, self.interval, now),
             pending: None,
         });
-        g.refill(now, self.burst, self.interval);
-        if g.pending.is_none() && g.tokens > 0 {
-            g.tokens -= 1;
+        if g.pending.is_none() && g.merges.try_take(now) {
             return Admit::Now(frame);
         }
         if g.pending.replace(frame).is_some() {
             Admit::Queued
         } else {
             // When the next merge is allowed.
-            Admit::Later((g.refilled + self.interval).saturating_duration_since(now))
+            Admit::Later(g.merges.wait(now))
         }
     }
 
@@ -246,9 +227,8 @@ impl<T> Gate<T> {
     pub fn take_pending(&self, from: &DeviceId, now: Instant) -> Option<T> {
         let mut all = self.lock();
         let g = all.get_mut(from)?;
-        g.refill(now, self.burst, self.interval);
         let frame = g.pending.take()?;
-        g.tokens = g.tokens.saturating_sub(1);
+        g.merges.spend(now);
         Some(frame)
     }
 }

@@ -14,6 +14,7 @@
 //!
 //! The wire format is described in `docs/protocol.md`.
 
+pub mod bucket;
 pub mod endpoint;
 pub mod frame;
 pub mod heartbeat;
@@ -28,6 +29,7 @@ pub mod socket;
 pub mod tls;
 pub mod wire;
 
+pub use bucket::TokenBucket;
 pub use endpoint::{
     close_code, DownReason, Endpoint, EndpointConfig, HandshakeCounters, HandshakeLimits,
     IncomingStream, PeerConn, TransportError, TransportEvent,

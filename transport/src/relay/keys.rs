@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::relay_identity;
+use crate::bucket::TokenBucket;
 use crate::id::DeviceId;
 
 /// Secrets whose key is kept (more than a mesh has relays).
@@ -40,11 +41,6 @@ fn digest(secret: &str) -> [u8; 32] {
     out
 }
 
-struct Budget {
-    tokens: u32,
-    refilled: Instant,
-}
-
 /// The relays' expected keys (see the module documentation).
 pub struct RelayKeys {
     derive: Derive,
@@ -53,7 +49,7 @@ pub struct RelayKeys {
     /// One permit: the derivation running (held until it ends, even if its requester
     /// went away).
     turn: Arc<Semaphore>,
-    budget: Mutex<Budget>,
+    budget: Mutex<TokenBucket>,
     derived: AtomicU64,
 }
 
@@ -86,10 +82,7 @@ impl RelayKeys {
             derive,
             cache: Mutex::new(VecDeque::new()),
             turn: Arc::new(Semaphore::new(1)),
-            budget: Mutex::new(Budget {
-                tokens: BURST,
-                refilled: Instant::now(),
-            }),
+            budget: Mutex::new(TokenBucket::full(BURST, REFILL, Instant::now().into_std())),
             derived: AtomicU64::new(0),
         }
     }
@@ -126,23 +119,11 @@ impl RelayKeys {
         loop {
             let wait = {
                 let mut b = lock(&self.budget);
-                let now = Instant::now();
-                let periods =
-                    now.saturating_duration_since(b.refilled).as_millis() / REFILL.as_millis();
-                if periods > 0 {
-                    let periods = u32::try_from(periods).unwrap_or(u32::MAX);
-                    b.tokens = b.tokens.saturating_add(periods).min(BURST);
-                    b.refilled = if b.tokens == BURST {
-                        now
-                    } else {
-                        b.refilled + REFILL * periods
-                    };
-                }
-                if b.tokens > 0 {
-                    b.tokens -= 1;
+                let now = Instant::now().into_std();
+                if b.try_take(now) {
                     return;
                 }
-                (b.refilled + REFILL).saturating_duration_since(now)
+                b.wait(now)
             };
             tokio::time::sleep(wait).await;
         }
