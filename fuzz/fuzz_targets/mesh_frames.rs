@@ -10,7 +10,10 @@
 //! frames re-encode canonically (`check::frames`). Membership messages: the decoder's
 //! limits hold (`MAX_MESSAGE_BYTES`, `MAX_LIST`, `MAX_LINKS`, `MAX_PAYLOAD`, `MAX_SEAL`), a
 //! decoded message round-trips through `encode`/`decode`, and feeding it to a `Membership` core
-//! (as `src/daemon/membership.rs` does) neither panics nor stalls. Signed parts are fed to
+//! (as `src/daemon/membership.rs` does) neither panics nor stalls. The message also goes
+//! through the daemon's record gate (`src/daemon/record_gate.rs`), which must let no record
+//! through (none is sealed by its origin's key here) and keep everything else; the core
+//! is fed the message as it came, as if a member had sealed every record in it. Signed parts are fed to
 //! their verification: a `Roster` is merged into a `MeshRoster`, `Relays` into a relay
 //! map, with every signer trusted (so only the signature checks stand).
 #![no_main]
@@ -19,6 +22,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cnspr_fuzz::check::{frames, split};
+use cnspr_fuzz::daemon::record_gate::RecordGate;
 use cnspr_fuzz::daemon::relays;
 use cnspr_fuzz::daemon::roster::MeshRoster;
 use cnspr_fuzz::daemon::wire::MeshFrame;
@@ -66,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn membership(core: &mut Option<(Membership<DeviceId>, Instant)>, bytes: &[u8]) {
+fn membership(core: &mut Option<(Membership<DeviceId>, Instant, RecordGate)>, bytes: &[u8]) {
     let Ok(msg) = Message::<DeviceId>::decode(bytes) else {
         return;
     };
@@ -96,7 +100,7 @@ fn membership(core: &mut Option<(Membership<DeviceId>, Instant)>, bytes: &[u8]) 
         "membership message does not round-trip"
     );
 
-    let (m, now) = core.get_or_insert_with(|| {
+    let (m, now, gate) = core.get_or_insert_with(|| {
         let now = Instant::now();
         let mut m = Membership::new(ME, 1, Config::lan(), now);
         m.set_members([PEER, DeviceId([3; 32])]);
@@ -109,9 +113,33 @@ fn membership(core: &mut Option<(Membership<DeviceId>, Instant)>, bytes: &[u8]) 
             },
             now,
         );
-        (m, now)
+        (m, now, RecordGate::default())
     });
     *now += Duration::from_millis(10);
+
+    let mut gated = msg.clone();
+    gate.admit(PEER, &mut gated, *now);
+    match (&msg, &gated) {
+        (Message::Gossip { items }, Message::Gossip { items: kept }) => {
+            let events = |l: &[Item<DeviceId>]| {
+                l.iter()
+                    .filter_map(|i| match i {
+                        Item::Event(e) => Some(e.clone()),
+                        Item::Record(_) => None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert!(
+                kept.iter().all(|i| matches!(i, Item::Event(_))),
+                "a record without its origin's seal passed the gate"
+            );
+            assert_eq!(events(items), events(kept), "the gate changed the events");
+        }
+        _ => assert_eq!(msg, gated, "the gate changed a message without records"),
+    }
+    let stats = gate.stats();
+    assert_eq!(stats.verified + stats.known, 0, "a record was taken: {stats:?}");
+
     m.handle_input(Input::Message { from: PEER, msg }, *now);
     let mut outputs = 0usize;
     while m.poll_output().is_some() {

@@ -12,6 +12,13 @@ pub mod roster;
 #[path = "../../src/daemon/roster_judge.rs"]
 pub mod roster_judge;
 
+/// The seals of membership records, and the gate that takes records only with theirs.
+#[path = "../../src/daemon/record_seal.rs"]
+pub mod record_seal;
+
+#[path = "../../src/daemon/record_gate.rs"]
+pub mod record_gate;
+
 #[path = "../../src/daemon/relays.rs"]
 pub mod relays;
 
