@@ -265,6 +265,52 @@ fn a_join_after_the_window_closed_fails_at_once_and_says_why() {
     );
 }
 
+/// A device that connects to a window and then stalls (gone from the network, or holding
+/// the port on purpose) holds up no other device: attempts run side by side until their
+/// code is tried. Before, the window served one attempt at a time, so the join below
+/// waited for each stalled attempt to time out (10 s), and those were closed first.
+#[test]
+fn a_stalled_attempt_does_not_hold_up_another_device() {
+    let mut a = Node::new("alpha", "");
+    a.start();
+    let mut b = Node::new("beta", "");
+    b.start();
+    let w = Window::open(&a, &[]);
+    let addr: std::net::SocketAddr = w.addr().parse().unwrap();
+    // Worker threads keep driving the strangers' connections between the calls.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One more than the window prepares at once: the oldest gives way.
+    let stalled: Vec<_> = (0..5)
+        .map(|i| {
+            let id = transport::Identity::generate(&format!("stranger-{i}")).unwrap();
+            rt.block_on(transport::pairing::dial(&id, addr))
+                .expect("the window takes the stranger's connection")
+        })
+        .collect();
+    let gave_way = |c: &transport::quinn::Connection| {
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(10), c.closed()).await
+        })
+        .expect("the oldest stalled attempt gives way to a newer one")
+    };
+    gave_way(&stalled[0]);
+    let out = join(&b, &w.code(), &w.addr());
+    assert!(out.status.success(), "join: {}\n{}", stderr(&out), a.log());
+    // The join took the place of the next oldest; the others are still waiting.
+    gave_way(&stalled[1]);
+    for c in &stalled[2..] {
+        assert_eq!(
+            c.close_reason(),
+            None,
+            "the join waited for a stalled attempt to end"
+        );
+    }
+    let (last, ok, err) = w.finish();
+    assert!(ok, "{err}");
+    assert_eq!(last.unwrap()["paired"]["name"], "beta");
+    drop(stalled);
+}
+
 /// The window's client hears of every wrong code as it happens (a line `{"attempt":
 /// ...}` before the outcome), and the right code still pairs after two wrong ones.
 #[test]

@@ -359,6 +359,12 @@ impl WindowHandshake {
         self.joiner_name.as_deref()
     }
 
+    /// Whether the next message is the joiner's confirmation: handling it tries the code
+    /// (one of the window's few tries), so the window takes such messages one at a time.
+    pub fn tries_code_next(&self) -> bool {
+        matches!(self.stage, WindowStage::Confirm { .. })
+    }
+
     /// The next message from the joiner.
     pub fn handle(&mut self, msg: PairMsg) -> Result<WindowStep, PairError> {
         let joiner = self.session.peer;

@@ -1,7 +1,11 @@
-//! The window's side: opens the pairing port, serves one attempt at a time through
-//! [`WindowHandshake`] and follows the window's life with [`WindowState`]. Everything
-//! decided is decided there; this task only moves messages and applies the outcome.
+//! The window's side: opens the pairing port, serves attempts through [`WindowHandshake`]
+//! and follows the window's life with [`WindowState`]. Everything decided is decided
+//! there; this task only moves messages and applies the outcome. Attempts run side by side
+//! up to the message that tries their code (a stalled one holds up no other); codes are
+//! tried, and attempts concluded, one at a time by the window's task, so the count of
+//! wrong codes and the one pairing a window allows stay exact.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
 use tracing::{info, warn};
 use transport::pairing;
-use transport::quinn::{Endpoint, Incoming};
+use transport::quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 
 use super::addr::{window_addresses, Shown};
 use super::code::{new_code, normalize_code};
 use super::error::PairError;
-use super::handshake::{Admission, WindowHandshake, WindowStep};
+use super::handshake::{Admission, Session, WindowHandshake, WindowStep};
 use super::io;
 use super::window::{
     Attempt, AttemptReport, Closed, Paired, Phase, Who, WindowOutput, WindowState, LINGER,
@@ -33,6 +38,11 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a closed window spends telling one device that it closed.
 const CLOSED_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts under way at once before their code is tried; a newer one takes the place of
+/// the oldest.
+const MAX_PREPARING: usize = 4;
+/// Devices told at once that the window closed; more are turned away unanswered.
+const MAX_LATE: usize = 4;
 /// Windows (open or closed and still answering) at most in this process; beyond it a
 /// closed window stops listening at once.
 const MAX_WINDOWS: usize = 4;
@@ -218,6 +228,11 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut cancel: watch::Receiver<bool>) {
+        // Attempts up to their code's try run side by side; the code is tried, and the
+        // attempt concluded, here, one at a time.
+        let mut preparing = Preparing::default();
+        // Devices being told that the window closed.
+        let mut late = tokio::task::JoinSet::new();
         loop {
             let wake = self
                 .state
@@ -235,11 +250,18 @@ impl Task {
                     tokio::select! {
                         i = self.ep.accept() => match i {
                             Some(incoming) => {
-                                let a = attempt(d, incoming, &self.digits).await;
-                                self.state.handle_attempt(a, Instant::now())
+                                preparing.start(d, incoming, &self.digits);
+                                Vec::new()
                             }
                             None => self.state.port_closed(),
                         },
+                        Some(p) = preparing.next() => {
+                            let a = match p {
+                                Prepared::Ended(a) => a,
+                                Prepared::Confirm(a, msg) => a.conclude(d, msg).await,
+                            };
+                            self.state.handle_attempt(a, Instant::now())
+                        }
                         _ = sleep => self.state.handle_timeout(Instant::now()),
                         // Also when the window's client dropped its end.
                         _ = cancelled(&mut cancel) => self.state.cancel(Instant::now()),
@@ -249,12 +271,25 @@ impl Task {
                 (Phase::Closed(why), _) => {
                     tokio::select! {
                         i = self.ep.accept() => match i {
+                            Some(incoming) if late.len() < MAX_LATE => {
+                                late.spawn(answer_closed(incoming, why));
+                                Vec::new()
+                            }
                             Some(incoming) => {
-                                answer_closed(incoming, why).await;
+                                incoming.refuse();
                                 Vec::new()
                             }
                             None => self.state.port_closed(),
                         },
+                        // Attempts that were under way when the window closed: their
+                        // code is not tried, they hear why.
+                        Some(p) = preparing.next() => {
+                            if let Prepared::Confirm(a, _) = p {
+                                late.spawn(a.told_closed(why));
+                            }
+                            Vec::new()
+                        }
+                        Some(_) = late.join_next(), if !late.is_empty() => Vec::new(),
                         _ = sleep => self.state.handle_timeout(Instant::now()),
                     }
                 }
@@ -293,68 +328,186 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     let _ = cancel.wait_for(|c| *c).await;
 }
 
-async fn attempt(d: &Arc<Daemon>, incoming: Incoming, digits: &str) -> Attempt {
-    let from = Shown(crate::addr::canon(incoming.remote_address()));
-    match tokio::time::timeout(ATTEMPT_TIMEOUT, run_attempt(d, incoming, digits)).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => {
-            info!(from = %from, error = %e, "pairing attempt abandoned");
-            Attempt::Abandoned
+/// Attempts up to their code's try, run side by side: a device that connects and then
+/// stalls (gone from the network, or holding the port on purpose) does not hold up the
+/// others. At most [`MAX_PREPARING`]; a newer one takes the place of the oldest.
+#[derive(Default)]
+struct Preparing {
+    tasks: tokio::task::JoinSet<Prepared>,
+    /// Oldest first.
+    started: VecDeque<AbortHandle>,
+}
+
+impl Preparing {
+    fn start(&mut self, d: &Arc<Daemon>, incoming: Incoming, digits: &str) {
+        self.started.retain(|h| !h.is_finished());
+        if self.started.len() >= MAX_PREPARING {
+            if let Some(oldest) = self.started.pop_front() {
+                info!("pairing attempt dropped for a newer one: too many under way");
+                oldest.abort();
+            }
         }
-        Err(_) => {
-            info!(from = %from, "pairing attempt timed out");
-            Attempt::Abandoned
+        let (d, digits) = (d.clone(), digits.to_string());
+        let from = Shown(crate::addr::canon(incoming.remote_address()));
+        self.started.push_back(self.tasks.spawn(async move {
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, prepare(&d, incoming, &digits)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    info!(from = %from, error = %e, "pairing attempt abandoned");
+                    Prepared::Ended(Attempt::Abandoned)
+                }
+                Err(_) => {
+                    info!(from = %from, "pairing attempt timed out");
+                    Prepared::Ended(Attempt::Abandoned)
+                }
+            }
+        }));
+    }
+
+    /// The next attempt prepared or ended (aborted ones are skipped); pending while there
+    /// is none under way.
+    async fn next(&mut self) -> Option<Prepared> {
+        loop {
+            match self.tasks.join_next().await {
+                Some(Ok(p)) => return Some(p),
+                Some(Err(_)) => continue,
+                None => std::future::pending::<()>().await,
+            }
         }
     }
 }
 
-async fn run_attempt(
-    d: &Arc<Daemon>,
-    incoming: Incoming,
-    digits: &str,
-) -> Result<Attempt, PairError> {
+/// Where an attempt stands when its task ends.
+enum Prepared {
+    /// It ended before its code was tried.
+    Ended(Attempt),
+    /// The joiner's confirmation arrived: the code is to be tried.
+    Confirm(Box<Attempting>, PairMsg),
+}
+
+/// One attempt's connection and handshake.
+struct Attempting {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    hs: WindowHandshake,
+    session: Session,
+    from: Shown,
+}
+
+/// Runs an attempt up to the message that tries its code.
+async fn prepare(d: &Arc<Daemon>, incoming: Incoming, digits: &str) -> Result<Prepared, PairError> {
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
         .await
         .map_err(|_| PairError::AttemptTimeout(HANDSHAKE_TIMEOUT))??;
     let session = io::session(&conn)?;
     let from = Shown(crate::addr::canon(conn.remote_address()));
-    let (mut send, mut recv) = conn.accept_bi().await?;
+    let (send, recv) = conn.accept_bi().await?;
     let removed = d.roster().is_removed(&session.peer);
-    let mut hs = WindowHandshake::new(digits, io::me(d), session, removed, io::nonce());
-    let who = |hs: &WindowHandshake| Who {
-        id: session.peer,
-        name: hs.joiner_name().unwrap_or_default().to_string(),
-        addr: from,
+    let hs = WindowHandshake::new(digits, io::me(d), session, removed, io::nonce());
+    let mut a = Attempting {
+        conn,
+        send,
+        recv,
+        hs,
+        session,
+        from,
     };
     loop {
-        let msg = io::read(&mut recv).await?;
-        match hs.handle(msg)? {
-            WindowStep::Send(m) => io::write(&mut send, &m).await?,
+        let msg = io::read(&mut a.recv).await?;
+        if a.hs.tries_code_next() {
+            return Ok(Prepared::Confirm(Box::new(a), msg));
+        }
+        if let Some(end) = a.step(d, msg).await? {
+            return Ok(Prepared::Ended(end));
+        }
+    }
+}
+
+impl Attempting {
+    fn who(&self) -> Who {
+        Who {
+            id: self.session.peer,
+            name: self.hs.joiner_name().unwrap_or_default().to_string(),
+            addr: self.from,
+        }
+    }
+
+    /// Tries the code with `msg` and takes the attempt to its end (the window's task, one
+    /// attempt at a time, within [`ATTEMPT_TIMEOUT`]).
+    async fn conclude(mut self: Box<Self>, d: &Arc<Daemon>, msg: PairMsg) -> Attempt {
+        let from = self.from;
+        let run = async {
+            let mut msg = msg;
+            loop {
+                if let Some(end) = self.step(d, msg).await? {
+                    return Ok::<_, PairError>(end);
+                }
+                msg = io::read(&mut self.recv).await?;
+            }
+        };
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, run).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                info!(from = %from, error = %e, "pairing attempt abandoned");
+                Attempt::Abandoned
+            }
+            Err(_) => {
+                info!(from = %from, "pairing attempt timed out");
+                Attempt::Abandoned
+            }
+        }
+    }
+
+    /// The window closed while this attempt was under way: its code is not tried.
+    async fn told_closed(mut self: Box<Self>, why: Closed) {
+        let fail = PairMsg::Fail {
+            reason: why.reason(),
+        };
+        let _ = tokio::time::timeout(
+            CLOSED_ANSWER_TIMEOUT,
+            io::last_word(&self.conn, &mut self.send, &fail),
+        )
+        .await;
+        info!(from = %self.from, "told a pairing attempt under way that the window closed");
+    }
+
+    /// Handles one message from the joiner; the attempt's end once it ended.
+    async fn step(&mut self, d: &Arc<Daemon>, msg: PairMsg) -> Result<Option<Attempt>, PairError> {
+        let from = self.from;
+        match self.hs.handle(msg)? {
+            WindowStep::Send(m) => {
+                io::write(&mut self.send, &m).await?;
+                Ok(None)
+            }
             WindowStep::Refuse { send: fail, why } => {
-                io::last_word(&conn, &mut send, &fail).await;
+                io::last_word(&self.conn, &mut self.send, &fail).await;
                 info!(from = %from, reason = %why, "pairing attempt refused");
-                return Ok(Attempt::Refused(who(&hs), why));
+                Ok(Some(Attempt::Refused(self.who(), why)))
             }
             WindowStep::WrongCode { send: fail } => {
-                io::last_word(&conn, &mut send, &fail).await;
-                warn!(from = %from, id = %session.peer.short(), "pairing attempt with a wrong code");
-                return Ok(Attempt::WrongCode(who(&hs)));
+                io::last_word(&self.conn, &mut self.send, &fail).await;
+                warn!(from = %from, id = %self.session.peer.short(), "pairing attempt with a wrong code");
+                Ok(Some(Attempt::WrongCode(self.who())))
             }
             WindowStep::Admit(adm) => {
-                let mesh_name = admit(d, &adm, conn.remote_address());
-                let welcome = hs.welcome(mesh_name.clone(), d.roster().wire_snapshot())?;
-                if io::write(&mut send, &welcome).await.is_err() {
+                let mesh_name = admit(d, &adm, self.conn.remote_address());
+                let welcome = self
+                    .hs
+                    .welcome(mesh_name.clone(), d.roster().wire_snapshot())?;
+                if io::write(&mut self.send, &welcome).await.is_err() {
                     warn!("the joining device went away after proving the code; it is trusted here and will learn the roster when it connects");
                 } else {
                     // Its `Done`, or its going away.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), io::read(&mut recv)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), io::read(&mut self.recv))
+                        .await;
                 }
-                conn.close(0u32.into(), b"paired");
-                return Ok(Attempt::Paired(Paired {
+                self.conn.close(0u32.into(), b"paired");
+                Ok(Some(Attempt::Paired(Paired {
                     id: adm.joiner.to_string(),
                     name: mesh_name,
                     self_name: None,
-                }));
+                })))
             }
         }
     }
