@@ -271,9 +271,18 @@ impl Joiner {
                     send: PairMsg::Done,
                 })
             }
-            // A `Fail` answering `Confirm` is the window not accepting the code (it sends
-            // no other there).
-            (JoinerStage::Welcome { .. }, PairMsg::Fail { .. }) => Err(PairError::WrongCode),
+            // A `Fail` answering `Confirm`: the window did not accept the code, or it
+            // closed while this attempt was under way (its code was not tried) and says
+            // why. Windows before that sent only the first.
+            (JoinerStage::Welcome { .. }, PairMsg::Fail { reason }) => {
+                if reason == WRONG_CODE_REASON {
+                    Err(PairError::WrongCode)
+                } else {
+                    Err(PairError::Refused {
+                        reason: sanitize(&reason),
+                    })
+                }
+            }
             (stage, other) => Err(PairError::Unexpected {
                 expected: match stage {
                     JoinerStage::Reply(_) => "Reply or Fail",

@@ -91,6 +91,17 @@ fn a_wrong_code_fails_on_both_sides_and_trusts_nothing() {
 }
 
 #[test]
+fn a_window_that_closed_during_an_attempt_says_why_instead_of_wrong_code() {
+    let (mut j, _w, step) = begin(CODE, CODE);
+    joiner_sent(j.handle(sent(step)).unwrap());
+    let why = "the pairing window was already used by another device";
+    match j.handle(PairMsg::Fail { reason: why.into() }) {
+        Err(PairError::Refused { reason }) => assert_eq!(reason, why),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn a_machine_in_the_middle_fails_even_with_the_right_code() {
     // It relays every message unchanged, but each side's TLS session is with M: the
     // joiner sees M's ID and one exporter secret, the window another pair.
