@@ -31,9 +31,10 @@ pub async fn write(send: &mut SendStream, msg: &PairMsg) -> Result<(), PairError
     Ok(write_frame(send, msg, MAX_CONTROL_FRAME).await?)
 }
 
-/// Sends a last message (a `Fail`) and lets the other side close.
+/// Sends a last message (a `Fail`) and lets the other side close; within about
+/// 2 × [`LAST_WORD`] whatever the other side does (it may hold back flow control).
 pub async fn last_word(conn: &Connection, send: &mut SendStream, msg: &PairMsg) {
-    let _ = write(send, msg).await;
+    let _ = tokio::time::timeout(LAST_WORD, write(send, msg)).await;
     let _ = send.finish();
     let _ = tokio::time::timeout(LAST_WORD, conn.closed()).await;
 }

@@ -38,6 +38,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a closed window spends telling one device that it closed.
 const CLOSED_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest the window spends delivering its welcome to a device that proved the code
+/// (and hearing its `Done`).
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts under way at once before their code is tried; a newer one takes the place of
 /// the oldest.
 const MAX_PREPARING: usize = 4;
@@ -247,14 +250,14 @@ impl Task {
             let outputs = match (*self.state.phase(), &self.daemon) {
                 (Phase::Gone, _) => break,
                 (Phase::Open, Some(d)) => {
+                    // In this order: a cancel or the deadline closes the window before
+                    // another code is tried; attempts that ended are taken before new
+                    // connections.
                     tokio::select! {
-                        i = self.ep.accept() => match i {
-                            Some(incoming) => {
-                                preparing.start(d, incoming, &self.digits);
-                                Vec::new()
-                            }
-                            None => self.state.port_closed(),
-                        },
+                        biased;
+                        // Also when the window's client dropped its end.
+                        _ = cancelled(&mut cancel) => self.state.cancel(Instant::now()),
+                        _ = sleep => self.state.handle_timeout(Instant::now()),
                         Some(p) = preparing.next() => {
                             let a = match p {
                                 Prepared::Ended(a) => a,
@@ -262,14 +265,20 @@ impl Task {
                             };
                             self.state.handle_attempt(a, Instant::now())
                         }
-                        _ = sleep => self.state.handle_timeout(Instant::now()),
-                        // Also when the window's client dropped its end.
-                        _ = cancelled(&mut cancel) => self.state.cancel(Instant::now()),
+                        i = self.ep.accept() => match i {
+                            Some(incoming) => {
+                                preparing.start(d, incoming, &self.digits);
+                                Vec::new()
+                            }
+                            None => self.state.port_closed(),
+                        },
                     }
                 }
                 (Phase::Open, None) => self.state.port_closed(),
                 (Phase::Closed(why), _) => {
                     tokio::select! {
+                        biased;
+                        _ = sleep => self.state.handle_timeout(Instant::now()),
                         i = self.ep.accept() => match i {
                             Some(incoming) if late.len() < MAX_LATE => {
                                 late.spawn(answer_closed(incoming, why));
@@ -290,7 +299,6 @@ impl Task {
                             Vec::new()
                         }
                         Some(_) = late.join_next(), if !late.is_empty() => Vec::new(),
-                        _ = sleep => self.state.handle_timeout(Instant::now()),
                     }
                 }
             };
@@ -434,26 +442,24 @@ impl Attempting {
     }
 
     /// Tries the code with `msg` and takes the attempt to its end (the window's task, one
-    /// attempt at a time, within [`ATTEMPT_TIMEOUT`]).
+    /// attempt at a time). The outcome is decided at once, and the I/O after it is
+    /// bounded (`io::last_word`, [`WELCOME_TIMEOUT`]): a joiner that holds back cannot
+    /// turn a tried code into an abandoned attempt, nor hold the window's task for long.
     async fn conclude(mut self: Box<Self>, d: &Arc<Daemon>, msg: PairMsg) -> Attempt {
-        let from = self.from;
-        let run = async {
-            let mut msg = msg;
-            loop {
-                if let Some(end) = self.step(d, msg).await? {
-                    return Ok::<_, PairError>(end);
-                }
-                msg = io::read(&mut self.recv).await?;
-            }
-        };
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, run).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                info!(from = %from, error = %e, "pairing attempt abandoned");
+        if self.conn.close_reason().is_some() {
+            // The joiner gave up while this attempt waited its turn: its code is not
+            // tried (a pairing it would never hear of).
+            info!(from = %self.from, "pairing attempt abandoned before its code was tried: the device went away");
+            return Attempt::Abandoned;
+        }
+        match self.step(d, msg).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                info!(from = %self.from, "pairing attempt abandoned: a message out of turn");
                 Attempt::Abandoned
             }
-            Err(_) => {
-                info!(from = %from, "pairing attempt timed out");
+            Err(e) => {
+                info!(from = %self.from, error = %e, "pairing attempt abandoned");
                 Attempt::Abandoned
             }
         }
@@ -495,12 +501,16 @@ impl Attempting {
                 let welcome = self
                     .hs
                     .welcome(mesh_name.clone(), d.roster().wire_snapshot())?;
-                if io::write(&mut self.send, &welcome).await.is_err() {
-                    warn!("the joining device went away after proving the code; it is trusted here and will learn the roster when it connects");
-                } else {
+                let (send, recv) = (&mut self.send, &mut self.recv);
+                let delivered = tokio::time::timeout(WELCOME_TIMEOUT, async move {
+                    io::write(send, &welcome).await?;
                     // Its `Done`, or its going away.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), io::read(&mut self.recv))
-                        .await;
+                    let _ = io::read(recv).await;
+                    Ok::<_, PairError>(())
+                })
+                .await;
+                if !matches!(delivered, Ok(Ok(()))) {
+                    warn!("the joining device went away after proving the code; it is trusted here and will learn the roster when it connects");
                 }
                 self.conn.close(0u32.into(), b"paired");
                 Ok(Some(Attempt::Paired(Paired {

@@ -60,7 +60,8 @@ pub struct RelayStats {
     /// Datagrams passed on for other members (`member.rs`).
     pub forwarded: AtomicU64,
     /// Relayed datagrams dropped because their sender is no device this endpoint accepts
-    /// (see [`Relays::accepts`]).
+    /// (see [`Relays::accepts`]), and datagrams from the network with a source address in
+    /// the virtual ranges (spoofed).
     pub strangers: AtomicU64,
 }
 
@@ -427,6 +428,26 @@ impl RelaySocket {
 }
 
 impl RelaySocket {
+    /// One entry received from the network, before quinn sees it: a member's request to
+    /// pass datagrams on, relayed datagrams (unwrapped, from their sender's virtual
+    /// address), or the rest. A datagram straight from the network whose source lies in
+    /// the virtual ranges is spoofed (relayed peers get those addresses only here): it is
+    /// dropped, or it would pass for a relayed peer's, which the handshake gate counts as
+    /// validated and as a source of its own.
+    fn screen_entry(&self, buf: &mut [u8], m: &mut RecvMeta) {
+        if buf.first() == Some(&FORWARD) {
+            self.forward_entry(buf, m);
+        } else if !self.relays.unwrap_in_place(buf, m) && is_virtual(&m.addr) {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let count = m.len.div_ceil(stride.max(1)) as u64;
+            self.relays
+                .stats
+                .strangers
+                .fetch_add(count, Ordering::Relaxed);
+            m.len = 0;
+        }
+    }
+
     /// Passes on an entry of datagrams a member asks us to forward (`member.rs`): all
     /// for one target, rewritten in place and sent in as few system calls as the socket
     /// allows; the entry is used up (length 0). An entry that is anything else, or
@@ -510,11 +531,7 @@ impl AsyncUdpSocket for RelaySocket {
             };
             let relays = &self.relays;
             for (b, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
-                if b[0] == FORWARD {
-                    self.forward_entry(b, m);
-                } else {
-                    relays.unwrap_in_place(b, m);
-                }
+                self.screen_entry(b, m);
             }
             // What is left: relayed datagrams mixed with others, one by one.
             let mut n = take_frames(bufs, meta, n, |from, frame| {

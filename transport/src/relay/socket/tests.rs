@@ -350,3 +350,30 @@ async fn nothing_from_an_unknown_sender_reaches_quinn() {
     assert_eq!(remembered(&relays), (1, 1));
     assert_eq!(relays.stats.strangers.load(Ordering::Relaxed), 1000);
 }
+
+#[tokio::test]
+async fn datagrams_from_the_network_with_a_virtual_source_are_dropped() {
+    use quinn::Runtime;
+    let here = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let inner = quinn::TokioRuntime.wrap_udp_socket(here).unwrap();
+    let relays = Relays::new(false, roster_of(&[DeviceId([1; 32])]));
+    let sock = RelaySocket::new(inner, relays.clone());
+    // A QUIC Initial's first byte, from a spoofed source in either virtual range: dropped
+    // (it would pass for a relayed peer's, validated and a source of its own).
+    for spoofed in [
+        "240.1.2.3:9",
+        "[fd63:6e73:7072::1]:9",
+        "[::ffff:240.1.2.3]:9",
+    ] {
+        let mut b = vec![0xc3; 1200];
+        let mut m = entry(spoofed, 1200, 1200);
+        sock.screen_entry(&mut b, &mut m);
+        assert_eq!(m.len, 0, "{spoofed}");
+    }
+    assert_eq!(relays.stats.strangers.load(Ordering::Relaxed), 3);
+    // The same from a real address goes on to quinn.
+    let mut b = vec![0xc3; 1200];
+    let mut m = entry("192.0.2.7:9", 1200, 1200);
+    sock.screen_entry(&mut b, &mut m);
+    assert_eq!(m.len, 1200);
+}
