@@ -419,7 +419,9 @@ fn link_up(d: &Arc<Daemon>, pc: &transport::PeerConn) {
 /// A membership frame from `from`'s mesh stream: its records are taken only with their
 /// origin's seal (`record_gate`).
 pub fn received(d: &Arc<Daemon>, from: DeviceId, bytes: &[u8]) {
-    match d.records.take_frame(from, bytes, Instant::now()) {
+    let me = d.id();
+    let known = |o: &DeviceId| *o == me || d.members.is_member(o);
+    match d.records.take_frame(from, bytes, Instant::now(), known) {
         Ok(msg) => {
             if let Some(p) = d.peers().peers.get_mut(&from) {
                 p.last_seen = Some(SystemTime::now());

@@ -39,7 +39,8 @@ pub struct GateStats {
     pub known: u64,
     /// Records refused for their seal.
     pub refused: u64,
-    /// Records dropped unchecked: their sender was blocked or over its budget.
+    /// Records dropped unchecked: their sender was blocked or over its budget, or their
+    /// origin is no member.
     pub unchecked: u64,
 }
 
@@ -198,13 +199,27 @@ impl RecordGate {
     }
 
     /// Decodes a membership frame from `from` and lets through what the gate takes of it.
+    /// Records of an origin for which `known` is false (no member of the mesh: the core
+    /// would drop them) are dropped first, unchecked: a member that makes up key pairs
+    /// costs no verification with them, and does not crowd the members' records out of
+    /// the remembered ones.
     pub fn take_frame(
         &self,
         from: DeviceId,
         bytes: &[u8],
         now: Instant,
+        known: impl Fn(&DeviceId) -> bool,
     ) -> Result<Message<DeviceId>, membership::DecodeError> {
         let mut msg = Message::<DeviceId>::decode(bytes)?;
+        if let Message::Gossip { items } = &mut msg {
+            let before = items.len();
+            items.retain(|i| !matches!(i, Item::Record(r) if !known(&r.origin)));
+            let dropped = (before - items.len()) as u64;
+            if dropped > 0 {
+                self.lock().stats.unchecked += dropped;
+                debug!(peer = %from.short(), dropped, "membership records of devices outside the mesh dropped unchecked");
+            }
+        }
         self.admit(from, &mut msg, now);
         Ok(msg)
     }

@@ -71,7 +71,9 @@ fn receive(
     bytes: &[u8],
     now: Instant,
 ) {
-    let msg = gate.take_frame(from, bytes, now).expect("decodes");
+    let msg = gate
+        .take_frame(from, bytes, now, |_| true)
+        .expect("decodes");
     c.handle_input(Input::Message { from, msg }, now);
     while c.poll_output().is_some() {}
 }
@@ -155,6 +157,34 @@ fn a_bad_record_drops_only_itself_from_its_message() {
             items: vec![Item::Record(good), event]
         }
     );
+}
+
+#[test]
+fn records_of_devices_outside_the_mesh_cost_no_verification() {
+    let (x, m) = (id("x"), id("m"));
+    let gate = RecordGate::default();
+    let now = Instant::now();
+    // Sealed by their own (made-up) keys: each would pass its check.
+    let strangers: Vec<_> = (0..3)
+        .map(|i| {
+            let s = id(&format!("s{i}"));
+            sealed_by(&s, record(s.id, 1, false, &[]))
+        })
+        .collect();
+    let member = sealed_by(&x, record(x.id, 1, false, &[]));
+    let mut all = strangers.clone();
+    all.push(member.clone());
+    let msg = gate
+        .take_frame(m.id, &frame(all), now, |o| *o == x.id)
+        .unwrap();
+    assert_eq!(
+        msg,
+        Message::Gossip {
+            items: vec![Item::Record(member)]
+        }
+    );
+    let s = gate.stats();
+    assert_eq!((s.verified, s.unchecked, s.refused), (1, 3, 0), "{s:?}");
 }
 
 #[test]
@@ -274,7 +304,7 @@ fn own_records_are_sealed_on_their_way_out_and_others_left_as_they_are() {
     // What goes out is what the receiving gate takes.
     let other = RecordGate::default();
     let taken = other
-        .take_frame(me.id, &msg.encode(), Instant::now())
+        .take_frame(me.id, &msg.encode(), Instant::now(), |_| true)
         .unwrap();
     assert_eq!(taken, msg);
 }

@@ -27,6 +27,11 @@ impl TokenBucket {
     /// Adds the tokens of the whole intervals since the last count. The part of an
     /// interval that has passed is kept for the next token (none is lost to rounding).
     fn refill(&mut self, now: Instant) {
+        if self.tokens == self.burst {
+            // Full: time spent full earns nothing.
+            self.refilled = now;
+            return;
+        }
         let periods =
             now.saturating_duration_since(self.refilled).as_nanos() / self.interval.as_nanos();
         if periods == 0 {
@@ -91,6 +96,13 @@ mod tests {
         assert!(!b.try_take(t0 + 9 * MS));
         assert!(b.try_take(t0 + 10 * MS));
         assert!(!b.try_take(t0 + 10 * MS));
+        // A token taken just before the next would have come: the time the bucket spent
+        // full does not count towards it.
+        let mut f = TokenBucket::full(2, 10 * MS, t0);
+        assert!(f.try_take(t0 + 9 * MS));
+        assert!(f.try_take(t0 + 10 * MS));
+        assert!(!f.try_take(t0 + 10 * MS), "a token earned while full");
+        assert!(f.try_take(t0 + 19 * MS));
         // A long quiet while gives back the burst, not more.
         let later = t0 + Duration::from_secs(3600);
         assert!((0..3).all(|_| b.try_take(later)));

@@ -76,11 +76,11 @@ pub struct EndpointConfig {
 /// its first answer to the end of the TLS handshake; the hello is not counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeLimits {
-    /// In all. Beyond it, a validated newcomer takes the place of a handshake from an
-    /// unvalidated address or of the one that waited longest for its client, or is
-    /// refused.
+    /// In all. Beyond it, a validated newcomer takes the place of the handshake that
+    /// has waited longest for its client since this side answered, or is refused.
     pub max: usize,
-    /// From one source (an IPv4 address, an IPv6 /64): several devices of the mesh
+    /// From one source (an IPv4 address, an IPv6 /64); beyond it, the same rule within
+    /// the source. Several devices of the mesh
     /// behind one NAT dial at once only after a restart of this one, and one that is
     /// refused dials again.
     pub per_source: usize,

@@ -11,9 +11,10 @@
 //!   already has `per_source` under way; a sender that does not receive at that address
 //!   never comes back;
 //! - a validated address (it came back with the Retry's token) from a source that has
-//!   `per_source` handshakes under way takes the place of that source's unvalidated
-//!   handshake that has waited longest for its client, or is refused (a
-//!   CONNECTION_REFUSED packet, no handshake);
+//!   `per_source` handshakes under way takes the place of that source's handshake that
+//!   has waited longest for its client since this side answered (validated or not: a
+//!   neighbour behind the same address that completes Retries and then stalls cannot
+//!   lock the source out), or is refused (a CONNECTION_REFUSED packet, no handshake);
 //! - with `max` handshakes under way, a validated newcomer takes the place of the
 //!   handshake that has waited longest for its client since this side answered: a client
 //!   that never finishes (or a spoofed address) cannot keep its place until the
@@ -22,7 +23,8 @@
 //!
 //! A source is an IPv4 address, or an IPv6 /64 (what one host usually has). Peers behind
 //! a relay (virtual addresses, one per device: the socket takes relayed datagrams only
-//! from devices of the roster) count as validated, each its own source.
+//! from devices of the roster; it drops datagrams from the network with such a source)
+//! count as validated, each its own source.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -93,7 +95,6 @@ impl Drop for Ticket {
 struct Entry {
     serial: u64,
     source: IpAddr,
-    validated: bool,
     /// When this side answered the ClientHello.
     answered: Option<Instant>,
     /// Dropped to tell the handshake's task that it lost its place.
@@ -207,7 +208,7 @@ impl Gate {
             st.counters.retried += 1;
             return Admission::Retry;
         }
-        if from_source >= lim.per_source && !st.make_room(|e| e.source == source && !e.validated) {
+        if from_source >= lim.per_source && !st.make_room(|e| e.source == source) {
             return Admission::Refuse;
         }
         // The handshake that has waited longest for its client since this side answered
@@ -224,7 +225,6 @@ impl Gate {
         st.entries.push_back(Entry {
             serial,
             source,
-            validated,
             answered: None,
             _evict: tx,
         });

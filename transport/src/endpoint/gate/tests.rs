@@ -51,7 +51,7 @@ fn unvalidated_addresses_are_retried_under_load_and_at_their_source_s_limit() {
 }
 
 #[test]
-fn a_validated_newcomer_displaces_an_answered_spoofed_handshake_of_its_source_but_not_a_validated_one(
+fn at_its_source_s_bound_a_validated_newcomer_displaces_the_longest_waiting_answered_handshake_of_the_source(
 ) {
     let gate = Gate::new(limits());
     let (spoofed, mut lost) = accept(gate.admit(&at("10.0.0.1", 1), false));
@@ -62,9 +62,9 @@ fn a_validated_newcomer_displaces_an_answered_spoofed_handshake_of_its_source_bu
         Admission::Refuse
     ));
     spoofed.answered(Instant::now());
-    let _member = accept(gate.admit(&at("10.0.0.1", 3), true));
+    let mut member = accept(gate.admit(&at("10.0.0.1", 3), true));
     assert!(evicted(&mut lost));
-    // Two validated ones from the source: the next is refused.
+    // Two validated ones from the source, neither answered: the next is refused.
     assert!(matches!(
         gate.admit(&at("10.0.0.1", 4), true),
         Admission::Refuse
@@ -74,6 +74,12 @@ fn a_validated_newcomer_displaces_an_answered_spoofed_handshake_of_its_source_bu
     // The displaced ticket's end changes nothing more.
     drop(spoofed);
     assert_eq!(gate.counters().under_way, 2);
+    // A validated one that stalls after the answer (a neighbour behind the same address)
+    // gives way too: it cannot keep the source's places until the handshake timeout.
+    member.0.answered(Instant::now());
+    let _next = accept(gate.admit(&at("10.0.0.1", 5), true));
+    assert!(evicted(&mut member.1));
+    assert_eq!(gate.counters().evicted, 2);
 }
 
 #[test]
