@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ const CLOSED_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest the window spends delivering its welcome to a device that proved the code
 /// (and hearing its `Done`).
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts under way beyond which an address not validated gets a QUIC Retry.
+const RETRY_ABOVE: usize = 2;
 /// Attempts under way at once before their code is tried; a newer one takes the place of
 /// the oldest.
 const MAX_PREPARING: usize = 4;
@@ -342,23 +344,40 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
 #[derive(Default)]
 struct Preparing {
     tasks: tokio::task::JoinSet<Prepared>,
-    /// Oldest first.
-    started: VecDeque<AbortHandle>,
+    /// Oldest first, each with whether its QUIC handshake is done.
+    started: VecDeque<(AbortHandle, Arc<AtomicBool>)>,
 }
 
 impl Preparing {
     fn start(&mut self, d: &Arc<Daemon>, incoming: Incoming, digits: &str) {
-        self.started.retain(|h| !h.is_finished());
+        self.started.retain(|(h, _)| !h.is_finished());
+        // An address not shown to receive (it may be spoofed: a flood of Initials from
+        // made-up addresses is cheap) gets a QUIC Retry once two attempts are under way;
+        // a real device comes back with the token one round trip later.
+        if self.started.len() >= RETRY_ABOVE && incoming.may_retry() {
+            let _ = incoming.retry();
+            return;
+        }
         if self.started.len() >= MAX_PREPARING {
-            if let Some(oldest) = self.started.pop_front() {
+            // The oldest still in its QUIC handshake gives way first (a device that
+            // answers is through it in a round trip), else the oldest.
+            let at = self
+                .started
+                .iter()
+                .position(|(_, done)| !done.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            if let Some((oldest, _)) = self.started.remove(at) {
                 info!("pairing attempt dropped for a newer one: too many under way");
                 oldest.abort();
             }
         }
         let (d, digits) = (d.clone(), digits.to_string());
         let from = Shown(crate::addr::canon(incoming.remote_address()));
-        self.started.push_back(self.tasks.spawn(async move {
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, prepare(&d, incoming, &digits)).await {
+        let done = Arc::new(AtomicBool::new(false));
+        let handshake_done = done.clone();
+        let task = self.tasks.spawn(async move {
+            let attempt = prepare(&d, incoming, &digits, &handshake_done);
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
                     info!(from = %from, error = %e, "pairing attempt abandoned");
@@ -369,7 +388,8 @@ impl Preparing {
                     Prepared::Ended(Attempt::Abandoned)
                 }
             }
-        }));
+        });
+        self.started.push_back((task, done));
     }
 
     /// The next attempt prepared or ended (aborted ones are skipped); pending while there
@@ -403,11 +423,18 @@ struct Attempting {
     from: Shown,
 }
 
-/// Runs an attempt up to the message that tries its code.
-async fn prepare(d: &Arc<Daemon>, incoming: Incoming, digits: &str) -> Result<Prepared, PairError> {
+/// Runs an attempt up to the message that tries its code; `handshake_done` is set once
+/// its QUIC handshake is.
+async fn prepare(
+    d: &Arc<Daemon>,
+    incoming: Incoming,
+    digits: &str,
+    handshake_done: &AtomicBool,
+) -> Result<Prepared, PairError> {
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
         .await
         .map_err(|_| PairError::AttemptTimeout(HANDSHAKE_TIMEOUT))??;
+    handshake_done.store(true, Ordering::Relaxed);
     let session = io::session(&conn)?;
     let from = Shown(crate::addr::canon(conn.remote_address()));
     let (send, recv) = conn.accept_bi().await?;
