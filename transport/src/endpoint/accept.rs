@@ -113,6 +113,9 @@ impl Endpoint {
             );
             return Err(TransportError::NotInRoster(peer));
         }
+        // A member (the TLS verifier takes only IDs of the roster): its source comes first
+        // when handshakes are many (`gate.rs`).
+        self.inner.gate.member_from(&conn.remote_address());
         let res = tokio::time::timeout(timeout, async {
             let (mut send, mut recv) = conn.accept_bi().await?;
             let mut header = [0u8; 2];

@@ -19,7 +19,13 @@
 //!   handshake that has waited longest for its client since this side answered: a client
 //!   that never finishes (or a spoofed address) cannot keep its place until the
 //!   handshake timeout. With none answered yet (this side short of CPU) the newcomer is
-//!   refused: handshakes being worked on are finished, not thrown away for newer ones.
+//!   refused: handshakes being worked on are finished, not thrown away for newer ones;
+//! - members come first: a source from which a member of the roster completed a
+//!   handshake (the last [`FAMILIAR`] such sources) is familiar. At the bound, a
+//!   stranger's newcomer takes only a stranger's place; a familiar newcomer takes a
+//!   stranger's, answered or, failing that, the newest not answered yet. An attacker
+//!   with many addresses of its own then cannot keep members out, unless it sends from
+//!   theirs (behind the same NAT).
 //!
 //! A source is an IPv4 address, or an IPv6 /64 (what one host usually has). Peers behind
 //! a relay (virtual addresses, one per device: the socket takes relayed datagrams only
@@ -35,6 +41,9 @@ use tokio::sync::oneshot;
 
 use crate::relay::is_virtual;
 use crate::settings::HandshakeLimits;
+
+/// Sources from which members completed handshakes that are remembered (most recent).
+pub const FAMILIAR: usize = 64;
 
 /// What the gate counted since the endpoint started (`under_way` and `peak` are gauges).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,6 +104,8 @@ impl Drop for Ticket {
 struct Entry {
     serial: u64,
     source: IpAddr,
+    /// From a source where a member completed a handshake before.
+    familiar: bool,
     /// When this side answered the ClientHello.
     answered: Option<Instant>,
     /// Dropped to tell the handshake's task that it lost its place.
@@ -106,6 +117,8 @@ struct State {
     /// Handshakes under way, oldest first.
     entries: VecDeque<Entry>,
     per_source: HashMap<IpAddr, usize>,
+    /// Sources from which members completed handshakes, most recent last.
+    familiar: VecDeque<IpAddr>,
     next_serial: u64,
     counters: HandshakeCounters,
 }
@@ -123,11 +136,25 @@ impl State {
             .map(|(_, i)| i)
     }
 
+    /// The newest entry that `pick` takes and that this side has not answered yet.
+    fn newest_unanswered(&self, pick: impl Fn(&Entry) -> bool) -> Option<usize> {
+        self.entries
+            .iter()
+            .rposition(|e| pick(e) && e.answered.is_none())
+    }
+
     /// Drops the handshake that `pick` takes and that has waited longest since this side
     /// answered it, counted as evicted; with none such, counts a refusal. True when a
     /// place was made.
     fn make_room(&mut self, pick: impl Fn(&Entry) -> bool) -> bool {
-        match self.longest_waiting(pick) {
+        let victim = self.longest_waiting(pick);
+        self.evict(victim)
+    }
+
+    /// Drops entry `victim`, counted as evicted; with none, counts a refusal. True when a
+    /// place was made.
+    fn evict(&mut self, victim: Option<usize>) -> bool {
+        match victim {
             Some(i) => {
                 self.remove(i);
                 self.counters.evicted += 1;
@@ -214,10 +241,22 @@ impl Gate {
         // The handshake that has waited longest for its client since this side answered
         // the ClientHello gives way (a spoofed address's, or one that stalls, waits until
         // the handshake timeout; a real client answers within a round trip). One not
-        // answered yet (this side short of CPU) is never dropped for a newer one: the
-        // newcomer is refused.
-        if st.entries.len() >= lim.max && !st.make_room(|_| true) {
-            return Admission::Refuse;
+        // answered yet (this side short of CPU) is never dropped for a stranger's: the
+        // newcomer is refused. A member's source takes a stranger's place, never the
+        // reverse.
+        let familiar = st.familiar.contains(&source);
+        if st.entries.len() >= lim.max {
+            let stranger = |e: &Entry| !e.familiar;
+            let victim = if familiar {
+                st.longest_waiting(stranger)
+                    .or_else(|| st.newest_unanswered(stranger))
+                    .or_else(|| st.longest_waiting(|_| true))
+            } else {
+                st.longest_waiting(stranger)
+            };
+            if !st.evict(victim) {
+                return Admission::Refuse;
+            }
         }
         let serial = st.next_serial;
         st.next_serial += 1;
@@ -225,6 +264,7 @@ impl Gate {
         st.entries.push_back(Entry {
             serial,
             source,
+            familiar,
             answered: None,
             _evict: tx,
         });
@@ -245,6 +285,17 @@ impl Gate {
             },
             rx,
         )
+    }
+
+    /// A member of the roster completed a handshake from `remote`: its source is familiar.
+    pub(crate) fn member_from(&self, remote: &SocketAddr) {
+        let source = source(remote);
+        let mut st = self.lock();
+        st.familiar.retain(|s| *s != source);
+        if st.familiar.len() >= FAMILIAR {
+            st.familiar.pop_front();
+        }
+        st.familiar.push_back(source);
     }
 
     fn release(&self, serial: u64) {

@@ -142,3 +142,42 @@ fn relayed_peers_are_validated_sources_of_their_own_and_ipv6_counts_by_prefix() 
         source(&at("10.0.0.1", 2))
     );
 }
+
+#[test]
+fn a_member_s_source_takes_a_stranger_s_place_and_never_the_reverse() {
+    let gate = Gate::new(limits());
+    gate.member_from(&at("10.0.0.9", 40));
+    // The bound filled by strangers' handshakes not answered yet (this side short of
+    // CPU): a stranger's newcomer is refused, a member's takes the newest's place.
+    let mut held: Vec<_> = (1..=6)
+        .map(|i| accept(gate.admit(&at(&format!("10.0.1.{i}"), 1), true)))
+        .collect();
+    assert!(matches!(
+        gate.admit(&at("10.0.2.1", 1), true),
+        Admission::Refuse
+    ));
+    let mut member = accept(gate.admit(&at("10.0.0.9", 41), true));
+    assert!(evicted(&mut held[5].1));
+    assert!(held[..5].iter_mut().all(|h| !evicted(&mut h.1)));
+    // All answered, the member's first: a stranger's newcomer takes the place of the
+    // stranger that waited longest, not the member's.
+    let t = Instant::now();
+    member.0.answered(t);
+    for (i, h) in held[..5].iter().enumerate() {
+        h.0.answered(t + Duration::from_millis(1 + i as u64));
+    }
+    let _newcomer = accept(gate.admit(&at("10.0.2.2", 1), true));
+    assert!(evicted(&mut held[0].1));
+    assert!(!evicted(&mut member.1));
+    let c = gate.counters();
+    assert_eq!((c.under_way, c.evicted, c.refused), (6, 2, 1));
+    // Only the last `FAMILIAR` sources are remembered.
+    for i in 0..FAMILIAR {
+        gate.member_from(&at(&format!("10.1.{}.{}", i / 200, i % 200 + 1), 1));
+    }
+    assert!(!gate
+        .lock()
+        .familiar
+        .contains(&"10.0.0.9".parse::<IpAddr>().unwrap()));
+    assert_eq!(gate.lock().familiar.len(), FAMILIAR);
+}
