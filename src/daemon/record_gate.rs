@@ -75,22 +75,21 @@ pub struct RecordGate {
     state: Mutex<State>,
 }
 
-/// What a record is, by what the gate knows of it and its sender.
+/// What a record with its origin's key is, by what the gate knows of it and its sender.
 enum Verdict {
     /// The same as the last record verified of its origin.
     Known,
-    /// To verify; the digest it is remembered by once verified.
-    Check([u8; 32]),
-    /// Its seal is refused without a signature to verify (no seal, not the origin's key).
-    Refuse(Refusal),
-    /// Dropped unchecked: the sender is blocked or over its budget.
+    /// To verify.
+    Check,
+    /// Dropped unchecked: the sender is over its budget.
     Drop,
 }
 
-fn digest(rec: &Record<DeviceId>) -> [u8; 32] {
+/// What a record is remembered by once verified: its binding and seal.
+fn digest(binding: &[u8], seal: &[u8]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(&record_seal::binding(rec));
-    ctx.update(&rec.seal);
+    ctx.update(binding);
+    ctx.update(seal);
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
@@ -143,44 +142,45 @@ impl RecordGate {
     }
 
     fn admit_record(&self, from: DeviceId, rec: &Record<DeviceId>, now: Instant) -> bool {
+        if self.blocked(from, now) {
+            return self.dropped(from, rec);
+        }
         // The cheap checks first: a seal whose key is not the origin's costs no signature
         // verification, and blocks its sender all the same.
-        let hash = record_seal::origin_key(rec).map(|_| digest(rec));
+        let key = match record_seal::origin_key(rec) {
+            Ok(key) => key,
+            Err(why) => {
+                refuse(&mut self.lock(), from, rec, why, now);
+                return false;
+            }
+        };
+        let binding = record_seal::binding(rec);
+        let h = digest(&binding, &rec.seal);
         let verdict = {
             let mut st = self.lock();
             let State {
                 budgets, verified, ..
             } = &mut *st;
-            let budget = budgets.entry(from).or_insert_with(|| Budget::new(now));
-            if budget.blocked_until.is_some_and(|t| now < t) {
-                Verdict::Drop
+            if verified.get(&rec.origin) == Some(&h) {
+                Verdict::Known
+            } else if budgets
+                .get_mut(&from)
+                .is_some_and(|b| b.checks.try_take(now))
+            {
+                Verdict::Check
             } else {
-                budget.blocked_until = None;
-                match hash {
-                    Err(why) => Verdict::Refuse(why),
-                    Ok(h) if verified.get(&rec.origin) == Some(&h) => Verdict::Known,
-                    Ok(h) if budget.checks.try_take(now) => Verdict::Check(h),
-                    Ok(_) => Verdict::Drop,
-                }
+                Verdict::Drop
             }
         };
-        let h = match verdict {
+        match verdict {
             Verdict::Known => {
                 self.lock().stats.known += 1;
                 return true;
             }
-            Verdict::Drop => {
-                self.lock().stats.unchecked += 1;
-                debug!(peer = %from.short(), origin = %rec.origin.short(), "membership record dropped unchecked: its sender is blocked or over its budget");
-                return false;
-            }
-            Verdict::Refuse(why) => {
-                refuse(&mut self.lock(), from, rec, why, now);
-                return false;
-            }
-            Verdict::Check(h) => h,
-        };
-        let checked = record_seal::check(rec);
+            Verdict::Drop => return self.dropped(from, rec),
+            Verdict::Check => {}
+        }
+        let checked = record_seal::verify(rec, &key, &binding);
         let mut st = self.lock();
         match checked {
             Ok(()) => {
@@ -196,6 +196,25 @@ impl RecordGate {
                 false
             }
         }
+    }
+
+    /// Whether `from` sent a bad seal within the last [`BLOCK`] (its records are then
+    /// dropped before any work on them). Makes its budget.
+    fn blocked(&self, from: DeviceId, now: Instant) -> bool {
+        let mut st = self.lock();
+        let budget = st.budgets.entry(from).or_insert_with(|| Budget::new(now));
+        if budget.blocked_until.is_some_and(|t| now < t) {
+            return true;
+        }
+        budget.blocked_until = None;
+        false
+    }
+
+    /// Counts `rec` of `from` as dropped unchecked (blocked, or over its budget).
+    fn dropped(&self, from: DeviceId, rec: &Record<DeviceId>) -> bool {
+        self.lock().stats.unchecked += 1;
+        debug!(peer = %from.short(), origin = %rec.origin.short(), "membership record dropped unchecked: its sender is blocked or over its budget");
+        false
     }
 
     /// Decodes a membership frame from `from` and lets through what the gate takes of it.

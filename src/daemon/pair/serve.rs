@@ -497,11 +497,8 @@ impl Attempting {
         let fail = PairMsg::Fail {
             reason: why.reason(),
         };
-        let _ = tokio::time::timeout(
-            CLOSED_ANSWER_TIMEOUT,
-            io::last_word(&self.conn, &mut self.send, &fail),
-        )
-        .await;
+        // Bounded by `last_word` itself.
+        io::last_word(&self.conn, &mut self.send, &fail).await;
         info!(from = %self.from, "told a pairing attempt under way that the window closed");
     }
 
