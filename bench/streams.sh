@@ -29,7 +29,10 @@
 # transfer and what the rest of the machine used meanwhile (CNSPR_BENCH_CPU_WINDOW
 # seconds; CNSPR_BENCH_PERF=DIR also records it with perf), the bytes per UDP send from
 # namespace A and the datagrams B sent back, and the two cnspr daemons' CPU time per GiB
-# of the stream (from their counters over the whole transfer). CNSPR_BENCH_BIN measures a
+# of the stream (from their counters over the whole transfer). After the transfers it runs
+# `cargo bench -p transport --bench cipher` (the cipher alone, on one CPU, with packets of
+# this path's size) and prints what 3x dumbpipe would leave each daemon per GiB once the
+# cipher is paid, against what the daemons spent. CNSPR_BENCH_BIN measures a
 # given cnspr binary instead of building this tree's. The script prints figures; it exits
 # non-zero only when something broke (a wrong byte count, a process that failed or hung).
 #
@@ -178,8 +181,8 @@ IN_B=(ip netns exec "$NSB" "${CLEAN_ENV[@]}")
 
 mbps() { awk -v b="$1" -v us="$2" 'BEGIN { printf "%.1f", b / us }'; }
 median() {
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-    END { if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  printf '%s\n' "$@" | sort -g | awk -v f="${MEDIAN_FMT:-%.1f}" '{ v[NR] = $1 }
+    END { if (NR % 2) printf f, v[(NR + 1) / 2]; else printf f, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # ---------------------------------------------------------------- build ------------------
@@ -189,6 +192,7 @@ if [[ -z ${CNSPR_BENCH_BIN:-} ]]; then
 fi
 [[ -x $CNSPR ]] || fail "no $CNSPR after the build"
 cargo bench -p transport --bench transport --no-run >&2 || fail "building the transport bench"
+cargo bench -p transport --bench cipher --no-run >&2 || fail "building the cipher bench"
 
 DP_WHY=""
 if [[ ! -x $DUMBPIPE ]]; then
@@ -353,9 +357,12 @@ transfer() {
     local ca1 cb1
     ca1=$(ticks "${DPID[a]}")
     cb1=$(ticks "${DPID[b]}")
+    local k
+    k=$(awk -v hz="$(getconf CLK_TCK)" -v n="$BYTES" 'BEGIN { printf "%.6f", hz * n / 2^30 }')
+    CPU_A+=("$(awk -v a=$((ca1 - ca0)) -v k="$k" 'BEGIN { printf "%.2f", a / k }')")
+    CPU_B+=("$(awk -v b=$((cb1 - cb0)) -v k="$k" 'BEGIN { printf "%.2f", b / k }')")
     echo "round $round: $tool: the daemons' CPU time per GiB of the stream:" \
-      "$(awk -v a=$((ca1 - ca0)) -v b=$((cb1 - cb0)) -v hz="$(getconf CLK_TCK)" -v n="$BYTES" \
-        'BEGIN { k = hz * n / 2^30; printf "%.2f s (A %.2f, B %.2f)", (a + b) / k, a / k, b / k }')"
+      "$(awk -v a="${CPU_A[-1]}" -v b="${CPU_B[-1]}" 'BEGIN { printf "%.2f s (A %.2f, B %.2f)", a + b, a, b }')"
   fi
   RATE=$(mbps $((BYTES - 1)) $((end - first)))
 }
@@ -433,7 +440,7 @@ echo "== cnspr connect vs dumbpipe: $((BYTES >> 20)) MiB ($BYTES bytes) per tran
 [[ -n $DP_WHY ]] && echo "dumbpipe unavailable: $DP_WHY (its figures are skipped)"
 [[ -n $DP_VERSION ]] && echo "using $DP_VERSION ($DUMBPIPE)"
 echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -a CN DP
+declare -a CN DP CPU_A CPU_B
 for ((r = 1; r <= ROUNDS; r++)); do
   transfer cnspr "$r"
   CN+=("$RATE")
@@ -468,6 +475,19 @@ sed 's/^/    /' "$WORK/quinn.out"
 QUINN=$(awk '$1 == "bare" && $2 == "quinn" && $5 == "MB/s" { print $4; exit }' "$WORK/quinn.out")
 [[ $QUINN =~ ^[0-9.]+$ ]] || fail "no \"bare quinn ... MB/s\" line in the transport bench output"
 
+# The cipher alone, on one CPU (no namespace needed: no network): its cost per GiB is the
+# part of each daemon's CPU time per GiB that neither the daemon nor quinn can take away.
+# One packet's payload on this path: the datagram (the MTU less IPv4 and UDP headers,
+# within the endpoint's 16 KiB cap) less a short QUIC header (1 + 8-byte connection ID +
+# 4-byte packet number) and the 16-byte tag.
+PAYLOAD=$(( (MTU - 28 < 16384 ? MTU - 28 : 16384) - 29 ))
+echo "== cargo bench -p transport --bench cipher (CNSPR_BENCH_PAYLOAD=$PAYLOAD)"
+CNSPR_BENCH_PAYLOAD=$PAYLOAD cargo bench --offline -q -p transport --bench cipher \
+  >"$WORK/cipher.out" 2>"$WORK/cipher.err" || { show "$WORK/cipher.err"; fail "cargo bench -p transport --bench cipher"; }
+sed 's/^/    /' "$WORK/cipher.out"
+read -r SEAL OPEN < <(awk '$1 == "cipher" && $2 == "per" { print $5, $8 }' "$WORK/cipher.out")
+[[ $SEAL =~ ^[0-9.]+$ && $OPEN =~ ^[0-9.]+$ ]] || fail "no \"cipher per GiB\" line in the cipher bench output"
+
 # ---------------------------------------------------------------- report -----------------
 CNM=$(median "${CN[@]}")
 echo "== results ($((BYTES >> 20)) MiB per transfer; medians of $ROUNDS rounds)"
@@ -485,3 +505,14 @@ if [[ -z $DP_WHY ]]; then
 fi
 line+=" $(awk -v a="$CNM" -v b="$QUINN" 'BEGIN { printf "%.0f", 100 * a / b }')% of bare quinn (target 100%)"
 echo "$line"
+if [[ -z $DP_WHY && ${#CPU_A[@]} -gt 0 ]]; then
+  # What 3x would take on this machine: a GiB passes in T s, so a daemon spending C s of
+  # CPU per GiB needs C / T of a CPU; the cipher's part of that cannot be taken away.
+  awk -v d="$DPM" -v a="$(MEDIAN_FMT=%.2f median "${CPU_A[@]}")" -v b="$(MEDIAN_FMT=%.2f median "${CPU_B[@]}")" \
+    -v s="$SEAL" -v o="$OPEN" -v cpus="$(nproc)" 'BEGIN {
+      t = 2^30 / (3 * d * 1e6)
+      printf "3x dumbpipe is %.1f MB/s, a GiB in %.2f s: at the daemons'"'"' CPU time per GiB (sender %.2f s, receiver %.2f s, medians)\n", 3 * d, t, a, b
+      printf "  it takes %.0f%% and %.0f%% of a CPU, %.2f of the %d CPUs before the bench'"'"'s own head and dd; the cipher alone\n", 100 * a / t, 100 * b / t, (a + b) / t, cpus
+      printf "  (%.2f s and %.2f s per GiB on one CPU) would take %.0f%% and %.0f%% of a CPU\n", s, o, 100 * s / t, 100 * o / t
+    }'
+fi

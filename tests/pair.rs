@@ -311,6 +311,118 @@ fn a_stalled_attempt_does_not_hold_up_another_device() {
     drop(stalled);
 }
 
+/// The pairing messages as they go on the wire (`PairMsg` in the daemon's `wire.rs`, whose
+/// encoding its layout tests pin): a joiner written by hand, to stop between two steps.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum PairMsg {
+    Start {
+        version: u16,
+        name: String,
+        port: u16,
+        nonce: [u8; 32],
+        spake: Vec<u8>,
+    },
+    Reply {
+        name: String,
+        port: u16,
+        nonce: [u8; 32],
+        spake: Vec<u8>,
+    },
+    Confirm {
+        mac: Vec<u8>,
+    },
+    /// Carries a roster; never expected here (decoding one fails the test).
+    Welcome {
+        mac: Vec<u8>,
+    },
+    Fail {
+        reason: String,
+    },
+    Done,
+}
+
+/// A device whose attempt is under way when another device pairs is told that the window
+/// was used, when its confirmation comes: its code is never tried (no wrong code counted,
+/// no second pairing), and it hears why instead of "wrong code".
+#[test]
+fn an_attempt_under_way_when_another_device_pairs_hears_that_the_window_was_used() {
+    use transport::frame::{read_frame, write_frame, MAX_CONTROL_FRAME};
+    let mut a = Node::new("alpha", "");
+    a.start();
+    let mut b = Node::new("beta", "");
+    b.start();
+    let w = Window::open(&a, &[]);
+    let addr: std::net::SocketAddr = w.addr().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = transport::Identity::generate("slow").unwrap();
+    let slow = rt.block_on(async {
+        let conn = transport::pairing::dial(&id, addr).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let start = PairMsg::Start {
+            version: 1,
+            name: "slow".into(),
+            port: 9,
+            nonce: [7; 32],
+            // Not a SPAKE2 message of the code: were the code tried, it would be wrong.
+            spake: vec![1; 33],
+        };
+        write_frame(&mut send, &start, MAX_CONTROL_FRAME)
+            .await
+            .unwrap();
+        let reply = read_frame::<PairMsg, _>(&mut recv, MAX_CONTROL_FRAME).await;
+        assert!(
+            matches!(reply, Ok(Some(PairMsg::Reply { .. }))),
+            "{reply:?}"
+        );
+        (conn, send, recv)
+    });
+    // Another device pairs while that attempt waits for its confirmation.
+    let out = join(&b, &w.code(), &w.addr());
+    assert!(out.status.success(), "join: {}\n{}", stderr(&out), a.log());
+    let (last, ok, err) = w.finish();
+    assert!(ok, "{err}");
+    assert_eq!(last.unwrap()["paired"]["name"], "beta");
+    // Only now does the slow device confirm.
+    let (conn, mut send, mut recv) = slow;
+    let answer = rt.block_on(async {
+        let confirm = PairMsg::Confirm { mac: vec![0; 32] };
+        write_frame(&mut send, &confirm, MAX_CONTROL_FRAME)
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            read_frame::<PairMsg, _>(&mut recv, MAX_CONTROL_FRAME),
+        )
+        .await
+    });
+    match answer {
+        Ok(Ok(Some(PairMsg::Fail { reason }))) => assert!(
+            reason.contains("already used by another device"),
+            "{reason}"
+        ),
+        other => panic!("the slow device was not told why: {other:?}\n{}", a.log()),
+    }
+    drop(conn);
+    wait_until("the window logs that it told the slow device", || {
+        a.log()
+            .contains("told a pairing attempt under way that the window closed")
+    });
+    assert!(
+        !a.log().contains("pairing attempt with a wrong code"),
+        "{}",
+        a.log()
+    );
+    // The one pairing the window allowed went to beta; the slow device is no member.
+    let peers = a.json(&["peers"]);
+    let names: Vec<_> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(names, ["beta"], "{peers}");
+}
+
 /// The window's client hears of every wrong code as it happens (a line `{"attempt":
 /// ...}` before the outcome), and the right code still pairs after two wrong ones.
 #[test]
