@@ -2,9 +2,13 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-/// Resolves `HOST:PORT` (names allowed) to addresses.
+/// Longest `HOST:PORT` taken.
+pub const MAX_ADDR_LEN: usize = 300;
+
+/// Resolves `HOST:PORT` (names allowed) to addresses. A name blocks the calling thread
+/// while it is looked up: the daemon uses `daemon::lookup` instead.
 pub fn resolve_addr(s: &str) -> anyhow::Result<Vec<SocketAddr>> {
-    if s.len() > 300 {
+    if s.len() > MAX_ADDR_LEN {
         anyhow::bail!("address too long");
     }
     let addrs: Vec<SocketAddr> = s

@@ -317,3 +317,76 @@ fn a_stranger_cannot_pair_in_and_a_removal_reaches_a_cut_off_member() {
         n[i].wait_state("gamma", "active");
     }
 }
+
+/// A host name given to `trust --addr` whose resolver never answers (a VPN's DNS that
+/// went away) fails that request, after 5 s, and holds up nothing else: while it waits,
+/// the daemon answers other requests and keeps its peer. Before, the lookup ran on the
+/// daemon's only thread and stopped everything for the resolver's timeouts.
+#[test]
+fn a_resolver_that_never_answers_holds_up_only_the_request_that_needs_it() {
+    let Some(lab) = Lab::new("dns", 2) else {
+        return;
+    };
+    // `ip netns exec` puts /etc/netns/NS/resolv.conf in place of /etc/resolv.conf: the
+    // other host as nameserver, waited for 30 s; that host drops DNS queries unanswered.
+    let dir = std::path::PathBuf::from("/etc/netns").join(&lab.hosts[0]);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("skipping: cannot create {}: {e}", dir.display());
+        return;
+    }
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _remove = Remove(dir.clone());
+    std::fs::write(
+        dir.join("resolv.conf"),
+        "nameserver 10.77.0.2\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let nft = |rule: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.hosts[1], "nft", rule])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !nft("add table inet dns; add chain inet dns input { type filter hook input priority 0; }; add rule inet dns input udp dport 53 drop; add rule inet dns input tcp dport 53 drop") {
+        eprintln!("skipping: nft could not make the silent nameserver");
+        return;
+    }
+    let mut nodes = [lab.node(0, "alpha"), lab.node(1, "beta")];
+    for n in &mut nodes {
+        n.start();
+    }
+    lab.trust_all(&nodes);
+    let [a, b] = &nodes;
+    a.wait_state("beta", "active");
+    b.wait_state("alpha", "active");
+    let mut trust = a
+        .command()
+        .args(["trust", &b.id, "--addr", "beta.nosuch.example:7373"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("alpha to look the name up", || {
+        a.log()
+            .contains("looking up a host name given over the socket")
+    });
+    // The lookup is under way: the daemon still answers, and still has its peer.
+    let status = a.json(&["status"]);
+    assert!(status.is_object(), "{status}");
+    assert_eq!(a.peer("beta").unwrap()["state"], "active");
+    assert!(
+        trust.try_wait().unwrap().is_none(),
+        "the daemon answered only once the lookup had ended"
+    );
+    let out = trust.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("did not resolve within 5 s"), "{e}");
+    assert_eq!(a.peer("beta").unwrap()["state"], "active", "{}", a.log());
+    assert_eq!(b.peer("alpha").unwrap()["state"], "active", "{}", b.log());
+}

@@ -15,6 +15,7 @@ mod incoming;
 mod lan;
 mod lanes;
 mod links;
+mod lookup;
 mod member_relay;
 mod members;
 mod membership;

@@ -77,13 +77,13 @@ pub fn interface_index(name: &str) -> Option<u32> {
 /// Parses one address given to `pair CODE --addr`: `HOST:PORT` (names resolved) or
 /// `[IPV6%ZONE]:PORT` with an interface name or number. A link-local address without its
 /// zone is refused with a hint (it could not be dialled).
-pub fn parse(s: &str) -> Result<Vec<SocketAddr>, AddrError> {
+pub async fn parse(s: &str) -> Result<Vec<SocketAddr>, AddrError> {
     if s.len() > MAX_LEN {
         return Err(AddrError::TooLong);
     }
     let addrs = match zoned(s)? {
         Some(a) => vec![SocketAddr::V6(a)],
-        None => crate::addr::resolve_addr(s)?,
+        None => crate::daemon::lookup::resolve(s).await?,
     };
     for a in &addrs {
         if let SocketAddr::V6(v6) = a {
@@ -187,6 +187,15 @@ fn zones_of(table: &str, ip: &Ipv6Addr) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::parse`], waited for.
+    fn parse(s: &str) -> Result<Vec<SocketAddr>, AddrError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(super::parse(s))
+    }
 
     fn lo() -> u32 {
         interface_index("lo").expect("a loopback interface")

@@ -42,13 +42,13 @@ pub const MAX_ADDRS: usize = crate::daemon::peers::MAX_ADDRS;
 /// The addresses given to `pair CODE --addr`, resolved: `HOST:PORT`, or an IPv6
 /// link-local address with its zone, `[fe80::1%eth0]:41532` (interface name or number),
 /// the form `cnspr pair` shows.
-pub fn resolve_addrs(addrs: &[String]) -> Result<Vec<SocketAddr>, PairError> {
+pub async fn resolve_addrs(addrs: &[String]) -> Result<Vec<SocketAddr>, PairError> {
     if addrs.len() > MAX_ADDRS {
         return Err(PairError::TooManyAddresses(MAX_ADDRS));
     }
     let mut out = Vec::new();
     for a in addrs {
-        out.extend(addr::parse(a)?);
+        out.extend(addr::parse(a).await?);
     }
     Ok(out)
 }
@@ -57,15 +57,17 @@ pub fn resolve_addrs(addrs: &[String]) -> Result<Vec<SocketAddr>, PairError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn join_addresses_take_zones_and_are_bounded() {
-        let got = resolve_addrs(&["[fe80::1%lo]:9".into(), "127.0.0.1:9".into()]).unwrap();
+    #[tokio::test]
+    async fn join_addresses_take_zones_and_are_bounded() {
+        let got = resolve_addrs(&["[fe80::1%lo]:9".into(), "127.0.0.1:9".into()])
+            .await
+            .unwrap();
         assert_eq!(got.len(), 2);
         assert!(matches!(got[0], SocketAddr::V6(a) if a.scope_id() != 0));
         let many = vec!["127.0.0.1:9".to_string(); MAX_ADDRS + 1];
-        let e = resolve_addrs(&many).unwrap_err();
+        let e = resolve_addrs(&many).await.unwrap_err();
         assert_eq!(e.code(), crate::api::code::INVALID_ADDRESS);
-        let e = resolve_addrs(&["[fe80::1]:9".into()]).unwrap_err();
+        let e = resolve_addrs(&["[fe80::1]:9".into()]).await.unwrap_err();
         assert_eq!(e.code(), crate::api::code::INVALID_ADDRESS);
     }
 }

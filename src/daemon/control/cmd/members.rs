@@ -71,7 +71,7 @@ pub async fn pair_window<R>(
     let _ = tx.send(line_of(&reply)).await;
 }
 
-pub fn trust(
+pub async fn trust(
     d: &Arc<Daemon>,
     id: &str,
     name: Option<String>,
@@ -108,7 +108,9 @@ pub fn trust(
     let mut resolved = Vec::new();
     for a in addrs {
         resolved.extend(
-            crate::addr::resolve_addr(a).map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
+            crate::daemon::lookup::resolve(a)
+                .await
+                .map_err(|e| err(code::INVALID_ADDRESS, e.to_string()))?,
         );
     }
     if d.roster().is_removed(&id) {
@@ -231,7 +233,7 @@ pub async fn pair_join(
     addrs: &[String],
     timeout_s: Option<u64>,
 ) -> Result<Value, ErrorBody> {
-    let resolved = crate::daemon::pair::resolve_addrs(addrs)?;
+    let resolved = crate::daemon::pair::resolve_addrs(addrs).await?;
     let timeout = Duration::from_secs(timeout_s.unwrap_or(30).clamp(1, 3600));
     let paired = crate::daemon::pair::join(d, code, resolved, timeout).await?;
     Ok(serde_json::json!({"paired": paired}))

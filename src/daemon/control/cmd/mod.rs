@@ -38,7 +38,7 @@ pub async fn handle(d: &Arc<Daemon>, req: Request) -> Result<Value, ErrorBody> {
             name,
             addrs,
             rename,
-        } => Ok(members::trust(d, &device, name, &addrs, rename)?),
+        } => Ok(members::trust(d, &device, name, &addrs, rename).await?),
         Request::Remove { peer } => Ok(members::remove(d, &peer)?),
         Request::PairJoin {
             code,
