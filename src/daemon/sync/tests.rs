@@ -481,3 +481,22 @@ fn reports_together_name_at_most_max_origins() {
         Err(SyncError::Refused(Refusal::TooManyOrigins { .. }))
     ));
 }
+
+#[test]
+fn a_peer_s_sessions_read_one_at_a_time_and_are_forgotten_once_idle() {
+    let st = SyncState::default();
+    let (peer, other) = (transport::DeviceId(PEER), transport::DeviceId(THIRD));
+    let reads = st.reads_of(peer);
+    let read = reads.clone().try_acquire_owned().unwrap();
+    // A replaced session's read still runs: the next session of the peer waits for it,
+    // another peer's does not.
+    assert!(st.reads_of(peer).try_acquire_owned().is_err());
+    assert!(st.reads_of(other).try_acquire_owned().is_ok());
+    let weak = std::sync::Arc::downgrade(&reads);
+    drop(reads);
+    st.served(peer, 1);
+    assert!(weak.upgrade().is_some(), "kept while a read holds it");
+    drop(read);
+    st.served(peer, 1);
+    assert!(weak.upgrade().is_none(), "forgotten once idle");
+}
