@@ -123,7 +123,7 @@ async fn without_history(a: &Store, b: &Store) -> (usize, u32, usize, f64) {
     let snap = a.snapshot().expect("snapshot");
     let through = snap.version_vector().expect("vv");
     let (mut responder, mut msg) = Responder::start(&snap).expect("start");
-    let mut initiator = Initiator::new();
+    let mut initiator = Initiator::new(u64::MAX);
     let mut round_trips = 1; // hello -> first message
     let mut sent = 0;
     loop {

@@ -298,29 +298,49 @@ impl Responder {
 }
 
 /// The initiator's side of one session: checks each message against what it asked for.
+///
+/// What it asks for is bounded by the most items the responder can honestly hold
+/// (`max_items`): the ranges asked for at once are disjoint and each was offered as a
+/// fingerprint, so holds more than [`LEAF_ITEMS`] of the responder's items: at most
+/// `max_items / (LEAF_ITEMS + 1)` of them. Over a session, the ranges split at each level
+/// are disjoint too, and only levels 1 to `MAX_LEVEL - 1` hold fingerprints: at most
+/// `1 + (MAX_LEVEL - 1) · max_items / (LEAF_ITEMS + 1)` ranges are answered. A responder
+/// that goes past either bound (made-up fingerprints that keep splitting) breaks the
+/// protocol.
 #[derive(Debug)]
 pub struct Initiator {
     /// Ranges asked for and not answered yet.
     expected: HashSet<Range>,
-}
-
-impl Default for Initiator {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Most ranges asked for at once.
+    max_open: usize,
+    /// Ranges answered so far, and the most a session answers.
+    answered: u64,
+    max_answered: u64,
 }
 
 impl Initiator {
-    /// A session that expects the children of the whole space first.
-    pub fn new() -> Self {
+    /// A session that expects the children of the whole space first, with a responder
+    /// that holds at most `max_items` items.
+    pub fn new(max_items: u64) -> Self {
+        let open = max_items / (LEAF_ITEMS + 1);
         Self {
             expected: HashSet::from([Range::ROOT]),
+            max_open: usize::try_from(open).unwrap_or(usize::MAX),
+            answered: 0,
+            max_answered: open
+                .saturating_mul(u64::from(MAX_LEVEL - 1))
+                .saturating_add(1),
         }
     }
 
     /// Whether every range asked for was answered (the session is over).
     pub fn done(&self) -> bool {
         self.expected.is_empty()
+    }
+
+    /// Ranges asked for and not answered yet.
+    pub fn open(&self) -> usize {
+        self.expected.len()
     }
 
     /// Compares a responder message with `set` and builds the reply.
@@ -333,6 +353,13 @@ impl Initiator {
             return Ok(protocol(format!(
                 "a message with {} ranges (1 to {MAX_SPLITS_PER_MSG} expected)",
                 msg.splits.len()
+            )));
+        }
+        self.answered += msg.splits.len() as u64;
+        if self.answered > self.max_answered {
+            return Ok(protocol(format!(
+                "more than {} ranges split in one session",
+                self.max_answered
             )));
         }
         let mut reply = ReconReply::default();
@@ -356,6 +383,12 @@ impl Initiator {
                             return Ok(protocol("a fingerprint where items were due"));
                         }
                         if set.sum(range)?.fp() != fp {
+                            if self.expected.len() >= self.max_open {
+                                return Ok(protocol(format!(
+                                    "more than {} ranges to split at once",
+                                    self.max_open
+                                )));
+                            }
                             self.expected.insert(range);
                             reply.split.push(range);
                         }
@@ -374,7 +407,10 @@ impl Initiator {
                         {
                             return Ok(protocol("items out of range or out of order"));
                         }
-                        for (pos, digest) in items {
+                        // One look-up per position, however many items the list
+                        // gives it: a one-position range may list any number.
+                        for same in items.chunk_by(|a, b| a.0 == b.0) {
+                            let pos = same[0].0;
                             if reply.want.last() == Some(&pos) {
                                 continue;
                             }
@@ -382,11 +418,12 @@ impl Initiator {
                                 level: MAX_LEVEL,
                                 prefix: pos,
                             };
-                            let held = set
+                            let held: HashSet<[u8; 8]> = set
                                 .items(at, usize::MAX)?
                                 .into_iter()
-                                .any(|(_, d)| fold(d) == digest);
-                            if !held {
+                                .map(|(_, d)| fold(d))
+                                .collect();
+                            if same.iter().any(|(_, d)| !held.contains(d)) {
                                 reply.want.push(pos);
                             }
                         }

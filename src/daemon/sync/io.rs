@@ -1,6 +1,8 @@
 //! I/O helpers of the sync tasks: frame reader tasks and store reads off the runtime.
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
 use transport::frame::read_frame;
 use transport::quinn::RecvStream;
 
@@ -56,6 +58,27 @@ pub async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await?)
 }
 
+/// Like [`blocking`], once `reads` gives a permit, which the work holds until it really
+/// ends: a session that is cancelled (a new one from the same peer replaces it) stops
+/// waiting for its read, but the read runs on, and the peer's next read waits for it.
+/// So a peer that opens session after session has at most as many reads running as
+/// `reads` has permits.
+pub async fn blocking_held<T: Send + 'static>(
+    reads: &Arc<Semaphore>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SyncError> {
+    let permit = reads
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| SyncError::Closed)?;
+    blocking(move || {
+        let _held = permit;
+        f()
+    })
+    .await
+}
+
 /// Longest a reconciliation waits on its peer (a frame from it, or room to write to it)
 /// while it holds a snapshot of the store: an open read transaction keeps the pages
 /// freed after it from being used again, so a peer that stops answering would make the
@@ -103,5 +126,31 @@ mod tests {
         // An answer in time goes through.
         tx.send(Ok(7)).await.unwrap();
         assert_eq!(within_for(limit, next(&mut rx)).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_read_keeps_its_permit_until_it_ends() {
+        let reads = Arc::new(Semaphore::new(1));
+        let (started, is_started) = tokio::sync::oneshot::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let session = tokio::spawn({
+            let reads = reads.clone();
+            async move {
+                blocking_held(&reads, move || {
+                    let _ = started.send(());
+                    let _ = wait.recv();
+                })
+                .await
+            }
+        });
+        is_started.await.unwrap();
+        // The session is cancelled while its read runs (as when the peer opens another).
+        session.abort();
+        assert!(session.await.unwrap_err().is_cancelled());
+        // The read still runs: the peer's next one waits for it.
+        assert!(reads.clone().try_acquire_owned().is_err());
+        go.send(()).unwrap();
+        let next = blocking_held(&reads, || 7).await.unwrap();
+        assert_eq!(next, 7);
     }
 }

@@ -28,6 +28,13 @@ pub const RECON_MIN_ITEMS: u64 = 256;
 /// ... and at least 1/RECON_MIN_SHARE of the server's keys (else sending everything is
 /// about as cheap and needs one round trip).
 pub const RECON_MIN_SHARE: u64 = 4;
+/// The most keys a server that reconciles with a puller of `items` keys holds, honestly:
+/// it reconciles only when it holds at most [`RECON_MIN_SHARE`] times as many, counted on
+/// a snapshot taken just before the one it answers from (twice that leaves room for the
+/// writes in between). Bounds what the puller asks for (`Initiator::new`).
+pub fn recon_max_items(items: u64) -> u64 {
+    items.saturating_mul(2 * RECON_MIN_SHARE)
+}
 /// Pause between the puller's vector reports.
 pub const SEEN_EVERY: Duration = Duration::from_secs(1);
 

@@ -6,7 +6,8 @@ use tokio::time::Instant;
 
 use super::error::{SyncError, Violation};
 use super::protocol::{
-    BATCH, DELTA_MAX_CHANGES, RECON_HOLD_BYTES, RECON_HOLD_CHANGES, SEEN_EVERY, SYNC_VERSION,
+    recon_max_items, BATCH, DELTA_MAX_CHANGES, RECON_HOLD_BYTES, RECON_HOLD_CHANGES, SEEN_EVERY,
+    SYNC_VERSION,
 };
 use crate::daemon::wire::{Down, Up};
 use crate::store::claims;
@@ -18,6 +19,8 @@ use crate::store::{BatchRange, Change, Delta, Device, VersionVector};
 pub struct Puller {
     /// The server's device (its own origins need no backing, see `crate::store::claims`).
     sender: Device,
+    /// The keys this store held at the hello: bound what a reconciliation asks for.
+    items: u64,
     /// The vector last reported to the server.
     reported: VersionVector,
     report_due: Option<Instant>,
@@ -71,6 +74,7 @@ impl Puller {
         };
         let puller = Puller {
             sender,
+            items,
             reported: vv,
             report_due: None,
             recon: None,
@@ -115,7 +119,9 @@ impl Puller {
                 if first && (self.caught_up || self.received > 0) {
                     return Err(Violation::UnexpectedRecon.into());
                 }
-                self.recon.get_or_insert_with(Initiator::new);
+                let items = self.items;
+                self.recon
+                    .get_or_insert_with(|| Initiator::new(recon_max_items(items)));
                 Ok(Pulled::Answer { msg, first })
             }
             Down::ReconChanges(changes) => {

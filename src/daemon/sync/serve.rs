@@ -10,7 +10,7 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream};
 
 use super::error::SyncError;
-use super::io::{blocking, next, reader, within};
+use super::io::{blocking_held, next, reader, within};
 use super::protocol::{recon_frames, BATCH, MAX_DOWN, MAX_UP};
 use super::pull::is_member;
 use super::server::{Heard, Server};
@@ -58,8 +58,9 @@ async fn session(
     let mut rx = reader::<Up>(recv, MAX_UP);
     let (mut server, report) = Server::start(next(&mut rx).await?, store.own())?;
     st.report(peer.0, &report);
+    let reads = st.reads_of(peer);
     let s = store.clone();
-    let (ours, our_items) = blocking(move || -> Result<_, SyncError> {
+    let (ours, our_items) = blocking_held(&reads, move || -> Result<_, SyncError> {
         let snap = s.snapshot()?;
         Ok((snap.version_vector()?, snap.item_count()?))
     })
@@ -71,7 +72,7 @@ async fn session(
         // Send everything they lack, in batches.
         loop {
             let (s, wants) = (store.clone(), server.wants().clone());
-            let delta = blocking(move || s.changes_since(&wants, BATCH)).await??;
+            let delta = blocking_held(&reads, move || s.changes_since(&wants, BATCH)).await??;
             let more = delta.more;
             match server.on_delta(delta) {
                 Some(frame) => write_frame(&mut send, &frame, MAX_DOWN).await?,
@@ -127,10 +128,11 @@ async fn reconcile(
     st: &SyncState,
     peer: DeviceId,
 ) -> Result<Server, SyncError> {
+    let reads = st.reads_of(peer);
     let s = store.clone();
-    let snap = Arc::new(blocking(move || s.snapshot()).await??);
+    let snap = Arc::new(blocking_held(&reads, move || s.snapshot()).await??);
     let snap2 = snap.clone();
-    let (srv, first) = blocking(move || {
+    let (srv, first) = blocking_held(&reads, move || {
         let first = snap2
             .version_vector()
             .map_err(SyncError::from)
@@ -149,7 +151,7 @@ async fn reconcile(
             }
         };
         let snap2 = snap.clone();
-        let (srv, step) = blocking(move || {
+        let (srv, step) = blocking_held(&reads, move || {
             let step = server.on_recon_reply(&*snap2, reply);
             (server, step)
         })
@@ -158,7 +160,7 @@ async fn reconcile(
         let step = step?;
         for chunk in step.send.chunks(256) {
             let (snap2, chunk) = (snap.clone(), chunk.to_vec());
-            let (changes, batches) = blocking(move || {
+            let (changes, batches) = blocking_held(&reads, move || {
                 let changes = snap2.changes_at(&chunk)?;
                 let batches = recon_batches(&snap2, &changes)?;
                 Ok::<_, crate::store::StoreError>((changes, batches))

@@ -5,7 +5,7 @@
 use super::error::{SyncError, Violation};
 use super::protocol::{should_reconcile, SYNC_VERSION};
 use crate::daemon::wire::{Down, Up};
-use crate::store::claims::{self, Own};
+use crate::store::claims::{self, Own, Refusal, MAX_ORIGINS};
 use crate::store::reconcile::{ItemSet, ReconReply, Responder};
 use crate::store::{Change, Delta, Device, VersionVector};
 
@@ -15,7 +15,8 @@ pub struct Server {
     /// This device: its own origins need no backing.
     me: Device,
     /// What the puller has, as far as this side knows: its hello, joined with every
-    /// vector sent and every report.
+    /// vector sent and every report. Reports may add at most [`MAX_ORIGINS`] origins in
+    /// all (see [`Server::on_frame`]); what was sent comes from this store's own vector.
     theirs: VersionVector,
     their_items: u64,
     recon: Option<Recon>,
@@ -105,11 +106,25 @@ impl Server {
     }
 
     /// A frame from the puller once the session is live: only reports are expected.
+    ///
+    /// Each report is bounded on its own, and so is what they add up to: a report that
+    /// takes [`Server::wants`] past [`MAX_ORIGINS`] origins is refused, else many reports
+    /// of made-up origins would grow the session without end. An honest puller stays
+    /// within: what it reported and what it took from this side are all in its own
+    /// vector, which holds no more (it refuses a delta that would take it past).
+    /// Origins retired and replaced within one session could add up past it: that
+    /// session ends and the next starts from a fresh hello.
     pub fn on_frame(&mut self, frame: Up, own: Own) -> Result<VersionVector, SyncError> {
         match frame {
             Up::Seen { vv } => {
                 let vv = checked(vv, own)?;
                 self.theirs.join(&vv);
+                if self.theirs.len() > MAX_ORIGINS {
+                    return Err(Refusal::TooManyOrigins {
+                        count: self.theirs.len(),
+                    }
+                    .into());
+                }
                 Ok(vv)
             }
             Up::Hello { .. } => Err(Violation::SecondHello.into()),

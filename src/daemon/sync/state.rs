@@ -3,9 +3,9 @@
 //! each peer. No I/O: the tasks in `serve` and `collect` read and feed it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::AbortHandle;
 use transport::DeviceId;
 
@@ -18,6 +18,9 @@ pub struct SyncState {
     reported: Mutex<HashMap<Device, (VersionVector, bool)>>,
     /// Server sessions by peer: a new session from the same peer ends the old one.
     served: Mutex<HashMap<DeviceId, (u64, AbortHandle)>>,
+    /// Store reads for each peer's served sessions: [`READS_PER_PEER`] at a time, held
+    /// until a read really ends (an ended session's read runs on, see `io::blocking_held`).
+    reads: Mutex<HashMap<DeviceId, Arc<Semaphore>>>,
     /// Wakes the collector when a report arrived.
     reports: Notify,
 }
@@ -30,6 +33,10 @@ pub struct Collection {
     /// Every member's last report, or `None` while some member has not reported yet.
     pub members: Option<Vec<VersionVector>>,
 }
+
+/// Store reads at a time for the sessions served to one peer (a session reads one at a
+/// time; a new session waits for the read of the one it replaced).
+pub const READS_PER_PEER: usize = 1;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -75,6 +82,19 @@ impl SyncState {
         if served.get(&peer).is_some_and(|(i, _)| *i == id) {
             served.remove(&peer);
         }
+        // Forget the peer's reads once no session and no read holds them.
+        let mut reads = lock(&self.reads);
+        if reads.get(&peer).is_some_and(|r| Arc::strong_count(r) == 1) {
+            reads.remove(&peer);
+        }
+    }
+
+    /// The store reads of sessions served to `peer` (see [`READS_PER_PEER`]).
+    pub fn reads_of(&self, peer: DeviceId) -> Arc<Semaphore> {
+        lock(&self.reads)
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(READS_PER_PEER)))
+            .clone()
     }
 
     /// The next collection round for the mesh's `members` (this device excluded): which

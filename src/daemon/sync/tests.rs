@@ -438,3 +438,65 @@ fn a_full_vector_fits_a_hello() {
     assert!(bytes < super::protocol::MAX_UP, "{bytes} bytes");
     println!("hello with a full vector: {bytes} bytes");
 }
+
+#[test]
+fn reports_together_name_at_most_max_origins() {
+    // Made-up origins, `n` of them from `first` on: each report is within the bound.
+    let made_up = |first: usize, n: usize| -> VersionVector {
+        (first..first + n)
+            .map(|e| (Origin::new(THIRD, e as u64), 1))
+            .collect()
+    };
+    let half = crate::store::MAX_ORIGINS / 2;
+    let (mut server, _) = Server::start(hello(vv(&[])), own(0)).unwrap();
+    for first in [0, half] {
+        let report = made_up(first, half);
+        assert_eq!(
+            server
+                .on_frame(Up::Seen { vv: report.clone() }, own(0))
+                .unwrap(),
+            report
+        );
+    }
+    assert_eq!(server.wants().len(), crate::store::MAX_ORIGINS);
+    // The same report again adds nothing and is taken.
+    assert!(server
+        .on_frame(
+            Up::Seen {
+                vv: made_up(0, half)
+            },
+            own(0)
+        )
+        .is_ok());
+    // One that would take the session's picture of the puller past the bound ends it,
+    // while reconciling too.
+    let r = server.on_recon_frame(
+        Up::Seen {
+            vv: made_up(2 * half, half),
+        },
+        own(0),
+    );
+    assert!(matches!(
+        r,
+        Err(SyncError::Refused(Refusal::TooManyOrigins { .. }))
+    ));
+}
+
+#[test]
+fn a_peer_s_sessions_read_one_at_a_time_and_are_forgotten_once_idle() {
+    let st = SyncState::default();
+    let (peer, other) = (transport::DeviceId(PEER), transport::DeviceId(THIRD));
+    let reads = st.reads_of(peer);
+    let read = reads.clone().try_acquire_owned().unwrap();
+    // A replaced session's read still runs: the next session of the peer waits for it,
+    // another peer's does not.
+    assert!(st.reads_of(peer).try_acquire_owned().is_err());
+    assert!(st.reads_of(other).try_acquire_owned().is_ok());
+    let weak = std::sync::Arc::downgrade(&reads);
+    drop(reads);
+    st.served(peer, 1);
+    assert!(weak.upgrade().is_some(), "kept while a read holds it");
+    drop(read);
+    st.served(peer, 1);
+    assert!(weak.upgrade().is_none(), "forgotten once idle");
+}

@@ -12,7 +12,8 @@ fn encoded_len<T: Serialize>(v: &T) -> usize {
 /// Runs a whole session; returns the positions sent, rounds and bytes both ways.
 fn run(responder: &MemSet, initiator: &MemSet) -> (BTreeSet<u64>, u32, usize) {
     let (mut r, mut msg) = Responder::start(responder).unwrap();
-    let mut i = Initiator::new();
+    // Exactly the responder's size: an honest session stays within the bounds it sets.
+    let mut i = Initiator::new(responder.0.len() as u64);
     let mut sent = BTreeSet::new();
     let mut bytes = 0;
     loop {
@@ -150,7 +151,7 @@ fn bad_replies_are_refused() {
 #[test]
 fn bad_messages_are_refused() {
     let a = MemSet::default();
-    let mut i = Initiator::new();
+    let mut i = Initiator::new(u64::MAX);
     let unasked = ReconMsg {
         splits: vec![Split {
             parent: Range {
@@ -161,7 +162,7 @@ fn bad_messages_are_refused() {
         }],
     };
     assert!(i.on_msg(&a, unasked).unwrap().is_err());
-    let mut i = Initiator::new();
+    let mut i = Initiator::new(u64::MAX);
     let short = ReconMsg {
         splits: vec![Split {
             parent: Range::ROOT,
@@ -169,7 +170,7 @@ fn bad_messages_are_refused() {
         }],
     };
     assert!(i.on_msg(&a, short).unwrap().is_err());
-    let mut i = Initiator::new();
+    let mut i = Initiator::new(u64::MAX);
     let mut children = vec![Child::Items(vec![]); FANOUT];
     children[0] = Child::Items(vec![(u64::MAX, [0; 8])]); // not in child 0
     let outside = ReconMsg {
@@ -179,6 +180,129 @@ fn bad_messages_are_refused() {
         }],
     };
     assert!(i.on_msg(&a, outside).unwrap().is_err());
+}
+
+/// A split of `parent` by a responder that makes up its fingerprints: every child that
+/// may be a fingerprint is one (of 17 items, more than a leaf lists), the others are empty.
+fn made_up(parent: Range) -> Split {
+    let children = parent
+        .children()
+        .map(|c| match c.level {
+            MAX_LEVEL => Child::Items(vec![]),
+            _ => Child::Fp(Fp {
+                count: LEAF_ITEMS + 1,
+                hash: [7; 8],
+            }),
+        })
+        .collect();
+    Split { parent, children }
+}
+
+/// The bound [`Initiator::new`] sets on ranges asked for at once.
+fn max_open(max_items: u64) -> usize {
+    (max_items / (LEAF_ITEMS + 1)) as usize
+}
+
+#[test]
+fn made_up_fingerprints_cannot_grow_what_the_initiator_asks_for() {
+    // The responder answers every range asked for, as many as a message holds, each with
+    // 16 made-up fingerprints: without a bound, each message adds 3,840 ranges to ask for.
+    let max_items = 10_000;
+    let mut i = Initiator::new(max_items);
+    let mut asked = VecDeque::from([Range::ROOT]);
+    for _ in 0..100 {
+        let n = asked.len().min(MAX_SPLITS_PER_MSG);
+        let splits = asked.drain(..n).map(made_up).collect();
+        match i.on_msg(&MemSet::default(), ReconMsg { splits }).unwrap() {
+            Ok(reply) => asked.extend(reply.split),
+            Err(ReconError::Protocol(e)) => {
+                assert!(e.contains("at once"), "{e}");
+                assert!(i.open() <= max_open(max_items));
+                return;
+            }
+        }
+        assert!(i.open() <= max_open(max_items));
+    }
+    panic!("still asking for {} ranges after 100 messages", i.open());
+}
+
+#[test]
+fn made_up_fingerprints_cannot_keep_a_session_going() {
+    // The responder answers one range a message, the deepest first: what is asked for at
+    // once stays small (16 per level), but the tree of made-up ranges has 16^15 leaves.
+    let max_items = 10_000;
+    let mut i = Initiator::new(max_items);
+    let mut asked = vec![Range::ROOT];
+    for _ in 0..20_000 {
+        let parent = asked.pop().expect("the made-up tree never ends");
+        let msg = ReconMsg {
+            splits: vec![made_up(parent)],
+        };
+        match i.on_msg(&MemSet::default(), msg).unwrap() {
+            Ok(reply) => asked.extend(reply.split),
+            Err(ReconError::Protocol(e)) => {
+                assert!(e.contains("in one session"), "{e}");
+                return;
+            }
+        }
+        assert!(i.open() <= max_open(max_items));
+    }
+    panic!("still going after 20,000 messages");
+}
+
+/// An [`ItemSet`] that counts its item look-ups.
+struct Counted(MemSet, std::cell::Cell<usize>);
+
+impl ItemSet for Counted {
+    type Error = std::convert::Infallible;
+    fn sum(&self, range: Range) -> Result<Sum, Self::Error> {
+        self.0.sum(range)
+    }
+    fn items(&self, range: Range, limit: usize) -> Result<Vec<(u64, u128)>, Self::Error> {
+        self.1.set(self.1.get() + 1);
+        self.0.items(range, limit)
+    }
+}
+
+#[test]
+fn a_long_list_at_one_position_costs_one_look_up() {
+    // A one-position range may list any number of items (keys whose positions collide);
+    // a responder that repeats one the initiator holds costs it one look-up, not one each.
+    let (pos, digest) = (0x0123_4567_89ab_cdef_u64, 42u128);
+    let mut held = MemSet::default();
+    held.insert(pos, digest);
+    let set = Counted(held, Default::default());
+    let mut i = Initiator::new(u64::MAX);
+    let mut parent = Range::ROOT;
+    // Made-up fingerprints down to the one-position range of `pos`.
+    while parent.level < MAX_LEVEL - 1 {
+        let reply = i.on_msg(
+            &set,
+            ReconMsg {
+                splits: vec![made_up(parent)],
+            },
+        );
+        let next = Range {
+            level: parent.level + 1,
+            prefix: pos >> (64 - 4 * u32::from(parent.level + 1)),
+        };
+        assert!(reply.unwrap().unwrap().split.contains(&next));
+        parent = next;
+    }
+    let mut children = vec![Child::Items(vec![]); FANOUT];
+    children[(pos & 0xf) as usize] = Child::Items(vec![(pos, fold(digest)); 10_000]);
+    set.1.set(0);
+    let reply = i
+        .on_msg(
+            &set,
+            ReconMsg {
+                splits: vec![Split { parent, children }],
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert!(reply.want.is_empty(), "the item is held");
+    assert_eq!(set.1.get(), 1);
 }
 
 fn cases() -> u32 {
@@ -237,7 +361,7 @@ proptest! {
     #[test]
     fn initiator_survives_arbitrary_messages(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         if let Ok((msg, _)) = bincode::serde::decode_from_slice::<ReconMsg, _>(&bytes, bincode::config::standard().with_limit::<4096>()) {
-            let mut i = Initiator::new();
+            let mut i = Initiator::new(u64::MAX);
             let _ = i.on_msg(&MemSet::default(), msg);
         }
     }

@@ -16,7 +16,7 @@ async fn reconcile(to: &Store, from: &Store) -> (usize, u32) {
     let snap = from.snapshot().unwrap();
     let through = snap.version_vector().unwrap();
     let (mut r, mut msg) = Responder::start(&snap).unwrap();
-    let mut i = Initiator::new();
+    let mut i = Initiator::new(u64::MAX);
     let mut sent = 0;
     let mut named = VersionVector::new();
     loop {
