@@ -99,7 +99,7 @@ impl Daemon {
     pub fn emit(&self, event: Event) {
         let self_id = self.id().to_plain();
         let name = &self.identity.name;
-        let (kind, tag, env, origin_name, origin_id) = match &event {
+        let (kind, tag, env, origin_name, origin_id, name_unique) = match &event {
             Event::Peer {
                 tag,
                 peer,
@@ -109,9 +109,15 @@ impl Daemon {
                 ..
             } => {
                 let id = peer.id.replace('-', "");
+                // Not under the table's lock here (see `peer_event_with`).
+                let name_unique = peer
+                    .id
+                    .parse::<DeviceId>()
+                    .is_ok_and(|i| self.peers().name_unique(&i, name));
                 let origin = Origin {
                     name: &peer.name,
                     id: &id,
+                    name_unique,
                 };
                 let env = handlers::peer_env(
                     name,
@@ -128,6 +134,7 @@ impl Daemon {
                     env,
                     Some(peer.name.clone()),
                     Some(id.clone()),
+                    name_unique,
                 )
             }
             Event::Daemon { tag, state } => (
@@ -136,6 +143,7 @@ impl Daemon {
                 handlers::daemon_env(name, &self_id, tag, state),
                 None,
                 None,
+                false,
             ),
             Event::Message { .. } => {
                 let _ = self.events.send(Arc::new(event));
@@ -145,7 +153,11 @@ impl Daemon {
         let _ = self.events.send(Arc::new(event));
         let set = self.handlers.current();
         let origin = match (&origin_name, &origin_id) {
-            (Some(n), Some(i)) => Some(Origin { name: n, id: i }),
+            (Some(n), Some(i)) => Some(Origin {
+                name: n,
+                id: i,
+                name_unique,
+            }),
             _ => None,
         };
         let matched: Vec<_> = set

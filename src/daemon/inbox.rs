@@ -264,7 +264,11 @@ async fn deliver(
     body: Vec<u8>,
     held: Held,
 ) -> MsgResult {
-    let from_name = d.peers().name_of(&from).unwrap_or_default();
+    let (from_name, name_unique) = {
+        let table = d.peers();
+        let name = table.name_of(&from).unwrap_or_default();
+        (name, table.name_unique(&from, &d.identity.name))
+    };
     let from_plain = from.to_plain();
     d.emit(Event::Message {
         tag: header.tag.clone(),
@@ -279,6 +283,7 @@ async fn deliver(
     let origin = Origin {
         name: &from_name,
         id: &from_plain,
+        name_unique,
     };
     let set = d.handlers.current();
     let matched: Vec<_> = set

@@ -579,5 +579,12 @@ mod tests {
         let e = table.resolve("desk").unwrap_err();
         assert_eq!(e.code, crate::api::code::AMBIGUOUS_PEER, "{}", e.message);
         assert_eq!(table.resolve(&desk.id.to_string()).unwrap(), desk.id);
+        // Nor does a `@desk` handler filter match either of them.
+        assert!(!table.name_unique(&phone.id, "laptop"));
+        assert!(!table.name_unique(&desk.id, "laptop"));
+        // A name is its peer's alone only if this device does not carry it either.
+        table.peers.remove(&phone.id);
+        assert!(table.name_unique(&desk.id, "laptop"));
+        assert!(!table.name_unique(&desk.id, "desk"));
     }
 }

@@ -378,6 +378,15 @@ impl PeerTable {
     }
 
     /// The name of trusted peer `id`, if it is one.
+    /// Whether peer `id`'s name is its alone: no other peer carries it, nor this device
+    /// (`own`). A member can take another's name (its own signed entry); where two carry
+    /// one, a `@NAME` handler filter matches neither.
+    pub fn name_unique(&self, id: &DeviceId, own: &str) -> bool {
+        self.peers.get(id).is_some_and(|p| {
+            p.name != own && self.peers.values().filter(|q| q.name == p.name).count() == 1
+        })
+    }
+
     pub fn name_of(&self, id: &DeviceId) -> Option<String> {
         self.peers.get(id).map(|p| p.name.clone())
     }

@@ -122,6 +122,7 @@ mod tests {
         let o = Origin {
             name: "p",
             id: "ID",
+            name_unique: true,
         };
         let all = [
             message_env("me", "MYID", "a.b", &o, "m1"),

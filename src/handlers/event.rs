@@ -37,6 +37,9 @@ pub struct Origin<'a> {
     pub name: &'a str,
     /// Full device ID: 52 characters of uppercase base32, no dashes.
     pub id: &'a str,
+    /// No other device of the mesh (this one included) carries `name`: only then does a
+    /// `@NAME` filter match. A member can take another's name; a handler never guesses.
+    pub name_unique: bool,
 }
 
 #[cfg(test)]

@@ -30,7 +30,8 @@ pub const PEER_EVENTS: [&str; 8] = [
 /// A `@NAME` or `@[ID-PREFIX]` path segment: the handler only runs for that peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerFilter {
-    /// `@NAME`: the peer's name, compared exactly (case-sensitive).
+    /// `@NAME`: the peer's name, compared exactly (case-sensitive); never a name that
+    /// two devices of the mesh carry.
     Name(String),
     /// `@[ID-PREFIX]`: stored uppercase without dashes; compared with the start
     /// of the peer's device ID, case-insensitively, dashes ignored.
@@ -41,7 +42,7 @@ impl PeerFilter {
     /// Whether `origin` (the sender, or the peer a peer event is about) passes.
     pub fn matches(&self, origin: &Origin<'_>) -> bool {
         match self {
-            PeerFilter::Name(name) => origin.name == name,
+            PeerFilter::Name(name) => origin.name_unique && origin.name == name,
             PeerFilter::IdPrefix(prefix) => normalize_id(origin.id).starts_with(prefix.as_str()),
         }
     }
@@ -268,6 +269,7 @@ mod tests {
         Origin {
             name: "phone",
             id: ID,
+            name_unique: true,
         }
     }
 
@@ -362,11 +364,20 @@ mod tests {
         let laptop = Origin {
             name: "laptop",
             id: "ZZZZ",
+            name_unique: true,
         };
         let s = spec("notify/@phone/x");
         assert!(s.matches(EventKind::Message, "notify.x", Some(&phone())));
         assert!(!s.matches(EventKind::Message, "notify.x", Some(&laptop)));
         assert!(!s.matches(EventKind::Message, "notify.x", None));
+        // A name two devices carry (one took the other's) matches no `@NAME`; an ID
+        // prefix still tells them apart.
+        let impostor = Origin {
+            name_unique: false,
+            ..phone()
+        };
+        assert!(!s.matches(EventKind::Message, "notify.x", Some(&impostor)));
+        assert!(spec("notify/@[abcd]/x").matches(EventKind::Message, "notify.x", Some(&impostor)));
         for rel in [
             "x/@[abcd]",
             "x/@[AB-CD-E]",
@@ -380,6 +391,7 @@ mod tests {
         let grouped = Origin {
             name: "p",
             id: "ABCDEFG-HIJKLMN",
+            name_unique: true,
         };
         assert!(spec("x/@[abcdefgh]").matches(EventKind::Message, "x", Some(&grouped)));
         // Peer events filter on the peer concerned; daemon events never match.

@@ -249,6 +249,7 @@ echo "PATH_SET=${PATH:+yes}""#;
         let from = Origin {
             name: "phone",
             id: "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGHIJKLMNOPQRST",
+            name_unique: true,
         };
         let runner = Runner::new(RunnerConfig::default());
         let mut i = inv(vec![spec]);

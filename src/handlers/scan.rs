@@ -205,10 +205,12 @@ mod tests {
     const PHONE: Origin<'static> = Origin {
         name: "phone",
         id: "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGHIJKLMNOPQRST",
+        name_unique: true,
     };
     const LAPTOP: Origin<'static> = Origin {
         name: "laptop",
         id: "QRSTUVWXYZ234567ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCD",
+        name_unique: true,
     };
 
     #[test]
@@ -428,6 +430,7 @@ mod tests {
         let other = Origin {
             name: "desk",
             id: "AAAA",
+            name_unique: true,
         };
         assert_eq!(
             rels(&set, EventKind::Message, "notify.ring", Some(&other)),
@@ -436,6 +439,7 @@ mod tests {
         let phone = Origin {
             name: "phone",
             id: "MFZW-I3DX",
+            name_unique: true,
         };
         assert_eq!(
             rels(&set, EventKind::Message, "notify.log", Some(&phone)),

@@ -148,6 +148,7 @@ pub fn parse(line: &[u8]) -> Result<(Value, Request), (Value, ErrorBody)> {
     }
 }
 
+#[derive(Debug)]
 pub enum BodyError {
     Reply(ErrorBody),
     /// The raw bytes that follow cannot be skipped: answer, then close the connection.
@@ -212,10 +213,18 @@ pub async fn read_body<R: AsyncBufRead + Unpin>(
     s: Payload<'_>,
     r: &mut R,
 ) -> Result<Bytes, BodyError> {
+    if let Some(n) = s.body_len.filter(|n| *n > MAX_BODY as u64) {
+        // The raw bytes cannot be skipped safely at this size: close after answering
+        // (first, whatever else the line says, or the bytes would be read as requests).
+        return Err(BodyError::ReplyAndClose(err(
+            code::TOO_LARGE,
+            format!("body of {n} bytes exceeds the limit of {MAX_BODY}"),
+        )));
+    }
     let given = [s.body.is_some(), s.body_b64.is_some(), s.body_len.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
         // Still consume a raw body so the connection stays in step.
-        if let Some(n) = s.body_len.filter(|n| *n <= MAX_BODY as u64) {
+        if let Some(n) = s.body_len {
             let mut sink = tokio::io::sink();
             let _ = tokio::io::copy(&mut r.take(n), &mut sink).await;
         }
@@ -225,13 +234,6 @@ pub async fn read_body<R: AsyncBufRead + Unpin>(
         )));
     }
     if let Some(n) = s.body_len {
-        if n > MAX_BODY as u64 {
-            // The raw bytes cannot be skipped safely at this size: close after answering.
-            return Err(BodyError::ReplyAndClose(err(
-                code::TOO_LARGE,
-                format!("body of {n} bytes exceeds the limit of {MAX_BODY}"),
-            )));
-        }
         let mut buf = vec![0u8; n as usize];
         r.read_exact(&mut buf)
             .await
@@ -256,4 +258,49 @@ pub fn timeout_of(ms: Option<u64>) -> Duration {
     ms.map(Duration::from_millis)
         .unwrap_or(DEFAULT_TIMEOUT)
         .min(MAX_TIMEOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_line() -> &'static [u8] {
+        b"{\"id\":2,\"cmd\":\"status\"}\n"
+    }
+
+    /// A raw body too large to skip closes the connection even when the line also has
+    /// another payload field: the bytes after it are never read as requests.
+    #[tokio::test]
+    async fn an_oversized_body_len_closes_the_connection_whatever_else_the_line_says() {
+        let text = "a".to_string();
+        for (body, b64) in [(None, None), (Some(&text), None), (None, Some(&text))] {
+            let p = Payload {
+                body,
+                body_b64: b64,
+                body_len: Some(MAX_BODY as u64 + 1),
+            };
+            let mut r = tokio::io::BufReader::new(status_line());
+            let got = read_body(p, &mut r).await;
+            assert!(matches!(got, Err(BodyError::ReplyAndClose(_))), "{got:?}");
+        }
+    }
+
+    /// Two payload fields with a raw body within the limit: refused, and the raw bytes
+    /// skipped, so the next line is the next request.
+    #[tokio::test]
+    async fn two_payload_fields_are_refused_and_the_raw_body_skipped() {
+        let text = "a".to_string();
+        let p = Payload {
+            body: Some(&text),
+            body_b64: None,
+            body_len: Some(3),
+        };
+        let input = [b"xyz".as_slice(), status_line()].concat();
+        let mut r = tokio::io::BufReader::new(input.as_slice());
+        let got = read_body(p, &mut r).await;
+        assert!(matches!(got, Err(BodyError::Reply(_))), "{got:?}");
+        let mut next = String::new();
+        r.read_line(&mut next).await.unwrap();
+        assert_eq!(next.as_bytes(), status_line());
+    }
 }
