@@ -34,3 +34,7 @@ pub mod sync;
 
 #[path = "daemon_pair.rs"]
 pub mod pair;
+
+// Host names in the pairing addresses (`pair::addr::parse`).
+#[path = "../../src/daemon/lookup.rs"]
+pub mod lookup;
