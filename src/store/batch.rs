@@ -7,10 +7,10 @@
 //! delta pager so that a delta never ends inside a batch; a receiver applies a delta in
 //! one transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::error::StoreError;
-use super::model::{validate_key, validate_value, BatchRange, Change, Condition};
+use super::model::{validate_key, validate_value, BatchRange, Change, Condition, Origin};
 
 pub use super::model::MAX_BATCH_OPS;
 /// Most bytes of keys and values in one batch (so a delta that carries a whole batch
@@ -70,11 +70,44 @@ pub fn validate_batch(ops: &[BatchOp]) -> Result<(), StoreError> {
 
 /// Batch ranges received from a peer beside `changes`: the well-formed ones that name at
 /// least one of those changes, each once, at most one per change.
+///
+/// Near-linear in `ranges` and `changes` (a peer chooses both: tens of thousands of each
+/// in one reconciliation): the changes' sequence numbers are sorted per origin and each
+/// range is looked up by binary search.
 pub(crate) fn received(ranges: &[BatchRange], changes: &[Change]) -> Vec<BatchRange> {
+    received_counted(ranges, changes, &mut 0)
+}
+
+/// [`received`], adding to `probes` each sequence number compared with a range.
+pub(crate) fn received_counted(
+    ranges: &[BatchRange],
+    changes: &[Change],
+    probes: &mut u64,
+) -> Vec<BatchRange> {
+    let mut seqs: HashMap<Origin, Vec<u64>> = HashMap::new();
+    for c in changes {
+        seqs.entry(c.version.origin)
+            .or_default()
+            .push(c.version.seq);
+    }
+    for s in seqs.values_mut() {
+        s.sort_unstable();
+    }
     let mut out: Vec<BatchRange> = ranges
         .iter()
         .filter(|r| r.valid())
-        .filter(|r| changes.iter().any(|c| r.contains(c.version.dot())))
+        .filter(|r| {
+            let Some(s) = seqs.get(&r.origin) else {
+                return false;
+            };
+            // The first seq at or after `first`, then whether it is within the range.
+            let i = s.partition_point(|&seq| {
+                *probes += 1;
+                seq < r.first
+            });
+            *probes += 1;
+            s.get(i).is_some_and(|&seq| seq <= r.last)
+        })
         .copied()
         .collect();
     out.sort();

@@ -10,9 +10,13 @@
 //!   origins (it travels in every hello: a longer one could stop sync);
 //! - a delta's `through` raises an origin only as far as the delta backs it: its changes
 //!   name that origin at that sequence number or higher (as a change's dot or in a
-//!   change's `supersedes`), or the origin is one of the sender's own device.
+//!   change's `supersedes`), or the origin is one of the sender's own device;
+//! - a dot names one write of one key: changes that give one dot to two keys are refused
+//!   (the store's log maps each dot to its key; see `docs/store.md`).
 
-use super::model::{Change, Device, Origin, VersionVector};
+use std::collections::HashMap;
+
+use super::model::{Change, Device, Dot, Origin, VersionVector};
 
 pub use super::limits::{Refusal, MAX_ORIGINS, MAX_SEQ};
 
@@ -48,11 +52,23 @@ pub fn check_vector(vv: &VersionVector, own: Own) -> Result<(), Refusal> {
 }
 
 /// Checks changes from a peer (their dots and `supersedes` against this store's own
-/// origin and [`MAX_SEQ`]) and returns what they back: per origin, the highest sequence
-/// number they name. Stops at [`MAX_ORIGINS`] distinct origins.
+/// origin and [`MAX_SEQ`], and that no dot comes on two keys) and returns what they back:
+/// per origin, the highest sequence number they name. Stops at [`MAX_ORIGINS`] distinct
+/// origins.
 pub fn check_changes(changes: &[Change], own: Own) -> Result<VersionVector, Refusal> {
     let mut named = VersionVector::new();
     name_into(changes, &mut named, Some(own))?;
+    let mut keys: HashMap<Dot, &str> = HashMap::with_capacity(changes.len());
+    for c in changes {
+        let first = *keys.entry(c.version.dot()).or_insert(&c.key);
+        if first != c.key {
+            return Err(Refusal::DotTwice {
+                seq: c.version.seq,
+                first: first.to_owned(),
+                second: c.key.clone(),
+            });
+        }
+    }
     Ok(named)
 }
 

@@ -19,4 +19,11 @@ pub enum Refusal {
     /// More origins than [`MAX_ORIGINS`].
     #[error("it would take this store to {count} origins; at most {MAX_ORIGINS} are kept")]
     TooManyOrigins { count: usize },
+    /// Two changes with one dot on different keys (a dot names one write of one key).
+    #[error("it sends write {seq} of one origin twice, as a write of {first:?} and of {second:?}")]
+    DotTwice {
+        seq: u64,
+        first: String,
+        second: String,
+    },
 }

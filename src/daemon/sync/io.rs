@@ -2,47 +2,67 @@
 
 use std::sync::Arc;
 
+use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, Semaphore};
 use transport::frame::read_frame;
 use transport::quinn::RecvStream;
 
 use super::error::SyncError;
 
-/// Queued frames between a stream's reader task and its session.
-const QUEUE: usize = 8;
+/// Decoded frames a pull session's reader keeps ready for it. The server's frames are up
+/// to 32 MiB (`MAX_DOWN`): with this one and the one the session works on, a pull session
+/// holds at most two decoded frames (64 MiB) whatever the server sends, and the next is
+/// read while the session works.
+pub const DOWN_QUEUE: usize = 1;
+/// The same for a served session's reader (the puller's frames are at most 4 MiB).
+pub const UP_QUEUE: usize = 8;
 
-/// Reads frames into a bounded queue (so sessions can wait on frames and other events
-/// without losing half-read frames).
-pub fn reader<T>(mut recv: RecvStream, max: usize) -> mpsc::Receiver<Result<T, SyncError>>
+/// Reads frames into a queue of `queue` (so sessions can wait on frames and other events
+/// without losing half-read frames). A frame is read only when the queue has room for
+/// it: no decoded frame waits outside the queue.
+pub fn reader<T>(recv: RecvStream, max: usize, queue: usize) -> mpsc::Receiver<Result<T, SyncError>>
 where
     T: serde::de::DeserializeOwned + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(async move {
-        loop {
-            let frame = tokio::select! {
-                f = read_frame::<T, _>(&mut recv, max) => f,
-                // The session ended: stop reading (the frame in progress is not needed).
-                _ = tx.closed() => {
-                    let _ = recv.stop(0u32.into());
-                    return;
-                }
-            };
-            let item = match frame {
-                Ok(Some(v)) => Ok(v),
-                Ok(None) => Err(SyncError::Closed),
-                Err(e) => Err(e.into()),
-            };
-            let end = item.is_err();
-            if tx.send(item).await.is_err() || end {
-                if end {
-                    let _ = recv.stop(1u32.into());
-                }
-                return;
-            }
-        }
-    });
+    let (tx, rx) = mpsc::channel(queue);
+    tokio::spawn(pump(recv, max, tx, |recv: &mut RecvStream, code: u32| {
+        let _ = recv.stop(code.into());
+    }));
     rx
+}
+
+/// The reader task: frames from `recv` into `tx`; `stop` tells the stream why reading
+/// stopped (0: the session ended, 1: the stream ended or sent a bad frame).
+async fn pump<T, R>(
+    mut recv: R,
+    max: usize,
+    tx: mpsc::Sender<Result<T, SyncError>>,
+    stop: fn(&mut R, u32),
+) where
+    T: serde::de::DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    loop {
+        // Room first: the session ended, or took a frame.
+        let Ok(room) = tx.reserve().await else {
+            return stop(&mut recv, 0);
+        };
+        let frame = tokio::select! {
+            f = read_frame::<T, _>(&mut recv, max) => f,
+            // The session ended: stop reading (the frame in progress is not needed).
+            _ = tx.closed() => return stop(&mut recv, 0),
+        };
+        let item = match frame {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(SyncError::Closed),
+            Err(e) => Err(e.into()),
+        };
+        let end = item.is_err();
+        room.send(item);
+        if end {
+            return stop(&mut recv, 1);
+        }
+    }
 }
 
 /// The next frame from a reader.
@@ -112,6 +132,64 @@ pub async fn sleep_until(at: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    /// A stream of the same frame without end that counts the bytes read from it.
+    struct Frames {
+        frame: Vec<u8>,
+        at: usize,
+        read: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Frames {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let at = self.at;
+            let n = buf.remaining().min(self.frame.len() - at);
+            buf.put_slice(&self.frame[at..at + n]);
+            self.at = (at + n) % self.frame.len();
+            self.read.fetch_add(n, Ordering::SeqCst);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pull_session_s_reader_holds_one_frame_ahead_of_it() {
+        let frame = transport::frame::encode(&vec![7u8; 4096], 1 << 20).unwrap();
+        let read = Arc::new(AtomicUsize::new(0));
+        let source = Frames {
+            frame: frame.clone(),
+            at: 0,
+            read: read.clone(),
+        };
+        let (tx, mut rx) = mpsc::channel(DOWN_QUEUE);
+        tokio::spawn(pump::<Vec<u8>, _>(
+            source,
+            1 << 20,
+            tx,
+            |_: &mut Frames, _: u32| {},
+        ));
+        // The session does not take frames: one is read and waits, no more.
+        settle().await;
+        assert_eq!(read.load(Ordering::SeqCst), frame.len());
+        // It takes one (and holds it): the next is read, no more.
+        let held = next(&mut rx).await.unwrap();
+        assert_eq!(held, vec![7u8; 4096]);
+        settle().await;
+        assert_eq!(read.load(Ordering::SeqCst), 2 * frame.len());
+    }
 
     #[tokio::test]
     async fn a_peer_that_stops_answering_ends_the_step() {

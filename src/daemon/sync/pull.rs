@@ -12,7 +12,7 @@ use transport::frame::write_frame;
 use transport::{DeviceId, PeerConn, StreamKind};
 
 use super::error::SyncError;
-use super::io::{blocking, next, reader, sleep_until};
+use super::io::{blocking, next, reader, sleep_until, DOWN_QUEUE};
 use super::protocol::{MAX_DOWN, MAX_UP};
 use super::puller::{Pulled, Puller};
 use crate::daemon::conn_events::ConnEvent;
@@ -105,7 +105,7 @@ async fn pull(d: &Arc<Daemon>, pc: &PeerConn) -> Result<(), SyncError> {
     let started = std::time::Instant::now();
     let (mut puller, hello) = Puller::start(pc.peer.0, vv, items);
     write_frame(&mut send, &hello, MAX_UP).await?;
-    let mut rx = reader::<Down>(recv, MAX_DOWN);
+    let mut rx = reader::<Down>(recv, MAX_DOWN, DOWN_QUEUE);
     loop {
         tokio::select! {
             frame = next(&mut rx) => match puller.on_frame(frame?, Instant::now())? {

@@ -10,7 +10,7 @@ use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream};
 
 use super::error::SyncError;
-use super::io::{blocking_held, next, reader, within};
+use super::io::{blocking_held, next, reader, within, UP_QUEUE};
 use super::protocol::{recon_frames, BATCH, MAX_DOWN, MAX_UP};
 use super::pull::is_member;
 use super::server::{Heard, Server};
@@ -55,7 +55,7 @@ async fn session(
 ) -> Result<(), SyncError> {
     let store = d.store.clone();
     let mut feed = store.subscribe();
-    let mut rx = reader::<Up>(recv, MAX_UP);
+    let mut rx = reader::<Up>(recv, MAX_UP, UP_QUEUE);
     let (mut server, report) = Server::start(next(&mut rx).await?, store.own())?;
     st.report(peer.0, &report);
     let reads = st.reads_of(peer);

@@ -125,6 +125,11 @@ impl<'t> Writer<'t> {
         Ok(())
     }
 
+    /// Whether a current version (of any key) has the dot `dot`.
+    pub fn holds_dot(&self, dot: (Origin, u64)) -> Result<bool, StoreError> {
+        Ok(self.log.get((dot.0.to_key(), dot.1))?.is_some())
+    }
+
     pub fn log_remove(&mut self, dot: (Origin, u64)) -> Result<(), StoreError> {
         self.log.remove((dot.0.to_key(), dot.1))?;
         Ok(())

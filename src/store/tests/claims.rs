@@ -266,3 +266,54 @@ async fn honest_pulls_are_backed() {
     assert_eq!(c.version_vector().unwrap(), b.version_vector().unwrap());
     assert_eq!(c.version_vector().unwrap().get(&a.origin()), 5);
 }
+
+#[tokio::test]
+async fn one_dot_on_two_keys_is_refused_in_one_message_and_kept_once_across_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let wall = FakeWall::new(T0);
+    let a = open(dir.path(), 1, &wall);
+    let peer = Origin::new(device(2), 1);
+    let first = change("k1", peer, 1, vec![]);
+    let twin = change("k2", peer, 1, vec![]);
+    // In one message: refused whole, nothing merged.
+    let r = a
+        .apply_reconciled(vec![first.clone(), twin.clone()], vec![])
+        .await;
+    assert_eq!(
+        refusal(r),
+        Refusal::DotTwice {
+            seq: 1,
+            first: "k1".into(),
+            second: "k2".into()
+        }
+    );
+    assert!(a.versions("k1").unwrap().is_empty() && a.versions("k2").unwrap().is_empty());
+    // In two messages (reconciled, then reconciled or a delta): the first is kept, the
+    // twin is not merged.
+    assert_eq!(
+        a.apply_reconciled(vec![first.clone()], vec![])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        a.apply_reconciled(vec![twin.clone()], vec![])
+            .await
+            .unwrap(),
+        0
+    );
+    let r = a
+        .apply_delta(delta(vec![twin.clone()], [(peer, 1)]), device(2))
+        .await;
+    assert_eq!(r.unwrap(), 0);
+    assert!(a.versions("k2").unwrap().is_empty());
+    assert_eq!(a.versions("k1").unwrap()[0].0, first.version);
+    // The store stays consistent: a write of k2 takes nothing of k1 away, k1's version is
+    // still sent to a new device, and its origin is not retired while it is current.
+    a.put("k2", b"mine".to_vec()).await.unwrap();
+    assert_eq!(a.retire_origins(&[]).await.unwrap(), 0);
+    let c = open(dir.path(), 3, &wall);
+    pull(&c, &a, 10).await;
+    assert_eq!(c.versions("k1").unwrap(), a.versions("k1").unwrap());
+    assert_eq!(c.version_vector().unwrap(), a.version_vector().unwrap());
+}

@@ -8,6 +8,7 @@ mod epochs;
 mod input;
 mod load;
 mod props;
+mod received;
 mod recon;
 mod retire;
 mod sync;

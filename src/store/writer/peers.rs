@@ -70,8 +70,11 @@ impl State {
             }
             self.clock.observe(change.version.hlc, wall_ms);
             let siblings = w.siblings(&change.key)?;
-            if siblings.iter().any(|s| s.version.dot() == (origin, seq)) {
-                // Held already (merged by a reconciliation): only the vector moves.
+            if siblings.iter().any(|s| s.version.dot() == (origin, seq))
+                || w.holds_dot((origin, seq))?
+            {
+                // Held already (merged by a reconciliation, on this key or, if a peer
+                // gave the dot to another key too, on that one): only the vector moves.
                 self.raise(w, origin, seq)?;
                 continue;
             }
@@ -102,8 +105,8 @@ impl State {
         let mut applied = 0;
         for change in changes {
             let (origin, seq) = change.version.dot();
-            if seq <= self.have(w, origin)? {
-                continue;
+            if seq <= self.have(w, origin)? || w.holds_dot((origin, seq))? {
+                continue; // seen, or held (on this key, or on another a peer gave it to)
             }
             let siblings = w.siblings(&change.key)?;
             if siblings.iter().any(|s| s.version.dot() == (origin, seq)) {
