@@ -289,13 +289,18 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 };
                 let opened = match (&req, opened) {
                     (Request::Connect { .. }, Ok((pid, deadline, service))) => {
-                        streams::open(&d, pid, &service, deadline).await
+                        streams::open(&d, pid, &service, deadline)
+                            .await
+                            .map(|(s, r)| (s, r, None))
                     }
                     (Request::Connect { .. }, Err(e)) => Err(e),
-                    (Request::Accept { stream, .. }, _) => streams::accept(&d, stream).await,
+                    (Request::Accept { stream, .. }, _) => streams::accept(&d, stream)
+                        .await
+                        .map(|(s, r, t)| (s, r, Some(t))),
                     _ => Err(err(code::INTERNAL, "request routed to the wrong handler")),
                 };
-                let (send, recv) = match opened {
+                // An accepted stream keeps its place among its peer's streams to the end.
+                let (send, recv, _turn) = match opened {
                     Ok(x) => x,
                     Err(e) => {
                         if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
