@@ -900,3 +900,69 @@ fn stop_returns_once_the_daemon_has_exited() {
     n.start();
     assert_eq!(n.port, port, "restarted on the same port");
 }
+
+#[test]
+fn request_bodies_in_flight_are_bounded_for_all_clients_together() {
+    let mut n = Node::new("solo", "");
+    n.start();
+    const MAX_BODY: usize = 20 * 1024 * 1024;
+    let half = vec![0u8; MAX_BODY / 2];
+    let send = json!({"id": 1, "cmd": "send", "peer": "nobody", "tag": "t", "body_len": MAX_BODY});
+    // Every reply line of every connection, as (connection, reply).
+    let (tx, replies) = std::sync::mpsc::channel();
+    let mut conns = Vec::new();
+    // 256 MiB (control::BODY_BYTES) hold 12 bodies of 20 MiB, not 13.
+    for i in 0..13 {
+        let mut s = UnixStream::connect(n.socket()).unwrap();
+        writeln!(s, "{send}").unwrap();
+        // Half a body: the daemon waits for the rest, holding the room taken for it.
+        s.write_all(&half).unwrap();
+        let tx = tx.clone();
+        let r = BufReader::new(s.try_clone().unwrap());
+        std::thread::spawn(move || {
+            for line in r.lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send((i, v));
+            }
+        });
+        conns.push(s);
+    }
+    let next = || replies.recv_timeout(DEADLINE).expect("a reply");
+    // Exactly one is refused at once (whichever the daemon read last), with `busy`.
+    let (refused, v) = next();
+    assert_eq!(v["error"]["code"], "busy", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("256 MiB"),
+        "{v}"
+    );
+    // Its raw bytes are skipped: the connection stays in step and is served.
+    conns[refused].write_all(&half).unwrap();
+    writeln!(conns[refused], "{}", json!({"id": 2, "cmd": "status"})).unwrap();
+    let (i, v) = next();
+    assert_eq!(
+        (i, v["id"].clone(), v["ok"].clone()),
+        (refused, json!(2), json!(true)),
+        "{v}"
+    );
+    // A body that arrived whole is handled and gives its room back.
+    let done = (refused + 1) % conns.len();
+    conns[done].write_all(&half).unwrap();
+    let (i, v) = next();
+    assert_eq!(
+        (i, v["error"]["code"].clone()),
+        (done, json!("unknown_peer")),
+        "{v}"
+    );
+    conns[refused]
+        .write_all(format!("{send}\n").as_bytes())
+        .unwrap();
+    conns[refused].write_all(&half).unwrap();
+    conns[refused].write_all(&half).unwrap();
+    let (i, v) = next();
+    assert_eq!(
+        (i, v["error"]["code"].clone()),
+        (refused, json!("unknown_peer")),
+        "{v}"
+    );
+}

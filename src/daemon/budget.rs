@@ -20,6 +20,15 @@ pub const PEER_BYTES: u64 = 40 * 1024 * 1024;
 pub const TOTAL_BYTES: u64 = 160 * 1024 * 1024;
 /// A peer's message streams read at once (the others wait, unread).
 pub const PEER_STREAMS: usize = 32;
+/// A peer's application streams handed to local listeners at once (announced, waiting
+/// for `accept`, or accepted): each accepted one holds one of the control socket's 128
+/// client slots for its life (with `listen --exec`, a process too), so a member, even a
+/// stolen one, takes at most a quarter of them and `cnspr remove` still gets a slot.
+/// One more is refused at once (`queue_full`).
+pub const PEER_LISTENED: usize = 32;
+/// A peer's application streams forwarded to exposed targets at once: each holds a TCP or
+/// UNIX connection (a descriptor) here. One more is refused at once (`queue_full`).
+pub const PEER_EXPOSED: usize = 256;
 /// Reply tasks (messages with `reply`, waiting for their handlers) of one message lane.
 pub const LANE_TASKS: usize = 64;
 /// The share of the handler queue (`handler_queue`) one peer's messages may take: each
@@ -40,6 +49,8 @@ struct Peer {
     bytes: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     messages: Arc<Semaphore>,
+    listened: Arc<Semaphore>,
+    exposed: Arc<Semaphore>,
 }
 
 /// The budgets of every peer (see the module).
@@ -81,6 +92,8 @@ impl Budgets {
                     bytes: Arc::new(Semaphore::new(units(PEER_BYTES) as usize)),
                     streams: Arc::new(Semaphore::new(PEER_STREAMS)),
                     messages: Arc::new(Semaphore::new(self.peer_messages)),
+                    listened: Arc::new(Semaphore::new(PEER_LISTENED)),
+                    exposed: Arc::new(Semaphore::new(PEER_EXPOSED)),
                 })
             })
             .clone()
@@ -90,6 +103,18 @@ impl Budgets {
     /// [`PEER_STREAMS`] being read.
     pub fn try_stream(&self, peer: DeviceId) -> Option<Held> {
         let permit = self.peer(peer).streams.clone().try_acquire_owned().ok()?;
+        Some(Held {
+            _permits: vec![permit],
+        })
+    }
+
+    /// A place for one of `peer`'s application streams, handed to a listener
+    /// (`listened`) or forwarded to an exposed target; `None` while it has
+    /// [`PEER_LISTENED`] or [`PEER_EXPOSED`] of that kind.
+    pub fn try_app_stream(&self, peer: DeviceId, listened: bool) -> Option<Held> {
+        let p = self.peer(peer);
+        let kind = if listened { &p.listened } else { &p.exposed };
+        let permit = kind.clone().try_acquire_owned().ok()?;
         Some(Held {
             _permits: vec![permit],
         })
@@ -155,6 +180,25 @@ mod tests {
         assert!(fresh.try_bytes(p, 2048).is_none());
         assert!(fresh.try_bytes(p, 1024).is_some());
         assert!(fresh.try_bytes(q, PEER_BYTES).is_some());
+    }
+
+    #[test]
+    fn a_peer_holds_at_most_its_bound_of_app_streams_of_each_kind() {
+        let b = Budgets::default();
+        let (p, q) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        let mut listened: Vec<Held> = (0..PEER_LISTENED)
+            .map(|_| b.try_app_stream(p, true).expect("a place"))
+            .collect();
+        assert!(b.try_app_stream(p, true).is_none());
+        assert!(b.try_app_stream(q, true).is_some(), "another peer has room");
+        let exposed: Vec<Held> = (0..PEER_EXPOSED)
+            .map(|_| b.try_app_stream(p, false).expect("a place"))
+            .collect();
+        assert!(b.try_app_stream(p, false).is_none());
+        listened.pop();
+        assert!(b.try_app_stream(p, true).is_some(), "a place came back");
+        drop(exposed);
+        assert!(b.try_app_stream(p, false).is_some());
     }
 
     #[tokio::test]

@@ -97,6 +97,8 @@ pub struct Pending {
     pub send: SendStream,
     pub recv: RecvStream,
     pub created: Instant,
+    /// Its place among its peer's streams (budget.rs), given back when it ends.
+    pub turn: super::budget::Held,
 }
 
 #[derive(Default)]

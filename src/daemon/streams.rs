@@ -18,6 +18,7 @@ use transport::frame::{read_frame, write_frame};
 use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream, StreamKind};
 
+use super::budget::{Held, PEER_EXPOSED, PEER_LISTENED};
 use super::context::Daemon;
 use super::errors::StreamError;
 use super::services::{new_token, validate_service, Announce, Pending, Target, ACCEPT_WAIT};
@@ -129,6 +130,9 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
             return;
         }
     }
+    // The member whose connection carries the stream (for a relayed one, the relay): its
+    // streams here are bounded (budget.rs), whichever origin they name.
+    let carrier = peer;
     let peer = origin;
     if let Err(e) = validate_service(&service) {
         let _ = write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
@@ -145,6 +149,9 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         )
     };
     if let Some(target) = expose {
+        let Some(_turn) = take_turn(&d, carrier, false, &service, &mut send).await else {
+            return;
+        };
         let res = match &target {
             Target::Tcp(a) => {
                 tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(a))
@@ -207,6 +214,9 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         let _ = send.finish();
         return;
     };
+    let Some(turn) = take_turn(&d, carrier, true, &service, &mut send).await else {
+        return;
+    };
     let token = new_token();
     d.streams.reg().pending.insert(
         token.clone(),
@@ -214,6 +224,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
             send,
             recv,
             created: Instant::now(),
+            turn,
         },
     );
     let announce = Announce {
@@ -242,8 +253,40 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
     }
 }
 
-/// Takes an announced stream for a local application (socket `accept`).
-pub async fn accept(d: &Arc<Daemon>, token: &str) -> Result<(SendStream, RecvStream), ErrorBody> {
+/// A place for one more stream of `carrier` to a listener (`listened`) or an exposed
+/// target; `None` after refusing the stream with `queue_full` when it holds its bound.
+async fn take_turn(
+    d: &Daemon,
+    carrier: DeviceId,
+    listened: bool,
+    service: &str,
+    send: &mut SendStream,
+) -> Option<Held> {
+    if let Some(t) = d.budgets.try_app_stream(carrier, listened) {
+        return Some(t);
+    }
+    let (bound, kind) = if listened {
+        (PEER_LISTENED, "handed to listeners")
+    } else {
+        (PEER_EXPOSED, "forwarded to exposed targets")
+    };
+    let by = d.peers().name_of(&carrier).unwrap_or_default();
+    let msg = format!(
+        "service {service:?} on {}: it already has {bound} streams from {by} {kind} (the most it takes from one member); retry once one has ended",
+        d.identity.name
+    );
+    debug!(%service, peer = %by, "stream refused: the member's streams are at their bound");
+    let _ = write_frame(send, &app_err(code::QUEUE_FULL, msg), MAX_APP_FRAME).await;
+    let _ = send.finish();
+    None
+}
+
+/// Takes an announced stream for a local application (socket `accept`), with its place
+/// among its peer's streams (held while the stream runs).
+pub async fn accept(
+    d: &Arc<Daemon>,
+    token: &str,
+) -> Result<(SendStream, RecvStream, Held), ErrorBody> {
     let mut p = d.streams.take_pending(token).ok_or_else(|| {
         ErrorBody::new(
             code::UNKNOWN_STREAM,
@@ -258,7 +301,7 @@ pub async fn accept(d: &Arc<Daemon>, token: &str) -> Result<(SendStream, RecvStr
                 format!("the connecting side is gone: {e}"),
             )
         })?;
-    Ok((p.send, p.recv))
+    Ok((p.send, p.recv, p.turn))
 }
 
 /// Runs a stream between a local socket connection and QUIC, recording how it ended.

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use super::context::Daemon;
@@ -32,6 +32,41 @@ use crate::api::{code, Reply, Request, MAX_BODY, MAX_LINE};
 /// Clients served at once; one more waits up to [`BUSY_WAIT`] for a free slot, then is
 /// answered `busy`.
 const MAX_CLIENTS: usize = 128;
+/// Bytes of request bodies (`send`, `kv.put`, `kv.batch`) all clients together may have
+/// here at once, from before a body is allocated until its request is answered (a `send`
+/// to an unreachable peer holds its body up to an hour). A request that finds no room is
+/// answered `busy` and its raw bytes are skipped: without this, 128 clients with 256
+/// requests of 20 MiB each could make the daemon allocate 640 GiB.
+const BODY_BYTES: usize = 256 * 1024 * 1024;
+/// The body budget is counted in KiB.
+const BODY_UNIT: usize = 1024;
+
+/// Room for a body of `payload` in the daemon-wide body budget `bodies`: `Ok(None)` for
+/// none needed, `Err` with the units wanted when there is no room now.
+fn body_room(
+    bodies: &Arc<Semaphore>,
+    p: &framing::Payload<'_>,
+) -> Result<Option<OwnedSemaphorePermit>, usize> {
+    let bytes = match (p.body_len, p.body_b64, p.body) {
+        // Over MAX_BODY: refused by read_body before any allocation.
+        (Some(n), _, _) => usize::try_from(n)
+            .ok()
+            .filter(|n| *n <= MAX_BODY)
+            .unwrap_or(0),
+        (None, Some(b), _) | (None, None, Some(b)) => b.len(),
+        (None, None, None) => 0,
+    };
+    if bytes == 0 {
+        return Ok(None);
+    }
+    let units = bytes.div_ceil(BODY_UNIT);
+    let n = u32::try_from(units).map_err(|_| units)?;
+    bodies
+        .clone()
+        .try_acquire_many_owned(n)
+        .map(Some)
+        .map_err(|_| units)
+}
 /// Binds the socket (mode 0600), refusing if another daemon answers there and replacing
 /// a stale file left by a crashed one.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -99,6 +134,7 @@ pub fn unbind(path: &Path) {
 
 pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let bodies = Arc::new(Semaphore::new(BODY_BYTES / BODY_UNIT));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -111,7 +147,7 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
                     tokio::spawn(refuse(stream, e));
                     continue;
                 }
-                let (d, slots) = (d.clone(), slots.clone());
+                let (d, slots, bodies) = (d.clone(), slots.clone(), bodies.clone());
                 tokio::spawn(async move {
                     // A client that finds every slot taken waits a moment (a burst of
                     // short commands), then is told why instead of hanging.
@@ -132,7 +168,7 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
                             }
                         }
                     };
-                    client(d, stream).await;
+                    client(d, stream, bodies).await;
                     drop(permit);
                 });
             }
@@ -169,7 +205,7 @@ static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 /// Serves one client. Requests run concurrently (up to [`MAX_INFLIGHT`]); each reply
 /// carries its request's `id`, so replies may come back in a different order.
-async fn client(d: Arc<Daemon>, stream: UnixStream) {
+async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>) {
     let (r, w) = stream.into_split();
     // 64 KiB: a burst of pipelined requests is read in few system calls, and an idle
     // connection (a subscriber that stays for days) keeps little: what a burst filled
@@ -289,13 +325,18 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 };
                 let opened = match (&req, opened) {
                     (Request::Connect { .. }, Ok((pid, deadline, service))) => {
-                        streams::open(&d, pid, &service, deadline).await
+                        streams::open(&d, pid, &service, deadline)
+                            .await
+                            .map(|(s, r)| (s, r, None))
                     }
                     (Request::Connect { .. }, Err(e)) => Err(e),
-                    (Request::Accept { stream, .. }, _) => streams::accept(&d, stream).await,
+                    (Request::Accept { stream, .. }, _) => streams::accept(&d, stream)
+                        .await
+                        .map(|(s, r, t)| (s, r, Some(t))),
                     _ => Err(err(code::INTERNAL, "request routed to the wrong handler")),
                 };
-                let (send, recv) = match opened {
+                // An accepted stream keeps its place among its peer's streams to the end.
+                let (send, recv, _turn) = match opened {
                     Ok(x) => x,
                     Err(e) => {
                         if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
@@ -334,6 +375,32 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                 return;
             }
             req => {
+                // Room for the body before it is allocated, held until the reply.
+                let room = match payload(&req).map(|p| body_room(&bodies, &p)) {
+                    None | Some(Ok(None)) => None,
+                    Some(Ok(Some(room))) => Some(room),
+                    Some(Err(_)) => {
+                        let e = err(
+                            code::BUSY,
+                            format!("the daemon holds its limit of request bodies ({} MiB for all clients together); retry once some requests are answered", BODY_BYTES >> 20),
+                        );
+                        if tx.send(line_of(&Reply::err(id, e))).await.is_err() {
+                            break;
+                        }
+                        // Its raw bytes are skipped, never read as requests.
+                        match announced_body(&line) {
+                            Some(n) if n <= MAX_BODY as u64 => {
+                                let (mut sink, mut body) = (tokio::io::sink(), (&mut r).take(n));
+                                if tokio::io::copy(&mut body, &mut sink).await.ok() != Some(n) {
+                                    break;
+                                }
+                            }
+                            Some(_) => break,
+                            None => {}
+                        }
+                        continue;
+                    }
+                };
                 let body = match payload(&req) {
                     None => Bytes::new(),
                     Some(p) => match read_body(p, &mut r).await {
@@ -376,6 +443,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream) {
                     };
                     let _ = tx.send(line_of(&reply)).await;
                     drop(permit);
+                    drop(room);
                 });
             }
         }
