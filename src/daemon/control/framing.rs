@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
@@ -166,6 +166,20 @@ pub fn announced_body(line: &[u8]) -> Option<u64> {
             sum.checked_add(op.get("value_len").and_then(Value::as_u64).unwrap_or(0))
         }),
         _ => None,
+    }
+}
+
+/// After a refused line: skips the raw body bytes it announced ([`announced_body`]), so
+/// they are never read as requests. False when they cannot be skipped (over
+/// [`MAX_BODY`], or the connection ended): the connection is then to be closed.
+pub async fn skip_announced<R: AsyncRead + Unpin>(line: &[u8], r: &mut R) -> bool {
+    match announced_body(line) {
+        Some(n) if n <= MAX_BODY as u64 => {
+            let mut sink = tokio::io::sink();
+            tokio::io::copy(&mut r.take(n), &mut sink).await.ok() == Some(n)
+        }
+        Some(_) => false,
+        None => true,
     }
 }
 

@@ -8,7 +8,7 @@ pub(crate) mod cmd;
 mod framing;
 
 use framing::{
-    announced_body, err, line_of, parse, payload, read_body, read_line, timeout_of, write_lines,
+    err, line_of, parse, payload, read_body, read_line, skip_announced, timeout_of, write_lines,
     BodyError, Line,
 };
 
@@ -241,15 +241,8 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>) {
                 }
                 // A refused `send` line may still announce raw body bytes: skip them so
                 // they are never read as requests (or close when they cannot be skipped).
-                match announced_body(&line) {
-                    Some(n) if n <= MAX_BODY as u64 => {
-                        let mut sink = tokio::io::sink();
-                        if tokio::io::copy(&mut (&mut r).take(n), &mut sink).await.ok() != Some(n) {
-                            break;
-                        }
-                    }
-                    Some(_) => break,
-                    None => {}
+                if !skip_announced(&line, &mut r).await {
+                    break;
                 }
                 continue;
             }
@@ -388,15 +381,8 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>) {
                             break;
                         }
                         // Its raw bytes are skipped, never read as requests.
-                        match announced_body(&line) {
-                            Some(n) if n <= MAX_BODY as u64 => {
-                                let (mut sink, mut body) = (tokio::io::sink(), (&mut r).take(n));
-                                if tokio::io::copy(&mut body, &mut sink).await.ok() != Some(n) {
-                                    break;
-                                }
-                            }
-                            Some(_) => break,
-                            None => {}
+                        if !skip_announced(&line, &mut r).await {
+                            break;
                         }
                         continue;
                     }
