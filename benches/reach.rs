@@ -18,6 +18,11 @@
 //!
 //! No delay is added where the kernel has no `netem` (it says so).
 //!
+//! Also prints the CPU time per GiB of each path's streams: each daemon's, and the whole
+//! machine's (busy, of it soft interrupts, where the routers' and veths' packets are
+//! handled). With `CNSPR_BENCH_PERF=DIR`, perf samples a, b and m during the first
+//! stream through m (`DIR/reach-a.data` and so on; `perf report -i FILE`).
+//!
 //! Run: `cargo bench --bench reach`
 
 use cnspr_lab as common;
@@ -165,9 +170,12 @@ fn main() {
     let mib = stream_mib(256);
     let rounds = stream_rounds(5);
     let (mut thr_direct, mut thr_member, mut thr_plain) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        thr_direct.push(stream_of(&c, &d, "d", mib));
-        thr_member.push(stream_of(&a, &b, "b", mib));
+    let (mut cpu_direct, mut cpu_member) = (Cpu::default(), Cpu::default());
+    for round in 0..rounds {
+        thr_direct.push(cpu_direct.of(&[&c, &d], mib, || stream_of(&c, &d, "d", mib)));
+        let perf = (round == 0).then(|| perf_of(&[("a", &a), ("b", &b), ("m", &m)]));
+        thr_member.push(cpu_member.of(&[&a, &b, &m], mib, || stream_of(&a, &b, "b", mib)));
+        drop(perf);
         thr_plain.push(stream_of(&p, &q, "b", mib));
     }
     // The paths were what the figures say until the end.
@@ -248,5 +256,87 @@ fn main() {
         thr_direct / thr_plain,
         thr_member / thr_direct
     );
+    println!(
+        "  CPU seconds per GiB of the stream, medians (sender, receiver[, member]; the whole machine, of it soft interrupts):\n    direct {}\n    through m {}",
+        cpu_direct.text(),
+        cpu_member.text()
+    );
     drop((a, b, c, d, p, q, m));
+}
+
+/// With `CNSPR_BENCH_PERF=DIR`: perf samples each of `nodes` (software clock, call
+/// graphs) for 2 s from half a second on, into `DIR/reach-NAME.data` (`perf report -i
+/// FILE`). Waits for the samplers when dropped.
+fn perf_of(nodes: &[(&str, &Node)]) -> Perf {
+    let Ok(dir) = std::env::var("CNSPR_BENCH_PERF") else {
+        return Perf(Vec::new());
+    };
+    std::fs::create_dir_all(&dir).expect("CNSPR_BENCH_PERF: a directory");
+    let samplers = nodes
+        .iter()
+        .filter_map(|(name, n)| {
+            let script = format!(
+                "sleep 0.5; exec perf record -q -g -e cpu-clock -p {} -o {dir}/reach-{name}.data -- sleep 2",
+                n.pid()
+            );
+            std::process::Command::new("sh")
+                .args(["-c", &script])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .inspect_err(|e| println!("  perf: {e}"))
+                .ok()
+        })
+        .collect();
+    Perf(samplers)
+}
+
+struct Perf(Vec<std::process::Child>);
+
+impl Drop for Perf {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// CPU seconds per GiB spent during each round of one path's streams: by each daemon
+/// on it, and by the whole machine (busy; soft interrupts).
+#[derive(Default)]
+struct Cpu {
+    daemons: Vec<Vec<f64>>,
+    machine: Vec<f64>,
+    softirq: Vec<f64>,
+}
+
+impl Cpu {
+    fn of(&mut self, nodes: &[&Node], mib: usize, stream: impl FnOnce() -> f64) -> f64 {
+        let before: Vec<f64> = nodes.iter().map(|n| cpu_secs(n.pid())).collect();
+        let (busy0, soft0) = machine_cpu_secs();
+        let thr = stream();
+        let (busy1, soft1) = machine_cpu_secs();
+        let gib = mib as f64 / 1024.0;
+        self.daemons.resize(nodes.len(), Vec::new());
+        for (i, n) in nodes.iter().enumerate() {
+            self.daemons[i].push((cpu_secs(n.pid()) - before[i]) / gib);
+        }
+        self.machine.push((busy1 - busy0) / gib);
+        self.softirq.push((soft1 - soft0) / gib);
+        thr
+    }
+
+    fn text(&mut self) -> String {
+        let daemons: Vec<String> = self
+            .daemons
+            .iter_mut()
+            .map(|v| format!("{:.2}", pct(v, 0.5)))
+            .collect();
+        format!(
+            "daemons {} s; machine {:.2} s, soft interrupts {:.2} s",
+            daemons.join(" / "),
+            pct(&mut self.machine, 0.5),
+            pct(&mut self.softirq, 0.5)
+        )
+    }
 }

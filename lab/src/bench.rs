@@ -48,6 +48,40 @@ pub fn stream(from: &Node, to: &Node, peer: &str) -> f64 {
     pct(&mut v, 0.5)
 }
 
+/// CPU seconds (user and system) the process `pid` has used so far; 0 once it is gone.
+/// Linux's `/proc/PID/stat` counts in clock ticks of 1/100 s (`getconf CLK_TCK`).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which ends with the last ')': the state is
+    // field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds the whole machine has spent so far: busy (everything but idle and
+/// waiting for I/O), and of that in soft interrupts (where packets crossing the lab's
+/// veths and routers are handled), from `/proc/stat`.
+pub fn machine_cpu_secs() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).unwrap_or("");
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = v.iter().take(8).sum::<f64>() - at(3) - at(4);
+    (busy / 100.0, at(6) / 100.0)
+}
+
 /// One stream of `mib` MiB `from` → `to` (a listener named `sink` on `to`), timed from
 /// the start of `cnspr connect` until the last byte is in the sink's file; MiB/s.
 pub fn stream_of(from: &Node, to: &Node, peer: &str, mib: usize) -> f64 {
@@ -65,8 +99,10 @@ pub fn stream_of(from: &Node, to: &Node, peer: &str, mib: usize) -> f64 {
         "connect: {wrote:?} {code:?} {err}\n{}",
         from.log()
     );
+    // The file's length, not its bytes: reading up to the whole stream every 20 ms
+    // would take the CPU the transfer is measured with.
     wait_until("the whole stream", || {
-        file(&to.out().join("sink")).is_some_and(|f| f.len() == data.len())
+        std::fs::metadata(to.out().join("sink")).is_ok_and(|m| m.len() == data.len() as u64)
     });
     let took = t0.elapsed();
     let _ = lis.kill();
