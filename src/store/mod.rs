@@ -26,7 +26,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::Database;
@@ -58,9 +58,10 @@ struct Inner {
     /// Live changes; a pointer per slot, since every slot is allocated at start.
     events: broadcast::Sender<Arc<FeedEvent>>,
     commits: Arc<AtomicU64>,
-    origin: Origin,
-    /// How many writes the store numbered under `origin` (see [`Store::own`]).
-    own_seq: Arc<AtomicU64>,
+    /// The origin the store numbers its writes under and how many it numbered (see
+    /// [`Store::own`]); the writer sets it (a new epoch can start while the store is open,
+    /// see [`Store::renew_epoch`]).
+    own: Arc<Mutex<Own>>,
     path: PathBuf,
     writer: Option<JoinHandle<()>>,
 }
@@ -99,10 +100,12 @@ impl Store {
         let _ = std::fs::remove_file(PathBuf::from(mark));
         let db = Arc::new(db);
         let wall = config.wall_clock.clone();
-        let origin = Origin::new(device, loaded.epoch);
-        let own_seq = Arc::new(AtomicU64::new(0));
+        let own = Arc::new(Mutex::new(Own {
+            origin: Origin::new(device, loaded.epoch),
+            held: 0,
+        }));
         let retain = (config.feed_retain.max(1), config.feed_retain_bytes);
-        let state = writer::State::new(device, loaded, retain, wall(), own_seq.clone());
+        let state = writer::State::new(device, loaded, retain, wall(), own.clone());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (events, _) = broadcast::channel(config.broadcast_capacity.max(1));
         let commits = Arc::new(AtomicU64::new(0));
@@ -124,8 +127,7 @@ impl Store {
                 tx: Some(tx),
                 events,
                 commits,
-                origin,
-                own_seq,
+                own,
                 path,
                 writer: Some(handle),
             }),
@@ -133,18 +135,29 @@ impl Store {
     }
 
     /// The origin this store numbers its own writes under: this device and the store's
-    /// epoch, new at every open.
+    /// epoch, new at every open (and when a peer claims more of it than was written, see
+    /// [`Store::renew_epoch`]).
     pub fn origin(&self) -> Origin {
-        self.inner.origin
+        self.own().origin
     }
 
     /// This store's origin and how many writes it has numbered under it, at least as many
     /// as any peer can hold: what checks a peer's claims ([`claims`]).
     pub fn own(&self) -> Own {
-        Own {
-            origin: self.inner.origin,
-            held: self.inner.own_seq.load(Ordering::Acquire),
-        }
+        *self.inner.own.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a new epoch because a peer claimed more writes of `claimed` (this store's
+    /// origin when the claim was checked) than the store numbered under it: the store's
+    /// current versions of that origin are written again, same values and stamps, under
+    /// the new one, so a vector raised by the claim hides none of them (docs/store.md,
+    /// "A claim on this store's own origin"). Changes from peers that carry such a claim
+    /// start one by themselves ([`Store::apply_delta`]); this is for a claim seen
+    /// elsewhere (a puller's vector). At most one new epoch a minute; returns whether one
+    /// started.
+    pub async fn renew_epoch(&self, claimed: Origin) -> Result<bool, StoreError> {
+        let n = self.submit(|reply| Op::Renew { claimed, reply }).await?;
+        Ok(n > 0)
     }
 
     /// The store file.

@@ -4,7 +4,7 @@
 //! of the batch gets the error and the in-memory state is rolled back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -27,6 +27,7 @@ pub(crate) const MAX_BATCH_OPS: usize = 1024;
 pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 mod batch;
+mod epoch;
 mod peers;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -76,6 +77,12 @@ pub(crate) enum Op {
         members: Vec<VersionVector>,
         reply: Reply<usize>,
     },
+    /// A new epoch, if `claimed` is still this store's origin and the last one is a
+    /// minute old ([`State::renew_for`]); 1 if it started, 0 if not.
+    Renew {
+        claimed: Origin,
+        reply: Reply<usize>,
+    },
 }
 
 impl Op {
@@ -90,7 +97,7 @@ impl Op {
                 .iter()
                 .map(|c| c.key.len() + c.value.as_ref().map_or(0, Vec::len))
                 .sum(),
-            Op::Collect { .. } | Op::Members { .. } | Op::Retire { .. } => 0,
+            Op::Collect { .. } | Op::Members { .. } | Op::Retire { .. } | Op::Renew { .. } => 0,
         }
     }
 }
@@ -125,9 +132,11 @@ impl From<Result<usize, Refusal>> for Output {
 #[derive(Clone)]
 pub(crate) struct State {
     origin: Origin,
-    /// The own seq as [`super::Store::own`] reports it: raised before the commit, so no
-    /// peer can hold a write of ours above it.
-    published: Arc<AtomicU64>,
+    /// The origin and own seq as [`super::Store::own`] reports them: the seq is raised
+    /// before the commit, so no peer can hold a write of ours above it.
+    published: Arc<Mutex<Own>>,
+    /// When the last new epoch started while the store was open (wall-clock ms).
+    renewed_at: Option<u64>,
     clock: Clock,
     vv: VersionVector,
     feed_seq: u64,
@@ -142,20 +151,35 @@ impl State {
         loaded: Loaded,
         (feed_retain, feed_retain_bytes): (u64, u64),
         wall_ms: u64,
-        published: Arc<AtomicU64>,
+        published: Arc<Mutex<Own>>,
     ) -> Self {
         let origin = Origin::new(device, loaded.epoch);
-        published.store(loaded.vv.get(&origin), Ordering::Release);
-        Self {
+        let state = Self {
             origin,
             published,
+            renewed_at: None,
             clock: Clock::resume(loaded.clock_last, wall_ms),
             vv: loaded.vv,
             feed_seq: loaded.feed_seq,
             feed_bytes: loaded.feed_bytes,
             feed_retain,
             feed_retain_bytes,
+        };
+        state.publish(state.vv.get(&origin));
+        state
+    }
+
+    /// Tells [`super::Store::own`] this store's origin and that it numbered `seq` writes
+    /// under it (never less than it said before for the same origin).
+    fn publish(&self, seq: u64) {
+        let mut own = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        if own.origin != self.origin {
+            *own = Own {
+                origin: self.origin,
+                held: 0,
+            };
         }
+        own.held = own.held.max(seq);
     }
 
     fn own(&self) -> Own {
@@ -221,7 +245,10 @@ impl State {
                 ..
             } => {
                 let from = events.len();
-                let applied = self.apply(w, changes, through.as_ref(), wall_ms, events)?;
+                let mut applied = self.apply(w, changes, through.as_ref(), wall_ms, events)?;
+                if self.renew_for(w, &applied, wall_ms, events)? {
+                    applied = self.apply(w, changes, through.as_ref(), wall_ms, events)?;
+                }
                 if applied.is_ok() {
                     self.took_batches(w, batches, changes, &mut events[from..])?;
                 }
@@ -231,7 +258,10 @@ impl State {
                 changes, batches, ..
             } => {
                 let from = events.len();
-                let applied = self.apply_reconciled(w, changes, wall_ms, events)?;
+                let mut applied = self.apply_reconciled(w, changes, wall_ms, events)?;
+                if self.renew_for(w, &applied, wall_ms, events)? {
+                    applied = self.apply_reconciled(w, changes, wall_ms, events)?;
+                }
                 if applied.is_ok() {
                     self.took_batches(w, batches, changes, &mut events[from..])?;
                 }
@@ -245,6 +275,10 @@ impl State {
                 Output::Count(members.len())
             }
             Op::Retire { members, .. } => Output::Count(self.retire(w, members)?),
+            Op::Renew { claimed, .. } => {
+                let now = *claimed == self.origin && self.renew_if_due(w, wall_ms, events)?;
+                Output::Count(usize::from(now))
+            }
         })
     }
 
@@ -275,7 +309,7 @@ impl State {
             )));
         }
         let hlc = self.clock.now(wall_ms).max(floor);
-        self.published.fetch_max(seq, Ordering::AcqRel);
+        self.publish(seq);
         let change = Change {
             key: key.to_owned(),
             value,
@@ -355,9 +389,12 @@ impl State {
             w.save_state(self.feed_seq, self.feed_bytes, self.clock.last())?;
         }
         let nothing_done = events.is_empty()
-            && batch
-                .iter()
-                .all(|op| matches!(op, Op::Collect { .. } | Op::Retire { .. }))
+            && batch.iter().all(|op| {
+                matches!(
+                    op,
+                    Op::Collect { .. } | Op::Retire { .. } | Op::Renew { .. }
+                )
+            })
             && outputs.iter().all(|o| matches!(o, Output::Count(0)));
         if nothing_done {
             txn.abort()?;
@@ -427,6 +464,8 @@ pub(crate) fn run(
             Err(err) => {
                 tracing::error!(error = %err, ops = batch.len(), "store write batch failed");
                 state = saved;
+                // A new epoch started in the failed batch is not kept either.
+                state.publish(state.vv.get(&state.origin));
                 let msg = err.to_string();
                 for op in batch {
                     reply(op, Err(StoreError::WriteFailed(msg.clone())));
@@ -449,7 +488,8 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
             | Op::ApplyReconciled { reply, .. }
             | Op::Collect { reply, .. }
             | Op::Members { reply, .. }
-            | Op::Retire { reply, .. },
+            | Op::Retire { reply, .. }
+            | Op::Renew { reply, .. },
             Ok(Output::Count(n)),
         ) => drop(reply.send(Ok(n))),
         (
@@ -462,7 +502,8 @@ fn reply(op: Op, result: Result<Output, StoreError>) {
             | Op::ApplyReconciled { reply, .. }
             | Op::Collect { reply, .. }
             | Op::Members { reply, .. }
-            | Op::Retire { reply, .. },
+            | Op::Retire { reply, .. }
+            | Op::Renew { reply, .. },
             Err(e),
         ) => drop(reply.send(Err(e))),
         (op, Ok(_)) => {

@@ -17,7 +17,7 @@ use super::server::{Heard, Server};
 use super::state::SyncState;
 use crate::daemon::context::Daemon;
 use crate::daemon::wire::{Down, Up};
-use crate::store::{BatchRange, Snapshot, Store};
+use crate::store::{BatchRange, Own, Refusal, Snapshot, Store};
 
 /// Serves one incoming sync stream: the peer pulls from this device.
 pub async fn serve(d: Arc<Daemon>, st: Arc<SyncState>, mut s: IncomingStream) {
@@ -56,7 +56,8 @@ async fn session(
     let store = d.store.clone();
     let mut feed = store.subscribe();
     let mut rx = reader::<Up>(recv, MAX_UP, UP_QUEUE);
-    let (mut server, report) = Server::start(next(&mut rx).await?, store.own())?;
+    let hello = next(&mut rx).await?;
+    let (mut server, report) = with_own(&store, |own| Server::start(hello.clone(), own)).await?;
     st.report(peer.0, &report);
     let reads = st.reads_of(peer);
     let s = store.clone();
@@ -92,10 +93,31 @@ async fn session(
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             frame = next(&mut rx) => {
-                let vv = server.on_frame(frame?, store.own())?;
+                let frame = frame?;
+                let vv = with_own(&store, |own| server.on_frame(frame.clone(), own)).await?;
                 st.report(peer.0, &vv);
             }
         }
+    }
+}
+
+/// Runs `check` of what the puller claims with this store's own origin. When it refuses a
+/// claim of more writes of that origin than the store numbered (only a member that made
+/// it up sends one), the store starts a new epoch, at most once a minute, and then the
+/// claim is about an origin that is no longer its own (docs/store.md, "A claim on this
+/// store's own origin"); `check` runs once more.
+pub(super) async fn with_own<T>(
+    store: &Store,
+    mut check: impl FnMut(Own) -> Result<T, SyncError>,
+) -> Result<T, SyncError> {
+    let own = store.own();
+    match check(own) {
+        Err(SyncError::Refused(Refusal::OwnOrigin { .. }))
+            if store.renew_epoch(own.origin).await? =>
+        {
+            check(store.own())
+        }
+        result => result,
     }
 }
 
@@ -145,7 +167,8 @@ async fn reconcile(
     while let Some(m) = msg.take() {
         send_within(send, &m).await?;
         let reply = loop {
-            match server.on_recon_frame(within(next(rx)).await?, store.own())? {
+            let frame = within(next(rx)).await?;
+            match with_own(store, |own| server.on_recon_frame(frame.clone(), own)).await? {
                 Heard::Reply(r) => break r,
                 Heard::Report(vv) => st.report(peer.0, &vv),
             }

@@ -500,3 +500,37 @@ fn a_peer_s_sessions_read_one_at_a_time_and_are_forgotten_once_idle() {
     st.served(peer, 1);
     assert!(weak.upgrade().is_none(), "forgotten once idle");
 }
+
+#[tokio::test]
+async fn a_puller_claiming_this_store_s_own_writes_makes_a_new_epoch_once_a_minute() {
+    use super::serve::with_own;
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(dir.path().join("s.redb"), ME).unwrap();
+    store.put("k", b"1".to_vec()).await.unwrap();
+    let first = store.origin();
+    let claim = |o: Origin| Up::Hello {
+        version: SYNC_VERSION,
+        vv: [(o, 9)].into_iter().collect(),
+        items: 0,
+    };
+    let (server, theirs) = with_own(&store, |own| Server::start(claim(first), own))
+        .await
+        .unwrap();
+    let second = store.origin();
+    assert_ne!(second, first);
+    assert_eq!(theirs.get(&first), 9);
+    // What the puller lacks is k, written again under the new origin.
+    let delta = store.changes_since(server.wants(), 10).unwrap();
+    assert_eq!(delta.changes.len(), 1);
+    assert_eq!(delta.changes[0].version.origin, second);
+    // The same claim on the new origin in the same minute is refused, as before.
+    let r = with_own(&store, |own| Server::start(claim(second), own)).await;
+    assert!(matches!(
+        r,
+        Err(SyncError::Refused(Refusal::OwnOrigin {
+            claimed: 9,
+            held: 1
+        }))
+    ));
+    assert_eq!(store.origin(), second);
+}

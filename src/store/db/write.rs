@@ -10,8 +10,8 @@ use crate::store::model::{
 };
 use crate::store::schema::{
     batch_of, bucket_of, encode, item_digest, key_pos, read_siblings, BATCHES, BUCKETS, FEED,
-    FEED_BATCH, ITEMS, LOG, MEMBERS, META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_FEED_BYTES, M_FEED_SEQ,
-    M_FEED_TRIMMED, M_ITEMS, RETIRED, TOMBS, VERSIONS, VV,
+    FEED_BATCH, ITEMS, LOG, MEMBERS, META, M_CLOCK_COUNTER, M_CLOCK_WALL, M_EPOCH, M_FEED_BYTES,
+    M_FEED_SEQ, M_FEED_TRIMMED, M_ITEMS, RETIRED, TOMBS, VERSIONS, VV,
 };
 
 /// Write side: the open tables of one write transaction.
@@ -161,6 +161,23 @@ impl<'t> Writer<'t> {
             Some(seq) => self.retired.insert(origin.to_key(), seq)?,
             None => self.retired.remove(origin.to_key())?,
         };
+        Ok(())
+    }
+
+    /// The current versions of `origin`: their sequence numbers and keys, in order.
+    pub fn current_of(&self, origin: Origin) -> Result<Vec<(u64, String)>, StoreError> {
+        let k = origin.to_key();
+        let mut out = Vec::new();
+        for row in self.log.range((k, 0)..=(k, u64::MAX))? {
+            let (dot, key) = row?;
+            out.push((dot.value().1, key.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Records the epoch this store now numbers its writes under.
+    pub fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError> {
+        self.meta.insert(M_EPOCH, epoch)?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ mod load;
 mod props;
 mod received;
 mod recon;
+mod renew;
 mod retire;
 mod sync;
 
