@@ -69,15 +69,14 @@ impl State {
                 continue; // seen already, or a gap: the missing changes must come first
             }
             self.clock.observe(change.version.hlc, wall_ms);
-            let siblings = w.siblings(&change.key)?;
-            if siblings.iter().any(|s| s.version.dot() == (origin, seq))
-                || w.holds_dot((origin, seq))?
-            {
+            // The origin log holds the dot of every current version, of every key.
+            if w.holds_dot((origin, seq))? {
                 // Held already (merged by a reconciliation, on this key or, if a peer
                 // gave the dot to another key too, on that one): only the vector moves.
                 self.raise(w, origin, seq)?;
                 continue;
             }
+            let siblings = w.siblings(&change.key)?;
             self.apply_one(w, change, siblings, true, events)?;
             applied += 1;
         }
@@ -109,9 +108,6 @@ impl State {
                 continue; // seen, or held (on this key, or on another a peer gave it to)
             }
             let siblings = w.siblings(&change.key)?;
-            if siblings.iter().any(|s| s.version.dot() == (origin, seq)) {
-                continue;
-            }
             self.clock.observe(change.version.hlc, wall_ms);
             self.apply_one(w, change, siblings, false, events)?;
             applied += 1;
