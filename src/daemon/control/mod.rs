@@ -30,8 +30,17 @@ use super::streams;
 use crate::api::{code, Reply, Request, MAX_BODY, MAX_LINE};
 
 /// Clients served at once; one more waits up to [`BUSY_WAIT`] for a free slot, then is
-/// answered `busy`.
+/// served from [`RESERVE`] or answered `busy`.
 const MAX_CLIENTS: usize = 128;
+/// Slots beyond [`MAX_CLIENTS`] for clients that found them all taken: each is served one
+/// request answered once (`status`, `peers`, `remove`, `send`, `kv.get`, `stop`, ...),
+/// then closed; a request that lasts (`subscribe`, `kv.watch`, `pair`, `listen`,
+/// `connect`, `accept`) is answered `busy`. So a person can still look and act when
+/// streams and monitors hold every slot (a member holds at most 32 streams to listeners:
+/// four stolen members together could fill the 128).
+const RESERVE: usize = 8;
+/// How long a client served from the reserve has to send its request.
+const RESERVE_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of request bodies (`send`, `kv.put`, `kv.batch`) all clients together may have
 /// here at once, from before a body is allocated until its request is answered (a `send`
 /// to an unreachable peer holds its body up to an hour). A request that finds no room is
@@ -134,6 +143,7 @@ pub fn unbind(path: &Path) {
 
 pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let reserve = Arc::new(Semaphore::new(RESERVE));
     let bodies = Arc::new(Semaphore::new(BODY_BYTES / BODY_UNIT));
     loop {
         match listener.accept().await {
@@ -148,6 +158,7 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
                     continue;
                 }
                 let (d, slots, bodies) = (d.clone(), slots.clone(), bodies.clone());
+                let reserve = reserve.clone();
                 tokio::spawn(async move {
                     // A client that finds every slot taken waits a moment (a burst of
                     // short commands), then is told why instead of hanging.
@@ -157,18 +168,19 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
                             match tokio::time::timeout(BUSY_WAIT, slots.acquire_owned()).await {
                                 Ok(Ok(p)) => p,
                                 _ => {
+                                    if let Ok(p) = reserve.try_acquire_owned() {
+                                        client(d, stream, bodies, true).await;
+                                        drop(p);
+                                        return;
+                                    }
                                     warn!("control socket: {MAX_CLIENTS} clients connected; refused one more");
-                                    let e = err(
-                                    code::BUSY,
-                                    format!("the daemon serves {MAX_CLIENTS} clients at once and all are connected; close some (idle monitors or applications) and try again"),
-                                );
-                                    refuse(stream, e).await;
+                                    refuse(stream, all_taken()).await;
                                     return;
                                 }
                             }
                         }
                     };
-                    client(d, stream, bodies).await;
+                    client(d, stream, bodies, false).await;
                     drop(permit);
                 });
             }
@@ -178,6 +190,38 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
             }
         }
     }
+}
+
+/// The answer when every slot is taken.
+fn all_taken() -> crate::api::ErrorBody {
+    err(
+        code::BUSY,
+        format!("the daemon serves {MAX_CLIENTS} clients at once and all are connected; close some (idle monitors or applications) and try again"),
+    )
+}
+
+/// `f`'s output, or `None` if `until` (when given) passed first.
+async fn by<F: std::future::Future>(
+    until: Option<tokio::time::Instant>,
+    f: F,
+) -> Option<F::Output> {
+    match until {
+        Some(t) => tokio::time::timeout_at(t, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// Whether `req` is answered once (a client served from the [`RESERVE`] may send it).
+fn answered_once(req: &Request) -> bool {
+    !matches!(
+        req,
+        Request::KvWatch { .. }
+            | Request::Subscribe { .. }
+            | Request::Pair { .. }
+            | Request::Listen { .. }
+            | Request::Connect { .. }
+            | Request::Accept { .. }
+    )
 }
 
 /// How long a client waits for a free slot before it is refused as `busy`.
@@ -204,8 +248,10 @@ const MAX_INFLIGHT: usize = 256;
 static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Serves one client. Requests run concurrently (up to [`MAX_INFLIGHT`]); each reply
-/// carries its request's `id`, so replies may come back in a different order.
-async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>) {
+/// carries its request's `id`, so replies may come back in a different order. A client
+/// served from the [`RESERVE`] (`once`) is served its first request, if it sends it within
+/// [`RESERVE_WAIT`] and it is [`answered_once`], and closed once it is answered.
+async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once: bool) {
     let (r, w) = stream.into_split();
     // 64 KiB: a burst of pipelined requests is read in few system calls, and an idle
     // connection (a subscriber that stays for days) keeps little: what a burst filled
@@ -215,8 +261,16 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>) {
     let writer = tokio::spawn(write_lines(w, rx));
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
     let conn_id = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // A client served from the reserve sends its request, body included, by then.
+    let until = once.then(|| tokio::time::Instant::now() + RESERVE_WAIT);
+    let mut requests = 0;
     loop {
-        let line = match read_line(&mut r, MAX_LINE).await {
+        if once && requests > 0 {
+            break;
+        }
+        requests += 1;
+        let read = by(until, read_line(&mut r, MAX_LINE)).await;
+        let line = match read.unwrap_or(Ok(Line::Eof)) {
             Ok(Line::Text(l)) => l,
             Ok(Line::TooLong) => {
                 let e = err(
@@ -231,6 +285,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>) {
             Ok(Line::Eof) | Err(_) => break,
         };
         if line.iter().all(u8::is_ascii_whitespace) {
+            requests -= 1;
             continue;
         }
         let (id, req) = match parse(&line) {
@@ -247,6 +302,10 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>) {
                 continue;
             }
         };
+        if once && !answered_once(&req) {
+            let _ = tx.send(line_of(&Reply::err(id, all_taken()))).await;
+            break;
+        }
         match req {
             Request::KvWatch { prefix, from_seq } => {
                 cmd::kv::watch(&d, id, prefix.unwrap_or_default(), from_seq, r, tx.clone()).await;
@@ -389,7 +448,10 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>) {
                 };
                 let body = match payload(&req) {
                     None => Bytes::new(),
-                    Some(p) => match read_body(p, &mut r).await {
+                    Some(p) => match by(until, read_body(p, &mut r))
+                        .await
+                        .unwrap_or(Err(BodyError::Closed))
+                    {
                         Ok(b) => b,
                         Err(BodyError::ReplyAndClose(e)) => {
                             let _ = tx.send(line_of(&Reply::err(id, e))).await;
