@@ -354,3 +354,70 @@ fn a_slow_reader_behind_the_relay_slows_the_writer() {
     let _ = lis.kill();
     let _ = lis.wait();
 }
+
+/// Sends one request on a new connection to `n`'s socket; the connection and the reply.
+fn request(
+    n: &Node,
+    req: serde_json::Value,
+) -> (std::os::unix::net::UnixStream, serde_json::Value) {
+    let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    (s, serde_json::from_slice(&line).unwrap())
+}
+
+/// The relay carries a bounded number of one member's streams at once: one more is
+/// refused at once with a clear error, and a stream that ends gives its place back.
+#[test]
+fn the_relay_carries_a_bounded_number_of_one_member_s_streams() {
+    use serde_json::json;
+    const BOUND: usize = 64; // budget::PEER_RELAYED
+    let Some(l) = line("rb", |_| {}) else { return };
+    let (a, c) = (&l.nodes[0], &l.nodes[2]);
+    // gamma exposes a UNIX socket whose server keeps each connection open until the
+    // other end has closed it.
+    let sock = c.out().join("held.sock");
+    let server = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        for s in server.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
+        }
+    });
+    let target = format!("unix:{}", sock.display());
+    assert!(c.cli(&["expose", "held", &target]).status.success());
+    let open = |i: usize| {
+        request(
+            a,
+            json!({"id": i, "cmd": "connect", "peer": "gamma", "service": "held"}),
+        )
+    };
+    let mut held = Vec::new();
+    for i in 0..BOUND {
+        let (s, v) = open(i);
+        assert_eq!(v["ok"], true, "stream {i}: {v}");
+        held.push(s);
+    }
+    let (_s, v) = open(99);
+    assert_eq!(v["error"]["code"], "queue_full", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("relay beta") && msg.contains("64 streams from alpha"),
+        "{msg}"
+    );
+    drop(held.pop());
+    wait_until("a place came back", || {
+        let (s, v) = open(100);
+        if v["ok"] == true {
+            held.push(s);
+            return true;
+        }
+        assert_eq!(v["error"]["code"], "queue_full", "{v}");
+        false
+    });
+}

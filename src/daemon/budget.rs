@@ -29,6 +29,12 @@ pub const PEER_LISTENED: usize = 32;
 /// A peer's application streams forwarded to exposed targets at once: each holds a TCP or
 /// UNIX connection (a descriptor) here. One more is refused at once (`queue_full`).
 pub const PEER_EXPOSED: usize = 256;
+/// Streams of one member this device carries at once as their relay, between it and
+/// another member it has no path of its own to (each two QUIC streams and a task here,
+/// and a place among this device's streams at the target). One more is refused at once
+/// (`queue_full`). Streams are relayed this way only until the two ends have a connection
+/// of their own through this device (docs/reach.md).
+pub const PEER_RELAYED: usize = 64;
 /// Reply tasks (messages with `reply`, waiting for their handlers) of one message lane.
 pub const LANE_TASKS: usize = 64;
 /// The share of the handler queue (`handler_queue`) one peer's messages may take: each
@@ -51,6 +57,7 @@ struct Peer {
     messages: Arc<Semaphore>,
     listened: Arc<Semaphore>,
     exposed: Arc<Semaphore>,
+    relayed: Arc<Semaphore>,
 }
 
 /// The budgets of every peer (see the module).
@@ -94,6 +101,7 @@ impl Budgets {
                     messages: Arc::new(Semaphore::new(self.peer_messages)),
                     listened: Arc::new(Semaphore::new(PEER_LISTENED)),
                     exposed: Arc::new(Semaphore::new(PEER_EXPOSED)),
+                    relayed: Arc::new(Semaphore::new(PEER_RELAYED)),
                 })
             })
             .clone()
@@ -115,6 +123,15 @@ impl Budgets {
         let p = self.peer(peer);
         let kind = if listened { &p.listened } else { &p.exposed };
         let permit = kind.clone().try_acquire_owned().ok()?;
+        Some(Held {
+            _permits: vec![permit],
+        })
+    }
+
+    /// A place for one of `peer`'s streams that this device relays; `None` while it has
+    /// [`PEER_RELAYED`].
+    pub fn try_relayed(&self, peer: DeviceId) -> Option<Held> {
+        let permit = self.peer(peer).relayed.clone().try_acquire_owned().ok()?;
         Some(Held {
             _permits: vec![permit],
         })

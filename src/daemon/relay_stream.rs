@@ -17,6 +17,7 @@ use transport::identity::ed25519_id;
 use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, StreamKind};
 
+use super::budget::PEER_RELAYED;
 use super::context::Daemon;
 use super::errors::StreamError;
 use super::origin::{now_ms, verify_stream, Refusal};
@@ -143,6 +144,16 @@ pub async fn relay(
         refuse(&mut send_a, e).await;
         return;
     }
+    // Held until the stream ends.
+    let Some(_turn) = d.budgets.try_relayed(from) else {
+        let msg = format!(
+            "the relay {me} already carries {PEER_RELAYED} streams from {} (the most it relays for one member at once); retry once one has ended",
+            name_of(&d, &from)
+        );
+        debug!(%service, "relayed stream refused: the opener's streams are at their bound");
+        refuse(&mut send_a, ErrorBody::new(code::QUEUE_FULL, msg)).await;
+        return;
+    };
     let Some(pc) = d.endpoint.connection(&to) else {
         let msg = format!("the relay {me} has no direct link to {to_name} any more");
         refuse(&mut send_a, ErrorBody::new(code::UNREACHABLE, msg)).await;
