@@ -133,10 +133,13 @@ impl From<Result<usize, Refusal>> for Output {
 pub(crate) struct State {
     origin: Origin,
     /// The origin and own seq as [`super::Store::own`] reports them: the seq is raised
-    /// before the commit, so no peer can hold a write of ours above it.
+    /// before the commit, so no peer can hold a write of ours above it; a new origin is
+    /// reported once the commit that starts it succeeded.
     published: Arc<Mutex<Own>>,
-    /// When the last new epoch started while the store was open (wall-clock ms).
+    /// When the last new epoch started while the store was open (wall-clock ms), and how
+    /// many started (each doubles the wait before the next, see `epoch.rs`).
     renewed_at: Option<u64>,
+    renewals: u32,
     clock: Clock,
     vv: VersionVector,
     feed_seq: u64,
@@ -158,6 +161,7 @@ impl State {
             origin,
             published,
             renewed_at: None,
+            renewals: 0,
             clock: Clock::resume(loaded.clock_last, wall_ms),
             vv: loaded.vv,
             feed_seq: loaded.feed_seq,
@@ -165,21 +169,27 @@ impl State {
             feed_retain,
             feed_retain_bytes,
         };
-        state.publish(state.vv.get(&origin));
+        *state.published.lock().unwrap_or_else(|e| e.into_inner()) = state.own();
         state
     }
 
-    /// Tells [`super::Store::own`] this store's origin and that it numbered `seq` writes
-    /// under it (never less than it said before for the same origin).
+    /// Tells [`super::Store::own`] that this store numbered `seq` writes under its origin
+    /// (never less than it said before); nothing while a new origin is not committed yet.
     fn publish(&self, seq: u64) {
         let mut own = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        if own.origin != self.origin {
-            *own = Own {
-                origin: self.origin,
-                held: 0,
-            };
+        if own.origin == self.origin {
+            own.held = own.held.max(seq);
         }
-        own.held = own.held.max(seq);
+    }
+
+    /// After a commit: a new origin started in it is the one [`super::Store::own`]
+    /// reports from now on. Before the commit no peer can hold anything of it, and if the
+    /// commit fails the store keeps its old one.
+    fn publish_committed(&self) {
+        let mut own = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        if own.origin != self.origin {
+            *own = self.own();
+        }
     }
 
     fn own(&self) -> Own {
@@ -454,6 +464,7 @@ pub(crate) fn run(
                 if committed {
                     sinks.commits.fetch_add(1, Ordering::Relaxed);
                 }
+                state.publish_committed();
                 for (op, output) in batch.into_iter().zip(outputs) {
                     reply(op, Ok(output));
                 }
@@ -463,9 +474,7 @@ pub(crate) fn run(
             }
             Err(err) => {
                 tracing::error!(error = %err, ops = batch.len(), "store write batch failed");
-                state = saved;
-                // A new epoch started in the failed batch is not kept either.
-                state.publish(state.vv.get(&state.origin));
+                state = saved; // a new epoch started in the batch is not kept either
                 let msg = err.to_string();
                 for op in batch {
                     reply(op, Err(StoreError::WriteFailed(msg.clone())));

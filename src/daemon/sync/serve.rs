@@ -103,7 +103,7 @@ async fn session(
 
 /// Runs `check` of what the puller claims with this store's own origin. When it refuses a
 /// claim of more writes of that origin than the store numbered (only a member that made
-/// it up sends one), the store starts a new epoch, at most once a minute, and then the
+/// it up sends one), the store starts a new epoch (unless one is too recent), and then the
 /// claim is about an origin that is no longer its own (docs/store.md, "A claim on this
 /// store's own origin"); `check` runs once more.
 pub(super) async fn with_own<T>(
@@ -112,10 +112,14 @@ pub(super) async fn with_own<T>(
 ) -> Result<T, SyncError> {
     let own = store.own();
     match check(own) {
-        Err(SyncError::Refused(Refusal::OwnOrigin { .. }))
-            if store.renew_epoch(own.origin).await? =>
-        {
-            check(store.own())
+        Err(e @ SyncError::Refused(Refusal::OwnOrigin { .. })) => {
+            // A new epoch now, or one started meanwhile (a delta carrying the same claim).
+            let renewed = store.renew_epoch(own.origin).await?;
+            if renewed || store.own().origin != own.origin {
+                check(store.own())
+            } else {
+                Err(e)
+            }
         }
         result => result,
     }

@@ -135,7 +135,7 @@ async fn a_rewritten_version_stays_concurrent_with_what_it_was_concurrent_with()
 }
 
 #[tokio::test]
-async fn at_most_one_new_epoch_a_minute() {
+async fn a_new_epoch_waits_a_minute_then_twice_as_long_each_time() {
     let dir = tempfile::tempdir().unwrap();
     let wall = FakeWall::new(T0);
     let a = open(dir.path(), 1, &wall);
@@ -169,11 +169,19 @@ async fn at_most_one_new_epoch_a_minute() {
     assert!(third != second && third != first);
     assert_eq!(a.get("k").unwrap().unwrap().value, b"1");
     assert_eq!(a.versions("k").unwrap()[0].0.origin, third);
+    // The next wait is twice as long: two minutes.
+    wall.set(T0 + 60_000 + 119_000);
+    assert!(!a.renew_epoch(third).await.unwrap());
     // A claim on an origin that is no longer this store's starts none.
-    wall.set(T0 + 200_000);
+    wall.set(T0 + 60_000 + 120_000);
     assert!(!a.renew_epoch(second).await.unwrap());
     assert!(a.renew_epoch(third).await.unwrap());
-    assert_ne!(a.origin(), third);
+    let fourth = a.origin();
+    assert_ne!(fourth, third);
+    wall.set(T0 + 180_000 + 239_000);
+    assert!(!a.renew_epoch(fourth).await.unwrap());
+    wall.set(T0 + 180_000 + 240_000);
+    assert!(a.renew_epoch(fourth).await.unwrap());
 }
 
 #[tokio::test]
@@ -193,4 +201,31 @@ async fn the_new_epoch_is_what_the_store_reopens_past() {
     assert_eq!(held, 1);
     assert_eq!(a.version_vector().unwrap().get(&second), 1);
     assert_eq!(a.get("k").unwrap().unwrap().value, b"1");
+}
+
+#[tokio::test]
+async fn a_write_in_the_same_batch_as_a_new_epoch_is_kept_under_the_new_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let wall = FakeWall::new(T0);
+    let a = open(dir.path(), 1, &wall);
+    a.put("k1", b"1".to_vec()).await.unwrap();
+    let first = a.origin();
+    let claim = Delta {
+        changes: vec![],
+        through: [(first, 1000)].into_iter().collect(),
+        more: false,
+        batches: vec![],
+    };
+    let (put, applied) = tokio::join!(a.put("k2", b"2".to_vec()), a.apply_delta(claim, device(2)));
+    put.unwrap();
+    applied.unwrap();
+    let own = a.origin();
+    assert_ne!(own, first);
+    for (k, v) in [("k1", b"1"), ("k2", b"2")] {
+        let versions = a.versions(k).unwrap();
+        assert_eq!(versions.len(), 1, "{k}");
+        assert_eq!(versions[0].0.origin, own, "{k}");
+        assert_eq!(versions[0].1.as_deref(), Some(&v[..]), "{k}");
+    }
+    assert_eq!(a.own().held, 2);
 }

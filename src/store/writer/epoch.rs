@@ -9,8 +9,10 @@
 //! nothing from them. A new epoch is an origin nobody has claimed: the store numbers its
 //! writes under it from then on, writes its current versions of the old origin again
 //! under it (same value, stamp and causal context, plus the old version itself, so each
-//! replaces its old version everywhere and stays concurrent with what that was concurrent
-//! with), and then takes the claim like one about any other origin.
+//! replaces its old version where that is held and stays concurrent with what that was
+//! concurrent with; a version overwritten elsewhere meanwhile comes back there as a
+//! losing sibling, see the docs), and then takes the claim like one about any other
+//! origin.
 
 use super::State;
 use crate::store::db::{new_epoch, Writer};
@@ -18,10 +20,13 @@ use crate::store::error::StoreError;
 use crate::store::limits::Refusal;
 use crate::store::model::{BatchRange, Change, FeedEvent, Origin, Version};
 
-/// At most one new epoch in this time (ms): a member repeating the claim makes the store
-/// write its current versions again at most once a minute; its claims in between are
-/// refused.
+/// The wait after a new epoch before another may start (ms), doubled after each one up
+/// to [`RENEW_MAX_MS`]: a member repeating the claim makes the store write its current
+/// versions again after 1, 2, 4, ... minutes, then once an hour; its claims in between
+/// are refused.
 pub(crate) const RENEW_EVERY_MS: u64 = 60_000;
+/// The longest wait between two new epochs (ms).
+pub(crate) const RENEW_MAX_MS: u64 = 3_600_000;
 
 impl State {
     /// After changes from a peer gave `applied`: starts a new epoch if they were refused
@@ -40,17 +45,15 @@ impl State {
         self.renew_if_due(w, wall_ms, events)
     }
 
-    /// Starts a new epoch unless one started less than [`RENEW_EVERY_MS`] ago.
+    /// Starts a new epoch unless the last one is too recent ([`RENEW_EVERY_MS`]).
     pub(super) fn renew_if_due(
         &mut self,
         w: &mut Writer<'_>,
         wall_ms: u64,
         events: &mut Vec<FeedEvent>,
     ) -> Result<bool, StoreError> {
-        if self
-            .renewed_at
-            .is_some_and(|t| wall_ms.abs_diff(t) < RENEW_EVERY_MS)
-        {
+        let wait = (RENEW_EVERY_MS << self.renewals.saturating_sub(1).min(10)).min(RENEW_MAX_MS);
+        if self.renewed_at.is_some_and(|t| wall_ms.abs_diff(t) < wait) {
             return Ok(false);
         }
         let old = self.origin;
@@ -60,8 +63,8 @@ impl State {
         }
         self.origin = Origin::new(old.device, epoch);
         self.renewed_at = Some(wall_ms);
+        self.renewals += 1;
         w.set_epoch(epoch)?;
-        self.publish(0);
         let from = events.len();
         let rewritten = self.rewrite_current(w, old, events)?;
         self.mark_batches(w, &mut events[from..])?;
@@ -115,7 +118,6 @@ impl State {
             if open.is_none() {
                 open = batch.map(|b| (b, next));
             }
-            self.publish(next);
             self.apply_one(w, &change, siblings, true, events)?;
             rewritten += 1;
         }
