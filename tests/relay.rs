@@ -355,22 +355,6 @@ fn a_slow_reader_behind_the_relay_slows_the_writer() {
     let _ = lis.wait();
 }
 
-/// Sends one request on a new connection to `n`'s socket; the connection and the reply.
-fn request(
-    n: &Node,
-    req: serde_json::Value,
-) -> (std::os::unix::net::UnixStream, serde_json::Value) {
-    let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    writeln!(s, "{req}").unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    (s, serde_json::from_slice(&line).unwrap())
-}
-
 /// The relay carries a bounded number of one member's streams at once: one more is
 /// refused at once with a clear error, and a stream that ends gives its place back.
 #[test]
@@ -392,10 +376,7 @@ fn the_relay_carries_a_bounded_number_of_one_member_s_streams() {
     let target = format!("unix:{}", sock.display());
     assert!(c.cli(&["expose", "held", &target]).status.success());
     let open = |i: usize| {
-        request(
-            a,
-            json!({"id": i, "cmd": "connect", "peer": "gamma", "service": "held"}),
-        )
+        a.request(json!({"id": i, "cmd": "connect", "peer": "gamma", "service": "held"}))
     };
     let mut held = Vec::new();
     for i in 0..BOUND {

@@ -595,28 +595,13 @@ fn passed_pipes_carry_the_stream_and_anything_else_is_refused() {
     assert_eq!(o.stdout, b"still here", "{}", stderr(&o));
 }
 
-/// One request line on a new control connection of `n`; the connection (reads bounded)
-/// and the reply, read byte by byte so that nothing past the line is taken.
-fn request(n: &Node, req: Value) -> (UnixStream, Value) {
-    let mut s = UnixStream::connect(n.socket()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    writeln!(s, "{req}").unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    let v: Value = serde_json::from_slice(&line).unwrap();
-    (s, v)
-}
-
 #[test]
 fn a_member_holds_a_bounded_number_of_streams_to_a_listener() {
     const BOUND: usize = 32; // budget::PEER_LISTENED
     let nodes = mesh(&["alpha", "beta"], "");
     let (a, b) = (&nodes[0], &nodes[1]);
     // beta listens for `held` and accepts every stream announced, keeping each open.
-    let (listener, v) = request(b, json!({"id": 1, "cmd": "listen", "service": "held"}));
+    let (listener, v) = b.request(json!({"id": 1, "cmd": "listen", "service": "held"}));
     assert_eq!(v["ok"], true, "{v}");
     let (tx, accepted) = std::sync::mpsc::channel();
     let bsock = b.socket();
@@ -635,13 +620,13 @@ fn a_member_holds_a_bounded_number_of_streams_to_a_listener() {
     let mut held = Vec::new();
     for i in 0..BOUND {
         let req = json!({"id": i, "cmd": "connect", "peer": "beta", "service": "held"});
-        let (s, v) = request(a, req);
+        let (s, v) = a.request(req);
         assert_eq!(v["ok"], true, "stream {i}: {v}");
         held.push((s, accepted.recv_timeout(DEADLINE).expect("accepted")));
     }
     // One more is refused with a clear error, and beta's socket still answers.
     let req = json!({"id": 99, "cmd": "connect", "peer": "beta", "service": "held"});
-    let (_s, v) = request(a, req);
+    let (_s, v) = a.request(req);
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("32 streams from alpha"), "{msg}");
@@ -651,7 +636,7 @@ fn a_member_holds_a_bounded_number_of_streams_to_a_listener() {
     drop(held.pop());
     wait_until("a place came back", || {
         let req = json!({"id": 100, "cmd": "connect", "peer": "beta", "service": "held"});
-        let (s, v) = request(a, req);
+        let (s, v) = a.request(req);
         if v["ok"] == true {
             held.push((s, accepted.recv_timeout(DEADLINE).expect("accepted")));
             return true;

@@ -254,6 +254,20 @@ impl Node {
         out
     }
 
+    /// Sends one request (a JSON line) on a new connection to the daemon's socket; the
+    /// connection, still open, and the first reply line parsed.
+    pub fn request(&self, req: Value) -> (std::os::unix::net::UnixStream, Value) {
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        writeln!(s, "{req}").unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        (s, serde_json::from_slice(&line).unwrap())
+    }
+
     /// Runs a client command with `--json` and parses its output; panics on failure.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut a = vec!["--json"];

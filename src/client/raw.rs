@@ -19,6 +19,7 @@ pub struct Client {
     r: BufReader<UnixStream>,
     w: UnixStream,
     next_id: u64,
+    socket: std::path::PathBuf,
 }
 
 impl Client {
@@ -43,7 +44,17 @@ impl Client {
             r: BufReader::with_capacity(256 * 1024, s),
             w,
             next_id: 1,
+            socket: socket.to_owned(),
         })
+    }
+
+    /// A new connection in place of this one: for a request made after waiting on the
+    /// person (a question on the terminal), since the daemon may close a connection it
+    /// served while all of its places were taken (docs/api.md, "Framing").
+    pub fn reconnect(&mut self) -> anyhow::Result<()> {
+        let socket = self.socket.clone();
+        *self = Client::connect(&socket)?;
+        Ok(())
     }
 
     fn write_request(&mut self, req: &Request) -> anyhow::Result<u64> {

@@ -56,9 +56,13 @@ fn trust_line(v: &Value, wanted: Option<&str>) -> String {
 /// Removes `peer`; on a terminal asks for confirmation unless `yes`. Returns the exit
 /// code: 1 when the answer was not yes.
 pub fn remove(c: &mut Client, g: &Global, peer: String, yes: bool) -> anyhow::Result<i32> {
-    if !yes && std::io::stdin().is_terminal() && !confirm(c, &peer)? {
-        eprintln!("not removed");
-        return Ok(1);
+    if !yes && std::io::stdin().is_terminal() {
+        if !confirm(c, &peer)? {
+            eprintln!("not removed");
+            return Ok(1);
+        }
+        // The answer may have taken a while.
+        c.reconnect()?;
     }
     let v = c.request(&Request::Remove { peer })?;
     if g.json {

@@ -32,15 +32,19 @@ use crate::api::{code, Reply, Request, MAX_BODY, MAX_LINE};
 /// Clients served at once; one more waits up to [`BUSY_WAIT`] for a free slot, then is
 /// served from [`RESERVE`] or answered `busy`.
 const MAX_CLIENTS: usize = 128;
-/// Slots beyond [`MAX_CLIENTS`] for clients that found them all taken: each is served one
-/// request answered once (`status`, `peers`, `remove`, `send`, `kv.get`, `stop`, ...),
-/// then closed; a request that lasts (`subscribe`, `kv.watch`, `pair`, `listen`,
-/// `connect`, `accept`) is answered `busy`. So a person can still look and act when
-/// streams and monitors hold every slot (a member holds at most 32 streams to listeners:
-/// four stolen members together could fill the 128).
+/// Slots beyond [`MAX_CLIENTS`] for clients that found them all taken: each is served
+/// requests answered once (`status`, `peers`, `remove`, `send`, `kv.get`, `stop`, ...)
+/// for [`RESERVE_WAIT`], each answered within [`RESERVE_ANSWER`], then closed; a request
+/// that lasts (`subscribe`, `kv.watch`, `pair`, `listen`, `connect`, `accept`) is
+/// answered `busy`. So a person can still look and act when streams and monitors hold
+/// every slot (a member holds at most 32 streams to listeners: four stolen members
+/// together could fill the 128).
 const RESERVE: usize = 8;
-/// How long a client served from the reserve has to send its request.
-const RESERVE_WAIT: Duration = Duration::from_secs(5);
+/// How long a client served from the reserve may send requests (bodies included).
+const RESERVE_WAIT: Duration = Duration::from_secs(10);
+/// How long a request of a client served from the reserve may take to be answered (a
+/// `send` or `ping` to a device that is away answers `timeout` then).
+const RESERVE_ANSWER: Duration = Duration::from_secs(30);
 /// Bytes of request bodies (`send`, `kv.put`, `kv.batch`) all clients together may have
 /// here at once, from before a body is allocated until its request is answered (a `send`
 /// to an unreachable peer holds its body up to an hour). A request that finds no room is
@@ -263,12 +267,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once
     let conn_id = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // A client served from the reserve sends its request, body included, by then.
     let until = once.then(|| tokio::time::Instant::now() + RESERVE_WAIT);
-    let mut requests = 0;
     loop {
-        if once && requests > 0 {
-            break;
-        }
-        requests += 1;
         let read = by(until, read_line(&mut r, MAX_LINE)).await;
         let line = match read.unwrap_or(Ok(Line::Eof)) {
             Ok(Line::Text(l)) => l,
@@ -285,7 +284,6 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once
             Ok(Line::Eof) | Err(_) => break,
         };
         if line.iter().all(u8::is_ascii_whitespace) {
-            requests -= 1;
             continue;
         }
         let (id, req) = match parse(&line) {
@@ -296,14 +294,18 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once
                 }
                 // A refused `send` line may still announce raw body bytes: skip them so
                 // they are never read as requests (or close when they cannot be skipped).
-                if !skip_announced(&line, &mut r).await {
+                if by(until, skip_announced(&line, &mut r)).await != Some(true) {
                     break;
                 }
                 continue;
             }
         };
         if once && !answered_once(&req) {
-            let _ = tx.send(line_of(&Reply::err(id, all_taken()))).await;
+            let e = err(
+                code::BUSY,
+                format!("the daemon serves {MAX_CLIENTS} clients at once and all are connected; this request keeps its connection, so it needs one of them: close some (idle monitors or applications) and try again"),
+            );
+            let _ = tx.send(line_of(&Reply::err(id, e))).await;
             break;
         }
         match req {
@@ -440,7 +442,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once
                             break;
                         }
                         // Its raw bytes are skipped, never read as requests.
-                        if !skip_announced(&line, &mut r).await {
+                        if by(until, skip_announced(&line, &mut r)).await != Some(true) {
                             break;
                         }
                         continue;
@@ -471,19 +473,28 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once
                 };
                 let (d, tx) = (d.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let res = match req {
-                        Request::Send(s) => cmd::send::send(&d, s, body).await,
-                        Request::KvPut {
-                            key,
-                            if_version,
-                            if_absent,
-                            ..
-                        } => match cmd::kv::condition(if_version, if_absent) {
-                            Ok(cond) => cmd::kv::put(&d, &key, body, cond).await,
-                            Err(e) => Err(e),
-                        },
-                        Request::KvBatch { ops } => cmd::batch::batch(&d, ops, body).await,
-                        other => cmd::handle(&d, other).await,
+                    let answer = async {
+                        match req {
+                            Request::Send(s) => cmd::send::send(&d, s, body).await,
+                            Request::KvPut {
+                                key,
+                                if_version,
+                                if_absent,
+                                ..
+                            } => match cmd::kv::condition(if_version, if_absent) {
+                                Ok(cond) => cmd::kv::put(&d, &key, body, cond).await,
+                                Err(e) => Err(e),
+                            },
+                            Request::KvBatch { ops } => cmd::batch::batch(&d, ops, body).await,
+                            other => cmd::handle(&d, other).await,
+                        }
+                    };
+                    let res = match by(until.map(|_| tokio::time::Instant::now() + RESERVE_ANSWER), answer).await {
+                        Some(res) => res,
+                        None => Err(err(
+                            code::TIMEOUT,
+                            format!("not answered within {} s, the most a request gets while every one of the daemon's {MAX_CLIENTS} connections is taken", RESERVE_ANSWER.as_secs()),
+                        )),
                     };
                     let reply = match res {
                         Ok(v) => Reply::ok(id, v),
