@@ -30,6 +30,16 @@ fn forged(key: &str, origin: Origin, claim: (Origin, u64)) -> Delta {
     }
 }
 
+/// A delta whose vector alone claims `origin` up to 1000.
+fn claim(origin: Origin) -> Delta {
+    Delta {
+        changes: vec![],
+        through: [(origin, 1000)].into_iter().collect(),
+        more: false,
+        batches: vec![],
+    }
+}
+
 fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|k| (*k).to_owned()).collect()
 }
@@ -141,12 +151,6 @@ async fn a_new_epoch_waits_a_minute_then_twice_as_long_each_time() {
     let a = open(dir.path(), 1, &wall);
     a.put("k", b"1".to_vec()).await.unwrap();
     let peer = device(2);
-    let claim = |o: Origin| Delta {
-        changes: vec![],
-        through: [(o, 1000)].into_iter().collect(),
-        more: false,
-        batches: vec![],
-    };
     let first = a.origin();
     a.apply_delta(claim(first), peer).await.unwrap();
     let second = a.origin();
@@ -210,13 +214,10 @@ async fn a_write_in_the_same_batch_as_a_new_epoch_is_kept_under_the_new_origin()
     let a = open(dir.path(), 1, &wall);
     a.put("k1", b"1".to_vec()).await.unwrap();
     let first = a.origin();
-    let claim = Delta {
-        changes: vec![],
-        through: [(first, 1000)].into_iter().collect(),
-        more: false,
-        batches: vec![],
-    };
-    let (put, applied) = tokio::join!(a.put("k2", b"2".to_vec()), a.apply_delta(claim, device(2)));
+    let (put, applied) = tokio::join!(
+        a.put("k2", b"2".to_vec()),
+        a.apply_delta(claim(first), device(2))
+    );
     put.unwrap();
     applied.unwrap();
     let own = a.origin();
