@@ -178,7 +178,7 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
                                         return;
                                     }
                                     warn!("control socket: {MAX_CLIENTS} clients connected; refused one more");
-                                    refuse(stream, all_taken()).await;
+                                    refuse(stream, all_taken("")).await;
                                     return;
                                 }
                             }
@@ -196,11 +196,11 @@ pub async fn run(d: Arc<Daemon>, listener: UnixListener) {
     }
 }
 
-/// The answer when every slot is taken.
-fn all_taken() -> crate::api::ErrorBody {
+/// The answer when every slot is taken; `why` says more before what to do.
+fn all_taken(why: &str) -> crate::api::ErrorBody {
     err(
         code::BUSY,
-        format!("the daemon serves {MAX_CLIENTS} clients at once and all are connected; close some (idle monitors or applications) and try again"),
+        format!("the daemon serves {MAX_CLIENTS} clients at once and all are connected; {why}close some (idle monitors or applications) and try again"),
     )
 }
 
@@ -253,8 +253,9 @@ static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 /// Serves one client. Requests run concurrently (up to [`MAX_INFLIGHT`]); each reply
 /// carries its request's `id`, so replies may come back in a different order. A client
-/// served from the [`RESERVE`] (`once`) is served its first request, if it sends it within
-/// [`RESERVE_WAIT`] and it is [`answered_once`], and closed once it is answered.
+/// served from the [`RESERVE`] (`once`) is served the requests it sends within
+/// [`RESERVE_WAIT`] that are [`answered_once`], each answered within [`RESERVE_ANSWER`],
+/// and closed once they are answered.
 async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once: bool) {
     let (r, w) = stream.into_split();
     // 64 KiB: a burst of pipelined requests is read in few system calls, and an idle
@@ -265,7 +266,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once
     let writer = tokio::spawn(write_lines(w, rx));
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
     let conn_id = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // A client served from the reserve sends its request, body included, by then.
+    // A client served from the reserve sends its requests, bodies included, by then.
     let until = once.then(|| tokio::time::Instant::now() + RESERVE_WAIT);
     loop {
         let read = by(until, read_line(&mut r, MAX_LINE)).await;
@@ -301,10 +302,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once
             }
         };
         if once && !answered_once(&req) {
-            let e = err(
-                code::BUSY,
-                format!("the daemon serves {MAX_CLIENTS} clients at once and all are connected; this request keeps its connection, so it needs one of them: close some (idle monitors or applications) and try again"),
-            );
+            let e = all_taken("this request keeps its connection, so it needs one of them: ");
             let _ = tx.send(line_of(&Reply::err(id, e))).await;
             break;
         }
@@ -489,7 +487,7 @@ async fn client(d: Arc<Daemon>, stream: UnixStream, bodies: Arc<Semaphore>, once
                             other => cmd::handle(&d, other).await,
                         }
                     };
-                    let res = match by(until.map(|_| tokio::time::Instant::now() + RESERVE_ANSWER), answer).await {
+                    let res = match by(once.then(|| tokio::time::Instant::now() + RESERVE_ANSWER), answer).await {
                         Some(res) => res,
                         None => Err(err(
                             code::TIMEOUT,
