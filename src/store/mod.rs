@@ -153,8 +153,8 @@ impl Store {
     /// the new one, so a vector raised by the claim hides none of them (docs/store.md,
     /// "A claim on this store's own origin"). Changes from peers that carry such a claim
     /// start one by themselves ([`Store::apply_delta`]); this is for a claim seen
-    /// elsewhere (a puller's vector). At most one new epoch a minute; returns whether one
-    /// started.
+    /// elsewhere (a puller's vector). The first waits for nothing, the next a minute, then
+    /// twice as long each time up to an hour; returns whether one started.
     pub async fn renew_epoch(&self, claimed: Origin) -> Result<bool, StoreError> {
         let n = self.submit(|reply| Op::Renew { claimed, reply }).await?;
         Ok(n > 0)

@@ -77,8 +77,8 @@ pub(crate) enum Op {
         members: Vec<VersionVector>,
         reply: Reply<usize>,
     },
-    /// A new epoch, if `claimed` is still this store's origin and the last one is a
-    /// minute old ([`State::renew_for`]); 1 if it started, 0 if not.
+    /// A new epoch, if `claimed` is still this store's origin and one is due
+    /// ([`State::renew_if_due`]); 1 if it started, 0 if not.
     Renew {
         claimed: Origin,
         reply: Reply<usize>,
