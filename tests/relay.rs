@@ -402,3 +402,36 @@ fn the_relay_carries_a_bounded_number_of_one_member_s_streams() {
         false
     });
 }
+
+/// A stream relayed by beta counts at gamma against alpha, which opened it (and signed its
+/// origin), not against beta: alpha holding all it may at gamma's listener leaves beta's
+/// own streams their places, and alpha's next one is refused naming alpha.
+#[test]
+fn relayed_streams_take_their_origin_s_places_not_the_relay_s() {
+    use serde_json::json;
+    const BOUND: usize = 32; // budget::PEER_LISTENED
+    let Some(l) = line("ro", |_| {}) else { return };
+    let (a, b, c) = (&l.nodes[0], &l.nodes[1], &l.nodes[2]);
+    let accepted = c.accept_all("held");
+    let open = |n: &Node, i: usize| {
+        n.request(json!({"id": i, "cmd": "connect", "peer": "gamma", "service": "held"}))
+    };
+    let mut held = Vec::new();
+    for i in 0..BOUND {
+        let (s, v) = open(a, i);
+        assert_eq!(v["ok"], true, "alpha's stream {i}: {v}");
+        held.push((s, accepted.recv_timeout(DEADLINE).expect("accepted")));
+    }
+    wait_until("beta to have relayed alpha's streams", || {
+        relay_counts(b).0 >= BOUND
+    });
+    // beta's own stream still has its place.
+    let (s, v) = open(b, 98);
+    assert_eq!(v["ok"], true, "beta's own stream: {v}");
+    held.push((s, accepted.recv_timeout(DEADLINE).expect("accepted")));
+    // alpha's next is refused, naming alpha.
+    let (_s, v) = open(a, 99);
+    assert_eq!(v["error"]["code"], "queue_full", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("32 streams from alpha"), "{msg}");
+}

@@ -601,22 +601,7 @@ fn a_member_holds_a_bounded_number_of_streams_to_a_listener() {
     let nodes = mesh(&["alpha", "beta"], "");
     let (a, b) = (&nodes[0], &nodes[1]);
     // beta listens for `held` and accepts every stream announced, keeping each open.
-    let (listener, v) = b.request(json!({"id": 1, "cmd": "listen", "service": "held"}));
-    assert_eq!(v["ok"], true, "{v}");
-    let (tx, accepted) = std::sync::mpsc::channel();
-    let bsock = b.socket();
-    std::thread::spawn(move || {
-        for line in BufReader::new(listener).lines() {
-            let Ok(line) = line else { break };
-            let ev: Value = serde_json::from_str(&line).unwrap();
-            let token = ev["stream"].as_str().unwrap().to_string();
-            let mut s = UnixStream::connect(&bsock).unwrap();
-            writeln!(s, "{}", json!({"id": 1, "cmd": "accept", "stream": token})).unwrap();
-            if tx.send(s).is_err() {
-                break;
-            }
-        }
-    });
+    let accepted = b.accept_all("held");
     let mut held = Vec::new();
     for i in 0..BOUND {
         let req = json!({"id": i, "cmd": "connect", "peer": "beta", "service": "held"});

@@ -4,6 +4,7 @@
 //! and the benchmarks (`benches/`) use it as a dev-dependency.
 
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -256,8 +257,8 @@ impl Node {
 
     /// Sends one request (a JSON line) on a new connection to the daemon's socket; the
     /// connection, still open, and the first reply line parsed.
-    pub fn request(&self, req: Value) -> (std::os::unix::net::UnixStream, Value) {
-        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+    pub fn request(&self, req: Value) -> (UnixStream, Value) {
+        let mut s = UnixStream::connect(self.socket()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         writeln!(s, "{req}").unwrap();
         let mut line = Vec::new();
@@ -266,6 +267,34 @@ impl Node {
             line.push(b[0]);
         }
         (s, serde_json::from_slice(&line).unwrap())
+    }
+
+    /// Listens for `service` on this daemon and accepts every stream announced, each on a
+    /// connection of its own, which comes out of the receiver once the `accept` request
+    /// is written (keep it open to keep the stream). Listening ends when the receiver is
+    /// dropped and the next stream is announced, or when the daemon stops.
+    pub fn accept_all(&self, service: &str) -> std::sync::mpsc::Receiver<UnixStream> {
+        use std::io::BufRead;
+        let req = serde_json::json!({"id": 1, "cmd": "listen", "service": service});
+        let (listener, v) = self.request(req);
+        assert_eq!(v["ok"], true, "listen {service}: {v}");
+        listener.set_read_timeout(None).unwrap();
+        let (tx, accepted) = std::sync::mpsc::channel();
+        let sock = self.socket();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(listener).lines() {
+                let Ok(line) = line else { break };
+                let ev: Value = serde_json::from_str(&line).unwrap();
+                let token = ev["stream"].as_str().unwrap().to_string();
+                let mut s = UnixStream::connect(&sock).unwrap();
+                let req = serde_json::json!({"id": 1, "cmd": "accept", "stream": token});
+                writeln!(s, "{req}").unwrap();
+                if tx.send(s).is_err() {
+                    break;
+                }
+            }
+        });
+        accepted
     }
 
     /// Runs a client command with `--json` and parses its output; panics on failure.

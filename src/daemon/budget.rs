@@ -20,8 +20,9 @@ pub const PEER_BYTES: u64 = 40 * 1024 * 1024;
 pub const TOTAL_BYTES: u64 = 160 * 1024 * 1024;
 /// A peer's message streams read at once (the others wait, unread).
 pub const PEER_STREAMS: usize = 32;
-/// A peer's application streams handed to local listeners at once (announced, waiting
-/// for `accept`, or accepted): each accepted one holds one of the control socket's 128
+/// A member's application streams handed to local listeners at once (announced, waiting
+/// for `accept`, or accepted; a stream relayed by another member counts as its origin's,
+/// whose proof the target checked): each accepted one holds one of the control socket's 128
 /// client slots for its life (with `listen --exec`, a process too), so a member, even a
 /// stolen one, takes at most a quarter of them and `cnspr remove` still gets a slot.
 /// One more is refused at once (`queue_full`).
@@ -30,8 +31,8 @@ pub const PEER_LISTENED: usize = 32;
 /// UNIX connection (a descriptor) here. One more is refused at once (`queue_full`).
 pub const PEER_EXPOSED: usize = 256;
 /// Streams of one member this device carries at once as their relay, between it and
-/// another member it has no path of its own to (each two QUIC streams and a task here,
-/// and a place among this device's streams at the target). One more is refused at once
+/// another member it has no path of its own to (each two QUIC streams and a task here;
+/// at the target it takes one of its origin's places). One more is refused at once
 /// (`queue_full`). Streams are relayed this way only until the two ends have a connection
 /// of their own through this device (docs/reach.md).
 pub const PEER_RELAYED: usize = 64;

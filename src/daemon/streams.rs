@@ -130,9 +130,10 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
             return;
         }
     }
-    // The member whose connection carries the stream (for a relayed one, the relay): its
-    // streams here are bounded (budget.rs), whichever origin they name.
-    let carrier = peer;
+    // From here on the stream is its origin's: a relayed one was proven above to come
+    // from the member it names (signed by it, and never taken before), so it takes that
+    // member's places here (budget.rs), not the relay's, as a direct stream does: one
+    // member cannot fill the places of a relay that carries others' streams too.
     let peer = origin;
     if let Err(e) = validate_service(&service) {
         let _ = write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
@@ -149,7 +150,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         )
     };
     if let Some(target) = expose {
-        let Some(_turn) = take_turn(&d, carrier, false, &service, &mut send).await else {
+        let Some(_turn) = take_turn(&d, peer, false, &service, &mut send).await else {
             return;
         };
         let res = match &target {
@@ -214,7 +215,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         let _ = send.finish();
         return;
     };
-    let Some(turn) = take_turn(&d, carrier, true, &service, &mut send).await else {
+    let Some(turn) = take_turn(&d, peer, true, &service, &mut send).await else {
         return;
     };
     let token = new_token();
@@ -253,16 +254,16 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
     }
 }
 
-/// A place for one more stream of `carrier` to a listener (`listened`) or an exposed
+/// A place for one more stream of `origin` to a listener (`listened`) or an exposed
 /// target; `None` after refusing the stream with `queue_full` when it holds its bound.
 async fn take_turn(
     d: &Daemon,
-    carrier: DeviceId,
+    origin: DeviceId,
     listened: bool,
     service: &str,
     send: &mut SendStream,
 ) -> Option<Held> {
-    if let Some(t) = d.budgets.try_app_stream(carrier, listened) {
+    if let Some(t) = d.budgets.try_app_stream(origin, listened) {
         return Some(t);
     }
     let (bound, kind) = if listened {
@@ -270,7 +271,7 @@ async fn take_turn(
     } else {
         (PEER_EXPOSED, "forwarded to exposed targets")
     };
-    let by = d.peers().name_of(&carrier).unwrap_or_default();
+    let by = d.peers().name_of(&origin).unwrap_or_default();
     let msg = format!(
         "service {service:?} on {}: it already has {bound} streams from {by} {kind} (the most it takes from one member); retry once one has ended",
         d.identity.name
