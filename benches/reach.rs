@@ -11,8 +11,9 @@
 //!   is up first); anchor: the same between p and q;
 //! - bytes the member in between passes on per punch exchange (its `Punch` frames);
 //! - a stream's throughput (256 MiB, `CNSPR_BENCH_STREAM_MIB`; medians of 5 rounds,
-//!   `CNSPR_BENCH_STREAM_ROUNDS`), the rounds alternating between a→b through m (a firewall
-//!   between their routers; over a and b's own connection, whose packets m passes on), c→d
+//!   `CNSPR_BENCH_STREAM_ROUNDS`), the rounds alternating between a→b through a member (a
+//!   firewall between their routers; over a and b's own connection, whose packets a member
+//!   both reach directly passes on: m, or c or d, as a's route says each round), c→d
 //!   directly across two other home routers of the same kind, and p→q with no NAT; with
 //!   each round's figures.
 //!
@@ -20,8 +21,10 @@
 //!
 //! Also prints the CPU time per GiB of each path's streams: each daemon's, and the whole
 //! machine's (busy, of it soft interrupts, where the routers' and veths' packets are
-//! handled). With `CNSPR_BENCH_PERF=DIR`, perf samples a, b and m during the first
-//! stream through m (`DIR/reach-a.data` and so on; `perf report -i FILE`).
+//! handled), and which member passed the packets on each round. With
+//! `CNSPR_BENCH_PERF=DIR`, perf samples a, b and that member during the first stream
+//! through it (`DIR/reach-a.data`, `reach-b.data`, `reach-relay.data`; `perf report -i
+//! FILE`).
 //!
 //! Run: `cargo bench --bench reach`
 
@@ -133,9 +136,9 @@ fn main() {
     }
 
     // Throughput, in rounds that alternate between three transfers so that what else the
-    // machine runs weighs on each alike: a→b through m (a firewall between their routers;
-    // over a and b's own connection, whose packets m passes on), c→d directly across two
-    // other home routers of the same kind, and p→q with no NAT.
+    // machine runs weighs on each alike: a→b through a member (a firewall between their
+    // routers; over a and b's own connection, whose packets a member passes on), c→d
+    // directly across two other home routers of the same kind, and p→q with no NAT.
     let mut a = quiet(net.node(ha, "a"));
     let mut b = quiet(net.node(hb, "b"));
     let mut c = quiet(net.node(hc, "c"));
@@ -171,10 +174,22 @@ fn main() {
     let rounds = stream_rounds(5);
     let (mut thr_direct, mut thr_member, mut thr_plain) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_direct, mut cpu_member) = (Cpu::default(), Cpu::default());
+    // The member that passes a and b's packets on: any member both reach directly (m,
+    // or c or d, whose routers let a's and b's dials through), as a's routes say.
+    let mut relays = Vec::new();
     for round in 0..rounds {
         thr_direct.push(cpu_direct.of(&[&c, &d], mib, || stream_of(&c, &d, "d", mib)));
-        let perf = (round == 0).then(|| perf_of(&[("a", &a), ("b", &b), ("m", &m)]));
-        thr_member.push(cpu_member.of(&[&a, &b, &m], mib, || stream_of(&a, &b, "b", mib)));
+        let via = a
+            .peer("b")
+            .map(|p| p["via"][0].as_str().unwrap_or("").to_string());
+        let via = via.unwrap_or_default();
+        let (rname, relay) = [("m", &m), ("c", &c), ("d", &d)]
+            .into_iter()
+            .find(|(n, _)| *n == via)
+            .unwrap_or_else(|| panic!("a reaches b via {via:?}, not m, c or d"));
+        relays.push(rname);
+        let perf = (round == 0).then(|| perf_of(&[("a", &a), ("b", &b), ("relay", relay)]));
+        thr_member.push(cpu_member.of(&[&a, &b, relay], mib, || stream_of(&a, &b, "b", mib)));
         drop(perf);
         thr_plain.push(stream_of(&p, &q, "b", mib));
     }
@@ -206,11 +221,12 @@ fn main() {
             .join(" / ")
     };
     let rounds_text = format!(
-        "rounds: direct {}, through m {}, no NAT {} MiB/s; member/direct per round {}",
+        "rounds: direct {}, through a member {}, no NAT {} MiB/s; member/direct per round {}; the member that passed the packets on: {}",
         list(&thr_direct),
         list(&thr_member),
         list(&thr_plain),
-        ratios.join(" ")
+        ratios.join(" "),
+        relays.join(", ")
     );
     let thr_direct = pct(&mut thr_direct, 0.5);
     let thr_member = pct(&mut thr_member, 0.5);
@@ -252,12 +268,12 @@ fn main() {
         );
     }
     println!(
-        "  {mib} MiB stream, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through member m {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}",
+        "  {mib} MiB stream, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through a member {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}",
         thr_direct / thr_plain,
         thr_member / thr_direct
     );
     println!(
-        "  CPU seconds per GiB of the stream, medians (sender, receiver[, member]; the whole machine, of it soft interrupts):\n    direct {}\n    through m {}",
+        "  CPU seconds per GiB of the stream, medians (sender, receiver[, member]; the whole machine, of it soft interrupts):\n    direct {}\n    through a member {}",
         cpu_direct.text(),
         cpu_member.text()
     );
