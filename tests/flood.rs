@@ -197,3 +197,40 @@ fn a_client_beyond_the_limit_is_served_answers_or_told_busy() {
     });
     drop(held);
 }
+
+/// A request from a client served from the reserve is answered within 30 s
+/// (`RESERVE_ANSWER`), `timeout` if it would take longer: here a `ping` given 60 s to a
+/// trusted device that never answers (a UDP socket on loopback that reads nothing).
+#[test]
+fn a_request_served_from_the_reserve_is_answered_within_its_bound() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let other = Node::new("quiet", "");
+    let mut n = Node::new("solo", "");
+    n.start();
+    let out = n.cli(&["trust", &other.id, "--addr", &addr]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held: Vec<UnixStream> = (0..128)
+        .map(|i| {
+            let (s, v) = n.request(serde_json::json!({"id": i, "cmd": "status"}));
+            assert_eq!(v["ok"], true, "{v}");
+            s
+        })
+        .collect();
+    let mut s = UnixStream::connect(n.socket()).unwrap();
+    // Past the bound, before the ping's own 60 s.
+    s.set_read_timeout(Some(Duration::from_secs(55))).unwrap();
+    let req = serde_json::json!({"id": 7, "cmd": "ping", "peer": other.id, "timeout_ms": 60000});
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["id"], 7, "{v}");
+    assert_eq!(v["error"]["code"], "timeout", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("not answered within 30 s"), "{msg}");
+    drop(held);
+    drop(silent);
+}
