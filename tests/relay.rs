@@ -404,8 +404,9 @@ fn the_relay_carries_a_bounded_number_of_one_member_s_streams() {
 }
 
 /// A stream relayed by beta counts at gamma against alpha, which opened it (and signed its
-/// origin), not against beta: alpha holding all it may at gamma's listener leaves beta's
-/// own streams their places, and alpha's next one is refused naming alpha.
+/// origin), not against beta: alpha holding all the relayed streams it may at gamma's
+/// listener leaves beta's own streams their places, and alpha's next one is refused
+/// naming alpha.
 #[test]
 fn relayed_streams_take_their_origin_s_places_not_the_relay_s() {
     use serde_json::json;
@@ -433,5 +434,5 @@ fn relayed_streams_take_their_origin_s_places_not_the_relay_s() {
     let (_s, v) = open(a, 99);
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("32 streams from alpha"), "{msg}");
+    assert!(msg.contains("32 streams from alpha relayed by members"), "{msg}");
 }

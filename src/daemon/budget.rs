@@ -21,11 +21,14 @@ pub const TOTAL_BYTES: u64 = 160 * 1024 * 1024;
 /// A peer's message streams read at once (the others wait, unread).
 pub const PEER_STREAMS: usize = 32;
 /// A member's application streams handed to local listeners at once (announced, waiting
-/// for `accept`, or accepted; a stream relayed by another member counts as its origin's,
-/// whose proof the target checked): each accepted one holds one of the control socket's 128
+/// for `accept`, or accepted): each accepted one holds one of the control socket's 128
 /// client slots for its life (with `listen --exec`, a process too), so a member, even a
 /// stolen one, takes at most a quarter of them and `cnspr remove` still gets a slot.
-/// One more is refused at once (`queue_full`).
+/// One more is refused at once (`queue_full`). The streams another member relays
+/// (`relay_stream.rs`) count as their origin's, whose proof this device checked, in
+/// places of their own, this many and [`PEER_EXPOSED`] apart from its direct streams:
+/// a relay that keeps streams open fills none of the places of the origin's direct
+/// streams or of the relay's own.
 pub const PEER_LISTENED: usize = 32;
 /// A peer's application streams forwarded to exposed targets at once: each holds a TCP or
 /// UNIX connection (a descriptor) here. One more is refused at once (`queue_full`).
@@ -56,8 +59,9 @@ struct Peer {
     bytes: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     messages: Arc<Semaphore>,
-    listened: Arc<Semaphore>,
-    exposed: Arc<Semaphore>,
+    /// Places for direct streams (index 0) and relayed ones (index 1).
+    listened: [Arc<Semaphore>; 2],
+    exposed: [Arc<Semaphore>; 2],
     relayed: Arc<Semaphore>,
 }
 
@@ -100,8 +104,8 @@ impl Budgets {
                     bytes: Arc::new(Semaphore::new(units(PEER_BYTES) as usize)),
                     streams: Arc::new(Semaphore::new(PEER_STREAMS)),
                     messages: Arc::new(Semaphore::new(self.peer_messages)),
-                    listened: Arc::new(Semaphore::new(PEER_LISTENED)),
-                    exposed: Arc::new(Semaphore::new(PEER_EXPOSED)),
+                    listened: std::array::from_fn(|_| Arc::new(Semaphore::new(PEER_LISTENED))),
+                    exposed: std::array::from_fn(|_| Arc::new(Semaphore::new(PEER_EXPOSED))),
                     relayed: Arc::new(Semaphore::new(PEER_RELAYED)),
                 })
             })
@@ -118,12 +122,16 @@ impl Budgets {
     }
 
     /// A place for one of `peer`'s application streams, handed to a listener
-    /// (`listened`) or forwarded to an exposed target; `None` while it has
-    /// [`PEER_LISTENED`] or [`PEER_EXPOSED`] of that kind.
-    pub fn try_app_stream(&self, peer: DeviceId, listened: bool) -> Option<Held> {
+    /// (`listened`) or forwarded to an exposed target, opened directly or `relayed` by
+    /// another member; `None` while it has [`PEER_LISTENED`] or [`PEER_EXPOSED`] of that
+    /// kind and way.
+    pub fn try_app_stream(&self, peer: DeviceId, listened: bool, relayed: bool) -> Option<Held> {
         let p = self.peer(peer);
         let kind = if listened { &p.listened } else { &p.exposed };
-        let permit = kind.clone().try_acquire_owned().ok()?;
+        let permit = kind[usize::from(relayed)]
+            .clone()
+            .try_acquire_owned()
+            .ok()?;
         Some(Held {
             _permits: vec![permit],
         })
@@ -205,18 +213,40 @@ mod tests {
         let b = Budgets::default();
         let (p, q) = (DeviceId([1; 32]), DeviceId([2; 32]));
         let mut listened: Vec<Held> = (0..PEER_LISTENED)
-            .map(|_| b.try_app_stream(p, true).expect("a place"))
+            .map(|_| b.try_app_stream(p, true, false).expect("a place"))
             .collect();
-        assert!(b.try_app_stream(p, true).is_none());
-        assert!(b.try_app_stream(q, true).is_some(), "another peer has room");
+        assert!(b.try_app_stream(p, true, false).is_none());
+        assert!(
+            b.try_app_stream(q, true, false).is_some(),
+            "another peer has room"
+        );
         let exposed: Vec<Held> = (0..PEER_EXPOSED)
-            .map(|_| b.try_app_stream(p, false).expect("a place"))
+            .map(|_| b.try_app_stream(p, false, false).expect("a place"))
             .collect();
-        assert!(b.try_app_stream(p, false).is_none());
+        assert!(b.try_app_stream(p, false, false).is_none());
         listened.pop();
-        assert!(b.try_app_stream(p, true).is_some(), "a place came back");
+        assert!(
+            b.try_app_stream(p, true, false).is_some(),
+            "a place came back"
+        );
         drop(exposed);
-        assert!(b.try_app_stream(p, false).is_some());
+        assert!(b.try_app_stream(p, false, false).is_some());
+    }
+
+    #[test]
+    fn relayed_app_streams_have_places_apart_from_direct_ones() {
+        let b = Budgets::default();
+        let p = DeviceId([1; 32]);
+        let relayed: Vec<Held> = (0..PEER_LISTENED)
+            .map(|_| b.try_app_stream(p, true, true).expect("a place"))
+            .collect();
+        assert!(b.try_app_stream(p, true, true).is_none());
+        assert!(
+            b.try_app_stream(p, true, false).is_some(),
+            "direct streams keep their places"
+        );
+        drop(relayed);
+        assert!(b.try_app_stream(p, true, true).is_some());
     }
 
     #[tokio::test]

@@ -132,8 +132,10 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
     }
     // From here on the stream is its origin's: a relayed one was proven above to come
     // from the member it names (signed by it, and never taken before), so it takes that
-    // member's places here (budget.rs), not the relay's, as a direct stream does: one
-    // member cannot fill the places of a relay that carries others' streams too.
+    // member's places here (budget.rs), not the relay's: one member cannot fill the
+    // places of a relay that carries others' streams too. Its relayed streams have
+    // places apart from its direct ones, which a relay holding streams cannot fill.
+    let relayed = origin != peer;
     let peer = origin;
     if let Err(e) = validate_service(&service) {
         let _ = write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
@@ -150,7 +152,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         )
     };
     if let Some(target) = expose {
-        let Some(_turn) = take_turn(&d, peer, false, &service, &mut send).await else {
+        let Some(_turn) = take_turn(&d, peer, false, relayed, &service, &mut send).await else {
             return;
         };
         let res = match &target {
@@ -215,7 +217,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         let _ = send.finish();
         return;
     };
-    let Some(turn) = take_turn(&d, peer, true, &service, &mut send).await else {
+    let Some(turn) = take_turn(&d, peer, true, relayed, &service, &mut send).await else {
         return;
     };
     let token = new_token();
@@ -255,15 +257,17 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
 }
 
 /// A place for one more stream of `origin` to a listener (`listened`) or an exposed
-/// target; `None` after refusing the stream with `queue_full` when it holds its bound.
+/// target, opened directly or `relayed` by another member; `None` after refusing the
+/// stream with `queue_full` when it holds its bound.
 async fn take_turn(
     d: &Daemon,
     origin: DeviceId,
     listened: bool,
+    relayed: bool,
     service: &str,
     send: &mut SendStream,
 ) -> Option<Held> {
-    if let Some(t) = d.budgets.try_app_stream(origin, listened) {
+    if let Some(t) = d.budgets.try_app_stream(origin, listened, relayed) {
         return Some(t);
     }
     let (bound, kind) = if listened {
@@ -271,12 +275,13 @@ async fn take_turn(
     } else {
         (PEER_EXPOSED, "forwarded to exposed targets")
     };
+    let way = if relayed { " relayed by members" } else { "" };
     let by = d.peers().name_of(&origin).unwrap_or_default();
     let msg = format!(
-        "service {service:?} on {}: it already has {bound} streams from {by} {kind} (the most it takes from one member); retry once one has ended",
+        "service {service:?} on {}: it already has {bound} streams from {by}{way} {kind} (the most it takes from one member); retry once one has ended",
         d.identity.name
     );
-    debug!(%service, peer = %by, "stream refused: the member's streams are at their bound");
+    debug!(%service, peer = %by, relayed, "stream refused: the member's streams are at their bound");
     let _ = write_frame(send, &app_err(code::QUEUE_FULL, msg), MAX_APP_FRAME).await;
     let _ = send.finish();
     None
