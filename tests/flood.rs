@@ -225,7 +225,9 @@ fn a_request_served_from_the_reserve_is_answered_within_its_bound() {
     let req = serde_json::json!({"id": 7, "cmd": "ping", "peer": other.id, "timeout_ms": 60000});
     writeln!(s, "{req}").unwrap();
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .expect("no answer within 55 s: the 30 s bound did not hold");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["id"], 7, "{v}");
     assert_eq!(v["error"]["code"], "timeout", "{v}");

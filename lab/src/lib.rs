@@ -281,11 +281,14 @@ impl Node {
         listener.set_read_timeout(None).unwrap();
         let (tx, accepted) = std::sync::mpsc::channel();
         let sock = self.socket();
+        let service = service.to_string();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(listener).lines() {
                 let Ok(line) = line else { break };
                 let ev: Value = serde_json::from_str(&line).unwrap();
-                let token = ev["stream"].as_str().unwrap().to_string();
+                let Some(token) = ev["stream"].as_str() else {
+                    panic!("listen {service}: not a stream announced: {line}");
+                };
                 let mut s = UnixStream::connect(&sock).unwrap();
                 let req = serde_json::json!({"id": 1, "cmd": "accept", "stream": token});
                 writeln!(s, "{req}").unwrap();
