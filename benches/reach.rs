@@ -11,20 +11,20 @@
 //!   is up first); anchor: the same between p and q;
 //! - bytes the member in between passes on per punch exchange (its `Punch` frames);
 //! - a stream's throughput (256 MiB, `CNSPR_BENCH_STREAM_MIB`; medians of 5 rounds,
-//!   `CNSPR_BENCH_STREAM_ROUNDS`), the rounds alternating between a→b through a member (a
-//!   firewall between their routers; over a and b's own connection, whose packets a member
-//!   both reach directly passes on: m, or c or d, as a's route says each round), c→d
-//!   directly across two other home routers of the same kind, and p→q with no NAT; with
-//!   each round's figures.
+//!   `CNSPR_BENCH_STREAM_ROUNDS`), the rounds alternating between a→b through m (a
+//!   firewall between their routers, and between theirs and c's and d's, so that m is the
+//!   only member both reach directly; over a and b's own connection, whose packets m
+//!   passes on), c→d directly across two other home routers of the same kind, and p→q
+//!   with no NAT; with each round's figures.
 //!
 //! No delay is added where the kernel has no `netem` (it says so).
 //!
 //! Also prints the CPU time per GiB of each path's streams: each daemon's, and the whole
 //! machine's (busy, of it soft interrupts, where the routers' and veths' packets are
-//! handled), and which member passed the packets on each round. With
-//! `CNSPR_BENCH_PERF=DIR`, perf samples a, b and that member during the first stream
-//! through it (`DIR/reach-a.data`, `reach-b.data`, `reach-relay.data`; `perf report -i
-//! FILE`).
+//! handled; on the member path, the members that may pass the packets on, m, c and d,
+//! together), and which members a→b and b→a went through each round. With
+//! `CNSPR_BENCH_PERF=DIR`, perf samples a, b, m, c and d during the first stream through
+//! a member (`DIR/reach-a.data` and so on; `perf report -i FILE`).
 //!
 //! Run: `cargo bench --bench reach`
 
@@ -148,7 +148,12 @@ fn main() {
     }
     join(&m, &a, &b, m_addr);
     join(&m, &c, &d, m_addr);
-    net.block(ra, "203.0.113.2");
+    // A firewall between a's and b's routers, and between theirs and c's and d's: the
+    // only member both reach directly is m (else c or d, behind home routers of their
+    // own, may pass the packets on, which here costs the shared machine more: their
+    // routers' crossings too).
+    net.block(ra, "{ 203.0.113.2, 203.0.113.3, 203.0.113.4 }");
+    net.block(rb, "{ 203.0.113.3, 203.0.113.4 }");
     assert!(wait_for(
         &a,
         "b",
@@ -156,6 +161,11 @@ fn main() {
         Some("member"),
         Duration::from_secs(30)
     ));
+    wait_until("a and b to go through m", || {
+        [(&a, "b"), (&b, "a")]
+            .iter()
+            .all(|(n, to)| n.peer(to).is_some_and(|p| p["via"][0] == "m"))
+    });
     // a and b then get a connection of their own whose packets m passes on.
     wait_until("a connection through m", || {
         a.log()
@@ -174,23 +184,33 @@ fn main() {
     let rounds = stream_rounds(5);
     let (mut thr_direct, mut thr_member, mut thr_plain) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_direct, mut cpu_member) = (Cpu::default(), Cpu::default());
-    // The member that passes a and b's packets on: any member both reach directly (m,
-    // or c or d, whose routers let a's and b's dials through), as a's routes say.
-    let mut relays = Vec::new();
+    // The member that passes a and b's packets on is m, the only member both reach
+    // directly. The member column still sums m's, c's and d's CPU (c and d carry no
+    // stream of their own in those rounds), and each round says the routes before and
+    // after it, should a route change all the same.
+    let route = |from: &Node, to: &str| {
+        from.peer(to)
+            .and_then(|p| p["via"][0].as_str().map(str::to_string))
+            .unwrap_or_else(|| "none".to_string())
+    };
+    let routes = || format!("{}/{}", route(&a, "b"), route(&b, "a"));
+    let mut went = Vec::new();
     for round in 0..rounds {
-        thr_direct.push(cpu_direct.of(&[&c, &d], mib, || stream_of(&c, &d, "d", mib)));
-        let via = a
-            .peer("b")
-            .map(|p| p["via"][0].as_str().unwrap_or("").to_string());
-        let via = via.unwrap_or_default();
-        let (rname, relay) = [("m", &m), ("c", &c), ("d", &d)]
-            .into_iter()
-            .find(|(n, _)| *n == via)
-            .unwrap_or_else(|| panic!("a reaches b via {via:?}, not m, c or d"));
-        relays.push(rname);
-        let perf = (round == 0).then(|| perf_of(&[("a", &a), ("b", &b), ("relay", relay)]));
-        thr_member.push(cpu_member.of(&[&a, &b, relay], mib, || stream_of(&a, &b, "b", mib)));
+        thr_direct.push(cpu_direct.of(&[&[&c], &[&d]], mib, || stream_of(&c, &d, "d", mib)));
+        let before = routes();
+        let perf =
+            (round == 0).then(|| perf_of(&[("a", &a), ("b", &b), ("m", &m), ("c", &c), ("d", &d)]));
+        let members: &[&Node] = &[&m, &c, &d];
+        thr_member.push(cpu_member.of(&[&[&a], &[&b], members], mib, || {
+            stream_of(&a, &b, "b", mib)
+        }));
         drop(perf);
+        let after = routes();
+        went.push(if after == before {
+            before
+        } else {
+            format!("{before} then {after}")
+        });
         thr_plain.push(stream_of(&p, &q, "b", mib));
     }
     // The paths were what the figures say until the end.
@@ -209,6 +229,7 @@ fn main() {
         Duration::from_secs(2)
     ));
     net.unblock(ra);
+    net.unblock(rb);
     let ratios: Vec<String> = thr_member
         .iter()
         .zip(&thr_direct)
@@ -221,12 +242,12 @@ fn main() {
             .join(" / ")
     };
     let rounds_text = format!(
-        "rounds: direct {}, through a member {}, no NAT {} MiB/s; member/direct per round {}; the member that passed the packets on: {}",
+        "rounds: direct {}, through a member {}, no NAT {} MiB/s; member/direct per round {}; the members a→b/b→a went through (a's and b's routes): {}",
         list(&thr_direct),
         list(&thr_member),
         list(&thr_plain),
         ratios.join(" "),
-        relays.join(", ")
+        went.join(", ")
     );
     let thr_direct = pct(&mut thr_direct, 0.5);
     let thr_member = pct(&mut thr_member, 0.5);
@@ -273,7 +294,7 @@ fn main() {
         thr_member / thr_direct
     );
     println!(
-        "  CPU seconds per GiB of the stream, medians (sender, receiver[, member]; the whole machine, of it soft interrupts):\n    direct {}\n    through a member {}",
+        "  CPU seconds per GiB of the stream, medians (sender, receiver[, the members m, c and d together]; the whole machine, of it soft interrupts):\n    direct {}\n    through a member {}",
         cpu_direct.text(),
         cpu_member.text()
     );
@@ -327,15 +348,18 @@ struct Cpu {
 }
 
 impl Cpu {
-    fn of(&mut self, nodes: &[&Node], mib: usize, stream: impl FnOnce() -> f64) -> f64 {
-        let before: Vec<f64> = nodes.iter().map(|n| cpu_secs(n.pid())).collect();
+    /// Runs `stream` and records the CPU each group of daemons spent on it (summed
+    /// within a group) per GiB.
+    fn of(&mut self, groups: &[&[&Node]], mib: usize, stream: impl FnOnce() -> f64) -> f64 {
+        let spent = |g: &[&Node]| g.iter().map(|n| cpu_secs(n.pid())).sum::<f64>();
+        let before: Vec<f64> = groups.iter().map(|g| spent(g)).collect();
         let (busy0, soft0) = machine_cpu_secs();
         let thr = stream();
         let (busy1, soft1) = machine_cpu_secs();
         let gib = mib as f64 / 1024.0;
-        self.daemons.resize(nodes.len(), Vec::new());
-        for (i, n) in nodes.iter().enumerate() {
-            self.daemons[i].push((cpu_secs(n.pid()) - before[i]) / gib);
+        self.daemons.resize(groups.len(), Vec::new());
+        for (i, g) in groups.iter().enumerate() {
+            self.daemons[i].push((spent(g) - before[i]) / gib);
         }
         self.machine.push((busy1 - busy0) / gib);
         self.softirq.push((soft1 - soft0) / gib);
