@@ -434,5 +434,8 @@ fn relayed_streams_take_their_origin_s_places_not_the_relay_s() {
     let (_s, v) = open(a, 99);
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("32 streams from alpha relayed by members"), "{msg}");
+    assert!(
+        msg.contains("32 streams from alpha relayed by members"),
+        "{msg}"
+    );
 }

@@ -269,26 +269,24 @@ impl Node {
         (s, serde_json::from_slice(&line).unwrap())
     }
 
-    /// Listens for `service` on this daemon and accepts every stream announced, each on a
-    /// connection of its own, which comes out of the receiver once the `accept` request
-    /// is written (keep it open to keep the stream). Listening ends when the receiver is
-    /// dropped and the next stream is announced, or when the daemon stops.
+    /// Listens for `service` and accepts every stream announced, each on a connection of
+    /// its own that comes out of the receiver (keep it to keep the stream); until the
+    /// receiver is dropped and the next stream is announced, or the daemon stops.
     pub fn accept_all(&self, service: &str) -> std::sync::mpsc::Receiver<UnixStream> {
-        use std::io::BufRead;
-        let req = serde_json::json!({"id": 1, "cmd": "listen", "service": service});
-        let (listener, v) = self.request(req);
+        let (listener, v) =
+            self.request(serde_json::json!({"id": 1, "cmd": "listen", "service": service}));
         assert_eq!(v["ok"], true, "listen {service}: {v}");
         listener.set_read_timeout(None).unwrap();
         let (tx, accepted) = std::sync::mpsc::channel();
         let sock = self.socket();
-        let service = service.to_string();
+        let what = format!("listen {service}: not a stream announced");
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(listener).lines() {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(listener)) {
                 let Ok(line) = line else { break };
                 let ev: Value = serde_json::from_str(&line).unwrap();
-                let Some(token) = ev["stream"].as_str() else {
-                    panic!("listen {service}: not a stream announced: {line}");
-                };
+                let token = ev["stream"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: {line}"));
                 let mut s = UnixStream::connect(&sock).unwrap();
                 let req = serde_json::json!({"id": 1, "cmd": "accept", "stream": token});
                 writeln!(s, "{req}").unwrap();
