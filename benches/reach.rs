@@ -137,7 +137,7 @@ fn main() {
 
     // Throughput, in rounds that alternate between three transfers so that what else the
     // machine runs weighs on each alike: a→b through a member (a firewall between their
-    // routers; over a and b's own connection, whose packets a member passes on), c→d
+    // routers; over a and b's own connection, whose packets m passes on), c→d
     // directly across two other home routers of the same kind, and p→q with no NAT.
     let mut a = quiet(net.node(ha, "a"));
     let mut b = quiet(net.node(hb, "b"));

@@ -403,14 +403,14 @@ fn the_relay_carries_a_bounded_number_of_one_member_s_streams() {
     });
 }
 
-/// A stream relayed by beta counts at gamma against alpha, which opened it (and signed its
-/// origin), not against beta: alpha holding all the relayed streams it may at gamma's
-/// listener leaves beta's own streams their places, and alpha's next one is refused
-/// naming alpha.
+/// A stream relayed by beta takes at gamma one of beta's places and one of alpha's share
+/// of streams relayed by members (half of them): alpha, which opened it (and signed its
+/// origin), cannot take all of beta's places, so beta's own streams keep theirs, and
+/// alpha's next one past its share is refused naming alpha.
 #[test]
-fn relayed_streams_take_their_origin_s_places_not_the_relay_s() {
+fn relayed_streams_take_their_origin_s_share_of_the_relay_s_places() {
     use serde_json::json;
-    const BOUND: usize = 32; // budget::PEER_LISTENED
+    const SHARE: usize = 16; // budget::relayed_share(PEER_LISTENED)
     let Some(l) = line("ro", |_| {}) else { return };
     let (a, b, c) = (&l.nodes[0], &l.nodes[1], &l.nodes[2]);
     let accepted = c.accept_all("held");
@@ -418,24 +418,30 @@ fn relayed_streams_take_their_origin_s_places_not_the_relay_s() {
         n.request(json!({"id": i, "cmd": "connect", "peer": "gamma", "service": "held"}))
     };
     let mut held = Vec::new();
-    for i in 0..BOUND {
+    for i in 0..SHARE {
         let (s, v) = open(a, i);
         assert_eq!(v["ok"], true, "alpha's stream {i}: {v}");
         held.push((s, accepted.recv_timeout(DEADLINE).expect("accepted")));
     }
     wait_until("beta to have relayed alpha's streams", || {
-        relay_counts(b).0 >= BOUND
+        relay_counts(b).0 >= SHARE
     });
-    // beta's own stream still has its place.
-    let (s, v) = open(b, 98);
-    assert_eq!(v["ok"], true, "beta's own stream: {v}");
-    held.push((s, accepted.recv_timeout(DEADLINE).expect("accepted")));
     // alpha's next is refused, naming alpha.
     let (_s, v) = open(a, 99);
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains("32 streams from alpha relayed by members"),
+        msg.contains("16 streams from alpha relayed by members"),
         "{msg}"
     );
+    // beta's own streams still have their places: the rest of its 32.
+    for i in SHARE..32 {
+        let (s, v) = open(b, i);
+        assert_eq!(v["ok"], true, "beta's own stream {i}: {v}");
+        held.push((s, accepted.recv_timeout(DEADLINE).expect("accepted")));
+    }
+    let (_s, v) = open(b, 98);
+    assert_eq!(v["error"]["code"], "queue_full", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("32 streams from beta"), "{msg}");
 }

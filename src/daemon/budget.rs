@@ -20,22 +20,28 @@ pub const PEER_BYTES: u64 = 40 * 1024 * 1024;
 pub const TOTAL_BYTES: u64 = 160 * 1024 * 1024;
 /// A peer's message streams read at once (the others wait, unread).
 pub const PEER_STREAMS: usize = 32;
-/// A member's application streams handed to local listeners at once (announced, waiting
-/// for `accept`, or accepted): each accepted one holds one of the control socket's 128
+/// Application streams one member's connection brings to local listeners at once
+/// (announced, waiting for `accept`, or accepted), its own and those it relays for
+/// others (`relay_stream.rs`): each accepted one holds one of the control socket's 128
 /// client slots for its life (with `listen --exec`, a process too), so a member, even a
 /// stolen one, takes at most a quarter of them and `cnspr remove` still gets a slot.
-/// One more is refused at once (`queue_full`). The streams another member relays
-/// (`relay_stream.rs`) count as their origin's, whose proof this device checked, in
-/// places of their own, this many and [`PEER_EXPOSED`] apart from its direct streams:
-/// a relay that keeps streams open fills none of the places of the origin's direct
-/// streams or of the relay's own.
+/// One more is refused at once (`queue_full`).
 pub const PEER_LISTENED: usize = 32;
-/// A peer's application streams forwarded to exposed targets at once: each holds a TCP or
-/// UNIX connection (a descriptor) here. One more is refused at once (`queue_full`).
+/// The same for exposed targets: each stream holds a TCP or UNIX connection (a
+/// descriptor) here.
 pub const PEER_EXPOSED: usize = 256;
+/// Of a relay's places ([`PEER_LISTENED`], [`PEER_EXPOSED`]), the most that the streams
+/// of one origin relayed by members take (its proof checked here), whatever relays carry
+/// them: half, so one member cannot fill the places of a relay that carries others'
+/// streams and its own, and a relay that keeps an origin's streams open fills none of
+/// the places of that origin's direct streams.
+pub fn relayed_share(bound: usize) -> usize {
+    bound / 2
+}
 /// Streams of one member this device carries at once as their relay, between it and
 /// another member it has no path of its own to (each two QUIC streams and a task here;
-/// at the target it takes one of its origin's places). One more is refused at once
+/// at the target, one of this device's places and one of its origin's relayed share).
+/// One more is refused at once
 /// (`queue_full`). Streams are relayed this way only until the two ends have a connection
 /// of their own through this device (docs/reach.md).
 pub const PEER_RELAYED: usize = 64;
@@ -59,9 +65,12 @@ struct Peer {
     bytes: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     messages: Arc<Semaphore>,
-    /// Places for direct streams (index 0) and relayed ones (index 1).
-    listened: [Arc<Semaphore>; 2],
-    exposed: [Arc<Semaphore>; 2],
+    /// Places of the streams this member's connection brings (its own and relayed).
+    listened: Arc<Semaphore>,
+    exposed: Arc<Semaphore>,
+    /// Places of this member's streams that other members relay here.
+    listened_relayed: Arc<Semaphore>,
+    exposed_relayed: Arc<Semaphore>,
     relayed: Arc<Semaphore>,
 }
 
@@ -71,6 +80,15 @@ pub struct Budgets {
     peers: Mutex<HashMap<DeviceId, Arc<Peer>>>,
     /// Messages one peer may have between its body and the end of its handlers.
     peer_messages: usize,
+}
+
+/// Which bound refused an application stream ([`Budgets::try_app_stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The connection's member holds [`PEER_LISTENED`] or [`PEER_EXPOSED`] streams.
+    Carrier,
+    /// The origin's streams relayed by members hold their [`relayed_share`].
+    Origin,
 }
 
 /// Budget held; given back when dropped.
@@ -104,8 +122,10 @@ impl Budgets {
                     bytes: Arc::new(Semaphore::new(units(PEER_BYTES) as usize)),
                     streams: Arc::new(Semaphore::new(PEER_STREAMS)),
                     messages: Arc::new(Semaphore::new(self.peer_messages)),
-                    listened: std::array::from_fn(|_| Arc::new(Semaphore::new(PEER_LISTENED))),
-                    exposed: std::array::from_fn(|_| Arc::new(Semaphore::new(PEER_EXPOSED))),
+                    listened: Arc::new(Semaphore::new(PEER_LISTENED)),
+                    exposed: Arc::new(Semaphore::new(PEER_EXPOSED)),
+                    listened_relayed: Arc::new(Semaphore::new(relayed_share(PEER_LISTENED))),
+                    exposed_relayed: Arc::new(Semaphore::new(relayed_share(PEER_EXPOSED))),
                     relayed: Arc::new(Semaphore::new(PEER_RELAYED)),
                 })
             })
@@ -121,20 +141,39 @@ impl Budgets {
         })
     }
 
-    /// A place for one of `peer`'s application streams, handed to a listener
-    /// (`listened`) or forwarded to an exposed target, opened directly or `relayed` by
-    /// another member; `None` while it has [`PEER_LISTENED`] or [`PEER_EXPOSED`] of that
-    /// kind and way.
-    pub fn try_app_stream(&self, peer: DeviceId, listened: bool, relayed: bool) -> Option<Held> {
-        let p = self.peer(peer);
-        let kind = if listened { &p.listened } else { &p.exposed };
-        let permit = kind[usize::from(relayed)]
-            .clone()
-            .try_acquire_owned()
-            .ok()?;
-        Some(Held {
-            _permits: vec![permit],
-        })
+    /// A place for an application stream that `carrier`'s connection brings, handed to a
+    /// listener (`listened`) or forwarded to an exposed target, opened by `origin` (the
+    /// carrier itself, or a member it relays for); `Err` names the bound that is full.
+    pub fn try_app_stream(
+        &self,
+        carrier: DeviceId,
+        origin: DeviceId,
+        listened: bool,
+    ) -> Result<Held, Full> {
+        let c = self.peer(carrier);
+        let mut permits = Vec::with_capacity(2);
+        if origin != carrier {
+            let o = self.peer(origin);
+            let share = if listened {
+                &o.listened_relayed
+            } else {
+                &o.exposed_relayed
+            };
+            permits.push(
+                share
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Full::Origin)?,
+            );
+        }
+        let places = if listened { &c.listened } else { &c.exposed };
+        permits.push(
+            places
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Full::Carrier)?,
+        );
+        Ok(Held { _permits: permits })
     }
 
     /// A place for one of `peer`'s streams that this device relays; `None` while it has
@@ -213,40 +252,53 @@ mod tests {
         let b = Budgets::default();
         let (p, q) = (DeviceId([1; 32]), DeviceId([2; 32]));
         let mut listened: Vec<Held> = (0..PEER_LISTENED)
-            .map(|_| b.try_app_stream(p, true, false).expect("a place"))
+            .map(|_| b.try_app_stream(p, p, true).expect("a place"))
             .collect();
-        assert!(b.try_app_stream(p, true, false).is_none());
+        assert_eq!(b.try_app_stream(p, p, true).unwrap_err(), Full::Carrier);
         assert!(
-            b.try_app_stream(q, true, false).is_some(),
+            b.try_app_stream(q, q, true).is_ok(),
             "another peer has room"
         );
         let exposed: Vec<Held> = (0..PEER_EXPOSED)
-            .map(|_| b.try_app_stream(p, false, false).expect("a place"))
+            .map(|_| b.try_app_stream(p, p, false).expect("a place"))
             .collect();
-        assert!(b.try_app_stream(p, false, false).is_none());
+        assert!(b.try_app_stream(p, p, false).is_err());
         listened.pop();
-        assert!(
-            b.try_app_stream(p, true, false).is_some(),
-            "a place came back"
-        );
+        assert!(b.try_app_stream(p, p, true).is_ok(), "a place came back");
         drop(exposed);
-        assert!(b.try_app_stream(p, false, false).is_some());
+        assert!(b.try_app_stream(p, p, false).is_ok());
     }
 
     #[test]
-    fn relayed_app_streams_have_places_apart_from_direct_ones() {
+    fn relayed_app_streams_take_the_relay_s_place_and_their_origin_s_share() {
         let b = Budgets::default();
-        let p = DeviceId([1; 32]);
-        let relayed: Vec<Held> = (0..PEER_LISTENED)
-            .map(|_| b.try_app_stream(p, true, true).expect("a place"))
+        let (relay, origin, other) = (DeviceId([1; 32]), DeviceId([2; 32]), DeviceId([3; 32]));
+        let share = relayed_share(PEER_LISTENED);
+        let relayed: Vec<Held> = (0..share)
+            .map(|_| b.try_app_stream(relay, origin, true).expect("a place"))
             .collect();
-        assert!(b.try_app_stream(p, true, true).is_none());
-        assert!(
-            b.try_app_stream(p, true, false).is_some(),
-            "direct streams keep their places"
+        // The origin's share is full, whatever relay carries the next.
+        assert_eq!(
+            b.try_app_stream(relay, origin, true).unwrap_err(),
+            Full::Origin
+        );
+        assert_eq!(
+            b.try_app_stream(other, origin, true).unwrap_err(),
+            Full::Origin
+        );
+        // Its direct streams and the relay's own keep their places.
+        assert!(b.try_app_stream(origin, origin, true).is_ok());
+        let own: Vec<Held> = (share..PEER_LISTENED)
+            .map(|_| b.try_app_stream(relay, relay, true).expect("a place"))
+            .collect();
+        // The relay's places are shared by its own streams and those it relays.
+        assert_eq!(
+            b.try_app_stream(relay, other, true).unwrap_err(),
+            Full::Carrier
         );
         drop(relayed);
-        assert!(b.try_app_stream(p, true, true).is_some());
+        assert!(b.try_app_stream(relay, origin, true).is_ok());
+        drop(own);
     }
 
     #[tokio::test]

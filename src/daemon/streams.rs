@@ -18,7 +18,7 @@ use transport::frame::{read_frame, write_frame};
 use transport::quinn::{RecvStream, SendStream};
 use transport::{DeviceId, IncomingStream, StreamKind};
 
-use super::budget::{Held, PEER_EXPOSED, PEER_LISTENED};
+use super::budget::{relayed_share, Full, Held, PEER_EXPOSED, PEER_LISTENED};
 use super::context::Daemon;
 use super::errors::StreamError;
 use super::services::{new_token, validate_service, Announce, Pending, Target, ACCEPT_WAIT};
@@ -130,12 +130,11 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
             return;
         }
     }
-    // From here on the stream is its origin's: a relayed one was proven above to come
-    // from the member it names (signed by it, and never taken before), so it takes that
-    // member's places here (budget.rs), not the relay's: one member cannot fill the
-    // places of a relay that carries others' streams too. Its relayed streams have
-    // places apart from its direct ones, which a relay holding streams cannot fill.
-    let relayed = origin != peer;
+    // The member whose connection carries the stream (for a relayed one, the relay): its
+    // places here are bounded, and a relayed stream, proven above to come from the
+    // member it names (signed by it, never taken before), also takes one of that
+    // origin's share (budget.rs).
+    let carrier = peer;
     let peer = origin;
     if let Err(e) = validate_service(&service) {
         let _ = write_frame(&mut send, &app_err(e.code, e.message), MAX_APP_FRAME).await;
@@ -152,7 +151,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         )
     };
     if let Some(target) = expose {
-        let Some(_turn) = take_turn(&d, peer, false, relayed, &service, &mut send).await else {
+        let Some(_turn) = take_turn(&d, carrier, peer, false, &service, &mut send).await else {
             return;
         };
         let res = match &target {
@@ -217,7 +216,7 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
         let _ = send.finish();
         return;
     };
-    let Some(turn) = take_turn(&d, peer, true, relayed, &service, &mut send).await else {
+    let Some(turn) = take_turn(&d, carrier, peer, true, &service, &mut send).await else {
         return;
     };
     let token = new_token();
@@ -256,32 +255,47 @@ pub async fn serve(d: Arc<Daemon>, s: IncomingStream) {
     }
 }
 
-/// A place for one more stream of `origin` to a listener (`listened`) or an exposed
-/// target, opened directly or `relayed` by another member; `None` after refusing the
-/// stream with `queue_full` when it holds its bound.
+/// A place for one more stream that `carrier` brings from `origin` (itself, or a member
+/// it relays for) to a listener (`listened`) or an exposed target; `None` after refusing
+/// the stream with `queue_full` when a bound is full.
 async fn take_turn(
     d: &Daemon,
+    carrier: DeviceId,
     origin: DeviceId,
     listened: bool,
-    relayed: bool,
     service: &str,
     send: &mut SendStream,
 ) -> Option<Held> {
-    if let Some(t) = d.budgets.try_app_stream(origin, listened, relayed) {
-        return Some(t);
-    }
+    let full = match d.budgets.try_app_stream(carrier, origin, listened) {
+        Ok(t) => return Some(t),
+        Err(full) => full,
+    };
     let (bound, kind) = if listened {
         (PEER_LISTENED, "handed to listeners")
     } else {
         (PEER_EXPOSED, "forwarded to exposed targets")
     };
-    let way = if relayed { " relayed by members" } else { "" };
-    let by = d.peers().name_of(&origin).unwrap_or_default();
+    let name = |id: &DeviceId| d.peers().name_of(id).unwrap_or_default();
+    let why = match full {
+        Full::Carrier if carrier == origin => format!(
+            "it already has {bound} streams from {} {kind} (the most it takes from one member)",
+            name(&carrier)
+        ),
+        Full::Carrier => format!(
+            "it already has {bound} streams through {} {kind}, its own and those it relays (the most it takes from one member)",
+            name(&carrier)
+        ),
+        Full::Origin => format!(
+            "it already has {} streams from {} relayed by members {kind} (the most it takes from one member through relays)",
+            relayed_share(bound),
+            name(&origin)
+        ),
+    };
     let msg = format!(
-        "service {service:?} on {}: it already has {bound} streams from {by}{way} {kind} (the most it takes from one member); retry once one has ended",
+        "service {service:?} on {}: {why}; retry once one has ended",
         d.identity.name
     );
-    debug!(%service, peer = %by, relayed, "stream refused: the member's streams are at their bound");
+    debug!(%service, ?full, "stream refused: {why}");
     let _ = write_frame(send, &app_err(code::QUEUE_FULL, msg), MAX_APP_FRAME).await;
     let _ = send.finish();
     None
