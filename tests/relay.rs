@@ -444,4 +444,41 @@ fn relayed_streams_take_their_origin_s_share_of_the_relay_s_places() {
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("32 streams from beta"), "{msg}");
+    // Places come back as streams end. One of alpha's ends, beta takes its place: alpha's
+    // next is refused at beta's bound, and keeps none of its own share for that.
+    type Held = Vec<(
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    )>;
+    let take = |n: &Node, held: &mut Held, what: &str| {
+        wait_until(what, || {
+            let (s, v) = open(n, 97);
+            if v["ok"] == true {
+                held.push((s, accepted.recv_timeout(DEADLINE).expect("accepted")));
+                return true;
+            }
+            assert_eq!(v["error"]["code"], "queue_full", "{v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(!msg.contains("relayed by members"), "{msg}");
+            false
+        })
+    };
+    drop(held.remove(0));
+    take(
+        b,
+        &mut held,
+        "a place for beta once one of alpha's streams ended",
+    );
+    let (_s, v) = open(a, 100);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("32 streams from beta") && msg.contains("those it relays"),
+        "{msg}"
+    );
+    drop(held.pop());
+    take(
+        a,
+        &mut held,
+        "a place for alpha once one of beta's streams ended",
+    );
 }

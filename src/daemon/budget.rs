@@ -291,11 +291,19 @@ mod tests {
         let own: Vec<Held> = (share..PEER_LISTENED)
             .map(|_| b.try_app_stream(relay, relay, true).expect("a place"))
             .collect();
-        // The relay's places are shared by its own streams and those it relays.
+        // The relay's places are shared by its own streams and those it relays; a stream
+        // refused there keeps none of its origin's share.
         assert_eq!(
             b.try_app_stream(relay, other, true).unwrap_err(),
             Full::Carrier
         );
+        let whole: Vec<Held> = (0..share)
+            .map(|_| {
+                b.try_app_stream(origin, other, true)
+                    .expect("other's share is whole")
+            })
+            .collect();
+        drop(whole);
         drop(relayed);
         assert!(b.try_app_stream(relay, origin, true).is_ok());
         drop(own);

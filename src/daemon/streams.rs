@@ -277,12 +277,8 @@ async fn take_turn(
     };
     let name = |id: &DeviceId| d.peers().name_of(id).unwrap_or_default();
     let why = match full {
-        Full::Carrier if carrier == origin => format!(
-            "it already has {bound} streams from {} {kind} (the most it takes from one member)",
-            name(&carrier)
-        ),
         Full::Carrier => format!(
-            "it already has {bound} streams through {} {kind}, its own and those it relays (the most it takes from one member)",
+            "it already has {bound} streams from {} {kind}, its own and those it relays for others (the most it takes from one member)",
             name(&carrier)
         ),
         Full::Origin => format!(
