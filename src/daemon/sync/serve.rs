@@ -56,8 +56,7 @@ async fn session(
     let store = d.store.clone();
     let mut feed = store.subscribe();
     let mut rx = reader::<Up>(recv, MAX_UP, UP_QUEUE);
-    let hello = next(&mut rx).await?;
-    let (mut server, report) = with_own(&store, |own| Server::start(hello.clone(), own)).await?;
+    let (mut server, report) = with_own(&store, next(&mut rx).await?, Server::start).await?;
     st.report(peer.0, &report);
     let reads = st.reads_of(peer);
     let s = store.clone();
@@ -93,30 +92,34 @@ async fn session(
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             frame = next(&mut rx) => {
-                let frame = frame?;
-                let vv = with_own(&store, |own| server.on_frame(frame.clone(), own)).await?;
+                let vv = with_own(&store, frame?, |f, own| server.on_frame(f, own)).await?;
                 st.report(peer.0, &vv);
             }
         }
     }
 }
 
-/// Runs `check` of what the puller claims with this store's own origin. When it refuses a
+/// Runs `check` of the puller's `frame` with this store's own origin. When it refuses a
 /// claim of more writes of that origin than the store numbered (only a member that made
 /// it up sends one), the store starts a new epoch (unless one is too recent), and then the
 /// claim is about an origin that is no longer its own (docs/store.md, "A claim on this
 /// store's own origin"); `check` runs once more.
 pub(super) async fn with_own<T>(
     store: &Store,
-    mut check: impl FnMut(Own) -> Result<T, SyncError>,
+    frame: Up,
+    mut check: impl FnMut(Up, Own) -> Result<T, SyncError>,
 ) -> Result<T, SyncError> {
     let own = store.own();
-    match check(own) {
+    // Only a frame with a vector can carry the claim: a copy of it (bounded) for the
+    // second run; a reconciliation reply goes on uncopied.
+    let again = (!matches!(frame, Up::Recon(_))).then(|| frame.clone());
+    match check(frame, own) {
         Err(e @ SyncError::Refused(Refusal::OwnOrigin { .. })) => {
+            let Some(frame) = again else { return Err(e) };
             // A new epoch now, or one started meanwhile (a delta carrying the same claim).
             let renewed = store.renew_epoch(own.origin).await?;
             if renewed || store.own().origin != own.origin {
-                check(store.own())
+                check(frame, store.own())
             } else {
                 Err(e)
             }
@@ -172,7 +175,7 @@ async fn reconcile(
         send_within(send, &m).await?;
         let reply = loop {
             let frame = within(next(rx)).await?;
-            match with_own(store, |own| server.on_recon_frame(frame.clone(), own)).await? {
+            match with_own(store, frame, |f, own| server.on_recon_frame(f, own)).await? {
                 Heard::Reply(r) => break r,
                 Heard::Report(vv) => st.report(peer.0, &vv),
             }

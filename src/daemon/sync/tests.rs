@@ -513,9 +513,7 @@ async fn a_puller_claiming_this_store_s_own_writes_makes_a_new_epoch_once_a_minu
         vv: [(o, 9)].into_iter().collect(),
         items: 0,
     };
-    let (server, theirs) = with_own(&store, |own| Server::start(claim(first), own))
-        .await
-        .unwrap();
+    let (server, theirs) = with_own(&store, claim(first), Server::start).await.unwrap();
     let second = store.origin();
     assert_ne!(second, first);
     assert_eq!(theirs.get(&first), 9);
@@ -524,7 +522,7 @@ async fn a_puller_claiming_this_store_s_own_writes_makes_a_new_epoch_once_a_minu
     assert_eq!(delta.changes.len(), 1);
     assert_eq!(delta.changes[0].version.origin, second);
     // The same claim on the new origin in the same minute is refused, as before.
-    let r = with_own(&store, |own| Server::start(claim(second), own)).await;
+    let r = with_own(&store, claim(second), Server::start).await;
     assert!(matches!(
         r,
         Err(SyncError::Refused(Refusal::OwnOrigin {
