@@ -2,10 +2,8 @@
 //! delta's vector (see `claims` and docs/store.md, "What a peer may claim").
 
 use super::super::claims::{backed, check_changes, check_vector, Own, Refusal};
-use super::super::{
-    Change, Delta, Hlc, Origin, StoreError, Version, VersionVector, MAX_ORIGINS, MAX_SEQ,
-};
-use super::{device, open, pull, FakeWall};
+use super::super::{Change, Hlc, Origin, StoreError, Version, VersionVector, MAX_ORIGINS, MAX_SEQ};
+use super::{delta, device, open, pull, refusal, FakeWall};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -19,22 +17,6 @@ fn change(key: &str, origin: Origin, seq: u64, supersedes: Vec<(Origin, u64)>) -
             seq,
         },
         supersedes,
-    }
-}
-
-fn delta(changes: Vec<Change>, through: impl IntoIterator<Item = (Origin, u64)>) -> Delta {
-    Delta {
-        changes,
-        through: through.into_iter().collect(),
-        more: false,
-        batches: vec![],
-    }
-}
-
-fn refusal(r: Result<usize, StoreError>) -> Refusal {
-    match r {
-        Err(StoreError::Refused(refusal)) => refusal,
-        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 

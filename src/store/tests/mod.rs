@@ -18,7 +18,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Device, Origin, Store, StoreConfig, Version, VersionVector};
+use super::claims::Refusal;
+use super::{
+    Change, Delta, Device, Origin, Store, StoreConfig, StoreError, Version, VersionVector,
+};
 
 /// A deterministic device.
 pub(super) fn device(n: u8) -> Device {
@@ -28,6 +31,27 @@ pub(super) fn device(n: u8) -> Device {
 /// A deterministic origin (device `n`, epoch 0) for changes made by hand.
 pub(super) fn origin(n: u8) -> Origin {
     Origin::new(device(n), 0)
+}
+
+/// A delta of `changes` whose vector is `through`, as a peer sends it.
+pub(super) fn delta(
+    changes: Vec<Change>,
+    through: impl IntoIterator<Item = (Origin, u64)>,
+) -> Delta {
+    Delta {
+        changes,
+        through: through.into_iter().collect(),
+        more: false,
+        batches: vec![],
+    }
+}
+
+/// The refusal `r` is; panics on anything else.
+pub(super) fn refusal(r: Result<usize, StoreError>) -> Refusal {
+    match r {
+        Err(StoreError::Refused(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 /// A settable wall clock.

@@ -4,8 +4,8 @@
 
 use super::super::batch::BatchOp;
 use super::super::claims::Refusal;
-use super::super::{Change, Delta, Hlc, Origin, StoreError, Version, VersionVector};
-use super::{device, dump, open, pull, FakeWall};
+use super::super::{Change, Delta, Hlc, Origin, Version, VersionVector};
+use super::{delta, device, dump, open, pull, refusal, FakeWall};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -22,22 +22,12 @@ fn forged(key: &str, origin: Origin, claim: (Origin, u64)) -> Delta {
         },
         supersedes: vec![claim],
     };
-    Delta {
-        changes: vec![change],
-        through: [(origin, 1), claim].into_iter().collect(),
-        more: false,
-        batches: vec![],
-    }
+    delta(vec![change], [(origin, 1), claim])
 }
 
 /// A delta whose vector alone claims `origin` up to 1000.
 fn claim(origin: Origin) -> Delta {
-    Delta {
-        changes: vec![],
-        through: [(origin, 1000)].into_iter().collect(),
-        more: false,
-        batches: vec![],
-    }
+    delta(vec![], [(origin, 1000)])
 }
 
 fn keys(names: &[&str]) -> Vec<String> {
@@ -157,13 +147,14 @@ async fn a_new_epoch_waits_a_minute_then_twice_as_long_each_time() {
     assert_ne!(second, first);
     // The same claim on the new origin within the minute is refused, as before.
     wall.set(T0 + 59_000);
-    match a.apply_delta(claim(second), peer).await {
-        Err(StoreError::Refused(Refusal::OwnOrigin {
+    let r = a.apply_delta(claim(second), peer).await;
+    assert!(matches!(
+        refusal(r),
+        Refusal::OwnOrigin {
             claimed: 1000,
-            held: 1,
-        })) => {}
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+            held: 1
+        }
+    ));
     assert!(!a.renew_epoch(second).await.unwrap());
     assert_eq!(a.origin(), second);
     // After it, a new one.
