@@ -194,16 +194,29 @@ fn main() {
             .unwrap_or_else(|| "none".to_string())
     };
     let routes = || format!("{}/{}", route(&a, "b"), route(&b, "a"));
+    // Datagrams m passed on so far: a round whose stream m joined instead (its own
+    // streams to a and b, decrypted and encrypted again) passes next to none on.
+    let passed = || {
+        m.json(&["status"])["forwarded_for_members"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let mut went = Vec::new();
+    let mut joined = Vec::new();
     for round in 0..rounds {
         thr_direct.push(cpu_direct.of(&[&[&c], &[&d]], mib, || stream_of(&c, &d, "d", mib)));
         let before = routes();
         let perf =
             (round == 0).then(|| perf_of(&[("a", &a), ("b", &b), ("m", &m), ("c", &c), ("d", &d)]));
         let members: &[&Node] = &[&m, &c, &d];
+        let passed_before = passed();
         thr_member.push(cpu_member.of(&[&[&a], &[&b], members], mib, || {
             stream_of(&a, &b, "b", mib)
         }));
+        // Fewer datagrams passed on than half the stream's 1,452-byte ones: joined.
+        if (passed() - passed_before) < (mib as u64) << 20 / 1452 / 2 {
+            joined.push(round + 1);
+        }
         drop(perf);
         let after = routes();
         went.push(if after == before {
@@ -249,6 +262,13 @@ fn main() {
         ratios.join(" "),
         went.join(", ")
     );
+    let joined_text = if joined.is_empty() {
+        "m passed the packets on in every round".to_string()
+    } else {
+        format!(
+            "m joined the stream (decrypted and encrypted it) instead of passing the packets on in round(s) {joined:?}"
+        )
+    };
     let thr_direct = pct(&mut thr_direct, 0.5);
     let thr_member = pct(&mut thr_member, 0.5);
     let thr_plain = pct(&mut thr_plain, 0.5);
@@ -289,7 +309,7 @@ fn main() {
         );
     }
     println!(
-        "  {mib} MiB stream, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through a member {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}",
+        "  {mib} MiB stream, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through a member {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}\n    {joined_text}",
         thr_direct / thr_plain,
         thr_member / thr_direct
     );

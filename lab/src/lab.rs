@@ -114,6 +114,17 @@ impl Lab {
             switch: switch.clone(),
             hosts: Vec::new(),
         };
+        // The bridges forward frames as a switch does. Where the host has loaded
+        // br_netfilter, every frame a bridge carries would also cross the switch
+        // namespace's IP firewall hooks: work no switch does, charged to the CPU of the
+        // device whose send crossed the bridge.
+        for family in ["iptables", "ip6tables", "arptables"] {
+            let key = format!("net.bridge.bridge-nf-call-{family}=0");
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &switch, "sysctl", "-qw", &key])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         for br in bridges {
             assert!(ip(&[
                 "-n", &switch, "link", "add", "name", br, "type", "bridge"

@@ -6,8 +6,9 @@
 //! takes them only from the address of a member it is connected to directly (that
 //! connection's TLS proved who sends from there), and only for another such member; it
 //! rewrites the header in place to `MARKER | sender ID | packet` and sends the datagrams
-//! on to the peer's address in one system call, as they came (a burst that arrived in
-//! one GRO entry leaves as one segmented send). The peer's socket takes relayed
+//! on to the peer's address, the entries read in one wake-up for one peer joined into
+//! as few segmented sends as [`join`] allows (a sender's burst often arrives as several
+//! entries). The peer's socket takes relayed
 //! datagrams from the addresses of its directly connected members as from a relay, so
 //! the two devices keep one QUIC connection of their own, end to end, whose packets the
 //! member passes on without decrypting them: far cheaper for it than joining two streams
@@ -89,6 +90,51 @@ pub fn rewrite(buf: &mut [u8], len: usize, stride: usize, from: &DeviceId) -> Op
     Some(target)
 }
 
+/// Most bytes in one segmented send (UDP's 64 KiB, less headers, rounded down).
+pub const SEND_BYTES: usize = 65_000;
+
+/// One received entry to pass on: to `to` (as the socket writes it), `len` bytes in
+/// datagrams of `stride` bytes, the last maybe shorter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub to: SocketAddr,
+    pub stride: usize,
+    pub len: usize,
+}
+
+/// The sends for the entries passed on in one wake-up. A sender's burst often arrives as
+/// several entries read at once (quinn hands the socket at most ten datagrams a send),
+/// and each system call and each packet buffer the network stack handles costs the
+/// member more than the bytes in it: entries for one address whose datagrams have one
+/// size leave together while every entry but the last ends on a whole datagram (a
+/// segmented send has equal datagrams, the last maybe shorter) and the send stays
+/// within `max_segments` datagrams and `max_bytes`. Returns runs of indices into
+/// `passes`; what goes to one address keeps its order (a reordered QUIC packet can be
+/// taken for lost).
+pub fn join(passes: &[Pass], max_segments: usize, max_bytes: usize) -> Vec<Vec<usize>> {
+    let mut done: Vec<Vec<usize>> = Vec::new();
+    // Runs still open, with their length in bytes.
+    let mut open: Vec<(Vec<usize>, usize)> = Vec::new();
+    for (i, p) in passes.iter().enumerate() {
+        if let Some(k) = open.iter().position(|(run, _)| passes[run[0]].to == p.to) {
+            let len = open[k].1;
+            let fits = passes[open[k].0[0]].stride == p.stride
+                && len % p.stride == 0
+                && len + p.len <= max_bytes
+                && (len + p.len).div_ceil(p.stride) <= max_segments;
+            if fits {
+                open[k].0.push(i);
+                open[k].1 += p.len;
+                continue;
+            }
+            done.push(open.remove(k).0);
+        }
+        open.push((vec![i], p.len));
+    }
+    done.extend(open.into_iter().map(|(run, _)| run));
+    done
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +144,49 @@ mod tests {
         v.extend_from_slice(&[target; 32]);
         v.extend_from_slice(body);
         v
+    }
+
+    fn pass(to: u16, stride: usize, len: usize) -> Pass {
+        Pass {
+            to: SocketAddr::from(([192, 0, 2, 1], to)),
+            stride,
+            len,
+        }
+    }
+
+    #[test]
+    fn entries_of_a_burst_leave_in_one_send_within_its_bounds() {
+        // Two full entries and a short one for one address: one send.
+        let p = [pass(1, 100, 1000), pass(1, 100, 1000), pass(1, 100, 950)];
+        assert_eq!(join(&p, 64, SEND_BYTES), vec![vec![0, 1, 2]]);
+        // At 25 datagrams a send, the third entry starts a second one.
+        assert_eq!(join(&p, 25, SEND_BYTES), vec![vec![0, 1], vec![2]]);
+        // Likewise at 2,500 bytes.
+        assert_eq!(join(&p, 64, 2500), vec![vec![0, 1], vec![2]]);
+    }
+
+    #[test]
+    fn only_whole_datagrams_of_one_size_for_one_address_join() {
+        // After a short last datagram nothing joins; its address's order is kept.
+        let p = [pass(1, 100, 950), pass(1, 100, 1000), pass(1, 100, 1000)];
+        assert_eq!(join(&p, 64, SEND_BYTES), vec![vec![0], vec![1, 2]]);
+        // An entry of another size ends its address's run (the order of what goes to
+        // one address is kept); an entry for another address in between does not.
+        let p = [
+            pass(1, 100, 1000),
+            pass(2, 100, 1000),
+            pass(1, 90, 900),
+            pass(1, 100, 1000),
+            pass(2, 100, 60),
+            pass(1, 100, 1000),
+        ];
+        assert_eq!(
+            join(&p, 64, SEND_BYTES),
+            vec![vec![0], vec![2], vec![1, 4], vec![3, 5]]
+        );
+        // Lone acknowledgements of one size join; one of another size does not.
+        let p = [pass(1, 60, 60), pass(1, 60, 60), pass(1, 55, 55)];
+        assert_eq!(join(&p, 64, SEND_BYTES), vec![vec![0, 1], vec![2]]);
     }
 
     #[test]

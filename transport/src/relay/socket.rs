@@ -19,6 +19,7 @@ use super::{header_id, is_virtual, virtual_addr, HEADER, MARKER, MAX_DATAGRAM};
 use crate::id::DeviceId;
 use crate::roster::Roster;
 
+mod forward;
 mod frames;
 pub use frames::take_frames;
 
@@ -346,11 +347,17 @@ impl Relays {
 pub struct RelaySocket {
     inner: Arc<dyn AsyncUdpSocket>,
     relays: Arc<Relays>,
+    /// Entries passed on together are copied here ([`member::join`]).
+    joined: Mutex<Vec<u8>>,
 }
 
 impl RelaySocket {
     pub fn new(inner: Arc<dyn AsyncUdpSocket>, relays: Arc<Relays>) -> Arc<RelaySocket> {
-        Arc::new(RelaySocket { inner, relays })
+        Arc::new(RelaySocket {
+            inner,
+            relays,
+            joined: Mutex::new(Vec::with_capacity(member::SEND_BYTES)),
+        })
     }
 
     /// Sends what quinn wrote to the virtual address of a peer through the member that
@@ -429,15 +436,17 @@ impl RelaySocket {
 
 impl RelaySocket {
     /// One entry received from the network, before quinn sees it: a member's request to
-    /// pass datagrams on, relayed datagrams (unwrapped, from their sender's virtual
-    /// address), or the rest. A datagram straight from the network whose source lies in
-    /// the virtual ranges is spoofed (relayed peers get those addresses only here): it is
-    /// dropped, or it would pass for a relayed peer's, which the handshake gate counts as
-    /// validated and as a source of its own.
-    fn screen_entry(&self, buf: &mut [u8], m: &mut RecvMeta) {
+    /// pass datagrams on (rewritten, used up, and returned to be sent), relayed
+    /// datagrams (unwrapped, from their sender's virtual address), or the rest. A
+    /// datagram straight from the network whose source lies in the virtual ranges is
+    /// spoofed (relayed peers get those addresses only here): it is dropped, or it would
+    /// pass for a relayed peer's, which the handshake gate counts as validated and as a
+    /// source of its own.
+    fn screen_entry(&self, buf: &mut [u8], m: &mut RecvMeta) -> Option<member::Pass> {
         if buf.first() == Some(&FORWARD) {
-            self.forward_entry(buf, m);
-        } else if !self.relays.unwrap_in_place(buf, m) && is_virtual(&m.addr) {
+            return self.forward_target(buf, m);
+        }
+        if !self.relays.unwrap_in_place(buf, m) && is_virtual(&m.addr) {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let count = m.len.div_ceil(stride.max(1)) as u64;
             self.relays
@@ -446,57 +455,7 @@ impl RelaySocket {
                 .fetch_add(count, Ordering::Relaxed);
             m.len = 0;
         }
-    }
-
-    /// Passes on an entry of datagrams a member asks us to forward (`member.rs`): all
-    /// for one target, rewritten in place and sent in as few system calls as the socket
-    /// allows; the entry is used up (length 0). An entry that is anything else, or
-    /// not from a member, is left as it is.
-    fn forward_entry(&self, buf: &mut [u8], m: &mut RecvMeta) {
-        let relays = &self.relays;
-        let stride = if m.stride == 0 { m.len } else { m.stride };
-        let Some(from) = lock(&relays.members).at(&m.addr) else {
-            return;
-        };
-        let len = m.len;
-        let Some(target) = member::rewrite(buf, len, stride, &from) else {
-            return;
-        };
-        m.len = 0;
-        // Only to another member connected directly.
-        let to = (target != from)
-            .then(|| lock(&relays.members).addr_of(&target))
-            .flatten();
-        let Some(to) = to else {
-            relays.stats.unroutable.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let destination = super::socket_form(to, relays.v6);
-        let per_call = self
-            .inner
-            .max_transmit_segments()
-            .min(65_000 / stride)
-            .max(1);
-        for group in buf[..len].chunks(stride * per_call) {
-            let n = group.len().div_ceil(stride);
-            // A full socket buffer loses the datagrams, as the network would.
-            if self
-                .inner
-                .try_send(&Transmit {
-                    destination,
-                    ecn: None,
-                    contents: group,
-                    segment_size: (n > 1).then_some(stride),
-                    src_ip: None,
-                })
-                .is_ok()
-            {
-                relays
-                    .stats
-                    .forwarded
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
+        None
     }
 }
 
@@ -530,8 +489,14 @@ impl AsyncUdpSocket for RelaySocket {
                 other => return other,
             };
             let relays = &self.relays;
-            for (b, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
-                self.screen_entry(b, m);
+            let mut passes = Vec::new();
+            for (i, (b, m)) in bufs.iter_mut().zip(meta.iter_mut()).take(n).enumerate() {
+                if let Some(pass) = self.screen_entry(b, m) {
+                    passes.push((i, pass));
+                }
+            }
+            if !passes.is_empty() {
+                self.pass_on(bufs, &passes);
             }
             // What is left: relayed datagrams mixed with others, one by one.
             let mut n = take_frames(bufs, meta, n, |from, frame| {
@@ -545,7 +510,9 @@ impl AsyncUdpSocket for RelaySocket {
                         ecn: None,
                         dst_ip: None,
                     };
-                    self.forward_entry(&mut one, &mut m);
+                    if let Some(pass) = self.forward_target(&mut one, &mut m) {
+                        self.send_on(pass, &one);
+                    }
                     return true;
                 }
                 relays.is_relay(&from) && relays.take(Some(&from), frame).is_some()

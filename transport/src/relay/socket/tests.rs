@@ -135,6 +135,13 @@ fn forward_request(target: &DeviceId, body: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Passes on one entry as the endpoint does.
+fn forward_entry(sock: &RelaySocket, buf: &mut [u8], m: &mut RecvMeta) {
+    if let Some(pass) = sock.forward_target(buf, m) {
+        sock.send_on(pass, &buf[..pass.len]);
+    }
+}
+
 #[tokio::test]
 async fn a_member_passes_on_only_between_two_members_connected_directly() {
     use quinn::Runtime;
@@ -157,7 +164,7 @@ async fn a_member_passes_on_only_between_two_members_connected_directly() {
     // From a, for b: rewritten to `MARKER | a | packet` and sent to b, the entry used up.
     let mut f = forward_request(&b, b"packet");
     let mut m = entry("127.0.0.1:40001", f.len(), f.len());
-    sock.forward_entry(&mut f, &mut m);
+    forward_entry(&sock, &mut f, &mut m);
     assert_eq!(m.len, 0);
     let mut got = [0u8; 64];
     let n = to_b.recv(&mut got).unwrap();
@@ -169,14 +176,14 @@ async fn a_member_passes_on_only_between_two_members_connected_directly() {
     // From an address that is no member: left alone (quinn drops what is not QUIC).
     let mut f = forward_request(&b, b"packet");
     let mut m = entry("127.0.0.1:40002", f.len(), f.len());
-    sock.forward_entry(&mut f, &mut m);
+    forward_entry(&sock, &mut f, &mut m);
     assert_eq!(m.len, f.len());
     assert_eq!(f[0], FORWARD);
     // For a stranger, or back to the sender: used up, passed on to nobody.
     for target in [DeviceId([9; 32]), a] {
         let mut f = forward_request(&target, b"packet");
         let mut m = entry("127.0.0.1:40001", f.len(), f.len());
-        sock.forward_entry(&mut f, &mut m);
+        forward_entry(&sock, &mut f, &mut m);
         assert_eq!(m.len, 0);
     }
     assert_eq!(relays.stats.unroutable.load(Ordering::Relaxed), 2);
@@ -184,7 +191,7 @@ async fn a_member_passes_on_only_between_two_members_connected_directly() {
     // A header with nothing after it is no request.
     let mut f = forward_request(&b, b"");
     let mut m = entry("127.0.0.1:40001", f.len(), f.len());
-    sock.forward_entry(&mut f, &mut m);
+    forward_entry(&sock, &mut f, &mut m);
     assert_eq!(m.len, HEADER);
 }
 
@@ -376,4 +383,116 @@ async fn datagrams_from_the_network_with_a_virtual_source_are_dropped() {
     let mut m = entry("192.0.2.7:9", 1200, 1200);
     sock.screen_entry(&mut b, &mut m);
     assert_eq!(m.len, 1200);
+}
+
+/// A socket that hands out the entries queued in `inbox` and records every send
+/// (destination, length, segment size).
+#[derive(Debug, Default)]
+struct Recorder {
+    inbox: Mutex<VecDeque<(SocketAddr, Vec<u8>, usize)>>,
+    sent: Mutex<Vec<(SocketAddr, usize, Option<usize>)>>,
+}
+
+#[derive(Debug)]
+struct Writable;
+
+impl UdpPoller for Writable {
+    fn poll_writable(self: Pin<&mut Self>, _: &mut Context) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncUdpSocket for Recorder {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(Writable)
+    }
+
+    fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
+        lock(&self.sent).push((t.destination, t.contents.len(), t.segment_size));
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        _: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut inbox = lock(&self.inbox);
+        let mut n = 0;
+        while n < bufs.len() {
+            let Some((addr, bytes, stride)) = inbox.pop_front() else {
+                break;
+            };
+            bufs[n][..bytes.len()].copy_from_slice(&bytes);
+            meta[n] = entry(&addr.to_string(), bytes.len(), stride);
+            n += 1;
+        }
+        if n == 0 {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok("127.0.0.1:7373".parse().unwrap())
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        64
+    }
+}
+
+#[test]
+fn a_burst_read_as_several_entries_is_passed_on_in_one_send() {
+    let (a, b, c) = (DeviceId([1; 32]), DeviceId([2; 32]), DeviceId([3; 32]));
+    let (a_addr, b_addr, c_addr): (SocketAddr, SocketAddr, SocketAddr) = (
+        "192.0.2.1:1".parse().unwrap(),
+        "192.0.2.2:2".parse().unwrap(),
+        "192.0.2.3:3".parse().unwrap(),
+    );
+    let inner = Arc::new(Recorder::default());
+    let relays = Relays::new(false, roster_of(&[a, b, c]));
+    relays.set_members([(a, a_addr), (b, b_addr), (c, c_addr)]);
+    let sock = RelaySocket::new(inner.clone(), relays.clone());
+    // Datagrams of 40 bytes: `FORWARD | target | 7 bytes`, the last of a burst shorter.
+    let burst = |target: &DeviceId, count: usize, last: usize| {
+        let mut v = Vec::new();
+        for i in 0..count {
+            let body = if i + 1 == count { last } else { 7 };
+            v.extend(forward_request(target, &vec![i as u8; body]));
+        }
+        v
+    };
+    let queue = [
+        // From a for b: two whole entries, then one that ends short.
+        (a_addr, burst(&b, 3, 7)),
+        (a_addr, burst(&b, 2, 7)),
+        // From b for a in between: an acknowledgement on its own.
+        (b_addr, burst(&a, 1, 2)),
+        (a_addr, burst(&b, 2, 3)),
+        // After the short datagram, a's next entry for b starts a new send.
+        (a_addr, burst(&b, 1, 7)),
+        // From a for c: its own send.
+        (a_addr, burst(&c, 2, 7)),
+    ];
+    lock(&inner.inbox).extend(queue.iter().map(|(from, v)| (*from, v.clone(), 40)));
+    let mut store = vec![vec![0u8; 512]; 8];
+    let mut bufs: Vec<IoSliceMut> = store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+    let mut meta = vec![entry("0.0.0.0:0", 0, 0); 8];
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // Everything was passed on: nothing is left for quinn, and the call waits.
+    assert!(sock.poll_recv(&mut cx, &mut bufs, &mut meta).is_pending());
+    let sent = lock(&inner.sent).clone();
+    assert_eq!(
+        sent,
+        vec![
+            (b_addr, 7 * 40 - 4, Some(40)),
+            (a_addr, 35, None),
+            (b_addr, 40, None),
+            (c_addr, 80, Some(40)),
+        ]
+    );
+    assert_eq!(relays.stats.forwarded.load(Ordering::Relaxed), 11);
 }

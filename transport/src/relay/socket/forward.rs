@@ -1,0 +1,86 @@
+//! Passing on what members ask this device to forward (`member.rs`): each entry checked
+//! and rewritten in place, then the entries of one wake-up sent in as few system calls as
+//! [`member::join`] allows.
+
+use std::io::IoSliceMut;
+use std::sync::atomic::Ordering;
+
+use quinn::udp::{RecvMeta, Transmit};
+
+use super::{lock, member, RelaySocket};
+
+impl RelaySocket {
+    /// An entry of datagrams a member asks us to pass on (`member.rs`), all for one
+    /// target: rewritten in place and used up (length 0); returns where they go. An
+    /// entry that is anything else, or not from a member, is left as it is.
+    pub(super) fn forward_target(&self, buf: &mut [u8], m: &mut RecvMeta) -> Option<member::Pass> {
+        let relays = &self.relays;
+        let stride = if m.stride == 0 { m.len } else { m.stride };
+        let from = lock(&relays.members).at(&m.addr)?;
+        let len = m.len;
+        let target = member::rewrite(buf, len, stride, &from)?;
+        m.len = 0;
+        // Only to another member connected directly.
+        let to = (target != from)
+            .then(|| lock(&relays.members).addr_of(&target))
+            .flatten();
+        let Some(to) = to else {
+            relays.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        Some(member::Pass {
+            to: crate::relay::socket_form(to, relays.v6),
+            stride,
+            len,
+        })
+    }
+
+    /// Sends the entries `passes` (index into `bufs`, where to) in as few system calls as
+    /// [`member::join`] allows.
+    pub(super) fn pass_on(&self, bufs: &[IoSliceMut<'_>], passes: &[(usize, member::Pass)]) {
+        let list: Vec<member::Pass> = passes.iter().map(|p| p.1).collect();
+        let max_segments = self.inner.max_transmit_segments();
+        for run in member::join(&list, max_segments, member::SEND_BYTES) {
+            let (first, pass) = passes[run[0]];
+            if run.len() == 1 {
+                self.send_on(pass, &bufs[first][..pass.len]);
+                continue;
+            }
+            let mut joined = lock(&self.joined);
+            joined.clear();
+            for &k in &run {
+                let (i, p) = passes[k];
+                joined.extend_from_slice(&bufs[i][..p.len]);
+            }
+            let len = joined.len();
+            self.send_on(member::Pass { len, ..pass }, &joined);
+        }
+    }
+
+    /// Sends datagrams of `pass.stride` bytes (the last maybe shorter) to `pass.to` in
+    /// as few system calls as the socket allows. A full socket buffer loses them, as the
+    /// network would.
+    pub(super) fn send_on(&self, pass: member::Pass, bytes: &[u8]) {
+        let per_call = self
+            .inner
+            .max_transmit_segments()
+            .min(member::SEND_BYTES / pass.stride)
+            .max(1);
+        for group in bytes.chunks(pass.stride * per_call) {
+            let n = group.len().div_ceil(pass.stride);
+            let sent = self.inner.try_send(&Transmit {
+                destination: pass.to,
+                ecn: None,
+                contents: group,
+                segment_size: (n > 1).then_some(pass.stride),
+                src_ip: None,
+            });
+            if sent.is_ok() {
+                self.relays
+                    .stats
+                    .forwarded
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
