@@ -214,7 +214,7 @@ fn main() {
             stream_of(&a, &b, "b", mib)
         }));
         // Fewer datagrams passed on than half the stream's 1,452-byte ones: joined.
-        if (passed() - passed_before) < (mib as u64) << 20 / 1452 / 2 {
+        if passed().saturating_sub(passed_before) < ((mib as u64) << 20) / 1452 / 2 {
             joined.push(round + 1);
         }
         drop(perf);

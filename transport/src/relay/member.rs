@@ -107,10 +107,10 @@ pub struct Pass {
 /// and each system call and each packet buffer the network stack handles costs the
 /// member more than the bytes in it: entries for one address whose datagrams have one
 /// size leave together while every entry but the last ends on a whole datagram (a
-/// segmented send has equal datagrams, the last maybe shorter) and the send stays
-/// within `max_segments` datagrams and `max_bytes`. Returns runs of indices into
-/// `passes`; what goes to one address keeps its order (a reordered QUIC packet can be
-/// taken for lost).
+/// segmented send has equal datagrams, the last maybe shorter; a lone datagram no
+/// larger than the others may end it) and the send stays within `max_segments`
+/// datagrams and `max_bytes`. Returns runs of indices into `passes`; what goes to one
+/// address keeps its order (a reordered QUIC packet can be taken for lost).
 pub fn join(passes: &[Pass], max_segments: usize, max_bytes: usize) -> Vec<Vec<usize>> {
     let mut done: Vec<Vec<usize>> = Vec::new();
     // Runs still open, with their length in bytes.
@@ -118,10 +118,12 @@ pub fn join(passes: &[Pass], max_segments: usize, max_bytes: usize) -> Vec<Vec<u
     for (i, p) in passes.iter().enumerate() {
         if let Some(k) = open.iter().position(|(run, _)| passes[run[0]].to == p.to) {
             let len = open[k].1;
-            let fits = passes[open[k].0[0]].stride == p.stride
-                && len % p.stride == 0
+            let stride = passes[open[k].0[0]].stride;
+            let lone = p.len <= p.stride && p.len <= stride;
+            let fits = (stride == p.stride || lone)
+                && len % stride == 0
                 && len + p.len <= max_bytes
-                && (len + p.len).div_ceil(p.stride) <= max_segments;
+                && (len + p.len).div_ceil(stride) <= max_segments;
             if fits {
                 open[k].0.push(i);
                 open[k].1 += p.len;
@@ -184,9 +186,16 @@ mod tests {
             join(&p, 64, SEND_BYTES),
             vec![vec![0], vec![2], vec![1, 4], vec![3, 5]]
         );
-        // Lone acknowledgements of one size join; one of another size does not.
-        let p = [pass(1, 60, 60), pass(1, 60, 60), pass(1, 55, 55)];
+        // A lone shorter datagram ends a run; a lone longer one starts the next.
+        let p = [pass(1, 100, 1000), pass(1, 40, 40), pass(1, 100, 100)];
         assert_eq!(join(&p, 64, SEND_BYTES), vec![vec![0, 1], vec![2]]);
+        let p = [
+            pass(1, 60, 60),
+            pass(1, 60, 60),
+            pass(1, 55, 55),
+            pass(1, 70, 70),
+        ];
+        assert_eq!(join(&p, 64, SEND_BYTES), vec![vec![0, 1, 2], vec![3]]);
     }
 
     #[test]

@@ -443,10 +443,7 @@ impl RelaySocket {
     /// pass for a relayed peer's, which the handshake gate counts as validated and as a
     /// source of its own.
     fn screen_entry(&self, buf: &mut [u8], m: &mut RecvMeta) -> Option<member::Pass> {
-        if buf.first() == Some(&FORWARD) {
-            return self.forward_target(buf, m);
-        }
-        if !self.relays.unwrap_in_place(buf, m) && is_virtual(&m.addr) {
+        if is_virtual(&m.addr) {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let count = m.len.div_ceil(stride.max(1)) as u64;
             self.relays
@@ -454,7 +451,12 @@ impl RelaySocket {
                 .strangers
                 .fetch_add(count, Ordering::Relaxed);
             m.len = 0;
+            return None;
         }
+        if buf.first() == Some(&FORWARD) {
+            return self.forward_target(buf, m);
+        }
+        self.relays.unwrap_in_place(buf, m);
         None
     }
 }

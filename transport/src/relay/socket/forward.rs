@@ -7,17 +7,26 @@ use std::sync::atomic::Ordering;
 
 use quinn::udp::{RecvMeta, Transmit};
 
-use super::{lock, member, RelaySocket};
+use super::{lock, member, RelaySocket, MAX_DATAGRAM};
 
 impl RelaySocket {
     /// An entry of datagrams a member asks us to pass on (`member.rs`), all for one
     /// target: rewritten in place and used up (length 0); returns where they go. An
-    /// entry that is anything else, or not from a member, is left as it is.
+    /// entry that is anything else, or not from a member, is left as it is. Datagrams
+    /// larger than a relayed one can be ([`MAX_DATAGRAM`]; what the member's sender
+    /// writes, `send_relayed`, never is) are used up and passed on to nobody: a
+    /// segmented send of them would exceed the path's MTU, and the kernel's refusal
+    /// (EINVAL) turns off segmented sends on this socket for good.
     pub(super) fn forward_target(&self, buf: &mut [u8], m: &mut RecvMeta) -> Option<member::Pass> {
         let relays = &self.relays;
         let stride = if m.stride == 0 { m.len } else { m.stride };
         let from = lock(&relays.members).at(&m.addr)?;
         let len = m.len;
+        if stride > MAX_DATAGRAM {
+            m.len = 0;
+            relays.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let target = member::rewrite(buf, len, stride, &from)?;
         m.len = 0;
         // Only to another member connected directly.
