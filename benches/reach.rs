@@ -166,10 +166,11 @@ fn main() {
             .iter()
             .all(|(n, to)| n.peer(to).is_some_and(|p| p["via"][0] == "m"))
     });
-    // a and b then get a connection of their own whose packets m passes on.
-    wait_until("a connection through m", || {
+    // a and b then get a connection of their own whose packets m passes on (a's
+    // connections to c and d may go through m too).
+    wait_until("a connection to b through m", || {
         a.log()
-            .contains("connection through a member that passes the packets on")
+            .contains("connection through a member that passes the packets on peer=b via=m")
     });
     assert!(wait_for(
         &c,

@@ -151,6 +151,18 @@ fn a_member_flooding_small_messages_leaves_the_others_room_in_the_handler_queue(
     );
 }
 
+/// 128 clients that each got an answer (so each holds one of the daemon's control-socket
+/// slots) and stay connected while the result lives.
+fn hold_all_slots(n: &Node) -> Vec<std::os::unix::net::UnixStream> {
+    (0..128)
+        .map(|i| {
+            let (s, v) = n.request(serde_json::json!({"id": i, "cmd": "status"}));
+            assert_eq!(v["ok"], true, "{v}");
+            s
+        })
+        .collect()
+}
+
 /// Control-socket clients beyond the daemon's 128 (after a short wait for a slot) are
 /// served requests answered once from a small reserve for 10 s, so `cnspr status` or
 /// `cnspr remove` still work; a request that lasts is told `busy`, not left hanging; the
@@ -159,17 +171,9 @@ fn a_member_flooding_small_messages_leaves_the_others_room_in_the_handler_queue(
 #[test]
 fn a_client_beyond_the_limit_is_served_answers_or_told_busy() {
     use std::io::{BufRead, BufReader};
-    use std::os::unix::net::UnixStream;
     let mut n = Node::new("solo", "");
     n.start();
-    // 128 clients that each got an answer (so each holds a slot) and stay connected.
-    let mut held: Vec<UnixStream> = (0..128)
-        .map(|i| {
-            let (s, v) = n.request(serde_json::json!({"id": i, "cmd": "status"}));
-            assert_eq!(v["ok"], true, "{v}");
-            s
-        })
-        .collect();
+    let mut held = hold_all_slots(&n);
     // One more: requests answered once are served.
     let out = n.cli(&["status"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -212,13 +216,7 @@ fn a_request_served_from_the_reserve_is_answered_within_its_bound() {
     n.start();
     let out = n.cli(&["trust", &other.id, "--addr", &addr]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let held: Vec<UnixStream> = (0..128)
-        .map(|i| {
-            let (s, v) = n.request(serde_json::json!({"id": i, "cmd": "status"}));
-            assert_eq!(v["ok"], true, "{v}");
-            s
-        })
-        .collect();
+    let held = hold_all_slots(&n);
     let mut s = UnixStream::connect(n.socket()).unwrap();
     // Past the bound, before the ping's own 60 s.
     s.set_read_timeout(Some(Duration::from_secs(55))).unwrap();

@@ -430,3 +430,47 @@ fn a_port_mapping_on_a_symmetric_nat_gives_a_direct_path() {
         !rules(&router_b).contains("dnat")
     });
 }
+
+/// a and b talk directly until a firewall between their routers cuts that path. Once
+/// its dead connection is closed, each dials the other through m at once (a connection
+/// of their own whose packets m passes on), not after a dial to the other's direct
+/// address has run out of time: until then every stream between them would be joined
+/// by m. (The side with the higher ID, which does not start punch exchanges, has no
+/// periodic look at its routes to fall back on.)
+#[test]
+fn a_cut_direct_path_moves_to_the_member_without_a_failed_dial_first() {
+    let Some(w) = world("cut", Nat::Cone, Nat::Cone, |_, _, _| {}) else {
+        return;
+    };
+    let (a, b) = (&w.nodes[1], &w.nodes[2]);
+    wait_path(a, "b", "active", "direct", Duration::from_secs(20));
+    wait_path(b, "a", "active", "direct", Duration::from_secs(20));
+    let from = [a.log().len(), b.log().len()];
+    let prefix = &w.net.prefix;
+    w.net.block(w.routers[0], &format!("{prefix}.2"));
+    w.net.block(w.routers[1], &format!("{prefix}.1"));
+    for ((n, peer), from) in [(a, "b"), (b, "a")].into_iter().zip(from) {
+        let through_m =
+            format!("connection through a member that passes the packets on peer={peer} via=m");
+        wait_until("a connection through m", || {
+            n.log()[from..].contains(&through_m)
+        });
+        let log = n.log()[from..].to_string();
+        let up = log.find(&through_m).unwrap();
+        let closed = log[..up]
+            .find(&format!("closing its connection peer={peer}"))
+            .unwrap_or_else(|| panic!("{} never closed its dead connection:\n{log}", n.name));
+        // A dial may be refused as a duplicate (the other dialled through m at the same
+        // moment); none may run out of time at the direct address in between.
+        let timed_out = log[closed..up]
+            .lines()
+            .find(|l| l.contains(&format!("dial failed peer={peer}")) && l.contains("timed out"));
+        assert!(
+            timed_out.is_none(),
+            "{} tried {peer}'s direct address first:\n{log}",
+            n.name
+        );
+    }
+    wait_path(a, "b", "indirect", "member", Duration::from_secs(20));
+    wait_path(b, "a", "indirect", "member", Duration::from_secs(20));
+}

@@ -150,6 +150,12 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
         p.rtt = None;
         p.dial.lost(Instant::now());
     }
+    // A peer already reached through a member (its direct connection died before it
+    // closed) is routed through that member and dialled there at once
+    // (`member_relay::update`, run by the punch scheduler). Left to the redial below, it
+    // would be dialled at its direct addresses only, whose handshake runs out (3 s)
+    // before the member is tried, and its streams would meanwhile be joined by the member.
+    d.punches.wake();
     // Dial again as soon as the shortest backoff has passed (not at the next tick).
     let d = d.clone();
     tokio::spawn(async move {
