@@ -140,7 +140,7 @@ fn on_up(d: &Arc<Daemon>, pc: PeerConn) {
 /// Connection bookkeeping; the state (`left`, `indirect`, `suspect`, `unreachable`) is
 /// the membership core's decision.
 fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
-    {
+    let indirect = {
         let mut table = d.peers();
         let Some(p) = table.peers.get_mut(&peer) else {
             return;
@@ -149,13 +149,19 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
         p.relay = None;
         p.rtt = None;
         p.dial.lost(Instant::now());
-    }
+        p.state == PeerState::Indirect
+    };
     // A peer already reached through a member (its direct connection died before it
-    // closed) is routed through that member and dialled there at once
-    // (`member_relay::update`, run by the punch scheduler). Left to the redial below, it
-    // would be dialled at its direct addresses only, whose handshake runs out (3 s)
-    // before the member is tried, and its streams would meanwhile be joined by the member.
-    d.punches.wake();
+    // closed) is routed through that member and dialled there at once, the member's
+    // route beside its direct addresses (`member_relay::update`, run by the punch
+    // scheduler). Left to the redial below, it would be dialled at its direct addresses
+    // only, whose handshake runs out (3 s) before the member is tried, and its streams
+    // would meanwhile be joined by the member. (A peer the core still holds `suspect`
+    // when its connection closes gets that redial; it is routed through the member when
+    // the core says `indirect`, once that dial is over.)
+    if indirect {
+        d.punches.wake();
+    }
     // Dial again as soon as the shortest backoff has passed (not at the next tick).
     let d = d.clone();
     tokio::spawn(async move {

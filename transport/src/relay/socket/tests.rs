@@ -567,9 +567,16 @@ fn oversized_or_spoofed_requests_are_passed_on_to_nobody() {
     // would make a segmented send the kernel refuses (and quinn then stops segmenting).
     let big = [0x40; MAX_DATAGRAM];
     let spoofed = virtual_addr(&a, false);
+    let (at_most, one_more) = (
+        [0x41; MAX_DATAGRAM - HEADER],
+        [0x42; MAX_DATAGRAM - HEADER + 1],
+    );
     let queue = vec![
         (a_at, requests(&b, &[&big]), MAX_DATAGRAM + HEADER),
         (a_at, requests(&b, &[&big]), MAX_DATAGRAM + HEADER),
+        // At the bound: passed on; one byte over: not.
+        (a_at, requests(&b, &[&at_most]), MAX_DATAGRAM),
+        (a_at, requests(&b, &[&one_more]), MAX_DATAGRAM + 1),
         // From a virtual address (only relayed datagrams have one): a request, and a
         // QUIC packet behind it, both dropped.
         (spoofed, requests(&b, &[&[1; 7]]), 40),
@@ -580,9 +587,11 @@ fn oversized_or_spoofed_requests_are_passed_on_to_nobody() {
         ),
     ];
     assert_eq!(f.read(queue), None, "nothing is left for quinn");
-    assert!(lock(&f.inner.sent).is_empty());
+    let sent = lock(&f.inner.sent).clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(bodies_of(&sent[0].1, sent[0].2, &a), vec![at_most.to_vec()]);
     let stats = &f.relays.stats;
-    assert_eq!(stats.unroutable.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.unroutable.load(Ordering::Relaxed), 3);
     assert_eq!(stats.strangers.load(Ordering::Relaxed), 3);
-    assert_eq!(stats.forwarded.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.forwarded.load(Ordering::Relaxed), 1);
 }
