@@ -21,6 +21,7 @@ use crate::roster::Roster;
 
 mod forward;
 mod frames;
+use frames::stride_of;
 pub use frames::take_frames;
 
 /// Relayed datagrams waiting for quinn when they came faster than it reads (TCP links).
@@ -280,7 +281,7 @@ impl Relays {
     /// address; an entry from a sender that is not accepted is emptied (length 0). False
     /// (nothing changed) when the entry is anything else.
     fn unwrap_in_place(&self, buf: &mut [u8], m: &mut RecvMeta) -> bool {
-        let stride = if m.stride == 0 { m.len } else { m.stride };
+        let stride = stride_of(m);
         if buf.first() != Some(&MARKER) || !self.is_relay(&m.addr) {
             return false;
         }
@@ -395,11 +396,7 @@ impl RelaySocket {
                 // segments (they keep their sizes: all equal, the last maybe shorter).
                 let destination = super::socket_form(*relay, self.relays.v6);
                 // A segmented send carries at most 64 KiB in all.
-                let per_call = self
-                    .inner
-                    .max_transmit_segments()
-                    .min(60_000 / (HEADER + size))
-                    .max(1);
+                let per_call = self.per_send(HEADER + size, 60_000);
                 let mut buf = Vec::with_capacity((HEADER + size) * count.min(per_call));
                 for group in t.contents.chunks(size * per_call) {
                     buf.clear();
@@ -444,7 +441,7 @@ impl RelaySocket {
     /// source of its own.
     fn screen_entry(&self, buf: &mut [u8], m: &mut RecvMeta) -> Option<member::Pass> {
         if is_virtual(&m.addr) {
-            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let stride = stride_of(m);
             let count = m.len.div_ceil(stride.max(1)) as u64;
             self.relays
                 .stats
@@ -491,14 +488,16 @@ impl AsyncUdpSocket for RelaySocket {
                 other => return other,
             };
             let relays = &self.relays;
-            let mut passes = Vec::new();
+            // Entries to pass on: where each lies in `bufs`, and where it goes.
+            let (mut at, mut passes) = (Vec::new(), Vec::new());
             for (i, (b, m)) in bufs.iter_mut().zip(meta.iter_mut()).take(n).enumerate() {
                 if let Some(pass) = self.screen_entry(b, m) {
-                    passes.push((i, pass));
+                    at.push(i);
+                    passes.push(pass);
                 }
             }
             if !passes.is_empty() {
-                self.pass_on(bufs, &passes);
+                self.pass_on(bufs, &at, &passes);
             }
             // What is left: relayed datagrams mixed with others, one by one.
             let mut n = take_frames(bufs, meta, n, |from, frame| {

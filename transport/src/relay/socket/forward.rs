@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use quinn::udp::{RecvMeta, Transmit};
 
+use super::frames::stride_of;
 use super::{lock, member, RelaySocket, MAX_DATAGRAM};
 
 impl RelaySocket {
@@ -19,7 +20,7 @@ impl RelaySocket {
     /// (EINVAL) turns off segmented sends on this socket for good.
     pub(super) fn forward_target(&self, buf: &mut [u8], m: &mut RecvMeta) -> Option<member::Pass> {
         let relays = &self.relays;
-        let stride = if m.stride == 0 { m.len } else { m.stride };
+        let stride = stride_of(m);
         let from = lock(&relays.members).at(&m.addr)?;
         let len = m.len;
         if stride > MAX_DATAGRAM {
@@ -44,37 +45,40 @@ impl RelaySocket {
         })
     }
 
-    /// Sends the entries `passes` (index into `bufs`, where to) in as few system calls as
-    /// [`member::join`] allows.
-    pub(super) fn pass_on(&self, bufs: &[IoSliceMut<'_>], passes: &[(usize, member::Pass)]) {
-        let list: Vec<member::Pass> = passes.iter().map(|p| p.1).collect();
+    /// Sends the entries `passes`, the one at `bufs[at[k]]` for `passes[k]`, in as few
+    /// system calls as [`member::join`] allows.
+    pub(super) fn pass_on(&self, bufs: &[IoSliceMut<'_>], at: &[usize], passes: &[member::Pass]) {
         let max_segments = self.inner.max_transmit_segments();
-        for run in member::join(&list, max_segments, member::SEND_BYTES) {
-            let (first, pass) = passes[run[0]];
+        for run in member::join(passes, max_segments, member::SEND_BYTES) {
+            let pass = passes[run[0]];
             if run.len() == 1 {
-                self.send_on(pass, &bufs[first][..pass.len]);
+                self.send_on(pass, &bufs[at[run[0]]][..pass.len]);
                 continue;
             }
             let mut joined = lock(&self.joined);
             joined.clear();
             for &k in &run {
-                let (i, p) = passes[k];
-                joined.extend_from_slice(&bufs[i][..p.len]);
+                joined.extend_from_slice(&bufs[at[k]][..passes[k].len]);
             }
             let len = joined.len();
             self.send_on(member::Pass { len, ..pass }, &joined);
         }
     }
 
+    /// How many datagrams of `stride` bytes go in one segmented send of at most
+    /// `max_bytes`: as many as the socket segments, at least one.
+    pub(super) fn per_send(&self, stride: usize, max_bytes: usize) -> usize {
+        self.inner
+            .max_transmit_segments()
+            .min(max_bytes / stride)
+            .max(1)
+    }
+
     /// Sends datagrams of `pass.stride` bytes (the last maybe shorter) to `pass.to` in
     /// as few system calls as the socket allows. A full socket buffer loses them, as the
     /// network would.
     pub(super) fn send_on(&self, pass: member::Pass, bytes: &[u8]) {
-        let per_call = self
-            .inner
-            .max_transmit_segments()
-            .min(member::SEND_BYTES / pass.stride)
-            .max(1);
+        let per_call = self.per_send(pass.stride, member::SEND_BYTES);
         for group in bytes.chunks(pass.stride * per_call) {
             let n = group.len().div_ceil(pass.stride);
             let sent = self.inner.try_send(&Transmit {

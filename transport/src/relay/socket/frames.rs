@@ -20,7 +20,7 @@ pub fn take_frames(
     let mut out = 0;
     for i in 0..n {
         let m = meta[i];
-        let stride = if m.stride == 0 { m.len } else { m.stride };
+        let stride = stride_of(&m);
         let mut len = m.len;
         if stride > 0
             && (0..m.len)
@@ -54,4 +54,14 @@ pub fn take_frames(
         out += 1;
     }
     out
+}
+
+/// The size of an entry's datagrams (the last maybe shorter): its GRO stride, or its
+/// length when it holds one datagram.
+pub(super) fn stride_of(m: &RecvMeta) -> usize {
+    if m.stride == 0 {
+        m.len
+    } else {
+        m.stride
+    }
 }
