@@ -32,20 +32,22 @@ pub fn update(d: &Arc<Daemon>) {
         let mut table = d.peers();
         let mut changes = Vec::new();
         for p in table.peers.values_mut() {
-            let want = match p.state {
-                PeerState::Indirect => p.via.filter(|m| *m != p.id),
-                _ => relays.via_of(&p.id),
-            };
             let conn = d.endpoint.connection(&p.id);
-            let direct = conn
-                .as_ref()
-                .is_some_and(|c| !transport::relay::is_virtual(&c.remote_address()));
-            let want = want.filter(|_| !direct);
-            if relays.via_of(&p.id) == want {
+            let seen = Seen {
+                indirect: p.state == PeerState::Indirect,
+                via: p.via.filter(|m| *m != p.id),
+                routed: relays.via_of(&p.id),
+                connected: conn.is_some(),
+                direct: conn
+                    .as_ref()
+                    .is_some_and(|c| !transport::relay::is_virtual(&c.remote_address())),
+                reachable: |m: &DeviceId| relays.is_member(m),
+            };
+            let Some(step) = decide(seen) else {
                 continue;
-            }
-            changes.push((p.id, want));
-            if want.is_some() && conn.is_none() {
+            };
+            changes.push((p.id, step.route));
+            if step.dial {
                 p.dial.reset(now);
                 dial = true;
             }
@@ -57,5 +59,143 @@ pub fn update(d: &Arc<Daemon>) {
     }
     if dial {
         super::links::dial_due(d);
+    }
+}
+
+/// What [`update`] knows of one peer.
+struct Seen<F> {
+    /// The peer is `indirect`.
+    indirect: bool,
+    /// The member its path goes through, as the membership core says.
+    via: Option<DeviceId>,
+    /// The member its virtual address is routed through now.
+    routed: Option<DeviceId>,
+    /// It has a connection, and that connection is direct (not through a relay).
+    connected: bool,
+    direct: bool,
+    /// Whether a member is connected to this device directly (only those can pass
+    /// packets on).
+    reachable: F,
+}
+
+/// A change of a peer's route (`None`: no route through a member), and whether to dial
+/// it now.
+#[derive(Debug, PartialEq, Eq)]
+struct Step {
+    route: Option<DeviceId>,
+    dial: bool,
+}
+
+/// The route a peer should have; `None` when it has it already. An `indirect` peer goes
+/// through its member when that member can pass packets on (is connected directly); a
+/// peer with a direct connection through no member; others keep their route. A peer
+/// given a route and no connection is dialled at once; a route that cannot be set (the
+/// member is not connected directly) is no change, so the peer's dial schedule is not
+/// reset on every pass while it waits.
+fn decide(s: Seen<impl Fn(&DeviceId) -> bool>) -> Option<Step> {
+    let want = if s.indirect {
+        s.via.filter(|m| (s.reachable)(m))
+    } else {
+        s.routed
+    };
+    let want = want.filter(|_| !s.direct);
+    (want != s.routed).then_some(Step {
+        route: want,
+        dial: want.is_some() && !s.connected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> DeviceId {
+        DeviceId([b; 32])
+    }
+
+    fn seen(indirect: bool, via: Option<u8>, routed: Option<u8>) -> Seen<fn(&DeviceId) -> bool> {
+        Seen {
+            indirect,
+            via: via.map(id),
+            routed: routed.map(id),
+            connected: false,
+            direct: false,
+            reachable: |m| *m == DeviceId([1; 32]),
+        }
+    }
+
+    #[test]
+    fn an_indirect_peer_is_routed_through_its_member_and_dialled_once() {
+        assert_eq!(
+            decide(seen(true, Some(1), None)),
+            Some(Step {
+                route: Some(id(1)),
+                dial: true
+            })
+        );
+        // Routed already: nothing, so its dial schedule is left alone.
+        assert_eq!(decide(seen(true, Some(1), Some(1))), None);
+        // Connected through the member already: the route, no dial.
+        let s = Seen {
+            connected: true,
+            ..seen(true, Some(1), None)
+        };
+        assert_eq!(
+            decide(s),
+            Some(Step {
+                route: Some(id(1)),
+                dial: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_member_not_connected_directly_gives_no_route_and_no_dial_on_every_pass() {
+        // Member 2 has no direct connection to this device: nothing to change, pass
+        // after pass (the dial schedule would otherwise restart each time).
+        assert_eq!(decide(seen(true, Some(2), None)), None);
+        // A route through it that was set while it was connected is taken away, without
+        // a dial.
+        assert_eq!(
+            decide(seen(true, Some(2), Some(2))),
+            Some(Step {
+                route: None,
+                dial: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_direct_connection_drops_the_route_and_other_states_keep_theirs() {
+        let s = Seen {
+            connected: true,
+            direct: true,
+            ..seen(true, Some(1), Some(1))
+        };
+        assert_eq!(
+            decide(s),
+            Some(Step {
+                route: None,
+                dial: false
+            })
+        );
+        let s = Seen {
+            connected: true,
+            direct: true,
+            ..seen(false, None, Some(1))
+        };
+        assert_eq!(
+            decide(s),
+            Some(Step {
+                route: None,
+                dial: false
+            })
+        );
+        // An active peer whose answers go back the way its packets came keeps that way.
+        let s = Seen {
+            connected: true,
+            ..seen(false, None, Some(1))
+        };
+        assert_eq!(decide(s), None);
     }
 }

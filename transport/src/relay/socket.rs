@@ -217,6 +217,12 @@ impl Relays {
         }
     }
 
+    /// Whether `member` is connected to this device directly (only such a member can
+    /// pass packets on for it).
+    pub fn is_member(&self, member: &DeviceId) -> bool {
+        lock(&self.members).addr_of(member).is_some()
+    }
+
     /// The member `peer`'s relayed datagrams go through, if any.
     pub fn via_of(&self, peer: &DeviceId) -> Option<DeviceId> {
         lock(&self.via).get(peer).map(|v| v.0)
