@@ -21,8 +21,8 @@ use crate::roster::Roster;
 
 mod forward;
 mod frames;
-use frames::stride_of;
 pub use frames::take_frames;
+use frames::{holds, stride_of};
 
 /// Relayed datagrams waiting for quinn when they came faster than it reads (TCP links).
 const MAX_INBOX: usize = 4096;
@@ -496,32 +496,23 @@ impl AsyncUdpSocket for RelaySocket {
             let relays = &self.relays;
             // Entries to pass on: where each lies in `bufs`, and where it goes.
             let (mut at, mut passes) = (Vec::new(), Vec::new());
-            for (i, (b, m)) in bufs.iter_mut().zip(meta.iter_mut()).take(n).enumerate() {
-                if let Some(pass) = self.screen_entry(b, m) {
+            for i in 0..n {
+                if let Some(pass) = self.screen_entry(&mut bufs[i], &mut meta[i]) {
                     at.push(i);
                     passes.push(pass);
+                } else if holds(&bufs[i], &meta[i], |b| b == FORWARD) {
+                    // Requests mixed with other datagrams (or not to be honoured): one by
+                    // one, after the entries before them, so that what goes to one
+                    // address keeps its order.
+                    self.pass_on(bufs, &at, &passes);
+                    at.clear();
+                    passes.clear();
+                    self.forward_each(&mut bufs[i..=i], &mut meta[i..=i]);
                 }
             }
-            if !passes.is_empty() {
-                self.pass_on(bufs, &at, &passes);
-            }
+            self.pass_on(bufs, &at, &passes);
             // What is left: relayed datagrams mixed with others, one by one.
             let mut n = take_frames(bufs, meta, n, |from, frame| {
-                if frame[0] == FORWARD {
-                    let mut one = frame.to_vec();
-                    let len = one.len();
-                    let mut m = RecvMeta {
-                        addr: from,
-                        len,
-                        stride: len,
-                        ecn: None,
-                        dst_ip: None,
-                    };
-                    if let Some(pass) = self.forward_target(&mut one, &mut m) {
-                        self.send_on(pass, &one);
-                    }
-                    return true;
-                }
                 relays.is_relay(&from) && relays.take(Some(&from), frame).is_some()
             });
             n += relays.drain(&mut bufs[n..], &mut meta[n..]);

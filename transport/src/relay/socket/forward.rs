@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use quinn::udp::{RecvMeta, Transmit};
 
-use super::frames::stride_of;
-use super::{lock, member, RelaySocket, MAX_DATAGRAM};
+use super::frames::{stride_of, take_frames};
+use super::{lock, member, RelaySocket, FORWARD, MAX_DATAGRAM};
 
 impl RelaySocket {
     /// An entry of datagrams a member asks us to pass on (`member.rs`), all for one
@@ -43,6 +43,33 @@ impl RelaySocket {
             stride,
             len,
         })
+    }
+
+    /// Passes on, one by one, the datagrams of the entry `meta[0]` in `bufs[0]` that ask
+    /// for it (first byte [`FORWARD`]; those that may not be passed on are dropped): what
+    /// a GRO entry holds beside other datagrams, or for several targets. The rest stays,
+    /// moved together; an entry left empty gets length 0.
+    pub(super) fn forward_each(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) {
+        let kept = take_frames(bufs, meta, 1, |from, frame| {
+            if frame[0] != FORWARD {
+                return false;
+            }
+            let mut one = frame.to_vec();
+            let mut m = RecvMeta {
+                addr: from,
+                len: one.len(),
+                stride: one.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            if let Some(pass) = self.forward_target(&mut one, &mut m) {
+                self.send_on(pass, &one);
+            }
+            true
+        });
+        if kept == 0 {
+            meta[0].len = 0;
+        }
     }
 
     /// Sends the entries `passes`, the one at `bufs[at[k]]` for `passes[k]`, in as few
@@ -97,3 +124,6 @@ impl RelaySocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,11 +22,7 @@ pub fn take_frames(
         let m = meta[i];
         let stride = stride_of(&m);
         let mut len = m.len;
-        if stride > 0
-            && (0..m.len)
-                .step_by(stride)
-                .any(|at| matches!(bufs[i][at], MARKER | FORWARD))
-        {
+        if holds(&bufs[i], &m, |b| matches!(b, MARKER | FORWARD)) {
             // Keep the segments not taken, in order, at the front of the buffer; only the
             // last one may be short, as before.
             let mut kept = 0;
@@ -54,6 +50,12 @@ pub fn take_frames(
         out += 1;
     }
     out
+}
+
+/// Whether a datagram of the entry `m` in `buf` starts with a byte that `first` picks.
+pub(super) fn holds(buf: &[u8], m: &RecvMeta, first: impl Fn(u8) -> bool) -> bool {
+    let stride = stride_of(m);
+    stride > 0 && (0..m.len).step_by(stride).any(|at| first(buf[at]))
 }
 
 /// The size of an entry's datagrams (the last maybe shorter): its GRO stride, or its
