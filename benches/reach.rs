@@ -26,6 +26,11 @@
 //! `CNSPR_BENCH_PERF=DIR`, perf samples a, b, m, c and d during the first stream through
 //! a member (`DIR/reach-a.data` and so on; `perf report -i FILE`).
 //!
+//! With `CNSPR_BENCH_DEVICE_CPU=SHARE` (0.1 to 1, e.g. 0.5), every daemon is held to that
+//! share of one CPU during the streams (a cgroup CPU quota each), as if each ran on a
+//! device of its own: without it the three daemons of the member path share this
+//! machine's CPUs where the direct path has two.
+//!
 //! Run: `cargo bench --bench reach`
 
 use cnspr_lab as common;
@@ -183,6 +188,9 @@ fn main() {
     ));
     let (p, q) = public_pair(&net, hp, hq);
     assert!(wait_for(&p, "b", "active", None, Duration::from_secs(30)));
+    // With CNSPR_BENCH_DEVICE_CPU, every daemon has a CPU budget of its own for the
+    // streams, as on devices of their own.
+    let held = device_cpu(&[&m, &a, &b, &c, &d, &p, &q]);
     let mib = stream_mib(256);
     let rounds = stream_rounds(5);
     let (mut thr_direct, mut thr_member, mut thr_plain) = (Vec::new(), Vec::new(), Vec::new());
@@ -312,7 +320,10 @@ fn main() {
         );
     }
     println!(
-        "  {mib} MiB stream, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through a member {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}\n    {joined_text}",
+        "  {mib} MiB stream{}, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through a member {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}\n    {joined_text}",
+        held.as_ref().map_or(String::new(), |(share, _)| format!(
+            " (each daemon held to {share} of a CPU, as on a device of its own)"
+        )),
         thr_direct / thr_plain,
         thr_member / thr_direct
     );

@@ -147,3 +147,67 @@ fn env_count(name: &str, default: usize) -> usize {
 pub fn trials(default: usize) -> usize {
     env_count("CNSPR_BENCH_TRIALS", default)
 }
+
+/// Daemons held to a share of one CPU each, as if each ran on a device of its own (a
+/// cgroup's CPU quota per daemon, version 1's `cpu` controller or version 2's `cpu.max`);
+/// put back when dropped. On this 2-CPU machine the daemons of a path otherwise share
+/// the same two CPUs: a path through a member has three daemons to feed where a direct
+/// one has two, which real devices do not.
+pub struct DeviceCpu {
+    /// Each daemon's group, and the file to move its PID back with.
+    held: Vec<(u32, PathBuf, PathBuf)>,
+}
+
+impl Drop for DeviceCpu {
+    fn drop(&mut self) {
+        for (pid, dir, back) in self.held.drain(..) {
+            let _ = std::fs::write(&back, pid.to_string());
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// `CNSPR_BENCH_DEVICE_CPU` (a share of one CPU, 0.1 to 1): holds each of `nodes` to it;
+/// `None` when it is not set. Panics with the reason when it is set but cannot be done.
+pub fn device_cpu(nodes: &[&Node]) -> Option<(f64, DeviceCpu)> {
+    let share: f64 = std::env::var("CNSPR_BENCH_DEVICE_CPU")
+        .ok()?
+        .parse()
+        .unwrap_or(0.0);
+    assert!(
+        (0.1..=1.0).contains(&share),
+        "CNSPR_BENCH_DEVICE_CPU must be a share of one CPU, 0.1 to 1"
+    );
+    let v1 = Path::new("/sys/fs/cgroup/cpu");
+    let v2 = Path::new("/sys/fs/cgroup");
+    let (root, v1) = if v1.join("cpu.cfs_quota_us").exists() {
+        (v1, true)
+    } else {
+        (v2, false)
+    };
+    let period = 100_000u64;
+    let quota = (share * period as f64) as u64;
+    let mut held = DeviceCpu { held: Vec::new() };
+    for n in nodes {
+        let pid = n.pid();
+        let dir = root.join(format!("cnspr-bench-{}-{pid}", std::process::id()));
+        let made = std::fs::create_dir(&dir).and_then(|()| {
+            if v1 {
+                std::fs::write(dir.join("cpu.cfs_period_us"), period.to_string())?;
+                std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+            } else {
+                std::fs::write(dir.join("cpu.max"), format!("{quota} {period}"))?;
+            }
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+        });
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir(&dir);
+            panic!(
+                "CNSPR_BENCH_DEVICE_CPU: a CPU quota in {}: {e}",
+                root.display()
+            );
+        }
+        held.held.push((pid, dir, root.join("cgroup.procs")));
+    }
+    Some((share, held))
+}
