@@ -207,11 +207,7 @@ fn main() {
     let routes = || format!("{}/{}", route(&a, "b"), route(&b, "a"));
     // Datagrams m passed on so far: a round whose stream m joined instead (its own
     // streams to a and b, decrypted and encrypted again) passes next to none on.
-    let passed = || {
-        m.json(&["status"])["forwarded_for_members"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+    let passed = || forwarded_for_members(&m);
     let mut went = Vec::new();
     let mut joined = Vec::new();
     for round in 0..rounds {

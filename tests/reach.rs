@@ -254,15 +254,17 @@ fn stays_relayed(tag: &str, nat_a: Nat) {
     // a and b get a QUIC connection of their own whose packets m passes on as they are:
     // a stream between them goes over it, end to end, and m never joins two streams.
     let m = &w.nodes[0];
-    wait_until("m to pass packets on between a and b", || forwarded(m) > 0);
-    let before = forwarded(m);
+    wait_until("m to pass packets on between a and b", || {
+        forwarded_for_members(m) > 0
+    });
+    let before = forwarded_for_members(m);
     let out = b.out().display().to_string();
     let lis = listen(b, "bulk", Some(&format!("cat > {out}/got")));
     let data = noise(8 * MIB, 5);
     let mut cl = connect(a, "b", "bulk");
     cl.stdin.take().unwrap().write_all(&data).unwrap();
     stream_delivered(cl, lis, b, &data);
-    let passed = forwarded(m) - before;
+    let passed = forwarded_for_members(m) - before;
     // Every datagram carries at most 1,419 bytes of QUIC through a member.
     assert!(
         passed as usize >= data.len() / 1419,
@@ -291,12 +293,6 @@ fn stream_delivered(cl: std::process::Child, mut lis: std::process::Child, to: &
 }
 
 /// Datagrams `n` passed on between two other members.
-fn forwarded(n: &Node) -> u64 {
-    n.json(&["status"])["forwarded_for_members"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 #[test]
 fn cone_and_symmetric_nat_stay_relayed_through_the_member() {
     stays_relayed("rs", Nat::Cone);
