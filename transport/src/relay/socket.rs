@@ -398,26 +398,15 @@ impl RelaySocket {
         };
         match &path.1 {
             LinkPath::Udp(relay) => {
-                // Every datagram of the transmit in one system call when the socket
+                // Every datagram of the transmit in as few system calls as the socket
                 // segments (they keep their sizes: all equal, the last maybe shorter).
-                let destination = super::socket_form(*relay, self.relays.v6);
-                // A segmented send carries at most 64 KiB in all.
-                let per_call = self.per_send(HEADER + size, 60_000);
-                let mut buf = Vec::with_capacity((HEADER + size) * count.min(per_call));
-                for group in t.contents.chunks(size * per_call) {
-                    buf.clear();
-                    for seg in group.chunks(size) {
-                        frame(seg, &mut buf);
-                    }
-                    let n = group.len().div_ceil(size);
-                    self.inner.try_send(&Transmit {
-                        destination,
-                        ecn: None,
-                        contents: &buf,
-                        segment_size: (n > 1).then_some(HEADER + size),
-                        src_ip: None,
-                    })?;
+                let mut buf = Vec::with_capacity((HEADER + size) * count);
+                for seg in t.contents.chunks(size) {
+                    frame(seg, &mut buf);
                 }
+                let to = super::socket_form(*relay, self.relays.v6);
+                let sent = &self.relays.stats.sent;
+                return self.send_segmented(to, HEADER + size, &buf, sent);
             }
             LinkPath::Tcp(tx) => {
                 for seg in t.contents.chunks(size) {

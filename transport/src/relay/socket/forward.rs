@@ -2,8 +2,9 @@
 //! and rewritten in place, then the entries of one wake-up sent in as few system calls as
 //! [`member::join`] allows.
 
-use std::io::IoSliceMut;
-use std::sync::atomic::Ordering;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use quinn::udp::{RecvMeta, Transmit};
 
@@ -105,23 +106,33 @@ impl RelaySocket {
     /// as few system calls as the socket allows. A full socket buffer loses them, as the
     /// network would.
     pub(super) fn send_on(&self, pass: member::Pass, bytes: &[u8]) {
-        let per_call = self.per_send(pass.stride, member::SEND_BYTES);
-        for group in bytes.chunks(pass.stride * per_call) {
-            let n = group.len().div_ceil(pass.stride);
-            let sent = self.inner.try_send(&Transmit {
-                destination: pass.to,
+        let forwarded = &self.relays.stats.forwarded;
+        let _ = self.send_segmented(pass.to, pass.stride, bytes, forwarded);
+    }
+
+    /// Sends `bytes`, datagrams of `stride` bytes (the last maybe shorter), to `to` in
+    /// segmented sends of at most [`member::SEND_BYTES`], adding to `count` the
+    /// datagrams of each send that went; stops at the first error.
+    pub(super) fn send_segmented(
+        &self,
+        to: SocketAddr,
+        stride: usize,
+        bytes: &[u8],
+        count: &AtomicU64,
+    ) -> io::Result<()> {
+        let per_call = self.per_send(stride, member::SEND_BYTES);
+        for group in bytes.chunks(stride * per_call) {
+            let n = group.len().div_ceil(stride);
+            self.inner.try_send(&Transmit {
+                destination: to,
                 ecn: None,
                 contents: group,
-                segment_size: (n > 1).then_some(pass.stride),
+                segment_size: (n > 1).then_some(stride),
                 src_ip: None,
-            });
-            if sent.is_ok() {
-                self.relays
-                    .stats
-                    .forwarded
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
+            })?;
+            count.fetch_add(n as u64, Ordering::Relaxed);
         }
+        Ok(())
     }
 }
 
