@@ -113,6 +113,8 @@ mod tests {
         DeviceId([b; 32])
     }
 
+    /// A peer (`indirect` or not, its member, its route now) with no connection; only
+    /// member 1 is connected to this device directly.
     fn seen(indirect: bool, via: Option<u8>, routed: Option<u8>) -> Seen<fn(&DeviceId) -> bool> {
         Seen {
             indirect,
@@ -124,29 +126,30 @@ mod tests {
         }
     }
 
+    /// The same peer with a connection, direct or through a member.
+    fn connected<F>(s: Seen<F>, direct: bool) -> Seen<F> {
+        Seen {
+            connected: true,
+            direct,
+            ..s
+        }
+    }
+
+    fn step(route: Option<u8>, dial: bool) -> Option<Step> {
+        Some(Step {
+            route: route.map(id),
+            dial,
+        })
+    }
+
     #[test]
     fn an_indirect_peer_is_routed_through_its_member_and_dialled_once() {
-        assert_eq!(
-            decide(seen(true, Some(1), None)),
-            Some(Step {
-                route: Some(id(1)),
-                dial: true
-            })
-        );
+        assert_eq!(decide(seen(true, Some(1), None)), step(Some(1), true));
         // Routed already: nothing, so its dial schedule is left alone.
         assert_eq!(decide(seen(true, Some(1), Some(1))), None);
         // Connected through the member already: the route, no dial.
-        let s = Seen {
-            connected: true,
-            ..seen(true, Some(1), None)
-        };
-        assert_eq!(
-            decide(s),
-            Some(Step {
-                route: Some(id(1)),
-                dial: false
-            })
-        );
+        let s = connected(seen(true, Some(1), None), false);
+        assert_eq!(decide(s), step(Some(1), false));
     }
 
     #[test]
@@ -156,46 +159,17 @@ mod tests {
         assert_eq!(decide(seen(true, Some(2), None)), None);
         // A route through it that was set while it was connected is taken away, without
         // a dial.
-        assert_eq!(
-            decide(seen(true, Some(2), Some(2))),
-            Some(Step {
-                route: None,
-                dial: false
-            })
-        );
+        assert_eq!(decide(seen(true, Some(2), Some(2))), step(None, false));
     }
 
     #[test]
     fn a_direct_connection_drops_the_route_and_other_states_keep_theirs() {
-        let s = Seen {
-            connected: true,
-            direct: true,
-            ..seen(true, Some(1), Some(1))
-        };
-        assert_eq!(
-            decide(s),
-            Some(Step {
-                route: None,
-                dial: false
-            })
-        );
-        let s = Seen {
-            connected: true,
-            direct: true,
-            ..seen(false, None, Some(1))
-        };
-        assert_eq!(
-            decide(s),
-            Some(Step {
-                route: None,
-                dial: false
-            })
-        );
+        let s = connected(seen(true, Some(1), Some(1)), true);
+        assert_eq!(decide(s), step(None, false));
+        let s = connected(seen(false, None, Some(1)), true);
+        assert_eq!(decide(s), step(None, false));
         // An active peer whose answers go back the way its packets came keeps that way.
-        let s = Seen {
-            connected: true,
-            ..seen(false, None, Some(1))
-        };
+        let s = connected(seen(false, None, Some(1)), false);
         assert_eq!(decide(s), None);
     }
 }
