@@ -26,10 +26,11 @@
 //! `CNSPR_BENCH_PERF=DIR`, perf samples a, b, m, c and d during the first stream through
 //! a member (`DIR/reach-a.data` and so on; `perf report -i FILE`).
 //!
-//! With `CNSPR_BENCH_DEVICE_CPU=SHARE` (0.1 to 1, e.g. 0.5), every daemon is held to that
-//! share of one CPU during the streams (a cgroup CPU quota each), as if each ran on a
-//! device of its own: without it the three daemons of the member path share this
-//! machine's CPUs where the direct path has two.
+//! The stream rounds run twice: with the daemons sharing the machine's CPUs, then with
+//! every daemon held to a share of one CPU (a cgroup CPU quota each;
+//! `CNSPR_BENCH_DEVICE_CPU`, 0.1 to 1, 0.5 unless set, 0 to leave it out), as if each ran
+//! on a device of its own: sharing, the three daemons of the member path have the CPUs
+//! the direct path gives two.
 //!
 //! Run: `cargo bench --bench reach`
 
@@ -188,51 +189,31 @@ fn main() {
     ));
     let (p, q) = public_pair(&net, hp, hq);
     assert!(wait_for(&p, "b", "active", None, Duration::from_secs(30)));
-    // With CNSPR_BENCH_DEVICE_CPU, every daemon has a CPU budget of its own for the
-    // streams, as on devices of their own.
-    let held = device_cpu(&[&m, &a, &b, &c, &d, &p, &q]);
+    let daemons = Daemons {
+        a: &a,
+        b: &b,
+        c: &c,
+        d: &d,
+        m: &m,
+        p: &p,
+        q: &q,
+    };
     let mib = stream_mib(256);
     let rounds = stream_rounds(5);
-    let (mut thr_direct, mut thr_member, mut thr_plain) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut cpu_direct, mut cpu_member) = (Cpu::default(), Cpu::default());
-    // The member that passes a and b's packets on is m, the only member both reach
-    // directly. The member column still sums m's, c's and d's CPU (c and d carry no
-    // stream of their own in those rounds), and each round says the routes before and
-    // after it, should a route change all the same.
-    let route = |from: &Node, to: &str| {
-        from.peer(to)
-            .and_then(|p| p["via"][0].as_str().map(str::to_string))
-            .unwrap_or_else(|| "none".to_string())
-    };
-    let routes = || format!("{}/{}", route(&a, "b"), route(&b, "a"));
-    // Datagrams m passed on so far: a round whose stream m joined instead (its own
-    // streams to a and b, decrypted and encrypted again) passes next to none on.
-    let passed = || forwarded_for_members(&m);
-    let mut went = Vec::new();
-    let mut joined = Vec::new();
-    for round in 0..rounds {
-        thr_direct.push(cpu_direct.of(&[&[&c], &[&d]], mib, || stream_of(&c, &d, "d", mib)));
-        let before = routes();
-        let perf =
-            (round == 0).then(|| perf_of(&[("a", &a), ("b", &b), ("m", &m), ("c", &c), ("d", &d)]));
-        let members: &[&Node] = &[&m, &c, &d];
-        let passed_before = passed();
-        thr_member.push(cpu_member.of(&[&[&a], &[&b], members], mib, || {
-            stream_of(&a, &b, "b", mib)
-        }));
-        // Fewer datagrams passed on than half the stream's 1,452-byte ones: joined.
-        if passed().saturating_sub(passed_before) < ((mib as u64) << 20) / 1452 / 2 {
-            joined.push(round + 1);
+    let shared = streams(&daemons, mib, rounds, true);
+    // Then again with every daemon held to a share of one CPU, as on devices of their
+    // own (CNSPR_BENCH_DEVICE_CPU, 0.5 unless set; 0 leaves it out).
+    let held = match device_cpu(&[&m, &a, &b, &c, &d, &p, &q]) {
+        Ok(Some((share, hold))) => {
+            let text = streams(&daemons, mib, rounds, false);
+            drop(hold);
+            format!("each daemon held to {share} of a CPU, as on a device of its own:\n{text}")
         }
-        drop(perf);
-        let after = routes();
-        went.push(if after == before {
-            before
-        } else {
-            format!("{before} then {after}")
-        });
-        thr_plain.push(stream_of(&p, &q, "b", mib));
-    }
+        Ok(None) => {
+            "each daemon held to a share of a CPU: left out (CNSPR_BENCH_DEVICE_CPU=0)".into()
+        }
+        Err(why) => format!("each daemon held to a share of a CPU: not measured ({why})"),
+    };
     // The paths were what the figures say until the end.
     assert!(wait_for(
         &a,
@@ -250,35 +231,6 @@ fn main() {
     ));
     net.unblock(ra);
     net.unblock(rb);
-    let ratios: Vec<String> = thr_member
-        .iter()
-        .zip(&thr_direct)
-        .map(|(m, d)| format!("{:.2}", m / d))
-        .collect();
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.0}"))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-    let rounds_text = format!(
-        "rounds: direct {}, through a member {}, no NAT {} MiB/s; member/direct per round {}; the members a→b/b→a went through (a's and b's routes): {}",
-        list(&thr_direct),
-        list(&thr_member),
-        list(&thr_plain),
-        ratios.join(" "),
-        went.join(", ")
-    );
-    let joined_text = if joined.is_empty() {
-        "m passed the packets on in every round".to_string()
-    } else {
-        format!(
-            "m joined the stream (decrypted and encrypted it) instead of passing the packets on in round(s) {joined:?}"
-        )
-    };
-    let thr_direct = pct(&mut thr_direct, 0.5);
-    let thr_member = pct(&mut thr_member, 0.5);
-    let thr_plain = pct(&mut thr_plain, 0.5);
 
     let d50 = pct(&mut direct, 0.5);
     let d99 = pct(&mut direct, 0.99);
@@ -315,20 +267,109 @@ fn main() {
             pb / 4096.0
         );
     }
-    println!(
-        "  {mib} MiB stream{}, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through a member {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}\n    {joined_text}",
-        held.as_ref().map_or(String::new(), |(share, _)| format!(
-            " (each daemon held to {share} of a CPU, as on a device of its own)"
-        )),
-        thr_direct / thr_plain,
-        thr_member / thr_direct
+    println!("  sharing the machine's CPUs:\n{shared}\n  {held}");
+    drop((a, b, c, d, p, q, m));
+}
+
+/// The daemons of the stream rounds: a and b (through m), c and d (direct, across two
+/// other home routers), p and q (no NAT).
+struct Daemons<'a> {
+    a: &'a Node,
+    b: &'a Node,
+    c: &'a Node,
+    d: &'a Node,
+    m: &'a Node,
+    p: &'a Node,
+    q: &'a Node,
+}
+
+/// `rounds` rounds of one `mib` MiB stream on each path (with `perf`, the first through
+/// a member sampled when `CNSPR_BENCH_PERF` is set); their medians, every round's
+/// figures, and the CPU they cost.
+fn streams(l: &Daemons, mib: usize, rounds: usize, perf: bool) -> String {
+    let Daemons {
+        a,
+        b,
+        c,
+        d,
+        m,
+        p,
+        q,
+    } = *l;
+    let (mut thr_direct, mut thr_member, mut thr_plain) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_direct, mut cpu_member) = (Cpu::default(), Cpu::default());
+    // The member that passes a and b's packets on is m, the only member both reach
+    // directly. The member column still sums m's, c's and d's CPU (c and d carry no
+    // stream of their own in those rounds), and each round says the routes before and
+    // after it, should a route change all the same.
+    let route = |from: &Node, to: &str| {
+        from.peer(to)
+            .and_then(|p| p["via"][0].as_str().map(str::to_string))
+            .unwrap_or_else(|| "none".to_string())
+    };
+    let routes = || format!("{}/{}", route(a, "b"), route(b, "a"));
+    // Datagrams m passed on so far: a round whose stream m joined instead (its own
+    // streams to a and b, decrypted and encrypted again) passes next to none on.
+    let passed = || forwarded_for_members(m);
+    let mut went = Vec::new();
+    let mut joined = Vec::new();
+    for round in 0..rounds {
+        thr_direct.push(cpu_direct.of(&[&[c], &[d]], mib, || stream_of(c, d, "d", mib)));
+        let before = routes();
+        let perf = (perf && round == 0)
+            .then(|| perf_of(&[("a", a), ("b", b), ("m", m), ("c", c), ("d", d)]));
+        let members: &[&Node] = &[m, c, d];
+        let passed_before = passed();
+        thr_member.push(cpu_member.of(&[&[a], &[b], members], mib, || stream_of(a, b, "b", mib)));
+        // Fewer datagrams passed on than half the stream's 1,452-byte ones: joined.
+        if passed().saturating_sub(passed_before) < ((mib as u64) << 20) / 1452 / 2 {
+            joined.push(round + 1);
+        }
+        drop(perf);
+        let after = routes();
+        went.push(if after == before {
+            before
+        } else {
+            format!("{before} then {after}")
+        });
+        thr_plain.push(stream_of(p, q, "b", mib));
+    }
+    let ratios: Vec<String> = thr_member
+        .iter()
+        .zip(&thr_direct)
+        .map(|(m, d)| format!("{:.2}", m / d))
+        .collect();
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let rounds_text = format!(
+        "rounds: direct {}, through a member {}, no NAT {} MiB/s; member/direct per round {}; the members a→b/b→a went through (a's and b's routes): {}",
+        list(&thr_direct),
+        list(&thr_member),
+        list(&thr_plain),
+        ratios.join(" "),
+        went.join(", ")
     );
-    println!(
-        "  CPU seconds per GiB of the stream, medians (sender, receiver[, the members m, c and d together]; the whole machine, of it soft interrupts):\n    direct {}\n    through a member {}",
+    let joined_text = if joined.is_empty() {
+        "m passed the packets on in every round".to_string()
+    } else {
+        format!(
+            "m joined the stream (decrypted and encrypted it) instead of passing the packets on in round(s) {joined:?}"
+        )
+    };
+    let thr_direct = pct(&mut thr_direct, 0.5);
+    let thr_member = pct(&mut thr_member, 0.5);
+    let thr_plain = pct(&mut thr_plain, 0.5);
+    format!(
+        "  {mib} MiB stream, medians of {rounds}: direct across NATs {thr_direct:.1} MiB/s, through a member {thr_member:.1} MiB/s (target 0.80x direct), no NAT {thr_plain:.1} MiB/s; direct/no-NAT {:.2}x, member/direct {:.2}x\n    {rounds_text}\n    {joined_text}\n  CPU seconds per GiB of the stream, medians (sender, receiver[, the members m, c and d together]; the whole machine, of it soft interrupts):\n    direct {}\n    through a member {}",
+        thr_direct / thr_plain,
+        thr_member / thr_direct,
         cpu_direct.text(),
         cpu_member.text()
-    );
-    drop((a, b, c, d, p, q, m));
+    )
 }
 
 /// With `CNSPR_BENCH_PERF=DIR`: perf samples each of `nodes` (software clock, call
