@@ -292,7 +292,6 @@ fn stream_delivered(cl: std::process::Child, mut lis: std::process::Child, to: &
     let _ = lis.wait();
 }
 
-/// Datagrams `n` passed on between two other members.
 #[test]
 fn cone_and_symmetric_nat_stay_relayed_through_the_member() {
     stays_relayed("rs", Nat::Cone);

@@ -189,6 +189,11 @@ pub fn device_cpu(nodes: &[&Node]) -> Result<Option<(f64, DeviceCpu)>, String> {
     } else {
         (v2, false)
     };
+    if !v1 {
+        // Version 2 gives a child group the CPU controller only when its parent hands it
+        // down (an error here shows when the first group is written).
+        let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
+    }
     let period = 100_000u64;
     let quota = (share * period as f64) as u64;
     let mut held = DeviceCpu { held: Vec::new() };

@@ -70,8 +70,9 @@ struct Seen<F> {
     via: Option<DeviceId>,
     /// The member its virtual address is routed through now.
     routed: Option<DeviceId>,
-    /// It has a connection, and that connection is direct (not through a relay).
+    /// It has a connection.
     connected: bool,
+    /// That connection is direct (not through a relay or a member).
     direct: bool,
     /// Whether a member is connected to this device directly (only those can pass
     /// packets on).

@@ -191,6 +191,8 @@ pub fn start(d: &Arc<Daemon>) {
                             dd.endpoint.relays().set_members(
                                 conns.1.iter().map(|pc| (pc.peer, pc.remote_address())),
                             );
+                            // Routes through members follow at once (member_relay.rs).
+                            dd.punches.wake();
                         }
                     }
                     let conns = &conns.1;

@@ -199,8 +199,22 @@ impl Relays {
 
     /// The members this device is connected to directly (ID, address of the
     /// connection); virtual addresses are left out.
+    ///
+    /// The routes through members follow: one whose member now connects from another
+    /// address goes there, one whose member is no longer connected directly is
+    /// forgotten (its peer's datagrams could not be passed on).
     pub fn set_members(&self, list: impl IntoIterator<Item = (DeviceId, SocketAddr)>) {
-        lock(&self.members).set(list);
+        // In the order `set_via` takes the two locks.
+        let mut via = lock(&self.via);
+        let mut members = lock(&self.members);
+        members.set(list);
+        via.retain(|_, (m, addr)| match members.addr_of(m) {
+            Some(now) => {
+                *addr = now;
+                true
+            }
+            None => false,
+        });
     }
 
     /// Sends what goes to `peer`'s virtual address through `member` (which must be a

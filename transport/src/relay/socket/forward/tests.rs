@@ -251,3 +251,52 @@ fn requests_mixed_with_other_datagrams_keep_their_order_per_address() {
     assert_eq!(bodies_of(&sent[1].1, sent[1].2, &a), vec![full(2).to_vec()]);
     assert_eq!(f.relays.stats.forwarded.load(Ordering::Relaxed), 4);
 }
+
+#[test]
+fn a_burst_before_a_mixed_entry_leaves_first_and_once() {
+    let f = Forwarder::new();
+    let ([a, b, c], [a_at, b_at, c_at]) = (f.ids, f.addrs);
+    let full = |k: u8| [k; 7];
+    // A whole burst for b, then an entry of requests for b and c alone (no datagram for
+    // this device in it).
+    let mixed = [forward_request(&b, &full(3)), forward_request(&c, &full(4))].concat();
+    let queue = vec![
+        (a_at, requests(&b, &[&full(1), &full(2)]), 40),
+        (a_at, mixed, 40),
+    ];
+    assert_eq!(f.read(queue), None, "nothing is left for quinn");
+    let sent = lock(&f.inner.sent).clone();
+    let to: Vec<SocketAddr> = sent.iter().map(|s| s.0).collect();
+    assert_eq!(to, vec![b_at, b_at, c_at]);
+    let bodies: Vec<Vec<u8>> = sent.iter().flat_map(|s| bodies_of(&s.1, s.2, &a)).collect();
+    assert_eq!(bodies, [1, 2, 3, 4].map(|k| full(k).to_vec()));
+    assert_eq!(f.relays.stats.forwarded.load(Ordering::Relaxed), 4);
+}
+
+#[test]
+fn routes_through_a_member_follow_its_connection() {
+    let f = Forwarder::new();
+    let ([a, b, c], [a_at, _, c_at]) = (f.ids, f.addrs);
+    let send = |to: &DeviceId| {
+        let t = Transmit {
+            destination: f.relays.address_of(to),
+            ecn: None,
+            contents: &[0x40; 20],
+            segment_size: None,
+            src_ip: None,
+        };
+        f.sock.try_send(&t).unwrap();
+        lock(&f.inner.sent).pop().map(|s| s.0)
+    };
+    f.relays.set_via(b, Some(a));
+    assert_eq!(send(&b), Some(a_at));
+    // a connects from another address: b's datagrams follow it there.
+    let moved: SocketAddr = "192.0.2.9:9".parse().unwrap();
+    f.relays.set_members([(a, moved), (c, c_at)]);
+    assert_eq!(f.relays.via_of(&b), Some(a));
+    assert_eq!(send(&b), Some(moved));
+    // a is no longer connected directly: the route is gone, nothing is sent.
+    f.relays.set_members([(c, c_at)]);
+    assert_eq!(f.relays.via_of(&b), None);
+    assert_eq!(send(&b), None);
+}
