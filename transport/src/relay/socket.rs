@@ -309,9 +309,7 @@ impl Relays {
             return false;
         };
         if !self.accepts(&sender) {
-            let count = m.len.div_ceil(stride) as u64;
-            self.stats.strangers.fetch_add(count, Ordering::Relaxed);
-            m.len = 0;
+            self.drop_strangers(m);
             return true;
         }
         let (mut out, mut at, mut count) = (0, 0, 0u64);
@@ -329,6 +327,13 @@ impl Relays {
         m.dst_ip = None;
         self.stats.received.fetch_add(count, Ordering::Relaxed);
         true
+    }
+
+    /// Empties the entry `m` (length 0), its datagrams counted as strangers'.
+    fn drop_strangers(&self, m: &mut RecvMeta) {
+        let count = m.len.div_ceil(stride_of(m).max(1)) as u64;
+        self.stats.strangers.fetch_add(count, Ordering::Relaxed);
+        m.len = 0;
     }
 
     /// Wakes quinn's receiving task after [`Relays::deliver`] from elsewhere (TCP).
@@ -450,13 +455,7 @@ impl RelaySocket {
     /// source of its own.
     fn screen_entry(&self, buf: &mut [u8], m: &mut RecvMeta) -> Option<member::Pass> {
         if is_virtual(&m.addr) {
-            let stride = stride_of(m);
-            let count = m.len.div_ceil(stride.max(1)) as u64;
-            self.relays
-                .stats
-                .strangers
-                .fetch_add(count, Ordering::Relaxed);
-            m.len = 0;
+            self.relays.drop_strangers(m);
             return None;
         }
         if buf.first() == Some(&FORWARD) {
