@@ -445,43 +445,121 @@ fn a_cut_direct_path_moves_to_the_member_without_a_failed_dial_first() {
     w.net.block(w.routers[1], &format!("{prefix}.1"));
     wait_path(a, "b", "indirect", "member", Duration::from_secs(20));
     wait_path(b, "a", "indirect", "member", Duration::from_secs(20));
-    let since = |n: &Node, from: usize| n.log().get(from..).unwrap_or_default().to_string();
     for ((n, peer), from) in [(a, "b"), (b, "a")].into_iter().zip(from) {
-        let through_m =
-            format!("connection through a member that passes the packets on peer={peer} via=m");
-        let closing = format!("closing its connection peer={peer}");
         wait_until(
             &format!("{}'s connection to {peer} through m", n.name),
-            || since(n, from).contains(&through_m),
+            || since_of(n, from).contains(&through_m(peer)),
         );
-        let log = since(n, from);
+        let log = since_of(n, from);
+        let closing = format!("closing its connection peer={peer}");
         let closed = log
             .find(&closing)
             .unwrap_or_else(|| panic!("{} never closed its dead connection:\n{log}", n.name));
-        assert!(closed < log.find(&through_m).unwrap(), "{log}");
+        assert!(closed < log.find(&through_m(peer)).unwrap(), "{log}");
         // No dial at the direct address alone: it would fail for want of an answer
         // within the handshake timeout (3 s) of the close. Dials refused as duplicates
         // (the other side dialled through m at the same moment) are no failure here.
-        let timed_out = |log: &str| {
-            log[closed..]
-                .lines()
-                .find(|l| {
-                    l.contains(&format!("dial failed peer={peer}")) && l.contains("timed out")
-                })
-                .map(str::to_string)
-        };
         let start = Instant::now();
         let bound = Duration::from_secs(4);
         let mut failed = None;
         while failed.is_none() && start.elapsed() < bound {
-            failed = timed_out(&since(n, from));
+            failed = timed_out(&since_of(n, from)[closed..], peer);
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(
             failed.is_none(),
             "{} dialled {peer}'s direct address alone:\n{}",
             n.name,
-            since(n, from)
+            since_of(n, from)
         );
     }
+}
+
+/// The direct path between a and b is cut while m cannot reach b either: each closes
+/// its dead connection to the other while no member can pass packets on, and redials
+/// the direct address alone. When m reaches b again, the membership core says
+/// `indirect` while that redial is still under way, and the dial through m starts at
+/// once beside it: the connection through m is up before that redial runs to its
+/// handshake timeout (3 s), not after it.
+#[test]
+fn a_member_that_comes_back_is_dialled_through_beside_a_redial_under_way() {
+    // Redials follow each other closely (the backoff stays at its shortest), so that
+    // one is under way when m comes back.
+    let Some(w) = world("beside", Nat::Cone, Nat::Cone, |_, _, nodes| {
+        for n in &nodes[1..] {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(n.path("config.toml"))
+                .unwrap();
+            f.write_all(b"max_backoff_ms = 100\n").unwrap();
+        }
+    }) else {
+        return;
+    };
+    let (a, b) = (&w.nodes[1], &w.nodes[2]);
+    wait_path(a, "b", "active", "direct", Duration::from_secs(20));
+    wait_path(b, "a", "active", "direct", Duration::from_secs(20));
+    let from = [a.log().len(), b.log().len()];
+    let prefix = &w.net.prefix;
+    let (ra, rb) = (w.routers[0], w.routers[1]);
+    w.net.block(ra, &format!("{prefix}.2"));
+    w.net
+        .block_each(rb, &[&format!("{prefix}.1"), &format!("{prefix}.10")]);
+    let sides = [(a, "b", from[0]), (b, "a", from[1])];
+    // Where the redial of the peer's direct address under way starts in each log (after
+    // the close of the dead connection), if one is under way.
+    let under_way = |(n, peer, from): (&Node, &str, usize)| {
+        let log = since_of(n, from);
+        let closed = log.find(&format!("closing its connection peer={peer}"))?;
+        let at = closed + log[closed..].rfind(&format!("dialling peer={peer} "))?;
+        (!log[at..].contains(&format!("dial failed peer={peer}"))).then_some(at)
+    };
+    // m reaches b again while a redial is under way on both sides.
+    let mut at = [0, 0];
+    wait_until(
+        "a and b each redialling the other's direct address",
+        || match (under_way(sides[0]), under_way(sides[1])) {
+            (Some(x), Some(y)) => {
+                at = [x, y];
+                true
+            }
+            _ => false,
+        },
+    );
+    w.net.unblock(rb);
+    w.net.block(rb, &format!("{prefix}.1"));
+    wait_path(a, "b", "indirect", "member", Duration::from_secs(20));
+    for ((n, peer, from), at) in sides.into_iter().zip(at) {
+        wait_until(
+            &format!("{}'s connection to {peer} through m", n.name),
+            || since_of(n, from)[at..].contains(&through_m(peer)),
+        );
+        let log = since_of(n, from);
+        let log = &log[at..];
+        let up = log.find(&through_m(peer)).unwrap();
+        if let Some(failed) = timed_out(log, peer) {
+            assert!(
+                up < log.find(&failed).unwrap(),
+                "{} was connected to {peer} through m only after its redial timed out:\n{log}",
+                n.name
+            );
+        }
+    }
+}
+
+/// `n`'s log from byte `from` on.
+fn since_of(n: &Node, from: usize) -> String {
+    n.log().get(from..).unwrap_or_default().to_string()
+}
+
+/// The line a device logs when its connection to `peer` through m is up.
+fn through_m(peer: &str) -> String {
+    format!("connection through a member that passes the packets on peer={peer} via=m")
+}
+
+/// The first line of `log` that says a dial of `peer` ran to its handshake timeout.
+fn timed_out(log: &str, peer: &str) -> Option<String> {
+    log.lines()
+        .find(|l| l.contains(&format!("dial failed peer={peer}")) && l.contains("timed out"))
+        .map(str::to_string)
 }

@@ -285,14 +285,20 @@ impl Internet {
     /// Router `r` forwards nothing to or from `addr` (a firewall in the way) until
     /// [`Internet::unblock`].
     pub fn block(&self, r: usize, addr: &str) {
+        self.block_each(r, &[addr]);
+    }
+
+    /// Router `r` forwards nothing to or from any of `addrs` until [`Internet::unblock`].
+    pub fn block_each(&self, r: usize, addrs: &[&str]) {
+        let set = addrs.join(", ");
         nft(
             self.ns(r),
             &format!(
                 "table inet block {{
   chain forward {{
     type filter hook forward priority filter - 10; policy accept;
-    ip daddr {addr} drop
-    ip saddr {addr} drop
+    ip daddr {{ {set} }} drop
+    ip saddr {{ {set} }} drop
   }}
 }}
 "

@@ -60,6 +60,11 @@ impl Dial {
         true
     }
 
+    /// Whether a dial is running (started and neither finished nor failed).
+    pub fn dialing(&self) -> bool {
+        self.dialing
+    }
+
     /// The dial succeeded (the connection's own event says so too).
     pub fn finished(&mut self) {
         self.dialing = false;

@@ -157,8 +157,8 @@ fn on_down(d: &Arc<Daemon>, peer: transport::DeviceId, _reason: DownReason) {
     // scheduler). Left to the redial below, it would be dialled at its direct addresses
     // only, whose handshake runs out (3 s) before the member is tried, and its streams
     // would meanwhile be joined by the member. (A peer the core still holds `suspect`
-    // when its connection closes gets that redial; it is routed through the member when
-    // the core says `indirect`, once that dial is over.)
+    // when its connection closes gets that redial; when the core says `indirect` while
+    // it runs, `member_relay::update` dials through the member beside it.)
     if indirect {
         d.punches.wake();
     }

@@ -12,13 +12,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::debug;
 use transport::DeviceId;
 
 use super::context::Daemon;
 use super::peers::PeerState;
 
 /// Routes every `indirect` peer's virtual address through the member its path goes
-/// through, and dials the ones that have no connection; forgets the route of a peer
+/// through, and dials the ones that have no connection (beside a dial already under
+/// way, which went to the direct addresses alone); forgets the route of a peer
 /// that has a direct connection. Other states keep what they have (the route learnt
 /// from the peer's first relayed packets, for the answers).
 pub fn update(d: &Arc<Daemon>) {
@@ -28,6 +30,8 @@ pub fn update(d: &Arc<Daemon>) {
     let relays = d.endpoint.relays().clone();
     let now = Instant::now();
     let mut dial = false;
+    // Peers to dial through their member beside a dial under way.
+    let mut beside = Vec::new();
     let changes: Vec<(DeviceId, Option<DeviceId>)> = {
         let mut table = d.peers();
         let mut changes = Vec::new();
@@ -49,7 +53,14 @@ pub fn update(d: &Arc<Daemon>) {
             changes.push((p.id, step.route));
             if step.dial {
                 p.dial.reset(now);
-                dial = true;
+                if p.dial.dialing() {
+                    // A redial of its direct addresses alone (the connection closed
+                    // while the peer was still `suspect`): it would hold the dial
+                    // through the member back until its handshake timeout.
+                    beside.push((p.id, p.name.clone()));
+                } else {
+                    dial = true;
+                }
             }
         }
         changes
@@ -59,6 +70,15 @@ pub fn update(d: &Arc<Daemon>) {
     }
     if dial {
         super::links::dial_due(d);
+    }
+    for (peer, name) in beside {
+        debug!(peer = %name, "dialling through the member beside a dial under way");
+        let d = d.clone();
+        tokio::spawn(async move {
+            if let Err(e) = d.endpoint.dial_through_member(peer).await {
+                debug!(peer = %name, error = %e, "dial through the member failed");
+            }
+        });
     }
 }
 

@@ -52,6 +52,25 @@ impl Endpoint {
         }
     }
 
+    /// Dials `peer` at its virtual address, routed through the member that passes its
+    /// packets on, now, whether or not an ordinary dial is under way: a peer whose
+    /// connection closed before the membership core said it is reached through a member
+    /// is being redialled at its direct addresses alone, a dial that runs to its
+    /// handshake timeout when that path is cut. Takes no dial lock, like [`Self::punch`];
+    /// if both dials complete, the endpoint keeps one.
+    pub async fn dial_through_member(&self, peer: DeviceId) -> Result<PeerConn, TransportError> {
+        if !self.inner.roster.contains(&peer) {
+            return Err(TransportError::NotInRoster(peer));
+        }
+        let relays = &self.inner.relays;
+        let addrs: Vec<SocketAddr> = relays
+            .via_of(&peer)
+            .map(|_| relays.address_of(&peer))
+            .into_iter()
+            .collect();
+        self.dial_unless_connected(peer, &addrs).await
+    }
+
     /// The live connection to `peer`, else a dial of `addrs`.
     async fn dial_unless_connected(
         &self,
