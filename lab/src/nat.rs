@@ -290,6 +290,7 @@ impl Internet {
 
     /// Router `r` forwards nothing to or from any of `addrs` until [`Internet::unblock`].
     pub fn block_each(&self, r: usize, addrs: &[&str]) {
+        assert!(!addrs.is_empty(), "block_each: no address to block");
         let set = addrs.join(", ");
         nft(
             self.ns(r),

@@ -20,7 +20,7 @@ use super::peers::PeerState;
 
 /// Routes every `indirect` peer's virtual address through the member its path goes
 /// through, and dials the ones that have no connection (beside a dial already under
-/// way, which went to the direct addresses alone); forgets the route of a peer
+/// way, which most likely went to the direct addresses alone); forgets the route of a peer
 /// that has a direct connection. Other states keep what they have (the route learnt
 /// from the peer's first relayed packets, for the answers).
 pub fn update(d: &Arc<Daemon>) {
@@ -53,10 +53,12 @@ pub fn update(d: &Arc<Daemon>) {
             changes.push((p.id, step.route));
             if step.dial {
                 p.dial.reset(now);
-                if p.dial.dialing() {
-                    // A redial of its direct addresses alone (the connection closed
-                    // while the peer was still `suspect`): it would hold the dial
-                    // through the member back until its handshake timeout.
+                if p.dial.dialing() && relays.current().is_none() {
+                    // A redial of its direct addresses alone, most likely (the
+                    // connection closed while the peer was still `suspect`): it would
+                    // hold the dial through the member back until its handshake
+                    // timeout. (With a relay server, the dial under way went to the
+                    // peer's virtual address too, which now leads through the member.)
                     beside.push((p.id, p.name.clone()));
                 } else {
                     dial = true;
