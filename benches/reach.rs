@@ -26,6 +26,10 @@
 //! `CNSPR_BENCH_PERF=DIR`, perf samples a, b, m, c and d during the first stream through
 //! a member (`DIR/reach-a.data` and so on; `perf report -i FILE`).
 //!
+//! The lab's links get GRO and threaded NAPI first (`Lab::device_links`; needs ethtool),
+//! as on devices' network cards: each hop's receive work runs in a kernel thread of its
+//! own, not in the sending daemon's system call.
+//!
 //! The stream rounds run twice: with the daemons sharing the machine's CPUs, then with
 //! every daemon held to a share of one CPU (a cgroup CPU quota each;
 //! `CNSPR_BENCH_DEVICE_CPU`, 0.1 to 1, 0.5 unless set, 0 to leave it out), as if each ran
@@ -200,6 +204,12 @@ fn main() {
     };
     let mib = stream_mib(256);
     let rounds = stream_rounds(5);
+    // Every link like a device's network card (GRO, a receive thread of its own), so
+    // that no daemon's CPU time carries the routers' work.
+    let links = match net.lab.device_links() {
+        Ok(n) => format!("{n} links with GRO and threaded NAPI, as devices' network cards"),
+        Err(why) => format!("links as the kernel makes them (not changed: {why})"),
+    };
     let shared = streams(&daemons, mib, rounds, true);
     // Then again with every daemon held to a share of one CPU, as on devices of their
     // own (CNSPR_BENCH_DEVICE_CPU, 0.5 unless set; 0 leaves it out).
@@ -267,7 +277,7 @@ fn main() {
             pb / 4096.0
         );
     }
-    println!("  sharing the machine's CPUs:\n{shared}\n  {held}");
+    println!("  streams over {links}; sharing the machine's CPUs:\n{shared}\n  {held}");
     drop((a, b, c, d, p, q, m));
 }
 

@@ -181,6 +181,53 @@ impl Lab {
         }
     }
 
+    /// Gives every veth of the lab what a device's network card has: GRO, and its
+    /// received packets handled by a kernel thread of its own (threaded NAPI) instead of
+    /// in the system call of whoever sent them. Without it, one send runs the switch,
+    /// every router and the receiver's delivery on the sender's CPU time: a daemon held
+    /// to a CPU budget (`bench::device_cpu`) would pay for the routers on its path.
+    /// Returns how many links changed; `Err` says why not (`ethtool`, Debian package
+    /// ethtool, is needed).
+    pub fn device_links(&self) -> Result<usize, String> {
+        let mut changed = 0;
+        for ns in std::iter::once(&self.switch).chain(&self.hosts) {
+            let out = Command::new("ip")
+                .args(["-n", ns, "-o", "link", "show", "type", "veth"])
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            // Lines are `INDEX: NAME@PEER: <FLAGS> ...`.
+            let names = text
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1)?.split('@').next());
+            for dev in names {
+                let gro = Command::new("ip")
+                    .args(["netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"])
+                    .output()
+                    .map_err(|e| format!("ethtool: {e}"))?;
+                if !gro.status.success() {
+                    return Err(format!(
+                        "ethtool -K {dev} gro on: {}",
+                        String::from_utf8_lossy(&gro.stderr).trim()
+                    ));
+                }
+                let threaded = format!("echo 1 > /sys/class/net/{dev}/threaded");
+                let thr = Command::new("ip")
+                    .args(["netns", "exec", ns, "sh", "-c", &threaded])
+                    .output()
+                    .map_err(|e| format!("sh: {e}"))?;
+                if !thr.status.success() {
+                    return Err(format!(
+                        "{threaded}: {}",
+                        String::from_utf8_lossy(&thr.stderr).trim()
+                    ));
+                }
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// Cuts host `i` off the bridge (its port goes down): a partition.
     pub fn cut(&self, i: usize) {
         self.set_port(i, "down");
