@@ -437,9 +437,7 @@ fn a_cut_direct_path_moves_to_the_member_without_a_failed_dial_first() {
         return;
     };
     let (a, b) = (&w.nodes[1], &w.nodes[2]);
-    wait_path(a, "b", "active", "direct", Duration::from_secs(20));
-    wait_path(b, "a", "active", "direct", Duration::from_secs(20));
-    let from = [a.log().len(), b.log().len()];
+    let from = direct_both_ways(a, b);
     let prefix = &w.net.prefix;
     w.net.block(w.routers[0], &format!("{prefix}.2"));
     w.net.block(w.routers[1], &format!("{prefix}.1"));
@@ -497,9 +495,7 @@ fn a_member_that_comes_back_is_dialled_through_beside_a_redial_under_way() {
         return;
     };
     let (a, b) = (&w.nodes[1], &w.nodes[2]);
-    wait_path(a, "b", "active", "direct", Duration::from_secs(20));
-    wait_path(b, "a", "active", "direct", Duration::from_secs(20));
-    let from = [a.log().len(), b.log().len()];
+    let from = direct_both_ways(a, b);
     let prefix = &w.net.prefix;
     let (ra, rb) = (w.routers[0], w.routers[1]);
     w.net.block(ra, &format!("{prefix}.2"));
@@ -559,6 +555,13 @@ fn a_member_that_comes_back_is_dialled_through_beside_a_redial_under_way() {
             );
         }
     }
+}
+
+/// Waits until a and b reach each other directly; returns where their logs stand.
+fn direct_both_ways(a: &Node, b: &Node) -> [usize; 2] {
+    wait_path(a, "b", "active", "direct", Duration::from_secs(20));
+    wait_path(b, "a", "active", "direct", Duration::from_secs(20));
+    [a.log().len(), b.log().len()]
 }
 
 /// `n`'s log from byte `from` on.

@@ -15,6 +15,23 @@ pub struct Lab {
     pub hosts: Vec<String>,
 }
 
+/// Runs `args` in namespace `ns`; `Err` says what failed and why.
+fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
+    let what = args.join(" ");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
 pub fn ip(args: &[&str]) -> bool {
     Command::new("ip")
         .args(args)
@@ -201,27 +218,9 @@ impl Lab {
                 .lines()
                 .filter_map(|l| l.split(": ").nth(1)?.split('@').next());
             for dev in names {
-                let gro = Command::new("ip")
-                    .args(["netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"])
-                    .output()
-                    .map_err(|e| format!("ethtool: {e}"))?;
-                if !gro.status.success() {
-                    return Err(format!(
-                        "ethtool -K {dev} gro on: {}",
-                        String::from_utf8_lossy(&gro.stderr).trim()
-                    ));
-                }
+                in_ns(ns, &["ethtool", "-K", dev, "gro", "on"])?;
                 let threaded = format!("echo 1 > /sys/class/net/{dev}/threaded");
-                let thr = Command::new("ip")
-                    .args(["netns", "exec", ns, "sh", "-c", &threaded])
-                    .output()
-                    .map_err(|e| format!("sh: {e}"))?;
-                if !thr.status.success() {
-                    return Err(format!(
-                        "{threaded}: {}",
-                        String::from_utf8_lossy(&thr.stderr).trim()
-                    ));
-                }
+                in_ns(ns, &["sh", "-c", &threaded])?;
                 changed += 1;
             }
         }
