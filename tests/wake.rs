@@ -121,7 +121,9 @@ fn wake_sends_the_magic_packet_on_the_sleepers_lan_also_when_asked_from_afar() {
             .is_some_and(|p| p["state"] == "indirect" && p["via"][0] == "alpha")
     });
     // Each device told its members its own interfaces: alpha knows the sleeper's, gamma
-    // alpha's (and not the sleeper's: it was never connected to it).
+    // alpha's. (gamma may know the sleeper's too, told over their own connection through
+    // alpha, which comes up as soon as gamma sees the sleeper `indirect`; the wake asked
+    // from gamma below goes by alpha either way, the member on the sleeper's LAN.)
     wait_until("alpha to know the sleeper's MAC", || {
         knows_interface(a, "sleeper", &mac_text(&sleeper_mac), "10.77.0.1/24")
     });
@@ -129,7 +131,6 @@ fn wake_sends_the_magic_packet_on_the_sleepers_lan_also_when_asked_from_afar() {
         "gamma to know alpha's interface on the sleeper's LAN",
         || knows_interface(g, "alpha", &mac_text(&alpha_mac), "10.77.0.2/24"),
     );
-    assert!(g.peer("sleeper").unwrap()["interfaces"].is_null());
     assert!(s.peer("alpha").is_some());
 
     // Awake: nothing sent without --force.
