@@ -20,8 +20,7 @@ use super::peers::PeerState;
 
 /// Routes every `indirect` peer's virtual address through the member its path goes
 /// through, and dials the ones that have no connection (beside a dial already under
-/// way, which most likely went to the direct addresses alone); forgets the route of a peer
-/// that has a direct connection. Other states keep what they have (the route learnt
+/// way, see [`decide`]); forgets the route of a peer that has a direct connection. Other states keep what they have (the route learnt
 /// from the peer's first relayed packets, for the answers).
 pub fn update(d: &Arc<Daemon>) {
     if !d.cfg.relay_packets {
@@ -29,6 +28,7 @@ pub fn update(d: &Arc<Daemon>) {
     }
     let relays = d.endpoint.relays().clone();
     let now = Instant::now();
+    let relay_server = relays.current().is_some();
     let mut dial = false;
     // Peers to dial through their member beside a dial under way.
     let mut beside = Vec::new();
@@ -45,23 +45,23 @@ pub fn update(d: &Arc<Daemon>) {
                 direct: conn
                     .as_ref()
                     .is_some_and(|c| !transport::relay::is_virtual(&c.remote_address())),
+                dialing: p.dial.dialing(),
+                relay_server,
                 reachable: |m: &DeviceId| relays.is_member(m),
             };
             let Some(step) = decide(seen) else {
                 continue;
             };
             changes.push((p.id, step.route));
-            if step.dial {
-                p.dial.reset(now);
-                if p.dial.dialing() && relays.current().is_none() {
-                    // A redial of its direct addresses alone, most likely (the
-                    // connection closed while the peer was still `suspect`): it would
-                    // hold the dial through the member back until its handshake
-                    // timeout. (With a relay server, the dial under way went to the
-                    // peer's virtual address too, which now leads through the member.)
-                    beside.push((p.id, p.name.clone()));
-                } else {
+            match step.dial {
+                DialStep::Not => {}
+                DialStep::Now => {
+                    p.dial.reset(now);
                     dial = true;
+                }
+                DialStep::Beside => {
+                    p.dial.reset(now);
+                    beside.push((p.id, p.name.clone()));
                 }
             }
         }
@@ -96,6 +96,10 @@ struct Seen<F> {
     connected: bool,
     /// That connection is direct (not through a relay or a member).
     direct: bool,
+    /// An ordinary dial of it is under way.
+    dialing: bool,
+    /// This device is registered with a relay server.
+    relay_server: bool,
     /// Whether a member is connected to this device directly (only those can pass
     /// packets on).
     reachable: F,
@@ -106,7 +110,18 @@ struct Seen<F> {
 #[derive(Debug, PartialEq, Eq)]
 struct Step {
     route: Option<DeviceId>,
-    dial: bool,
+    dial: DialStep,
+}
+
+/// Whether and how a peer given a route is dialled.
+#[derive(Debug, PartialEq, Eq)]
+enum DialStep {
+    Not,
+    /// Through the link supervisor's schedule, at once (`links::dial_due`).
+    Now,
+    /// Through the member now, beside the ordinary dial under way
+    /// (`Endpoint::dial_through_member`).
+    Beside,
 }
 
 /// The route a peer should have; `None` when it has it already. An `indirect` peer goes
@@ -115,6 +130,12 @@ struct Step {
 /// given a route and no connection is dialled at once; a route that cannot be set (the
 /// member is not connected directly) is no change, so the peer's dial schedule is not
 /// reset on every pass while it waits.
+///
+/// A dial under way then most likely went to the peer's direct addresses alone (its
+/// connection closed while the core still held it `suspect`), and would hold the dial
+/// through the member back until its handshake timeout: the peer is dialled through the
+/// member beside it. With a relay server, the dial under way went to the peer's virtual
+/// address too, which now leads through the member.
 fn decide(s: Seen<impl Fn(&DeviceId) -> bool>) -> Option<Step> {
     let want = if s.indirect {
         s.via.filter(|m| (s.reachable)(m))
@@ -122,10 +143,14 @@ fn decide(s: Seen<impl Fn(&DeviceId) -> bool>) -> Option<Step> {
         s.routed
     };
     let want = want.filter(|_| !s.direct);
-    (want != s.routed).then_some(Step {
-        route: want,
-        dial: want.is_some() && !s.connected,
-    })
+    let dial = if want.is_none() || s.connected {
+        DialStep::Not
+    } else if s.dialing && !s.relay_server {
+        DialStep::Beside
+    } else {
+        DialStep::Now
+    };
+    (want != s.routed).then_some(Step { route: want, dial })
 }
 
 #[cfg(test)]
@@ -145,6 +170,8 @@ mod tests {
             routed: routed.map(id),
             connected: false,
             direct: false,
+            dialing: false,
+            relay_server: false,
             reachable: |m| *m == DeviceId([1; 32]),
         }
     }
@@ -159,6 +186,7 @@ mod tests {
     }
 
     fn step(route: Option<u8>, dial: bool) -> Option<Step> {
+        let dial = if dial { DialStep::Now } else { DialStep::Not };
         Some(Step {
             route: route.map(id),
             dial,
@@ -183,6 +211,27 @@ mod tests {
         // A route through it that was set while it was connected is taken away, without
         // a dial.
         assert_eq!(decide(seen(true, Some(2), Some(2))), step(None, false));
+    }
+
+    #[test]
+    fn a_dial_under_way_gets_the_dial_through_the_member_beside_it() {
+        let under_way = |relay_server| Seen {
+            dialing: true,
+            relay_server,
+            ..seen(true, Some(1), None)
+        };
+        let beside = Some(Step {
+            route: Some(id(1)),
+            dial: DialStep::Beside,
+        });
+        assert_eq!(decide(under_way(false)), beside);
+        // Through a relay server the dial under way reaches the member's route too.
+        assert_eq!(decide(under_way(true)), step(Some(1), true));
+        // Connected already (the dial under way won): no dial at all.
+        assert_eq!(
+            decide(connected(under_way(false), false)),
+            step(Some(1), false)
+        );
     }
 
     #[test]

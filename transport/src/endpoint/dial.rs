@@ -56,8 +56,9 @@ impl Endpoint {
     /// packets on, now, whether or not an ordinary dial is under way: a peer whose
     /// connection closed before the membership core said it is reached through a member
     /// is being redialled at its direct addresses alone (unless a relay server is
-    /// registered), a dial that runs to its handshake timeout when that path is cut. Takes no dial lock, like [`Self::punch`];
-    /// if both dials complete, the endpoint keeps one.
+    /// registered), a dial that runs to its handshake timeout when that path is cut.
+    /// Takes no dial lock, like [`Self::punch`]; if both dials complete, the endpoint
+    /// keeps one.
     pub async fn dial_through_member(&self, peer: DeviceId) -> Result<PeerConn, TransportError> {
         if !self.inner.roster.contains(&peer) {
             return Err(TransportError::NotInRoster(peer));
