@@ -485,11 +485,7 @@ fn a_member_that_comes_back_is_dialled_through_beside_a_redial_under_way() {
     // one is under way when m comes back.
     let Some(w) = world("beside", Nat::Cone, Nat::Cone, |_, _, nodes| {
         for n in &nodes[1..] {
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(n.path("config.toml"))
-                .unwrap();
-            f.write_all(b"max_backoff_ms = 100\n").unwrap();
+            std::fs::write(n.path("config.toml"), "max_backoff_ms = 100\n").unwrap();
         }
     }) else {
         return;
@@ -548,7 +544,7 @@ fn a_member_that_comes_back_is_dialled_through_beside_a_redial_under_way() {
         }
         if let Some(end) = timed_out(&log[running..], peer) {
             assert!(
-                up < running + log[running..].find(&end).unwrap(),
+                up < running + end,
                 "{} was connected to {peer} through m only after the redial under way when \
                  the core said indirect timed out:\n{log}",
                 n.name
@@ -574,9 +570,16 @@ fn through_m(peer: &str) -> String {
     format!("connection through a member that passes the packets on peer={peer} via=m")
 }
 
-/// The first line of `log` that says a dial of `peer` ran to its handshake timeout.
-fn timed_out(log: &str, peer: &str) -> Option<String> {
-    log.lines()
-        .find(|l| l.contains(&format!("dial failed peer={peer}")) && l.contains("timed out"))
-        .map(str::to_string)
+/// Where the first line of `log` starts that says a dial of `peer` ran to its handshake
+/// timeout.
+fn timed_out(log: &str, peer: &str) -> Option<usize> {
+    let failed = format!("dial failed peer={peer}");
+    let mut at = 0;
+    for line in log.split_inclusive('\n') {
+        if line.contains(&failed) && line.contains("timed out") {
+            return Some(at);
+        }
+        at += line.len();
+    }
+    None
 }
